@@ -1,0 +1,15 @@
+//! Identifiers and value types shared by the directory and the nodes.
+//!
+//! Every type here validates on construction and prints canonically, so a value that
+//! exists is a value that is right. Nothing here does I/O.
+
+pub mod check_digit;
+pub mod error;
+pub mod ids;
+pub mod person;
+
+pub use error::IdError;
+pub use ids::{InstitutionCode, InsurerNumber, MedicalId, MyNumber};
+pub use person::{
+    BirthDate, Branch, CardNumber, CardSymbol, InsurerKind, KanaName, PersonName, Relation, Sex,
+};
