@@ -1,1 +1,14 @@
-pub fn _x() {}
+//! The agency's directory: issues one medical ID per insured person and keeps the
+//! registry, the linkage DB and eligibility answers (seed sections 2, 3 and 4-1).
+
+pub mod bench;
+pub mod config;
+pub mod context;
+pub mod demo;
+pub mod enrollment;
+pub mod issuance;
+pub mod keys;
+pub mod registry;
+pub mod report;
+pub mod sample;
+pub mod store;

@@ -9,7 +9,7 @@ pub mod ids;
 pub mod person;
 
 pub use error::IdError;
-pub use ids::{InstitutionCode, InsurerNumber, MedicalId, MyNumber};
+pub use ids::{InstitutionCode, InsurerNumber, MedicalId, MyNumber, PointTableKind};
 pub use person::{
     BirthDate, Branch, CardNumber, CardSymbol, InsurerKind, KanaName, PersonName, Relation, Sex,
 };

@@ -43,13 +43,13 @@ impl InsurerNumber {
 
     /// Whether this number can belong to an insurer of `kind`, judged by its law number.
     pub fn fits(&self, kind: InsurerKind) -> bool {
-        match (kind, self.law_number()) {
-            (InsurerKind::Nhi, None) => true,
-            (InsurerKind::Kyokai, Some(1)) => true,
-            (InsurerKind::Society, Some(6)) => true,
-            (InsurerKind::MutualAid, Some(31..=34)) => true,
-            _ => false,
-        }
+        matches!(
+            (kind, self.law_number()),
+            (InsurerKind::Nhi, None)
+                | (InsurerKind::Kyokai, Some(1))
+                | (InsurerKind::Society, Some(6))
+                | (InsurerKind::MutualAid, Some(31..=34))
+        )
     }
 
     pub fn as_str(&self) -> &str {

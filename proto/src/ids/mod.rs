@@ -9,7 +9,7 @@ mod my_number;
 
 pub use institution::{InstitutionCode, PointTableKind};
 pub use insurer::InsurerNumber;
-pub use medical_id::MedicalId;
+pub use medical_id::{MedicalId, BODY_SPACE as MEDICAL_ID_BODY_SPACE};
 pub use my_number::MyNumber;
 
 use crate::IdError;

@@ -1,0 +1,248 @@
+//! `iryo-directory bench`: enrollment rate, peak memory and eligibility-check rates on
+//! this machine, printed as a report for BENCHMARKS.md. Targets are checked here, never
+//! by timed assertions in tests.
+
+use crate::config::Config;
+use crate::context::Context;
+use crate::enrollment::{ingest_file, Encoding, IngestOptions, Progress, Summary};
+use crate::issuance::Method;
+use crate::registry::eligibility::{CheckKey, CheckRequest};
+use crate::registry::now;
+use crate::sample::{write_sample, SampleOptions};
+use anyhow::{Context as _, Result};
+use iryo_proto::{InstitutionCode, PointTableKind};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Persons in the generated national sample.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub persons: u64,
+    /// Eligibility checks per measurement.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub checks: u64,
+    /// Rows per durable enrollment transaction.
+    #[arg(long, default_value_t = 50_000)]
+    pub batch_rows: usize,
+    /// redb cache in MiB.
+    #[arg(long, default_value_t = 256)]
+    pub cache_mib: usize,
+    #[arg(long, value_enum, default_value = "fpe")]
+    pub method: BenchMethod,
+    /// Working directory (removed afterwards unless --keep); a temp dir by default.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    #[arg(long)]
+    pub keep: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum BenchMethod {
+    Fpe,
+    Random,
+}
+
+/// Peak resident set size of this process, from /proc (Linux).
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+pub fn run(args: &BenchArgs) -> Result<()> {
+    let dir = args
+        .dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("iryo-bench-{}", std::process::id())));
+    if dir.join("data").exists() {
+        anyhow::bail!(
+            "{} holds a database already; give an empty --dir",
+            dir.display()
+        );
+    }
+    let result = measure(args, &dir);
+    if !args.keep {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    result
+}
+
+fn measure(args: &BenchArgs, dir: &std::path::Path) -> Result<()> {
+    println!(
+        "iryo-directory bench — {} persons, method {:?}",
+        args.persons, args.method
+    );
+    println!(
+        "machine: {} cores, {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(
+                |c| c.lines().find(|l| l.starts_with("model name")).map(|l| l
+                    .split(':')
+                    .nth(1)
+                    .unwrap_or("")
+                    .trim()
+                    .to_string())
+            )
+            .unwrap_or_default()
+    );
+
+    let t = Instant::now();
+    let sample = write_sample(
+        &dir.join("sample"),
+        &SampleOptions {
+            persons: args.persons,
+            seed: 42,
+            bad_rows_percent: 0.0,
+            encoding: Encoding::Utf8,
+        },
+    )?;
+    println!(
+        "sample: {} rows written in {:.1} s (not timed below)",
+        sample.rows,
+        t.elapsed().as_secs_f64()
+    );
+
+    let mut config = Config {
+        data_dir: dir.join("data"),
+        ..Config::default()
+    };
+    config.registry.cache_mib = args.cache_mib;
+    config.issuance.method = match args.method {
+        BenchMethod::Fpe => Method::Fpe,
+        BenchMethod::Random => Method::Random,
+    };
+    let ctx = Context::new(config);
+    let (store, _) = ctx.init()?;
+    let issuer = ctx.issuer(&store)?;
+    let opts = IngestOptions {
+        encoding: Encoding::Utf8,
+        batch_rows: args.batch_rows,
+    };
+    let mut total = Summary::default();
+    let t = Instant::now();
+    for f in &sample.files {
+        total.add(&ingest_file(&store, &issuer, f, &opts, &Progress::Silent)?);
+    }
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "\n[enrollment] {} rows ({} new persons) in {:.2} s",
+        total.rows, total.new, secs
+    );
+    println!(
+        "  {:.0} rows/s including {} issuance and a durable commit every {} rows",
+        total.rows as f64 / secs,
+        args.method_name(),
+        args.batch_rows
+    );
+    println!(
+        "  peak RSS after enrollment: {:.0} MiB (redb cache {} MiB)",
+        peak_rss_mib().unwrap_or(f64::NAN),
+        args.cache_mib
+    );
+    let db_size = std::fs::metadata(ctx.config.db_path())
+        .map(|m| m.len())
+        .unwrap_or(0);
+    println!(
+        "  database file: {:.0} MiB",
+        db_size as f64 / (1 << 20) as f64
+    );
+
+    let clinic = InstitutionCode::from_parts(13, PointTableKind::Medical, 1)?;
+    let reader = store.reader()?;
+    let people = reader.first_persons(100_000)?;
+    let reqs: Vec<CheckRequest> = people
+        .iter()
+        .filter_map(|p| p.coverages.last())
+        .map(|c| CheckRequest {
+            institution: clinic,
+            key: CheckKey::Card {
+                insurer: c.card.insurer.clone(),
+                symbol: c.card.symbol.clone(),
+                number: c.card.number.clone(),
+                branch: Some(c.card.branch),
+                presented: None,
+            },
+            date: crate::registry::today(),
+        })
+        .collect();
+    drop(people);
+    anyhow::ensure!(!reqs.is_empty(), "no persons to check");
+
+    let t = Instant::now();
+    let mut eligible = 0u64;
+    for i in 0..args.checks {
+        if reader
+            .check(&reqs[(i as usize * 7919) % reqs.len()])?
+            .eligible
+        {
+            eligible += 1;
+        }
+    }
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "\n[checks, read path] {} checks on one thread in {:.2} s: {:.0} checks/s ({} eligible)",
+        args.checks,
+        secs,
+        args.checks as f64 / secs,
+        eligible
+    );
+    drop(reader);
+
+    println!("\n[checks, durable: service use committed before the answer]");
+    for batch in [1usize, 100, 1000, 5000] {
+        let n = if batch == 1 {
+            2000
+        } else {
+            args.checks as usize
+        };
+        let mut latencies = Vec::new();
+        let t = Instant::now();
+        let mut done = 0usize;
+        while done < n {
+            let k = batch.min(n - done);
+            let chunk: Vec<CheckRequest> = (done..done + k)
+                .map(|i| reqs[(i * 7919) % reqs.len()].clone())
+                .collect();
+            let b = Instant::now();
+            store
+                .check_batch(&chunk, now())
+                .context("durable check batch")?;
+            latencies.push(b.elapsed());
+            done += k;
+        }
+        let secs = t.elapsed().as_secs_f64();
+        latencies.sort();
+        println!(
+            "  group of {batch:>5}: {:>8.0} checks/s; commit latency p50 {:.2} ms, p99 {:.2} ms",
+            n as f64 / secs,
+            percentile(&latencies, 0.5).as_secs_f64() * 1e3,
+            percentile(&latencies, 0.99).as_secs_f64() * 1e3
+        );
+    }
+    println!(
+        "\npeak RSS overall: {:.0} MiB",
+        peak_rss_mib().unwrap_or(f64::NAN)
+    );
+    Ok(())
+}
+
+impl BenchArgs {
+    fn method_name(&self) -> &'static str {
+        match self.method {
+            BenchMethod::Fpe => "FF1",
+            BenchMethod::Random => "random",
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! The directory's configuration file (TOML). Every field has a default, so an empty
+//! file is a valid configuration; command-line flags override the file.
+
+use crate::issuance::Method;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Holds `directory.redb` and `keys/`.
+    pub data_dir: PathBuf,
+    pub issuance: IssuanceConfig,
+    pub registry: RegistryConfig,
+    pub enrollment: EnrollmentConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IssuanceConfig {
+    pub method: Method,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// Years after death during which the ID still serves research (seed 2-7).
+    pub retention_years: u32,
+    /// redb page cache; bounds the directory's memory.
+    pub cache_mib: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EnrollmentConfig {
+    /// Rows per durable transaction.
+    pub batch_rows: usize,
+    /// Encoding of files without a byte-order mark: "utf-8" or "shift_jis".
+    pub encoding: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("iryo-data"),
+            issuance: IssuanceConfig::default(),
+            registry: RegistryConfig::default(),
+            enrollment: EnrollmentConfig::default(),
+        }
+    }
+}
+
+impl Default for IssuanceConfig {
+    fn default() -> Self {
+        Self {
+            method: Method::Fpe,
+        }
+    }
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self {
+            retention_years: 10,
+            cache_mib: 256,
+        }
+    }
+}
+
+impl Default for EnrollmentConfig {
+    fn default() -> Self {
+        Self {
+            batch_rows: 50_000,
+            encoding: "utf-8".into(),
+        }
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.data_dir.join("directory.redb")
+    }
+
+    pub fn keys_dir(&self) -> PathBuf {
+        self.data_dir.join("keys")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/directory.toml");
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.issuance.method, Method::Fpe);
+        assert!(c.enrollment.batch_rows > 0);
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        assert!(toml::from_str::<Config>("data_dri = \"x\"").is_err());
+        assert!(toml::from_str::<Config>("").is_ok());
+    }
+}

@@ -1,0 +1,60 @@
+//! What every command needs: the configuration, the open store and the issuer.
+
+use crate::config::Config;
+use crate::issuance::{Issuer, Method};
+use crate::keys::{AgencyKeys, KeyError};
+use crate::store::{Store, StoreError};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ContextError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+    #[error("{0}: cannot create the data directory: {1}")]
+    DataDir(std::path::PathBuf, std::io::Error),
+    #[error("keys exist already in {0}; refusing to overwrite the agency's keys")]
+    KeysExist(std::path::PathBuf),
+}
+
+pub struct Context {
+    pub config: Config,
+}
+
+impl Context {
+    pub fn new(config: Config) -> Self {
+        Self { config }
+    }
+
+    /// Creates the database and the agency's keys. Fails rather than overwrite either.
+    pub fn init(&self) -> Result<(Store, AgencyKeys), ContextError> {
+        let c = &self.config;
+        std::fs::create_dir_all(&c.data_dir)
+            .map_err(|e| ContextError::DataDir(c.data_dir.clone(), e))?;
+        if AgencyKeys::exists(&c.keys_dir()) {
+            return Err(ContextError::KeysExist(c.keys_dir()));
+        }
+        let store = Store::create(&c.db_path(), c.registry.cache_mib, c.issuance.method)?
+            .with_retention(c.registry.retention_years);
+        let keys = AgencyKeys::generate()?;
+        keys.write(&c.keys_dir())?;
+        Ok((store, keys))
+    }
+
+    pub fn store(&self) -> Result<Store, ContextError> {
+        let c = &self.config;
+        Ok(Store::open(&c.db_path(), c.registry.cache_mib)?
+            .with_retention(c.registry.retention_years))
+    }
+
+    /// The issuer for the database's method; the configuration must agree with it.
+    pub fn issuer(&self, store: &Store) -> Result<Issuer, ContextError> {
+        let issuer = match self.config.issuance.method {
+            Method::Fpe => Issuer::fpe(&AgencyKeys::load(&self.config.keys_dir())?.issuance),
+            Method::Random => Issuer::Random,
+        };
+        store.check_method(&issuer)?;
+        Ok(issuer)
+    }
+}

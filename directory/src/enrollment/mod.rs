@@ -1,0 +1,41 @@
+//! Insurer enrollment files (seed 2-1): the CSV format, its decoding from UTF-8 or
+//! Shift_JIS, row validation, and streaming ingestion in durable batches.
+
+mod columns;
+mod ingest;
+mod row;
+
+pub use columns::{Columns, HEADER};
+pub use ingest::{ingest_file, IngestError, IngestOptions, Progress, Summary};
+pub use row::{parse_row, RowError};
+
+use serde::Deserialize;
+
+/// The encoding of a file that carries no byte-order mark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+pub enum Encoding {
+    #[value(name = "utf-8", alias = "utf8")]
+    #[serde(rename = "utf-8", alias = "utf8")]
+    Utf8,
+    /// Shift_JIS as Windows writes it (CP932), what most insurer systems export.
+    #[value(name = "shift_jis", alias = "sjis", alias = "cp932")]
+    #[serde(rename = "shift_jis", alias = "sjis", alias = "cp932")]
+    ShiftJis,
+}
+
+impl Encoding {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "utf-8" | "utf8" => Some(Encoding::Utf8),
+            "shift_jis" | "sjis" | "cp932" | "windows-31j" => Some(Encoding::ShiftJis),
+            _ => None,
+        }
+    }
+
+    pub fn codec(self) -> &'static encoding_rs::Encoding {
+        match self {
+            Encoding::Utf8 => encoding_rs::UTF_8,
+            Encoding::ShiftJis => encoding_rs::SHIFT_JIS,
+        }
+    }
+}

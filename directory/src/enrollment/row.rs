@@ -1,0 +1,226 @@
+//! Validating one enrollment row into a registry row, collecting every field's error.
+
+use super::Columns;
+use crate::registry::{Card, EnrollmentRow, Identity};
+use chrono::NaiveDate;
+use iryo_proto::person::parse_date;
+use iryo_proto::*;
+use serde::Serialize;
+
+/// One reason a row was rejected, as written to `FILE.errors.csv`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RowError {
+    pub line: u64,
+    pub field: String,
+    pub value: String,
+    pub reason: String,
+}
+
+/// Collects field errors so that one pass reports everything wrong with a row.
+struct Check<'r> {
+    cols: &'r Columns,
+    record: &'r csv::StringRecord,
+    line: u64,
+    errors: Vec<RowError>,
+}
+
+impl Check<'_> {
+    fn field<T>(
+        &mut self,
+        name: &str,
+        parse: impl FnOnce(&str) -> Result<T, IdError>,
+    ) -> Option<T> {
+        let raw = self.cols.get(self.record, name);
+        match parse(raw) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.fail(name, raw, e.to_string());
+                None
+            }
+        }
+    }
+
+    fn fail(&mut self, name: &str, raw: &str, reason: String) {
+        self.errors.push(RowError {
+            line: self.line,
+            field: name.into(),
+            value: raw.chars().take(80).collect(),
+            reason,
+        });
+    }
+}
+
+/// Validates a record. `today` bounds birth dates.
+pub fn parse_row(
+    cols: &Columns,
+    record: &csv::StringRecord,
+    line: u64,
+    today: NaiveDate,
+) -> Result<EnrollmentRow, Vec<RowError>> {
+    let mut c = Check {
+        cols,
+        record,
+        line,
+        errors: Vec::new(),
+    };
+    let kind = c.field("insurer_kind", InsurerKind::parse);
+    let insurer = c.field("insurer_number", InsurerNumber::parse);
+    let symbol = c.field("card_symbol", CardSymbol::parse);
+    let number = c.field("card_number", CardNumber::parse);
+    let branch = c.field("branch", Branch::parse);
+    let relation = c.field("relation", Relation::parse);
+    let my_number = c.field("my_number", MyNumber::parse);
+    let name = c.field("name", PersonName::parse);
+    let kana = c.field("kana_name", KanaName::parse);
+    let birth = c.field("birth_date", |s| BirthDate::parse(s, today));
+    let sex = c.field("sex", Sex::parse);
+    let from = c.field("coverage_from", |s| parse_date("coverage from", s));
+    let until = c.field("coverage_until", |s| {
+        if s.trim().is_empty() {
+            Ok(None)
+        } else {
+            parse_date("coverage until", s).map(Some)
+        }
+    });
+    let address = {
+        let raw = cols.get(record, "address").trim();
+        if raw.contains('\u{FFFD}') || raw.chars().any(char::is_control) {
+            c.fail(
+                "address",
+                raw,
+                "contains characters that are not text in the file's encoding".into(),
+            );
+        }
+        (!raw.is_empty()).then(|| raw.split_whitespace().collect::<Vec<_>>().join(" "))
+    };
+    if let (Some(k), Some(i)) = (kind, &insurer) {
+        if !i.fits(k) {
+            let raw = cols.get(record, "insurer_number").to_string();
+            let reason = match i.law_number() {
+                Some(l) => format!(
+                    "law number {l:02} does not belong to insurer kind {}",
+                    k.as_str()
+                ),
+                None => format!(
+                    "a 6-digit number is National Health Insurance, not {}",
+                    k.as_str()
+                ),
+            };
+            c.fail("insurer_number", &raw, reason);
+        }
+    }
+    if let (Some(f), Some(Some(u))) = (from, until) {
+        if u < f {
+            let raw = cols.get(record, "coverage_until").to_string();
+            c.fail(
+                "coverage_until",
+                &raw,
+                format!("ends before coverage_from {f}"),
+            );
+        }
+    }
+    if let (Some(b), Some(f)) = (birth, from) {
+        if f < b.date() {
+            let raw = cols.get(record, "coverage_from").to_string();
+            c.fail("coverage_from", &raw, format!("is before birth date {b}"));
+        }
+    }
+    match (
+        kind, insurer, symbol, number, branch, relation, my_number, name, kana, birth, sex, from,
+        until,
+    ) {
+        (
+            Some(kind),
+            Some(insurer),
+            Some(symbol),
+            Some(number),
+            Some(branch),
+            Some(relation),
+            Some(my_number),
+            Some(name),
+            Some(kana),
+            Some(birth),
+            Some(sex),
+            Some(from),
+            Some(until),
+        ) if c.errors.is_empty() => Ok(EnrollmentRow {
+            line,
+            kind,
+            card: Card {
+                insurer,
+                symbol,
+                number,
+                branch,
+            },
+            relation,
+            my_number,
+            identity: Identity {
+                name,
+                kana,
+                birth,
+                sex,
+            },
+            address,
+            from,
+            until,
+        }),
+        _ => Err(c.errors),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::enrollment::HEADER;
+
+    fn record(fields: &[&str]) -> csv::StringRecord {
+        csv::StringRecord::from(fields.to_vec())
+    }
+
+    fn today() -> NaiveDate {
+        NaiveDate::from_ymd_opt(2026, 11, 27).unwrap()
+    }
+
+    const GOOD: [&str; 14] = [
+        "kyokai",
+        "01130012",
+        "１２３４",
+        "56",
+        "0",
+        "insured",
+        "983205673214",
+        "山田 太郎",
+        "ﾔﾏﾀﾞ ﾀﾛｳ",
+        "1980-04-01",
+        "1",
+        "東京都千代田区",
+        "2020-04-01",
+        "",
+    ];
+
+    #[test]
+    fn good_row_is_normalised() {
+        let cols = Columns::from_header(HEADER.into_iter()).unwrap();
+        let row = parse_row(&cols, &record(&GOOD), 2, today()).unwrap();
+        assert_eq!(row.card.symbol.as_str(), "1234");
+        assert_eq!(row.card.branch.to_string(), "00");
+        assert_eq!(row.identity.kana.as_str(), "ヤマダ　タロウ");
+        assert_eq!(row.until, None);
+    }
+
+    #[test]
+    fn every_bad_field_is_reported_with_line() {
+        let cols = Columns::from_header(HEADER.into_iter()).unwrap();
+        let mut bad = GOOD;
+        bad[1] = "06130012";
+        bad[6] = "983205673215";
+        bad[8] = "山田";
+        bad[9] = "2031-01-01";
+        let errs = parse_row(&cols, &record(&bad), 17, today()).unwrap_err();
+        let fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
+        assert!(errs.iter().all(|e| e.line == 17));
+        for f in ["insurer_number", "my_number", "kana_name", "birth_date"] {
+            assert!(fields.contains(&f), "{f} missing from {fields:?}");
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! The agency's secret keys: the Ed25519 root key that signs memberships and grants,
+//! and the FF1 key that issues medical IDs. Each lives in its own file, mode 0600.
+
+use ed25519_dalek::SigningKey;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum KeyError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: expected 32 bytes, found {len}")]
+    Length { path: PathBuf, len: usize },
+    #[error("{path}: readable by others (mode {mode:o}); run chmod 600")]
+    Permissions { path: PathBuf, mode: u32 },
+    #[error("the OS random source failed: {0}")]
+    Random(String),
+}
+
+pub struct AgencyKeys {
+    pub root: SigningKey,
+    pub issuance: [u8; 32],
+}
+
+const ROOT_FILE: &str = "agency-root.ed25519";
+const ISSUANCE_FILE: &str = "issuance-ff1.aes256";
+
+fn random32() -> Result<[u8; 32], KeyError> {
+    let mut b = [0u8; 32];
+    getrandom::fill(&mut b).map_err(|e| KeyError::Random(e.to_string()))?;
+    Ok(b)
+}
+
+impl AgencyKeys {
+    pub fn generate() -> Result<Self, KeyError> {
+        Ok(Self {
+            root: SigningKey::from_bytes(&random32()?),
+            issuance: random32()?,
+        })
+    }
+
+    /// Writes both keys into `dir`, refusing to overwrite existing ones.
+    pub fn write(&self, dir: &Path) -> Result<(), KeyError> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| KeyError::Io { path, source }
+        };
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        for (name, bytes) in [
+            (ROOT_FILE, self.root.to_bytes()),
+            (ISSUANCE_FILE, self.issuance),
+        ] {
+            let path = dir.join(name);
+            let mut opts = std::fs::OpenOptions::new();
+            opts.write(true).create_new(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                opts.mode(0o600);
+            }
+            let mut f = opts.open(&path).map_err(io(&path))?;
+            f.write_all(&bytes).map_err(io(&path))?;
+            f.sync_all().map_err(io(&path))?;
+        }
+        Ok(())
+    }
+
+    pub fn load(dir: &Path) -> Result<Self, KeyError> {
+        let root = read32(&dir.join(ROOT_FILE))?;
+        let issuance = read32(&dir.join(ISSUANCE_FILE))?;
+        Ok(Self {
+            root: SigningKey::from_bytes(&root),
+            issuance,
+        })
+    }
+
+    pub fn exists(dir: &Path) -> bool {
+        dir.join(ROOT_FILE).exists() || dir.join(ISSUANCE_FILE).exists()
+    }
+}
+
+fn read32(path: &Path) -> Result<[u8; 32], KeyError> {
+    let io = |source| KeyError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).map_err(io)?.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(KeyError::Permissions {
+                path: path.to_path_buf(),
+                mode,
+            });
+        }
+    }
+    let bytes = std::fs::read(path).map_err(io)?;
+    bytes.as_slice().try_into().map_err(|_| KeyError::Length {
+        path: path.to_path_buf(),
+        len: bytes.len(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip_with_private_modes() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = AgencyKeys::generate().unwrap();
+        keys.write(dir.path()).unwrap();
+        assert!(keys.write(dir.path()).is_err(), "never overwrites keys");
+        let back = AgencyKeys::load(dir.path()).unwrap();
+        assert_eq!(back.issuance, keys.issuance);
+        assert_eq!(back.root.to_bytes(), keys.root.to_bytes());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join(ROOT_FILE))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+}

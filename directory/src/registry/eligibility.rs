@@ -1,0 +1,203 @@
+//! The answer to an eligibility check (seed 3), decided from what the registry holds.
+
+use super::{Card, IdState, Person};
+use chrono::NaiveDate;
+use iryo_proto::{
+    Branch, CardNumber, CardSymbol, InstitutionCode, InsurerKind, InsurerNumber, MedicalId,
+};
+use serde::{Deserialize, Serialize};
+
+/// How the person is identified at the reception desk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CheckKey {
+    /// The insurance card, optionally with the medical ID the person presents.
+    Card {
+        insurer: InsurerNumber,
+        symbol: CardSymbol,
+        number: CardNumber,
+        branch: Option<Branch>,
+        presented: Option<MedicalId>,
+    },
+    /// A medical ID card alone (seed 4-1).
+    MedicalId(MedicalId),
+}
+
+impl CheckKey {
+    /// Whether a coverage's card is the one presented; any card for a medical ID.
+    pub fn matches(&self, card: &Card) -> bool {
+        match self {
+            CheckKey::Card {
+                insurer,
+                symbol,
+                number,
+                branch,
+                ..
+            } => {
+                &card.insurer == insurer
+                    && &card.symbol == symbol
+                    && &card.number == number
+                    && branch.is_none_or(|b| b == card.branch)
+            }
+            CheckKey::MedicalId(_) => true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckRequest {
+    pub institution: InstitutionCode,
+    pub key: CheckKey,
+    pub date: NaiveDate,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    Active,
+    CoverageEnded,
+    NotYetCovered,
+    NotFound,
+    /// Several people share the card and no branch number was given.
+    BranchRequired,
+    /// The medical ID was replaced on application; the answer names its successor.
+    IdChanged,
+    Deceased,
+    Retired,
+}
+
+impl Reason {
+    pub fn eligible(self) -> bool {
+        matches!(self, Reason::Active)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CoverageSummary {
+    pub kind: InsurerKind,
+    pub card: Card,
+    pub from: NaiveDate,
+    pub until: Option<NaiveDate>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckAnswer {
+    pub eligible: bool,
+    pub reason: Reason,
+    pub medical_id: Option<MedicalId>,
+    pub coverage: Option<CoverageSummary>,
+    /// Set when the presented medical ID differed and a mismatch was recorded.
+    pub mismatch: Option<u64>,
+}
+
+impl CheckAnswer {
+    pub fn refused(reason: Reason, medical_id: Option<MedicalId>) -> Self {
+        Self {
+            eligible: false,
+            reason,
+            medical_id,
+            coverage: None,
+            mismatch: None,
+        }
+    }
+}
+
+/// Decides eligibility for a found person on `date`. A card answers for its own
+/// coverage: an old card stays ended after its holder moved to another insurer.
+pub fn decide(
+    person: &Person,
+    key: &CheckKey,
+    date: NaiveDate,
+    retention_years: u32,
+) -> CheckAnswer {
+    let id = Some(person.medical_id);
+    match person.id_state(date, retention_years) {
+        IdState::Retired => return CheckAnswer::refused(Reason::Retired, id),
+        IdState::Deceased { .. } => return CheckAnswer::refused(Reason::Deceased, id),
+        IdState::Active => {}
+    }
+    let presented = || person.coverages.iter().filter(|c| key.matches(&c.card));
+    if let Some(c) = presented()
+        .filter(|c| c.covers(date))
+        .max_by_key(|c| c.from)
+    {
+        return CheckAnswer {
+            eligible: true,
+            reason: Reason::Active,
+            medical_id: id,
+            coverage: Some(CoverageSummary {
+                kind: c.kind,
+                card: c.card.clone(),
+                from: c.from,
+                until: c.until,
+            }),
+            mismatch: None,
+        };
+    }
+    let reason = if presented().any(|c| c.from > date) {
+        Reason::NotYetCovered
+    } else {
+        Reason::CoverageEnded
+    };
+    CheckAnswer::refused(reason, id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::merge::{new_person, tests::row};
+
+    fn d(s: &str) -> NaiveDate {
+        NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap()
+    }
+
+    #[test]
+    fn reasons() {
+        let mut r = row("983205673214", "01130012", "5");
+        r.until = Some(d("2024-03-31"));
+        let mut p = new_person(1, &r, MedicalId::from_body(9), 0, 0);
+        let k = CheckKey::MedicalId(p.medical_id);
+        assert_eq!(decide(&p, &k, d("2023-01-01"), 5).reason, Reason::Active);
+        assert!(decide(&p, &k, d("2023-01-01"), 5).eligible);
+        assert_eq!(
+            decide(&p, &k, d("2025-01-01"), 5).reason,
+            Reason::CoverageEnded
+        );
+        assert_eq!(
+            decide(&p, &k, d("2019-01-01"), 5).reason,
+            Reason::NotYetCovered
+        );
+        p.death = Some(d("2023-06-01"));
+        assert_eq!(decide(&p, &k, d("2023-06-02"), 5).reason, Reason::Deceased);
+        assert_eq!(decide(&p, &k, d("2023-05-31"), 5).reason, Reason::Active);
+        assert_eq!(decide(&p, &k, d("2028-06-02"), 5).reason, Reason::Retired);
+    }
+
+    #[test]
+    fn an_old_card_answers_for_itself() {
+        let mut old = row("983205673214", "01130012", "5");
+        old.until = Some(d("2024-03-31"));
+        let mut p = new_person(1, &old, MedicalId::from_body(9), 0, 0);
+        let new = row("983205673214", "33120015", "77");
+        crate::registry::merge::merge_row(&mut p, &new, 0);
+        let card_key = |c: &Card| CheckKey::Card {
+            insurer: c.insurer.clone(),
+            symbol: c.symbol.clone(),
+            number: c.number.clone(),
+            branch: None,
+            presented: None,
+        };
+        let today = d("2026-01-01");
+        assert_eq!(
+            decide(&p, &card_key(&old.card), today, 5).reason,
+            Reason::CoverageEnded
+        );
+        assert_eq!(
+            decide(&p, &card_key(&new.card), today, 5).reason,
+            Reason::Active
+        );
+        assert_eq!(
+            decide(&p, &CheckKey::MedicalId(p.medical_id), today, 5).reason,
+            Reason::Active
+        );
+    }
+}

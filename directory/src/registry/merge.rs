@@ -1,0 +1,206 @@
+//! What an enrollment row does to the registry: the rules of seed 2-1 as plain functions.
+
+use super::{Card, ConflictKind, Coverage, EnrollmentRow, Event, Person, Timestamp};
+use iryo_proto::{MedicalId, MyNumber};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RowOutcome {
+    New,
+    Updated,
+    Unchanged,
+    Conflict(ConflictKind),
+}
+
+/// The card index's answer for the row's card.
+pub enum CardHolder {
+    Nobody,
+    ThisPerson,
+    Other(MyNumber),
+}
+
+/// Decides whether a row may be applied at all; `None` means go ahead.
+pub fn conflict_for(
+    person: Option<&Person>,
+    row: &EnrollmentRow,
+    card: CardHolder,
+) -> Option<ConflictKind> {
+    if let CardHolder::Other(holder) = card {
+        if holder != row.my_number {
+            return Some(ConflictKind::CardHeldByOther { holder });
+        }
+    }
+    let person = person?;
+    let fields = person.identity.differences(&row.identity);
+    if fields.is_empty() {
+        None
+    } else {
+        Some(ConflictKind::IdentityMismatch {
+            fields: fields.into_iter().map(String::from).collect(),
+        })
+    }
+}
+
+/// Applies a row whose identity agrees with the registered person. A person who moves
+/// insurer gains a coverage; the old one keeps its dates.
+pub fn merge_row(person: &mut Person, row: &EnrollmentRow, at: Timestamp) -> RowOutcome {
+    let mut changed = false;
+    if let Some(a) = &row.address {
+        if person.address.as_ref() != Some(a) {
+            person.address = Some(a.clone());
+            changed = true;
+        }
+    }
+    match person.coverage_mut(&row.card) {
+        Some(c) => {
+            if c.kind != row.kind
+                || c.relation != row.relation
+                || c.from != row.from
+                || c.until != row.until
+            {
+                c.kind = row.kind;
+                c.relation = row.relation;
+                c.from = row.from;
+                c.until = row.until;
+                person.history.push(Event::CoverageUpdated {
+                    card: row.card.clone(),
+                    at,
+                });
+                changed = true;
+            }
+        }
+        None => {
+            person.coverages.push(coverage_from(row));
+            person.history.push(Event::CoverageAdded {
+                card: row.card.clone(),
+                at,
+            });
+            changed = true;
+        }
+    }
+    if changed {
+        RowOutcome::Updated
+    } else {
+        RowOutcome::Unchanged
+    }
+}
+
+pub fn coverage_from(row: &EnrollmentRow) -> Coverage {
+    Coverage {
+        kind: row.kind,
+        card: row.card.clone(),
+        relation: row.relation,
+        from: row.from,
+        until: row.until,
+        assigned_at: None,
+    }
+}
+
+/// A person registered for the first time, with the medical ID just issued.
+pub fn new_person(
+    pid: u64,
+    row: &EnrollmentRow,
+    medical_id: MedicalId,
+    generation: u32,
+    at: Timestamp,
+) -> Person {
+    Person {
+        pid,
+        my_number: row.my_number,
+        medical_id,
+        generation,
+        identity: row.identity.clone(),
+        address: row.address.clone(),
+        coverages: vec![coverage_from(row)],
+        death: None,
+        retired: false,
+        notified_at: None,
+        history: vec![
+            Event::Issued { id: medical_id, at },
+            Event::CoverageAdded {
+                card: row.card.clone(),
+                at,
+            },
+        ],
+    }
+}
+
+/// Removes a card's coverage from its holder, for a correction by an operator.
+pub fn drop_card(person: &mut Person, card: &Card) -> Option<Coverage> {
+    let pos = person.coverages.iter().position(|c| &c.card == card)?;
+    Some(person.coverages.remove(pos))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::registry::Identity;
+    use chrono::NaiveDate;
+    use iryo_proto::*;
+
+    pub fn row(my_number: &str, insurer: &str, number: &str) -> EnrollmentRow {
+        let today = NaiveDate::from_ymd_opt(2026, 1, 1).unwrap();
+        EnrollmentRow {
+            line: 2,
+            kind: InsurerKind::Kyokai,
+            card: Card {
+                insurer: InsurerNumber::parse(insurer).unwrap(),
+                symbol: CardSymbol::parse("1234").unwrap(),
+                number: CardNumber::parse(number).unwrap(),
+                branch: Branch::new(0).unwrap(),
+            },
+            relation: Relation::Insured,
+            my_number: MyNumber::parse(my_number).unwrap(),
+            identity: Identity {
+                name: PersonName::parse("山田 太郎").unwrap(),
+                kana: KanaName::parse("ヤマダ タロウ").unwrap(),
+                birth: BirthDate::parse("1980-04-01", today).unwrap(),
+                sex: Sex::Male,
+            },
+            address: None,
+            from: NaiveDate::from_ymd_opt(2020, 4, 1).unwrap(),
+            until: None,
+        }
+    }
+
+    #[test]
+    fn same_row_twice_is_unchanged() {
+        let r = row("983205673214", "01130012", "5");
+        let mut p = new_person(1, &r, MedicalId::from_body(7), 0, 0);
+        assert_eq!(merge_row(&mut p, &r, 1), RowOutcome::Unchanged);
+        assert_eq!(p.history.len(), 2);
+    }
+
+    #[test]
+    fn moving_insurer_keeps_old_coverage_dates() {
+        let mut old = row("983205673214", "01130012", "5");
+        old.until = NaiveDate::from_ymd_opt(2025, 3, 31);
+        let mut p = new_person(1, &old, MedicalId::from_body(7), 0, 0);
+        let new = row("983205673214", "33120015", "77");
+        assert!(conflict_for(Some(&p), &new, CardHolder::Nobody).is_none());
+        assert_eq!(merge_row(&mut p, &new, 1), RowOutcome::Updated);
+        assert_eq!(p.coverages.len(), 2);
+        assert_eq!(p.coverages[0].until, NaiveDate::from_ymd_opt(2025, 3, 31));
+        let d = NaiveDate::from_ymd_opt(2026, 1, 1).unwrap();
+        assert_eq!(p.coverage_on(d).unwrap().card.insurer.as_str(), "33120015");
+    }
+
+    #[test]
+    fn identity_disagreement_is_a_conflict() {
+        let r = row("983205673214", "01130012", "5");
+        let p = new_person(1, &r, MedicalId::from_body(7), 0, 0);
+        let mut other = r.clone();
+        other.identity.sex = Sex::Female;
+        other.identity.kana = KanaName::parse("ヤマダ ハナコ").unwrap();
+        assert_eq!(
+            conflict_for(Some(&p), &other, CardHolder::ThisPerson),
+            Some(ConflictKind::IdentityMismatch {
+                fields: vec!["kana_name".into(), "sex".into()]
+            })
+        );
+        let holder = MyNumber::from_body(1);
+        assert!(matches!(
+            conflict_for(None, &r, CardHolder::Other(holder)),
+            Some(ConflictKind::CardHeldByOther { .. })
+        ));
+    }
+}

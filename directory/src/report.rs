@@ -1,0 +1,137 @@
+//! Human-readable renderings of registry records for the command line.
+
+use crate::registry::{format_time, CaseStatus, Conflict, Event, Mismatch, Person, ServiceUse};
+use std::fmt::Write;
+
+pub fn person(
+    p: &Person,
+    uses: &[ServiceUse],
+    retention_years: u32,
+    today: chrono::NaiveDate,
+) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "medical ID    {}  ({:?})",
+        p.medical_id.grouped(),
+        p.id_state(today, retention_years)
+    );
+    let _ = writeln!(s, "My Number     {}", p.my_number);
+    let _ = writeln!(
+        s,
+        "name          {}  ({})",
+        p.identity.name, p.identity.kana
+    );
+    let _ = writeln!(
+        s,
+        "birth date    {}   sex {} ",
+        p.identity.birth,
+        p.identity.sex.code()
+    );
+    let _ = writeln!(s, "address       {}", p.address.as_deref().unwrap_or("-"));
+    if let Some(d) = p.death {
+        let _ = writeln!(s, "death         {d}");
+    }
+    let _ = writeln!(s, "coverages:");
+    for c in &p.coverages {
+        let _ = writeln!(
+            s,
+            "  {:<10} {}  {} from {} until {}{}",
+            c.kind.as_str(),
+            c.card,
+            c.relation.as_str(),
+            c.from,
+            c.until.map_or("-".into(), |u| u.to_string()),
+            c.assigned_at.map_or(String::new(), |a| format!(
+                "  (assigned {})",
+                format_time(a)
+            ))
+        );
+    }
+    let _ = writeln!(s, "history:");
+    for e in &p.history {
+        let _ = writeln!(s, "  {}  {}", format_time(e.at()), event(e));
+    }
+    let _ = writeln!(s, "service use ({}):", uses.len());
+    for u in uses {
+        let _ = writeln!(
+            s,
+            "  {}  institution {}  {}",
+            u.date,
+            u.institution,
+            if u.eligible {
+                "eligible"
+            } else {
+                "not eligible"
+            }
+        );
+    }
+    s
+}
+
+pub fn event(e: &Event) -> String {
+    match e {
+        Event::Issued { id, .. } => format!("issued {}", id.grouped()),
+        Event::CoverageAdded { card, .. } => format!("coverage added: {card}"),
+        Event::CoverageUpdated { card, .. } => format!("coverage updated: {card}"),
+        Event::IdChanged {
+            old, new, reason, ..
+        } => {
+            format!(
+                "medical ID changed {} -> {} ({reason})",
+                old.grouped(),
+                new.grouped()
+            )
+        }
+        Event::MyNumberChanged { old, new, .. } => format!("My Number changed {old} -> {new}"),
+        Event::Death { date, .. } => format!("death recorded: {date}"),
+        Event::Retired { .. } => "medical ID retired".into(),
+        Event::Corrected { what, reason, .. } => format!("corrected: {what} ({reason})"),
+        Event::Notified { plan, .. } => format!("letter listed (plan {plan})"),
+    }
+}
+
+fn status(s: &CaseStatus) -> String {
+    match s {
+        CaseStatus::Open => "open".into(),
+        CaseStatus::Resolved {
+            action,
+            reason,
+            by,
+            at,
+        } => {
+            format!(
+                "resolved: {action} by {by} at {} ({reason})",
+                format_time(*at)
+            )
+        }
+    }
+}
+
+pub fn conflict(c: &Conflict) -> String {
+    format!(
+        "#{}  {}  {}\n     row: My Number {}  {} ({})  born {}  card {}\n     {}",
+        c.id,
+        c.source,
+        c.kind,
+        c.row.my_number,
+        c.row.identity.name,
+        c.row.identity.kana,
+        c.row.identity.birth,
+        c.row.card,
+        status(&c.status)
+    )
+}
+
+pub fn mismatch(m: &Mismatch) -> String {
+    format!(
+        "#{}  {}  institution {}  card {}\n     presented {}  registered {}\n     {}",
+        m.id,
+        m.date,
+        m.institution,
+        m.card,
+        m.presented.grouped(),
+        m.registered.grouped(),
+        status(&m.status)
+    )
+}

@@ -1,0 +1,413 @@
+//! Realistic enrollment files for the four insurer kinds: valid numbers, kana names in
+//! the forms insurers really send, households with dependents, people who changed
+//! insurer, and on request a share of broken rows like those registration desks make.
+
+use crate::enrollment::{Encoding, HEADER};
+use chrono::{Days, NaiveDate};
+use iryo_proto::{InsurerKind, InsurerNumber, MyNumber};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum SampleError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct SampleOptions {
+    pub persons: u64,
+    pub seed: u64,
+    /// Percentage of rows to break on purpose, 0 to 100.
+    pub bad_rows_percent: f64,
+    pub encoding: Encoding,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SampleReport {
+    pub files: Vec<PathBuf>,
+    pub rows: u64,
+    pub bad_rows: u64,
+    pub movers: u64,
+}
+
+const FAMILY: [(&str, &str); 24] = [
+    ("佐藤", "サトウ"),
+    ("鈴木", "スズキ"),
+    ("高橋", "タカハシ"),
+    ("田中", "タナカ"),
+    ("伊藤", "イトウ"),
+    ("渡辺", "ワタナベ"),
+    ("山本", "ヤマモト"),
+    ("中村", "ナカムラ"),
+    ("小林", "コバヤシ"),
+    ("加藤", "カトウ"),
+    ("吉田", "ヨシダ"),
+    ("山田", "ヤマダ"),
+    ("佐々木", "ササキ"),
+    ("山口", "ヤマグチ"),
+    ("松本", "マツモト"),
+    ("井上", "イノウエ"),
+    ("木村", "キムラ"),
+    ("林", "ハヤシ"),
+    ("斎藤", "サイトウ"),
+    ("清水", "シミズ"),
+    ("山崎", "ヤマザキ"),
+    ("森", "モリ"),
+    ("池田", "イケダ"),
+    ("橋本", "ハシモト"),
+];
+const MALE: [(&str, &str); 12] = [
+    ("太郎", "タロウ"),
+    ("翔", "ショウ"),
+    ("大輔", "ダイスケ"),
+    ("健太", "ケンタ"),
+    ("誠", "マコト"),
+    ("蓮", "レン"),
+    ("悠真", "ユウマ"),
+    ("陽翔", "ハルト"),
+    ("浩二", "コウジ"),
+    ("拓也", "タクヤ"),
+    ("湊", "ミナト"),
+    ("一郎", "イチロウ"),
+];
+const FEMALE: [(&str, &str); 12] = [
+    ("花子", "ハナコ"),
+    ("陽菜", "ヒナ"),
+    ("美咲", "ミサキ"),
+    ("結衣", "ユイ"),
+    ("さくら", "サクラ"),
+    ("葵", "アオイ"),
+    ("由美子", "ユミコ"),
+    ("恵子", "ケイコ"),
+    ("凛", "リン"),
+    ("芽依", "メイ"),
+    ("愛", "アイ"),
+    ("智子", "トモコ"),
+];
+const CITIES: [(&str, &str); 8] = [
+    ("東京都", "千代田区千代田"),
+    ("東京都", "世田谷区太子堂"),
+    ("大阪府", "大阪市北区梅田"),
+    ("北海道", "札幌市中央区北一条西"),
+    ("愛知県", "名古屋市中区栄"),
+    ("福岡県", "福岡市博多区博多駅前"),
+    ("神奈川県", "横浜市西区みなとみらい"),
+    ("宮城県", "仙台市青葉区一番町"),
+];
+
+struct Insurer {
+    kind: InsurerKind,
+    number: InsurerNumber,
+    share: u32,
+}
+
+fn insurers() -> Result<Vec<Insurer>, SampleError> {
+    let spec = [
+        (InsurerKind::Nhi, "13101", 13),
+        (InsurerKind::Nhi, "27127", 12),
+        (InsurerKind::Kyokai, "0113001", 25),
+        (InsurerKind::Kyokai, "0127001", 15),
+        (InsurerKind::Society, "0613052", 13),
+        (InsurerKind::Society, "0627014", 12),
+        (InsurerKind::MutualAid, "3113011", 5),
+        (InsurerKind::MutualAid, "3213001", 5),
+    ];
+    spec.iter()
+        .map(|(kind, body, share)| {
+            Ok(Insurer {
+                kind: *kind,
+                number: InsurerNumber::from_body(body)
+                    .map_err(|e| SampleError::Invalid(e.to_string()))?,
+                share: *share,
+            })
+        })
+        .collect()
+}
+
+/// A bijection on 11-digit bodies, so every generated person has a distinct My Number.
+fn my_number(i: u64, seed: u64) -> MyNumber {
+    const SPACE: u64 = 100_000_000_000;
+    let offset = seed.wrapping_mul(0x9E37_79B9) % SPACE;
+    MyNumber::from_body(((i as u128 * 7_919_432_051u128 + offset as u128) % SPACE as u128) as u64)
+}
+
+fn to_hiragana(kana: &str) -> String {
+    kana.chars()
+        .map(|c| match c {
+            '\u{30A1}'..='\u{30F6}' => char::from_u32(c as u32 - 0x60).unwrap_or(c),
+            _ => c,
+        })
+        .collect()
+}
+
+fn date(rng: &mut StdRng, from_year: i32, to_year: i32) -> NaiveDate {
+    let start = NaiveDate::from_ymd_opt(from_year, 1, 1).unwrap_or(NaiveDate::MIN);
+    let span = (to_year - from_year).max(1) as u64 * 365;
+    start + Days::new(rng.random_range(0..span))
+}
+
+struct Writers {
+    files: Vec<(PathBuf, BufWriter<File>)>,
+    encoding: Encoding,
+}
+
+impl Writers {
+    fn row(&mut self, insurer: usize, fields: &[String]) -> Result<(), SampleError> {
+        let mut line = String::with_capacity(160);
+        for (i, f) in fields.iter().enumerate() {
+            if i > 0 {
+                line.push(',');
+            }
+            if f.contains(',') || f.contains('"') {
+                line.push('"');
+                line.push_str(&f.replace('"', "\"\""));
+                line.push('"');
+            } else {
+                line.push_str(f);
+            }
+        }
+        line.push_str("\r\n");
+        let (path, w) = &mut self.files[insurer];
+        let bytes = match self.encoding {
+            Encoding::Utf8 => std::borrow::Cow::Borrowed(line.as_bytes()),
+            Encoding::ShiftJis => encoding_rs::SHIFT_JIS.encode(&line).0,
+        };
+        w.write_all(&bytes).map_err(|source| SampleError::Io {
+            path: path.clone(),
+            source,
+        })
+    }
+}
+
+/// Writes one file per insurer into `dir` and returns what it wrote.
+pub fn write_sample(dir: &Path, opts: &SampleOptions) -> Result<SampleReport, SampleError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| SampleError::Io { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let ins = insurers()?;
+    let mut writers = Writers {
+        files: Vec::new(),
+        encoding: opts.encoding,
+    };
+    for i in &ins {
+        let path = dir.join(format!("{}_{}.csv", i.kind.as_str(), i.number));
+        let mut w = BufWriter::with_capacity(1 << 20, File::create(&path).map_err(io(&path))?);
+        // Spreadsheet exports from Kyokai Kenpo arrive with a UTF-8 byte-order mark.
+        if opts.encoding == Encoding::Utf8 && i.kind == InsurerKind::Kyokai {
+            w.write_all(b"\xEF\xBB\xBF").map_err(io(&path))?;
+        }
+        writers.files.push((path, w));
+        let header: Vec<String> = HEADER.iter().map(|s| s.to_string()).collect();
+        let n = writers.files.len() - 1;
+        writers.row(n, &header)?;
+    }
+    let total_share: u32 = ins.iter().map(|i| i.share).sum();
+    let mut rng = StdRng::seed_from_u64(opts.seed);
+    let mut report = SampleReport::default();
+    let mut next_card = vec![1u64; ins.len()];
+    let mut person = 0u64;
+    while person < opts.persons {
+        let mut pick = rng.random_range(0..total_share);
+        let home = ins
+            .iter()
+            .position(|i| {
+                if pick < i.share {
+                    true
+                } else {
+                    pick -= i.share;
+                    false
+                }
+            })
+            .unwrap_or(0);
+        let size = (rng.random_range(1..=4u64)).min(opts.persons - person);
+        let (family, family_kana) = FAMILY[rng.random_range(0..FAMILY.len())];
+        let (pref, town) = CITIES[rng.random_range(0..CITIES.len())];
+        let address = format!(
+            "{pref}{town}{}-{}-{}",
+            rng.random_range(1..=9),
+            rng.random_range(1..=30),
+            rng.random_range(1..=20)
+        );
+        let card_no = next_card[home];
+        next_card[home] += 1;
+        let symbol = match ins[home].kind {
+            InsurerKind::Kyokai => format!("{:08}", 10_000_000 + card_no / 500),
+            InsurerKind::Nhi => format!(
+                "{}{}",
+                ["千代", "あ", "北"][card_no as usize % 3],
+                card_no % 90 + 10
+            ),
+            InsurerKind::Society => format!("{}", card_no % 40 + 1),
+            InsurerKind::MutualAid => format!("{:04}", card_no % 3000),
+        };
+        let from = date(&mut rng, 2015, 2025);
+        for member in 0..size {
+            let i = person + member;
+            let male = if member == 0 {
+                rng.random_bool(0.6)
+            } else {
+                rng.random_bool(0.5)
+            };
+            let (given, given_kana) = if male {
+                MALE[rng.random_range(0..MALE.len())]
+            } else {
+                FEMALE[rng.random_range(0..FEMALE.len())]
+            };
+            let birth = if member <= 1 {
+                date(&mut rng, 1940, 2000)
+            } else {
+                date(&mut rng, 2001, 2024)
+            };
+            let kana = format!("{family_kana} {given_kana}");
+            let kana = match rng.random_range(0..10) {
+                0 => to_hiragana(&kana),
+                1 => kana.replace(' ', "　　"),
+                _ => kana,
+            };
+            let relation = if member == 0 || ins[home].kind == InsurerKind::Nhi {
+                "insured"
+            } else {
+                "dependent"
+            };
+            let start = from.max(birth);
+            let mut fields: Vec<String> = vec![
+                ins[home].kind.as_str().into(),
+                ins[home].number.to_string(),
+                symbol.clone(),
+                card_no.to_string(),
+                format!("{member:02}"),
+                relation.into(),
+                my_number(i, opts.seed).to_string(),
+                format!("{family} {given}"),
+                kana,
+                birth.to_string(),
+                if male { "1" } else { "2" }.into(),
+                address.clone(),
+                start.to_string(),
+                String::new(),
+            ];
+            // A head of household who changed job: an ended coverage at another insurer.
+            if member == 0 && rng.random_bool(0.03) {
+                let other = (home + 1 + rng.random_range(0..ins.len() - 1)) % ins.len();
+                let old_card = next_card[other];
+                next_card[other] += 1;
+                let old_from = date(&mut rng, 2005, 2014).max(birth);
+                let old_until = start - Days::new(1);
+                let mut old = fields.clone();
+                old[0] = ins[other].kind.as_str().into();
+                old[1] = ins[other].number.to_string();
+                old[2] = match ins[other].kind {
+                    InsurerKind::Kyokai => format!("{:08}", 20_000_000 + old_card / 500),
+                    _ => format!("{}", old_card % 50 + 1),
+                };
+                old[3] = old_card.to_string();
+                old[4] = "00".into();
+                old[5] = "insured".into();
+                old[12] = old_from.to_string();
+                old[13] = old_until.to_string();
+                // The old insurer misspelt the kana: the directory must hold it as a conflict.
+                if opts.bad_rows_percent > 0.0 && rng.random_bool(0.3) {
+                    old[8] = format!(
+                        "{family_kana} {}",
+                        FEMALE[rng.random_range(0..FEMALE.len())].1
+                    );
+                }
+                if old_from <= old_until {
+                    writers.row(other, &old)?;
+                    report.rows += 1;
+                    report.movers += 1;
+                }
+            }
+            if opts.bad_rows_percent > 0.0
+                && rng.random_bool((opts.bad_rows_percent / 100.0).clamp(0.0, 1.0))
+            {
+                break_row(&mut rng, &mut fields);
+                report.bad_rows += 1;
+            }
+            writers.row(home, &fields)?;
+            report.rows += 1;
+        }
+        person += size;
+    }
+    for (path, mut w) in writers.files {
+        w.flush().map_err(io(&path))?;
+        report.files.push(path);
+    }
+    Ok(report)
+}
+
+/// The mistakes seen on real registration forms.
+fn break_row(rng: &mut StdRng, f: &mut [String]) {
+    match rng.random_range(0..8) {
+        0 => {
+            // A mistyped last digit of the My Number.
+            let mut d: Vec<char> = f[6].chars().collect();
+            if let Some(last) = d.last_mut() {
+                *last = char::from(b'0' + ((*last as u8 - b'0' + 1) % 10));
+            }
+            f[6] = d.into_iter().collect();
+        }
+        1 => f[9] = "1985-02-30".into(),
+        2 => f[9] = "2099-04-01".into(),
+        3 => f[8] = f[7].clone(),
+        4 => f[10] = "M?".into(),
+        5 => f[7] = String::new(),
+        6 => {
+            let mut d: Vec<char> = f[1].chars().collect();
+            d.swap(2, 3);
+            f[1] = d.into_iter().collect();
+            if f[1].chars().nth(2) == f[1].chars().nth(3) {
+                f[1].push('9');
+            }
+        }
+        _ => f[4] = "A1".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_seed_same_files() {
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        let opts = SampleOptions {
+            persons: 300,
+            seed: 7,
+            bad_rows_percent: 5.0,
+            encoding: Encoding::Utf8,
+        };
+        let ra = write_sample(a.path(), &opts).unwrap();
+        write_sample(b.path(), &opts).unwrap();
+        assert_eq!(ra.files.len(), 8);
+        for f in &ra.files {
+            let name = f.file_name().unwrap();
+            assert_eq!(
+                std::fs::read(f).unwrap(),
+                std::fs::read(b.path().join(name)).unwrap()
+            );
+        }
+        assert!(ra.rows >= 300);
+    }
+
+    #[test]
+    fn my_numbers_are_distinct() {
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..100_000 {
+            assert!(seen.insert(my_number(i, 3)));
+        }
+    }
+}

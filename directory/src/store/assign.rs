@@ -1,0 +1,153 @@
+//! Assignment files back to insurers (seed 2-3) and the lists of letters to send
+//! (seed 2-4). Each is read first, written to its file by the caller, and only then
+//! marked done, so a crash in between sends a row twice rather than never.
+
+use super::tables::*;
+use super::{decode, Result, Store};
+use crate::registry::{Card, Event, Person, Timestamp};
+use iryo_proto::{InsurerNumber, MedicalId, MyNumber};
+use redb::ReadableDatabase;
+use serde::Serialize;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AssignmentRow {
+    #[serde(skip)]
+    pub pid: u64,
+    pub insurer_number: InsurerNumber,
+    pub card_symbol: String,
+    pub card_number: String,
+    pub branch: String,
+    pub my_number: MyNumber,
+    pub medical_id: MedicalId,
+    #[serde(skip)]
+    pub card: Card,
+}
+
+/// Who sends the letter that tells a person their medical ID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Plan {
+    /// Plan 1: each insurer sends letters to its insured.
+    Insurer,
+    /// Plan 2: the agency sends a card or postcard to each person's address.
+    Agency,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LetterRow {
+    #[serde(skip)]
+    pub pid: u64,
+    /// The insurer that sends it (plan 1), empty for the agency (plan 2).
+    pub sender: String,
+    pub name: String,
+    pub kana_name: String,
+    pub medical_id: String,
+    pub address: String,
+    pub card: String,
+}
+
+impl Store {
+    /// Rows for `insurer` whose ID has not been sent yet (all rows with `all`).
+    pub fn assignment_rows(
+        &self,
+        insurer: &InsurerNumber,
+        all: bool,
+    ) -> Result<Vec<AssignmentRow>> {
+        let tx = self.db.begin_read()?;
+        let index = tx.open_table(INSURER_PERSONS)?;
+        let persons = tx.open_table(PERSONS)?;
+        let lo = insurer_key(insurer, 0);
+        let hi = insurer_key(insurer, u64::MAX);
+        let mut out = Vec::new();
+        for item in index.range(lo.as_slice()..=hi.as_slice())? {
+            let (k, _) = item?;
+            let mut pid = [0u8; 8];
+            pid.copy_from_slice(&k.value()[8..16]);
+            let pid = u64::from_be_bytes(pid);
+            let Some(v) = persons.get(pid)? else { continue };
+            let p: Person = decode(v.value())?;
+            for c in &p.coverages {
+                if &c.card.insurer == insurer && (all || c.assigned_at.is_none()) {
+                    out.push(AssignmentRow {
+                        pid,
+                        insurer_number: insurer.clone(),
+                        card_symbol: c.card.symbol.to_string(),
+                        card_number: c.card.number.to_string(),
+                        branch: c.card.branch.to_string(),
+                        my_number: p.my_number,
+                        medical_id: p.medical_id,
+                        card: c.card.clone(),
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records that these rows reached their insurer.
+    pub fn mark_assigned(&self, rows: &[AssignmentRow], at: Timestamp) -> Result<()> {
+        self.write(|t| {
+            for r in rows {
+                let mut p = t.person(r.pid)?;
+                if let Some(c) = p.coverage_mut(&r.card) {
+                    c.assigned_at = Some(at);
+                    t.put_person(&p)?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// People not yet told their medical ID (everyone with `all`).
+    pub fn letter_rows(
+        &self,
+        plan: Plan,
+        all: bool,
+        today: chrono::NaiveDate,
+    ) -> Result<Vec<LetterRow>> {
+        let mut out = Vec::new();
+        for p in self.persons()? {
+            if (!all && p.notified_at.is_some()) || p.retired || p.death.is_some() {
+                continue;
+            }
+            let coverage = p.coverage_on(today).or(p.coverages.last());
+            let sender = match (plan, coverage) {
+                (Plan::Insurer, Some(c)) => c.card.insurer.to_string(),
+                (Plan::Insurer, None) => continue,
+                (Plan::Agency, _) => String::new(),
+            };
+            if plan == Plan::Agency && p.address.is_none() {
+                tracing::warn!(medical_id = %p.medical_id, "no address registered; no agency letter");
+                continue;
+            }
+            out.push(LetterRow {
+                pid: p.pid,
+                sender,
+                name: p.identity.name.to_string(),
+                kana_name: p.identity.kana.to_string(),
+                medical_id: p.medical_id.grouped(),
+                address: p.address.clone().unwrap_or_default(),
+                card: coverage.map(|c| c.card.to_string()).unwrap_or_default(),
+            });
+        }
+        Ok(out)
+    }
+
+    pub fn mark_notified(&self, rows: &[LetterRow], plan: Plan, at: Timestamp) -> Result<()> {
+        let plan = match plan {
+            Plan::Insurer => "insurer",
+            Plan::Agency => "agency",
+        };
+        self.write(|t| {
+            for r in rows {
+                let mut p = t.person(r.pid)?;
+                p.notified_at = Some(at);
+                p.history.push(Event::Notified {
+                    plan: plan.into(),
+                    at,
+                });
+                t.put_person(&p)?;
+            }
+            Ok(())
+        })
+    }
+}

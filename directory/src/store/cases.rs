@@ -1,0 +1,251 @@
+//! The operator's queue: enrollment conflicts, mismatches found at institutions, and
+//! the notices they caused (seed 2-1, 2-5).
+
+use super::enroll::apply_row;
+use super::tables::*;
+use super::{decode, encode, Result, Store, StoreError};
+use crate::issuance::Issuer;
+use crate::registry::merge::{drop_card, RowOutcome};
+use crate::registry::{
+    CaseStatus, Conflict, Event, IdStatus, Mismatch, Notice, Recipient, Timestamp,
+};
+use iryo_proto::InsurerNumber;
+use redb::{ReadableDatabase, ReadableTable};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConflictAction {
+    /// The row is right: correct the registry to it.
+    Apply,
+    /// The registry is right: close the case, change nothing.
+    Dismiss,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MismatchAction {
+    /// The registry is right; the person or institution had a wrong ID.
+    Keep,
+    /// The card belongs to the person whose ID was presented: move it there.
+    Rebind,
+}
+
+fn resolved(action: &str, reason: &str, by: &str, at: Timestamp) -> Result<CaseStatus> {
+    if reason.trim().is_empty() {
+        return Err(StoreError::Refused("a resolution needs a reason".into()));
+    }
+    Ok(CaseStatus::Resolved {
+        action: action.into(),
+        reason: reason.trim().into(),
+        by: by.into(),
+        at,
+    })
+}
+
+impl Store {
+    pub fn conflicts(&self, open_only: bool) -> Result<Vec<Conflict>> {
+        self.list(CONFLICTS, open_only, |c: &Conflict| &c.status)
+    }
+
+    pub fn mismatches(&self, open_only: bool) -> Result<Vec<Mismatch>> {
+        self.list(MISMATCHES, open_only, |m: &Mismatch| &m.status)
+    }
+
+    fn list<T: serde::de::DeserializeOwned>(
+        &self,
+        def: redb::TableDefinition<u64, &[u8]>,
+        open_only: bool,
+        status: fn(&T) -> &CaseStatus,
+    ) -> Result<Vec<T>> {
+        let tx = self.db.begin_read()?;
+        let mut out = Vec::new();
+        for item in tx.open_table(def)?.iter()? {
+            let c: T = decode(item?.1.value())?;
+            if !open_only || *status(&c) == CaseStatus::Open {
+                out.push(c);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Notices queued, all or only those for one insurer.
+    pub fn notices(&self, insurer: Option<&InsurerNumber>) -> Result<Vec<Notice>> {
+        let tx = self.db.begin_read()?;
+        let mut out = Vec::new();
+        for item in tx.open_table(NOTICES)?.iter()? {
+            let n: Notice = decode(item?.1.value())?;
+            let keep = match (insurer, &n.to) {
+                (None, _) => true,
+                (Some(i), Recipient::Insurer { insurer }) => i == insurer,
+                (Some(_), Recipient::Person { .. }) => false,
+            };
+            if keep {
+                out.push(n);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn resolve_conflict(
+        &self,
+        id: u64,
+        action: ConflictAction,
+        reason: &str,
+        by: &str,
+        issuer: &Issuer,
+        at: Timestamp,
+    ) -> Result<Conflict> {
+        self.write(|t| {
+            let mut c: Conflict = match t.conflicts.get(id)? {
+                Some(v) => decode(v.value())?,
+                None => {
+                    return Err(StoreError::NoSuchCase {
+                        what: "conflict",
+                        id,
+                    })
+                }
+            };
+            if c.status != CaseStatus::Open {
+                return Err(StoreError::CaseClosed {
+                    what: "conflict",
+                    id,
+                });
+            }
+            let name = match action {
+                ConflictAction::Apply => "apply",
+                ConflictAction::Dismiss => "dismiss",
+            };
+            c.status = resolved(name, reason, by, at)?;
+            if action == ConflictAction::Apply {
+                apply_correction(t, &c, reason, issuer, at)?;
+            }
+            t.conflicts.insert(id, encode(&c)?.as_slice())?;
+            Ok(c)
+        })
+    }
+
+    pub fn resolve_mismatch(
+        &self,
+        id: u64,
+        action: MismatchAction,
+        reason: &str,
+        by: &str,
+        at: Timestamp,
+    ) -> Result<Mismatch> {
+        self.write(|t| {
+            let mut m: Mismatch = match t.mismatches.get(id)? {
+                Some(v) => decode(v.value())?,
+                None => {
+                    return Err(StoreError::NoSuchCase {
+                        what: "mismatch",
+                        id,
+                    })
+                }
+            };
+            if m.status != CaseStatus::Open {
+                return Err(StoreError::CaseClosed {
+                    what: "mismatch",
+                    id,
+                });
+            }
+            let name = match action {
+                MismatchAction::Keep => "keep",
+                MismatchAction::Rebind => "rebind",
+            };
+            m.status = resolved(name, reason, by, at)?;
+            if action == MismatchAction::Rebind {
+                rebind(t, &m, reason, at)?;
+            }
+            let mut key = m.card.key();
+            key.extend_from_slice(&m.presented.as_u64().to_be_bytes());
+            t.mismatch_keys.remove(key.as_slice())?;
+            t.mismatches.insert(id, encode(&m)?.as_slice())?;
+            Ok(m)
+        })
+    }
+}
+
+/// Makes the registry agree with a conflicting row: the card leaves its other holder,
+/// the identity takes the row's values, then the row applies as enrollment would.
+fn apply_correction(
+    t: &mut Tables<'_>,
+    c: &Conflict,
+    reason: &str,
+    issuer: &Issuer,
+    at: Timestamp,
+) -> Result<()> {
+    let row = &c.row;
+    if let Some(holder_pid) = t.card_holder(&row.card)? {
+        let mut holder = t.person(holder_pid)?;
+        if holder.my_number != row.my_number {
+            drop_card(&mut holder, &row.card);
+            holder.history.push(Event::Corrected {
+                what: format!("card {} removed (conflict {})", row.card, c.id),
+                reason: reason.into(),
+                at,
+            });
+            t.put_person(&holder)?;
+            t.unbind_card(&row.card, &holder)?;
+        }
+    }
+    if let Some(pid) = t.pid_by_my_number(row.my_number)? {
+        let mut p = t.person(pid)?;
+        let fields = p.identity.differences(&row.identity);
+        if !fields.is_empty() {
+            p.identity = row.identity.clone();
+            p.history.push(Event::Corrected {
+                what: format!("{} corrected (conflict {})", fields.join(", "), c.id),
+                reason: reason.into(),
+                at,
+            });
+            t.put_person(&p)?;
+        }
+    }
+    match apply_row(t, &c.source, row, None, issuer, at)? {
+        RowOutcome::Conflict(k) => Err(StoreError::Refused(format!(
+            "the row still conflicts after correction: {k}"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Moves the mismatched card from the registered person to the presented ID's person.
+fn rebind(t: &mut Tables<'_>, m: &Mismatch, reason: &str, at: Timestamp) -> Result<()> {
+    let target = t
+        .id_entry(m.presented)?
+        .ok_or(StoreError::UnknownMedicalId(m.presented))?;
+    if target.status != IdStatus::Current {
+        return Err(StoreError::Refused(format!(
+            "presented medical ID {} is not current; the card cannot move to it",
+            m.presented
+        )));
+    }
+    let from_pid = t
+        .card_holder(&m.card)?
+        .ok_or_else(|| StoreError::Refused(format!("card {} is no longer registered", m.card)))?;
+    if from_pid == target.pid {
+        return Ok(());
+    }
+    let mut from = t.person(from_pid)?;
+    let coverage = drop_card(&mut from, &m.card)
+        .ok_or_else(|| StoreError::Inconsistent(format!("card {} has no coverage", m.card)))?;
+    let what = format!(
+        "card {} moved to {} (mismatch {})",
+        m.card, m.presented, m.id
+    );
+    from.history.push(Event::Corrected {
+        what: what.clone(),
+        reason: reason.into(),
+        at,
+    });
+    t.put_person(&from)?;
+    t.unbind_card(&m.card, &from)?;
+    let mut to = t.person(target.pid)?;
+    to.coverages.push(coverage);
+    to.history.push(Event::Corrected {
+        what,
+        reason: reason.into(),
+        at,
+    });
+    t.put_person(&to)?;
+    t.bind_card(&m.card, to.pid)?;
+    Ok(())
+}

@@ -1,0 +1,115 @@
+//! Applying a batch of enrollment rows in one durable transaction.
+
+use super::tables::{Tables, CONFLICT_SEQ, PID};
+use super::{encode, Result, Store};
+use crate::issuance::Issuer;
+use crate::registry::merge::{conflict_for, merge_row, new_person, CardHolder, RowOutcome};
+use crate::registry::{CaseStatus, Conflict, ConflictKind, EnrollmentRow, Timestamp};
+use iryo_proto::MedicalId;
+use redb::ReadableTable;
+
+/// What each row of a batch did, in row order.
+#[derive(Debug, Default)]
+pub struct BatchReport {
+    pub outcomes: Vec<(u64, RowOutcome)>,
+}
+
+impl Store {
+    /// Applies `rows` in order and commits once. `candidates`, when given, holds each
+    /// row's generation-0 FF1 candidate computed on another thread.
+    pub fn enroll_batch(
+        &self,
+        source: &str,
+        rows: &[EnrollmentRow],
+        candidates: Option<&[MedicalId]>,
+        issuer: &Issuer,
+        at: Timestamp,
+    ) -> Result<BatchReport> {
+        self.write(|t| {
+            let mut report = BatchReport {
+                outcomes: Vec::with_capacity(rows.len()),
+            };
+            for (i, row) in rows.iter().enumerate() {
+                let first = candidates.and_then(|c| c.get(i).copied());
+                let outcome = apply_row(t, source, row, first, issuer, at)?;
+                report.outcomes.push((row.line, outcome));
+            }
+            Ok(report)
+        })
+    }
+}
+
+/// The rules of seed 2-1 against the tables: match by My Number, never overwrite
+/// identity, hold disagreements as conflicts.
+pub(super) fn apply_row(
+    t: &mut Tables<'_>,
+    source: &str,
+    row: &EnrollmentRow,
+    first: Option<MedicalId>,
+    issuer: &Issuer,
+    at: Timestamp,
+) -> Result<RowOutcome> {
+    let person = match t.pid_by_my_number(row.my_number)? {
+        Some(pid) => Some(t.person(pid)?),
+        None => None,
+    };
+    let holder = match t.card_holder(&row.card)? {
+        None => CardHolder::Nobody,
+        Some(pid) if Some(pid) == person.as_ref().map(|p| p.pid) => CardHolder::ThisPerson,
+        Some(pid) => CardHolder::Other(t.person(pid)?.my_number),
+    };
+    let card_is_new = matches!(holder, CardHolder::Nobody);
+    if let Some(kind) = conflict_for(person.as_ref(), row, holder) {
+        record_conflict(t, source, row, kind.clone(), at)?;
+        return Ok(RowOutcome::Conflict(kind));
+    }
+    match person {
+        Some(mut p) => {
+            let outcome = merge_row(&mut p, row, at);
+            if outcome == RowOutcome::Updated {
+                t.put_person(&p)?;
+                if card_is_new {
+                    t.bind_card(&row.card, p.pid)?;
+                }
+            }
+            Ok(outcome)
+        }
+        None => {
+            let pid = t.next(PID)?;
+            let (id, generation) = t.issue(issuer, row.my_number, pid, 0, first)?;
+            let p = new_person(pid, row, id, generation, at);
+            t.put_person(&p)?;
+            t.my_numbers.insert(row.my_number.as_u64(), pid)?;
+            t.bind_card(&row.card, pid)?;
+            Ok(RowOutcome::New)
+        }
+    }
+}
+
+/// Records a conflict once, however often the same row arrives.
+fn record_conflict(
+    t: &mut Tables<'_>,
+    source: &str,
+    row: &EnrollmentRow,
+    kind: ConflictKind,
+    at: Timestamp,
+) -> Result<()> {
+    let mut canonical = row.clone();
+    canonical.line = 0;
+    let key = encode(&(&canonical, &kind))?;
+    if t.conflict_keys.get(key.as_slice())?.is_some() {
+        return Ok(());
+    }
+    let id = t.next(CONFLICT_SEQ)?;
+    let c = Conflict {
+        id,
+        kind,
+        source: format!("{source}:{}", row.line),
+        row: row.clone(),
+        status: CaseStatus::Open,
+        at,
+    };
+    t.conflicts.insert(id, encode(&c)?.as_slice())?;
+    t.conflict_keys.insert(key.as_slice(), id)?;
+    Ok(())
+}

@@ -1,0 +1,126 @@
+//! Change on application (seed 2-6), My Number change, death and retirement (seed 2-7).
+
+use super::tables::*;
+use super::{status_name, Result, Store, StoreError};
+use crate::issuance::Issuer;
+use crate::registry::{research_until, Event, IdStatus, Person, Timestamp};
+use chrono::NaiveDate;
+use iryo_proto::{MedicalId, MyNumber};
+use redb::ReadableTable;
+
+fn current_person(t: &Tables<'_>, id: MedicalId) -> Result<Person> {
+    let e = t.id_entry(id)?.ok_or(StoreError::UnknownMedicalId(id))?;
+    if e.status != IdStatus::Current {
+        return Err(StoreError::NotCurrent {
+            id,
+            state: status_name(e.status),
+        });
+    }
+    t.person(e.pid)
+}
+
+impl Store {
+    /// Issues a new ID for a stated reason; the old one points to its successor and is
+    /// never issued again.
+    pub fn change_id(
+        &self,
+        id: MedicalId,
+        reason: &str,
+        issuer: &Issuer,
+        at: Timestamp,
+    ) -> Result<MedicalId> {
+        if reason.trim().is_empty() {
+            return Err(StoreError::Refused("a change needs a reason".into()));
+        }
+        self.write(|t| {
+            let mut p = current_person(t, id)?;
+            if p.retired || p.death.is_some() {
+                return Err(StoreError::Refused(format!(
+                    "medical ID {id} belongs to a deceased person; it is not changed"
+                )));
+            }
+            let (new, generation) = t.issue(issuer, p.my_number, p.pid, p.generation + 1, None)?;
+            t.set_id_status(id, p.pid, IdStatus::Changed { successor: new })?;
+            p.medical_id = new;
+            p.generation = generation;
+            p.history.push(Event::IdChanged {
+                old: id,
+                new,
+                reason: reason.trim().to_string(),
+                at,
+            });
+            t.put_person(&p)?;
+            Ok(new)
+        })
+    }
+
+    /// Replaces a person's My Number; the medical ID stays. The old number remains an
+    /// alias so late files that still carry it reach the same person.
+    pub fn change_my_number(
+        &self,
+        old: MyNumber,
+        new: MyNumber,
+        at: Timestamp,
+    ) -> Result<MedicalId> {
+        self.write(|t| {
+            let pid = t
+                .pid_by_my_number(old)?
+                .ok_or(StoreError::UnknownMyNumber(old))?;
+            if t.pid_by_my_number(new)?.is_some() {
+                return Err(StoreError::MyNumberTaken(new));
+            }
+            let mut p = t.person(pid)?;
+            p.my_number = new;
+            p.history.push(Event::MyNumberChanged { old, new, at });
+            t.put_person(&p)?;
+            t.my_numbers.insert(new.as_u64(), pid)?;
+            Ok(p.medical_id)
+        })
+    }
+
+    /// Records a death: eligibility ends, the ID serves research until the retention
+    /// period ends. Returns that date.
+    pub fn record_death(&self, id: MedicalId, date: NaiveDate, at: Timestamp) -> Result<NaiveDate> {
+        let retention = self.retention_years;
+        self.write(|t| {
+            let mut p = current_person(t, id)?;
+            if let Some(old) = p.death {
+                t.deaths.remove((days(old), p.pid))?;
+            }
+            p.death = Some(date);
+            p.history.push(Event::Death { date, at });
+            t.put_person(&p)?;
+            t.deaths.insert((days(date), p.pid), ())?;
+            Ok(research_until(date, retention))
+        })
+    }
+
+    /// Retires every ID whose retention period ended before `today`. Returns the IDs.
+    pub fn retire_due(&self, today: NaiveDate, at: Timestamp) -> Result<Vec<MedicalId>> {
+        let retention = self.retention_years;
+        self.write(|t| {
+            let mut due = Vec::new();
+            for item in t.deaths.iter()? {
+                let (k, _) = item?;
+                let (d, pid) = k.value();
+                let death = NaiveDate::from_num_days_from_ce_opt(d as i32)
+                    .ok_or_else(|| StoreError::Inconsistent(format!("bad death day {d}")))?;
+                if research_until(death, retention) >= today {
+                    break;
+                }
+                due.push((d, pid));
+            }
+            let mut retired = Vec::new();
+            for (d, pid) in due {
+                let mut p = t.person(pid)?;
+                p.retired = true;
+                p.history.push(Event::Retired { at });
+                t.put_person(&p)?;
+                t.set_id_status(p.medical_id, pid, IdStatus::Retired)?;
+                t.deaths.remove((d, pid))?;
+                retired.push(p.medical_id);
+            }
+            Ok(retired)
+        })
+    }
+}

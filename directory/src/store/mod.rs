@@ -1,0 +1,210 @@
+//! The directory's durable state in redb, behind one narrow set of typed operations
+//! (enroll a batch, check eligibility, change an ID, …) so that another backend is a
+//! new module rather than a rewrite. Every change happens inside one write transaction.
+
+mod assign;
+mod cases;
+mod checks;
+mod enroll;
+mod lifecycle;
+mod tables;
+
+pub use assign::{AssignmentRow, LetterRow, Plan};
+pub use cases::{ConflictAction, MismatchAction};
+pub use checks::Reader;
+pub use enroll::BatchReport;
+
+use crate::issuance::{IssueError, Issuer, Method};
+use crate::registry::{IdEntry, IdStatus, Person};
+use iryo_proto::{MedicalId, MyNumber};
+use redb::{Database, ReadableDatabase};
+use std::path::{Path, PathBuf};
+use tables::*;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Db(#[from] redb::Error),
+    #[error("a stored record does not decode: {0}")]
+    Codec(#[from] postcard::Error),
+    #[error("{0}: no database here; run `iryo-directory init` first")]
+    Missing(PathBuf),
+    #[error("{0}: a database exists already")]
+    Exists(PathBuf),
+    #[error("the database was initialised for issuance method {stored}, the configuration says {configured}")]
+    MethodMismatch { stored: String, configured: String },
+    #[error("medical ID {0} is not registered")]
+    UnknownMedicalId(MedicalId),
+    #[error("My Number {0} is not registered")]
+    UnknownMyNumber(MyNumber),
+    #[error("My Number {0} is registered already")]
+    MyNumberTaken(MyNumber),
+    #[error("medical ID {id} is {state}; it cannot be changed")]
+    NotCurrent { id: MedicalId, state: String },
+    #[error("{what} {id} does not exist")]
+    NoSuchCase { what: &'static str, id: u64 },
+    #[error("{what} {id} is resolved already")]
+    CaseClosed { what: &'static str, id: u64 },
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Issue(#[from] IssueError),
+    #[error("no free medical ID after {0} attempts")]
+    IssuanceExhausted(u32),
+    #[error("inconsistent database: {0}")]
+    Inconsistent(String),
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Db(e.into())
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+pub struct Store {
+    db: Database,
+    retention_years: u32,
+}
+
+impl Store {
+    /// Creates a new, empty database that issues IDs by `method`.
+    pub fn create(path: &Path, cache_mib: usize, method: Method) -> Result<Self> {
+        if path.exists() {
+            return Err(StoreError::Exists(path.to_path_buf()));
+        }
+        let db = Database::builder()
+            .set_cache_size(cache_mib.max(16) << 20)
+            .create(path)?;
+        let tx = db.begin_write()?;
+        {
+            let mut t = tx.open_table(SETTINGS)?;
+            t.insert("issuance_method", method.as_str())?;
+            t.insert("schema", "1")?;
+            Tables::create_all(&tx)?;
+        }
+        tx.commit()?;
+        Ok(Self {
+            db,
+            retention_years: 10,
+        })
+    }
+
+    /// Opens an existing database; redb repairs it first if a process died writing.
+    pub fn open(path: &Path, cache_mib: usize) -> Result<Self> {
+        if !path.exists() {
+            return Err(StoreError::Missing(path.to_path_buf()));
+        }
+        let db = Database::builder()
+            .set_cache_size(cache_mib.max(16) << 20)
+            .open(path)?;
+        Ok(Self {
+            db,
+            retention_years: 10,
+        })
+    }
+
+    pub fn with_retention(mut self, years: u32) -> Self {
+        self.retention_years = years;
+        self
+    }
+
+    pub fn retention_years(&self) -> u32 {
+        self.retention_years
+    }
+
+    pub fn method(&self) -> Result<Method> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(SETTINGS)?;
+        let v = t
+            .get("issuance_method")?
+            .map(|v| v.value().to_string())
+            .ok_or_else(|| StoreError::Inconsistent("no issuance method recorded".into()))?;
+        Method::parse(&v).ok_or(StoreError::Inconsistent(format!("unknown method {v}")))
+    }
+
+    /// Fails unless the database was initialised for `issuer`'s method.
+    pub fn check_method(&self, issuer: &Issuer) -> Result<()> {
+        let stored = self.method()?;
+        if stored != issuer.method() {
+            return Err(StoreError::MethodMismatch {
+                stored: stored.as_str().into(),
+                configured: issuer.method().as_str().into(),
+            });
+        }
+        Ok(())
+    }
+
+    fn write<T>(&self, f: impl FnOnce(&mut Tables<'_>) -> Result<T>) -> Result<T> {
+        let tx = self.db.begin_write()?;
+        let out = {
+            let mut t = Tables::open(&tx)?;
+            let out = f(&mut t)?;
+            t.flush_counters()?;
+            out
+        };
+        tx.commit()?;
+        Ok(out)
+    }
+
+    pub fn person_by_medical_id(&self, id: MedicalId) -> Result<Person> {
+        self.reader()?.person_by_medical_id(id)
+    }
+
+    pub fn person_by_my_number(&self, n: MyNumber) -> Result<Person> {
+        self.reader()?.person_by_my_number(n)
+    }
+
+    /// Every person in pid order, for reports and consistency checks.
+    pub fn persons(&self) -> Result<Vec<Person>> {
+        self.reader()?.persons()
+    }
+
+    /// The status of a medical ID in the table of every ID ever issued.
+    pub fn id_entry(&self, id: MedicalId) -> Result<Option<IdEntry>> {
+        self.reader()?.id_entry(id)
+    }
+
+    pub fn counts(&self) -> Result<Counts> {
+        self.reader()?.counts()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Counts {
+    pub persons: u64,
+    pub issued_ids: u64,
+    pub cards: u64,
+    pub service_uses: u64,
+    pub open_conflicts: u64,
+    pub open_mismatches: u64,
+}
+
+pub(crate) fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>> {
+    Ok(postcard::to_allocvec(v)?)
+}
+
+pub(crate) fn decode<'a, T: serde::Deserialize<'a>>(b: &'a [u8]) -> Result<T> {
+    Ok(postcard::from_bytes(b)?)
+}
+
+pub(crate) fn status_name(s: IdStatus) -> String {
+    match s {
+        IdStatus::Current => "current".into(),
+        IdStatus::Changed { successor } => format!("changed (successor {successor})"),
+        IdStatus::Retired => "retired".into(),
+    }
+}

@@ -1,0 +1,202 @@
+//! Table layout. Keys are fixed-width integers or short byte strings so that B-tree
+//! pages stay dense; values are postcard-encoded registry types.
+
+use super::{decode, encode, Result, StoreError};
+use crate::issuance::Issuer;
+use crate::registry::{IdEntry, IdStatus, Person};
+use iryo_proto::{InsurerNumber, MedicalId, MyNumber};
+use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
+use std::collections::BTreeMap;
+
+pub const SETTINGS: TableDefinition<&str, &str> = TableDefinition::new("settings");
+/// Counters: next pid, next service-use sequence, next case and notice numbers.
+pub const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+pub const PERSONS: TableDefinition<u64, &[u8]> = TableDefinition::new("persons");
+/// My Number → pid. A replaced My Number stays as an alias of the same person.
+pub const MY_NUMBERS: TableDefinition<u64, u64> = TableDefinition::new("my_numbers");
+/// Every medical ID ever issued → IdEntry. Nothing is ever removed.
+pub const MEDICAL_IDS: TableDefinition<u64, &[u8]> = TableDefinition::new("medical_ids");
+/// Card key (insurer, symbol, number, branch) → pid.
+pub const CARDS: TableDefinition<&[u8], u64> = TableDefinition::new("cards");
+/// (insurer number, pid) → (), to list an insurer's people for assignment files.
+pub const INSURER_PERSONS: TableDefinition<&[u8], ()> = TableDefinition::new("insurer_persons");
+/// (pid, sequence) → ServiceUse: the linkage DB's service history.
+pub const SERVICE_USE: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("service_use");
+/// (days since epoch of death, pid) → (), for the retirement sweep.
+pub const DEATHS: TableDefinition<(i64, u64), ()> = TableDefinition::new("deaths");
+pub const CONFLICTS: TableDefinition<u64, &[u8]> = TableDefinition::new("conflicts");
+/// Canonical encoding of an open conflict's row → conflict id, so a re-ingested file
+/// records each conflict once.
+pub const CONFLICT_KEYS: TableDefinition<&[u8], u64> = TableDefinition::new("conflict_keys");
+pub const MISMATCHES: TableDefinition<u64, &[u8]> = TableDefinition::new("mismatches");
+/// (card key, presented ID) of an open mismatch → mismatch id.
+pub const MISMATCH_KEYS: TableDefinition<&[u8], u64> = TableDefinition::new("mismatch_keys");
+pub const NOTICES: TableDefinition<u64, &[u8]> = TableDefinition::new("notices");
+
+pub const PID: &str = "next_pid";
+pub const SERVICE_SEQ: &str = "next_service_use";
+pub const CONFLICT_SEQ: &str = "next_conflict";
+pub const MISMATCH_SEQ: &str = "next_mismatch";
+pub const NOTICE_SEQ: &str = "next_notice";
+
+/// How many generations or draws issuance tries before giving up; with 10^15 bodies
+/// even a national population makes a single retry rare.
+const MAX_ISSUE_ATTEMPTS: u32 = 1000;
+
+pub fn insurer_key(insurer: &InsurerNumber, pid: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..insurer.as_str().len()].copy_from_slice(insurer.as_str().as_bytes());
+    k[8..].copy_from_slice(&pid.to_be_bytes());
+    k
+}
+
+pub fn days(d: chrono::NaiveDate) -> i64 {
+    i64::from(d.num_days_from_ce())
+}
+use chrono::Datelike;
+
+/// All tables opened inside one write transaction, with the counters it bumps kept in
+/// memory until the end of the transaction.
+pub struct Tables<'t> {
+    pub persons: Table<'t, u64, &'static [u8]>,
+    pub my_numbers: Table<'t, u64, u64>,
+    pub medical_ids: Table<'t, u64, &'static [u8]>,
+    pub cards: Table<'t, &'static [u8], u64>,
+    pub insurer_persons: Table<'t, &'static [u8], ()>,
+    pub service_use: Table<'t, (u64, u64), &'static [u8]>,
+    pub deaths: Table<'t, (i64, u64), ()>,
+    pub conflicts: Table<'t, u64, &'static [u8]>,
+    pub conflict_keys: Table<'t, &'static [u8], u64>,
+    pub mismatches: Table<'t, u64, &'static [u8]>,
+    pub mismatch_keys: Table<'t, &'static [u8], u64>,
+    pub notices: Table<'t, u64, &'static [u8]>,
+    counters_table: Table<'t, &'static str, u64>,
+    counters: BTreeMap<&'static str, u64>,
+}
+
+impl<'t> Tables<'t> {
+    pub fn create_all(tx: &WriteTransaction) -> Result<()> {
+        Tables::open(tx).map(|_| ())
+    }
+
+    pub fn open(tx: &'t WriteTransaction) -> Result<Self> {
+        Ok(Self {
+            persons: tx.open_table(PERSONS)?,
+            my_numbers: tx.open_table(MY_NUMBERS)?,
+            medical_ids: tx.open_table(MEDICAL_IDS)?,
+            cards: tx.open_table(CARDS)?,
+            insurer_persons: tx.open_table(INSURER_PERSONS)?,
+            service_use: tx.open_table(SERVICE_USE)?,
+            deaths: tx.open_table(DEATHS)?,
+            conflicts: tx.open_table(CONFLICTS)?,
+            conflict_keys: tx.open_table(CONFLICT_KEYS)?,
+            mismatches: tx.open_table(MISMATCHES)?,
+            mismatch_keys: tx.open_table(MISMATCH_KEYS)?,
+            notices: tx.open_table(NOTICES)?,
+            counters_table: tx.open_table(COUNTERS)?,
+            counters: BTreeMap::new(),
+        })
+    }
+
+    /// The next value of a counter, starting at 1.
+    pub fn next(&mut self, name: &'static str) -> Result<u64> {
+        let v = match self.counters.get(name) {
+            Some(v) => *v,
+            None => self
+                .counters_table
+                .get(name)?
+                .map(|g| g.value())
+                .unwrap_or(1),
+        };
+        self.counters.insert(name, v + 1);
+        Ok(v)
+    }
+
+    pub fn flush_counters(&mut self) -> Result<()> {
+        for (k, v) in std::mem::take(&mut self.counters) {
+            self.counters_table.insert(k, v)?;
+        }
+        Ok(())
+    }
+
+    pub fn person(&self, pid: u64) -> Result<Person> {
+        match self.persons.get(pid)? {
+            Some(v) => decode(v.value()),
+            None => Err(StoreError::Inconsistent(format!("pid {pid} has no record"))),
+        }
+    }
+
+    pub fn put_person(&mut self, p: &Person) -> Result<()> {
+        self.persons.insert(p.pid, encode(p)?.as_slice())?;
+        Ok(())
+    }
+
+    pub fn pid_by_my_number(&self, n: MyNumber) -> Result<Option<u64>> {
+        Ok(self.my_numbers.get(n.as_u64())?.map(|g| g.value()))
+    }
+
+    pub fn id_entry(&self, id: MedicalId) -> Result<Option<IdEntry>> {
+        match self.medical_ids.get(id.as_u64())? {
+            Some(v) => Ok(Some(decode(v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn set_id_status(&mut self, id: MedicalId, pid: u64, status: IdStatus) -> Result<()> {
+        let e = encode(&IdEntry { pid, status })?;
+        self.medical_ids.insert(id.as_u64(), e.as_slice())?;
+        Ok(())
+    }
+
+    /// Issues a medical ID never issued before. `first` is a candidate for
+    /// `generation` computed ahead of time, if any.
+    pub fn issue(
+        &mut self,
+        issuer: &Issuer,
+        my_number: MyNumber,
+        pid: u64,
+        mut generation: u32,
+        first: Option<MedicalId>,
+    ) -> Result<(MedicalId, u32)> {
+        let mut candidate = match first {
+            Some(c) => c,
+            None => issuer.candidate(my_number, generation)?,
+        };
+        for _ in 0..MAX_ISSUE_ATTEMPTS {
+            if self.medical_ids.get(candidate.as_u64())?.is_none() {
+                self.set_id_status(candidate, pid, IdStatus::Current)?;
+                return Ok((candidate, generation));
+            }
+            tracing::warn!(%candidate, generation, "candidate medical ID issued before; trying the next");
+            generation += 1;
+            candidate = issuer.candidate(my_number, generation)?;
+        }
+        Err(StoreError::IssuanceExhausted(MAX_ISSUE_ATTEMPTS))
+    }
+
+    pub fn card_holder(&self, card: &crate::registry::Card) -> Result<Option<u64>> {
+        Ok(self.cards.get(card.key().as_slice())?.map(|g| g.value()))
+    }
+
+    pub fn bind_card(&mut self, card: &crate::registry::Card, pid: u64) -> Result<()> {
+        self.cards.insert(card.key().as_slice(), pid)?;
+        self.insurer_persons
+            .insert(insurer_key(&card.insurer, pid).as_slice(), ())?;
+        Ok(())
+    }
+
+    /// Removes the card from the index; `holder` is its former holder, the card's
+    /// coverage already dropped.
+    pub fn unbind_card(&mut self, card: &crate::registry::Card, holder: &Person) -> Result<()> {
+        self.cards.remove(card.key().as_slice())?;
+        if !holder
+            .coverages
+            .iter()
+            .any(|c| c.card.insurer == card.insurer)
+        {
+            self.insurer_persons
+                .remove(insurer_key(&card.insurer, holder.pid).as_slice())?;
+        }
+        Ok(())
+    }
+}
