@@ -48,13 +48,20 @@ impl Context {
             .with_retention(c.registry.retention_years))
     }
 
-    /// The issuer for the database's method; the configuration must agree with it.
+    /// The issuer for the method the database was initialised with; the method is
+    /// fixed for the life of a registry, so the configuration only matters at `init`.
     pub fn issuer(&self, store: &Store) -> Result<Issuer, ContextError> {
-        let issuer = match self.config.issuance.method {
+        let method = store.method()?;
+        if method != self.config.issuance.method {
+            tracing::debug!(
+                database = method.as_str(),
+                configured = self.config.issuance.method.as_str(),
+                "issuing by the database's method"
+            );
+        }
+        Ok(match method {
             Method::Fpe => Issuer::fpe(&AgencyKeys::load(&self.config.keys_dir())?.issuance),
             Method::Random => Issuer::Random,
-        };
-        store.check_method(&issuer)?;
-        Ok(issuer)
+        })
     }
 }

@@ -1,1 +1,138 @@
+//! The end-to-end harness: runs the real `iryo-directory` binary against databases in
+//! temp dirs, and helpers to write enrollment files and compare stored state.
 
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+/// The `iryo-directory` binary of this workspace. `cargo test --workspace` builds it
+/// (the directory crate has integration tests); otherwise it is built here once.
+pub fn directory_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test binary path");
+        let dir = exe
+            .parent()
+            .and_then(|d| d.parent())
+            .expect("target profile directory");
+        let bin = dir.join("iryo-directory");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let profile_release = dir.ends_with("release");
+        let mut build = Command::new(cargo);
+        build.args(["build", "-p", "iryo-directory", "--bin", "iryo-directory"]);
+        if profile_release {
+            build.arg("--release");
+        }
+        if bin.exists() {
+            return bin;
+        }
+        let status = build.status().expect("run cargo build");
+        assert!(status.success(), "building iryo-directory failed");
+        assert!(bin.exists(), "{} missing after build", bin.display());
+        bin
+    })
+    .clone()
+}
+
+/// A directory with its own data dir in a temp dir.
+pub struct Directory {
+    pub tmp: tempfile::TempDir,
+    pub data: PathBuf,
+}
+
+impl Default for Directory {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Directory {
+    pub fn new() -> Self {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let data = tmp.path().join("data");
+        Self { tmp, data }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.tmp.path().join(name)
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(directory_bin());
+        c.arg("--data-dir").arg(&self.data).args(args);
+        c.env_remove("IRYO_DIRECTORY_CONFIG")
+            .env("RUST_LOG", "warn");
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run iryo-directory")
+    }
+
+    /// Runs a command that must succeed and returns its standard output.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "iryo-directory {args:?} failed ({}):\n{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs a command that must fail and returns its standard error.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            !out.status.success(),
+            "iryo-directory {args:?} should have failed"
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.ok(args);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {out}"))
+    }
+
+    pub fn db(&self) -> PathBuf {
+        self.data.join("directory.redb")
+    }
+}
+
+pub const HEADER: &str = "insurer_kind,insurer_number,card_symbol,card_number,branch,relation,my_number,name,kana_name,birth_date,sex,address,coverage_from,coverage_until";
+
+/// Writes an enrollment file in UTF-8 from data lines (without the header).
+pub fn write_enrollment(path: &Path, lines: &[&str]) {
+    let mut text = String::from(HEADER);
+    text.push('\n');
+    for l in lines {
+        text.push_str(l);
+        text.push('\n');
+    }
+    std::fs::write(path, text).expect("write enrollment file");
+}
+
+/// Every person as JSON with processing times removed, for comparing two databases.
+pub fn snapshot(db: &Path) -> serde_json::Value {
+    let store = iryo_directory::store::Store::open(db, 64).expect("open store");
+    let persons = store.persons().expect("read persons");
+    let mut v = serde_json::to_value(&persons).expect("persons to JSON");
+    strip_times(&mut v);
+    v
+}
+
+fn strip_times(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(map) => {
+            for k in ["at", "assigned_at", "notified_at"] {
+                map.remove(k);
+            }
+            map.values_mut().for_each(strip_times);
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(strip_times),
+        _ => {}
+    }
+}

@@ -14,7 +14,7 @@ pub use cases::{ConflictAction, MismatchAction};
 pub use checks::Reader;
 pub use enroll::BatchReport;
 
-use crate::issuance::{IssueError, Issuer, Method};
+use crate::issuance::{IssueError, Method};
 use crate::registry::{IdEntry, IdStatus, Person};
 use iryo_proto::{MedicalId, MyNumber};
 use redb::{Database, ReadableDatabase};
@@ -32,8 +32,6 @@ pub enum StoreError {
     Missing(PathBuf),
     #[error("{0}: a database exists already")]
     Exists(PathBuf),
-    #[error("the database was initialised for issuance method {stored}, the configuration says {configured}")]
-    MethodMismatch { stored: String, configured: String },
     #[error("medical ID {0} is not registered")]
     UnknownMedicalId(MedicalId),
     #[error("My Number {0} is not registered")]
@@ -136,18 +134,6 @@ impl Store {
         Method::parse(&v).ok_or(StoreError::Inconsistent(format!("unknown method {v}")))
     }
 
-    /// Fails unless the database was initialised for `issuer`'s method.
-    pub fn check_method(&self, issuer: &Issuer) -> Result<()> {
-        let stored = self.method()?;
-        if stored != issuer.method() {
-            return Err(StoreError::MethodMismatch {
-                stored: stored.as_str().into(),
-                configured: issuer.method().as_str().into(),
-            });
-        }
-        Ok(())
-    }
-
     fn write<T>(&self, f: impl FnOnce(&mut Tables<'_>) -> Result<T>) -> Result<T> {
         let tx = self.db.begin_write()?;
         let out = {
@@ -208,3 +194,6 @@ pub(crate) fn status_name(s: IdStatus) -> String {
         IdStatus::Retired => "retired".into(),
     }
 }
+
+#[cfg(test)]
+mod tests;
