@@ -114,13 +114,9 @@ pub fn new_person(
         death: None,
         retired: false,
         notified_at: None,
-        history: vec![
-            Event::Issued { id: medical_id, at },
-            Event::CoverageAdded {
-                card: row.card.clone(),
-                at,
-            },
-        ],
+        // The first coverage is in `coverages`; repeating its card here would double
+        // the size of every new record.
+        history: vec![Event::Issued { id: medical_id, at }],
     }
 }
 
@@ -167,7 +163,7 @@ pub(crate) mod tests {
         let r = row("983205673214", "01130012", "5");
         let mut p = new_person(1, &r, MedicalId::from_body(7), 0, 0);
         assert_eq!(merge_row(&mut p, &r, 1), RowOutcome::Unchanged);
-        assert_eq!(p.history.len(), 2);
+        assert_eq!(p.history.len(), 1);
     }
 
     #[test]

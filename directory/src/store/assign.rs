@@ -53,20 +53,21 @@ impl Store {
         all: bool,
     ) -> Result<Vec<AssignmentRow>> {
         let tx = self.db.begin_read()?;
-        let index = tx.open_table(INSURER_PERSONS)?;
+        let cards = tx.open_table(CARDS)?;
         let persons = tx.open_table(PERSONS)?;
-        let lo = insurer_key(insurer, 0);
-        let hi = insurer_key(insurer, u64::MAX);
+        let mut prefix = insurer.as_str().as_bytes().to_vec();
+        prefix.push(0);
         let mut out = Vec::new();
-        for item in index.range(lo.as_slice()..=hi.as_slice())? {
-            let (k, _) = item?;
-            let mut pid = [0u8; 8];
-            pid.copy_from_slice(&k.value()[8..16]);
-            let pid = u64::from_be_bytes(pid);
+        for item in cards.range(prefix.as_slice()..)? {
+            let (k, pid) = item?;
+            if !k.value().starts_with(&prefix) {
+                break;
+            }
+            let pid = pid.value();
             let Some(v) = persons.get(pid)? else { continue };
             let p: Person = decode(v.value())?;
             for c in &p.coverages {
-                if &c.card.insurer == insurer && (all || c.assigned_at.is_none()) {
+                if c.card.key().as_slice() == k.value() && (all || c.assigned_at.is_none()) {
                     out.push(AssignmentRow {
                         pid,
                         insurer_number: insurer.clone(),

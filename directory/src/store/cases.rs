@@ -183,7 +183,7 @@ fn apply_correction(
                 at,
             });
             t.put_person(&holder)?;
-            t.unbind_card(&row.card, &holder)?;
+            t.unbind_card(&row.card)?;
         }
     }
     if let Some(pid) = t.pid_by_my_number(row.my_number)? {
@@ -237,7 +237,7 @@ fn rebind(t: &mut Tables<'_>, m: &Mismatch, reason: &str, at: Timestamp) -> Resu
         at,
     });
     t.put_person(&from)?;
-    t.unbind_card(&m.card, &from)?;
+    t.unbind_card(&m.card)?;
     let mut to = t.person(target.pid)?;
     to.coverages.push(coverage);
     to.history.push(Event::Corrected {

@@ -25,16 +25,19 @@ impl Store {
         issuer: &Issuer,
         at: Timestamp,
     ) -> Result<BatchReport> {
+        // Applying in My Number order keeps the My Number index's pages hot; the
+        // sort is stable and deterministic, so a re-run assigns the same pids.
+        let mut order: Vec<usize> = (0..rows.len()).collect();
+        order.sort_by_key(|&i| rows[i].my_number);
         self.write(|t| {
-            let mut report = BatchReport {
-                outcomes: Vec::with_capacity(rows.len()),
-            };
-            for (i, row) in rows.iter().enumerate() {
+            let mut outcomes = vec![RowOutcome::Unchanged; rows.len()];
+            for i in order {
                 let first = candidates.and_then(|c| c.get(i).copied());
-                let outcome = apply_row(t, source, row, first, issuer, at)?;
-                report.outcomes.push((row.line, outcome));
+                outcomes[i] = apply_row(t, source, &rows[i], first, issuer, at)?;
             }
-            Ok(report)
+            Ok(BatchReport {
+                outcomes: rows.iter().map(|r| r.line).zip(outcomes).collect(),
+            })
         })
     }
 }

@@ -4,7 +4,7 @@
 use super::{decode, encode, Result, StoreError};
 use crate::issuance::Issuer;
 use crate::registry::{IdEntry, IdStatus, Person};
-use iryo_proto::{InsurerNumber, MedicalId, MyNumber};
+use iryo_proto::{MedicalId, MyNumber};
 use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
 use std::collections::BTreeMap;
 
@@ -16,10 +16,9 @@ pub const PERSONS: TableDefinition<u64, &[u8]> = TableDefinition::new("persons")
 pub const MY_NUMBERS: TableDefinition<u64, u64> = TableDefinition::new("my_numbers");
 /// Every medical ID ever issued → IdEntry. Nothing is ever removed.
 pub const MEDICAL_IDS: TableDefinition<u64, &[u8]> = TableDefinition::new("medical_ids");
-/// Card key (insurer, symbol, number, branch) → pid.
+/// Card key (insurer, symbol, number, branch) → pid. Keys start with the insurer
+/// number, so one range lists an insurer's people for its assignment file.
 pub const CARDS: TableDefinition<&[u8], u64> = TableDefinition::new("cards");
-/// (insurer number, pid) → (), to list an insurer's people for assignment files.
-pub const INSURER_PERSONS: TableDefinition<&[u8], ()> = TableDefinition::new("insurer_persons");
 /// (pid, sequence) → ServiceUse: the linkage DB's service history.
 pub const SERVICE_USE: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("service_use");
 /// (days since epoch of death, pid) → (), for the retirement sweep.
@@ -43,13 +42,6 @@ pub const NOTICE_SEQ: &str = "next_notice";
 /// even a national population makes a single retry rare.
 const MAX_ISSUE_ATTEMPTS: u32 = 1000;
 
-pub fn insurer_key(insurer: &InsurerNumber, pid: u64) -> [u8; 16] {
-    let mut k = [0u8; 16];
-    k[..insurer.as_str().len()].copy_from_slice(insurer.as_str().as_bytes());
-    k[8..].copy_from_slice(&pid.to_be_bytes());
-    k
-}
-
 pub fn days(d: chrono::NaiveDate) -> i64 {
     i64::from(d.num_days_from_ce())
 }
@@ -62,7 +54,6 @@ pub struct Tables<'t> {
     pub my_numbers: Table<'t, u64, u64>,
     pub medical_ids: Table<'t, u64, &'static [u8]>,
     pub cards: Table<'t, &'static [u8], u64>,
-    pub insurer_persons: Table<'t, &'static [u8], ()>,
     pub service_use: Table<'t, (u64, u64), &'static [u8]>,
     pub deaths: Table<'t, (i64, u64), ()>,
     pub conflicts: Table<'t, u64, &'static [u8]>,
@@ -85,7 +76,6 @@ impl<'t> Tables<'t> {
             my_numbers: tx.open_table(MY_NUMBERS)?,
             medical_ids: tx.open_table(MEDICAL_IDS)?,
             cards: tx.open_table(CARDS)?,
-            insurer_persons: tx.open_table(INSURER_PERSONS)?,
             service_use: tx.open_table(SERVICE_USE)?,
             deaths: tx.open_table(DEATHS)?,
             conflicts: tx.open_table(CONFLICTS)?,
@@ -162,11 +152,22 @@ impl<'t> Tables<'t> {
             Some(c) => c,
             None => issuer.candidate(my_number, generation)?,
         };
+        let entry = encode(&IdEntry {
+            pid,
+            status: IdStatus::Current,
+        })?;
         for _ in 0..MAX_ISSUE_ATTEMPTS {
-            if self.medical_ids.get(candidate.as_u64())?.is_none() {
-                self.set_id_status(candidate, pid, IdStatus::Current)?;
+            // Insert first and look at what it displaced: one B-tree walk instead of
+            // two on the path every new person takes.
+            let displaced = self
+                .medical_ids
+                .insert(candidate.as_u64(), entry.as_slice())?
+                .map(|old| old.value().to_vec());
+            let Some(old) = displaced else {
                 return Ok((candidate, generation));
-            }
+            };
+            self.medical_ids
+                .insert(candidate.as_u64(), old.as_slice())?;
             tracing::warn!(%candidate, generation, "candidate medical ID issued before; trying the next");
             generation += 1;
             candidate = issuer.candidate(my_number, generation)?;
@@ -180,23 +181,11 @@ impl<'t> Tables<'t> {
 
     pub fn bind_card(&mut self, card: &crate::registry::Card, pid: u64) -> Result<()> {
         self.cards.insert(card.key().as_slice(), pid)?;
-        self.insurer_persons
-            .insert(insurer_key(&card.insurer, pid).as_slice(), ())?;
         Ok(())
     }
 
-    /// Removes the card from the index; `holder` is its former holder, the card's
-    /// coverage already dropped.
-    pub fn unbind_card(&mut self, card: &crate::registry::Card, holder: &Person) -> Result<()> {
+    pub fn unbind_card(&mut self, card: &crate::registry::Card) -> Result<()> {
         self.cards.remove(card.key().as_slice())?;
-        if !holder
-            .coverages
-            .iter()
-            .any(|c| c.card.insurer == card.insurer)
-        {
-            self.insurer_persons
-                .remove(insurer_key(&card.insurer, holder.pid).as_slice())?;
-        }
         Ok(())
     }
 }

@@ -20,7 +20,9 @@ fn an_issued_id_is_never_issued_again() {
     // Someone else holds generation 0's candidate already.
     s.write(|t: &mut Tables<'_>| t.set_id_status(taken, 999, IdStatus::Retired))
         .unwrap();
-    let report = s.enroll_batch("f", std::slice::from_ref(&r), None, &issuer, 0).unwrap();
+    let report = s
+        .enroll_batch("f", std::slice::from_ref(&r), None, &issuer, 0)
+        .unwrap();
     assert_eq!(report.outcomes[0].1, RowOutcome::New);
     let p = s.person_by_my_number(r.my_number).unwrap();
     assert_ne!(p.medical_id, taken);
@@ -42,7 +44,8 @@ fn durable_checks_record_one_service_use_each() {
     let s = store(&dir);
     let issuer = Issuer::fpe(&[1u8; 32]);
     let r = row("983205673214", "01130012", "5");
-    s.enroll_batch("f", std::slice::from_ref(&r), None, &issuer, 0).unwrap();
+    s.enroll_batch("f", std::slice::from_ref(&r), None, &issuer, 0)
+        .unwrap();
     let id = s.person_by_my_number(r.my_number).unwrap().medical_id;
     let req = CheckRequest {
         institution: iryo_proto::InstitutionCode::parse("0110113719").unwrap(),
