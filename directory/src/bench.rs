@@ -23,7 +23,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1_000_000)]
     pub checks: u64,
     /// Rows per durable enrollment transaction.
-    #[arg(long, default_value_t = 50_000)]
+    #[arg(long, default_value_t = 10_000)]
     pub batch_rows: usize,
     /// redb cache in MiB.
     #[arg(long, default_value_t = 256)]

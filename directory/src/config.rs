@@ -85,7 +85,7 @@ impl Default for RegistryConfig {
 impl Default for EnrollmentConfig {
     fn default() -> Self {
         Self {
-            batch_rows: 50_000,
+            batch_rows: 10_000,
             encoding: "utf-8".into(),
         }
     }

@@ -221,22 +221,33 @@ impl Person {
     /// The state of the person's medical ID on `date` given the retention period
     /// after death (seed 2-7).
     pub fn id_state(&self, date: NaiveDate, retention_years: u32) -> IdState {
-        if self.retired {
-            return IdState::Retired;
-        }
-        match self.death {
-            Some(d) if d <= date => {
-                let until = research_until(d, retention_years);
-                if date > until {
-                    IdState::Retired
-                } else {
-                    IdState::Deceased {
-                        research_until: until,
-                    }
+        id_state(self.retired, self.death, date, retention_years)
+    }
+}
+
+/// The state of a medical ID on `date`: retired for good, or serving research for
+/// `retention_years` after death, or active.
+pub fn id_state(
+    retired: bool,
+    death: Option<NaiveDate>,
+    date: NaiveDate,
+    retention_years: u32,
+) -> IdState {
+    if retired {
+        return IdState::Retired;
+    }
+    match death {
+        Some(d) if d <= date => {
+            let until = research_until(d, retention_years);
+            if date > until {
+                IdState::Retired
+            } else {
+                IdState::Deceased {
+                    research_until: until,
                 }
             }
-            _ => IdState::Active,
         }
+        _ => IdState::Active,
     }
 }
 

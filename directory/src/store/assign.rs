@@ -4,6 +4,7 @@
 
 use super::tables::*;
 use super::{decode, Result, Store};
+use crate::registry::eligibility::CardStanding;
 use crate::registry::{Card, Event, Person, Timestamp};
 use iryo_proto::{InsurerNumber, MedicalId, MyNumber};
 use redb::ReadableDatabase;
@@ -59,11 +60,11 @@ impl Store {
         prefix.push(0);
         let mut out = Vec::new();
         for item in cards.range(prefix.as_slice()..)? {
-            let (k, pid) = item?;
+            let (k, v) = item?;
             if !k.value().starts_with(&prefix) {
                 break;
             }
-            let pid = pid.value();
+            let pid = decode::<CardStanding>(v.value())?.pid;
             let Some(v) = persons.get(pid)? else { continue };
             let p: Person = decode(v.value())?;
             for c in &p.coverages {

@@ -182,8 +182,8 @@ fn apply_correction(
                 reason: reason.into(),
                 at,
             });
-            t.put_person(&holder)?;
             t.unbind_card(&row.card)?;
+            t.save_person(&holder)?;
         }
     }
     if let Some(pid) = t.pid_by_my_number(row.my_number)? {
@@ -196,7 +196,7 @@ fn apply_correction(
                 reason: reason.into(),
                 at,
             });
-            t.put_person(&p)?;
+            t.save_person(&p)?;
         }
     }
     match apply_row(t, &c.source, row, None, issuer, at)? {
@@ -236,8 +236,8 @@ fn rebind(t: &mut Tables<'_>, m: &Mismatch, reason: &str, at: Timestamp) -> Resu
         reason: reason.into(),
         at,
     });
-    t.put_person(&from)?;
     t.unbind_card(&m.card)?;
+    t.save_person(&from)?;
     let mut to = t.person(target.pid)?;
     to.coverages.push(coverage);
     to.history.push(Event::Corrected {
@@ -245,7 +245,6 @@ fn rebind(t: &mut Tables<'_>, m: &Mismatch, reason: &str, at: Timestamp) -> Resu
         reason: reason.into(),
         at,
     });
-    t.put_person(&to)?;
-    t.bind_card(&m.card, to.pid)?;
+    t.save_person(&to)?;
     Ok(())
 }

@@ -2,8 +2,10 @@
 //! appends service use and mismatches for a whole batch of checks in one commit.
 
 use super::tables::*;
-use super::{decode, encode, Counts, Result, Store, StoreError};
-use crate::registry::eligibility::{decide, CheckAnswer, CheckKey, CheckRequest, Reason};
+use super::{decode, encode, linkage, Counts, Result, Store, StoreError};
+use crate::registry::eligibility::{
+    decide, decide_by_card, CardStanding, CheckAnswer, CheckKey, CheckRequest, Reason,
+};
 use crate::registry::{
     Card, CaseStatus, Conflict, IdEntry, IdStatus, Mismatch, Notice, Person, Recipient, ServiceUse,
     Timestamp,
@@ -15,71 +17,105 @@ use redb::{
 
 /// Who a check's key points at.
 enum Found {
+    /// By card: the card's standing and its exact key.
+    Card(CardStanding, Card),
+    /// By medical ID: the whole record.
     Person(Person),
+    /// A medical ID replaced on application: who holds it now, under which ID.
+    Changed(u64, MedicalId),
     Refused(Reason, Option<MedicalId>),
 }
 
 /// Resolves a check key with any table handles, read-only or inside a write.
 fn find(
     persons: &impl ReadableTable<u64, &'static [u8]>,
-    cards: &impl ReadableTable<&'static [u8], u64>,
+    cards: &impl ReadableTable<&'static [u8], &'static [u8]>,
     ids: &impl ReadableTable<u64, &'static [u8]>,
     key: &CheckKey,
 ) -> Result<Found> {
-    let pid = match key {
+    match key {
         CheckKey::Card {
             insurer,
             symbol,
             number,
-            branch: Some(branch),
-            ..
-        } => {
-            let card = Card {
-                insurer: insurer.clone(),
-                symbol: symbol.clone(),
-                number: number.clone(),
-                branch: *branch,
-            };
-            cards.get(card.key().as_slice())?.map(|g| g.value())
-        }
-        CheckKey::Card {
-            insurer,
-            symbol,
-            number,
-            branch: None,
+            branch,
             ..
         } => {
             let prefix = Card::prefix(insurer, symbol, number);
+            let card = |branch| Card {
+                insurer: insurer.clone(),
+                symbol: symbol.clone(),
+                number: number.clone(),
+                branch,
+            };
+            if let Some(b) = branch {
+                let mut k = prefix;
+                k.push(b.value());
+                return Ok(match cards.get(k.as_slice())? {
+                    Some(v) => Found::Card(decode(v.value())?, card(*b)),
+                    None => Found::Refused(Reason::NotFound, None),
+                });
+            }
             let mut holders = Vec::new();
             for item in cards.range(prefix.as_slice()..)? {
                 let (k, v) = item?;
                 if !k.value().starts_with(&prefix) || holders.len() > 1 {
                     break;
                 }
-                holders.push(v.value());
+                holders.push(decode::<CardStanding>(v.value())?);
             }
-            match holders.as_slice() {
-                [pid] => Some(*pid),
-                [] => None,
-                _ => return Ok(Found::Refused(Reason::BranchRequired, None)),
-            }
+            Ok(match holders.as_slice() {
+                [s] => Found::Card(*s, card(s.branch)),
+                [] => Found::Refused(Reason::NotFound, None),
+                _ => Found::Refused(Reason::BranchRequired, None),
+            })
         }
         CheckKey::MedicalId(id) => match ids.get(id.as_u64())? {
-            None => None,
+            None => Ok(Found::Refused(Reason::NotFound, None)),
             Some(v) => {
                 let e: IdEntry = decode(v.value())?;
+                let p = person(persons, e.pid)?;
                 if let IdStatus::Changed { .. } = e.status {
-                    let p = person(persons, e.pid)?;
-                    return Ok(Found::Refused(Reason::IdChanged, Some(p.medical_id)));
+                    return Ok(Found::Changed(p.pid, p.medical_id));
                 }
-                Some(e.pid)
+                Ok(Found::Person(p))
             }
         },
-    };
-    match pid {
-        Some(pid) => Ok(Found::Person(person(persons, pid)?)),
-        None => Ok(Found::Refused(Reason::NotFound, None)),
     }
+}
+
+/// A check decided against a snapshot, waiting to be recorded.
+struct Resolved {
+    answer: CheckAnswer,
+    /// Whose service use it is; a replaced ID still names a person who was served.
+    pid: Option<u64>,
+    card: Option<Card>,
+}
+
+/// The answer for what `find` found.
+fn answer(found: Found, req: &CheckRequest, retention: u32) -> Resolved {
+    let (answer, pid, card) = match found {
+        Found::Card(s, card) => (
+            decide_by_card(
+                &s,
+                &card.insurer,
+                &card.symbol,
+                &card.number,
+                req.date,
+                retention,
+            ),
+            Some(s.pid),
+            Some(card),
+        ),
+        Found::Person(p) => (decide(&p, &req.key, req.date, retention), Some(p.pid), None),
+        Found::Changed(pid, current) => (
+            CheckAnswer::refused(Reason::IdChanged, Some(current)),
+            Some(pid),
+            None,
+        ),
+        Found::Refused(reason, id) => (CheckAnswer::refused(reason, id), None, None),
+    };
+    Resolved { answer, pid, card }
 }
 
 fn person(persons: &impl ReadableTable<u64, &'static [u8]>, pid: u64) -> Result<Person> {
@@ -92,7 +128,7 @@ fn person(persons: &impl ReadableTable<u64, &'static [u8]>, pid: u64) -> Result<
 /// A read transaction with the tables a check or a lookup needs, opened once.
 pub struct Reader {
     persons: ReadOnlyTable<u64, &'static [u8]>,
-    cards: ReadOnlyTable<&'static [u8], u64>,
+    cards: ReadOnlyTable<&'static [u8], &'static [u8]>,
     ids: ReadOnlyTable<u64, &'static [u8]>,
     tx: ReadTransaction,
     retention_years: u32,
@@ -119,109 +155,71 @@ impl Store {
     }
 
     /// Answers many checks and records all their service use in one commit: the group
-    /// commit that lets durable checks run at the speed of the read path.
+    /// commit that lets durable checks run near the speed of the read path. Answers are
+    /// decided on one snapshot; the write transaction only appends.
     pub fn check_batch(&self, reqs: &[CheckRequest], at: Timestamp) -> Result<Vec<CheckAnswer>> {
-        let retention = self.retention_years;
-        self.write(|t| {
+        let resolved = {
+            let reader = self.reader()?;
+            reqs.iter()
+                .map(|r| reader.resolve(r))
+                .collect::<Result<Vec<_>>>()?
+        };
+        let out = self.write(|t| {
             let mut out = Vec::with_capacity(reqs.len());
-            for req in reqs {
-                out.push(check_in(t, req, retention, at)?);
+            for (req, r) in reqs.iter().zip(resolved) {
+                out.push(record(t, req, r, at)?);
             }
             Ok(out)
-        })
+        })?;
+        self.fold_linkage_if_due()?;
+        Ok(out)
     }
 }
 
-fn check_in(
+/// Records a decided check: its service use, and a mismatch when the presented ID is
+/// not the registered one.
+fn record(
     t: &mut Tables<'_>,
     req: &CheckRequest,
-    retention: u32,
+    r: Resolved,
     at: Timestamp,
 ) -> Result<CheckAnswer> {
-    let person = match find(&t.persons, &t.cards, &t.medical_ids, &req.key)? {
-        Found::Person(p) => p,
-        Found::Refused(reason, id) => {
-            if let (Reason::IdChanged, Some(current)) = (reason, id) {
-                if let Some(e) = t.id_entry(current)? {
-                    record_use(t, e.pid, req, false, at)?;
-                }
-            }
-            return Ok(CheckAnswer::refused(reason, id));
-        }
-    };
-    let mut answer = decide(&person, &req.key, req.date, retention);
-    record_use(t, person.pid, req, answer.eligible, at)?;
-    if let CheckKey::Card {
-        presented: Some(presented),
-        ..
-    } = &req.key
+    let mut answer = r.answer;
+    if let Some(pid) = r.pid {
+        let u = ServiceUse {
+            institution: req.institution,
+            date: req.date,
+            eligible: answer.eligible,
+            at,
+        };
+        linkage::append(t, pid, &u)?;
+    }
+    if let (
+        CheckKey::Card {
+            presented: Some(presented),
+            ..
+        },
+        Some(card),
+        Some(registered),
+    ) = (&req.key, r.card, answer.medical_id)
     {
-        if *presented != person.medical_id {
-            answer.mismatch = Some(record_mismatch(t, &person, req, *presented, at)?);
+        if *presented != registered {
+            answer.mismatch = Some(record_mismatch(t, card, registered, req, *presented, at)?);
         }
     }
     Ok(answer)
-}
-
-fn record_use(
-    t: &mut Tables<'_>,
-    pid: u64,
-    req: &CheckRequest,
-    eligible: bool,
-    at: Timestamp,
-) -> Result<()> {
-    let seq = t.next(SERVICE_SEQ)?;
-    let u = ServiceUse {
-        institution: req.institution,
-        date: req.date,
-        eligible,
-        at,
-    };
-    t.service_use.insert((pid, seq), encode(&u)?.as_slice())?;
-    Ok(())
 }
 
 /// Records a presented ID that differs from the registry, once while it is open, and
 /// queues notices to the person and the insurer (seed 2-5).
 fn record_mismatch(
     t: &mut Tables<'_>,
-    person: &Person,
+    card: Card,
+    registered: MedicalId,
     req: &CheckRequest,
     presented: MedicalId,
     at: Timestamp,
 ) -> Result<u64> {
-    let card = match (
-        &req.key,
-        person.coverage_on(req.date).or(person.coverages.last()),
-    ) {
-        (
-            CheckKey::Card {
-                insurer,
-                symbol,
-                number,
-                branch,
-                ..
-            },
-            fallback,
-        ) => match (branch, fallback) {
-            (Some(b), _) => Card {
-                insurer: insurer.clone(),
-                symbol: symbol.clone(),
-                number: number.clone(),
-                branch: *b,
-            },
-            (None, Some(c)) => c.card.clone(),
-            (None, None) => {
-                return Err(StoreError::Inconsistent(format!(
-                    "pid {} has a card but no coverage",
-                    person.pid
-                )))
-            }
-        },
-        (CheckKey::MedicalId(_), _) => {
-            return Err(StoreError::Inconsistent("mismatch without a card".into()))
-        }
-    };
     let mut key = card.key();
     key.extend_from_slice(&presented.as_u64().to_be_bytes());
     if let Some(id) = t.mismatch_keys.get(key.as_slice())?.map(|g| g.value()) {
@@ -233,7 +231,7 @@ fn record_mismatch(
         institution: req.institution,
         card: card.clone(),
         presented,
-        registered: person.medical_id,
+        registered,
         date: req.date,
         status: CaseStatus::Open,
         at,
@@ -243,7 +241,7 @@ fn record_mismatch(
     let texts = [
         (
             Recipient::Person {
-                medical_id: person.medical_id,
+                medical_id: registered,
             },
             format!(
                 "医療機関 {} で提示された医療等番号 {} は登録内容と異なります。 / The medical ID {} presented at institution {} does not match our records.",
@@ -280,12 +278,12 @@ fn record_mismatch(
 impl Reader {
     /// The read path of a check: the same decision, nothing recorded.
     pub fn check(&self, req: &CheckRequest) -> Result<CheckAnswer> {
-        Ok(
-            match find(&self.persons, &self.cards, &self.ids, &req.key)? {
-                Found::Person(p) => decide(&p, &req.key, req.date, self.retention_years),
-                Found::Refused(reason, id) => CheckAnswer::refused(reason, id),
-            },
-        )
+        Ok(self.resolve(req)?.answer)
+    }
+
+    fn resolve(&self, req: &CheckRequest) -> Result<Resolved> {
+        let found = find(&self.persons, &self.cards, &self.ids, &req.key)?;
+        Ok(answer(found, req, self.retention_years))
     }
 
     pub fn person_by_medical_id(&self, id: MedicalId) -> Result<Person> {
@@ -327,13 +325,9 @@ impl Reader {
         }
     }
 
+    /// The person's service history in the order it happened.
     pub fn service_uses(&self, pid: u64) -> Result<Vec<ServiceUse>> {
-        let t = self.tx.open_table(SERVICE_USE)?;
-        let mut out = Vec::new();
-        for item in t.range((pid, 0)..=(pid, u64::MAX))? {
-            out.push(decode(item?.1.value())?);
-        }
-        Ok(out)
+        linkage::of_person(&self.tx, pid)
     }
 
     pub fn counts(&self) -> Result<Counts> {
@@ -341,7 +335,7 @@ impl Reader {
             persons: self.persons.len()?,
             issued_ids: self.ids.len()?,
             cards: self.cards.len()?,
-            service_uses: self.tx.open_table(SERVICE_USE)?.len()?,
+            service_uses: linkage::count(&self.tx)?,
             open_conflicts: self.count_open(CONFLICTS, |c: Conflict| c.status)?,
             open_mismatches: self.count_open(MISMATCHES, |m: Mismatch| m.status)?,
         })

@@ -61,7 +61,6 @@ pub(super) fn apply_row(
         Some(pid) if Some(pid) == person.as_ref().map(|p| p.pid) => CardHolder::ThisPerson,
         Some(pid) => CardHolder::Other(t.person(pid)?.my_number),
     };
-    let card_is_new = matches!(holder, CardHolder::Nobody);
     if let Some(kind) = conflict_for(person.as_ref(), row, holder) {
         record_conflict(t, source, row, kind.clone(), at)?;
         return Ok(RowOutcome::Conflict(kind));
@@ -70,10 +69,7 @@ pub(super) fn apply_row(
         Some(mut p) => {
             let outcome = merge_row(&mut p, row, at);
             if outcome == RowOutcome::Updated {
-                t.put_person(&p)?;
-                if card_is_new {
-                    t.bind_card(&row.card, p.pid)?;
-                }
+                t.save_person(&p)?;
             }
             Ok(outcome)
         }
@@ -81,9 +77,8 @@ pub(super) fn apply_row(
             let pid = t.next(PID)?;
             let (id, generation) = t.issue(issuer, row.my_number, pid, 0, first)?;
             let p = new_person(pid, row, id, generation, at);
-            t.put_person(&p)?;
+            t.save_person(&p)?;
             t.my_numbers.insert(row.my_number.as_u64(), pid)?;
-            t.bind_card(&row.card, pid)?;
             Ok(RowOutcome::New)
         }
     }

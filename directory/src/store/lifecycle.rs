@@ -49,7 +49,7 @@ impl Store {
                 reason: reason.trim().to_string(),
                 at,
             });
-            t.put_person(&p)?;
+            t.save_person(&p)?;
             Ok(new)
         })
     }
@@ -89,7 +89,7 @@ impl Store {
             }
             p.death = Some(date);
             p.history.push(Event::Death { date, at });
-            t.put_person(&p)?;
+            t.save_person(&p)?;
             t.deaths.insert((days(date), p.pid), ())?;
             Ok(research_until(date, retention))
         })
@@ -115,7 +115,7 @@ impl Store {
                 let mut p = t.person(pid)?;
                 p.retired = true;
                 p.history.push(Event::Retired { at });
-                t.put_person(&p)?;
+                t.save_person(&p)?;
                 t.set_id_status(p.medical_id, pid, IdStatus::Retired)?;
                 t.deaths.remove((d, pid))?;
                 retired.push(p.medical_id);

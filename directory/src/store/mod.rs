@@ -7,6 +7,7 @@ mod cases;
 mod checks;
 mod enroll;
 mod lifecycle;
+mod linkage;
 mod tables;
 
 pub use assign::{AssignmentRow, LetterRow, Plan};
@@ -93,6 +94,7 @@ impl Store {
             t.insert("issuance_method", method.as_str())?;
             t.insert("schema", "1")?;
             Tables::create_all(&tx)?;
+            tx.open_table(SERVICE_USE)?;
         }
         tx.commit()?;
         Ok(Self {

@@ -3,6 +3,7 @@
 
 use super::{decode, encode, Result, StoreError};
 use crate::issuance::Issuer;
+use crate::registry::eligibility::CardStanding;
 use crate::registry::{IdEntry, IdStatus, Person};
 use iryo_proto::{MedicalId, MyNumber};
 use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
@@ -18,9 +19,13 @@ pub const MY_NUMBERS: TableDefinition<u64, u64> = TableDefinition::new("my_numbe
 pub const MEDICAL_IDS: TableDefinition<u64, &[u8]> = TableDefinition::new("medical_ids");
 /// Card key (insurer, symbol, number, branch) → pid. Keys start with the insurer
 /// number, so one range lists an insurer's people for its assignment file.
-pub const CARDS: TableDefinition<&[u8], u64> = TableDefinition::new("cards");
-/// (pid, sequence) → ServiceUse: the linkage DB's service history.
+/// The value is the card's `CardStanding`, so a check by card needs no other lookup.
+pub const CARDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("cards");
+/// (pid, sequence) → ServiceUse: the linkage DB's service history, by person.
 pub const SERVICE_USE: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("service_use");
+/// sequence → (pid, ServiceUse): where new service use lands first, appended in order;
+/// folded into SERVICE_USE in large sorted runs (see `store::linkage`).
+pub const SERVICE_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("service_log");
 /// (days since epoch of death, pid) → (), for the retirement sweep.
 pub const DEATHS: TableDefinition<(i64, u64), ()> = TableDefinition::new("deaths");
 pub const CONFLICTS: TableDefinition<u64, &[u8]> = TableDefinition::new("conflicts");
@@ -53,8 +58,8 @@ pub struct Tables<'t> {
     pub persons: Table<'t, u64, &'static [u8]>,
     pub my_numbers: Table<'t, u64, u64>,
     pub medical_ids: Table<'t, u64, &'static [u8]>,
-    pub cards: Table<'t, &'static [u8], u64>,
-    pub service_use: Table<'t, (u64, u64), &'static [u8]>,
+    pub cards: Table<'t, &'static [u8], &'static [u8]>,
+    pub service_log: Table<'t, u64, &'static [u8]>,
     pub deaths: Table<'t, (i64, u64), ()>,
     pub conflicts: Table<'t, u64, &'static [u8]>,
     pub conflict_keys: Table<'t, &'static [u8], u64>,
@@ -76,7 +81,7 @@ impl<'t> Tables<'t> {
             my_numbers: tx.open_table(MY_NUMBERS)?,
             medical_ids: tx.open_table(MEDICAL_IDS)?,
             cards: tx.open_table(CARDS)?,
-            service_use: tx.open_table(SERVICE_USE)?,
+            service_log: tx.open_table(SERVICE_LOG)?,
             deaths: tx.open_table(DEATHS)?,
             conflicts: tx.open_table(CONFLICTS)?,
             conflict_keys: tx.open_table(CONFLICT_KEYS)?,
@@ -116,8 +121,22 @@ impl<'t> Tables<'t> {
         }
     }
 
+    /// Writes the record alone: for bookkeeping that no eligibility answer depends on
+    /// (assignment and letter dates, a new My Number).
     pub fn put_person(&mut self, p: &Person) -> Result<()> {
         self.persons.insert(p.pid, encode(p)?.as_slice())?;
+        Ok(())
+    }
+
+    /// Writes the record and re-derives the card index entry of each of its coverages,
+    /// for every change an eligibility check can see.
+    pub fn save_person(&mut self, p: &Person) -> Result<()> {
+        self.put_person(p)?;
+        for c in &p.coverages {
+            let standing = encode(&CardStanding::of(p, c))?;
+            self.cards
+                .insert(c.card.key().as_slice(), standing.as_slice())?;
+        }
         Ok(())
     }
 
@@ -176,12 +195,10 @@ impl<'t> Tables<'t> {
     }
 
     pub fn card_holder(&self, card: &crate::registry::Card) -> Result<Option<u64>> {
-        Ok(self.cards.get(card.key().as_slice())?.map(|g| g.value()))
-    }
-
-    pub fn bind_card(&mut self, card: &crate::registry::Card, pid: u64) -> Result<()> {
-        self.cards.insert(card.key().as_slice(), pid)?;
-        Ok(())
+        match self.cards.get(card.key().as_slice())? {
+            Some(v) => Ok(Some(decode::<CardStanding>(v.value())?.pid)),
+            None => Ok(None),
+        }
     }
 
     pub fn unbind_card(&mut self, card: &crate::registry::Card) -> Result<()> {
