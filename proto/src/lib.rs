@@ -4,9 +4,13 @@
 //! exists is a value that is right. Nothing here does I/O.
 
 pub mod check_digit;
+pub mod eligibility;
 pub mod error;
+pub mod federation;
 pub mod ids;
+pub mod merkle;
 pub mod person;
+pub mod signed;
 
 pub use error::IdError;
 pub use ids::{InstitutionCode, InsurerNumber, MedicalId, MyNumber, PointTableKind};

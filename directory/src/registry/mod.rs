@@ -7,8 +7,7 @@ pub mod merge;
 
 use chrono::NaiveDate;
 use iryo_proto::{
-    BirthDate, Branch, CardNumber, CardSymbol, InsurerKind, InsurerNumber, KanaName, MedicalId,
-    MyNumber, PersonName, Relation, Sex,
+    BirthDate, InsurerKind, InsurerNumber, KanaName, MedicalId, MyNumber, PersonName, Relation, Sex,
 };
 use serde::{Deserialize, Serialize};
 
@@ -29,43 +28,7 @@ pub fn format_time(t: Timestamp) -> String {
         .unwrap_or_else(|| t.to_string())
 }
 
-/// An insurance card: insurer number, symbol, number and branch identify one person.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct Card {
-    pub insurer: InsurerNumber,
-    pub symbol: CardSymbol,
-    pub number: CardNumber,
-    pub branch: Branch,
-}
-
-impl Card {
-    /// The key under which the card is indexed; its prefix without the branch finds
-    /// every person on one card.
-    pub fn key(&self) -> Vec<u8> {
-        let mut k = Self::prefix(&self.insurer, &self.symbol, &self.number);
-        k.push(self.branch.value());
-        k
-    }
-
-    pub fn prefix(insurer: &InsurerNumber, symbol: &CardSymbol, number: &CardNumber) -> Vec<u8> {
-        let mut k = Vec::with_capacity(40);
-        for part in [insurer.as_str(), symbol.as_str(), number.as_str()] {
-            k.extend_from_slice(part.as_bytes());
-            k.push(0);
-        }
-        k
-    }
-}
-
-impl std::fmt::Display for Card {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} {}・{} ({})",
-            self.insurer, self.symbol, self.number, self.branch
-        )
-    }
-}
+pub use iryo_proto::eligibility::Card;
 
 /// What the insurer states about who the person is; it must agree across insurers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

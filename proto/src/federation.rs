@@ -1,0 +1,303 @@
+//! The statements the agency and the institutions sign: memberships (who may take part),
+//! access grants (who may read whose records, why, until when), exchange notifications
+//! (who did read them) and the audit log's tree heads.
+
+use crate::signed::{Signed, Statement};
+use crate::{InstitutionCode, MedicalId, PointTableKind};
+use ed25519_dalek::VerifyingKey;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Seconds since the Unix epoch, UTC.
+pub type Time = i64;
+
+/// Why records are asked for; consent is given per purpose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Purpose {
+    Treatment,
+    Referral,
+    Research,
+    /// Break-glass: served without consent, with a written reason, flagged in the log.
+    Emergency,
+}
+
+impl Purpose {
+    pub const ALL: [Purpose; 4] = [
+        Purpose::Treatment,
+        Purpose::Referral,
+        Purpose::Research,
+        Purpose::Emergency,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Purpose::Treatment => "treatment",
+            Purpose::Referral => "referral",
+            Purpose::Research => "research",
+            Purpose::Emergency => "emergency",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Purpose::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Serves its patients' records to other institutions.
+    Source,
+    /// Asks other institutions for records.
+    Requester,
+}
+
+/// What an institution's node sends to be registered: its code, name, key and where it
+/// listens, signed by the node's own key to prove it holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registration {
+    pub code: InstitutionCode,
+    pub name: String,
+    pub public_key: [u8; 32],
+    pub addresses: Vec<String>,
+    pub at: Time,
+}
+
+impl Statement for Registration {
+    const DOMAIN: &'static str = "iryo/registration/1";
+}
+
+/// The agency's word that a key speaks for an institution.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Membership {
+    pub code: InstitutionCode,
+    pub name: String,
+    pub kind: PointTableKind,
+    pub public_key: [u8; 32],
+    /// libp2p multiaddrs the node listens on.
+    pub addresses: Vec<String>,
+    pub roles: Vec<Role>,
+    pub serial: u64,
+    pub not_before: Time,
+    pub not_after: Time,
+}
+
+impl Statement for Membership {
+    const DOMAIN: &'static str = "iryo/membership/1";
+}
+
+impl Membership {
+    pub fn valid_at(&self, now: Time) -> bool {
+        self.not_before <= now && now <= self.not_after
+    }
+}
+
+/// Permission for one requester to fetch one patient's records from one source, for one
+/// purpose, once, within minutes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    /// Random; also the nonce that makes the grant single-use.
+    pub id: [u8; 16],
+    pub requester: InstitutionCode,
+    pub requester_key: [u8; 32],
+    pub source: InstitutionCode,
+    pub medical_id: MedicalId,
+    pub purpose: Purpose,
+    /// The written reason, required for emergency access.
+    pub reason: Option<String>,
+    pub issued_at: Time,
+    pub expires_at: Time,
+}
+
+impl Statement for Grant {
+    const DOMAIN: &'static str = "iryo/grant/1";
+}
+
+/// Longest validity the agency gives a grant.
+pub const MAX_GRANT_SECONDS: i64 = 300;
+/// Clock difference tolerated between agency and nodes.
+pub const CLOCK_SKEW_SECONDS: i64 = 30;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GrantRefusal {
+    #[error("the grant is not signed by the agency")]
+    NotAgency,
+    #[error("the grant's signature does not verify")]
+    BadSignature,
+    #[error("the grant is for another requester")]
+    OtherRequester,
+    #[error("the grant is for another source")]
+    OtherSource,
+    #[error("the grant is for another patient")]
+    OtherPatient,
+    #[error("the grant is for another purpose")]
+    OtherPurpose,
+    #[error("the grant has expired")]
+    Expired,
+    #[error("the grant is not valid yet")]
+    NotYetValid,
+    #[error("the grant was used before")]
+    Replayed,
+    #[error("the grant's validity is longer than the agency gives")]
+    TooLong,
+}
+
+/// What the source node knows when a fetch arrives: who is asking (the key TLS
+/// authenticated), who it is, and what was asked for.
+pub struct FetchContext {
+    pub agency: VerifyingKey,
+    pub requester_key: [u8; 32],
+    pub me: InstitutionCode,
+    pub medical_id: MedicalId,
+    pub purpose: Purpose,
+    pub now: Time,
+}
+
+/// Verifies a grant offline at the source: agency signature, bound to the authenticated
+/// requester, to this source, to the patient and purpose asked, within its time. The
+/// caller checks single use against its own record of grant ids.
+pub fn check_grant(g: &Signed<Grant>, cx: &FetchContext) -> Result<Grant, GrantRefusal> {
+    if g.signer != cx.agency.to_bytes() {
+        return Err(GrantRefusal::NotAgency);
+    }
+    let grant = g
+        .verify(&cx.agency)
+        .map_err(|_| GrantRefusal::BadSignature)?;
+    if grant.requester_key != cx.requester_key {
+        return Err(GrantRefusal::OtherRequester);
+    }
+    if grant.source != cx.me {
+        return Err(GrantRefusal::OtherSource);
+    }
+    if grant.medical_id != cx.medical_id {
+        return Err(GrantRefusal::OtherPatient);
+    }
+    if grant.purpose != cx.purpose {
+        return Err(GrantRefusal::OtherPurpose);
+    }
+    if grant.expires_at - grant.issued_at > MAX_GRANT_SECONDS {
+        return Err(GrantRefusal::TooLong);
+    }
+    if cx.now + CLOCK_SKEW_SECONDS < grant.issued_at {
+        return Err(GrantRefusal::NotYetValid);
+    }
+    if cx.now > grant.expires_at + CLOCK_SKEW_SECONDS {
+        return Err(GrantRefusal::Expired);
+    }
+    Ok(grant)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Side {
+    /// Written by the source: records left here.
+    Disclosed,
+    /// Written by the requester: records arrived here.
+    Received,
+}
+
+/// One end's signed account of an exchange. Never carries clinical content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Notification {
+    pub id: [u8; 16],
+    pub side: Side,
+    pub grant_id: [u8; 16],
+    pub medical_id: MedicalId,
+    pub source: InstitutionCode,
+    pub requester: InstitutionCode,
+    pub purpose: Purpose,
+    pub emergency: bool,
+    pub record_count: u32,
+    /// FHIR resource types, e.g. "Observation", never their content.
+    pub resource_types: Vec<String>,
+    pub at: Time,
+}
+
+impl Statement for Notification {
+    const DOMAIN: &'static str = "iryo/notification/1";
+}
+
+/// The agency's signed statement of the audit log's size and root.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TreeHead {
+    pub size: u64,
+    pub root: [u8; 32],
+    pub at: Time,
+}
+
+impl Statement for TreeHead {
+    const DOMAIN: &'static str = "iryo/tree-head/1";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ed25519_dalek::SigningKey;
+
+    fn grant(agency: &SigningKey, requester: &SigningKey) -> (Signed<Grant>, FetchContext) {
+        let g = Grant {
+            id: [9; 16],
+            requester: InstitutionCode::parse("0110113719").unwrap(),
+            requester_key: requester.verifying_key().to_bytes(),
+            source: InstitutionCode::from_parts(13, PointTableKind::Medical, 1).unwrap(),
+            medical_id: MedicalId::from_body(42),
+            purpose: Purpose::Treatment,
+            reason: None,
+            issued_at: 1000,
+            expires_at: 1300,
+        };
+        let cx = FetchContext {
+            agency: agency.verifying_key(),
+            requester_key: g.requester_key,
+            me: g.source,
+            medical_id: g.medical_id,
+            purpose: g.purpose,
+            now: 1100,
+        };
+        (Signed::sign(&g, agency), cx)
+    }
+
+    #[test]
+    fn a_good_grant_passes_and_every_misbinding_is_refused() {
+        let agency = SigningKey::from_bytes(&[1; 32]);
+        let requester = SigningKey::from_bytes(&[2; 32]);
+        let (g, cx) = grant(&agency, &requester);
+        assert!(check_grant(&g, &cx).is_ok());
+        let refuse = |f: &dyn Fn(&mut FetchContext)| {
+            let (g, mut cx) = grant(&agency, &requester);
+            f(&mut cx);
+            check_grant(&g, &cx).unwrap_err()
+        };
+        assert_eq!(
+            refuse(&|c| c.requester_key = [3; 32]),
+            GrantRefusal::OtherRequester
+        );
+        assert_eq!(
+            refuse(&|c| c.me = InstitutionCode::parse("0110113719").unwrap()),
+            GrantRefusal::OtherSource
+        );
+        assert_eq!(
+            refuse(&|c| c.medical_id = MedicalId::from_body(43)),
+            GrantRefusal::OtherPatient
+        );
+        assert_eq!(
+            refuse(&|c| c.purpose = Purpose::Research),
+            GrantRefusal::OtherPurpose
+        );
+        assert_eq!(refuse(&|c| c.now = 2000), GrantRefusal::Expired);
+        assert_eq!(refuse(&|c| c.now = 900), GrantRefusal::NotYetValid);
+        // Signed by someone other than the agency, even with the same content.
+        let forger = SigningKey::from_bytes(&[4; 32]);
+        let (forged, cx) = grant(&forger, &requester);
+        let cx = FetchContext {
+            agency: agency.verifying_key(),
+            ..cx
+        };
+        assert_eq!(
+            check_grant(&forged, &cx).unwrap_err(),
+            GrantRefusal::NotAgency
+        );
+    }
+}

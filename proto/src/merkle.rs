@@ -1,0 +1,386 @@
+//! The audit log's Merkle tree maths, RFC 6962 (and RFC 9162's verification
+//! algorithms): leaf SHA-256(0x00 ‖ entry), node SHA-256(0x01 ‖ left ‖ right), tree heads,
+//! inclusion and consistency proofs. Storage supplies the hashes of perfect subtrees
+//! through [`Subtrees`], so proofs never rehash the whole log.
+
+use sha2::{Digest, Sha256};
+
+pub type Hash = [u8; 32];
+
+pub fn leaf_hash(entry: &[u8]) -> Hash {
+    let mut h = Sha256::new();
+    h.update([0u8]);
+    h.update(entry);
+    h.finalize().into()
+}
+
+pub fn node_hash(left: &Hash, right: &Hash) -> Hash {
+    let mut h = Sha256::new();
+    h.update([1u8]);
+    h.update(left);
+    h.update(right);
+    h.finalize().into()
+}
+
+pub fn empty_root() -> Hash {
+    Sha256::digest([]).into()
+}
+
+/// Hashes of perfect subtrees: `perfect(level, index)` covers leaves
+/// `[index·2^level, (index+1)·2^level)`; level 0 is the leaf hashes.
+pub trait Subtrees {
+    type Error;
+    fn perfect(&self, level: u32, index: u64) -> Result<Hash, Self::Error>;
+}
+
+/// The largest power of two strictly below `n` (n ≥ 2).
+fn split(n: u64) -> u64 {
+    1 << (63 - (n - 1).leading_zeros())
+}
+
+/// MTH of leaves `[start, end)`, with `start` aligned as RFC 6962's recursion keeps it.
+fn range_hash<S: Subtrees>(s: &S, start: u64, end: u64) -> Result<Hash, S::Error> {
+    let n = end - start;
+    if n.is_power_of_two() && start.is_multiple_of(n) {
+        return s.perfect(n.trailing_zeros(), start >> n.trailing_zeros());
+    }
+    let k = split(n);
+    Ok(node_hash(
+        &range_hash(s, start, start + k)?,
+        &range_hash(s, start + k, end)?,
+    ))
+}
+
+/// The tree head of the first `size` leaves.
+pub fn root<S: Subtrees>(s: &S, size: u64) -> Result<Hash, S::Error> {
+    if size == 0 {
+        return Ok(empty_root());
+    }
+    range_hash(s, 0, size)
+}
+
+/// The audit path of leaf `index` in the tree of `size` leaves (RFC 6962 §2.1.1).
+pub fn inclusion_proof<S: Subtrees>(s: &S, index: u64, size: u64) -> Result<Vec<Hash>, S::Error> {
+    let mut proof = Vec::new();
+    path(s, index, 0, size, &mut proof)?;
+    Ok(proof)
+}
+
+fn path<S: Subtrees>(
+    s: &S,
+    m: u64,
+    start: u64,
+    end: u64,
+    out: &mut Vec<Hash>,
+) -> Result<(), S::Error> {
+    let n = end - start;
+    if n <= 1 {
+        return Ok(());
+    }
+    let k = split(n);
+    if m < k {
+        path(s, m, start, start + k, out)?;
+        out.push(range_hash(s, start + k, end)?);
+    } else {
+        path(s, m - k, start + k, end, out)?;
+        out.push(range_hash(s, start, start + k)?);
+    }
+    Ok(())
+}
+
+/// The proof that the tree of `old` leaves is a prefix of the tree of `new` leaves
+/// (RFC 6962 §2.1.2).
+pub fn consistency_proof<S: Subtrees>(s: &S, old: u64, new: u64) -> Result<Vec<Hash>, S::Error> {
+    let mut proof = Vec::new();
+    if old > 0 && old < new {
+        subproof(s, old, 0, new, true, &mut proof)?;
+    }
+    Ok(proof)
+}
+
+fn subproof<S: Subtrees>(
+    s: &S,
+    m: u64,
+    start: u64,
+    end: u64,
+    whole: bool,
+    out: &mut Vec<Hash>,
+) -> Result<(), S::Error> {
+    let n = end - start;
+    if m == n {
+        if !whole {
+            out.push(range_hash(s, start, end)?);
+        }
+        return Ok(());
+    }
+    let k = split(n);
+    if m <= k {
+        subproof(s, m, start, start + k, whole, out)?;
+        out.push(range_hash(s, start + k, end)?);
+    } else {
+        subproof(s, m - k, start + k, end, false, out)?;
+        out.push(range_hash(s, start, start + k)?);
+    }
+    Ok(())
+}
+
+/// RFC 9162 §2.1.3.2: does `proof` show `leaf` at `index` in the tree with `root`?
+pub fn verify_inclusion(leaf: &Hash, index: u64, size: u64, proof: &[Hash], root: &Hash) -> bool {
+    if index >= size {
+        return false;
+    }
+    let (mut fn_, mut sn) = (index, size - 1);
+    let mut r = *leaf;
+    for p in proof {
+        if sn == 0 {
+            return false;
+        }
+        if fn_ & 1 == 1 || fn_ == sn {
+            r = node_hash(p, &r);
+            if fn_ & 1 == 0 {
+                while fn_ & 1 == 0 && fn_ != 0 {
+                    fn_ >>= 1;
+                    sn >>= 1;
+                }
+            }
+        } else {
+            r = node_hash(&r, p);
+        }
+        fn_ >>= 1;
+        sn >>= 1;
+    }
+    sn == 0 && &r == root
+}
+
+/// RFC 9162 §2.1.4.2: does `proof` show the tree of `old` leaves with `old_root` to be
+/// a prefix of the tree of `new` leaves with `new_root`?
+pub fn verify_consistency(
+    old: u64,
+    new: u64,
+    old_root: &Hash,
+    new_root: &Hash,
+    proof: &[Hash],
+) -> bool {
+    if old > new {
+        return false;
+    }
+    if old == new {
+        return proof.is_empty() && old_root == new_root;
+    }
+    if old == 0 {
+        return proof.is_empty();
+    }
+    let mut proof = proof.to_vec();
+    if old.is_power_of_two() {
+        proof.insert(0, *old_root);
+    }
+    let Some((first, rest)) = proof.split_first() else {
+        return false;
+    };
+    let (mut fn_, mut sn) = (old - 1, new - 1);
+    while fn_ & 1 == 1 {
+        fn_ >>= 1;
+        sn >>= 1;
+    }
+    let (mut fr, mut sr) = (*first, *first);
+    for c in rest {
+        if sn == 0 {
+            return false;
+        }
+        if fn_ & 1 == 1 || fn_ == sn {
+            fr = node_hash(c, &fr);
+            sr = node_hash(c, &sr);
+            if fn_ & 1 == 0 {
+                while fn_ & 1 == 0 && fn_ != 0 {
+                    fn_ >>= 1;
+                    sn >>= 1;
+                }
+            }
+        } else {
+            sr = node_hash(&sr, c);
+        }
+        fn_ >>= 1;
+        sn >>= 1;
+    }
+    sn == 0 && &fr == old_root && &sr == new_root
+}
+
+/// A tree held in memory, for tests and for verifiers that rebuild a log.
+#[derive(Debug, Default, Clone)]
+pub struct MemoryTree {
+    /// levels[l][i] = perfect(l, i)
+    levels: Vec<Vec<Hash>>,
+}
+
+impl MemoryTree {
+    pub fn push(&mut self, entry: &[u8]) {
+        self.push_hash(leaf_hash(entry));
+    }
+
+    pub fn push_hash(&mut self, leaf: Hash) {
+        if self.levels.is_empty() {
+            self.levels.push(Vec::new());
+        }
+        self.levels[0].push(leaf);
+        let mut level = 0;
+        // Each time a level gains its second sibling, the parent is complete.
+        while self.levels[level].len().is_multiple_of(2) {
+            let n = self.levels[level].len();
+            let parent = node_hash(&self.levels[level][n - 2], &self.levels[level][n - 1]);
+            if self.levels.len() == level + 1 {
+                self.levels.push(Vec::new());
+            }
+            self.levels[level + 1].push(parent);
+            level += 1;
+        }
+    }
+
+    pub fn size(&self) -> u64 {
+        self.levels.first().map_or(0, |l| l.len() as u64)
+    }
+}
+
+impl Subtrees for MemoryTree {
+    type Error = std::convert::Infallible;
+    fn perfect(&self, level: u32, index: u64) -> Result<Hash, Self::Error> {
+        Ok(self.levels[level as usize][index as usize])
+    }
+}
+
+pub fn to_hex(h: &[u8]) -> String {
+    h.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn from_hex(s: &str) -> Option<Hash> {
+    if s.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The leaves and tree heads every RFC 6962 implementation is checked against.
+    const LEAVES: [&[u8]; 8] = [
+        b"",
+        b"\x00",
+        b"\x10",
+        b"\x20\x21",
+        b"\x30\x31",
+        b"\x40\x41\x42\x43",
+        b"\x50\x51\x52\x53\x54\x55\x56\x57",
+        b"\x60\x61\x62\x63\x64\x65\x66\x67\x68\x69\x6a\x6b\x6c\x6d\x6e\x6f",
+    ];
+    const ROOTS: [&str; 8] = [
+        "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d",
+        "fac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125",
+        "aeb6bcfe274b70a14fb067a5e5578264db0fa9b51af5e0ba159158f329e06e77",
+        "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7",
+        "4e3bbb1f7b478dcfe71fb631631519a3bca12c9aefca1612bfce4c13a86264d4",
+        "76e67dadbcdf1e10e1b74ddc608abd2f98dfb16fbce75277b5232a127f2087ef",
+        "ddb89be403809e325750d3d263cd78929c2942b7942a34b77e122c9594a74c8c",
+        "5dc9da79a70659a9ad559cb701ded9a2ab9d823aad2f4960cfe370eff4604328",
+    ];
+
+    fn reference() -> MemoryTree {
+        let mut t = MemoryTree::default();
+        LEAVES.iter().for_each(|l| t.push(l));
+        t
+    }
+
+    fn hexes(v: &[Hash]) -> Vec<String> {
+        v.iter().map(|h| to_hex(h)).collect()
+    }
+
+    #[test]
+    fn tree_heads_match_rfc6962() {
+        let t = reference();
+        assert_eq!(
+            to_hex(&root(&t, 0).unwrap()),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        for (n, want) in ROOTS.iter().enumerate() {
+            assert_eq!(
+                to_hex(&root(&t, n as u64 + 1).unwrap()),
+                *want,
+                "size {}",
+                n + 1
+            );
+        }
+    }
+
+    #[test]
+    fn inclusion_proofs_match_rfc6962() {
+        let t = reference();
+        assert_eq!(
+            hexes(&inclusion_proof(&t, 0, 8).unwrap()),
+            [
+                "96a296d224f285c67bee93c30f8a309157f0daa35dc5b87e410b78630a09cfc7",
+                "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
+                "6b47aaf29ee3c2af9af889bc1fb9254dabd31177f16232dd6aab035ca39bf6e4"
+            ]
+        );
+        assert_eq!(
+            hexes(&inclusion_proof(&t, 5, 8).unwrap()),
+            [
+                "bc1a0643b12e4d2d7c77918f44e0f4f79a838b6cf9ec5b5c283e1f4d88599e6b",
+                "ca854ea128ed050b41b35ffc1b87b8eb2bde461e9e3b5596ece6b9d5975a0ae0",
+                "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7"
+            ]
+        );
+    }
+
+    #[test]
+    fn consistency_proofs_match_rfc6962() {
+        let t = reference();
+        assert_eq!(
+            hexes(&consistency_proof(&t, 2, 5).unwrap()),
+            [
+                "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
+                "bc1a0643b12e4d2d7c77918f44e0f4f79a838b6cf9ec5b5c283e1f4d88599e6b"
+            ]
+        );
+        assert_eq!(
+            hexes(&consistency_proof(&t, 6, 8).unwrap()),
+            [
+                "0ebc5d3437fbe2db158b9f126a1d118e308181031d0a949f8dededebc558ef6a",
+                "ca854ea128ed050b41b35ffc1b87b8eb2bde461e9e3b5596ece6b9d5975a0ae0",
+                "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7"
+            ]
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn every_proof_verifies_and_a_wrong_one_does_not(size in 1u64..70, a in 0u64..70, b in 0u64..70) {
+            let mut t = MemoryTree::default();
+            for i in 0..size {
+                t.push(&i.to_be_bytes());
+            }
+            let r = root(&t, size).unwrap();
+            let index = a % size;
+            let leaf = leaf_hash(&index.to_be_bytes());
+            let proof = inclusion_proof(&t, index, size).unwrap();
+            prop_assert!(verify_inclusion(&leaf, index, size, &proof, &r));
+            let other = leaf_hash(b"not in the log");
+            prop_assert!(!verify_inclusion(&other, index, size, &proof, &r));
+            if size > 1 {
+                prop_assert!(!verify_inclusion(&leaf, (index + 1) % size, size, &proof, &r));
+            }
+            let old = 1 + b % size;
+            let old_root = root(&t, old).unwrap();
+            let c = consistency_proof(&t, old, size).unwrap();
+            prop_assert!(verify_consistency(old, size, &old_root, &r, &c));
+            if old < size {
+                prop_assert!(!verify_consistency(old, size, &leaf_hash(b"x"), &r, &c));
+            }
+        }
+    }
+}
