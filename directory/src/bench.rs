@@ -175,6 +175,7 @@ fn measure(args: &BenchArgs, dir: &std::path::Path) -> Result<()> {
                 presented: None,
             },
             date: crate::registry::today(),
+            visit_consent: false,
         })
         .collect();
     drop(people);

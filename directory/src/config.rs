@@ -28,6 +28,50 @@ pub struct Config {
     pub issuance: IssuanceConfig,
     pub registry: RegistryConfig,
     pub enrollment: EnrollmentConfig,
+    pub access: AccessConfig,
+    pub service: ServiceConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AccessConfig {
+    /// Without a consent record that covers a request: "deny" (opt-in) or "allow" (opt-out).
+    pub default_policy: crate::access::DefaultPolicy,
+    /// Days that consent given at a visit lets the institution obtain records.
+    pub visit_consent_days: u32,
+    /// Days a new membership is valid.
+    pub membership_days: u32,
+    /// Seconds after which a grant used by only one end is listed by `audit unmatched`.
+    pub unmatched_after_seconds: i64,
+}
+
+impl Default for AccessConfig {
+    fn default() -> Self {
+        Self {
+            default_policy: crate::access::DefaultPolicy::Deny,
+            visit_consent_days: 90,
+            membership_days: 365,
+            unmatched_after_seconds: 600,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// libp2p listen address of `serve`.
+    pub listen: String,
+    /// Most checks committed together (group commit).
+    pub max_group: usize,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        Self {
+            listen: "/ip4/127.0.0.1/tcp/4701".into(),
+            max_group: 512,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -61,6 +105,8 @@ impl Default for Config {
             issuance: IssuanceConfig::default(),
             registry: RegistryConfig::default(),
             enrollment: EnrollmentConfig::default(),
+            access: AccessConfig::default(),
+            service: ServiceConfig::default(),
         }
     }
 }

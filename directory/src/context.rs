@@ -35,17 +35,33 @@ impl Context {
         if AgencyKeys::exists(&c.keys_dir()) {
             return Err(ContextError::KeysExist(c.keys_dir()));
         }
-        let store = Store::create(&c.db_path(), c.registry.cache_mib, c.issuance.method)?
-            .with_retention(c.registry.retention_years);
         let keys = AgencyKeys::generate()?;
         keys.write(&c.keys_dir())?;
+        let store = Store::create(&c.db_path(), c.registry.cache_mib, c.issuance.method)?;
+        let store = self.configure(store).with_signer(keys.root.clone());
         Ok((store, keys))
     }
 
+    /// Opens the store with the agency key that signs the audit log.
     pub fn store(&self) -> Result<Store, ContextError> {
         let c = &self.config;
-        Ok(Store::open(&c.db_path(), c.registry.cache_mib)?
-            .with_retention(c.registry.retention_years))
+        let store = Store::open(&c.db_path(), c.registry.cache_mib)?;
+        let keys = AgencyKeys::load(&c.keys_dir())?;
+        Ok(self.configure(store).with_signer(keys.root))
+    }
+
+    fn configure(&self, store: Store) -> Store {
+        let c = &self.config;
+        store
+            .with_retention(c.registry.retention_years)
+            .with_policy(crate::store::AccessPolicy {
+                default: c.access.default_policy,
+                visit_consent_days: c.access.visit_consent_days,
+            })
+    }
+
+    pub fn keys(&self) -> Result<AgencyKeys, ContextError> {
+        Ok(AgencyKeys::load(&self.config.keys_dir())?)
     }
 
     /// The issuer for the method the database was initialised with; the method is

@@ -31,6 +31,7 @@ fn card_check(
             presented,
         },
         date: today(),
+        visit_consent: false,
     }
 }
 
@@ -142,6 +143,7 @@ pub fn run(dir: &Path, persons: u64) -> Result<()> {
             institution: clinic,
             key: CheckKey::MedicalId(active.medical_id),
             date: today(),
+            visit_consent: false,
         },
     )?;
     if let Some(mover) = all.iter().find(|p| p.coverages.len() > 1) {
@@ -191,6 +193,7 @@ pub fn run(dir: &Path, persons: u64) -> Result<()> {
             institution: clinic,
             key: CheckKey::MedicalId(other.medical_id),
             date: today(),
+            visit_consent: false,
         },
     )?;
     let until = store.record_death(new, today(), now())?;
@@ -205,6 +208,7 @@ pub fn run(dir: &Path, persons: u64) -> Result<()> {
             institution: clinic,
             key: CheckKey::MedicalId(new),
             date: today(),
+            visit_consent: false,
         },
     )?;
 

@@ -1,6 +1,8 @@
 //! The agency's directory: issues one medical ID per insured person and keeps the
 //! registry, the linkage DB and eligibility answers (seed sections 2, 3 and 4-1).
 
+pub mod access;
+pub mod audit;
 pub mod bench;
 pub mod config;
 pub mod context;

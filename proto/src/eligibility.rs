@@ -86,6 +86,10 @@ pub struct CheckRequest {
     pub institution: InstitutionCode,
     pub key: CheckKey,
     pub date: NaiveDate,
+    /// The patient agreed at the reception desk that this institution may obtain their
+    /// records from others, as Japan's card readers ask.
+    #[serde(default)]
+    pub visit_consent: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

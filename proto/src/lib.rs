@@ -11,6 +11,7 @@ pub mod ids;
 pub mod merkle;
 pub mod person;
 pub mod signed;
+pub mod wire;
 
 pub use error::IdError;
 pub use ids::{InstitutionCode, InsurerNumber, MedicalId, MyNumber, PointTableKind};

@@ -35,8 +35,10 @@ pub fn canonical<T: Serialize>(v: &T) -> Vec<u8> {
 #[derive(Serialize, Deserialize)]
 #[serde(bound = "")]
 pub struct Signed<T> {
+    #[serde(with = "serde_bytes")]
     pub body: Vec<u8>,
     pub signer: [u8; 32],
+    #[serde(with = "serde_bytes")]
     pub signature: Vec<u8>,
     #[serde(skip)]
     _kind: PhantomData<fn() -> T>,

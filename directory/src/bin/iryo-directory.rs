@@ -549,6 +549,7 @@ fn check(config: Config, a: CheckArgs) -> Result<ExitCode> {
         institution: a.institution,
         key,
         date: a.date.unwrap_or_else(today),
+        visit_consent: false,
     };
     let store = Context::new(config).store()?;
     let answer = store.check(&req, now())?;

@@ -3,6 +3,8 @@
 
 use super::tables::*;
 use super::{decode, encode, linkage, Counts, Result, Store, StoreError};
+use crate::access::{ConsentOrigin, ConsentRecord};
+use crate::audit::LogEntry;
 use crate::registry::eligibility::{
     decide, decide_by_card, CardStanding, CheckAnswer, CheckKey, CheckRequest, Reason,
 };
@@ -10,6 +12,7 @@ use crate::registry::{
     Card, CaseStatus, Conflict, IdEntry, IdStatus, Mismatch, Notice, Person, Recipient, ServiceUse,
     Timestamp,
 };
+use iryo_proto::federation::Purpose;
 use iryo_proto::{MedicalId, MyNumber};
 use redb::{
     ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata,
@@ -164,10 +167,11 @@ impl Store {
                 .map(|r| reader.resolve(r))
                 .collect::<Result<Vec<_>>>()?
         };
+        let visit_days = self.policy.visit_consent_days;
         let out = self.write(|t| {
             let mut out = Vec::with_capacity(reqs.len());
             for (req, r) in reqs.iter().zip(resolved) {
-                out.push(record(t, req, r, at)?);
+                out.push(record(t, req, r, visit_days, at)?);
             }
             Ok(out)
         })?;
@@ -182,9 +186,16 @@ fn record(
     t: &mut Tables<'_>,
     req: &CheckRequest,
     r: Resolved,
+    visit_days: u32,
     at: Timestamp,
 ) -> Result<CheckAnswer> {
     let mut answer = r.answer;
+    t.audit_append(&LogEntry::Eligibility {
+        institution: req.institution,
+        medical_id: answer.medical_id,
+        reason: answer.reason,
+        at,
+    })?;
     if let Some(pid) = r.pid {
         let u = ServiceUse {
             institution: req.institution,
@@ -193,6 +204,19 @@ fn record(
             at,
         };
         linkage::append(t, pid, &u)?;
+        if req.visit_consent && answer.eligible {
+            t.add_consent_for(
+                pid,
+                &ConsentRecord {
+                    institution: Some(req.institution),
+                    purpose: Some(Purpose::Treatment),
+                    allow: true,
+                    expires_at: Some(at + i64::from(visit_days) * 86_400),
+                    at,
+                    origin: ConsentOrigin::Visit(req.institution),
+                },
+            )?;
+        }
     }
     if let (
         CheckKey::Card {

@@ -3,17 +3,21 @@
 //! new module rather than a rewrite. Every change happens inside one write transaction.
 
 mod assign;
+mod audit;
 mod cases;
 mod checks;
 mod enroll;
+mod federation;
 mod lifecycle;
 mod linkage;
 mod tables;
 
 pub use assign::{AssignmentRow, LetterRow, Plan};
+pub use audit::AuditReport;
 pub use cases::{ConflictAction, MismatchAction};
 pub use checks::Reader;
 pub use enroll::BatchReport;
+pub use federation::{GrantQuery, GrantRecord, InstitutionRecord, NotifyOutcome};
 
 use crate::issuance::{IssueError, Method};
 use crate::registry::{IdEntry, IdStatus, Person};
@@ -77,6 +81,26 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 pub struct Store {
     db: Database,
     retention_years: u32,
+    /// The agency key that signs the audit log's tree heads.
+    signer: Option<ed25519_dalek::SigningKey>,
+    policy: AccessPolicy,
+}
+
+/// The consent rules the directory applies (configuration `[access]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AccessPolicy {
+    pub default: crate::access::DefaultPolicy,
+    /// How long consent given at a visit lets that institution obtain records.
+    pub visit_consent_days: u32,
+}
+
+impl Default for AccessPolicy {
+    fn default() -> Self {
+        Self {
+            default: crate::access::DefaultPolicy::Deny,
+            visit_consent_days: 90,
+        }
+    }
 }
 
 impl Store {
@@ -100,6 +124,8 @@ impl Store {
         Ok(Self {
             db,
             retention_years: 10,
+            signer: None,
+            policy: AccessPolicy::default(),
         })
     }
 
@@ -114,7 +140,20 @@ impl Store {
         Ok(Self {
             db,
             retention_years: 10,
+            signer: None,
+            policy: AccessPolicy::default(),
         })
+    }
+
+    /// Lets this store append to the audit log, signing each new head with `key`.
+    pub fn with_signer(mut self, key: ed25519_dalek::SigningKey) -> Self {
+        self.signer = Some(key);
+        self
+    }
+
+    pub fn with_policy(mut self, policy: AccessPolicy) -> Self {
+        self.policy = policy;
+        self
     }
 
     pub fn with_retention(mut self, years: u32) -> Self {
@@ -141,6 +180,12 @@ impl Store {
         let out = {
             let mut t = Tables::open(&tx)?;
             let out = f(&mut t)?;
+            if t.audit_dirty {
+                let key = self.signer.as_ref().ok_or_else(|| {
+                    StoreError::Refused("no agency key to sign the audit log".into())
+                })?;
+                t.sign_head(key, crate::registry::now())?;
+            }
             t.flush_counters()?;
             out
         };

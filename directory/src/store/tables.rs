@@ -17,9 +17,9 @@ pub const PERSONS: TableDefinition<u64, &[u8]> = TableDefinition::new("persons")
 pub const MY_NUMBERS: TableDefinition<u64, u64> = TableDefinition::new("my_numbers");
 /// Every medical ID ever issued → IdEntry. Nothing is ever removed.
 pub const MEDICAL_IDS: TableDefinition<u64, &[u8]> = TableDefinition::new("medical_ids");
-/// Card key (insurer, symbol, number, branch) → pid. Keys start with the insurer
-/// number, so one range lists an insurer's people for its assignment file.
-/// The value is the card's `CardStanding`, so a check by card needs no other lookup.
+/// Card key (insurer, symbol, number, branch) → the card's `CardStanding`, so a check by
+/// card needs no other lookup. Keys start with the insurer number, so one range lists
+/// an insurer's people for its assignment file.
 pub const CARDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("cards");
 /// (pid, sequence) → ServiceUse: the linkage DB's service history, by person.
 pub const SERVICE_USE: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("service_use");
@@ -37,11 +37,37 @@ pub const MISMATCHES: TableDefinition<u64, &[u8]> = TableDefinition::new("mismat
 pub const MISMATCH_KEYS: TableDefinition<&[u8], u64> = TableDefinition::new("mismatch_keys");
 pub const NOTICES: TableDefinition<u64, &[u8]> = TableDefinition::new("notices");
 
+/// Institution code → InstitutionRecord (signed membership, revocation).
+pub const INSTITUTIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("institutions");
+/// Node public key → institution code, to find the membership of an authenticated peer.
+pub const INSTITUTION_KEYS: TableDefinition<[u8; 32], u64> =
+    TableDefinition::new("institution_keys");
+/// (pid, sequence) → ConsentRecord, in the order the patient decided.
+pub const CONSENTS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("consents");
+/// Grant id → GrantRecord: what was granted and which ends have reported using it.
+pub const GRANTS: TableDefinition<[u8; 16], &[u8]> = TableDefinition::new("grants");
+/// Notification id → audit log index, so a notification delivered twice is logged once.
+pub const NOTIFICATION_IDS: TableDefinition<[u8; 16], u64> =
+    TableDefinition::new("notification_ids");
+/// Audit log index → canonical LogEntry.
+pub const AUDIT_LEAVES: TableDefinition<u64, &[u8]> = TableDefinition::new("audit_leaves");
+/// (level, index) → hash of the perfect subtree over leaves [index·2^level, (index+1)·2^level).
+pub const AUDIT_NODES: TableDefinition<(u32, u64), [u8; 32]> = TableDefinition::new("audit_nodes");
+/// Tree size → Signed<TreeHead>.
+pub const AUDIT_HEADS: TableDefinition<u64, &[u8]> = TableDefinition::new("audit_heads");
+/// (medical ID, audit index) → (): the entries about one patient.
+pub const AUDIT_BY_PATIENT: TableDefinition<(u64, u64), ()> =
+    TableDefinition::new("audit_by_patient");
+
 pub const PID: &str = "next_pid";
 pub const SERVICE_SEQ: &str = "next_service_use";
 pub const CONFLICT_SEQ: &str = "next_conflict";
 pub const MISMATCH_SEQ: &str = "next_mismatch";
 pub const NOTICE_SEQ: &str = "next_notice";
+pub const CONSENT_SEQ: &str = "next_consent";
+pub const MEMBERSHIP_SERIAL: &str = "next_membership_serial";
+/// The audit log's size is this counter minus one.
+pub const AUDIT_NEXT: &str = "audit_next";
 
 /// How many generations or draws issuance tries before giving up; with 10^15 bodies
 /// even a national population makes a single retry rare.
@@ -66,6 +92,17 @@ pub struct Tables<'t> {
     pub mismatches: Table<'t, u64, &'static [u8]>,
     pub mismatch_keys: Table<'t, &'static [u8], u64>,
     pub notices: Table<'t, u64, &'static [u8]>,
+    pub institutions: Table<'t, u64, &'static [u8]>,
+    pub institution_keys: Table<'t, [u8; 32], u64>,
+    pub consents: Table<'t, (u64, u64), &'static [u8]>,
+    pub grants: Table<'t, [u8; 16], &'static [u8]>,
+    pub notification_ids: Table<'t, [u8; 16], u64>,
+    pub audit_leaves: Table<'t, u64, &'static [u8]>,
+    pub audit_nodes: Table<'t, (u32, u64), [u8; 32]>,
+    pub audit_heads: Table<'t, u64, &'static [u8]>,
+    pub audit_by_patient: Table<'t, (u64, u64), ()>,
+    /// Set when an entry was appended, so the transaction ends with a signed tree head.
+    pub audit_dirty: bool,
     counters_table: Table<'t, &'static str, u64>,
     counters: BTreeMap<&'static str, u64>,
 }
@@ -88,6 +125,16 @@ impl<'t> Tables<'t> {
             mismatches: tx.open_table(MISMATCHES)?,
             mismatch_keys: tx.open_table(MISMATCH_KEYS)?,
             notices: tx.open_table(NOTICES)?,
+            institutions: tx.open_table(INSTITUTIONS)?,
+            institution_keys: tx.open_table(INSTITUTION_KEYS)?,
+            consents: tx.open_table(CONSENTS)?,
+            grants: tx.open_table(GRANTS)?,
+            notification_ids: tx.open_table(NOTIFICATION_IDS)?,
+            audit_leaves: tx.open_table(AUDIT_LEAVES)?,
+            audit_nodes: tx.open_table(AUDIT_NODES)?,
+            audit_heads: tx.open_table(AUDIT_HEADS)?,
+            audit_by_patient: tx.open_table(AUDIT_BY_PATIENT)?,
+            audit_dirty: false,
             counters_table: tx.open_table(COUNTERS)?,
             counters: BTreeMap::new(),
         })
@@ -105,6 +152,18 @@ impl<'t> Tables<'t> {
         };
         self.counters.insert(name, v + 1);
         Ok(v)
+    }
+
+    /// The current value of a counter without moving it.
+    pub fn peek(&self, name: &'static str) -> Result<u64> {
+        Ok(match self.counters.get(name) {
+            Some(v) => *v,
+            None => self
+                .counters_table
+                .get(name)?
+                .map(|g| g.value())
+                .unwrap_or(1),
+        })
     }
 
     pub fn flush_counters(&mut self) -> Result<()> {

@@ -7,7 +7,9 @@ use crate::registry::merge::tests::row;
 use crate::registry::merge::RowOutcome;
 
 fn store(dir: &tempfile::TempDir) -> Store {
-    Store::create(&dir.path().join("d.redb"), 16, Method::Fpe).unwrap()
+    Store::create(&dir.path().join("d.redb"), 16, Method::Fpe)
+        .unwrap()
+        .with_signer(ed25519_dalek::SigningKey::from_bytes(&[9; 32]))
 }
 
 #[test]
@@ -51,6 +53,7 @@ fn durable_checks_record_one_service_use_each() {
         institution: iryo_proto::InstitutionCode::parse("0110113719").unwrap(),
         key: CheckKey::MedicalId(id),
         date: chrono::NaiveDate::from_ymd_opt(2025, 1, 1).unwrap(),
+        visit_consent: false,
     };
     let answers = s.check_batch(&vec![req.clone(); 10], 0).unwrap();
     assert!(answers.iter().all(|a| a.eligible));
@@ -68,4 +71,197 @@ fn durable_checks_record_one_service_use_each() {
         10,
         "committed durably"
     );
+}
+
+mod federation {
+    use super::*;
+    use crate::access::{ConsentOrigin, ConsentRecord};
+    use crate::store::GrantQuery;
+    use ed25519_dalek::SigningKey;
+    use iryo_proto::federation::*;
+    use iryo_proto::signed::Signed;
+    use iryo_proto::wire::RefusalReason;
+    use iryo_proto::{InstitutionCode, PointTableKind};
+
+    fn code(n: u32) -> InstitutionCode {
+        InstitutionCode::from_parts(13, PointTableKind::Medical, n).unwrap()
+    }
+
+    fn register(s: &Store, agency: &SigningKey, n: u32) -> (SigningKey, Membership) {
+        let key = SigningKey::from_bytes(&[n as u8 + 40; 32]);
+        let reg = Registration {
+            code: code(n),
+            name: format!("病院{n}"),
+            public_key: key.verifying_key().to_bytes(),
+            addresses: vec![],
+            at: 0,
+        };
+        let m = s
+            .add_institution(
+                &Signed::sign(&reg, &key),
+                vec![Role::Source, Role::Requester],
+                365,
+                agency,
+                1_000,
+                "op",
+            )
+            .unwrap();
+        (key, m)
+    }
+
+    #[test]
+    fn grants_follow_consent_and_notifications_pair_up_in_a_verifiable_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir);
+        let agency = SigningKey::from_bytes(&[9; 32]);
+        let issuer = Issuer::fpe(&[1u8; 32]);
+        let r = row("983205673214", "01130012", "5");
+        s.enroll_batch("f", std::slice::from_ref(&r), None, &issuer, 0)
+            .unwrap();
+        let patient = s.person_by_my_number(r.my_number).unwrap().medical_id;
+        let (req_key, requester) = register(&s, &agency, 1);
+        let (src_key, source) = register(&s, &agency, 2);
+
+        // A registration not signed by the key it names is refused.
+        let forged = Signed::sign(
+            &Registration {
+                code: code(3),
+                name: "x".into(),
+                public_key: [7; 32],
+                addresses: vec![],
+                at: 0,
+            },
+            &req_key,
+        );
+        assert!(s
+            .add_institution(&forged, vec![], 1, &agency, 0, "op")
+            .is_err());
+
+        let ask = |purpose, reason: Option<&str>| GrantQuery {
+            medical_id: patient,
+            source: source.code,
+            purpose,
+            reason: reason.map(String::from),
+        };
+        let refused = s
+            .request_grant(&requester, &ask(Purpose::Treatment, None), &agency, 1_100)
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(refused.reason, RefusalReason::NoConsent);
+        s.add_consent(
+            patient,
+            &ConsentRecord {
+                institution: Some(requester.code),
+                purpose: Some(Purpose::Treatment),
+                allow: true,
+                expires_at: None,
+                at: 1_150,
+                origin: ConsentOrigin::Operator("op".into()),
+            },
+        )
+        .unwrap();
+        let grant = s
+            .request_grant(&requester, &ask(Purpose::Treatment, None), &agency, 1_200)
+            .unwrap()
+            .unwrap();
+        let g = grant.verify(&agency.verifying_key()).unwrap();
+        assert_eq!(g.requester_key, req_key.verifying_key().to_bytes());
+        assert!(g.expires_at - g.issued_at <= MAX_GRANT_SECONDS);
+        let no_reason = s
+            .request_grant(
+                &requester,
+                &ask(Purpose::Emergency, Some(" ")),
+                &agency,
+                1_200,
+            )
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(no_reason.reason, RefusalReason::ReasonRequired);
+
+        let note = |side, key: &SigningKey, id: u8| {
+            Signed::sign(
+                &Notification {
+                    id: [id; 16],
+                    side,
+                    grant_id: g.id,
+                    medical_id: patient,
+                    source: source.code,
+                    requester: requester.code,
+                    purpose: Purpose::Treatment,
+                    emergency: false,
+                    record_count: 2,
+                    resource_types: vec!["Observation".into()],
+                    at: 1_300,
+                },
+                key,
+            )
+        };
+        let disclosed = note(Side::Disclosed, &src_key, 1);
+        let out = s
+            .accept_notifications(&source, &[disclosed.clone(), disclosed.clone()])
+            .unwrap();
+        assert_eq!(out.acknowledged.len(), 2);
+        assert_eq!(
+            s.unmatched(10_000, 600).unwrap().len(),
+            1,
+            "only the source reported"
+        );
+        // The requester cannot report the source's end, nor sign for it.
+        let out = s
+            .accept_notifications(&requester, &[note(Side::Disclosed, &req_key, 2)])
+            .unwrap();
+        assert_eq!(out.refused.len(), 1);
+        let out = s
+            .accept_notifications(&requester, &[note(Side::Received, &src_key, 3)])
+            .unwrap();
+        assert_eq!(out.refused.len(), 1);
+        s.accept_notifications(&requester, &[note(Side::Received, &req_key, 4)])
+            .unwrap();
+        assert!(s.unmatched(10_000, 600).unwrap().is_empty());
+
+        let entries = s.audit_for_patient(&[patient]).unwrap();
+        let kinds: Vec<&str> = entries
+            .iter()
+            .map(|(_, e)| match e {
+                crate::audit::LogEntry::GrantIssued { .. } => "issued",
+                crate::audit::LogEntry::GrantRefused { .. } => "refused",
+                crate::audit::LogEntry::Notification { .. } => "notification",
+                _ => "other",
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "refused",
+                "issued",
+                "refused",
+                "notification",
+                "notification"
+            ]
+        );
+
+        let report = s.audit_verify(&agency.verifying_key()).unwrap();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+        let size = s.audit_size().unwrap();
+        let head = s
+            .latest_head()
+            .unwrap()
+            .unwrap()
+            .verify(&agency.verifying_key())
+            .unwrap();
+        assert_eq!(head.size, size);
+        let (index, entry) = &entries[3];
+        let proof = s.inclusion_proof(*index, size).unwrap();
+        let leaf = iryo_proto::merkle::leaf_hash(&entry.canonical());
+        assert!(iryo_proto::merkle::verify_inclusion(
+            &leaf, *index, size, &proof, &head.root
+        ));
+
+        s.revoke_institution(source.code, 2_000, "op").unwrap();
+        let gone = s
+            .request_grant(&requester, &ask(Purpose::Treatment, None), &agency, 2_100)
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(gone.reason, RefusalReason::UnknownInstitution);
+    }
 }

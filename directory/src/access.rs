@@ -1,0 +1,219 @@
+//! Who may read whose records (seed 4-3): the patient's consent, and the rules by which
+//! the agency grants or refuses access. Plain functions; `store` keeps the records.
+
+use crate::registry::IdState;
+use iryo_proto::federation::{Purpose, Time};
+use iryo_proto::wire::{ConsentView, Refusal, RefusalReason};
+use iryo_proto::InstitutionCode;
+use serde::{Deserialize, Serialize};
+
+/// Where a consent record came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConsentOrigin {
+    /// Entered by an agency operator (from a signed form).
+    Operator(String),
+    /// Given at the reception desk of this institution during an eligibility check.
+    Visit(InstitutionCode),
+    /// Set by the patient in the portal.
+    Portal,
+}
+
+impl std::fmt::Display for ConsentOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConsentOrigin::Operator(who) => write!(f, "operator {who}"),
+            ConsentOrigin::Visit(code) => write!(f, "visit at {code}"),
+            ConsentOrigin::Portal => f.write_str("portal"),
+        }
+    }
+}
+
+/// One decision of the patient: allow or refuse, for one institution or all, for one
+/// purpose or all, until an optional expiry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsentRecord {
+    pub institution: Option<InstitutionCode>,
+    pub purpose: Option<Purpose>,
+    pub allow: bool,
+    pub expires_at: Option<Time>,
+    pub at: Time,
+    pub origin: ConsentOrigin,
+}
+
+impl ConsentRecord {
+    fn covers(&self, requester: InstitutionCode, purpose: Purpose, now: Time) -> bool {
+        self.institution.is_none_or(|i| i == requester)
+            && self.purpose.is_none_or(|p| p == purpose)
+            && self.expires_at.is_none_or(|e| now <= e)
+    }
+
+    pub fn view(&self) -> ConsentView {
+        ConsentView {
+            institution: self.institution,
+            purpose: self.purpose,
+            allow: self.allow,
+            expires_at: self.expires_at,
+            at: self.at,
+            origin: self.origin.to_string(),
+        }
+    }
+}
+
+/// What holds when the patient has said nothing that covers a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DefaultPolicy {
+    /// Opt-in: no exchange without consent.
+    Deny,
+    /// Opt-out: exchange unless the patient refused.
+    Allow,
+}
+
+/// The latest record that covers the request decides, so a later "refuse all" overrides
+/// an earlier permission and a later permission for one institution overrides an earlier
+/// "refuse all". `records` are in the order they were made.
+pub fn consent_allows(
+    records: &[ConsentRecord],
+    requester: InstitutionCode,
+    purpose: Purpose,
+    now: Time,
+    default: DefaultPolicy,
+) -> bool {
+    records
+        .iter()
+        .rev()
+        .find(|r| r.covers(requester, purpose, now))
+        .map_or(default == DefaultPolicy::Allow, |r| r.allow)
+}
+
+/// What a requester asks the agency for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantAsk {
+    pub requester: InstitutionCode,
+    pub source: InstitutionCode,
+    pub purpose: Purpose,
+    pub reason: Option<String>,
+}
+
+/// The agency's rules for a grant, given the ID's state and the consent answer.
+pub fn decide_grant(ask: &GrantAsk, state: IdState, consented: bool) -> Result<(), Refusal> {
+    match state {
+        IdState::Retired => {
+            return Err(Refusal::new(
+                RefusalReason::Retired,
+                "the medical ID is retired",
+            ));
+        }
+        IdState::Deceased { research_until } if ask.purpose != Purpose::Research => {
+            return Err(Refusal::new(
+                RefusalReason::Deceased,
+                format!("the patient has died; the ID serves research until {research_until}"),
+            ));
+        }
+        _ => {}
+    }
+    if ask.purpose == Purpose::Emergency {
+        return match ask.reason.as_deref().map(str::trim) {
+            Some(r) if !r.is_empty() => Ok(()),
+            _ => Err(Refusal::new(
+                RefusalReason::ReasonRequired,
+                "emergency access is granted without consent only with a written reason",
+            )),
+        };
+    }
+    if consented {
+        Ok(())
+    } else {
+        Err(Refusal::new(
+            RefusalReason::NoConsent,
+            format!(
+                "the patient has not consented to {} by institution {}",
+                ask.purpose.as_str(),
+                ask.requester
+            ),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(n: u32) -> InstitutionCode {
+        InstitutionCode::from_parts(13, iryo_proto::PointTableKind::Medical, n).unwrap()
+    }
+
+    fn rec(inst: Option<u32>, purpose: Option<Purpose>, allow: bool, at: Time) -> ConsentRecord {
+        ConsentRecord {
+            institution: inst.map(code),
+            purpose,
+            allow,
+            expires_at: None,
+            at,
+            origin: ConsentOrigin::Portal,
+        }
+    }
+
+    #[test]
+    fn the_latest_covering_record_decides() {
+        let t = Purpose::Treatment;
+        assert!(!consent_allows(&[], code(1), t, 0, DefaultPolicy::Deny));
+        assert!(consent_allows(&[], code(1), t, 0, DefaultPolicy::Allow));
+        let mut r = vec![rec(Some(1), Some(t), true, 1)];
+        assert!(consent_allows(&r, code(1), t, 2, DefaultPolicy::Deny));
+        assert!(!consent_allows(&r, code(2), t, 2, DefaultPolicy::Deny));
+        assert!(!consent_allows(
+            &r,
+            code(1),
+            Purpose::Research,
+            2,
+            DefaultPolicy::Deny
+        ));
+        r.push(rec(None, None, false, 3));
+        assert!(
+            !consent_allows(&r, code(1), t, 4, DefaultPolicy::Allow),
+            "opt-out of all"
+        );
+        r.push(rec(Some(2), None, true, 5));
+        assert!(consent_allows(&r, code(2), t, 6, DefaultPolicy::Deny));
+        assert!(!consent_allows(&r, code(1), t, 6, DefaultPolicy::Deny));
+        let mut expiring = rec(Some(3), None, true, 7);
+        expiring.expires_at = Some(10);
+        r.push(expiring);
+        assert!(consent_allows(&r, code(3), t, 9, DefaultPolicy::Deny));
+        assert!(
+            !consent_allows(&r, code(3), t, 11, DefaultPolicy::Deny),
+            "expired"
+        );
+    }
+
+    #[test]
+    fn grant_rules() {
+        let ask = |purpose, reason: Option<&str>| GrantAsk {
+            requester: code(1),
+            source: code(2),
+            purpose,
+            reason: reason.map(String::from),
+        };
+        let until = chrono::NaiveDate::from_ymd_opt(2030, 1, 1).unwrap();
+        let dead = IdState::Deceased {
+            research_until: until,
+        };
+        assert!(decide_grant(&ask(Purpose::Treatment, None), IdState::Active, true).is_ok());
+        let no = decide_grant(&ask(Purpose::Treatment, None), IdState::Active, false);
+        assert_eq!(no.unwrap_err().reason, RefusalReason::NoConsent);
+        let e = decide_grant(&ask(Purpose::Emergency, Some("  ")), IdState::Active, false);
+        assert_eq!(e.unwrap_err().reason, RefusalReason::ReasonRequired);
+        assert!(decide_grant(
+            &ask(Purpose::Emergency, Some("unconscious")),
+            IdState::Active,
+            false
+        )
+        .is_ok());
+        let d = decide_grant(&ask(Purpose::Treatment, None), dead, true);
+        assert_eq!(d.unwrap_err().reason, RefusalReason::Deceased);
+        assert!(decide_grant(&ask(Purpose::Research, None), dead, true).is_ok());
+        let r = decide_grant(&ask(Purpose::Research, None), IdState::Retired, true);
+        assert_eq!(r.unwrap_err().reason, RefusalReason::Retired);
+    }
+}

@@ -1,0 +1,209 @@
+//! The audit log in redb: append-only leaves, the hashes of every completed perfect
+//! subtree (so roots and proofs need O(log n) reads), and a head signed by the agency
+//! at the end of every transaction that appended.
+
+use super::tables::*;
+use super::{decode, encode, Result, Store, StoreError};
+use crate::audit::LogEntry;
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use iryo_proto::federation::{Time, TreeHead};
+use iryo_proto::merkle::{self, Hash, Subtrees};
+use iryo_proto::signed::Signed;
+use iryo_proto::MedicalId;
+use redb::{ReadableDatabase, ReadableTable};
+
+/// Perfect-subtree hashes read from a node table, in or out of a write.
+struct Nodes<'a, T>(&'a T);
+
+impl<T: ReadableTable<(u32, u64), [u8; 32]>> Subtrees for Nodes<'_, T> {
+    type Error = StoreError;
+    fn perfect(&self, level: u32, index: u64) -> Result<Hash> {
+        self.0
+            .get((level, index))?
+            .map(|g| g.value())
+            .ok_or_else(|| {
+                StoreError::Inconsistent(format!("audit node ({level}, {index}) missing"))
+            })
+    }
+}
+
+impl Tables<'_> {
+    pub fn audit_size(&self) -> Result<u64> {
+        Ok(self.peek(AUDIT_NEXT)? - 1)
+    }
+
+    /// Appends an entry and returns its index.
+    pub fn audit_append(&mut self, entry: &LogEntry) -> Result<u64> {
+        let index = self.next(AUDIT_NEXT)? - 1;
+        let bytes = entry.canonical();
+        let mut hash = merkle::leaf_hash(&bytes);
+        self.audit_leaves.insert(index, bytes.as_slice())?;
+        self.audit_nodes.insert((0, index), hash)?;
+        // Every time a subtree completes, keep its hash.
+        let (mut level, mut i) = (0u32, index);
+        while i & 1 == 1 {
+            let left = Nodes(&self.audit_nodes).perfect(level, i - 1)?;
+            hash = merkle::node_hash(&left, &hash);
+            level += 1;
+            i >>= 1;
+            self.audit_nodes.insert((level, i), hash)?;
+        }
+        if let Some(id) = entry.medical_id() {
+            self.audit_by_patient.insert((id.as_u64(), index), ())?;
+        }
+        self.audit_dirty = true;
+        Ok(index)
+    }
+
+    /// Signs and stores the head of the log as it stands.
+    pub fn sign_head(&mut self, key: &SigningKey, at: Time) -> Result<Signed<TreeHead>> {
+        let size = self.audit_size()?;
+        let root = merkle::root(&Nodes(&self.audit_nodes), size)?;
+        let head = Signed::sign(&TreeHead { size, root, at }, key);
+        self.audit_heads.insert(size, encode(&head)?.as_slice())?;
+        self.audit_dirty = false;
+        Ok(head)
+    }
+}
+
+/// What `audit verify` found.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AuditReport {
+    pub entries: u64,
+    pub heads: u64,
+    pub root: String,
+    pub problems: Vec<String>,
+}
+
+impl Store {
+    pub fn audit_size(&self) -> Result<u64> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(COUNTERS)?;
+        Ok(t.get(AUDIT_NEXT)?.map_or(1, |g| g.value()) - 1)
+    }
+
+    pub fn audit_entry(&self, index: u64) -> Result<LogEntry> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(AUDIT_LEAVES)?;
+        let v = t
+            .get(index)?
+            .ok_or_else(|| StoreError::Refused(format!("no audit entry {index}")))?;
+        decode(v.value())
+    }
+
+    pub fn audit_root(&self, size: u64) -> Result<Hash> {
+        let tx = self.db.begin_read()?;
+        merkle::root(&Nodes(&tx.open_table(AUDIT_NODES)?), size)
+    }
+
+    pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>> {
+        if index >= size || size > self.audit_size()? {
+            return Err(StoreError::Refused(format!(
+                "no entry {index} in a log of {size}"
+            )));
+        }
+        let tx = self.db.begin_read()?;
+        merkle::inclusion_proof(&Nodes(&tx.open_table(AUDIT_NODES)?), index, size)
+    }
+
+    pub fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Hash>> {
+        if old > new || new > self.audit_size()? {
+            return Err(StoreError::Refused(format!(
+                "no consistency from {old} to {new}"
+            )));
+        }
+        let tx = self.db.begin_read()?;
+        merkle::consistency_proof(&Nodes(&tx.open_table(AUDIT_NODES)?), old, new)
+    }
+
+    /// The most recent signed tree head.
+    pub fn latest_head(&self) -> Result<Option<Signed<TreeHead>>> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(AUDIT_HEADS)?;
+        let last = t.last()?;
+        match last {
+            Some((_, v)) => Ok(Some(decode(v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The entries about a patient, under each medical ID the patient has held.
+    pub fn audit_for_patient(&self, ids: &[MedicalId]) -> Result<Vec<(u64, LogEntry)>> {
+        let tx = self.db.begin_read()?;
+        let index = tx.open_table(AUDIT_BY_PATIENT)?;
+        let leaves = tx.open_table(AUDIT_LEAVES)?;
+        let mut out = Vec::new();
+        for id in ids {
+            let id = id.as_u64();
+            for item in index.range((id, 0)..=(id, u64::MAX))? {
+                let (_, i) = item?.0.value();
+                if let Some(v) = leaves.get(i)? {
+                    out.push((i, decode(v.value())?));
+                }
+            }
+        }
+        out.sort_by_key(|e| e.0);
+        Ok(out)
+    }
+
+    /// Recomputes the tree from the entries and checks every stored subtree hash and
+    /// every signed head: signature, and root for its size.
+    pub fn audit_verify(&self, agency: &VerifyingKey) -> Result<AuditReport> {
+        let tx = self.db.begin_read()?;
+        let leaves = tx.open_table(AUDIT_LEAVES)?;
+        let nodes = tx.open_table(AUDIT_NODES)?;
+        let heads = tx.open_table(AUDIT_HEADS)?;
+        let mut tree = merkle::MemoryTree::default();
+        let mut problems = Vec::new();
+        let mut signed_heads = Vec::new();
+        for item in heads.iter()? {
+            let (k, v) = item?;
+            signed_heads.push((k.value(), decode::<Signed<TreeHead>>(v.value())?));
+        }
+        let mut pending = signed_heads.iter().peekable();
+        let mut heads_checked = 0;
+        let mut check_heads = |tree: &merkle::MemoryTree, problems: &mut Vec<String>| {
+            while let Some((size, signed)) = pending.next_if(|(size, _)| *size <= tree.size()) {
+                heads_checked += 1;
+                match signed.verify(agency) {
+                    Err(e) => problems.push(format!("tree head of size {size}: {e}")),
+                    Ok(head) => {
+                        let want = merkle::root(tree, *size).unwrap_or_else(|e| match e {});
+                        if head.size != *size || head.root != want {
+                            problems.push(format!(
+                                "tree head of size {size} does not match the entries"
+                            ));
+                        }
+                    }
+                }
+            }
+        };
+        check_heads(&tree, &mut problems);
+        for item in leaves.iter()? {
+            let (k, v) = item?;
+            let i = k.value();
+            if i != tree.size() {
+                problems.push(format!("entry {i} out of sequence"));
+            }
+            tree.push(v.value());
+            if nodes.get((0, i))?.map(|g| g.value()) != Some(merkle::leaf_hash(v.value())) {
+                problems.push(format!("leaf hash of entry {i} does not match its entry"));
+            }
+            check_heads(&tree, &mut problems);
+        }
+        if pending.next().is_some() {
+            problems.push("a signed tree head is larger than the log".into());
+        }
+        let size = tree.size();
+        let root = merkle::root(&tree, size).unwrap_or_else(|e| match e {});
+        if size > 0 && merkle::root(&Nodes(&nodes), size)? != root {
+            problems.push("stored subtree hashes do not give the recomputed root".into());
+        }
+        Ok(AuditReport {
+            entries: size,
+            heads: heads_checked,
+            root: merkle::to_hex(&root),
+            problems,
+        })
+    }
+}

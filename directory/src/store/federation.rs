@@ -1,0 +1,441 @@
+//! The federation's state: institutions and their memberships, patients' consent,
+//! grants issued, and notifications received (seed 4-2, 4-3).
+
+use super::tables::*;
+use super::{decode, encode, Result, Store, StoreError};
+use crate::access::{consent_allows, decide_grant, ConsentRecord, GrantAsk};
+use crate::audit::LogEntry;
+use crate::registry::{IdStatus, Person};
+use ed25519_dalek::SigningKey;
+use iryo_proto::federation::{
+    Grant, Membership, Notification, Purpose, Registration, Role, Side, Time, MAX_GRANT_SECONDS,
+};
+use iryo_proto::signed::Signed;
+use iryo_proto::wire::{Refusal, RefusalReason};
+use iryo_proto::{InstitutionCode, MedicalId};
+use redb::{ReadableDatabase, ReadableTable};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstitutionRecord {
+    pub membership: Signed<Membership>,
+    pub revoked_at: Option<Time>,
+}
+
+impl InstitutionRecord {
+    pub fn membership(&self) -> Result<Membership> {
+        self.membership
+            .open_unverified()
+            .map_err(|e| StoreError::Inconsistent(e.to_string()))
+    }
+
+    /// A membership that may act now: not revoked and within its validity.
+    pub fn active(&self, now: Time) -> Result<Option<Membership>> {
+        let m = self.membership()?;
+        Ok((self.revoked_at.is_none() && m.valid_at(now)).then_some(m))
+    }
+}
+
+/// A grant and which ends have reported using it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantRecord {
+    pub grant: Grant,
+    pub disclosed: Option<(u64, Time)>,
+    pub received: Option<(u64, Time)>,
+}
+
+/// What a requester asks for: one patient's records at one source, for one purpose.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantQuery {
+    pub medical_id: MedicalId,
+    pub source: InstitutionCode,
+    pub purpose: Purpose,
+    pub reason: Option<String>,
+}
+
+/// The outcome of a batch of notifications.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NotifyOutcome {
+    /// Logged now or before: the sender may drop them from its outbox.
+    pub acknowledged: Vec<[u8; 16]>,
+    /// Refused, with the reason; the sender should not retry them.
+    pub refused: Vec<([u8; 16], String)>,
+}
+
+fn person_of(t: &Tables<'_>, id: MedicalId) -> Result<Option<Person>> {
+    match t.id_entry(id)? {
+        Some(e) => Ok(Some(t.person(e.pid)?)),
+        None => Ok(None),
+    }
+}
+
+impl Tables<'_> {
+    pub fn institution(&self, code: InstitutionCode) -> Result<Option<InstitutionRecord>> {
+        match self.institutions.get(code.as_u64())? {
+            Some(v) => Ok(Some(decode(v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn consents_of(&self, pid: u64) -> Result<Vec<ConsentRecord>> {
+        let mut out = Vec::new();
+        for item in self.consents.range((pid, 0)..=(pid, u64::MAX))? {
+            out.push(decode(item?.1.value())?);
+        }
+        Ok(out)
+    }
+
+    pub fn add_consent_for(&mut self, pid: u64, r: &ConsentRecord) -> Result<()> {
+        let seq = self.next(CONSENT_SEQ)?;
+        self.consents.insert((pid, seq), encode(r)?.as_slice())?;
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Issues a membership for a node's registration request, signed by the agency.
+    /// Registering a code again replaces its membership (a new key, new addresses).
+    pub fn add_institution(
+        &self,
+        request: &Signed<Registration>,
+        roles: Vec<Role>,
+        valid_days: u32,
+        agency: &SigningKey,
+        now: Time,
+        operator: &str,
+    ) -> Result<Membership> {
+        let reg = request
+            .verify_any()
+            .map_err(|e| StoreError::Refused(format!("registration request: {e}")))?;
+        if reg.public_key != request.signer {
+            return Err(StoreError::Refused(
+                "registration request is not signed by the key it registers".into(),
+            ));
+        }
+        self.write(|t| {
+            if let Some(old) = t.institution(reg.code)? {
+                t.institution_keys.remove(old.membership()?.public_key)?;
+            }
+            let membership = Membership {
+                code: reg.code,
+                name: reg.name.clone(),
+                kind: reg.code.kind(),
+                public_key: reg.public_key,
+                addresses: reg.addresses.clone(),
+                roles,
+                serial: t.next(MEMBERSHIP_SERIAL)?,
+                not_before: now,
+                not_after: now + i64::from(valid_days) * 86_400,
+            };
+            let record = InstitutionRecord {
+                membership: Signed::sign(&membership, agency),
+                revoked_at: None,
+            };
+            t.institutions
+                .insert(reg.code.as_u64(), encode(&record)?.as_slice())?;
+            t.institution_keys
+                .insert(reg.public_key, reg.code.as_u64())?;
+            t.audit_append(&LogEntry::Operator {
+                operator: operator.into(),
+                action: format!("institution {} ({}) registered", reg.code, reg.name),
+                at: now,
+            })?;
+            Ok(membership)
+        })
+    }
+
+    pub fn revoke_institution(
+        &self,
+        code: InstitutionCode,
+        now: Time,
+        operator: &str,
+    ) -> Result<()> {
+        self.write(|t| {
+            let mut r = t.institution(code)?.ok_or_else(|| {
+                StoreError::Refused(format!("institution {code} is not registered"))
+            })?;
+            if r.revoked_at.is_none() {
+                r.revoked_at = Some(now);
+                t.institutions
+                    .insert(code.as_u64(), encode(&r)?.as_slice())?;
+                t.audit_append(&LogEntry::Operator {
+                    operator: operator.into(),
+                    action: format!("institution {code} revoked"),
+                    at: now,
+                })?;
+            }
+            Ok(())
+        })
+    }
+
+    pub fn institutions(&self) -> Result<Vec<InstitutionRecord>> {
+        let tx = self.db.begin_read()?;
+        let mut out = Vec::new();
+        for item in tx.open_table(INSTITUTIONS)?.iter()? {
+            out.push(decode(item?.1.value())?);
+        }
+        Ok(out)
+    }
+
+    pub fn institution(&self, code: InstitutionCode) -> Result<Option<InstitutionRecord>> {
+        let tx = self.db.begin_read()?;
+        match tx.open_table(INSTITUTIONS)?.get(code.as_u64())? {
+            Some(v) => Ok(Some(decode(v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The institution a node's authenticated key speaks for, if any.
+    pub fn institution_by_key(&self, key: &[u8; 32]) -> Result<Option<InstitutionRecord>> {
+        let tx = self.db.begin_read()?;
+        let code = tx
+            .open_table(INSTITUTION_KEYS)?
+            .get(*key)?
+            .map(|g| g.value());
+        match code {
+            Some(c) => match tx.open_table(INSTITUTIONS)?.get(c)? {
+                Some(v) => Ok(Some(decode(v.value())?)),
+                None => Ok(None),
+            },
+            None => Ok(None),
+        }
+    }
+
+    /// Records a consent decision for the patient holding `id`.
+    pub fn add_consent(&self, id: MedicalId, record: &ConsentRecord) -> Result<()> {
+        self.write(|t| {
+            let p = person_of(t, id)?.ok_or(StoreError::UnknownMedicalId(id))?;
+            t.add_consent_for(p.pid, record)?;
+            if let crate::access::ConsentOrigin::Operator(op) = &record.origin {
+                t.audit_append(&LogEntry::Operator {
+                    operator: op.clone(),
+                    action: format!(
+                        "consent {} for {} ({}) of {}",
+                        if record.allow { "granted" } else { "revoked" },
+                        record
+                            .institution
+                            .map_or("all institutions".into(), |c| c.to_string()),
+                        record.purpose.map_or("all purposes", |p| p.as_str()),
+                        id
+                    ),
+                    at: record.at,
+                })?;
+            }
+            Ok(())
+        })
+    }
+
+    pub fn consents(&self, id: MedicalId) -> Result<Vec<ConsentRecord>> {
+        let p = self.person_by_medical_id(id)?;
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(CONSENTS)?;
+        let mut out = Vec::new();
+        for item in t.range((p.pid, 0)..=(p.pid, u64::MAX))? {
+            out.push(decode(item?.1.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Decides a grant, logs the decision, and signs the grant when it is given.
+    pub fn request_grant(
+        &self,
+        requester: &Membership,
+        query: &GrantQuery,
+        agency: &SigningKey,
+        now: Time,
+    ) -> Result<std::result::Result<Signed<Grant>, Refusal>> {
+        let GrantQuery {
+            medical_id,
+            source,
+            purpose,
+            ref reason,
+        } = *query;
+        let retention = self.retention_years;
+        let policy = self.policy.default;
+        self.write(|t| {
+            let ask = GrantAsk {
+                requester: requester.code,
+                source,
+                purpose,
+                reason: reason.clone(),
+            };
+            let decision = (|| -> Result<std::result::Result<(), Refusal>> {
+                if !requester.roles.contains(&Role::Requester) {
+                    return Ok(Err(Refusal::new(
+                        RefusalReason::RoleMissing,
+                        "the requester may not request records",
+                    )));
+                }
+                match t.institution(source)? {
+                    Some(r)
+                        if r.active(now)?
+                            .is_some_and(|m| m.roles.contains(&Role::Source)) => {}
+                    Some(_) => {
+                        return Ok(Err(Refusal::new(
+                            RefusalReason::UnknownInstitution,
+                            format!("source {source} is revoked, expired or serves no records"),
+                        )))
+                    }
+                    None => {
+                        return Ok(Err(Refusal::new(
+                            RefusalReason::UnknownInstitution,
+                            format!("source {source} is not registered"),
+                        )))
+                    }
+                }
+                let entry = t.id_entry(medical_id)?;
+                let Some(entry) = entry else {
+                    return Ok(Err(Refusal::new(
+                        RefusalReason::UnknownPatient,
+                        format!("medical ID {medical_id} is not registered"),
+                    )));
+                };
+                if let IdStatus::Changed { successor } = entry.status {
+                    return Ok(Err(Refusal::new(
+                        RefusalReason::UnknownPatient,
+                        format!("medical ID {medical_id} was replaced by {successor}"),
+                    )));
+                }
+                let person = t.person(entry.pid)?;
+                let state = person.id_state(crate::registry::today(), retention);
+                let consented = consent_allows(
+                    &t.consents_of(person.pid)?,
+                    requester.code,
+                    purpose,
+                    now,
+                    policy,
+                );
+                Ok(decide_grant(&ask, state, consented))
+            })()?;
+            match decision {
+                Ok(()) => {
+                    let mut id = [0u8; 16];
+                    getrandom::fill(&mut id)
+                        .map_err(|e| StoreError::Refused(format!("random source: {e}")))?;
+                    let grant = Grant {
+                        id,
+                        requester: requester.code,
+                        requester_key: requester.public_key,
+                        source,
+                        medical_id,
+                        purpose,
+                        reason: if purpose == Purpose::Emergency {
+                            reason.clone()
+                        } else {
+                            None
+                        },
+                        issued_at: now,
+                        expires_at: now + MAX_GRANT_SECONDS,
+                    };
+                    t.audit_append(&LogEntry::GrantIssued {
+                        grant_id: id,
+                        requester: requester.code,
+                        source,
+                        medical_id,
+                        purpose,
+                        emergency_reason: grant.reason.clone(),
+                        at: now,
+                    })?;
+                    let record = GrantRecord {
+                        grant: grant.clone(),
+                        disclosed: None,
+                        received: None,
+                    };
+                    t.grants.insert(id, encode(&record)?.as_slice())?;
+                    Ok(Ok(Signed::sign(&grant, agency)))
+                }
+                Err(refusal) => {
+                    t.audit_append(&LogEntry::GrantRefused {
+                        requester: requester.code,
+                        source,
+                        medical_id,
+                        purpose,
+                        reason: refusal.reason,
+                        at: now,
+                    })?;
+                    Ok(Err(refusal))
+                }
+            }
+        })
+    }
+
+    /// Verifies, de-duplicates and logs notifications sent by `from`. A notification
+    /// must be signed by the sender's membership key and describe the sender's own end
+    /// of the exchange.
+    pub fn accept_notifications(
+        &self,
+        from: &Membership,
+        batch: &[Signed<Notification>],
+    ) -> Result<NotifyOutcome> {
+        let key = ed25519_dalek::VerifyingKey::from_bytes(&from.public_key).map_err(|_| {
+            StoreError::Inconsistent(format!("membership key of {} is malformed", from.code))
+        })?;
+        let mut out = NotifyOutcome::default();
+        let mut valid = Vec::with_capacity(batch.len());
+        for s in batch {
+            match s.verify(&key) {
+                Ok(n) => {
+                    let own_end = match n.side {
+                        Side::Disclosed => n.source == from.code,
+                        Side::Received => n.requester == from.code,
+                    };
+                    if own_end {
+                        valid.push((s, n));
+                    } else {
+                        out.refused.push((
+                            n.id,
+                            "a node reports only its own end of an exchange".into(),
+                        ));
+                    }
+                }
+                Err(e) => {
+                    let id = s.open_unverified().map(|n| n.id).unwrap_or_default();
+                    out.refused.push((id, e.to_string()));
+                }
+            }
+        }
+        self.write(|t| {
+            for (signed, n) in valid {
+                if t.notification_ids.get(n.id)?.is_none() {
+                    let leaf = t.audit_append(&LogEntry::Notification {
+                        from: from.code,
+                        notification: signed.clone(),
+                    })?;
+                    t.notification_ids.insert(n.id, leaf)?;
+                    let record = t
+                        .grants
+                        .get(n.grant_id)?
+                        .map(|v| decode::<GrantRecord>(v.value()))
+                        .transpose()?;
+                    if let Some(mut g) = record {
+                        match n.side {
+                            Side::Disclosed => g.disclosed = Some((leaf, n.at)),
+                            Side::Received => g.received = Some((leaf, n.at)),
+                        }
+                        t.grants.insert(n.grant_id, encode(&g)?.as_slice())?;
+                    }
+                }
+                out.acknowledged.push(n.id);
+            }
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Grants used by one end whose other end has not reported within `window` seconds.
+    pub fn unmatched(&self, now: Time, window: i64) -> Result<Vec<GrantRecord>> {
+        let tx = self.db.begin_read()?;
+        let mut out = Vec::new();
+        for item in tx.open_table(GRANTS)?.iter()? {
+            let g: GrantRecord = decode(item?.1.value())?;
+            let one_sided = match (g.disclosed, g.received) {
+                (Some((_, at)), None) | (None, Some((_, at))) => now - at > window,
+                _ => false,
+            };
+            if one_sided {
+                out.push(g);
+            }
+        }
+        Ok(out)
+    }
+}
