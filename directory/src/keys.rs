@@ -28,6 +28,7 @@ pub struct AgencyKeys {
 
 const ROOT_FILE: &str = "agency-root.ed25519";
 const ISSUANCE_FILE: &str = "issuance-ff1.aes256";
+const SERVICE_FILE: &str = "directory-p2p.ed25519";
 
 fn random32() -> Result<[u8; 32], KeyError> {
     let mut b = [0u8; 32];
@@ -81,6 +82,31 @@ impl AgencyKeys {
     pub fn exists(dir: &Path) -> bool {
         dir.join(ROOT_FILE).exists() || dir.join(ISSUANCE_FILE).exists()
     }
+}
+
+/// The directory service's own libp2p identity, made on first use. It is not the root
+/// key: the root key only signs, it never speaks TLS.
+pub fn service_identity(dir: &Path) -> Result<[u8; 32], KeyError> {
+    let path = dir.join(SERVICE_FILE);
+    if path.exists() {
+        return read32(&path);
+    }
+    let key = random32()?;
+    let io = |source| KeyError::Io {
+        path: path.clone(),
+        source,
+    };
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(&path).map_err(io)?;
+    f.write_all(&key).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    Ok(key)
 }
 
 fn read32(path: &Path) -> Result<[u8; 32], KeyError> {

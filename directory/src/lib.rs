@@ -2,6 +2,7 @@
 //! registry, the linkage DB and eligibility answers (seed sections 2, 3 and 4-1).
 
 pub mod access;
+pub mod admin;
 pub mod audit;
 pub mod bench;
 pub mod config;
@@ -13,4 +14,5 @@ pub mod keys;
 pub mod registry;
 pub mod report;
 pub mod sample;
+pub mod service;
 pub mod store;

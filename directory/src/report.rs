@@ -135,3 +135,71 @@ pub fn mismatch(m: &Mismatch) -> String {
         status(&m.status)
     )
 }
+
+pub fn audit_entry(e: &crate::audit::LogEntry) -> String {
+    use crate::audit::LogEntry;
+    match e {
+        LogEntry::Notification { from, notification } => match notification.open_unverified() {
+            Ok(n) => format!(
+                "{}  {} reports {:?}: {} -> {}  {} ({} records: {}){}",
+                format_time(n.at),
+                from,
+                n.side,
+                n.source,
+                n.requester,
+                n.purpose.as_str(),
+                n.record_count,
+                n.resource_types.join(", "),
+                if n.emergency { "  EMERGENCY" } else { "" }
+            ),
+            Err(e) => format!("notification from {from} (undecodable: {e})"),
+        },
+        LogEntry::GrantIssued {
+            requester,
+            source,
+            purpose,
+            emergency_reason,
+            at,
+            ..
+        } => format!(
+            "{}  grant: {} may read from {} for {}{}",
+            format_time(*at),
+            requester,
+            source,
+            purpose.as_str(),
+            emergency_reason
+                .as_ref()
+                .map_or(String::new(), |r| format!("  EMERGENCY: {r}"))
+        ),
+        LogEntry::GrantRefused {
+            requester,
+            source,
+            purpose,
+            reason,
+            at,
+            ..
+        } => format!(
+            "{}  grant refused: {} from {} for {} ({reason})",
+            format_time(*at),
+            requester,
+            source,
+            purpose.as_str()
+        ),
+        LogEntry::Eligibility {
+            institution,
+            reason,
+            at,
+            ..
+        } => {
+            format!(
+                "{}  eligibility check at {institution}: {reason:?}",
+                format_time(*at)
+            )
+        }
+        LogEntry::Operator {
+            operator,
+            action,
+            at,
+        } => format!("{}  {operator}: {action}", format_time(*at)),
+    }
+}

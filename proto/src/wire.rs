@@ -25,12 +25,9 @@ pub const MAX_NOTIFICATIONS_PER_REQUEST: usize = 512;
 pub enum DirectoryRequest {
     /// The membership of an institution, to find and trust its node.
     Resolve { code: InstitutionCode },
-    /// An eligibility check, optionally carrying the consent the patient gave at the
-    /// reception desk to let this institution see their records.
-    Eligibility {
-        request: CheckRequest,
-        visit_consent: bool,
-    },
+    /// An eligibility check; it may carry the consent the patient gave at the
+    /// reception desk (`CheckRequest::visit_consent`).
+    Eligibility { request: CheckRequest },
     /// The patient's consent as recorded.
     Consent { medical_id: MedicalId },
     /// Permission to fetch a patient's records from a source.

@@ -1,6 +1,8 @@
 //! The end-to-end harness: runs the real `iryo-directory` binary against databases in
 //! temp dirs, and helpers to write enrollment files and compare stored state.
 
+pub mod federation;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
@@ -9,17 +11,27 @@ use std::sync::OnceLock;
 /// (the directory crate has integration tests); otherwise it is built here once.
 pub fn directory_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
+    BIN.get_or_init(|| workspace_bin("iryo-directory")).clone()
+}
+
+/// The `iryo-node` binary, found or built the same way.
+pub fn node_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| workspace_bin("iryo-node")).clone()
+}
+
+fn workspace_bin(name: &str) -> PathBuf {
+    {
         let exe = std::env::current_exe().expect("test binary path");
         let dir = exe
             .parent()
             .and_then(|d| d.parent())
             .expect("target profile directory");
-        let bin = dir.join("iryo-directory");
+        let bin = dir.join(name);
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let profile_release = dir.ends_with("release");
         let mut build = Command::new(cargo);
-        build.args(["build", "-p", "iryo-directory", "--bin", "iryo-directory"]);
+        build.args(["build", "-p", name, "--bin", name]);
         if profile_release {
             build.arg("--release");
         }
@@ -27,11 +39,10 @@ pub fn directory_bin() -> PathBuf {
             return bin;
         }
         let status = build.status().expect("run cargo build");
-        assert!(status.success(), "building iryo-directory failed");
+        assert!(status.success(), "building {name} failed");
         assert!(bin.exists(), "{} missing after build", bin.display());
         bin
-    })
-    .clone()
+    }
 }
 
 /// A directory with its own data dir in a temp dir.

@@ -3,15 +3,20 @@
 use anyhow::{bail, Context as _, Result};
 use chrono::NaiveDate;
 use clap::{Args, Parser, Subcommand};
+use iryo_directory::access::{ConsentOrigin, ConsentRecord};
+use iryo_directory::admin::{self, AdminRequest, AdminResponse};
 use iryo_directory::config::Config;
 use iryo_directory::context::Context;
+use iryo_directory::context::ContextError;
 use iryo_directory::enrollment::{ingest_file, Encoding, IngestOptions, Progress, Summary};
 use iryo_directory::issuance::Method;
 use iryo_directory::registry::eligibility::{CheckKey, CheckRequest};
 use iryo_directory::registry::{now, today};
 use iryo_directory::sample::{write_sample, SampleOptions};
+use iryo_directory::store::StoreError;
 use iryo_directory::store::{ConflictAction, MismatchAction, Plan};
 use iryo_directory::{bench, demo, report};
+use iryo_proto::federation::{Purpose, Role};
 use iryo_proto::*;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -160,6 +165,93 @@ enum Command {
     },
     /// Measure enrollment, memory and eligibility-check throughput; prints a report.
     Bench(bench::BenchArgs),
+    /// Serve the federation: institutions' nodes connect over libp2p (mutual TLS).
+    Serve {
+        /// libp2p listen address; overrides `service.listen`.
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Member institutions and their agency-signed memberships (seed 4-2).
+    #[command(subcommand)]
+    Institution(InstitutionCmd),
+    /// Patients' consent to exchange their records (seed 4-3).
+    #[command(subcommand)]
+    Consent(ConsentCmd),
+    /// The audit log of exchanges, grants and checks.
+    #[command(subcommand)]
+    Audit(AuditCmd),
+}
+
+#[derive(Subcommand)]
+enum InstitutionCmd {
+    /// Issue a membership for a node's registration request (from `iryo-node init`).
+    Add {
+        request: PathBuf,
+        /// What the institution may do: source (serve records), requester (ask for them).
+        #[arg(long, value_delimiter = ',', default_value = "source,requester")]
+        roles: Vec<RoleArg>,
+    },
+    /// Revoke a membership: the directory refuses the institution at once, other nodes
+    /// within their refresh interval.
+    Revoke { code: InstitutionCode },
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum RoleArg {
+    Source,
+    Requester,
+}
+
+#[derive(Subcommand)]
+enum ConsentCmd {
+    /// Record the patient's permission.
+    Grant(ConsentArgs),
+    /// Record the patient's refusal (without --institution: an opt-out of all exchange).
+    Revoke(ConsentArgs),
+    List {
+        #[arg(long)]
+        medical_id: MedicalId,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+struct ConsentArgs {
+    #[arg(long)]
+    medical_id: MedicalId,
+    /// One institution; all institutions when absent.
+    #[arg(long)]
+    institution: Option<InstitutionCode>,
+    /// treatment, referral or research; all purposes when absent.
+    #[arg(long)]
+    purpose: Option<String>,
+    /// Days until the decision lapses; no expiry when absent.
+    #[arg(long)]
+    days: Option<u32>,
+    #[arg(long, env = "USER", default_value = "operator")]
+    operator: String,
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Recompute the tree from every entry and check every signed tree head.
+    Verify,
+    /// Who accessed the patient's records, when, why, and whether in an emergency.
+    Show {
+        #[arg(long)]
+        medical_id: MedicalId,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Grants used by one end whose other end has not reported.
+    Unmatched,
+    /// An entry with its inclusion proof against the latest signed tree head.
+    Proof { index: u64 },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -527,6 +619,296 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Demo { dir, persons } => demo::run(&dir, persons)?,
         Command::Bench(args) => bench::run(&args)?,
+        Command::Serve { listen } => serve(config, listen)?,
+        Command::Institution(cmd) => institution(&config, cmd)?,
+        Command::Consent(cmd) => consent(&config, cmd)?,
+        Command::Audit(cmd) => return audit(&config, cmd),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn operator() -> String {
+    std::env::var("USER").unwrap_or_else(|_| "operator".into())
+}
+
+/// Runs an operator command on the database, or through `serve` while it holds it.
+fn admin(config: &Config, operator: &str, req: AdminRequest) -> Result<AdminResponse> {
+    let ctx = Context::new(config.clone());
+    let answer = match ctx.store() {
+        Ok(store) => admin::execute(&store, &ctx.keys()?.root, config, operator, req),
+        Err(ContextError::Store(StoreError::InUse(_))) => {
+            let socket = admin::socket_path(config);
+            admin::send(&socket, operator, &req).with_context(|| {
+                format!(
+                    "the directory is serving; its admin socket {}",
+                    socket.display()
+                )
+            })?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    match answer {
+        AdminResponse::Error(e) => bail!(e),
+        a => Ok(a),
+    }
+}
+
+fn serve(config: Config, listen: Option<String>) -> Result<()> {
+    let listen: libp2p::Multiaddr = listen
+        .unwrap_or_else(|| config.service.listen.clone())
+        .parse()
+        .context("listen address")?;
+    let ctx = Context::new(config.clone());
+    let store = std::sync::Arc::new(ctx.store()?);
+    let keys = ctx.keys()?;
+    let identity = iryo_directory::keys::service_identity(&config.keys_dir())?;
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let running = iryo_directory::service::start(
+            store.clone(),
+            keys.root.clone(),
+            identity,
+            listen,
+            config.service.max_group,
+        )
+        .await?;
+        let addrs: Vec<String> = running.addresses.iter().map(|a| a.to_string()).collect();
+        std::fs::write(config.data_dir.join("directory.addr"), addrs.join("\n"))?;
+        let admin_task = tokio::spawn(admin::serve_socket(
+            admin::socket_path(&config),
+            store,
+            keys.root.clone(),
+            config.clone(),
+        ));
+        println!(
+            "iryo-directory ready p2p={} agency_key={}",
+            addrs.join(","),
+            iryo_proto::merkle::to_hex(keys.root.verifying_key().as_bytes())
+        );
+        use std::io::Write as _;
+        std::io::stdout().flush()?;
+        tokio::signal::ctrl_c().await?;
+        admin_task.abort();
+        running.stop().await;
+        let _ = std::fs::remove_file(admin::socket_path(&config));
+        anyhow::Ok(())
+    })
+}
+
+fn institution(config: &Config, cmd: InstitutionCmd) -> Result<()> {
+    match cmd {
+        InstitutionCmd::Add { request, roles } => {
+            let text = std::fs::read_to_string(&request)
+                .with_context(|| format!("{}", request.display()))?;
+            let file: serde_json::Value = serde_json::from_str(&text)
+                .with_context(|| format!("{}: not JSON", request.display()))?;
+            let signed = serde_json::from_value(file.get("signed").cloned().unwrap_or(file))
+                .with_context(|| format!("{}: no signed registration", request.display()))?;
+            let roles = roles
+                .into_iter()
+                .map(|r| match r {
+                    RoleArg::Source => Role::Source,
+                    RoleArg::Requester => Role::Requester,
+                })
+                .collect();
+            if let AdminResponse::Membership(m) = admin(
+                config,
+                &operator(),
+                AdminRequest::InstitutionAdd {
+                    request: signed,
+                    roles,
+                },
+            )? {
+                println!(
+                    "membership #{} issued: {} {} key {} valid until {}",
+                    m.serial,
+                    m.code,
+                    m.name,
+                    iryo_proto::merkle::to_hex(&m.public_key),
+                    iryo_directory::registry::format_time(m.not_after)
+                );
+            }
+        }
+        InstitutionCmd::Revoke { code } => {
+            admin(
+                config,
+                &operator(),
+                AdminRequest::InstitutionRevoke { code },
+            )?;
+            println!("institution {code} revoked");
+        }
+        InstitutionCmd::List { json } => {
+            if let AdminResponse::Institutions(list) =
+                admin(config, &operator(), AdminRequest::Institutions)?
+            {
+                let rows: Vec<serde_json::Value> = list
+                    .iter()
+                    .filter_map(|r| {
+                        let m = r.membership().ok()?;
+                        Some(serde_json::json!({
+                            "code": m.code, "name": m.name, "kind": m.kind, "roles": m.roles,
+                            "addresses": m.addresses, "public_key": iryo_proto::merkle::to_hex(&m.public_key),
+                            "serial": m.serial, "not_after": m.not_after, "revoked_at": r.revoked_at,
+                        }))
+                    })
+                    .collect();
+                if json {
+                    print_json(&rows)?;
+                } else {
+                    for r in rows {
+                        println!(
+                            "{}  {}  {}{}",
+                            r["code"].as_str().unwrap_or(""),
+                            r["name"].as_str().unwrap_or(""),
+                            r["addresses"],
+                            if r["revoked_at"].is_null() {
+                                ""
+                            } else {
+                                "  REVOKED"
+                            }
+                        );
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn consent(config: &Config, cmd: ConsentCmd) -> Result<()> {
+    let (args, allow) = match cmd {
+        ConsentCmd::Grant(a) => (a, true),
+        ConsentCmd::Revoke(a) => (a, false),
+        ConsentCmd::List { medical_id, json } => {
+            if let AdminResponse::Consents(list) =
+                admin(config, &operator(), AdminRequest::Consents { medical_id })?
+            {
+                let views: Vec<_> = list.iter().map(|c| c.view()).collect();
+                if json {
+                    print_json(&views)?;
+                } else if views.is_empty() {
+                    println!("no consent recorded for {}", medical_id.grouped());
+                } else {
+                    for v in views {
+                        println!(
+                            "{}  {} {} for {}{}  ({})",
+                            iryo_directory::registry::format_time(v.at),
+                            if v.allow { "ALLOW" } else { "REFUSE" },
+                            v.purpose.map_or("all purposes", |p| p.as_str()),
+                            v.institution
+                                .map_or("all institutions".into(), |c| c.to_string()),
+                            v.expires_at.map_or(String::new(), |e| format!(
+                                " until {}",
+                                iryo_directory::registry::format_time(e)
+                            )),
+                            v.origin
+                        );
+                    }
+                }
+            }
+            return Ok(());
+        }
+    };
+    let purpose = match args.purpose.as_deref() {
+        None => None,
+        Some(p) => Some(Purpose::parse(p).with_context(|| {
+            format!("unknown purpose {p:?}; use treatment, referral or research")
+        })?),
+    };
+    let at = now();
+    let record = ConsentRecord {
+        institution: args.institution,
+        purpose,
+        allow,
+        expires_at: args.days.map(|d| at + i64::from(d) * 86_400),
+        at,
+        origin: ConsentOrigin::Operator(args.operator.clone()),
+    };
+    admin(
+        config,
+        &args.operator,
+        AdminRequest::Consent {
+            medical_id: args.medical_id,
+            record,
+        },
+    )?;
+    println!(
+        "consent {} recorded for {}",
+        if allow { "granted" } else { "revoked" },
+        args.medical_id.grouped()
+    );
+    Ok(())
+}
+
+fn audit(config: &Config, cmd: AuditCmd) -> Result<ExitCode> {
+    match cmd {
+        AuditCmd::Verify => {
+            if let AdminResponse::Audit(r) = admin(config, &operator(), AdminRequest::AuditVerify)?
+            {
+                println!(
+                    "{} entries, {} signed tree heads checked, root {}",
+                    r.entries, r.heads, r.root
+                );
+                if !r.problems.is_empty() {
+                    r.problems.iter().for_each(|p| println!("PROBLEM: {p}"));
+                    return Ok(ExitCode::FAILURE);
+                }
+                println!("audit log verified");
+            }
+        }
+        AuditCmd::Show { medical_id, json } => {
+            if let AdminResponse::Entries(entries) =
+                admin(config, &operator(), AdminRequest::AuditShow { medical_id })?
+            {
+                if json {
+                    print_json(&entries)?;
+                } else {
+                    entries
+                        .iter()
+                        .for_each(|(i, e)| println!("#{i}  {}", report::audit_entry(e)));
+                }
+            }
+        }
+        AuditCmd::Unmatched => {
+            if let AdminResponse::Unmatched(list) =
+                admin(config, &operator(), AdminRequest::AuditUnmatched)?
+            {
+                if list.is_empty() {
+                    println!("every used grant was reported by both ends");
+                }
+                for g in list {
+                    println!(
+                        "grant {}  {} -> {}  {}  {}",
+                        iryo_proto::merkle::to_hex(&g.grant.id),
+                        g.grant.source,
+                        g.grant.requester,
+                        g.grant.medical_id.grouped(),
+                        if g.disclosed.is_some() {
+                            "disclosed, receipt not reported"
+                        } else {
+                            "received, disclosure not reported"
+                        }
+                    );
+                }
+            }
+        }
+        AuditCmd::Proof { index } => {
+            if let AdminResponse::Proof {
+                index,
+                entry,
+                head,
+                proof,
+            } = admin(config, &operator(), AdminRequest::AuditProof { index })?
+            {
+                print_json(&serde_json::json!({
+                    "index": index,
+                    "entry": entry,
+                    "entry_hex": iryo_proto::merkle::to_hex(&entry.canonical()),
+                    "tree_head": head.open_unverified().ok(),
+                    "proof": proof.iter().map(|h| iryo_proto::merkle::to_hex(h)).collect::<Vec<_>>(),
+                }))?;
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

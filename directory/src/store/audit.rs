@@ -67,7 +67,7 @@ impl Tables<'_> {
 }
 
 /// What `audit verify` found.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AuditReport {
     pub entries: u64,
     pub heads: u64,

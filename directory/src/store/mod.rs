@@ -37,6 +37,8 @@ pub enum StoreError {
     Missing(PathBuf),
     #[error("{0}: a database exists already")]
     Exists(PathBuf),
+    #[error("{0}: the database is in use by another process (is `iryo-directory serve` running?)")]
+    InUse(PathBuf),
     #[error("medical ID {0} is not registered")]
     UnknownMedicalId(MedicalId),
     #[error("My Number {0} is not registered")]
@@ -136,7 +138,11 @@ impl Store {
         }
         let db = Database::builder()
             .set_cache_size(cache_mib.max(16) << 20)
-            .open(path)?;
+            .open(path)
+            .map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse(path.to_path_buf()),
+                e => e.into(),
+            })?;
         Ok(Self {
             db,
             retention_years: 10,

@@ -1,0 +1,197 @@
+//! Operator commands for the federation (institutions, consent, audit), which run
+//! against the database directly, or — while `serve` holds the database — through
+//! `serve`'s admin socket in the data directory (mode 0600: the file system decides
+//! who is an operator).
+
+use crate::access::ConsentRecord;
+use crate::audit::LogEntry;
+use crate::config::Config;
+use crate::registry::now;
+use crate::store::{AuditReport, GrantRecord, InstitutionRecord, Store};
+use ed25519_dalek::SigningKey;
+use iryo_proto::federation::{Membership, Registration, Role, TreeHead};
+use iryo_proto::merkle::Hash;
+use iryo_proto::signed::Signed;
+use iryo_proto::{InstitutionCode, MedicalId};
+use serde::{Deserialize, Serialize};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum AdminRequest {
+    InstitutionAdd {
+        request: Signed<Registration>,
+        roles: Vec<Role>,
+    },
+    InstitutionRevoke {
+        code: InstitutionCode,
+    },
+    Institutions,
+    Consent {
+        medical_id: MedicalId,
+        record: ConsentRecord,
+    },
+    Consents {
+        medical_id: MedicalId,
+    },
+    AuditVerify,
+    AuditShow {
+        medical_id: MedicalId,
+    },
+    AuditUnmatched,
+    AuditProof {
+        index: u64,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum AdminResponse {
+    Membership(Membership),
+    Done,
+    Institutions(Vec<InstitutionRecord>),
+    Consents(Vec<ConsentRecord>),
+    Audit(AuditReport),
+    Entries(Vec<(u64, LogEntry)>),
+    Unmatched(Vec<GrantRecord>),
+    Proof {
+        index: u64,
+        entry: LogEntry,
+        head: Signed<TreeHead>,
+        proof: Vec<Hash>,
+    },
+    Error(String),
+}
+
+pub fn socket_path(config: &Config) -> PathBuf {
+    config.data_dir.join("admin.sock")
+}
+
+/// Carries out one operator command against an open store.
+pub fn execute(
+    store: &Store,
+    agency: &SigningKey,
+    config: &Config,
+    operator: &str,
+    req: AdminRequest,
+) -> AdminResponse {
+    let r = (|| -> Result<AdminResponse, crate::store::StoreError> {
+        Ok(match req {
+            AdminRequest::InstitutionAdd { request, roles } => {
+                AdminResponse::Membership(store.add_institution(
+                    &request,
+                    roles,
+                    config.access.membership_days,
+                    agency,
+                    now(),
+                    operator,
+                )?)
+            }
+            AdminRequest::InstitutionRevoke { code } => {
+                store.revoke_institution(code, now(), operator)?;
+                AdminResponse::Done
+            }
+            AdminRequest::Institutions => AdminResponse::Institutions(store.institutions()?),
+            AdminRequest::Consent { medical_id, record } => {
+                store.add_consent(medical_id, &record)?;
+                AdminResponse::Done
+            }
+            AdminRequest::Consents { medical_id } => {
+                AdminResponse::Consents(store.consents(medical_id)?)
+            }
+            AdminRequest::AuditVerify => {
+                AdminResponse::Audit(store.audit_verify(&agency.verifying_key())?)
+            }
+            AdminRequest::AuditShow { medical_id } => {
+                let person = store.person_by_medical_id(medical_id)?;
+                let mut ids: Vec<MedicalId> = person
+                    .history
+                    .iter()
+                    .filter_map(|e| match e {
+                        crate::registry::Event::Issued { id, .. } => Some(*id),
+                        crate::registry::Event::IdChanged { new, .. } => Some(*new),
+                        _ => None,
+                    })
+                    .collect();
+                if !ids.contains(&person.medical_id) {
+                    ids.push(person.medical_id);
+                }
+                AdminResponse::Entries(store.audit_for_patient(&ids)?)
+            }
+            AdminRequest::AuditUnmatched => AdminResponse::Unmatched(
+                store.unmatched(now(), config.access.unmatched_after_seconds)?,
+            ),
+            AdminRequest::AuditProof { index } => {
+                let head = store.latest_head()?.ok_or_else(|| {
+                    crate::store::StoreError::Refused("the audit log is empty".into())
+                })?;
+                let size = head
+                    .open_unverified()
+                    .map_err(|e| crate::store::StoreError::Inconsistent(e.to_string()))?
+                    .size;
+                AdminResponse::Proof {
+                    index,
+                    entry: store.audit_entry(index)?,
+                    proof: store.inclusion_proof(index, size)?,
+                    head,
+                }
+            }
+        })
+    })();
+    r.unwrap_or_else(|e| AdminResponse::Error(e.to_string()))
+}
+
+/// Sends one command to a running `serve` and waits for its answer.
+pub fn send(socket: &Path, operator: &str, req: &AdminRequest) -> std::io::Result<AdminResponse> {
+    let mut stream = std::os::unix::net::UnixStream::connect(socket)?;
+    let line = serde_json::to_string(&(operator, req))?;
+    stream.write_all(line.as_bytes())?;
+    stream.write_all(b"\n")?;
+    let mut answer = String::new();
+    BufReader::new(stream).read_line(&mut answer)?;
+    serde_json::from_str(&answer).map_err(std::io::Error::other)
+}
+
+/// Serves the admin socket until the task is dropped.
+pub async fn serve_socket(
+    path: PathBuf,
+    store: std::sync::Arc<Store>,
+    agency: SigningKey,
+    config: Config,
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let _ = std::fs::remove_file(&path);
+    let listener = tokio::net::UnixListener::bind(&path)?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    let shared = std::sync::Arc::new((store, agency, config));
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let (read, mut write) = stream.into_split();
+            let mut line = String::new();
+            if tokio::io::BufReader::new(read)
+                .read_line(&mut line)
+                .await
+                .is_err()
+            {
+                return;
+            }
+            let response = match serde_json::from_str::<(String, AdminRequest)>(&line) {
+                Ok((operator, req)) => tokio::task::spawn_blocking(move || {
+                    let (store, agency, config) = &*shared;
+                    execute(store, agency, config, &operator, req)
+                })
+                .await
+                .unwrap_or_else(|e| AdminResponse::Error(e.to_string())),
+                Err(e) => AdminResponse::Error(format!("bad admin request: {e}")),
+            };
+            let mut out = serde_json::to_string(&response)
+                .unwrap_or_else(|_| "{\"Error\":\"encoding\"}".into());
+            out.push('\n');
+            let _ = write.write_all(out.as_bytes()).await;
+        });
+    }
+}

@@ -1,0 +1,123 @@
+//! Answers to directory requests from members. Every request is authorised first: the
+//! peer's TLS-authenticated key must belong to an active membership.
+
+use crate::store::{GrantQuery, InstitutionRecord, Store};
+use ed25519_dalek::SigningKey;
+use iryo_proto::federation::{Membership, Time};
+use iryo_proto::wire::{
+    DirectoryRequest, DirectoryResponse, Refusal, RefusalReason, MAX_NOTIFICATIONS_PER_REQUEST,
+};
+
+/// The member behind an authenticated key, or why there is none.
+pub fn authorise(store: &Store, key: Option<[u8; 32]>, now: Time) -> Result<Membership, Refusal> {
+    let key =
+        key.ok_or_else(|| Refusal::new(RefusalReason::NotMember, "the peer's key is not Ed25519"))?;
+    let record: Option<InstitutionRecord> = store
+        .institution_by_key(&key)
+        .map_err(|e| Refusal::new(RefusalReason::Internal, e.to_string()))?;
+    let Some(record) = record else {
+        return Err(Refusal::new(
+            RefusalReason::NotMember,
+            "no membership for this key",
+        ));
+    };
+    if record.revoked_at.is_some() {
+        return Err(Refusal::new(
+            RefusalReason::Revoked,
+            "the membership was revoked",
+        ));
+    }
+    match record.active(now) {
+        Ok(Some(m)) => Ok(m),
+        Ok(None) => Err(Refusal::new(
+            RefusalReason::NotMember,
+            "the membership has expired",
+        )),
+        Err(e) => Err(Refusal::new(RefusalReason::Internal, e.to_string())),
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> DirectoryResponse {
+    tracing::error!(error = %e, "directory request failed");
+    DirectoryResponse::Refused(Refusal::new(
+        RefusalReason::Internal,
+        "the directory could not answer",
+    ))
+}
+
+/// Every request but eligibility, which goes through group commit.
+pub fn handle(
+    store: &Store,
+    agency: &SigningKey,
+    member: &Membership,
+    request: DirectoryRequest,
+    now: Time,
+) -> DirectoryResponse {
+    match request {
+        DirectoryRequest::Resolve { code } => match store.institution(code) {
+            Ok(Some(r)) => match r.active(now) {
+                Ok(Some(_)) => DirectoryResponse::Membership(Some(r.membership)),
+                Ok(None) => DirectoryResponse::Membership(None),
+                Err(e) => internal(e),
+            },
+            Ok(None) => DirectoryResponse::Membership(None),
+            Err(e) => internal(e),
+        },
+        DirectoryRequest::Consent { medical_id } => match store.consents(medical_id) {
+            Ok(list) => DirectoryResponse::Consent(list.iter().map(|c| c.view()).collect()),
+            Err(crate::store::StoreError::UnknownMedicalId(_)) => {
+                DirectoryResponse::Refused(Refusal::new(
+                    RefusalReason::UnknownPatient,
+                    format!("{medical_id} is not registered"),
+                ))
+            }
+            Err(e) => internal(e),
+        },
+        DirectoryRequest::Grant {
+            medical_id,
+            source,
+            purpose,
+            reason,
+        } => {
+            let query = GrantQuery {
+                medical_id,
+                source,
+                purpose,
+                reason,
+            };
+            match store.request_grant(member, &query, agency, now) {
+                Ok(Ok(grant)) => DirectoryResponse::Grant(grant),
+                Ok(Err(refusal)) => {
+                    tracing::info!(requester = %member.code, %source, reason = %refusal.reason, "grant refused");
+                    DirectoryResponse::Refused(refusal)
+                }
+                Err(e) => internal(e),
+            }
+        }
+        DirectoryRequest::Notify { notifications } => {
+            if notifications.len() > MAX_NOTIFICATIONS_PER_REQUEST {
+                return DirectoryResponse::Refused(Refusal::new(
+                    RefusalReason::BadRequest,
+                    format!("at most {MAX_NOTIFICATIONS_PER_REQUEST} notifications per request"),
+                ));
+            }
+            match store.accept_notifications(member, &notifications) {
+                Ok(out) => {
+                    for (id, why) in &out.refused {
+                        tracing::warn!(from = %member.code, id = %iryo_proto::merkle::to_hex(id), why, "notification refused");
+                    }
+                    // Refused ones are acknowledged too: they will never become valid,
+                    // and the sender must not retry them for ever.
+                    let mut ids = out.acknowledged;
+                    ids.extend(out.refused.into_iter().map(|(id, _)| id));
+                    DirectoryResponse::Acknowledged { ids }
+                }
+                Err(e) => internal(e),
+            }
+        }
+        DirectoryRequest::Eligibility { .. } => DirectoryResponse::Refused(Refusal::new(
+            RefusalReason::Internal,
+            "eligibility is answered by group commit",
+        )),
+    }
+}

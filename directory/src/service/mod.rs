@@ -1,0 +1,237 @@
+//! `iryo-directory serve`: the directory on the federation's network. libp2p over TCP,
+//! TLS 1.3 authenticating both peers' keys, yamux; the `/iryo/directory/1`
+//! request-response protocol with CBOR bodies and per-protocol size limits.
+
+mod group_commit;
+pub mod handler;
+
+pub use group_commit::GroupCommitter;
+
+use crate::registry::now;
+use crate::store::Store;
+use ed25519_dalek::SigningKey;
+use futures::StreamExt;
+use iryo_proto::wire::{
+    DirectoryRequest, DirectoryResponse, DIRECTORY_PROTOCOL, MAX_DIRECTORY_REQUEST,
+    MAX_DIRECTORY_RESPONSE,
+};
+use libp2p::request_response::{self as rr, cbor, ProtocolSupport};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{identity, Multiaddr, PeerId, StreamProtocol, Swarm};
+use std::sync::Arc;
+use std::time::Duration;
+use thiserror::Error;
+use tokio::sync::{mpsc, oneshot};
+
+#[derive(Debug, Error)]
+pub enum ServiceError {
+    #[error("SSLKEYLOGFILE is set: TLS session keys would be written to disk; unset it")]
+    KeyLogFile,
+    #[error("libp2p: {0}")]
+    Transport(String),
+    #[error("listen address {0}: {1}")]
+    Listen(String, String),
+}
+
+type Behaviour = cbor::Behaviour<DirectoryRequest, DirectoryResponse>;
+
+/// The Ed25519 public key a peer proved in the TLS handshake.
+pub fn peer_key(peer: &PeerId) -> Option<[u8; 32]> {
+    let mh = peer.as_ref();
+    if mh.code() != 0 {
+        return None;
+    }
+    let pk = identity::PublicKey::try_decode_protobuf(mh.digest()).ok()?;
+    Some(pk.try_into_ed25519().ok()?.to_bytes())
+}
+
+/// A running directory service.
+pub struct Running {
+    pub peer_id: PeerId,
+    /// Where it listens, each ending in `/p2p/<peer id>`, as nodes must dial it.
+    pub addresses: Vec<Multiaddr>,
+    stop: Option<oneshot::Sender<()>>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        let _ = (&mut self.done).await;
+    }
+
+    /// Waits until the service ends (it ends when `stop` is called or on ctrl-c by the
+    /// caller dropping it).
+    pub async fn wait(self) {
+        let _ = self.done.await;
+    }
+}
+
+/// Starts serving on `listen`; returns once the listen addresses are known.
+pub async fn start(
+    store: Arc<Store>,
+    agency: SigningKey,
+    identity_secret: [u8; 32],
+    listen: Multiaddr,
+    max_group: usize,
+) -> Result<Running, ServiceError> {
+    if std::env::var_os("SSLKEYLOGFILE").is_some() {
+        return Err(ServiceError::KeyLogFile);
+    }
+    let mut secret = identity_secret;
+    let keypair = identity::Keypair::ed25519_from_bytes(&mut secret)
+        .map_err(|e| ServiceError::Transport(e.to_string()))?;
+    let codec = cbor::codec::Codec::default()
+        .set_request_size_maximum(MAX_DIRECTORY_REQUEST)
+        .set_response_size_maximum(MAX_DIRECTORY_RESPONSE);
+    let config = rr::Config::default()
+        .with_request_timeout(Duration::from_secs(30))
+        .with_max_concurrent_streams(10_000);
+    let mut swarm: Swarm<Behaviour> = libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(
+            libp2p::tcp::Config::default().nodelay(true),
+            libp2p::tls::Config::new,
+            libp2p::yamux::Config::default,
+        )
+        .map_err(|e| ServiceError::Transport(e.to_string()))?
+        .with_behaviour(|_| {
+            rr::Behaviour::with_codec(
+                codec,
+                [(
+                    StreamProtocol::new(DIRECTORY_PROTOCOL),
+                    ProtocolSupport::Inbound,
+                )],
+                config,
+            )
+        })
+        .map_err(|e| ServiceError::Transport(e.to_string()))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
+        .build();
+    swarm
+        .listen_on(listen.clone())
+        .map_err(|e| ServiceError::Listen(listen.to_string(), e.to_string()))?;
+    let peer_id = *swarm.local_peer_id();
+    let mut addresses = Vec::new();
+    while addresses.is_empty() {
+        match swarm.select_next_some().await {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                addresses.push(address.with(libp2p::multiaddr::Protocol::P2p(peer_id)));
+            }
+            SwarmEvent::ListenerError { error, .. }
+            | SwarmEvent::ListenerClosed {
+                reason: Err(error), ..
+            } => {
+                return Err(ServiceError::Listen(listen.to_string(), error.to_string()));
+            }
+            _ => {}
+        }
+    }
+    for a in &addresses {
+        tracing::info!(address = %a, "directory listening");
+    }
+    let (stop, stopped) = oneshot::channel();
+    let committer = GroupCommitter::start(store.clone(), max_group);
+    let done = tokio::spawn(serve(swarm, store, Arc::new(agency), committer, stopped));
+    Ok(Running {
+        peer_id,
+        addresses,
+        stop: Some(stop),
+        done,
+    })
+}
+
+async fn serve(
+    mut swarm: Swarm<Behaviour>,
+    store: Arc<Store>,
+    agency: Arc<SigningKey>,
+    committer: GroupCommitter,
+    mut stopped: oneshot::Receiver<()>,
+) {
+    let (respond, mut responses) =
+        mpsc::unbounded_channel::<(rr::ResponseChannel<DirectoryResponse>, DirectoryResponse)>();
+    loop {
+        tokio::select! {
+            _ = &mut stopped => break,
+            Some((channel, response)) = responses.recv() => {
+                if swarm.behaviour_mut().send_response(channel, response).is_err() {
+                    tracing::debug!("a peer left before its answer");
+                }
+            }
+            event = swarm.select_next_some() => match event {
+                SwarmEvent::Behaviour(rr::Event::Message {
+                    peer,
+                    message: rr::Message::Request { request, channel, .. },
+                    ..
+                }) => {
+                    let (store, agency, committer, respond) =
+                        (store.clone(), agency.clone(), committer.clone(), respond.clone());
+                    tokio::spawn(async move {
+                        let response = answer(store, agency, committer, peer, request).await;
+                        let _ = respond.send((channel, response));
+                    });
+                }
+                SwarmEvent::Behaviour(rr::Event::InboundFailure { peer, error, .. }) => {
+                    tracing::warn!(%peer, %error, "inbound request failed (undecodable, oversize or timed out)");
+                }
+                SwarmEvent::IncomingConnectionError { error, .. } => {
+                    tracing::debug!(%error, "incoming connection failed");
+                }
+                _ => {}
+            }
+        }
+    }
+    tracing::info!("directory service stopped");
+}
+
+async fn answer(
+    store: Arc<Store>,
+    agency: Arc<SigningKey>,
+    committer: GroupCommitter,
+    peer: PeerId,
+    request: DirectoryRequest,
+) -> DirectoryResponse {
+    let t = now();
+    let key = peer_key(&peer);
+    let auth_store = store.clone();
+    let member = match tokio::task::spawn_blocking(move || handler::authorise(&auth_store, key, t))
+        .await
+    {
+        Ok(Ok(m)) => m,
+        Ok(Err(refusal)) => {
+            tracing::warn!(%peer, reason = %refusal.reason, "request refused: {}", refusal.detail);
+            return DirectoryResponse::Refused(refusal);
+        }
+        Err(e) => {
+            return DirectoryResponse::Refused(iryo_proto::wire::Refusal::new(
+                iryo_proto::wire::RefusalReason::Internal,
+                e.to_string(),
+            ))
+        }
+    };
+    match request {
+        DirectoryRequest::Eligibility { mut request } => {
+            // The institution asking is the authenticated one, whatever the body says.
+            request.institution = member.code;
+            match committer.check(request).await {
+                Ok(a) => DirectoryResponse::Eligibility(a),
+                Err(e) => DirectoryResponse::Refused(iryo_proto::wire::Refusal::new(
+                    iryo_proto::wire::RefusalReason::Internal,
+                    e,
+                )),
+            }
+        }
+        other => {
+            tokio::task::spawn_blocking(move || handler::handle(&store, &agency, &member, other, t))
+                .await
+                .unwrap_or_else(|e| {
+                    DirectoryResponse::Refused(iryo_proto::wire::Refusal::new(
+                        iryo_proto::wire::RefusalReason::Internal,
+                        e.to_string(),
+                    ))
+                })
+        }
+    }
+}

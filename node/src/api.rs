@@ -1,0 +1,202 @@
+//! The local HTTP API for the EMR (described in node/openapi.yaml). Every call needs
+//! `Authorization: Bearer <token>` from the configuration.
+
+use crate::exchange::{self, FetchError};
+use crate::{fhir, Node};
+use axum::body::Bytes;
+use axum::extract::{Path, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use iryo_proto::eligibility::{CheckKey, CheckRequest};
+use iryo_proto::federation::Purpose;
+use iryo_proto::wire::{DirectoryRequest, DirectoryResponse, RefusalReason};
+use iryo_proto::*;
+use serde::Deserialize;
+use serde_json::json;
+use std::sync::Arc;
+
+/// Largest document the EMR may store in one call.
+const MAX_BODY: usize = 8 * 1024 * 1024;
+
+pub fn router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route(
+            "/patients/{medical_id}/records",
+            get(get_records).put(put_records),
+        )
+        .route("/exchange/fetch", post(fetch))
+        .route("/eligibility", post(eligibility))
+        .route("/outbox", get(outbox))
+        .layer(middleware::from_fn_with_state(node.clone(), authorise))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .with_state(node)
+}
+
+fn error(status: StatusCode, reason: &str, detail: impl std::fmt::Display) -> Response {
+    (
+        status,
+        Json(json!({ "error": reason, "detail": detail.to_string() })),
+    )
+        .into_response()
+}
+
+async fn authorise(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
+    let ok = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|t| !node.api_token.is_empty() && t == node.api_token);
+    if ok {
+        next.run(req).await
+    } else {
+        error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or wrong bearer token",
+        )
+    }
+}
+
+fn bad_id(e: IdError) -> Response {
+    error(StatusCode::BAD_REQUEST, "bad_medical_id", e)
+}
+
+async fn put_records(
+    State(node): State<Arc<Node>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let id = match MedicalId::parse(&id) {
+        Ok(id) => id,
+        Err(e) => return bad_id(e),
+    };
+    let resources = match fhir::resources(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, "not_fhir", e),
+    };
+    let n = resources.len();
+    match tokio::task::spawn_blocking(move || node.store.put_records(id, &resources)).await {
+        Ok(Ok(())) => (StatusCode::CREATED, Json(json!({ "stored": n }))).into_response(),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, "store", e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "store", e),
+    }
+}
+
+async fn get_records(State(node): State<Arc<Node>>, Path(id): Path<String>) -> Response {
+    let id = match MedicalId::parse(&id) {
+        Ok(id) => id,
+        Err(e) => return bad_id(e),
+    };
+    match tokio::task::spawn_blocking(move || node.store.records(id)).await {
+        Ok(Ok(r)) => Json(fhir::bundle("searchset", &r)).into_response(),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, "store", e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "store", e),
+    }
+}
+
+#[derive(Deserialize)]
+struct FetchBody {
+    medical_id: MedicalId,
+    from: InstitutionCode,
+    purpose: Purpose,
+    reason: Option<String>,
+}
+
+async fn fetch(State(node): State<Arc<Node>>, Json(b): Json<FetchBody>) -> Response {
+    match exchange::fetch(&node, b.medical_id, b.from, b.purpose, b.reason).await {
+        Ok(bundle) => Json(bundle).into_response(),
+        Err(FetchError::Refused(r)) => {
+            let status = match r.reason {
+                RefusalReason::UnknownPatient | RefusalReason::UnknownInstitution => {
+                    StatusCode::NOT_FOUND
+                }
+                RefusalReason::Internal => StatusCode::BAD_GATEWAY,
+                _ => StatusCode::FORBIDDEN,
+            };
+            let reason = serde_json::to_value(r.reason).unwrap_or_default();
+            (
+                status,
+                Json(json!({ "error": "refused", "reason": reason, "detail": r.detail })),
+            )
+                .into_response()
+        }
+        Err(e @ FetchError::UnknownSource(_)) => error(StatusCode::NOT_FOUND, "unknown_source", e),
+        Err(e @ FetchError::Unavailable(_)) => error(StatusCode::BAD_GATEWAY, "unavailable", e),
+    }
+}
+
+#[derive(Deserialize)]
+struct EligibilityBody {
+    insurer: Option<InsurerNumber>,
+    symbol: Option<String>,
+    number: Option<String>,
+    branch: Option<String>,
+    medical_id: Option<MedicalId>,
+    date: Option<chrono::NaiveDate>,
+    #[serde(default)]
+    visit_consent: bool,
+}
+
+async fn eligibility(State(node): State<Arc<Node>>, Json(b): Json<EligibilityBody>) -> Response {
+    let key = match (b.insurer, b.symbol, b.number) {
+        (Some(insurer), Some(symbol), Some(number)) => {
+            let card = (|| -> Result<CheckKey, IdError> {
+                Ok(CheckKey::Card {
+                    insurer,
+                    symbol: CardSymbol::parse(&symbol)?,
+                    number: CardNumber::parse(&number)?,
+                    branch: b.branch.as_deref().map(Branch::parse).transpose()?,
+                    presented: b.medical_id,
+                })
+            })();
+            match card {
+                Ok(k) => k,
+                Err(e) => return error(StatusCode::BAD_REQUEST, "bad_card", e),
+            }
+        }
+        _ => match b.medical_id {
+            Some(id) => CheckKey::MedicalId(id),
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "give insurer, symbol and number, or medical_id",
+                )
+            }
+        },
+    };
+    let request = CheckRequest {
+        institution: node.code,
+        key,
+        date: b.date.unwrap_or_else(|| chrono::Local::now().date_naive()),
+        visit_consent: b.visit_consent,
+    };
+    match node
+        .directory
+        .request(DirectoryRequest::Eligibility { request })
+        .await
+    {
+        Ok(DirectoryResponse::Eligibility(a)) => Json(a).into_response(),
+        Ok(_) => error(
+            StatusCode::BAD_GATEWAY,
+            "unavailable",
+            "unexpected answer from the directory",
+        ),
+        Err(e) => error(StatusCode::BAD_GATEWAY, "unavailable", e),
+    }
+}
+
+async fn outbox(State(node): State<Arc<Node>>) -> Response {
+    match tokio::task::spawn_blocking(move || node.store.outbox_len()).await {
+        Ok(Ok(n)) => Json(json!({ "pending": n })).into_response(),
+        _ => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "store",
+            "cannot read the outbox",
+        ),
+    }
+}

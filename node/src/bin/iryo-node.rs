@@ -1,0 +1,148 @@
+//! `iryo-node`: an institution's node beside its EMR.
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use iryo_node::config::{ApiConfig, DirectoryConfig, NodeConfig, OutboxConfig, P2pConfig};
+use iryo_node::identity::{generate_key, RegistrationFile};
+use iryo_proto::InstitutionCode;
+use std::io::Write;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "iryo-node",
+    version,
+    about = "An institution's node: keeps its FHIR records, exchanges them with other institutions under agency grants, and reports every exchange to the agency.",
+    after_help = "Setting up:\n  1. iryo-node init --code CODE --name NAME --out DIR       identity, registration request, node.toml\n  2. send DIR/registration.json to the agency: iryo-directory institution add DIR/registration.json\n  3. fill in [directory] in DIR/node.toml (address and agency key from the agency)\n  4. iryo-node run --config DIR/node.toml"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create the node's identity (mode 0600), its registration request and a commented node.toml.
+    Init {
+        /// This institution's 10-digit institution code.
+        #[arg(long)]
+        code: InstitutionCode,
+        /// The institution's name as registered.
+        #[arg(long)]
+        name: String,
+        /// Directory for the key, the request and the configuration.
+        #[arg(long)]
+        out: PathBuf,
+        /// The libp2p address other nodes will reach this node on.
+        #[arg(long, default_value = "/ip4/127.0.0.1/tcp/4711")]
+        listen: String,
+        /// The local API address for the EMR.
+        #[arg(long, default_value = "127.0.0.1:8711")]
+        api: String,
+        /// The directory's address (ending in /p2p/<peer id>), if known.
+        #[arg(long, default_value = "")]
+        directory: String,
+        /// The agency's root public key (hex), if known.
+        #[arg(long, default_value = "")]
+        agency_key: String,
+    },
+    /// Run the node until interrupted.
+    Run {
+        #[arg(long, short, env = "IRYO_NODE_CONFIG")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Init {
+            code,
+            name,
+            out,
+            listen,
+            api,
+            directory,
+            agency_key,
+        } => {
+            std::fs::create_dir_all(&out).with_context(|| format!("{}", out.display()))?;
+            let key = generate_key(&out.join("node.key"))?;
+            let reg = RegistrationFile::new(
+                &key,
+                code,
+                &name,
+                vec![listen.clone()],
+                chrono::Utc::now().timestamp(),
+            );
+            let reg_path = out.join("registration.json");
+            std::fs::write(&reg_path, serde_json::to_string_pretty(&reg)?)
+                .with_context(|| format!("{}", reg_path.display()))?;
+            let mut token = [0u8; 24];
+            getrandom::fill(&mut token).map_err(|e| anyhow::anyhow!("random source: {e}"))?;
+            let config = NodeConfig {
+                code,
+                data_dir: out.clone(),
+                key_file: None,
+                p2p: P2pConfig { listen },
+                api: ApiConfig {
+                    listen: api,
+                    token: iryo_proto::merkle::to_hex(&token),
+                },
+                directory: DirectoryConfig {
+                    address: directory,
+                    agency_key,
+                    refresh_seconds: 60,
+                },
+                outbox: OutboxConfig::default(),
+            };
+            let cfg_path = out.join("node.toml");
+            std::fs::write(&cfg_path, config.commented())
+                .with_context(|| format!("{}", cfg_path.display()))?;
+            println!(
+                "node identity   {} (peer id {})",
+                out.join("node.key").display(),
+                reg.peer_id
+            );
+            println!(
+                "registration    {}  -> send to the agency",
+                reg_path.display()
+            );
+            println!("configuration   {}", cfg_path.display());
+        }
+        Command::Run { config } => {
+            let config = NodeConfig::load(&config).map_err(anyhow::Error::msg)?;
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(async {
+                let running = iryo_node::start(config).await?;
+                let p2p: Vec<String> = running.p2p.iter().map(|a| a.to_string()).collect();
+                // One line a supervisor or test harness can read.
+                println!(
+                    "iryo-node ready api=http://{} p2p={}",
+                    running.api,
+                    p2p.join(",")
+                );
+                std::io::stdout().flush()?;
+                tokio::signal::ctrl_c().await?;
+                running.stop();
+                anyhow::Ok(())
+            })?;
+        }
+    }
+    Ok(())
+}

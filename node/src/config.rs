@@ -1,0 +1,166 @@
+//! The node's one configuration file (TOML), written by `iryo-node init` with comments.
+
+use iryo_proto::InstitutionCode;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// This institution's 10-digit code.
+    pub code: InstitutionCode,
+    /// Holds node.redb and, unless `key_file` says otherwise, node.key.
+    pub data_dir: PathBuf,
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    pub p2p: P2pConfig,
+    pub api: ApiConfig,
+    pub directory: DirectoryConfig,
+    #[serde(default)]
+    pub outbox: OutboxConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct P2pConfig {
+    /// libp2p address to listen on, e.g. /ip4/0.0.0.0/tcp/4711. Must match the address
+    /// registered with the agency.
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// The EMR's side: keep it on 127.0.0.1.
+    pub listen: String,
+    /// The bearer token the EMR presents.
+    pub token: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectoryConfig {
+    /// The directory's libp2p address ending in /p2p/<peer id>.
+    pub address: String,
+    /// The agency's root public key (Ed25519, hex), which signs memberships and grants.
+    pub agency_key: String,
+    /// How often cached memberships are fetched again; a revocation reaches this node
+    /// within this time.
+    #[serde(default = "default_refresh")]
+    pub refresh_seconds: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxConfig {
+    /// Pause between delivery rounds when the outbox is empty, in milliseconds.
+    pub interval_ms: u64,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        Self { interval_ms: 500 }
+    }
+}
+
+fn default_refresh() -> u64 {
+    60
+}
+
+impl NodeConfig {
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    pub fn key_path(&self) -> PathBuf {
+        match &self.key_file {
+            Some(k) if k.is_absolute() => k.clone(),
+            Some(k) => self.data_dir.join(k),
+            None => self.data_dir.join("node.key"),
+        }
+    }
+
+    pub fn agency_key(&self) -> Result<ed25519_dalek::VerifyingKey, String> {
+        let bytes = iryo_proto::merkle::from_hex(self.directory.agency_key.trim())
+            .ok_or("directory.agency_key is not 64 hex digits")?;
+        ed25519_dalek::VerifyingKey::from_bytes(&bytes)
+            .map_err(|e| format!("directory.agency_key: {e}"))
+    }
+
+    pub fn directory_address(&self) -> Result<libp2p::Multiaddr, String> {
+        let a: libp2p::Multiaddr = self
+            .directory
+            .address
+            .parse()
+            .map_err(|e| format!("directory.address: {e}"))?;
+        if !matches!(a.iter().last(), Some(libp2p::multiaddr::Protocol::P2p(_))) {
+            return Err(
+                "directory.address must end in /p2p/<peer id> so the directory's key is checked"
+                    .into(),
+            );
+        }
+        Ok(a)
+    }
+
+    pub fn listen_address(&self) -> Result<libp2p::Multiaddr, String> {
+        self.p2p
+            .listen
+            .parse()
+            .map_err(|e| format!("p2p.listen: {e}"))
+    }
+
+    pub fn refresh(&self) -> Duration {
+        Duration::from_secs(self.directory.refresh_seconds.max(1))
+    }
+
+    pub fn outbox_interval(&self) -> Duration {
+        Duration::from_millis(self.outbox.interval_ms.max(10))
+    }
+
+    /// The commented file `init` writes.
+    pub fn commented(&self) -> String {
+        format!(
+            r#"# iryo node configuration for institution {code}.
+
+# This institution's 10-digit institution code (医療機関コード).
+code = "{code}"
+# Holds node.redb (records, outbox) and node.key (this node's identity, mode 0600).
+data_dir = "{data_dir}"
+
+[p2p]
+# Where other institutions' nodes reach this one; registered with the agency.
+listen = "{listen}"
+
+[api]
+# The local API for the EMR. Keep it on 127.0.0.1.
+listen = "{api_listen}"
+# The EMR sends "Authorization: Bearer <token>".
+token = "{token}"
+
+[directory]
+# The agency directory's address, ending in /p2p/<its peer id> (from the agency).
+address = "{dir_addr}"
+# The agency's root public key, hex (printed by `iryo-directory init`).
+agency_key = "{agency}"
+# Seconds between refreshes of other institutions' memberships; a revoked
+# institution is refused here at the latest this long after its revocation.
+refresh_seconds = {refresh}
+
+[outbox]
+# Milliseconds between deliveries of exchange notifications to the agency.
+interval_ms = {interval}
+"#,
+            code = self.code,
+            data_dir = self.data_dir.display(),
+            listen = self.p2p.listen,
+            api_listen = self.api.listen,
+            token = self.api.token,
+            dir_addr = self.directory.address,
+            agency = self.directory.agency_key,
+            refresh = self.directory.refresh_seconds,
+            interval = self.outbox.interval_ms,
+        )
+    }
+}

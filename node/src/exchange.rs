@@ -1,0 +1,223 @@
+//! Exchanging records. As a source: a fetch is served only under a grant the agency
+//! signed for this requester, this source, this patient and purpose, unexpired and
+//! unused, from a requester whose key holds an active membership. As a requester:
+//! resolve the source, obtain a grant, fetch, and record the receipt.
+
+use crate::p2p::{peer_key, Inbound};
+use crate::{fhir, Node};
+use iryo_proto::federation::{
+    check_grant, FetchContext, Grant, GrantRefusal, Notification, Purpose, Side,
+};
+use iryo_proto::signed::Signed;
+use iryo_proto::wire::*;
+use iryo_proto::{InstitutionCode, MedicalId};
+use serde_json::Value;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+fn random_id() -> [u8; 16] {
+    let mut id = [0u8; 16];
+    // Without randomness two notifications could share an id; the OS source does not
+    // fail on the platforms nodes run on, and a zero id would only be de-duplicated.
+    let _ = getrandom::fill(&mut id);
+    id
+}
+
+/// The notification of one end of an exchange, signed by this node.
+pub fn notification(
+    node: &Node,
+    side: Side,
+    grant: &Grant,
+    records: &[Value],
+) -> Signed<Notification> {
+    Signed::sign(
+        &Notification {
+            id: random_id(),
+            side,
+            grant_id: grant.id,
+            medical_id: grant.medical_id,
+            source: grant.source,
+            requester: grant.requester,
+            purpose: grant.purpose,
+            emergency: grant.purpose == Purpose::Emergency,
+            record_count: records.len() as u32,
+            resource_types: fhir::resource_types(records),
+            at: now(),
+        },
+        &node.key,
+    )
+}
+
+fn refused(reason: RefusalReason, detail: impl Into<String>) -> ExchangeResponse {
+    ExchangeResponse::Refused(Refusal::new(reason, detail))
+}
+
+/// Answers fetches from other nodes until the swarm stops.
+pub async fn serve_inbound(node: Arc<Node>, mut inbound: mpsc::Receiver<Inbound>) {
+    while let Some(Inbound {
+        peer,
+        request,
+        reply,
+    }) = inbound.recv().await
+    {
+        let node = node.clone();
+        tokio::spawn(async move {
+            let response = serve(&node, peer_key(&peer), request).await;
+            if let ExchangeResponse::Refused(r) = &response {
+                tracing::warn!(%peer, reason = %r.reason, "fetch refused: {}", r.detail);
+            }
+            let _ = reply.send(response);
+        });
+    }
+}
+
+async fn serve(
+    node: &Arc<Node>,
+    peer: Option<[u8; 32]>,
+    request: ExchangeRequest,
+) -> ExchangeResponse {
+    let Some(peer) = peer else {
+        return refused(RefusalReason::NotMember, "the peer's key is not Ed25519");
+    };
+    let ExchangeRequest::Fetch {
+        medical_id,
+        purpose,
+        grant,
+    } = request;
+    let cx = FetchContext {
+        agency: node.agency,
+        requester_key: peer,
+        me: node.code,
+        medical_id,
+        purpose,
+        now: now(),
+    };
+    let g = match check_grant(&grant, &cx) {
+        Ok(g) => g,
+        Err(r) => return refused(RefusalReason::Grant(r), r.to_string()),
+    };
+    match node.directory.resolve(g.requester).await {
+        Ok(Some(m)) if m.public_key == peer => {}
+        Ok(Some(_)) => return refused(RefusalReason::NotMember, "the key is not the requester's"),
+        Ok(None) => {
+            return refused(
+                RefusalReason::NotMember,
+                format!("{} has no active membership", g.requester),
+            )
+        }
+        Err(e) => {
+            return refused(
+                RefusalReason::Internal,
+                format!("cannot confirm the requester's membership: {e}"),
+            )
+        }
+    }
+    let worker = node.clone();
+    let served = tokio::task::spawn_blocking(move || {
+        worker
+            .store
+            .serve_grant(g.id, g.expires_at, g.medical_id, |records| {
+                notification(&worker, Side::Disclosed, &g, records)
+            })
+    })
+    .await;
+    match served {
+        Ok(Ok(records)) => match serde_json::to_vec(&fhir::bundle("collection", &records)) {
+            Ok(bundle) => ExchangeResponse::Records { bundle },
+            Err(e) => refused(RefusalReason::Internal, e.to_string()),
+        },
+        Ok(Err(crate::store::StoreError::Replayed)) => refused(
+            RefusalReason::Grant(GrantRefusal::Replayed),
+            GrantRefusal::Replayed.to_string(),
+        ),
+        Ok(Err(e)) => refused(RefusalReason::Internal, e.to_string()),
+        Err(e) => refused(RefusalReason::Internal, e.to_string()),
+    }
+}
+
+/// Why a fetch did not return records, for the EMR.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("{0}")]
+    Refused(Refusal),
+    #[error("institution {0} has no active membership")]
+    UnknownSource(InstitutionCode),
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// Fetches a patient's records from `source` under a fresh grant, and queues the
+/// receipt notification before returning the Bundle.
+pub async fn fetch(
+    node: &Arc<Node>,
+    medical_id: MedicalId,
+    source: InstitutionCode,
+    purpose: Purpose,
+    reason: Option<String>,
+) -> Result<Value, FetchError> {
+    let src = node
+        .directory
+        .resolve(source)
+        .await
+        .map_err(|e| FetchError::Unavailable(e.to_string()))?
+        .ok_or(FetchError::UnknownSource(source))?;
+    let grant = match node
+        .directory
+        .request(DirectoryRequest::Grant {
+            medical_id,
+            source,
+            purpose,
+            reason,
+        })
+        .await
+    {
+        Ok(DirectoryResponse::Grant(g)) => g,
+        Ok(_) => {
+            return Err(FetchError::Unavailable(
+                "unexpected answer from the directory".into(),
+            ))
+        }
+        Err(crate::directory::DirectoryError::Refused(r)) => return Err(FetchError::Refused(r)),
+        Err(e) => return Err(FetchError::Unavailable(e.to_string())),
+    };
+    let g = grant
+        .verify(&node.agency)
+        .map_err(|_| FetchError::Unavailable("the grant is not signed by the agency".into()))?;
+    let peer = crate::identity::peer_id(&src.public_key)
+        .ok_or_else(|| FetchError::Unavailable("the source's key is malformed".into()))?;
+    let addresses = src
+        .addresses
+        .iter()
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let response = node
+        .p2p
+        .fetch(
+            peer,
+            addresses,
+            ExchangeRequest::Fetch {
+                medical_id,
+                purpose,
+                grant,
+            },
+        )
+        .await
+        .map_err(|e| FetchError::Unavailable(format!("source {source}: {e}")))?;
+    let bundle = match response {
+        ExchangeResponse::Records { bundle } => bundle,
+        ExchangeResponse::Refused(r) => return Err(FetchError::Refused(r)),
+    };
+    let records = fhir::resources(&bundle)
+        .map_err(|e| FetchError::Unavailable(format!("source sent {e}")))?;
+    let receipt = notification(node, Side::Received, &g, &records);
+    let worker = node.clone();
+    tokio::task::spawn_blocking(move || worker.store.queue(&receipt))
+        .await
+        .map_err(|e| FetchError::Unavailable(e.to_string()))?
+        .map_err(|e| FetchError::Unavailable(e.to_string()))?;
+    serde_json::from_slice(&bundle).map_err(|e| FetchError::Unavailable(e.to_string()))
+}

@@ -1,0 +1,113 @@
+//! An institution's node, run beside its EMR: keeps the institution's FHIR records,
+//! serves them to other institutions under an agency grant, fetches theirs, and reports
+//! every exchange, signed, to the agency's audit log through a durable outbox.
+
+pub mod api;
+pub mod config;
+pub mod directory;
+pub mod exchange;
+pub mod fhir;
+pub mod identity;
+pub mod outbox;
+pub mod p2p;
+pub mod store;
+
+use config::NodeConfig;
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use iryo_proto::InstitutionCode;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum NodeError {
+    #[error("SSLKEYLOGFILE is set: TLS session keys would be written to disk; unset it")]
+    KeyLogFile,
+    #[error(transparent)]
+    Identity(#[from] identity::IdentityError),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error(transparent)]
+    P2p(#[from] p2p::P2pError),
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("API listener {0}: {1}")]
+    Api(String, std::io::Error),
+}
+
+/// What the parts of a running node share.
+pub struct Node {
+    pub code: InstitutionCode,
+    pub key: SigningKey,
+    pub agency: VerifyingKey,
+    pub store: store::Store,
+    pub p2p: p2p::P2p,
+    pub directory: directory::Directory,
+    pub api_token: String,
+}
+
+/// A started node: where its API and its peers can reach it.
+pub struct Running {
+    pub api: SocketAddr,
+    pub p2p: Vec<libp2p::Multiaddr>,
+    pub node: Arc<Node>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    pub fn stop(self) {
+        for t in self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Starts the node: the store, the P2P swarm, the outbox and the local API.
+pub async fn start(config: NodeConfig) -> Result<Running, NodeError> {
+    if std::env::var_os("SSLKEYLOGFILE").is_some() {
+        return Err(NodeError::KeyLogFile);
+    }
+    let key = identity::load_key(&config.key_path())?;
+    let agency = config.agency_key().map_err(NodeError::Config)?;
+    let code = config.code;
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| NodeError::Config(format!("{}: {e}", config.data_dir.display())))?;
+    let store = store::Store::open(&config.data_dir.join("node.redb"))?;
+    let directory_addr = config.directory_address().map_err(NodeError::Config)?;
+    let listen = config.listen_address().map_err(NodeError::Config)?;
+    let (p2p, inbound, p2p_addrs, p2p_task) = p2p::start(&key, listen, directory_addr).await?;
+    let node = Arc::new(Node {
+        code,
+        directory: directory::Directory::new(p2p.clone(), agency, config.refresh()),
+        key,
+        agency,
+        store,
+        p2p,
+        api_token: config.api.token.clone(),
+    });
+    let mut tasks = vec![p2p_task];
+    tasks.push(tokio::spawn(exchange::serve_inbound(node.clone(), inbound)));
+    tasks.push(tokio::spawn(outbox::deliver(
+        node.clone(),
+        config.outbox_interval(),
+    )));
+    let listener = tokio::net::TcpListener::bind(&config.api.listen)
+        .await
+        .map_err(|e| NodeError::Api(config.api.listen.clone(), e))?;
+    let api = listener
+        .local_addr()
+        .map_err(|e| NodeError::Api(config.api.listen.clone(), e))?;
+    let router = api::router(node.clone());
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            tracing::error!(error = %e, "API server stopped");
+        }
+    }));
+    tracing::info!(%code, %api, "node started");
+    Ok(Running {
+        api,
+        p2p: p2p_addrs,
+        node,
+        tasks,
+    })
+}

@@ -1,0 +1,54 @@
+//! Delivers the outbox to the directory. An entry leaves the outbox only when the
+//! directory has acknowledged it; failures back off up to half a minute.
+
+use crate::Node;
+use iryo_proto::wire::{DirectoryRequest, DirectoryResponse, MAX_NOTIFICATIONS_PER_REQUEST};
+use std::sync::Arc;
+use std::time::Duration;
+
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+pub async fn deliver(node: Arc<Node>, interval: Duration) {
+    let mut backoff = interval;
+    loop {
+        let worker = node.clone();
+        let batch =
+            tokio::task::spawn_blocking(move || worker.store.outbox(MAX_NOTIFICATIONS_PER_REQUEST))
+                .await;
+        let batch = match batch {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "cannot read the outbox");
+                tokio::time::sleep(MAX_BACKOFF).await;
+                continue;
+            }
+            Err(_) => return,
+        };
+        if batch.is_empty() {
+            tokio::time::sleep(interval).await;
+            continue;
+        }
+        let n = batch.len();
+        match node
+            .p2p
+            .directory(DirectoryRequest::Notify {
+                notifications: batch,
+            })
+            .await
+        {
+            Ok(DirectoryResponse::Acknowledged { ids }) => {
+                let worker = node.clone();
+                match tokio::task::spawn_blocking(move || worker.store.acknowledge(&ids)).await {
+                    Ok(Ok(())) => tracing::debug!(delivered = n, "notifications delivered"),
+                    _ => tracing::error!("cannot clear acknowledged notifications"),
+                }
+                backoff = interval;
+            }
+            other => {
+                tracing::warn!(pending = n, answer = ?other, retry_in = ?backoff, "notifications not delivered");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! The node's durable state in redb: the institution's FHIR records by medical ID, the
+//! grants already served (single use), and the outbox of signed notifications.
+
+use iryo_proto::federation::Notification;
+use iryo_proto::signed::Signed;
+use iryo_proto::MedicalId;
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use serde_json::Value;
+use std::path::Path;
+use thiserror::Error;
+
+const RECORDS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("records");
+const SEEN_GRANTS: TableDefinition<[u8; 16], i64> = TableDefinition::new("seen_grants");
+const OUTBOX: TableDefinition<[u8; 16], &[u8]> = TableDefinition::new("outbox");
+const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("node database: {0}")]
+    Db(#[from] redb::Error),
+    #[error("a stored record does not decode: {0}")]
+    Codec(String),
+    #[error("the grant was used before")]
+    Replayed,
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Db(e.into())
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+pub struct Store {
+    db: Database,
+}
+
+fn parse(bytes: &[u8]) -> Result<Value> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Codec(e.to_string()))
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Self> {
+        let db = Database::builder().set_cache_size(32 << 20).create(path)?;
+        let tx = db.begin_write()?;
+        {
+            tx.open_table(RECORDS)?;
+            tx.open_table(SEEN_GRANTS)?;
+            tx.open_table(OUTBOX)?;
+            tx.open_table(COUNTERS)?;
+        }
+        tx.commit()?;
+        Ok(Self { db })
+    }
+
+    /// Stores FHIR resources for a patient, one row each.
+    pub fn put_records(&self, id: MedicalId, resources: &[Value]) -> Result<()> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut counters = tx.open_table(COUNTERS)?;
+            let mut seq = counters.get("record")?.map_or(1, |g| g.value());
+            let mut t = tx.open_table(RECORDS)?;
+            for r in resources {
+                let bytes = serde_json::to_vec(r).map_err(|e| StoreError::Codec(e.to_string()))?;
+                t.insert((id.as_u64(), seq), bytes.as_slice())?;
+                seq += 1;
+            }
+            counters.insert("record", seq)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn records(&self, id: MedicalId) -> Result<Vec<Value>> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(RECORDS)?;
+        let mut out = Vec::new();
+        for item in t.range((id.as_u64(), 0)..=(id.as_u64(), u64::MAX))? {
+            out.push(parse(item?.1.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Serves a grant once: in one transaction marks it used, reads the records, and
+    /// puts the disclosure notification `notify` builds from them into the outbox.
+    pub fn serve_grant(
+        &self,
+        grant_id: [u8; 16],
+        expires_at: i64,
+        id: MedicalId,
+        notify: impl FnOnce(&[Value]) -> Signed<Notification>,
+    ) -> Result<Vec<Value>> {
+        let tx = self.db.begin_write()?;
+        let records = {
+            let mut seen = tx.open_table(SEEN_GRANTS)?;
+            if seen.get(grant_id)?.is_some() {
+                return Err(StoreError::Replayed);
+            }
+            seen.insert(grant_id, expires_at)?;
+            let t = tx.open_table(RECORDS)?;
+            let mut records = Vec::new();
+            for item in t.range((id.as_u64(), 0)..=(id.as_u64(), u64::MAX))? {
+                records.push(parse(item?.1.value())?);
+            }
+            let n = notify(&records);
+            put_outbox(&tx, &n)?;
+            records
+        };
+        tx.commit()?;
+        Ok(records)
+    }
+
+    /// Queues a notification, durably, before the caller reports success.
+    pub fn queue(&self, n: &Signed<Notification>) -> Result<()> {
+        let tx = self.db.begin_write()?;
+        put_outbox(&tx, n)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn outbox(&self, limit: usize) -> Result<Vec<Signed<Notification>>> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(OUTBOX)?;
+        let mut out = Vec::new();
+        for item in t.iter()?.take(limit) {
+            out.push(
+                postcard::from_bytes(item?.1.value())
+                    .map_err(|e| StoreError::Codec(e.to_string()))?,
+            );
+        }
+        Ok(out)
+    }
+
+    pub fn outbox_len(&self) -> Result<u64> {
+        let tx = self.db.begin_read()?;
+        Ok(tx.open_table(OUTBOX)?.len()?)
+    }
+
+    /// Removes what the directory acknowledged.
+    pub fn acknowledge(&self, ids: &[[u8; 16]]) -> Result<()> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut t = tx.open_table(OUTBOX)?;
+            for id in ids {
+                t.remove(*id)?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+fn put_outbox(tx: &redb::WriteTransaction, n: &Signed<Notification>) -> Result<()> {
+    let id = n
+        .open_unverified()
+        .map_err(|e| StoreError::Codec(e.to_string()))?
+        .id;
+    let bytes = postcard::to_allocvec(n).map_err(|e| StoreError::Codec(e.to_string()))?;
+    tx.open_table(OUTBOX)?.insert(id, bytes.as_slice())?;
+    Ok(())
+}

@@ -1,0 +1,425 @@
+//! A local federation for end-to-end tests and the demo: a real `iryo-directory serve`
+//! and real `iryo-node run` processes on 127.0.0.1, each in its own temp dir.
+
+use crate::{directory_bin, node_bin, write_enrollment, Directory};
+use iryo_node::config::NodeConfig;
+use iryo_proto::{InstitutionCode, MedicalId, MyNumber, PointTableKind};
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+/// A process killed when dropped.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `cmd` and waits for its ready line on stdout; returns the process and the line.
+fn start_ready(mut cmd: Command, what: &str) -> (Proc, String) {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {what}: {e}"));
+    let stdout = child.stdout.take().expect("stdout piped");
+    let mut lines = BufReader::new(stdout).lines();
+    let proc_ = Proc(child);
+    for line in lines.by_ref() {
+        let line = line.unwrap_or_default();
+        if line.contains(" ready ") {
+            // Keep draining so the child never blocks on a full pipe.
+            std::thread::spawn(move || for _ in lines {});
+            return (proc_, line);
+        }
+    }
+    panic!("{what} exited before it was ready");
+}
+
+fn field<'a>(line: &'a str, key: &str) -> &'a str {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+        .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
+}
+
+/// A free port on 127.0.0.1, for the libp2p address a node registers before it starts.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+pub fn code(n: u32) -> InstitutionCode {
+    InstitutionCode::from_parts(13, PointTableKind::Medical, 1000 + n).expect("valid code")
+}
+
+/// One patient of the federation's registry.
+pub fn patient_my_number(i: u64) -> MyNumber {
+    MyNumber::from_body(55_500_000_000 + i)
+}
+
+pub struct NodeProc {
+    pub code: InstitutionCode,
+    pub dir: PathBuf,
+    pub api: String,
+    pub token: String,
+    pub proc_: Option<Proc>,
+    agent: ureq::Agent,
+}
+
+impl NodeProc {
+    fn call(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+        let url = format!("{}{path}", self.api);
+        let auth = format!("Bearer {}", self.token);
+        let resp = match (method, body) {
+            ("GET", _) => self.agent.get(&url).header("Authorization", &auth).call(),
+            ("PUT", Some(b)) => self
+                .agent
+                .put(&url)
+                .header("Authorization", &auth)
+                .send_json(b),
+            (_, Some(b)) => self
+                .agent
+                .post(&url)
+                .header("Authorization", &auth)
+                .send_json(b),
+            _ => self
+                .agent
+                .post(&url)
+                .header("Authorization", &auth)
+                .send_empty(),
+        };
+        let resp = resp.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+        let status = resp.status().as_u16();
+        let v = resp.into_body().read_json::<Value>().unwrap_or(Value::Null);
+        (status, v)
+    }
+
+    pub fn put_records(&self, id: MedicalId, doc: &Value) -> (u16, Value) {
+        self.call("PUT", &format!("/patients/{id}/records"), Some(doc))
+    }
+
+    pub fn records(&self, id: MedicalId) -> (u16, Value) {
+        self.call("GET", &format!("/patients/{id}/records"), None)
+    }
+
+    pub fn fetch(
+        &self,
+        id: MedicalId,
+        from: InstitutionCode,
+        purpose: &str,
+        reason: Option<&str>,
+    ) -> (u16, Value) {
+        let mut body =
+            json!({ "medical_id": id.to_string(), "from": from.to_string(), "purpose": purpose });
+        if let Some(r) = reason {
+            body["reason"] = json!(r);
+        }
+        self.call("POST", "/exchange/fetch", Some(&body))
+    }
+
+    pub fn eligibility(&self, body: &Value) -> (u16, Value) {
+        self.call("POST", "/eligibility", Some(body))
+    }
+
+    pub fn outbox_pending(&self) -> u64 {
+        self.call("GET", "/outbox", None).1["pending"]
+            .as_u64()
+            .unwrap_or(u64::MAX)
+    }
+
+    /// Waits until the outbox is empty (delivered and acknowledged), up to `secs`.
+    pub fn drain_outbox(&self, secs: u64) -> bool {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        while std::time::Instant::now() < deadline {
+            if self.outbox_pending() == 0 {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        false
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("node.toml")
+    }
+
+    pub fn stop(&mut self) {
+        self.proc_ = None;
+    }
+
+    /// Starts (or restarts) the node process and waits until it is ready.
+    pub fn start(&mut self) {
+        let mut cmd = Command::new(node_bin());
+        cmd.arg("run")
+            .arg("--config")
+            .arg(self.config_path())
+            .env("RUST_LOG", "warn")
+            .env_remove("SSLKEYLOGFILE");
+        let (p, line) = start_ready(cmd, "iryo-node");
+        self.api = field(&line, "api").to_string();
+        self.proc_ = Some(p);
+    }
+}
+
+pub struct Federation {
+    pub registry: Directory,
+    pub directory: Option<Proc>,
+    pub directory_addr: String,
+    pub agency_key: String,
+    pub nodes: Vec<NodeProc>,
+    pub patients: Vec<MedicalId>,
+    listen: String,
+}
+
+impl Federation {
+    /// A directory with `patients` people enrolled and `nodes` registered institutions,
+    /// all running. Nodes refresh memberships every `refresh` seconds.
+    pub fn start(nodes: usize, patients: u64, refresh: u64) -> Self {
+        let registry = Directory::new();
+        registry.ok(&["init"]);
+        let rows: Vec<String> = (0..patients)
+            .map(|i| {
+                format!(
+                    "kyokai,01130012,10000001,{},00,insured,{},患者 {}号,カンジャ タロウ,1970-01-01,1,東京都千代田区1-1,2020-04-01,",
+                    500 + i,
+                    patient_my_number(i),
+                    i
+                )
+            })
+            .collect();
+        let refs: Vec<&str> = rows.iter().map(String::as_str).collect();
+        let file = registry.path("patients.csv");
+        write_enrollment(&file, &refs);
+        registry.ok(&["enroll", &file.display().to_string()]);
+        let patients = (0..patients)
+            .map(|i| {
+                let v = registry.json(&[
+                    "show",
+                    "--my-number",
+                    &patient_my_number(i).to_string(),
+                    "--json",
+                ]);
+                v["person"]["medical_id"]
+                    .as_str()
+                    .and_then(|s| s.parse().ok())
+                    .expect("patient enrolled")
+            })
+            .collect();
+
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut node_procs = Vec::new();
+        for n in 0..nodes {
+            let dir = registry.path(&format!("node{n}"));
+            let c = code(n as u32);
+            let listen = format!("/ip4/127.0.0.1/tcp/{}", free_port());
+            let out = Command::new(node_bin())
+                .args([
+                    "init",
+                    "--code",
+                    &c.to_string(),
+                    "--name",
+                    &format!("テスト病院{n}"),
+                    "--out",
+                ])
+                .arg(&dir)
+                .args(["--listen", &listen, "--api", "127.0.0.1:0"])
+                .output()
+                .expect("iryo-node init");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            registry.ok(&[
+                "institution",
+                "add",
+                &dir.join("registration.json").display().to_string(),
+            ]);
+            node_procs.push(NodeProc {
+                code: c,
+                dir,
+                api: String::new(),
+                token: String::new(),
+                proc_: None,
+                agent: agent.clone(),
+            });
+        }
+        let mut fed = Federation {
+            registry,
+            directory: None,
+            directory_addr: String::new(),
+            agency_key: String::new(),
+            nodes: node_procs,
+            patients,
+            listen: "/ip4/127.0.0.1/tcp/0".into(),
+        };
+        fed.start_directory();
+        // From now on the directory keeps one port, so nodes find it after a restart.
+        fed.listen = fed
+            .directory_addr
+            .rsplit_once("/p2p/")
+            .map(|(a, _)| a.to_string())
+            .expect("directory address");
+        for node in &mut fed.nodes {
+            let mut cfg = NodeConfig::load(&node.config_path()).expect("node.toml");
+            cfg.directory.address = fed.directory_addr.clone();
+            cfg.directory.agency_key = fed.agency_key.clone();
+            cfg.directory.refresh_seconds = refresh;
+            cfg.outbox.interval_ms = 100;
+            std::fs::write(node.config_path(), cfg.commented()).expect("write node.toml");
+            node.token = cfg.api.token.clone();
+            node.start();
+        }
+        fed
+    }
+
+    pub fn start_directory(&mut self) {
+        let mut cmd = Command::new(directory_bin());
+        cmd.arg("--data-dir")
+            .arg(&self.registry.data)
+            .args(["serve", "--listen", &self.listen])
+            .env("RUST_LOG", "warn")
+            .env_remove("SSLKEYLOGFILE");
+        let (p, line) = start_ready(cmd, "iryo-directory serve");
+        self.directory_addr = field(&line, "p2p")
+            .split(',')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        self.agency_key = field(&line, "agency_key").to_string();
+        self.directory = Some(p);
+    }
+
+    pub fn stop_directory(&mut self) {
+        self.directory = None;
+    }
+
+    /// Runs an operator command against the running directory (through its admin socket).
+    pub fn operator(&self, args: &[&str]) -> String {
+        self.registry.ok(args)
+    }
+
+    pub fn consent(&self, patient: MedicalId, institution: InstitutionCode) {
+        self.operator(&[
+            "consent",
+            "grant",
+            "--medical-id",
+            &patient.to_string(),
+            "--institution",
+            &institution.to_string(),
+            "--purpose",
+            "treatment",
+        ]);
+    }
+}
+
+/// A small FHIR Bundle of `n` observations for `patient`.
+pub fn sample_bundle(n: usize, note_bytes: usize) -> Value {
+    let entries: Vec<Value> = (0..n)
+        .map(|i| {
+            json!({ "resource": {
+                "resourceType": if i == 0 { "Condition" } else { "Observation" },
+                "id": format!("r{i}"),
+                "status": "final",
+                "note": [{ "text": "x".repeat(note_bytes) }],
+            }})
+        })
+        .collect();
+    json!({ "resourceType": "Bundle", "type": "collection", "entry": entries })
+}
+
+/// A bare peer speaking the protocols directly with a key of the test's choosing, to
+/// send what a well-behaved node never would.
+pub struct RawPeer {
+    pub rt: tokio::runtime::Runtime,
+    pub p2p: iryo_node::p2p::P2p,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl RawPeer {
+    pub fn new(key: &ed25519_dalek::SigningKey, directory: &str) -> Self {
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        let (p2p, mut inbound, _, task) = rt
+            .block_on(iryo_node::p2p::start(
+                key,
+                "/ip4/127.0.0.1/tcp/0".parse().expect("addr"),
+                directory.parse().expect("directory address"),
+            ))
+            .expect("raw peer starts");
+        // It serves nothing: refuse whatever arrives.
+        rt.spawn(async move {
+            while let Some(i) = inbound.recv().await {
+                let _ = i.reply.send(iryo_proto::wire::ExchangeResponse::Refused(
+                    iryo_proto::wire::Refusal::new(
+                        iryo_proto::wire::RefusalReason::NotMember,
+                        "raw peer",
+                    ),
+                ));
+            }
+        });
+        Self {
+            rt,
+            p2p,
+            _task: task,
+        }
+    }
+
+    pub fn directory(
+        &self,
+        req: iryo_proto::wire::DirectoryRequest,
+    ) -> iryo_proto::wire::DirectoryResponse {
+        self.rt
+            .block_on(self.p2p.directory(req))
+            .expect("directory answers")
+    }
+
+    pub fn fetch(
+        &self,
+        node: &NodeProc,
+        req: iryo_proto::wire::ExchangeRequest,
+    ) -> iryo_proto::wire::ExchangeResponse {
+        let cfg = NodeConfig::load(&node.config_path()).expect("node.toml");
+        let key = iryo_node::identity::load_key(&cfg.key_path()).expect("node key");
+        let peer = iryo_node::identity::peer_id(&key.verifying_key().to_bytes()).expect("peer id");
+        let addr = format!("{}/p2p/{peer}", cfg.p2p.listen)
+            .parse()
+            .expect("address");
+        self.rt
+            .block_on(self.p2p.fetch(peer, vec![addr], req))
+            .expect("source answers")
+    }
+}
+
+pub fn node_key(node: &NodeProc) -> ed25519_dalek::SigningKey {
+    let cfg = NodeConfig::load(&node.config_path()).expect("node.toml");
+    iryo_node::identity::load_key(&cfg.key_path()).expect("node key")
+}
+
+impl Federation {
+    /// The agency's root key, read from the directory's key files as only the agency can.
+    pub fn agency_key(&self) -> ed25519_dalek::SigningKey {
+        let bytes =
+            std::fs::read(self.registry.data.join("keys/agency-root.ed25519")).expect("agency key");
+        ed25519_dalek::SigningKey::from_bytes(&bytes.try_into().expect("32 bytes"))
+    }
+
+    pub fn audit_show(&self, patient: MedicalId) -> Vec<Value> {
+        let v = self.registry.json(&[
+            "audit",
+            "show",
+            "--medical-id",
+            &patient.to_string(),
+            "--json",
+        ]);
+        v.as_array().cloned().unwrap_or_default()
+    }
+}
