@@ -77,3 +77,14 @@ fn run_refuses_to_start_with_a_key_log_file() {
     assert!(!run.status.success());
     assert!(String::from_utf8_lossy(&run.stderr).contains("SSLKEYLOGFILE"));
 }
+
+#[test]
+fn example_configs_load() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+    for name in ["node-hospital.toml", "node-clinic.toml"] {
+        let cfg = NodeConfig::load(&dir.join(name)).unwrap();
+        cfg.agency_key().unwrap();
+        cfg.directory_address().unwrap();
+        cfg.listen_address().unwrap();
+    }
+}
