@@ -201,6 +201,8 @@ fn measure(args: &BenchArgs, dir: &std::path::Path) -> Result<()> {
     );
     drop(reader);
 
+    let store = std::sync::Arc::new(store);
+    let folder = crate::store::start_folder(store.clone(), Duration::from_millis(200));
     println!("\n[checks, durable: service use committed before the answer]");
     for batch in [1usize, 100, 1000, 5000] {
         let n = if batch == 1 {
@@ -232,6 +234,12 @@ fn measure(args: &BenchArgs, dir: &std::path::Path) -> Result<()> {
             percentile(&latencies, 0.99).as_secs_f64() * 1e3
         );
     }
+    println!(
+        "  (service use not yet in the per-person index: {})",
+        store.unfolded_linkage()?
+    );
+    drop(store);
+    let _ = folder.join();
     println!(
         "\npeak RSS overall: {:.0} MiB",
         peak_rss_mib().unwrap_or(f64::NAN)

@@ -134,6 +134,7 @@ pub async fn start(
     }
     let (stop, stopped) = oneshot::channel();
     let committer = GroupCommitter::start(store.clone(), max_group);
+    crate::store::start_folder(store.clone(), Duration::from_millis(500));
     let done = tokio::spawn(serve(swarm, store, Arc::new(agency), committer, stopped));
     Ok(Running {
         peer_id,

@@ -134,17 +134,21 @@ pub struct Reader {
     cards: ReadOnlyTable<&'static [u8], &'static [u8]>,
     ids: ReadOnlyTable<u64, &'static [u8]>,
     tx: ReadTransaction,
+    /// Read before `tx`, so that it never covers entries `tx` does not have.
+    linkage: ReadTransaction,
     retention_years: u32,
 }
 
 impl Store {
     pub fn reader(&self) -> Result<Reader> {
+        let linkage = self.linkage.begin_read()?;
         let tx = self.db.begin_read()?;
         Ok(Reader {
             persons: tx.open_table(PERSONS)?,
             cards: tx.open_table(CARDS)?,
             ids: tx.open_table(MEDICAL_IDS)?,
             tx,
+            linkage,
             retention_years: self.retention_years,
         })
     }
@@ -175,7 +179,6 @@ impl Store {
             }
             Ok(out)
         })?;
-        self.fold_linkage_if_due()?;
         Ok(out)
     }
 }
@@ -351,7 +354,7 @@ impl Reader {
 
     /// The person's service history in the order it happened.
     pub fn service_uses(&self, pid: u64) -> Result<Vec<ServiceUse>> {
-        linkage::of_person(&self.tx, pid)
+        linkage::of_person(&self.linkage, &self.tx, pid)
     }
 
     pub fn counts(&self) -> Result<Counts> {

@@ -18,6 +18,7 @@ pub use cases::{ConflictAction, MismatchAction};
 pub use checks::Reader;
 pub use enroll::BatchReport;
 pub use federation::{GrantQuery, GrantRecord, InstitutionRecord, NotifyOutcome};
+pub use linkage::start_folder;
 
 use crate::issuance::{IssueError, Method};
 use crate::registry::{IdEntry, IdStatus, Person};
@@ -82,6 +83,9 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 
 pub struct Store {
     db: Database,
+    /// The per-person index of service use, in its own file so that building it never
+    /// holds up the writer of `db`.
+    linkage: Database,
     retention_years: u32,
     /// The agency key that signs the audit log's tree heads.
     signer: Option<ed25519_dalek::SigningKey>,
@@ -120,11 +124,11 @@ impl Store {
             t.insert("issuance_method", method.as_str())?;
             t.insert("schema", "1")?;
             Tables::create_all(&tx)?;
-            tx.open_table(SERVICE_USE)?;
         }
         tx.commit()?;
         Ok(Self {
             db,
+            linkage: linkage::open(path)?,
             retention_years: 10,
             signer: None,
             policy: AccessPolicy::default(),
@@ -145,6 +149,7 @@ impl Store {
             })?;
         Ok(Self {
             db,
+            linkage: linkage::open(path)?,
             retention_years: 10,
             signer: None,
             policy: AccessPolicy::default(),

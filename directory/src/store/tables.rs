@@ -21,10 +21,9 @@ pub const MEDICAL_IDS: TableDefinition<u64, &[u8]> = TableDefinition::new("medic
 /// card needs no other lookup. Keys start with the insurer number, so one range lists
 /// an insurer's people for its assignment file.
 pub const CARDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("cards");
-/// (pid, sequence) → ServiceUse: the linkage DB's service history, by person.
-pub const SERVICE_USE: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("service_use");
-/// sequence → (pid, ServiceUse): where new service use lands first, appended in order;
-/// folded into SERVICE_USE in large sorted runs (see `store::linkage`).
+/// sequence → (pid, ServiceUse): the linkage DB's service history in the order it
+/// happened, appended by every eligibility check and never rewritten. The per-person
+/// index is derived from it in a database file of its own (see `store::linkage`).
 pub const SERVICE_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("service_log");
 /// (days since epoch of death, pid) → (), for the retirement sweep.
 pub const DEATHS: TableDefinition<(i64, u64), ()> = TableDefinition::new("deaths");
