@@ -44,6 +44,31 @@ pub struct GrantRecord {
     pub received: Option<(u64, Time)>,
 }
 
+/// Verifies a batch signed by one node: all signatures at once (Ed25519 batch
+/// verification, about twice the rate of one by one), and one by one only when the
+/// batch fails, to tell the bad ones from the good.
+fn verify_all(
+    batch: &[Signed<Notification>],
+    key: &ed25519_dalek::VerifyingKey,
+) -> Vec<std::result::Result<Notification, iryo_proto::signed::SignError>> {
+    let sigs: Option<Vec<ed25519_dalek::Signature>> = batch
+        .iter()
+        .map(|s| {
+            let b: [u8; 64] = s.signature.as_slice().try_into().ok()?;
+            (s.signer == key.to_bytes()).then(|| ed25519_dalek::Signature::from_bytes(&b))
+        })
+        .collect();
+    if let Some(sigs) = sigs {
+        let messages: Vec<Vec<u8>> = batch.iter().map(|s| s.signed_message()).collect();
+        let refs: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
+        let keys = vec![*key; batch.len()];
+        if ed25519_dalek::verify_batch(&refs, &sigs, &keys).is_ok() {
+            return batch.iter().map(|s| s.open_unverified()).collect();
+        }
+    }
+    batch.iter().map(|s| s.verify(key)).collect()
+}
+
 /// What a requester asks for: one patient's records at one source, for one purpose.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GrantQuery {
@@ -372,8 +397,8 @@ impl Store {
         })?;
         let mut out = NotifyOutcome::default();
         let mut valid = Vec::with_capacity(batch.len());
-        for s in batch {
-            match s.verify(&key) {
+        for (s, checked) in batch.iter().zip(verify_all(batch, &key)) {
+            match checked {
                 Ok(n) => {
                     let own_end = match n.side {
                         Side::Disclosed => n.source == from.code,
