@@ -5,19 +5,13 @@
 use anyhow::{Context as _, Result};
 use clap::Parser;
 use iryo_directory::access::{ConsentOrigin, ConsentRecord};
-use iryo_directory::config::Config;
-use iryo_directory::context::Context;
-use iryo_directory::enrollment::{ingest_file, Encoding, IngestOptions, Progress};
 use iryo_directory::registry::now;
 use iryo_directory::report;
-use iryo_directory::sample::{write_sample, SampleOptions};
-use iryo_node::config::{ApiConfig, DirectoryConfig, NodeConfig, OutboxConfig, P2pConfig};
-use iryo_node::identity::{generate_key, RegistrationFile};
-use iryo_proto::federation::{Purpose, Role};
+use iryo_proto::federation::Purpose;
 use iryo_proto::{InstitutionCode, PointTableKind};
+use iryo_tests::local::LocalFederation;
 use serde_json::json;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::PathBuf;
 
 #[derive(Parser)]
 #[command(
@@ -35,46 +29,6 @@ struct Args {
 
 fn step(s: &str) {
     println!("\n== {s}");
-}
-
-fn node_config(
-    dir: &Path,
-    code: InstitutionCode,
-    name: &str,
-    directory: &str,
-    agency: &str,
-) -> Result<NodeConfig> {
-    std::fs::create_dir_all(dir)?;
-    let key = generate_key(&dir.join("node.key"))?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let listen = format!("/ip4/127.0.0.1/tcp/{port}");
-    let reg = RegistrationFile::new(&key, code, name, vec![listen.clone()], now());
-    std::fs::write(
-        dir.join("registration.json"),
-        serde_json::to_string_pretty(&reg)?,
-    )?;
-    let mut token = [0u8; 16];
-    getrandom::fill(&mut token).map_err(|e| anyhow::anyhow!("random source: {e}"))?;
-    let cfg = NodeConfig {
-        code,
-        data_dir: dir.to_path_buf(),
-        key_file: None,
-        p2p: P2pConfig { listen },
-        api: ApiConfig {
-            listen: "127.0.0.1:0".into(),
-            token: iryo_proto::merkle::to_hex(&token),
-        },
-        directory: DirectoryConfig {
-            address: directory.into(),
-            agency_key: agency.into(),
-            refresh_seconds: 60,
-        },
-        outbox: OutboxConfig { interval_ms: 100 },
-    };
-    std::fs::write(dir.join("node.toml"), cfg.commented())?;
-    Ok(cfg)
 }
 
 fn main() -> Result<()> {
@@ -102,29 +56,8 @@ fn tracing_init() {
 
 async fn run(args: &Args) -> Result<()> {
     step("1. the agency: a fresh directory, sample enrollment files, medical IDs issued");
-    let config = Config {
-        data_dir: args.dir.join("directory"),
-        ..Config::default()
-    };
-    let ctx = Context::new(config.clone());
-    let (store, keys) = ctx.init()?;
-    let issuer = ctx.issuer(&store)?;
-    let sample = write_sample(
-        &args.dir.join("sample"),
-        &SampleOptions {
-            persons: args.persons,
-            seed: 7,
-            bad_rows_percent: 0.0,
-            encoding: Encoding::Utf8,
-        },
-    )?;
-    let opts = IngestOptions {
-        encoding: Encoding::Utf8,
-        batch_rows: 10_000,
-    };
-    for f in &sample.files {
-        ingest_file(&store, &issuer, f, &opts, &Progress::Silent)?;
-    }
+    let fed = LocalFederation::start(&args.dir, args.persons).await?;
+    let store = fed.store.clone();
     let patient = store
         .reader()?
         .first_persons(1)?
@@ -137,56 +70,21 @@ async fn run(args: &Args) -> Result<()> {
         patient.identity.kana,
         patient.medical_id.grouped()
     );
-    let store = Arc::new(store);
-    let service_key = iryo_directory::keys::service_identity(&config.keys_dir())?;
-    let running = iryo_directory::service::start(
-        store.clone(),
-        keys.root.clone(),
-        service_key,
-        "/ip4/127.0.0.1/tcp/0".parse()?,
-        config.service.max_group,
-    )
-    .await?;
-    let directory_addr = running.addresses[0].to_string();
-    let agency_hex = iryo_proto::merkle::to_hex(keys.root.verifying_key().as_bytes());
-    println!("  directory listening at {directory_addr}");
+    println!("  directory listening at {}", fed.directory_addr);
 
     step("2. two institutions install nodes and register with the agency");
     let hospital_code = InstitutionCode::from_parts(13, PointTableKind::Medical, 100_001)?;
     let clinic_code = InstitutionCode::from_parts(13, PointTableKind::Medical, 200_002)?;
-    let hospital_cfg = node_config(
-        &args.dir.join("hospital"),
-        hospital_code,
-        "東京中央病院",
-        &directory_addr,
-        &agency_hex,
-    )?;
-    let clinic_cfg = node_config(
-        &args.dir.join("clinic"),
-        clinic_code,
-        "千代田内科クリニック",
-        &directory_addr,
-        &agency_hex,
-    )?;
-    for (cfg, name) in [
-        (&hospital_cfg, "東京中央病院"),
-        (&clinic_cfg, "千代田内科クリニック"),
-    ] {
-        let reg: RegistrationFile = serde_json::from_str(&std::fs::read_to_string(
-            cfg.data_dir.join("registration.json"),
-        )?)?;
-        let m = store.add_institution(
-            &reg.signed,
-            vec![Role::Source, Role::Requester],
-            365,
-            &keys.root,
-            now(),
-            "demo",
-        )?;
-        println!("  membership #{} for {} {name}", m.serial, m.code);
+    let (hospital, hospital_cfg) = fed
+        .add_node("hospital", hospital_code, "東京中央病院")
+        .await?;
+    let (clinic, clinic_cfg) = fed
+        .add_node("clinic", clinic_code, "千代田内科クリニック")
+        .await?;
+    for m in store.institutions()? {
+        let m = m.membership()?;
+        println!("  membership #{} for {} {}", m.serial, m.code, m.name);
     }
-    let hospital = iryo_node::start(hospital_cfg.clone()).await?;
-    let clinic = iryo_node::start(clinic_cfg.clone()).await?;
     println!(
         "  hospital node API http://{}   clinic node API http://{}",
         hospital.api, clinic.api
@@ -274,7 +172,7 @@ async fn run(args: &Args) -> Result<()> {
     for (i, e) in store.audit_for_patient(&[id])? {
         println!("  #{i}  {}", report::audit_entry(&e));
     }
-    let report = store.audit_verify(&keys.root.verifying_key())?;
+    let report = store.audit_verify(&fed.keys.root.verifying_key())?;
     println!(
         "  audit log: {} entries, {} signed tree heads, root {} — {}",
         report.entries,
@@ -288,7 +186,7 @@ async fn run(args: &Args) -> Result<()> {
     );
     hospital.stop();
     clinic.stop();
-    running.stop().await;
+    fed.service.stop().await;
     println!(
         "\nEverything is in {}: directory/ (database, keys), hospital/ and clinic/ (node.toml, node.key, records).",
         args.dir.display()

@@ -1,0 +1,281 @@
+//! `iryo-bench-net`: the federation's figures on this machine, over loopback — fetch
+//! latency, fetch throughput from many requesters, notification intake at the
+//! directory, and eligibility checks over the network with group commit. Prints a
+//! report for BENCHMARKS.md; nothing here is a test.
+
+use anyhow::{Context as _, Result};
+use clap::Parser;
+use iryo_directory::access::{ConsentOrigin, ConsentRecord};
+use iryo_directory::registry::now;
+use iryo_node::exchange::notification;
+use iryo_proto::eligibility::{CheckKey, CheckRequest};
+use iryo_proto::federation::{Grant, Purpose, Side};
+use iryo_proto::wire::{DirectoryRequest, DirectoryResponse};
+use iryo_proto::{InstitutionCode, PointTableKind};
+use iryo_tests::local::LocalFederation;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(
+    name = "iryo-bench-net",
+    about = "Benchmark the federation over loopback and print a report."
+)]
+struct Args {
+    /// Sequential fetches for the latency figure.
+    #[arg(long, default_value_t = 300)]
+    fetches: usize,
+    /// Concurrent requesters for the throughput figure.
+    #[arg(long, default_value_t = 16)]
+    requesters: usize,
+    /// Seconds each throughput phase runs.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Notifications for the intake figure.
+    #[arg(long, default_value_t = 100_000)]
+    notifications: usize,
+    /// Concurrent eligibility checks in flight.
+    #[arg(long, default_value_t = 64)]
+    in_flight: usize,
+}
+
+fn pct(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)].as_secs_f64() * 1e3
+}
+
+fn consent(
+    fed: &LocalFederation,
+    patient: iryo_proto::MedicalId,
+    who: InstitutionCode,
+) -> Result<()> {
+    Ok(fed.store.add_consent(
+        patient,
+        &ConsentRecord {
+            institution: Some(who),
+            purpose: Some(Purpose::Treatment),
+            allow: true,
+            expires_at: None,
+            at: now(),
+            origin: ConsentOrigin::Operator("bench".into()),
+        },
+    )?)
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(run(args))
+}
+
+async fn run(args: Args) -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let fed = LocalFederation::start(tmp.path(), 10_000).await?;
+    println!("iryo-bench-net — directory with 10,000 people, nodes on 127.0.0.1");
+    let source_code = InstitutionCode::from_parts(13, PointTableKind::Medical, 1)?;
+    let (source, _) = fed.add_node("source", source_code, "source").await?;
+    let people = fed.store.reader()?.first_persons(2_000)?;
+    let patient = people[0].medical_id;
+    // A 20 KB Bundle: 10 resources of about 2 KB.
+    let entries: Vec<serde_json::Value> = (0..10)
+        .map(|i| serde_json::json!({ "resource": { "resourceType": "Observation", "id": format!("o{i}"), "status": "final", "note": [{ "text": "所見".repeat(330) }] } }))
+        .collect();
+    let bundle =
+        serde_json::json!({ "resourceType": "Bundle", "type": "collection", "entry": entries });
+    let resources = iryo_node::fhir::resources(&serde_json::to_vec(&bundle)?)?;
+    source.node.store.put_records(patient, &resources)?;
+    println!(
+        "bundle: {} bytes",
+        serde_json::to_vec(&iryo_node::fhir::bundle("collection", &resources))?.len()
+    );
+
+    // 1. Latency of one consented fetch, end to end.
+    let req_code = InstitutionCode::from_parts(13, PointTableKind::Medical, 2)?;
+    let (requester, _) = fed.add_node("requester", req_code, "requester").await?;
+    consent(&fed, patient, req_code)?;
+    for _ in 0..20 {
+        iryo_node::exchange::fetch(
+            &requester.node,
+            patient,
+            source_code,
+            Purpose::Treatment,
+            None,
+        )
+        .await?;
+    }
+    let mut lat = Vec::with_capacity(args.fetches);
+    for _ in 0..args.fetches {
+        let t = Instant::now();
+        iryo_node::exchange::fetch(
+            &requester.node,
+            patient,
+            source_code,
+            Purpose::Treatment,
+            None,
+        )
+        .await?;
+        lat.push(t.elapsed());
+    }
+    lat.sort();
+    println!(
+        "\n[fetch, one requester] {} consented fetches of the 20 KB Bundle (grant, round trip, both notifications queued): p50 {:.2} ms, p99 {:.2} ms",
+        args.fetches,
+        pct(&lat, 0.5),
+        pct(&lat, 0.99)
+    );
+
+    // 2. Throughput from many requesters to one source.
+    let mut nodes = Vec::new();
+    for i in 0..args.requesters {
+        let code = InstitutionCode::from_parts(13, PointTableKind::Medical, 100 + i as u32)?;
+        let (n, _) = fed.add_node(&format!("r{i}"), code, "requester").await?;
+        consent(&fed, patient, code)?;
+        nodes.push(n);
+    }
+    let deadline = Instant::now() + Duration::from_secs(args.seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for n in &nodes {
+        let node = n.node.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut done = 0u64;
+            let mut failed = 0u64;
+            while Instant::now() < deadline {
+                match iryo_node::exchange::fetch(
+                    &node,
+                    patient,
+                    source_code,
+                    Purpose::Treatment,
+                    None,
+                )
+                .await
+                {
+                    Ok(_) => done += 1,
+                    Err(_) => failed += 1,
+                }
+            }
+            (done, failed)
+        }));
+    }
+    let (mut done, mut failed) = (0, 0);
+    for t in tasks {
+        let (d, f) = t.await?;
+        done += d;
+        failed += f;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "[fetch, {} concurrent requesters -> one source] {} fetches in {:.1} s: {:.0} fetches/s ({} failed)",
+        args.requesters,
+        done,
+        secs,
+        done as f64 / secs,
+        failed
+    );
+
+    // 3. Notification intake: verify (batch) and append to the audit log.
+    let membership = fed
+        .store
+        .institution(source_code)?
+        .context("source registered")?
+        .membership()?;
+    let grant = Grant {
+        id: [1; 16],
+        requester: req_code,
+        requester_key: [0; 32],
+        source: source_code,
+        medical_id: patient,
+        purpose: Purpose::Treatment,
+        reason: None,
+        issued_at: now(),
+        expires_at: now() + 300,
+    };
+    let signed: Vec<_> = (0..args.notifications)
+        .map(|_| notification(&source.node, Side::Disclosed, &grant, &resources))
+        .collect();
+    let t = Instant::now();
+    for chunk in signed.chunks(iryo_proto::wire::MAX_NOTIFICATIONS_PER_REQUEST) {
+        let out = fed.store.accept_notifications(&membership, chunk)?;
+        anyhow::ensure!(out.refused.is_empty(), "notifications refused");
+    }
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "[notifications] {} verified (Ed25519 batch) and appended to the Merkle log in {:.2} s: {:.0}/s",
+        args.notifications,
+        secs,
+        args.notifications as f64 / secs
+    );
+
+    // 4. Eligibility checks over the network, each durable before its answer.
+    let checks: Vec<CheckRequest> = people
+        .iter()
+        .filter_map(|p| p.coverages.last())
+        .map(|c| CheckRequest {
+            institution: req_code,
+            key: CheckKey::Card {
+                insurer: c.card.insurer.clone(),
+                symbol: c.card.symbol.clone(),
+                number: c.card.number.clone(),
+                branch: Some(c.card.branch),
+                presented: None,
+            },
+            date: chrono::Local::now().date_naive(),
+            visit_consent: false,
+        })
+        .collect();
+    let checks = Arc::new(checks);
+    let deadline = Instant::now() + Duration::from_secs(args.seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    let clients: Vec<Arc<iryo_node::Node>> = nodes.iter().take(4).map(|n| n.node.clone()).collect();
+    for i in 0..args.in_flight {
+        let node = clients[i % clients.len()].clone();
+        let checks = checks.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut k = i;
+            while Instant::now() < deadline {
+                let req = checks[k % checks.len()].clone();
+                k += 7;
+                let t = Instant::now();
+                match node
+                    .directory
+                    .request(DirectoryRequest::Eligibility { request: req })
+                    .await
+                {
+                    Ok(DirectoryResponse::Eligibility(_)) => lat.push(t.elapsed()),
+                    _ => {}
+                }
+            }
+            lat
+        }));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await?);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    lat.sort();
+    println!(
+        "[eligibility over the network] {} in flight from 4 nodes: {} checks in {:.1} s: {:.0} checks/s, p50 {:.2} ms, p99 {:.2} ms",
+        args.in_flight,
+        lat.len(),
+        secs,
+        lat.len() as f64 / secs,
+        pct(&lat, 0.5),
+        pct(&lat, 0.99)
+    );
+    println!("\naudit log: {} entries", fed.store.audit_size()?);
+    for n in nodes {
+        n.stop();
+    }
+    requester.stop();
+    source.stop();
+    fed.service.stop().await;
+    Ok(())
+}

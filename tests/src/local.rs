@@ -1,0 +1,130 @@
+//! A federation inside one process — the directory service and nodes as libraries on
+//! 127.0.0.1 — for the demo and the network benchmark.
+
+use anyhow::{Context as _, Result};
+use iryo_directory::config::Config;
+use iryo_directory::context::Context;
+use iryo_directory::enrollment::{ingest_file, Encoding, IngestOptions, Progress};
+use iryo_directory::keys::AgencyKeys;
+use iryo_directory::registry::now;
+use iryo_directory::sample::{write_sample, SampleOptions};
+use iryo_directory::store::Store;
+use iryo_node::config::{ApiConfig, DirectoryConfig, NodeConfig, OutboxConfig, P2pConfig};
+use iryo_node::identity::{generate_key, RegistrationFile};
+use iryo_proto::federation::Role;
+use iryo_proto::InstitutionCode;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub struct LocalFederation {
+    pub dir: PathBuf,
+    pub store: Arc<Store>,
+    pub keys: AgencyKeys,
+    pub service: iryo_directory::service::Running,
+    pub directory_addr: String,
+    pub agency_hex: String,
+}
+
+impl LocalFederation {
+    /// A fresh directory in `dir/directory` with `persons` sample people, serving.
+    pub async fn start(dir: &Path, persons: u64) -> Result<Self> {
+        let config = Config {
+            data_dir: dir.join("directory"),
+            ..Config::default()
+        };
+        let ctx = Context::new(config.clone());
+        let (store, keys) = ctx.init()?;
+        let issuer = ctx.issuer(&store)?;
+        let sample = write_sample(
+            &dir.join("sample"),
+            &SampleOptions {
+                persons,
+                seed: 7,
+                bad_rows_percent: 0.0,
+                encoding: Encoding::Utf8,
+            },
+        )?;
+        let opts = IngestOptions {
+            encoding: Encoding::Utf8,
+            batch_rows: 10_000,
+        };
+        for f in &sample.files {
+            ingest_file(&store, &issuer, f, &opts, &Progress::Silent)?;
+        }
+        let store = Arc::new(store);
+        let service_key = iryo_directory::keys::service_identity(&config.keys_dir())?;
+        let service = iryo_directory::service::start(
+            store.clone(),
+            keys.root.clone(),
+            service_key,
+            "/ip4/127.0.0.1/tcp/0".parse()?,
+            config.service.max_group,
+        )
+        .await?;
+        let directory_addr = service
+            .addresses
+            .first()
+            .context("no listen address")?
+            .to_string();
+        let agency_hex = iryo_proto::merkle::to_hex(keys.root.verifying_key().as_bytes());
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            store,
+            keys,
+            service,
+            directory_addr,
+            agency_hex,
+        })
+    }
+
+    /// Makes a node's identity and configuration under `dir/<sub>`, registers it with
+    /// the agency, and starts it.
+    pub async fn add_node(
+        &self,
+        sub: &str,
+        code: InstitutionCode,
+        name: &str,
+    ) -> Result<(iryo_node::Running, NodeConfig)> {
+        let dir = self.dir.join(sub);
+        std::fs::create_dir_all(&dir)?;
+        let key = generate_key(&dir.join("node.key"))?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let listen = format!("/ip4/127.0.0.1/tcp/{port}");
+        let reg = RegistrationFile::new(&key, code, name, vec![listen.clone()], now());
+        std::fs::write(
+            dir.join("registration.json"),
+            serde_json::to_string_pretty(&reg)?,
+        )?;
+        let mut token = [0u8; 16];
+        getrandom::fill(&mut token).map_err(|e| anyhow::anyhow!("random source: {e}"))?;
+        let cfg = NodeConfig {
+            code,
+            data_dir: dir.clone(),
+            key_file: None,
+            p2p: P2pConfig { listen },
+            api: ApiConfig {
+                listen: "127.0.0.1:0".into(),
+                token: iryo_proto::merkle::to_hex(&token),
+            },
+            directory: DirectoryConfig {
+                address: self.directory_addr.clone(),
+                agency_key: self.agency_hex.clone(),
+                refresh_seconds: 60,
+            },
+            outbox: OutboxConfig { interval_ms: 100 },
+        };
+        std::fs::write(dir.join("node.toml"), cfg.commented())?;
+        self.store.add_institution(
+            &reg.signed,
+            vec![Role::Source, Role::Requester],
+            365,
+            &self.keys.root,
+            now(),
+            "local",
+        )?;
+        let running = iryo_node::start(cfg.clone()).await?;
+        Ok((running, cfg))
+    }
+}
