@@ -42,6 +42,10 @@ pub enum AdminRequest {
     AuditProof {
         index: u64,
     },
+    /// Proof that the log of `old` entries is a prefix of the latest signed head's.
+    AuditConsistency {
+        old: u64,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -56,6 +60,12 @@ pub enum AdminResponse {
     Proof {
         index: u64,
         entry: LogEntry,
+        head: Signed<TreeHead>,
+        proof: Vec<Hash>,
+    },
+    Consistency {
+        old: u64,
+        old_root: Hash,
         head: Signed<TreeHead>,
         proof: Vec<Hash>,
     },
@@ -120,14 +130,17 @@ pub fn execute(
             AdminRequest::AuditUnmatched => AdminResponse::Unmatched(
                 store.unmatched(now(), config.access.unmatched_after_seconds)?,
             ),
+            AdminRequest::AuditConsistency { old } => {
+                let (head, size) = latest(store)?;
+                AdminResponse::Consistency {
+                    old,
+                    old_root: store.audit_root(old)?,
+                    proof: store.consistency_proof(old, size)?,
+                    head,
+                }
+            }
             AdminRequest::AuditProof { index } => {
-                let head = store.latest_head()?.ok_or_else(|| {
-                    crate::store::StoreError::Refused("the audit log is empty".into())
-                })?;
-                let size = head
-                    .open_unverified()
-                    .map_err(|e| crate::store::StoreError::Inconsistent(e.to_string()))?
-                    .size;
+                let (head, size) = latest(store)?;
                 AdminResponse::Proof {
                     index,
                     entry: store.audit_entry(index)?,
@@ -138,6 +151,17 @@ pub fn execute(
         })
     })();
     r.unwrap_or_else(|e| AdminResponse::Error(e.to_string()))
+}
+
+fn latest(store: &Store) -> Result<(Signed<TreeHead>, u64), crate::store::StoreError> {
+    let head = store
+        .latest_head()?
+        .ok_or_else(|| crate::store::StoreError::Refused("the audit log is empty".into()))?;
+    let size = head
+        .open_unverified()
+        .map_err(|e| crate::store::StoreError::Inconsistent(e.to_string()))?
+        .size;
+    Ok((head, size))
 }
 
 /// Sends one command to a running `serve` and waits for its answer.

@@ -89,6 +89,10 @@ fn consent_gates_exchange_and_both_ends_report_to_a_verifiable_log() {
     let proof: Value = serde_json::from_str(&fed.operator(&["audit", "proof", &index.to_string()]))
         .expect("proof JSON");
     assert!(independent::verify(&proof), "{proof}");
+    // And the log as it stood after three entries is a prefix of today's.
+    let consistency: Value =
+        serde_json::from_str(&fed.operator(&["audit", "consistency", "3"])).expect("JSON");
+    assert_eq!(consistency["verified"], true, "{consistency}");
 }
 
 #[test]

@@ -252,6 +252,8 @@ enum AuditCmd {
     Unmatched,
     /// An entry with its inclusion proof against the latest signed tree head.
     Proof { index: u64 },
+    /// Proof that the log of OLD entries is a prefix of the latest signed tree head's.
+    Consistency { old: u64 },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -906,6 +908,28 @@ fn audit(config: &Config, cmd: AuditCmd) -> Result<ExitCode> {
                     "entry_hex": iryo_proto::merkle::to_hex(&entry.canonical()),
                     "tree_head": head.open_unverified().ok(),
                     "proof": proof.iter().map(|h| iryo_proto::merkle::to_hex(h)).collect::<Vec<_>>(),
+                }))?;
+            }
+        }
+        AuditCmd::Consistency { old } => {
+            if let AdminResponse::Consistency {
+                old,
+                old_root,
+                head,
+                proof,
+            } = admin(config, &operator(), AdminRequest::AuditConsistency { old })?
+            {
+                let hex = iryo_proto::merkle::to_hex;
+                let tree_head = head.open_unverified().ok();
+                let ok = tree_head.as_ref().is_some_and(|h| {
+                    iryo_proto::merkle::verify_consistency(old, h.size, &old_root, &h.root, &proof)
+                });
+                print_json(&serde_json::json!({
+                    "old_size": old,
+                    "old_root": hex(&old_root),
+                    "tree_head": tree_head,
+                    "proof": proof.iter().map(|h| hex(h)).collect::<Vec<_>>(),
+                    "verified": ok,
                 }))?;
             }
         }

@@ -137,7 +137,8 @@ impl Store {
                 "registration request is not signed by the key it registers".into(),
             ));
         }
-        self.write(|t| {
+        self.forget_members();
+        let out = self.write(|t| {
             if let Some(old) = t.institution(reg.code)? {
                 t.institution_keys.remove(old.membership()?.public_key)?;
             }
@@ -166,7 +167,9 @@ impl Store {
                 at: now,
             })?;
             Ok(membership)
-        })
+        });
+        self.forget_members();
+        out
     }
 
     pub fn revoke_institution(
@@ -175,7 +178,7 @@ impl Store {
         now: Time,
         operator: &str,
     ) -> Result<()> {
-        self.write(|t| {
+        let out = self.write(|t| {
             let mut r = t.institution(code)?.ok_or_else(|| {
                 StoreError::Refused(format!("institution {code} is not registered"))
             })?;
@@ -190,7 +193,9 @@ impl Store {
                 })?;
             }
             Ok(())
-        })
+        });
+        self.forget_members();
+        out
     }
 
     pub fn institutions(&self) -> Result<Vec<InstitutionRecord>> {
@@ -211,7 +216,28 @@ impl Store {
     }
 
     /// The institution a node's authenticated key speaks for, if any.
+    /// Every request to the directory asks this first, so answers are kept in memory;
+    /// registering or revoking an institution through this store clears them.
     pub fn institution_by_key(&self, key: &[u8; 32]) -> Result<Option<InstitutionRecord>> {
+        if let Ok(cache) = self.members.lock() {
+            if let Some(r) = cache.get(key) {
+                return Ok(Some(r.clone()));
+            }
+        }
+        let found = self.institution_by_key_uncached(key)?;
+        if let (Some(r), Ok(mut cache)) = (&found, self.members.lock()) {
+            cache.insert(*key, r.clone());
+        }
+        Ok(found)
+    }
+
+    fn forget_members(&self) {
+        if let Ok(mut cache) = self.members.lock() {
+            cache.clear();
+        }
+    }
+
+    fn institution_by_key_uncached(&self, key: &[u8; 32]) -> Result<Option<InstitutionRecord>> {
         let tx = self.db.begin_read()?;
         let code = tx
             .open_table(INSTITUTION_KEYS)?

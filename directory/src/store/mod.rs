@@ -90,6 +90,8 @@ pub struct Store {
     /// The agency key that signs the audit log's tree heads.
     signer: Option<ed25519_dalek::SigningKey>,
     policy: AccessPolicy,
+    /// Memberships by node key, as `institution_by_key` last read them.
+    members: std::sync::Mutex<std::collections::HashMap<[u8; 32], InstitutionRecord>>,
 }
 
 /// The consent rules the directory applies (configuration `[access]`).
@@ -132,6 +134,7 @@ impl Store {
             retention_years: 10,
             signer: None,
             policy: AccessPolicy::default(),
+            members: Default::default(),
         })
     }
 
@@ -153,6 +156,7 @@ impl Store {
             retention_years: 10,
             signer: None,
             policy: AccessPolicy::default(),
+            members: Default::default(),
         })
     }
 
