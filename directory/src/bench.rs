@@ -4,7 +4,7 @@
 
 use crate::config::Config;
 use crate::context::Context;
-use crate::enrollment::{ingest_file, Encoding, IngestOptions, Progress, Summary};
+use crate::enrollment::{ingest_all, Encoding, IngestOptions, Summary};
 use crate::issuance::Method;
 use crate::registry::eligibility::{CheckKey, CheckRequest};
 use crate::registry::now;
@@ -51,7 +51,8 @@ pub fn peak_rss_mib() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
+/// The `p` quantile of sorted durations.
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }
@@ -99,15 +100,7 @@ fn measure(args: &BenchArgs, dir: &std::path::Path) -> Result<()> {
     );
 
     let t = Instant::now();
-    let sample = write_sample(
-        &dir.join("sample"),
-        &SampleOptions {
-            persons: args.persons,
-            seed: 42,
-            bad_rows_percent: 0.0,
-            encoding: Encoding::Utf8,
-        },
-    )?;
+    let sample = write_sample(&dir.join("sample"), &SampleOptions::clean(args.persons, 42))?;
     println!(
         "sample: {} rows written in {:.1} s (not timed below)",
         sample.rows,
@@ -132,8 +125,8 @@ fn measure(args: &BenchArgs, dir: &std::path::Path) -> Result<()> {
     };
     let mut total = Summary::default();
     let t = Instant::now();
-    for f in &sample.files {
-        total.add(&ingest_file(&store, &issuer, f, &opts, &Progress::Silent)?);
+    for s in ingest_all(&store, &issuer, &sample.files, &opts)? {
+        total.add(&s);
     }
     let secs = t.elapsed().as_secs_f64();
     println!(

@@ -32,6 +32,18 @@ pub struct SampleOptions {
     pub encoding: Encoding,
 }
 
+impl SampleOptions {
+    /// Clean UTF-8 files for `persons` people.
+    pub fn clean(persons: u64, seed: u64) -> Self {
+        Self {
+            persons,
+            seed,
+            bad_rows_percent: 0.0,
+            encoding: Encoding::Utf8,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct SampleReport {
     pub files: Vec<PathBuf>,

@@ -4,7 +4,7 @@
 use anyhow::{Context as _, Result};
 use iryo_directory::config::Config;
 use iryo_directory::context::Context;
-use iryo_directory::enrollment::{ingest_file, Encoding, IngestOptions, Progress};
+use iryo_directory::enrollment::{ingest_all, Encoding, IngestOptions};
 use iryo_directory::keys::AgencyKeys;
 use iryo_directory::registry::now;
 use iryo_directory::sample::{write_sample, SampleOptions};
@@ -35,22 +35,12 @@ impl LocalFederation {
         let ctx = Context::new(config.clone());
         let (store, keys) = ctx.init()?;
         let issuer = ctx.issuer(&store)?;
-        let sample = write_sample(
-            &dir.join("sample"),
-            &SampleOptions {
-                persons,
-                seed: 7,
-                bad_rows_percent: 0.0,
-                encoding: Encoding::Utf8,
-            },
-        )?;
+        let sample = write_sample(&dir.join("sample"), &SampleOptions::clean(persons, 7))?;
         let opts = IngestOptions {
             encoding: Encoding::Utf8,
-            batch_rows: 10_000,
+            batch_rows: config.enrollment.batch_rows,
         };
-        for f in &sample.files {
-            ingest_file(&store, &issuer, f, &opts, &Progress::Silent)?;
-        }
+        ingest_all(&store, &issuer, &sample.files, &opts)?;
         let store = Arc::new(store);
         let service_key = iryo_directory::keys::service_identity(&config.keys_dir())?;
         let service = iryo_directory::service::start(

@@ -363,6 +363,24 @@ fn load_config(cli: &Cli) -> Result<Config> {
     Ok(config)
 }
 
+/// Lists operator cases (conflicts, mismatches) as JSON or as text.
+fn print_cases<T: serde::Serialize>(
+    list: &[T],
+    what: &str,
+    all: bool,
+    json: bool,
+    render: fn(&T) -> String,
+) -> Result<()> {
+    if json {
+        print_json(&list)?;
+    } else if list.is_empty() {
+        println!("no {}{what}", if all { "" } else { "open " });
+    } else {
+        list.iter().for_each(|c| println!("{}", render(c)));
+    }
+    Ok(())
+}
+
 fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
@@ -461,17 +479,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let ctx = Context::new(config);
             let store = ctx.store()?;
             match cmd {
-                ConflictCmd::List { all, json } => {
-                    let list = store.conflicts(!all)?;
-                    if json {
-                        print_json(&list)?;
-                    } else if list.is_empty() {
-                        println!("no {}conflicts", if all { "" } else { "open " });
-                    } else {
-                        list.iter()
-                            .for_each(|c| println!("{}", report::conflict(c)));
-                    }
-                }
+                ConflictCmd::List { all, json } => print_cases(
+                    &store.conflicts(!all)?,
+                    "conflicts",
+                    all,
+                    json,
+                    report::conflict,
+                )?,
                 ConflictCmd::Resolve {
                     id,
                     apply,
@@ -494,17 +508,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Mismatches(cmd) => {
             let store = Context::new(config).store()?;
             match cmd {
-                MismatchCmd::List { all, json } => {
-                    let list = store.mismatches(!all)?;
-                    if json {
-                        print_json(&list)?;
-                    } else if list.is_empty() {
-                        println!("no {}mismatches", if all { "" } else { "open " });
-                    } else {
-                        list.iter()
-                            .for_each(|m| println!("{}", report::mismatch(m)));
-                    }
-                }
+                MismatchCmd::List { all, json } => print_cases(
+                    &store.mismatches(!all)?,
+                    "mismatches",
+                    all,
+                    json,
+                    report::mismatch,
+                )?,
                 MismatchCmd::Resolve {
                     id,
                     action,

@@ -324,3 +324,16 @@ pub fn ingest_file(
     );
     Ok(summary)
 }
+
+/// Ingests files one after the other, quietly; their summaries in order.
+pub fn ingest_all(
+    store: &Store,
+    issuer: &Issuer,
+    files: &[PathBuf],
+    opts: &IngestOptions,
+) -> Result<Vec<Summary>, IngestError> {
+    files
+        .iter()
+        .map(|f| ingest_file(store, issuer, f, opts, &Progress::Silent))
+        .collect()
+}

@@ -6,7 +6,7 @@ mod ingest;
 mod row;
 
 pub use columns::{Columns, HEADER};
-pub use ingest::{ingest_file, IngestError, IngestOptions, Progress, Summary};
+pub use ingest::{ingest_all, ingest_file, IngestError, IngestOptions, Progress, Summary};
 pub use row::{parse_row, RowError};
 
 use serde::Deserialize;

@@ -128,6 +128,10 @@ impl Store {
             Tables::create_all(&tx)?;
         }
         tx.commit()?;
+        Self::with_db(db, path)
+    }
+
+    fn with_db(db: Database, path: &Path) -> Result<Self> {
         Ok(Self {
             db,
             linkage: linkage::open(path)?,
@@ -150,14 +154,7 @@ impl Store {
                 redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse(path.to_path_buf()),
                 e => e.into(),
             })?;
-        Ok(Self {
-            db,
-            linkage: linkage::open(path)?,
-            retention_years: 10,
-            signer: None,
-            policy: AccessPolicy::default(),
-            members: Default::default(),
-        })
+        Self::with_db(db, path)
     }
 
     /// Lets this store append to the audit log, signing each new head with `key`.

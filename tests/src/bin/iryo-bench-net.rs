@@ -40,11 +40,7 @@ struct Args {
 }
 
 fn pct(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)].as_secs_f64() * 1e3
+    iryo_directory::bench::percentile(sorted, p).as_secs_f64() * 1e3
 }
 
 fn consent(
