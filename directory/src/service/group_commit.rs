@@ -1,27 +1,27 @@
-//! Group commit for eligibility checks arriving over the network: one thread takes
-//! whatever checks are waiting, decides and records them in one transaction, and only
-//! then answers each, so every answer's service use is durable.
+//! Group commit for what nodes ask over the network: one thread takes whatever checks
+//! and grant requests are waiting, decides them in one transaction, commits once, and
+//! only then answers each — so every answer is durable, and a commit's cost is shared.
 
 use crate::registry::now;
-use crate::store::{Store, StoreError};
-use iryo_proto::eligibility::{CheckAnswer, CheckRequest};
+use crate::store::{Job, Outcome, Store, StoreError};
+use ed25519_dalek::SigningKey;
 use std::sync::mpsc;
 use std::sync::Arc;
 use tokio::sync::oneshot;
 
-type Reply = oneshot::Sender<Result<CheckAnswer, String>>;
+type Reply = oneshot::Sender<Result<Outcome, String>>;
 
 #[derive(Clone)]
 pub struct GroupCommitter {
-    tx: mpsc::Sender<(CheckRequest, Reply)>,
+    tx: mpsc::Sender<(Job, Reply)>,
 }
 
 impl GroupCommitter {
     /// Starts the committing thread; it ends when every handle is dropped.
-    pub fn start(store: Arc<Store>, max_group: usize) -> Self {
-        let (tx, rx) = mpsc::channel::<(CheckRequest, Reply)>();
-        std::thread::Builder::new()
-            .name("check-commit".into())
+    pub fn start(store: Arc<Store>, agency: SigningKey, max_group: usize) -> Self {
+        let (tx, rx) = mpsc::channel::<(Job, Reply)>();
+        let spawned = std::thread::Builder::new()
+            .name("group-commit".into())
             .spawn(move || {
                 let max = max_group.max(1);
                 while let Ok(first) = rx.recv() {
@@ -32,34 +32,35 @@ impl GroupCommitter {
                             Err(_) => break,
                         }
                     }
-                    let (reqs, replies): (Vec<_>, Vec<_>) = group.into_iter().unzip();
-                    match store.check_batch(&reqs, now()) {
-                        Ok(answers) => {
-                            for (reply, answer) in replies.into_iter().zip(answers) {
-                                let _ = reply.send(Ok(answer));
+                    let (jobs, replies): (Vec<_>, Vec<_>) = group.into_iter().unzip();
+                    match store.commit_group(&jobs, Some(&agency), now()) {
+                        Ok(outcomes) => {
+                            for (reply, o) in replies.into_iter().zip(outcomes) {
+                                let _ = reply.send(Ok(o));
                             }
                         }
                         Err(e) => {
-                            tracing::error!(error = %e, checks = reqs.len(), "eligibility group failed");
+                            tracing::error!(error = %e, jobs = jobs.len(), "group commit failed");
                             for reply in replies {
                                 let _ = reply.send(Err(e.to_string()));
                             }
                         }
                     }
                 }
-            })
-            .map(|_| ())
-            .unwrap_or_else(|e| tracing::error!(error = %e, "cannot start the check-commit thread"));
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the group-commit thread");
+        }
         Self { tx }
     }
 
-    pub async fn check(&self, req: CheckRequest) -> Result<CheckAnswer, String> {
+    pub async fn submit(&self, job: Job) -> Result<Outcome, String> {
         let (reply, answer) = oneshot::channel();
-        self.tx.send((req, reply)).map_err(|_| {
-            StoreError::Refused("the check-commit thread has stopped".into()).to_string()
+        self.tx.send((job, reply)).map_err(|_| {
+            StoreError::Refused("the group-commit thread has stopped".into()).to_string()
         })?;
         answer
             .await
-            .map_err(|_| "the check-commit thread dropped the check".to_string())?
+            .map_err(|_| "the group-commit thread dropped the request".to_string())?
     }
 }

@@ -1,8 +1,7 @@
 //! Answers to directory requests from members. Every request is authorised first: the
 //! peer's TLS-authenticated key must belong to an active membership.
 
-use crate::store::{GrantQuery, InstitutionRecord, Store};
-use ed25519_dalek::SigningKey;
+use crate::store::{InstitutionRecord, Store};
 use iryo_proto::federation::{Membership, Time};
 use iryo_proto::wire::{
     DirectoryRequest, DirectoryResponse, Refusal, RefusalReason, MAX_NOTIFICATIONS_PER_REQUEST,
@@ -45,10 +44,9 @@ fn internal(e: impl std::fmt::Display) -> DirectoryResponse {
     ))
 }
 
-/// Every request but eligibility, which goes through group commit.
+/// Every request but checks and grants, which go through group commit.
 pub fn handle(
     store: &Store,
-    agency: &SigningKey,
     member: &Membership,
     request: DirectoryRequest,
     now: Time,
@@ -73,27 +71,6 @@ pub fn handle(
             }
             Err(e) => internal(e),
         },
-        DirectoryRequest::Grant {
-            medical_id,
-            source,
-            purpose,
-            reason,
-        } => {
-            let query = GrantQuery {
-                medical_id,
-                source,
-                purpose,
-                reason,
-            };
-            match store.request_grant(member, &query, agency, now) {
-                Ok(Ok(grant)) => DirectoryResponse::Grant(grant),
-                Ok(Err(refusal)) => {
-                    tracing::info!(requester = %member.code, %source, reason = %refusal.reason, "grant refused");
-                    DirectoryResponse::Refused(refusal)
-                }
-                Err(e) => internal(e),
-            }
-        }
         DirectoryRequest::Notify { notifications } => {
             if notifications.len() > MAX_NOTIFICATIONS_PER_REQUEST {
                 return DirectoryResponse::Refused(Refusal::new(
@@ -115,9 +92,11 @@ pub fn handle(
                 Err(e) => internal(e),
             }
         }
-        DirectoryRequest::Eligibility { .. } => DirectoryResponse::Refused(Refusal::new(
-            RefusalReason::Internal,
-            "eligibility is answered by group commit",
-        )),
+        DirectoryRequest::Eligibility { .. } | DirectoryRequest::Grant { .. } => {
+            DirectoryResponse::Refused(Refusal::new(
+                RefusalReason::Internal,
+                "checks and grants are answered by group commit",
+            ))
+        }
     }
 }

@@ -8,7 +8,7 @@ pub mod handler;
 pub use group_commit::GroupCommitter;
 
 use crate::registry::now;
-use crate::store::Store;
+use crate::store::{GrantQuery, Job, Outcome, Store};
 use ed25519_dalek::SigningKey;
 use futures::StreamExt;
 use iryo_proto::wire::{
@@ -133,9 +133,9 @@ pub async fn start(
         tracing::info!(address = %a, "directory listening");
     }
     let (stop, stopped) = oneshot::channel();
-    let committer = GroupCommitter::start(store.clone(), max_group);
+    let committer = GroupCommitter::start(store.clone(), agency, max_group);
     crate::store::start_folder(store.clone(), Duration::from_millis(500));
-    let done = tokio::spawn(serve(swarm, store, Arc::new(agency), committer, stopped));
+    let done = tokio::spawn(serve(swarm, store, committer, stopped));
     Ok(Running {
         peer_id,
         addresses,
@@ -147,7 +147,6 @@ pub async fn start(
 async fn serve(
     mut swarm: Swarm<Behaviour>,
     store: Arc<Store>,
-    agency: Arc<SigningKey>,
     committer: GroupCommitter,
     mut stopped: oneshot::Receiver<()>,
 ) {
@@ -167,10 +166,10 @@ async fn serve(
                     message: rr::Message::Request { request, channel, .. },
                     ..
                 }) => {
-                    let (store, agency, committer, respond) =
-                        (store.clone(), agency.clone(), committer.clone(), respond.clone());
+                    let (store, committer, respond) =
+                        (store.clone(), committer.clone(), respond.clone());
                     tokio::spawn(async move {
-                        let response = answer(store, agency, committer, peer, request).await;
+                        let response = answer(store, committer, peer, request).await;
                         let _ = respond.send((channel, response));
                     });
                 }
@@ -189,7 +188,6 @@ async fn serve(
 
 async fn answer(
     store: Arc<Store>,
-    agency: Arc<SigningKey>,
     committer: GroupCommitter,
     peer: PeerId,
     request: DirectoryRequest,
@@ -212,27 +210,52 @@ async fn answer(
             ))
         }
     };
+    let internal = |e: String| {
+        DirectoryResponse::Refused(iryo_proto::wire::Refusal::new(
+            iryo_proto::wire::RefusalReason::Internal,
+            e,
+        ))
+    };
     match request {
         DirectoryRequest::Eligibility { mut request } => {
             // The institution asking is the authenticated one, whatever the body says.
             request.institution = member.code;
-            match committer.check(request).await {
-                Ok(a) => DirectoryResponse::Eligibility(a),
-                Err(e) => DirectoryResponse::Refused(iryo_proto::wire::Refusal::new(
-                    iryo_proto::wire::RefusalReason::Internal,
-                    e,
-                )),
+            match committer.submit(Job::Check(request)).await {
+                Ok(Outcome::Check(a)) => DirectoryResponse::Eligibility(a),
+                Ok(_) => internal("unexpected outcome".into()),
+                Err(e) => internal(e),
             }
         }
-        other => {
-            tokio::task::spawn_blocking(move || handler::handle(&store, &agency, &member, other, t))
-                .await
-                .unwrap_or_else(|e| {
-                    DirectoryResponse::Refused(iryo_proto::wire::Refusal::new(
-                        iryo_proto::wire::RefusalReason::Internal,
-                        e.to_string(),
-                    ))
-                })
+        DirectoryRequest::Grant {
+            medical_id,
+            source,
+            purpose,
+            reason,
+        } => {
+            let code = member.code;
+            let query = GrantQuery {
+                medical_id,
+                source,
+                purpose,
+                reason,
+            };
+            match committer.submit(Job::Grant(Box::new(member), query)).await {
+                Ok(Outcome::Grant(Ok(grant))) => DirectoryResponse::Grant(grant),
+                Ok(Outcome::Grant(Err(refusal))) => {
+                    tracing::info!(requester = %code, %source, reason = %refusal.reason, "grant refused");
+                    DirectoryResponse::Refused(refusal)
+                }
+                Ok(_) => internal("unexpected outcome".into()),
+                Err(e) => internal(e),
+            }
         }
+        other => tokio::task::spawn_blocking(move || handler::handle(&store, &member, other, t))
+            .await
+            .unwrap_or_else(|e| {
+                DirectoryResponse::Refused(iryo_proto::wire::Refusal::new(
+                    iryo_proto::wire::RefusalReason::Internal,
+                    e.to_string(),
+                ))
+            }),
     }
 }

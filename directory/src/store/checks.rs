@@ -2,7 +2,7 @@
 //! appends service use and mismatches for a whole batch of checks in one commit.
 
 use super::tables::*;
-use super::{decode, encode, linkage, Counts, Result, Store, StoreError};
+use super::{decode, encode, linkage, Counts, Job, Outcome, Result, Store, StoreError};
 use crate::access::{ConsentOrigin, ConsentRecord};
 use crate::audit::LogEntry;
 use crate::registry::eligibility::{
@@ -88,7 +88,7 @@ fn find(
 }
 
 /// A check decided against a snapshot, waiting to be recorded.
-struct Resolved {
+pub(super) struct Resolved {
     answer: CheckAnswer,
     /// Whose service use it is; a replaced ID still names a person who was served.
     pid: Option<u64>,
@@ -165,27 +165,20 @@ impl Store {
     /// commit that lets durable checks run near the speed of the read path. Answers are
     /// decided on one snapshot; the write transaction only appends.
     pub fn check_batch(&self, reqs: &[CheckRequest], at: Timestamp) -> Result<Vec<CheckAnswer>> {
-        let resolved = {
-            let reader = self.reader()?;
-            reqs.iter()
-                .map(|r| reader.resolve(r))
-                .collect::<Result<Vec<_>>>()?
-        };
-        let visit_days = self.policy.visit_consent_days;
-        let out = self.write(|t| {
-            let mut out = Vec::with_capacity(reqs.len());
-            for (req, r) in reqs.iter().zip(resolved) {
-                out.push(record(t, req, r, visit_days, at)?);
-            }
-            Ok(out)
-        })?;
-        Ok(out)
+        let jobs: Vec<Job> = reqs.iter().cloned().map(Job::Check).collect();
+        self.commit_group(&jobs, None, at)?
+            .into_iter()
+            .map(|o| match o {
+                Outcome::Check(a) => Ok(a),
+                Outcome::Grant(_) => Err(StoreError::Inconsistent("a check became a grant".into())),
+            })
+            .collect()
     }
 }
 
 /// Records a decided check: its service use, and a mismatch when the presented ID is
 /// not the registered one.
-fn record(
+pub(super) fn record(
     t: &mut Tables<'_>,
     req: &CheckRequest,
     r: Resolved,
@@ -308,7 +301,7 @@ impl Reader {
         Ok(self.resolve(req)?.answer)
     }
 
-    fn resolve(&self, req: &CheckRequest) -> Result<Resolved> {
+    pub(super) fn resolve(&self, req: &CheckRequest) -> Result<Resolved> {
         let found = find(&self.persons, &self.cards, &self.ids, &req.key)?;
         Ok(answer(found, req, self.retention_years))
     }

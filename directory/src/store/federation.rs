@@ -295,119 +295,8 @@ impl Store {
         agency: &SigningKey,
         now: Time,
     ) -> Result<std::result::Result<Signed<Grant>, Refusal>> {
-        let GrantQuery {
-            medical_id,
-            source,
-            purpose,
-            ref reason,
-        } = *query;
-        let retention = self.retention_years;
-        let policy = self.policy.default;
-        self.write(|t| {
-            let ask = GrantAsk {
-                requester: requester.code,
-                source,
-                purpose,
-                reason: reason.clone(),
-            };
-            let decision = (|| -> Result<std::result::Result<(), Refusal>> {
-                if !requester.roles.contains(&Role::Requester) {
-                    return Ok(Err(Refusal::new(
-                        RefusalReason::RoleMissing,
-                        "the requester may not request records",
-                    )));
-                }
-                match t.institution(source)? {
-                    Some(r)
-                        if r.active(now)?
-                            .is_some_and(|m| m.roles.contains(&Role::Source)) => {}
-                    Some(_) => {
-                        return Ok(Err(Refusal::new(
-                            RefusalReason::UnknownInstitution,
-                            format!("source {source} is revoked, expired or serves no records"),
-                        )))
-                    }
-                    None => {
-                        return Ok(Err(Refusal::new(
-                            RefusalReason::UnknownInstitution,
-                            format!("source {source} is not registered"),
-                        )))
-                    }
-                }
-                let entry = t.id_entry(medical_id)?;
-                let Some(entry) = entry else {
-                    return Ok(Err(Refusal::new(
-                        RefusalReason::UnknownPatient,
-                        format!("medical ID {medical_id} is not registered"),
-                    )));
-                };
-                if let IdStatus::Changed { successor } = entry.status {
-                    return Ok(Err(Refusal::new(
-                        RefusalReason::UnknownPatient,
-                        format!("medical ID {medical_id} was replaced by {successor}"),
-                    )));
-                }
-                let person = t.person(entry.pid)?;
-                let state = person.id_state(crate::registry::today(), retention);
-                let consented = consent_allows(
-                    &t.consents_of(person.pid)?,
-                    requester.code,
-                    purpose,
-                    now,
-                    policy,
-                );
-                Ok(decide_grant(&ask, state, consented))
-            })()?;
-            match decision {
-                Ok(()) => {
-                    let mut id = [0u8; 16];
-                    getrandom::fill(&mut id)
-                        .map_err(|e| StoreError::Refused(format!("random source: {e}")))?;
-                    let grant = Grant {
-                        id,
-                        requester: requester.code,
-                        requester_key: requester.public_key,
-                        source,
-                        medical_id,
-                        purpose,
-                        reason: if purpose == Purpose::Emergency {
-                            reason.clone()
-                        } else {
-                            None
-                        },
-                        issued_at: now,
-                        expires_at: now + MAX_GRANT_SECONDS,
-                    };
-                    t.audit_append(&LogEntry::GrantIssued {
-                        grant_id: id,
-                        requester: requester.code,
-                        source,
-                        medical_id,
-                        purpose,
-                        emergency_reason: grant.reason.clone(),
-                        at: now,
-                    })?;
-                    let record = GrantRecord {
-                        grant: grant.clone(),
-                        disclosed: None,
-                        received: None,
-                    };
-                    t.grants.insert(id, encode(&record)?.as_slice())?;
-                    Ok(Ok(Signed::sign(&grant, agency)))
-                }
-                Err(refusal) => {
-                    t.audit_append(&LogEntry::GrantRefused {
-                        requester: requester.code,
-                        source,
-                        medical_id,
-                        purpose,
-                        reason: refusal.reason,
-                        at: now,
-                    })?;
-                    Ok(Err(refusal))
-                }
-            }
-        })
+        let rules = (self.retention_years, self.policy.default);
+        self.write(|t| grant_in(t, requester, query, agency, now, rules))
     }
 
     /// Verifies, de-duplicates and logs notifications sent by `from`. A notification
@@ -488,5 +377,127 @@ impl Store {
             }
         }
         Ok(out)
+    }
+}
+
+/// Decides a grant inside a write, logs the decision, and signs the grant when given.
+/// `rules` are the retention years and the default consent policy.
+pub(super) fn grant_in(
+    t: &mut Tables<'_>,
+    requester: &Membership,
+    query: &GrantQuery,
+    agency: &SigningKey,
+    now: Time,
+    (retention, policy): (u32, crate::access::DefaultPolicy),
+) -> Result<std::result::Result<Signed<Grant>, Refusal>> {
+    let GrantQuery {
+        medical_id,
+        source,
+        purpose,
+        ref reason,
+    } = *query;
+
+    let ask = GrantAsk {
+        requester: requester.code,
+        source,
+        purpose,
+        reason: reason.clone(),
+    };
+    let decision = (|| -> Result<std::result::Result<(), Refusal>> {
+        if !requester.roles.contains(&Role::Requester) {
+            return Ok(Err(Refusal::new(
+                RefusalReason::RoleMissing,
+                "the requester may not request records",
+            )));
+        }
+        match t.institution(source)? {
+            Some(r)
+                if r.active(now)?
+                    .is_some_and(|m| m.roles.contains(&Role::Source)) => {}
+            Some(_) => {
+                return Ok(Err(Refusal::new(
+                    RefusalReason::UnknownInstitution,
+                    format!("source {source} is revoked, expired or serves no records"),
+                )))
+            }
+            None => {
+                return Ok(Err(Refusal::new(
+                    RefusalReason::UnknownInstitution,
+                    format!("source {source} is not registered"),
+                )))
+            }
+        }
+        let entry = t.id_entry(medical_id)?;
+        let Some(entry) = entry else {
+            return Ok(Err(Refusal::new(
+                RefusalReason::UnknownPatient,
+                format!("medical ID {medical_id} is not registered"),
+            )));
+        };
+        if let IdStatus::Changed { successor } = entry.status {
+            return Ok(Err(Refusal::new(
+                RefusalReason::UnknownPatient,
+                format!("medical ID {medical_id} was replaced by {successor}"),
+            )));
+        }
+        let person = t.person(entry.pid)?;
+        let state = person.id_state(crate::registry::today(), retention);
+        let consented = consent_allows(
+            &t.consents_of(person.pid)?,
+            requester.code,
+            purpose,
+            now,
+            policy,
+        );
+        Ok(decide_grant(&ask, state, consented))
+    })()?;
+    match decision {
+        Ok(()) => {
+            let mut id = [0u8; 16];
+            getrandom::fill(&mut id)
+                .map_err(|e| StoreError::Refused(format!("random source: {e}")))?;
+            let grant = Grant {
+                id,
+                requester: requester.code,
+                requester_key: requester.public_key,
+                source,
+                medical_id,
+                purpose,
+                reason: if purpose == Purpose::Emergency {
+                    reason.clone()
+                } else {
+                    None
+                },
+                issued_at: now,
+                expires_at: now + MAX_GRANT_SECONDS,
+            };
+            t.audit_append(&LogEntry::GrantIssued {
+                grant_id: id,
+                requester: requester.code,
+                source,
+                medical_id,
+                purpose,
+                emergency_reason: grant.reason.clone(),
+                at: now,
+            })?;
+            let record = GrantRecord {
+                grant: grant.clone(),
+                disclosed: None,
+                received: None,
+            };
+            t.grants.insert(id, encode(&record)?.as_slice())?;
+            Ok(Ok(Signed::sign(&grant, agency)))
+        }
+        Err(refusal) => {
+            t.audit_append(&LogEntry::GrantRefused {
+                requester: requester.code,
+                source,
+                medical_id,
+                purpose,
+                reason: refusal.reason,
+                at: now,
+            })?;
+            Ok(Err(refusal))
+        }
     }
 }

@@ -8,6 +8,7 @@ mod cases;
 mod checks;
 mod enroll;
 mod federation;
+mod group;
 mod lifecycle;
 mod linkage;
 mod tables;
@@ -18,6 +19,7 @@ pub use cases::{ConflictAction, MismatchAction};
 pub use checks::Reader;
 pub use enroll::BatchReport;
 pub use federation::{GrantQuery, GrantRecord, InstitutionRecord, NotifyOutcome};
+pub use group::{Job, Outcome};
 pub use linkage::start_folder;
 
 use crate::issuance::{IssueError, Method};

@@ -1,0 +1,67 @@
+//! Group commit of what nodes ask the directory over the network: eligibility checks and
+//! grants decided together, in one write transaction and one durable commit, so that the
+//! cost of a commit is shared by everything waiting for it.
+
+use super::checks::record;
+use super::federation::{grant_in, GrantQuery};
+use super::{Result, Store};
+use ed25519_dalek::SigningKey;
+use iryo_proto::eligibility::{CheckAnswer, CheckRequest};
+use iryo_proto::federation::{Grant, Membership, Time};
+use iryo_proto::signed::Signed;
+use iryo_proto::wire::Refusal;
+
+pub enum Job {
+    Check(CheckRequest),
+    Grant(Box<Membership>, GrantQuery),
+}
+
+pub enum Outcome {
+    Check(CheckAnswer),
+    Grant(std::result::Result<Signed<Grant>, Refusal>),
+}
+
+impl Store {
+    /// Decides `jobs` and commits all their effects at once. Checks are decided on one
+    /// read snapshot first, as `check_batch` does.
+    pub fn commit_group(
+        &self,
+        jobs: &[Job],
+        agency: Option<&SigningKey>,
+        at: Time,
+    ) -> Result<Vec<Outcome>> {
+        let mut resolved = {
+            let reader = self.reader()?;
+            jobs.iter()
+                .map(|j| match j {
+                    Job::Check(req) => reader.resolve(req).map(Some),
+                    Job::Grant(..) => Ok(None),
+                })
+                .collect::<Result<Vec<_>>>()?
+        };
+        let visit_days = self.policy.visit_consent_days;
+        let rules = (self.retention_years, self.policy.default);
+        self.write(|t| {
+            let mut out = Vec::with_capacity(jobs.len());
+            for (job, r) in jobs.iter().zip(resolved.iter_mut()) {
+                out.push(match (job, r.take()) {
+                    (Job::Check(req), Some(r)) => {
+                        Outcome::Check(record(t, req, r, visit_days, at)?)
+                    }
+                    (Job::Grant(member, query), _) => {
+                        let agency = agency.ok_or_else(|| {
+                            super::StoreError::Refused("no agency key to sign grants".into())
+                        })?;
+                        Outcome::Grant(grant_in(t, member, query, agency, at, rules)?)
+                    }
+                    (Job::Check(_), None) => {
+                        return Err(super::StoreError::Inconsistent(
+                            "a check was not decided".into(),
+                        ))
+                    }
+                });
+            }
+            Ok(out)
+        })
+    }
+}
