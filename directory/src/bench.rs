@@ -160,13 +160,7 @@ fn measure(args: &BenchArgs, dir: &std::path::Path) -> Result<()> {
         .filter_map(|p| p.coverages.last())
         .map(|c| CheckRequest {
             institution: clinic,
-            key: CheckKey::Card {
-                insurer: c.card.insurer.clone(),
-                symbol: c.card.symbol.clone(),
-                number: c.card.number.clone(),
-                branch: Some(c.card.branch),
-                presented: None,
-            },
+            key: CheckKey::for_card(&c.card, None),
             date: crate::registry::today(),
             visit_consent: false,
         })

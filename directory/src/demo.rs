@@ -23,13 +23,7 @@ fn card_check(
     let c = &p.coverages[p.coverages.len() - 1].card;
     CheckRequest {
         institution,
-        key: CheckKey::Card {
-            insurer: c.insurer.clone(),
-            symbol: c.symbol.clone(),
-            number: c.number.clone(),
-            branch: Some(c.branch),
-            presented,
-        },
+        key: CheckKey::for_card(c, presented),
         date: today(),
         visit_consent: false,
     }
@@ -147,25 +141,13 @@ pub fn run(dir: &Path, persons: u64) -> Result<()> {
         },
     )?;
     if let Some(mover) = all.iter().find(|p| p.coverages.len() > 1) {
+        let ended = mover
+            .coverages
+            .iter()
+            .find(|c| c.until.is_some())
+            .unwrap_or(&mover.coverages[0]);
         let mut old = card_check(clinic, mover, None);
-        if let CheckKey::Card {
-            insurer,
-            symbol,
-            number,
-            branch,
-            ..
-        } = &mut old.key
-        {
-            let c = mover
-                .coverages
-                .iter()
-                .find(|c| c.until.is_some())
-                .unwrap_or(&mover.coverages[0]);
-            *insurer = c.card.insurer.clone();
-            *symbol = c.card.symbol.clone();
-            *number = c.card.number.clone();
-            *branch = Some(c.card.branch);
-        }
+        old.key = CheckKey::for_card(&ended.card, None);
         show_answer("old card of a person who changed insurer", &store, &old)?;
     }
     let other = all

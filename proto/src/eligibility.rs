@@ -61,6 +61,17 @@ pub enum CheckKey {
 }
 
 impl CheckKey {
+    /// The key of a check by this card, with the medical ID the person presents if any.
+    pub fn for_card(card: &Card, presented: Option<MedicalId>) -> Self {
+        CheckKey::Card {
+            insurer: card.insurer.clone(),
+            symbol: card.symbol.clone(),
+            number: card.number.clone(),
+            branch: Some(card.branch),
+            presented,
+        }
+    }
+
     /// Whether a coverage's card is the one presented; any card for a medical ID.
     pub fn matches(&self, card: &Card) -> bool {
         match self {

@@ -64,6 +64,17 @@ fn file(d: &Directory, name: &str, rows: &[Row]) -> String {
     path.display().to_string()
 }
 
+/// A directory with persons 1 and 2 enrolled from one file.
+fn two_enrolled() -> Directory {
+    let d = Directory::new();
+    d.ok(&["init"]);
+    d.ok(&[
+        "enroll",
+        &file(&d, "a.csv", &[Row::person(1), Row::person(2)]),
+    ]);
+    d
+}
+
 fn medical_id_of(d: &Directory, my_number: &str) -> MedicalId {
     let v = d.json(&["show", "--my-number", my_number, "--json"]);
     v["person"]["medical_id"].as_str().unwrap().parse().unwrap()
@@ -223,12 +234,7 @@ fn a_person_who_moves_insurer_keeps_one_id_and_old_dates() {
 
 #[test]
 fn disagreements_become_conflicts_that_an_operator_resolves() {
-    let d = Directory::new();
-    d.ok(&["init"]);
-    d.ok(&[
-        "enroll",
-        &file(&d, "a.csv", &[Row::person(1), Row::person(2)]),
-    ]);
+    let d = two_enrolled();
     let id1 = medical_id_of(&d, &my(1));
     // Same My Number, other birth date: nothing is overwritten.
     let wrong_birth = Row::person(1).set(BIRTH, "1981-04-01").set(NUMBER, "999");
@@ -366,12 +372,7 @@ fn assignment_and_letters() {
 
 #[test]
 fn checks_record_service_use_and_mismatches() {
-    let d = Directory::new();
-    d.ok(&["init"]);
-    d.ok(&[
-        "enroll",
-        &file(&d, "a.csv", &[Row::person(1), Row::person(2)]),
-    ]);
+    let d = two_enrolled();
     let id1 = medical_id_of(&d, &my(1)).to_string();
     let id2 = medical_id_of(&d, &my(2)).to_string();
     let card1 = [
@@ -468,12 +469,7 @@ fn checks_record_service_use_and_mismatches() {
 
 #[test]
 fn change_death_and_retirement() {
-    let d = Directory::new();
-    d.ok(&["init"]);
-    d.ok(&[
-        "enroll",
-        &file(&d, "a.csv", &[Row::person(1), Row::person(2)]),
-    ]);
+    let d = two_enrolled();
     let old = medical_id_of(&d, &my(1)).to_string();
     let err = d.fails(&["change", "--medical-id", &old, "--reason", ""]);
     assert!(err.contains("reason"), "{err}");

@@ -213,13 +213,7 @@ async fn run(args: Args) -> Result<()> {
         .filter_map(|p| p.coverages.last())
         .map(|c| CheckRequest {
             institution: req_code,
-            key: CheckKey::Card {
-                insurer: c.card.insurer.clone(),
-                symbol: c.card.symbol.clone(),
-                number: c.card.number.clone(),
-                branch: Some(c.card.branch),
-                presented: None,
-            },
+            key: CheckKey::for_card(&c.card, None),
             date: chrono::Local::now().date_naive(),
             visit_consent: false,
         })
