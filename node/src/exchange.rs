@@ -116,25 +116,22 @@ async fn serve(
             )
         }
     }
-    let worker = node.clone();
-    let served = tokio::task::spawn_blocking(move || {
-        worker
-            .store
-            .serve_grant(g.id, g.expires_at, g.medical_id, |records| {
-                notification(&worker, Side::Disclosed, &g, records)
-            })
-    })
-    .await;
-    match served {
-        Ok(Ok(records)) => match serde_json::to_vec(&fhir::bundle("collection", &records)) {
+    let signer = node.clone();
+    let job = crate::store::ServeJob {
+        grant_id: g.id,
+        expires_at: g.expires_at,
+        medical_id: g.medical_id,
+        notify: Box::new(move |records| notification(&signer, Side::Disclosed, &g, records)),
+    };
+    match node.serving.serve(job).await {
+        Ok(records) => match serde_json::to_vec(&fhir::bundle("collection", &records)) {
             Ok(bundle) => ExchangeResponse::Records { bundle },
             Err(e) => refused(RefusalReason::Internal, e.to_string()),
         },
-        Ok(Err(crate::store::StoreError::Replayed)) => refused(
+        Err(crate::store::StoreError::Replayed) => refused(
             RefusalReason::Grant(GrantRefusal::Replayed),
             GrantRefusal::Replayed.to_string(),
         ),
-        Ok(Err(e)) => refused(RefusalReason::Internal, e.to_string()),
         Err(e) => refused(RefusalReason::Internal, e.to_string()),
     }
 }

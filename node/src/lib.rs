@@ -10,6 +10,7 @@ pub mod fhir;
 pub mod identity;
 pub mod outbox;
 pub mod p2p;
+pub mod serve_commit;
 pub mod store;
 
 use config::NodeConfig;
@@ -40,7 +41,8 @@ pub struct Node {
     pub code: InstitutionCode,
     pub key: SigningKey,
     pub agency: VerifyingKey,
-    pub store: store::Store,
+    pub store: Arc<store::Store>,
+    pub serving: serve_commit::ServeCommitter,
     pub p2p: p2p::P2p,
     pub directory: directory::Directory,
     pub api_token: String,
@@ -72,7 +74,8 @@ pub async fn start(config: NodeConfig) -> Result<Running, NodeError> {
     let code = config.code;
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| NodeError::Config(format!("{}: {e}", config.data_dir.display())))?;
-    let store = store::Store::open(&config.data_dir.join("node.redb"))?;
+    let store = Arc::new(store::Store::open(&config.data_dir.join("node.redb"))?);
+    let serving = serve_commit::ServeCommitter::start(store.clone());
     let directory_addr = config.directory_address().map_err(NodeError::Config)?;
     let listen = config.listen_address().map_err(NodeError::Config)?;
     let (p2p, inbound, p2p_addrs, p2p_task) = p2p::start(&key, listen, directory_addr).await?;
@@ -82,6 +85,7 @@ pub async fn start(config: NodeConfig) -> Result<Running, NodeError> {
         key,
         agency,
         store,
+        serving,
         p2p,
         api_token: config.api.token.clone(),
     });

@@ -47,6 +47,17 @@ pub struct Store {
     db: Database,
 }
 
+/// One fetch to serve under a grant that passed every offline check.
+pub struct ServeJob {
+    pub grant_id: [u8; 16],
+    pub expires_at: i64,
+    pub medical_id: MedicalId,
+    /// Builds the signed disclosure notification from the records served.
+    pub notify: Disclosure,
+}
+
+pub type Disclosure = Box<dyn FnOnce(&[Value]) -> Signed<Notification> + Send>;
+
 fn parse(bytes: &[u8]) -> Result<Value> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Codec(e.to_string()))
 }
@@ -93,33 +104,33 @@ impl Store {
         Ok(out)
     }
 
-    /// Serves a grant once: in one transaction marks it used, reads the records, and
-    /// puts the disclosure notification `notify` builds from them into the outbox.
-    pub fn serve_grant(
-        &self,
-        grant_id: [u8; 16],
-        expires_at: i64,
-        id: MedicalId,
-        notify: impl FnOnce(&[Value]) -> Signed<Notification>,
-    ) -> Result<Vec<Value>> {
+    /// Serves grants, each once: in one transaction marks each used, reads its records,
+    /// and puts the disclosure notification its `notify` builds into the outbox. One
+    /// commit for all of them; a replayed grant fails alone.
+    pub fn serve_grants(&self, jobs: Vec<ServeJob>) -> Result<Vec<Result<Vec<Value>>>> {
         let tx = self.db.begin_write()?;
-        let records = {
+        let mut out = Vec::with_capacity(jobs.len());
+        {
             let mut seen = tx.open_table(SEEN_GRANTS)?;
-            if seen.get(grant_id)?.is_some() {
-                return Err(StoreError::Replayed);
-            }
-            seen.insert(grant_id, expires_at)?;
             let t = tx.open_table(RECORDS)?;
-            let mut records = Vec::new();
-            for item in t.range((id.as_u64(), 0)..=(id.as_u64(), u64::MAX))? {
-                records.push(parse(item?.1.value())?);
+            for job in jobs {
+                if seen.get(job.grant_id)?.is_some() {
+                    out.push(Err(StoreError::Replayed));
+                    continue;
+                }
+                seen.insert(job.grant_id, job.expires_at)?;
+                let mut records = Vec::new();
+                let id = job.medical_id.as_u64();
+                for item in t.range((id, 0)..=(id, u64::MAX))? {
+                    records.push(parse(item?.1.value())?);
+                }
+                let n = (job.notify)(&records);
+                put_outbox(&tx, &n)?;
+                out.push(Ok(records));
             }
-            let n = notify(&records);
-            put_outbox(&tx, &n)?;
-            records
-        };
+        }
         tx.commit()?;
-        Ok(records)
+        Ok(out)
     }
 
     /// Queues a notification, durably, before the caller reports success.

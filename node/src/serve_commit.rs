@@ -1,0 +1,66 @@
+//! Group commit at a source node: fetches that arrive together are served in one
+//! transaction (single-use marks, records read, disclosures queued) and one durable
+//! commit, instead of one commit each behind the node's single writer.
+
+use crate::store::{ServeJob, Store, StoreError};
+use serde_json::Value;
+use std::sync::mpsc;
+use std::sync::Arc;
+use tokio::sync::oneshot;
+
+type Reply = oneshot::Sender<Result<Vec<Value>, StoreError>>;
+
+pub struct ServeCommitter {
+    tx: mpsc::Sender<(ServeJob, Reply)>,
+}
+
+/// Most fetches committed together.
+const MAX_GROUP: usize = 256;
+
+impl ServeCommitter {
+    pub fn start(store: Arc<Store>) -> Self {
+        let (tx, rx) = mpsc::channel::<(ServeJob, Reply)>();
+        let spawned = std::thread::Builder::new()
+            .name("serve-commit".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut group = vec![first];
+                    while group.len() < MAX_GROUP {
+                        match rx.try_recv() {
+                            Ok(next) => group.push(next),
+                            Err(_) => break,
+                        }
+                    }
+                    let (jobs, replies): (Vec<_>, Vec<_>) = group.into_iter().unzip();
+                    match store.serve_grants(jobs) {
+                        Ok(results) => {
+                            for (reply, r) in replies.into_iter().zip(results) {
+                                let _ = reply.send(r);
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "serving a group of fetches failed");
+                            let msg = e.to_string();
+                            for reply in replies {
+                                let _ = reply.send(Err(StoreError::Codec(msg.clone())));
+                            }
+                        }
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the serve-commit thread");
+        }
+        Self { tx }
+    }
+
+    pub async fn serve(&self, job: ServeJob) -> Result<Vec<Value>, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send((job, reply))
+            .map_err(|_| StoreError::Codec("the serve-commit thread has stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Codec("the serve-commit thread dropped the fetch".into()))?
+    }
+}
