@@ -264,4 +264,54 @@ mod federation {
             .unwrap_err();
         assert_eq!(gone.reason, RefusalReason::UnknownInstitution);
     }
+
+    #[test]
+    fn a_large_batch_is_verified_in_parallel_and_a_forgery_is_singled_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir);
+        let agency = SigningKey::from_bytes(&[9; 32]);
+        let (key, member) = register(&s, &agency, 5);
+        let forger = SigningKey::from_bytes(&[66; 32]);
+        let batch: Vec<_> = (0..200u32)
+            .map(|i| {
+                let n = Notification {
+                    id: [
+                        (i % 256) as u8,
+                        (i / 256) as u8,
+                        1,
+                        1,
+                        1,
+                        1,
+                        1,
+                        1,
+                        1,
+                        1,
+                        1,
+                        1,
+                        1,
+                        1,
+                        1,
+                        1,
+                    ],
+                    side: Side::Disclosed,
+                    grant_id: [0; 16],
+                    medical_id: iryo_proto::MedicalId::from_body(1),
+                    source: member.code,
+                    requester: code(9),
+                    purpose: Purpose::Treatment,
+                    emergency: false,
+                    record_count: 1,
+                    resource_types: vec![],
+                    at: 0,
+                };
+                let mut signed = Signed::sign(&n, if i == 137 { &forger } else { &key });
+                signed.signer = key.verifying_key().to_bytes();
+                signed
+            })
+            .collect();
+        let out = s.accept_notifications(&member, &batch).unwrap();
+        assert_eq!(out.acknowledged.len(), 199);
+        assert_eq!(out.refused.len(), 1);
+        assert_eq!(out.refused[0].0[0], 137);
+    }
 }
