@@ -699,7 +699,7 @@ fn serve(config: Config, listen: Option<String>) -> Result<()> {
         );
         use std::io::Write as _;
         std::io::stdout().flush()?;
-        tokio::signal::ctrl_c().await?;
+        shutdown_signal().await;
         admin_task.abort();
         running.stop().await;
         let _ = std::fs::remove_file(admin::socket_path(&config));
@@ -1007,4 +1007,21 @@ fn write_csv<T: serde::Serialize>(out: &PathBuf, rows: &[T]) -> Result<()> {
         .sync_all()
         .with_context(|| format!("{}", out.display()))?;
     Ok(())
+}
+
+/// Ctrl-C or SIGTERM (what service managers send), whichever comes first.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let terminated = async {
+        match term.as_mut() {
+            Some(t) => {
+                t.recv().await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminated => {}
+    }
 }

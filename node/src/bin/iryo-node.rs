@@ -138,11 +138,28 @@ fn run(cli: Cli) -> Result<()> {
                     p2p.join(",")
                 );
                 std::io::stdout().flush()?;
-                tokio::signal::ctrl_c().await?;
+                shutdown_signal().await;
                 running.stop();
                 anyhow::Ok(())
             })?;
         }
     }
     Ok(())
+}
+
+/// Ctrl-C or SIGTERM (what service managers send), whichever comes first.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let terminated = async {
+        match term.as_mut() {
+            Some(t) => {
+                t.recv().await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminated => {}
+    }
 }
