@@ -12,7 +12,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use iryo_proto::eligibility::{CheckKey, CheckRequest};
 use iryo_proto::federation::Purpose;
-use iryo_proto::wire::{DirectoryRequest, DirectoryResponse, RefusalReason};
+use iryo_proto::wire::RefusalReason;
 use iryo_proto::*;
 use serde::Deserialize;
 use serde_json::json;
@@ -175,17 +175,8 @@ async fn eligibility(State(node): State<Arc<Node>>, Json(b): Json<EligibilityBod
         date: b.date.unwrap_or_else(|| chrono::Local::now().date_naive()),
         visit_consent: b.visit_consent,
     };
-    match node
-        .directory
-        .request(DirectoryRequest::Eligibility { request })
-        .await
-    {
-        Ok(DirectoryResponse::Eligibility(a)) => Json(a).into_response(),
-        Ok(_) => error(
-            StatusCode::BAD_GATEWAY,
-            "unavailable",
-            "unexpected answer from the directory",
-        ),
+    match node.directory.check(request).await {
+        Ok(a) => Json(a).into_response(),
         Err(e) => error(StatusCode::BAD_GATEWAY, "unavailable", e),
     }
 }

@@ -3,12 +3,14 @@
 
 use crate::p2p::{P2p, P2pError};
 use ed25519_dalek::VerifyingKey;
+use iryo_proto::eligibility::{CheckAnswer, CheckRequest};
 use iryo_proto::federation::Membership;
-use iryo_proto::wire::{DirectoryRequest, DirectoryResponse, Refusal};
+use iryo_proto::wire::{DirectoryRequest, DirectoryResponse, Refusal, MAX_CHECKS_PER_REQUEST};
 use iryo_proto::InstitutionCode;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DirectoryError {
@@ -27,16 +29,34 @@ pub struct Directory {
     agency: VerifyingKey,
     refresh: Duration,
     cache: Mutex<HashMap<InstitutionCode, (Option<Membership>, Instant)>>,
+    checks: mpsc::Sender<(CheckRequest, oneshot::Sender<Result<CheckAnswer, String>>)>,
 }
 
 impl Directory {
+    /// Must be called inside the Tokio runtime: it starts the task that batches checks.
     pub fn new(p2p: P2p, agency: VerifyingKey, refresh: Duration) -> Self {
+        let (checks, rx) = mpsc::channel(4096);
+        tokio::spawn(batch_checks(p2p.clone(), rx));
         Self {
             p2p,
             agency,
             refresh,
             cache: Mutex::new(HashMap::new()),
+            checks,
         }
+    }
+
+    /// An eligibility check at the directory. Checks asked at the same moment travel
+    /// in one request, so a busy reception desk costs one round trip, not one each.
+    pub async fn check(&self, req: CheckRequest) -> Result<CheckAnswer, String> {
+        let (reply, answer) = oneshot::channel();
+        self.checks
+            .send((req, reply))
+            .await
+            .map_err(|_| "the check batcher has stopped".to_string())?;
+        answer
+            .await
+            .map_err(|_| "the check batcher dropped the check".to_string())?
     }
 
     /// The institution's active membership, `None` if it has none (unknown, revoked,
@@ -81,5 +101,47 @@ impl Directory {
             DirectoryResponse::Refused(r) => Err(DirectoryError::Refused(r)),
             other => Ok(other),
         }
+    }
+}
+
+type CheckReply = oneshot::Sender<Result<CheckAnswer, String>>;
+
+/// Sends whatever checks are waiting as one request; several requests may be in
+/// flight at once.
+async fn batch_checks(p2p: P2p, mut rx: mpsc::Receiver<(CheckRequest, CheckReply)>) {
+    while let Some(first) = rx.recv().await {
+        let mut group = vec![first];
+        while group.len() < MAX_CHECKS_PER_REQUEST {
+            match rx.try_recv() {
+                Ok(next) => group.push(next),
+                Err(_) => break,
+            }
+        }
+        let p2p = p2p.clone();
+        tokio::spawn(async move {
+            let (requests, replies): (Vec<_>, Vec<_>) = group.into_iter().unzip();
+            let n = requests.len();
+            let answers = match p2p
+                .directory(DirectoryRequest::EligibilityBatch { requests })
+                .await
+            {
+                Ok(DirectoryResponse::EligibilityBatch(a)) if a.len() == n => Ok(a),
+                Ok(DirectoryResponse::Refused(r)) => Err(format!("the directory refused: {r}")),
+                Ok(_) => Err("unexpected answer from the directory".to_string()),
+                Err(e) => Err(format!("the directory is unreachable: {e}")),
+            };
+            match answers {
+                Ok(a) => {
+                    for (reply, answer) in replies.into_iter().zip(a) {
+                        let _ = reply.send(Ok(answer));
+                    }
+                }
+                Err(e) => {
+                    for reply in replies {
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                }
+            }
+        });
     }
 }

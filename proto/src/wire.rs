@@ -18,6 +18,8 @@ pub const MAX_DIRECTORY_RESPONSE: u64 = 256 * 1024;
 pub const MAX_EXCHANGE_REQUEST: u64 = 16 * 1024;
 /// One patient's records from one institution.
 pub const MAX_EXCHANGE_RESPONSE: u64 = 16 * 1024 * 1024;
+/// Eligibility checks a node sends in one request.
+pub const MAX_CHECKS_PER_REQUEST: usize = 512;
 /// Notifications a node sends in one request.
 pub const MAX_NOTIFICATIONS_PER_REQUEST: usize = 512;
 
@@ -28,6 +30,9 @@ pub enum DirectoryRequest {
     /// An eligibility check; it may carry the consent the patient gave at the
     /// reception desk (`CheckRequest::visit_consent`).
     Eligibility { request: CheckRequest },
+    /// Checks that arrived at a node together, sent as one request (at most
+    /// `MAX_CHECKS_PER_REQUEST`); answered in the same order.
+    EligibilityBatch { requests: Vec<CheckRequest> },
     /// The patient's consent as recorded.
     Consent { medical_id: MedicalId },
     /// Permission to fetch a patient's records from a source.
@@ -48,6 +53,7 @@ pub enum DirectoryResponse {
     /// `None` when the code is unknown, revoked or expired.
     Membership(Option<Signed<Membership>>),
     Eligibility(CheckAnswer),
+    EligibilityBatch(Vec<CheckAnswer>),
     Consent(Vec<ConsentView>),
     Grant(Signed<Grant>),
     /// Ids the directory now holds (newly logged or logged before).

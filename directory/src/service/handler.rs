@@ -92,11 +92,11 @@ pub fn handle(
                 Err(e) => internal(e),
             }
         }
-        DirectoryRequest::Eligibility { .. } | DirectoryRequest::Grant { .. } => {
-            DirectoryResponse::Refused(Refusal::new(
-                RefusalReason::Internal,
-                "checks and grants are answered by group commit",
-            ))
-        }
+        DirectoryRequest::Eligibility { .. }
+        | DirectoryRequest::EligibilityBatch { .. }
+        | DirectoryRequest::Grant { .. } => DirectoryResponse::Refused(Refusal::new(
+            RefusalReason::Internal,
+            "checks and grants are answered by group commit",
+        )),
     }
 }

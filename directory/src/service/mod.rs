@@ -226,6 +226,31 @@ async fn answer(
                 Err(e) => internal(e),
             }
         }
+        DirectoryRequest::EligibilityBatch { requests } => {
+            if requests.len() > iryo_proto::wire::MAX_CHECKS_PER_REQUEST {
+                return DirectoryResponse::Refused(iryo_proto::wire::Refusal::new(
+                    iryo_proto::wire::RefusalReason::BadRequest,
+                    format!(
+                        "at most {} checks per request",
+                        iryo_proto::wire::MAX_CHECKS_PER_REQUEST
+                    ),
+                ));
+            }
+            // Submitted together, they share one group commit.
+            let pending = requests.into_iter().map(|mut request| {
+                request.institution = member.code;
+                committer.submit(Job::Check(request))
+            });
+            let mut answers = Vec::new();
+            for outcome in futures::future::join_all(pending).await {
+                match outcome {
+                    Ok(Outcome::Check(a)) => answers.push(a),
+                    Ok(_) => return internal("unexpected outcome".into()),
+                    Err(e) => return internal(e),
+                }
+            }
+            DirectoryResponse::EligibilityBatch(answers)
+        }
         DirectoryRequest::Grant {
             medical_id,
             source,

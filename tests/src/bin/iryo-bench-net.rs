@@ -10,7 +10,6 @@ use iryo_directory::registry::now;
 use iryo_node::exchange::notification;
 use iryo_proto::eligibility::{CheckKey, CheckRequest};
 use iryo_proto::federation::{Grant, Purpose, Side};
-use iryo_proto::wire::{DirectoryRequest, DirectoryResponse};
 use iryo_proto::{InstitutionCode, PointTableKind};
 use iryo_tests::local::LocalFederation;
 use std::sync::Arc;
@@ -233,11 +232,7 @@ async fn run(args: Args) -> Result<()> {
                 let req = checks[k % checks.len()].clone();
                 k += 7;
                 let t = Instant::now();
-                if let Ok(DirectoryResponse::Eligibility(_)) = node
-                    .directory
-                    .request(DirectoryRequest::Eligibility { request: req })
-                    .await
-                {
+                if node.directory.check(req).await.is_ok() {
                     lat.push(t.elapsed());
                 }
             }
