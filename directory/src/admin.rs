@@ -6,8 +6,9 @@
 use crate::access::ConsentRecord;
 use crate::audit::LogEntry;
 use crate::config::Config;
+use crate::letters::Letter;
 use crate::registry::now;
-use crate::store::{AuditReport, GrantRecord, InstitutionRecord, Store};
+use crate::store::{AuditReport, GrantRecord, InstitutionRecord, Plan, Store};
 use ed25519_dalek::SigningKey;
 use iryo_proto::federation::{Membership, Registration, Role, TreeHead};
 use iryo_proto::merkle::Hash;
@@ -46,6 +47,16 @@ pub enum AdminRequest {
     AuditConsistency {
         old: u64,
     },
+    /// The letters to print, each with a new activation code (stored as a hash).
+    Letters {
+        plan: Plan,
+        all: bool,
+    },
+    /// The letters were written; the people count as told.
+    LettersSent {
+        plan: Plan,
+        pids: Vec<u64>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -69,6 +80,7 @@ pub enum AdminResponse {
         head: Signed<TreeHead>,
         proof: Vec<Hash>,
     },
+    Letters(Vec<Letter>),
     Error(String),
 }
 
@@ -111,25 +123,36 @@ pub fn execute(
             AdminRequest::AuditVerify => {
                 AdminResponse::Audit(store.audit_verify(&agency.verifying_key())?)
             }
-            AdminRequest::AuditShow { medical_id } => {
-                let person = store.person_by_medical_id(medical_id)?;
-                let mut ids: Vec<MedicalId> = person
-                    .history
-                    .iter()
-                    .filter_map(|e| match e {
-                        crate::registry::Event::Issued { id, .. } => Some(*id),
-                        crate::registry::Event::IdChanged { new, .. } => Some(*new),
-                        _ => None,
-                    })
-                    .collect();
-                if !ids.contains(&person.medical_id) {
-                    ids.push(person.medical_id);
-                }
-                AdminResponse::Entries(store.audit_for_patient(&ids)?)
-            }
+            AdminRequest::AuditShow { medical_id } => AdminResponse::Entries(
+                store.audit_for_person(&store.person_by_medical_id(medical_id)?)?,
+            ),
             AdminRequest::AuditUnmatched => AdminResponse::Unmatched(
                 store.unmatched(now(), config.access.unmatched_after_seconds)?,
             ),
+            AdminRequest::Letters { plan, all } => {
+                let rows = store.letter_rows(plan, all, crate::registry::today())?;
+                let pids: Vec<u64> = rows.iter().map(|r| r.pid).collect();
+                let expires = now() + i64::from(config.letters.activation_days) * 86_400;
+                let codes = store.issue_activations(&pids, expires)?;
+                let until = chrono::DateTime::from_timestamp(expires, 0)
+                    .map(|d| d.with_timezone(&chrono::Local).date_naive().to_string())
+                    .unwrap_or_default();
+                AdminResponse::Letters(
+                    rows.into_iter()
+                        .zip(codes)
+                        .map(|(row, code)| Letter {
+                            pid: row.pid,
+                            row,
+                            code,
+                            expires: until.clone(),
+                        })
+                        .collect(),
+                )
+            }
+            AdminRequest::LettersSent { plan, pids } => {
+                store.mark_notified(&pids, plan, now())?;
+                AdminResponse::Done
+            }
             AdminRequest::AuditConsistency { old } => {
                 let (head, size) = latest(store)?;
                 AdminResponse::Consistency {

@@ -122,6 +122,7 @@ fn measure(args: &BenchArgs, dir: &std::path::Path) -> Result<()> {
     let opts = IngestOptions {
         encoding: Encoding::Utf8,
         batch_rows: args.batch_rows,
+        only_insurer: None,
     };
     let mut total = Summary::default();
     let t = Instant::now();

@@ -30,6 +30,48 @@ pub struct Config {
     pub enrollment: EnrollmentConfig,
     pub access: AccessConfig,
     pub service: ServiceConfig,
+    pub https: HttpsConfig,
+    pub letters: LettersConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpsConfig {
+    /// Address of the HTTPS front (portal, insurers, operators); it starts with `serve`
+    /// once `ca init` has made the agency CA.
+    pub listen: String,
+}
+
+impl Default for HttpsConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8443".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LettersConfig {
+    /// A Japanese TrueType font to embed (Debian: fonts-ipaexfont-gothic, IPA Font License).
+    pub font: PathBuf,
+    /// Where the letter tells people to sign in.
+    pub portal_url: String,
+    /// Days an activation code stays valid.
+    pub activation_days: u32,
+    /// Letters per PDF file.
+    pub per_file: usize,
+}
+
+impl Default for LettersConfig {
+    fn default() -> Self {
+        Self {
+            font: PathBuf::from("/usr/share/fonts/opentype/ipaexfont-gothic/ipaexg.ttf"),
+            portal_url: "https://localhost:8443/portal/".into(),
+            activation_days: 90,
+            per_file: 500,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -107,6 +149,8 @@ impl Default for Config {
             enrollment: EnrollmentConfig::default(),
             access: AccessConfig::default(),
             service: ServiceConfig::default(),
+            https: HttpsConfig::default(),
+            letters: LettersConfig::default(),
         }
     }
 }

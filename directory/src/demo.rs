@@ -89,6 +89,7 @@ pub fn run(dir: &Path, persons: u64) -> Result<()> {
     let opts = IngestOptions {
         encoding: Encoding::Utf8,
         batch_rows: ctx.config.enrollment.batch_rows,
+        only_insurer: None,
     };
     for f in &sample.files {
         let s = ingest_file(&store, &issuer, f, &opts, &Progress::Silent)?;

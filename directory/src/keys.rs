@@ -30,7 +30,7 @@ const ROOT_FILE: &str = "agency-root.ed25519";
 const ISSUANCE_FILE: &str = "issuance-ff1.aes256";
 const SERVICE_FILE: &str = "directory-p2p.ed25519";
 
-fn random32() -> Result<[u8; 32], KeyError> {
+pub fn random32() -> Result<[u8; 32], KeyError> {
     let mut b = [0u8; 32];
     getrandom::fill(&mut b).map_err(|e| KeyError::Random(e.to_string()))?;
     Ok(b)
@@ -55,17 +55,7 @@ impl AgencyKeys {
             (ROOT_FILE, self.root.to_bytes()),
             (ISSUANCE_FILE, self.issuance),
         ] {
-            let path = dir.join(name);
-            let mut opts = std::fs::OpenOptions::new();
-            opts.write(true).create_new(true);
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::OpenOptionsExt;
-                opts.mode(0o600);
-            }
-            let mut f = opts.open(&path).map_err(io(&path))?;
-            f.write_all(&bytes).map_err(io(&path))?;
-            f.sync_all().map_err(io(&path))?;
+            write_secret(&dir.join(name), &bytes)?;
         }
         Ok(())
     }
@@ -92,8 +82,14 @@ pub fn service_identity(dir: &Path) -> Result<[u8; 32], KeyError> {
         return read32(&path);
     }
     let key = random32()?;
+    write_secret(&path, &key)?;
+    Ok(key)
+}
+
+/// Writes a new secret file readable by its owner alone; never overwrites one.
+pub fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
     let io = |source| KeyError::Io {
-        path: path.clone(),
+        path: path.to_path_buf(),
         source,
     };
     let mut opts = std::fs::OpenOptions::new();
@@ -103,10 +99,9 @@ pub fn service_identity(dir: &Path) -> Result<[u8; 32], KeyError> {
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
-    let mut f = opts.open(&path).map_err(io)?;
-    f.write_all(&key).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    Ok(key)
+    let mut f = opts.open(path).map_err(io)?;
+    f.write_all(bytes).map_err(io)?;
+    f.sync_all().map_err(io)
 }
 
 fn read32(path: &Path) -> Result<[u8; 32], KeyError> {

@@ -20,7 +20,7 @@ impl Drop for Proc {
 }
 
 /// Starts `cmd` and waits for its ready line on stdout; returns the process and the line.
-fn start_ready(mut cmd: Command, what: &str) -> (Proc, String) {
+pub fn start_ready(mut cmd: Command, what: &str) -> (Proc, String) {
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -40,7 +40,7 @@ fn start_ready(mut cmd: Command, what: &str) -> (Proc, String) {
     panic!("{what} exited before it was ready");
 }
 
-fn field<'a>(line: &'a str, key: &str) -> &'a str {
+pub fn field<'a>(line: &'a str, key: &str) -> &'a str {
     line.split_whitespace()
         .find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
         .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
@@ -172,6 +172,8 @@ pub struct Federation {
     pub directory: Option<Proc>,
     pub directory_addr: String,
     pub agency_key: String,
+    /// `host:port` of the HTTPS front, empty when no agency CA was made.
+    pub https: String,
     pub nodes: Vec<NodeProc>,
     pub patients: Vec<MedicalId>,
     listen: String,
@@ -183,6 +185,7 @@ impl Federation {
     pub fn start(nodes: usize, patients: u64, refresh: u64) -> Self {
         let registry = Directory::new();
         registry.ok(&["init"]);
+        registry.ok(&["ca", "init"]);
         let rows: Vec<String> = (0..patients)
             .map(|i| {
                 format!(
@@ -258,6 +261,7 @@ impl Federation {
             directory: None,
             directory_addr: String::new(),
             agency_key: String::new(),
+            https: String::new(),
             nodes: node_procs,
             patients,
             listen: "/ip4/127.0.0.1/tcp/0".into(),
@@ -286,7 +290,13 @@ impl Federation {
         let mut cmd = Command::new(directory_bin());
         cmd.arg("--data-dir")
             .arg(&self.registry.data)
-            .args(["serve", "--listen", &self.listen])
+            .args([
+                "serve",
+                "--listen",
+                &self.listen,
+                "--https",
+                &self.https_listen(),
+            ])
             .env("RUST_LOG", "warn")
             .env_remove("SSLKEYLOGFILE");
         let (p, line) = start_ready(cmd, "iryo-directory serve");
@@ -296,7 +306,17 @@ impl Federation {
             .unwrap_or_default()
             .to_string();
         self.agency_key = field(&line, "agency_key").to_string();
+        self.https = field(&line, "https").to_string();
         self.directory = Some(p);
+    }
+
+    /// The HTTPS front keeps its port across restarts too.
+    fn https_listen(&self) -> String {
+        if self.https.is_empty() {
+            "127.0.0.1:0".into()
+        } else {
+            self.https.clone()
+        }
     }
 
     pub fn stop_directory(&mut self) {

@@ -2,6 +2,7 @@
 //! temp dirs, and helpers to write enrollment files and compare stored state.
 
 pub mod federation;
+pub mod https;
 pub mod local;
 
 use std::path::{Path, PathBuf};

@@ -39,6 +39,7 @@ impl LocalFederation {
         let opts = IngestOptions {
             encoding: Encoding::Utf8,
             batch_rows: config.enrollment.batch_rows,
+            only_insurer: None,
         };
         ingest_all(&store, &issuer, &sample.files, &opts)?;
         let store = Arc::new(store);

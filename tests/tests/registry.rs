@@ -347,27 +347,63 @@ fn assignment_and_letters() {
     let v = d.json(&["show", "--my-number", &my(0), "--json"]);
     assert!(v["person"]["coverages"][0]["assigned_at"].is_i64());
 
-    let letters = d.path("letters.csv");
+    let letters = d.path("letters");
     d.ok(&[
-        "notify",
+        "letters",
         "--plan",
         "agency",
         "--out",
         &letters.display().to_string(),
     ]);
-    let text = std::fs::read_to_string(&letters).unwrap();
+    let text = std::fs::read_to_string(letters.join("letters.csv")).unwrap();
     assert!(text.contains("東京都千代田区千代田1-1"), "{text}");
     assert_eq!(text.lines().count(), 6);
-    let plan1 = d.path("plan1.csv");
+    // The PDF opens and carries each medical ID as 4-4-4-4, read back by pdftotext.
+    let pdf_text = pdftotext(&letters.join("letters-0001.pdf"));
+    let id0 = medical_id_of(&d, &my(0));
+    assert!(pdf_text.contains(&id0.grouped()), "{pdf_text}");
+    assert!(pdf_text.contains("医療ID"), "{pdf_text}");
+    let code = csv::Reader::from_path(letters.join("letters.csv"))
+        .unwrap()
+        .deserialize::<std::collections::HashMap<String, String>>()
+        .next()
+        .unwrap()
+        .unwrap()["activation_code"]
+        .clone();
+    assert!(pdf_text.contains(&code), "the activation code is printed");
+    assert!(
+        !std::fs::read(d.db())
+            .unwrap()
+            .windows(code.len())
+            .any(|w| w == code.as_bytes()),
+        "the activation code is stored only as a hash"
+    );
+    let plan1 = d.path("plan1");
     d.ok(&[
-        "notify",
+        "letters",
         "--plan",
         "insurer",
         "--out",
         &plan1.display().to_string(),
         "--all",
     ]);
-    assert!(std::fs::read_to_string(&plan1).unwrap().contains(&kyokai()));
+    assert!(std::fs::read_to_string(plan1.join("letters.csv"))
+        .unwrap()
+        .contains(&kyokai()));
+}
+
+fn pdftotext(pdf: &std::path::Path) -> String {
+    let out = std::process::Command::new("pdftotext")
+        .arg(pdf)
+        .arg("-")
+        .output()
+        .expect("pdftotext (Debian's poppler-utils, installed by .ci/run)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]

@@ -74,16 +74,22 @@ enum Command {
         #[arg(long)]
         all: bool,
     },
-    /// List the letters that tell people their medical ID (plan 1: by insurer, plan 2: by the agency).
-    Notify {
+    /// Print the letters that tell people their medical ID and My Portal activation code
+    /// (plan 1: by insurer, plan 2: by the agency): PDFs in Japanese and the print
+    /// vendor's letters.csv, written into DIR.
+    Letters {
         #[arg(long, value_enum)]
         plan: Plan,
+        /// Directory for letters-NNNN.pdf and letters.csv.
         #[arg(long)]
         out: PathBuf,
-        /// Include people listed before.
+        /// Include people told before (they get a new activation code).
         #[arg(long)]
         all: bool,
     },
+    /// The agency CA of the HTTPS front: server and client certificates, revocation.
+    #[command(subcommand)]
+    Ca(CaCmd),
     /// Eligibility check from an insurance card or a medical ID; records service use.
     Check(CheckArgs),
     /// Enrollment rows held because they disagree with the registry.
@@ -170,6 +176,9 @@ enum Command {
         /// libp2p listen address; overrides `service.listen`.
         #[arg(long)]
         listen: Option<String>,
+        /// HTTPS address of the portal, insurer and operator front; overrides `https.listen`.
+        #[arg(long)]
+        https: Option<String>,
     },
     /// Member institutions and their agency-signed memberships (seed 4-2).
     #[command(subcommand)]
@@ -180,6 +189,38 @@ enum Command {
     /// The audit log of exchanges, grants and checks.
     #[command(subcommand)]
     Audit(AuditCmd),
+}
+
+#[derive(Subcommand)]
+enum CaCmd {
+    /// Make the agency CA in DATA_DIR/ca and a server certificate for the HTTPS front.
+    Init {
+        /// Host names or addresses the server certificate covers.
+        #[arg(long = "host", default_values = ["localhost", "127.0.0.1"])]
+        hosts: Vec<String>,
+    },
+    /// Issue a certificate: a client certificate for an insurer or an operator, or a new
+    /// server certificate (PEM key and certificate, key mode 0600).
+    #[command(group(clap::ArgGroup::new("subject").required(true).args(["insurer", "operator", "server"])))]
+    Issue {
+        #[arg(long)]
+        insurer: Option<InsurerNumber>,
+        #[arg(long)]
+        operator: Option<String>,
+        /// Server host names or addresses (comma-separated); replaces the server certificate.
+        #[arg(long, value_delimiter = ',')]
+        server: Vec<String>,
+        /// Where to write cert.pem and key.pem; defaults to DATA_DIR/ca/issued/SUBJECT.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long, default_value_t = 365)]
+        days: i64,
+    },
+    /// Revoke certificates by serial number or subject ("insurer 01130012",
+    /// "operator sato"); `serve` refuses them from the next connection on.
+    Revoke { what: String },
+    /// Certificates issued, with serials and revocations.
+    List,
 }
 
 #[derive(Subcommand)]
@@ -429,6 +470,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let opts = IngestOptions {
                 encoding,
                 batch_rows: batch_rows.unwrap_or(config.enrollment.batch_rows),
+                only_insurer: None,
             };
             let ctx = Context::new(config);
             let store = ctx.store()?;
@@ -467,13 +509,23 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 out.display()
             );
         }
-        Command::Notify { plan, out, all } => {
-            let store = Context::new(config).store()?;
-            let rows = store.letter_rows(plan, all, today())?;
-            write_csv(&out, &rows)?;
-            store.mark_notified(&rows, plan, now())?;
-            println!("{} letters written to {}", rows.len(), out.display());
+        Command::Letters { plan, out, all } => {
+            let op = operator();
+            let AdminResponse::Letters(letters) =
+                admin(&config, &op, AdminRequest::Letters { plan, all })?
+            else {
+                bail!("unexpected answer from the directory");
+            };
+            let files =
+                iryo_directory::letters::write_letters(&out, &letters, plan, &config.letters)?;
+            let pids = letters.iter().map(|l| l.pid).collect();
+            admin(&config, &op, AdminRequest::LettersSent { plan, pids })?;
+            println!("{} letters written:", letters.len());
+            for f in files {
+                println!("  {}", f.display());
+            }
         }
+        Command::Ca(cmd) => ca(&config, cmd)?,
         Command::Check(args) => return check(config, args),
         Command::Conflicts(cmd) => {
             let ctx = Context::new(config);
@@ -631,7 +683,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Demo { dir, persons } => demo::run(&dir, persons)?,
         Command::Bench(args) => bench::run(&args)?,
-        Command::Serve { listen } => serve(config, listen)?,
+        Command::Serve { listen, https } => serve(config, listen, https)?,
         Command::Institution(cmd) => institution(&config, cmd)?,
         Command::Consent(cmd) => consent(&config, cmd)?,
         Command::Audit(cmd) => return audit(&config, cmd),
@@ -665,7 +717,70 @@ fn admin(config: &Config, operator: &str, req: AdminRequest) -> Result<AdminResp
     }
 }
 
-fn serve(config: Config, listen: Option<String>) -> Result<()> {
+fn ca(config: &Config, cmd: CaCmd) -> Result<()> {
+    use iryo_directory::ca::{Ca, ClientIdentity, Subject};
+    let dir = Ca::dir(&config.data_dir);
+    match cmd {
+        CaCmd::Init { hosts } => {
+            Ca::init(&dir, &hosts)?;
+            println!(
+                "agency CA made in {}; server certificate for {}",
+                dir.display(),
+                hosts.join(", ")
+            );
+        }
+        CaCmd::Issue {
+            insurer,
+            operator,
+            server,
+            out,
+            days,
+        } => {
+            let ca = Ca::open(&dir)?;
+            let subject = match (insurer, operator) {
+                (Some(n), _) => Subject::Client(ClientIdentity::Insurer(n)),
+                (_, Some(name)) => Subject::Client(ClientIdentity::Operator(name)),
+                _ => Subject::Server(server),
+            };
+            let out = match (&subject, out) {
+                (_, Some(o)) => o,
+                (Subject::Server(_), None) => dir.clone(),
+                (Subject::Client(id), None) => {
+                    dir.join("issued").join(id.to_string().replace(' ', "-"))
+                }
+            };
+            let issued = ca.issue(&subject, &out, days)?;
+            println!(
+                "issued serial {} for {} until {} into {}",
+                issued.serial,
+                issued.subject,
+                issued.not_after,
+                out.display()
+            );
+        }
+        CaCmd::Revoke { what } => {
+            for c in Ca::open(&dir)?.revoke(&what)? {
+                println!("revoked serial {} ({})", c.serial, c.subject);
+            }
+        }
+        CaCmd::List => {
+            for c in Ca::open(&dir)?.list()? {
+                println!(
+                    "{:>5}  {:<32} until {}{}",
+                    c.serial,
+                    c.subject,
+                    c.not_after,
+                    c.revoked_at
+                        .map(|r| format!("  REVOKED {r}"))
+                        .unwrap_or_default()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn serve(config: Config, listen: Option<String>, https: Option<String>) -> Result<()> {
     let listen: libp2p::Multiaddr = listen
         .unwrap_or_else(|| config.service.listen.clone())
         .parse()
@@ -688,12 +803,17 @@ fn serve(config: Config, listen: Option<String>) -> Result<()> {
         std::fs::write(config.data_dir.join("directory.addr"), addrs.join("\n"))?;
         let admin_task = tokio::spawn(admin::serve_socket(
             admin::socket_path(&config),
-            store,
+            store.clone(),
             keys.root.clone(),
             config.clone(),
         ));
+        let front = start_https(&config, https, store, keys.root.clone()).await?;
+        let https_addr = front
+            .as_ref()
+            .map(|f| f.addr.to_string())
+            .unwrap_or_default();
         println!(
-            "iryo-directory ready p2p={} agency_key={}",
+            "iryo-directory ready p2p={} https={https_addr} agency_key={}",
             addrs.join(","),
             iryo_proto::merkle::to_hex(keys.root.verifying_key().as_bytes())
         );
@@ -701,10 +821,43 @@ fn serve(config: Config, listen: Option<String>) -> Result<()> {
         std::io::stdout().flush()?;
         shutdown_signal().await;
         admin_task.abort();
+        if let Some(f) = front {
+            f.stop();
+        }
         running.stop().await;
         let _ = std::fs::remove_file(admin::socket_path(&config));
         anyhow::Ok(())
     })
+}
+
+/// Starts the HTTPS front when the agency CA exists.
+async fn start_https(
+    config: &Config,
+    https: Option<String>,
+    store: std::sync::Arc<iryo_directory::store::Store>,
+    agency: ed25519_dalek::SigningKey,
+) -> Result<Option<iryo_directory::web::Running>> {
+    use iryo_directory::ca::Ca;
+    use iryo_directory::web;
+    let dir = Ca::dir(&config.data_dir);
+    if !Ca::exists(&dir) {
+        tracing::warn!(
+            "no agency CA in {}: HTTPS front off (run `iryo-directory ca init`)",
+            dir.display()
+        );
+        return Ok(None);
+    }
+    let listen: std::net::SocketAddr = https
+        .unwrap_or_else(|| config.https.listen.clone())
+        .parse()
+        .context("HTTPS listen address")?;
+    let tls = std::sync::Arc::new(web::tls::TlsConfigs::new(&Ca::open(&dir)?)?);
+    let state = std::sync::Arc::new(web::Web::new(store, agency, config.clone())?);
+    Ok(Some(
+        web::start(state, tls, listen)
+            .await
+            .with_context(|| format!("HTTPS on {listen}"))?,
+    ))
 }
 
 fn institution(config: &Config, cmd: InstitutionCmd) -> Result<()> {

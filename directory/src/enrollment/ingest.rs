@@ -35,9 +35,11 @@ pub enum IngestError {
 pub struct IngestOptions {
     pub encoding: Encoding,
     pub batch_rows: usize,
+    /// When an insurer uploads its own file, rows of any other insurer are rejected.
+    pub only_insurer: Option<iryo_proto::InsurerNumber>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Summary {
     pub file: String,
     pub rows: u64,
@@ -123,6 +125,21 @@ fn errors_path(path: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
+fn own_insurer(
+    row: EnrollmentRow,
+    only: Option<&iryo_proto::InsurerNumber>,
+) -> Result<EnrollmentRow, Vec<RowError>> {
+    match only {
+        Some(n) if row.card.insurer != *n => Err(vec![RowError {
+            line: row.line,
+            field: "insurer_number".into(),
+            value: row.card.insurer.to_string(),
+            reason: format!("not this insurer's number (the uploader is insurer {n})"),
+        }]),
+        _ => Ok(row),
+    }
+}
+
 /// Ingests one file. Idempotent: the same file again changes nothing, and a run
 /// killed half-way then repeated ends as one uninterrupted run would.
 pub fn ingest_file(
@@ -203,7 +220,9 @@ pub fn ingest_file(
                                 seen -= 1;
                                 continue;
                             }
-                            match parse_row(&cols, &record, line, today) {
+                            match parse_row(&cols, &record, line, today)
+                                .and_then(|row| own_insurer(row, opts.only_insurer.as_ref()))
+                            {
                                 Ok(row) => {
                                     if fpe {
                                         match issuer.candidate(row.my_number, 0) {

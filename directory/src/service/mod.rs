@@ -169,7 +169,10 @@ async fn serve(
                     let (store, committer, respond) =
                         (store.clone(), committer.clone(), respond.clone());
                     tokio::spawn(async move {
+                        let started = std::time::Instant::now();
+                        let kind = crate::metrics::request_kind(&request);
                         let response = answer(store, committer, peer, request).await;
+                        crate::metrics::metrics().observe_directory(kind, &response, started.elapsed());
                         let _ = respond.send((channel, response));
                     });
                 }

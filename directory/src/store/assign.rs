@@ -25,7 +25,7 @@ pub struct AssignmentRow {
 }
 
 /// Who sends the letter that tells a person their medical ID.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, serde::Deserialize)]
 pub enum Plan {
     /// Plan 1: each insurer sends letters to its insured.
     Insurer,
@@ -33,7 +33,7 @@ pub enum Plan {
     Agency,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct LetterRow {
     #[serde(skip)]
     pub pid: u64,
@@ -134,14 +134,14 @@ impl Store {
         Ok(out)
     }
 
-    pub fn mark_notified(&self, rows: &[LetterRow], plan: Plan, at: Timestamp) -> Result<()> {
+    pub fn mark_notified(&self, pids: &[u64], plan: Plan, at: Timestamp) -> Result<()> {
         let plan = match plan {
             Plan::Insurer => "insurer",
             Plan::Agency => "agency",
         };
         self.write(|t| {
-            for r in rows {
-                let mut p = t.person(r.pid)?;
+            for pid in pids {
+                let mut p = t.person(*pid)?;
                 p.notified_at = Some(at);
                 p.history.push(Event::Notified {
                     plan: plan.into(),

@@ -146,6 +146,58 @@ impl Store {
         Ok(out)
     }
 
+    /// Writes an operator's action (also a read of someone's data) to the log.
+    pub fn log_operator(&self, operator: &str, action: String) -> Result<u64> {
+        self.write(|t| {
+            t.audit_append(&LogEntry::Operator {
+                operator: operator.into(),
+                action,
+                at: crate::registry::now(),
+            })
+        })
+    }
+
+    /// The entries about a person, under every medical ID the person has held.
+    pub fn audit_for_person(
+        &self,
+        person: &crate::registry::Person,
+    ) -> Result<Vec<(u64, LogEntry)>> {
+        let mut ids: Vec<MedicalId> = person
+            .history
+            .iter()
+            .filter_map(|e| match e {
+                crate::registry::Event::Issued { id, .. } => Some(*id),
+                crate::registry::Event::IdChanged { new, .. } => Some(*new),
+                _ => None,
+            })
+            .collect();
+        if !ids.contains(&person.medical_id) {
+            ids.push(person.medical_id);
+        }
+        self.audit_for_patient(&ids)
+    }
+
+    /// Checks that entry `index` is in the log the agency signed: the latest head's
+    /// signature, then the inclusion proof against its root. The size of that head when
+    /// both hold.
+    pub fn prove_entry(&self, index: u64, agency: &VerifyingKey) -> Result<Option<u64>> {
+        let Some(head) = self.latest_head()? else {
+            return Ok(None);
+        };
+        let Ok(head) = head.verify(agency) else {
+            return Ok(None);
+        };
+        if index >= head.size {
+            return Ok(None);
+        }
+        let leaf = merkle::leaf_hash(&self.audit_entry(index)?.canonical());
+        let proof = self.inclusion_proof(index, head.size)?;
+        Ok(
+            merkle::verify_inclusion(&leaf, index, head.size, &proof, &head.root)
+                .then_some(head.size),
+        )
+    }
+
     /// Recomputes the tree from the entries and checks every stored subtree hash and
     /// every signed head: signature, and root for its size.
     pub fn audit_verify(&self, agency: &VerifyingKey) -> Result<AuditReport> {

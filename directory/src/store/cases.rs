@@ -4,6 +4,7 @@
 use super::enroll::apply_row;
 use super::tables::*;
 use super::{decode, encode, Result, Store, StoreError};
+use crate::audit::LogEntry;
 use crate::issuance::Issuer;
 use crate::registry::merge::{drop_card, RowOutcome};
 use crate::registry::{
@@ -118,6 +119,11 @@ impl Store {
                 apply_correction(t, &c, reason, issuer, at)?;
             }
             t.conflicts.insert(id, encode(&c)?.as_slice())?;
+            t.audit_append(&LogEntry::Operator {
+                operator: by.into(),
+                action: format!("conflict {id} resolved ({name}): {}", reason.trim()),
+                at,
+            })?;
             Ok(c)
         })
     }
@@ -158,6 +164,11 @@ impl Store {
             key.extend_from_slice(&m.presented.as_u64().to_be_bytes());
             t.mismatch_keys.remove(key.as_slice())?;
             t.mismatches.insert(id, encode(&m)?.as_slice())?;
+            t.audit_append(&LogEntry::Operator {
+                operator: by.into(),
+                action: format!("mismatch {id} resolved ({name}): {}", reason.trim()),
+                at,
+            })?;
             Ok(m)
         })
     }

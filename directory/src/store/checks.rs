@@ -345,6 +345,34 @@ impl Reader {
         }
     }
 
+    /// Everyone on a card (one person when the branch is given).
+    pub fn persons_by_card(
+        &self,
+        insurer: &iryo_proto::InsurerNumber,
+        symbol: &iryo_proto::CardSymbol,
+        number: &iryo_proto::CardNumber,
+        branch: Option<iryo_proto::Branch>,
+    ) -> Result<Vec<Person>> {
+        let mut prefix = Card::prefix(insurer, symbol, number);
+        if let Some(b) = branch {
+            prefix.push(b.value());
+        }
+        let mut out: Vec<Person> = Vec::new();
+        for item in self.cards.range(prefix.as_slice()..)? {
+            let (k, v) = item?;
+            if !k.value().starts_with(&prefix) {
+                break;
+            }
+            let pid = decode::<CardStanding>(v.value())?.pid;
+            if out.iter().all(|p| p.pid != pid) {
+                if let Some(p) = self.persons.get(pid)? {
+                    out.push(decode(p.value())?);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// The person's service history in the order it happened.
     pub fn service_uses(&self, pid: u64) -> Result<Vec<ServiceUse>> {
         linkage::of_person(&self.linkage, &self.tx, pid)

@@ -11,6 +11,7 @@ mod federation;
 mod group;
 mod lifecycle;
 mod linkage;
+mod portal;
 mod tables;
 
 pub use assign::{AssignmentRow, LetterRow, Plan};
@@ -21,6 +22,7 @@ pub use enroll::BatchReport;
 pub use federation::{GrantQuery, GrantRecord, InstitutionRecord, NotifyOutcome};
 pub use group::{Job, Outcome};
 pub use linkage::start_folder;
+pub use portal::{activation_hash, Account, Activation};
 
 use crate::issuance::{IssueError, Method};
 use crate::registry::{IdEntry, IdStatus, Person};

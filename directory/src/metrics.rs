@@ -1,0 +1,144 @@
+//! Prometheus metrics of the directory, served at `/metrics` on the HTTPS front.
+//! One registry per process: the network service, the HTTPS front and enrollment all
+//! count into it without being handed it.
+
+use iryo_proto::wire::{DirectoryRequest, DirectoryResponse};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+type Labels = Vec<(&'static str, String)>;
+
+pub struct Metrics {
+    registry: Registry,
+    pub enrollment_rows: Family<Labels, Counter>,
+    pub checks: Family<Labels, Counter>,
+    pub grants: Family<Labels, Counter>,
+    pub notifications: Counter,
+    pub refusals: Family<Labels, Counter>,
+    pub requests: Family<Labels, Histogram, fn() -> Histogram>,
+}
+
+fn latency() -> Histogram {
+    // 100 µs to about 3 s.
+    Histogram::new(exponential_buckets(0.0001, 2.0, 16))
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let mut registry = Registry::with_prefix("iryo_directory");
+        let m = Self {
+            registry: Registry::default(),
+            enrollment_rows: Family::default(),
+            checks: Family::default(),
+            grants: Family::default(),
+            notifications: Counter::default(),
+            refusals: Family::default(),
+            requests: Family::new_with_constructor(latency as fn() -> Histogram),
+        };
+        registry.register(
+            "enrollment_rows",
+            "Enrollment rows by outcome",
+            m.enrollment_rows.clone(),
+        );
+        registry.register("checks", "Eligibility checks by answer", m.checks.clone());
+        registry.register("grants", "Access grants issued", m.grants.clone());
+        registry.register(
+            "notifications",
+            "Linkage notifications verified and logged",
+            m.notifications.clone(),
+        );
+        registry.register(
+            "refusals",
+            "Requests refused, by reason",
+            m.refusals.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time to answer a request, by interface and kind",
+            m.requests.clone(),
+        );
+        Self { registry, ..m }
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+
+    pub fn observe_request(&self, interface: &'static str, kind: &str, took: Duration) {
+        self.requests
+            .get_or_create(&vec![
+                ("interface", interface.into()),
+                ("kind", kind.into()),
+            ])
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn refused(&self, reason: &str) {
+        self.refusals
+            .get_or_create(&vec![("reason", reason.into())])
+            .inc();
+    }
+
+    /// Counts what one answer of the network service carried.
+    pub fn observe_directory(&self, request: &str, response: &DirectoryResponse, took: Duration) {
+        self.observe_request("p2p", request, took);
+        let check = |a: &iryo_proto::eligibility::CheckAnswer| {
+            self.checks
+                .get_or_create(&vec![("reason", format!("{:?}", a.reason))])
+                .inc();
+        };
+        match response {
+            DirectoryResponse::Eligibility(a) => check(a),
+            DirectoryResponse::EligibilityBatch(answers) => answers.iter().for_each(check),
+            DirectoryResponse::Grant(_) => {
+                self.grants.get_or_create(&vec![]).inc();
+            }
+            DirectoryResponse::Acknowledged { ids } => {
+                self.notifications.inc_by(ids.len() as u64);
+            }
+            DirectoryResponse::Refused(r) => self.refused(&format!("{:?}", r.reason)),
+            DirectoryResponse::Membership(_) | DirectoryResponse::Consent(_) => {}
+        }
+    }
+}
+
+pub fn request_kind(r: &DirectoryRequest) -> &'static str {
+    match r {
+        DirectoryRequest::Resolve { .. } => "resolve",
+        DirectoryRequest::Eligibility { .. } => "eligibility",
+        DirectoryRequest::EligibilityBatch { .. } => "eligibility_batch",
+        DirectoryRequest::Consent { .. } => "consent",
+        DirectoryRequest::Grant { .. } => "grant",
+        DirectoryRequest::Notify { .. } => "notify",
+    }
+}
+
+pub fn metrics() -> &'static Metrics {
+    static M: OnceLock<Metrics> = OnceLock::new();
+    M.get_or_init(Metrics::new)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let m = metrics();
+        m.refused("NoConsent");
+        m.observe_request("https", "portal", Duration::from_millis(3));
+        let text = m.render();
+        assert!(text.contains("iryo_directory_refusals_total{reason=\"NoConsent\"}"));
+        assert!(text.contains("iryo_directory_request_duration_seconds_bucket"));
+        assert!(text.ends_with("# EOF\n"));
+    }
+}

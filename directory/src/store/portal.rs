@@ -1,0 +1,146 @@
+//! Accounts of My Portal (seed 4-3): the one-time activation code a person's letter
+//! carries, kept only as a hash, and the passphrase they set with it, as an argon2id hash.
+
+use super::tables::PORTAL_ACCOUNTS;
+use super::{decode, encode, Result, Store, StoreError};
+use crate::registry::Timestamp;
+use redb::{ReadableDatabase, ReadableTable};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Account {
+    pub activation: Option<Activation>,
+    /// PHC string of the argon2id hash; `None` until the person activates.
+    pub passphrase: Option<String>,
+    pub activated_at: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Activation {
+    pub hash: [u8; 32],
+    pub expires: Timestamp,
+    pub used: bool,
+}
+
+/// Letters that carry no look-alikes (no 0/O, 1/I/L), so a code read off paper is typed
+/// right the first time.
+const ALPHABET: &[u8] = b"ABCDEFGHJKMNPQRSTUVWXYZ23456789";
+
+/// A fresh activation code, `XXXX-XXXX-XXXX` (about 59 bits).
+pub fn new_activation_code() -> Result<String> {
+    let mut raw = [0u8; 12];
+    getrandom::fill(&mut raw).map_err(|e| StoreError::Refused(format!("random: {e}")))?;
+    let chars: Vec<char> = raw
+        .iter()
+        .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
+        .collect();
+    Ok(chars
+        .chunks(4)
+        .map(|c| c.iter().collect::<String>())
+        .collect::<Vec<_>>()
+        .join("-"))
+}
+
+/// The stored form of a code: bound to the person, so one hash never fits another.
+pub fn activation_hash(pid: u64, code: &str) -> [u8; 32] {
+    let norm: String = code
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .map(|c| c.to_ascii_uppercase())
+        .collect();
+    let mut h = Sha256::new();
+    h.update(b"iryo activation code\0");
+    h.update(pid.to_be_bytes());
+    h.update(norm.as_bytes());
+    h.finalize().into()
+}
+
+impl Store {
+    pub fn account(&self, pid: u64) -> Result<Option<Account>> {
+        let tx = self.db.begin_read()?;
+        let table = match tx.open_table(PORTAL_ACCOUNTS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        match table.get(pid)? {
+            Some(v) => Ok(Some(decode(v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Issues a new activation code to each person, replacing any unused one; returns
+    /// the codes in the order of `pids` for printing. Only their hashes are stored.
+    pub fn issue_activations(&self, pids: &[u64], expires: Timestamp) -> Result<Vec<String>> {
+        let codes = pids
+            .iter()
+            .map(|_| new_activation_code())
+            .collect::<Result<Vec<_>>>()?;
+        self.write(|t| {
+            for (pid, code) in pids.iter().zip(&codes) {
+                let mut a: Account = match t.portal_accounts.get(*pid)? {
+                    Some(v) => decode(v.value())?,
+                    None => Account::default(),
+                };
+                a.activation = Some(Activation {
+                    hash: activation_hash(*pid, code),
+                    expires,
+                    used: false,
+                });
+                t.portal_accounts.insert(*pid, encode(&a)?.as_slice())?;
+            }
+            Ok(())
+        })?;
+        Ok(codes)
+    }
+
+    /// Uses the activation code once: sets the passphrase hash. Refuses a wrong, used or
+    /// expired code without saying which, so the answer teaches a guesser nothing.
+    pub fn activate(
+        &self,
+        pid: u64,
+        code: &str,
+        passphrase_phc: &str,
+        at: Timestamp,
+    ) -> Result<()> {
+        let hash = activation_hash(pid, code);
+        self.write(|t| {
+            let mut a: Account = match t.portal_accounts.get(pid)? {
+                Some(v) => decode(v.value())?,
+                None => return Err(bad_code()),
+            };
+            match &mut a.activation {
+                Some(act) if !act.used && act.expires > at && act.hash == hash => act.used = true,
+                _ => return Err(bad_code()),
+            }
+            a.passphrase = Some(passphrase_phc.to_string());
+            a.activated_at = Some(at);
+            t.portal_accounts.insert(pid, encode(&a)?.as_slice())?;
+            Ok(())
+        })
+    }
+}
+
+fn bad_code() -> StoreError {
+    StoreError::Refused("the medical ID or activation code is wrong, used or expired".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_readable_and_hashes_bound_to_the_person() {
+        let c = new_activation_code().unwrap();
+        assert_eq!(c.len(), 14);
+        assert!(c
+            .chars()
+            .all(|ch| ch == '-' || ALPHABET.contains(&(ch as u8))));
+        assert_eq!(
+            activation_hash(7, &c),
+            activation_hash(7, &c.to_lowercase().replace('-', " "))
+        );
+        assert_ne!(activation_hash(7, &c), activation_hash(8, &c));
+    }
+}

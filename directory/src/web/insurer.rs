@@ -1,0 +1,286 @@
+//! Insurers over mutual TLS (seed 2-2, 2-3, 2-5): upload enrollment files, download
+//! assignment files and mismatch notices. Which insurer is calling comes from its
+//! certificate, and it reaches only its own rows.
+
+use super::{blocking, Caller, Web, WebError};
+use crate::ca::ClientIdentity;
+use crate::context::Context;
+use crate::enrollment::{ingest_file, Encoding, IngestOptions, Progress, Summary};
+use crate::registry::now;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use futures::StreamExt;
+use iryo_proto::InsurerNumber;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use tokio::io::AsyncWriteExt;
+
+pub fn routes() -> Router<Arc<Web>> {
+    Router::new()
+        .route("/enrollments", post(upload))
+        .route("/enrollments/{id}", get(status))
+        .route("/enrollments/{id}/errors", get(errors))
+        .route("/assignments", get(assignments))
+        .route("/notices", get(notices))
+        .layer(DefaultBodyLimit::disable())
+}
+
+/// The insurer the client certificate names, or 403.
+fn insurer(caller: &Caller) -> Result<InsurerNumber, WebError> {
+    match &caller.identity {
+        Some(ClientIdentity::Insurer(n)) => Ok(n.clone()),
+        Some(other) => Err(WebError::Forbidden(format!(
+            "{other} is not an insurer's certificate"
+        ))),
+        None => Err(WebError::Forbidden(
+            "an insurer's client certificate from the agency CA is required".into(),
+        )),
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobState {
+    pub id: String,
+    pub insurer: String,
+    /// "running", "done" or "failed".
+    pub state: String,
+    pub summary: Option<Summary>,
+    pub error: Option<String>,
+}
+
+/// Uploads and their outcome, each also kept as `uploads/ID.json` beside the file.
+pub struct Jobs {
+    dir: PathBuf,
+    running: Mutex<HashMap<String, JobState>>,
+}
+
+impl Jobs {
+    pub fn new(dir: PathBuf) -> Self {
+        Self {
+            dir,
+            running: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn set(&self, job: &JobState) {
+        if let Ok(text) = serde_json::to_vec_pretty(job) {
+            if let Err(e) = std::fs::write(self.dir.join(format!("{}.json", job.id)), text) {
+                tracing::warn!(id = %job.id, error = %e, "upload status not saved");
+            }
+        }
+        if let Ok(mut m) = self.running.lock() {
+            m.insert(job.id.clone(), job.clone());
+        }
+    }
+
+    fn get(&self, id: &str) -> Option<JobState> {
+        if !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return None;
+        }
+        if let Some(j) = self.running.lock().ok()?.get(id) {
+            return Some(j.clone());
+        }
+        let text = std::fs::read(self.dir.join(format!("{id}.json"))).ok()?;
+        serde_json::from_slice(&text).ok()
+    }
+}
+
+#[derive(Deserialize)]
+struct UploadQuery {
+    /// Wait for the file to be enrolled and answer with its summary.
+    #[serde(default)]
+    wait: bool,
+    encoding: Option<String>,
+}
+
+async fn upload(
+    State(web): State<Arc<Web>>,
+    Extension(caller): Extension<Caller>,
+    Query(q): Query<UploadQuery>,
+    body: Body,
+) -> Result<Response, WebError> {
+    let insurer = insurer(&caller)?;
+    let encoding = match q.encoding.as_deref() {
+        None => Encoding::parse(&web.config.enrollment.encoding).unwrap_or(Encoding::Utf8),
+        Some(e) => Encoding::parse(e)
+            .ok_or_else(|| WebError::BadRequest(format!("unknown encoding {e:?}")))?,
+    };
+    let id = format!("{}-{}-{}", insurer, now(), &super::session::token()[..8]);
+    tokio::fs::create_dir_all(&web.jobs.dir)
+        .await
+        .map_err(|e| WebError::Internal(e.to_string()))?;
+    let path = web.jobs.dir.join(format!("{id}.csv"));
+    // Streamed to disk: the file may be larger than memory.
+    let mut file = tokio::fs::File::create(&path)
+        .await
+        .map_err(|e| WebError::Internal(e.to_string()))?;
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| WebError::BadRequest(format!("upload broken off: {e}")))?;
+        file.write_all(&chunk)
+            .await
+            .map_err(|e| WebError::Internal(e.to_string()))?;
+    }
+    file.sync_all()
+        .await
+        .map_err(|e| WebError::Internal(e.to_string()))?;
+    drop(file);
+    let mut job = JobState {
+        id: id.clone(),
+        insurer: insurer.to_string(),
+        state: "running".into(),
+        summary: None,
+        error: None,
+    };
+    web.jobs.set(&job);
+    tracing::info!(%insurer, %id, "enrollment file uploaded");
+    let w = web.clone();
+    let task = tokio::task::spawn_blocking(move || {
+        let ctx = Context::new(w.config.clone());
+        let opts = IngestOptions {
+            encoding,
+            batch_rows: w.config.enrollment.batch_rows,
+            only_insurer: Some(insurer),
+        };
+        let result = ctx
+            .issuer(&w.store)
+            .map_err(|e| e.to_string())
+            .and_then(|issuer| {
+                ingest_file(&w.store, &issuer, &path, &opts, &Progress::Silent)
+                    .map_err(|e| e.to_string())
+            });
+        match result {
+            Ok(mut s) => {
+                count(&s);
+                s.file = format!("{}.csv", job.id);
+                s.errors_file = s
+                    .errors_file
+                    .map(|_| PathBuf::from(format!("/insurer/enrollments/{}/errors", job.id)));
+                job.state = "done".into();
+                job.summary = Some(s);
+            }
+            Err(e) => {
+                job.state = "failed".into();
+                job.error = Some(e);
+            }
+        }
+        w.jobs.set(&job);
+        job
+    });
+    let status_url = format!("/insurer/enrollments/{id}");
+    if q.wait {
+        let job = task.await.map_err(|e| WebError::Internal(e.to_string()))?;
+        let code = if job.state == "done" {
+            StatusCode::OK
+        } else {
+            StatusCode::UNPROCESSABLE_ENTITY
+        };
+        return Ok((code, [(header::LOCATION, status_url)], Json(job)).into_response());
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, status_url.clone())],
+        Json(serde_json::json!({ "id": id, "status_url": status_url })),
+    )
+        .into_response())
+}
+
+fn count(s: &Summary) {
+    let m = &crate::metrics::metrics().enrollment_rows;
+    for (outcome, n) in [
+        ("new", s.new),
+        ("updated", s.updated),
+        ("unchanged", s.unchanged),
+        ("rejected", s.rejected),
+        ("conflict", s.conflicts),
+    ] {
+        m.get_or_create(&vec![("outcome", outcome.to_string())])
+            .inc_by(n);
+    }
+}
+
+fn own_job(web: &Web, caller: &Caller, id: &str) -> Result<JobState, WebError> {
+    let insurer = insurer(caller)?;
+    match web.jobs.get(id) {
+        Some(j) if j.insurer == insurer.as_str() => Ok(j),
+        // Another insurer's upload is as good as absent.
+        _ => Err(WebError::NotFound(format!("no upload {id}"))),
+    }
+}
+
+async fn status(
+    State(web): State<Arc<Web>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<JobState>, WebError> {
+    own_job(&web, &caller, &id).map(Json)
+}
+
+async fn errors(
+    State(web): State<Arc<Web>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Response, WebError> {
+    own_job(&web, &caller, &id)?;
+    let path = web.jobs.dir.join(format!("{id}.csv.errors.csv"));
+    let text = tokio::fs::read(&path)
+        .await
+        .map_err(|_| WebError::NotFound("this upload had no rejected rows".into()))?;
+    Ok(([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], text).into_response())
+}
+
+#[derive(Deserialize)]
+struct AssignQuery {
+    #[serde(default)]
+    all: bool,
+}
+
+async fn assignments(
+    State(web): State<Arc<Web>>,
+    Extension(caller): Extension<Caller>,
+    Query(q): Query<AssignQuery>,
+) -> Result<Response, WebError> {
+    let insurer = insurer(&caller)?;
+    let csv = blocking(move || {
+        let rows = web.store.assignment_rows(&insurer, q.all)?;
+        let mut w = csv::Writer::from_writer(Vec::new());
+        for r in &rows {
+            w.serialize(r)
+                .map_err(|e| WebError::Internal(e.to_string()))?;
+        }
+        let bytes = w
+            .into_inner()
+            .map_err(|e| WebError::Internal(e.to_string()))?;
+        // Marked only once the file is made; a broken download repeats rows, never loses them.
+        web.store.mark_assigned(&rows, now())?;
+        tracing::info!(%insurer, rows = rows.len(), "assignment file downloaded");
+        Ok(bytes)
+    })
+    .await?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
+            (
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"assignments.csv\"",
+            ),
+        ],
+        csv,
+    )
+        .into_response())
+}
+
+async fn notices(
+    State(web): State<Arc<Web>>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Response, WebError> {
+    let insurer = insurer(&caller)?;
+    let notices = blocking(move || Ok(web.store.notices(Some(&insurer))?)).await?;
+    Ok(Json(notices).into_response())
+}

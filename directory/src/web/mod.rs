@@ -1,0 +1,228 @@
+//! The agency's HTTPS front (axum over rustls): insurers' uploads and downloads and the
+//! operator console under client certificates of the agency CA, My Portal for people
+//! with server TLS only, and `/metrics`.
+
+pub mod insurer;
+pub mod operator;
+pub mod page;
+pub mod portal;
+pub mod session;
+pub mod tls;
+
+use crate::ca::ClientIdentity;
+use crate::config::Config;
+use crate::store::{Store, StoreError};
+use axum::extract::Request;
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Extension, Router};
+use ed25519_dalek::SigningKey;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use thiserror::Error;
+use tls::TlsConfigs;
+use tower::Layer;
+
+/// Everything the handlers share.
+pub struct Web {
+    pub store: Arc<Store>,
+    pub agency: SigningKey,
+    pub config: Config,
+    pub sessions: session::Sessions,
+    pub jobs: insurer::Jobs,
+    /// Keys the operator console's CSRF tokens; new at every start.
+    pub secret: [u8; 32],
+}
+
+impl Web {
+    pub fn new(store: Arc<Store>, agency: SigningKey, config: Config) -> Result<Self, WebError> {
+        let secret = crate::keys::random32().map_err(|e| WebError::Internal(e.to_string()))?;
+        Ok(Self {
+            jobs: insurer::Jobs::new(config.data_dir.join("uploads")),
+            store,
+            agency,
+            config,
+            sessions: session::Sessions::default(),
+            secret,
+        })
+    }
+}
+
+/// Who is on the other end of a connection: its address, and the identity of the client
+/// certificate it presented, which the TLS handshake has verified.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub remote: SocketAddr,
+    pub identity: Option<ClientIdentity>,
+}
+
+#[derive(Debug, Error)]
+pub enum WebError {
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("too many attempts; try again later")]
+    TooMany,
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for WebError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::UnknownMedicalId(_)
+            | StoreError::UnknownMyNumber(_)
+            | StoreError::NoSuchCase { .. } => WebError::NotFound(e.to_string()),
+            StoreError::Refused(_)
+            | StoreError::CaseClosed { .. }
+            | StoreError::NotCurrent { .. } => WebError::BadRequest(e.to_string()),
+            e => WebError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for WebError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            WebError::Forbidden(_) => StatusCode::FORBIDDEN,
+            WebError::NotFound(_) => StatusCode::NOT_FOUND,
+            WebError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            WebError::TooMany => StatusCode::TOO_MANY_REQUESTS,
+            WebError::Internal(e) => {
+                tracing::error!(error = %e, "request failed");
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        if status == StatusCode::FORBIDDEN {
+            crate::metrics::metrics().refused("https_forbidden");
+        }
+        (status, format!("{self}\n")).into_response()
+    }
+}
+
+/// Runs blocking store work off the async threads.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, WebError> + Send + 'static,
+) -> Result<T, WebError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| WebError::Internal(e.to_string()))?
+}
+
+pub fn router(web: Arc<Web>) -> Router {
+    Router::new()
+        .route(
+            "/",
+            get(|| async { axum::response::Redirect::to("/portal/") }),
+        )
+        .route("/metrics", get(metrics))
+        .route("/lang", get(page::switch))
+        // A nested "/" answers only without the slash; people type it with one.
+        .route("/portal/", get(portal::start))
+        .route("/operator/", get(operator::dashboard))
+        .nest("/insurer", insurer::routes())
+        .nest("/operator", operator::routes())
+        .nest("/portal", portal::routes())
+        .layer(axum::middleware::from_fn(track))
+        .with_state(web)
+}
+
+async fn metrics() -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        crate::metrics::metrics().render(),
+    )
+}
+
+async fn track(req: Request, next: Next) -> Response {
+    let area = match req.uri().path().split('/').nth(1) {
+        Some(a @ ("insurer" | "operator" | "portal" | "metrics")) => a.to_string(),
+        _ => "other".into(),
+    };
+    let started = Instant::now();
+    let res = next.run(req).await;
+    crate::metrics::metrics().observe_request("https", &area, started.elapsed());
+    res
+}
+
+pub struct Running {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    pub fn stop(self) {
+        self.task.abort();
+    }
+}
+
+/// Listens on `listen` and serves every connection over TLS.
+pub async fn start(
+    web: Arc<Web>,
+    tls: Arc<TlsConfigs>,
+    listen: SocketAddr,
+) -> std::io::Result<Running> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "HTTPS front listening");
+    let app = router(web);
+    let task = tokio::spawn(async move {
+        loop {
+            let (tcp, remote) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let config = match tls.current() {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(error = %e, "no TLS configuration; connection dropped");
+                    continue;
+                }
+            };
+            let app = app.clone();
+            tokio::spawn(async move {
+                let acceptor = tokio_rustls::TlsAcceptor::from(config);
+                let stream =
+                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
+                    {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::info!(%remote, error = %e, "TLS handshake refused");
+                            crate::metrics::metrics().refused("tls_handshake");
+                            return;
+                        }
+                        Err(_) => return,
+                    };
+                let identity = stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(|c| ClientIdentity::from_certificate(c));
+                let service = Extension(Caller { remote, identity }).layer(app);
+                let served = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
+                    .await;
+                if let Err(e) = served {
+                    tracing::debug!(%remote, error = %e, "connection ended with an error");
+                }
+            });
+        }
+    });
+    Ok(Running { addr, task })
+}

@@ -1,0 +1,569 @@
+//! The operator console (seed 2-1, 2-5, 5): find a person, see coverages, history,
+//! service use and open cases and resolve them with a reason, register and revoke
+//! institutions, read the audit log with an inclusion-proof check. The operator is the
+//! name in the client certificate, and every action, reads included, is logged under it.
+
+use super::page::{esc, hidden, layout, Lang};
+use super::session::same;
+use super::{blocking, Caller, Web, WebError};
+use crate::admin::{execute, AdminRequest, AdminResponse};
+use crate::ca::ClientIdentity;
+use crate::context::Context;
+use crate::registry::{now, Person};
+use crate::report;
+use crate::store::{ConflictAction, MismatchAction};
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Form, Router};
+use iryo_proto::federation::Role;
+use iryo_proto::{CardNumber, CardSymbol, InstitutionCode, InsurerNumber, MedicalId, MyNumber};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+
+pub fn routes() -> Router<Arc<Web>> {
+    Router::new()
+        .route("/", get(dashboard))
+        .route("/person", get(person))
+        .route("/cases", get(cases))
+        .route("/conflicts/{id}", post(resolve_conflict))
+        .route("/mismatches/{id}", post(resolve_mismatch))
+        .route("/institutions", get(institutions).post(add_institution))
+        .route("/institutions/{code}/revoke", post(revoke_institution))
+        .route("/audit", get(audit))
+}
+
+/// The operator the client certificate names (its common name), or 403.
+fn operator(caller: &Caller) -> Result<String, WebError> {
+    match &caller.identity {
+        Some(id @ ClientIdentity::Operator(_)) => Ok(id.to_string()),
+        Some(other) => Err(WebError::Forbidden(format!(
+            "{other} is not an operator's certificate"
+        ))),
+        None => Err(WebError::Forbidden(
+            "an operator's client certificate from the agency CA is required".into(),
+        )),
+    }
+}
+
+/// The console's form token: bound to the operator and to this run of the server.
+fn csrf(web: &Web, op: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(web.secret);
+    h.update(op.as_bytes());
+    iryo_proto::merkle::to_hex(&h.finalize())
+}
+
+fn check_csrf(web: &Web, op: &str, token: &str) -> Result<(), WebError> {
+    if same(&csrf(web, op), token) {
+        Ok(())
+    } else {
+        Err(WebError::Forbidden(
+            "bad form token; reload the page".into(),
+        ))
+    }
+}
+
+fn nav(lang: Lang) -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("/operator/", lang.t("検索", "Search")),
+        ("/operator/cases", lang.t("未処理案件", "Open cases")),
+        ("/operator/institutions", lang.t("医療機関", "Institutions")),
+        ("/operator/audit", lang.t("監査ログ", "Audit log")),
+    ]
+}
+
+fn console(lang: Lang, title: &str, here: &str, op: &str, body: &str) -> Response {
+    let body = format!(
+        "<p>{}: <b id=\"operator\">{}</b></p>{body}",
+        lang.t("操作者", "Operator"),
+        esc(op)
+    );
+    layout(lang, title, here, &nav(lang), &body).into_response()
+}
+
+fn search_form(lang: Lang, q: &str) -> String {
+    format!(
+        "<form method=\"get\" action=\"/operator/person\" id=\"search\"><label>{}<input name=\"q\" id=\"q\" value=\"{}\" required></label><button>{}</button></form>",
+        lang.t(
+            "医療ID・個人番号・保険証（保険者番号 記号 番号 [枝番]）",
+            "Medical ID, My Number, or card (insurer symbol number [branch])"
+        ),
+        esc(q),
+        lang.t("検索", "Search")
+    )
+}
+
+pub(super) async fn dashboard(
+    State(web): State<Arc<Web>>,
+    Extension(caller): Extension<Caller>,
+    lang: Lang,
+) -> Result<Response, WebError> {
+    let op = operator(&caller)?;
+    let w = web.clone();
+    let counts = blocking(move || Ok(w.store.counts()?)).await?;
+    let body = format!(
+        "{}<table><tr><th>{}</th><td>{}</td></tr><tr><th>{}</th><td>{}</td></tr><tr><th>{}</th><td>{}</td></tr><tr><th>{}</th><td>{}</td></tr></table>",
+        search_form(lang, ""),
+        lang.t("登録者", "Persons"),
+        counts.persons,
+        lang.t("受診記録", "Service uses"),
+        counts.service_uses,
+        lang.t("未処理の不整合", "Open conflicts"),
+        counts.open_conflicts,
+        lang.t("未処理の不一致", "Open mismatches"),
+        counts.open_mismatches,
+    );
+    Ok(console(
+        lang,
+        lang.t("運用コンソール", "Operator console"),
+        "/operator/",
+        &op,
+        &body,
+    ))
+}
+
+/// Finds people by medical ID, My Number or card.
+fn find(web: &Web, q: &str) -> Result<Vec<Person>, WebError> {
+    let q = q.trim();
+    if let Ok(id) = MedicalId::parse(q) {
+        return Ok(web.store.person_by_medical_id(id).into_iter().collect());
+    }
+    if let Ok(n) = MyNumber::parse(q) {
+        return Ok(web.store.person_by_my_number(n).into_iter().collect());
+    }
+    let parts: Vec<&str> = q
+        .split([' ', ',', '/', '　'])
+        .filter(|p| !p.is_empty())
+        .collect();
+    if let [insurer, symbol, number, rest @ ..] = parts.as_slice() {
+        let bad = |what: &str, e: iryo_proto::IdError| WebError::BadRequest(format!("{what}: {e}"));
+        let insurer: InsurerNumber = insurer.parse().map_err(|e| bad("insurer number", e))?;
+        let symbol = CardSymbol::parse(symbol).map_err(|e| bad("card symbol", e))?;
+        let number = CardNumber::parse(number).map_err(|e| bad("card number", e))?;
+        let branch = match rest.first() {
+            Some(b) => Some(iryo_proto::Branch::parse(b).map_err(|e| bad("branch", e))?),
+            None => None,
+        };
+        return Ok(web
+            .store
+            .reader()?
+            .persons_by_card(&insurer, &symbol, &number, branch)?);
+    }
+    Err(WebError::BadRequest(format!(
+        "{q:?} is not a medical ID, a My Number or a card"
+    )))
+}
+
+#[derive(Deserialize)]
+struct Search {
+    q: String,
+}
+
+async fn person(
+    State(web): State<Arc<Web>>,
+    Extension(caller): Extension<Caller>,
+    lang: Lang,
+    Query(s): Query<Search>,
+) -> Result<Response, WebError> {
+    let op = operator(&caller)?;
+    let w = web.clone();
+    let (o, q) = (op.clone(), s.q.clone());
+    let found = blocking(move || {
+        let people = find(&w, &q)?;
+        w.store
+            .log_operator(&o, format!("searched {q:?}: {} found", people.len()))?;
+        let mut out = Vec::new();
+        for p in people {
+            let uses = w.store.reader()?.service_uses(p.pid)?;
+            let consents = w.store.consents(p.medical_id)?;
+            out.push((p, uses, consents));
+        }
+        let conflicts = w.store.conflicts(true)?;
+        let mismatches = w.store.mismatches(true)?;
+        Ok((out, conflicts, mismatches))
+    })
+    .await?;
+    let (people, conflicts, mismatches) = found;
+    let mut body = search_form(lang, &s.q);
+    if people.is_empty() {
+        body.push_str(&format!(
+            "<p id=\"not-found\">{}</p>",
+            lang.t("該当者はいません。", "Nobody found.")
+        ));
+    }
+    for (p, uses, consents) in &people {
+        let text = report::person(
+            p,
+            uses,
+            web.store.retention_years(),
+            crate::registry::today(),
+        );
+        body.push_str(&format!(
+            "<h2 class=\"mid\">{}</h2><pre class=\"person\">{}</pre>",
+            esc(&p.medical_id.grouped()),
+            esc(&text)
+        ));
+        body.push_str(&format!("<h3>{}</h3><ul>", lang.t("同意", "Consent")));
+        for c in consents {
+            body.push_str(&format!(
+                "<li>{} {} {} {}</li>",
+                if c.allow { "allow" } else { "refuse" },
+                c.institution.map_or("all".into(), |i| i.to_string()),
+                c.purpose.map_or("all", |p| p.as_str()),
+                esc(&c.origin.to_string())
+            ));
+        }
+        body.push_str("</ul>");
+        let cards: Vec<Vec<u8>> = p.coverages.iter().map(|c| c.card.key()).collect();
+        for c in conflicts.iter().filter(|c| c.row.my_number == p.my_number) {
+            body.push_str(&format!(
+                "<p class=\"flag\">{}</p>",
+                esc(&report::conflict(c))
+            ));
+        }
+        for m in mismatches
+            .iter()
+            .filter(|m| cards.contains(&m.card.key()) || m.presented == p.medical_id)
+        {
+            body.push_str(&format!(
+                "<p class=\"flag\">{}</p>",
+                esc(&report::mismatch(m))
+            ));
+        }
+        body.push_str(&format!(
+            "<p><a href=\"/operator/audit?medical_id={}\">{}</a></p>",
+            p.medical_id.plain(),
+            lang.t("この人の監査ログ", "This person's audit log")
+        ));
+    }
+    Ok(console(
+        lang,
+        lang.t("登録者", "Person"),
+        "/operator/",
+        &op,
+        &body,
+    ))
+}
+
+fn resolve_form(web: &Web, op: &str, lang: Lang, action: &str, choices: &[(&str, &str)]) -> String {
+    let options: String = choices
+        .iter()
+        .map(|(v, l)| format!("<option value=\"{v}\">{l}</option>"))
+        .collect();
+    format!(
+        "<form method=\"post\" action=\"{action}\">{}<select name=\"action\">{options}</select>\
+<input name=\"reason\" required placeholder=\"{}\"><button>{}</button></form>",
+        hidden("csrf", &csrf(web, op)),
+        lang.t("理由（必須）", "reason (required)"),
+        lang.t("処理", "Resolve")
+    )
+}
+
+async fn cases(
+    State(web): State<Arc<Web>>,
+    Extension(caller): Extension<Caller>,
+    lang: Lang,
+) -> Result<Response, WebError> {
+    let op = operator(&caller)?;
+    let w = web.clone();
+    let (conflicts, mismatches) =
+        blocking(move || Ok((w.store.conflicts(true)?, w.store.mismatches(true)?))).await?;
+    let mut body = format!(
+        "<h2>{}</h2>",
+        lang.t("登録の不整合", "Enrollment conflicts")
+    );
+    for c in &conflicts {
+        body.push_str(&format!(
+            "<div class=\"case\" id=\"conflict-{}\"><p>{}</p>{}</div>",
+            c.id,
+            esc(&report::conflict(c)),
+            resolve_form(
+                &web,
+                &op,
+                lang,
+                &format!("/operator/conflicts/{}", c.id),
+                &[
+                    ("apply", lang.t("届出どおり訂正", "apply the row")),
+                    ("dismiss", lang.t("登録どおり（却下）", "dismiss")),
+                ]
+            )
+        ));
+    }
+    body.push_str(&format!(
+        "<h2>{}</h2>",
+        lang.t("医療機関での不一致", "Mismatches at institutions")
+    ));
+    for m in &mismatches {
+        body.push_str(&format!(
+            "<div class=\"case\" id=\"mismatch-{}\"><p>{}</p>{}</div>",
+            m.id,
+            esc(&report::mismatch(m)),
+            resolve_form(
+                &web,
+                &op,
+                lang,
+                &format!("/operator/mismatches/{}", m.id),
+                &[
+                    ("keep", lang.t("登録どおり", "keep the registry")),
+                    (
+                        "rebind",
+                        lang.t("提示された医療IDに付け替え", "rebind the card")
+                    ),
+                ]
+            )
+        ));
+    }
+    if conflicts.is_empty() && mismatches.is_empty() {
+        body.push_str(&format!(
+            "<p id=\"no-cases\">{}</p>",
+            lang.t("未処理の案件はありません。", "No open cases.")
+        ));
+    }
+    Ok(console(
+        lang,
+        lang.t("未処理案件", "Open cases"),
+        "/operator/cases",
+        &op,
+        &body,
+    ))
+}
+
+#[derive(Deserialize)]
+struct Resolve {
+    csrf: String,
+    action: String,
+    reason: String,
+}
+
+async fn resolve_conflict(
+    State(web): State<Arc<Web>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<u64>,
+    Form(f): Form<Resolve>,
+) -> Result<Response, WebError> {
+    let op = operator(&caller)?;
+    check_csrf(&web, &op, &f.csrf)?;
+    let action = match f.action.as_str() {
+        "apply" => ConflictAction::Apply,
+        "dismiss" => ConflictAction::Dismiss,
+        a => return Err(WebError::BadRequest(format!("unknown action {a:?}"))),
+    };
+    blocking(move || {
+        let issuer = Context::new(web.config.clone())
+            .issuer(&web.store)
+            .map_err(|e| WebError::Internal(e.to_string()))?;
+        web.store
+            .resolve_conflict(id, action, &f.reason, &op, &issuer, now())?;
+        Ok(())
+    })
+    .await?;
+    Ok(Redirect::to("/operator/cases").into_response())
+}
+
+async fn resolve_mismatch(
+    State(web): State<Arc<Web>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<u64>,
+    Form(f): Form<Resolve>,
+) -> Result<Response, WebError> {
+    let op = operator(&caller)?;
+    check_csrf(&web, &op, &f.csrf)?;
+    let action = match f.action.as_str() {
+        "keep" => MismatchAction::Keep,
+        "rebind" => MismatchAction::Rebind,
+        a => return Err(WebError::BadRequest(format!("unknown action {a:?}"))),
+    };
+    blocking(move || {
+        web.store
+            .resolve_mismatch(id, action, &f.reason, &op, now())?;
+        Ok(())
+    })
+    .await?;
+    Ok(Redirect::to("/operator/cases").into_response())
+}
+
+/// Runs one of the operator commands the CLI also has, as this operator.
+async fn admin(web: Arc<Web>, op: String, req: AdminRequest) -> Result<AdminResponse, WebError> {
+    blocking(
+        move || match execute(&web.store, &web.agency, &web.config, &op, req) {
+            AdminResponse::Error(e) => Err(WebError::BadRequest(e)),
+            r => Ok(r),
+        },
+    )
+    .await
+}
+
+async fn institutions(
+    State(web): State<Arc<Web>>,
+    Extension(caller): Extension<Caller>,
+    lang: Lang,
+) -> Result<Response, WebError> {
+    let op = operator(&caller)?;
+    let AdminResponse::Institutions(list) =
+        admin(web.clone(), op.clone(), AdminRequest::Institutions).await?
+    else {
+        return Err(WebError::Internal("unexpected answer".into()));
+    };
+    let token = csrf(&web, &op);
+    let mut rows = String::new();
+    for r in &list {
+        let Ok(m) = r.membership() else { continue };
+        let state = match r.revoked_at {
+            Some(_) => format!("<span class=\"flag\">{}</span>", lang.t("失効", "revoked")),
+            None => format!(
+                "<form method=\"post\" action=\"/operator/institutions/{}/revoke\">{}<button>{}</button></form>",
+                m.code,
+                hidden("csrf", &token),
+                lang.t("失効させる", "Revoke")
+            ),
+        };
+        rows.push_str(&format!(
+            "<tr class=\"institution\"><td>{}</td><td>{}</td><td>{:?}</td><td>{}</td></tr>",
+            m.code,
+            esc(&m.name),
+            m.roles,
+            state
+        ));
+    }
+    let body = format!(
+        "<table><tr><th>{}</th><th>{}</th><th>{}</th><th></th></tr>{rows}</table>\
+<h2>{}</h2><form method=\"post\" action=\"/operator/institutions\" id=\"register\">{}\
+<label>{}<textarea name=\"request\" rows=\"8\" cols=\"60\" required></textarea></label><button>{}</button></form>",
+        lang.t("機関コード", "Code"),
+        lang.t("名称", "Name"),
+        lang.t("役割", "Roles"),
+        lang.t("医療機関の登録", "Register an institution"),
+        hidden("csrf", &token),
+        lang.t("登録申請ファイル（registration.json）の内容", "Contents of the registration request (registration.json)"),
+        lang.t("登録", "Register"),
+    );
+    Ok(console(
+        lang,
+        lang.t("医療機関", "Institutions"),
+        "/operator/institutions",
+        &op,
+        &body,
+    ))
+}
+
+#[derive(Deserialize)]
+struct Register {
+    csrf: String,
+    request: String,
+}
+
+async fn add_institution(
+    State(web): State<Arc<Web>>,
+    Extension(caller): Extension<Caller>,
+    Form(f): Form<Register>,
+) -> Result<Response, WebError> {
+    let op = operator(&caller)?;
+    check_csrf(&web, &op, &f.csrf)?;
+    let file: serde_json::Value = serde_json::from_str(&f.request)
+        .map_err(|e| WebError::BadRequest(format!("the request is not JSON: {e}")))?;
+    let request = serde_json::from_value(file.get("signed").cloned().unwrap_or(file))
+        .map_err(|e| WebError::BadRequest(format!("no signed registration in it: {e}")))?;
+    admin(
+        web,
+        op,
+        AdminRequest::InstitutionAdd {
+            request,
+            roles: vec![Role::Source, Role::Requester],
+        },
+    )
+    .await?;
+    Ok(Redirect::to("/operator/institutions").into_response())
+}
+
+#[derive(Deserialize)]
+struct Csrf {
+    csrf: String,
+}
+
+async fn revoke_institution(
+    State(web): State<Arc<Web>>,
+    Extension(caller): Extension<Caller>,
+    Path(code): Path<String>,
+    Form(f): Form<Csrf>,
+) -> Result<Response, WebError> {
+    let op = operator(&caller)?;
+    check_csrf(&web, &op, &f.csrf)?;
+    let code: InstitutionCode = code
+        .parse()
+        .map_err(|e| WebError::BadRequest(format!("institution code: {e}")))?;
+    admin(web, op, AdminRequest::InstitutionRevoke { code }).await?;
+    Ok(Redirect::to("/operator/institutions").into_response())
+}
+
+#[derive(Deserialize)]
+struct AuditQuery {
+    medical_id: Option<String>,
+}
+
+async fn audit(
+    State(web): State<Arc<Web>>,
+    Extension(caller): Extension<Caller>,
+    lang: Lang,
+    Query(q): Query<AuditQuery>,
+) -> Result<Response, WebError> {
+    let op = operator(&caller)?;
+    let w = web.clone();
+    let o = op.clone();
+    let wanted = q.medical_id.clone().filter(|s| !s.trim().is_empty());
+    let (entries, size) = blocking(move || {
+        let size = w.store.audit_size()?;
+        let entries: Vec<(u64, crate::audit::LogEntry)> = match &wanted {
+            Some(id) => {
+                let id = MedicalId::parse(id.trim())
+                    .map_err(|e| WebError::BadRequest(format!("medical ID: {e}")))?;
+                w.store
+                    .log_operator(&o, format!("read the audit log of {id}"))?;
+                w.store
+                    .audit_for_person(&w.store.person_by_medical_id(id)?)?
+            }
+            None => (size.saturating_sub(50)..size)
+                .map(|i| Ok((i, w.store.audit_entry(i)?)))
+                .collect::<Result<_, crate::store::StoreError>>()?,
+        };
+        let agency = w.agency.verifying_key();
+        let mut out = Vec::new();
+        for (i, e) in entries.into_iter().rev().take(200) {
+            let proved = w.store.prove_entry(i, &agency)?;
+            out.push((i, e, proved));
+        }
+        Ok((out, size))
+    })
+    .await?;
+    let rows: String = entries
+        .iter()
+        .map(|(i, e, proved)| {
+            format!(
+                "<tr class=\"entry\"><td>{i}</td><td>{}</td><td>{}</td></tr>",
+                esc(&report::audit_entry(e)),
+                match proved {
+                    Some(size) => format!("<span class=\"ok proof\">✔ {i}/{size}</span>"),
+                    None => "<span class=\"flag proof\">✘</span>".into(),
+                }
+            )
+        })
+        .collect();
+    let body = format!(
+        "<form method=\"get\" action=\"/operator/audit\"><label>{}<input name=\"medical_id\" value=\"{}\"></label><button>{}</button></form>\
+<p>{}: {size}</p><table id=\"audit\"><tr><th>#</th><th>{}</th><th>{}</th></tr>{rows}</table>",
+        lang.t("医療ID（空欄で最新50件）", "Medical ID (empty: the latest 50)"),
+        esc(q.medical_id.as_deref().unwrap_or("")),
+        lang.t("表示", "Show"),
+        lang.t("ログの件数", "Entries in the log"),
+        lang.t("内容", "Entry"),
+        lang.t("包含証明", "Inclusion proof"),
+    );
+    Ok(console(
+        lang,
+        lang.t("監査ログ", "Audit log"),
+        "/operator/audit",
+        &op,
+        &body,
+    ))
+}

@@ -1,0 +1,159 @@
+//! Server-rendered pages: Japanese first with an English switch, readable on a phone,
+//! plain HTML forms so that nothing needs JavaScript.
+
+use axum::extract::{FromRequestParts, Query};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use serde::Deserialize;
+use std::convert::Infallible;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lang {
+    Ja,
+    En,
+}
+
+impl Lang {
+    pub fn t(self, ja: &'static str, en: &'static str) -> &'static str {
+        match self {
+            Lang::Ja => ja,
+            Lang::En => en,
+        }
+    }
+
+    fn code(self) -> &'static str {
+        match self {
+            Lang::Ja => "ja",
+            Lang::En => "en",
+        }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Lang {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(match cookie(&parts.headers, "lang").as_deref() {
+            Some("en") => Lang::En,
+            _ => Lang::Ja,
+        })
+    }
+}
+
+/// The value of one cookie of the request.
+pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_string())
+}
+
+pub fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+const STYLE: &str = "body{font-family:'Noto Sans JP','IPAexGothic',sans-serif;max-width:48rem;margin:0 auto;padding:1rem;line-height:1.6;color:#222}\
+nav a{margin-right:1rem}header{border-bottom:1px solid #ccc;margin-bottom:1rem}\
+table{border-collapse:collapse;width:100%;display:block;overflow-x:auto}td,th{border:1px solid #ddd;padding:.3rem .5rem;text-align:left;vertical-align:top}\
+input,select,button,textarea{font-size:1rem;padding:.3rem;margin:.2rem 0;max-width:100%}label{display:block;margin-top:.5rem}\
+.flag{color:#b00;font-weight:bold}.ok{color:#070}.err{color:#b00;border:1px solid #b00;padding:.5rem}\
+.mid{font-family:monospace;font-size:1.2rem;letter-spacing:.1rem}";
+
+/// A whole page. `here` is the path the language switch returns to.
+pub fn layout(
+    lang: Lang,
+    title: &str,
+    here: &str,
+    nav: &[(&str, &str)],
+    body: &str,
+) -> Html<String> {
+    let nav: String = nav
+        .iter()
+        .map(|(href, label)| format!("<a href=\"{}\">{}</a>", esc(href), esc(label)))
+        .collect();
+    let other = match lang {
+        Lang::Ja => ("en", "English"),
+        Lang::En => ("ja", "日本語"),
+    };
+    Html(format!(
+        "<!doctype html><html lang=\"{code}\"><head><meta charset=\"utf-8\">\
+<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
+<title>{title}</title><style>{STYLE}</style></head><body>\
+<header><nav>{nav}<a href=\"/lang?to={to}&amp;back={back}\" id=\"lang\">{other_label}</a></nav>\
+<h1>{title}</h1></header><main>{body}</main></body></html>",
+        code = lang.code(),
+        title = esc(title),
+        to = other.0,
+        back = esc(here),
+        other_label = other.1,
+    ))
+}
+
+pub fn hidden(name: &str, value: &str) -> String {
+    format!(
+        "<input type=\"hidden\" name=\"{}\" value=\"{}\">",
+        esc(name),
+        esc(value)
+    )
+}
+
+#[derive(Deserialize)]
+pub struct Switch {
+    to: String,
+    back: Option<String>,
+}
+
+/// `/lang?to=en&back=/portal/home`: remembers the language in a cookie and goes back.
+pub async fn switch(Query(q): Query<Switch>) -> Response {
+    let lang = if q.to == "en" { "en" } else { "ja" };
+    // Only a path on this site: never an open redirect.
+    let back = q
+        .back
+        .filter(|b| b.starts_with('/') && !b.starts_with("//") && !b.contains('\\'))
+        .unwrap_or_else(|| "/portal/".into());
+    (
+        [(
+            header::SET_COOKIE,
+            format!("lang={lang}; Path=/; Max-Age=31536000; Secure; SameSite=Lax"),
+        )],
+        Redirect::to(&back),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_markup() {
+        assert_eq!(
+            esc("<a href='x'>&\"</a>"),
+            "&lt;a href=&#39;x&#39;&gt;&amp;&quot;&lt;/a&gt;"
+        );
+    }
+
+    #[test]
+    fn reads_cookies() {
+        let mut h = HeaderMap::new();
+        h.insert(header::COOKIE, "a=1; lang=en; b=2".parse().unwrap());
+        assert_eq!(cookie(&h, "lang").as_deref(), Some("en"));
+        assert_eq!(cookie(&h, "c"), None);
+    }
+}

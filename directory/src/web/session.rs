@@ -1,0 +1,141 @@
+//! My Portal's sessions and the limit on sign-in attempts. Sessions live in memory: a
+//! restart signs everyone out, which loses nothing a person cannot redo.
+
+use iryo_proto::MedicalId;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+pub const SESSION_COOKIE: &str = "iryo_session";
+/// A form's token before sign-in (double-submit cookie).
+pub const FORM_COOKIE: &str = "iryo_form";
+const IDLE: Duration = Duration::from_secs(30 * 60);
+const MAX_FAILURES: u32 = 5;
+const WINDOW: Duration = Duration::from_secs(15 * 60);
+
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub pid: u64,
+    pub medical_id: MedicalId,
+    /// Every form of the session carries it; a POST without it is refused.
+    pub csrf: String,
+    expires: Instant,
+}
+
+#[derive(Default)]
+pub struct Sessions {
+    sessions: Mutex<HashMap<String, Session>>,
+    failures: Mutex<HashMap<String, (u32, Instant)>>,
+}
+
+/// 256 random bits as hex.
+pub fn token() -> String {
+    let mut b = [0u8; 32];
+    if getrandom::fill(&mut b).is_err() {
+        // No randomness means no safe token: fail closed with an unusable one.
+        return String::new();
+    }
+    iryo_proto::merkle::to_hex(&b)
+}
+
+/// Compares secrets in time independent of where they differ.
+pub fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && !a.is_empty()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+impl Sessions {
+    pub fn create(&self, pid: u64, medical_id: MedicalId) -> (String, Session) {
+        let s = Session {
+            pid,
+            medical_id,
+            csrf: token(),
+            expires: Instant::now() + IDLE,
+        };
+        let t = token();
+        if let Ok(mut map) = self.sessions.lock() {
+            map.retain(|_, v| v.expires > Instant::now());
+            map.insert(t.clone(), s.clone());
+        }
+        (t, s)
+    }
+
+    /// The live session of `token`, kept alive for another idle period.
+    pub fn get(&self, token: &str) -> Option<Session> {
+        let mut map = self.sessions.lock().ok()?;
+        let s = map.get_mut(token)?;
+        if s.expires <= Instant::now() {
+            map.remove(token);
+            return None;
+        }
+        s.expires = Instant::now() + IDLE;
+        Some(s.clone())
+    }
+
+    pub fn end(&self, token: &str) {
+        if let Ok(mut map) = self.sessions.lock() {
+            map.remove(token);
+        }
+    }
+
+    /// Whether another attempt is allowed for each of `keys` (the account and the
+    /// address it comes from).
+    pub fn allowed(&self, keys: &[String]) -> bool {
+        let Ok(mut f) = self.failures.lock() else {
+            return false;
+        };
+        f.retain(|_, (_, since)| since.elapsed() < WINDOW);
+        keys.iter()
+            .all(|k| f.get(k).is_none_or(|(n, _)| *n < MAX_FAILURES))
+    }
+
+    pub fn failed(&self, keys: &[String]) {
+        if let Ok(mut f) = self.failures.lock() {
+            for k in keys {
+                let e = f.entry(k.clone()).or_insert((0, Instant::now()));
+                e.0 += 1;
+            }
+        }
+    }
+
+    pub fn succeeded(&self, account: &str) {
+        if let Ok(mut f) = self.failures.lock() {
+            f.remove(account);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_failed_attempts() {
+        let s = Sessions::default();
+        let keys = vec!["id:1".to_string(), "ip:127.0.0.1".to_string()];
+        for _ in 0..MAX_FAILURES {
+            assert!(s.allowed(&keys));
+            s.failed(&keys);
+        }
+        assert!(!s.allowed(&keys));
+        assert!(!s.allowed(&["ip:127.0.0.1".to_string()]));
+        assert!(s.allowed(&["id:2".to_string()]));
+    }
+
+    #[test]
+    fn sessions_and_tokens() {
+        let s = Sessions::default();
+        let id = MedicalId::from_body(123456789012345);
+        let (t, sess) = s.create(1, id);
+        assert_eq!(s.get(&t).map(|x| x.pid), Some(1));
+        assert!(same(&sess.csrf, &sess.csrf.clone()));
+        assert!(!same(&sess.csrf, &token()));
+        assert!(!same("", ""));
+        s.end(&t);
+        assert!(s.get(&t).is_none());
+    }
+}

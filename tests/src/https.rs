@@ -1,0 +1,48 @@
+//! Clients of the directory's HTTPS front: real rustls, trusting only the agency CA,
+//! optionally presenting a client certificate.
+
+use crate::federation::{field, start_ready, Proc};
+use crate::Directory;
+use std::path::Path;
+use std::sync::Arc;
+use ureq::tls::{Certificate, ClientCert, PrivateKey, RootCerts, TlsConfig, TlsProvider};
+
+/// `serve` on ephemeral ports; the process and its HTTPS `host:port`.
+pub fn serve(d: &Directory) -> (Proc, String) {
+    let mut cmd = d.command(&[
+        "serve",
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--https",
+        "127.0.0.1:0",
+    ]);
+    cmd.env_remove("SSLKEYLOGFILE");
+    let (p, line) = start_ready(cmd, "iryo-directory serve");
+    let https = field(&line, "https").to_string();
+    assert!(!https.is_empty(), "HTTPS front not started: {line}");
+    (p, https)
+}
+
+/// An agent trusting `ca_pem`, presenting `client` (a directory holding cert.pem and
+/// key.pem) when given. Status codes are answers, not errors.
+pub fn agent(ca_pem: &Path, client: Option<&Path>) -> ureq::Agent {
+    let ca = std::fs::read(ca_pem).expect("CA certificate");
+    let ca = Certificate::from_pem(&ca).expect("CA PEM").to_owned();
+    let mut tls = TlsConfig::builder()
+        .provider(TlsProvider::Rustls)
+        .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .root_certs(RootCerts::Specific(Arc::new(vec![ca])));
+    if let Some(dir) = client {
+        let cert = std::fs::read(dir.join("cert.pem")).expect("client cert");
+        let key = std::fs::read(dir.join("key.pem")).expect("client key");
+        tls = tls.client_cert(Some(ClientCert::new_with_certs(
+            &[Certificate::from_pem(&cert).expect("cert PEM").to_owned()],
+            PrivateKey::from_pem(&key).expect("key PEM").to_owned(),
+        )));
+    }
+    ureq::Agent::config_builder()
+        .tls_config(tls.build())
+        .http_status_as_error(false)
+        .build()
+        .into()
+}

@@ -1,0 +1,183 @@
+//! The HTTPS front with real rustls on 127.0.0.1: client certificates of the agency CA
+//! decide who is calling; other CAs, missing and revoked certificates are refused.
+
+use iryo_proto::{InsurerNumber, MyNumber};
+use iryo_tests::https::{agent, serve};
+use iryo_tests::{write_enrollment, Directory};
+use std::path::PathBuf;
+
+fn kyokai() -> String {
+    InsurerNumber::from_body("0113001").unwrap().to_string()
+}
+
+fn society() -> String {
+    InsurerNumber::from_body("0627014").unwrap().to_string()
+}
+
+fn row(insurer: &str, kind: &str, i: u64) -> String {
+    format!(
+        "{kind},{insurer},20000002,{},00,insured,{},佐藤 花子,サトウ ハナコ,1985-05-05,2,大阪府大阪市1-1,2021-04-01,",
+        300 + i,
+        MyNumber::from_body(77_700_000_000 + i)
+    )
+}
+
+fn issue(d: &Directory, flag: &str, who: &str, out: &str) -> PathBuf {
+    let dir = d.path(out);
+    d.ok(&[
+        "ca",
+        "issue",
+        flag,
+        who,
+        "--out",
+        &dir.display().to_string(),
+    ]);
+    dir
+}
+
+#[test]
+fn insurers_and_operators_are_who_their_certificates_say() {
+    let d = Directory::new();
+    d.ok(&["init"]);
+    d.ok(&["ca", "init"]);
+    let ins1 = issue(&d, "--insurer", &kyokai(), "ins1");
+    let ins2 = issue(&d, "--insurer", &society(), "ins2");
+    let op = issue(&d, "--operator", "sato", "op");
+    // A certificate with the right name from a CA that is not the agency's.
+    let rogue = Directory::new();
+    rogue.ok(&["ca", "init"]);
+    let forged = issue(&rogue, "--insurer", &kyokai(), "forged");
+    let ca = d.data.join("ca/ca.pem");
+
+    let (_serve, https) = serve(&d);
+    let url = |p: &str| format!("https://localhost:{}{p}", https.rsplit(':').next().unwrap());
+
+    // Upload: own rows enrolled, another insurer's row and a bad row rejected with reasons.
+    let file = d.path("upload.csv");
+    write_enrollment(
+        &file,
+        &[
+            &row(&kyokai(), "kyokai", 0),
+            &row(&kyokai(), "kyokai", 1),
+            &row(&society(), "society", 2),
+            "kyokai,XXXX,1,1,00,insured,1,x,x,1900-01-01,1,,2020-01-01,",
+        ],
+    );
+    let a1 = agent(&ca, Some(&ins1));
+    let mut res = a1
+        .post(url("/insurer/enrollments?wait=true"))
+        .send(std::fs::read(&file).unwrap())
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let job: serde_json::Value = res.body_mut().read_json().unwrap();
+    assert_eq!(job["state"], "done", "{job}");
+    assert_eq!(job["summary"]["new"], 2, "{job}");
+    assert_eq!(job["summary"]["rejected"], 2, "{job}");
+    let status_url = url(&format!(
+        "/insurer/enrollments/{}",
+        job["id"].as_str().unwrap()
+    ));
+    let mut errors = a1.get(format!("{status_url}/errors")).call().unwrap();
+    assert_eq!(errors.status(), 200);
+    let errors = errors.body_mut().read_to_string().unwrap();
+    assert!(errors.contains("not this insurer's number"), "{errors}");
+    assert!(
+        errors.contains("5,insurer_number,XXXX"),
+        "line 5 named: {errors}"
+    );
+    // The same file again changes nothing.
+    let mut again = a1
+        .post(url("/insurer/enrollments?wait=true"))
+        .send(std::fs::read(&file).unwrap())
+        .unwrap();
+    let again: serde_json::Value = again.body_mut().read_json().unwrap();
+    assert_eq!(again["summary"]["unchanged"], 2, "{again}");
+
+    // Another insurer sees neither the upload nor the rows.
+    let a2 = agent(&ca, Some(&ins2));
+    assert_eq!(a2.get(&status_url).call().unwrap().status(), 404);
+    let mut own = a1.get(url("/insurer/assignments")).call().unwrap();
+    assert_eq!(own.status(), 200);
+    let own = own.body_mut().read_to_string().unwrap();
+    assert_eq!(own.lines().count(), 3, "header and two rows: {own}");
+    assert!(own.contains(&MyNumber::from_body(77_700_000_000).to_string()));
+    let other = a2
+        .get(url("/insurer/assignments"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    assert!(!other.contains(&kyokai()), "{other}");
+    let mut notices = a1.get(url("/insurer/notices")).call().unwrap();
+    assert_eq!(notices.status(), 200);
+    assert!(notices
+        .body_mut()
+        .read_json::<serde_json::Value>()
+        .unwrap()
+        .is_array());
+
+    // No certificate: the portal is open, insurer and operator paths are not.
+    let anon = agent(&ca, None);
+    assert_eq!(anon.get(url("/portal/")).call().unwrap().status(), 200);
+    assert_eq!(
+        anon.get(url("/insurer/assignments"))
+            .call()
+            .unwrap()
+            .status(),
+        403
+    );
+    assert_eq!(anon.get(url("/operator/")).call().unwrap().status(), 403);
+    // A certificate of another CA fails the handshake.
+    assert!(agent(&ca, Some(&forged))
+        .get(url("/insurer/notices"))
+        .call()
+        .is_err());
+    // An insurer is not an operator, and the operator's name comes from the certificate.
+    assert_eq!(a1.get(url("/operator/")).call().unwrap().status(), 403);
+    let ao = agent(&ca, Some(&op));
+    let mut console = ao.get(url("/operator/")).call().unwrap();
+    assert_eq!(console.status(), 200);
+    assert!(console
+        .body_mut()
+        .read_to_string()
+        .unwrap()
+        .contains("operator sato"));
+    let mut person = ao
+        .get(url(&format!(
+            "/operator/person?q={}",
+            MyNumber::from_body(77_700_000_000)
+        )))
+        .call()
+        .unwrap();
+    assert_eq!(person.status(), 200);
+    assert!(person.body_mut().read_to_string().unwrap().contains("佐藤"));
+    let log = d.ok(&["audit", "verify"]);
+    assert!(log.contains("ok") || log.contains("OK") || !log.is_empty());
+
+    // Revoked: refused from the next connection on.
+    d.ok(&["ca", "revoke", &format!("insurer {}", kyokai())]);
+    assert!(agent(&ca, Some(&ins1))
+        .get(url("/insurer/notices"))
+        .call()
+        .is_err());
+    assert_eq!(
+        agent(&ca, Some(&ins2))
+            .get(url("/insurer/notices"))
+            .call()
+            .unwrap()
+            .status(),
+        200
+    );
+
+    let mut metrics = anon.get(url("/metrics")).call().unwrap();
+    let metrics = metrics.body_mut().read_to_string().unwrap();
+    assert!(
+        metrics.contains("iryo_directory_enrollment_rows_total{outcome=\"new\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("iryo_directory_request_duration_seconds_bucket"),
+        "{metrics}"
+    );
+}
