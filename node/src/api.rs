@@ -31,8 +31,36 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/eligibility", post(eligibility))
         .route("/outbox", get(outbox))
         .layer(middleware::from_fn_with_state(node.clone(), authorise))
+        .route("/metrics", get(metrics))
+        .layer(middleware::from_fn(track))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(node)
+}
+
+async fn metrics(State(node): State<Arc<Node>>) -> Response {
+    let m = crate::metrics::metrics();
+    if let Ok(Ok(n)) = tokio::task::spawn_blocking(move || node.store.outbox_len()).await {
+        m.outbox_pending.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        m.render(),
+    )
+        .into_response()
+}
+
+async fn track(req: Request, next: Next) -> Response {
+    let route = match req.uri().path().split('/').nth(1) {
+        Some(r @ ("patients" | "exchange" | "eligibility" | "outbox" | "metrics")) => r.to_string(),
+        _ => "other".into(),
+    };
+    let started = std::time::Instant::now();
+    let res = next.run(req).await;
+    crate::metrics::metrics().observe(&route, started.elapsed());
+    res
 }
 
 fn error(status: StatusCode, reason: &str, detail: impl std::fmt::Display) -> Response {
@@ -107,7 +135,18 @@ struct FetchBody {
 }
 
 async fn fetch(State(node): State<Arc<Node>>, Json(b): Json<FetchBody>) -> Response {
-    match exchange::fetch(&node, b.medical_id, b.from, b.purpose, b.reason).await {
+    let result = exchange::fetch(&node, b.medical_id, b.from, b.purpose, b.reason).await;
+    let fetches = &crate::metrics::metrics().fetches;
+    crate::metrics::Metrics::count(
+        fetches,
+        match &result {
+            Ok(_) => "ok".to_string(),
+            Err(FetchError::Refused(r)) => format!("{:?}", r.reason),
+            Err(FetchError::UnknownSource(_)) => "unknown_source".into(),
+            Err(FetchError::Unavailable(_)) => "unavailable".into(),
+        },
+    );
+    match result {
         Ok(bundle) => Json(bundle).into_response(),
         Err(FetchError::Refused(r)) => {
             let status = match r.reason {
@@ -176,7 +215,13 @@ async fn eligibility(State(node): State<Arc<Node>>, Json(b): Json<EligibilityBod
         visit_consent: b.visit_consent,
     };
     match node.directory.check(request).await {
-        Ok(a) => Json(a).into_response(),
+        Ok(a) => {
+            crate::metrics::Metrics::count(
+                &crate::metrics::metrics().checks,
+                format!("{:?}", a.reason),
+            );
+            Json(a).into_response()
+        }
         Err(e) => error(StatusCode::BAD_GATEWAY, "unavailable", e),
     }
 }

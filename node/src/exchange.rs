@@ -67,8 +67,12 @@ pub async fn serve_inbound(node: Arc<Node>, mut inbound: mpsc::Receiver<Inbound>
         let node = node.clone();
         tokio::spawn(async move {
             let response = serve(&node, peer_key(&peer), request).await;
+            let served = &crate::metrics::metrics().served;
             if let ExchangeResponse::Refused(r) = &response {
                 tracing::warn!(%peer, reason = %r.reason, "fetch refused: {}", r.detail);
+                crate::metrics::Metrics::count(served, format!("{:?}", r.reason));
+            } else {
+                crate::metrics::Metrics::count(served, "served");
             }
             let _ = reply.send(response);
         });

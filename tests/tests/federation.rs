@@ -93,6 +93,31 @@ fn consent_gates_exchange_and_both_ends_report_to_a_verifiable_log() {
     let consistency: Value =
         serde_json::from_str(&fed.operator(&["audit", "consistency", "3"])).expect("JSON");
     assert_eq!(consistency["verified"], true, "{consistency}");
+
+    // Both ends count what they did, in Prometheus text.
+    let metrics = |n: &iryo_tests::federation::NodeProc| {
+        ureq::get(format!("{}/metrics", n.api))
+            .call()
+            .expect("node /metrics")
+            .body_mut()
+            .read_to_string()
+            .expect("text")
+    };
+    let requester = metrics(c);
+    assert!(
+        requester.contains("iryo_node_fetches_total{outcome=\"ok\"}"),
+        "{requester}"
+    );
+    assert!(
+        requester.contains("iryo_node_fetches_total{outcome=\"NoConsent\"}"),
+        "{requester}"
+    );
+    let source = metrics(a);
+    assert!(
+        source.contains("iryo_node_served_total{outcome=\"served\"}"),
+        "{source}"
+    );
+    assert!(source.contains("iryo_node_outbox_pending "), "{source}");
 }
 
 #[test]

@@ -1,0 +1,100 @@
+//! Prometheus metrics of a node, served at `/metrics` on its local API (no bearer token:
+//! counts and latencies only, nothing about any patient).
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+type Labels = Vec<(&'static str, String)>;
+
+pub struct Metrics {
+    registry: Registry,
+    /// Fetches this node asked for, by outcome.
+    pub fetches: Family<Labels, Counter>,
+    /// Fetches other nodes asked of this one, by outcome.
+    pub served: Family<Labels, Counter>,
+    pub checks: Family<Labels, Counter>,
+    pub notifications_delivered: Counter,
+    pub outbox_pending: Gauge,
+    pub requests: Family<Labels, Histogram, fn() -> Histogram>,
+}
+
+fn latency() -> Histogram {
+    Histogram::new(exponential_buckets(0.0001, 2.0, 16))
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let m = Self {
+            registry: Registry::default(),
+            fetches: Family::default(),
+            served: Family::default(),
+            checks: Family::default(),
+            notifications_delivered: Counter::default(),
+            outbox_pending: Gauge::default(),
+            requests: Family::new_with_constructor(latency as fn() -> Histogram),
+        };
+        let mut registry = Registry::with_prefix("iryo_node");
+        registry.register(
+            "fetches",
+            "Fetches requested, by outcome",
+            m.fetches.clone(),
+        );
+        registry.register(
+            "served",
+            "Fetches served to peers, by outcome",
+            m.served.clone(),
+        );
+        registry.register(
+            "checks",
+            "Eligibility checks forwarded, by answer",
+            m.checks.clone(),
+        );
+        registry.register(
+            "notifications_delivered",
+            "Notifications the directory acknowledged",
+            m.notifications_delivered.clone(),
+        );
+        registry.register(
+            "outbox_pending",
+            "Notifications waiting in the outbox",
+            m.outbox_pending.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time to answer a local API request, by route",
+            m.requests.clone(),
+        );
+        Self { registry, ..m }
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+
+    pub fn count(family: &Family<Labels, Counter>, outcome: impl Into<String>) {
+        family
+            .get_or_create(&vec![("outcome", outcome.into())])
+            .inc();
+    }
+
+    pub fn observe(&self, route: &str, took: Duration) {
+        self.requests
+            .get_or_create(&vec![("route", route.into())])
+            .observe(took.as_secs_f64());
+    }
+}
+
+pub fn metrics() -> &'static Metrics {
+    static M: OnceLock<Metrics> = OnceLock::new();
+    M.get_or_init(Metrics::new)
+}
