@@ -1,0 +1,136 @@
+// Drives My Portal in headless Chromium against a real directory and real nodes,
+// which tests/tests/portal.rs has started. Everything it needs comes from the
+// environment; it exits non-zero at the first thing that does not hold.
+import { chromium } from "playwright-core";
+import { mkdirSync } from "node:fs";
+
+const env = (k) => {
+  const v = process.env[k];
+  if (!v) throw new Error(`${k} is not set`);
+  return v;
+};
+const portal = env("PORTAL_URL");
+const medicalId = env("MEDICAL_ID");
+const code = env("ACTIVATION_CODE");
+const requesterApi = env("REQUESTER_API");
+const requesterToken = env("REQUESTER_TOKEN");
+const requesterCode = env("REQUESTER_CODE");
+const sourceCode = env("SOURCE_CODE");
+const shots = env("SCREENSHOTS");
+mkdirSync(shots, { recursive: true });
+
+function check(ok, what) {
+  if (!ok) throw new Error(`failed: ${what}`);
+  console.log(`ok: ${what}`);
+}
+
+// A fetch by the requester's EMR through its node's local API.
+async function fetchRecords(purpose, reason) {
+  const body = { medical_id: medicalId, from: sourceCode, purpose };
+  if (reason) body.reason = reason;
+  const r = await fetch(`${requesterApi}/exchange/fetch`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${requesterToken}`, "content-type": "application/json" },
+    body: JSON.stringify(body),
+  });
+  return { status: r.status, body: await r.json() };
+}
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  headless: true,
+  args: [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+  ],
+});
+try {
+  // A phone-sized screen: the portal must be readable there.
+  const context = await browser.newContext({
+    ignoreHTTPSErrors: true, // the agency's own CA; the HTTPS tests check the chain
+    viewport: { width: 390, height: 844 },
+    locale: "ja-JP",
+  });
+  const page = await context.newPage();
+  const shot = (name) => page.screenshot({ path: `${shots}/${name}.png`, fullPage: true });
+
+  // Activation with the code from the letter; a wrong code first.
+  await page.goto(`${portal}/portal/activate`);
+  await page.fill("#medical_id", medicalId);
+  await page.fill("#code", "AAAA-BBBB-CCCC");
+  await page.fill("#passphrase", "correct horse battery");
+  await page.fill("#passphrase2", "correct horse battery");
+  await page.click("#do-activate");
+  check(await page.isVisible("#error"), "a wrong activation code is refused");
+  await page.fill("#medical_id", medicalId);
+  await page.fill("#code", code);
+  await page.fill("#passphrase", "correct horse battery");
+  await page.fill("#passphrase2", "correct horse battery");
+  await page.click("#do-activate");
+  await page.waitForURL("**/portal/home");
+  const shown = (await page.textContent("#medical-id")).trim();
+  check(shown.replaceAll("-", "") === medicalId.replaceAll("-", ""), `home shows the medical ID ${shown}`);
+  check((await page.textContent("#coverage")).includes("加入中"), "insurance in force, in Japanese");
+  await shot("home");
+
+  // Sign out, then sign in with the passphrase; the activation code works once.
+  await page.click("#logout");
+  await page.waitForURL("**/portal/");
+  await page.fill("#medical_id", medicalId);
+  await page.fill("#passphrase", "wrong passphrase!");
+  await page.click("#sign-in");
+  check(await page.isVisible("#error"), "a wrong passphrase is refused");
+  await page.fill("#medical_id", medicalId);
+  await page.fill("#passphrase", "correct horse battery");
+  await page.click("#sign-in");
+  await page.waitForURL("**/portal/home");
+  check(true, "signed in with the passphrase");
+
+  // The visit the eligibility check recorded.
+  await page.goto(`${portal}/portal/history`);
+  const visits = await page.locator("tr.visit").allTextContents();
+  check(visits.some((v) => v.includes(requesterCode)), `service history lists ${requesterCode}`);
+  await shot("history");
+
+  // Consent decides the next grant.
+  let r = await fetchRecords("treatment");
+  check(r.status === 403 && r.body.reason === "no_consent", "without consent the fetch is refused");
+  const setConsent = async (action) => {
+    await page.goto(`${portal}/portal/consent`);
+    await page.selectOption("#action", action);
+    await page.selectOption("#institution", requesterCode);
+    await page.selectOption("#purpose", "treatment");
+    await page.click("#save-consent");
+    await page.waitForURL("**/portal/consent");
+  };
+  await setConsent("grant");
+  r = await fetchRecords("treatment");
+  check(r.status === 200 && r.body.resourceType === "Bundle", "after granting consent the fetch is served");
+  await setConsent("revoke");
+  r = await fetchRecords("treatment");
+  check(r.status === 403 && r.body.reason === "no_consent", "after revoking consent the next fetch is refused");
+  await setConsent("grant");
+  r = await fetchRecords("treatment");
+  check(r.status === 200, "granted again, served again");
+  await shot("consent");
+
+  // Break-glass access shows, flagged, in the access log, each line proved.
+  r = await fetchRecords("emergency", "意識不明で救急搬送 / unconscious on arrival");
+  check(r.status === 200, "emergency fetch with a reason is served");
+  await page.goto(`${portal}/portal/access`);
+  check((await page.locator(".emergency").count()) > 0, "emergency access is flagged");
+  const proofs = await page.locator(".proof").allTextContents();
+  check(proofs.length > 0 && proofs.every((p) => p.includes("✔")), `every access entry is proved (${proofs.length})`);
+  check((await page.textContent("main")).includes("意識不明で救急搬送"), "the written reason is shown");
+  await shot("access");
+
+  // English on request.
+  await page.click("#lang");
+  await page.waitForURL("**/portal/access");
+  check((await page.getAttribute("html", "lang")) === "en", "English switch");
+  check((await page.textContent("h1")).includes("Access log"), "English page title");
+  await shot("access-en");
+  console.log("portal: all checks passed");
+} finally {
+  await browser.close();
+}
