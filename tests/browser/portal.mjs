@@ -17,6 +17,8 @@ const requesterToken = env("REQUESTER_TOKEN");
 const requesterCode = env("REQUESTER_CODE");
 const sourceCode = env("SOURCE_CODE");
 const shots = env("SCREENSHOTS");
+const operatorCert = env("OPERATOR_CERT");
+const operatorKey = env("OPERATOR_KEY");
 mkdirSync(shots, { recursive: true });
 
 function check(ok, what) {
@@ -131,6 +133,52 @@ try {
   check((await page.textContent("h1")).includes("Access log"), "English page title");
   await shot("access-en");
   console.log("portal: all checks passed");
+
+  // The operator console, with the operator's client certificate.
+  const opContext = await browser.newContext({
+    ignoreHTTPSErrors: true,
+    viewport: { width: 1100, height: 900 },
+    clientCertificates: [{ origin: new URL(portal).origin, certPath: operatorCert, keyPath: operatorKey }],
+  });
+  const op = await opContext.newPage();
+  const opShot = (name) => op.screenshot({ path: `${shots}/${name}.png`, fullPage: true });
+  await op.goto(`${portal}/operator/`);
+  check((await op.textContent("#operator")).includes("operator sato"), "the console knows the operator from the certificate");
+  await op.fill("#q", medicalId);
+  await op.click("#search button");
+  await op.waitForURL("**/operator/person?**");
+  const person = await op.textContent("pre.person");
+  check(person.includes(requesterCode), "the person's page shows coverages, history and service use");
+  await opShot("console-person");
+
+  await op.goto(`${portal}/operator/cases`);
+  const mismatch = op.locator("div.case[id^=mismatch-]").first();
+  const caseId = await mismatch.getAttribute("id");
+  await mismatch.locator("select[name=action]").selectOption("keep");
+  await mismatch.locator("input[name=reason]").fill("本人確認の結果、登録どおり / registry confirmed");
+  await opShot("console-cases");
+  await mismatch.locator("button").click();
+  await op.waitForURL("**/operator/cases");
+  check((await op.locator(`#${caseId}`).count()) === 0, `${caseId} resolved with a reason`);
+
+  await op.goto(`${portal}/operator/audit?medical_id=${medicalId}`);
+  const opProofs = await op.locator(".proof").allTextContents();
+  check(opProofs.length > 0 && opProofs.every((p) => p.includes("✔")), "the console checks inclusion proofs");
+  await opShot("console-audit");
+
+  await op.goto(`${portal}/operator/institutions`);
+  const row = op.locator("tr.institution", { hasText: requesterCode });
+  await row.locator("button").click();
+  await op.waitForURL("**/operator/institutions");
+  check((await op.locator("tr.institution", { hasText: requesterCode }).textContent()).includes("失効"), "institution revoked in the console");
+  r = await fetchRecords("treatment");
+  check(r.status === 403, `a revoked institution is refused at once (${r.body.reason})`);
+
+  await op.goto(`${portal}/operator/audit`);
+  const log = await op.textContent("#audit");
+  check(log.includes("operator sato") && log.includes("mismatch") && log.includes("revoked"), "operator actions are in the audit log under the certificate's name");
+  await opShot("console-log");
+  console.log("console: all checks passed");
 } finally {
   await browser.close();
 }

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 
 #[test]
-fn a_person_activates_signs_in_and_controls_consent_in_chromium() {
+fn a_person_and_an_operator_use_the_portal_and_console_in_chromium() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let script = root.join("browser/portal.mjs");
     assert!(
@@ -32,6 +32,22 @@ fn a_person_activates_signs_in_and_controls_consent_in_chromium() {
         (200, Some(true)),
         "{answer}"
     );
+
+    // The patient's card shown with another person's medical ID: a mismatch for the console.
+    let (status, answer) = requester.eligibility(&json!({
+        "insurer": "01130012", "symbol": "10000001", "number": "500", "branch": "00",
+        "medical_id": fed.patients[1].to_string(),
+    }));
+    assert!(status == 200 && answer["mismatch"].is_u64(), "{answer}");
+    let operator = fed.registry.path("operator-sato");
+    fed.operator(&[
+        "ca",
+        "issue",
+        "--operator",
+        "sato",
+        "--out",
+        &operator.display().to_string(),
+    ]);
 
     // The letter carries the activation code; the vendor CSV has it too.
     let letters = fed.registry.path("letters");
@@ -62,6 +78,8 @@ fn a_person_activates_signs_in_and_controls_consent_in_chromium() {
         .env("SOURCE_CODE", source.code.to_string())
         .env("SCREENSHOTS", &shots)
         .env("CHROMIUM", &chromium)
+        .env("OPERATOR_CERT", operator.join("cert.pem"))
+        .env("OPERATOR_KEY", operator.join("key.pem"))
         .output()
         .expect("node (Node.js) runs the browser script");
     let stdout = String::from_utf8_lossy(&out.stdout);
