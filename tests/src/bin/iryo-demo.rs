@@ -25,6 +25,9 @@ struct Args {
     /// People in the sample enrollment.
     #[arg(long, default_value_t = 500)]
     persons: u64,
+    /// Keep everything running at the end (until Ctrl-C) to try My Portal in a browser.
+    #[arg(long)]
+    serve: bool,
 }
 
 fn step(s: &str) {
@@ -34,7 +37,7 @@ fn step(s: &str) {
 fn main() -> Result<()> {
     tracing_init();
     let args = Args::parse();
-    for sub in ["directory", "clinic", "hospital", "sample"] {
+    for sub in ["directory", "clinic", "hospital", "sample", "letters"] {
         let p = args.dir.join(sub);
         if p.exists() {
             std::fs::remove_dir_all(&p).with_context(|| format!("clearing {}", p.display()))?;
@@ -184,12 +187,78 @@ async fn run(args: &Args) -> Result<()> {
             "PROBLEMS"
         }
     );
+    step("7. the patient's letter and My Portal on the agency's HTTPS front");
+    let front = portal(&fed, &patient).await?;
+    if args.serve {
+        println!("  Ctrl-C stops the federation.");
+        tokio::signal::ctrl_c().await?;
+    } else {
+        println!("  (run with --serve to keep the federation up and sign in)");
+    }
+    front.stop();
     hospital.stop();
     clinic.stop();
     fed.service.stop().await;
     println!(
-        "\nEverything is in {}: directory/ (database, keys), hospital/ and clinic/ (node.toml, node.key, records).",
+        "\nEverything is in {}: directory/ (database, keys, ca/), hospital/ and clinic/ (node.toml, node.key, records), letters/.",
         args.dir.display()
     );
     Ok(())
+}
+
+/// Makes the agency CA, starts the HTTPS front, and prints the patient's letter with
+/// its activation code (as a PDF too when the Japanese font is installed).
+async fn portal(
+    fed: &LocalFederation,
+    patient: &iryo_directory::registry::Person,
+) -> Result<iryo_directory::web::Running> {
+    use iryo_directory::ca::Ca;
+    use iryo_directory::config::Config;
+    use iryo_directory::letters::{write_letters, Letter};
+    use iryo_directory::store::Plan;
+    use iryo_directory::web;
+    let config = Config {
+        data_dir: fed.dir.join("directory"),
+        ..Config::default()
+    };
+    let ca = Ca::init(&Ca::dir(&config.data_dir), &["localhost".into(), "127.0.0.1".into()])?;
+    let tls = std::sync::Arc::new(web::tls::TlsConfigs::new(&ca)?);
+    let state = std::sync::Arc::new(web::Web::new(fed.store.clone(), fed.keys.root.clone(), config.clone())?);
+    let front = web::start(state, tls, "127.0.0.1:0".parse()?).await?;
+    let row = fed
+        .store
+        .letter_rows(Plan::Agency, true, iryo_directory::registry::today())?
+        .into_iter()
+        .find(|r| r.pid == patient.pid)
+        .context("no letter row for the patient")?;
+    let expires = now() + i64::from(config.letters.activation_days) * 86_400;
+    let code = fed
+        .store
+        .issue_activations(&[patient.pid], expires)?
+        .pop()
+        .context("no activation code")?;
+    let mut letters_cfg = config.letters.clone();
+    letters_cfg.portal_url = format!("https://localhost:{}/portal/", front.addr.port());
+    let letter = Letter {
+        pid: patient.pid,
+        row,
+        code: code.clone(),
+        expires: chrono::DateTime::from_timestamp(expires, 0)
+            .map(|d| d.date_naive().to_string())
+            .unwrap_or_default(),
+    };
+    match write_letters(&fed.dir.join("letters"), &[letter], Plan::Agency, &letters_cfg) {
+        Ok(files) => println!("  letter: {}", files[0].display()),
+        Err(e) => println!("  (no PDF: {e})"),
+    }
+    println!("  My Portal: {}", letters_cfg.portal_url);
+    println!(
+        "  sign in the first time with medical ID {} and activation code {code}",
+        patient.medical_id.grouped()
+    );
+    println!(
+        "  (the agency's CA is {}; the browser will ask to trust it)",
+        ca.cert_path().display()
+    );
+    Ok(front)
 }
