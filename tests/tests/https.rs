@@ -181,3 +181,71 @@ fn insurers_and_operators_are_who_their_certificates_say() {
         "{metrics}"
     );
 }
+
+#[test]
+fn portal_forms_need_their_token_and_sign_in_is_rate_limited() {
+    let d = Directory::new();
+    d.ok(&["init"]);
+    d.ok(&["ca", "init"]);
+    let (_serve, https) = serve(&d);
+    let base = format!("https://localhost:{}", https.rsplit(':').next().unwrap());
+    let a = agent(&d.data.join("ca/ca.pem"), None);
+
+    let mut page = a.get(format!("{base}/portal/")).call().unwrap();
+    let cookie = page
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .unwrap()
+        .to_string();
+    assert!(
+        cookie.contains("Secure")
+            && cookie.contains("HttpOnly")
+            && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let token = cookie
+        .split(';')
+        .next()
+        .and_then(|kv| kv.split_once('='))
+        .map(|(_, v)| v.to_string())
+        .unwrap();
+    assert!(page
+        .body_mut()
+        .read_to_string()
+        .unwrap()
+        .contains("マイポータル"));
+
+    let login = |form_token: &str, with_cookie: bool| {
+        let mut req = a.post(format!("{base}/portal/login"));
+        if with_cookie {
+            req = req.header("cookie", &format!("iryo_form={token}"));
+        }
+        req.send_form([
+            ("form", form_token),
+            ("medical_id", "1234-5678-9012-3452"),
+            ("passphrase", "not the passphrase"),
+        ])
+        .unwrap()
+        .status()
+        .as_u16()
+    };
+    // A form from another site carries no matching token.
+    assert_eq!(login(&token, false), 403);
+    assert_eq!(login("forged", true), 403);
+    for _ in 0..5 {
+        assert_eq!(login(&token, true), 401);
+    }
+    assert_eq!(
+        login(&token, true),
+        429,
+        "the sixth failure in a row is refused outright"
+    );
+    // Signed-out pages send the person to the sign-in page.
+    let mut home = a.get(format!("{base}/portal/home")).call().unwrap();
+    assert!(home
+        .body_mut()
+        .read_to_string()
+        .unwrap()
+        .contains("id=\"login\""));
+}

@@ -315,3 +315,25 @@ mod federation {
         assert_eq!(out.refused[0].0[0], 137);
     }
 }
+
+#[test]
+fn activation_codes_work_once_and_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(&dir);
+    let codes = s.issue_activations(&[1, 2], 1_000).unwrap();
+    // Wrong code, or another person's code: refused, nothing set.
+    assert!(s.activate(1, "AAAA-BBBB-CCCC", "phc", 10).is_err());
+    assert!(s.activate(1, &codes[1], "phc", 10).is_err());
+    assert_eq!(s.account(1).unwrap().unwrap().passphrase, None);
+    // Typed in lower case without dashes it still fits; then it is used up.
+    let typed = codes[0].to_lowercase().replace('-', "");
+    s.activate(1, &typed, "phc-1", 10).unwrap();
+    assert_eq!(
+        s.account(1).unwrap().unwrap().passphrase.as_deref(),
+        Some("phc-1")
+    );
+    assert!(s.activate(1, &codes[0], "phc-2", 11).is_err());
+    // Expired.
+    assert!(s.activate(2, &codes[1], "phc", 1_000).is_err());
+    assert!(s.account(3).unwrap().is_none());
+}

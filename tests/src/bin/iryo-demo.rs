@@ -221,9 +221,16 @@ async fn portal(
         data_dir: fed.dir.join("directory"),
         ..Config::default()
     };
-    let ca = Ca::init(&Ca::dir(&config.data_dir), &["localhost".into(), "127.0.0.1".into()])?;
+    let ca = Ca::init(
+        &Ca::dir(&config.data_dir),
+        &["localhost".into(), "127.0.0.1".into()],
+    )?;
     let tls = std::sync::Arc::new(web::tls::TlsConfigs::new(&ca)?);
-    let state = std::sync::Arc::new(web::Web::new(fed.store.clone(), fed.keys.root.clone(), config.clone())?);
+    let state = std::sync::Arc::new(web::Web::new(
+        fed.store.clone(),
+        fed.keys.root.clone(),
+        config.clone(),
+    )?);
     let front = web::start(state, tls, "127.0.0.1:0".parse()?).await?;
     let row = fed
         .store
@@ -247,7 +254,12 @@ async fn portal(
             .map(|d| d.date_naive().to_string())
             .unwrap_or_default(),
     };
-    match write_letters(&fed.dir.join("letters"), &[letter], Plan::Agency, &letters_cfg) {
+    match write_letters(
+        &fed.dir.join("letters"),
+        &[letter],
+        Plan::Agency,
+        &letters_cfg,
+    ) {
         Ok(files) => println!("  letter: {}", files[0].display()),
         Err(e) => println!("  (no PDF: {e})"),
     }
