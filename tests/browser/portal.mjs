@@ -38,6 +38,12 @@ async function fetchRecords(purpose, reason) {
   return { status: r.status, body: await r.json() };
 }
 
+// Submits a form by clicking `selector` and waits for the page it leads to, so that
+// nothing after it can run against the page before.
+async function submit(page, selector) {
+  await Promise.all([page.waitForNavigation({ waitUntil: "load" }), page.click(selector)]);
+}
+
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
   headless: true,
@@ -62,13 +68,13 @@ try {
   await page.fill("#code", "AAAA-BBBB-CCCC");
   await page.fill("#passphrase", "correct horse battery");
   await page.fill("#passphrase2", "correct horse battery");
-  await page.click("#do-activate");
+  await submit(page, "#do-activate");
   check(await page.isVisible("#error"), "a wrong activation code is refused");
   await page.fill("#medical_id", medicalId);
   await page.fill("#code", code);
   await page.fill("#passphrase", "correct horse battery");
   await page.fill("#passphrase2", "correct horse battery");
-  await page.click("#do-activate");
+  await submit(page, "#do-activate");
   await page.waitForURL("**/portal/home");
   const shown = (await page.textContent("#medical-id")).trim();
   check(shown.replaceAll("-", "") === medicalId.replaceAll("-", ""), `home shows the medical ID ${shown}`);
@@ -76,15 +82,15 @@ try {
   await shot("home");
 
   // Sign out, then sign in with the passphrase; the activation code works once.
-  await page.click("#logout");
+  await submit(page, "#logout");
   await page.waitForURL("**/portal/");
   await page.fill("#medical_id", medicalId);
   await page.fill("#passphrase", "wrong passphrase!");
-  await page.click("#sign-in");
+  await submit(page, "#sign-in");
   check(await page.isVisible("#error"), "a wrong passphrase is refused");
   await page.fill("#medical_id", medicalId);
   await page.fill("#passphrase", "correct horse battery");
-  await page.click("#sign-in");
+  await submit(page, "#sign-in");
   await page.waitForURL("**/portal/home");
   check(true, "signed in with the passphrase");
 
@@ -102,7 +108,7 @@ try {
     await page.selectOption("#action", action);
     await page.selectOption("#institution", requesterCode);
     await page.selectOption("#purpose", "treatment");
-    await page.click("#save-consent");
+    await submit(page, "#save-consent");
     await page.waitForURL("**/portal/consent");
   };
   await setConsent("grant");
@@ -127,7 +133,7 @@ try {
   await shot("access");
 
   // English on request.
-  await page.click("#lang");
+  await submit(page, "#lang");
   await page.waitForURL("**/portal/access");
   check((await page.getAttribute("html", "lang")) === "en", "English switch");
   check((await page.textContent("h1")).includes("Access log"), "English page title");
@@ -145,7 +151,7 @@ try {
   await op.goto(`${portal}/operator/`);
   check((await op.textContent("#operator")).includes("operator sato"), "the console knows the operator from the certificate");
   await op.fill("#q", medicalId);
-  await op.click("#search button");
+  await submit(op, "#search button");
   await op.waitForURL("**/operator/person?**");
   const person = await op.textContent("pre.person");
   check(person.includes(requesterCode), "the person's page shows coverages, history and service use");
@@ -157,7 +163,7 @@ try {
   await mismatch.locator("select[name=action]").selectOption("keep");
   await mismatch.locator("input[name=reason]").fill("本人確認の結果、登録どおり / registry confirmed");
   await opShot("console-cases");
-  await mismatch.locator("button").click();
+  await Promise.all([op.waitForNavigation({ waitUntil: "load" }), mismatch.locator("button").click()]);
   await op.waitForURL("**/operator/cases");
   check((await op.locator(`#${caseId}`).count()) === 0, `${caseId} resolved with a reason`);
 
@@ -168,7 +174,7 @@ try {
 
   await op.goto(`${portal}/operator/institutions`);
   const row = op.locator("tr.institution", { hasText: requesterCode });
-  await row.locator("button").click();
+  await Promise.all([op.waitForNavigation({ waitUntil: "load" }), row.locator("button").click()]);
   await op.waitForURL("**/operator/institutions");
   check((await op.locator("tr.institution", { hasText: requesterCode }).textContent()).includes("失効"), "institution revoked in the console");
   r = await fetchRecords("treatment");

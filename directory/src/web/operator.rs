@@ -247,7 +247,7 @@ async fn person(
     ))
 }
 
-fn resolve_form(web: &Web, op: &str, lang: Lang, action: &str, choices: &[(&str, &str)]) -> String {
+fn resolve_form(token: &str, lang: Lang, action: &str, choices: &[(&str, &str)]) -> String {
     let options: String = choices
         .iter()
         .map(|(v, l)| format!("<option value=\"{v}\">{l}</option>"))
@@ -255,7 +255,7 @@ fn resolve_form(web: &Web, op: &str, lang: Lang, action: &str, choices: &[(&str,
     format!(
         "<form method=\"post\" action=\"{action}\">{}<select name=\"action\">{options}</select>\
 <input name=\"reason\" required placeholder=\"{}\"><button>{}</button></form>",
-        hidden("csrf", &csrf(web, op)),
+        hidden("csrf", token),
         lang.t("理由（必須）", "reason (required)"),
         lang.t("処理", "Resolve")
     )
@@ -270,25 +270,29 @@ async fn cases(
     let w = web.clone();
     let (conflicts, mismatches) =
         blocking(move || Ok((w.store.conflicts(true)?, w.store.mismatches(true)?))).await?;
+    let token = csrf(&web, &op);
+    // `kind` names the element and, plural, the route: conflict(s), mismatch(es).
+    let block = |kind: &str, route: &str, id: u64, text: String, choices: &[(&str, &str)]| {
+        format!(
+            "<div class=\"case\" id=\"{kind}-{id}\"><p>{}</p>{}</div>",
+            esc(&text),
+            resolve_form(&token, lang, &format!("/operator/{route}/{id}"), choices)
+        )
+    };
     let mut body = format!(
         "<h2>{}</h2>",
         lang.t("登録の不整合", "Enrollment conflicts")
     );
     for c in &conflicts {
-        body.push_str(&format!(
-            "<div class=\"case\" id=\"conflict-{}\"><p>{}</p>{}</div>",
+        body.push_str(&block(
+            "conflict",
+            "conflicts",
             c.id,
-            esc(&report::conflict(c)),
-            resolve_form(
-                &web,
-                &op,
-                lang,
-                &format!("/operator/conflicts/{}", c.id),
-                &[
-                    ("apply", lang.t("届出どおり訂正", "apply the row")),
-                    ("dismiss", lang.t("登録どおり（却下）", "dismiss")),
-                ]
-            )
+            report::conflict(c),
+            &[
+                ("apply", lang.t("届出どおり訂正", "apply the row")),
+                ("dismiss", lang.t("登録どおり（却下）", "dismiss")),
+            ],
         ));
     }
     body.push_str(&format!(
@@ -296,23 +300,18 @@ async fn cases(
         lang.t("医療機関での不一致", "Mismatches at institutions")
     ));
     for m in &mismatches {
-        body.push_str(&format!(
-            "<div class=\"case\" id=\"mismatch-{}\"><p>{}</p>{}</div>",
+        body.push_str(&block(
+            "mismatch",
+            "mismatches",
             m.id,
-            esc(&report::mismatch(m)),
-            resolve_form(
-                &web,
-                &op,
-                lang,
-                &format!("/operator/mismatches/{}", m.id),
-                &[
-                    ("keep", lang.t("登録どおり", "keep the registry")),
-                    (
-                        "rebind",
-                        lang.t("提示された医療IDに付け替え", "rebind the card")
-                    ),
-                ]
-            )
+            report::mismatch(m),
+            &[
+                ("keep", lang.t("登録どおり", "keep the registry")),
+                (
+                    "rebind",
+                    lang.t("提示された医療IDに付け替え", "rebind the card"),
+                ),
+            ],
         ));
     }
     if conflicts.is_empty() && mismatches.is_empty() {

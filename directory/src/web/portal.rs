@@ -11,7 +11,8 @@ use crate::audit::LogEntry;
 use crate::registry::{now, today, IdState, Person};
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use argon2::Argon2;
-use axum::extract::State;
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -52,6 +53,19 @@ fn current(web: &Web, headers: &HeaderMap) -> Option<(String, Session)> {
 
 fn signed_out() -> Response {
     Redirect::to("/portal/").into_response()
+}
+
+/// A signed-in person; without a session the browser goes to the sign-in page.
+struct SignedIn(Session);
+
+impl FromRequestParts<Arc<Web>> for SignedIn {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, web: &Arc<Web>) -> Result<Self, Response> {
+        current(web, &parts.headers)
+            .map(|(_, s)| SignedIn(s))
+            .ok_or_else(signed_out)
+    }
 }
 
 fn nav(lang: Lang) -> Vec<(&'static str, &'static str)> {
@@ -382,11 +396,8 @@ impl Names<'_> {
 async fn home(
     State(web): State<Arc<Web>>,
     lang: Lang,
-    headers: HeaderMap,
+    SignedIn(s): SignedIn,
 ) -> Result<Response, WebError> {
-    let Some((_, s)) = current(&web, &headers) else {
-        return Ok(signed_out());
-    };
     let w = web.clone();
     let pid_id = s.medical_id;
     let person = blocking(move || Ok(w.store.person_by_medical_id(pid_id)?)).await?;
@@ -440,11 +451,8 @@ async fn home(
 async fn history(
     State(web): State<Arc<Web>>,
     lang: Lang,
-    headers: HeaderMap,
+    SignedIn(s): SignedIn,
 ) -> Result<Response, WebError> {
-    let Some((_, s)) = current(&web, &headers) else {
-        return Ok(signed_out());
-    };
     let w = web.clone();
     let pid = s.pid;
     let rows = blocking(move || {
@@ -574,11 +582,8 @@ fn describe(lang: Lang, names: &mut Names<'_>, entry: &LogEntry) -> Option<(Time
 async fn access(
     State(web): State<Arc<Web>>,
     lang: Lang,
-    headers: HeaderMap,
+    SignedIn(s): SignedIn,
 ) -> Result<Response, WebError> {
-    let Some((_, s)) = current(&web, &headers) else {
-        return Ok(signed_out());
-    };
     let w = web.clone();
     let id = s.medical_id;
     let rows = blocking(move || {
@@ -653,11 +658,8 @@ async fn access(
 async fn consent_page(
     State(web): State<Arc<Web>>,
     lang: Lang,
-    headers: HeaderMap,
+    SignedIn(s): SignedIn,
 ) -> Result<Response, WebError> {
-    let Some((_, s)) = current(&web, &headers) else {
-        return Ok(signed_out());
-    };
     let w = web.clone();
     let id = s.medical_id;
     let (records, institutions) = blocking(move || {
@@ -762,12 +764,9 @@ struct ConsentForm {
 
 async fn consent_change(
     State(web): State<Arc<Web>>,
-    headers: HeaderMap,
+    SignedIn(s): SignedIn,
     Form(f): Form<ConsentForm>,
 ) -> Result<Response, WebError> {
-    let Some((_, s)) = current(&web, &headers) else {
-        return Ok(signed_out());
-    };
     if !same(&s.csrf, &f.csrf) {
         return Err(WebError::Forbidden(
             "bad form token; reload the page".into(),
