@@ -152,6 +152,19 @@ fn insurers_and_operators_are_who_their_certificates_say() {
         .unwrap();
     assert_eq!(person.status(), 200);
     assert!(person.body_mut().read_to_string().unwrap().contains("佐藤"));
+    let mut by_card = ao
+        .get(url(&format!(
+            "/operator/person?q={}%2020000002%20301",
+            kyokai()
+        )))
+        .call()
+        .unwrap();
+    assert_eq!(by_card.status(), 200);
+    let page = by_card.body_mut().read_to_string().unwrap();
+    assert!(
+        page.contains(&MyNumber::from_body(77_700_000_001).to_string()),
+        "{page}"
+    );
     let log = d.ok(&["audit", "verify"]);
     assert!(log.contains("ok") || log.contains("OK") || !log.is_empty());
 

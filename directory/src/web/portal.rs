@@ -18,6 +18,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Form, Router};
 use iryo_proto::federation::{Purpose, Side, Time};
+use iryo_proto::wire::RefusalReason;
 use iryo_proto::{InstitutionCode, MedicalId};
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -370,6 +371,29 @@ fn purpose(lang: Lang, p: Option<Purpose>) -> &'static str {
     }
 }
 
+fn refusal(lang: Lang, r: &RefusalReason) -> String {
+    let (ja, en) = match r {
+        RefusalReason::NoConsent => ("同意がないため", "no consent"),
+        RefusalReason::ReasonRequired => ("救急の理由がないため", "no emergency reason given"),
+        RefusalReason::NotMember | RefusalReason::Revoked => (
+            "登録されていない医療機関のため",
+            "not a registered institution",
+        ),
+        RefusalReason::Retired => ("医療IDが廃止されているため", "medical ID retired"),
+        RefusalReason::Deceased => ("研究目的のみ可能なため", "research only"),
+        _ => ("その他の理由", "other reason"),
+    };
+    lang.t(ja, en).to_string()
+}
+
+fn origin(lang: Lang, o: &ConsentOrigin) -> String {
+    match o {
+        ConsentOrigin::Portal => lang.t("マイポータル", "My Portal").to_string(),
+        ConsentOrigin::Operator(_) => lang.t("機関の窓口", "agency office").to_string(),
+        ConsentOrigin::Visit(code) => format!("{} {code}", lang.t("受診時の同意", "at a visit to")),
+    }
+}
+
 /// Names of institutions, looked up once per page.
 struct Names<'a> {
     web: &'a Web,
@@ -571,7 +595,7 @@ fn describe(lang: Lang, names: &mut Names<'_>, entry: &LogEntry) -> Option<(Time
                 names.of(*requester),
                 names.of(*source),
                 purpose(lang, Some(*p)),
-                esc(&reason.to_string())
+                refusal(lang, reason)
             ),
             false,
         )),
@@ -685,7 +709,7 @@ async fn consent_page(
                 if r.allow { "ok" } else { "flag" },
                 if r.allow { lang.t("許可", "allow") } else { lang.t("拒否", "refuse") },
                 r.expires_at.map(time).unwrap_or_else(|| lang.t("なし", "none").into()),
-                esc(&r.origin.to_string()),
+                esc(&origin(lang, &r.origin)),
             )
         })
         .collect();
