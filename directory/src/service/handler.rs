@@ -3,9 +3,7 @@
 
 use crate::store::{InstitutionRecord, Store};
 use iryo_proto::federation::{Membership, Time};
-use iryo_proto::wire::{
-    DirectoryRequest, DirectoryResponse, Refusal, RefusalReason, MAX_NOTIFICATIONS_PER_REQUEST,
-};
+use iryo_proto::wire::{DirectoryRequest, DirectoryResponse, Refusal, RefusalReason};
 
 /// The member behind an authenticated key, or why there is none.
 pub fn authorise(store: &Store, key: Option<[u8; 32]>, now: Time) -> Result<Membership, Refusal> {
@@ -44,13 +42,8 @@ fn internal(e: impl std::fmt::Display) -> DirectoryResponse {
     ))
 }
 
-/// Every request but checks and grants, which go through group commit.
-pub fn handle(
-    store: &Store,
-    member: &Membership,
-    request: DirectoryRequest,
-    now: Time,
-) -> DirectoryResponse {
+/// Every request but checks, grants and notifications, which go through group commit.
+pub fn handle(store: &Store, request: DirectoryRequest, now: Time) -> DirectoryResponse {
     match request {
         DirectoryRequest::Resolve { code } => match store.institution(code) {
             Ok(Some(r)) => match r.active(now) {
@@ -71,32 +64,12 @@ pub fn handle(
             }
             Err(e) => internal(e),
         },
-        DirectoryRequest::Notify { notifications } => {
-            if notifications.len() > MAX_NOTIFICATIONS_PER_REQUEST {
-                return DirectoryResponse::Refused(Refusal::new(
-                    RefusalReason::BadRequest,
-                    format!("at most {MAX_NOTIFICATIONS_PER_REQUEST} notifications per request"),
-                ));
-            }
-            match store.accept_notifications(member, &notifications) {
-                Ok(out) => {
-                    for (id, why) in &out.refused {
-                        tracing::warn!(from = %member.code, id = %iryo_proto::merkle::to_hex(id), why, "notification refused");
-                    }
-                    // Refused ones are acknowledged too: they will never become valid,
-                    // and the sender must not retry them for ever.
-                    let mut ids = out.acknowledged;
-                    ids.extend(out.refused.into_iter().map(|(id, _)| id));
-                    DirectoryResponse::Acknowledged { ids }
-                }
-                Err(e) => internal(e),
-            }
-        }
         DirectoryRequest::Eligibility { .. }
         | DirectoryRequest::EligibilityBatch { .. }
-        | DirectoryRequest::Grant { .. } => DirectoryResponse::Refused(Refusal::new(
+        | DirectoryRequest::Grant { .. }
+        | DirectoryRequest::Notify { .. } => DirectoryResponse::Refused(Refusal::new(
             RefusalReason::Internal,
-            "checks and grants are answered by group commit",
+            "checks, grants and notifications are answered by group commit",
         )),
     }
 }

@@ -189,6 +189,32 @@ async fn serve(
     tracing::info!("directory service stopped");
 }
 
+/// Verifies a node's notifications off the async threads and outside the writer, then
+/// logs them in the next group commit. Refused ones are acknowledged too: they will
+/// never become valid, and the sender must not retry them for ever.
+async fn notify(
+    committer: GroupCommitter,
+    member: iryo_proto::federation::Membership,
+    notifications: Vec<iryo_proto::signed::Signed<iryo_proto::federation::Notification>>,
+) -> Result<DirectoryResponse, String> {
+    let from = member.code;
+    let (valid, out) = tokio::task::spawn_blocking(move || {
+        crate::store::verify_notifications(&member, &notifications)
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())?;
+    for (id, why) in &out.refused {
+        tracing::warn!(%from, id = %iryo_proto::merkle::to_hex(id), why, "notification refused");
+    }
+    let mut ids = match committer.submit(Job::Notify(from, valid)).await? {
+        Outcome::Notified(ids) => ids,
+        _ => return Err("unexpected outcome".into()),
+    };
+    ids.extend(out.refused.into_iter().map(|(id, _)| id));
+    Ok(DirectoryResponse::Acknowledged { ids })
+}
+
 async fn answer(
     store: Arc<Store>,
     committer: GroupCommitter,
@@ -277,7 +303,21 @@ async fn answer(
                 Err(e) => internal(e),
             }
         }
-        other => tokio::task::spawn_blocking(move || handler::handle(&store, &member, other, t))
+        DirectoryRequest::Notify { notifications } => {
+            if notifications.len() > iryo_proto::wire::MAX_NOTIFICATIONS_PER_REQUEST {
+                return DirectoryResponse::Refused(iryo_proto::wire::Refusal::new(
+                    iryo_proto::wire::RefusalReason::BadRequest,
+                    format!(
+                        "at most {} notifications per request",
+                        iryo_proto::wire::MAX_NOTIFICATIONS_PER_REQUEST
+                    ),
+                ));
+            }
+            notify(committer, member, notifications)
+                .await
+                .unwrap_or_else(internal)
+        }
+        other => tokio::task::spawn_blocking(move || handler::handle(&store, other, t))
             .await
             .unwrap_or_else(|e| {
                 DirectoryResponse::Refused(iryo_proto::wire::Refusal::new(

@@ -34,6 +34,16 @@ impl Tables<'_> {
 
     /// Appends an entry and returns its index.
     pub fn audit_append(&mut self, entry: &LogEntry) -> Result<u64> {
+        self.audit_append_about(entry, entry.medical_id())
+    }
+
+    /// Appends an entry about `patient`, when the caller knows it already (finding it in
+    /// a notification means decoding the notification again).
+    pub fn audit_append_about(
+        &mut self,
+        entry: &LogEntry,
+        patient: Option<MedicalId>,
+    ) -> Result<u64> {
         let index = self.next(AUDIT_NEXT)? - 1;
         let bytes = entry.canonical();
         let mut hash = merkle::leaf_hash(&bytes);
@@ -48,7 +58,7 @@ impl Tables<'_> {
             i >>= 1;
             self.audit_nodes.insert((level, i), hash)?;
         }
-        if let Some(id) = entry.medical_id() {
+        if let Some(id) = patient {
             self.audit_by_patient.insert((id.as_u64(), index), ())?;
         }
         self.audit_dirty = true;

@@ -170,7 +170,9 @@ impl Store {
             .into_iter()
             .map(|o| match o {
                 Outcome::Check(a) => Ok(a),
-                Outcome::Grant(_) => Err(StoreError::Inconsistent("a check became a grant".into())),
+                _ => Err(StoreError::Inconsistent(
+                    "a check answered as something else".into(),
+                )),
             })
             .collect()
     }

@@ -94,6 +94,82 @@ fn verify_all(
     batch.iter().map(|s| s.verify(key)).collect()
 }
 
+/// Notifications whose signature and sender check out, decoded, ready to append.
+pub type Verified = Vec<(Signed<Notification>, Notification)>;
+
+/// The costly, lock-free half of intake: each notification must be signed by the
+/// sender's membership key and describe the sender's own end of the exchange.
+/// Returns the valid ones and an outcome listing the refused.
+pub fn verify_notifications(
+    from: &Membership,
+    batch: &[Signed<Notification>],
+) -> Result<(Verified, NotifyOutcome)> {
+    let key = ed25519_dalek::VerifyingKey::from_bytes(&from.public_key).map_err(|_| {
+        StoreError::Inconsistent(format!("membership key of {} is malformed", from.code))
+    })?;
+    let mut out = NotifyOutcome::default();
+    let mut valid = Vec::with_capacity(batch.len());
+    for (s, checked) in batch.iter().zip(verify_parallel(batch, &key)) {
+        match checked {
+            Ok(n) => {
+                let own_end = match n.side {
+                    Side::Disclosed => n.source == from.code,
+                    Side::Received => n.requester == from.code,
+                };
+                if own_end {
+                    valid.push((s.clone(), n));
+                } else {
+                    out.refused.push((
+                        n.id,
+                        "a node reports only its own end of an exchange".into(),
+                    ));
+                }
+            }
+            Err(e) => {
+                let id = s.open_unverified().map(|n| n.id).unwrap_or_default();
+                out.refused.push((id, e.to_string()));
+            }
+        }
+    }
+    Ok((valid, out))
+}
+
+/// The writer's half: logs each notification not logged before, pairs it with its
+/// grant, and returns the ids the sender may drop from its outbox.
+pub(super) fn append_notifications(
+    t: &mut Tables<'_>,
+    from: InstitutionCode,
+    valid: &[(Signed<Notification>, Notification)],
+) -> Result<Vec<[u8; 16]>> {
+    let mut acknowledged = Vec::with_capacity(valid.len());
+    for (signed, n) in valid {
+        if t.notification_ids.get(n.id)?.is_none() {
+            let leaf = t.audit_append_about(
+                &LogEntry::Notification {
+                    from,
+                    notification: signed.clone(),
+                },
+                Some(n.medical_id),
+            )?;
+            t.notification_ids.insert(n.id, leaf)?;
+            let record = t
+                .grants
+                .get(n.grant_id)?
+                .map(|v| decode::<GrantRecord>(v.value()))
+                .transpose()?;
+            if let Some(mut g) = record {
+                match n.side {
+                    Side::Disclosed => g.disclosed = Some((leaf, n.at)),
+                    Side::Received => g.received = Some((leaf, n.at)),
+                }
+                t.grants.insert(n.grant_id, encode(&g)?.as_slice())?;
+            }
+        }
+        acknowledged.push(n.id);
+    }
+    Ok(acknowledged)
+}
+
 /// What a requester asks for: one patient's records at one source, for one purpose.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GrantQuery {
@@ -324,66 +400,14 @@ impl Store {
         self.write(|t| grant_in(t, requester, query, agency, now, rules))
     }
 
-    /// Verifies, de-duplicates and logs notifications sent by `from`. A notification
-    /// must be signed by the sender's membership key and describe the sender's own end
-    /// of the exchange.
+    /// Verifies, de-duplicates and logs notifications sent by `from`.
     pub fn accept_notifications(
         &self,
         from: &Membership,
         batch: &[Signed<Notification>],
     ) -> Result<NotifyOutcome> {
-        let key = ed25519_dalek::VerifyingKey::from_bytes(&from.public_key).map_err(|_| {
-            StoreError::Inconsistent(format!("membership key of {} is malformed", from.code))
-        })?;
-        let mut out = NotifyOutcome::default();
-        let mut valid = Vec::with_capacity(batch.len());
-        for (s, checked) in batch.iter().zip(verify_parallel(batch, &key)) {
-            match checked {
-                Ok(n) => {
-                    let own_end = match n.side {
-                        Side::Disclosed => n.source == from.code,
-                        Side::Received => n.requester == from.code,
-                    };
-                    if own_end {
-                        valid.push((s, n));
-                    } else {
-                        out.refused.push((
-                            n.id,
-                            "a node reports only its own end of an exchange".into(),
-                        ));
-                    }
-                }
-                Err(e) => {
-                    let id = s.open_unverified().map(|n| n.id).unwrap_or_default();
-                    out.refused.push((id, e.to_string()));
-                }
-            }
-        }
-        self.write(|t| {
-            for (signed, n) in valid {
-                if t.notification_ids.get(n.id)?.is_none() {
-                    let leaf = t.audit_append(&LogEntry::Notification {
-                        from: from.code,
-                        notification: signed.clone(),
-                    })?;
-                    t.notification_ids.insert(n.id, leaf)?;
-                    let record = t
-                        .grants
-                        .get(n.grant_id)?
-                        .map(|v| decode::<GrantRecord>(v.value()))
-                        .transpose()?;
-                    if let Some(mut g) = record {
-                        match n.side {
-                            Side::Disclosed => g.disclosed = Some((leaf, n.at)),
-                            Side::Received => g.received = Some((leaf, n.at)),
-                        }
-                        t.grants.insert(n.grant_id, encode(&g)?.as_slice())?;
-                    }
-                }
-                out.acknowledged.push(n.id);
-            }
-            Ok(())
-        })?;
+        let (valid, mut out) = verify_notifications(from, batch)?;
+        out.acknowledged = self.write(|t| append_notifications(t, from.code, &valid))?;
         Ok(out)
     }
 

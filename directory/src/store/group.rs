@@ -1,24 +1,29 @@
-//! Group commit of what nodes ask the directory over the network: eligibility checks and
-//! grants decided together, in one write transaction and one durable commit, so that the
+//! Group commit of what nodes ask the directory over the network: eligibility checks,
+//! grants and notifications decided together, in one write transaction and one durable commit, so that the
 //! cost of a commit is shared by everything waiting for it.
 
 use super::checks::record;
-use super::federation::{grant_in, GrantQuery};
+use super::federation::{append_notifications, grant_in, GrantQuery, Verified};
 use super::{Result, Store};
 use ed25519_dalek::SigningKey;
 use iryo_proto::eligibility::{CheckAnswer, CheckRequest};
 use iryo_proto::federation::{Grant, Membership, Time};
 use iryo_proto::signed::Signed;
 use iryo_proto::wire::Refusal;
+use iryo_proto::InstitutionCode;
 
 pub enum Job {
     Check(CheckRequest),
     Grant(Box<Membership>, GrantQuery),
+    /// Notifications from one sender, verified already (outside the writer).
+    Notify(InstitutionCode, Verified),
 }
 
 pub enum Outcome {
     Check(CheckAnswer),
     Grant(std::result::Result<Signed<Grant>, Refusal>),
+    /// Ids logged now or before.
+    Notified(Vec<[u8; 16]>),
 }
 
 impl Store {
@@ -35,7 +40,7 @@ impl Store {
             jobs.iter()
                 .map(|j| match j {
                     Job::Check(req) => reader.resolve(req).map(Some),
-                    Job::Grant(..) => Ok(None),
+                    Job::Grant(..) | Job::Notify(..) => Ok(None),
                 })
                 .collect::<Result<Vec<_>>>()?
         };
@@ -53,6 +58,9 @@ impl Store {
                             super::StoreError::Refused("no agency key to sign grants".into())
                         })?;
                         Outcome::Grant(grant_in(t, member, query, agency, at, rules)?)
+                    }
+                    (Job::Notify(from, valid), _) => {
+                        Outcome::Notified(append_notifications(t, *from, valid)?)
                     }
                     (Job::Check(_), None) => {
                         return Err(super::StoreError::Inconsistent(

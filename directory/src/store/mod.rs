@@ -19,7 +19,9 @@ pub use audit::AuditReport;
 pub use cases::{ConflictAction, MismatchAction};
 pub use checks::Reader;
 pub use enroll::BatchReport;
-pub use federation::{GrantQuery, GrantRecord, InstitutionRecord, NotifyOutcome};
+pub use federation::{
+    verify_notifications, GrantQuery, GrantRecord, InstitutionRecord, NotifyOutcome, Verified,
+};
 pub use group::{Job, Outcome};
 pub use linkage::start_folder;
 pub use portal::{activation_hash, Account, Activation};

@@ -7,6 +7,8 @@ use anyhow::{Context as _, Result};
 use clap::Parser;
 use iryo_directory::access::{ConsentOrigin, ConsentRecord};
 use iryo_directory::registry::now;
+use iryo_directory::service::GroupCommitter;
+use iryo_directory::store::{verify_notifications, Job, Outcome};
 use iryo_node::exchange::notification;
 use iryo_proto::eligibility::{CheckKey, CheckRequest};
 use iryo_proto::federation::{Grant, Purpose, Side};
@@ -33,6 +35,9 @@ struct Args {
     /// Notifications for the intake figure.
     #[arg(long, default_value_t = 100_000)]
     notifications: usize,
+    /// Nodes sending notification requests at the same time.
+    #[arg(long, default_value_t = 4)]
+    senders: usize,
     /// Concurrent eligibility checks in flight.
     #[arg(long, default_value_t = 64)]
     in_flight: usize,
@@ -193,16 +198,53 @@ async fn run(args: Args) -> Result<()> {
     let signed: Vec<_> = (0..args.notifications)
         .map(|_| notification(&source.node, Side::Disclosed, &grant, &resources))
         .collect();
+    // As `serve` takes them: requests from several nodes at once, each verified off the
+    // writer, then appended in the group commit shared with checks and grants.
+    let committer = GroupCommitter::start(fed.store.clone(), fed.keys.root.clone(), 512);
+    let chunks: Arc<Vec<Vec<_>>> = Arc::new(
+        signed
+            .chunks(iryo_proto::wire::MAX_NOTIFICATIONS_PER_REQUEST)
+            .map(<[_]>::to_vec)
+            .collect(),
+    );
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let t = Instant::now();
-    for chunk in signed.chunks(iryo_proto::wire::MAX_NOTIFICATIONS_PER_REQUEST) {
-        let out = fed.store.accept_notifications(&membership, chunk)?;
-        anyhow::ensure!(out.refused.is_empty(), "notifications refused");
+    let senders: Vec<_> = (0..args.senders)
+        .map(|_| {
+            let (chunks, next, committer, membership) = (
+                chunks.clone(),
+                next.clone(),
+                committer.clone(),
+                membership.clone(),
+            );
+            tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(chunk) = chunks.get(i).cloned() else {
+                        return anyhow::Ok(());
+                    };
+                    let m = membership.clone();
+                    let (valid, out) =
+                        tokio::task::spawn_blocking(move || verify_notifications(&m, &chunk))
+                            .await??;
+                    anyhow::ensure!(out.refused.is_empty(), "notifications refused");
+                    match committer.submit(Job::Notify(membership.code, valid)).await {
+                        Ok(Outcome::Notified(_)) => {}
+                        other => anyhow::bail!("notifications not logged: {:?}", other.err()),
+                    }
+                }
+            })
+        })
+        .collect();
+    for s in senders {
+        s.await??;
     }
     let secs = t.elapsed().as_secs_f64();
     println!(
-        "[notifications] {} verified (Ed25519 batch) and appended to the Merkle log in {:.2} s: {:.0}/s",
+        "[notifications] {} verified (Ed25519 batch) and appended to the Merkle log in {:.2} s, {} senders: {:.0}/s",
         args.notifications,
         secs,
+        args.senders,
         args.notifications as f64 / secs
     );
 
