@@ -18,6 +18,11 @@ pub fn authorise(store: &Store, key: Option<[u8; 32]>, now: Time) -> Result<Memb
             "no membership for this key",
         ));
     };
+    admit(&record, now)
+}
+
+/// Whether a member's record lets it act now: not revoked, within its validity.
+pub fn admit(record: &InstitutionRecord, now: Time) -> Result<Membership, Refusal> {
     if record.revoked_at.is_some() {
         return Err(Refusal::new(
             RefusalReason::Revoked,

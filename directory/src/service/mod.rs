@@ -224,9 +224,14 @@ async fn answer(
     let t = now();
     let key = peer_key(&peer);
     let auth_store = store.clone();
-    let member = match tokio::task::spawn_blocking(move || handler::authorise(&auth_store, key, t))
-        .await
-    {
+    // A member seen before is admitted without a thread hop; the cache is cleared by
+    // every registration and revocation.
+    let cached = key.and_then(|k| store.cached_member(&k));
+    let admitted = match cached {
+        Some(record) => Ok(handler::admit(&record, t)),
+        None => tokio::task::spawn_blocking(move || handler::authorise(&auth_store, key, t)).await,
+    };
+    let member = match admitted {
         Ok(Ok(m)) => m,
         Ok(Err(refusal)) => {
             tracing::warn!(%peer, reason = %refusal.reason, "request refused: {}", refusal.detail);
@@ -265,20 +270,19 @@ async fn answer(
                     ),
                 ));
             }
-            // Submitted together, they share one group commit.
-            let pending = requests.into_iter().map(|mut request| {
-                request.institution = member.code;
-                committer.submit(Job::Check(request))
-            });
-            let mut answers = Vec::new();
-            for outcome in futures::future::join_all(pending).await {
-                match outcome {
-                    Ok(Outcome::Check(a)) => answers.push(a),
-                    Ok(_) => return internal("unexpected outcome".into()),
-                    Err(e) => return internal(e),
-                }
+            // One job: decided and made durable in one group commit, answered at once.
+            let requests = requests
+                .into_iter()
+                .map(|mut request| {
+                    request.institution = member.code;
+                    request
+                })
+                .collect();
+            match committer.submit(Job::Checks(requests)).await {
+                Ok(Outcome::Checks(answers)) => DirectoryResponse::EligibilityBatch(answers),
+                Ok(_) => internal("unexpected outcome".into()),
+                Err(e) => internal(e),
             }
-            DirectoryResponse::EligibilityBatch(answers)
         }
         DirectoryRequest::Grant {
             medical_id,

@@ -165,16 +165,15 @@ impl Store {
     /// commit that lets durable checks run near the speed of the read path. Answers are
     /// decided on one snapshot; the write transaction only appends.
     pub fn check_batch(&self, reqs: &[CheckRequest], at: Timestamp) -> Result<Vec<CheckAnswer>> {
-        let jobs: Vec<Job> = reqs.iter().cloned().map(Job::Check).collect();
-        self.commit_group(&jobs, None, at)?
-            .into_iter()
-            .map(|o| match o {
-                Outcome::Check(a) => Ok(a),
-                _ => Err(StoreError::Inconsistent(
-                    "a check answered as something else".into(),
-                )),
-            })
-            .collect()
+        match self
+            .commit_group(&[Job::Checks(reqs.to_vec())], None, at)?
+            .pop()
+        {
+            Some(Outcome::Checks(answers)) => Ok(answers),
+            _ => Err(StoreError::Inconsistent(
+                "checks answered as something else".into(),
+            )),
+        }
     }
 }
 

@@ -332,6 +332,12 @@ impl Store {
         Ok(found)
     }
 
+    /// The record of `key` if `institution_by_key` has read it since the last change:
+    /// never touches the database, so it may run on an async thread.
+    pub fn cached_member(&self, key: &[u8; 32]) -> Option<InstitutionRecord> {
+        self.members.lock().ok()?.get(key).cloned()
+    }
+
     fn forget_members(&self) {
         if let Ok(mut cache) = self.members.lock() {
             cache.clear();

@@ -14,6 +14,8 @@ use iryo_proto::InstitutionCode;
 
 pub enum Job {
     Check(CheckRequest),
+    /// The checks of one request, answered together.
+    Checks(Vec<CheckRequest>),
     Grant(Box<Membership>, GrantQuery),
     /// Notifications from one sender, verified already (outside the writer).
     Notify(InstitutionCode, Verified),
@@ -21,6 +23,7 @@ pub enum Job {
 
 pub enum Outcome {
     Check(CheckAnswer),
+    Checks(Vec<CheckAnswer>),
     Grant(std::result::Result<Signed<Grant>, Refusal>),
     /// Ids logged now or before.
     Notified(Vec<[u8; 16]>),
@@ -35,12 +38,14 @@ impl Store {
         agency: Option<&SigningKey>,
         at: Time,
     ) -> Result<Vec<Outcome>> {
+        // Every check of every job, decided on one snapshot.
         let mut resolved = {
             let reader = self.reader()?;
             jobs.iter()
                 .map(|j| match j {
-                    Job::Check(req) => reader.resolve(req).map(Some),
-                    Job::Grant(..) | Job::Notify(..) => Ok(None),
+                    Job::Check(req) => Ok(vec![reader.resolve(req)?]),
+                    Job::Checks(reqs) => reqs.iter().map(|r| reader.resolve(r)).collect(),
+                    Job::Grant(..) | Job::Notify(..) => Ok(Vec::new()),
                 })
                 .collect::<Result<Vec<_>>>()?
         };
@@ -49,23 +54,28 @@ impl Store {
         self.write(|t| {
             let mut out = Vec::with_capacity(jobs.len());
             for (job, r) in jobs.iter().zip(resolved.iter_mut()) {
-                out.push(match (job, r.take()) {
-                    (Job::Check(req), Some(r)) => {
+                let mut decided = std::mem::take(r).into_iter();
+                out.push(match job {
+                    Job::Check(req) => {
+                        let r = decided.next().ok_or_else(|| {
+                            super::StoreError::Inconsistent("a check was not decided".into())
+                        })?;
                         Outcome::Check(record(t, req, r, visit_days, at)?)
                     }
-                    (Job::Grant(member, query), _) => {
+                    Job::Checks(reqs) => Outcome::Checks(
+                        reqs.iter()
+                            .zip(decided)
+                            .map(|(req, r)| record(t, req, r, visit_days, at))
+                            .collect::<Result<_>>()?,
+                    ),
+                    Job::Grant(member, query) => {
                         let agency = agency.ok_or_else(|| {
                             super::StoreError::Refused("no agency key to sign grants".into())
                         })?;
                         Outcome::Grant(grant_in(t, member, query, agency, at, rules)?)
                     }
-                    (Job::Notify(from, valid), _) => {
+                    Job::Notify(from, valid) => {
                         Outcome::Notified(append_notifications(t, *from, valid)?)
-                    }
-                    (Job::Check(_), None) => {
-                        return Err(super::StoreError::Inconsistent(
-                            "a check was not decided".into(),
-                        ))
                     }
                 });
             }

@@ -36,7 +36,7 @@ struct Args {
     #[arg(long, default_value_t = 100_000)]
     notifications: usize,
     /// Nodes sending notification requests at the same time.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 8)]
     senders: usize,
     /// Concurrent eligibility checks in flight.
     #[arg(long, default_value_t = 64)]
