@@ -55,9 +55,11 @@ fn csrf(web: &Web, op: &str) -> String {
     iryo_proto::merkle::to_hex(&h.finalize())
 }
 
-fn check_csrf(web: &Web, op: &str, token: &str) -> Result<(), WebError> {
-    if same(&csrf(web, op), token) {
-        Ok(())
+/// The operator behind a submitted form, whose token must be the console's own.
+fn acting(web: &Web, caller: &Caller, token: &str) -> Result<String, WebError> {
+    let op = operator(caller)?;
+    if same(&csrf(web, &op), token) {
+        Ok(op)
     } else {
         Err(WebError::Forbidden(
             "bad form token; reload the page".into(),
@@ -342,8 +344,7 @@ async fn resolve_conflict(
     Path(id): Path<u64>,
     Form(f): Form<Resolve>,
 ) -> Result<Response, WebError> {
-    let op = operator(&caller)?;
-    check_csrf(&web, &op, &f.csrf)?;
+    let op = acting(&web, &caller, &f.csrf)?;
     let action = match f.action.as_str() {
         "apply" => ConflictAction::Apply,
         "dismiss" => ConflictAction::Dismiss,
@@ -367,8 +368,7 @@ async fn resolve_mismatch(
     Path(id): Path<u64>,
     Form(f): Form<Resolve>,
 ) -> Result<Response, WebError> {
-    let op = operator(&caller)?;
-    check_csrf(&web, &op, &f.csrf)?;
+    let op = acting(&web, &caller, &f.csrf)?;
     let action = match f.action.as_str() {
         "keep" => MismatchAction::Keep,
         "rebind" => MismatchAction::Rebind,
@@ -458,8 +458,7 @@ async fn add_institution(
     Extension(caller): Extension<Caller>,
     Form(f): Form<Register>,
 ) -> Result<Response, WebError> {
-    let op = operator(&caller)?;
-    check_csrf(&web, &op, &f.csrf)?;
+    let op = acting(&web, &caller, &f.csrf)?;
     let file: serde_json::Value = serde_json::from_str(&f.request)
         .map_err(|e| WebError::BadRequest(format!("the request is not JSON: {e}")))?;
     let request = serde_json::from_value(file.get("signed").cloned().unwrap_or(file))
@@ -487,8 +486,7 @@ async fn revoke_institution(
     Path(code): Path<String>,
     Form(f): Form<Csrf>,
 ) -> Result<Response, WebError> {
-    let op = operator(&caller)?;
-    check_csrf(&web, &op, &f.csrf)?;
+    let op = acting(&web, &caller, &f.csrf)?;
     let code: InstitutionCode = code
         .parse()
         .map_err(|e| WebError::BadRequest(format!("institution code: {e}")))?;

@@ -187,8 +187,26 @@ fn form_ok(headers: &HeaderMap, field: &str) -> Result<(), WebError> {
     }
 }
 
-fn limit_keys(caller: &Caller, id: &str) -> Vec<String> {
-    vec![format!("id:{id}"), format!("ip:{}", caller.remote.ip())]
+/// Admits one sign-in or activation attempt: the form's own token, and fewer than the
+/// allowed failures for the account and for the address. Returns the keys under which
+/// a failure or success is then counted, the account's first.
+fn attempt(
+    web: &Web,
+    headers: &HeaderMap,
+    caller: &Caller,
+    form: &str,
+    medical_id: &str,
+) -> Result<Vec<String>, WebError> {
+    form_ok(headers, form)?;
+    let keys = vec![
+        format!("id:{}", medical_id.trim()),
+        format!("ip:{}", caller.remote.ip()),
+    ];
+    if web.sessions.allowed(&keys) {
+        Ok(keys)
+    } else {
+        Err(WebError::TooMany)
+    }
 }
 
 fn signed_in(web: &Web, person: &Person) -> Response {
@@ -216,11 +234,7 @@ async fn activate(
     headers: HeaderMap,
     Form(f): Form<ActivateForm>,
 ) -> Result<Response, WebError> {
-    form_ok(&headers, &f.form)?;
-    let keys = limit_keys(&caller, f.medical_id.trim());
-    if !web.sessions.allowed(&keys) {
-        return Err(WebError::TooMany);
-    }
+    let keys = attempt(&web, &headers, &caller, &f.form, &f.medical_id)?;
     if f.passphrase != f.passphrase2 {
         return Ok(activate_form(
             lang,
@@ -288,11 +302,7 @@ async fn login(
     headers: HeaderMap,
     Form(f): Form<LoginForm>,
 ) -> Result<Response, WebError> {
-    form_ok(&headers, &f.form)?;
-    let keys = limit_keys(&caller, f.medical_id.trim());
-    if !web.sessions.allowed(&keys) {
-        return Err(WebError::TooMany);
-    }
+    let keys = attempt(&web, &headers, &caller, &f.form, &f.medical_id)?;
     let w = web.clone();
     let person = blocking(move || {
         let Ok(id) = MedicalId::parse(f.medical_id.trim()) else {

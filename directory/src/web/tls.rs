@@ -1,8 +1,8 @@
 //! The HTTPS front's TLS: the server certificate from the agency CA, and client
 //! certificates optional at the handshake (the portal needs none) but, when presented,
 //! verified against the CA and its revocation list. The configuration is rebuilt when
-//! `ca revoke` rewrites the list, so a revoked certificate is refused from its next
-//! connection on without a restart.
+//! `ca revoke` rewrites the list or `ca issue --server` the server's certificate, so a
+//! revoked certificate is refused from its next connection on without a restart.
 
 use crate::ca::Ca;
 use rustls::pki_types::pem::PemObject;
@@ -22,11 +22,14 @@ pub enum TlsError {
     Config(String),
 }
 
+/// When the revocation list and the server certificate last changed.
+type Stamp = (Option<SystemTime>, Option<SystemTime>);
+
 pub struct TlsConfigs {
     ca_cert: PathBuf,
     crl: PathBuf,
     server: (PathBuf, PathBuf),
-    current: Mutex<Option<(Option<SystemTime>, Arc<ServerConfig>)>>,
+    current: Mutex<Option<(Stamp, Arc<ServerConfig>)>>,
 }
 
 impl TlsConfigs {
@@ -41,9 +44,10 @@ impl TlsConfigs {
         Ok(t)
     }
 
-    /// The configuration for a new connection, rebuilt if the revocation list changed.
+    /// The configuration for a new connection, rebuilt if either file changed.
     pub fn current(&self) -> Result<Arc<ServerConfig>, TlsError> {
-        let stamp = std::fs::metadata(&self.crl).and_then(|m| m.modified()).ok();
+        let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        let stamp = (modified(&self.crl), modified(&self.server.0));
         let mut guard = self
             .current
             .lock()
@@ -55,7 +59,7 @@ impl TlsConfigs {
         }
         let config = Arc::new(self.build()?);
         if guard.is_some() {
-            tracing::info!("revocation list changed; TLS configuration reloaded");
+            tracing::info!("revocation list or server certificate changed; TLS reloaded");
         }
         *guard = Some((stamp, config.clone()));
         Ok(config)
