@@ -1,15 +1,17 @@
-//! Operator commands for the federation (institutions, consent, audit), which run
-//! against the database directly, or — while `serve` holds the database — through
-//! `serve`'s admin socket in the data directory (mode 0600: the file system decides
-//! who is an operator).
+//! Operator commands (institutions, consent, audit, letters, and enrollment and checks
+//! while serving), which run against the database directly, or — while `serve` holds
+//! the database — through `serve`'s admin socket in the data directory (mode 0600: the
+//! file system decides who is an operator).
 
 use crate::access::ConsentRecord;
 use crate::audit::LogEntry;
 use crate::config::Config;
+use crate::enrollment::{ingest_all, Encoding, IngestOptions, Summary};
 use crate::letters::Letter;
 use crate::registry::now;
 use crate::store::{AuditReport, GrantRecord, InstitutionRecord, Plan, Store};
 use ed25519_dalek::SigningKey;
+use iryo_proto::eligibility::{CheckAnswer, CheckRequest};
 use iryo_proto::federation::{Membership, Registration, Role, TreeHead};
 use iryo_proto::merkle::Hash;
 use iryo_proto::signed::Signed;
@@ -47,6 +49,14 @@ pub enum AdminRequest {
     AuditConsistency {
         old: u64,
     },
+    /// Enroll files the serving process can read (absolute paths).
+    Enroll {
+        files: Vec<PathBuf>,
+        encoding: Encoding,
+        batch_rows: usize,
+    },
+    /// An eligibility check, recorded as any other.
+    Check(CheckRequest),
     /// The letters to print, each with a new activation code (stored as a hash).
     Letters {
         plan: Plan,
@@ -81,6 +91,8 @@ pub enum AdminResponse {
         proof: Vec<Hash>,
     },
     Letters(Vec<Letter>),
+    Enrolled(Vec<Summary>),
+    Checked(CheckAnswer),
     Error(String),
 }
 
@@ -129,6 +141,25 @@ pub fn execute(
             AdminRequest::AuditUnmatched => AdminResponse::Unmatched(
                 store.unmatched(now(), config.access.unmatched_after_seconds)?,
             ),
+            AdminRequest::Enroll {
+                files,
+                encoding,
+                batch_rows,
+            } => {
+                let issuer = crate::context::Context::new(config.clone())
+                    .issuer(store)
+                    .map_err(|e| crate::store::StoreError::Refused(e.to_string()))?;
+                let opts = IngestOptions {
+                    encoding,
+                    batch_rows,
+                    only_insurer: None,
+                };
+                AdminResponse::Enrolled(
+                    ingest_all(store, &issuer, &files, &opts)
+                        .map_err(|e| crate::store::StoreError::Refused(e.to_string()))?,
+                )
+            }
+            AdminRequest::Check(req) => AdminResponse::Checked(store.check(&req, now())?),
             AdminRequest::Letters { plan, all } => {
                 let rows = store.letter_rows(plan, all, crate::registry::today())?;
                 let pids: Vec<u64> = rows.iter().map(|r| r.pid).collect();

@@ -93,6 +93,24 @@ fn insurers_and_operators_are_who_their_certificates_say() {
     let again: serde_json::Value = again.body_mut().read_json().unwrap();
     assert_eq!(again["summary"]["unchanged"], 2, "{again}");
 
+    // While `serve` holds the database, the operator's CLI enrolls and checks through it.
+    let more = d.path("more.csv");
+    write_enrollment(&more, &[&row(&society(), "society", 7)]);
+    let out = d.ok(&["enroll", &more.display().to_string()]);
+    assert!(out.contains("1 new"), "{out}");
+    let checked = d.ok(&[
+        "check",
+        "--institution",
+        "0110113719",
+        "--insurer",
+        &society(),
+        "--symbol",
+        "20000002",
+        "--number",
+        "307",
+    ]);
+    assert!(checked.starts_with("ELIGIBLE"), "{checked}");
+
     // Another insurer sees neither the upload nor the rows.
     let a2 = agent(&ca, Some(&ins2));
     assert_eq!(a2.get(&status_url).call().unwrap().status(), 404);

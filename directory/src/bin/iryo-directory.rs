@@ -472,22 +472,53 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 batch_rows: batch_rows.unwrap_or(config.enrollment.batch_rows),
                 only_insurer: None,
             };
-            let ctx = Context::new(config);
-            let store = ctx.store()?;
-            let issuer = ctx.issuer(&store)?;
-            let progress = Progress::for_stderr();
+            let ctx = Context::new(config.clone());
             let mut total = Summary {
                 file: "total".into(),
                 ..Summary::default()
             };
             let mut summaries = Vec::new();
-            for f in &files {
-                let s = ingest_file(&store, &issuer, f, &opts, &progress)?;
-                total.add(&s);
-                if !json {
-                    println!("{s}");
+            match ctx.store() {
+                Ok(store) => {
+                    let issuer = ctx.issuer(&store)?;
+                    let progress = Progress::for_stderr();
+                    for f in &files {
+                        let s = ingest_file(&store, &issuer, f, &opts, &progress)?;
+                        total.add(&s);
+                        if !json {
+                            println!("{s}");
+                        }
+                        summaries.push(s);
+                    }
                 }
-                summaries.push(s);
+                // `serve` holds the database: it enrolls the files itself.
+                Err(ContextError::Store(StoreError::InUse(_))) => {
+                    let files = files
+                        .iter()
+                        .map(|f| std::path::absolute(f).with_context(|| f.display().to_string()))
+                        .collect::<Result<Vec<_>>>()?;
+                    eprintln!("the directory is serving; it enrolls the files (no progress bar)");
+                    let AdminResponse::Enrolled(list) = admin(
+                        &config,
+                        &operator(),
+                        AdminRequest::Enroll {
+                            files,
+                            encoding,
+                            batch_rows: opts.batch_rows,
+                        },
+                    )?
+                    else {
+                        bail!("unexpected answer from the directory");
+                    };
+                    for s in list {
+                        total.add(&s);
+                        if !json {
+                            println!("{s}");
+                        }
+                        summaries.push(s);
+                    }
+                }
+                Err(e) => return Err(e.into()),
             }
             if json {
                 print_json(&summaries)?;
@@ -1120,8 +1151,10 @@ fn check(config: Config, a: CheckArgs) -> Result<ExitCode> {
         date: a.date.unwrap_or_else(today),
         visit_consent: false,
     };
-    let store = Context::new(config).store()?;
-    let answer = store.check(&req, now())?;
+    let AdminResponse::Checked(answer) = admin(&config, &operator(), AdminRequest::Check(req))?
+    else {
+        bail!("unexpected answer from the directory");
+    };
     if a.json {
         print_json(&answer)?;
     } else {

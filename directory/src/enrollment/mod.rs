@@ -9,10 +9,10 @@ pub use columns::{Columns, HEADER};
 pub use ingest::{ingest_all, ingest_file, IngestError, IngestOptions, Progress, Summary};
 pub use row::{parse_row, RowError};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The encoding of a file that carries no byte-order mark.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 pub enum Encoding {
     #[value(name = "utf-8", alias = "utf8")]
     #[serde(rename = "utf-8", alias = "utf8")]
