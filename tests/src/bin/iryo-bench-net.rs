@@ -38,6 +38,9 @@ struct Args {
     /// Nodes sending notification requests at the same time.
     #[arg(long, default_value_t = 8)]
     senders: usize,
+    /// Nodes the eligibility checks come from.
+    #[arg(long, default_value_t = 4)]
+    clients: usize,
     /// Concurrent eligibility checks in flight.
     #[arg(long, default_value_t = 64)]
     in_flight: usize,
@@ -263,7 +266,11 @@ async fn run(args: Args) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
     let started = Instant::now();
     let mut tasks = Vec::new();
-    let clients: Vec<Arc<iryo_node::Node>> = nodes.iter().take(4).map(|n| n.node.clone()).collect();
+    let clients: Vec<Arc<iryo_node::Node>> = nodes
+        .iter()
+        .take(args.clients.max(1))
+        .map(|n| n.node.clone())
+        .collect();
     for i in 0..args.in_flight {
         let node = clients[i % clients.len()].clone();
         let checks = checks.clone();
@@ -288,8 +295,9 @@ async fn run(args: Args) -> Result<()> {
     let secs = started.elapsed().as_secs_f64();
     lat.sort();
     println!(
-        "[eligibility over the network] {} in flight from 4 nodes: {} checks in {:.1} s: {:.0} checks/s, p50 {:.2} ms, p99 {:.2} ms",
+        "[eligibility over the network] {} in flight from {} nodes: {} checks in {:.1} s: {:.0} checks/s, p50 {:.2} ms, p99 {:.2} ms",
         args.in_flight,
+        clients.len(),
         lat.len(),
         secs,
         lat.len() as f64 / secs,
