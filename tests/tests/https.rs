@@ -332,3 +332,47 @@ fn portal_forms_need_their_token_and_sign_in_is_rate_limited() {
         .unwrap()
         .contains("id=\"login\""));
 }
+
+#[test]
+fn garbage_on_the_https_port_harms_nothing() {
+    use std::io::{Read, Write};
+    let d = Directory::new();
+    d.ok(&["init"]);
+    d.ok(&["ca", "init"]);
+    let (_serve, https) = serve(&d);
+    // Not TLS at all, a truncated ClientHello, and a silent connection.
+    let mut junk = std::net::TcpStream::connect(&https).unwrap();
+    junk.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let _ = junk.read(&mut buf);
+    let mut half = std::net::TcpStream::connect(&https).unwrap();
+    half.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00])
+        .unwrap();
+    let _idle = std::net::TcpStream::connect(&https).unwrap();
+    drop((junk, half));
+    // Over TLS, a request too large for a form and one with a broken body.
+    let base = format!("https://localhost:{}", https.rsplit(':').next().unwrap());
+    let a = agent(&d.data.join("ca/ca.pem"), None);
+    let big = "x".repeat(3 << 20);
+    let status = a
+        .post(format!("{base}/portal/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .send(big.as_bytes())
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0);
+    assert!(status == 413 || status == 0, "oversize form: {status}");
+    let status = a
+        .post(format!("{base}/portal/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .send(&b"%%%\xff\xfe=&&"[..])
+        .unwrap()
+        .status()
+        .as_u16();
+    assert!((400..500).contains(&status), "broken form: {status}");
+    // The front still serves.
+    assert_eq!(
+        a.get(format!("{base}/portal/")).call().unwrap().status(),
+        200
+    );
+}

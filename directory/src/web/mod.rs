@@ -156,6 +156,9 @@ async fn track(req: Request, next: Next) -> Response {
     res
 }
 
+/// Connections served at once; more wait in the listen queue.
+const MAX_CONNECTIONS: usize = 4096;
+
 pub struct Running {
     pub addr: SocketAddr,
     task: tokio::task::JoinHandle<()>,
@@ -177,8 +180,14 @@ pub async fn start(
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "HTTPS front listening");
     let app = router(web);
+    // Bounds what idle or slow clients can hold: connections at once, and the time to
+    // finish a handshake or send a request's headers.
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let task = tokio::spawn(async move {
         loop {
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
             let (tcp, remote) = match listener.accept().await {
                 Ok(c) => c,
                 Err(e) => {
@@ -196,6 +205,7 @@ pub async fn start(
             };
             let app = app.clone();
             tokio::spawn(async move {
+                let _slot = slot;
                 let acceptor = tokio_rustls::TlsAcceptor::from(config);
                 let stream =
                     match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
@@ -215,7 +225,11 @@ pub async fn start(
                     .and_then(|c| c.first())
                     .and_then(|c| ClientIdentity::from_certificate(c));
                 let service = Extension(Caller { remote, identity }).layer(app);
-                let served = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                let mut http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                http.http1()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(10));
+                let served = http
                     .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
                     .await;
                 if let Err(e) = served {
