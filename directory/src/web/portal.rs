@@ -47,7 +47,7 @@ fn form_cookie(value: &str) -> String {
 }
 
 fn current(web: &Web, headers: &HeaderMap) -> Option<(String, Session)> {
-    let t = cookie(headers, SESSION_COOKIE)?;
+    let t = cookie(headers, SESSION_COOKIE).filter(|t| !t.is_empty())?;
     let s = web.sessions.get(&t)?;
     Some((t, s))
 }

@@ -57,6 +57,10 @@ impl Sessions {
             expires: Instant::now() + IDLE,
         };
         let t = token();
+        if t.is_empty() {
+            // No randomness: no session rather than a guessable one.
+            return (t, s);
+        }
         if let Ok(mut map) = self.sessions.lock() {
             map.retain(|_, v| v.expires > Instant::now());
             map.insert(t.clone(), s.clone());
