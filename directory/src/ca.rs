@@ -415,4 +415,19 @@ mod tests {
             .unwrap()
             .to_vec()
     }
+
+    proptest::proptest! {
+        /// A certificate's bytes only reach this after the handshake verified them, but
+        /// garbage must still come out as "no identity", not a panic.
+        #[test]
+        fn arbitrary_certificates_never_panic(der in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            proptest::prop_assert!(ClientIdentity::from_certificate(&der).is_none());
+        }
+
+        #[test]
+        fn common_names_round_trip(name in "[A-Za-z0-9._-]{1,64}") {
+            let id = ClientIdentity::Operator(name);
+            proptest::prop_assert_eq!(ClientIdentity::from_common_name(&id.common_name()), Some(id));
+        }
+    }
 }

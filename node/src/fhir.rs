@@ -80,4 +80,24 @@ mod tests {
         assert_eq!(resources(bad), Err(FhirError::BadEntry(0)));
         assert_eq!(bundle("collection", &r)["total"], 2);
     }
+
+    proptest::proptest! {
+        /// Any bytes an EMR or a peer sends are accepted as FHIR or refused, never a panic.
+        #[test]
+        fn arbitrary_documents_never_panic(doc in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
+            let _ = resources(&doc);
+        }
+
+        #[test]
+        fn json_shaped_documents_never_panic(
+            rt in "[A-Za-z]{0,12}",
+            entries in proptest::collection::vec("[a-zA-Z{}\\[\\]\":,0-9 ]{0,24}", 0..4),
+        ) {
+            let doc = format!(
+                r#"{{"resourceType":"{rt}","entry":[{}]}}"#,
+                entries.join(",")
+            );
+            let _ = resources(doc.as_bytes());
+        }
+    }
 }

@@ -193,4 +193,21 @@ mod tests {
             Err(SignError::BadSignature)
         );
     }
+
+    proptest::proptest! {
+        /// Whatever arrives off the network, opening or verifying an envelope answers
+        /// with an error or a value, never a panic; only a real signature verifies.
+        #[test]
+        fn hostile_envelopes_never_panic_nor_verify(
+            body in proptest::collection::vec(proptest::num::u8::ANY, 0..64),
+            signer in proptest::array::uniform32(proptest::num::u8::ANY),
+            signature in proptest::collection::vec(proptest::num::u8::ANY, 0..80),
+        ) {
+            let env: Signed<A> = Signed { body, signer, signature, _kind: PhantomData };
+            let _ = env.open_unverified();
+            proptest::prop_assert!(env.verify_any().is_err());
+            let key = SigningKey::from_bytes(&[5; 32]);
+            proptest::prop_assert!(env.verify(&key.verifying_key()).is_err());
+        }
+    }
 }

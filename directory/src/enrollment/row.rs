@@ -223,4 +223,18 @@ mod tests {
             assert!(fields.contains(&f), "{f} missing from {fields:?}");
         }
     }
+
+    proptest::proptest! {
+        /// Any row of any fields is enrolled or rejected with reasons, never a panic,
+        /// and every reason names its line.
+        #[test]
+        fn arbitrary_rows_never_panic(fields in proptest::collection::vec(".{0,20}", 14)) {
+            let cols = Columns::from_header(HEADER.into_iter()).unwrap();
+            let refs: Vec<&str> = fields.iter().map(String::as_str).collect();
+            if let Err(errors) = parse_row(&cols, &record(&refs), 7, today()) {
+                proptest::prop_assert!(!errors.is_empty());
+                proptest::prop_assert!(errors.iter().all(|e| e.line == 7));
+            }
+        }
+    }
 }
