@@ -105,6 +105,22 @@ pub fn layout(
     ))
 }
 
+/// A table of `rows` (already rendered `<tr>`s) under an introduction, or a line
+/// saying there is nothing yet. `id` names the table; `id` prefixed `no-`, the line.
+pub fn table_or_none(id: &str, intro: &str, headers: &[&str], rows: &str, none: &str) -> String {
+    if rows.is_empty() {
+        return format!("<p id=\"no-{id}\">{}</p>", esc(none));
+    }
+    let head: String = headers
+        .iter()
+        .map(|h| format!("<th>{}</th>", esc(h)))
+        .collect();
+    format!(
+        "<p>{}</p><table id=\"{id}\"><tr>{head}</tr>{rows}</table>",
+        esc(intro)
+    )
+}
+
 pub fn hidden(name: &str, value: &str) -> String {
     format!(
         "<input type=\"hidden\" name=\"{}\" value=\"{}\">",

@@ -3,7 +3,7 @@
 //! history, who read their records (each entry proved to be in the signed log), and
 //! sets consent, which the next grant obeys.
 
-use super::page::{cookie, esc, hidden, layout, Lang};
+use super::page::{cookie, esc, hidden, layout, table_or_none, Lang};
 use super::session::{same, token, Session, FORM_COOKIE, SESSION_COOKIE};
 use super::{blocking, Caller, Web, WebError};
 use crate::access::{ConsentOrigin, ConsentRecord};
@@ -513,23 +513,20 @@ async fn history(
             .collect::<String>())
     })
     .await?;
-    let body = if rows.is_empty() {
-        format!(
-            "<p id=\"no-visits\">{}</p>",
-            lang.t("受診の記録はまだありません。", "No visits recorded yet.")
-        )
-    } else {
-        format!(
-            "<p>{}</p><table id=\"visits\"><tr><th>{}</th><th>{}</th><th>{}</th></tr>{rows}</table>",
-            lang.t(
-                "医療機関で資格確認が行われた記録です（新しい順）。",
-                "Where your eligibility was checked (newest first)."
-            ),
+    let body = table_or_none(
+        "visits",
+        lang.t(
+            "医療機関で資格確認が行われた記録です（新しい順）。",
+            "Where your eligibility was checked (newest first).",
+        ),
+        &[
             lang.t("日付", "Date"),
             lang.t("医療機関", "Institution"),
             lang.t("結果", "Result"),
-        )
-    };
+        ],
+        &rows,
+        lang.t("受診の記録はまだありません。", "No visits recorded yet."),
+    );
     Ok(private(
         lang,
         lang.t("受診履歴", "Visits"),
@@ -660,26 +657,20 @@ async fn access(
         Ok(out)
     })
     .await?;
-    let body = if rows.is_empty() {
-        format!(
-            "<p id=\"no-access\">{}</p>",
-            lang.t(
-                "閲覧の記録はありません。",
-                "Nobody has accessed your records."
-            )
-        )
-    } else {
-        format!(
-            "<p>{}</p><table id=\"access\"><tr><th>{}</th><th>{}</th><th>{}</th></tr>{rows}</table>",
-            lang.t(
-                "どの医療機関が、いつ、なぜあなたの記録を閲覧したかの記録です。各行は機関が署名した監査ログに含まれることを確認しています。",
-                "Which institution read your records, when and why. Each line is checked to be in the agency's signed audit log."
-            ),
+    let body = table_or_none(
+        "access",
+        lang.t(
+            "どの医療機関が、いつ、なぜあなたの記録を閲覧したかの記録です。各行は機関が署名した監査ログに含まれることを確認しています。",
+            "Which institution read your records, when and why. Each line is checked to be in the agency's signed audit log.",
+        ),
+        &[
             lang.t("日時", "When"),
             lang.t("内容", "What"),
             lang.t("証明", "Proof"),
-        )
-    };
+        ],
+        &rows,
+        lang.t("閲覧の記録はありません。", "Nobody has accessed your records."),
+    );
     Ok(private(
         lang,
         lang.t("閲覧記録", "Access log"),
