@@ -154,10 +154,12 @@ pub fn execute(
                     batch_rows,
                     only_insurer: None,
                 };
-                AdminResponse::Enrolled(
-                    ingest_all(store, &issuer, &files, &opts)
-                        .map_err(|e| crate::store::StoreError::Refused(e.to_string()))?,
-                )
+                let summaries = ingest_all(store, &issuer, &files, &opts)
+                    .map_err(|e| crate::store::StoreError::Refused(e.to_string()))?;
+                summaries
+                    .iter()
+                    .for_each(|s| crate::metrics::metrics().enrolled(s));
+                AdminResponse::Enrolled(summaries)
             }
             AdminRequest::Check(req) => AdminResponse::Checked(store.check(&req, now())?),
             AdminRequest::Letters { plan, all } => {

@@ -82,6 +82,21 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
+    /// Counts the rows of an enrolled file by outcome.
+    pub fn enrolled(&self, s: &crate::enrollment::Summary) {
+        for (outcome, n) in [
+            ("new", s.new),
+            ("updated", s.updated),
+            ("unchanged", s.unchanged),
+            ("rejected", s.rejected),
+            ("conflict", s.conflicts),
+        ] {
+            self.enrollment_rows
+                .get_or_create(&vec![("outcome", outcome.to_string())])
+                .inc_by(n);
+        }
+    }
+
     pub fn refused(&self, reason: &str) {
         self.refusals
             .get_or_create(&vec![("reason", reason.into())])

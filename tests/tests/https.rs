@@ -256,7 +256,7 @@ fn insurers_and_operators_are_who_their_certificates_say() {
     let mut metrics = anon.get(url("/metrics")).call().unwrap();
     let metrics = metrics.body_mut().read_to_string().unwrap();
     assert!(
-        metrics.contains("iryo_directory_enrollment_rows_total{outcome=\"new\"} 2"),
+        metrics.contains("iryo_directory_enrollment_rows_total{outcome=\"new\"} 3"),
         "{metrics}"
     );
     assert!(

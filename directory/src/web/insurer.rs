@@ -157,7 +157,7 @@ async fn upload(
             });
         match result {
             Ok(mut s) => {
-                count(&s);
+                crate::metrics::metrics().enrolled(&s);
                 s.file = format!("{}.csv", job.id);
                 s.errors_file = s
                     .errors_file
@@ -189,20 +189,6 @@ async fn upload(
         Json(serde_json::json!({ "id": id, "status_url": status_url })),
     )
         .into_response())
-}
-
-fn count(s: &Summary) {
-    let m = &crate::metrics::metrics().enrollment_rows;
-    for (outcome, n) in [
-        ("new", s.new),
-        ("updated", s.updated),
-        ("unchanged", s.unchanged),
-        ("rejected", s.rejected),
-        ("conflict", s.conflicts),
-    ] {
-        m.get_or_create(&vec![("outcome", outcome.to_string())])
-            .inc_by(n);
-    }
 }
 
 fn own_job(web: &Web, caller: &Caller, id: &str) -> Result<JobState, WebError> {
