@@ -253,6 +253,7 @@ fn insurers_and_operators_are_who_their_certificates_say() {
         200
     );
 
+    // Two rows new by upload, one by the CLI through `serve`.
     let mut metrics = anon.get(url("/metrics")).call().unwrap();
     let metrics = metrics.body_mut().read_to_string().unwrap();
     assert!(
