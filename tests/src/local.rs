@@ -104,7 +104,7 @@ impl LocalFederation {
                 agency_key: self.agency_hex.clone(),
                 refresh_seconds: 60,
             },
-            outbox: OutboxConfig { interval_ms: 100 },
+            outbox: OutboxConfig::default(),
         };
         std::fs::write(dir.join("node.toml"), cfg.commented())?;
         self.store.add_institution(
