@@ -338,28 +338,43 @@ struct Resolve {
     reason: String,
 }
 
+/// Resolves one case as the operator behind the form, then shows the queue again.
+async fn resolve<A: Copy + Send + 'static>(
+    web: Arc<Web>,
+    caller: &Caller,
+    f: Resolve,
+    actions: &[(&str, A)],
+    apply: impl FnOnce(&Web, A, &str, &str) -> Result<(), WebError> + Send + 'static,
+) -> Result<Response, WebError> {
+    let op = acting(&web, caller, &f.csrf)?;
+    let action = actions
+        .iter()
+        .find(|(name, _)| *name == f.action)
+        .map(|(_, a)| *a)
+        .ok_or_else(|| WebError::BadRequest(format!("unknown action {:?}", f.action)))?;
+    blocking(move || apply(&web, action, &f.reason, &op)).await?;
+    Ok(Redirect::to("/operator/cases").into_response())
+}
+
 async fn resolve_conflict(
     State(web): State<Arc<Web>>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<u64>,
     Form(f): Form<Resolve>,
 ) -> Result<Response, WebError> {
-    let op = acting(&web, &caller, &f.csrf)?;
-    let action = match f.action.as_str() {
-        "apply" => ConflictAction::Apply,
-        "dismiss" => ConflictAction::Dismiss,
-        a => return Err(WebError::BadRequest(format!("unknown action {a:?}"))),
-    };
-    blocking(move || {
+    let actions = [
+        ("apply", ConflictAction::Apply),
+        ("dismiss", ConflictAction::Dismiss),
+    ];
+    resolve(web, &caller, f, &actions, move |web, action, reason, op| {
         let issuer = Context::new(web.config.clone())
             .issuer(&web.store)
             .map_err(|e| WebError::Internal(e.to_string()))?;
         web.store
-            .resolve_conflict(id, action, &f.reason, &op, &issuer, now())?;
+            .resolve_conflict(id, action, reason, op, &issuer, now())?;
         Ok(())
     })
-    .await?;
-    Ok(Redirect::to("/operator/cases").into_response())
+    .await
 }
 
 async fn resolve_mismatch(
@@ -368,19 +383,15 @@ async fn resolve_mismatch(
     Path(id): Path<u64>,
     Form(f): Form<Resolve>,
 ) -> Result<Response, WebError> {
-    let op = acting(&web, &caller, &f.csrf)?;
-    let action = match f.action.as_str() {
-        "keep" => MismatchAction::Keep,
-        "rebind" => MismatchAction::Rebind,
-        a => return Err(WebError::BadRequest(format!("unknown action {a:?}"))),
-    };
-    blocking(move || {
-        web.store
-            .resolve_mismatch(id, action, &f.reason, &op, now())?;
+    let actions = [
+        ("keep", MismatchAction::Keep),
+        ("rebind", MismatchAction::Rebind),
+    ];
+    resolve(web, &caller, f, &actions, move |web, action, reason, op| {
+        web.store.resolve_mismatch(id, action, reason, op, now())?;
         Ok(())
     })
-    .await?;
-    Ok(Redirect::to("/operator/cases").into_response())
+    .await
 }
 
 /// Runs one of the operator commands the CLI also has, as this operator.
