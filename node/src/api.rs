@@ -89,6 +89,15 @@ async fn authorise(State(node): State<Arc<Node>>, req: Request, next: Next) -> R
     }
 }
 
+/// A Bundle already written as JSON, sent as it is.
+fn fhir_json(body: Vec<u8>) -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
+}
+
 fn bad_id(e: IdError) -> Response {
     error(StatusCode::BAD_REQUEST, "bad_medical_id", e)
 }
@@ -120,7 +129,7 @@ async fn get_records(State(node): State<Arc<Node>>, Path(id): Path<String>) -> R
         Err(e) => return bad_id(e),
     };
     match tokio::task::spawn_blocking(move || node.store.records(id)).await {
-        Ok(Ok(r)) => Json(fhir::bundle("searchset", &r)).into_response(),
+        Ok(Ok(r)) => fhir_json(fhir::bundle("searchset", &r)),
         Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, "store", e),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "store", e),
     }
@@ -147,7 +156,7 @@ async fn fetch(State(node): State<Arc<Node>>, Json(b): Json<FetchBody>) -> Respo
         },
     );
     match result {
-        Ok(bundle) => Json(bundle).into_response(),
+        Ok(bundle) => fhir_json(String::from(Box::<str>::from(bundle)).into_bytes()),
         Err(FetchError::Refused(r)) => {
             let status = match r.reason {
                 RefusalReason::UnknownPatient | RefusalReason::UnknownInstitution => {

@@ -11,7 +11,7 @@ use iryo_proto::federation::{
 use iryo_proto::signed::Signed;
 use iryo_proto::wire::*;
 use iryo_proto::{InstitutionCode, MedicalId};
-use serde_json::Value;
+use serde_json::value::RawValue;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
@@ -32,7 +32,7 @@ pub fn notification(
     node: &Node,
     side: Side,
     grant: &Grant,
-    records: &[Value],
+    contents: &fhir::Contents,
 ) -> Signed<Notification> {
     Signed::sign(
         &Notification {
@@ -44,8 +44,8 @@ pub fn notification(
             requester: grant.requester,
             purpose: grant.purpose,
             emergency: grant.purpose == Purpose::Emergency,
-            record_count: records.len() as u32,
-            resource_types: fhir::resource_types(records),
+            record_count: contents.count,
+            resource_types: contents.types.clone(),
             at: now(),
         },
         &node.key,
@@ -125,12 +125,11 @@ async fn serve(
         grant_id: g.id,
         expires_at: g.expires_at,
         medical_id: g.medical_id,
-        notify: Box::new(move |records| notification(&signer, Side::Disclosed, &g, records)),
+        notify: Box::new(move |contents| notification(&signer, Side::Disclosed, &g, contents)),
     };
     match node.serving.serve(job).await {
-        Ok(records) => match serde_json::to_vec(&fhir::bundle("collection", &records)) {
-            Ok(bundle) => ExchangeResponse::Records { bundle },
-            Err(e) => refused(RefusalReason::Internal, e.to_string()),
+        Ok(records) => ExchangeResponse::Records {
+            bundle: fhir::bundle("collection", &records),
         },
         Err(crate::store::StoreError::Replayed) => refused(
             RefusalReason::Grant(GrantRefusal::Replayed),
@@ -152,14 +151,14 @@ pub enum FetchError {
 }
 
 /// Fetches a patient's records from `source` under a fresh grant, and queues the
-/// receipt notification before returning the Bundle.
+/// receipt notification before returning the Bundle, as the source sent it (checked).
 pub async fn fetch(
     node: &Arc<Node>,
     medical_id: MedicalId,
     source: InstitutionCode,
     purpose: Purpose,
     reason: Option<String>,
-) -> Result<Value, FetchError> {
+) -> Result<Box<RawValue>, FetchError> {
     let src = node
         .directory
         .resolve(source)
@@ -212,13 +211,16 @@ pub async fn fetch(
         ExchangeResponse::Records { bundle } => bundle,
         ExchangeResponse::Refused(r) => return Err(FetchError::Refused(r)),
     };
-    let records = fhir::resources(&bundle)
-        .map_err(|e| FetchError::Unavailable(format!("source sent {e}")))?;
-    let receipt = notification(node, Side::Received, &g, &records);
+    let contents =
+        fhir::contents(&bundle).map_err(|e| FetchError::Unavailable(format!("source sent {e}")))?;
+    let receipt = notification(node, Side::Received, &g, &contents);
     let worker = node.clone();
     tokio::task::spawn_blocking(move || worker.store.queue(&receipt))
         .await
         .map_err(|e| FetchError::Unavailable(e.to_string()))?
         .map_err(|e| FetchError::Unavailable(e.to_string()))?;
-    serde_json::from_slice(&bundle).map_err(|e| FetchError::Unavailable(e.to_string()))
+    // `contents` has read it as JSON already.
+    String::from_utf8(bundle)
+        .map_err(|e| FetchError::Unavailable(e.to_string()))
+        .and_then(|s| RawValue::from_string(s).map_err(|e| FetchError::Unavailable(e.to_string())))
 }

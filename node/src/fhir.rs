@@ -1,7 +1,10 @@
 //! The little of FHIR R4 the node needs: accept a resource or a Bundle, refuse what is
 //! not, and assemble the Bundle sent to another institution.
 
-use serde_json::{json, Value};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::Value;
+use std::borrow::Cow;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FhirError {
@@ -11,6 +14,8 @@ pub enum FhirError {
     NoResourceType,
     #[error("Bundle entry {0} has no resource with a \"resourceType\"")]
     BadEntry(usize),
+    #[error("a Bundle's \"entry\" must be a list of entries, each with a resource")]
+    BadEntries,
 }
 
 /// The resources in a document: a Bundle's entries, or the resource itself.
@@ -23,11 +28,11 @@ pub fn resources(doc: &[u8]) -> Result<Vec<Value>, FhirError> {
     if kind != "Bundle" {
         return Ok(vec![v]);
     }
-    let entries = v
-        .get("entry")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
+    let entries = match v.get("entry") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(a)) => a.clone(),
+        Some(_) => return Err(FhirError::BadEntries),
+    };
     entries
         .into_iter()
         .enumerate()
@@ -38,29 +43,106 @@ pub fn resources(doc: &[u8]) -> Result<Vec<Value>, FhirError> {
         .collect()
 }
 
-/// A Bundle of `kind` ("collection", "searchset") holding `resources`.
-pub fn bundle(kind: &str, resources: &[Value]) -> Value {
-    json!({
-        "resourceType": "Bundle",
-        "type": kind,
-        "total": resources.len(),
-        "entry": resources.iter().map(|r| json!({ "resource": r })).collect::<Vec<_>>(),
-    })
+/// What a set of resources holds, as a notification may tell it: how many, and the
+/// distinct resource types, sorted. Never content.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Contents {
+    pub count: u32,
+    pub types: Vec<String>,
 }
 
-/// The distinct resource types, sorted: what a notification may say about content.
-pub fn resource_types(resources: &[Value]) -> Vec<String> {
-    let mut t: Vec<String> = resources
-        .iter()
-        .filter_map(|r| {
-            r.get("resourceType")
-                .and_then(Value::as_str)
-                .map(String::from)
-        })
-        .collect();
-    t.sort();
-    t.dedup();
-    t
+impl Contents {
+    fn add(&mut self, kind: Option<Cow<'_, str>>) -> bool {
+        match kind {
+            Some(k) => {
+                self.count += 1;
+                if let Err(at) = self.types.binary_search_by(|t| t.as_str().cmp(&k)) {
+                    self.types.insert(at, k.into_owned());
+                }
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+// Views that read only `resourceType` and skip the rest without building it: a
+// received Bundle is checked and summarised at the cost of one pass over its bytes.
+#[derive(Deserialize)]
+struct Kind<'a> {
+    #[serde(rename = "resourceType", borrow)]
+    resource_type: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct EntryView<'a> {
+    #[serde(borrow)]
+    resource: Option<Kind<'a>>,
+}
+
+#[derive(Deserialize)]
+struct DocView<'a> {
+    #[serde(rename = "resourceType", borrow)]
+    resource_type: Option<Cow<'a, str>>,
+    // Read only when the document is a Bundle: other resources may carry anything here.
+    #[serde(borrow, default)]
+    entry: Option<&'a RawValue>,
+}
+
+/// Checks a document the way `resources` does — a resource, or a Bundle whose every
+/// entry holds a resource — and summarises it, without building it.
+pub fn contents(doc: &[u8]) -> Result<Contents, FhirError> {
+    let v: DocView = serde_json::from_slice(doc).map_err(|e| FhirError::Json(e.to_string()))?;
+    let kind = v.resource_type.ok_or(FhirError::NoResourceType)?;
+    let mut c = Contents::default();
+    if kind != "Bundle" {
+        c.add(Some(kind));
+        return Ok(c);
+    }
+    let entries: Vec<EntryView> = match v.entry.map(RawValue::get) {
+        None | Some("null") => Vec::new(),
+        Some(raw) => serde_json::from_str(raw).map_err(|_| FhirError::BadEntries)?,
+    };
+    for (i, e) in entries.into_iter().enumerate() {
+        if !c.add(e.resource.and_then(|r| r.resource_type)) {
+            return Err(FhirError::BadEntry(i));
+        }
+    }
+    Ok(c)
+}
+
+/// Summarises stored resources, each the JSON of one resource.
+pub fn stored_contents<R: AsRef<[u8]>>(records: &[R]) -> Result<Contents, FhirError> {
+    let mut c = Contents::default();
+    for r in records {
+        let k: Kind =
+            serde_json::from_slice(r.as_ref()).map_err(|e| FhirError::Json(e.to_string()))?;
+        if !c.add(k.resource_type) {
+            return Err(FhirError::NoResourceType);
+        }
+    }
+    Ok(c)
+}
+
+/// A Bundle of `kind` ("collection", "searchset") around resources kept as JSON,
+/// spliced in as they are stored instead of parsed and written again.
+pub fn bundle<R: AsRef<[u8]>>(kind: &str, resources: &[R]) -> Vec<u8> {
+    let size: usize = resources.iter().map(|r| r.as_ref().len() + 16).sum();
+    let mut out = Vec::with_capacity(size + 96);
+    out.extend_from_slice(br#"{"resourceType":"Bundle","type":"#);
+    // A `&str` always serialises.
+    let _ = serde_json::to_writer(&mut out, kind);
+    out.extend_from_slice(format!(r#","total":{},"entry":["#, resources.len()).as_bytes());
+    for (i, r) in resources.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(br#"{"resource":"#);
+        out.extend_from_slice(r.as_ref());
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"]}");
+    out
 }
 
 #[cfg(test)]
@@ -73,12 +155,52 @@ mod tests {
         assert_eq!(resources(obs).unwrap().len(), 1);
         let b = br#"{"resourceType":"Bundle","type":"collection","entry":[{"resource":{"resourceType":"Patient"}},{"resource":{"resourceType":"Condition"}}]}"#;
         let r = resources(b).unwrap();
-        assert_eq!(resource_types(&r), ["Condition", "Patient"]);
+        assert_eq!(r.len(), 2);
+        let c = contents(b).unwrap();
+        assert_eq!(
+            (c.count, c.types),
+            (2, vec!["Condition".into(), "Patient".into()])
+        );
         assert_eq!(resources(br#"{"foo":1}"#), Err(FhirError::NoResourceType));
         assert!(matches!(resources(b"<xml/>"), Err(FhirError::Json(_))));
         let bad = br#"{"resourceType":"Bundle","entry":[{"resource":{}}]}"#;
         assert_eq!(resources(bad), Err(FhirError::BadEntry(0)));
-        assert_eq!(bundle("collection", &r)["total"], 2);
+        assert_eq!(contents(bad), Err(FhirError::BadEntry(0)));
+        assert_eq!(contents(br#"{"foo":1}"#), Err(FhirError::NoResourceType));
+        assert_eq!(contents(obs).unwrap().types, ["Observation"]);
+    }
+
+    #[test]
+    fn a_spliced_bundle_is_the_bundle_of_its_resources() {
+        let stored: Vec<Vec<u8>> = [
+            r#"{"resourceType":"Patient","name":[{"text":"山田 \"花子\""}]}"#,
+            r#"{"resourceType":"Condition","code":{}}"#,
+            r#"{"resourceType":"Patient"}"#,
+        ]
+        .iter()
+        .map(|s| s.as_bytes().to_vec())
+        .collect();
+        let doc = bundle("collection", &stored);
+        let v: Value = serde_json::from_slice(&doc).unwrap();
+        assert_eq!(v["type"], "collection");
+        assert_eq!(v["total"], 3);
+        assert_eq!(
+            v["entry"][0]["resource"]["name"][0]["text"],
+            "山田 \"花子\""
+        );
+        assert_eq!(resources(&doc).unwrap().len(), 3);
+        let c = contents(&doc).unwrap();
+        assert_eq!(c, stored_contents(&stored).unwrap());
+        assert_eq!(
+            (c.count, c.types),
+            (3, vec!["Condition".into(), "Patient".into()])
+        );
+        assert_eq!(
+            contents(&bundle::<Vec<u8>>("searchset", &[]))
+                .unwrap()
+                .count,
+            0
+        );
     }
 
     proptest::proptest! {
@@ -86,6 +208,7 @@ mod tests {
         #[test]
         fn arbitrary_documents_never_panic(doc in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
             let _ = resources(&doc);
+            let _ = contents(&doc);
         }
 
         #[test]
@@ -97,7 +220,13 @@ mod tests {
                 r#"{{"resourceType":"{rt}","entry":[{}]}}"#,
                 entries.join(",")
             );
-            let _ = resources(doc.as_bytes());
+            // The summary accepts exactly what the full reading accepts.
+            let full = resources(doc.as_bytes());
+            let summary = contents(doc.as_bytes());
+            proptest::prop_assert_eq!(full.is_ok(), summary.is_ok());
+            if let (Ok(r), Ok(c)) = (full, summary) {
+                proptest::prop_assert_eq!(r.len() as u32, c.count);
+            }
         }
     }
 }

@@ -2,13 +2,12 @@
 //! transaction (single-use marks, records read, disclosures queued) and one durable
 //! commit, instead of one commit each behind the node's single writer.
 
-use crate::store::{ServeJob, Store, StoreError};
-use serde_json::Value;
+use crate::store::{Record, ServeJob, Store, StoreError};
 use std::sync::mpsc;
 use std::sync::Arc;
 use tokio::sync::oneshot;
 
-type Reply = oneshot::Sender<Result<Vec<Value>, StoreError>>;
+type Reply = oneshot::Sender<Result<Vec<Record>, StoreError>>;
 
 pub struct ServeCommitter {
     tx: mpsc::Sender<(ServeJob, Reply)>,
@@ -54,7 +53,7 @@ impl ServeCommitter {
         Self { tx }
     }
 
-    pub async fn serve(&self, job: ServeJob) -> Result<Vec<Value>, StoreError> {
+    pub async fn serve(&self, job: ServeJob) -> Result<Vec<Record>, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.tx
             .send((job, reply))

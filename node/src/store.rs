@@ -1,6 +1,7 @@
 //! The node's durable state in redb: the institution's FHIR records by medical ID, the
 //! grants already served (single use), and the outbox of signed notifications.
 
+use crate::fhir::Contents;
 use iryo_proto::federation::Notification;
 use iryo_proto::signed::Signed;
 use iryo_proto::MedicalId;
@@ -56,11 +57,11 @@ pub struct ServeJob {
     pub notify: Disclosure,
 }
 
-pub type Disclosure = Box<dyn FnOnce(&[Value]) -> Signed<Notification> + Send>;
+/// Builds the signed disclosure from what is served.
+pub type Disclosure = Box<dyn FnOnce(&Contents) -> Signed<Notification> + Send>;
 
-fn parse(bytes: &[u8]) -> Result<Value> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Codec(e.to_string()))
-}
+/// A stored resource: its JSON, as it was accepted.
+pub type Record = Vec<u8>;
 
 impl Store {
     pub fn open(path: &Path) -> Result<Self> {
@@ -94,12 +95,12 @@ impl Store {
         Ok(())
     }
 
-    pub fn records(&self, id: MedicalId) -> Result<Vec<Value>> {
+    pub fn records(&self, id: MedicalId) -> Result<Vec<Record>> {
         let tx = self.db.begin_read()?;
         let t = tx.open_table(RECORDS)?;
         let mut out = Vec::new();
         for item in t.range((id.as_u64(), 0)..=(id.as_u64(), u64::MAX))? {
-            out.push(parse(item?.1.value())?);
+            out.push(item?.1.value().to_vec());
         }
         Ok(out)
     }
@@ -107,7 +108,7 @@ impl Store {
     /// Serves grants, each once: in one transaction marks each used, reads its records,
     /// and puts the disclosure notification its `notify` builds into the outbox. One
     /// commit for all of them; a replayed grant fails alone.
-    pub fn serve_grants(&self, jobs: Vec<ServeJob>) -> Result<Vec<Result<Vec<Value>>>> {
+    pub fn serve_grants(&self, jobs: Vec<ServeJob>) -> Result<Vec<Result<Vec<Record>>>> {
         let tx = self.db.begin_write()?;
         let mut out = Vec::with_capacity(jobs.len());
         {
@@ -122,9 +123,11 @@ impl Store {
                 let mut records = Vec::new();
                 let id = job.medical_id.as_u64();
                 for item in t.range((id, 0)..=(id, u64::MAX))? {
-                    records.push(parse(item?.1.value())?);
+                    records.push(item?.1.value().to_vec());
                 }
-                let n = (job.notify)(&records);
+                let contents = crate::fhir::stored_contents(&records)
+                    .map_err(|e| StoreError::Codec(e.to_string()))?;
+                let n = (job.notify)(&contents);
                 put_outbox(&tx, &n)?;
                 out.push(Ok(records));
             }

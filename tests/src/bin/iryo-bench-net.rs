@@ -41,9 +41,12 @@ struct Args {
     /// Nodes the eligibility checks come from.
     #[arg(long, default_value_t = 4)]
     clients: usize,
-    /// Concurrent eligibility checks in flight.
+    /// Concurrent eligibility checks in flight, for the capacity figure.
     #[arg(long, default_value_t = 64)]
     in_flight: usize,
+    /// Eligibility checks a second offered at a steady pace, for the latency figure.
+    #[arg(long, default_value_t = 20_000)]
+    rate: u32,
 }
 
 fn pct(sorted: &[Duration], p: f64) -> f64 {
@@ -92,9 +95,11 @@ async fn run(args: Args) -> Result<()> {
         serde_json::json!({ "resourceType": "Bundle", "type": "collection", "entry": entries });
     let resources = iryo_node::fhir::resources(&serde_json::to_vec(&bundle)?)?;
     source.node.store.put_records(patient, &resources)?;
+    let stored = source.node.store.records(patient)?;
+    let contents = iryo_node::fhir::stored_contents(&stored)?;
     println!(
         "bundle: {} bytes",
-        serde_json::to_vec(&iryo_node::fhir::bundle("collection", &resources))?.len()
+        iryo_node::fhir::bundle("collection", &stored).len()
     );
 
     // 1. Latency of one consented fetch, end to end.
@@ -199,7 +204,7 @@ async fn run(args: Args) -> Result<()> {
         expires_at: now() + 300,
     };
     let signed: Vec<_> = (0..args.notifications)
-        .map(|_| notification(&source.node, Side::Disclosed, &grant, &resources))
+        .map(|_| notification(&source.node, Side::Disclosed, &grant, &contents))
         .collect();
     // As `serve` takes them: requests from several nodes at once, each verified off the
     // writer, then appended in the group commit shared with checks and grants.
@@ -304,6 +309,46 @@ async fn run(args: Args) -> Result<()> {
         pct(&lat, 0.5),
         pct(&lat, 0.99)
     );
+    // 5. The same checks arriving at a steady pace, as reception desks send them: the
+    // latency at the target rate. A thread of its own paces them (Tokio's timer is
+    // only good to a millisecond), and each check's latency counts from the moment it
+    // was due, so a stall delays every check behind it and shows in the figure.
+    let started = Instant::now();
+    let (queues, takers): (Vec<_>, Vec<_>) = clients
+        .iter()
+        .map(|node| {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            (tx, tokio::spawn(answer_checks(node.clone(), rx)))
+        })
+        .unzip();
+    let pacer = {
+        let (checks, rate, seconds) = (checks.clone(), args.rate, args.seconds);
+        std::thread::spawn(move || pace_checks(&checks, &queues, rate, seconds))
+    };
+    let (mut lat, mut failed) = (Vec::new(), 0usize);
+    let sent = pacer
+        .join()
+        .map_err(|_| anyhow::anyhow!("the pacing thread panicked"))?;
+    for t in takers {
+        let (l, f) = t.await?;
+        lat.extend(l);
+        failed += f;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    lat.sort();
+    anyhow::ensure!(lat.len() + failed == sent, "checks went missing");
+    println!(
+        "[eligibility at a steady {} checks/s] from {} nodes: {} checks in {:.1} s: {:.0} checks/s, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} failed)",
+        args.rate,
+        clients.len(),
+        lat.len(),
+        secs,
+        lat.len() as f64 / secs,
+        pct(&lat, 0.5),
+        pct(&lat, 0.99),
+        lat.last().map_or(0.0, |d| d.as_secs_f64() * 1e3),
+        failed
+    );
     println!("\naudit log: {} entries", fed.store.audit_size()?);
     for n in nodes {
         n.stop();
@@ -312,4 +357,65 @@ async fn run(args: Args) -> Result<()> {
     source.stop();
     fed.service.stop().await;
     Ok(())
+}
+
+/// Hands `rate` checks a second, round robin, to the nodes' queues for `seconds`, each
+/// with the moment it was due. Returns how many.
+fn pace_checks(
+    checks: &[CheckRequest],
+    queues: &[tokio::sync::mpsc::UnboundedSender<(CheckRequest, Instant)>],
+    rate: u32,
+    seconds: u64,
+) -> usize {
+    let start = Instant::now();
+    let total = rate as usize * seconds as usize;
+    let interval = Duration::from_secs(1) / rate.max(1);
+    let mut sent = 0;
+    while sent < total {
+        let now = Instant::now();
+        while sent < total {
+            let due = start + interval * sent as u32;
+            if due > now {
+                break;
+            }
+            let req = checks[(sent * 7) % checks.len()].clone();
+            if queues[sent % queues.len()].send((req, due)).is_err() {
+                return sent;
+            }
+            sent += 1;
+        }
+        std::thread::sleep(Duration::from_micros(50));
+    }
+    sent
+}
+
+/// Sends each check that arrives on `queue` from `node` at once, and returns each
+/// answered check's latency from the moment it was due.
+async fn answer_checks(
+    node: Arc<iryo_node::Node>,
+    mut queue: tokio::sync::mpsc::UnboundedReceiver<(CheckRequest, Instant)>,
+) -> (Vec<Duration>, usize) {
+    use futures::stream::{FuturesUnordered, StreamExt as _};
+    let (mut lat, mut failed) = (Vec::new(), 0usize);
+    let mut pending = FuturesUnordered::new();
+    let mut open = true;
+    while open || !pending.is_empty() {
+        tokio::select! {
+            next = queue.recv(), if open => match next {
+                Some((req, due)) => {
+                    let node = node.clone();
+                    pending.push(async move { (node.directory.check(req).await.is_ok(), due) });
+                }
+                None => open = false,
+            },
+            Some((ok, due)) = pending.next() => {
+                if ok {
+                    lat.push(due.elapsed());
+                } else {
+                    failed += 1;
+                }
+            }
+        }
+    }
+    (lat, failed)
 }
