@@ -53,6 +53,19 @@ fn pct(sorted: &[Duration], p: f64) -> f64 {
     iryo_directory::bench::percentile(sorted, p).as_secs_f64() * 1e3
 }
 
+/// "N checks in S s: R checks/s, p50 …, p99 …", from the answered checks' latencies.
+fn checks_summary(lat: &mut [Duration], took: Duration) -> String {
+    lat.sort();
+    let secs = took.as_secs_f64();
+    format!(
+        "{} checks in {secs:.1} s: {:.0} checks/s, p50 {:.2} ms, p99 {:.2} ms",
+        lat.len(),
+        lat.len() as f64 / secs,
+        pct(lat, 0.5),
+        pct(lat, 0.99)
+    )
+}
+
 fn consent(
     fed: &LocalFederation,
     patient: iryo_proto::MedicalId,
@@ -297,17 +310,11 @@ async fn run(args: Args) -> Result<()> {
     for t in tasks {
         lat.extend(t.await?);
     }
-    let secs = started.elapsed().as_secs_f64();
-    lat.sort();
     println!(
-        "[eligibility over the network] {} in flight from {} nodes: {} checks in {:.1} s: {:.0} checks/s, p50 {:.2} ms, p99 {:.2} ms",
+        "[eligibility over the network] {} in flight from {} nodes: {}",
         args.in_flight,
         clients.len(),
-        lat.len(),
-        secs,
-        lat.len() as f64 / secs,
-        pct(&lat, 0.5),
-        pct(&lat, 0.99)
+        checks_summary(&mut lat, started.elapsed())
     );
     // 5. The same checks arriving at a steady pace, as reception desks send them: the
     // latency at the target rate. A thread of its own paces them (Tokio's timer is
@@ -334,18 +341,12 @@ async fn run(args: Args) -> Result<()> {
         lat.extend(l);
         failed += f;
     }
-    let secs = started.elapsed().as_secs_f64();
-    lat.sort();
     anyhow::ensure!(lat.len() + failed == sent, "checks went missing");
+    let summary = checks_summary(&mut lat, started.elapsed());
     println!(
-        "[eligibility at a steady {} checks/s] from {} nodes: {} checks in {:.1} s: {:.0} checks/s, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} failed)",
+        "[eligibility at a steady {} checks/s] from {} nodes: {summary}, max {:.2} ms ({} failed)",
         args.rate,
         clients.len(),
-        lat.len(),
-        secs,
-        lat.len() as f64 / secs,
-        pct(&lat, 0.5),
-        pct(&lat, 0.99),
         lat.last().map_or(0.0, |d| d.as_secs_f64() * 1e3),
         failed
     );
