@@ -156,7 +156,7 @@ async fn fetch(State(node): State<Arc<Node>>, Json(b): Json<FetchBody>) -> Respo
         },
     );
     match result {
-        Ok(bundle) => fhir_json(String::from(Box::<str>::from(bundle)).into_bytes()),
+        Ok(bundle) => fhir_json(bundle.into_bytes()),
         Err(FetchError::Refused(r)) => {
             let status = match r.reason {
                 RefusalReason::UnknownPatient | RefusalReason::UnknownInstitution => {

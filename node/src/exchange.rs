@@ -11,7 +11,6 @@ use iryo_proto::federation::{
 use iryo_proto::signed::Signed;
 use iryo_proto::wire::*;
 use iryo_proto::{InstitutionCode, MedicalId};
-use serde_json::value::RawValue;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
@@ -151,14 +150,15 @@ pub enum FetchError {
 }
 
 /// Fetches a patient's records from `source` under a fresh grant, and queues the
-/// receipt notification before returning the Bundle, as the source sent it (checked).
+/// receipt notification before returning the Bundle's JSON, as the source sent it
+/// (checked).
 pub async fn fetch(
     node: &Arc<Node>,
     medical_id: MedicalId,
     source: InstitutionCode,
     purpose: Purpose,
     reason: Option<String>,
-) -> Result<Box<RawValue>, FetchError> {
+) -> Result<String, FetchError> {
     let src = node
         .directory
         .resolve(source)
@@ -219,8 +219,7 @@ pub async fn fetch(
         .await
         .map_err(|e| FetchError::Unavailable(e.to_string()))?
         .map_err(|e| FetchError::Unavailable(e.to_string()))?;
-    // `contents` has read it as JSON already.
-    String::from_utf8(bundle)
-        .map_err(|e| FetchError::Unavailable(e.to_string()))
-        .and_then(|s| RawValue::from_string(s).map_err(|e| FetchError::Unavailable(e.to_string())))
+    // `contents` has read it as JSON; the strings it skipped may still hold bytes that
+    // are not UTF-8.
+    String::from_utf8(bundle).map_err(|e| FetchError::Unavailable(format!("source sent {e}")))
 }

@@ -2,7 +2,6 @@
 //! not, and assemble the Bundle sent to another institution.
 
 use serde::Deserialize;
-use serde_json::value::RawValue;
 use serde_json::Value;
 use std::borrow::Cow;
 
@@ -20,7 +19,7 @@ pub enum FhirError {
 
 /// The resources in a document: a Bundle's entries, or the resource itself.
 pub fn resources(doc: &[u8]) -> Result<Vec<Value>, FhirError> {
-    let v: Value = serde_json::from_slice(doc).map_err(|e| FhirError::Json(e.to_string()))?;
+    let mut v: Value = serde_json::from_slice(doc).map_err(|e| FhirError::Json(e.to_string()))?;
     let kind = v
         .get("resourceType")
         .and_then(Value::as_str)
@@ -28,16 +27,16 @@ pub fn resources(doc: &[u8]) -> Result<Vec<Value>, FhirError> {
     if kind != "Bundle" {
         return Ok(vec![v]);
     }
-    let entries = match v.get("entry") {
+    let entries = match v.get_mut("entry").map(Value::take) {
         None | Some(Value::Null) => Vec::new(),
-        Some(Value::Array(a)) => a.clone(),
+        Some(Value::Array(a)) => a,
         Some(_) => return Err(FhirError::BadEntries),
     };
     entries
         .into_iter()
         .enumerate()
-        .map(|(i, e)| match e.get("resource") {
-            Some(r) if r.get("resourceType").and_then(Value::as_str).is_some() => Ok(r.clone()),
+        .map(|(i, mut e)| match e.get_mut("resource").map(Value::take) {
+            Some(r) if r.get("resourceType").and_then(Value::as_str).is_some() => Ok(r),
             _ => Err(FhirError::BadEntry(i)),
         })
         .collect()
@@ -81,27 +80,36 @@ struct EntryView<'a> {
 }
 
 #[derive(Deserialize)]
-struct DocView<'a> {
+struct BundleView<'a> {
     #[serde(rename = "resourceType", borrow)]
     resource_type: Option<Cow<'a, str>>,
-    // Read only when the document is a Bundle: other resources may carry anything here.
     #[serde(borrow, default)]
-    entry: Option<&'a RawValue>,
+    entry: Option<Vec<EntryView<'a>>>,
 }
 
 /// Checks a document the way `resources` does — a resource, or a Bundle whose every
-/// entry holds a resource — and summarises it, without building it.
+/// entry holds a resource — and summarises it, without building it. A Bundle, what
+/// nodes send, takes one pass; only a document that does not read as one takes a second.
 pub fn contents(doc: &[u8]) -> Result<Contents, FhirError> {
-    let v: DocView = serde_json::from_slice(doc).map_err(|e| FhirError::Json(e.to_string()))?;
-    let kind = v.resource_type.ok_or(FhirError::NoResourceType)?;
     let mut c = Contents::default();
-    if kind != "Bundle" {
-        c.add(Some(kind));
-        return Ok(c);
-    }
-    let entries: Vec<EntryView> = match v.entry.map(RawValue::get) {
-        None | Some("null") => Vec::new(),
-        Some(raw) => serde_json::from_str(raw).map_err(|_| FhirError::BadEntries)?,
+    let entries = match serde_json::from_slice::<BundleView>(doc) {
+        Ok(BundleView {
+            resource_type: Some(kind),
+            entry,
+        }) if kind == "Bundle" => entry.unwrap_or_default(),
+        // Another resource, whose "entry" (if any) is its own business; or no Bundle.
+        _ => {
+            let k: Kind =
+                serde_json::from_slice(doc).map_err(|e| FhirError::Json(e.to_string()))?;
+            match k.resource_type {
+                Some(kind) if kind == "Bundle" => return Err(FhirError::BadEntries),
+                Some(kind) => {
+                    c.add(Some(kind));
+                    return Ok(c);
+                }
+                None => return Err(FhirError::NoResourceType),
+            }
+        }
     };
     for (i, e) in entries.into_iter().enumerate() {
         if !c.add(e.resource.and_then(|r| r.resource_type)) {
@@ -168,6 +176,13 @@ mod tests {
         assert_eq!(contents(bad), Err(FhirError::BadEntry(0)));
         assert_eq!(contents(br#"{"foo":1}"#), Err(FhirError::NoResourceType));
         assert_eq!(contents(obs).unwrap().types, ["Observation"]);
+        // "entry" belongs to the Bundle: another resource may carry one of any shape.
+        let odd = br#"{"resourceType":"Patient","entry":5}"#;
+        assert_eq!(resources(odd).unwrap().len(), 1);
+        assert_eq!(contents(odd).unwrap().count, 1);
+        let not_a_list = br#"{"resourceType":"Bundle","entry":5}"#;
+        assert_eq!(resources(not_a_list), Err(FhirError::BadEntries));
+        assert_eq!(contents(not_a_list), Err(FhirError::BadEntries));
     }
 
     #[test]
