@@ -3,8 +3,9 @@
 //! unused, from a requester whose key holds an active membership. As a requester:
 //! resolve the source, obtain a grant, fetch, and record the receipt.
 
-use crate::p2p::{peer_key, Inbound};
+use crate::p2p::{peer_key, IncomingStreams};
 use crate::{fhir, Node};
+use futures::StreamExt;
 use iryo_proto::federation::{
     check_grant, FetchContext, Grant, GrantRefusal, Notification, Purpose, Side,
 };
@@ -12,7 +13,6 @@ use iryo_proto::signed::Signed;
 use iryo_proto::wire::*;
 use iryo_proto::{InstitutionCode, MedicalId};
 use std::sync::Arc;
-use tokio::sync::mpsc;
 
 fn now() -> i64 {
     chrono::Utc::now().timestamp()
@@ -55,26 +55,31 @@ fn refused(reason: RefusalReason, detail: impl Into<String>) -> ExchangeResponse
     ExchangeResponse::Refused(Refusal::new(reason, detail))
 }
 
-/// Answers fetches from other nodes until the swarm stops.
-pub async fn serve_inbound(node: Arc<Node>, mut inbound: mpsc::Receiver<Inbound>) {
-    while let Some(Inbound {
-        peer,
-        request,
-        reply,
-    }) = inbound.recv().await
-    {
+/// Answers fetches from other nodes until the swarm stops: one task per requester's
+/// session, answering its requests as they come.
+pub async fn serve_inbound(node: Arc<Node>, mut inbound: IncomingStreams) {
+    while let Some((peer, stream)) = inbound.next().await {
         let node = node.clone();
-        tokio::spawn(async move {
-            let response = serve(&node, peer_key(&peer), request).await;
-            let served = &crate::metrics::metrics().served;
-            if let ExchangeResponse::Refused(r) = &response {
-                tracing::warn!(%peer, reason = %r.reason, "fetch refused: {}", r.detail);
-                crate::metrics::Metrics::count(served, format!("{:?}", r.reason));
-            } else {
-                crate::metrics::Metrics::count(served, "served");
-            }
-            let _ = reply.send(response);
-        });
+        let limits = (MAX_EXCHANGE_REQUEST, MAX_EXCHANGE_RESPONSE);
+        tokio::spawn(crate::session::answer(
+            peer,
+            stream,
+            limits,
+            move |request| {
+                let node = node.clone();
+                async move {
+                    let response = serve(&node, peer_key(&peer), request).await;
+                    let served = &crate::metrics::metrics().served;
+                    if let ExchangeResponse::Refused(r) = &response {
+                        tracing::warn!(%peer, reason = %r.reason, "fetch refused: {}", r.detail);
+                        crate::metrics::Metrics::count(served, format!("{:?}", r.reason));
+                    } else {
+                        crate::metrics::Metrics::count(served, "served");
+                    }
+                    response
+                }
+            },
+        ));
     }
 }
 

@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod p2p;
 pub mod serve_commit;
+pub mod session;
 pub mod store;
 
 use config::NodeConfig;

@@ -1,17 +1,20 @@
 //! The node's libp2p swarm: TCP, TLS 1.3 with both peers' keys authenticated, yamux;
-//! `/iryo/directory/1` as a client and `/iryo/exchange/1` both ways. One task owns the
-//! swarm; everything else talks to it through `P2p`.
+//! `/iryo/directory/1` as a client and `/iryo/exchange/1` both ways, each a session of
+//! many requests on one stream per peer (`session`). One task owns the swarm and dials
+//! for the sessions; everything else goes through `P2p`.
 
+use crate::session::{Dial, Sessions};
 use ed25519_dalek::SigningKey;
 use futures::StreamExt;
 use iryo_proto::wire::*;
-use libp2p::request_response::{self as rr, cbor, OutboundRequestId, ProtocolSupport};
-use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::SwarmEvent;
 use libp2p::{identity, Multiaddr, PeerId, StreamProtocol, Swarm};
-use std::collections::HashMap;
+pub use libp2p_stream::IncomingStreams;
+use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 #[derive(Debug, Error)]
 pub enum P2pError {
@@ -25,45 +28,19 @@ pub enum P2pError {
     Request(String),
 }
 
-#[derive(NetworkBehaviour)]
-struct Behaviour {
-    directory: cbor::Behaviour<DirectoryRequest, DirectoryResponse>,
-    exchange: cbor::Behaviour<ExchangeRequest, ExchangeResponse>,
-}
-
-/// A fetch from another node that waits for an answer.
-pub struct Inbound {
-    pub peer: PeerId,
-    pub request: ExchangeRequest,
-    pub reply: oneshot::Sender<ExchangeResponse>,
-}
-
-enum Command {
-    Directory(
-        DirectoryRequest,
-        oneshot::Sender<Result<DirectoryResponse, P2pError>>,
-    ),
-    Fetch(
-        PeerId,
-        Vec<Multiaddr>,
-        ExchangeRequest,
-        oneshot::Sender<Result<ExchangeResponse, P2pError>>,
-    ),
-}
-
 #[derive(Clone)]
 pub struct P2p {
-    commands: mpsc::Sender<Command>,
+    directory: Arc<Sessions<DirectoryRequest, DirectoryResponse>>,
+    exchange: Arc<Sessions<ExchangeRequest, ExchangeResponse>>,
+    directory_peer: PeerId,
+    directory_addr: Vec<Multiaddr>,
 }
 
 impl P2p {
     pub async fn directory(&self, req: DirectoryRequest) -> Result<DirectoryResponse, P2pError> {
-        let (tx, rx) = oneshot::channel();
-        self.commands
-            .send(Command::Directory(req, tx))
+        self.directory
+            .request(self.directory_peer, &self.directory_addr, &req)
             .await
-            .map_err(|_| P2pError::Stopped)?;
-        rx.await.map_err(|_| P2pError::Stopped)?
     }
 
     pub async fn fetch(
@@ -72,12 +49,7 @@ impl P2p {
         addresses: Vec<Multiaddr>,
         req: ExchangeRequest,
     ) -> Result<ExchangeResponse, P2pError> {
-        let (tx, rx) = oneshot::channel();
-        self.commands
-            .send(Command::Fetch(peer, addresses, req, tx))
-            .await
-            .map_err(|_| P2pError::Stopped)?;
-        rx.await.map_err(|_| P2pError::Stopped)?
+        self.exchange.request(peer, &addresses, &req).await
     }
 }
 
@@ -91,28 +63,8 @@ pub fn peer_key(peer: &PeerId) -> Option<[u8; 32]> {
     Some(pk.try_into_ed25519().ok()?.to_bytes())
 }
 
-fn protocol<Req, Resp>(
-    name: &'static str,
-    support: ProtocolSupport,
-    max_req: u64,
-    max_resp: u64,
-) -> cbor::Behaviour<Req, Resp>
-where
-    Req: serde::Serialize + serde::de::DeserializeOwned + Send + std::fmt::Debug + 'static,
-    Resp: serde::Serialize + serde::de::DeserializeOwned + Send + std::fmt::Debug + 'static,
-{
-    let codec = cbor::codec::Codec::default()
-        .set_request_size_maximum(max_req)
-        .set_response_size_maximum(max_resp);
-    rr::Behaviour::with_codec(
-        codec,
-        [(StreamProtocol::new(name), support)],
-        rr::Config::default().with_request_timeout(Duration::from_secs(30)),
-    )
-}
-
-/// Starts the swarm. Returns the handle, the stream of inbound fetches, the listen
-/// addresses (each ending in /p2p/<peer id>) and the task.
+/// Starts the swarm. Returns the handle, the streams other nodes open to fetch, the
+/// listen addresses (each ending in /p2p/<peer id>) and the task.
 pub async fn start(
     key: &SigningKey,
     listen: Multiaddr,
@@ -120,7 +72,7 @@ pub async fn start(
 ) -> Result<
     (
         P2p,
-        mpsc::Receiver<Inbound>,
+        IncomingStreams,
         Vec<Multiaddr>,
         tokio::task::JoinHandle<()>,
     ),
@@ -129,31 +81,19 @@ pub async fn start(
     let mut secret = key.to_bytes();
     let keypair = identity::Keypair::ed25519_from_bytes(&mut secret)
         .map_err(|e| P2pError::Transport(e.to_string()))?;
-    let mut swarm: Swarm<Behaviour> = libp2p::SwarmBuilder::with_existing_identity(keypair)
-        .with_tokio()
-        .with_tcp(
-            libp2p::tcp::Config::default().nodelay(true),
-            libp2p::tls::Config::new,
-            libp2p::yamux::Config::default,
-        )
-        .map_err(|e| P2pError::Transport(e.to_string()))?
-        .with_behaviour(|_| Behaviour {
-            directory: protocol(
-                DIRECTORY_PROTOCOL,
-                ProtocolSupport::Outbound,
-                MAX_DIRECTORY_REQUEST,
-                MAX_DIRECTORY_RESPONSE,
-            ),
-            exchange: protocol(
-                EXCHANGE_PROTOCOL,
-                ProtocolSupport::Full,
-                MAX_EXCHANGE_REQUEST,
-                MAX_EXCHANGE_RESPONSE,
-            ),
-        })
-        .map_err(|e| P2pError::Transport(e.to_string()))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-        .build();
+    let mut swarm: Swarm<libp2p_stream::Behaviour> =
+        libp2p::SwarmBuilder::with_existing_identity(keypair)
+            .with_tokio()
+            .with_tcp(
+                libp2p::tcp::Config::default().nodelay(true),
+                libp2p::tls::Config::new,
+                libp2p::yamux::Config::default,
+            )
+            .map_err(|e| P2pError::Transport(e.to_string()))?
+            .with_behaviour(|_| libp2p_stream::Behaviour::new())
+            .map_err(|e| P2pError::Transport(e.to_string()))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+            .build();
     swarm
         .listen_on(listen.clone())
         .map_err(|e| P2pError::Listen(listen.to_string(), e.to_string()))?;
@@ -178,91 +118,56 @@ pub async fn start(
             ))
         }
     };
-    let (commands, rx) = mpsc::channel(1024);
-    let (inbound_tx, inbound_rx) = mpsc::channel(1024);
-    let task = tokio::spawn(run(swarm, (directory_peer, directory), rx, inbound_tx));
-    Ok((P2p { commands }, inbound_rx, addresses, task))
+    let mut control = swarm.behaviour().new_control();
+    let inbound = control
+        .accept(StreamProtocol::new(EXCHANGE_PROTOCOL))
+        .map_err(|e| P2pError::Transport(e.to_string()))?;
+    let (dial, dials) = mpsc::channel(64);
+    let p2p = P2p {
+        directory: Arc::new(Sessions::new(
+            DIRECTORY_PROTOCOL,
+            (MAX_DIRECTORY_REQUEST, MAX_DIRECTORY_RESPONSE),
+            control.clone(),
+            dial.clone(),
+        )),
+        exchange: Arc::new(Sessions::new(
+            EXCHANGE_PROTOCOL,
+            (MAX_EXCHANGE_REQUEST, MAX_EXCHANGE_RESPONSE),
+            control,
+            dial,
+        )),
+        directory_peer,
+        directory_addr: vec![directory],
+    };
+    let task = tokio::spawn(run(swarm, dials));
+    Ok((p2p, inbound, addresses, task))
 }
 
-enum Pending {
-    Directory(oneshot::Sender<Result<DirectoryResponse, P2pError>>),
-    Exchange(oneshot::Sender<Result<ExchangeResponse, P2pError>>),
-}
-
-/// Tells the swarm where `peer` is before each request. The request-response
-/// behaviour forgets a peer's addresses when a dial fails, so a node that only told it
-/// once would never find a directory or peer again after it was down.
-fn remember(swarm: &mut Swarm<Behaviour>, peer: PeerId, addresses: Vec<Multiaddr>) {
-    for a in addresses {
-        swarm.add_peer_address(peer, a);
-    }
-}
-
-async fn run(
-    mut swarm: Swarm<Behaviour>,
-    (directory, directory_addr): (PeerId, Multiaddr),
-    mut commands: mpsc::Receiver<Command>,
-    inbound: mpsc::Sender<Inbound>,
-) {
-    let mut pending: HashMap<OutboundRequestId, Pending> = HashMap::new();
-    let (answered_tx, mut answered) =
-        mpsc::unbounded_channel::<(rr::ResponseChannel<ExchangeResponse>, ExchangeResponse)>();
+/// Drives the swarm: connects where a session asks to, and logs what fails.
+async fn run(mut swarm: Swarm<libp2p_stream::Behaviour>, mut dials: mpsc::Receiver<Dial>) {
     loop {
         tokio::select! {
-            cmd = commands.recv() => match cmd {
+            dial = dials.recv() => match dial {
                 None => break,
-                Some(Command::Directory(req, reply)) => {
-                    remember(&mut swarm, directory, vec![directory_addr.clone()]);
-                    let id = swarm.behaviour_mut().directory.send_request(&directory, req);
-                    pending.insert(id, Pending::Directory(reply));
-                }
-                Some(Command::Fetch(peer, addrs, req, reply)) => {
-                    remember(&mut swarm, peer, addrs);
-                    let id = swarm.behaviour_mut().exchange.send_request(&peer, req);
-                    pending.insert(id, Pending::Exchange(reply));
+                Some((peer, addresses, started)) => {
+                    // Already connected or dialling is not an error: the session opens
+                    // its stream on whichever connection is there.
+                    let opts = DialOpts::peer_id(peer)
+                        .addresses(addresses)
+                        .condition(PeerCondition::DisconnectedAndNotDialing)
+                        .build();
+                    if let Err(e) = swarm.dial(opts) {
+                        tracing::trace!(%peer, %e, "no new dial");
+                    }
+                    let _ = started.send(());
                 }
             },
-            Some((channel, response)) = answered.recv() => {
-                if swarm.behaviour_mut().exchange.send_response(channel, response).is_err() {
-                    tracing::debug!("a requester left before its answer");
-                }
-            }
             event = swarm.select_next_some() => match event {
-                SwarmEvent::Behaviour(BehaviourEvent::Directory(rr::Event::Message { message: rr::Message::Response { request_id, response }, .. })) => {
-                    if let Some(Pending::Directory(reply)) = pending.remove(&request_id) {
-                        let _ = reply.send(Ok(response));
-                    }
-                }
-                SwarmEvent::Behaviour(BehaviourEvent::Exchange(rr::Event::Message { message: rr::Message::Response { request_id, response }, .. })) => {
-                    if let Some(Pending::Exchange(reply)) = pending.remove(&request_id) {
-                        let _ = reply.send(Ok(response));
-                    }
-                }
-                SwarmEvent::Behaviour(BehaviourEvent::Exchange(rr::Event::Message { peer, message: rr::Message::Request { request, channel, .. }, .. })) => {
-                    let (reply, answer) = oneshot::channel();
-                    if inbound.send(Inbound { peer, request, reply }).await.is_err() {
-                        break;
-                    }
-                    let answered_tx = answered_tx.clone();
-                    tokio::spawn(async move {
-                        if let Ok(response) = answer.await {
-                            let _ = answered_tx.send((channel, response));
-                        }
-                    });
-                }
-                SwarmEvent::Behaviour(BehaviourEvent::Directory(rr::Event::OutboundFailure { request_id, error, .. }))
-                | SwarmEvent::Behaviour(BehaviourEvent::Exchange(rr::Event::OutboundFailure { request_id, error, .. })) => {
-                    match pending.remove(&request_id) {
-                        Some(Pending::Directory(reply)) => { let _ = reply.send(Err(P2pError::Request(error.to_string()))); }
-                        Some(Pending::Exchange(reply)) => { let _ = reply.send(Err(P2pError::Request(error.to_string()))); }
-                        None => {}
-                    }
-                }
                 SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                     tracing::debug!(peer = ?peer_id, %error, "cannot connect");
                 }
-                SwarmEvent::Behaviour(BehaviourEvent::Exchange(rr::Event::InboundFailure { peer, error, .. })) => {
-                    tracing::warn!(%peer, %error, "inbound exchange failed (undecodable, oversize or timed out)");
+                SwarmEvent::IncomingConnectionError { error, .. } => {
+                    tracing::debug!(%error, "incoming connection failed");
                 }
                 _ => {}
             }

@@ -1,6 +1,13 @@
 //! What travels between nodes and the directory: protocol names, the request and
-//! response of each protocol, and the size limit of each message. Bodies are CBOR on the
-//! wire (libp2p request-response); statements inside them are signed postcard.
+//! response of each protocol, the size limit of each message, and how a message is
+//! framed. Bodies are CBOR; statements inside them are signed postcard.
+//!
+//! A peer keeps one long-lived libp2p stream per protocol to each peer it asks, and
+//! many requests share it: each message is a length-delimited frame (the length is the
+//! transport's, see `FRAME_LENGTH_BYTES`) holding a request id and the CBOR body, and a
+//! response carries the id of its request. A stream per request, as libp2p's
+//! request-response does, cost a stream's opening, negotiation and closing for every
+//! request: more than a third of the CPU of a fetch.
 
 use crate::eligibility::{CheckAnswer, CheckRequest};
 use crate::federation::{Grant, GrantRefusal, Membership, Notification, Purpose, Time};
@@ -22,6 +29,104 @@ pub const MAX_EXCHANGE_RESPONSE: u64 = 16 * 1024 * 1024;
 pub const MAX_CHECKS_PER_REQUEST: usize = 512;
 /// Notifications a node sends in one request.
 pub const MAX_NOTIFICATIONS_PER_REQUEST: usize = 512;
+
+/// Bytes of the big-endian length that precedes every frame on a stream.
+pub const FRAME_LENGTH_BYTES: usize = 4;
+/// Bytes of the request id that opens every frame.
+pub const FRAME_ID_BYTES: usize = 8;
+
+/// The largest frame that may carry a message of at most `max_message` bytes.
+pub const fn max_frame(max_message: u64) -> usize {
+    max_message as usize + FRAME_ID_BYTES
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame of {0} bytes is shorter than its request id")]
+    Short(usize),
+    #[error("message of {size} bytes is larger than the limit of {max}")]
+    TooLarge { size: usize, max: u64 },
+    #[error("undecodable message: {0}")]
+    Undecodable(String),
+}
+
+/// A frame's body: the request id, then `message` as CBOR. Refuses a message larger
+/// than `max_message`, as the receiver would.
+pub fn encode_frame<T: Serialize>(
+    id: u64,
+    message: &T,
+    max_message: u64,
+) -> Result<Vec<u8>, FrameError> {
+    let mut out = id.to_be_bytes().to_vec();
+    out =
+        cbor4ii::serde::to_vec(out, message).map_err(|e| FrameError::Undecodable(e.to_string()))?;
+    let size = out.len() - FRAME_ID_BYTES;
+    if size as u64 > max_message {
+        return Err(FrameError::TooLarge {
+            size,
+            max: max_message,
+        });
+    }
+    Ok(out)
+}
+
+/// The request id of a frame, readable even when its message is not.
+pub fn frame_id(frame: &[u8]) -> Result<u64, FrameError> {
+    let id: [u8; FRAME_ID_BYTES] = frame
+        .get(..FRAME_ID_BYTES)
+        .and_then(|b| b.try_into().ok())
+        .ok_or(FrameError::Short(frame.len()))?;
+    Ok(u64::from_be_bytes(id))
+}
+
+/// The request id and message of a frame.
+pub fn decode_frame<T: serde::de::DeserializeOwned>(frame: &[u8]) -> Result<(u64, T), FrameError> {
+    let id = frame_id(frame)?;
+    let message = cbor4ii::serde::from_slice(&frame[FRAME_ID_BYTES..])
+        .map_err(|e| FrameError::Undecodable(e.to_string()))?;
+    Ok((id, message))
+}
+
+/// A response that can say no: what a peer answers to a request it cannot read or
+/// cannot answer in full.
+pub trait Answer: Serialize + Sized {
+    fn refused(refusal: Refusal) -> Self;
+}
+
+impl Answer for DirectoryResponse {
+    fn refused(refusal: Refusal) -> Self {
+        DirectoryResponse::Refused(refusal)
+    }
+}
+
+impl Answer for ExchangeResponse {
+    fn refused(refusal: Refusal) -> Self {
+        ExchangeResponse::Refused(refusal)
+    }
+}
+
+/// Reads a request frame. A frame whose message cannot be read gets, as `Err`, the
+/// frame of a refusal to send back under the same id, so the asker is not left
+/// waiting; `None` when the frame is too short to carry an id.
+pub fn read_request<Req: serde::de::DeserializeOwned, Resp: Answer>(
+    frame: &[u8],
+) -> Result<(u64, Req), Option<Vec<u8>>> {
+    decode_frame(frame).map_err(|e| {
+        let id = frame_id(frame).ok()?;
+        let refusal = Resp::refused(Refusal::new(RefusalReason::BadRequest, e.to_string()));
+        encode_frame(id, &refusal, u64::MAX).ok()
+    })
+}
+
+/// The frame of a response; one too large to send becomes a refusal that says so.
+pub fn response_frame<Resp: Answer>(id: u64, response: &Resp, max_response: u64) -> Vec<u8> {
+    encode_frame(id, response, max_response).unwrap_or_else(|e| {
+        let refusal = Resp::refused(Refusal::new(RefusalReason::Internal, e.to_string()));
+        // A refusal is a short message; if even it cannot be encoded, the asker gets
+        // an empty frame, which it reads as undecodable.
+        encode_frame(id, &refusal, u64::MAX).unwrap_or_default()
+    })
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DirectoryRequest {
@@ -139,4 +244,80 @@ pub enum RefusalReason {
     BadRequest,
     #[error("internal error")]
     Internal,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn frames_read_back_as_written(id in any::<u64>(), pref in 1u8..=47, n in 0u32..1_000_000, bundle in proptest::collection::vec(any::<u8>(), 0..4096)) {
+            let code = InstitutionCode::from_parts(pref, crate::ids::PointTableKind::Medical, n).expect("code");
+            let req = DirectoryRequest::Resolve { code };
+            let frame = encode_frame(id, &req, MAX_DIRECTORY_REQUEST).expect("fits");
+            prop_assert_eq!(frame_id(&frame).expect("id"), id);
+            prop_assert_eq!(decode_frame::<DirectoryRequest>(&frame).expect("decodes"), (id, req));
+            let resp = ExchangeResponse::Records { bundle };
+            let frame = encode_frame(id, &resp, MAX_EXCHANGE_RESPONSE).expect("fits");
+            prop_assert!(frame.len() <= max_frame(MAX_EXCHANGE_RESPONSE));
+            prop_assert_eq!(decode_frame::<ExchangeResponse>(&frame).expect("decodes"), (id, resp));
+        }
+
+        #[test]
+        fn any_bytes_decode_or_are_refused(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            match decode_frame::<DirectoryRequest>(&bytes) {
+                Ok((id, _)) => prop_assert_eq!(Ok(id), frame_id(&bytes)),
+                Err(FrameError::Short(n)) => prop_assert!(n < FRAME_ID_BYTES),
+                Err(e) => prop_assert!(matches!(e, FrameError::Undecodable(_)), "{e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn oversize_messages_are_not_framed() {
+        let resp = ExchangeResponse::Records {
+            bundle: vec![b'x'; 2048],
+        };
+        assert!(matches!(
+            encode_frame(1, &resp, 1024),
+            Err(FrameError::TooLarge { max: 1024, .. })
+        ));
+    }
+
+    #[test]
+    fn an_unreadable_request_is_refused_under_its_id() {
+        let mut frame = 7u64.to_be_bytes().to_vec();
+        frame.extend_from_slice(b"GET /records");
+        let refusal = read_request::<ExchangeRequest, ExchangeResponse>(&frame)
+            .expect_err("not a request")
+            .expect("has an id");
+        match decode_frame::<ExchangeResponse>(&refusal) {
+            Ok((7, ExchangeResponse::Refused(r))) => {
+                assert_eq!(r.reason, RefusalReason::BadRequest)
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            read_request::<ExchangeRequest, ExchangeResponse>(&[0; 3]),
+            Err(None)
+        );
+    }
+
+    #[test]
+    fn a_response_too_large_becomes_a_refusal() {
+        let resp = ExchangeResponse::Records {
+            bundle: vec![b'x'; 2048],
+        };
+        match decode_frame::<ExchangeResponse>(&response_frame(9, &resp, 1024)) {
+            Ok((9, ExchangeResponse::Refused(r))) => assert_eq!(r.reason, RefusalReason::Internal),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_frame_shorter_than_an_id_is_refused() {
+        assert_eq!(frame_id(&[1, 2, 3]), Err(FrameError::Short(3)));
+    }
 }

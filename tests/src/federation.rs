@@ -377,12 +377,22 @@ impl RawPeer {
             .expect("raw peer starts");
         // It serves nothing: refuse whatever arrives.
         rt.spawn(async move {
-            while let Some(i) = inbound.recv().await {
-                let _ = i.reply.send(iryo_proto::wire::ExchangeResponse::Refused(
-                    iryo_proto::wire::Refusal::new(
-                        iryo_proto::wire::RefusalReason::NotMember,
-                        "raw peer",
-                    ),
+            use futures::StreamExt;
+            let limits = (
+                iryo_proto::wire::MAX_EXCHANGE_REQUEST,
+                iryo_proto::wire::MAX_EXCHANGE_RESPONSE,
+            );
+            while let Some((peer, stream)) = inbound.next().await {
+                tokio::spawn(iryo_node::session::answer(
+                    peer,
+                    stream,
+                    limits,
+                    |_: iryo_proto::wire::ExchangeRequest| async {
+                        iryo_proto::wire::ExchangeResponse::Refused(iryo_proto::wire::Refusal::new(
+                            iryo_proto::wire::RefusalReason::NotMember,
+                            "raw peer",
+                        ))
+                    },
                 ));
             }
         });

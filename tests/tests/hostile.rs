@@ -1,19 +1,24 @@
 //! Malformed and oversize messages are refused without crashing anything, and the
 //! directory and nodes go on serving.
 
-use futures_like::next_event;
+use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use iryo_proto::federation::{Notification, Purpose, Side};
 use iryo_proto::signed::Signed;
 use iryo_proto::wire::*;
 use iryo_tests::federation::*;
-use libp2p::request_response::{self as rr, cbor, ProtocolSupport};
-use libp2p::swarm::SwarmEvent;
+use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::{Multiaddr, PeerId, StreamProtocol};
 use std::time::Duration;
 
-/// Sends `body` as a request on `protocol` with a codec that knows nothing of iryo's
-/// types, and reports whether any response came back.
-fn send_foreign(addr: &str, protocol: &'static str, body: String) -> bool {
+/// Opens a stream on `protocol` as a peer with a fresh key, writes `frame` behind a
+/// length of `claimed` bytes (its true length when `None`), and returns the first
+/// frame that comes back, or `None` if the stream closes or nothing comes in time.
+fn send_raw(
+    addr: &str,
+    protocol: &'static str,
+    frame: &[u8],
+    claimed: Option<u32>,
+) -> Option<Vec<u8>> {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
         let mut swarm = libp2p::SwarmBuilder::with_new_identity()
@@ -24,12 +29,7 @@ fn send_foreign(addr: &str, protocol: &'static str, body: String) -> bool {
                 libp2p::yamux::Config::default,
             )
             .expect("transport")
-            .with_behaviour(|_| {
-                cbor::Behaviour::<String, String>::new(
-                    [(StreamProtocol::new(protocol), ProtocolSupport::Outbound)],
-                    rr::Config::default().with_request_timeout(Duration::from_secs(5)),
-                )
-            })
+            .with_behaviour(|_| libp2p_stream::Behaviour::new())
             .expect("behaviour")
             .build();
         let addr: Multiaddr = addr.parse().expect("address");
@@ -37,26 +37,52 @@ fn send_foreign(addr: &str, protocol: &'static str, body: String) -> bool {
             panic!("no peer id")
         };
         let peer: PeerId = peer;
-        swarm.add_peer_address(peer, addr);
-        swarm.behaviour_mut().send_request(&peer, body);
-        loop {
-            match tokio::time::timeout(Duration::from_secs(10), next_event(&mut swarm)).await {
-                Ok(SwarmEvent::Behaviour(rr::Event::Message { .. })) => return true,
-                Ok(SwarmEvent::Behaviour(rr::Event::OutboundFailure { .. })) => return false,
-                Ok(_) => {}
-                Err(_) => return false,
+        let mut control = swarm.behaviour().new_control();
+        swarm
+            .dial(DialOpts::peer_id(peer).addresses(vec![addr]).build())
+            .expect("dial");
+        let driver = tokio::spawn(async move {
+            loop {
+                swarm.select_next_some().await;
             }
-        }
+        });
+        let exchange = async {
+            let mut stream = control
+                .open_stream(peer, StreamProtocol::new(protocol))
+                .await
+                .ok()?;
+            let length = claimed.unwrap_or(frame.len() as u32);
+            stream.write_all(&length.to_be_bytes()).await.ok()?;
+            stream.write_all(frame).await.ok()?;
+            stream.flush().await.ok()?;
+            let mut length = [0u8; 4];
+            stream.read_exact(&mut length).await.ok()?;
+            let mut back = vec![0u8; u32::from_be_bytes(length) as usize];
+            stream.read_exact(&mut back).await.ok()?;
+            Some(back)
+        };
+        let back = tokio::time::timeout(Duration::from_secs(10), exchange)
+            .await
+            .ok()
+            .flatten();
+        driver.abort();
+        back
     })
 }
 
-mod futures_like {
-    use libp2p::swarm::{NetworkBehaviour, Swarm, SwarmEvent};
+/// A frame with request id 7 whose message is CBOR but not a request.
+fn not_a_request(text: &str) -> Vec<u8> {
+    encode_frame(7, &text.to_string(), u64::MAX).expect("encodes")
+}
 
-    pub async fn next_event<B: NetworkBehaviour>(s: &mut Swarm<B>) -> SwarmEvent<B::ToSwarm> {
-        use futures::StreamExt;
-        s.select_next_some().await
-    }
+fn refused_as_bad_request<T: serde::de::DeserializeOwned + Answer + std::fmt::Debug>(
+    back: Option<Vec<u8>>,
+    bad: impl Fn(&T) -> bool,
+) {
+    let back = back.expect("an answer comes back");
+    let (id, answer) = decode_frame::<T>(&back).expect("the answer is a frame");
+    assert_eq!(id, 7, "answered under the request's id");
+    assert!(bad(&answer), "refused as a bad request: {answer:?}");
 }
 
 #[test]
@@ -66,12 +92,17 @@ fn hostile_messages_are_refused_and_everyone_keeps_serving() {
     let p = fed.patients[0];
     assert_eq!(a.put_records(p, &sample_bundle(1, 10)).0, 201);
 
-    // Bytes that are CBOR but not a request, to the directory and to a node.
-    assert!(!send_foreign(
-        &fed.directory_addr,
-        DIRECTORY_PROTOCOL,
-        "not a request".into()
-    ));
+    // Bytes that are CBOR but not a request, to the directory and to a node: each is
+    // refused under its id.
+    refused_as_bad_request::<DirectoryResponse>(
+        send_raw(
+            &fed.directory_addr,
+            DIRECTORY_PROTOCOL,
+            &not_a_request("not a request"),
+            None,
+        ),
+        |a| matches!(a, DirectoryResponse::Refused(r) if r.reason == RefusalReason::BadRequest),
+    );
     let node_addr = {
         let cfg = iryo_node::config::NodeConfig::load(&a.config_path()).expect("config");
         let key = node_key(a);
@@ -81,14 +112,32 @@ fn hostile_messages_are_refused_and_everyone_keeps_serving() {
             iryo_node::identity::peer_id(&key.verifying_key().to_bytes()).expect("peer")
         )
     };
-    assert!(!send_foreign(
-        &node_addr,
-        EXCHANGE_PROTOCOL,
-        "GET /records".into()
-    ));
-    // Larger than any request may be.
-    let huge = "x".repeat(MAX_DIRECTORY_REQUEST as usize + 1024);
-    assert!(!send_foreign(&fed.directory_addr, DIRECTORY_PROTOCOL, huge));
+    refused_as_bad_request::<ExchangeResponse>(
+        send_raw(
+            &node_addr,
+            EXCHANGE_PROTOCOL,
+            &not_a_request("GET /records"),
+            None,
+        ),
+        |a| matches!(a, ExchangeResponse::Refused(r) if r.reason == RefusalReason::BadRequest),
+    );
+    // A length larger than any request may be: the stream is closed without an answer,
+    // before the rest arrives.
+    let over = MAX_DIRECTORY_REQUEST as u32 + 1024;
+    let short = not_a_request("short");
+    assert_eq!(
+        send_raw(&fed.directory_addr, DIRECTORY_PROTOCOL, &short, Some(over)),
+        None
+    );
+    assert_eq!(
+        send_raw(&node_addr, EXCHANGE_PROTOCOL, &short, Some(u32::MAX)),
+        None
+    );
+    // Too short to carry a request id.
+    assert_eq!(
+        send_raw(&fed.directory_addr, DIRECTORY_PROTOCOL, &[1, 2, 3], None),
+        None
+    );
 
     // A member's oversize batch of notifications is refused the same way.
     let b_raw = RawPeer::new(&node_key(b), &fed.directory_addr);

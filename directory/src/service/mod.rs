@@ -1,6 +1,7 @@
 //! `iryo-directory serve`: the directory on the federation's network. libp2p over TCP,
-//! TLS 1.3 authenticating both peers' keys, yamux; the `/iryo/directory/1`
-//! request-response protocol with CBOR bodies and per-protocol size limits.
+//! TLS 1.3 authenticating both peers' keys, yamux; the `/iryo/directory/1` protocol,
+//! each node's requests on one long-lived stream with CBOR bodies and size limits
+//! (`iryo_proto::wire`, answered by `iryo_node::session::answer`).
 
 mod group_commit;
 pub mod handler;
@@ -15,13 +16,12 @@ use iryo_proto::wire::{
     DirectoryRequest, DirectoryResponse, DIRECTORY_PROTOCOL, MAX_DIRECTORY_REQUEST,
     MAX_DIRECTORY_RESPONSE,
 };
-use libp2p::request_response::{self as rr, cbor, ProtocolSupport};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{identity, Multiaddr, PeerId, StreamProtocol, Swarm};
 use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 #[derive(Debug, Error)]
 pub enum ServiceError {
@@ -32,8 +32,6 @@ pub enum ServiceError {
     #[error("listen address {0}: {1}")]
     Listen(String, String),
 }
-
-type Behaviour = cbor::Behaviour<DirectoryRequest, DirectoryResponse>;
 
 /// The Ed25519 public key a peer proved in the TLS handshake.
 pub fn peer_key(peer: &PeerId) -> Option<[u8; 32]> {
@@ -83,33 +81,19 @@ pub async fn start(
     let mut secret = identity_secret;
     let keypair = identity::Keypair::ed25519_from_bytes(&mut secret)
         .map_err(|e| ServiceError::Transport(e.to_string()))?;
-    let codec = cbor::codec::Codec::default()
-        .set_request_size_maximum(MAX_DIRECTORY_REQUEST)
-        .set_response_size_maximum(MAX_DIRECTORY_RESPONSE);
-    let config = rr::Config::default()
-        .with_request_timeout(Duration::from_secs(30))
-        .with_max_concurrent_streams(10_000);
-    let mut swarm: Swarm<Behaviour> = libp2p::SwarmBuilder::with_existing_identity(keypair)
-        .with_tokio()
-        .with_tcp(
-            libp2p::tcp::Config::default().nodelay(true),
-            libp2p::tls::Config::new,
-            libp2p::yamux::Config::default,
-        )
-        .map_err(|e| ServiceError::Transport(e.to_string()))?
-        .with_behaviour(|_| {
-            rr::Behaviour::with_codec(
-                codec,
-                [(
-                    StreamProtocol::new(DIRECTORY_PROTOCOL),
-                    ProtocolSupport::Inbound,
-                )],
-                config,
+    let mut swarm: Swarm<libp2p_stream::Behaviour> =
+        libp2p::SwarmBuilder::with_existing_identity(keypair)
+            .with_tokio()
+            .with_tcp(
+                libp2p::tcp::Config::default().nodelay(true),
+                libp2p::tls::Config::new,
+                libp2p::yamux::Config::default,
             )
-        })
-        .map_err(|e| ServiceError::Transport(e.to_string()))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
-        .build();
+            .map_err(|e| ServiceError::Transport(e.to_string()))?
+            .with_behaviour(|_| libp2p_stream::Behaviour::new())
+            .map_err(|e| ServiceError::Transport(e.to_string()))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
+            .build();
     swarm
         .listen_on(listen.clone())
         .map_err(|e| ServiceError::Listen(listen.to_string(), e.to_string()))?;
@@ -132,10 +116,15 @@ pub async fn start(
     for a in &addresses {
         tracing::info!(address = %a, "directory listening");
     }
+    let sessions = swarm
+        .behaviour()
+        .new_control()
+        .accept(StreamProtocol::new(DIRECTORY_PROTOCOL))
+        .map_err(|e| ServiceError::Transport(e.to_string()))?;
     let (stop, stopped) = oneshot::channel();
     let committer = GroupCommitter::start(store.clone(), agency, max_group);
     crate::store::start_folder(store.clone(), Duration::from_millis(500));
-    let done = tokio::spawn(serve(swarm, store, committer, stopped));
+    let done = tokio::spawn(serve(swarm, sessions, store, committer, stopped));
     Ok(Running {
         peer_id,
         addresses,
@@ -145,47 +134,40 @@ pub async fn start(
 }
 
 async fn serve(
-    mut swarm: Swarm<Behaviour>,
+    mut swarm: Swarm<libp2p_stream::Behaviour>,
+    mut sessions: libp2p_stream::IncomingStreams,
     store: Arc<Store>,
     committer: GroupCommitter,
     mut stopped: oneshot::Receiver<()>,
 ) {
-    let (respond, mut responses) =
-        mpsc::unbounded_channel::<(rr::ResponseChannel<DirectoryResponse>, DirectoryResponse)>();
+    let mut answering = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
             _ = &mut stopped => break,
-            Some((channel, response)) = responses.recv() => {
-                if swarm.behaviour_mut().send_response(channel, response).is_err() {
-                    tracing::debug!("a peer left before its answer");
-                }
-            }
-            event = swarm.select_next_some() => match event {
-                SwarmEvent::Behaviour(rr::Event::Message {
-                    peer,
-                    message: rr::Message::Request { request, channel, .. },
-                    ..
-                }) => {
-                    let (store, committer, respond) =
-                        (store.clone(), committer.clone(), respond.clone());
-                    tokio::spawn(async move {
+            Some((peer, stream)) = sessions.next() => {
+                let (store, committer) = (store.clone(), committer.clone());
+                let limits = (MAX_DIRECTORY_REQUEST, MAX_DIRECTORY_RESPONSE);
+                answering.spawn(iryo_node::session::answer(peer, stream, limits, move |request| {
+                    let (store, committer) = (store.clone(), committer.clone());
+                    async move {
                         let started = std::time::Instant::now();
                         let kind = crate::metrics::request_kind(&request);
                         let response = answer(store, committer, peer, request).await;
                         crate::metrics::metrics().observe_directory(kind, &response, started.elapsed());
-                        let _ = respond.send((channel, response));
-                    });
-                }
-                SwarmEvent::Behaviour(rr::Event::InboundFailure { peer, error, .. }) => {
-                    tracing::warn!(%peer, %error, "inbound request failed (undecodable, oversize or timed out)");
-                }
-                SwarmEvent::IncomingConnectionError { error, .. } => {
+                        response
+                    }
+                }));
+            }
+            Some(_) = answering.join_next(), if !answering.is_empty() => {}
+            event = swarm.select_next_some() => {
+                if let SwarmEvent::IncomingConnectionError { error, .. } = event {
                     tracing::debug!(%error, "incoming connection failed");
                 }
-                _ => {}
             }
         }
     }
+    // Sessions end with the swarm; their answers already in the group commit finish.
+    answering.abort_all();
     tracing::info!("directory service stopped");
 }
 

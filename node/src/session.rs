@@ -1,0 +1,325 @@
+//! Many requests on one long-lived libp2p stream per peer and protocol, framed as
+//! `iryo_proto::wire` describes: `Sessions` asks, `answer` serves.
+
+use crate::p2p::P2pError;
+use futures::{AsyncReadExt, SinkExt, StreamExt};
+use iryo_proto::wire::{
+    decode_frame, encode_frame, max_frame, read_request, response_frame, Answer,
+};
+use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio_util::bytes::Bytes;
+use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
+use tokio_util::compat::{FuturesAsyncReadCompatExt, FuturesAsyncWriteCompatExt};
+
+/// How long an answer may take before the asker gives up on it.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long dialling and opening a stream may take.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// A session with nothing outstanding for this long is closed, and with it, once no
+/// other stream is open, the connection.
+const IDLE: Duration = Duration::from_secs(60);
+/// Requests one stream may have in the works at an answering peer; the next waits for a
+/// slot, so a flood from one peer slows that peer alone.
+const ANSWERS_IN_FLIGHT: usize = 1024;
+
+fn codec(max_frame: usize) -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .length_field_length(iryo_proto::wire::FRAME_LENGTH_BYTES)
+        .max_frame_length(max_frame)
+        .new_codec()
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Asks the swarm task to connect to a peer at these addresses; the answer comes once
+/// the dial has started (or was not needed).
+pub type Dial = (PeerId, Vec<Multiaddr>, oneshot::Sender<()>);
+
+type Reply<Resp> = oneshot::Sender<Result<Resp, P2pError>>;
+
+/// One stream to one peer and the requests waiting for their answers on it.
+struct Session<Resp> {
+    next_id: AtomicU64,
+    /// `None` once the session has closed: nothing more may be sent on it.
+    pending: Mutex<Option<HashMap<u64, Reply<Resp>>>>,
+    frames: mpsc::UnboundedSender<Bytes>,
+}
+
+impl<Resp: DeserializeOwned + Send + 'static> Session<Resp> {
+    fn start(stream: Stream, peer: PeerId, max_response: u64) -> Arc<Self> {
+        let (frames, outgoing) = mpsc::unbounded_channel();
+        let session = Arc::new(Self {
+            next_id: AtomicU64::new(0),
+            pending: Mutex::new(Some(HashMap::new())),
+            frames,
+        });
+        let (read, write) = stream.split();
+        let reader = FramedRead::new(read.compat(), codec(max_frame(max_response)));
+        tokio::spawn(session.clone().read(reader, peer));
+        tokio::spawn(session.clone().write(write.compat_write(), outgoing));
+        session
+    }
+
+    /// Queues a request; gives the reply back if the session has closed meanwhile.
+    fn send(&self, id: u64, frame: Vec<u8>, reply: Reply<Resp>) -> Result<(), Reply<Resp>> {
+        let mut pending = lock(&self.pending);
+        let Some(waiting) = pending.as_mut() else {
+            return Err(reply);
+        };
+        if self.frames.send(Bytes::from(frame)).is_err() {
+            return Err(reply);
+        }
+        waiting.insert(id, reply);
+        Ok(())
+    }
+
+    fn forget(&self, id: u64) {
+        if let Some(waiting) = lock(&self.pending).as_mut() {
+            waiting.remove(&id);
+        }
+    }
+
+    /// Closes the session: every request still waiting fails with `why`.
+    fn close(&self, why: &str) {
+        let waiting = lock(&self.pending).take();
+        for (_, reply) in waiting.into_iter().flatten() {
+            let _ = reply.send(Err(P2pError::Request(why.to_string())));
+        }
+    }
+
+    async fn read<R>(self: Arc<Self>, mut reader: FramedRead<R, LengthDelimitedCodec>, peer: PeerId)
+    where
+        R: tokio::io::AsyncRead + Unpin,
+    {
+        let why = loop {
+            match reader.next().await {
+                None => break "the peer closed the stream".to_string(),
+                Some(Err(e)) => break format!("the stream broke: {e}"),
+                Some(Ok(frame)) => match decode_frame::<Resp>(&frame) {
+                    Ok((id, response)) => {
+                        let reply = lock(&self.pending).as_mut().and_then(|w| w.remove(&id));
+                        if let Some(reply) = reply {
+                            let _ = reply.send(Ok(response));
+                        }
+                    }
+                    Err(e) => break format!("undecodable answer: {e}"),
+                },
+            }
+        };
+        tracing::debug!(%peer, why, "session closed");
+        self.close(&why);
+    }
+
+    async fn write<W>(self: Arc<Self>, write: W, mut outgoing: mpsc::UnboundedReceiver<Bytes>)
+    where
+        W: tokio::io::AsyncWrite + Unpin,
+    {
+        let mut writer = FramedWrite::new(write, codec(usize::MAX));
+        loop {
+            let frame = match tokio::time::timeout(IDLE, outgoing.recv()).await {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(_) => {
+                    // Idle only if nothing is waiting; closing under the lock means no
+                    // request can slip in between.
+                    let mut pending = lock(&self.pending);
+                    if pending.as_ref().is_some_and(|w| w.is_empty()) {
+                        *pending = None;
+                        break;
+                    }
+                    continue;
+                }
+            };
+            if let Err(e) = send_all(&mut writer, frame, &mut outgoing).await {
+                self.close(&format!("cannot write to the stream: {e}"));
+                return;
+            }
+        }
+        let _ = SinkExt::<Bytes>::close(&mut writer).await;
+    }
+}
+
+/// Writes `first` and every frame already queued behind it, then flushes once.
+async fn send_all<W: tokio::io::AsyncWrite + Unpin>(
+    writer: &mut FramedWrite<W, LengthDelimitedCodec>,
+    first: Bytes,
+    queued: &mut mpsc::UnboundedReceiver<Bytes>,
+) -> std::io::Result<()> {
+    writer.feed(first).await?;
+    while let Ok(frame) = queued.try_recv() {
+        writer.feed(frame).await?;
+    }
+    SinkExt::<Bytes>::flush(writer).await
+}
+
+type Slot<Resp> = Arc<tokio::sync::Mutex<Option<Arc<Session<Resp>>>>>;
+
+/// The asking side of one protocol: a session per peer, opened on first use.
+pub struct Sessions<Req, Resp> {
+    protocol: StreamProtocol,
+    max_request: u64,
+    max_response: u64,
+    control: libp2p_stream::Control,
+    dial: mpsc::Sender<Dial>,
+    peers: Mutex<HashMap<PeerId, Slot<Resp>>>,
+    requests: PhantomData<fn(Req)>,
+}
+
+impl<Req, Resp> Sessions<Req, Resp>
+where
+    Req: Serialize,
+    Resp: DeserializeOwned + Send + 'static,
+{
+    pub fn new(
+        protocol: &'static str,
+        (max_request, max_response): (u64, u64),
+        control: libp2p_stream::Control,
+        dial: mpsc::Sender<Dial>,
+    ) -> Self {
+        Self {
+            protocol: StreamProtocol::new(protocol),
+            max_request,
+            max_response,
+            control,
+            dial,
+            peers: Mutex::new(HashMap::new()),
+            requests: PhantomData,
+        }
+    }
+
+    pub async fn request(
+        &self,
+        peer: PeerId,
+        addresses: &[Multiaddr],
+        request: &Req,
+    ) -> Result<Resp, P2pError> {
+        let (mut reply, answer) = oneshot::channel();
+        // A session may close between being found and being used; the second one is
+        // freshly opened.
+        for _ in 0..2 {
+            let session = self.session(peer, addresses).await?;
+            let id = session.next_id.fetch_add(1, Ordering::Relaxed);
+            let frame = encode_frame(id, request, self.max_request)
+                .map_err(|e| P2pError::Request(e.to_string()))?;
+            if let Err(back) = session.send(id, frame, reply) {
+                reply = back;
+                continue;
+            }
+            return match tokio::time::timeout(REQUEST_TIMEOUT, answer).await {
+                Ok(Ok(result)) => result,
+                Ok(Err(_)) => Err(P2pError::Request("the session closed".into())),
+                Err(_) => {
+                    session.forget(id);
+                    Err(P2pError::Request(format!(
+                        "no answer from {peer} within {REQUEST_TIMEOUT:?}"
+                    )))
+                }
+            };
+        }
+        Err(P2pError::Request(format!("no session to {peer}")))
+    }
+
+    async fn session(
+        &self,
+        peer: PeerId,
+        addresses: &[Multiaddr],
+    ) -> Result<Arc<Session<Resp>>, P2pError> {
+        let slot = lock(&self.peers).entry(peer).or_default().clone();
+        let mut slot = slot.lock().await;
+        if let Some(s) = slot.as_ref() {
+            if lock(&s.pending).is_some() {
+                return Ok(s.clone());
+            }
+        }
+        let (dialled, started) = oneshot::channel();
+        self.dial
+            .send((peer, addresses.to_vec(), dialled))
+            .await
+            .map_err(|_| P2pError::Stopped)?;
+        started.await.map_err(|_| P2pError::Stopped)?;
+        let mut control = self.control.clone();
+        let open = control.open_stream(peer, self.protocol.clone());
+        let stream = tokio::time::timeout(OPEN_TIMEOUT, open)
+            .await
+            .map_err(|_| P2pError::Request(format!("cannot reach {peer} within {OPEN_TIMEOUT:?}")))?
+            .map_err(|e| P2pError::Request(format!("cannot reach {peer}: {e}")))?;
+        let session = Session::start(stream, peer, self.max_response);
+        *slot = Some(session.clone());
+        Ok(session)
+    }
+}
+
+/// Serves one peer's stream until it closes: reads each request, answers it with
+/// `handle` (several at once, up to `ANSWERS_IN_FLIGHT`), and writes each answer under
+/// its request's id as soon as it is ready. A request that cannot be read is refused
+/// under its id; a frame over the size limit ends the stream, since nothing after it
+/// can be trusted to be framed.
+pub async fn answer<Req, Resp, F, Fut>(
+    peer: PeerId,
+    stream: Stream,
+    (max_request, max_response): (u64, u64),
+    handle: F,
+) where
+    Req: DeserializeOwned + Send + 'static,
+    Resp: Answer + Send + 'static,
+    F: Fn(Req) -> Fut,
+    Fut: Future<Output = Resp> + Send + 'static,
+{
+    let (read, write) = stream.split();
+    let mut reader = FramedRead::new(read.compat(), codec(max_frame(max_request)));
+    let (frames, mut outgoing) = mpsc::unbounded_channel::<Bytes>();
+    let writer = tokio::spawn(async move {
+        let mut writer = FramedWrite::new(write.compat_write(), codec(usize::MAX));
+        while let Some(frame) = outgoing.recv().await {
+            if send_all(&mut writer, frame, &mut outgoing).await.is_err() {
+                return;
+            }
+        }
+        let _ = SinkExt::<Bytes>::close(&mut writer).await;
+    });
+    let slots = Arc::new(Semaphore::new(ANSWERS_IN_FLIGHT));
+    while let Some(frame) = reader.next().await {
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(e) => {
+                tracing::warn!(%peer, %e, "stream closed: oversize or broken frame");
+                break;
+            }
+        };
+        match read_request::<Req, Resp>(&frame) {
+            Ok((id, request)) => {
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    break;
+                };
+                let (frames, answer) = (frames.clone(), handle(request));
+                tokio::spawn(async move {
+                    let response = answer.await;
+                    let _ = frames.send(Bytes::from(response_frame(id, &response, max_response)));
+                    drop(slot);
+                });
+            }
+            Err(refusal) => {
+                tracing::warn!(%peer, "undecodable request refused");
+                match refusal {
+                    Some(frame) => {
+                        let _ = frames.send(Bytes::from(frame));
+                    }
+                    None => break,
+                }
+            }
+        }
+    }
+    drop(frames);
+    let _ = writer.await;
+}
