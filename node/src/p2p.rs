@@ -169,6 +169,9 @@ async fn run(mut swarm: Swarm<libp2p_stream::Behaviour>, mut dials: mpsc::Receiv
                 SwarmEvent::IncomingConnectionError { error, .. } => {
                     tracing::debug!(%error, "incoming connection failed");
                 }
+                SwarmEvent::ConnectionClosed { peer_id, cause, .. } => {
+                    tracing::debug!(%peer_id, ?cause, "connection closed");
+                }
                 _ => {}
             }
         }

@@ -2,6 +2,7 @@
 //! `iryo_proto::wire` describes: `Sessions` asks, `answer` serves.
 
 use crate::p2p::P2pError;
+use futures::io::{ReadHalf, WriteHalf};
 use futures::{AsyncReadExt, SinkExt, StreamExt};
 use iryo_proto::wire::{
     decode_frame, encode_frame, max_frame, read_request, response_frame, Answer,
@@ -18,7 +19,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::bytes::Bytes;
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
-use tokio_util::compat::{FuturesAsyncReadCompatExt, FuturesAsyncWriteCompatExt};
+use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt, FuturesAsyncWriteCompatExt};
 
 /// How long an answer may take before the asker gives up on it.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -57,15 +58,14 @@ struct Session<Resp> {
 }
 
 impl<Resp: DeserializeOwned + Send + 'static> Session<Resp> {
-    fn start(stream: Stream, peer: PeerId, max_response: u64) -> Arc<Self> {
+    /// Starts a session on a stream the answerer has welcomed (`welcomed`).
+    fn start((reader, write): (Reader, WriteHalf<Stream>), peer: PeerId) -> Arc<Self> {
         let (frames, outgoing) = mpsc::unbounded_channel();
         let session = Arc::new(Self {
             next_id: AtomicU64::new(0),
             pending: Mutex::new(Some(HashMap::new())),
             frames,
         });
-        let (read, write) = stream.split();
-        let reader = FramedRead::new(read.compat(), codec(max_frame(max_response)));
         tokio::spawn(session.clone().read(reader, peer));
         tokio::spawn(session.clone().write(write.compat_write(), outgoing));
         session
@@ -98,10 +98,7 @@ impl<Resp: DeserializeOwned + Send + 'static> Session<Resp> {
         }
     }
 
-    async fn read<R>(self: Arc<Self>, mut reader: FramedRead<R, LengthDelimitedCodec>, peer: PeerId)
-    where
-        R: tokio::io::AsyncRead + Unpin,
-    {
+    async fn read(self: Arc<Self>, mut reader: Reader, peer: PeerId) {
         let why = loop {
             match reader.next().await {
                 None => break "the peer closed the stream".to_string(),
@@ -164,6 +161,37 @@ async fn send_all<W: tokio::io::AsyncWrite + Unpin>(
 }
 
 type Slot<Resp> = Arc<tokio::sync::Mutex<Option<Arc<Session<Resp>>>>>;
+type Reader = FramedRead<Compat<ReadHalf<Stream>>, LengthDelimitedCodec>;
+
+/// Times an opening may fail because the answerer dropped the new stream.
+const OPEN_ATTEMPTS: u32 = 8;
+
+/// How long to wait before the next opening: doubling, capped, and spread at random so
+/// that requesters turned away together do not all come back together.
+fn backoff(attempt: u32) -> Duration {
+    let base = 5u64 << attempt.min(6);
+    let spread = u64::from(getrandom::u32().unwrap_or(0)) % base;
+    Duration::from_millis(base / 2 + spread)
+}
+
+/// Waits for the answerer's welcome, the empty frame it sends once it has taken the
+/// stream on. libp2p may hand a new stream to an answerer that is still taking the
+/// previous one, and then drops it; a stream dropped so carried nothing yet, so the
+/// asker can open another without any request being answered twice.
+async fn welcomed(
+    stream: Stream,
+    max_response: u64,
+) -> Result<(Reader, WriteHalf<Stream>), String> {
+    let (read, write) = stream.split();
+    let mut reader = FramedRead::new(read.compat(), codec(max_frame(max_response)));
+    match tokio::time::timeout(OPEN_TIMEOUT, reader.next()).await {
+        Ok(Some(Ok(frame))) if frame.is_empty() => Ok((reader, write)),
+        Ok(Some(Ok(_))) => Err("the answerer spoke before welcoming".into()),
+        Ok(Some(Err(e))) => Err(e.to_string()),
+        Ok(None) => Err("the answerer dropped the stream".into()),
+        Err(_) => Err(format!("no welcome within {OPEN_TIMEOUT:?}")),
+    }
+}
 
 /// The asking side of one protocol: a session per peer, opened on first use.
 pub struct Sessions<Req, Resp> {
@@ -249,12 +277,26 @@ where
             .map_err(|_| P2pError::Stopped)?;
         started.await.map_err(|_| P2pError::Stopped)?;
         let mut control = self.control.clone();
-        let open = control.open_stream(peer, self.protocol.clone());
-        let stream = tokio::time::timeout(OPEN_TIMEOUT, open)
-            .await
-            .map_err(|_| P2pError::Request(format!("cannot reach {peer} within {OPEN_TIMEOUT:?}")))?
-            .map_err(|e| P2pError::Request(format!("cannot reach {peer}: {e}")))?;
-        let session = Session::start(stream, peer, self.max_response);
+        let mut attempt = 0;
+        let halves = loop {
+            let open = control.open_stream(peer, self.protocol.clone());
+            let stream = tokio::time::timeout(OPEN_TIMEOUT, open)
+                .await
+                .map_err(|_| {
+                    P2pError::Request(format!("cannot reach {peer} within {OPEN_TIMEOUT:?}"))
+                })?
+                .map_err(|e| P2pError::Request(format!("cannot reach {peer}: {e}")))?;
+            attempt += 1;
+            match welcomed(stream, self.max_response).await {
+                Ok(halves) => break halves,
+                Err(why) if attempt < OPEN_ATTEMPTS => {
+                    tracing::debug!(%peer, why, attempt, "stream not taken on; opening another");
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+                Err(why) => return Err(P2pError::Request(format!("{peer}: {why}"))),
+            }
+        };
+        let session = Session::start(halves, peer);
         *slot = Some(session.clone());
         Ok(session)
     }
@@ -279,6 +321,8 @@ pub async fn answer<Req, Resp, F, Fut>(
     let (read, write) = stream.split();
     let mut reader = FramedRead::new(read.compat(), codec(max_frame(max_request)));
     let (frames, mut outgoing) = mpsc::unbounded_channel::<Bytes>();
+    // The welcome (see `welcomed`).
+    let _ = frames.send(Bytes::new());
     let writer = tokio::spawn(async move {
         let mut writer = FramedWrite::new(write.compat_write(), codec(usize::MAX));
         while let Some(frame) = outgoing.recv().await {

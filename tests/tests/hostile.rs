@@ -12,7 +12,7 @@ use std::time::Duration;
 
 /// Opens a stream on `protocol` as a peer with a fresh key, writes `frame` behind a
 /// length of `claimed` bytes (its true length when `None`), and returns the first
-/// frame that comes back, or `None` if the stream closes or nothing comes in time.
+/// answer that comes back, or `None` if the stream closes or nothing comes in time.
 fn send_raw(
     addr: &str,
     protocol: &'static str,
@@ -55,11 +55,16 @@ fn send_raw(
             stream.write_all(&length.to_be_bytes()).await.ok()?;
             stream.write_all(frame).await.ok()?;
             stream.flush().await.ok()?;
-            let mut length = [0u8; 4];
-            stream.read_exact(&mut length).await.ok()?;
-            let mut back = vec![0u8; u32::from_be_bytes(length) as usize];
-            stream.read_exact(&mut back).await.ok()?;
-            Some(back)
+            // The answerer's welcome is an empty frame; the answer is the next.
+            loop {
+                let mut length = [0u8; 4];
+                stream.read_exact(&mut length).await.ok()?;
+                let mut back = vec![0u8; u32::from_be_bytes(length) as usize];
+                stream.read_exact(&mut back).await.ok()?;
+                if !back.is_empty() {
+                    return Some(back);
+                }
+            }
         };
         let back = tokio::time::timeout(Duration::from_secs(10), exchange)
             .await

@@ -159,10 +159,14 @@ async fn serve(
                 }));
             }
             Some(_) = answering.join_next(), if !answering.is_empty() => {}
-            event = swarm.select_next_some() => {
-                if let SwarmEvent::IncomingConnectionError { error, .. } = event {
+            event = swarm.select_next_some() => match event {
+                SwarmEvent::IncomingConnectionError { error, .. } => {
                     tracing::debug!(%error, "incoming connection failed");
                 }
+                SwarmEvent::ConnectionClosed { peer_id, cause, .. } => {
+                    tracing::debug!(%peer_id, ?cause, "connection closed");
+                }
+                _ => {}
             }
         }
     }

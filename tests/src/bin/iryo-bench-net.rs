@@ -86,6 +86,14 @@ fn consent(
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    // Warnings only by default: the report is the output. RUST_LOG shows more.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -164,8 +172,7 @@ async fn run(args: Args) -> Result<()> {
     for n in &nodes {
         let node = n.node.clone();
         tasks.push(tokio::spawn(async move {
-            let mut done = 0u64;
-            let mut failed = 0u64;
+            let (mut done, mut failed, mut why) = (0u64, 0u64, None);
             while Instant::now() < deadline {
                 match iryo_node::exchange::fetch(
                     &node,
@@ -177,17 +184,23 @@ async fn run(args: Args) -> Result<()> {
                 .await
                 {
                     Ok(_) => done += 1,
-                    Err(_) => failed += 1,
+                    Err(e) => {
+                        failed += 1;
+                        why.get_or_insert(e.to_string());
+                    }
                 }
             }
-            (done, failed)
+            (done, failed, why)
         }));
     }
     let (mut done, mut failed) = (0, 0);
     for t in tasks {
-        let (d, f) = t.await?;
+        let (d, f, why) = t.await?;
         done += d;
         failed += f;
+        if let Some(why) = why {
+            eprintln!("a fetch failed: {why}");
+        }
     }
     let secs = started.elapsed().as_secs_f64();
     println!(
