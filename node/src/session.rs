@@ -16,7 +16,7 @@ use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio_util::bytes::Bytes;
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt, FuturesAsyncWriteCompatExt};
@@ -28,9 +28,10 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// A session with nothing outstanding for this long is closed, and with it, once no
 /// other stream is open, the connection.
 const IDLE: Duration = Duration::from_secs(60);
-/// Requests one stream may have in the works at an answering peer; the next waits for a
-/// slot, so a flood from one peer slows that peer alone.
-const ANSWERS_IN_FLIGHT: usize = 1024;
+/// Requests one stream may have in the works at an answering peer, counted until the
+/// answer is written; the next waits for a slot. A peer that floods requests or does not
+/// read its answers stalls only itself, and holds at most this many answers in memory.
+const ANSWERS_IN_FLIGHT: usize = 64;
 
 fn codec(max_frame: usize) -> LengthDelimitedCodec {
     LengthDelimitedCodec::builder()
@@ -54,8 +55,11 @@ struct Session<Resp> {
     next_id: AtomicU64,
     /// `None` once the session has closed: nothing more may be sent on it.
     pending: Mutex<Option<HashMap<u64, Reply<Resp>>>>,
-    frames: mpsc::UnboundedSender<Bytes>,
+    frames: mpsc::UnboundedSender<Outgoing>,
 }
+
+/// A frame to write and, on the answering side, the slot it frees once written.
+type Outgoing = (Bytes, Option<OwnedSemaphorePermit>);
 
 impl<Resp: DeserializeOwned + Send + 'static> Session<Resp> {
     /// Starts a session on a stream the answerer has welcomed (`welcomed`).
@@ -77,7 +81,7 @@ impl<Resp: DeserializeOwned + Send + 'static> Session<Resp> {
         let Some(waiting) = pending.as_mut() else {
             return Err(reply);
         };
-        if self.frames.send(Bytes::from(frame)).is_err() {
+        if self.frames.send((Bytes::from(frame), None)).is_err() {
             return Err(reply);
         }
         waiting.insert(id, reply);
@@ -118,7 +122,7 @@ impl<Resp: DeserializeOwned + Send + 'static> Session<Resp> {
         self.close(&why);
     }
 
-    async fn write<W>(self: Arc<Self>, write: W, mut outgoing: mpsc::UnboundedReceiver<Bytes>)
+    async fn write<W>(self: Arc<Self>, write: W, mut outgoing: mpsc::UnboundedReceiver<Outgoing>)
     where
         W: tokio::io::AsyncWrite + Unpin,
     {
@@ -150,12 +154,14 @@ impl<Resp: DeserializeOwned + Send + 'static> Session<Resp> {
 /// Writes `first` and every frame already queued behind it, then flushes once.
 async fn send_all<W: tokio::io::AsyncWrite + Unpin>(
     writer: &mut FramedWrite<W, LengthDelimitedCodec>,
-    first: Bytes,
-    queued: &mut mpsc::UnboundedReceiver<Bytes>,
+    (first, slot): Outgoing,
+    queued: &mut mpsc::UnboundedReceiver<Outgoing>,
 ) -> std::io::Result<()> {
     writer.feed(first).await?;
-    while let Ok(frame) = queued.try_recv() {
+    drop(slot);
+    while let Ok((frame, slot)) = queued.try_recv() {
         writer.feed(frame).await?;
+        drop(slot);
     }
     SinkExt::<Bytes>::flush(writer).await
 }
@@ -320,9 +326,9 @@ pub async fn answer<Req, Resp, F, Fut>(
 {
     let (read, write) = stream.split();
     let mut reader = FramedRead::new(read.compat(), codec(max_frame(max_request)));
-    let (frames, mut outgoing) = mpsc::unbounded_channel::<Bytes>();
+    let (frames, mut outgoing) = mpsc::unbounded_channel::<Outgoing>();
     // The welcome (see `welcomed`).
-    let _ = frames.send(Bytes::new());
+    let _ = frames.send((Bytes::new(), None));
     let writer = tokio::spawn(async move {
         let mut writer = FramedWrite::new(write.compat_write(), codec(usize::MAX));
         while let Some(frame) = outgoing.recv().await {
@@ -341,26 +347,25 @@ pub async fn answer<Req, Resp, F, Fut>(
                 break;
             }
         };
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            break;
+        };
         match read_request::<Req, Resp>(&frame) {
             Ok((id, request)) => {
-                let Ok(slot) = slots.clone().acquire_owned().await else {
-                    break;
-                };
                 let (frames, answer) = (frames.clone(), handle(request));
                 tokio::spawn(async move {
                     let response = answer.await;
-                    let _ = frames.send(Bytes::from(response_frame(id, &response, max_response)));
-                    drop(slot);
+                    let frame = Bytes::from(response_frame(id, &response, max_response));
+                    let _ = frames.send((frame, Some(slot)));
                 });
             }
-            Err(refusal) => {
+            Err(Some(refusal)) => {
                 tracing::warn!(%peer, "undecodable request refused");
-                match refusal {
-                    Some(frame) => {
-                        let _ = frames.send(Bytes::from(frame));
-                    }
-                    None => break,
-                }
+                let _ = frames.send((Bytes::from(refusal), Some(slot)));
+            }
+            Err(None) => {
+                tracing::warn!(%peer, "stream closed: a frame too short for a request id");
+                break;
             }
         }
     }
