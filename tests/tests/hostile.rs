@@ -10,15 +10,18 @@ use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::{Multiaddr, PeerId, StreamProtocol};
 use std::time::Duration;
 
-/// Opens a stream on `protocol` as a peer with a fresh key, writes `frame` behind a
-/// length of `claimed` bytes (its true length when `None`), and returns the first
-/// answer that comes back, or `None` if the stream closes or nothing comes in time.
-fn send_raw(
+/// Opens a stream on `protocol` as a peer with a fresh key and hands it to `talk`;
+/// `None` if the stream cannot be opened or `talk` gives up or takes over `limit`.
+fn on_raw_stream<T, F, Fut>(
     addr: &str,
     protocol: &'static str,
-    frame: &[u8],
-    claimed: Option<u32>,
-) -> Option<Vec<u8>> {
+    limit: Duration,
+    talk: F,
+) -> Option<T>
+where
+    F: FnOnce(libp2p::Stream) -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
         let mut swarm = libp2p::SwarmBuilder::with_new_identity()
@@ -47,10 +50,32 @@ fn send_raw(
             }
         });
         let exchange = async {
-            let mut stream = control
+            let stream = control
                 .open_stream(peer, StreamProtocol::new(protocol))
                 .await
                 .ok()?;
+            talk(stream).await
+        };
+        let back = tokio::time::timeout(limit, exchange).await.ok().flatten();
+        driver.abort();
+        back
+    })
+}
+
+/// Writes `frame` behind a length of `claimed` bytes (its true length when `None`),
+/// and returns the first answer that comes back, or `None` if the stream closes or
+/// nothing comes in time.
+fn send_raw(
+    addr: &str,
+    protocol: &'static str,
+    frame: &[u8],
+    claimed: Option<u32>,
+) -> Option<Vec<u8>> {
+    on_raw_stream(
+        addr,
+        protocol,
+        Duration::from_secs(10),
+        |mut stream| async move {
             let length = claimed.unwrap_or(frame.len() as u32);
             stream.write_all(&length.to_be_bytes()).await.ok()?;
             stream.write_all(frame).await.ok()?;
@@ -65,14 +90,30 @@ fn send_raw(
                     return Some(back);
                 }
             }
-        };
-        let back = tokio::time::timeout(Duration::from_secs(10), exchange)
-            .await
-            .ok()
-            .flatten();
-        driver.abort();
-        back
-    })
+        },
+    )
+}
+
+/// Sends unreadable requests for `seconds` and never reads an answer; returns how
+/// many it managed to write.
+fn flood(addr: &str, protocol: &'static str, seconds: u64) -> usize {
+    let written = std::sync::atomic::AtomicUsize::new(0);
+    let frame = not_a_request("flood");
+    let mut framed = (frame.len() as u32).to_be_bytes().to_vec();
+    framed.extend_from_slice(&frame);
+    let (count, framed) = (&written, &framed);
+    let _: Option<()> = on_raw_stream(
+        addr,
+        protocol,
+        Duration::from_secs(seconds),
+        |mut stream| async move {
+            loop {
+                stream.write_all(framed).await.ok()?;
+                count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        },
+    );
+    written.into_inner()
 }
 
 /// A frame with request id 7 whose message is CBOR but not a request.
@@ -189,6 +230,24 @@ fn hostile_messages_are_refused_and_everyone_keeps_serving() {
     }
     fed.consent(p, b.code);
     assert_eq!(b.fetch(p, a.code, "treatment", None).0, 200);
+
+    // A peer that sends requests and never reads the answers: the source stops reading
+    // from it once 64 answers wait, and goes on serving everyone else meanwhile.
+    let flooding = {
+        let node_addr = node_addr.clone();
+        std::thread::spawn(move || flood(&node_addr, EXCHANGE_PROTOCOL, 4))
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(b.fetch(p, a.code, "treatment", None).0, 200);
+    let written = flooding.join().expect("flood thread");
+    // Once the source stops reading, the flood stalls when the stream's window and the
+    // socket buffers are full: about 15,000 of these frames. A source that kept reading
+    // took 175,000 in the same four seconds here.
+    assert!(
+        (64..50_000).contains(&written),
+        "the flood was held back: {written} frames written"
+    );
+
     assert!(fed
         .operator(&["audit", "verify"])
         .contains("audit log verified"));
