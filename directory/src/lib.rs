@@ -18,5 +18,6 @@ pub mod registry;
 pub mod report;
 pub mod sample;
 pub mod service;
+pub mod signatures;
 pub mod store;
 pub mod web;
