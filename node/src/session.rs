@@ -133,13 +133,15 @@ impl<Resp: DeserializeOwned + Send + 'static> Session<Resp> {
                 Ok(None) => break,
                 Err(_) => {
                     // Idle only if nothing is waiting; closing under the lock means no
-                    // request can slip in between.
+                    // request can slip in between. Already closed by the reader: done.
                     let mut pending = lock(&self.pending);
-                    if pending.as_ref().is_some_and(|w| w.is_empty()) {
-                        *pending = None;
-                        break;
+                    match pending.as_ref() {
+                        Some(waiting) if !waiting.is_empty() => continue,
+                        _ => {
+                            *pending = None;
+                            break;
+                        }
                     }
-                    continue;
                 }
             };
             if let Err(e) = send_all(&mut writer, frame, &mut outgoing).await {

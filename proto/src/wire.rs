@@ -5,7 +5,8 @@
 //! A peer keeps one long-lived libp2p stream per protocol to each peer it asks, and
 //! many requests share it: each message is a length-delimited frame (the length is the
 //! transport's, see `FRAME_LENGTH_BYTES`) holding a request id and the CBOR body, and a
-//! response carries the id of its request. A stream per request, as libp2p's
+//! response carries the id of its request. The answering side opens with one empty
+//! frame, its welcome, once it has taken the stream on. A stream per request, as libp2p's
 //! request-response does, cost a stream's opening, negotiation and closing for every
 //! request: more than a third of the CPU of a fetch.
 
