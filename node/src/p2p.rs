@@ -63,6 +63,51 @@ pub fn peer_key(peer: &PeerId) -> Option<[u8; 32]> {
     Some(pk.try_into_ed25519().ok()?.to_bytes())
 }
 
+/// A connection with no open stream is closed after this long.
+const IDLE_CONNECTION: Duration = Duration::from_secs(60);
+
+/// A swarm with `secret` as its identity (TCP, TLS 1.3, yamux, `libp2p-stream`),
+/// listening on `listen`, and its listen addresses, each ending in /p2p/<peer id>. The
+/// directory's service starts the same way.
+pub async fn listening(
+    mut secret: [u8; 32],
+    listen: Multiaddr,
+    idle: Duration,
+) -> Result<(Swarm<libp2p_stream::Behaviour>, Vec<Multiaddr>), P2pError> {
+    let keypair = identity::Keypair::ed25519_from_bytes(&mut secret)
+        .map_err(|e| P2pError::Transport(e.to_string()))?;
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(
+            libp2p::tcp::Config::default().nodelay(true),
+            libp2p::tls::Config::new,
+            libp2p::yamux::Config::default,
+        )
+        .map_err(|e| P2pError::Transport(e.to_string()))?
+        .with_behaviour(|_| libp2p_stream::Behaviour::new())
+        .map_err(|e| P2pError::Transport(e.to_string()))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
+        .build();
+    swarm
+        .listen_on(listen.clone())
+        .map_err(|e| P2pError::Listen(listen.to_string(), e.to_string()))?;
+    let me = *swarm.local_peer_id();
+    let mut addresses = Vec::new();
+    while addresses.is_empty() {
+        match swarm.select_next_some().await {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                addresses.push(address.with(libp2p::multiaddr::Protocol::P2p(me)))
+            }
+            SwarmEvent::ListenerError { error, .. }
+            | SwarmEvent::ListenerClosed {
+                reason: Err(error), ..
+            } => return Err(P2pError::Listen(listen.to_string(), error.to_string())),
+            _ => {}
+        }
+    }
+    Ok((swarm, addresses))
+}
+
 /// Starts the swarm. Returns the handle, the streams other nodes open to fetch, the
 /// listen addresses (each ending in /p2p/<peer id>) and the task.
 pub async fn start(
@@ -78,38 +123,7 @@ pub async fn start(
     ),
     P2pError,
 > {
-    let mut secret = key.to_bytes();
-    let keypair = identity::Keypair::ed25519_from_bytes(&mut secret)
-        .map_err(|e| P2pError::Transport(e.to_string()))?;
-    let mut swarm: Swarm<libp2p_stream::Behaviour> =
-        libp2p::SwarmBuilder::with_existing_identity(keypair)
-            .with_tokio()
-            .with_tcp(
-                libp2p::tcp::Config::default().nodelay(true),
-                libp2p::tls::Config::new,
-                libp2p::yamux::Config::default,
-            )
-            .map_err(|e| P2pError::Transport(e.to_string()))?
-            .with_behaviour(|_| libp2p_stream::Behaviour::new())
-            .map_err(|e| P2pError::Transport(e.to_string()))?
-            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-            .build();
-    swarm
-        .listen_on(listen.clone())
-        .map_err(|e| P2pError::Listen(listen.to_string(), e.to_string()))?;
-    let me = *swarm.local_peer_id();
-    let mut addresses = Vec::new();
-    while addresses.is_empty() {
-        match swarm.select_next_some().await {
-            SwarmEvent::NewListenAddr { address, .. } => {
-                addresses.push(address.with(libp2p::multiaddr::Protocol::P2p(me)))
-            }
-            SwarmEvent::ListenerError { error, .. } => {
-                return Err(P2pError::Listen(listen.to_string(), error.to_string()))
-            }
-            _ => {}
-        }
-    }
+    let (swarm, addresses) = listening(key.to_bytes(), listen, IDLE_CONNECTION).await?;
     let directory_peer = match directory.iter().last() {
         Some(libp2p::multiaddr::Protocol::P2p(p)) => p,
         _ => {

@@ -17,7 +17,7 @@ use iryo_proto::wire::{
     MAX_DIRECTORY_RESPONSE,
 };
 use libp2p::swarm::SwarmEvent;
-use libp2p::{identity, Multiaddr, PeerId, StreamProtocol, Swarm};
+use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm};
 use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
@@ -33,15 +33,8 @@ pub enum ServiceError {
     Listen(String, String),
 }
 
-/// The Ed25519 public key a peer proved in the TLS handshake.
-pub fn peer_key(peer: &PeerId) -> Option<[u8; 32]> {
-    let mh = peer.as_ref();
-    if mh.code() != 0 {
-        return None;
-    }
-    let pk = identity::PublicKey::try_decode_protobuf(mh.digest()).ok()?;
-    Some(pk.try_into_ed25519().ok()?.to_bytes())
-}
+/// A node's connection with no open stream is closed after this long.
+const IDLE_CONNECTION: Duration = Duration::from_secs(120);
 
 /// A running directory service.
 pub struct Running {
@@ -78,41 +71,13 @@ pub async fn start(
     if std::env::var_os("SSLKEYLOGFILE").is_some() {
         return Err(ServiceError::KeyLogFile);
     }
-    let mut secret = identity_secret;
-    let keypair = identity::Keypair::ed25519_from_bytes(&mut secret)
-        .map_err(|e| ServiceError::Transport(e.to_string()))?;
-    let mut swarm: Swarm<libp2p_stream::Behaviour> =
-        libp2p::SwarmBuilder::with_existing_identity(keypair)
-            .with_tokio()
-            .with_tcp(
-                libp2p::tcp::Config::default().nodelay(true),
-                libp2p::tls::Config::new,
-                libp2p::yamux::Config::default,
-            )
-            .map_err(|e| ServiceError::Transport(e.to_string()))?
-            .with_behaviour(|_| libp2p_stream::Behaviour::new())
-            .map_err(|e| ServiceError::Transport(e.to_string()))?
-            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
-            .build();
-    swarm
-        .listen_on(listen.clone())
-        .map_err(|e| ServiceError::Listen(listen.to_string(), e.to_string()))?;
+    let (swarm, addresses) = iryo_node::p2p::listening(identity_secret, listen, IDLE_CONNECTION)
+        .await
+        .map_err(|e| match e {
+            iryo_node::p2p::P2pError::Listen(address, why) => ServiceError::Listen(address, why),
+            other => ServiceError::Transport(other.to_string()),
+        })?;
     let peer_id = *swarm.local_peer_id();
-    let mut addresses = Vec::new();
-    while addresses.is_empty() {
-        match swarm.select_next_some().await {
-            SwarmEvent::NewListenAddr { address, .. } => {
-                addresses.push(address.with(libp2p::multiaddr::Protocol::P2p(peer_id)));
-            }
-            SwarmEvent::ListenerError { error, .. }
-            | SwarmEvent::ListenerClosed {
-                reason: Err(error), ..
-            } => {
-                return Err(ServiceError::Listen(listen.to_string(), error.to_string()));
-            }
-            _ => {}
-        }
-    }
     for a in &addresses {
         tracing::info!(address = %a, "directory listening");
     }
@@ -208,7 +173,7 @@ async fn answer(
     request: DirectoryRequest,
 ) -> DirectoryResponse {
     let t = now();
-    let key = peer_key(&peer);
+    let key = iryo_node::p2p::peer_key(&peer);
     let auth_store = store.clone();
     // A member seen before is admitted without a thread hop; the cache is cleared by
     // every registration and revocation.

@@ -86,14 +86,7 @@ fn consent(
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    // Warnings only by default: the report is the output. RUST_LOG shows more.
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
+    iryo_tests::init_tracing();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -35,7 +35,7 @@ fn step(s: &str) {
 }
 
 fn main() -> Result<()> {
-    tracing_init();
+    iryo_tests::init_tracing();
     let args = Args::parse();
     for sub in ["directory", "clinic", "hospital", "sample", "letters"] {
         let p = args.dir.join(sub);
@@ -45,16 +45,6 @@ fn main() -> Result<()> {
     }
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(run(&args))
-}
-
-fn tracing_init() {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
 }
 
 async fn run(args: &Args) -> Result<()> {
