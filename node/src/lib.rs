@@ -8,6 +8,7 @@ pub mod directory;
 pub mod exchange;
 pub mod fhir;
 pub mod identity;
+pub mod logging;
 pub mod metrics;
 pub mod outbox;
 pub mod p2p;

@@ -12,13 +12,7 @@ use std::sync::OnceLock;
 /// Logs to stderr, warnings only unless `RUST_LOG` says otherwise: the demo's and the
 /// benchmark's own output is what they print.
 pub fn init_tracing() {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
+    iryo_node::logging::init("warn");
 }
 
 /// The `iryo-directory` binary of this workspace. `cargo test --workspace` builds it

@@ -377,13 +377,7 @@ enum MismatchArg {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    iryo_node::logging::init("info");
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(e) => {
