@@ -18,12 +18,14 @@ fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
-fn random_id() -> [u8; 16] {
-    let mut id = [0u8; 16];
-    // Without randomness two notifications could share an id; the OS source does not
-    // fail on the platforms nodes run on, and a zero id would only be de-duplicated.
-    let _ = getrandom::fill(&mut id);
-    id
+fn fresh_id() -> [u8; 16] {
+    let mut random = [0u8; 8];
+    // Without randomness two notifications of one microsecond could share an id; the OS
+    // source does not fail on the platforms nodes run on, and a clash would only be
+    // de-duplicated.
+    let _ = getrandom::fill(&mut random);
+    let micros = chrono::Utc::now().timestamp_micros().max(0) as u64;
+    iryo_proto::federation::ordered_id(micros, random)
 }
 
 /// The notification of one end of an exchange, signed by this node.
@@ -35,7 +37,7 @@ pub fn notification(
 ) -> Signed<Notification> {
     Signed::sign(
         &Notification {
-            id: random_id(),
+            id: fresh_id(),
             side,
             grant_id: grant.id,
             medical_id: grant.medical_id,
