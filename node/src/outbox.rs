@@ -8,6 +8,12 @@ use std::time::Duration;
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
+/// Pause after a delivery that did not fill a request, so that a busy node sends what
+/// its exchanges queue meanwhile together: one request, one verification batch and one
+/// acknowledgement for many, rather than for each. The log learns of an exchange this
+/// much later, which nothing waits for.
+const GATHER: Duration = Duration::from_millis(20);
+
 pub async fn deliver(node: Arc<Node>, interval: Duration) {
     let mut backoff = interval;
     loop {
@@ -48,6 +54,9 @@ pub async fn deliver(node: Arc<Node>, interval: Duration) {
                     _ => tracing::error!("cannot clear acknowledged notifications"),
                 }
                 backoff = interval;
+                if n < MAX_NOTIFICATIONS_PER_REQUEST {
+                    tokio::time::sleep(GATHER.min(interval)).await;
+                }
             }
             other => {
                 tracing::warn!(pending = n, answer = ?other, retry_in = ?backoff, "notifications not delivered");

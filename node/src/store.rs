@@ -39,7 +39,8 @@ from_redb!(
     redb::TransactionError,
     redb::TableError,
     redb::StorageError,
-    redb::CommitError
+    redb::CommitError,
+    redb::SetDurabilityError
 );
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -162,9 +163,14 @@ impl Store {
         Ok(tx.open_table(OUTBOX)?.len()?)
     }
 
-    /// Removes what the directory acknowledged.
+    /// Removes what the directory acknowledged. This commit alone is not made durable
+    /// (it would cost an `fdatasync` for nothing the node must keep): the next queued
+    /// notification's durable commit carries it to disk, and if a crash loses it first,
+    /// the entries are delivered again and the directory, which de-duplicates by id,
+    /// acknowledges them again.
     pub fn acknowledge(&self, ids: &[[u8; 16]]) -> Result<()> {
-        let tx = self.db.begin_write()?;
+        let mut tx = self.db.begin_write()?;
+        tx.set_durability(redb::Durability::None)?;
         {
             let mut t = tx.open_table(OUTBOX)?;
             for id in ids {
