@@ -34,16 +34,6 @@ impl Tables<'_> {
 
     /// Appends an entry and returns its index.
     pub fn audit_append(&mut self, entry: &LogEntry) -> Result<u64> {
-        self.audit_append_about(entry, entry.medical_id())
-    }
-
-    /// Appends an entry about `patient`, when the caller knows it already (finding it in
-    /// a notification means decoding the notification again).
-    pub fn audit_append_about(
-        &mut self,
-        entry: &LogEntry,
-        patient: Option<MedicalId>,
-    ) -> Result<u64> {
         let index = self.next(AUDIT_NEXT)? - 1;
         let bytes = entry.canonical();
         let mut hash = merkle::leaf_hash(&bytes);
@@ -57,9 +47,6 @@ impl Tables<'_> {
             level += 1;
             i >>= 1;
             self.audit_nodes.insert((level, i), hash)?;
-        }
-        if let Some(id) = patient {
-            self.audit_by_patient.insert((id.as_u64(), index), ())?;
         }
         self.audit_dirty = true;
         Ok(index)
@@ -139,14 +126,12 @@ impl Store {
 
     /// The entries about a patient, under each medical ID the patient has held.
     pub fn audit_for_patient(&self, ids: &[MedicalId]) -> Result<Vec<(u64, LogEntry)>> {
+        let index = self.linkage.begin_read()?;
         let tx = self.db.begin_read()?;
-        let index = tx.open_table(AUDIT_BY_PATIENT)?;
         let leaves = tx.open_table(AUDIT_LEAVES)?;
         let mut out = Vec::new();
         for id in ids {
-            let id = id.as_u64();
-            for item in index.range((id, 0)..=(id, u64::MAX))? {
-                let (_, i) = item?.0.value();
+            for (i, _) in super::folding::about(&index, &tx, &super::folding::AUDIT, id.as_u64())? {
                 if let Some(v) = leaves.get(i)? {
                     out.push((i, decode(v.value())?));
                 }

@@ -143,13 +143,10 @@ pub(super) fn append_notifications(
     let mut acknowledged = Vec::with_capacity(valid.len());
     for (signed, n) in valid {
         if t.notification_ids.get(n.id)?.is_none() {
-            let leaf = t.audit_append_about(
-                &LogEntry::Notification {
-                    from,
-                    notification: signed.clone(),
-                },
-                Some(n.medical_id),
-            )?;
+            let leaf = t.audit_append(&LogEntry::Notification {
+                from,
+                notification: signed.clone(),
+            })?;
             t.notification_ids.insert(n.id, leaf)?;
             let record = t
                 .grants
@@ -507,9 +504,11 @@ pub(super) fn grant_in(
     })()?;
     match decision {
         Ok(()) => {
-            let mut id = [0u8; 16];
-            getrandom::fill(&mut id)
+            let mut random = [0u8; 8];
+            getrandom::fill(&mut random)
                 .map_err(|e| StoreError::Refused(format!("random source: {e}")))?;
+            let micros = chrono::Utc::now().timestamp_micros().max(0) as u64;
+            let id = iryo_proto::federation::ordered_id(micros, random);
             let grant = Grant {
                 id,
                 requester: requester.code,

@@ -8,6 +8,7 @@ mod cases;
 mod checks;
 mod enroll;
 mod federation;
+mod folding;
 mod group;
 mod lifecycle;
 mod linkage;
@@ -22,8 +23,8 @@ pub use enroll::BatchReport;
 pub use federation::{
     verify_notifications, GrantQuery, GrantRecord, InstitutionRecord, NotifyOutcome, Verified,
 };
+pub use folding::start_folder;
 pub use group::{Job, Outcome};
-pub use linkage::start_folder;
 pub use portal::{activation_hash, Account, Activation};
 
 use crate::issuance::{IssueError, Method};
@@ -89,8 +90,8 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 
 pub struct Store {
     db: Database,
-    /// The per-person index of service use, in its own file so that building it never
-    /// holds up the writer of `db`.
+    /// The per-person indexes of service use and of the audit log, in their own file
+    /// so that building them never holds up the writer of `db` (`folding`).
     linkage: Database,
     retention_years: u32,
     /// The agency key that signs the audit log's tree heads.
@@ -138,9 +139,10 @@ impl Store {
     }
 
     fn with_db(db: Database, path: &Path) -> Result<Self> {
+        drop_retired_tables(&db)?;
         Ok(Self {
             db,
-            linkage: linkage::open(path)?,
+            linkage: folding::open(path)?,
             retention_years: 10,
             signer: None,
             policy: AccessPolicy::default(),
@@ -262,3 +264,21 @@ pub(crate) fn status_name(s: IdStatus) -> String {
 
 #[cfg(test)]
 mod tests;
+
+/// The per-patient audit index lived in the main database until it moved to the index
+/// file, which rebuilds it from the log; a database from before keeps a stale copy.
+fn drop_retired_tables(db: &Database) -> Result<()> {
+    use redb::TableHandle;
+    const RETIRED: redb::TableDefinition<(u64, u64), ()> =
+        redb::TableDefinition::new("audit_by_patient");
+    let stale = db
+        .begin_read()?
+        .list_tables()?
+        .any(|t| t.name() == RETIRED.name());
+    if stale {
+        let tx = db.begin_write()?;
+        tx.delete_table(RETIRED)?;
+        tx.commit()?;
+    }
+    Ok(())
+}

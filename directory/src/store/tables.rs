@@ -54,9 +54,6 @@ pub const AUDIT_LEAVES: TableDefinition<u64, &[u8]> = TableDefinition::new("audi
 pub const AUDIT_NODES: TableDefinition<(u32, u64), [u8; 32]> = TableDefinition::new("audit_nodes");
 /// Tree size → Signed<TreeHead>.
 pub const AUDIT_HEADS: TableDefinition<u64, &[u8]> = TableDefinition::new("audit_heads");
-/// (medical ID, audit index) → (): the entries about one patient.
-pub const AUDIT_BY_PATIENT: TableDefinition<(u64, u64), ()> =
-    TableDefinition::new("audit_by_patient");
 /// pid → portal Account: the activation code's hash and the passphrase's argon2id hash.
 pub const PORTAL_ACCOUNTS: TableDefinition<u64, &[u8]> = TableDefinition::new("portal_accounts");
 
@@ -101,7 +98,6 @@ pub struct Tables<'t> {
     pub audit_leaves: Table<'t, u64, &'static [u8]>,
     pub audit_nodes: Table<'t, (u32, u64), [u8; 32]>,
     pub audit_heads: Table<'t, u64, &'static [u8]>,
-    pub audit_by_patient: Table<'t, (u64, u64), ()>,
     pub portal_accounts: Table<'t, u64, &'static [u8]>,
     /// Set when an entry was appended, so the transaction ends with a signed tree head.
     pub audit_dirty: bool,
@@ -135,7 +131,6 @@ impl<'t> Tables<'t> {
             audit_leaves: tx.open_table(AUDIT_LEAVES)?,
             audit_nodes: tx.open_table(AUDIT_NODES)?,
             audit_heads: tx.open_table(AUDIT_HEADS)?,
-            audit_by_patient: tx.open_table(AUDIT_BY_PATIENT)?,
             portal_accounts: tx.open_table(PORTAL_ACCOUNTS)?,
             audit_dirty: false,
             counters_table: tx.open_table(COUNTERS)?,

@@ -239,6 +239,16 @@ mod federation {
                 "notification"
             ]
         );
+        // The per-patient index is folded from the log later; a reader sees the same
+        // entries before, during and after.
+        let audit = &super::folding::AUDIT;
+        let unfolded = s.unfolded(audit).unwrap();
+        assert_eq!(unfolded, s.audit_size().unwrap());
+        assert_eq!(s.fold(audit, 3).unwrap(), 3);
+        assert_eq!(s.audit_for_patient(&[patient]).unwrap(), entries);
+        assert_eq!(s.fold(audit, 1000).unwrap(), unfolded - 3);
+        assert_eq!(s.unfolded(audit).unwrap(), 0);
+        assert_eq!(s.audit_for_patient(&[patient]).unwrap(), entries);
 
         let report = s.audit_verify(&agency.verifying_key()).unwrap();
         assert!(report.problems.is_empty(), "{:?}", report.problems);
