@@ -47,6 +47,22 @@ struct Args {
     /// Eligibility checks a second offered at a steady pace, for the latency figure.
     #[arg(long, default_value_t = 20_000)]
     rate: u32,
+    /// Run this phase only; the federation is set up in full either way.
+    #[arg(long, value_enum)]
+    only: Option<Phase>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Phase {
+    Fetch,
+    Notifications,
+    Eligibility,
+}
+
+impl Args {
+    fn runs(&self, phase: Phase) -> bool {
+        self.only.is_none_or(|only| only == phase)
+    }
 }
 
 fn pct(sorted: &[Duration], p: f64) -> f64 {
@@ -120,37 +136,38 @@ async fn run(args: Args) -> Result<()> {
     let req_code = InstitutionCode::from_parts(13, PointTableKind::Medical, 2)?;
     let (requester, _) = fed.add_node("requester", req_code, "requester").await?;
     consent(&fed, patient, req_code)?;
-    for _ in 0..20 {
-        iryo_node::exchange::fetch(
-            &requester.node,
-            patient,
-            source_code,
-            Purpose::Treatment,
-            None,
-        )
-        .await?;
+    if args.runs(Phase::Fetch) {
+        for _ in 0..20 {
+            iryo_node::exchange::fetch(
+                &requester.node,
+                patient,
+                source_code,
+                Purpose::Treatment,
+                None,
+            )
+            .await?;
+        }
+        let mut lat = Vec::with_capacity(args.fetches);
+        for _ in 0..args.fetches {
+            let t = Instant::now();
+            iryo_node::exchange::fetch(
+                &requester.node,
+                patient,
+                source_code,
+                Purpose::Treatment,
+                None,
+            )
+            .await?;
+            lat.push(t.elapsed());
+        }
+        lat.sort();
+        println!(
+            "\n[fetch, one requester] {} consented fetches of the 20 KB Bundle (grant, round trip, both notifications queued): p50 {:.2} ms, p99 {:.2} ms",
+            args.fetches,
+            pct(&lat, 0.5),
+            pct(&lat, 0.99)
+        );
     }
-    let mut lat = Vec::with_capacity(args.fetches);
-    for _ in 0..args.fetches {
-        let t = Instant::now();
-        iryo_node::exchange::fetch(
-            &requester.node,
-            patient,
-            source_code,
-            Purpose::Treatment,
-            None,
-        )
-        .await?;
-        lat.push(t.elapsed());
-    }
-    lat.sort();
-    println!(
-        "\n[fetch, one requester] {} consented fetches of the 20 KB Bundle (grant, round trip, both notifications queued): p50 {:.2} ms, p99 {:.2} ms",
-        args.fetches,
-        pct(&lat, 0.5),
-        pct(&lat, 0.99)
-    );
-
     // 2. Throughput from many requesters to one source.
     let mut nodes = Vec::new();
     for i in 0..args.requesters {
@@ -159,206 +176,210 @@ async fn run(args: Args) -> Result<()> {
         consent(&fed, patient, code)?;
         nodes.push(n);
     }
-    let deadline = Instant::now() + Duration::from_secs(args.seconds);
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for n in &nodes {
-        let node = n.node.clone();
-        tasks.push(tokio::spawn(async move {
-            let (mut done, mut failed, mut why) = (0u64, 0u64, None);
-            while Instant::now() < deadline {
-                match iryo_node::exchange::fetch(
-                    &node,
-                    patient,
-                    source_code,
-                    Purpose::Treatment,
-                    None,
-                )
-                .await
-                {
-                    Ok(_) => done += 1,
-                    Err(e) => {
-                        failed += 1;
-                        why.get_or_insert(e.to_string());
+    if args.runs(Phase::Fetch) {
+        let deadline = Instant::now() + Duration::from_secs(args.seconds);
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for n in &nodes {
+            let node = n.node.clone();
+            tasks.push(tokio::spawn(async move {
+                let (mut done, mut failed, mut why) = (0u64, 0u64, None);
+                while Instant::now() < deadline {
+                    match iryo_node::exchange::fetch(
+                        &node,
+                        patient,
+                        source_code,
+                        Purpose::Treatment,
+                        None,
+                    )
+                    .await
+                    {
+                        Ok(_) => done += 1,
+                        Err(e) => {
+                            failed += 1;
+                            why.get_or_insert(e.to_string());
+                        }
                     }
                 }
-            }
-            (done, failed, why)
-        }));
-    }
-    let (mut done, mut failed) = (0, 0);
-    for t in tasks {
-        let (d, f, why) = t.await?;
-        done += d;
-        failed += f;
-        if let Some(why) = why {
-            eprintln!("a fetch failed: {why}");
+                (done, failed, why)
+            }));
         }
+        let (mut done, mut failed) = (0, 0);
+        for t in tasks {
+            let (d, f, why) = t.await?;
+            done += d;
+            failed += f;
+            if let Some(why) = why {
+                eprintln!("a fetch failed: {why}");
+            }
+        }
+        let secs = started.elapsed().as_secs_f64();
+        println!(
+            "[fetch, {} concurrent requesters -> one source] {} fetches in {:.1} s: {:.0} fetches/s ({} failed)",
+            args.requesters,
+            done,
+            secs,
+            done as f64 / secs,
+            failed
+        );
     }
-    let secs = started.elapsed().as_secs_f64();
-    println!(
-        "[fetch, {} concurrent requesters -> one source] {} fetches in {:.1} s: {:.0} fetches/s ({} failed)",
-        args.requesters,
-        done,
-        secs,
-        done as f64 / secs,
-        failed
-    );
-
-    // 3. Notification intake: verify (batch) and append to the audit log.
-    let membership = fed
-        .store
-        .institution(source_code)?
-        .context("source registered")?
-        .membership()?;
-    let grant = Grant {
-        id: [1; 16],
-        requester: req_code,
-        requester_key: [0; 32],
-        source: source_code,
-        medical_id: patient,
-        purpose: Purpose::Treatment,
-        reason: None,
-        issued_at: now(),
-        expires_at: now() + 300,
-    };
-    let signed: Vec<_> = (0..args.notifications)
-        .map(|_| notification(&source.node, Side::Disclosed, &grant, &contents))
-        .collect();
-    // As `serve` takes them: requests from several nodes at once, each verified off the
-    // writer, then appended in the group commit shared with checks and grants.
-    let committer = GroupCommitter::start(fed.store.clone(), fed.keys.root.clone(), 512);
-    let chunks: Arc<Vec<Vec<_>>> = Arc::new(
-        signed
-            .chunks(iryo_proto::wire::MAX_NOTIFICATIONS_PER_REQUEST)
-            .map(<[_]>::to_vec)
-            .collect(),
-    );
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let t = Instant::now();
-    let senders: Vec<_> = (0..args.senders)
-        .map(|_| {
-            let (chunks, next, committer, membership) = (
-                chunks.clone(),
-                next.clone(),
-                committer.clone(),
-                membership.clone(),
-            );
-            tokio::spawn(async move {
-                loop {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let Some(chunk) = chunks.get(i).cloned() else {
-                        return anyhow::Ok(());
-                    };
-                    let m = membership.clone();
-                    let (valid, out) =
-                        tokio::task::spawn_blocking(move || verify_notifications(&m, &chunk))
-                            .await??;
-                    anyhow::ensure!(out.refused.is_empty(), "notifications refused");
-                    match committer.submit(Job::Notify(membership.code, valid)).await {
-                        Ok(Outcome::Notified(_)) => {}
-                        other => anyhow::bail!("notifications not logged: {:?}", other.err()),
+    if args.runs(Phase::Notifications) {
+        // 3. Notification intake: verify (batch) and append to the audit log.
+        let membership = fed
+            .store
+            .institution(source_code)?
+            .context("source registered")?
+            .membership()?;
+        let grant = Grant {
+            id: [1; 16],
+            requester: req_code,
+            requester_key: [0; 32],
+            source: source_code,
+            medical_id: patient,
+            purpose: Purpose::Treatment,
+            reason: None,
+            issued_at: now(),
+            expires_at: now() + 300,
+        };
+        let signed: Vec<_> = (0..args.notifications)
+            .map(|_| notification(&source.node, Side::Disclosed, &grant, &contents))
+            .collect();
+        // As `serve` takes them: requests from several nodes at once, each verified off the
+        // writer, then appended in the group commit shared with checks and grants.
+        let committer = GroupCommitter::start(fed.store.clone(), fed.keys.root.clone(), 512);
+        let chunks: Arc<Vec<Vec<_>>> = Arc::new(
+            signed
+                .chunks(iryo_proto::wire::MAX_NOTIFICATIONS_PER_REQUEST)
+                .map(<[_]>::to_vec)
+                .collect(),
+        );
+        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let t = Instant::now();
+        let senders: Vec<_> = (0..args.senders)
+            .map(|_| {
+                let (chunks, next, committer, membership) = (
+                    chunks.clone(),
+                    next.clone(),
+                    committer.clone(),
+                    membership.clone(),
+                );
+                tokio::spawn(async move {
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(chunk) = chunks.get(i).cloned() else {
+                            return anyhow::Ok(());
+                        };
+                        let m = membership.clone();
+                        let (valid, out) =
+                            tokio::task::spawn_blocking(move || verify_notifications(&m, &chunk))
+                                .await??;
+                        anyhow::ensure!(out.refused.is_empty(), "notifications refused");
+                        match committer.submit(Job::Notify(membership.code, valid)).await {
+                            Ok(Outcome::Notified(_)) => {}
+                            other => anyhow::bail!("notifications not logged: {:?}", other.err()),
+                        }
+                    }
+                })
+            })
+            .collect();
+        for s in senders {
+            s.await??;
+        }
+        let secs = t.elapsed().as_secs_f64();
+        println!(
+            "[notifications] {} verified (Ed25519 batch) and appended to the Merkle log in {:.2} s, {} senders: {:.0}/s",
+            args.notifications,
+            secs,
+            args.senders,
+            args.notifications as f64 / secs
+        );
+    }
+    if args.runs(Phase::Eligibility) {
+        // 4. Eligibility checks over the network, each durable before its answer.
+        let checks: Vec<CheckRequest> = people
+            .iter()
+            .filter_map(|p| p.coverages.last())
+            .map(|c| CheckRequest {
+                institution: req_code,
+                key: CheckKey::for_card(&c.card, None),
+                date: chrono::Local::now().date_naive(),
+                visit_consent: false,
+            })
+            .collect();
+        let checks = Arc::new(checks);
+        let deadline = Instant::now() + Duration::from_secs(args.seconds);
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        let clients: Vec<Arc<iryo_node::Node>> = nodes
+            .iter()
+            .take(args.clients.max(1))
+            .map(|n| n.node.clone())
+            .collect();
+        for i in 0..args.in_flight {
+            let node = clients[i % clients.len()].clone();
+            let checks = checks.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut lat = Vec::new();
+                let mut k = i;
+                while Instant::now() < deadline {
+                    let req = checks[k % checks.len()].clone();
+                    k += 7;
+                    let t = Instant::now();
+                    if node.directory.check(req).await.is_ok() {
+                        lat.push(t.elapsed());
                     }
                 }
+                lat
+            }));
+        }
+        let mut lat = Vec::new();
+        for t in tasks {
+            lat.extend(t.await?);
+        }
+        println!(
+            "[eligibility over the network] {} in flight from {} nodes: {}",
+            args.in_flight,
+            clients.len(),
+            checks_summary(&mut lat, started.elapsed())
+        );
+        // 5. The same checks arriving at a steady pace, as reception desks send them: the
+        // latency at the target rate. A thread of its own paces them (Tokio's timer is
+        // only good to a millisecond), and each check's latency counts from the moment it
+        // was due, so a stall delays every check behind it and shows in the figure.
+        let started = Instant::now();
+        let (queues, takers): (Vec<_>, Vec<_>) = clients
+            .iter()
+            .map(|node| {
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                (tx, tokio::spawn(answer_checks(node.clone(), rx)))
             })
-        })
-        .collect();
-    for s in senders {
-        s.await??;
+            .unzip();
+        let pacer = {
+            let (checks, rate, seconds) = (checks.clone(), args.rate, args.seconds);
+            std::thread::spawn(move || pace_checks(&checks, &queues, rate, seconds))
+        };
+        let (mut lat, mut failed) = (Vec::new(), 0usize);
+        let (sent, mut late) = pacer
+            .join()
+            .map_err(|_| anyhow::anyhow!("the pacing thread panicked"))?;
+        late.sort();
+        for t in takers {
+            let (l, f) = t.await?;
+            lat.extend(l);
+            failed += f;
+        }
+        anyhow::ensure!(lat.len() + failed == sent, "checks went missing");
+        let summary = checks_summary(&mut lat, started.elapsed());
+        println!(
+            "[eligibility at a steady {} checks/s] from {} nodes: {summary}, max {:.2} ms ({} failed); the pacing thread itself sent late by p50 {:.2} ms, p99 {:.2} ms",
+            args.rate,
+            clients.len(),
+            lat.last().map_or(0.0, |d| d.as_secs_f64() * 1e3),
+            failed,
+            pct(&late, 0.50),
+            pct(&late, 0.99)
+        );
     }
-    let secs = t.elapsed().as_secs_f64();
-    println!(
-        "[notifications] {} verified (Ed25519 batch) and appended to the Merkle log in {:.2} s, {} senders: {:.0}/s",
-        args.notifications,
-        secs,
-        args.senders,
-        args.notifications as f64 / secs
-    );
-
-    // 4. Eligibility checks over the network, each durable before its answer.
-    let checks: Vec<CheckRequest> = people
-        .iter()
-        .filter_map(|p| p.coverages.last())
-        .map(|c| CheckRequest {
-            institution: req_code,
-            key: CheckKey::for_card(&c.card, None),
-            date: chrono::Local::now().date_naive(),
-            visit_consent: false,
-        })
-        .collect();
-    let checks = Arc::new(checks);
-    let deadline = Instant::now() + Duration::from_secs(args.seconds);
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    let clients: Vec<Arc<iryo_node::Node>> = nodes
-        .iter()
-        .take(args.clients.max(1))
-        .map(|n| n.node.clone())
-        .collect();
-    for i in 0..args.in_flight {
-        let node = clients[i % clients.len()].clone();
-        let checks = checks.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            let mut k = i;
-            while Instant::now() < deadline {
-                let req = checks[k % checks.len()].clone();
-                k += 7;
-                let t = Instant::now();
-                if node.directory.check(req).await.is_ok() {
-                    lat.push(t.elapsed());
-                }
-            }
-            lat
-        }));
-    }
-    let mut lat = Vec::new();
-    for t in tasks {
-        lat.extend(t.await?);
-    }
-    println!(
-        "[eligibility over the network] {} in flight from {} nodes: {}",
-        args.in_flight,
-        clients.len(),
-        checks_summary(&mut lat, started.elapsed())
-    );
-    // 5. The same checks arriving at a steady pace, as reception desks send them: the
-    // latency at the target rate. A thread of its own paces them (Tokio's timer is
-    // only good to a millisecond), and each check's latency counts from the moment it
-    // was due, so a stall delays every check behind it and shows in the figure.
-    let started = Instant::now();
-    let (queues, takers): (Vec<_>, Vec<_>) = clients
-        .iter()
-        .map(|node| {
-            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-            (tx, tokio::spawn(answer_checks(node.clone(), rx)))
-        })
-        .unzip();
-    let pacer = {
-        let (checks, rate, seconds) = (checks.clone(), args.rate, args.seconds);
-        std::thread::spawn(move || pace_checks(&checks, &queues, rate, seconds))
-    };
-    let (mut lat, mut failed) = (Vec::new(), 0usize);
-    let (sent, mut late) = pacer
-        .join()
-        .map_err(|_| anyhow::anyhow!("the pacing thread panicked"))?;
-    late.sort();
-    for t in takers {
-        let (l, f) = t.await?;
-        lat.extend(l);
-        failed += f;
-    }
-    anyhow::ensure!(lat.len() + failed == sent, "checks went missing");
-    let summary = checks_summary(&mut lat, started.elapsed());
-    println!(
-        "[eligibility at a steady {} checks/s] from {} nodes: {summary}, max {:.2} ms ({} failed); the pacing thread itself sent late by p50 {:.2} ms, p99 {:.2} ms",
-        args.rate,
-        clients.len(),
-        lat.last().map_or(0.0, |d| d.as_secs_f64() * 1e3),
-        failed,
-        pct(&late, 0.50),
-        pct(&late, 0.99)
-    );
     println!("\naudit log: {} entries", fed.store.audit_size()?);
     for n in nodes {
         n.stop();
