@@ -5,6 +5,8 @@
 use crate::registry::now;
 use crate::store::{Job, Outcome, Store, StoreError};
 use ed25519_dalek::SigningKey;
+use iryo_proto::federation::Grant;
+use iryo_proto::signed::Signed;
 use std::sync::mpsc;
 use std::sync::Arc;
 use tokio::sync::oneshot;
@@ -14,12 +16,17 @@ type Reply = oneshot::Sender<Result<Outcome, String>>;
 #[derive(Clone)]
 pub struct GroupCommitter {
     tx: mpsc::Sender<(Job, Reply)>,
+    /// Signs grants once their commit is done, on the asking task's thread: the
+    /// writer is what every answer waits for, and a signature there would be time
+    /// taken from all of them.
+    agency: Arc<SigningKey>,
 }
 
 impl GroupCommitter {
     /// Starts the committing thread; it ends when every handle is dropped.
     pub fn start(store: Arc<Store>, agency: SigningKey, max_group: usize) -> Self {
         let (tx, rx) = mpsc::channel::<(Job, Reply)>();
+        let agency = Arc::new(agency);
         let spawned = std::thread::Builder::new()
             .name("group-commit".into())
             .spawn(move || {
@@ -33,7 +40,7 @@ impl GroupCommitter {
                         }
                     }
                     let (jobs, replies): (Vec<_>, Vec<_>) = group.into_iter().unzip();
-                    match store.commit_group(&jobs, Some(&agency), now()) {
+                    match store.commit_group(&jobs, now()) {
                         Ok(outcomes) => {
                             for (reply, o) in replies.into_iter().zip(outcomes) {
                                 let _ = reply.send(Ok(o));
@@ -51,7 +58,12 @@ impl GroupCommitter {
         if let Err(e) = spawned {
             tracing::error!(error = %e, "cannot start the group-commit thread");
         }
-        Self { tx }
+        Self { tx, agency }
+    }
+
+    /// A grant decided by `submit`, signed by the agency.
+    pub fn sign(&self, grant: &Grant) -> Signed<Grant> {
+        Signed::sign(grant, &self.agency)
     }
 
     pub async fn submit(&self, job: Job) -> Result<Outcome, String> {

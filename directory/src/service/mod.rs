@@ -249,7 +249,7 @@ async fn answer(
                 reason,
             };
             match committer.submit(Job::Grant(Box::new(member), query)).await {
-                Ok(Outcome::Grant(Ok(grant))) => DirectoryResponse::Grant(grant),
+                Ok(Outcome::Grant(Ok(grant))) => DirectoryResponse::Grant(committer.sign(&grant)),
                 Ok(Outcome::Grant(Err(refusal))) => {
                     tracing::info!(requester = %code, %source, reason = %refusal.reason, "grant refused");
                     DirectoryResponse::Refused(refusal)

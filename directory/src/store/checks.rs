@@ -165,10 +165,7 @@ impl Store {
     /// commit that lets durable checks run near the speed of the read path. Answers are
     /// decided on one snapshot; the write transaction only appends.
     pub fn check_batch(&self, reqs: &[CheckRequest], at: Timestamp) -> Result<Vec<CheckAnswer>> {
-        match self
-            .commit_group(&[Job::Checks(reqs.to_vec())], None, at)?
-            .pop()
-        {
+        match self.commit_group(&[Job::Checks(reqs.to_vec())], at)?.pop() {
             Some(Outcome::Checks(answers)) => Ok(answers),
             _ => Err(StoreError::Inconsistent(
                 "checks answered as something else".into(),

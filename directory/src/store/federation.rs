@@ -399,7 +399,8 @@ impl Store {
         now: Time,
     ) -> Result<std::result::Result<Signed<Grant>, Refusal>> {
         let rules = (self.retention_years, self.policy.default);
-        self.write(|t| grant_in(t, requester, query, agency, now, rules))
+        let decided = self.write(|t| grant_in(t, requester, query, now, rules))?;
+        Ok(decided.map(|g| Signed::sign(&g, agency)))
     }
 
     /// Verifies, de-duplicates and logs notifications sent by `from`.
@@ -437,10 +438,9 @@ pub(super) fn grant_in(
     t: &mut Tables<'_>,
     requester: &Membership,
     query: &GrantQuery,
-    agency: &SigningKey,
     now: Time,
     (retention, policy): (u32, crate::access::DefaultPolicy),
-) -> Result<std::result::Result<Signed<Grant>, Refusal>> {
+) -> Result<std::result::Result<Grant, Refusal>> {
     let GrantQuery {
         medical_id,
         source,
@@ -539,7 +539,7 @@ pub(super) fn grant_in(
                 received: None,
             };
             t.grants.insert(id, encode(&record)?.as_slice())?;
-            Ok(Ok(Signed::sign(&grant, agency)))
+            Ok(Ok(grant))
         }
         Err(refusal) => {
             t.audit_append(&LogEntry::GrantRefused {

@@ -5,10 +5,8 @@
 use super::checks::record;
 use super::federation::{append_notifications, grant_in, GrantQuery, Verified};
 use super::{Result, Store};
-use ed25519_dalek::SigningKey;
 use iryo_proto::eligibility::{CheckAnswer, CheckRequest};
 use iryo_proto::federation::{Grant, Membership, Time};
-use iryo_proto::signed::Signed;
 use iryo_proto::wire::Refusal;
 use iryo_proto::InstitutionCode;
 
@@ -24,7 +22,8 @@ pub enum Job {
 pub enum Outcome {
     Check(CheckAnswer),
     Checks(Vec<CheckAnswer>),
-    Grant(std::result::Result<Signed<Grant>, Refusal>),
+    /// Decided and logged; not signed yet, which the caller does outside the writer.
+    Grant(std::result::Result<Grant, Refusal>),
     /// Ids logged now or before.
     Notified(Vec<[u8; 16]>),
 }
@@ -32,12 +31,7 @@ pub enum Outcome {
 impl Store {
     /// Decides `jobs` and commits all their effects at once. Checks are decided on one
     /// read snapshot first, as `check_batch` does.
-    pub fn commit_group(
-        &self,
-        jobs: &[Job],
-        agency: Option<&SigningKey>,
-        at: Time,
-    ) -> Result<Vec<Outcome>> {
+    pub fn commit_group(&self, jobs: &[Job], at: Time) -> Result<Vec<Outcome>> {
         // Every check of every job, decided on one snapshot.
         let mut resolved = {
             let reader = self.reader()?;
@@ -69,10 +63,7 @@ impl Store {
                             .collect::<Result<_>>()?,
                     ),
                     Job::Grant(member, query) => {
-                        let agency = agency.ok_or_else(|| {
-                            super::StoreError::Refused("no agency key to sign grants".into())
-                        })?;
-                        Outcome::Grant(grant_in(t, member, query, agency, at, rules)?)
+                        Outcome::Grant(grant_in(t, member, query, at, rules)?)
                     }
                     Job::Notify(from, valid) => {
                         Outcome::Notified(append_notifications(t, *from, valid)?)
