@@ -15,11 +15,11 @@ use redb::{ReadableDatabase, ReadableTable};
 /// Perfect-subtree hashes read from a node table, in or out of a write.
 struct Nodes<'a, T>(&'a T);
 
-impl<T: ReadableTable<(u32, u64), [u8; 32]>> Subtrees for Nodes<'_, T> {
+impl<T: ReadableTable<(u64, u32), [u8; 32]>> Subtrees for Nodes<'_, T> {
     type Error = StoreError;
     fn perfect(&self, level: u32, index: u64) -> Result<Hash> {
         self.0
-            .get((level, index))?
+            .get(subtree_key(level, index))?
             .map(|g| g.value())
             .ok_or_else(|| {
                 StoreError::Inconsistent(format!("audit node ({level}, {index}) missing"))
@@ -38,7 +38,7 @@ impl Tables<'_> {
         let bytes = entry.canonical();
         let mut hash = merkle::leaf_hash(&bytes);
         self.audit_leaves.insert(index, bytes.as_slice())?;
-        self.audit_nodes.insert((0, index), hash)?;
+        self.audit_nodes.insert(subtree_key(0, index), hash)?;
         // Every time a subtree completes, keep its hash.
         let (mut level, mut i) = (0u32, index);
         while i & 1 == 1 {
@@ -46,7 +46,7 @@ impl Tables<'_> {
             hash = merkle::node_hash(&left, &hash);
             level += 1;
             i >>= 1;
-            self.audit_nodes.insert((level, i), hash)?;
+            self.audit_nodes.insert(subtree_key(level, i), hash)?;
         }
         self.audit_dirty = true;
         Ok(index)
@@ -233,7 +233,9 @@ impl Store {
                 problems.push(format!("entry {i} out of sequence"));
             }
             tree.push(v.value());
-            if nodes.get((0, i))?.map(|g| g.value()) != Some(merkle::leaf_hash(v.value())) {
+            if nodes.get(subtree_key(0, i))?.map(|g| g.value())
+                != Some(merkle::leaf_hash(v.value()))
+            {
                 problems.push(format!("leaf hash of entry {i} does not match its entry"));
             }
             check_heads(&tree, &mut problems);

@@ -139,7 +139,7 @@ impl Store {
     }
 
     fn with_db(db: Database, path: &Path) -> Result<Self> {
-        drop_retired_tables(&db)?;
+        upgrade(&db)?;
         Ok(Self {
             db,
             linkage: folding::open(path)?,
@@ -265,20 +265,41 @@ pub(crate) fn status_name(s: IdStatus) -> String {
 #[cfg(test)]
 mod tests;
 
-/// The per-patient audit index lived in the main database until it moved to the index
-/// file, which rebuilds it from the log; a database from before keeps a stale copy.
-fn drop_retired_tables(db: &Database) -> Result<()> {
-    use redb::TableHandle;
-    const RETIRED: redb::TableDefinition<(u64, u64), ()> =
+/// Brings a database written by an earlier version to the current layout, in one
+/// transaction: the audit log's subtree hashes were keyed (level, index), which spreads
+/// each append over one page per level; and the per-patient audit index lived here
+/// until it moved to the index file, which rebuilds it from the log.
+fn upgrade(db: &Database) -> Result<()> {
+    use redb::{ReadableTable, TableHandle};
+    const OLD_NODES: redb::TableDefinition<(u32, u64), [u8; 32]> =
+        redb::TableDefinition::new("audit_nodes");
+    const OLD_BY_PATIENT: redb::TableDefinition<(u64, u64), ()> =
         redb::TableDefinition::new("audit_by_patient");
-    let stale = db
+    let present: Vec<String> = db
         .begin_read()?
         .list_tables()?
-        .any(|t| t.name() == RETIRED.name());
-    if stale {
-        let tx = db.begin_write()?;
-        tx.delete_table(RETIRED)?;
-        tx.commit()?;
+        .map(|t| t.name().to_string())
+        .collect();
+    let has = |name: &str| present.iter().any(|p| p == name);
+    if !has(OLD_NODES.name()) && !has(OLD_BY_PATIENT.name()) {
+        return Ok(());
     }
+    let tx = db.begin_write()?;
+    if has(OLD_NODES.name()) {
+        let old = tx.open_table(OLD_NODES)?;
+        let mut new = tx.open_table(AUDIT_NODES)?;
+        for item in old.iter()? {
+            let (k, v) = item?;
+            let (level, index) = k.value();
+            new.insert(subtree_key(level, index), v.value())?;
+        }
+        drop(old);
+        tx.delete_table(OLD_NODES)?;
+    }
+    if has(OLD_BY_PATIENT.name()) {
+        tx.delete_table(OLD_BY_PATIENT)?;
+    }
+    tx.commit()?;
+    tracing::info!("database upgraded to the current table layout");
     Ok(())
 }

@@ -50,8 +50,17 @@ pub const NOTIFICATION_IDS: TableDefinition<[u8; 16], u64> =
     TableDefinition::new("notification_ids");
 /// Audit log index → canonical LogEntry.
 pub const AUDIT_LEAVES: TableDefinition<u64, &[u8]> = TableDefinition::new("audit_leaves");
-/// (level, index) → hash of the perfect subtree over leaves [index·2^level, (index+1)·2^level).
-pub const AUDIT_NODES: TableDefinition<(u32, u64), [u8; 32]> = TableDefinition::new("audit_nodes");
+/// (last leaf, level) → hash of the perfect subtree of 2^level leaves ending at that leaf
+/// (`subtree_key`). Keyed by where a subtree ends, every hash an append completes sorts
+/// after all before it, so appends only touch the table's last page.
+pub const AUDIT_NODES: TableDefinition<(u64, u32), [u8; 32]> =
+    TableDefinition::new("audit_subtrees");
+
+/// The key of the perfect subtree `index` at `level`, which covers leaves
+/// [index·2^level, (index+1)·2^level).
+pub fn subtree_key(level: u32, index: u64) -> (u64, u32) {
+    (((index + 1) << level) - 1, level)
+}
 /// Tree size → Signed<TreeHead>.
 pub const AUDIT_HEADS: TableDefinition<u64, &[u8]> = TableDefinition::new("audit_heads");
 /// pid → portal Account: the activation code's hash and the passphrase's argon2id hash.
@@ -96,7 +105,7 @@ pub struct Tables<'t> {
     pub grants: Table<'t, [u8; 16], &'static [u8]>,
     pub notification_ids: Table<'t, [u8; 16], u64>,
     pub audit_leaves: Table<'t, u64, &'static [u8]>,
-    pub audit_nodes: Table<'t, (u32, u64), [u8; 32]>,
+    pub audit_nodes: Table<'t, (u64, u32), [u8; 32]>,
     pub audit_heads: Table<'t, u64, &'static [u8]>,
     pub portal_accounts: Table<'t, u64, &'static [u8]>,
     /// Set when an entry was appended, so the transaction ends with a signed tree head.

@@ -347,3 +347,43 @@ fn activation_codes_work_once_and_expire() {
     assert!(s.activate(2, &codes[1], "phc", 1_000).is_err());
     assert!(s.account(3).unwrap().is_none());
 }
+
+#[test]
+fn a_database_with_the_earlier_audit_layout_is_upgraded_on_open() {
+    use redb::{ReadableTable, TableDefinition};
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(&dir);
+    for i in 0..13 {
+        s.log_operator("op", format!("action {i}")).unwrap();
+    }
+    let agency = ed25519_dalek::SigningKey::from_bytes(&[9; 32]).verifying_key();
+    let before = s.audit_verify(&agency).unwrap();
+    assert!(before.problems.is_empty(), "{:?}", before.problems);
+    // Rewrite the subtree hashes as the earlier version kept them: keyed (level, index).
+    let old: TableDefinition<(u32, u64), [u8; 32]> = TableDefinition::new("audit_nodes");
+    let tx = s.db.begin_write().unwrap();
+    {
+        let mut hashes = Vec::new();
+        for item in tx.open_table(AUDIT_NODES).unwrap().iter().unwrap() {
+            let (k, v) = item.unwrap();
+            let (end, level) = k.value();
+            hashes.push(((level, ((end + 1) >> level) - 1), v.value()));
+        }
+        let mut t = tx.open_table(old).unwrap();
+        for (k, v) in hashes {
+            t.insert(k, v).unwrap();
+        }
+    }
+    tx.delete_table(AUDIT_NODES).unwrap();
+    tx.commit().unwrap();
+    drop(s);
+    let s = Store::open(&dir.path().join("d.redb"), 16).unwrap();
+    assert_eq!(s.audit_verify(&agency).unwrap(), before);
+    let tables: Vec<String> = redb::ReadableDatabase::begin_read(&s.db)
+        .unwrap()
+        .list_tables()
+        .unwrap()
+        .map(|t| redb::TableHandle::name(&t).to_string())
+        .collect();
+    assert!(!tables.iter().any(|t| t == "audit_nodes"), "{tables:?}");
+}
