@@ -137,18 +137,10 @@ async fn run(args: Args) -> Result<()> {
     let (requester, _) = fed.add_node("requester", req_code, "requester").await?;
     consent(&fed, patient, req_code)?;
     if args.runs(Phase::Fetch) {
-        for _ in 0..20 {
-            iryo_node::exchange::fetch(
-                &requester.node,
-                patient,
-                source_code,
-                Purpose::Treatment,
-                None,
-            )
-            .await?;
-        }
+        // The first fetches open the sessions and fill the caches; they are not counted.
+        const WARM_UP: usize = 20;
         let mut lat = Vec::with_capacity(args.fetches);
-        for _ in 0..args.fetches {
+        for i in 0..WARM_UP + args.fetches {
             let t = Instant::now();
             iryo_node::exchange::fetch(
                 &requester.node,
@@ -158,7 +150,9 @@ async fn run(args: Args) -> Result<()> {
                 None,
             )
             .await?;
-            lat.push(t.elapsed());
+            if i >= WARM_UP {
+                lat.push(t.elapsed());
+            }
         }
         lat.sort();
         println!(
