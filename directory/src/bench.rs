@@ -52,6 +52,25 @@ pub fn peak_rss_mib() -> Option<f64> {
 }
 
 /// The `p` quantile of sorted durations.
+/// What the benchmarks send: a check by card at `institution` on `date`, for each
+/// person's latest coverage.
+pub fn card_checks(
+    people: &[crate::registry::Person],
+    institution: InstitutionCode,
+    date: chrono::NaiveDate,
+) -> Vec<CheckRequest> {
+    people
+        .iter()
+        .filter_map(|p| p.coverages.last())
+        .map(|c| CheckRequest {
+            institution,
+            key: CheckKey::for_card(&c.card, None),
+            date,
+            visit_consent: false,
+        })
+        .collect()
+}
+
 pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -156,16 +175,7 @@ fn measure(args: &BenchArgs, dir: &std::path::Path) -> Result<()> {
     let clinic = InstitutionCode::from_parts(13, PointTableKind::Medical, 1)?;
     let reader = store.reader()?;
     let people = reader.first_persons(100_000)?;
-    let reqs: Vec<CheckRequest> = people
-        .iter()
-        .filter_map(|p| p.coverages.last())
-        .map(|c| CheckRequest {
-            institution: clinic,
-            key: CheckKey::for_card(&c.card, None),
-            date: crate::registry::today(),
-            visit_consent: false,
-        })
-        .collect();
+    let reqs = card_checks(&people, clinic, crate::registry::today());
     drop(people);
     anyhow::ensure!(!reqs.is_empty(), "no persons to check");
 

@@ -10,7 +10,7 @@ use iryo_directory::registry::now;
 use iryo_directory::service::GroupCommitter;
 use iryo_directory::store::{verify_notifications, Job, Outcome};
 use iryo_node::exchange::notification;
-use iryo_proto::eligibility::{CheckKey, CheckRequest};
+use iryo_proto::eligibility::CheckRequest;
 use iryo_proto::federation::{Grant, Purpose, Side};
 use iryo_proto::{InstitutionCode, PointTableKind};
 use iryo_tests::local::LocalFederation;
@@ -290,16 +290,11 @@ async fn run(args: Args) -> Result<()> {
     }
     if args.runs(Phase::Eligibility) {
         // 4. Eligibility checks over the network, each durable before its answer.
-        let checks: Vec<CheckRequest> = people
-            .iter()
-            .filter_map(|p| p.coverages.last())
-            .map(|c| CheckRequest {
-                institution: req_code,
-                key: CheckKey::for_card(&c.card, None),
-                date: chrono::Local::now().date_naive(),
-                visit_consent: false,
-            })
-            .collect();
+        let checks = iryo_directory::bench::card_checks(
+            &people,
+            req_code,
+            chrono::Local::now().date_naive(),
+        );
         let checks = Arc::new(checks);
         let deadline = Instant::now() + Duration::from_secs(args.seconds);
         let started = Instant::now();
