@@ -200,7 +200,8 @@ fn measure(args: &BenchArgs, dir: &std::path::Path) -> Result<()> {
     drop(reader);
 
     let store = std::sync::Arc::new(store);
-    let folder = crate::store::start_folder(store.clone(), Duration::from_millis(200));
+    let folder = crate::store::start_folder(store.clone(), Duration::from_millis(200))
+        .context("starting the folder")?;
     println!("\n[checks, durable: service use committed before the answer]");
     for batch in [1usize, 100, 1000, 5000] {
         let n = if batch == 1 {

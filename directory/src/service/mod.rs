@@ -88,7 +88,10 @@ pub async fn start(
         .map_err(|e| ServiceError::Transport(e.to_string()))?;
     let (stop, stopped) = oneshot::channel();
     let committer = GroupCommitter::start(store.clone(), agency, max_group);
-    crate::store::start_folder(store.clone(), Duration::from_millis(500));
+    if let Err(e) = crate::store::start_folder(store.clone(), Duration::from_millis(500)) {
+        // Readers still find everything in the logs; only slower.
+        tracing::error!(error = %e, "cannot start the folder thread");
+    }
     let done = tokio::spawn(serve(swarm, sessions, store, committer, stopped));
     Ok(Running {
         peer_id,
