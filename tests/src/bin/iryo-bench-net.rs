@@ -369,7 +369,11 @@ async fn run(args: Args) -> Result<()> {
             pct(&late, 0.99)
         );
     }
-    println!("\naudit log: {} entries", fed.store.audit_size()?);
+    println!(
+        "\naudit log: {} entries; service use not yet folded into the per-person index: {}",
+        fed.store.audit_size()?,
+        fed.store.unfolded_linkage()?
+    );
     for n in nodes {
         n.stop();
     }
