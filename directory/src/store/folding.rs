@@ -9,9 +9,9 @@
 //! The index is kept as sorted runs, as a log-structured merge tree keeps them: a fold
 //! writes its entries, sorted by person, as one new run at the end of the index table,
 //! and runs of about the same size are merged into one, again at the end. Inserting a
-//! fold's entries among all earlier ones instead touched one random page per entry: at
-//! 20,000 checks/s a fold of the service-use log then took 70 ms of CPU and a 12 MB
-//! `fdatasync` every second, and the checks answered meanwhile waited on the disk
+//! fold's entries among all earlier ones instead touched one random page per entry, so
+//! at 20,000 checks/s every fold of the service-use log rewrote nearly the whole index
+//! and waited for it in one `fdatasync`, and the checks answered meanwhile waited too
 //! (`iryo-bench-net`: p99 12–13 ms with folding, 6–7 ms without). Appended runs cost a
 //! few hundred sequential pages a fold, and each entry is rewritten once a level.
 //!
