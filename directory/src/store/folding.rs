@@ -497,4 +497,37 @@ mod tests {
             .unwrap()
             .all(|t| t.name() != SERVICE_USE.before_runs));
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+
+        /// Whatever the folds' sizes and however the runs merged, each person's history
+        /// reads as the log has it.
+        #[test]
+        fn any_folds_and_merges_keep_every_history(
+            people in proptest::collection::vec(0u64..5, 1..60),
+            chunks in proptest::collection::vec(1usize..9, 1..30),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let s = Store::create(&dir.path().join("d.redb"), 16, Method::Fpe).unwrap();
+            s.write(|t| {
+                for (i, p) in people.iter().enumerate() {
+                    append(t, *p, &use_on(1 + (i % 28) as u32))?;
+                }
+                Ok(())
+            })
+            .unwrap();
+            let history = |s: &Store| -> Vec<Vec<ServiceUse>> {
+                let r = s.reader().unwrap();
+                (0..5).map(|p| r.service_uses(p).unwrap()).collect()
+            };
+            let expected = history(&s);
+            for chunk in &chunks {
+                s.fold(&SERVICE_USE, *chunk).unwrap();
+                s.compact(&SERVICE_USE).unwrap();
+                proptest::prop_assert_eq!(&history(&s), &expected);
+                proptest::prop_assert!(run_count(&s) < FANOUT);
+            }
+        }
+    }
 }
