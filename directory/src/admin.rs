@@ -210,6 +210,7 @@ pub fn execute(
 }
 
 fn latest(store: &Store) -> Result<(Signed<TreeHead>, u64), crate::store::StoreError> {
+    store.sign_pending_head()?;
     let head = store
         .latest_head()?
         .ok_or_else(|| crate::store::StoreError::Refused("the audit log is empty".into()))?;

@@ -109,6 +109,7 @@ async fn serve(
     mut stopped: oneshot::Receiver<()>,
 ) {
     let mut answering = tokio::task::JoinSet::new();
+    let heads = tokio::spawn(sign_heads(store.clone()));
     loop {
         tokio::select! {
             _ = &mut stopped => break,
@@ -140,7 +141,24 @@ async fn serve(
     }
     // Sessions end with the swarm; their answers already in the group commit finish.
     answering.abort_all();
+    heads.abort();
     tracing::info!("directory service stopped");
+}
+
+/// Commits sign a tree head at most once a second (`Store::write`); this covers the
+/// entries a burst appended in its last second once the burst is over.
+async fn sign_heads(store: Arc<Store>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tick.tick().await;
+        let store = store.clone();
+        match tokio::task::spawn_blocking(move || store.sign_pending_head()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "signing the audit log's head failed"),
+            Err(e) => tracing::error!(error = %e, "signing the audit log's head failed"),
+        }
+    }
 }
 
 /// Verifies a node's notifications off the async threads and outside the writer, then

@@ -113,6 +113,39 @@ impl Store {
         merkle::consistency_proof(&Nodes(&tx.open_table(AUDIT_NODES)?), old, new)
     }
 
+    /// Signs a head for the whole log if the latest one does not cover it. Returns
+    /// whether it signed one.
+    pub fn sign_pending_head(&self) -> Result<bool> {
+        if !self.head_pending()? {
+            return Ok(false);
+        }
+        let tx = self.db.begin_write()?;
+        {
+            let mut t = Tables::open(&tx)?;
+            // Checked again under the write lock: a commit may have signed meanwhile.
+            let covered = t.audit_heads.last()?.map(|(k, _)| k.value());
+            if covered == Some(t.audit_size()?) {
+                return Ok(false);
+            }
+            t.sign_head(self.signer()?, crate::registry::now())?;
+        }
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// Whether the log has entries that no signed head covers yet.
+    pub fn head_pending(&self) -> Result<bool> {
+        Ok(self.audit_size()? > self.latest_head_size()?)
+    }
+
+    /// How many entries the most recent signed head covers.
+    fn latest_head_size(&self) -> Result<u64> {
+        let tx = self.db.begin_read()?;
+        let heads = tx.open_table(AUDIT_HEADS)?;
+        let last = heads.last()?;
+        Ok(last.map_or(0, |(k, _)| k.value()))
+    }
+
     /// The most recent signed tree head.
     pub fn latest_head(&self) -> Result<Option<Signed<TreeHead>>> {
         let tx = self.db.begin_read()?;
@@ -176,6 +209,10 @@ impl Store {
     /// signature, then the inclusion proof against its root. The size of that head when
     /// both hold.
     pub fn prove_entry(&self, index: u64, agency: &VerifyingKey) -> Result<Option<u64>> {
+        if index >= self.latest_head_size()? {
+            // Entries of the last second wait for the next head; this asks for it now.
+            self.sign_pending_head()?;
+        }
         let Some(head) = self.latest_head()? else {
             return Ok(None);
         };

@@ -253,6 +253,7 @@ mod federation {
         let report = s.audit_verify(&agency.verifying_key()).unwrap();
         assert!(report.problems.is_empty(), "{:?}", report.problems);
         let size = s.audit_size().unwrap();
+        s.sign_pending_head().unwrap();
         let head = s
             .latest_head()
             .unwrap()
@@ -386,4 +387,39 @@ fn a_database_with_the_earlier_audit_layout_is_upgraded_on_open() {
         .map(|t| redb::TableHandle::name(&t).to_string())
         .collect();
     assert!(!tables.iter().any(|t| t == "audit_nodes"), "{tables:?}");
+}
+
+#[test]
+fn heads_come_once_a_second_and_on_demand() {
+    use crate::registry::eligibility::{CheckKey, CheckRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(&dir);
+    let req = CheckRequest {
+        institution: iryo_proto::InstitutionCode::parse("0110113719").unwrap(),
+        key: CheckKey::MedicalId(MedicalId::from_body(12_345)),
+        date: chrono::NaiveDate::from_ymd_opt(2025, 1, 1).unwrap(),
+        visit_consent: false,
+    };
+    let started = std::time::Instant::now();
+    for _ in 0..40 {
+        s.check(&req, 0).unwrap();
+    }
+    let seconds = started.elapsed().as_secs() as usize;
+    assert_eq!(s.audit_size().unwrap(), 40);
+    let heads = || {
+        use redb::ReadableTableMetadata;
+        let tx = s.db.begin_read().unwrap();
+        let n = tx.open_table(AUDIT_HEADS).unwrap().len().unwrap();
+        n as usize
+    };
+    // The first commit signs; later ones only in a later second.
+    assert!((1..=seconds + 1).contains(&heads()), "{} heads", heads());
+    // Someone who needs the whole log covered gets a head for it at once.
+    let last = 39;
+    let agency = ed25519_dalek::SigningKey::from_bytes(&[9; 32]).verifying_key();
+    assert_eq!(s.prove_entry(last, &agency).unwrap(), Some(40));
+    assert!(!s.head_pending().unwrap());
+    assert!(!s.sign_pending_head().unwrap(), "nothing left to sign");
+    let report = s.audit_verify(&agency).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
 }
