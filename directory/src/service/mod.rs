@@ -142,6 +142,10 @@ async fn serve(
     // Sessions end with the swarm; their answers already in the group commit finish.
     answering.abort_all();
     heads.abort();
+    // The last second's entries get their head before the service is gone.
+    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || store.sign_pending_head()).await {
+        tracing::error!(error = %e, "signing the audit log's last head failed");
+    }
     tracing::info!("directory service stopped");
 }
 

@@ -1,6 +1,7 @@
 //! The audit log in redb: append-only leaves, the hashes of every completed perfect
-//! subtree (so roots and proofs need O(log n) reads), and a head signed by the agency
-//! at the end of every transaction that appended.
+//! subtree (so roots and proofs need O(log n) reads), and heads signed by the agency:
+//! at most one a second by the transactions that append, and one at once for whoever
+//! needs the whole log covered (`sign_pending_head`).
 
 use super::tables::*;
 use super::{decode, encode, Result, Store, StoreError};
