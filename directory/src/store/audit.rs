@@ -121,6 +121,7 @@ impl Store {
             return Ok(false);
         }
         let tx = self.db.begin_write()?;
+        let at = crate::registry::now();
         {
             let mut t = Tables::open(&tx)?;
             // Checked again under the write lock: a commit may have signed meanwhile.
@@ -128,9 +129,11 @@ impl Store {
             if covered == Some(t.audit_size()?) {
                 return Ok(false);
             }
-            t.sign_head(self.signer()?, crate::registry::now())?;
+            t.sign_head(self.signer()?, at)?;
         }
         tx.commit()?;
+        self.head_signed_at
+            .fetch_max(at, std::sync::atomic::Ordering::Relaxed);
         Ok(true)
     }
 
