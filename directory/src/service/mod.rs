@@ -143,9 +143,7 @@ async fn serve(
     answering.abort_all();
     heads.abort();
     // The last second's entries get their head before the service is gone.
-    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || store.sign_pending_head()).await {
-        tracing::error!(error = %e, "signing the audit log's last head failed");
-    }
+    sign_pending_head(store).await;
     tracing::info!("directory service stopped");
 }
 
@@ -156,13 +154,18 @@ async fn sign_heads(store: Arc<Store>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         tick.tick().await;
-        let store = store.clone();
-        match tokio::task::spawn_blocking(move || store.sign_pending_head()).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "signing the audit log's head failed"),
-            Err(e) => tracing::error!(error = %e, "signing the audit log's head failed"),
-        }
+        sign_pending_head(store.clone()).await;
     }
+}
+
+async fn sign_pending_head(store: Arc<Store>) {
+    let signed = tokio::task::spawn_blocking(move || store.sign_pending_head()).await;
+    let failed = match signed {
+        Ok(Ok(_)) => return,
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => e.to_string(),
+    };
+    tracing::error!(error = %failed, "signing the audit log's head failed");
 }
 
 /// Verifies a node's notifications off the async threads and outside the writer, then
