@@ -79,6 +79,74 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
+/// What durable commits cost on this disk before any database is involved: `count`
+/// appends of 8 KiB, each followed by `fdatasync`, on a file in `dir`. Every answer that
+/// waits for a commit waits at least this long, and the disk's stalls (a few a second
+/// on the machine of BENCHMARKS.md, some over 5 ms) reach every commit waiting at the
+/// time; this puts figures on both.
+pub struct DiskFloor {
+    pub syncs_per_s: f64,
+    pub p50: Duration,
+    pub p99: Duration,
+    pub p999: Duration,
+    pub max: Duration,
+    /// Syncs slower than 2.5 ms and 5 ms, per 10 s of syncing.
+    pub over_2_5ms_per_10s: f64,
+    pub over_5ms_per_10s: f64,
+}
+
+pub fn disk_floor(dir: &std::path::Path, count: usize) -> Result<DiskFloor> {
+    use std::os::unix::fs::FileExt;
+    let path = dir.join("disk-floor.tmp");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    let page = [0x5au8; 8192];
+    let mut lat = Vec::with_capacity(count);
+    let t = Instant::now();
+    for i in 0..count {
+        let s = Instant::now();
+        file.write_all_at(&page, (i * page.len()) as u64)?;
+        file.sync_data()?;
+        lat.push(s.elapsed());
+    }
+    let secs = t.elapsed().as_secs_f64();
+    drop(file);
+    let _ = std::fs::remove_file(&path);
+    lat.sort();
+    let per_10s = |limit: Duration| lat.iter().filter(|d| **d > limit).count() as f64 * 10.0 / secs;
+    Ok(DiskFloor {
+        syncs_per_s: count as f64 / secs,
+        p50: percentile(&lat, 0.5),
+        p99: percentile(&lat, 0.99),
+        p999: percentile(&lat, 0.999),
+        max: lat.last().copied().unwrap_or_default(),
+        over_2_5ms_per_10s: per_10s(Duration::from_micros(2500)),
+        over_5ms_per_10s: per_10s(Duration::from_millis(5)),
+    })
+}
+
+impl std::fmt::Display for DiskFloor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        write!(
+            f,
+            "{:.0} syncs/s; p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms; per 10 s, {:.0} over 2.5 ms and {:.0} over 5 ms",
+            self.syncs_per_s,
+            ms(self.p50),
+            ms(self.p99),
+            ms(self.p999),
+            ms(self.max),
+            self.over_2_5ms_per_10s,
+            self.over_5ms_per_10s
+        )
+    }
+}
+
 pub fn run(args: &BenchArgs) -> Result<()> {
     let dir = args
         .dir
@@ -116,6 +184,12 @@ fn measure(args: &BenchArgs, dir: &std::path::Path) -> Result<()> {
                     .to_string())
             )
             .unwrap_or_default()
+    );
+
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    println!(
+        "\n[disk] 8 KiB appends, each made durable (fdatasync) before the next: {}",
+        disk_floor(dir, 20_000)?
     );
 
     let t = Instant::now();
@@ -252,5 +326,21 @@ impl BenchArgs {
             BenchMethod::Fpe => "FF1",
             BenchMethod::Random => "random",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_floor_orders_its_quantiles_and_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = disk_floor(dir.path(), 40).unwrap();
+        assert!(f.syncs_per_s > 0.0);
+        assert!(f.p50 <= f.p99 && f.p99 <= f.p999 && f.p999 <= f.max);
+        assert!(f.over_5ms_per_10s <= f.over_2_5ms_per_10s);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        assert!(f.to_string().contains("syncs/s"), "{f}");
     }
 }

@@ -331,6 +331,12 @@ async fn run(args: Args) -> Result<()> {
             clients.len(),
             checks_summary(&mut lat, started.elapsed())
         );
+        // What every durable answer waits for at least, and how often the disk stalls
+        // it, measured just before on the same disk.
+        println!(
+            "[disk, for comparison] 8 KiB appends, each made durable before the next: {}",
+            iryo_directory::bench::disk_floor(tmp.path(), 20_000)?
+        );
         // 5. The same checks arriving at a steady pace, as reception desks send them: the
         // latency at the target rate. A thread of its own paces them (Tokio's timer is
         // only good to a millisecond), and each check's latency counts from the moment it
