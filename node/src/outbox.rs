@@ -12,8 +12,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// its exchanges queue meanwhile together: one request, one verification batch, one
 /// group-commit job and one acknowledgement for many, rather than for a few. The log
 /// learns of an exchange this much later, which nothing waits for. With `iryo-bench-net`
-/// (16 requesters fetching from one source), 100 ms rather than 20 ms gave 1,950–2,237
-/// fetches/s against 1,858–2,015, in six alternating pairs.
+/// (16 requesters fetching from one source), 100 ms rather than 20 ms gave more fetches
+/// a second in eight of nine alternating pairs, 1,950–2,237 against 1,858–2,015 in the
+/// machine's fast state (BENCHMARKS.md, sixth session).
 const GATHER: Duration = Duration::from_millis(100);
 
 pub async fn deliver(node: Arc<Node>, interval: Duration) {
