@@ -69,16 +69,19 @@ fn pct(sorted: &[Duration], p: f64) -> f64 {
     iryo_directory::bench::percentile(sorted, p).as_secs_f64() * 1e3
 }
 
-/// "N checks in S s: R checks/s, p50 …, p99 …", from the answered checks' latencies.
+/// "N checks in S s: R checks/s, p50 …, p99 … (p90 …, p99.9 …)", from the answered
+/// checks' latencies; p90 tells a wide distribution from a few stalls.
 fn checks_summary(lat: &mut [Duration], took: Duration) -> String {
     lat.sort();
     let secs = took.as_secs_f64();
     format!(
-        "{} checks in {secs:.1} s: {:.0} checks/s, p50 {:.2} ms, p99 {:.2} ms",
+        "{} checks in {secs:.1} s: {:.0} checks/s, p50 {:.2} ms, p99 {:.2} ms (p90 {:.2} ms, p99.9 {:.2} ms)",
         lat.len(),
         lat.len() as f64 / secs,
         pct(lat, 0.5),
-        pct(lat, 0.99)
+        pct(lat, 0.99),
+        pct(lat, 0.90),
+        pct(lat, 0.999)
     )
 }
 
