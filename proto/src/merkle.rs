@@ -33,6 +33,21 @@ pub trait Subtrees {
     fn perfect(&self, level: u32, index: u64) -> Result<Hash, Self::Error>;
 }
 
+/// The hash of a perfect subtree from its leaf hashes, whose count is a power of two.
+pub fn perfect_hash(mut level: Vec<Hash>) -> Hash {
+    while level.len() > 1 {
+        level = level
+            .chunks(2)
+            .map(|pair| match pair {
+                [l, r] => node_hash(l, r),
+                // Only with a count that is not a power of two: carried up unpaired.
+                _ => pair[0],
+            })
+            .collect();
+    }
+    level.first().copied().unwrap_or_else(empty_root)
+}
+
 /// The largest power of two strictly below `n` (n ≥ 2).
 fn split(n: u64) -> u64 {
     1 << (63 - (n - 1).leading_zeros())
@@ -358,6 +373,17 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn perfect_hash_is_the_tree_s_subtree(level in 0u32..6, index in 0u64..5) {
+            let mut t = MemoryTree::default();
+            for i in 0..(index + 1) << level {
+                t.push(&i.to_be_bytes());
+            }
+            let first = index << level;
+            let leaves = (first..first + (1 << level)).map(|i| leaf_hash(&i.to_be_bytes())).collect();
+            prop_assert_eq!(perfect_hash(leaves), t.perfect(level, index).unwrap());
+        }
+
         #[test]
         fn every_proof_verifies_and_a_wrong_one_does_not(size in 1u64..70, a in 0u64..70, b in 0u64..70) {
             let mut t = MemoryTree::default();

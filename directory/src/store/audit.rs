@@ -13,22 +13,72 @@ use iryo_proto::signed::Signed;
 use iryo_proto::MedicalId;
 use redb::{ReadableDatabase, ReadableTable};
 
-/// Perfect-subtree hashes read from a node table, in or out of a write.
-struct Nodes<'a, T>(&'a T);
+/// Subtrees of at least 2^STORED_FROM leaves are stored; smaller ones are rehashed from
+/// their leaves (at most 8 reads) when a root or a proof needs them. Storing every level
+/// cost each append two more B-tree inserts, a third of what recording a check costs the
+/// group commit, for hashes only proofs and heads ever read.
+pub(super) const STORED_FROM: u32 = 4;
 
-impl<T: ReadableTable<(u64, u32), [u8; 32]>> Subtrees for Nodes<'_, T> {
+/// Where a subtree ends, and its level (`subtree_key`).
+type SubtreeKey = (u64, u32);
+/// A leaf: a log entry's canonical bytes.
+type Entry = &'static [u8];
+
+/// Perfect-subtree hashes read from the log's tables, in or out of a write.
+struct Nodes<'a, L, N> {
+    leaves: &'a L,
+    nodes: &'a N,
+}
+
+impl<L, N> Subtrees for Nodes<'_, L, N>
+where
+    L: ReadableTable<u64, &'static [u8]>,
+    N: ReadableTable<(u64, u32), [u8; 32]>,
+{
     type Error = StoreError;
     fn perfect(&self, level: u32, index: u64) -> Result<Hash> {
-        self.0
+        if level < STORED_FROM {
+            return self.rehash(level, index);
+        }
+        self.nodes
             .get(subtree_key(level, index))?
             .map(|g| g.value())
-            .ok_or_else(|| {
-                StoreError::Inconsistent(format!("audit node ({level}, {index}) missing"))
-            })
+            .ok_or_else(|| missing(level, index))
     }
 }
 
-impl Tables<'_> {
+impl<L, N> Nodes<'_, L, N>
+where
+    L: ReadableTable<u64, &'static [u8]>,
+{
+    /// A perfect subtree's hash from its leaves.
+    fn rehash(&self, level: u32, index: u64) -> Result<Hash> {
+        let (first, count) = (index << level, 1u64 << level);
+        let mut hashes = Vec::with_capacity(count as usize);
+        for item in self.leaves.range(first..first + count)? {
+            hashes.push(merkle::leaf_hash(item?.1.value()));
+        }
+        if hashes.len() as u64 != count {
+            return Err(missing(level, index));
+        }
+        Ok(merkle::perfect_hash(hashes))
+    }
+}
+
+fn missing(level: u32, index: u64) -> StoreError {
+    StoreError::Inconsistent(format!("audit subtree ({level}, {index}) missing"))
+}
+
+impl<'t> Tables<'t> {
+    fn subtrees(
+        &self,
+    ) -> Result<Nodes<'_, redb::Table<'t, u64, Entry>, redb::Table<'t, SubtreeKey, Hash>>> {
+        Ok(Nodes {
+            leaves: self.audit_leaves.open()?,
+            nodes: self.audit_nodes.open()?,
+        })
+    }
+
     pub fn audit_size(&self) -> Result<u64> {
         Ok(self.peek(AUDIT_NEXT)? - 1)
     }
@@ -36,18 +86,26 @@ impl Tables<'_> {
     /// Appends an entry and returns its index.
     pub fn audit_append(&mut self, entry: &LogEntry) -> Result<u64> {
         let index = self.next(AUDIT_NEXT)? - 1;
-        let bytes = entry.canonical();
-        let mut hash = merkle::leaf_hash(&bytes);
-        self.audit_leaves.insert(index, bytes.as_slice())?;
-        self.audit_nodes.insert(subtree_key(0, index), hash)?;
-        // Every time a subtree completes, keep its hash.
-        let (mut level, mut i) = (0u32, index);
-        while i & 1 == 1 {
-            let left = Nodes(&self.audit_nodes).perfect(level, i - 1)?;
-            hash = merkle::node_hash(&left, &hash);
-            level += 1;
-            i >>= 1;
-            self.audit_nodes.insert(subtree_key(level, i), hash)?;
+        self.audit_leaves
+            .open_mut()?
+            .insert(index, entry.canonical().as_slice())?;
+        // When this leaf completes a stored subtree, keep its hash and those of the
+        // larger subtrees it completes in turn.
+        if (index + 1).is_multiple_of(1 << STORED_FROM) {
+            let (mut level, mut i) = (STORED_FROM, index >> STORED_FROM);
+            let mut hash = self.subtrees()?.rehash(level, i)?;
+            self.audit_nodes
+                .open_mut()?
+                .insert(subtree_key(level, i), hash)?;
+            while i & 1 == 1 {
+                let left = self.subtrees()?.perfect(level, i - 1)?;
+                hash = merkle::node_hash(&left, &hash);
+                level += 1;
+                i >>= 1;
+                self.audit_nodes
+                    .open_mut()?
+                    .insert(subtree_key(level, i), hash)?;
+            }
         }
         self.audit_dirty = true;
         Ok(index)
@@ -56,9 +114,11 @@ impl Tables<'_> {
     /// Signs and stores the head of the log as it stands.
     pub fn sign_head(&mut self, key: &SigningKey, at: Time) -> Result<Signed<TreeHead>> {
         let size = self.audit_size()?;
-        let root = merkle::root(&Nodes(&self.audit_nodes), size)?;
+        let root = merkle::root(&self.subtrees()?, size)?;
         let head = Signed::sign(&TreeHead { size, root, at }, key);
-        self.audit_heads.insert(size, encode(&head)?.as_slice())?;
+        self.audit_heads
+            .open_mut()?
+            .insert(size, encode(&head)?.as_slice())?;
         self.audit_dirty = false;
         Ok(head)
     }
@@ -90,8 +150,7 @@ impl Store {
     }
 
     pub fn audit_root(&self, size: u64) -> Result<Hash> {
-        let tx = self.db.begin_read()?;
-        merkle::root(&Nodes(&tx.open_table(AUDIT_NODES)?), size)
+        self.read_subtrees(|s| merkle::root(s, size))
     }
 
     pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>> {
@@ -100,8 +159,7 @@ impl Store {
                 "no entry {index} in a log of {size}"
             )));
         }
-        let tx = self.db.begin_read()?;
-        merkle::inclusion_proof(&Nodes(&tx.open_table(AUDIT_NODES)?), index, size)
+        self.read_subtrees(|s| merkle::inclusion_proof(s, index, size))
     }
 
     pub fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Hash>> {
@@ -110,8 +168,24 @@ impl Store {
                 "no consistency from {old} to {new}"
             )));
         }
+        self.read_subtrees(|s| merkle::consistency_proof(s, old, new))
+    }
+
+    fn read_subtrees<T>(
+        &self,
+        f: impl FnOnce(
+            &Nodes<
+                '_,
+                redb::ReadOnlyTable<u64, &'static [u8]>,
+                redb::ReadOnlyTable<(u64, u32), [u8; 32]>,
+            >,
+        ) -> Result<T>,
+    ) -> Result<T> {
         let tx = self.db.begin_read()?;
-        merkle::consistency_proof(&Nodes(&tx.open_table(AUDIT_NODES)?), old, new)
+        f(&Nodes {
+            leaves: &tx.open_table(AUDIT_LEAVES)?,
+            nodes: &tx.open_table(AUDIT_NODES)?,
+        })
     }
 
     /// Signs a head for the whole log if the latest one does not cover it. Returns
@@ -125,7 +199,7 @@ impl Store {
         {
             let mut t = Tables::open(&tx)?;
             // Checked again under the write lock: a commit may have signed meanwhile.
-            let covered = t.audit_heads.last()?.map(|(k, _)| k.value());
+            let covered = t.audit_heads.open()?.last()?.map(|(k, _)| k.value());
             if covered == Some(t.audit_size()?) {
                 return Ok(false);
             }
@@ -274,21 +348,27 @@ impl Store {
                 problems.push(format!("entry {i} out of sequence"));
             }
             tree.push(v.value());
-            if nodes.get(subtree_key(0, i))?.map(|g| g.value())
-                != Some(merkle::leaf_hash(v.value()))
-            {
-                problems.push(format!("leaf hash of entry {i} does not match its entry"));
-            }
             check_heads(&tree, &mut problems);
         }
         if pending.next().is_some() {
             problems.push("a signed tree head is larger than the log".into());
         }
         let size = tree.size();
-        let root = merkle::root(&tree, size).unwrap_or_else(|e| match e {});
-        if size > 0 && merkle::root(&Nodes(&nodes), size)? != root {
-            problems.push("stored subtree hashes do not give the recomputed root".into());
+        for item in nodes.iter()? {
+            let (k, v) = item?;
+            let (last, level) = k.value();
+            // A key no append would write (beyond the log, or not where a subtree
+            // ends) is a problem of its own, not a reason to look past the tree.
+            let complete = level < 64 && last < size && (last + 1).is_multiple_of(1 << level);
+            let recomputed = complete.then(|| tree.perfect(level, ((last + 1) >> level) - 1));
+            if recomputed.map(|r| r.unwrap_or_else(|e| match e {})) != Some(v.value()) {
+                problems.push(format!(
+                    "stored hash of the {}-leaf subtree ending at entry {last} does not match the entries",
+                    1u64 << level
+                ));
+            }
         }
+        let root = merkle::root(&tree, size).unwrap_or_else(|e| match e {});
         Ok(AuditReport {
             entries: size,
             heads: heads_checked,

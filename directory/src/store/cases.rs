@@ -95,7 +95,7 @@ impl Store {
         at: Timestamp,
     ) -> Result<Conflict> {
         self.write(|t| {
-            let mut c: Conflict = match t.conflicts.get(id)? {
+            let mut c: Conflict = match t.conflicts.open()?.get(id)? {
                 Some(v) => decode(v.value())?,
                 None => {
                     return Err(StoreError::NoSuchCase {
@@ -118,7 +118,7 @@ impl Store {
             if action == ConflictAction::Apply {
                 apply_correction(t, &c, reason, issuer, at)?;
             }
-            t.conflicts.insert(id, encode(&c)?.as_slice())?;
+            t.conflicts.open_mut()?.insert(id, encode(&c)?.as_slice())?;
             t.audit_append(&LogEntry::Operator {
                 operator: by.into(),
                 action: format!("conflict {id} resolved ({name}): {}", reason.trim()),
@@ -137,7 +137,7 @@ impl Store {
         at: Timestamp,
     ) -> Result<Mismatch> {
         self.write(|t| {
-            let mut m: Mismatch = match t.mismatches.get(id)? {
+            let mut m: Mismatch = match t.mismatches.open()?.get(id)? {
                 Some(v) => decode(v.value())?,
                 None => {
                     return Err(StoreError::NoSuchCase {
@@ -162,8 +162,10 @@ impl Store {
             }
             let mut key = m.card.key();
             key.extend_from_slice(&m.presented.as_u64().to_be_bytes());
-            t.mismatch_keys.remove(key.as_slice())?;
-            t.mismatches.insert(id, encode(&m)?.as_slice())?;
+            t.mismatch_keys.open_mut()?.remove(key.as_slice())?;
+            t.mismatches
+                .open_mut()?
+                .insert(id, encode(&m)?.as_slice())?;
             t.audit_append(&LogEntry::Operator {
                 operator: by.into(),
                 action: format!("mismatch {id} resolved ({name}): {}", reason.trim()),

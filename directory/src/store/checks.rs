@@ -240,7 +240,12 @@ fn record_mismatch(
 ) -> Result<u64> {
     let mut key = card.key();
     key.extend_from_slice(&presented.as_u64().to_be_bytes());
-    if let Some(id) = t.mismatch_keys.get(key.as_slice())?.map(|g| g.value()) {
+    if let Some(id) = t
+        .mismatch_keys
+        .open()?
+        .get(key.as_slice())?
+        .map(|g| g.value())
+    {
         return Ok(id);
     }
     let id = t.next(MISMATCH_SEQ)?;
@@ -254,8 +259,10 @@ fn record_mismatch(
         status: CaseStatus::Open,
         at,
     };
-    t.mismatches.insert(id, encode(&m)?.as_slice())?;
-    t.mismatch_keys.insert(key.as_slice(), id)?;
+    t.mismatches
+        .open_mut()?
+        .insert(id, encode(&m)?.as_slice())?;
+    t.mismatch_keys.open_mut()?.insert(key.as_slice(), id)?;
     let texts = [
         (
             Recipient::Person {
@@ -288,7 +295,7 @@ fn record_mismatch(
             text,
             at,
         };
-        t.notices.insert(nid, encode(&n)?.as_slice())?;
+        t.notices.open_mut()?.insert(nid, encode(&n)?.as_slice())?;
     }
     Ok(id)
 }

@@ -78,7 +78,9 @@ pub(super) fn apply_row(
             let (id, generation) = t.issue(issuer, row.my_number, pid, 0, first)?;
             let p = new_person(pid, row, id, generation, at);
             t.save_person(&p)?;
-            t.my_numbers.insert(row.my_number.as_u64(), pid)?;
+            t.my_numbers
+                .open_mut()?
+                .insert(row.my_number.as_u64(), pid)?;
             Ok(RowOutcome::New)
         }
     }
@@ -95,7 +97,7 @@ fn record_conflict(
     let mut canonical = row.clone();
     canonical.line = 0;
     let key = encode(&(&canonical, &kind))?;
-    if t.conflict_keys.get(key.as_slice())?.is_some() {
+    if t.conflict_keys.open()?.get(key.as_slice())?.is_some() {
         return Ok(());
     }
     let id = t.next(CONFLICT_SEQ)?;
@@ -107,7 +109,7 @@ fn record_conflict(
         status: CaseStatus::Open,
         at,
     };
-    t.conflicts.insert(id, encode(&c)?.as_slice())?;
-    t.conflict_keys.insert(key.as_slice(), id)?;
+    t.conflicts.open_mut()?.insert(id, encode(&c)?.as_slice())?;
+    t.conflict_keys.open_mut()?.insert(key.as_slice(), id)?;
     Ok(())
 }

@@ -142,14 +142,15 @@ pub(super) fn append_notifications(
 ) -> Result<Vec<[u8; 16]>> {
     let mut acknowledged = Vec::with_capacity(valid.len());
     for (signed, n) in valid {
-        if t.notification_ids.get(n.id)?.is_none() {
+        if t.notification_ids.open()?.get(n.id)?.is_none() {
             let leaf = t.audit_append(&LogEntry::Notification {
                 from,
                 notification: signed.clone(),
             })?;
-            t.notification_ids.insert(n.id, leaf)?;
+            t.notification_ids.open_mut()?.insert(n.id, leaf)?;
             let record = t
                 .grants
+                .open()?
                 .get(n.grant_id)?
                 .map(|v| decode::<GrantRecord>(v.value()))
                 .transpose()?;
@@ -158,7 +159,9 @@ pub(super) fn append_notifications(
                     Side::Disclosed => g.disclosed = Some((leaf, n.at)),
                     Side::Received => g.received = Some((leaf, n.at)),
                 }
-                t.grants.insert(n.grant_id, encode(&g)?.as_slice())?;
+                t.grants
+                    .open_mut()?
+                    .insert(n.grant_id, encode(&g)?.as_slice())?;
             }
         }
         acknowledged.push(n.id);
@@ -193,7 +196,7 @@ fn person_of(t: &Tables<'_>, id: MedicalId) -> Result<Option<Person>> {
 
 impl Tables<'_> {
     pub fn institution(&self, code: InstitutionCode) -> Result<Option<InstitutionRecord>> {
-        match self.institutions.get(code.as_u64())? {
+        match self.institutions.open()?.get(code.as_u64())? {
             Some(v) => Ok(Some(decode(v.value())?)),
             None => Ok(None),
         }
@@ -201,7 +204,7 @@ impl Tables<'_> {
 
     pub fn consents_of(&self, pid: u64) -> Result<Vec<ConsentRecord>> {
         let mut out = Vec::new();
-        for item in self.consents.range((pid, 0)..=(pid, u64::MAX))? {
+        for item in self.consents.open()?.range((pid, 0)..=(pid, u64::MAX))? {
             out.push(decode(item?.1.value())?);
         }
         Ok(out)
@@ -209,7 +212,9 @@ impl Tables<'_> {
 
     pub fn add_consent_for(&mut self, pid: u64, r: &ConsentRecord) -> Result<()> {
         let seq = self.next(CONSENT_SEQ)?;
-        self.consents.insert((pid, seq), encode(r)?.as_slice())?;
+        self.consents
+            .open_mut()?
+            .insert((pid, seq), encode(r)?.as_slice())?;
         Ok(())
     }
 }
@@ -237,7 +242,9 @@ impl Store {
         self.forget_members();
         let out = self.write(|t| {
             if let Some(old) = t.institution(reg.code)? {
-                t.institution_keys.remove(old.membership()?.public_key)?;
+                t.institution_keys
+                    .open_mut()?
+                    .remove(old.membership()?.public_key)?;
             }
             let membership = Membership {
                 code: reg.code,
@@ -255,8 +262,10 @@ impl Store {
                 revoked_at: None,
             };
             t.institutions
+                .open_mut()?
                 .insert(reg.code.as_u64(), encode(&record)?.as_slice())?;
             t.institution_keys
+                .open_mut()?
                 .insert(reg.public_key, reg.code.as_u64())?;
             t.audit_append(&LogEntry::Operator {
                 operator: operator.into(),
@@ -282,6 +291,7 @@ impl Store {
             if r.revoked_at.is_none() {
                 r.revoked_at = Some(now);
                 t.institutions
+                    .open_mut()?
                     .insert(code.as_u64(), encode(&r)?.as_slice())?;
                 t.audit_append(&LogEntry::Operator {
                     operator: operator.into(),
@@ -538,7 +548,9 @@ pub(super) fn grant_in(
                 disclosed: None,
                 received: None,
             };
-            t.grants.insert(id, encode(&record)?.as_slice())?;
+            t.grants
+                .open_mut()?
+                .insert(id, encode(&record)?.as_slice())?;
             Ok(Ok(grant))
         }
         Err(refusal) => {

@@ -73,7 +73,7 @@ impl Store {
             p.my_number = new;
             p.history.push(Event::MyNumberChanged { old, new, at });
             t.put_person(&p)?;
-            t.my_numbers.insert(new.as_u64(), pid)?;
+            t.my_numbers.open_mut()?.insert(new.as_u64(), pid)?;
             Ok(p.medical_id)
         })
     }
@@ -85,12 +85,12 @@ impl Store {
         self.write(|t| {
             let mut p = current_person(t, id)?;
             if let Some(old) = p.death {
-                t.deaths.remove((days(old), p.pid))?;
+                t.deaths.open_mut()?.remove((days(old), p.pid))?;
             }
             p.death = Some(date);
             p.history.push(Event::Death { date, at });
             t.save_person(&p)?;
-            t.deaths.insert((days(date), p.pid), ())?;
+            t.deaths.open_mut()?.insert((days(date), p.pid), ())?;
             Ok(research_until(date, retention))
         })
     }
@@ -100,7 +100,7 @@ impl Store {
         let retention = self.retention_years;
         self.write(|t| {
             let mut due = Vec::new();
-            for item in t.deaths.iter()? {
+            for item in t.deaths.open()?.iter()? {
                 let (k, _) = item?;
                 let (d, pid) = k.value();
                 let death = NaiveDate::from_num_days_from_ce_opt(d as i32)
@@ -117,7 +117,7 @@ impl Store {
                 p.history.push(Event::Retired { at });
                 t.save_person(&p)?;
                 t.set_id_status(p.medical_id, pid, IdStatus::Retired)?;
-                t.deaths.remove((d, pid))?;
+                t.deaths.open_mut()?.remove((d, pid))?;
                 retired.push(p.medical_id);
             }
             Ok(retired)

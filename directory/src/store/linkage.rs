@@ -11,6 +11,7 @@ use redb::{ReadTransaction, ReadableTableMetadata};
 pub(super) fn append(t: &mut Tables<'_>, pid: u64, u: &ServiceUse) -> Result<()> {
     let seq = t.next(SERVICE_SEQ)?;
     t.service_log
+        .open_mut()?
         .insert(seq, super::encode(&(pid, u))?.as_slice())?;
     Ok(())
 }

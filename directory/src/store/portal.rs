@@ -79,7 +79,7 @@ impl Store {
             .collect::<Result<Vec<_>>>()?;
         self.write(|t| {
             for (pid, code) in pids.iter().zip(&codes) {
-                let mut a: Account = match t.portal_accounts.get(*pid)? {
+                let mut a: Account = match t.portal_accounts.open()?.get(*pid)? {
                     Some(v) => decode(v.value())?,
                     None => Account::default(),
                 };
@@ -88,7 +88,9 @@ impl Store {
                     expires,
                     used: false,
                 });
-                t.portal_accounts.insert(*pid, encode(&a)?.as_slice())?;
+                t.portal_accounts
+                    .open_mut()?
+                    .insert(*pid, encode(&a)?.as_slice())?;
             }
             Ok(())
         })?;
@@ -106,7 +108,7 @@ impl Store {
     ) -> Result<()> {
         let hash = activation_hash(pid, code);
         self.write(|t| {
-            let mut a: Account = match t.portal_accounts.get(pid)? {
+            let mut a: Account = match t.portal_accounts.open()?.get(pid)? {
                 Some(v) => decode(v.value())?,
                 None => return Err(bad_code()),
             };
@@ -116,7 +118,9 @@ impl Store {
             }
             a.passphrase = Some(passphrase_phc.to_string());
             a.activated_at = Some(at);
-            t.portal_accounts.insert(pid, encode(&a)?.as_slice())?;
+            t.portal_accounts
+                .open_mut()?
+                .insert(pid, encode(&a)?.as_slice())?;
             Ok(())
         })
     }

@@ -354,7 +354,7 @@ fn a_database_with_the_earlier_audit_layout_is_upgraded_on_open() {
     use redb::{ReadableTable, TableDefinition};
     let dir = tempfile::tempdir().unwrap();
     let s = store(&dir);
-    for i in 0..13 {
+    for i in 0..37 {
         s.log_operator("op", format!("action {i}")).unwrap();
     }
     let agency = ed25519_dalek::SigningKey::from_bytes(&[9; 32]).verifying_key();
@@ -387,6 +387,78 @@ fn a_database_with_the_earlier_audit_layout_is_upgraded_on_open() {
         .map(|t| redb::TableHandle::name(&t).to_string())
         .collect();
     assert!(!tables.iter().any(|t| t == "audit_nodes"), "{tables:?}");
+}
+
+#[test]
+fn roots_and_proofs_agree_with_a_tree_rebuilt_from_the_entries() {
+    use iryo_proto::merkle::{self, MemoryTree, Subtrees};
+    use redb::{ReadableDatabase, ReadableTable};
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(&dir);
+    let mut tree = MemoryTree::default();
+    for i in 0..70u64 {
+        let at = s.log_operator("op", format!("action {i}")).unwrap();
+        tree.push(&s.audit_entry(at).unwrap().canonical());
+    }
+    for size in 1..=70 {
+        let root = s.audit_root(size).unwrap();
+        assert_eq!(root, merkle::root(&tree, size).unwrap(), "size {size}");
+        for index in [0, size / 2, size - 1] {
+            let proof = s.inclusion_proof(index, size).unwrap();
+            let leaf = tree.perfect(0, index).unwrap();
+            assert!(merkle::verify_inclusion(&leaf, index, size, &proof, &root));
+        }
+        let old = 1 + size / 3;
+        let proof = s.consistency_proof(old, size).unwrap();
+        let old_root = merkle::root(&tree, old).unwrap();
+        assert!(merkle::verify_consistency(
+            old, size, &old_root, &root, &proof
+        ));
+    }
+    // Only subtrees of 16 leaves and more are stored: 64 leaves give 4 + 2 + 1.
+    let stored: Vec<(u64, u32)> = {
+        let tx = s.db.begin_read().unwrap();
+        let t = tx.open_table(AUDIT_NODES).unwrap();
+        t.iter().unwrap().map(|e| e.unwrap().0.value()).collect()
+    };
+    assert_eq!(
+        stored,
+        [
+            (15, 4),
+            (31, 4),
+            (31, 5),
+            (47, 4),
+            (63, 4),
+            (63, 5),
+            (63, 6)
+        ]
+    );
+    let agency = ed25519_dalek::SigningKey::from_bytes(&[9; 32]).verifying_key();
+    assert!(s.audit_verify(&agency).unwrap().problems.is_empty());
+    // A database written before kept the small subtrees too: a right one passes, and a
+    // wrong stored hash at any level is found.
+    let put = |key: (u64, u32), hash: [u8; 32]| {
+        let tx = s.db.begin_write().unwrap();
+        tx.open_table(AUDIT_NODES)
+            .unwrap()
+            .insert(key, hash)
+            .unwrap();
+        tx.commit().unwrap();
+    };
+    put(subtree_key(1, 3), tree.perfect(1, 3).unwrap());
+    assert!(s.audit_verify(&agency).unwrap().problems.is_empty());
+    put(subtree_key(0, 9), [7; 32]);
+    put(subtree_key(5, 0), [7; 32]);
+    let problems = s.audit_verify(&agency).unwrap().problems;
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert!(
+        problems[0].contains("1-leaf subtree ending at entry 9"),
+        "{problems:?}"
+    );
+    assert!(
+        problems[1].contains("32-leaf subtree ending at entry 31"),
+        "{problems:?}"
+    );
 }
 
 #[test]
