@@ -136,8 +136,9 @@ pub struct AuditReport {
 impl Store {
     pub fn audit_size(&self) -> Result<u64> {
         let tx = self.db.begin_read()?;
-        let t = tx.open_table(COUNTERS)?;
-        Ok(t.get(AUDIT_NEXT)?.map_or(1, |g| g.value()) - 1)
+        let t = tx.open_table(AUDIT_LEAVES)?;
+        let size = t.last()?.map_or(0, |(k, _)| k.value() + 1);
+        Ok(size)
     }
 
     pub fn audit_entry(&self, index: u64) -> Result<LogEntry> {

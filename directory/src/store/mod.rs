@@ -286,7 +286,8 @@ mod tests;
 /// Brings a database written by an earlier version to the current layout, in one
 /// transaction: the audit log's subtree hashes were keyed (level, index), which spreads
 /// each append over one page per level; and the per-patient audit index lived here
-/// until it moved to the index file, which rebuilds it from the log.
+/// until it moved to the index file, which rebuilds it from the log. Counters now read
+/// from the tables they number (`DERIVED_COUNTERS`) are dropped.
 fn upgrade(db: &Database) -> Result<()> {
     use redb::{ReadableTable, TableHandle};
     const OLD_NODES: redb::TableDefinition<(u32, u64), [u8; 32]> =
@@ -299,7 +300,16 @@ fn upgrade(db: &Database) -> Result<()> {
         .map(|t| t.name().to_string())
         .collect();
     let has = |name: &str| present.iter().any(|p| p == name);
-    if !has(OLD_NODES.name()) && !has(OLD_BY_PATIENT.name()) {
+    let stored_derived = {
+        let tx = db.begin_read()?;
+        let counters = tx.open_table(COUNTERS)?;
+        let mut found = false;
+        for name in DERIVED_COUNTERS {
+            found |= counters.get(name)?.is_some();
+        }
+        found
+    };
+    if !has(OLD_NODES.name()) && !has(OLD_BY_PATIENT.name()) && !stored_derived {
         return Ok(());
     }
     let tx = db.begin_write()?;
@@ -316,6 +326,12 @@ fn upgrade(db: &Database) -> Result<()> {
     }
     if has(OLD_BY_PATIENT.name()) {
         tx.delete_table(OLD_BY_PATIENT)?;
+    }
+    {
+        let mut counters = tx.open_table(COUNTERS)?;
+        for name in DERIVED_COUNTERS {
+            counters.remove(name)?;
+        }
     }
     tx.commit()?;
     tracing::info!("database upgraded to the current table layout");

@@ -76,6 +76,10 @@ pub const CONSENT_SEQ: &str = "next_consent";
 pub const MEMBERSHIP_SERIAL: &str = "next_membership_serial";
 /// The audit log's size is this counter minus one.
 pub const AUDIT_NEXT: &str = "audit_next";
+/// Counters read from the append-only table they number rather than stored: the next
+/// audit index follows the last leaf, the next service use the last entry. Storing them
+/// made every check's commit write one more table.
+pub const DERIVED_COUNTERS: [&str; 2] = [AUDIT_NEXT, SERVICE_SEQ];
 
 /// How many generations or draws issuance tries before giving up; with 10^15 bodies
 /// even a national population makes a single retry rare.
@@ -208,24 +212,28 @@ impl<'t> Tables<'t> {
 
     /// The next value of a counter, starting at 1.
     pub fn next(&mut self, name: &'static str) -> Result<u64> {
-        let v = match self.counters.get(name) {
-            Some(v) => *v,
-            None => self
-                .counters_table
-                .open()?
-                .get(name)?
-                .map(|g| g.value())
-                .unwrap_or(1),
-        };
+        let v = self.peek(name)?;
         self.counters.insert(name, v + 1);
         Ok(v)
     }
 
     /// The current value of a counter without moving it.
     pub fn peek(&self, name: &'static str) -> Result<u64> {
-        Ok(match self.counters.get(name) {
-            Some(v) => *v,
-            None => self
+        if let Some(v) = self.counters.get(name) {
+            return Ok(*v);
+        }
+        Ok(match name {
+            AUDIT_NEXT => self
+                .audit_leaves
+                .open()?
+                .last()?
+                .map_or(1, |(k, _)| k.value() + 2),
+            SERVICE_SEQ => self
+                .service_log
+                .open()?
+                .last()?
+                .map_or(1, |(k, _)| k.value() + 1),
+            _ => self
                 .counters_table
                 .open()?
                 .get(name)?
@@ -236,7 +244,9 @@ impl<'t> Tables<'t> {
 
     pub fn flush_counters(&mut self) -> Result<()> {
         for (k, v) in std::mem::take(&mut self.counters) {
-            self.counters_table.open_mut()?.insert(k, v)?;
+            if !DERIVED_COUNTERS.contains(&k) {
+                self.counters_table.open_mut()?.insert(k, v)?;
+            }
         }
         Ok(())
     }

@@ -376,10 +376,24 @@ fn a_database_with_the_earlier_audit_layout_is_upgraded_on_open() {
         }
     }
     tx.delete_table(AUDIT_NODES).unwrap();
+    // It also stored the counters that are now read from the tables they number.
+    tx.open_table(COUNTERS)
+        .unwrap()
+        .insert(AUDIT_NEXT, 38)
+        .unwrap();
     tx.commit().unwrap();
     drop(s);
-    let s = Store::open(&dir.path().join("d.redb"), 16).unwrap();
+    let s = Store::open(&dir.path().join("d.redb"), 16)
+        .unwrap()
+        .with_signer(ed25519_dalek::SigningKey::from_bytes(&[9; 32]));
     assert_eq!(s.audit_verify(&agency).unwrap(), before);
+    {
+        let tx = redb::ReadableDatabase::begin_read(&s.db).unwrap();
+        let counters = tx.open_table(COUNTERS).unwrap();
+        assert!(counters.get(AUDIT_NEXT).unwrap().is_none());
+    }
+    assert_eq!(s.log_operator("op", "after".into()).unwrap(), 37);
+    assert_eq!(s.audit_size().unwrap(), 38);
     let tables: Vec<String> = redb::ReadableDatabase::begin_read(&s.db)
         .unwrap()
         .list_tables()
