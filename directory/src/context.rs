@@ -47,7 +47,13 @@ impl Context {
         let c = &self.config;
         let store = Store::open(&c.db_path(), c.registry.cache_mib)?;
         let keys = AgencyKeys::load(&c.keys_dir())?;
-        Ok(self.configure(store).with_signer(keys.root))
+        let store = self.configure(store).with_signer(keys.root);
+        // Checks a process answered and then died before moving into the logs.
+        let moved = store.move_intake()?;
+        if moved > 0 {
+            tracing::info!(moved, "checks moved from the intake files into the logs");
+        }
+        Ok(store)
     }
 
     fn configure(&self, store: Store) -> Store {

@@ -142,7 +142,12 @@ async fn serve(
     // Sessions end with the swarm; their answers already in the group commit finish.
     answering.abort_all();
     heads.abort();
-    // The last second's entries get their head before the service is gone.
+    // Checks still in the intake files, and the last second's entries, get into the
+    // log and under a signed head before the service is gone.
+    let moving = store.clone();
+    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || moving.move_intake()).await {
+        tracing::error!(error = %e, "moving checks from the intake files failed");
+    }
     sign_pending_head(store).await;
     tracing::info!("directory service stopped");
 }

@@ -95,6 +95,12 @@ pub(super) struct Resolved {
     card: Option<Card>,
 }
 
+impl Resolved {
+    pub(super) fn into_answer(self) -> CheckAnswer {
+        self.answer
+    }
+}
+
 /// The answer for what `find` found.
 fn answer(found: Found, req: &CheckRequest, retention: u32) -> Resolved {
     let (answer, pid, card) = match found {
@@ -183,21 +189,9 @@ pub(super) fn record(
     visit_days: u32,
     at: Timestamp,
 ) -> Result<CheckAnswer> {
+    append_entries(t, &entries(req, &r, at))?;
     let mut answer = r.answer;
-    t.audit_append(&LogEntry::Eligibility {
-        institution: req.institution,
-        medical_id: answer.medical_id,
-        reason: answer.reason,
-        at,
-    })?;
     if let Some(pid) = r.pid {
-        let u = ServiceUse {
-            institution: req.institution,
-            date: req.date,
-            eligible: answer.eligible,
-            at,
-        };
-        linkage::append(t, pid, &u)?;
         if req.visit_consent && answer.eligible {
             t.add_consent_for(
                 pid,
@@ -226,6 +220,37 @@ pub(super) fn record(
         }
     }
     Ok(answer)
+}
+
+/// What every check appends, whatever else it changes: its audit entry, and its
+/// service use when the key named a person.
+pub(super) type Entries = (LogEntry, Option<(u64, ServiceUse)>);
+
+pub(super) fn entries(req: &CheckRequest, r: &Resolved, at: Timestamp) -> Entries {
+    let entry = LogEntry::Eligibility {
+        institution: req.institution,
+        medical_id: r.answer.medical_id,
+        reason: r.answer.reason,
+        at,
+    };
+    let used = r.pid.map(|pid| {
+        let u = ServiceUse {
+            institution: req.institution,
+            date: req.date,
+            eligible: r.answer.eligible,
+            at,
+        };
+        (pid, u)
+    });
+    (entry, used)
+}
+
+pub(super) fn append_entries(t: &mut Tables<'_>, (entry, used): &Entries) -> Result<()> {
+    t.audit_append(entry)?;
+    if let Some((pid, u)) = used {
+        linkage::append(t, *pid, u)?;
+    }
+    Ok(())
 }
 
 /// Records a presented ID that differs from the registry, once while it is open, and

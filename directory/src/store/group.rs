@@ -45,7 +45,7 @@ impl Store {
         };
         let visit_days = self.policy.visit_consent_days;
         let rules = (self.retention_years, self.policy.default);
-        self.write(|t| {
+        let (out, moved) = self.write(|t| {
             let mut out = Vec::with_capacity(jobs.len());
             for (job, r) in jobs.iter().zip(resolved.iter_mut()) {
                 let mut decided = std::mem::take(r).into_iter();
@@ -70,7 +70,10 @@ impl Store {
                     }
                 });
             }
-            Ok(out)
-        })
+            // Checks waiting in the intake files share this commit.
+            Ok((out, super::intake::move_into(t, &self.intake)?))
+        })?;
+        super::intake::publish(&self.intake, &moved);
+        Ok(out)
     }
 }

@@ -10,6 +10,7 @@ mod enroll;
 mod federation;
 mod folding;
 mod group;
+mod intake;
 mod lifecycle;
 mod linkage;
 mod portal;
@@ -25,6 +26,7 @@ pub use federation::{
 };
 pub use folding::start_folder;
 pub use group::{Job, Outcome};
+pub use intake::fits as fits_intake;
 pub use portal::{activation_hash, Account, Activation};
 
 use crate::issuance::{IssueError, Method};
@@ -93,6 +95,8 @@ pub struct Store {
     /// The per-person indexes of service use and of the audit log, in their own file
     /// so that building them never holds up the writer of `db` (`folding`).
     linkage: Database,
+    /// Where the network's plain eligibility checks are made durable (`intake`).
+    intake: Vec<intake::IntakeFile>,
     retention_years: u32,
     /// The agency key that signs the audit log's tree heads.
     signer: Option<ed25519_dalek::SigningKey>,
@@ -143,6 +147,7 @@ impl Store {
     fn with_db(db: Database, path: &Path) -> Result<Self> {
         upgrade(&db)?;
         Ok(Self {
+            intake: intake::open(path, &db)?,
             db,
             linkage: folding::open(path)?,
             retention_years: 10,

@@ -242,6 +242,10 @@ impl<'t> Tables<'t> {
         })
     }
 
+    pub fn set(&mut self, name: &'static str, value: u64) {
+        self.counters.insert(name, value);
+    }
+
     pub fn flush_counters(&mut self) -> Result<()> {
         for (k, v) in std::mem::take(&mut self.counters) {
             if !DERIVED_COUNTERS.contains(&k) {
