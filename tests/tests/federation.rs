@@ -351,6 +351,48 @@ fn notifications_wait_in_the_outbox_and_arrive_exactly_once() {
     assert_eq!(for_grant.len(), 1, "exactly once");
 }
 
+#[test]
+fn checks_answered_before_the_directory_is_killed_are_recorded_once() {
+    let mut fed = Federation::start(1, 1, 600);
+    let p = fed.patients[0];
+    let service_uses = |fed: &Federation| {
+        let shown = fed
+            .registry
+            .json(&["show", "--medical-id", &p.to_string(), "--json"]);
+        shown["service_use"].as_array().map_or(0, Vec::len)
+    };
+    fed.stop_directory();
+    let before = service_uses(&fed);
+    fed.start_directory();
+    // Answered over the network, then the directory is killed at once: some of these
+    // are still in its intake files, to be moved into the logs when it next opens.
+    let node = &fed.nodes[0];
+    let (threads, each) = (4, 10);
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                for _ in 0..each {
+                    let (status, a) = node.eligibility(&json!({ "medical_id": p.to_string() }));
+                    assert_eq!((status, a["eligible"].as_bool()), (200, Some(true)), "{a}");
+                }
+            });
+        }
+    });
+    fed.stop_directory();
+    assert_eq!(
+        service_uses(&fed),
+        before + threads * each,
+        "every answered check"
+    );
+    assert_eq!(
+        service_uses(&fed),
+        before + threads * each,
+        "and none twice"
+    );
+    let verified = fed.registry.ok(&["audit", "verify"]);
+    assert!(verified.contains("audit log verified"), "{verified}");
+}
+
 /// An RFC 6962 / RFC 9162 inclusion check written here from the RFC, sharing no code
 /// with the directory's.
 mod independent {
