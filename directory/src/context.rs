@@ -49,7 +49,7 @@ impl Context {
         let keys = AgencyKeys::load(&c.keys_dir())?;
         let store = self.configure(store).with_signer(keys.root);
         // Checks a process answered and then died before moving into the logs.
-        let moved = store.move_intake()?;
+        let moved = store.drain_intake()?;
         if moved > 0 {
             tracing::info!(moved, "checks moved from the intake files into the logs");
         }

@@ -128,7 +128,7 @@ fn commit_main(store: &Store, queue: &Queue, max: usize) {
         }
     }
     // What the last checks left behind, before the service is gone.
-    if let Err(e) = store.move_intake() {
+    if let Err(e) = store.drain_intake() {
         tracing::error!(error = %e, "moving checks from the intake files failed");
     }
 }

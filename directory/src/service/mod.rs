@@ -145,7 +145,7 @@ async fn serve(
     // Checks still in the intake files, and the last second's entries, get into the
     // log and under a signed head before the service is gone.
     let moving = store.clone();
-    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || moving.move_intake()).await {
+    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || moving.drain_intake()).await {
         tracing::error!(error = %e, "moving checks from the intake files failed");
     }
     sign_pending_head(store).await;

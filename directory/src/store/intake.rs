@@ -203,21 +203,28 @@ impl Store {
         Ok(out)
     }
 
-    /// Moves what waits in the intake files into the main database, in as many commits
-    /// as it takes. Returns how many entries moved.
+    /// Moves what waits in the intake files into the main database in one commit, up
+    /// to `MOVE_AT_ONCE` entries a file. Returns how many entries moved.
     pub fn move_intake(&self) -> Result<u64> {
-        let mut total = 0;
-        while self.intake_pending() {
-            let before = self.intake_moved();
-            let marks = self.write(|t| move_into(t, &self.intake))?;
-            publish(&self.intake, &marks);
-            let moved = self.intake_moved() - before;
-            if moved == 0 {
-                break;
-            }
-            total += moved;
+        if !self.intake_pending() {
+            return Ok(0);
         }
-        Ok(total)
+        let before = self.intake_moved();
+        let marks = self.write(|t| move_into(t, &self.intake))?;
+        publish(&self.intake, &marks);
+        Ok(self.intake_moved() - before)
+    }
+
+    /// Moves everything the intake files hold, in as many commits as it takes: when a
+    /// store opens, and when the service stops.
+    pub fn drain_intake(&self) -> Result<u64> {
+        let mut total = 0;
+        loop {
+            match self.move_intake()? {
+                0 => return Ok(total),
+                moved => total += moved,
+            }
+        }
     }
 
     fn intake_moved(&self) -> u64 {
