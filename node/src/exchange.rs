@@ -63,6 +63,8 @@ pub async fn serve_inbound(node: Arc<Node>, mut inbound: IncomingStreams) {
     while let Some((peer, stream)) = inbound.next().await {
         let node = node.clone();
         let limits = (MAX_EXCHANGE_REQUEST, MAX_EXCHANGE_RESPONSE);
+        // Decoded once a session: it decompresses a curve point.
+        let key = peer_key(&peer);
         tokio::spawn(crate::session::answer(
             peer,
             stream,
@@ -70,7 +72,7 @@ pub async fn serve_inbound(node: Arc<Node>, mut inbound: IncomingStreams) {
             move |request| {
                 let node = node.clone();
                 async move {
-                    let response = serve(&node, peer_key(&peer), request).await;
+                    let response = serve(&node, key, request).await;
                     let served = &crate::metrics::metrics().served;
                     if let ExchangeResponse::Refused(r) = &response {
                         tracing::warn!(%peer, reason = %r.reason, "fetch refused: {}", r.detail);
