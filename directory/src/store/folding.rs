@@ -19,7 +19,7 @@
 //! audit log (the entries about each patient).
 
 use super::tables::{AUDIT_LEAVES, SERVICE_LOG};
-use super::{decode, encode, Result, Store, StoreError};
+use super::{decode, encode, Result, Store};
 use crate::audit::LogEntry;
 use crate::registry::ServiceUse;
 use redb::{
@@ -111,14 +111,7 @@ fn level(entries: u64) -> u32 {
 
 /// Opens (or creates) the index file beside the main database.
 pub(super) fn open(main: &Path) -> Result<Database> {
-    let path = main.with_file_name("linkage.redb");
-    let db = Database::builder()
-        .set_cache_size(64 << 20)
-        .create(&path)
-        .map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse(path.clone()),
-            e => e.into(),
-        })?;
+    let db = super::side_file(&main.with_file_name("linkage.redb"), 64)?;
     let tx = db.begin_write()?;
     {
         let mut marks = tx.open_table(MARKS)?;

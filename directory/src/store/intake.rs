@@ -56,14 +56,7 @@ pub(super) fn open(main_path: &Path, main: &Database) -> Result<Vec<IntakeFile>>
     let counters = marks.open_table(super::tables::COUNTERS)?;
     let mut files = Vec::with_capacity(MARKS.len());
     for (i, mark) in MARKS.iter().enumerate() {
-        let path = main_path.with_file_name(format!("intake-{i}.redb"));
-        let db = Database::builder()
-            .set_cache_size(16 << 20)
-            .create(&path)
-            .map_err(|e| match e {
-                redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse(path.clone()),
-                e => e.into(),
-            })?;
+        let db = super::side_file(&main_path.with_file_name(format!("intake-{i}.redb")), 16)?;
         let tx = db.begin_write()?;
         let (first, last) = {
             let t = tx.open_table(CHECKS)?;

@@ -90,6 +90,18 @@ from_redb!(
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+/// Opens, or creates, one of the files beside the main database, with a cache of
+/// `cache_mib`.
+fn side_file(path: &Path, cache_mib: usize) -> Result<Database> {
+    Database::builder()
+        .set_cache_size(cache_mib << 20)
+        .create(path)
+        .map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse(path.to_path_buf()),
+            e => e.into(),
+        })
+}
+
 pub struct Store {
     db: Database,
     /// The per-person indexes of service use and of the audit log, in their own file
