@@ -45,7 +45,7 @@ impl Store {
         };
         let visit_days = self.policy.visit_consent_days;
         let rules = (self.retention_years, self.policy.default);
-        let (out, moved) = self.write(|t| {
+        let (out, (moved, _)) = self.write(|t| {
             let mut out = Vec::with_capacity(jobs.len());
             for (job, r) in jobs.iter().zip(resolved.iter_mut()) {
                 let mut decided = std::mem::take(r).into_iter();
