@@ -235,8 +235,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::issuance::{Issuer, Method};
-    use crate::registry::merge::tests::row;
+    use crate::issuance::Method;
 
     const KEY: [u8; 32] = [9; 32];
 
@@ -252,22 +251,7 @@ mod tests {
         let s = Store::create(&path, 16, Method::Fpe)
             .unwrap()
             .with_signer(ed25519_dalek::SigningKey::from_bytes(&KEY));
-        let r = row("983205673214", "01130012", "5");
-        s.enroll_batch(
-            "f",
-            std::slice::from_ref(&r),
-            None,
-            &Issuer::fpe(&[1; 32]),
-            0,
-        )
-        .unwrap();
-        let id = s.person_by_my_number(r.my_number).unwrap().medical_id;
-        let req = CheckRequest {
-            institution: iryo_proto::InstitutionCode::parse("0110113719").unwrap(),
-            key: CheckKey::MedicalId(id),
-            date: chrono::NaiveDate::from_ymd_opt(2025, 1, 1).unwrap(),
-            visit_consent: false,
-        };
+        let req = crate::store::tests::one_person_check(&s);
         (path, req)
     }
 

@@ -39,22 +39,32 @@ fn an_issued_id_is_never_issued_again() {
     );
 }
 
-#[test]
-fn durable_checks_record_one_service_use_each() {
+/// Enrolls one person; an eligibility check by that person's medical ID.
+pub(super) fn one_person_check(s: &Store) -> crate::registry::eligibility::CheckRequest {
     use crate::registry::eligibility::{CheckKey, CheckRequest};
-    let dir = tempfile::tempdir().unwrap();
-    let s = store(&dir);
-    let issuer = Issuer::fpe(&[1u8; 32]);
     let r = row("983205673214", "01130012", "5");
-    s.enroll_batch("f", std::slice::from_ref(&r), None, &issuer, 0)
-        .unwrap();
+    s.enroll_batch(
+        "f",
+        std::slice::from_ref(&r),
+        None,
+        &Issuer::fpe(&[1; 32]),
+        0,
+    )
+    .unwrap();
     let id = s.person_by_my_number(r.my_number).unwrap().medical_id;
-    let req = CheckRequest {
+    CheckRequest {
         institution: iryo_proto::InstitutionCode::parse("0110113719").unwrap(),
         key: CheckKey::MedicalId(id),
         date: chrono::NaiveDate::from_ymd_opt(2025, 1, 1).unwrap(),
         visit_consent: false,
-    };
+    }
+}
+
+#[test]
+fn durable_checks_record_one_service_use_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(&dir);
+    let req = one_person_check(&s);
     let answers = s.check_batch(&vec![req.clone(); 10], 0).unwrap();
     assert!(answers.iter().all(|a| a.eligible));
     assert_eq!(s.counts().unwrap().service_uses, 10);
