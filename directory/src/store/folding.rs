@@ -94,17 +94,10 @@ const FOLD_AT: u64 = 20_000;
 const FOLD_CHUNK: usize = 200_000;
 /// Runs of one level merged into one of the next.
 const FANOUT: usize = 4;
-/// Runs of this level are no longer merged: each merge rewrites its entries once more,
-/// and beyond about five million entries (FOLD_AT × 4⁴) that costs more than a reader
-/// gains from one run fewer. Such runs accumulate one per five million entries; a
-/// reader looks in each.
+/// Runs of this level are no longer merged: a merge is one transaction, and beyond
+/// about five million entries (FOLD_AT × 4⁴) its dirty pages would take too much
+/// memory. Such runs accumulate one per five million entries; a reader looks in each.
 const FINAL_LEVEL: u32 = 4;
-
-/// Entries a merge writes, or deletes, per transaction. A merge in one transaction
-/// wrote a whole level in one sync, up to 1.4 s of the disk's time at the steady rate,
-/// and every check's commit queued behind it (BENCHMARKS.md, ninth session); a chunk is
-/// about the size of a fold.
-const MERGE_CHUNK: usize = 25_000;
 
 /// A run's level: 0 for a fold's run, one more for each FANOUT-fold of size.
 fn level(entries: u64) -> u32 {
@@ -138,61 +131,7 @@ pub(super) fn open(main: &Path) -> Result<Database> {
         }
     }
     tx.commit()?;
-    for d in DERIVED {
-        for run in unregistered_runs(&db, d)? {
-            tracing::info!(
-                index = d.index.name(),
-                run,
-                "run of an interrupted merge deleted"
-            );
-            drop_run(&db, d, run, MERGE_CHUNK)?;
-        }
-    }
     Ok(db)
-}
-
-/// Runs with entries in the index but not in RUNS: what a process killed during a merge
-/// left, the merged run half written or its sources not yet deleted. No reader looks at
-/// them, and a fold would reuse the number of the first.
-fn unregistered_runs(db: &Database, d: &Derived) -> Result<Vec<u64>> {
-    let tx = db.begin_read()?;
-    let registered: Vec<u64> = runs(&tx.open_table(RUNS)?, d)?
-        .into_iter()
-        .map(|(r, _)| r)
-        .collect();
-    let index = tx.open_table(d.index)?;
-    let (mut out, mut from) = (Vec::new(), 0u64);
-    while let Some(item) = index.range((from, 0, 0)..)?.next() {
-        let run = item?.0.value().0;
-        if !registered.contains(&run) {
-            out.push(run);
-        }
-        match run.checked_add(1) {
-            Some(next) => from = next,
-            None => break,
-        }
-    }
-    Ok(out)
-}
-
-/// Deletes run `run`'s entries, `chunk` a transaction.
-fn drop_run(db: &Database, d: &Derived, run: u64, chunk: usize) -> Result<()> {
-    loop {
-        let tx = db.begin_write()?;
-        {
-            let mut index = tx.open_table(d.index)?;
-            let end = match index
-                .range((run, 0, 0)..=(run, u64::MAX, u64::MAX))?
-                .take(chunk)
-                .last()
-            {
-                Some(item) => item?.0.value(),
-                None => return Ok(()),
-            };
-            index.retain_in((run, 0, 0)..=end, |_, _| false)?;
-        }
-        tx.commit()?;
-    }
 }
 
 fn mark(tx: &ReadTransaction, d: &Derived) -> Result<u64> {
@@ -257,60 +196,40 @@ fn next_entry(
     })
 }
 
-/// What one transaction of a merge wrote.
-struct Chunk {
-    written: u64,
-    /// The (person, log key) of the last entry written; the next chunk starts after it.
-    last: Option<(u64, u64)>,
-    /// Whether the runs merged have nothing left.
-    done: bool,
-}
-
-/// Writes up to `chunk` entries of the runs `from` (read from `snapshot`) to run
-/// `into`, in (person, log key) order, starting after `after`.
-fn merge_chunk(
+/// Writes the entries of `from` (read from `snapshot`) as run `into`, in (person, log
+/// key) order, and deletes them. Returns how many.
+fn merge(
     snapshot: &ReadOnlyTable<(u64, u64, u64), &'static [u8]>,
     index: &mut Table<'_, (u64, u64, u64), &'static [u8]>,
-    (from, into): (&[u64], u64),
-    after: Option<(u64, u64)>,
-    chunk: usize,
-) -> Result<Chunk> {
-    // A log key is in one run only, so the next entry is strictly after `after`.
-    let start = |r: u64| match after {
-        Some((person, key)) => (r, person, key.saturating_add(1)),
-        None => (r, 0, 0),
-    };
+    from: &[u64],
+    into: u64,
+) -> Result<u64> {
     let mut sources = from
         .iter()
-        .map(|&r| snapshot.range(start(r)..=(r, u64::MAX, u64::MAX)))
+        .map(|&r| snapshot.range((r, 0, 0)..=(r, u64::MAX, u64::MAX)))
         .collect::<std::result::Result<Vec<_>, _>>()?;
     let mut heads = sources
         .iter_mut()
         .map(next_entry)
         .collect::<Result<Vec<_>>>()?;
-    let (mut written, mut last) = (0, None);
-    while written < chunk as u64 {
-        let Some(i) = heads
-            .iter()
-            .enumerate()
-            .filter_map(|(i, h)| h.as_ref().map(|(k, _)| (*k, i)))
-            .min()
-            .map(|(_, i)| i)
-        else {
-            break;
-        };
+    let mut written = 0;
+    while let Some(i) = heads
+        .iter()
+        .enumerate()
+        .filter_map(|(i, h)| h.as_ref().map(|(k, _)| (*k, i)))
+        .min()
+        .map(|(_, i)| i)
+    {
         if let Some(((person, key), value)) = heads[i].take() {
             index.insert((into, person, key), value.as_slice())?;
             written += 1;
-            last = Some((person, key));
         }
         heads[i] = next_entry(&mut sources[i])?;
     }
-    Ok(Chunk {
-        written,
-        last,
-        done: heads.iter().all(Option::is_none),
-    })
+    for &r in from {
+        index.retain_in((r, 0, 0)..=(r, u64::MAX, u64::MAX), |_, _| false)?;
+    }
+    Ok(written)
 }
 
 impl Store {
@@ -371,20 +290,15 @@ impl Store {
         Ok(passed)
     }
 
-    /// Merges the oldest FANOUT runs of the lowest level that has as many, until no
-    /// level has. Returns how many merges it made.
+    /// Merges the oldest FANOUT runs of the lowest level that has as many, one merge
+    /// per transaction, until no level has. Returns how many merges it made.
     pub(super) fn compact(&self, d: &Derived) -> Result<u32> {
-        self.compact_in(d, MERGE_CHUNK)
-    }
-
-    /// A merge writes the merged run in transactions of `chunk` entries, and only the
-    /// last one makes it a run (in RUNS) in place of its sources: readers see either
-    /// the sources or the merged run, never half of it. Only the folder thread writes
-    /// the index file, so nothing else changes the runs meanwhile.
-    fn compact_in(&self, d: &Derived, chunk: usize) -> Result<u32> {
         let mut merges = 0;
         loop {
-            let all = runs(&self.linkage.begin_read()?.open_table(RUNS)?, d)?;
+            // Read after the write began: nothing can commit between the two.
+            let tx = self.linkage.begin_write()?;
+            let snapshot = self.linkage.begin_read()?;
+            let all = runs(&snapshot.open_table(RUNS)?, d)?;
             let due = (0..FINAL_LEVEL).find_map(|l| {
                 let of_level: Vec<(u64, u64)> = all
                     .iter()
@@ -394,42 +308,21 @@ impl Store {
                 (of_level.len() >= FANOUT).then(|| of_level[..FANOUT].to_vec())
             });
             let (Some(merging), Some((last, _))) = (due, all.last()) else {
+                tx.abort()?;
                 return Ok(merges);
             };
             let into = last + 1;
             let from: Vec<u64> = merging.iter().map(|(r, _)| *r).collect();
-            let (mut written, mut after) = (0, None);
-            loop {
-                let tx = self.linkage.begin_write()?;
-                let snapshot = self.linkage.begin_read()?;
-                let done = {
-                    let mut index = tx.open_table(d.index)?;
-                    let c = merge_chunk(
-                        &snapshot.open_table(d.index)?,
-                        &mut index,
-                        (&from, into),
-                        after,
-                        chunk,
-                    )?;
-                    written += c.written;
-                    after = c.last.or(after);
-                    if c.done {
-                        let mut runs_table = tx.open_table(RUNS)?;
-                        for r in &from {
-                            runs_table.remove((d.mark, *r))?;
-                        }
-                        runs_table.insert((d.mark, into), written)?;
-                    }
-                    c.done
-                };
-                tx.commit()?;
-                if done {
-                    break;
+            {
+                let mut index = tx.open_table(d.index)?;
+                let n = merge(&snapshot.open_table(d.index)?, &mut index, &from, into)?;
+                let mut runs_table = tx.open_table(RUNS)?;
+                for r in &from {
+                    runs_table.remove((d.mark, *r))?;
                 }
+                runs_table.insert((d.mark, into), n)?;
             }
-            for &r in &from {
-                drop_run(&self.linkage, d, r, chunk)?;
-            }
+            tx.commit()?;
             merges += 1;
             tracing::debug!(log = d.mark, runs = ?from, into, "runs of the per-person index merged");
         }
@@ -537,8 +430,7 @@ mod tests {
         for fold in 1..=6 {
             assert_eq!(s.fold(&SERVICE_USE, 2).unwrap(), 2);
             assert_eq!(history(&s), expected, "after fold {fold}");
-            // Three transactions of three entries for a merge of eight.
-            let merges = s.compact_in(&SERVICE_USE, 3).unwrap();
+            let merges = s.compact(&SERVICE_USE).unwrap();
             assert_eq!(merges, u32::from(fold == 4), "fold {fold}");
             assert_eq!(history(&s), expected, "after compacting fold {fold}");
         }
@@ -547,83 +439,6 @@ mod tests {
         drop(s);
         let reopened = Store::open(&dir.path().join("d.redb"), 16).unwrap();
         assert_eq!(history(&reopened), expected);
-    }
-
-    fn histories(s: &Store) -> Vec<Vec<ServiceUse>> {
-        let r = s.reader().unwrap();
-        (7..=9).map(|p| r.service_uses(p).unwrap()).collect()
-    }
-
-    /// Merges runs 0 to 3 into `into` as far as `chunk` entries, as the folder does
-    /// before it is killed; with `replace`, also puts `into` in their place in RUNS.
-    fn merge_by_hand(s: &Store, into: u64, chunk: usize, replace: bool) {
-        let tx = s.linkage.begin_write().unwrap();
-        let snapshot = s.linkage.begin_read().unwrap();
-        let c = merge_chunk(
-            &snapshot.open_table(SERVICE_USE.index).unwrap(),
-            &mut tx.open_table(SERVICE_USE.index).unwrap(),
-            (&[0, 1, 2, 3], into),
-            None,
-            chunk,
-        )
-        .unwrap();
-        if replace {
-            assert!(c.done);
-            let mut runs = tx.open_table(RUNS).unwrap();
-            for r in 0..4 {
-                runs.remove((SERVICE_USE.mark, r)).unwrap();
-            }
-            runs.insert((SERVICE_USE.mark, into), c.written).unwrap();
-        }
-        tx.commit().unwrap();
-    }
-
-    #[test]
-    fn a_merge_killed_halfway_leaves_nothing_behind() {
-        let dir = tempfile::tempdir().unwrap();
-        let main = dir.path().join("d.redb");
-        let s = Store::create(&main, 16, Method::Fpe).unwrap();
-        s.write(|t| {
-            for day in 1..=12 {
-                append(t, 7 + u64::from(day % 3), &use_on(day))?;
-            }
-            Ok(())
-        })
-        .unwrap();
-        let expected = histories(&s);
-        for _ in 0..4 {
-            s.fold(&SERVICE_USE, 2).unwrap();
-        }
-        // Killed after the merged run's first chunk: run 4 is half written.
-        merge_by_hand(&s, 4, 3, false);
-        assert_eq!(unregistered_runs(&s.linkage, &SERVICE_USE).unwrap(), [4]);
-        assert_eq!(histories(&s), expected);
-        drop(s);
-        let s = Store::open(&main, 16).unwrap();
-        assert!(unregistered_runs(&s.linkage, &SERVICE_USE)
-            .unwrap()
-            .is_empty());
-        assert_eq!(histories(&s), expected);
-        // The next fold takes run 4, and holds only its own entries.
-        s.fold(&SERVICE_USE, 2).unwrap();
-        assert_eq!(histories(&s), expected);
-        // Killed after the merged run took its sources' place, before they were deleted.
-        merge_by_hand(&s, 5, 100, true);
-        assert_eq!(
-            unregistered_runs(&s.linkage, &SERVICE_USE).unwrap(),
-            [0, 1, 2, 3]
-        );
-        assert_eq!(histories(&s), expected);
-        drop(s);
-        let s = Store::open(&main, 16).unwrap();
-        assert!(unregistered_runs(&s.linkage, &SERVICE_USE)
-            .unwrap()
-            .is_empty());
-        assert_eq!(histories(&s), expected);
-        s.fold(&SERVICE_USE, 100).unwrap();
-        s.compact_in(&SERVICE_USE, 3).unwrap();
-        assert_eq!(run_count(&s), 3);
-        assert_eq!(histories(&s), expected);
     }
 
     #[test]
@@ -685,7 +500,6 @@ mod tests {
         fn any_folds_and_merges_keep_every_history(
             people in proptest::collection::vec(0u64..5, 1..60),
             chunks in proptest::collection::vec(1usize..9, 1..30),
-            merge_chunk in 1usize..12,
         ) {
             let dir = tempfile::tempdir().unwrap();
             let s = Store::create(&dir.path().join("d.redb"), 16, Method::Fpe).unwrap();
@@ -703,10 +517,9 @@ mod tests {
             let expected = history(&s);
             for chunk in &chunks {
                 s.fold(&SERVICE_USE, *chunk).unwrap();
-                s.compact_in(&SERVICE_USE, merge_chunk).unwrap();
+                s.compact(&SERVICE_USE).unwrap();
                 proptest::prop_assert_eq!(&history(&s), &expected);
                 proptest::prop_assert!(run_count(&s) < FANOUT);
-                proptest::prop_assert!(unregistered_runs(&s.linkage, &SERVICE_USE).unwrap().is_empty());
             }
         }
     }
