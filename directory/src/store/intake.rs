@@ -22,7 +22,7 @@ use super::tables::Tables;
 use super::{checks, decode, encode, Job, Outcome, Result, Store, StoreError};
 use crate::registry::eligibility::{CheckAnswer, CheckKey, CheckRequest};
 use crate::registry::Timestamp;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -72,7 +72,7 @@ pub(super) fn open(main_path: &Path, main: &Database) -> Result<Vec<IntakeFile>>
         let tx = db.begin_write()?;
         {
             let mut reserve = tx.open_table(RESERVE)?;
-            if reserve.get(())?.is_none() {
+            if reserve.is_empty()? {
                 reserve.insert((), vec![0u8; RESERVED_BYTES].as_slice())?;
             }
         }
