@@ -111,7 +111,11 @@ fn level(entries: u64) -> u32 {
 
 /// Opens (or creates) the index file beside the main database.
 pub(super) fn open(main: &Path) -> Result<Database> {
-    let db = super::side_file(&main.with_file_name("linkage.redb"), 64)?;
+    let db = super::side_file(
+        &main.with_file_name("linkage.redb"),
+        64,
+        super::Writes::Paced,
+    )?;
     let tx = db.begin_write()?;
     {
         let mut marks = tx.open_table(MARKS)?;

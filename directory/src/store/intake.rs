@@ -68,7 +68,11 @@ pub(super) fn open(main_path: &Path, main: &Database) -> Result<Vec<IntakeFile>>
     let counters = marks.open_table(super::tables::COUNTERS)?;
     let mut files = Vec::with_capacity(MARKS.len());
     for (i, mark) in MARKS.iter().enumerate() {
-        let db = super::side_file(&main_path.with_file_name(format!("intake-{i}.redb")), 16)?;
+        let db = super::side_file(
+            &main_path.with_file_name(format!("intake-{i}.redb")),
+            16,
+            super::Writes::AtCommit,
+        )?;
         let tx = db.begin_write()?;
         {
             let mut reserve = tx.open_table(RESERVE)?;

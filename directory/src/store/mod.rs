@@ -13,6 +13,7 @@ mod group;
 mod intake;
 mod lifecycle;
 mod linkage;
+mod paced;
 mod portal;
 mod tables;
 
@@ -69,6 +70,8 @@ pub enum StoreError {
     IssuanceExhausted(u32),
     #[error("inconsistent database: {0}")]
     Inconsistent(String),
+    #[error("{0}: {1}")]
+    File(PathBuf, std::io::Error),
 }
 
 macro_rules! from_redb {
@@ -90,16 +93,40 @@ from_redb!(
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+/// How a file beside the main database reaches the disk.
+#[derive(Clone, Copy)]
+enum Writes {
+    /// All at once when a commit syncs: the intake files, whose commits are small and
+    /// waited for.
+    AtCommit,
+    /// At a bounded pace (`paced`): the per-person indexes, built in large commits
+    /// that nobody waits for.
+    Paced,
+}
+
 /// Opens, or creates, one of the files beside the main database, with a cache of
 /// `cache_mib`.
-fn side_file(path: &Path, cache_mib: usize) -> Result<Database> {
-    Database::builder()
-        .set_cache_size(cache_mib << 20)
-        .create(path)
-        .map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse(path.to_path_buf()),
-            e => e.into(),
-        })
+fn side_file(path: &Path, cache_mib: usize, writes: Writes) -> Result<Database> {
+    let mut builder = Database::builder();
+    builder.set_cache_size(cache_mib << 20);
+    match writes {
+        Writes::AtCommit => builder.create(path),
+        Writes::Paced => {
+            let file_error = |e| StoreError::File(path.to_path_buf(), e);
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path)
+                .map_err(file_error)?;
+            builder.create_with_backend(paced::Paced::new(file).map_err(file_error)?)
+        }
+    }
+    .map_err(|e| match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse(path.to_path_buf()),
+        e => e.into(),
+    })
 }
 
 pub struct Store {
