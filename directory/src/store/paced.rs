@@ -17,6 +17,7 @@ use redb::{BackendError, StorageBackend};
 use std::fs::File;
 use std::io;
 use std::ops::Bound;
+#[cfg(target_os = "linux")]
 use std::os::unix::io::AsRawFd;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -66,13 +67,17 @@ impl Paced {
         if pace.next > now {
             std::thread::sleep(pace.next - now);
         }
-        let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
-            | libc::SYNC_FILE_RANGE_WRITE
-            | libc::SYNC_FILE_RANGE_WAIT_AFTER;
-        // SAFETY: a plain system call on a descriptor this value owns; it touches no
-        // memory of ours.
-        if unsafe { libc::sync_file_range(self.file.as_raw_fd(), 0, 0, flags) } != 0 {
-            return Err(io::Error::last_os_error());
+        // Elsewhere than Linux the pieces are only paced; the commit's sync writes them.
+        #[cfg(target_os = "linux")]
+        {
+            let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                | libc::SYNC_FILE_RANGE_WRITE
+                | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+            // SAFETY: a plain system call on a descriptor this value owns; it touches no
+            // memory of ours.
+            if unsafe { libc::sync_file_range(self.file.as_raw_fd(), 0, 0, flags) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
         }
         pace.next = pace.next.max(now) + Duration::from_secs_f64(pace.unsent as f64 / RATE);
         pace.unsent = 0;
