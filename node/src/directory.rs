@@ -112,9 +112,10 @@ type CheckReply = oneshot::Sender<Result<CheckAnswer, String>>;
 /// then go to its other intake writer instead of waiting a whole round trip more.
 /// Measured with `iryo-bench-net` (BENCHMARKS.md, thirteenth session): two or three
 /// requests always in flight gave more, smaller requests for the same cores and no
-/// better latency; one, with a second after a straggler of 0.5 ms, lowered the steady
-/// rate's p99 by about 0.15 ms and kept it within 3 ms in 20 of 21 runs, against 13 of
-/// 21 with one. It costs about a tenth of the checks a second at saturation.
+/// better latency; a second (or third) only after a straggler of 0.5 ms lowered the
+/// steady rate's p99 by about 0.13 ms and kept it within 3 ms in 20 of 21 runs, against
+/// 13 of 21 with one. Two at most did as well and costs less at saturation, where
+/// every request straggles: about a tenth of the checks a second.
 const MOST_IN_FLIGHT: usize = 2;
 
 /// How long the newest request may be out before the next is sent beside it: about
