@@ -119,8 +119,8 @@ type CheckReply = oneshot::Sender<Result<CheckAnswer, String>>;
 const MOST_IN_FLIGHT: usize = 2;
 
 /// How long the newest request may be out before the next is sent beside it: about
-/// the slowest tenth of round trips at 20,000 checks/s. Shorter sent seconds too
-/// often, longer helped less.
+/// the slowest tenth of round trips at 20,000 checks/s. 0.3, 0.35, 0.7 and 0.8 ms
+/// measured no better.
 const STRAGGLER: Duration = Duration::from_micros(500);
 
 /// Whether waiting checks go now, with `in_flight` requests out and the newest sent
