@@ -85,6 +85,27 @@ fn checks_summary(lat: &mut [Duration], took: Duration) -> String {
     )
 }
 
+/// The p99 of the checks due in each second of the run, in ms: a run spoiled by one
+/// stall shows one high second, a machine that is slower throughout shows all of them.
+fn p99_by_second(answered: &[(Instant, Duration)], start: Instant) -> String {
+    let mut seconds: Vec<Vec<Duration>> = Vec::new();
+    for (due, lat) in answered {
+        let s = due.saturating_duration_since(start).as_secs() as usize;
+        if seconds.len() <= s {
+            seconds.resize_with(s + 1, Vec::new);
+        }
+        seconds[s].push(*lat);
+    }
+    seconds
+        .iter_mut()
+        .map(|lat| {
+            lat.sort();
+            format!("{:.2}", pct(lat, 0.99))
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn consent(
     fed: &LocalFederation,
     patient: iryo_proto::MedicalId,
@@ -356,20 +377,22 @@ async fn run(args: Args) -> Result<()> {
             let (checks, rate, seconds) = (checks.clone(), args.rate, args.seconds);
             std::thread::spawn(move || pace_checks(&checks, &queues, rate, seconds))
         };
-        let (mut lat, mut failed) = (Vec::new(), 0usize);
-        let (sent, mut late) = pacer
+        let (mut answered, mut failed) = (Vec::new(), 0usize);
+        let (paced_from, sent, mut late) = pacer
             .join()
             .map_err(|_| anyhow::anyhow!("the pacing thread panicked"))?;
         late.sort();
         for t in takers {
-            let (l, f) = t.await?;
-            lat.extend(l);
+            let (a, f) = t.await?;
+            answered.extend(a);
             failed += f;
         }
-        anyhow::ensure!(lat.len() + failed == sent, "checks went missing");
+        anyhow::ensure!(answered.len() + failed == sent, "checks went missing");
+        let by_second = p99_by_second(&answered, paced_from);
+        let mut lat: Vec<Duration> = answered.into_iter().map(|(_, l)| l).collect();
         let summary = checks_summary(&mut lat, started.elapsed());
         println!(
-            "[eligibility at a steady {} checks/s] from {} nodes: {summary}, max {:.2} ms ({} failed); the pacing thread itself sent late by p50 {:.2} ms, p99 {:.2} ms",
+            "[eligibility at a steady {} checks/s] from {} nodes: {summary}, max {:.2} ms ({} failed); the pacing thread itself sent late by p50 {:.2} ms, p99 {:.2} ms; p99 of each second's checks: {by_second}",
             args.rate,
             clients.len(),
             lat.last().map_or(0.0, |d| d.as_secs_f64() * 1e3),
@@ -393,13 +416,14 @@ async fn run(args: Args) -> Result<()> {
 }
 
 /// Hands `rate` checks a second, round robin, to the nodes' queues for `seconds`, each
-/// with the moment it was due. Returns how many.
+/// with the moment it was due. Returns when the first was due, how many it sent, and
+/// how late it sent each.
 fn pace_checks(
     checks: &[CheckRequest],
     queues: &[tokio::sync::mpsc::UnboundedSender<(CheckRequest, Instant)>],
     rate: u32,
     seconds: u64,
-) -> (usize, Vec<Duration>) {
+) -> (Instant, usize, Vec<Duration>) {
     let start = Instant::now();
     let total = rate as usize * seconds as usize;
     let interval = Duration::from_secs(1) / rate.max(1);
@@ -413,22 +437,22 @@ fn pace_checks(
             }
             let req = checks[(sent * 7) % checks.len()].clone();
             if queues[sent % queues.len()].send((req, due)).is_err() {
-                return (sent, late);
+                return (start, sent, late);
             }
             late.push(now - due);
             sent += 1;
         }
         std::thread::sleep(Duration::from_micros(50));
     }
-    (sent, late)
+    (start, sent, late)
 }
 
 /// Sends each check that arrives on `queue` from `node` at once, and returns each
-/// answered check's latency from the moment it was due.
+/// answered check's due moment and latency from it.
 async fn answer_checks(
     node: Arc<iryo_node::Node>,
     mut queue: tokio::sync::mpsc::UnboundedReceiver<(CheckRequest, Instant)>,
-) -> (Vec<Duration>, usize) {
+) -> (Vec<(Instant, Duration)>, usize) {
     use futures::stream::{FuturesUnordered, StreamExt as _};
     let (mut lat, mut failed) = (Vec::new(), 0usize);
     let mut pending = FuturesUnordered::new();
@@ -444,7 +468,7 @@ async fn answer_checks(
             },
             Some((ok, due)) = pending.next() => {
                 if ok {
-                    lat.push(due.elapsed());
+                    lat.push((due, due.elapsed()));
                 } else {
                     failed += 1;
                 }
