@@ -52,20 +52,25 @@ pub enum AdminRequest {
     /// Enroll files the serving process can read (absolute paths).
     Enroll {
         files: Vec<PathBuf>,
-        encoding: Encoding,
+        /// `None` detects each file's encoding.
+        encoding: Option<Encoding>,
         batch_rows: usize,
     },
     /// An eligibility check, recorded as any other.
     Check(CheckRequest),
-    /// The letters to print, each with a new activation code (stored as a hash).
+    /// The letters to print, each with a newly drawn activation code that takes
+    /// effect only with `LettersSent`.
     Letters {
         plan: Plan,
         all: bool,
     },
-    /// The letters were written; the people count as told.
+    /// The letters were written and synced: their codes take effect and the people
+    /// count as told.
     LettersSent {
         plan: Plan,
-        pids: Vec<u64>,
+        /// Each person and the activation code printed for them.
+        letters: Vec<(u64, String)>,
+        expires_at: i64,
     },
 }
 
@@ -164,9 +169,12 @@ pub fn execute(
             AdminRequest::Check(req) => AdminResponse::Checked(store.check(&req, now())?),
             AdminRequest::Letters { plan, all } => {
                 let rows = store.letter_rows(plan, all, crate::registry::today())?;
-                let pids: Vec<u64> = rows.iter().map(|r| r.pid).collect();
                 let expires = now() + i64::from(config.letters.activation_days) * 86_400;
-                let codes = store.issue_activations(&pids, expires)?;
+                // Drawn, not yet stored: `LettersSent` stores them once printed.
+                let codes = rows
+                    .iter()
+                    .map(|_| crate::store::new_activation_code())
+                    .collect::<Result<Vec<_>, _>>()?;
                 let until = chrono::DateTime::from_timestamp(expires, 0)
                     .map(|d| d.with_timezone(&chrono::Local).date_naive().to_string())
                     .unwrap_or_default();
@@ -178,12 +186,17 @@ pub fn execute(
                             row,
                             code,
                             expires: until.clone(),
+                            expires_at: expires,
                         })
                         .collect(),
                 )
             }
-            AdminRequest::LettersSent { plan, pids } => {
-                store.mark_notified(&pids, plan, now())?;
+            AdminRequest::LettersSent {
+                plan,
+                letters,
+                expires_at,
+            } => {
+                store.letters_sent(plan, &letters, expires_at, now())?;
                 AdminResponse::Done
             }
             AdminRequest::AuditConsistency { old } => {

@@ -28,11 +28,13 @@ pub struct BenchArgs {
     /// redb cache in MiB.
     #[arg(long, default_value_t = 256)]
     pub cache_mib: usize,
+    /// Issuance method to measure: fpe (FF1) or random.
     #[arg(long, value_enum, default_value = "fpe")]
     pub method: BenchMethod,
     /// Working directory (removed afterwards unless --keep); a temp dir by default.
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// Keep the working directory afterwards.
     #[arg(long)]
     pub keep: bool,
 }
@@ -213,7 +215,7 @@ fn measure(args: &BenchArgs, dir: &std::path::Path) -> Result<()> {
     let (store, _) = ctx.init()?;
     let issuer = ctx.issuer(&store)?;
     let opts = IngestOptions {
-        encoding: Encoding::Utf8,
+        encoding: Some(Encoding::Utf8),
         batch_rows: args.batch_rows,
         only_insurer: None,
     };

@@ -129,6 +129,9 @@ pub struct RegistryConfig {
     pub retention_years: u32,
     /// redb page cache; bounds the directory's memory.
     pub cache_mib: usize,
+    /// Days past today that a stated date (of death, of a check) may lie, for clocks
+    /// that run ahead; later dates are refused.
+    pub date_allowance_days: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -136,7 +139,8 @@ pub struct RegistryConfig {
 pub struct EnrollmentConfig {
     /// Rows per durable transaction.
     pub batch_rows: usize,
-    /// Encoding of files without a byte-order mark: "utf-8" or "shift_jis".
+    /// Encoding of files without a byte-order mark: "auto" (strict UTF-8, else
+    /// Shift_JIS/CP932, else the file is refused), "utf-8" or "shift_jis".
     pub encoding: String,
 }
 
@@ -168,6 +172,7 @@ impl Default for RegistryConfig {
         Self {
             retention_years: 10,
             cache_mib: 256,
+            date_allowance_days: 1,
         }
     }
 }
@@ -176,7 +181,7 @@ impl Default for EnrollmentConfig {
     fn default() -> Self {
         Self {
             batch_rows: 10_000,
-            encoding: "utf-8".into(),
+            encoding: "auto".into(),
         }
     }
 }

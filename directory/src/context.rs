@@ -60,6 +60,7 @@ impl Context {
         let c = &self.config;
         store
             .with_retention(c.registry.retention_years)
+            .with_date_allowance(c.registry.date_allowance_days)
             .with_policy(crate::store::AccessPolicy {
                 default: c.access.default_policy,
                 visit_consent_days: c.access.visit_consent_days,

@@ -87,7 +87,7 @@ pub fn run(dir: &Path, persons: u64) -> Result<()> {
 
     step("3. enroll: validate, match by My Number, issue medical IDs");
     let opts = IngestOptions {
-        encoding: Encoding::Utf8,
+        encoding: Some(Encoding::Utf8),
         batch_rows: ctx.config.enrollment.batch_rows,
         only_insurer: None,
     };
@@ -179,7 +179,7 @@ pub fn run(dir: &Path, persons: u64) -> Result<()> {
             visit_consent: false,
         },
     )?;
-    let until = store.record_death(new, today(), now())?;
+    let until = store.record_death(new, today(), "demo", now())?;
     println!(
         "  death recorded for {}; kept for research until {until}",
         new.grouped()

@@ -10,6 +10,7 @@ pub mod config;
 pub mod context;
 pub mod demo;
 pub mod enrollment;
+pub mod files;
 pub mod issuance;
 pub mod keys;
 pub mod letters;

@@ -88,6 +88,27 @@ pub fn event(e: &Event) -> String {
         Event::Retired { .. } => "medical ID retired".into(),
         Event::Corrected { what, reason, .. } => format!("corrected: {what} ({reason})"),
         Event::Notified { plan, .. } => format!("letter listed (plan {plan})"),
+        Event::Changed {
+            field,
+            old,
+            new,
+            source,
+            ..
+        } => format!(
+            "{field} changed from {} to {} (source: {source})",
+            if old.is_empty() { "(none)" } else { old },
+            if new.is_empty() { "(none)" } else { new }
+        ),
+        Event::DeathCorrected {
+            old,
+            new,
+            reason,
+            by,
+            ..
+        } => format!("date of death corrected from {old} to {new} by {by} ({reason})"),
+        Event::DeathRevoked {
+            old, reason, by, ..
+        } => format!("death of {old} revoked by {by} ({reason})"),
     }
 }
 

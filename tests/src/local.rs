@@ -37,7 +37,7 @@ impl LocalFederation {
         let issuer = ctx.issuer(&store)?;
         let sample = write_sample(&dir.join("sample"), &SampleOptions::clean(persons, 7))?;
         let opts = IngestOptions {
-            encoding: Encoding::Utf8,
+            encoding: Some(Encoding::Utf8),
             batch_rows: config.enrollment.batch_rows,
             only_insurer: None,
         };

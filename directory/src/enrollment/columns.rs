@@ -23,13 +23,19 @@ const OPTIONAL: [&str; 2] = ["address", "coverage_until"];
 
 /// Column positions by field, in `HEADER` order; `None` for an absent optional column.
 #[derive(Debug, Clone)]
-pub struct Columns([Option<usize>; 14]);
+pub struct Columns {
+    pos: [Option<usize>; 14],
+    /// How many columns the header names, known or not.
+    len: usize,
+}
 
 impl Columns {
     /// Reads a header row; names may come in any order. Unknown columns are ignored.
     pub fn from_header<'a>(names: impl Iterator<Item = &'a str>) -> Result<Self, String> {
         let mut pos = [None; 14];
+        let mut len = 0;
         for (i, name) in names.enumerate() {
+            len = i + 1;
             let name = name.trim().trim_start_matches('\u{FEFF}');
             if let Some(f) = HEADER.iter().position(|h| *h == name) {
                 pos[f] = Some(i);
@@ -42,7 +48,7 @@ impl Columns {
             .map(|(h, _)| *h)
             .collect();
         if missing.is_empty() {
-            Ok(Self(pos))
+            Ok(Self { pos, len })
         } else {
             Err(format!(
                 "header lacks column(s) {}; expected {}",
@@ -52,12 +58,17 @@ impl Columns {
         }
     }
 
+    /// How many columns the header has.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
     /// The value of `field` in `record`, empty when the column is absent.
     pub fn get<'r>(&self, record: &'r csv::StringRecord, field: &str) -> &'r str {
         HEADER
             .iter()
             .position(|h| *h == field)
-            .and_then(|f| self.0[f])
+            .and_then(|f| self.pos[f])
             .and_then(|i| record.get(i))
             .unwrap_or("")
     }

@@ -2,6 +2,7 @@
 //! candidates while the calling thread commits batches, so memory stays bounded by
 //! two batches in flight however large the file.
 
+use super::text::{self, DetectError, Lines};
 use super::{parse_row, Columns, Encoding, RowError};
 use crate::issuance::Issuer;
 use crate::registry::merge::RowOutcome;
@@ -29,11 +30,17 @@ pub enum IngestError {
     Csv { path: PathBuf, source: csv::Error },
     #[error("{path}: {source}")]
     Store { path: PathBuf, source: StoreError },
+    #[error("{path}: {source}")]
+    Encoding {
+        path: PathBuf,
+        source: super::text::DetectError,
+    },
 }
 
 #[derive(Debug, Clone)]
 pub struct IngestOptions {
-    pub encoding: Encoding,
+    /// The encoding of files without a byte-order mark; `None` detects it.
+    pub encoding: Option<Encoding>,
     pub batch_rows: usize,
     /// When an insurer uploads its own file, rows of any other insurer are rejected.
     pub only_insurer: Option<iryo_proto::InsurerNumber>,
@@ -50,6 +57,9 @@ pub struct Summary {
     pub conflicts: u64,
     /// Where rejected rows were written, if any were.
     pub errors_file: Option<PathBuf>,
+    /// The encoding the file was read in, and how it was known.
+    #[serde(default)]
+    pub encoding: String,
 }
 
 impl Summary {
@@ -76,6 +86,9 @@ impl std::fmt::Display for Summary {
             self.rejected,
             self.conflicts
         )?;
+        if !self.encoding.is_empty() {
+            write!(f, "; read as {}", self.encoding)?;
+        }
         if let Some(e) = &self.errors_file {
             write!(f, " (rejected rows: {})", e.display())?;
         }
@@ -153,15 +166,23 @@ pub fn ingest_file(
         path: path.to_path_buf(),
         source,
     };
+    let detected = text::detect(path, opts.encoding).map_err(|e| match e {
+        DetectError::Io(source) => io(source),
+        source => IngestError::Encoding {
+            path: path.to_path_buf(),
+            source,
+        },
+    })?;
     let file = File::open(path).map_err(io)?;
     let total = file.metadata().map_err(io)?.len();
     let decoder = encoding_rs_io::DecodeReaderBytesBuilder::new()
-        .encoding(Some(opts.encoding.codec()))
+        .encoding(Some(detected.fallback().codec()))
         .bom_override(true)
         .build(BufReader::with_capacity(1 << 20, file));
+    let lines = Lines::default();
     let mut csv = csv::ReaderBuilder::new()
         .flexible(true)
-        .from_reader(decoder);
+        .from_reader(lines.reader(decoder));
     let cols = Columns::from_header(
         csv.headers()
             .map_err(|source| IngestError::Csv {
@@ -179,6 +200,7 @@ pub fn ingest_file(
     let err_path = errors_path(path);
     let mut summary = Summary {
         file: name.clone(),
+        encoding: detected.describe(),
         ..Summary::default()
     };
     let mut err_out: Option<csv::Writer<BufWriter<File>>> = None;
@@ -215,7 +237,7 @@ pub fn ingest_file(
                         }
                         Ok(true) => {
                             seen += 1;
-                            let line = record.position().map_or(0, |p| p.line());
+                            let line = lines.line_at(record.position().map_or(0, |p| p.byte()));
                             if record.iter().all(|f| f.trim().is_empty()) {
                                 seen -= 1;
                                 continue;
@@ -248,7 +270,7 @@ pub fn ingest_file(
                             seen += 1;
                             chunk.rejected += 1;
                             chunk.errors.push(RowError {
-                                line: e.position().map_or(0, |p| p.line()),
+                                line: e.position().map_or(0, |p| lines.line_at(p.byte())),
                                 field: "(row)".into(),
                                 value: String::new(),
                                 reason: e.to_string(),
@@ -291,7 +313,7 @@ pub fn ingest_file(
             summary.rows += report.outcomes.len() as u64 + chunk.rejected;
             if !chunk.errors.is_empty() {
                 if err_out.is_none() {
-                    let f = File::create(&err_path).map_err(|source| IngestError::Io {
+                    let f = crate::files::create_private(&err_path).map_err(|source| IngestError::Io {
                         path: err_path.clone(),
                         source,
                     })?;

@@ -4,6 +4,7 @@
 mod columns;
 mod ingest;
 mod row;
+pub mod text;
 
 pub use columns::{Columns, HEADER};
 pub use ingest::{ingest_all, ingest_file, IngestError, IngestOptions, Progress, Summary};
@@ -24,11 +25,29 @@ pub enum Encoding {
 }
 
 impl Encoding {
+    /// A configuration value: `auto` (detect; `None`) or an encoding's name.
+    pub fn from_setting(s: &str) -> Result<Option<Self>, String> {
+        if s.eq_ignore_ascii_case("auto") {
+            return Ok(None);
+        }
+        Self::parse(s).map(Some).ok_or_else(|| {
+            format!("unknown encoding {s:?}; use \"auto\", \"utf-8\" or \"shift_jis\"")
+        })
+    }
+
     pub fn parse(s: &str) -> Option<Self> {
         match s.to_ascii_lowercase().as_str() {
             "utf-8" | "utf8" => Some(Encoding::Utf8),
             "shift_jis" | "sjis" | "cp932" | "windows-31j" => Some(Encoding::ShiftJis),
             _ => None,
+        }
+    }
+
+    /// The name `--encoding` and the configuration take.
+    pub fn name(self) -> &'static str {
+        match self {
+            Encoding::Utf8 => "utf-8",
+            Encoding::ShiftJis => "shift_jis",
         }
     }
 

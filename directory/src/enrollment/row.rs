@@ -57,6 +57,25 @@ pub fn parse_row(
     line: u64,
     today: NaiveDate,
 ) -> Result<EnrollmentRow, Vec<RowError>> {
+    if record.len() > cols.len() {
+        return Err(vec![RowError {
+            line,
+            field: "(row)".into(),
+            value: record
+                .iter()
+                .skip(cols.len())
+                .collect::<Vec<_>>()
+                .join(",")
+                .chars()
+                .take(80)
+                .collect(),
+            reason: format!(
+                "too_many_fields: {} fields where the header has {}; a comma inside a value needs double quotes",
+                record.len(),
+                cols.len()
+            ),
+        }]);
+    }
     let mut c = Check {
         cols,
         record,
@@ -222,6 +241,18 @@ mod tests {
         for f in ["insurer_number", "my_number", "kana_name", "birth_date"] {
             assert!(fields.contains(&f), "{f} missing from {fields:?}");
         }
+    }
+
+    #[test]
+    fn a_row_longer_than_the_header_is_refused() {
+        let cols = Columns::from_header(HEADER.into_iter()).unwrap();
+        let mut long = GOOD.to_vec();
+        long.push("extra");
+        let errs = parse_row(&cols, &record(&long), 9, today()).unwrap_err();
+        assert_eq!(errs.len(), 1);
+        assert!(errs[0].reason.starts_with("too_many_fields"), "{errs:?}");
+        assert_eq!(errs[0].value, "extra");
+        assert_eq!(errs[0].line, 9);
     }
 
     proptest::proptest! {

@@ -37,6 +37,9 @@ pub struct Letter {
     pub code: String,
     /// Last day the code works, `YYYY-MM-DD`.
     pub expires: String,
+    /// When the code stops working, seconds since the epoch.
+    #[serde(default)]
+    pub expires_at: i64,
 }
 
 /// A line of the print vendor's CSV.
@@ -156,12 +159,19 @@ pub fn write_letters(
         source,
     })?;
     let font = Font::parse(&data)?;
-    std::fs::create_dir_all(out).map_err(io(out))?;
+    crate::files::create_private_dir(out).map_err(io(out))?;
     let csv_path = out.join("letters.csv");
-    let mut vendor = csv::Writer::from_path(&csv_path).map_err(|source| LetterError::Csv {
+    let csv_file = crate::files::create_private(&csv_path).map_err(io(&csv_path))?;
+    let csv_error = |source| LetterError::Csv {
         path: csv_path.clone(),
         source,
-    })?;
+    };
+    // The header is written even for no letters: an empty run still tells the print
+    // vendor what the columns are.
+    let mut vendor = csv::WriterBuilder::new()
+        .has_headers(false)
+        .from_writer(std::io::BufWriter::new(csv_file));
+    vendor.write_record(VENDOR_HEADER).map_err(csv_error)?;
     let mut files = Vec::new();
     for (n, chunk) in letters.chunks(cfg.per_file.max(1)).enumerate() {
         let name = format!("letters-{:04}.pdf", n + 1);
@@ -170,7 +180,7 @@ pub fn write_letters(
             .map(|l| page(l, plan, &cfg.portal_url))
             .collect();
         let path = out.join(&name);
-        std::fs::write(&path, pdf::render(&font, &pages)?).map_err(io(&path))?;
+        write_synced(&path, &pdf::render(&font, &pages)?).map_err(io(&path))?;
         for (i, l) in chunk.iter().enumerate() {
             vendor
                 .serialize(VendorRow {
@@ -184,16 +194,40 @@ pub fn write_letters(
                     activation_code: &l.code,
                     code_expires: &l.expires,
                 })
-                .map_err(|source| LetterError::Csv {
-                    path: csv_path.clone(),
-                    source,
-                })?;
+                .map_err(csv_error)?;
         }
         files.push(path);
     }
-    vendor.flush().map_err(io(&csv_path))?;
+    let csv_file = vendor
+        .into_inner()
+        .map_err(|e| io(&csv_path)(e.into_error()))?
+        .into_inner()
+        .map_err(|e| io(&csv_path)(e.into_error()))?;
+    csv_file.sync_all().map_err(io(&csv_path))?;
     files.push(csv_path);
     Ok(files)
+}
+
+/// The print vendor's columns, in `VendorRow`'s order.
+const VENDOR_HEADER: [&str; 9] = [
+    "file",
+    "page",
+    "sender",
+    "name",
+    "kana_name",
+    "address",
+    "medical_id",
+    "activation_code",
+    "code_expires",
+];
+
+/// Writes a letters file readable by its owner alone (it carries activation codes)
+/// and makes it durable before the codes in it are committed.
+fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = crate::files::create_private(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
 }
 
 #[cfg(test)]
@@ -221,6 +255,7 @@ mod tests {
             },
             code: "ABCD-EFGH-JKMN".into(),
             expires: "2027-02-25".into(),
+            expires_at: 0,
         };
         let files = write_letters(tmp.path(), &[letter], Plan::Agency, &cfg).unwrap();
         let pdf = std::fs::read(&files[0]).unwrap();

@@ -163,7 +163,7 @@ mod tests {
         old.until = Some(d("2024-03-31"));
         let mut p = new_person(1, &old, MedicalId::from_body(9), 0, 0);
         let new = row("983205673214", "33120015", "77");
-        crate::registry::merge::merge_row(&mut p, &new, 0);
+        crate::registry::merge::merge_row(&mut p, &new, "b.csv:2", 0);
         let card_key = |c: &Card| CheckKey::Card {
             insurer: c.insurer.clone(),
             symbol: c.symbol.clone(),

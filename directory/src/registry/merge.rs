@@ -41,31 +41,50 @@ pub fn conflict_for(
 }
 
 /// Applies a row whose identity agrees with the registered person. A person who moves
-/// insurer gains a coverage; the old one keeps its dates.
-pub fn merge_row(person: &mut Person, row: &EnrollmentRow, at: Timestamp) -> RowOutcome {
-    let mut changed = false;
+/// insurer gains a coverage; the old one keeps its dates. `source` names the file and
+/// line, and goes into the history beside every value the row changes.
+///
+/// A row of a coverage that a later-starting coverage has superseded is old news (an
+/// insurer re-sending an old file): it may close its coverage, but it changes neither
+/// the address nor anything else the newer coverage's rows supplied.
+pub fn merge_row(
+    person: &mut Person,
+    row: &EnrollmentRow,
+    source: &str,
+    at: Timestamp,
+) -> RowOutcome {
+    let superseded = person
+        .coverages
+        .iter()
+        .any(|c| c.card != row.card && c.from > row.from);
+    let mut changes: Vec<(String, String, String)> = Vec::new();
     if let Some(a) = &row.address {
-        if person.address.as_ref() != Some(a) {
+        if !superseded && person.address.as_ref() != Some(a) {
+            changes.push((
+                "address".into(),
+                person.address.clone().unwrap_or_default(),
+                a.clone(),
+            ));
             person.address = Some(a.clone());
-            changed = true;
         }
     }
     match person.coverage_mut(&row.card) {
         Some(c) => {
-            if c.kind != row.kind
-                || c.relation != row.relation
-                || c.from != row.from
-                || c.until != row.until
-            {
+            let old = terms(c.kind, c.relation, c.from, c.until);
+            if superseded {
+                // Only an end date the registry lacks is news from an older coverage.
+                if c.until.is_none() && row.until.is_some() {
+                    c.until = row.until;
+                }
+            } else {
                 c.kind = row.kind;
                 c.relation = row.relation;
                 c.from = row.from;
                 c.until = row.until;
-                person.history.push(Event::CoverageUpdated {
-                    card: row.card.clone(),
-                    at,
-                });
-                changed = true;
+            }
+            let new = terms(c.kind, c.relation, c.from, c.until);
+            if new != old {
+                changes.push((format!("coverage {}", row.card), old, new));
             }
         }
         None => {
@@ -74,14 +93,42 @@ pub fn merge_row(person: &mut Person, row: &EnrollmentRow, at: Timestamp) -> Row
                 card: row.card.clone(),
                 at,
             });
-            changed = true;
+            changes.push((
+                format!("coverage {}", row.card),
+                String::new(),
+                terms(row.kind, row.relation, row.from, row.until),
+            ));
         }
     }
-    if changed {
-        RowOutcome::Updated
-    } else {
-        RowOutcome::Unchanged
+    if changes.is_empty() {
+        return RowOutcome::Unchanged;
     }
+    for (field, old, new) in changes {
+        person.history.push(Event::Changed {
+            field,
+            old,
+            new,
+            source: source.to_string(),
+            at,
+        });
+    }
+    RowOutcome::Updated
+}
+
+/// A coverage's terms as one line of history.
+fn terms(
+    kind: iryo_proto::InsurerKind,
+    relation: iryo_proto::Relation,
+    from: chrono::NaiveDate,
+    until: Option<chrono::NaiveDate>,
+) -> String {
+    format!(
+        "{} {} from {} until {}",
+        kind.as_str(),
+        relation.as_str(),
+        from,
+        until.map_or("-".to_string(), |u| u.to_string())
+    )
 }
 
 pub fn coverage_from(row: &EnrollmentRow) -> Coverage {
@@ -162,7 +209,7 @@ pub(crate) mod tests {
     fn same_row_twice_is_unchanged() {
         let r = row("983205673214", "01130012", "5");
         let mut p = new_person(1, &r, MedicalId::from_body(7), 0, 0);
-        assert_eq!(merge_row(&mut p, &r, 1), RowOutcome::Unchanged);
+        assert_eq!(merge_row(&mut p, &r, "a.csv:2", 1), RowOutcome::Unchanged);
         assert_eq!(p.history.len(), 1);
     }
 
@@ -173,11 +220,38 @@ pub(crate) mod tests {
         let mut p = new_person(1, &old, MedicalId::from_body(7), 0, 0);
         let new = row("983205673214", "33120015", "77");
         assert!(conflict_for(Some(&p), &new, CardHolder::Nobody).is_none());
-        assert_eq!(merge_row(&mut p, &new, 1), RowOutcome::Updated);
+        assert_eq!(merge_row(&mut p, &new, "b.csv:2", 1), RowOutcome::Updated);
         assert_eq!(p.coverages.len(), 2);
         assert_eq!(p.coverages[0].until, NaiveDate::from_ymd_opt(2025, 3, 31));
         let d = NaiveDate::from_ymd_opt(2026, 1, 1).unwrap();
         assert_eq!(p.coverage_on(d).unwrap().card.insurer.as_str(), "33120015");
+    }
+
+    #[test]
+    fn an_old_file_sent_again_does_not_overwrite_the_present() {
+        let mut old = row("983205673214", "01130012", "5");
+        old.address = Some("旧住所".into());
+        let mut p = new_person(1, &old, MedicalId::from_body(7), 0, 0);
+        let mut ended = old.clone();
+        ended.until = NaiveDate::from_ymd_opt(2023, 3, 31);
+        assert_eq!(merge_row(&mut p, &ended, "2023.csv:4", 1), RowOutcome::Updated);
+        let mut new = row("983205673214", "33120015", "77");
+        new.from = NaiveDate::from_ymd_opt(2023, 4, 1).unwrap();
+        new.address = Some("新住所".into());
+        assert_eq!(merge_row(&mut p, &new, "2024.csv:9", 2), RowOutcome::Updated);
+        let history = p.history.len();
+        // The 2022 file again: open-ended coverage, old address.
+        assert_eq!(merge_row(&mut p, &old, "2022.csv:3", 3), RowOutcome::Unchanged);
+        assert_eq!(p.address.as_deref(), Some("新住所"));
+        assert_eq!(p.coverages[0].until, NaiveDate::from_ymd_opt(2023, 3, 31));
+        assert_eq!(p.history.len(), history);
+        // Every change so far left old value, new value and source.
+        assert!(p.history.iter().any(|e| matches!(e,
+            Event::Changed { field, old, new, source, .. }
+                if field == "address" && old == "旧住所" && new == "新住所" && source == "2024.csv:9")));
+        assert!(p.history.iter().any(|e| matches!(e,
+            Event::Changed { field, new, source, .. }
+                if field.starts_with("coverage") && new.ends_with("until 2023-03-31") && source == "2023.csv:4")));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! rules that decide what an enrollment row or an eligibility check does. No I/O here;
 //! `crate::store` persists these types.
 
+pub mod dates;
 pub mod eligibility;
 pub mod merge;
 
@@ -133,6 +134,30 @@ pub enum Event {
         plan: String,
         at: Timestamp,
     },
+    /// A stored value changed: which, from what to what, and what said so (an
+    /// enrollment file and its line, or an operator's case and reason).
+    Changed {
+        field: String,
+        old: String,
+        new: String,
+        source: String,
+        at: Timestamp,
+    },
+    /// A recorded date of death replaced by an operator.
+    DeathCorrected {
+        old: NaiveDate,
+        new: NaiveDate,
+        reason: String,
+        by: String,
+        at: Timestamp,
+    },
+    /// A death recorded in error, undone by an operator.
+    DeathRevoked {
+        old: NaiveDate,
+        reason: String,
+        by: String,
+        at: Timestamp,
+    },
 }
 
 impl Event {
@@ -146,7 +171,10 @@ impl Event {
             | Event::Death { at, .. }
             | Event::Retired { at }
             | Event::Corrected { at, .. }
-            | Event::Notified { at, .. } => *at,
+            | Event::Notified { at, .. }
+            | Event::Changed { at, .. }
+            | Event::DeathCorrected { at, .. }
+            | Event::DeathRevoked { at, .. } => *at,
         }
     }
 }

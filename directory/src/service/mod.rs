@@ -202,6 +202,13 @@ async fn notify(
     Ok(DirectoryResponse::Acknowledged { ids })
 }
 
+fn bad_request(detail: String) -> DirectoryResponse {
+    DirectoryResponse::Refused(iryo_proto::wire::Refusal::new(
+        iryo_proto::wire::RefusalReason::BadRequest,
+        detail,
+    ))
+}
+
 async fn answer(
     store: Arc<Store>,
     committer: GroupCommitter,
@@ -238,6 +245,9 @@ async fn answer(
     };
     match request {
         DirectoryRequest::Eligibility { mut request } => {
+            if let Err(e) = store.date_rules().not_future("date of service", request.date) {
+                return bad_request(e.to_string());
+            }
             // The institution asking is the authenticated one, whatever the body says.
             request.institution = member.code;
             match committer.submit(Job::Check(request)).await {
@@ -255,6 +265,13 @@ async fn answer(
                         iryo_proto::wire::MAX_CHECKS_PER_REQUEST
                     ),
                 ));
+            }
+            let rules = store.date_rules();
+            if let Some(e) = requests
+                .iter()
+                .find_map(|r| rules.not_future("date of service", r.date).err())
+            {
+                return bad_request(e.to_string());
             }
             // One job: decided and made durable in one group commit, answered at once.
             let requests = requests

@@ -10,6 +10,17 @@ use iryo_proto::{InsurerNumber, MedicalId, MyNumber};
 use redb::ReadableDatabase;
 use serde::Serialize;
 
+/// The columns of an assignment file, in `AssignmentRow`'s order; written even when
+/// there are no rows, so that an empty file still says what it is.
+pub const ASSIGNMENT_HEADER: [&str; 6] = [
+    "insurer_number",
+    "card_symbol",
+    "card_number",
+    "branch",
+    "my_number",
+    "medical_id",
+];
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AssignmentRow {
     #[serde(skip)]
@@ -134,13 +145,24 @@ impl Store {
         Ok(out)
     }
 
-    pub fn mark_notified(&self, pids: &[u64], plan: Plan, at: Timestamp) -> Result<()> {
+    /// The letters to these people were written: in one transaction each person's
+    /// activation code (stored as a hash) takes effect and the person counts as told.
+    /// Until this commit no code printed in them works, so letters that failed to be
+    /// written leave no code issued; a rerun prints new ones.
+    pub fn letters_sent(
+        &self,
+        plan: Plan,
+        letters: &[(u64, String)],
+        expires: Timestamp,
+        at: Timestamp,
+    ) -> Result<()> {
         let plan = match plan {
             Plan::Insurer => "insurer",
             Plan::Agency => "agency",
         };
         self.write(|t| {
-            for pid in pids {
+            for (pid, code) in letters {
+                super::portal::set_activation(t, *pid, code, expires)?;
                 let mut p = t.person(*pid)?;
                 p.notified_at = Some(at);
                 p.history.push(Event::Notified {

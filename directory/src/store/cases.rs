@@ -116,7 +116,7 @@ impl Store {
             };
             c.status = resolved(name, reason, by, at)?;
             if action == ConflictAction::Apply {
-                apply_correction(t, &c, reason, issuer, at)?;
+                apply_correction(t, &c, reason, by, issuer, at)?;
             }
             t.conflicts.open_mut()?.insert(id, encode(&c)?.as_slice())?;
             t.audit_append(&LogEntry::Operator {
@@ -178,14 +178,17 @@ impl Store {
 
 /// Makes the registry agree with a conflicting row: the card leaves its other holder,
 /// the identity takes the row's values, then the row applies as enrollment would.
+/// Every value replaced stays in the history with its new value and the case.
 fn apply_correction(
     t: &mut Tables<'_>,
     c: &Conflict,
     reason: &str,
+    by: &str,
     issuer: &Issuer,
     at: Timestamp,
 ) -> Result<()> {
     let row = &c.row;
+    let case = format!("conflict {} ({}, by {by}): {}", c.id, c.source, reason.trim());
     if let Some(holder_pid) = t.card_holder(&row.card)? {
         let mut holder = t.person(holder_pid)?;
         if holder.my_number != row.my_number {
@@ -201,18 +204,30 @@ fn apply_correction(
     }
     if let Some(pid) = t.pid_by_my_number(row.my_number)? {
         let mut p = t.person(pid)?;
-        let fields = p.identity.differences(&row.identity);
+        let old = p.identity.clone();
+        let new = &row.identity;
+        let fields = old.differences(new);
         if !fields.is_empty() {
-            p.identity = row.identity.clone();
-            p.history.push(Event::Corrected {
-                what: format!("{} corrected (conflict {})", fields.join(", "), c.id),
-                reason: reason.into(),
-                at,
-            });
+            for field in &fields {
+                let (was, now) = match *field {
+                    "name" => (old.name.to_string(), new.name.to_string()),
+                    "kana_name" => (old.kana.to_string(), new.kana.to_string()),
+                    "birth_date" => (old.birth.to_string(), new.birth.to_string()),
+                    _ => (old.sex.code().to_string(), new.sex.code().to_string()),
+                };
+                p.history.push(Event::Changed {
+                    field: (*field).to_string(),
+                    old: was,
+                    new: now,
+                    source: case.clone(),
+                    at,
+                });
+            }
+            p.identity = new.clone();
             t.save_person(&p)?;
         }
     }
-    match apply_row(t, &c.source, row, None, issuer, at)? {
+    match apply_row(t, &case, row, None, issuer, at)? {
         RowOutcome::Conflict(k) => Err(StoreError::Refused(format!(
             "the row still conflicts after correction: {k}"
         ))),

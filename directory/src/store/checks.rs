@@ -160,7 +160,9 @@ impl Store {
     }
 
     /// One check, recorded durably before the answer returns.
+    /// A date of service after today (plus the allowance for clocks) is refused.
     pub fn check(&self, req: &CheckRequest, at: Timestamp) -> Result<CheckAnswer> {
+        self.date_rules().not_future("date of service", req.date)?;
         let mut answers = self.check_batch(std::slice::from_ref(req), at)?;
         answers
             .pop()
@@ -293,12 +295,14 @@ fn record_mismatch(
             Recipient::Person {
                 medical_id: registered,
             },
+            // Only the person's own data: the ID that was presented may be someone
+            // else's, and a notice must not disclose it.
             format!(
-                "医療機関 {} で提示された医療等番号 {} は登録内容と異なります。 / The medical ID {} presented at institution {} does not match our records.",
+                "医療機関 {} で、あなたの保険証とともに、登録と異なる医療等番号が提示されました。あなたの医療等番号は {} です。心当たりがない場合は保険者にご連絡ください。 / At institution {}, a medical ID other than yours was presented with your insurance card. Your medical ID is {}. If you do not know why, please contact your insurer.",
                 req.institution,
-                presented.grouped(),
-                presented.grouped(),
-                req.institution
+                registered.grouped(),
+                req.institution,
+                registered.grouped()
             ),
         ),
         (

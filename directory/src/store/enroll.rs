@@ -33,7 +33,8 @@ impl Store {
             let mut outcomes = vec![RowOutcome::Unchanged; rows.len()];
             for i in order {
                 let first = candidates.and_then(|c| c.get(i).copied());
-                outcomes[i] = apply_row(t, source, &rows[i], first, issuer, at)?;
+                let row_source = format!("{source}:{}", rows[i].line);
+                outcomes[i] = apply_row(t, &row_source, &rows[i], first, issuer, at)?;
             }
             Ok(BatchReport {
                 outcomes: rows.iter().map(|r| r.line).zip(outcomes).collect(),
@@ -43,7 +44,8 @@ impl Store {
 }
 
 /// The rules of seed 2-1 against the tables: match by My Number, never overwrite
-/// identity, hold disagreements as conflicts.
+/// identity, hold disagreements as conflicts. `source` says where the row came from
+/// (`FILE:LINE`, or an operator's case), for the history and the conflict.
 pub(super) fn apply_row(
     t: &mut Tables<'_>,
     source: &str,
@@ -67,7 +69,7 @@ pub(super) fn apply_row(
     }
     match person {
         Some(mut p) => {
-            let outcome = merge_row(&mut p, row, at);
+            let outcome = merge_row(&mut p, row, source, at);
             if outcome == RowOutcome::Updated {
                 t.save_person(&p)?;
             }
@@ -104,7 +106,7 @@ fn record_conflict(
     let c = Conflict {
         id,
         kind,
-        source: format!("{source}:{}", row.line),
+        source: source.to_string(),
         row: row.clone(),
         status: CaseStatus::Open,
         at,

@@ -2,11 +2,22 @@
 
 use super::tables::*;
 use super::{status_name, Result, Store, StoreError};
+use crate::audit::LogEntry;
 use crate::issuance::Issuer;
+use crate::registry::dates::DateError;
 use crate::registry::{research_until, Event, IdStatus, Person, Timestamp};
 use chrono::NaiveDate;
 use iryo_proto::{MedicalId, MyNumber};
 use redb::ReadableTable;
+
+fn needs_reason(reason: &str) -> Result<String> {
+    match reason.trim() {
+        "" => Err(StoreError::Refused(
+            "a correction needs a reason (--reason)".into(),
+        )),
+        r => Ok(r.to_string()),
+    }
+}
 
 fn current_person(t: &Tables<'_>, id: MedicalId) -> Result<Person> {
     let e = t.id_entry(id)?.ok_or(StoreError::UnknownMedicalId(id))?;
@@ -79,25 +90,113 @@ impl Store {
     }
 
     /// Records a death: eligibility ends, the ID serves research until the retention
-    /// period ends. Returns that date.
-    pub fn record_death(&self, id: MedicalId, date: NaiveDate, at: Timestamp) -> Result<NaiveDate> {
+    /// period ends. Returns that date. A date before birth or in the future is
+    /// refused, and so is a second death: correct or revoke the first instead.
+    pub fn record_death(
+        &self,
+        id: MedicalId,
+        date: NaiveDate,
+        by: &str,
+        at: Timestamp,
+    ) -> Result<NaiveDate> {
         let retention = self.retention_years;
+        let rules = self.date_rules();
         self.write(|t| {
             let mut p = current_person(t, id)?;
-            if let Some(old) = p.death {
-                t.deaths.open_mut()?.remove((days(old), p.pid))?;
+            if let Some(recorded) = p.death {
+                return Err(StoreError::DeathRecorded { id, date: recorded });
             }
+            rules.death(date, p.identity.birth.date())?;
             p.death = Some(date);
             p.history.push(Event::Death { date, at });
             t.save_person(&p)?;
             t.deaths.open_mut()?.insert((days(date), p.pid), ())?;
+            t.audit_append(&LogEntry::Operator {
+                operator: by.into(),
+                action: format!("death of {} recorded: {date}", id.grouped()),
+                at,
+            })?;
             Ok(research_until(date, retention))
         })
     }
 
+    /// Replaces the date of a recorded death; the retention period runs from the new
+    /// date. The old date stays in the history, with the reason.
+    pub fn correct_death(
+        &self,
+        id: MedicalId,
+        date: NaiveDate,
+        reason: &str,
+        by: &str,
+        at: Timestamp,
+    ) -> Result<NaiveDate> {
+        let reason = needs_reason(reason)?;
+        let retention = self.retention_years;
+        let rules = self.date_rules();
+        self.write(|t| {
+            let mut p = current_person(t, id)?;
+            let old = p.death.ok_or(StoreError::NoDeath(id))?;
+            rules.death(date, p.identity.birth.date())?;
+            t.deaths.open_mut()?.remove((days(old), p.pid))?;
+            t.deaths.open_mut()?.insert((days(date), p.pid), ())?;
+            p.death = Some(date);
+            p.history.push(Event::DeathCorrected {
+                old,
+                new: date,
+                reason: reason.clone(),
+                by: by.into(),
+                at,
+            });
+            t.save_person(&p)?;
+            t.audit_append(&LogEntry::Operator {
+                operator: by.into(),
+                action: format!(
+                    "date of death of {} corrected from {old} to {date}: {reason}",
+                    id.grouped()
+                ),
+                at,
+            })?;
+            Ok(research_until(date, retention))
+        })
+    }
+
+    /// Undoes a death recorded in error: the person is eligible again as their
+    /// coverages say. The ID must not have been retired (retirement is for ever).
+    pub fn revoke_death(&self, id: MedicalId, reason: &str, by: &str, at: Timestamp) -> Result<()> {
+        let reason = needs_reason(reason)?;
+        self.write(|t| {
+            let mut p = current_person(t, id)?;
+            let old = p.death.ok_or(StoreError::NoDeath(id))?;
+            t.deaths.open_mut()?.remove((days(old), p.pid))?;
+            p.death = None;
+            p.history.push(Event::DeathRevoked {
+                old,
+                reason: reason.clone(),
+                by: by.into(),
+                at,
+            });
+            t.save_person(&p)?;
+            t.audit_append(&LogEntry::Operator {
+                operator: by.into(),
+                action: format!("death of {} ({old}) revoked: {reason}", id.grouped()),
+                at,
+            })?;
+            Ok(())
+        })
+    }
+
     /// Retires every ID whose retention period ended before `today`. Returns the IDs.
+    /// Retirement is for ever, so it is never judged as of a day still to come.
     pub fn retire_due(&self, today: NaiveDate, at: Timestamp) -> Result<Vec<MedicalId>> {
         let retention = self.retention_years;
+        let real = self.date_rules();
+        if today > real.today {
+            return Err(StoreError::Date(DateError::Future {
+                what: "retirement date".into(),
+                date: today,
+                latest: real.today,
+            }));
+        }
         self.write(|t| {
             let mut due = Vec::new();
             for item in t.deaths.open()?.iter()? {

@@ -17,7 +17,7 @@ mod paced;
 mod portal;
 mod tables;
 
-pub use assign::{AssignmentRow, LetterRow, Plan};
+pub use assign::{AssignmentRow, LetterRow, Plan, ASSIGNMENT_HEADER};
 pub use audit::AuditReport;
 pub use cases::{ConflictAction, MismatchAction};
 pub use checks::Reader;
@@ -28,7 +28,7 @@ pub use federation::{
 pub use folding::start_folder;
 pub use group::{Job, Outcome};
 pub use intake::fits as fits_intake;
-pub use portal::{activation_hash, Account, Activation};
+pub use portal::{activation_hash, new_activation_code, Account, Activation};
 
 use crate::issuance::{IssueError, Method};
 use crate::registry::{IdEntry, IdStatus, Person};
@@ -48,8 +48,18 @@ pub enum StoreError {
     Missing(PathBuf),
     #[error("{0}: a database exists already")]
     Exists(PathBuf),
-    #[error("{0}: the database is in use by another process (is `iryo-directory serve` running?)")]
-    InUse(PathBuf),
+    #[error("{}: the database is in use by {}", path.display(), holder.as_deref().unwrap_or("another process"))]
+    InUse {
+        path: PathBuf,
+        /// Which process holds it, as it wrote itself down on opening.
+        holder: Option<String>,
+    },
+    #[error(transparent)]
+    Date(#[from] crate::registry::dates::DateError),
+    #[error("a death is recorded already for medical ID {id} ({date}); use `death --correct` or `death --revoke` with a reason")]
+    DeathRecorded { id: MedicalId, date: chrono::NaiveDate },
+    #[error("no death is recorded for medical ID {0}")]
+    NoDeath(MedicalId),
     #[error("medical ID {0} is not registered")]
     UnknownMedicalId(MedicalId),
     #[error("My Number {0} is not registered")]
@@ -123,10 +133,52 @@ fn side_file(path: &Path, cache_mib: usize, writes: Writes) -> Result<Database> 
             builder.create_with_backend(paced::Paced::new(file).map_err(file_error)?)
         }
     }
-    .map_err(|e| match e {
-        redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse(path.to_path_buf()),
+    .map_err(|e| in_use(path, e))
+}
+
+/// What this process calls itself in a database's holder note (`describe_holder`).
+static HOLDER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Names this process for others that find a database in use, e.g.
+/// "iryo-directory enroll"; call once at start.
+pub fn describe_holder(what: &str) {
+    let _ = HOLDER.set(what.to_string());
+}
+
+fn holder_note(path: &Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(".holder");
+    PathBuf::from(p)
+}
+
+/// Notes beside the database which process holds it, so that a process refused with
+/// "in use" can name it. A note left by a process that died is overwritten by the
+/// next holder; only a live holder makes another process read it.
+fn note_holder(path: &Path) {
+    let text = format!(
+        "process {} ({})",
+        std::process::id(),
+        HOLDER.get().map_or("iryo-directory", String::as_str)
+    );
+    let note = holder_note(path);
+    let written = crate::files::create_private(&note)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()));
+    if let Err(e) = written {
+        tracing::debug!(path = %note.display(), error = %e, "holder note not written");
+    }
+}
+
+/// The error for a database another process holds, naming that process.
+fn in_use(path: &Path, e: redb::DatabaseError) -> StoreError {
+    match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse {
+            path: path.to_path_buf(),
+            holder: std::fs::read_to_string(holder_note(path))
+                .ok()
+                .map(|s| s.trim().chars().take(200).collect()),
+        },
         e => e.into(),
-    })
+    }
 }
 
 pub struct Store {
@@ -137,6 +189,8 @@ pub struct Store {
     /// Where the network's plain eligibility checks are made durable (`intake`).
     intake: Vec<intake::IntakeFile>,
     retention_years: u32,
+    /// Days past today a stated date may lie (`registry.date_allowance_days`).
+    date_allowance_days: u32,
     /// The agency key that signs the audit log's tree heads.
     signer: Option<ed25519_dalek::SigningKey>,
     policy: AccessPolicy,
@@ -180,6 +234,7 @@ impl Store {
             Tables::create_all(&tx)?;
         }
         tx.commit()?;
+        note_holder(path);
         Self::with_db(db, path)
     }
 
@@ -190,6 +245,7 @@ impl Store {
             db,
             linkage: folding::open(path)?,
             retention_years: 10,
+            date_allowance_days: 1,
             signer: None,
             policy: AccessPolicy::default(),
             members: Default::default(),
@@ -205,10 +261,8 @@ impl Store {
         let db = Database::builder()
             .set_cache_size(cache_mib.max(16) << 20)
             .open(path)
-            .map_err(|e| match e {
-                redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse(path.to_path_buf()),
-                e => e.into(),
-            })?;
+            .map_err(|e| in_use(path, e))?;
+        note_holder(path);
         Self::with_db(db, path)
     }
 
@@ -226,6 +280,19 @@ impl Store {
     pub fn with_retention(mut self, years: u32) -> Self {
         self.retention_years = years;
         self
+    }
+
+    pub fn with_date_allowance(mut self, days: u32) -> Self {
+        self.date_allowance_days = days;
+        self
+    }
+
+    /// The rules for stated dates as of today's date on this machine.
+    pub fn date_rules(&self) -> crate::registry::dates::DateRules {
+        crate::registry::dates::DateRules {
+            today: crate::registry::today(),
+            allowance_days: self.date_allowance_days,
+        }
     }
 
     pub fn retention_years(&self) -> u32 {

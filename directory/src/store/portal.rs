@@ -79,18 +79,7 @@ impl Store {
             .collect::<Result<Vec<_>>>()?;
         self.write(|t| {
             for (pid, code) in pids.iter().zip(&codes) {
-                let mut a: Account = match t.portal_accounts.open()?.get(*pid)? {
-                    Some(v) => decode(v.value())?,
-                    None => Account::default(),
-                };
-                a.activation = Some(Activation {
-                    hash: activation_hash(*pid, code),
-                    expires,
-                    used: false,
-                });
-                t.portal_accounts
-                    .open_mut()?
-                    .insert(*pid, encode(&a)?.as_slice())?;
+                set_activation(t, *pid, code, expires)?;
             }
             Ok(())
         })?;
@@ -128,6 +117,28 @@ impl Store {
 
 fn bad_code() -> StoreError {
     StoreError::Refused("the medical ID or activation code is wrong, used or expired".into())
+}
+
+/// Stores the hash of a person's new activation code, replacing any unused one.
+pub(super) fn set_activation(
+    t: &mut super::tables::Tables<'_>,
+    pid: u64,
+    code: &str,
+    expires: Timestamp,
+) -> Result<()> {
+    let mut a: Account = match t.portal_accounts.open()?.get(pid)? {
+        Some(v) => decode(v.value())?,
+        None => Account::default(),
+    };
+    a.activation = Some(Activation {
+        hash: activation_hash(pid, code),
+        expires,
+        used: false,
+    });
+    t.portal_accounts
+        .open_mut()?
+        .insert(pid, encode(&a)?.as_slice())?;
+    Ok(())
 }
 
 #[cfg(test)]

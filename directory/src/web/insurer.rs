@@ -107,9 +107,8 @@ async fn upload(
 ) -> Result<Response, WebError> {
     let insurer = insurer(&caller)?;
     let encoding = match q.encoding.as_deref() {
-        None => Encoding::parse(&web.config.enrollment.encoding).unwrap_or(Encoding::Utf8),
-        Some(e) => Encoding::parse(e)
-            .ok_or_else(|| WebError::BadRequest(format!("unknown encoding {e:?}")))?,
+        None => Encoding::from_setting(&web.config.enrollment.encoding).unwrap_or(None),
+        Some(e) => Encoding::from_setting(e).map_err(WebError::BadRequest)?,
     };
     let id = format!("{}-{}-{}", insurer, now(), &super::session::token()[..8]);
     tokio::fs::create_dir_all(&web.jobs.dir)
@@ -235,7 +234,11 @@ async fn assignments(
     let insurer = insurer(&caller)?;
     let csv = blocking(move || {
         let rows = web.store.assignment_rows(&insurer, q.all)?;
-        let mut w = csv::Writer::from_writer(Vec::new());
+        let mut w = csv::WriterBuilder::new()
+            .has_headers(false)
+            .from_writer(Vec::new());
+        w.write_record(crate::store::ASSIGNMENT_HEADER)
+            .map_err(|e| WebError::Internal(e.to_string()))?;
         for r in &rows {
             w.serialize(r)
                 .map_err(|e| WebError::Internal(e.to_string()))?;

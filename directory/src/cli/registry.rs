@@ -1,0 +1,398 @@
+//! The registry's commands: init, enroll, assign, letters, change, My Number change,
+//! death, retirement and show.
+
+use super::{admin, date, operator, print_json, write_csv, EXIT_REJECTED};
+use anyhow::{bail, Context as _, Result};
+use chrono::NaiveDate;
+use clap::Args;
+use iryo_directory::admin::{AdminRequest, AdminResponse};
+use iryo_directory::config::Config;
+use iryo_directory::context::{Context, ContextError};
+use iryo_directory::enrollment::{ingest_file, Encoding, IngestOptions, Progress, Summary};
+use iryo_directory::issuance::Method;
+use iryo_directory::registry::{now, today};
+use iryo_directory::report;
+use iryo_directory::store::{Plan, StoreError, ASSIGNMENT_HEADER};
+use iryo_proto::{InsurerNumber, MedicalId, MyNumber};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Args)]
+pub struct InitArgs {
+    /// How to issue medical IDs: fpe (FF1 over the My Number, reproducible with the
+    /// agency key) or random (with a mapping table); overrides the configuration.
+    /// Fixed for the life of the database.
+    #[arg(long, value_enum)]
+    method: Option<MethodArg>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum MethodArg {
+    /// NIST FF1 (AES-256) over the My Number.
+    Fpe,
+    /// Drawn from the OS random source.
+    Random,
+}
+
+#[derive(Args)]
+pub struct EnrollArgs {
+    /// Enrollment files (CSV with a header row; see the README for the columns).
+    /// Every file is checked to be readable before any is enrolled.
+    #[arg(required = true, value_name = "FILE")]
+    files: Vec<PathBuf>,
+    /// Encoding of files without a byte-order mark: auto (strict UTF-8, else
+    /// Shift_JIS; a file that is neither is refused), utf-8 or shift_jis (CP932).
+    /// Overrides `enrollment.encoding`.
+    #[arg(long, value_enum)]
+    encoding: Option<EncodingArg>,
+    /// Rows per durable transaction; overrides `enrollment.batch_rows` (10000).
+    #[arg(long, value_name = "N")]
+    batch_rows: Option<usize>,
+    /// Print the summaries as JSON instead of one line per file.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum EncodingArg {
+    /// Strict UTF-8 if the bytes are, else Shift_JIS (CP932) if they are, else refused.
+    Auto,
+    /// UTF-8.
+    #[value(name = "utf-8", alias = "utf8")]
+    Utf8,
+    /// Shift_JIS as Windows writes it (CP932).
+    #[value(name = "shift_jis", alias = "sjis", alias = "cp932")]
+    ShiftJis,
+}
+
+#[derive(Args)]
+pub struct AssignArgs {
+    /// The insurer whose file to write: its insurer number, 8 digits (6 for National
+    /// Health Insurance), e.g. 01130012.
+    #[arg(long, value_name = "NUMBER")]
+    insurer: InsurerNumber,
+    /// Where to write the assignment CSV (mode 0600; it carries My Numbers).
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+    /// Include rows sent before, not only those not yet assigned.
+    #[arg(long)]
+    all: bool,
+}
+
+#[derive(Args)]
+pub struct LettersArgs {
+    /// Who sends the letters: insurer (plan 1) or agency (plan 2).
+    #[arg(long, value_enum)]
+    plan: Plan,
+    /// Directory for letters-NNNN.pdf and letters.csv (mode 0700; the files carry
+    /// activation codes and are 0600).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Include people told before (they get a new activation code).
+    #[arg(long)]
+    all: bool,
+}
+
+#[derive(Args)]
+pub struct ChangeArgs {
+    /// The medical ID to replace: 16 digits, separators allowed, e.g. 1234-5678-9012-3450.
+    #[arg(long, value_name = "ID")]
+    medical_id: MedicalId,
+    /// Why the person applied for a new ID (kept in the history), e.g. "card lost".
+    #[arg(long)]
+    reason: String,
+}
+
+#[derive(Args)]
+pub struct MyNumberChangeArgs {
+    /// The My Number registered now: 12 digits with its check digit.
+    #[arg(long, value_name = "MY_NUMBER")]
+    old: MyNumber,
+    /// The person's new My Number: 12 digits with its check digit.
+    #[arg(long, value_name = "MY_NUMBER")]
+    new: MyNumber,
+}
+
+#[derive(Args)]
+pub struct DeathArgs {
+    /// The person's medical ID: 16 digits, separators allowed.
+    #[arg(long, value_name = "ID")]
+    medical_id: MedicalId,
+    /// Date of death: YYYY-MM-DD, YYYY/MM/DD or YYYYMMDD; not before the birth date,
+    /// not after today.
+    #[arg(long, value_parser = date, required_unless_present = "revoke")]
+    date: Option<NaiveDate>,
+    /// Replace the date of a death recorded earlier with --date (needs --reason).
+    #[arg(long, requires = "reason", conflicts_with = "revoke")]
+    correct: bool,
+    /// Undo a death recorded in error (needs --reason); not possible once the ID is retired.
+    #[arg(long, requires = "reason", conflicts_with = "date")]
+    revoke: bool,
+    /// Why the death is corrected or revoked; kept in the history and the audit log.
+    #[arg(long)]
+    reason: Option<String>,
+    /// Who records it, for the audit log; defaults to $USER.
+    #[arg(long, env = "USER", default_value = "operator")]
+    operator: String,
+}
+
+#[derive(Args)]
+pub struct RetireDueArgs {
+    /// Judge as of this earlier date instead of today (YYYY-MM-DD); a later date is
+    /// refused, since retirement is for ever.
+    #[arg(long, value_parser = date)]
+    date: Option<NaiveDate>,
+}
+
+#[derive(Args)]
+pub struct ShowArgs {
+    /// Find the person by medical ID (16 digits, separators allowed).
+    #[arg(
+        long,
+        value_name = "ID",
+        conflicts_with = "my_number",
+        required_unless_present = "my_number"
+    )]
+    medical_id: Option<MedicalId>,
+    /// Find the person by My Number (12 digits).
+    #[arg(long)]
+    my_number: Option<MyNumber>,
+    /// Print as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn init(mut config: Config, a: InitArgs) -> Result<ExitCode> {
+    if let Some(m) = a.method {
+        config.issuance.method = match m {
+            MethodArg::Fpe => Method::Fpe,
+            MethodArg::Random => Method::Random,
+        };
+    }
+    let ctx = Context::new(config);
+    let (_, keys) = ctx.init()?;
+    println!("created {}", ctx.config.db_path().display());
+    println!("keys in {} (mode 0600)", ctx.config.keys_dir().display());
+    println!("issuance method: {}", ctx.config.issuance.method.as_str());
+    println!(
+        "agency root public key (Ed25519): {}",
+        iryo_proto::merkle::to_hex(keys.root.verifying_key().as_bytes())
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn enroll(config: Config, a: EnrollArgs) -> Result<ExitCode> {
+    let encoding = match a.encoding {
+        Some(EncodingArg::Auto) => None,
+        Some(EncodingArg::Utf8) => Some(Encoding::Utf8),
+        Some(EncodingArg::ShiftJis) => Some(Encoding::ShiftJis),
+        None => Encoding::from_setting(&config.enrollment.encoding)
+            .map_err(|e| anyhow::anyhow!("configuration enrollment.encoding: {e}"))?,
+    };
+    let unreadable: Vec<String> = a
+        .files
+        .iter()
+        .filter_map(|f| {
+            std::fs::File::open(f)
+                .err()
+                .map(|e| format!("{} ({e})", f.display()))
+        })
+        .collect();
+    if !unreadable.is_empty() {
+        bail!(
+            "cannot read {}; nothing was enrolled",
+            unreadable.join(", ")
+        );
+    }
+    let opts = IngestOptions {
+        encoding,
+        batch_rows: a.batch_rows.unwrap_or(config.enrollment.batch_rows),
+        only_insurer: None,
+    };
+    let ctx = Context::new(config.clone());
+    let mut summaries = Vec::new();
+    match ctx.store() {
+        Ok(store) => {
+            let issuer = ctx.issuer(&store)?;
+            let progress = Progress::for_stderr();
+            for f in &a.files {
+                let s = ingest_file(&store, &issuer, f, &opts, &progress)?;
+                if !a.json {
+                    println!("{s}");
+                }
+                summaries.push(s);
+            }
+        }
+        // `serve` holds the database: it enrolls the files itself.
+        Err(ContextError::Store(StoreError::InUse { .. })) => {
+            let files = a
+                .files
+                .iter()
+                .map(|f| std::path::absolute(f).with_context(|| f.display().to_string()))
+                .collect::<Result<Vec<_>>>()?;
+            eprintln!("the directory is serving; it enrolls the files (no progress bar)");
+            let AdminResponse::Enrolled(list) = admin(
+                &config,
+                &operator(),
+                AdminRequest::Enroll {
+                    files,
+                    encoding,
+                    batch_rows: opts.batch_rows,
+                },
+            )?
+            else {
+                bail!("unexpected answer from the directory");
+            };
+            for s in list {
+                if !a.json {
+                    println!("{s}");
+                }
+                summaries.push(s);
+            }
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let mut total = Summary {
+        file: "total".into(),
+        ..Summary::default()
+    };
+    summaries.iter().for_each(|s| total.add(s));
+    if a.json {
+        print_json(&summaries)?;
+    } else if a.files.len() > 1 {
+        println!("{total}");
+    }
+    Ok(if total.rejected > 0 {
+        ExitCode::from(EXIT_REJECTED)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+pub fn assign(config: Config, a: AssignArgs) -> Result<ExitCode> {
+    let store = Context::new(config).store()?;
+    let rows = store.assignment_rows(&a.insurer, a.all)?;
+    write_csv(&a.out, &ASSIGNMENT_HEADER, &rows)?;
+    store.mark_assigned(&rows, now())?;
+    println!(
+        "{} rows for insurer {} written to {}",
+        rows.len(),
+        a.insurer,
+        a.out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn letters(config: &Config, a: LettersArgs) -> Result<ExitCode> {
+    let op = operator();
+    let AdminResponse::Letters(letters) = admin(
+        config,
+        &op,
+        AdminRequest::Letters {
+            plan: a.plan,
+            all: a.all,
+        },
+    )?
+    else {
+        bail!("unexpected answer from the directory");
+    };
+    // The letters first, synced; only then do their codes take effect.
+    let files = iryo_directory::letters::write_letters(&a.out, &letters, a.plan, &config.letters)?;
+    let expires_at = letters.first().map_or(0, |l| l.expires_at);
+    let sent = letters.iter().map(|l| (l.pid, l.code.clone())).collect();
+    admin(
+        config,
+        &op,
+        AdminRequest::LettersSent {
+            plan: a.plan,
+            letters: sent,
+            expires_at,
+        },
+    )?;
+    println!("{} letters written:", letters.len());
+    for f in files {
+        println!("  {}", f.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn change(config: Config, a: ChangeArgs) -> Result<ExitCode> {
+    let ctx = Context::new(config);
+    let store = ctx.store()?;
+    let issuer = ctx.issuer(&store)?;
+    let new = store.change_id(a.medical_id, &a.reason, &issuer, now())?;
+    println!(
+        "medical ID {} replaced; successor {}",
+        a.medical_id.grouped(),
+        new.grouped()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn my_number_change(config: Config, a: MyNumberChangeArgs) -> Result<ExitCode> {
+    let store = Context::new(config).store()?;
+    let id = store.change_my_number(a.old, a.new, now())?;
+    println!(
+        "My Number {} -> {}; medical ID {} unchanged",
+        a.old,
+        a.new,
+        id.grouped()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn death(config: Config, a: DeathArgs) -> Result<ExitCode> {
+    let store = Context::new(config).store()?;
+    let id = a.medical_id;
+    let reason = a.reason.as_deref().unwrap_or("");
+    match (a.date, a.correct, a.revoke) {
+        (_, _, true) => {
+            store.revoke_death(id, reason, &a.operator, now())?;
+            println!("death of {} revoked; the person is no longer recorded as deceased", id.grouped());
+        }
+        (Some(date), true, _) => {
+            let until = store.correct_death(id, date, reason, &a.operator, now())?;
+            println!(
+                "date of death of {} corrected to {date}; the ID serves research until {until}",
+                id.grouped()
+            );
+        }
+        (Some(date), false, _) => {
+            let until = store.record_death(id, date, &a.operator, now())?;
+            println!(
+                "death recorded for {}; the ID serves research until {until}, then it is retired",
+                id.grouped()
+            );
+        }
+        (None, _, false) => bail!("give --date (or --revoke with --reason)"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn retire_due(config: Config, a: RetireDueArgs) -> Result<ExitCode> {
+    let store = Context::new(config).store()?;
+    let retired = store.retire_due(a.date.unwrap_or_else(today), now())?;
+    println!("{} medical IDs retired", retired.len());
+    retired.iter().for_each(|id| println!("  {}", id.grouped()));
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn show(config: Config, a: ShowArgs) -> Result<ExitCode> {
+    let store = Context::new(config).store()?;
+    let reader = store.reader()?;
+    let p = match (a.medical_id, a.my_number) {
+        (Some(id), _) => reader.person_by_medical_id(id)?,
+        (None, Some(n)) => reader.person_by_my_number(n)?,
+        (None, None) => bail!("give --medical-id or --my-number"),
+    };
+    let uses = reader.service_uses(p.pid)?;
+    if a.json {
+        print_json(&serde_json::json!({ "person": p, "service_use": uses }))?;
+    } else {
+        print!(
+            "{}",
+            report::person(&p, &uses, store.retention_years(), today())
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

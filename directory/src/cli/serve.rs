@@ -1,0 +1,118 @@
+//! `serve`: the federation's directory service and the HTTPS front.
+
+use anyhow::{Context as _, Result};
+use clap::Args;
+use iryo_directory::config::Config;
+use iryo_directory::context::Context;
+use std::process::ExitCode;
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// libp2p listen address, e.g. /ip4/127.0.0.1/tcp/4701; overrides `service.listen`.
+    #[arg(long, value_name = "MULTIADDR")]
+    listen: Option<String>,
+    /// HTTPS address of the portal, insurer and operator front, e.g. 127.0.0.1:8443;
+    /// overrides `https.listen`.
+    #[arg(long, value_name = "ADDR")]
+    https: Option<String>,
+}
+
+pub fn run(config: Config, a: ServeArgs) -> Result<ExitCode> {
+    let ServeArgs { listen, https } = a;
+    let listen: libp2p::Multiaddr = listen
+        .unwrap_or_else(|| config.service.listen.clone())
+        .parse()
+        .context("listen address")?;
+    let ctx = Context::new(config.clone());
+    let store = std::sync::Arc::new(ctx.store()?);
+    let keys = ctx.keys()?;
+    let identity = iryo_directory::keys::service_identity(&config.keys_dir())?;
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let running = iryo_directory::service::start(
+            store.clone(),
+            keys.root.clone(),
+            identity,
+            listen,
+            config.service.max_group,
+        )
+        .await?;
+        let addrs: Vec<String> = running.addresses.iter().map(|a| a.to_string()).collect();
+        std::fs::write(config.data_dir.join("directory.addr"), addrs.join("\n"))?;
+        let admin_task = tokio::spawn(iryo_directory::admin::serve_socket(
+            iryo_directory::admin::socket_path(&config),
+            store.clone(),
+            keys.root.clone(),
+            config.clone(),
+        ));
+        let front = start_https(&config, https, store, keys.root.clone()).await?;
+        let https_addr = front
+            .as_ref()
+            .map(|f| f.addr.to_string())
+            .unwrap_or_default();
+        println!(
+            "iryo-directory ready p2p={} https={https_addr} agency_key={}",
+            addrs.join(","),
+            iryo_proto::merkle::to_hex(keys.root.verifying_key().as_bytes())
+        );
+        use std::io::Write as _;
+        std::io::stdout().flush()?;
+        shutdown_signal().await;
+        admin_task.abort();
+        if let Some(f) = front {
+            f.stop();
+        }
+        running.stop().await;
+        let _ = std::fs::remove_file(iryo_directory::admin::socket_path(&config));
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Starts the HTTPS front when the agency CA exists.
+async fn start_https(
+    config: &Config,
+    https: Option<String>,
+    store: std::sync::Arc<iryo_directory::store::Store>,
+    agency: ed25519_dalek::SigningKey,
+) -> Result<Option<iryo_directory::web::Running>> {
+    use iryo_directory::ca::Ca;
+    use iryo_directory::web;
+    let dir = Ca::dir(&config.data_dir);
+    if !Ca::exists(&dir) {
+        tracing::warn!(
+            "no agency CA in {}: HTTPS front off (run `iryo-directory ca init`)",
+            dir.display()
+        );
+        return Ok(None);
+    }
+    let listen: std::net::SocketAddr = https
+        .unwrap_or_else(|| config.https.listen.clone())
+        .parse()
+        .context("HTTPS listen address")?;
+    let tls = std::sync::Arc::new(web::tls::TlsConfigs::new(&Ca::open(&dir)?)?);
+    let state = std::sync::Arc::new(web::Web::new(store, agency, config.clone())?);
+    Ok(Some(
+        web::start(state, tls, listen)
+            .await
+            .with_context(|| format!("HTTPS on {listen}"))?,
+    ))
+}
+
+
+/// Ctrl-C or SIGTERM (what service managers send), whichever comes first.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let terminated = async {
+        match term.as_mut() {
+            Some(t) => {
+                t.recv().await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminated => {}
+    }
+}
