@@ -4,6 +4,7 @@
 pub mod federation;
 pub mod https;
 pub mod local;
+pub mod rows;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -114,6 +115,30 @@ impl Directory {
     pub fn json(&self, args: &[&str]) -> serde_json::Value {
         let out = self.ok(args);
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {out}"))
+    }
+
+    /// Runs `check … --json` and returns the answer, after checking that the exit code
+    /// says the same: 0 eligible, 4 not eligible, 5 no such person.
+    pub fn answer(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.run(args);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| {
+            panic!(
+                "{args:?}: not JSON ({e}): {text}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        let expected = match (v["eligible"].as_bool(), v["reason"].as_str()) {
+            (Some(true), _) => 0,
+            (_, Some("not_found")) => 5,
+            _ => 4,
+        };
+        assert_eq!(
+            out.status.code(),
+            Some(expected),
+            "{args:?}: exit code for {v}"
+        );
+        v
     }
 
     pub fn db(&self) -> PathBuf {

@@ -1,84 +1,9 @@
 //! The directory's registry end to end: the real `iryo-directory` binary on real redb
 //! files in temp dirs, driven as an operator would.
 
-use iryo_proto::{InsurerNumber, MedicalId, MyNumber};
-use iryo_tests::{snapshot, write_enrollment, Directory};
-
-fn kyokai() -> String {
-    InsurerNumber::from_body("0113001").unwrap().to_string()
-}
-
-fn society() -> String {
-    InsurerNumber::from_body("0627014").unwrap().to_string()
-}
-
-fn my(i: u64) -> String {
-    MyNumber::from_body(12_345_000_000 + i).to_string()
-}
-
-/// One row; fields by position in the header.
-#[derive(Clone)]
-struct Row(Vec<String>);
-
-impl Row {
-    fn person(i: u64) -> Self {
-        Row(vec![
-            "kyokai".into(),
-            kyokai(),
-            "10000001".into(),
-            format!("{}", 100 + i),
-            "00".into(),
-            "insured".into(),
-            my(i),
-            format!("山田 太郎{i}").replace(char::is_numeric, ""),
-            "ヤマダ タロウ".into(),
-            "1980-04-01".into(),
-            "1".into(),
-            "東京都千代田区千代田1-1".into(),
-            "2020-04-01".into(),
-            String::new(),
-        ])
-    }
-    fn set(mut self, field: usize, v: &str) -> Self {
-        self.0[field] = v.into();
-        self
-    }
-    fn line(&self) -> String {
-        self.0.join(",")
-    }
-}
-
-const INSURER: usize = 1;
-const NUMBER: usize = 3;
-const KIND: usize = 0;
-const MY: usize = 6;
-const KANA: usize = 8;
-const BIRTH: usize = 9;
-const UNTIL: usize = 13;
-
-fn file(d: &Directory, name: &str, rows: &[Row]) -> String {
-    let path = d.path(name);
-    let lines: Vec<String> = rows.iter().map(Row::line).collect();
-    let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
-    write_enrollment(&path, &refs);
-    path.display().to_string()
-}
-
-/// A directory with persons 1 and 2 enrolled from one file.
-fn two_enrolled() -> Directory {
-    let d = Directory::new();
-    d.ok(&["init"]);
-    d.ok(&[
-        "enroll",
-        &file(&d, "a.csv", &[Row::person(1), Row::person(2)]),
-    ]);
-    d
-}
-
-fn medical_id_of(d: &Directory, my_number: &str) -> MedicalId {
-    let v = d.json(&["show", "--my-number", my_number, "--json"]);
-    v["person"]["medical_id"].as_str().unwrap().parse().unwrap()
-}
+use iryo_proto::{MedicalId, MyNumber};
+use iryo_tests::rows::*;
+use iryo_tests::{snapshot, Directory};
 
 #[test]
 fn init_creates_private_keys_and_refuses_to_run_twice() {
@@ -160,12 +85,14 @@ fn shift_jis_and_bom_files_are_read() {
     let path = d.path("nhi.csv");
     std::fs::write(&path, &sjis).unwrap();
     let p = path.display().to_string();
-    // Read as UTF-8 it is garbage, and the error says what to do.
-    let out = d.run(&["enroll", &p]);
+    // Forced to read it as UTF-8 it is garbage, and the error says what to do.
+    let out = d.run(&["enroll", "--encoding", "utf-8", &p]);
     assert_eq!(out.status.code(), Some(3));
     let errors = std::fs::read_to_string(format!("{p}.errors.csv")).unwrap();
     assert!(errors.contains("--encoding"), "{errors}");
-    d.ok(&["enroll", "--encoding", "shift_jis", &p]);
+    // Without a byte-order mark or --encoding, Shift_JIS is recognised.
+    let out = d.ok(&["enroll", &p]);
+    assert!(out.contains("read as shift_jis (detected)"), "{out}");
     let v = d.json(&["show", "--my-number", &my(1), "--json"]);
     assert_eq!(v["person"]["identity"]["kana"], "ヤマダ　タロウ");
     assert_eq!(v["person"]["identity"]["name"], "山田　太郎");
@@ -207,7 +134,7 @@ fn a_person_who_moves_insurer_keeps_one_id_and_old_dates() {
     assert_eq!(cov[0]["until"], "2024-03-31");
     assert_eq!(cov[1]["from"], "2024-04-01");
     // The old card answers for itself; the medical ID finds the current coverage.
-    let old_card = d.json(&[
+    let old_card = d.answer(&[
         "check",
         "--institution",
         "1310000011",
@@ -220,7 +147,7 @@ fn a_person_who_moves_insurer_keeps_one_id_and_old_dates() {
         "--json",
     ]);
     assert_eq!(old_card["reason"], "coverage_ended");
-    let by_id = d.json(&[
+    let by_id = d.answer(&[
         "check",
         "--institution",
         "1310000011",
@@ -431,10 +358,10 @@ fn checks_record_service_use_and_mismatches() {
         "2026-01-05",
     ];
     args.extend(card1.iter().map(String::as_str));
-    let a = d.json(&args);
+    let a = d.answer(&args);
     assert_eq!(a["eligible"], true);
     assert_eq!(a["medical_id"], id1);
-    let by_id = d.json(&[
+    let by_id = d.answer(&[
         "check",
         "--institution",
         "0110113719",
@@ -443,7 +370,7 @@ fn checks_record_service_use_and_mismatches() {
         "--json",
     ]);
     assert_eq!(by_id["reason"], "active");
-    let unknown = d.json(&[
+    let unknown = d.answer(&[
         "check",
         "--institution",
         "0110113719",
@@ -469,7 +396,7 @@ fn checks_record_service_use_and_mismatches() {
         &id2,
     ];
     args.extend(card1.iter().map(String::as_str));
-    let a = d.json(&args);
+    let a = d.answer(&args);
     assert!(a["mismatch"].is_u64(), "{a}");
     let list = d.json(&["mismatches", "list", "--json"]);
     assert_eq!(list.as_array().unwrap().len(), 1);
@@ -493,7 +420,7 @@ fn checks_record_service_use_and_mismatches() {
     ]);
     let mut args: Vec<&str> = vec!["check", "--institution", "1310000011", "--json"];
     args.extend(card1.iter().map(String::as_str));
-    assert_eq!(d.json(&args)["medical_id"], id2);
+    assert_eq!(d.answer(&args)["medical_id"], id2);
     assert_eq!(
         d.json(&["mismatches", "list", "--json"])
             .as_array()
@@ -516,7 +443,7 @@ fn change_death_and_retirement() {
         out.contains(&MedicalId::parse(&new).unwrap().grouped()),
         "{out}"
     );
-    let a = d.json(&[
+    let a = d.answer(&[
         "check",
         "--institution",
         "1310000011",
@@ -544,7 +471,7 @@ fn change_death_and_retirement() {
 
     let id2 = medical_id_of(&d, &my(2)).to_string();
     d.ok(&["death", "--medical-id", &id2, "--date", "2025-01-10"]);
-    let a = d.json(&[
+    let a = d.answer(&[
         "check",
         "--institution",
         "1310000011",
@@ -556,9 +483,23 @@ fn change_death_and_retirement() {
     ]);
     assert_eq!(a["reason"], "deceased");
     assert!(d.ok(&["retire-due"]).starts_with("0 medical IDs retired"));
-    let out = d.ok(&["retire-due", "--date", "2036-01-01"]);
+    // Retirement is never judged as of a day to come.
+    let err = d.fails(&["retire-due", "--date", "2100-01-01"]);
+    assert!(err.contains("in the future"), "{err}");
+    // The date was wrong: corrected, the retention period runs from the new date.
+    d.ok(&[
+        "death",
+        "--correct",
+        "--medical-id",
+        &id2,
+        "--date",
+        "2014/01/10",
+        "--reason",
+        "municipality corrected the date",
+    ]);
+    let out = d.ok(&["retire-due"]);
     assert!(out.starts_with("1 medical IDs retired"), "{out}");
-    let a = d.json(&[
+    let a = d.answer(&[
         "check",
         "--institution",
         "1310000011",

@@ -130,4 +130,3 @@ pub fn run(config: &Config, cmd: AuditCmd) -> Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
-

@@ -104,12 +104,9 @@ pub fn conflicts(config: Config, cmd: ConflictCmd) -> Result<ExitCode> {
     let ctx = Context::new(config);
     let store = ctx.store()?;
     match cmd {
-        ConflictCmd::List(a) => print_cases(
-            &store.conflicts(!a.all)?,
-            "conflicts",
-            &a,
-            report::conflict,
-        )?,
+        ConflictCmd::List(a) => {
+            print_cases(&store.conflicts(!a.all)?, "conflicts", &a, report::conflict)?
+        }
         ConflictCmd::Resolve {
             id,
             apply,

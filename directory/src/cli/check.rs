@@ -13,10 +13,12 @@ use iryo_proto::{Branch, CardNumber, CardSymbol, InstitutionCode, InsurerNumber,
 use std::process::ExitCode;
 
 #[derive(Args)]
-#[command(after_help = "Answers: eligible (active), or not eligible with coverage_ended, \
+#[command(
+    after_help = "Answers: eligible (active), or not eligible with coverage_ended, \
 not_yet_covered, not_found, branch_required, id_changed (with the successor ID), \
 deceased or retired; the same words in text and JSON.\n\
-Exit codes: 0 eligible, 4 not eligible, 5 no such person, 1 error.")]
+Exit codes: 0 eligible, 4 not eligible, 5 no such person, 1 error."
+)]
 pub struct CheckArgs {
     /// The institution asking: its 10-digit institution code, e.g. 1310000011.
     #[arg(long, value_name = "CODE")]

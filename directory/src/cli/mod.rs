@@ -202,8 +202,8 @@ fn admin(config: &Config, operator: &str, req: AdminRequest) -> Result<AdminResp
 /// Writes rows as CSV with `header` first, so that a file of no rows still says what
 /// its columns are, and makes it durable. Mode 0600: the rows carry personal data.
 fn write_csv<T: serde::Serialize>(out: &Path, header: &[&str], rows: &[T]) -> Result<()> {
-    let file = iryo_directory::files::create_private(out)
-        .with_context(|| format!("{}", out.display()))?;
+    let file =
+        iryo_directory::files::create_private(out).with_context(|| format!("{}", out.display()))?;
     let mut w = csv::WriterBuilder::new()
         .has_headers(false)
         .from_writer(std::io::BufWriter::new(file));
@@ -265,6 +265,9 @@ mod tests {
         assert_eq!(date("2020/01/01"), date("2020-01-01"));
         assert_eq!(date("20200101"), date("2020-01-01"));
         let e = date("2026-02-30").unwrap_err();
-        assert!(e.contains("YYYY-MM-DD") && !e.contains("out of range"), "{e}");
+        assert!(
+            e.contains("YYYY-MM-DD") && !e.contains("out of range"),
+            "{e}"
+        );
     }
 }

@@ -348,7 +348,10 @@ pub fn death(config: Config, a: DeathArgs) -> Result<ExitCode> {
     match (a.date, a.correct, a.revoke) {
         (_, _, true) => {
             store.revoke_death(id, reason, &a.operator, now())?;
-            println!("death of {} revoked; the person is no longer recorded as deceased", id.grouped());
+            println!(
+                "death of {} revoked; the person is no longer recorded as deceased",
+                id.grouped()
+            );
         }
         (Some(date), true, _) => {
             let until = store.correct_death(id, date, reason, &a.operator, now())?;

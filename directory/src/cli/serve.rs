@@ -99,7 +99,6 @@ async fn start_https(
     ))
 }
 
-
 /// Ctrl-C or SIGTERM (what service managers send), whichever comes first.
 async fn shutdown_signal() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();

@@ -59,7 +59,7 @@ impl Columns {
     }
 
     /// How many columns the header has.
-    pub fn len(&self) -> usize {
+    pub fn count(&self) -> usize {
         self.len
     }
 

@@ -313,9 +313,11 @@ pub fn ingest_file(
             summary.rows += report.outcomes.len() as u64 + chunk.rejected;
             if !chunk.errors.is_empty() {
                 if err_out.is_none() {
-                    let f = crate::files::create_private(&err_path).map_err(|source| IngestError::Io {
-                        path: err_path.clone(),
-                        source,
+                    let f = crate::files::create_private(&err_path).map_err(|source| {
+                        IngestError::Io {
+                            path: err_path.clone(),
+                            source,
+                        }
                     })?;
                     err_out = Some(csv::Writer::from_writer(BufWriter::new(f)));
                 }

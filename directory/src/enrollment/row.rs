@@ -57,13 +57,13 @@ pub fn parse_row(
     line: u64,
     today: NaiveDate,
 ) -> Result<EnrollmentRow, Vec<RowError>> {
-    if record.len() > cols.len() {
+    if record.len() > cols.count() {
         return Err(vec![RowError {
             line,
             field: "(row)".into(),
             value: record
                 .iter()
-                .skip(cols.len())
+                .skip(cols.count())
                 .collect::<Vec<_>>()
                 .join(",")
                 .chars()
@@ -72,7 +72,7 @@ pub fn parse_row(
             reason: format!(
                 "too_many_fields: {} fields where the header has {}; a comma inside a value needs double quotes",
                 record.len(),
-                cols.len()
+                cols.count()
             ),
         }]);
     }

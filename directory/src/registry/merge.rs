@@ -234,14 +234,23 @@ pub(crate) mod tests {
         let mut p = new_person(1, &old, MedicalId::from_body(7), 0, 0);
         let mut ended = old.clone();
         ended.until = NaiveDate::from_ymd_opt(2023, 3, 31);
-        assert_eq!(merge_row(&mut p, &ended, "2023.csv:4", 1), RowOutcome::Updated);
+        assert_eq!(
+            merge_row(&mut p, &ended, "2023.csv:4", 1),
+            RowOutcome::Updated
+        );
         let mut new = row("983205673214", "33120015", "77");
         new.from = NaiveDate::from_ymd_opt(2023, 4, 1).unwrap();
         new.address = Some("新住所".into());
-        assert_eq!(merge_row(&mut p, &new, "2024.csv:9", 2), RowOutcome::Updated);
+        assert_eq!(
+            merge_row(&mut p, &new, "2024.csv:9", 2),
+            RowOutcome::Updated
+        );
         let history = p.history.len();
         // The 2022 file again: open-ended coverage, old address.
-        assert_eq!(merge_row(&mut p, &old, "2022.csv:3", 3), RowOutcome::Unchanged);
+        assert_eq!(
+            merge_row(&mut p, &old, "2022.csv:3", 3),
+            RowOutcome::Unchanged
+        );
         assert_eq!(p.address.as_deref(), Some("新住所"));
         assert_eq!(p.coverages[0].until, NaiveDate::from_ymd_opt(2023, 3, 31));
         assert_eq!(p.history.len(), history);

@@ -245,7 +245,10 @@ async fn answer(
     };
     match request {
         DirectoryRequest::Eligibility { mut request } => {
-            if let Err(e) = store.date_rules().not_future("date of service", request.date) {
+            if let Err(e) = store
+                .date_rules()
+                .not_future("date of service", request.date)
+            {
                 return bad_request(e.to_string());
             }
             // The institution asking is the authenticated one, whatever the body says.

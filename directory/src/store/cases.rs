@@ -188,7 +188,12 @@ fn apply_correction(
     at: Timestamp,
 ) -> Result<()> {
     let row = &c.row;
-    let case = format!("conflict {} ({}, by {by}): {}", c.id, c.source, reason.trim());
+    let case = format!(
+        "conflict {} ({}, by {by}): {}",
+        c.id,
+        c.source,
+        reason.trim()
+    );
     if let Some(holder_pid) = t.card_holder(&row.card)? {
         let mut holder = t.person(holder_pid)?;
         if holder.my_number != row.my_number {

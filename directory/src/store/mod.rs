@@ -57,7 +57,10 @@ pub enum StoreError {
     #[error(transparent)]
     Date(#[from] crate::registry::dates::DateError),
     #[error("a death is recorded already for medical ID {id} ({date}); use `death --correct` or `death --revoke` with a reason")]
-    DeathRecorded { id: MedicalId, date: chrono::NaiveDate },
+    DeathRecorded {
+        id: MedicalId,
+        date: chrono::NaiveDate,
+    },
     #[error("no death is recorded for medical ID {0}")]
     NoDeath(MedicalId),
     #[error("medical ID {0} is not registered")]

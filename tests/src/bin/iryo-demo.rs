@@ -245,6 +245,7 @@ async fn portal(
         expires: chrono::DateTime::from_timestamp(expires, 0)
             .map(|d| d.date_naive().to_string())
             .unwrap_or_default(),
+        expires_at: expires,
     };
     match write_letters(
         &fed.dir.join("letters"),
