@@ -110,7 +110,8 @@ type CheckReply = oneshot::Sender<Result<CheckAnswer, String>>;
 /// round trip for the next request, and a second goes only when the first is slow
 /// (`STRAGGLER`): the checks behind a request held up by a slow sync at the directory
 /// then go to its other intake writer instead of waiting a whole round trip more.
-/// Measured with `iryo-bench-net` (BENCHMARKS.md, thirteenth session): two or three
+/// Measured with `iryo-bench-net` (docs/performance.md, a second request beside a
+/// straggler): two or three
 /// requests always in flight gave more, smaller requests for the same cores and no
 /// better latency; a second (or third) only after a straggler of 0.5 ms lowered the
 /// steady rate's p99 by about 0.13 ms and kept it within 3 ms in 20 of 21 runs, against

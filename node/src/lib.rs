@@ -8,12 +8,10 @@ pub mod directory;
 pub mod exchange;
 pub mod fhir;
 pub mod identity;
-pub mod logging;
 pub mod metrics;
 pub mod outbox;
 pub mod p2p;
 pub mod serve_commit;
-pub mod session;
 pub mod store;
 
 use config::NodeConfig;
@@ -25,8 +23,6 @@ use thiserror::Error;
 
 #[derive(Debug, Error)]
 pub enum NodeError {
-    #[error("SSLKEYLOGFILE is set: TLS session keys would be written to disk; unset it")]
-    KeyLogFile,
     #[error(transparent)]
     Identity(#[from] identity::IdentityError),
     #[error(transparent)]
@@ -69,9 +65,7 @@ impl Running {
 
 /// Starts the node: the store, the P2P swarm, the outbox and the local API.
 pub async fn start(config: NodeConfig) -> Result<Running, NodeError> {
-    if std::env::var_os("SSLKEYLOGFILE").is_some() {
-        return Err(NodeError::KeyLogFile);
-    }
+    iryo_p2p::transport::refuse_key_log()?;
     let key = identity::load_key(&config.key_path())?;
     let agency = config.agency_key().map_err(NodeError::Config)?;
     let code = config.code;

@@ -14,7 +14,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// learns of an exchange this much later, which nothing waits for. With `iryo-bench-net`
 /// (16 requesters fetching from one source), 100 ms rather than 20 ms gave more fetches
 /// a second in eight of nine alternating pairs, 1,950–2,237 against 1,858–2,015 in the
-/// machine's fast state (BENCHMARKS.md, sixth session).
+/// machine's fast state (docs/performance.md, the outbox's gathering pause).
 const GATHER: Duration = Duration::from_millis(100);
 
 pub async fn deliver(node: Arc<Node>, interval: Duration) {

@@ -23,14 +23,10 @@ impl ServeCommitter {
             .name("serve-commit".into())
             .spawn(move || {
                 while let Ok(first) = rx.recv() {
-                    let mut group = vec![first];
-                    while group.len() < MAX_GROUP {
-                        match rx.try_recv() {
-                            Ok(next) => group.push(next),
-                            Err(_) => break,
-                        }
-                    }
-                    let (jobs, replies): (Vec<_>, Vec<_>) = group.into_iter().unzip();
+                    let (jobs, replies): (Vec<_>, Vec<_>) =
+                        iryo_p2p::batch::gather(first, &rx, MAX_GROUP)
+                            .into_iter()
+                            .unzip();
                     match store.serve_grants(jobs) {
                         Ok(results) => {
                             for (reply, r) in replies.into_iter().zip(results) {

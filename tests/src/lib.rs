@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 /// Logs to stderr, warnings only unless `RUST_LOG` says otherwise: the demo's and the
 /// benchmark's own output is what they print.
 pub fn init_tracing() {
-    iryo_node::logging::init("warn");
+    iryo_p2p::logging::init("warn");
 }
 
 /// The `iryo-directory` binary of this workspace. `cargo test --workspace` builds it

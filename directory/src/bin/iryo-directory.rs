@@ -8,7 +8,7 @@ use clap::{CommandFactory, FromArgMatches};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    iryo_node::logging::init("info");
+    iryo_p2p::logging::init("info");
     let matches = cli::Cli::command().get_matches();
     // Named in the database's holder note, so that a command refused with "in use"
     // can say which command holds it.

@@ -38,7 +38,9 @@ pub fn run(config: Config, a: ServeArgs) -> Result<ExitCode> {
         )
         .await?;
         let addrs: Vec<String> = running.addresses.iter().map(|a| a.to_string()).collect();
-        std::fs::write(config.data_dir.join("directory.addr"), addrs.join("\n"))?;
+        let mut addr_file =
+            iryo_directory::files::create_private(&config.data_dir.join("directory.addr"))?;
+        std::io::Write::write_all(&mut addr_file, addrs.join("\n").as_bytes())?;
         let admin_task = tokio::spawn(iryo_directory::admin::serve_socket(
             iryo_directory::admin::socket_path(&config),
             store.clone(),
@@ -57,7 +59,7 @@ pub fn run(config: Config, a: ServeArgs) -> Result<ExitCode> {
         );
         use std::io::Write as _;
         std::io::stdout().flush()?;
-        shutdown_signal().await;
+        iryo_p2p::shutdown::signal().await;
         admin_task.abort();
         if let Some(f) = front {
             f.stop();
@@ -97,21 +99,4 @@ async fn start_https(
             .await
             .with_context(|| format!("HTTPS on {listen}"))?,
     ))
-}
-
-/// Ctrl-C or SIGTERM (what service managers send), whichever comes first.
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    let terminated = async {
-        match term.as_mut() {
-            Some(t) => {
-                t.recv().await;
-            }
-            None => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminated => {}
-    }
 }

@@ -245,7 +245,8 @@ mod tests {
 
     fn sniff(bytes: &[u8]) -> Result<Detected, DetectError> {
         let tmp = tempfile::NamedTempFile::new().unwrap();
-        std::fs::write(tmp.path(), bytes).unwrap();
+        let mut f = crate::files::create_private(tmp.path()).unwrap();
+        std::io::Write::write_all(&mut f, bytes).unwrap();
         detect(tmp.path(), None)
     }
 

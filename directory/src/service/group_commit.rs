@@ -86,14 +86,9 @@ impl GroupCommitter {
 
 /// Takes the first job and whatever else is waiting behind it, up to `max`.
 fn gather(first: (Job, Reply), queue: &Queue, max: usize) -> (Vec<Job>, Vec<Reply>) {
-    let mut group = vec![first];
-    while group.len() < max {
-        match queue.try_recv() {
-            Ok(next) => group.push(next),
-            Err(_) => break,
-        }
-    }
-    group.into_iter().unzip()
+    iryo_p2p::batch::gather(first, queue, max)
+        .into_iter()
+        .unzip()
 }
 
 fn answer(replies: Vec<Reply>, outcomes: Result<Vec<Outcome>, StoreError>, jobs: usize) {

@@ -1,7 +1,7 @@
 //! `iryo-directory serve`: the directory on the federation's network. libp2p over TCP,
 //! TLS 1.3 authenticating both peers' keys, yamux; the `/iryo/directory/1` protocol,
 //! each node's requests on one long-lived stream with CBOR bodies and size limits
-//! (`iryo_proto::wire`, answered by `iryo_node::session::answer`).
+//! (`iryo_proto::wire`, answered by `iryo_p2p::session::answer`).
 
 mod group_commit;
 pub mod handler;
@@ -24,13 +24,10 @@ use thiserror::Error;
 use tokio::sync::oneshot;
 
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum ServiceError {
-    #[error("SSLKEYLOGFILE is set: TLS session keys would be written to disk; unset it")]
-    KeyLogFile,
-    #[error("libp2p: {0}")]
-    Transport(String),
-    #[error("listen address {0}: {1}")]
-    Listen(String, String),
+    #[error(transparent)]
+    P2p(#[from] iryo_p2p::P2pError),
 }
 
 /// A node's connection with no open stream is closed after this long.
@@ -68,15 +65,8 @@ pub async fn start(
     listen: Multiaddr,
     max_group: usize,
 ) -> Result<Running, ServiceError> {
-    if std::env::var_os("SSLKEYLOGFILE").is_some() {
-        return Err(ServiceError::KeyLogFile);
-    }
-    let (swarm, addresses) = iryo_node::p2p::listening(identity_secret, listen, IDLE_CONNECTION)
-        .await
-        .map_err(|e| match e {
-            iryo_node::p2p::P2pError::Listen(address, why) => ServiceError::Listen(address, why),
-            other => ServiceError::Transport(other.to_string()),
-        })?;
+    let (swarm, addresses) =
+        iryo_p2p::transport::listening(identity_secret, listen, IDLE_CONNECTION).await?;
     let peer_id = *swarm.local_peer_id();
     for a in &addresses {
         tracing::info!(address = %a, "directory listening");
@@ -85,7 +75,7 @@ pub async fn start(
         .behaviour()
         .new_control()
         .accept(StreamProtocol::new(DIRECTORY_PROTOCOL))
-        .map_err(|e| ServiceError::Transport(e.to_string()))?;
+        .map_err(|e| iryo_p2p::P2pError::Transport(e.to_string()))?;
     let (stop, stopped) = oneshot::channel();
     let committer = GroupCommitter::start(store.clone(), agency, max_group);
     if let Err(e) = crate::store::start_folder(store.clone(), Duration::from_millis(500)) {
@@ -117,9 +107,9 @@ async fn serve(
                 let (store, committer) = (store.clone(), committer.clone());
                 // Decoding the key decompresses a curve point: once a session, not once
                 // a request (3 % of the async workers' time at 20,000 checks/s).
-                let key = iryo_node::p2p::peer_key(&peer);
+                let key = iryo_p2p::transport::peer_key(&peer);
                 let limits = (MAX_DIRECTORY_REQUEST, MAX_DIRECTORY_RESPONSE);
-                answering.spawn(iryo_node::session::answer(peer, stream, limits, move |request| {
+                answering.spawn(iryo_p2p::session::answer(peer, stream, limits, move |request| {
                     let (store, committer) = (store.clone(), committer.clone());
                     async move {
                         let started = std::time::Instant::now();

@@ -11,7 +11,7 @@
 //! different moments. With two intake files, checks arriving during one file's stall go
 //! to the other. A commit to an intake file also writes a few pages at the end of one
 //! B-tree instead of fifteen pages spread over the main file, and syncing scattered
-//! pages costs three to four times one run (BENCHMARKS.md, seventh and eighth sessions).
+//! pages costs three to four times one run (docs/performance.md, intake files).
 //!
 //! Keys in each file count from 1. The main database keeps, per file, the first key not
 //! moved yet (a counter, written in the same transaction as the moved entries), so an

@@ -8,9 +8,9 @@
 //! folder, a steady 20,000 checks/s answered with p99.9 4.4–4.7 ms instead of
 //! 10–15 ms. Here the folder's writes go out in small pieces, each awaited before the
 //! next is sent, and no faster than `RATE`, so another file's sync finds at most one
-//! piece ahead of it: p99.9 4.6–7.3 ms with the folder running (BENCHMARKS.md, tenth
-//! session). The folder's thread waits, and it has nothing else to do; at this pace it
-//! still keeps up with 20,000 checks/s.
+//! piece ahead of it: p99.9 4.6–7.3 ms with the folder running (docs/performance.md,
+//! paced writeback). The folder's thread waits, and it has nothing else to do; at this
+//! pace it still keeps up with 20,000 checks/s.
 
 use redb::backends::FileBackend;
 use redb::{BackendError, StorageBackend};

@@ -54,7 +54,7 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    iryo_node::logging::init("info");
+    iryo_p2p::logging::init("info");
     match run(Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -132,28 +132,11 @@ fn run(cli: Cli) -> Result<()> {
                     p2p.join(",")
                 );
                 std::io::stdout().flush()?;
-                shutdown_signal().await;
+                iryo_p2p::shutdown::signal().await;
                 running.stop();
                 anyhow::Ok(())
             })?;
         }
     }
     Ok(())
-}
-
-/// Ctrl-C or SIGTERM (what service managers send), whichever comes first.
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    let terminated = async {
-        match term.as_mut() {
-            Some(t) => {
-                t.recv().await;
-            }
-            None => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminated => {}
-    }
 }

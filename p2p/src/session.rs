@@ -1,13 +1,15 @@
 //! Many requests on one long-lived libp2p stream per peer and protocol, framed as
 //! `iryo_proto::wire` describes: `Sessions` asks, `answer` serves.
 
-use crate::p2p::P2pError;
+use crate::P2pError;
 use futures::io::{ReadHalf, WriteHalf};
 use futures::{AsyncReadExt, SinkExt, StreamExt};
 use iryo_proto::wire::{
     decode_frame, encode_frame, max_frame, read_request, response_frame, Answer,
 };
-use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol};
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol, Swarm};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::collections::HashMap;
@@ -21,7 +23,8 @@ use tokio_util::bytes::Bytes;
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt, FuturesAsyncWriteCompatExt};
 
-/// How long an answer may take before the asker gives up on it.
+/// How long an answer may take before the asker gives up on it, unless
+/// `Sessions::with_request_timeout` says otherwise.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long dialling and opening a stream may take.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -168,6 +171,21 @@ async fn send_all<W: tokio::io::AsyncWrite + Unpin>(
     SinkExt::<Bytes>::flush(writer).await
 }
 
+/// Forgets a request whose asker stopped waiting (timed out, or its future was
+/// dropped), so that the session keeps no reply slot for it.
+struct Forget<'a, Resp: DeserializeOwned + Send + 'static> {
+    session: &'a Session<Resp>,
+    id: Option<u64>,
+}
+
+impl<Resp: DeserializeOwned + Send + 'static> Drop for Forget<'_, Resp> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id {
+            self.session.forget(id);
+        }
+    }
+}
+
 type Slot<Resp> = Arc<tokio::sync::Mutex<Option<Arc<Session<Resp>>>>>;
 type Reader = FramedRead<Compat<ReadHalf<Stream>>, LengthDelimitedCodec>;
 
@@ -209,6 +227,7 @@ pub struct Sessions<Req, Resp> {
     control: libp2p_stream::Control,
     dial: mpsc::Sender<Dial>,
     peers: Mutex<HashMap<PeerId, Slot<Resp>>>,
+    request_timeout: Duration,
     requests: PhantomData<fn(Req)>,
 }
 
@@ -230,10 +249,34 @@ where
             control,
             dial,
             peers: Mutex::new(HashMap::new()),
+            request_timeout: REQUEST_TIMEOUT,
             requests: PhantomData,
         }
     }
 
+    /// Requests sent and not yet answered, over every session (a session being opened
+    /// right now is not counted).
+    pub fn waiting(&self) -> usize {
+        lock(&self.peers)
+            .values()
+            .filter_map(|slot| {
+                let slot = slot.try_lock().ok()?;
+                let session = slot.as_ref()?;
+                let pending = lock(&session.pending);
+                Some(pending.as_ref().map_or(0, HashMap::len))
+            })
+            .sum()
+    }
+
+    /// How long an answer may take before `request` gives up on it.
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// Asks `peer` and waits for its answer. Dropping the returned future forgets the
+    /// request: a late answer to it is discarded, and the session goes on serving
+    /// the others.
     pub async fn request(
         &self,
         peer: PeerId,
@@ -252,16 +295,22 @@ where
                 reply = back;
                 continue;
             }
-            return match tokio::time::timeout(REQUEST_TIMEOUT, answer).await {
+            let mut forget = Forget {
+                session: &session,
+                id: Some(id),
+            };
+            let result = match tokio::time::timeout(self.request_timeout, answer).await {
                 Ok(Ok(result)) => result,
                 Ok(Err(_)) => Err(P2pError::Request("the session closed".into())),
-                Err(_) => {
-                    session.forget(id);
-                    Err(P2pError::Request(format!(
-                        "no answer from {peer} within {REQUEST_TIMEOUT:?}"
-                    )))
-                }
+                Err(_) => Err(P2pError::Request(format!(
+                    "no answer from {peer} within {:?}",
+                    self.request_timeout
+                ))),
             };
+            if result.is_ok() {
+                forget.id = None;
+            }
+            return result;
         }
         Err(P2pError::Request(format!("no session to {peer}")))
     }
@@ -373,4 +422,40 @@ pub async fn answer<Req, Resp, F, Fut>(
     }
     drop(frames);
     let _ = writer.await;
+}
+
+/// Drives the swarm: connects where a session asks to, and logs what fails.
+/// Ends when every `Dial` sender (every `Sessions` sharing it) is gone.
+pub async fn drive(mut swarm: Swarm<libp2p_stream::Behaviour>, mut dials: mpsc::Receiver<Dial>) {
+    loop {
+        tokio::select! {
+            dial = dials.recv() => match dial {
+                None => break,
+                Some((peer, addresses, started)) => {
+                    // Already connected or dialling is not an error: the session opens
+                    // its stream on whichever connection is there.
+                    let opts = DialOpts::peer_id(peer)
+                        .addresses(addresses)
+                        .condition(PeerCondition::DisconnectedAndNotDialing)
+                        .build();
+                    if let Err(e) = swarm.dial(opts) {
+                        tracing::trace!(%peer, %e, "no new dial");
+                    }
+                    let _ = started.send(());
+                }
+            },
+            event = swarm.select_next_some() => match event {
+                SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                    tracing::debug!(peer = ?peer_id, %error, "cannot connect");
+                }
+                SwarmEvent::IncomingConnectionError { error, .. } => {
+                    tracing::debug!(%error, "incoming connection failed");
+                }
+                SwarmEvent::ConnectionClosed { peer_id, cause, .. } => {
+                    tracing::debug!(%peer_id, ?cause, "connection closed");
+                }
+                _ => {}
+            }
+        }
+    }
 }

@@ -1,0 +1,28 @@
+//! What the agency's directory and the institutions' nodes share on the network, so
+//! that neither depends on the other: the libp2p transport (`transport`), many
+//! requests on one long-lived stream per peer and protocol (`session`: `Sessions`
+//! asks, `answer` serves, framed as `iryo_proto::wire` describes), gathering waiting
+//! work into one batch (`batch`), logging and the shutdown signal.
+
+pub mod batch;
+pub mod logging;
+pub mod session;
+pub mod shutdown;
+pub mod transport;
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum P2pError {
+    #[error("SSLKEYLOGFILE is set: TLS session keys would be written to disk; unset it")]
+    KeyLogFile,
+    #[error("libp2p: {0}")]
+    Transport(String),
+    #[error("listen address {0}: {1}")]
+    Listen(String, String),
+    #[error("the network task has stopped")]
+    Stopped,
+    #[error("request failed: {0}")]
+    Request(String),
+}
