@@ -3,15 +3,13 @@
 //! count into it without being handed it.
 
 use iryo_proto::wire::{DirectoryRequest, DirectoryResponse};
-use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-type Labels = Vec<(&'static str, String)>;
+use iryo_p2p::metrics::{latencies, Labels, Latencies};
 
 pub struct Metrics {
     registry: Registry,
@@ -20,12 +18,7 @@ pub struct Metrics {
     pub grants: Family<Labels, Counter>,
     pub notifications: Counter,
     pub refusals: Family<Labels, Counter>,
-    pub requests: Family<Labels, Histogram, fn() -> Histogram>,
-}
-
-fn latency() -> Histogram {
-    // 100 µs to about 3 s.
-    Histogram::new(exponential_buckets(0.0001, 2.0, 16))
+    pub requests: Latencies,
 }
 
 impl Metrics {
@@ -38,7 +31,7 @@ impl Metrics {
             grants: Family::default(),
             notifications: Counter::default(),
             refusals: Family::default(),
-            requests: Family::new_with_constructor(latency as fn() -> Histogram),
+            requests: latencies(),
         };
         registry.register(
             "enrollment_rows",
@@ -66,11 +59,7 @@ impl Metrics {
     }
 
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        if encode(&mut out, &self.registry).is_err() {
-            out.clear();
-        }
-        out
+        iryo_p2p::metrics::render(&self.registry)
     }
 
     pub fn observe_request(&self, interface: &'static str, kind: &str, took: Duration) {
@@ -98,9 +87,7 @@ impl Metrics {
     }
 
     pub fn refused(&self, reason: &str) {
-        self.refusals
-            .get_or_create(&vec![("reason", reason.into())])
-            .inc();
+        iryo_p2p::metrics::count(&self.refusals, "reason", reason);
     }
 
     /// Counts what one answer of the network service carried.

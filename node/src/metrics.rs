@@ -1,16 +1,14 @@
 //! Prometheus metrics of a node, served at `/metrics` on its local API (no bearer token:
 //! counts and latencies only, nothing about any patient).
 
-use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-type Labels = Vec<(&'static str, String)>;
+use iryo_p2p::metrics::{latencies, Labels, Latencies};
 
 pub struct Metrics {
     registry: Registry,
@@ -21,11 +19,7 @@ pub struct Metrics {
     pub checks: Family<Labels, Counter>,
     pub notifications_delivered: Counter,
     pub outbox_pending: Gauge,
-    pub requests: Family<Labels, Histogram, fn() -> Histogram>,
-}
-
-fn latency() -> Histogram {
-    Histogram::new(exponential_buckets(0.0001, 2.0, 16))
+    pub requests: Latencies,
 }
 
 impl Metrics {
@@ -37,7 +31,7 @@ impl Metrics {
             checks: Family::default(),
             notifications_delivered: Counter::default(),
             outbox_pending: Gauge::default(),
-            requests: Family::new_with_constructor(latency as fn() -> Histogram),
+            requests: latencies(),
         };
         let mut registry = Registry::with_prefix("iryo_node");
         registry.register(
@@ -74,17 +68,11 @@ impl Metrics {
     }
 
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        if encode(&mut out, &self.registry).is_err() {
-            out.clear();
-        }
-        out
+        iryo_p2p::metrics::render(&self.registry)
     }
 
     pub fn count(family: &Family<Labels, Counter>, outcome: impl Into<String>) {
-        family
-            .get_or_create(&vec![("outcome", outcome.into())])
-            .inc();
+        iryo_p2p::metrics::count(family, "outcome", outcome);
     }
 
     pub fn observe(&self, route: &str, took: Duration) {

@@ -2,10 +2,12 @@
 //! that neither depends on the other: the libp2p transport (`transport`), many
 //! requests on one long-lived stream per peer and protocol (`session`: `Sessions`
 //! asks, `answer` serves, framed as `iryo_proto::wire` describes), gathering waiting
-//! work into one batch (`batch`), logging and the shutdown signal.
+//! work into one batch (`batch`), the Prometheus plumbing (`metrics`), logging and the
+//! shutdown signal.
 
 pub mod batch;
 pub mod logging;
+pub mod metrics;
 pub mod session;
 pub mod shutdown;
 pub mod transport;
