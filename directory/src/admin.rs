@@ -1,7 +1,7 @@
-//! Operator commands (institutions, consent, audit, letters, and enrollment and checks
-//! while serving), which run against the database directly, or — while `serve` holds
-//! the database — through `serve`'s admin socket in the data directory (mode 0600: the
-//! file system decides who is an operator).
+//! Every operator command of the registry, the federation and the audit log, carried
+//! out one way: against the database directly, or — while `serve` holds the database —
+//! through `serve`'s admin socket in the data directory (mode 0600: the file system
+//! decides who is an operator), by the same `execute`.
 
 use crate::access::ConsentRecord;
 use crate::audit::LogEntry;
@@ -9,13 +9,18 @@ use crate::config::Config;
 use crate::enrollment::{ingest_all, Encoding, IngestOptions, Summary};
 use crate::letters::Letter;
 use crate::registry::now;
-use crate::store::{AuditReport, GrantRecord, InstitutionRecord, Plan, Store};
+use crate::registry::{Conflict, Mismatch, Notice, Person, ServiceUse};
+use crate::store::{
+    AssignmentRow, AuditReport, ConflictAction, Counts, GrantRecord, InstitutionRecord,
+    MismatchAction, Plan, Store, StoreError,
+};
+use chrono::NaiveDate;
 use ed25519_dalek::SigningKey;
 use iryo_proto::eligibility::{CheckAnswer, CheckRequest};
 use iryo_proto::federation::{Membership, Registration, Role, TreeHead};
 use iryo_proto::merkle::Hash;
 use iryo_proto::signed::Signed;
-use iryo_proto::{InstitutionCode, MedicalId};
+use iryo_proto::{InstitutionCode, InsurerNumber, MedicalId, MyNumber};
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -58,6 +63,59 @@ pub enum AdminRequest {
     },
     /// An eligibility check, recorded as any other.
     Check(CheckRequest),
+    /// Counts of persons, IDs, cards, service use and open cases.
+    Status,
+    /// Everything held on a person, found by medical ID or My Number.
+    Show {
+        medical_id: Option<MedicalId>,
+        my_number: Option<MyNumber>,
+    },
+    /// The rows of an insurer's assignment file (not yet sent, or all).
+    Assignment {
+        insurer: InsurerNumber,
+        all: bool,
+    },
+    /// The assignment file was written: its rows count as sent.
+    AssignmentSent {
+        rows: Vec<AssignmentRow>,
+    },
+    /// A new medical ID on application.
+    Change {
+        medical_id: MedicalId,
+        reason: String,
+    },
+    MyNumberChange {
+        old: MyNumber,
+        new: MyNumber,
+    },
+    /// Records, corrects or revokes a death.
+    Death {
+        medical_id: MedicalId,
+        change: DeathChange,
+    },
+    /// Retires the IDs whose retention period ended before `date`.
+    RetireDue {
+        date: NaiveDate,
+    },
+    Conflicts {
+        open_only: bool,
+    },
+    ConflictResolve {
+        id: u64,
+        action: ConflictAction,
+        reason: String,
+    },
+    Mismatches {
+        open_only: bool,
+    },
+    MismatchResolve {
+        id: u64,
+        action: MismatchAction,
+        reason: String,
+    },
+    Notices {
+        insurer: Option<InsurerNumber>,
+    },
     /// The letters to print, each with a newly drawn activation code that takes
     /// effect only with `LettersSent`.
     Letters {
@@ -98,7 +156,32 @@ pub enum AdminResponse {
     Letters(Vec<Letter>),
     Enrolled(Vec<Summary>),
     Checked(CheckAnswer),
+    Counts(Counts),
+    Person {
+        person: Box<Person>,
+        service_use: Vec<ServiceUse>,
+        retention_years: u32,
+    },
+    Assignment(Vec<AssignmentRow>),
+    /// A medical ID: the successor of a change, or the unchanged ID of a My Number change.
+    MedicalId(MedicalId),
+    /// The end of the research period after a death, or `None` once a death is revoked.
+    Death(Option<NaiveDate>),
+    Retired(Vec<MedicalId>),
+    Conflicts(Vec<Conflict>),
+    Conflict(Box<Conflict>),
+    Mismatches(Vec<Mismatch>),
+    Mismatch(Box<Mismatch>),
+    Notices(Vec<Notice>),
     Error(String),
+}
+
+/// What `death` does: record a death, correct its date, or revoke it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum DeathChange {
+    Record { date: NaiveDate },
+    Correct { date: NaiveDate, reason: String },
+    Revoke { reason: String },
 }
 
 pub fn socket_path(config: &Config) -> PathBuf {
@@ -167,6 +250,79 @@ pub fn execute(
                 AdminResponse::Enrolled(summaries)
             }
             AdminRequest::Check(req) => AdminResponse::Checked(store.check(&req, now())?),
+            AdminRequest::Status => AdminResponse::Counts(store.counts()?),
+            AdminRequest::Show {
+                medical_id,
+                my_number,
+            } => {
+                let reader = store.reader()?;
+                let person = match (medical_id, my_number) {
+                    (Some(id), _) => reader.person_by_medical_id(id)?,
+                    (None, Some(n)) => reader.person_by_my_number(n)?,
+                    (None, None) => {
+                        return Err(StoreError::Refused(
+                            "give a medical ID or a My Number".into(),
+                        ))
+                    }
+                };
+                AdminResponse::Person {
+                    service_use: reader.service_uses(person.pid)?,
+                    person: Box::new(person),
+                    retention_years: store.retention_years(),
+                }
+            }
+            AdminRequest::Assignment { insurer, all } => {
+                AdminResponse::Assignment(store.assignment_rows(&insurer, all)?)
+            }
+            AdminRequest::AssignmentSent { rows } => {
+                store.mark_assigned(&rows, now())?;
+                AdminResponse::Done
+            }
+            AdminRequest::Change { medical_id, reason } => {
+                let issuer = issuer(store, config)?;
+                AdminResponse::MedicalId(store.change_id(medical_id, &reason, &issuer, now())?)
+            }
+            AdminRequest::MyNumberChange { old, new } => {
+                AdminResponse::MedicalId(store.change_my_number(old, new, now())?)
+            }
+            AdminRequest::Death { medical_id, change } => AdminResponse::Death(match change {
+                DeathChange::Record { date } => {
+                    Some(store.record_death(medical_id, date, operator, now())?)
+                }
+                DeathChange::Correct { date, reason } => {
+                    Some(store.correct_death(medical_id, date, &reason, operator, now())?)
+                }
+                DeathChange::Revoke { reason } => {
+                    store.revoke_death(medical_id, &reason, operator, now())?;
+                    None
+                }
+            }),
+            AdminRequest::RetireDue { date } => {
+                AdminResponse::Retired(store.retire_due(date, now())?)
+            }
+            AdminRequest::Conflicts { open_only } => {
+                AdminResponse::Conflicts(store.conflicts(open_only)?)
+            }
+            AdminRequest::ConflictResolve { id, action, reason } => {
+                let issuer = issuer(store, config)?;
+                AdminResponse::Conflict(Box::new(store.resolve_conflict(
+                    id,
+                    action,
+                    &reason,
+                    operator,
+                    &issuer,
+                    now(),
+                )?))
+            }
+            AdminRequest::Mismatches { open_only } => {
+                AdminResponse::Mismatches(store.mismatches(open_only)?)
+            }
+            AdminRequest::MismatchResolve { id, action, reason } => AdminResponse::Mismatch(
+                Box::new(store.resolve_mismatch(id, action, &reason, operator, now())?),
+            ),
+            AdminRequest::Notices { insurer } => {
+                AdminResponse::Notices(store.notices(insurer.as_ref())?)
+            }
             AdminRequest::Letters { plan, all } => {
                 let rows = store.letter_rows(plan, all, crate::registry::today())?;
                 let expires = now() + i64::from(config.letters.activation_days) * 86_400;
@@ -220,6 +376,13 @@ pub fn execute(
         })
     })();
     r.unwrap_or_else(|e| AdminResponse::Error(e.to_string()))
+}
+
+/// The issuer for the database's method, with the agency's FF1 key.
+fn issuer(store: &Store, config: &Config) -> Result<crate::issuance::Issuer, StoreError> {
+    crate::context::Context::new(config.clone())
+        .issuer(store)
+        .map_err(|e| StoreError::Refused(e.to_string()))
 }
 
 fn latest(store: &Store) -> Result<(Signed<TreeHead>, u64), crate::store::StoreError> {

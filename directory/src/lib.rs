@@ -4,16 +4,15 @@
 pub mod access;
 pub mod admin;
 pub mod audit;
-pub mod bench;
 pub mod ca;
 pub mod config;
 pub mod context;
-pub mod demo;
 pub mod enrollment;
 pub mod files;
 pub mod issuance;
 pub mod keys;
 pub mod letters;
+pub mod measure;
 pub mod metrics;
 pub mod registry;
 pub mod report;

@@ -110,6 +110,27 @@ fn insurers_and_operators_are_who_their_certificates_say() {
         "307",
     ]);
     assert!(checked.starts_with("ELIGIBLE"), "{checked}");
+    // Every other registry command goes the same way while `serve` runs.
+    assert_eq!(d.json(&["status"])["persons"], 3);
+    let me = MyNumber::from_body(77_700_000_007).to_string();
+    let shown = d.json(&["show", "--my-number", &me, "--json"]);
+    let id = shown["person"]["medical_id"].as_str().unwrap().to_string();
+    let changed = d.ok(&["change", "--medical-id", &id, "--reason", "card lost"]);
+    assert!(changed.contains("successor"), "{changed}");
+    assert!(d.ok(&["conflicts", "list"]).contains("no open conflicts"));
+    assert!(d.ok(&["notices"]).contains("no notices"));
+    let assigned = d.path("assigned.csv");
+    d.ok(&[
+        "assign",
+        "--insurer",
+        &society(),
+        "--out",
+        &assigned.display().to_string(),
+    ]);
+    assert_eq!(
+        std::fs::read_to_string(&assigned).unwrap().lines().count(),
+        2
+    );
 
     // Another insurer sees neither the upload nor the rows.
     let a2 = agent(&ca, Some(&ins2));

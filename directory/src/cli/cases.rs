@@ -1,12 +1,12 @@
 //! The operator's queue: enrollment conflicts, mismatches found at institutions, and
 //! the notices they caused.
 
-use super::print_json;
+use super::{ask, operator, print_json};
 use anyhow::Result;
 use clap::{Args, Subcommand};
+use iryo_directory::admin::{AdminRequest, AdminResponse};
 use iryo_directory::config::Config;
-use iryo_directory::context::Context;
-use iryo_directory::registry::{format_time, now, Recipient};
+use iryo_directory::registry::{format_time, Recipient};
 use iryo_directory::report;
 use iryo_directory::store::{ConflictAction, MismatchAction};
 use iryo_proto::InsurerNumber;
@@ -101,11 +101,11 @@ fn print_cases<T: serde::Serialize>(
 }
 
 pub fn conflicts(config: Config, cmd: ConflictCmd) -> Result<ExitCode> {
-    let ctx = Context::new(config);
-    let store = ctx.store()?;
     match cmd {
         ConflictCmd::List(a) => {
-            print_cases(&store.conflicts(!a.all)?, "conflicts", &a, report::conflict)?
+            let request = AdminRequest::Conflicts { open_only: !a.all };
+            let list = ask!(&config, &operator(), request, AdminResponse::Conflicts(l) => l);
+            print_cases(&list, "conflicts", &a, report::conflict)?;
         }
         ConflictCmd::Resolve {
             id,
@@ -114,13 +114,13 @@ pub fn conflicts(config: Config, cmd: ConflictCmd) -> Result<ExitCode> {
             reason,
             operator,
         } => {
-            let issuer = ctx.issuer(&store)?;
             let action = if apply {
                 ConflictAction::Apply
             } else {
                 ConflictAction::Dismiss
             };
-            let c = store.resolve_conflict(id, action, &reason, &operator, &issuer, now())?;
+            let request = AdminRequest::ConflictResolve { id, action, reason };
+            let c = ask!(&config, &operator, request, AdminResponse::Conflict(c) => c);
             println!("{}", report::conflict(&c));
         }
     }
@@ -128,14 +128,12 @@ pub fn conflicts(config: Config, cmd: ConflictCmd) -> Result<ExitCode> {
 }
 
 pub fn mismatches(config: Config, cmd: MismatchCmd) -> Result<ExitCode> {
-    let store = Context::new(config).store()?;
     match cmd {
-        MismatchCmd::List(a) => print_cases(
-            &store.mismatches(!a.all)?,
-            "mismatches",
-            &a,
-            report::mismatch,
-        )?,
+        MismatchCmd::List(a) => {
+            let request = AdminRequest::Mismatches { open_only: !a.all };
+            let list = ask!(&config, &operator(), request, AdminResponse::Mismatches(l) => l);
+            print_cases(&list, "mismatches", &a, report::mismatch)?;
+        }
         MismatchCmd::Resolve {
             id,
             action,
@@ -146,7 +144,8 @@ pub fn mismatches(config: Config, cmd: MismatchCmd) -> Result<ExitCode> {
                 MismatchArg::Keep => MismatchAction::Keep,
                 MismatchArg::Rebind => MismatchAction::Rebind,
             };
-            let m = store.resolve_mismatch(id, action, &reason, &operator, now())?;
+            let request = AdminRequest::MismatchResolve { id, action, reason };
+            let m = ask!(&config, &operator, request, AdminResponse::Mismatch(m) => m);
             println!("{}", report::mismatch(&m));
         }
     }
@@ -154,8 +153,8 @@ pub fn mismatches(config: Config, cmd: MismatchCmd) -> Result<ExitCode> {
 }
 
 pub fn notices(config: Config, a: NoticesArgs) -> Result<ExitCode> {
-    let store = Context::new(config).store()?;
-    let list = store.notices(a.insurer.as_ref())?;
+    let request = AdminRequest::Notices { insurer: a.insurer };
+    let list = ask!(&config, &operator(), request, AdminResponse::Notices(l) => l);
     if list.is_empty() {
         println!("no notices");
     }

@@ -2,9 +2,11 @@
 //! explained in `--help`, and their handlers, one module per area.
 
 mod audit;
+mod bench;
 mod ca;
 mod cases;
 mod check;
+mod demo;
 mod federation;
 mod registry;
 mod serve;
@@ -89,7 +91,7 @@ enum Command {
     /// Fresh database, sample data, enrollment, assignment and a few checks, narrated.
     Demo(tools::DemoArgs),
     /// Measure enrollment, memory and eligibility-check throughput; prints a report.
-    Bench(iryo_directory::bench::BenchArgs),
+    Bench(bench::BenchArgs),
     /// Serve the federation: institutions' nodes connect over libp2p (mutual TLS).
     Serve(serve::ServeArgs),
     /// Member institutions and their agency-signed memberships (seed 4-2).
@@ -128,14 +130,15 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::RetireDue(a) => registry::retire_due(config, a),
         Command::Show(a) => registry::show(config, a),
         Command::Status => {
-            let store = Context::new(config).store()?;
-            print_json(&store.counts()?)?;
+            let counts =
+                ask!(&config, &operator(), AdminRequest::Status, AdminResponse::Counts(c) => c);
+            print_json(&counts)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Sample(a) => tools::sample(a),
         Command::Demo(a) => tools::demo(a),
         Command::Bench(a) => {
-            iryo_directory::bench::run(&a)?;
+            bench::run(&a)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve(a) => serve::run(config, a),
@@ -177,12 +180,28 @@ fn operator() -> String {
     std::env::var("USER").unwrap_or_else(|_| "operator".into())
 }
 
+/// Runs an operator command (`admin`) and takes the answer apart: `ask!(config,
+/// operator, request, AdminResponse::Counts(c) => c)`.
+macro_rules! ask {
+    ($config:expr, $operator:expr, $request:expr, $pattern:pat => $value:expr) => {
+        match $crate::cli::admin($config, $operator, $request)? {
+            $pattern => $value,
+            _ => anyhow::bail!("unexpected answer from the directory"),
+        }
+    };
+}
+pub(crate) use ask;
+
 /// Runs an operator command on the database, or through `serve` while it holds it.
-fn admin(config: &Config, operator: &str, req: AdminRequest) -> Result<AdminResponse> {
+pub(crate) fn admin(config: &Config, operator: &str, req: AdminRequest) -> Result<AdminResponse> {
     let ctx = Context::new(config.clone());
     let answer = match ctx.store() {
         Ok(store) => admin::execute(&store, &ctx.keys()?.root, config, operator, req),
-        Err(ContextError::Store(StoreError::InUse { .. })) => {
+        // Held by `serve`, which answers on its socket; held by another command,
+        // which the error names.
+        Err(ContextError::Store(StoreError::InUse { .. }))
+            if admin::socket_path(config).exists() =>
+        {
             let socket = admin::socket_path(config);
             admin::send(&socket, operator, &req).with_context(|| {
                 format!(
@@ -199,23 +218,14 @@ fn admin(config: &Config, operator: &str, req: AdminRequest) -> Result<AdminResp
     }
 }
 
-/// Writes rows as CSV with `header` first, so that a file of no rows still says what
-/// its columns are, and makes it durable. Mode 0600: the rows carry personal data.
-fn write_csv<T: serde::Serialize>(out: &Path, header: &[&str], rows: &[T]) -> Result<()> {
+/// Writes an assignment file and makes it durable. Mode 0600: the rows carry My
+/// Numbers.
+fn write_csv(out: &Path, rows: &[iryo_directory::store::AssignmentRow]) -> Result<()> {
     let file =
         iryo_directory::files::create_private(out).with_context(|| format!("{}", out.display()))?;
-    let mut w = csv::WriterBuilder::new()
-        .has_headers(false)
-        .from_writer(std::io::BufWriter::new(file));
-    w.write_record(header)?;
-    for r in rows {
-        w.serialize(r)?;
-    }
-    let inner = w
-        .into_inner()
-        .map_err(|e| anyhow::anyhow!("{}: {}", out.display(), e.error()))?;
-    inner
-        .into_inner()
+    let file = iryo_directory::store::AssignmentRow::write_csv(std::io::BufWriter::new(file), rows)
+        .with_context(|| format!("{}", out.display()))?;
+    file.into_inner()
         .map_err(|e| anyhow::anyhow!("{}: {}", out.display(), e.error()))?
         .sync_all()
         .with_context(|| format!("{}", out.display()))?;

@@ -1,18 +1,18 @@
 //! The registry's commands: init, enroll, assign, letters, change, My Number change,
 //! death, retirement and show.
 
-use super::{admin, date, operator, print_json, write_csv, EXIT_REJECTED};
+use super::{admin, ask, date, operator, print_json, write_csv, EXIT_REJECTED};
 use anyhow::{bail, Context as _, Result};
 use chrono::NaiveDate;
 use clap::Args;
-use iryo_directory::admin::{AdminRequest, AdminResponse};
+use iryo_directory::admin::{AdminRequest, AdminResponse, DeathChange};
 use iryo_directory::config::Config;
 use iryo_directory::context::{Context, ContextError};
 use iryo_directory::enrollment::{ingest_file, Encoding, IngestOptions, Progress, Summary};
 use iryo_directory::issuance::Method;
-use iryo_directory::registry::{now, today};
+use iryo_directory::registry::today;
 use iryo_directory::report;
-use iryo_directory::store::{Plan, StoreError, ASSIGNMENT_HEADER};
+use iryo_directory::store::{Plan, StoreError};
 use iryo_proto::{InsurerNumber, MedicalId, MyNumber};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -83,7 +83,7 @@ pub struct AssignArgs {
 pub struct LettersArgs {
     /// Who sends the letters: insurer (plan 1) or agency (plan 2).
     #[arg(long, value_enum)]
-    plan: Plan,
+    plan: PlanArg,
     /// Directory for letters-NNNN.pdf and letters.csv (mode 0700; the files carry
     /// activation codes and are 0600).
     #[arg(long, value_name = "DIR")]
@@ -91,6 +91,14 @@ pub struct LettersArgs {
     /// Include people told before (they get a new activation code).
     #[arg(long)]
     all: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum PlanArg {
+    /// Plan 1: each insurer sends letters to its insured.
+    Insurer,
+    /// Plan 2: the agency sends a card or postcard to each person's address.
+    Agency,
 }
 
 #[derive(Args)]
@@ -270,13 +278,15 @@ pub fn enroll(config: Config, a: EnrollArgs) -> Result<ExitCode> {
 }
 
 pub fn assign(config: Config, a: AssignArgs) -> Result<ExitCode> {
-    let store = Context::new(config).store()?;
-    let rows = store.assignment_rows(&a.insurer, a.all)?;
-    write_csv(&a.out, &ASSIGNMENT_HEADER, &rows)?;
-    store.mark_assigned(&rows, now())?;
+    let op = operator();
+    let rows = ask!(&config, &op, AdminRequest::Assignment { insurer: a.insurer.clone(), all: a.all },
+        AdminResponse::Assignment(rows) => rows);
+    write_csv(&a.out, &rows)?;
+    // Marked only once the file is written: a failure repeats rows, never loses them.
+    let count = rows.len();
+    admin(&config, &op, AdminRequest::AssignmentSent { rows })?;
     println!(
-        "{} rows for insurer {} written to {}",
-        rows.len(),
+        "{count} rows for insurer {} written to {}",
         a.insurer,
         a.out.display()
     );
@@ -284,27 +294,25 @@ pub fn assign(config: Config, a: AssignArgs) -> Result<ExitCode> {
 }
 
 pub fn letters(config: &Config, a: LettersArgs) -> Result<ExitCode> {
+    let plan = match a.plan {
+        PlanArg::Insurer => Plan::Insurer,
+        PlanArg::Agency => Plan::Agency,
+    };
     let op = operator();
-    let AdminResponse::Letters(letters) = admin(
-        config,
-        &op,
-        AdminRequest::Letters {
-            plan: a.plan,
-            all: a.all,
-        },
-    )?
+    let AdminResponse::Letters(letters) =
+        admin(config, &op, AdminRequest::Letters { plan, all: a.all })?
     else {
         bail!("unexpected answer from the directory");
     };
     // The letters first, synced; only then do their codes take effect.
-    let files = iryo_directory::letters::write_letters(&a.out, &letters, a.plan, &config.letters)?;
+    let files = iryo_directory::letters::write_letters(&a.out, &letters, plan, &config.letters)?;
     let expires_at = letters.first().map_or(0, |l| l.expires_at);
     let sent = letters.iter().map(|l| (l.pid, l.code.clone())).collect();
     admin(
         config,
         &op,
         AdminRequest::LettersSent {
-            plan: a.plan,
+            plan,
             letters: sent,
             expires_at,
         },
@@ -317,10 +325,11 @@ pub fn letters(config: &Config, a: LettersArgs) -> Result<ExitCode> {
 }
 
 pub fn change(config: Config, a: ChangeArgs) -> Result<ExitCode> {
-    let ctx = Context::new(config);
-    let store = ctx.store()?;
-    let issuer = ctx.issuer(&store)?;
-    let new = store.change_id(a.medical_id, &a.reason, &issuer, now())?;
+    let request = AdminRequest::Change {
+        medical_id: a.medical_id,
+        reason: a.reason,
+    };
+    let new = ask!(&config, &operator(), request, AdminResponse::MedicalId(id) => id);
     println!(
         "medical ID {} replaced; successor {}",
         a.medical_id.grouped(),
@@ -330,8 +339,11 @@ pub fn change(config: Config, a: ChangeArgs) -> Result<ExitCode> {
 }
 
 pub fn my_number_change(config: Config, a: MyNumberChangeArgs) -> Result<ExitCode> {
-    let store = Context::new(config).store()?;
-    let id = store.change_my_number(a.old, a.new, now())?;
+    let request = AdminRequest::MyNumberChange {
+        old: a.old,
+        new: a.new,
+    };
+    let id = ask!(&config, &operator(), request, AdminResponse::MedicalId(id) => id);
     println!(
         "My Number {} -> {}; medical ID {} unchanged",
         a.old,
@@ -342,60 +354,57 @@ pub fn my_number_change(config: Config, a: MyNumberChangeArgs) -> Result<ExitCod
 }
 
 pub fn death(config: Config, a: DeathArgs) -> Result<ExitCode> {
-    let store = Context::new(config).store()?;
     let id = a.medical_id;
-    let reason = a.reason.as_deref().unwrap_or("");
-    match (a.date, a.correct, a.revoke) {
-        (_, _, true) => {
-            store.revoke_death(id, reason, &a.operator, now())?;
-            println!(
-                "death of {} revoked; the person is no longer recorded as deceased",
-                id.grouped()
-            );
-        }
-        (Some(date), true, _) => {
-            let until = store.correct_death(id, date, reason, &a.operator, now())?;
-            println!(
-                "date of death of {} corrected to {date}; the ID serves research until {until}",
-                id.grouped()
-            );
-        }
-        (Some(date), false, _) => {
-            let until = store.record_death(id, date, &a.operator, now())?;
-            println!(
-                "death recorded for {}; the ID serves research until {until}, then it is retired",
-                id.grouped()
-            );
-        }
+    let reason = a.reason.clone().unwrap_or_default();
+    let change = match (a.date, a.correct, a.revoke) {
+        (_, _, true) => DeathChange::Revoke { reason },
+        (Some(date), true, _) => DeathChange::Correct { date, reason },
+        (Some(date), false, _) => DeathChange::Record { date },
         (None, _, false) => bail!("give --date (or --revoke with --reason)"),
+    };
+    let what = match &change {
+        DeathChange::Record { date } => format!("death recorded for {}: {date}", id.grouped()),
+        DeathChange::Correct { date, .. } => {
+            format!("date of death of {} corrected to {date}", id.grouped())
+        }
+        DeathChange::Revoke { .. } => format!(
+            "death of {} revoked; the person is no longer recorded as deceased",
+            id.grouped()
+        ),
+    };
+    let request = AdminRequest::Death {
+        medical_id: id,
+        change,
+    };
+    let until = ask!(&config, &a.operator, request, AdminResponse::Death(until) => until);
+    match until {
+        Some(until) => println!("{what}; the ID serves research until {until}, then it is retired"),
+        None => println!("{what}"),
     }
     Ok(ExitCode::SUCCESS)
 }
 
 pub fn retire_due(config: Config, a: RetireDueArgs) -> Result<ExitCode> {
-    let store = Context::new(config).store()?;
-    let retired = store.retire_due(a.date.unwrap_or_else(today), now())?;
+    let request = AdminRequest::RetireDue {
+        date: a.date.unwrap_or_else(today),
+    };
+    let retired = ask!(&config, &operator(), request, AdminResponse::Retired(ids) => ids);
     println!("{} medical IDs retired", retired.len());
     retired.iter().for_each(|id| println!("  {}", id.grouped()));
     Ok(ExitCode::SUCCESS)
 }
 
 pub fn show(config: Config, a: ShowArgs) -> Result<ExitCode> {
-    let store = Context::new(config).store()?;
-    let reader = store.reader()?;
-    let p = match (a.medical_id, a.my_number) {
-        (Some(id), _) => reader.person_by_medical_id(id)?,
-        (None, Some(n)) => reader.person_by_my_number(n)?,
-        (None, None) => bail!("give --medical-id or --my-number"),
+    let request = AdminRequest::Show {
+        medical_id: a.medical_id,
+        my_number: a.my_number,
     };
-    let uses = reader.service_uses(p.pid)?;
+    let (p, uses, retention) = ask!(&config, &operator(), request,
+        AdminResponse::Person { person, service_use, retention_years } => (person, service_use, retention_years));
     if a.json {
         print_json(&serde_json::json!({ "person": p, "service_use": uses }))?;
     } else {
-        print!(
-            "{}",
-            report::person(&p, &uses, store.retention_years(), today())
-        );
+        print!("{}", report::person(&p, &uses, retention, today()));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -22,7 +22,7 @@ pub struct SampleArgs {
     #[arg(long, default_value_t = 0.0, value_name = "PERCENT")]
     bad_rows: f64,
     /// Encoding to write: utf-8 or shift_jis (CP932, as insurers' systems export).
-    #[arg(long, value_enum, default_value = "utf-8")]
+    #[arg(long, value_parser = encoding, default_value = "utf-8")]
     encoding: Encoding,
 }
 
@@ -34,6 +34,10 @@ pub struct DemoArgs {
     /// How many sample people to enroll.
     #[arg(long, default_value_t = 2000)]
     persons: u64,
+}
+
+fn encoding(s: &str) -> Result<Encoding, String> {
+    Encoding::parse(s).ok_or_else(|| format!("{s:?}: write utf-8 or shift_jis"))
 }
 
 pub fn sample(a: SampleArgs) -> Result<ExitCode> {
@@ -62,6 +66,6 @@ pub fn sample(a: SampleArgs) -> Result<ExitCode> {
 }
 
 pub fn demo(a: DemoArgs) -> Result<ExitCode> {
-    iryo_directory::demo::run(&a.dir, a.persons)?;
+    super::demo::run(&a.dir, a.persons)?;
     Ok(ExitCode::SUCCESS)
 }

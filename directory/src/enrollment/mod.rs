@@ -13,13 +13,11 @@ pub use row::{parse_row, RowError};
 use serde::{Deserialize, Serialize};
 
 /// The encoding of a file that carries no byte-order mark.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Encoding {
-    #[value(name = "utf-8", alias = "utf8")]
     #[serde(rename = "utf-8", alias = "utf8")]
     Utf8,
     /// Shift_JIS as Windows writes it (CP932), what most insurer systems export.
-    #[value(name = "shift_jis", alias = "sjis", alias = "cp932")]
     #[serde(rename = "shift_jis", alias = "sjis", alias = "cp932")]
     ShiftJis,
 }

@@ -21,22 +21,44 @@ pub const ASSIGNMENT_HEADER: [&str; 6] = [
     "medical_id",
 ];
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// One line of an assignment file: a card, its holder's My Number and medical ID.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct AssignmentRow {
-    #[serde(skip)]
     pub pid: u64,
-    pub insurer_number: InsurerNumber,
-    pub card_symbol: String,
-    pub card_number: String,
-    pub branch: String,
+    pub card: Card,
     pub my_number: MyNumber,
     pub medical_id: MedicalId,
-    #[serde(skip)]
-    pub card: Card,
+}
+
+impl AssignmentRow {
+    /// The row's fields in `ASSIGNMENT_HEADER` order.
+    pub fn record(&self) -> [String; 6] {
+        [
+            self.card.insurer.to_string(),
+            self.card.symbol.to_string(),
+            self.card.number.to_string(),
+            self.card.branch.to_string(),
+            self.my_number.to_string(),
+            self.medical_id.to_string(),
+        ]
+    }
+
+    /// Writes an assignment file: the header, then the rows.
+    pub fn write_csv<W: std::io::Write>(out: W, rows: &[AssignmentRow]) -> csv::Result<W> {
+        let mut w = csv::WriterBuilder::new()
+            .has_headers(false)
+            .from_writer(out);
+        w.write_record(ASSIGNMENT_HEADER)?;
+        for r in rows {
+            w.write_record(r.record())?;
+        }
+        w.into_inner().map_err(|e| e.into_error().into())
+    }
 }
 
 /// Who sends the letter that tells a person their medical ID.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Plan {
     /// Plan 1: each insurer sends letters to its insured.
     Insurer,
@@ -82,13 +104,9 @@ impl Store {
                 if c.card.key().as_slice() == k.value() && (all || c.assigned_at.is_none()) {
                     out.push(AssignmentRow {
                         pid,
-                        insurer_number: insurer.clone(),
-                        card_symbol: c.card.symbol.to_string(),
-                        card_number: c.card.number.to_string(),
-                        branch: c.card.branch.to_string(),
+                        card: c.card.clone(),
                         my_number: p.my_number,
                         medical_id: p.medical_id,
-                        card: c.card.clone(),
                     });
                 }
             }

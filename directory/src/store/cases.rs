@@ -13,7 +13,7 @@ use crate::registry::{
 use iryo_proto::InsurerNumber;
 use redb::{ReadableDatabase, ReadableTable};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ConflictAction {
     /// The row is right: correct the registry to it.
     Apply,
@@ -21,7 +21,7 @@ pub enum ConflictAction {
     Dismiss,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum MismatchAction {
     /// The registry is right; the person or institution had a wrong ID.
     Keep,

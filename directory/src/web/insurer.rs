@@ -234,17 +234,7 @@ async fn assignments(
     let insurer = insurer(&caller)?;
     let csv = blocking(move || {
         let rows = web.store.assignment_rows(&insurer, q.all)?;
-        let mut w = csv::WriterBuilder::new()
-            .has_headers(false)
-            .from_writer(Vec::new());
-        w.write_record(crate::store::ASSIGNMENT_HEADER)
-            .map_err(|e| WebError::Internal(e.to_string()))?;
-        for r in &rows {
-            w.serialize(r)
-                .map_err(|e| WebError::Internal(e.to_string()))?;
-        }
-        let bytes = w
-            .into_inner()
+        let bytes = crate::store::AssignmentRow::write_csv(Vec::new(), &rows)
             .map_err(|e| WebError::Internal(e.to_string()))?;
         // Marked only once the file is made; a broken download repeats rows, never loses them.
         web.store.mark_assigned(&rows, now())?;

@@ -66,7 +66,7 @@ impl Args {
 }
 
 fn pct(sorted: &[Duration], p: f64) -> f64 {
-    iryo_directory::bench::percentile(sorted, p).as_secs_f64() * 1e3
+    iryo_directory::measure::percentile(sorted, p).as_secs_f64() * 1e3
 }
 
 /// "N checks in S s: R checks/s, p50 …, p99 … (p90 …, p99.9 …)", from the answered
@@ -314,7 +314,7 @@ async fn run(args: Args) -> Result<()> {
     }
     if args.runs(Phase::Eligibility) {
         // 4. Eligibility checks over the network, each durable before its answer.
-        let checks = iryo_directory::bench::card_checks(
+        let checks = iryo_directory::measure::card_checks(
             &people,
             req_code,
             chrono::Local::now().date_naive(),
@@ -359,7 +359,7 @@ async fn run(args: Args) -> Result<()> {
         // it, measured just before on the same disk.
         println!(
             "[disk, for comparison] 8 KiB appends, each made durable before the next: {}",
-            iryo_directory::bench::disk_floor(tmp.path(), 20_000)?
+            iryo_directory::measure::disk_floor(tmp.path(), 20_000)?
         );
         // 5. The same checks arriving at a steady pace, as reception desks send them: the
         // latency at the target rate. A thread of its own paces them (Tokio's timer is

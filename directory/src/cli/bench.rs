@@ -2,14 +2,15 @@
 //! this machine, printed as a report for BENCHMARKS.md. Targets are checked here, never
 //! by timed assertions in tests.
 
-use crate::config::Config;
-use crate::context::Context;
-use crate::enrollment::{ingest_all, Encoding, IngestOptions, Summary};
-use crate::issuance::Method;
-use crate::registry::eligibility::{CheckKey, CheckRequest};
-use crate::registry::now;
-use crate::sample::{write_sample, SampleOptions};
 use anyhow::{Context as _, Result};
+use iryo_directory::config::Config;
+use iryo_directory::context::Context;
+use iryo_directory::enrollment::{ingest_all, Encoding, IngestOptions, Summary};
+use iryo_directory::issuance::Method;
+use iryo_directory::measure::{card_checks, disk_floor, peak_rss_mib, percentile};
+use iryo_directory::registry::eligibility::CheckRequest;
+use iryo_directory::registry::now;
+use iryo_directory::sample::{write_sample, SampleOptions};
 use iryo_proto::{InstitutionCode, PointTableKind};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -43,110 +44,6 @@ pub struct BenchArgs {
 pub enum BenchMethod {
     Fpe,
     Random,
-}
-
-/// Peak resident set size of this process, from /proc (Linux).
-pub fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
-}
-
-/// The `p` quantile of sorted durations.
-/// What the benchmarks send: a check by card at `institution` on `date`, for each
-/// person's latest coverage.
-pub fn card_checks(
-    people: &[crate::registry::Person],
-    institution: InstitutionCode,
-    date: chrono::NaiveDate,
-) -> Vec<CheckRequest> {
-    people
-        .iter()
-        .filter_map(|p| p.coverages.last())
-        .map(|c| CheckRequest {
-            institution,
-            key: CheckKey::for_card(&c.card, None),
-            date,
-            visit_consent: false,
-        })
-        .collect()
-}
-
-pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
-/// What durable commits cost on this disk before any database is involved: `count`
-/// appends of 8 KiB, each followed by `fdatasync`, on a file in `dir`. Every answer that
-/// waits for a commit waits at least this long, and the disk's stalls (a few a second
-/// on the machine of BENCHMARKS.md, some over 5 ms) reach every commit waiting at the
-/// time; this puts figures on both.
-pub struct DiskFloor {
-    pub syncs_per_s: f64,
-    pub p50: Duration,
-    pub p99: Duration,
-    pub p999: Duration,
-    pub max: Duration,
-    /// Syncs slower than 2.5 ms and 5 ms, per 10 s of syncing.
-    pub over_2_5ms_per_10s: f64,
-    pub over_5ms_per_10s: f64,
-}
-
-pub fn disk_floor(dir: &std::path::Path, count: usize) -> Result<DiskFloor> {
-    use std::os::unix::fs::FileExt;
-    let path = dir.join("disk-floor.tmp");
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    let page = [0x5au8; 8192];
-    let mut lat = Vec::with_capacity(count);
-    let t = Instant::now();
-    for i in 0..count {
-        let s = Instant::now();
-        file.write_all_at(&page, (i * page.len()) as u64)?;
-        file.sync_data()?;
-        lat.push(s.elapsed());
-    }
-    let secs = t.elapsed().as_secs_f64();
-    drop(file);
-    let _ = std::fs::remove_file(&path);
-    lat.sort();
-    let per_10s = |limit: Duration| lat.iter().filter(|d| **d > limit).count() as f64 * 10.0 / secs;
-    Ok(DiskFloor {
-        syncs_per_s: count as f64 / secs,
-        p50: percentile(&lat, 0.5),
-        p99: percentile(&lat, 0.99),
-        p999: percentile(&lat, 0.999),
-        max: lat.last().copied().unwrap_or_default(),
-        over_2_5ms_per_10s: per_10s(Duration::from_micros(2500)),
-        over_5ms_per_10s: per_10s(Duration::from_millis(5)),
-    })
-}
-
-impl std::fmt::Display for DiskFloor {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let ms = |d: Duration| d.as_secs_f64() * 1e3;
-        write!(
-            f,
-            "{:.0} syncs/s; p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms; per 10 s, {:.0} over 2.5 ms and {:.0} over 5 ms",
-            self.syncs_per_s,
-            ms(self.p50),
-            ms(self.p99),
-            ms(self.p999),
-            ms(self.max),
-            self.over_2_5ms_per_10s,
-            self.over_5ms_per_10s
-        )
-    }
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
@@ -251,7 +148,7 @@ fn measure(args: &BenchArgs, dir: &std::path::Path) -> Result<()> {
     let clinic = InstitutionCode::from_parts(13, PointTableKind::Medical, 1)?;
     let reader = store.reader()?;
     let people = reader.first_persons(100_000)?;
-    let reqs = card_checks(&people, clinic, crate::registry::today());
+    let reqs = card_checks(&people, clinic, iryo_directory::registry::today());
     drop(people);
     anyhow::ensure!(!reqs.is_empty(), "no persons to check");
 
@@ -276,7 +173,7 @@ fn measure(args: &BenchArgs, dir: &std::path::Path) -> Result<()> {
     drop(reader);
 
     let store = std::sync::Arc::new(store);
-    let folder = crate::store::start_folder(store.clone(), Duration::from_millis(200))
+    let folder = iryo_directory::store::start_folder(store.clone(), Duration::from_millis(200))
         .context("starting the folder")?;
     println!("\n[checks, durable: service use committed before the answer]");
     for batch in [1usize, 100, 1000, 5000] {

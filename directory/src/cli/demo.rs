@@ -1,13 +1,13 @@
 //! The narrated demo: a fresh directory on sample data, end to end.
 
-use crate::config::Config;
-use crate::context::Context;
-use crate::enrollment::{ingest_file, Encoding, IngestOptions, Progress};
-use crate::registry::eligibility::{CheckKey, CheckRequest};
-use crate::registry::{now, today, Person};
-use crate::sample::{write_sample, SampleOptions};
-use crate::store::{Plan, Store};
 use anyhow::{Context as _, Result};
+use iryo_directory::config::Config;
+use iryo_directory::context::Context;
+use iryo_directory::enrollment::{ingest_file, Encoding, IngestOptions, Progress};
+use iryo_directory::registry::eligibility::{CheckKey, CheckRequest};
+use iryo_directory::registry::{now, today, Person};
+use iryo_directory::sample::{write_sample, SampleOptions};
+use iryo_directory::store::{Plan, Store};
 use iryo_proto::{InstitutionCode, MedicalId, PointTableKind};
 use std::path::Path;
 
@@ -111,9 +111,8 @@ pub fn run(dir: &Path, persons: u64) -> Result<()> {
     for insurer in insurers {
         let rows = store.assignment_rows(&insurer, false)?;
         let out = dir.join("out").join(format!("assign_{insurer}.csv"));
-        let mut w = csv::Writer::from_path(&out)?;
-        rows.iter().try_for_each(|r| w.serialize(r))?;
-        w.flush()?;
+        let file = iryo_directory::files::create_private(&out)?;
+        iryo_directory::store::AssignmentRow::write_csv(file, &rows)?;
         store.mark_assigned(&rows, now())?;
         println!("  {insurer}: {} rows -> {}", rows.len(), out.display());
     }
