@@ -196,7 +196,7 @@ pub fn execute(
     operator: &str,
     req: AdminRequest,
 ) -> AdminResponse {
-    let r = (|| -> Result<AdminResponse, crate::store::StoreError> {
+    let r = (|| -> Result<AdminResponse, AdminError> {
         Ok(match req {
             AdminRequest::InstitutionAdd { request, roles } => {
                 AdminResponse::Membership(store.add_institution(
@@ -234,16 +234,13 @@ pub fn execute(
                 encoding,
                 batch_rows,
             } => {
-                let issuer = crate::context::Context::new(config.clone())
-                    .issuer(store)
-                    .map_err(|e| crate::store::StoreError::Refused(e.to_string()))?;
+                let issuer = issuer(store, config)?;
                 let opts = IngestOptions {
                     encoding,
                     batch_rows,
                     only_insurer: None,
                 };
-                let summaries = ingest_all(store, &issuer, &files, &opts)
-                    .map_err(|e| crate::store::StoreError::Refused(e.to_string()))?;
+                let summaries = ingest_all(store, &issuer, &files, &opts)?;
                 summaries
                     .iter()
                     .for_each(|s| crate::metrics::metrics().enrolled(s));
@@ -259,11 +256,7 @@ pub fn execute(
                 let person = match (medical_id, my_number) {
                     (Some(id), _) => reader.person_by_medical_id(id)?,
                     (None, Some(n)) => reader.person_by_my_number(n)?,
-                    (None, None) => {
-                        return Err(StoreError::Refused(
-                            "give a medical ID or a My Number".into(),
-                        ))
-                    }
+                    (None, None) => return Err(AdminError::NoPerson),
                 };
                 AdminResponse::Person {
                     service_use: reader.service_uses(person.pid)?,
@@ -379,17 +372,27 @@ pub fn execute(
 }
 
 /// The issuer for the database's method, with the agency's FF1 key.
-fn issuer(store: &Store, config: &Config) -> Result<crate::issuance::Issuer, StoreError> {
-    crate::context::Context::new(config.clone())
-        .issuer(store)
-        .map_err(|e| StoreError::Refused(e.to_string()))
+fn issuer(store: &Store, config: &Config) -> Result<crate::issuance::Issuer, AdminError> {
+    Ok(crate::context::Context::new(config.clone()).issuer(store)?)
+}
+
+/// Why an operator command failed; its text is what the operator reads.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AdminError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Context(#[from] crate::context::ContextError),
+    #[error(transparent)]
+    Ingest(#[from] crate::enrollment::IngestError),
+    #[error("give a medical ID or a My Number")]
+    NoPerson,
 }
 
 fn latest(store: &Store) -> Result<(Signed<TreeHead>, u64), crate::store::StoreError> {
     store.sign_pending_head()?;
-    let head = store
-        .latest_head()?
-        .ok_or_else(|| crate::store::StoreError::Refused("the audit log is empty".into()))?;
+    let head = store.latest_head()?.ok_or(StoreError::EmptyLog)?;
     let size = head
         .open_unverified()
         .map_err(|e| crate::store::StoreError::Inconsistent(e.to_string()))?

@@ -17,6 +17,7 @@ use thiserror::Error;
 use time::{Duration, OffsetDateTime};
 
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum CaError {
     #[error("{path}: {source}")]
     Io {

@@ -7,6 +7,7 @@ use crate::store::{Store, StoreError};
 use thiserror::Error;
 
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum ContextError {
     #[error(transparent)]
     Store(#[from] StoreError),

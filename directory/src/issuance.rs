@@ -33,6 +33,7 @@ impl Method {
 }
 
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum IssueError {
     #[error("FF1 failed: {0}")]
     Fpe(String),

@@ -149,6 +149,7 @@ async fn serve(
 
 /// Why a fetch did not return records, for the EMR.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum FetchError {
     #[error("{0}")]
     Refused(Refusal),

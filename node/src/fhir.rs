@@ -6,6 +6,7 @@ use serde_json::Value;
 use std::borrow::Cow;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum FhirError {
     #[error("not JSON: {0}")]
     Json(String),

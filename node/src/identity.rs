@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum IdentityError {
     #[error("{0}: {1}")]
     Io(PathBuf, std::io::Error),

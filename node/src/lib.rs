@@ -22,6 +22,7 @@ use std::sync::Arc;
 use thiserror::Error;
 
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum NodeError {
     #[error(transparent)]
     Identity(#[from] identity::IdentityError),

@@ -37,7 +37,7 @@ impl ServeCommitter {
                             tracing::error!(error = %e, "serving a group of fetches failed");
                             let msg = e.to_string();
                             for reply in replies {
-                                let _ = reply.send(Err(StoreError::Codec(msg.clone())));
+                                let _ = reply.send(Err(StoreError::GroupFailed(msg.clone())));
                             }
                         }
                     }
@@ -53,9 +53,7 @@ impl ServeCommitter {
         let (reply, answer) = oneshot::channel();
         self.tx
             .send((job, reply))
-            .map_err(|_| StoreError::Codec("the serve-commit thread has stopped".into()))?;
-        answer
-            .await
-            .map_err(|_| StoreError::Codec("the serve-commit thread dropped the fetch".into()))?
+            .map_err(|_| StoreError::Stopped)?;
+        answer.await.map_err(|_| StoreError::Stopped)?
     }
 }

@@ -16,6 +16,7 @@ const OUTBOX: TableDefinition<[u8; 16], &[u8]> = TableDefinition::new("outbox");
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum StoreError {
     #[error("node database: {0}")]
     Db(#[from] redb::Error),
@@ -23,6 +24,12 @@ pub enum StoreError {
     Codec(String),
     #[error("the grant was used before")]
     Replayed,
+    /// A commit of a group of fetches failed; each fetch in it gets this, with the
+    /// failure's text (the failure itself went to the log).
+    #[error("serving a group of fetches failed: {0}")]
+    GroupFailed(String),
+    #[error("the serve-commit thread has stopped")]
+    Stopped,
 }
 
 macro_rules! from_redb {

@@ -3,6 +3,7 @@ use thiserror::Error;
 /// Why a value was refused. The message names the value kind so that an error report
 /// for a whole row stays readable.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
 pub enum IdError {
     #[error("{what}: empty")]
     Empty { what: &'static str },

@@ -9,6 +9,7 @@ use std::marker::PhantomData;
 use thiserror::Error;
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
 pub enum SignError {
     #[error("the signed body does not decode: {0}")]
     Decode(String),

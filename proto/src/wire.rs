@@ -42,6 +42,7 @@ pub const fn max_frame(max_message: u64) -> usize {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum FrameError {
     #[error("frame of {0} bytes is shorter than its request id")]
     Short(usize),

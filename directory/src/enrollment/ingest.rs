@@ -18,6 +18,7 @@ use std::time::Instant;
 use thiserror::Error;
 
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum IngestError {
     #[error("{path}: {source}")]
     Io {

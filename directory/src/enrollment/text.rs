@@ -45,6 +45,7 @@ impl Detected {
 
 /// Why a file could not be read as text.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum DetectError {
     #[error(transparent)]
     Io(#[from] io::Error),

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum LetterError {
     #[error("{path}: {source} (install Debian's fonts-ipaexfont-gothic, or set letters.font)")]
     FontFile {

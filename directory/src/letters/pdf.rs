@@ -10,6 +10,7 @@ use std::io::Write as _;
 use thiserror::Error;
 
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum PdfError {
     #[error("the font does not parse as TrueType: {0}")]
     Font(String),

@@ -6,16 +6,65 @@
 //! the logs with its next commit, or after `MOVE_EVERY` without one.
 
 use crate::registry::now;
-use crate::store::{Job, Outcome, Store, StoreError};
+use crate::store::{GrantQuery, Job, Outcome, Store, StoreError, Verified};
 use ed25519_dalek::SigningKey;
-use iryo_proto::federation::Grant;
+use iryo_proto::eligibility::{CheckAnswer, CheckRequest};
+use iryo_proto::federation::{Grant, Membership};
 use iryo_proto::signed::Signed;
+use iryo_proto::wire::Refusal;
+use iryo_proto::InstitutionCode;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::oneshot;
 
-type Reply = oneshot::Sender<Result<Outcome, String>>;
+/// Why a job submitted to group commit got no outcome. Its text is for the logs; a
+/// peer is told only that the directory could not answer.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum CommitError {
+    #[error("the group-commit thread has stopped")]
+    Stopped,
+    #[error("the commit failed: {0}")]
+    Store(Arc<StoreError>),
+    #[error("the commit answered a job of another kind")]
+    Mismatched,
+}
+
+type Answer<T> = oneshot::Sender<Result<T, CommitError>>;
+
+/// The reply a submitter waits for, typed by the kind of its job.
+enum Reply {
+    Check(Answer<CheckAnswer>),
+    Checks(Answer<Vec<CheckAnswer>>),
+    Grant(Answer<Result<Grant, Refusal>>),
+    Notify(Answer<Vec<[u8; 16]>>),
+}
+
+impl Reply {
+    /// Hands the job's outcome, or the group's failure, to its submitter.
+    fn send(self, outcome: Result<Outcome, CommitError>) {
+        fn give<T>(to: Answer<T>, v: Result<T, CommitError>) {
+            let _ = to.send(v);
+        }
+        match (self, outcome) {
+            (Reply::Check(to), Ok(Outcome::Check(a))) => give(to, Ok(a)),
+            (Reply::Checks(to), Ok(Outcome::Checks(a))) => give(to, Ok(a)),
+            (Reply::Grant(to), Ok(Outcome::Grant(g))) => give(to, Ok(g)),
+            (Reply::Notify(to), Ok(Outcome::Notified(ids))) => give(to, Ok(ids)),
+            (reply, outcome) => {
+                let e = outcome.err().unwrap_or(CommitError::Mismatched);
+                match reply {
+                    Reply::Check(to) => give(to, Err(e)),
+                    Reply::Checks(to) => give(to, Err(e)),
+                    Reply::Grant(to) => give(to, Err(e)),
+                    Reply::Notify(to) => give(to, Err(e)),
+                }
+            }
+        }
+    }
+}
+
 type Queue = mpsc::Receiver<(Job, Reply)>;
 
 /// How long checks may wait in the intake files when nothing else is committed: the
@@ -63,24 +112,68 @@ impl GroupCommitter {
         }
     }
 
-    /// A grant decided by `submit`, signed by the agency.
+    /// A grant decided by `grant`, signed by the agency.
     pub fn sign(&self, grant: &Grant) -> Signed<Grant> {
         Signed::sign(grant, &self.agency)
     }
 
-    pub async fn submit(&self, job: Job) -> Result<Outcome, String> {
+    /// One check, durable before its answer.
+    pub async fn check(&self, request: CheckRequest) -> Result<CheckAnswer, CommitError> {
         let (reply, answer) = oneshot::channel();
+        self.submit(Job::Check(request), Reply::Check(reply), answer)
+            .await
+    }
+
+    /// The checks of one request, decided and made durable together.
+    pub async fn checks(
+        &self,
+        requests: Vec<CheckRequest>,
+    ) -> Result<Vec<CheckAnswer>, CommitError> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(Job::Checks(requests), Reply::Checks(reply), answer)
+            .await
+    }
+
+    /// A grant decided and logged (not yet signed: `sign`), or the refusal.
+    pub async fn grant(
+        &self,
+        member: Membership,
+        query: GrantQuery,
+    ) -> Result<Result<Grant, Refusal>, CommitError> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(
+            Job::Grant(Box::new(member), query),
+            Reply::Grant(reply),
+            answer,
+        )
+        .await
+    }
+
+    /// Verified notifications from one sender, appended to the audit log; the ids
+    /// logged now or before.
+    pub async fn notify(
+        &self,
+        from: InstitutionCode,
+        valid: Verified,
+    ) -> Result<Vec<[u8; 16]>, CommitError> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(Job::Notify(from, valid), Reply::Notify(reply), answer)
+            .await
+    }
+
+    async fn submit<T>(
+        &self,
+        job: Job,
+        reply: Reply,
+        answer: oneshot::Receiver<Result<T, CommitError>>,
+    ) -> Result<T, CommitError> {
         let queue = if crate::store::fits_intake(&job) {
             &self.intake
         } else {
             &self.tx
         };
-        queue.send((job, reply)).map_err(|_| {
-            StoreError::Refused("the group-commit thread has stopped".into()).to_string()
-        })?;
-        answer
-            .await
-            .map_err(|_| "the group-commit thread dropped the request".to_string())?
+        queue.send((job, reply)).map_err(|_| CommitError::Stopped)?;
+        answer.await.map_err(|_| CommitError::Stopped)?
     }
 }
 
@@ -95,13 +188,14 @@ fn answer(replies: Vec<Reply>, outcomes: Result<Vec<Outcome>, StoreError>, jobs:
     match outcomes {
         Ok(outcomes) => {
             for (reply, o) in replies.into_iter().zip(outcomes) {
-                let _ = reply.send(Ok(o));
+                reply.send(Ok(o));
             }
         }
         Err(e) => {
             tracing::error!(error = %e, jobs, "group commit failed");
+            let e = CommitError::Store(Arc::new(e));
             for reply in replies {
-                let _ = reply.send(Err(e.to_string()));
+                reply.send(Err(e.clone()));
             }
         }
     }

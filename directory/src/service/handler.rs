@@ -35,7 +35,13 @@ pub fn admit(record: &InstitutionRecord, now: Time) -> Result<Membership, Refusa
             RefusalReason::NotMember,
             "the membership has expired",
         )),
-        Err(e) => Err(Refusal::new(RefusalReason::Internal, e.to_string())),
+        Err(e) => {
+            tracing::error!(error = %e, "a stored membership does not open");
+            Err(Refusal::new(
+                RefusalReason::Internal,
+                "the directory could not answer",
+            ))
+        }
     }
 }
 

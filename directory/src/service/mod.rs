@@ -6,10 +6,10 @@
 mod group_commit;
 pub mod handler;
 
-pub use group_commit::GroupCommitter;
+pub use group_commit::{CommitError, GroupCommitter};
 
 use crate::registry::now;
-use crate::store::{GrantQuery, Job, Outcome, Store};
+use crate::store::{GrantQuery, Store};
 use ed25519_dalek::SigningKey;
 use futures::StreamExt;
 use iryo_proto::wire::{
@@ -173,23 +173,37 @@ async fn notify(
     committer: GroupCommitter,
     member: iryo_proto::federation::Membership,
     notifications: Vec<iryo_proto::signed::Signed<iryo_proto::federation::Notification>>,
-) -> Result<DirectoryResponse, String> {
+) -> DirectoryResponse {
     let from = member.code;
-    let (valid, out) = tokio::task::spawn_blocking(move || {
+    let verified = tokio::task::spawn_blocking(move || {
         crate::store::verify_notifications(&member, &notifications)
     })
-    .await
-    .map_err(|e| e.to_string())?
-    .map_err(|e| e.to_string())?;
+    .await;
+    let (valid, out) = match verified {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => return internal(e),
+        Err(e) => return internal(e),
+    };
     for (id, why) in &out.refused {
         tracing::warn!(%from, id = %iryo_proto::merkle::to_hex(id), why, "notification refused");
     }
-    let mut ids = match committer.submit(Job::Notify(from, valid)).await? {
-        Outcome::Notified(ids) => ids,
-        _ => return Err("unexpected outcome".into()),
-    };
-    ids.extend(out.refused.into_iter().map(|(id, _)| id));
-    Ok(DirectoryResponse::Acknowledged { ids })
+    match committer.notify(from, valid).await {
+        Ok(mut ids) => {
+            ids.extend(out.refused.into_iter().map(|(id, _)| id));
+            DirectoryResponse::Acknowledged { ids }
+        }
+        Err(e) => internal(e),
+    }
+}
+
+/// What a peer is told when the directory failed: that it could not answer, never
+/// why — the reason goes to the log.
+fn internal(e: impl std::fmt::Display) -> DirectoryResponse {
+    tracing::error!(error = %e, "directory request failed");
+    DirectoryResponse::Refused(iryo_proto::wire::Refusal::new(
+        iryo_proto::wire::RefusalReason::Internal,
+        "the directory could not answer; try again later",
+    ))
 }
 
 fn bad_request(detail: String) -> DirectoryResponse {
@@ -220,18 +234,7 @@ async fn answer(
             tracing::warn!(%peer, reason = %refusal.reason, "request refused: {}", refusal.detail);
             return DirectoryResponse::Refused(refusal);
         }
-        Err(e) => {
-            return DirectoryResponse::Refused(iryo_proto::wire::Refusal::new(
-                iryo_proto::wire::RefusalReason::Internal,
-                e.to_string(),
-            ))
-        }
-    };
-    let internal = |e: String| {
-        DirectoryResponse::Refused(iryo_proto::wire::Refusal::new(
-            iryo_proto::wire::RefusalReason::Internal,
-            e,
-        ))
+        Err(e) => return internal(e),
     };
     match request {
         DirectoryRequest::Eligibility { mut request } => {
@@ -243,9 +246,8 @@ async fn answer(
             }
             // The institution asking is the authenticated one, whatever the body says.
             request.institution = member.code;
-            match committer.submit(Job::Check(request)).await {
-                Ok(Outcome::Check(a)) => DirectoryResponse::Eligibility(a),
-                Ok(_) => internal("unexpected outcome".into()),
+            match committer.check(request).await {
+                Ok(a) => DirectoryResponse::Eligibility(a),
                 Err(e) => internal(e),
             }
         }
@@ -274,9 +276,8 @@ async fn answer(
                     request
                 })
                 .collect();
-            match committer.submit(Job::Checks(requests)).await {
-                Ok(Outcome::Checks(answers)) => DirectoryResponse::EligibilityBatch(answers),
-                Ok(_) => internal("unexpected outcome".into()),
+            match committer.checks(requests).await {
+                Ok(answers) => DirectoryResponse::EligibilityBatch(answers),
                 Err(e) => internal(e),
             }
         }
@@ -293,13 +294,12 @@ async fn answer(
                 purpose,
                 reason,
             };
-            match committer.submit(Job::Grant(Box::new(member), query)).await {
-                Ok(Outcome::Grant(Ok(grant))) => DirectoryResponse::Grant(committer.sign(&grant)),
-                Ok(Outcome::Grant(Err(refusal))) => {
+            match committer.grant(member, query).await {
+                Ok(Ok(grant)) => DirectoryResponse::Grant(committer.sign(&grant)),
+                Ok(Err(refusal)) => {
                     tracing::info!(requester = %code, %source, reason = %refusal.reason, "grant refused");
                     DirectoryResponse::Refused(refusal)
                 }
-                Ok(_) => internal("unexpected outcome".into()),
                 Err(e) => internal(e),
             }
         }
@@ -313,17 +313,31 @@ async fn answer(
                     ),
                 ));
             }
-            notify(committer, member, notifications)
-                .await
-                .unwrap_or_else(internal)
+            notify(committer, member, notifications).await
         }
         other => tokio::task::spawn_blocking(move || handler::handle(&store, other, t))
             .await
-            .unwrap_or_else(|e| {
-                DirectoryResponse::Refused(iryo_proto::wire::Refusal::new(
-                    iryo_proto::wire::RefusalReason::Internal,
-                    e.to_string(),
-                ))
-            }),
+            .unwrap_or_else(internal),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failure_is_logged_and_never_told_to_the_peer() {
+        let DirectoryResponse::Refused(r) =
+            internal("database: I/O error in /srv/iryo/directory.redb")
+        else {
+            panic!("not a refusal");
+        };
+        assert_eq!(r.reason, iryo_proto::wire::RefusalReason::Internal);
+        assert!(!r.detail.contains("/srv") && !r.detail.contains("I/O"), "{r:?}");
+        let e = CommitError::Store(Arc::new(crate::store::StoreError::NoSigner));
+        let DirectoryResponse::Refused(r) = internal(e) else {
+            panic!("not a refusal");
+        };
+        assert!(!r.detail.contains("agency key"), "{r:?}");
     }
 }

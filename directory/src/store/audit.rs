@@ -144,9 +144,7 @@ impl Store {
     pub fn audit_entry(&self, index: u64) -> Result<LogEntry> {
         let tx = self.db.begin_read()?;
         let t = tx.open_table(AUDIT_LEAVES)?;
-        let v = t
-            .get(index)?
-            .ok_or_else(|| StoreError::Refused(format!("no audit entry {index}")))?;
+        let v = t.get(index)?.ok_or(StoreError::NoAuditEntry(index))?;
         decode(v.value())
     }
 
@@ -156,18 +154,14 @@ impl Store {
 
     pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>> {
         if index >= size || size > self.audit_size()? {
-            return Err(StoreError::Refused(format!(
-                "no entry {index} in a log of {size}"
-            )));
+            return Err(StoreError::NotInLog { index, size });
         }
         self.read_subtrees(|s| merkle::inclusion_proof(s, index, size))
     }
 
     pub fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Hash>> {
         if old > new || new > self.audit_size()? {
-            return Err(StoreError::Refused(format!(
-                "no consistency from {old} to {new}"
-            )));
+            return Err(StoreError::NoConsistency { old, new });
         }
         self.read_subtrees(|s| merkle::consistency_proof(s, old, new))
     }

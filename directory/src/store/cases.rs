@@ -31,7 +31,7 @@ pub enum MismatchAction {
 
 fn resolved(action: &str, reason: &str, by: &str, at: Timestamp) -> Result<CaseStatus> {
     if reason.trim().is_empty() {
-        return Err(StoreError::Refused("a resolution needs a reason".into()));
+        return Err(StoreError::ReasonRequired("a resolution"));
     }
     Ok(CaseStatus::Resolved {
         action: action.into(),
@@ -233,9 +233,7 @@ fn apply_correction(
         }
     }
     match apply_row(t, &case, row, None, issuer, at)? {
-        RowOutcome::Conflict(k) => Err(StoreError::Refused(format!(
-            "the row still conflicts after correction: {k}"
-        ))),
+        RowOutcome::Conflict(k) => Err(StoreError::StillConflicts(k)),
         _ => Ok(()),
     }
 }
@@ -246,14 +244,14 @@ fn rebind(t: &mut Tables<'_>, m: &Mismatch, reason: &str, at: Timestamp) -> Resu
         .id_entry(m.presented)?
         .ok_or(StoreError::UnknownMedicalId(m.presented))?;
     if target.status != IdStatus::Current {
-        return Err(StoreError::Refused(format!(
-            "presented medical ID {} is not current; the card cannot move to it",
-            m.presented
-        )));
+        return Err(StoreError::NotCurrent {
+            id: m.presented,
+            state: super::status_name(target.status),
+        });
     }
     let from_pid = t
         .card_holder(&m.card)?
-        .ok_or_else(|| StoreError::Refused(format!("card {} is no longer registered", m.card)))?;
+        .ok_or_else(|| StoreError::CardNotRegistered(m.card.clone()))?;
     if from_pid == target.pid {
         return Ok(());
     }

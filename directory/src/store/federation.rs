@@ -233,10 +233,10 @@ impl Store {
     ) -> Result<Membership> {
         let reg = request
             .verify_any()
-            .map_err(|e| StoreError::Refused(format!("registration request: {e}")))?;
+            .map_err(|e| StoreError::BadRegistration(e.to_string()))?;
         if reg.public_key != request.signer {
-            return Err(StoreError::Refused(
-                "registration request is not signed by the key it registers".into(),
+            return Err(StoreError::BadRegistration(
+                "it is not signed by the key it registers".into(),
             ));
         }
         self.forget_members();
@@ -285,9 +285,9 @@ impl Store {
         operator: &str,
     ) -> Result<()> {
         let out = self.write(|t| {
-            let mut r = t.institution(code)?.ok_or_else(|| {
-                StoreError::Refused(format!("institution {code} is not registered"))
-            })?;
+            let mut r = t
+                .institution(code)?
+                .ok_or(StoreError::UnknownInstitution(code))?;
             if r.revoked_at.is_none() {
                 r.revoked_at = Some(now);
                 t.institutions
@@ -515,8 +515,7 @@ pub(super) fn grant_in(
     match decision {
         Ok(()) => {
             let mut random = [0u8; 8];
-            getrandom::fill(&mut random)
-                .map_err(|e| StoreError::Refused(format!("random source: {e}")))?;
+            getrandom::fill(&mut random).map_err(|e| StoreError::Random(e.to_string()))?;
             let micros = chrono::Utc::now().timestamp_micros().max(0) as u64;
             let id = iryo_proto::federation::ordered_id(micros, random);
             let grant = Grant {

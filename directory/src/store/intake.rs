@@ -188,7 +188,7 @@ impl Store {
         let f = self
             .intake
             .get(file)
-            .ok_or_else(|| StoreError::Refused(format!("no intake file {file}")))?;
+            .ok_or(StoreError::NoIntakeFile(file))?;
         if !jobs.iter().all(fits) {
             return Err(not_plain());
         }

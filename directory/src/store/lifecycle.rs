@@ -12,9 +12,7 @@ use redb::ReadableTable;
 
 fn needs_reason(reason: &str) -> Result<String> {
     match reason.trim() {
-        "" => Err(StoreError::Refused(
-            "a correction needs a reason (--reason)".into(),
-        )),
+        "" => Err(StoreError::ReasonRequired("a correction")),
         r => Ok(r.to_string()),
     }
 }
@@ -41,14 +39,12 @@ impl Store {
         at: Timestamp,
     ) -> Result<MedicalId> {
         if reason.trim().is_empty() {
-            return Err(StoreError::Refused("a change needs a reason".into()));
+            return Err(StoreError::ReasonRequired("a change"));
         }
         self.write(|t| {
             let mut p = current_person(t, id)?;
             if p.retired || p.death.is_some() {
-                return Err(StoreError::Refused(format!(
-                    "medical ID {id} belongs to a deceased person; it is not changed"
-                )));
+                return Err(StoreError::Deceased(id));
             }
             let (new, generation) = t.issue(issuer, p.my_number, p.pid, p.generation + 1, None)?;
             t.set_id_status(id, p.pid, IdStatus::Changed { successor: new })?;

@@ -39,6 +39,7 @@ use tables::*;
 use thiserror::Error;
 
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum StoreError {
     #[error("database: {0}")]
     Db(#[from] redb::Error),
@@ -75,8 +76,34 @@ pub enum StoreError {
     NoSuchCase { what: &'static str, id: u64 },
     #[error("{what} {id} is resolved already")]
     CaseClosed { what: &'static str, id: u64 },
-    #[error("{0}")]
-    Refused(String),
+    #[error("{0} needs a reason (--reason)")]
+    ReasonRequired(&'static str),
+    #[error("medical ID {0} belongs to a deceased person; it is not changed")]
+    Deceased(MedicalId),
+    #[error("card {0} is no longer registered")]
+    CardNotRegistered(iryo_proto::eligibility::Card),
+    #[error("the row still conflicts after the correction: {0}")]
+    StillConflicts(crate::registry::ConflictKind),
+    #[error("institution {0} is not registered")]
+    UnknownInstitution(iryo_proto::InstitutionCode),
+    #[error("registration request: {0}")]
+    BadRegistration(String),
+    #[error("the medical ID or activation code is wrong, used or expired")]
+    BadActivation,
+    #[error("no audit entry {0}")]
+    NoAuditEntry(u64),
+    #[error("no entry {index} in a log of {size}")]
+    NotInLog { index: u64, size: u64 },
+    #[error("no consistency proof from {old} to {new} entries")]
+    NoConsistency { old: u64, new: u64 },
+    #[error("the audit log is empty")]
+    EmptyLog,
+    #[error("no agency key to sign the audit log")]
+    NoSigner,
+    #[error("no intake file {0}")]
+    NoIntakeFile(usize),
+    #[error("the operating system's random source failed: {0}")]
+    Random(String),
     #[error(transparent)]
     Issue(#[from] IssueError),
     #[error("no free medical ID after {0} attempts")]
@@ -340,9 +367,7 @@ impl Store {
     }
 
     fn signer(&self) -> Result<&ed25519_dalek::SigningKey> {
-        self.signer
-            .as_ref()
-            .ok_or_else(|| StoreError::Refused("no agency key to sign the audit log".into()))
+        self.signer.as_ref().ok_or(StoreError::NoSigner)
     }
 
     pub fn person_by_medical_id(&self, id: MedicalId) -> Result<Person> {

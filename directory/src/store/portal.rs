@@ -30,7 +30,7 @@ const ALPHABET: &[u8] = b"ABCDEFGHJKMNPQRSTUVWXYZ23456789";
 /// A fresh activation code, `XXXX-XXXX-XXXX` (about 59 bits).
 pub fn new_activation_code() -> Result<String> {
     let mut raw = [0u8; 12];
-    getrandom::fill(&mut raw).map_err(|e| StoreError::Refused(format!("random: {e}")))?;
+    getrandom::fill(&mut raw).map_err(|e| StoreError::Random(e.to_string()))?;
     let chars: Vec<char> = raw
         .iter()
         .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
@@ -116,7 +116,7 @@ impl Store {
 }
 
 fn bad_code() -> StoreError {
-    StoreError::Refused("the medical ID or activation code is wrong, used or expired".into())
+    StoreError::BadActivation
 }
 
 /// Stores the hash of a person's new activation code, replacing any unused one.

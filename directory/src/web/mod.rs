@@ -62,6 +62,7 @@ pub struct Caller {
 }
 
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum WebError {
     #[error("{0}")]
     Forbidden(String),
@@ -81,9 +82,22 @@ impl From<StoreError> for WebError {
             StoreError::UnknownMedicalId(_)
             | StoreError::UnknownMyNumber(_)
             | StoreError::NoSuchCase { .. } => WebError::NotFound(e.to_string()),
-            StoreError::Refused(_)
-            | StoreError::CaseClosed { .. }
-            | StoreError::NotCurrent { .. } => WebError::BadRequest(e.to_string()),
+            StoreError::CaseClosed { .. }
+            | StoreError::NotCurrent { .. }
+            | StoreError::ReasonRequired(_)
+            | StoreError::Deceased(_)
+            | StoreError::StillConflicts(_)
+            | StoreError::CardNotRegistered(_)
+            | StoreError::UnknownInstitution(_)
+            | StoreError::BadRegistration(_)
+            | StoreError::BadActivation
+            | StoreError::Date(_)
+            | StoreError::DeathRecorded { .. }
+            | StoreError::NoDeath(_)
+            | StoreError::NotInLog { .. }
+            | StoreError::NoAuditEntry(_)
+            | StoreError::NoConsistency { .. }
+            | StoreError::MyNumberTaken(_) => WebError::BadRequest(e.to_string()),
             e => WebError::Internal(e.to_string()),
         }
     }

@@ -264,7 +264,7 @@ async fn activate(
             .to_string();
         match w.store.activate(person.pid, &f.code, &phc, now()) {
             Ok(()) => Ok(Some(person)),
-            Err(crate::store::StoreError::Refused(_)) => Ok(None),
+            Err(crate::store::StoreError::BadActivation) => Ok(None),
             Err(e) => Err(e.into()),
         }
     })

@@ -15,6 +15,7 @@ use std::time::SystemTime;
 use thiserror::Error;
 
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum TlsError {
     #[error("{path}: {reason}")]
     File { path: PathBuf, reason: String },

@@ -8,7 +8,7 @@ use clap::Parser;
 use iryo_directory::access::{ConsentOrigin, ConsentRecord};
 use iryo_directory::registry::now;
 use iryo_directory::service::GroupCommitter;
-use iryo_directory::store::{verify_notifications, Job, Outcome};
+use iryo_directory::store::verify_notifications;
 use iryo_node::exchange::notification;
 use iryo_proto::eligibility::CheckRequest;
 use iryo_proto::federation::{Grant, Purpose, Side};
@@ -292,8 +292,8 @@ async fn run(args: Args) -> Result<()> {
                             tokio::task::spawn_blocking(move || verify_notifications(&m, &chunk))
                                 .await??;
                         anyhow::ensure!(out.refused.is_empty(), "notifications refused");
-                        match committer.submit(Job::Notify(membership.code, valid)).await {
-                            Ok(Outcome::Notified(_)) => {}
+                        match committer.notify(membership.code, valid).await {
+                            Ok(_) => {}
                             other => anyhow::bail!("notifications not logged: {:?}", other.err()),
                         }
                     }
