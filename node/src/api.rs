@@ -231,6 +231,11 @@ async fn eligibility(State(node): State<Arc<Node>>, Json(b): Json<EligibilityBod
             );
             Json(a).into_response()
         }
+        Err(crate::directory::CheckError::Refused(r))
+            if r.reason == iryo_proto::wire::RefusalReason::BadRequest =>
+        {
+            error(StatusCode::UNPROCESSABLE_ENTITY, "bad_request", r.detail)
+        }
         Err(e) => error(StatusCode::BAD_GATEWAY, "unavailable", e),
     }
 }

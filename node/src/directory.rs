@@ -25,12 +25,27 @@ pub enum DirectoryError {
     Unexpected,
 }
 
+/// Why an eligibility check got no answer. One failed request fails every check it
+/// carried, so the error is cheap to copy.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum CheckError {
+    #[error("the directory is unreachable: {0}")]
+    Unreachable(String),
+    #[error("the directory refused: {0}")]
+    Refused(Refusal),
+    #[error("unexpected answer from the directory")]
+    Unexpected,
+    #[error("the check batcher has stopped")]
+    Stopped,
+}
+
 pub struct Directory {
     p2p: P2p,
     agency: VerifyingKey,
     refresh: Duration,
     cache: Mutex<HashMap<InstitutionCode, (Option<Membership>, Instant)>>,
-    checks: mpsc::Sender<(CheckRequest, oneshot::Sender<Result<CheckAnswer, String>>)>,
+    checks: mpsc::Sender<(CheckRequest, CheckReply)>,
 }
 
 impl Directory {
@@ -49,15 +64,13 @@ impl Directory {
 
     /// An eligibility check at the directory. Checks asked at the same moment travel
     /// in one request, so a busy reception desk costs one round trip, not one each.
-    pub async fn check(&self, req: CheckRequest) -> Result<CheckAnswer, String> {
+    pub async fn check(&self, req: CheckRequest) -> Result<CheckAnswer, CheckError> {
         let (reply, answer) = oneshot::channel();
         self.checks
             .send((req, reply))
             .await
-            .map_err(|_| "the check batcher has stopped".to_string())?;
-        answer
-            .await
-            .map_err(|_| "the check batcher dropped the check".to_string())?
+            .map_err(|_| CheckError::Stopped)?;
+        answer.await.map_err(|_| CheckError::Stopped)?
     }
 
     /// The institution's active membership, `None` if it has none (unknown, revoked,
@@ -105,7 +118,7 @@ impl Directory {
     }
 }
 
-type CheckReply = oneshot::Sender<Result<CheckAnswer, String>>;
+type CheckReply = oneshot::Sender<Result<CheckAnswer, CheckError>>;
 
 /// Requests of checks in flight at once. One keeps every check that arrives during a
 /// round trip for the next request, and a second goes only when the first is slow
@@ -177,9 +190,9 @@ async fn batch_checks(p2p: P2p, mut rx: mpsc::Receiver<(CheckRequest, CheckReply
                 .await
             {
                 Ok(DirectoryResponse::EligibilityBatch(a)) if a.len() == n => Ok(a),
-                Ok(DirectoryResponse::Refused(r)) => Err(format!("the directory refused: {r}")),
-                Ok(_) => Err("unexpected answer from the directory".to_string()),
-                Err(e) => Err(format!("the directory is unreachable: {e}")),
+                Ok(DirectoryResponse::Refused(r)) => Err(CheckError::Refused(r)),
+                Ok(_) => Err(CheckError::Unexpected),
+                Err(e) => Err(CheckError::Unreachable(e.to_string())),
             };
             match answers {
                 Ok(a) => {
