@@ -122,10 +122,11 @@ async fn serve(
             )
         }
         Err(e) => {
+            tracing::error!(error = %e, requester = %g.requester, "membership not confirmed");
             return refused(
                 RefusalReason::Internal,
-                format!("cannot confirm the requester's membership: {e}"),
-            )
+                "cannot confirm the requester's membership now; try again later",
+            );
         }
     }
     let signer = node.clone();
@@ -143,7 +144,13 @@ async fn serve(
             RefusalReason::Grant(GrantRefusal::Replayed),
             GrantRefusal::Replayed.to_string(),
         ),
-        Err(e) => refused(RefusalReason::Internal, e.to_string()),
+        Err(e) => {
+            tracing::error!(error = %e, "serving a fetch failed");
+            refused(
+                RefusalReason::Internal,
+                "the source could not serve the records now; try again later",
+            )
+        }
     }
 }
 

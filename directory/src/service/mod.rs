@@ -333,7 +333,10 @@ mod tests {
             panic!("not a refusal");
         };
         assert_eq!(r.reason, iryo_proto::wire::RefusalReason::Internal);
-        assert!(!r.detail.contains("/srv") && !r.detail.contains("I/O"), "{r:?}");
+        assert!(
+            !r.detail.contains("/srv") && !r.detail.contains("I/O"),
+            "{r:?}"
+        );
         let e = CommitError::Store(Arc::new(crate::store::StoreError::NoSigner));
         let DirectoryResponse::Refused(r) = internal(e) else {
             panic!("not a refusal");
