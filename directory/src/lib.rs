@@ -20,4 +20,5 @@ pub mod sample;
 pub mod service;
 pub mod signatures;
 pub mod store;
+mod sys;
 pub mod web;

@@ -370,16 +370,8 @@ pub fn start_folder(
 /// 20,000 checks/s, three alternating pairs: p99 5.2–17.6 ms under `SCHED_IDLE`,
 /// 10.1–27.1 ms at nice 10 (and at nice 0, before, the slowest check took 26–46 ms).
 fn yield_to_answers() {
-    #[cfg(target_os = "linux")]
-    {
-        let param = libc::sched_param { sched_priority: 0 };
-        // SAFETY: plain system calls on the calling thread (0 and its own id); `param`
-        // outlives the call.
-        let idle = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } == 0;
-        let nice = || unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10) } == 0;
-        if !idle && !nice() {
-            tracing::debug!("the folder keeps the normal priority");
-        }
+    if !crate::sys::run_when_idle() {
+        tracing::debug!("the folder keeps the normal priority");
     }
 }
 

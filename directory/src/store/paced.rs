@@ -68,18 +68,9 @@ impl Paced {
             std::thread::sleep(pace.next - now);
         }
         // Elsewhere than Linux the pieces are only paced; the commit's sync writes them.
-        #[cfg(target_os = "linux")]
-        {
-            let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
-                | libc::SYNC_FILE_RANGE_WRITE
-                | libc::SYNC_FILE_RANGE_WAIT_AFTER;
-            // SAFETY: a plain system call on a descriptor this value owns; it touches no
-            // memory of ours.
-            if unsafe { libc::sync_file_range(self.file.as_raw_fd(), 0, 0, flags) } != 0 {
-                // Only the pace is lost: the commit's own sync still makes it durable.
-                let e = io::Error::last_os_error();
-                tracing::debug!(error = %e, "sync_file_range on the index file");
-            }
+        if let Err(e) = crate::sys::write_back(&self.file) {
+            // Only the pace is lost: the commit's own sync still makes it durable.
+            tracing::debug!(error = %e, "sync_file_range on the index file");
         }
         pace.next = pace.next.max(now) + Duration::from_secs_f64(pace.unsent as f64 / RATE);
         pace.unsent = 0;
