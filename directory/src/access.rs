@@ -1,4 +1,4 @@
-//! Who may read whose records (seed 4-3): the patient's consent, and the rules by which
+//! Who may read whose records (proposal §4-3): the patient's consent, and the rules by which
 //! the agency grants or refuses access. Plain functions; `store` keeps the records.
 
 use crate::registry::IdState;

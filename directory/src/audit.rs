@@ -1,4 +1,4 @@
-//! What the audit log records (seed 4-3, 5): every exchange as both ends reported it,
+//! What the audit log records (proposal §4-3, 5): every exchange as both ends reported it,
 //! every grant the agency issued or refused, and every eligibility check. Each entry is
 //! a leaf of the RFC 6962 tree; its canonical encoding is what the leaf hash covers.
 

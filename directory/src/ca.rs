@@ -1,4 +1,4 @@
-//! The agency's own certificate authority for the HTTPS front (seed 5): the server's
+//! The agency's own certificate authority for the HTTPS front (proposal §5): the server's
 //! certificate, and client certificates that tell the server which insurer or which
 //! operator is calling. Everything lives in `DATA_DIR/ca/`: the CA key (mode 0600), its
 //! certificate, the register of issued certificates, and the revocation list that
@@ -262,7 +262,7 @@ impl Ca {
         let mut register = self.load()?;
         let at = OffsetDateTime::now_utc().date().to_string();
         let mut revoked = Vec::new();
-        for c in register.issued.iter_mut() {
+        for c in &mut register.issued {
             let hit = what.parse::<u64>().ok() == Some(c.serial) || c.subject == what;
             if hit && c.revoked_at.is_none() {
                 c.revoked_at = Some(at.clone());

@@ -126,7 +126,7 @@ pub struct IssuanceConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RegistryConfig {
-    /// Years after death during which the ID still serves research (seed 2-7).
+    /// Years after death during which the ID still serves research (proposal §2-7).
     pub retention_years: u32,
     /// redb page cache; bounds the directory's memory.
     pub cache_mib: usize,

@@ -1,4 +1,4 @@
-//! Issuing medical IDs (seed 2-2): a keyed function of the My Number (NIST SP 800-38G
+//! Issuing medical IDs (proposal §2-2): a keyed function of the My Number (NIST SP 800-38G
 //! FF1 over AES-256) or a draw from the OS CSPRNG. Either way the store checks every
 //! candidate against the table of all IDs ever issued.
 

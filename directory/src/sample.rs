@@ -222,7 +222,10 @@ pub fn write_sample(dir: &Path, opts: &SampleOptions) -> Result<SampleReport, Sa
             w.write_all(b"\xEF\xBB\xBF").map_err(io(&path))?;
         }
         writers.files.push((path, w));
-        let header: Vec<String> = HEADER.iter().map(|s| s.to_string()).collect();
+        let header: Vec<String> = HEADER
+            .iter()
+            .map(std::string::ToString::to_string)
+            .collect();
         let n = writers.files.len() - 1;
         writers.row(n, &header)?;
     }

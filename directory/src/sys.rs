@@ -14,7 +14,7 @@ pub(crate) fn run_when_idle() -> bool {
         let param = libc::sched_param { sched_priority: 0 };
         // SAFETY: a system call on the calling thread (pid 0); `param` is a valid,
         // initialised value that outlives the call, which only reads it.
-        if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } == 0 {
+        if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &raw const param) } == 0 {
             return true;
         }
         // SAFETY: a system call on the calling thread's own id; it takes no pointers.

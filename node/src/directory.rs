@@ -163,7 +163,7 @@ async fn batch_checks(p2p: P2p, mut rx: mpsc::Receiver<(CheckRequest, CheckReply
                 }
             }
             tokio::select! {
-                _ = answered.notified() => {}
+                () = answered.notified() => {}
                 more = rx.recv(), if open && group.len() < MAX_CHECKS_PER_REQUEST => match more {
                     Some(m) => group.push(m),
                     None => open = false,

@@ -2,6 +2,8 @@
 //! serves them to other institutions under an agency grant, fetches theirs, and reports
 //! every exchange, signed, to the agency's audit log through a durable outbox.
 
+#![forbid(unsafe_code)]
+
 pub mod api;
 pub mod config;
 pub mod directory;

@@ -47,14 +47,15 @@ pub async fn deliver(node: Arc<Node>, interval: Duration) {
         {
             Ok(DirectoryResponse::Acknowledged { ids }) => {
                 let worker = node.clone();
-                match tokio::task::spawn_blocking(move || worker.store.acknowledge(&ids)).await {
-                    Ok(Ok(())) => {
-                        crate::metrics::metrics()
-                            .notifications_delivered
-                            .inc_by(n as u64);
-                        tracing::debug!(delivered = n, "notifications delivered")
-                    }
-                    _ => tracing::error!("cannot clear acknowledged notifications"),
+                if let Ok(Ok(())) =
+                    tokio::task::spawn_blocking(move || worker.store.acknowledge(&ids)).await
+                {
+                    crate::metrics::metrics()
+                        .notifications_delivered
+                        .inc_by(n as u64);
+                    tracing::debug!(delivered = n, "notifications delivered");
+                } else {
+                    tracing::error!("cannot clear acknowledged notifications");
                 }
                 backoff = interval;
                 if n < MAX_NOTIFICATIONS_PER_REQUEST {

@@ -5,6 +5,8 @@
 //! work into one batch (`batch`), the Prometheus plumbing (`metrics`), logging and the
 //! shutdown signal.
 
+#![forbid(unsafe_code)]
+
 pub mod batch;
 pub mod logging;
 pub mod metrics;

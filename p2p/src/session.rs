@@ -44,7 +44,7 @@ fn codec(max_frame: usize) -> LengthDelimitedCodec {
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Asks the swarm task to connect to a peer at these addresses; the answer comes once

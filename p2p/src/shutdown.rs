@@ -13,6 +13,6 @@ pub async fn signal() {
     };
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
-        _ = terminated => {}
+        () = terminated => {}
     }
 }

@@ -58,7 +58,7 @@ pub async fn listening(
     while addresses.is_empty() {
         match swarm.select_next_some().await {
             SwarmEvent::NewListenAddr { address, .. } => {
-                addresses.push(address.with(libp2p::multiaddr::Protocol::P2p(me)))
+                addresses.push(address.with(libp2p::multiaddr::Protocol::P2p(me)));
             }
             SwarmEvent::ListenerError { error, .. }
             | SwarmEvent::ListenerClosed {

@@ -193,7 +193,14 @@ fn a_peer_that_disconnects_mid_frame_fails_the_request_at_once() {
             .await
             .unwrap_err();
         let text = err.to_string();
-        assert!(text.contains("stream") || text.contains("closed"), "{text}");
+        // The session closes with the stream; a retry on a fresh stream meets the
+        // same peer and is given up too.
+        assert!(
+            ["stream", "closed", "no session"]
+                .iter()
+                .any(|w| text.contains(w)),
+            "{text}"
+        );
         // Failed by the broken stream, not by the 20 s timeout.
         assert!(started.elapsed() < Duration::from_secs(10), "{text}");
     });

@@ -1,5 +1,5 @@
 //! Eligibility checks as institutions send them and the directory answers them
-//! (seed 3, 4-1): the card, the request and the answer.
+//! (proposal §3, 4-1): the card, the request and the answer.
 
 use crate::{
     Branch, CardNumber, CardSymbol, InstitutionCode, InsurerKind, InsurerNumber, MedicalId,
@@ -10,9 +10,13 @@ use serde::{Deserialize, Serialize};
 /// An insurance card: insurer number, symbol, number and branch identify one person.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Card {
+    /// The insurer number printed on the card.
     pub insurer: InsurerNumber,
+    /// The card's symbol (記号).
     pub symbol: CardSymbol,
+    /// The card's number (番号).
     pub number: CardNumber,
+    /// The branch number (枝番) that tells apart the people on one card.
     pub branch: Branch,
 }
 
@@ -25,6 +29,7 @@ impl Card {
         k
     }
 
+    /// The index key of every person on one card: insurer, symbol and number, each followed by a zero byte.
     pub fn prefix(insurer: &InsurerNumber, symbol: &CardSymbol, number: &CardNumber) -> Vec<u8> {
         let mut k = Vec::with_capacity(40);
         for part in [insurer.as_str(), symbol.as_str(), number.as_str()] {
@@ -50,13 +55,18 @@ impl std::fmt::Display for Card {
 pub enum CheckKey {
     /// The insurance card, optionally with the medical ID the person presents.
     Card {
+        /// The insurer number printed on the card.
         insurer: InsurerNumber,
+        /// The card's symbol.
         symbol: CardSymbol,
+        /// The card's number.
         number: CardNumber,
+        /// The branch number; needed when several people share the card.
         branch: Option<Branch>,
+        /// The medical ID the person showed with the card, compared with the registry.
         presented: Option<MedicalId>,
     },
-    /// A medical ID card alone (seed 4-1).
+    /// A medical ID card alone (proposal §4-1).
     MedicalId(MedicalId),
 }
 
@@ -93,9 +103,13 @@ impl CheckKey {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// An eligibility check as an institution's reception sends it.
 pub struct CheckRequest {
+    /// The institution asking; the directory uses the authenticated one.
     pub institution: InstitutionCode,
+    /// How the person is identified.
     pub key: CheckKey,
+    /// The date of service; never after today.
     pub date: NaiveDate,
     /// The patient agreed at the reception desk that this institution may obtain their
     /// records from others, as Japan's card readers ask.
@@ -105,44 +119,63 @@ pub struct CheckRequest {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+/// Why a check answers as it does.
 pub enum Reason {
+    /// Covered on the date: eligible.
     Active,
+    /// The coverage ended before the date.
     CoverageEnded,
+    /// The coverage starts after the date.
     NotYetCovered,
+    /// No registered person matches.
     NotFound,
     /// Several people share the card and no branch number was given.
     BranchRequired,
     /// The medical ID was replaced on application; the answer names its successor.
     IdChanged,
+    /// The person has died; the ID serves research only.
     Deceased,
+    /// The ID is retired for good.
     Retired,
 }
 
 impl Reason {
+    /// Whether this reason means eligible.
     pub fn eligible(self) -> bool {
         matches!(self, Reason::Active)
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The coverage a check found, without personal data.
 pub struct CoverageSummary {
+    /// The kind of insurer.
     pub kind: InsurerKind,
+    /// The card of the coverage.
     pub card: Card,
+    /// First day covered.
     pub from: NaiveDate,
+    /// Last day covered; `None` while covered.
     pub until: Option<NaiveDate>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The directory's answer to a check.
 pub struct CheckAnswer {
+    /// Whether the person may be served under insurance on the date.
     pub eligible: bool,
+    /// Why.
     pub reason: Reason,
+    /// The person's medical ID (the successor, for `IdChanged`).
     pub medical_id: Option<MedicalId>,
+    /// The coverage that answered, when one did.
     pub coverage: Option<CoverageSummary>,
     /// Set when the presented medical ID differed and a mismatch was recorded.
     pub mismatch: Option<u64>,
 }
 
 impl CheckAnswer {
+    /// A not-eligible answer for `reason`, naming `medical_id` when known.
     pub fn refused(reason: Reason, medical_id: Option<MedicalId>) -> Self {
         Self {
             eligible: false,

@@ -15,14 +15,18 @@ pub type Time = i64;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Purpose {
+    /// Care of the patient at the requesting institution.
     Treatment,
+    /// A referral from or to the requesting institution.
     Referral,
+    /// Research; asked for and consented to separately.
     Research,
     /// Break-glass: served without consent, with a written reason, flagged in the log.
     Emergency,
 }
 
 impl Purpose {
+    /// Every purpose, in order.
     pub const ALL: [Purpose; 4] = [
         Purpose::Treatment,
         Purpose::Referral,
@@ -30,6 +34,7 @@ impl Purpose {
         Purpose::Emergency,
     ];
 
+    /// The name used in configuration, on the wire and in the log.
     pub fn as_str(self) -> &'static str {
         match self {
             Purpose::Treatment => "treatment",
@@ -39,6 +44,7 @@ impl Purpose {
         }
     }
 
+    /// The purpose named `s` (`treatment`, `referral`, `research`, `emergency`).
     pub fn parse(s: &str) -> Option<Self> {
         Purpose::ALL.into_iter().find(|p| p.as_str() == s)
     }
@@ -46,6 +52,7 @@ impl Purpose {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+/// What a member institution may do in exchanges.
 pub enum Role {
     /// Serves its patients' records to other institutions.
     Source,
@@ -57,10 +64,15 @@ pub enum Role {
 /// listens, signed by the node's own key to prove it holds it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Registration {
+    /// The institution code the node asks to represent.
     pub code: InstitutionCode,
+    /// The institution's name, as the node's operator typed it.
     pub name: String,
+    /// The node's Ed25519 public key.
     pub public_key: [u8; 32],
+    /// libp2p multiaddrs peers should dial.
     pub addresses: Vec<String>,
+    /// When the request was made.
     pub at: Time,
 }
 
@@ -71,15 +83,23 @@ impl Statement for Registration {
 /// The agency's word that a key speaks for an institution.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Membership {
+    /// The member institution.
     pub code: InstitutionCode,
+    /// Its name, as registered.
     pub name: String,
+    /// Its fee schedule, from the code.
     pub kind: PointTableKind,
+    /// The Ed25519 key its node proves in every TLS handshake.
     pub public_key: [u8; 32],
     /// libp2p multiaddrs the node listens on.
     pub addresses: Vec<String>,
+    /// What it may do.
     pub roles: Vec<Role>,
+    /// The agency's serial number of this membership.
     pub serial: u64,
+    /// Valid from this moment.
     pub not_before: Time,
+    /// Valid until this moment.
     pub not_after: Time,
 }
 
@@ -88,6 +108,7 @@ impl Statement for Membership {
 }
 
 impl Membership {
+    /// Whether the membership is valid at `now`.
     pub fn valid_at(&self, now: Time) -> bool {
         self.not_before <= now && now <= self.not_after
     }
@@ -112,14 +133,21 @@ pub struct Grant {
     /// Unique and unguessable (`ordered_id`); also the nonce that makes the grant
     /// single-use.
     pub id: [u8; 16],
+    /// The institution allowed to fetch.
     pub requester: InstitutionCode,
+    /// The key its node must authenticate with.
     pub requester_key: [u8; 32],
+    /// The institution that serves the records.
     pub source: InstitutionCode,
+    /// The patient.
     pub medical_id: MedicalId,
+    /// Why the records are fetched.
     pub purpose: Purpose,
     /// The written reason, required for emergency access.
     pub reason: Option<String>,
+    /// When the agency issued the grant.
     pub issued_at: Time,
+    /// When it stops being valid (at most `MAX_GRANT_SECONDS` later).
     pub expires_at: Time,
 }
 
@@ -134,37 +162,54 @@ pub const CLOCK_SKEW_SECONDS: i64 = 30;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+/// Why a source refuses a grant.
 pub enum GrantRefusal {
     #[error("the grant is not signed by the agency")]
+    /// Signed by a key other than the agency's.
     NotAgency,
     #[error("the grant's signature does not verify")]
+    /// The signature does not verify.
     BadSignature,
     #[error("the grant is for another requester")]
+    /// Issued for another requester's key.
     OtherRequester,
     #[error("the grant is for another source")]
+    /// Issued for another source.
     OtherSource,
     #[error("the grant is for another patient")]
+    /// Issued for another patient.
     OtherPatient,
     #[error("the grant is for another purpose")]
+    /// Issued for another purpose.
     OtherPurpose,
     #[error("the grant has expired")]
+    /// Past its expiry (and the clock skew allowed).
     Expired,
     #[error("the grant is not valid yet")]
+    /// Issued in the future (beyond the clock skew allowed).
     NotYetValid,
     #[error("the grant was used before")]
+    /// Used before at this source.
     Replayed,
     #[error("the grant's validity is longer than the agency gives")]
+    /// Valid for longer than the agency ever grants.
     TooLong,
 }
 
 /// What the source node knows when a fetch arrives: who is asking (the key TLS
 /// authenticated), who it is, and what was asked for.
 pub struct FetchContext {
+    /// The agency's key, configured at the node.
     pub agency: VerifyingKey,
+    /// The requester's key, as TLS authenticated it.
     pub requester_key: [u8; 32],
+    /// This source's institution code.
     pub me: InstitutionCode,
+    /// The patient asked for.
     pub medical_id: MedicalId,
+    /// The purpose asked for.
     pub purpose: Purpose,
+    /// The source's clock.
     pub now: Time,
 }
 
@@ -204,6 +249,7 @@ pub fn check_grant(g: &Signed<Grant>, cx: &FetchContext) -> Result<Grant, GrantR
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+/// Which end of an exchange reports it.
 pub enum Side {
     /// Written by the source: records left here.
     Disclosed,
@@ -214,17 +260,27 @@ pub enum Side {
 /// One end's signed account of an exchange. Never carries clinical content.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Notification {
+    /// Unique id of the notification (`ordered_id`).
     pub id: [u8; 16],
+    /// Which end writes it.
     pub side: Side,
+    /// The grant the exchange used.
     pub grant_id: [u8; 16],
+    /// The patient.
     pub medical_id: MedicalId,
+    /// The institution the records came from.
     pub source: InstitutionCode,
+    /// The institution that asked for them.
     pub requester: InstitutionCode,
+    /// Why they were asked for.
     pub purpose: Purpose,
+    /// Whether it was emergency access without consent.
     pub emergency: bool,
+    /// How many FHIR resources crossed.
     pub record_count: u32,
     /// FHIR resource types, e.g. "Observation", never their content.
     pub resource_types: Vec<String>,
+    /// When the exchange happened at this end.
     pub at: Time,
 }
 
@@ -235,8 +291,11 @@ impl Statement for Notification {
 /// The agency's signed statement of the audit log's size and root.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TreeHead {
+    /// The number of entries in the log.
     pub size: u64,
+    /// The RFC 6962 root hash of those entries.
     pub root: [u8; 32],
+    /// When the head was signed.
     pub at: Time,
 }
 

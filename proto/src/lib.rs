@@ -3,8 +3,12 @@
 //! Every type here validates on construction and prints canonically, so a value that
 //! exists is a value that is right. Nothing here does I/O.
 
+#![warn(missing_docs)]
+#![forbid(unsafe_code)]
+
 pub mod check_digit;
 pub mod eligibility;
+/// Why an identifier or value was refused.
 pub mod error;
 pub mod federation;
 pub mod ids;

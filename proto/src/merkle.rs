@@ -5,8 +5,10 @@
 
 use sha2::{Digest, Sha256};
 
+/// A SHA-256 hash.
 pub type Hash = [u8; 32];
 
+/// The hash of a leaf: SHA-256(0x00 ‖ entry).
 pub fn leaf_hash(entry: &[u8]) -> Hash {
     let mut h = Sha256::new();
     h.update([0u8]);
@@ -14,6 +16,7 @@ pub fn leaf_hash(entry: &[u8]) -> Hash {
     h.finalize().into()
 }
 
+/// The hash of an inner node: SHA-256(0x01 ‖ left ‖ right).
 pub fn node_hash(left: &Hash, right: &Hash) -> Hash {
     let mut h = Sha256::new();
     h.update([1u8]);
@@ -22,6 +25,7 @@ pub fn node_hash(left: &Hash, right: &Hash) -> Hash {
     h.finalize().into()
 }
 
+/// The root of the empty tree: SHA-256 of nothing.
 pub fn empty_root() -> Hash {
     Sha256::digest([]).into()
 }
@@ -29,7 +33,9 @@ pub fn empty_root() -> Hash {
 /// Hashes of perfect subtrees: `perfect(level, index)` covers leaves
 /// `[index·2^level, (index+1)·2^level)`; level 0 is the leaf hashes.
 pub trait Subtrees {
+    /// Why a hash could not be read.
     type Error;
+    /// The hash of the perfect subtree at `level` and `index`.
     fn perfect(&self, level: u32, index: u64) -> Result<Hash, Self::Error>;
 }
 
@@ -50,7 +56,7 @@ pub fn perfect_hash(mut level: Vec<Hash>) -> Hash {
 
 /// The largest power of two strictly below `n` (n ≥ 2).
 fn split(n: u64) -> u64 {
-    1 << (63 - (n - 1).leading_zeros())
+    1 << (n - 1).ilog2()
 }
 
 /// MTH of leaves `[start, end)`, with `start` aligned as RFC 6962's recursion keeps it.
@@ -228,10 +234,12 @@ pub struct MemoryTree {
 }
 
 impl MemoryTree {
+    /// Appends an entry.
     pub fn push(&mut self, entry: &[u8]) {
         self.push_hash(leaf_hash(entry));
     }
 
+    /// Appends a leaf by its hash.
     pub fn push_hash(&mut self, leaf: Hash) {
         if self.levels.is_empty() {
             self.levels.push(Vec::new());
@@ -250,6 +258,7 @@ impl MemoryTree {
         }
     }
 
+    /// The number of entries.
     pub fn size(&self) -> u64 {
         self.levels.first().map_or(0, |l| l.len() as u64)
     }
@@ -262,10 +271,12 @@ impl Subtrees for MemoryTree {
     }
 }
 
+/// Bytes as lower-case hex.
 pub fn to_hex(h: &[u8]) -> String {
     h.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A hash from 64 hex digits.
 pub fn from_hex(s: &str) -> Option<Hash> {
     if s.len() != 64 {
         return None;

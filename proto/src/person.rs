@@ -10,6 +10,7 @@ use unicode_normalization::UnicodeNormalization;
 macro_rules! string_type {
     ($ty:ident) => {
         impl $ty {
+            /// The text as stored.
             pub fn as_str(&self) -> &str {
                 &self.0
             }
@@ -111,6 +112,8 @@ string_type!(KanaName);
 pub struct PersonName(String);
 
 impl PersonName {
+    /// Validates a name: no control characters, spaces folded to one full-width space
+    /// between parts, at most 100 characters.
     pub fn parse(s: &str) -> Result<Self, IdError> {
         const WHAT: &str = "name";
         refuse_replacement(WHAT, s)?;
@@ -157,6 +160,7 @@ impl BirthDate {
         Ok(Self(d))
     }
 
+    /// The date.
     pub fn date(self) -> NaiveDate {
         self.0
     }
@@ -194,13 +198,18 @@ pub fn parse_date(what: &'static str, s: &str) -> Result<NaiveDate, IdError> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Sex {
+    /// 0: not known.
     NotKnown,
+    /// 1: male.
     Male,
+    /// 2: female.
     Female,
+    /// 9: not applicable.
     NotApplicable,
 }
 
 impl Sex {
+    /// Reads an ISO/IEC 5218 code: 0, 1, 2 or 9.
     pub fn parse(s: &str) -> Result<Self, IdError> {
         let t: String = s.trim().chars().map(fold_full_width_ascii).collect();
         match t.to_ascii_lowercase().as_str() {
@@ -216,6 +225,7 @@ impl Sex {
         }
     }
 
+    /// The ISO/IEC 5218 code.
     pub fn code(self) -> u8 {
         match self {
             Sex::NotKnown => 0,
@@ -241,6 +251,7 @@ pub enum InsurerKind {
 }
 
 impl InsurerKind {
+    /// Every kind, in order.
     pub const ALL: [InsurerKind; 4] = [
         InsurerKind::Nhi,
         InsurerKind::Kyokai,
@@ -248,6 +259,7 @@ impl InsurerKind {
         InsurerKind::MutualAid,
     ];
 
+    /// Reads `nhi`, `kyokai`, `society` or `mutual_aid`.
     pub fn parse(s: &str) -> Result<Self, IdError> {
         match s.trim() {
             "nhi" | "国保" | "国民健康保険" => Ok(InsurerKind::Nhi),
@@ -264,6 +276,7 @@ impl InsurerKind {
         }
     }
 
+    /// The name used in enrollment files.
     pub fn as_str(self) -> &'static str {
         match self {
             InsurerKind::Nhi => "nhi",
@@ -278,11 +291,14 @@ impl InsurerKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Relation {
+    /// 本人: the insured person.
     Insured,
+    /// 家族: a dependent on the insured person's card.
     Dependent,
 }
 
 impl Relation {
+    /// Reads `insured`/`本人` or `dependent`/`家族`.
     pub fn parse(s: &str) -> Result<Self, IdError> {
         match s.trim() {
             "insured" | "本人" | "被保険者" => Ok(Relation::Insured),
@@ -295,6 +311,7 @@ impl Relation {
         }
     }
 
+    /// The name used in enrollment files.
     pub fn as_str(self) -> &'static str {
         match self {
             Relation::Insured => "insured",
@@ -343,6 +360,7 @@ fn card_field(
 pub struct CardSymbol(String);
 
 impl CardSymbol {
+    /// Reads a card symbol; full-width digits and letters become half-width.
     pub fn parse(s: &str) -> Result<Self, IdError> {
         card_field(
             "card symbol",
@@ -361,6 +379,7 @@ string_type!(CardSymbol);
 pub struct CardNumber(String);
 
 impl CardNumber {
+    /// Reads a card number; full-width digits become half-width.
     pub fn parse(s: &str) -> Result<Self, IdError> {
         let v = card_field(
             "card number",
@@ -383,6 +402,7 @@ string_type!(CardNumber);
 pub struct Branch(u8);
 
 impl Branch {
+    /// Reads a branch number of 1 or 2 digits.
     pub fn parse(s: &str) -> Result<Self, IdError> {
         const WHAT: &str = "branch number";
         let t: String = s.trim().chars().map(fold_full_width_ascii).collect();
@@ -408,10 +428,12 @@ impl Branch {
             .map_err(|_| IdError::Empty { what: WHAT })
     }
 
+    /// A branch number from 0 to 99.
     pub fn new(v: u8) -> Option<Self> {
         (v < 100).then_some(Self(v))
     }
 
+    /// The number.
     pub fn value(self) -> u8 {
         self.0
     }

@@ -10,19 +10,25 @@ use thiserror::Error;
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[non_exhaustive]
+/// Why a signed statement was refused.
 pub enum SignError {
     #[error("the signed body does not decode: {0}")]
+    /// The signed bytes are not a statement of the expected kind.
     Decode(String),
     #[error("signed by an unexpected key")]
+    /// Signed by a key other than the one expected.
     WrongSigner,
     #[error("the signature does not verify")]
+    /// The signature does not verify.
     BadSignature,
     #[error("the signer's public key is malformed")]
+    /// The signer's public key is not a valid Ed25519 key.
     BadKey,
 }
 
 /// The kinds of signed statement, each with its own domain tag.
 pub trait Statement: Serialize + DeserializeOwned {
+    /// The domain tag signed before the body, e.g. `iryo/grant/1`.
     const DOMAIN: &'static str;
 }
 
@@ -35,11 +41,15 @@ pub fn canonical<T: Serialize>(v: &T) -> Vec<u8> {
 
 #[derive(Serialize, Deserialize)]
 #[serde(bound = "")]
+/// A statement of kind `T`, its signer and signature (docs/PROTOCOL.md, section 4).
 pub struct Signed<T> {
     #[serde(with = "serde_bytes")]
+    /// The statement's canonical (postcard) encoding.
     pub body: Vec<u8>,
+    /// The signer's Ed25519 public key.
     pub signer: [u8; 32],
     #[serde(with = "serde_bytes")]
+    /// Ed25519 over domain ‖ 0x00 ‖ body.
     pub signature: Vec<u8>,
     #[serde(skip)]
     _kind: PhantomData<fn() -> T>,
@@ -83,6 +93,7 @@ fn message(domain: &str, body: &[u8]) -> Vec<u8> {
 }
 
 impl<T: Statement> Signed<T> {
+    /// Signs `value` with `key`.
     pub fn sign(value: &T, key: &SigningKey) -> Self {
         let body = canonical(value);
         let signature = key.sign(&message(T::DOMAIN, &body)).to_bytes().to_vec();

@@ -16,11 +16,14 @@ use crate::signed::Signed;
 use crate::{InstitutionCode, MedicalId};
 use serde::{Deserialize, Serialize};
 
+/// The protocol nodes use to ask the directory.
 pub const DIRECTORY_PROTOCOL: &str = "/iryo/directory/1";
+/// The protocol requesters use to fetch records from sources.
 pub const EXCHANGE_PROTOCOL: &str = "/iryo/exchange/1";
 
 /// A batch of notifications is the largest directory request.
 pub const MAX_DIRECTORY_REQUEST: u64 = 512 * 1024;
+/// The largest directory answer.
 pub const MAX_DIRECTORY_RESPONSE: u64 = 256 * 1024;
 /// A fetch carries one grant.
 pub const MAX_EXCHANGE_REQUEST: u64 = 16 * 1024;
@@ -43,11 +46,20 @@ pub const fn max_frame(max_message: u64) -> usize {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
+/// Why a frame could not be made or read.
 pub enum FrameError {
+    /// A frame of this many bytes cannot hold the 8-byte request id.
     #[error("frame of {0} bytes is shorter than its request id")]
     Short(usize),
+    /// A message over the protocol's size limit.
     #[error("message of {size} bytes is larger than the limit of {max}")]
-    TooLarge { size: usize, max: u64 },
+    TooLarge {
+        /// The message's size in bytes.
+        size: usize,
+        /// The limit in bytes.
+        max: u64,
+    },
+    /// Bytes that are not a CBOR message of the expected type.
     #[error("undecodable message: {0}")]
     Undecodable(String),
 }
@@ -92,6 +104,7 @@ pub fn decode_frame<T: serde::de::DeserializeOwned>(frame: &[u8]) -> Result<(u64
 /// A response that can say no: what a peer answers to a request it cannot read or
 /// cannot answer in full.
 pub trait Answer: Serialize + Sized {
+    /// The refusal as this protocol's response.
     fn refused(refusal: Refusal) -> Self;
 }
 
@@ -131,42 +144,67 @@ pub fn response_frame<Resp: Answer>(id: u64, response: &Resp, max_response: u64)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// What a node asks the directory (`DIRECTORY_PROTOCOL`).
 pub enum DirectoryRequest {
     /// The membership of an institution, to find and trust its node.
-    Resolve { code: InstitutionCode },
+    Resolve {
+        /// The institution asked about.
+        code: InstitutionCode,
+    },
     /// An eligibility check; it may carry the consent the patient gave at the
     /// reception desk (`CheckRequest::visit_consent`).
-    Eligibility { request: CheckRequest },
+    Eligibility {
+        /// The check.
+        request: CheckRequest,
+    },
     /// Checks that arrived at a node together, sent as one request (at most
     /// `MAX_CHECKS_PER_REQUEST`); answered in the same order.
-    EligibilityBatch { requests: Vec<CheckRequest> },
+    EligibilityBatch {
+        /// The checks, in the order their answers come back.
+        requests: Vec<CheckRequest>,
+    },
     /// The patient's consent as recorded.
-    Consent { medical_id: MedicalId },
+    Consent {
+        /// The patient.
+        medical_id: MedicalId,
+    },
     /// Permission to fetch a patient's records from a source.
     Grant {
+        /// The patient.
         medical_id: MedicalId,
+        /// The institution that holds the records.
         source: InstitutionCode,
+        /// Why they are asked for.
         purpose: Purpose,
+        /// The written reason; required for `Purpose::Emergency`.
         reason: Option<String>,
     },
     /// Signed notifications of exchanges, from the outbox.
     Notify {
+        /// At most `MAX_NOTIFICATIONS_PER_REQUEST`, each signed by the sender.
         notifications: Vec<Signed<Notification>>,
     },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The directory's answers, one kind per request.
 pub enum DirectoryResponse {
     /// `None` when the code is unknown, revoked or expired.
     Membership(Option<Signed<Membership>>),
+    /// The answer to `Eligibility`.
     Eligibility(CheckAnswer),
+    /// The answers to `EligibilityBatch`, in request order.
     EligibilityBatch(Vec<CheckAnswer>),
+    /// The patient's consent records.
     Consent(Vec<ConsentView>),
+    /// A grant, signed by the agency.
     Grant(Signed<Grant>),
     /// Ids the directory now holds (newly logged or logged before).
     Acknowledged {
+        /// The notification ids held.
         ids: Vec<[u8; 16]>,
     },
+    /// The request was refused.
     Refused(Refusal),
 }
 
@@ -177,40 +215,55 @@ pub struct ConsentView {
     pub institution: Option<InstitutionCode>,
     /// `None` for every purpose.
     pub purpose: Option<Purpose>,
+    /// Whether it allows or refuses.
     pub allow: bool,
+    /// When it lapses; `None` for never.
     pub expires_at: Option<Time>,
+    /// When it was recorded.
     pub at: Time,
+    /// Who recorded it (the patient in the portal, an operator, a visit).
     pub origin: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// What a requester asks a source (`EXCHANGE_PROTOCOL`).
 pub enum ExchangeRequest {
     /// The records of `medical_id` for `purpose`, under `grant`.
     Fetch {
+        /// The patient.
         medical_id: MedicalId,
+        /// Why.
         purpose: Purpose,
+        /// The agency's grant for this requester, source, patient and purpose.
         grant: Signed<Grant>,
     },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A source's answer to a fetch.
 pub enum ExchangeResponse {
     /// A FHIR R4 Bundle (JSON).
     Records {
         #[serde(with = "serde_bytes")]
+        /// The Bundle's JSON bytes.
         bundle: Vec<u8>,
     },
+    /// The fetch was refused.
     Refused(Refusal),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[error("{reason}: {detail}")]
+/// A refusal: a reason to act on and a detail for people.
 pub struct Refusal {
+    /// What was refused, in a word a program can act on.
     pub reason: RefusalReason,
+    /// More, for people; never internal error text.
     pub detail: String,
 }
 
 impl Refusal {
+    /// A refusal for `reason` with `detail`.
     pub fn new(reason: RefusalReason, detail: impl Into<String>) -> Self {
         Self {
             reason,
@@ -221,30 +274,43 @@ impl Refusal {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[serde(rename_all = "snake_case")]
+/// Why a request was refused (docs/PROTOCOL.md, section 3).
 pub enum RefusalReason {
     #[error("not a member")]
+    /// The asking key has no valid membership.
     NotMember,
     #[error("membership revoked")]
+    /// The membership was revoked.
     Revoked,
     #[error("no consent")]
+    /// The patient's consent does not cover the request.
     NoConsent,
     #[error("unknown patient")]
+    /// No such medical ID.
     UnknownPatient,
     #[error("medical ID retired")]
+    /// The medical ID is retired.
     Retired,
     #[error("deceased: research only")]
+    /// The patient has died; research only.
     Deceased,
     #[error("emergency access needs a written reason")]
+    /// Emergency access needs a written reason.
     ReasonRequired,
     #[error("unknown institution")]
+    /// No such institution.
     UnknownInstitution,
     #[error("the institution may not do this")]
+    /// The institution's roles do not allow the request.
     RoleMissing,
     #[error("grant refused: {0}")]
+    /// The source refused the grant.
     Grant(GrantRefusal),
     #[error("bad request")]
+    /// The request was not understood or breaks a limit.
     BadRequest,
     #[error("internal error")]
+    /// The peer could not answer now; try again later.
     Internal,
 }
 
@@ -297,7 +363,7 @@ mod tests {
             .expect("has an id");
         match decode_frame::<ExchangeResponse>(&refusal) {
             Ok((7, ExchangeResponse::Refused(r))) => {
-                assert_eq!(r.reason, RefusalReason::BadRequest)
+                assert_eq!(r.reason, RefusalReason::BadRequest);
             }
             other => panic!("{other:?}"),
         }

@@ -1,6 +1,8 @@
 //! The end-to-end harness: runs the real `iryo-directory` binary against databases in
 //! temp dirs, and helpers to write enrollment files and compare stored state.
 
+#![forbid(unsafe_code)]
+
 pub mod federation;
 pub mod https;
 pub mod local;

@@ -189,7 +189,7 @@ fn revoked_and_unregistered_peers_are_refused() {
         },
     ) {
         ExchangeResponse::Refused(r) => {
-            assert_eq!(r.reason, RefusalReason::Grant(GrantRefusal::OtherRequester))
+            assert_eq!(r.reason, RefusalReason::Grant(GrantRefusal::OtherRequester));
         }
         other => panic!("{other:?}"),
     }
@@ -344,8 +344,7 @@ fn notifications_wait_in_the_outbox_and_arrive_exactly_once() {
                 serde_json::from_value(n["notification"].clone()).expect("signed");
             signed
                 .open_unverified()
-                .map(|x| x.grant_id == grant_id)
-                .unwrap_or(false)
+                .is_ok_and(|x| x.grant_id == grant_id)
         })
         .collect();
     assert_eq!(for_grant.len(), 1, "exactly once");
@@ -412,7 +411,7 @@ mod independent {
             .collect()
     }
 
-    pub fn verify(proof: &Value) -> bool {
+    pub(crate) fn verify(proof: &Value) -> bool {
         let index = proof["index"].as_u64().unwrap_or(u64::MAX);
         let size = proof["tree_head"]["size"].as_u64().unwrap_or(0);
         let root: Vec<u8> = proof["tree_head"]["root"]

@@ -10,7 +10,7 @@ use iryo_proto::MedicalId;
 use std::process::ExitCode;
 
 #[derive(Subcommand)]
-pub enum AuditCmd {
+pub(super) enum AuditCmd {
     /// Recompute the tree from every entry and check every signed tree head.
     Verify,
     /// Who accessed the patient's records, when, why, and whether in an emergency.
@@ -36,7 +36,7 @@ pub enum AuditCmd {
     },
 }
 
-pub fn run(config: &Config, cmd: AuditCmd) -> Result<ExitCode> {
+pub(super) fn run(config: &Config, cmd: AuditCmd) -> Result<ExitCode> {
     match cmd {
         AuditCmd::Verify => {
             if let AdminResponse::Audit(r) = admin(config, &operator(), AdminRequest::AuditVerify)?

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, clap::Args)]
-pub struct BenchArgs {
+pub(super) struct BenchArgs {
     /// Persons in the generated national sample.
     #[arg(long, default_value_t = 1_000_000)]
     pub persons: u64,
@@ -41,12 +41,12 @@ pub struct BenchArgs {
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub enum BenchMethod {
+pub(super) enum BenchMethod {
     Fpe,
     Random,
 }
 
-pub fn run(args: &BenchArgs) -> Result<()> {
+pub(super) fn run(args: &BenchArgs) -> Result<()> {
     let dir = args
         .dir
         .clone()
@@ -71,7 +71,7 @@ fn measure(args: &BenchArgs, dir: &std::path::Path) -> Result<()> {
     );
     println!(
         "machine: {} cores, {}",
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        std::thread::available_parallelism().map_or(0, std::num::NonZero::get),
         std::fs::read_to_string("/proc/cpuinfo")
             .ok()
             .and_then(
@@ -137,9 +137,7 @@ fn measure(args: &BenchArgs, dir: &std::path::Path) -> Result<()> {
         peak_rss_mib().unwrap_or(f64::NAN),
         args.cache_mib
     );
-    let db_size = std::fs::metadata(ctx.config.db_path())
-        .map(|m| m.len())
-        .unwrap_or(0);
+    let db_size = std::fs::metadata(ctx.config.db_path()).map_or(0, |m| m.len());
     println!(
         "  database file: {:.0} MiB",
         db_size as f64 / (1 << 20) as f64

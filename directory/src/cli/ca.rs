@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Subcommand)]
-pub enum CaCmd {
+pub(super) enum CaCmd {
     /// Make the agency CA in DATA_DIR/ca and a server certificate for the HTTPS front.
     Init {
         /// Host names or addresses the server certificate covers; repeat for each.
@@ -45,7 +45,7 @@ pub enum CaCmd {
     List,
 }
 
-pub fn run(config: &Config, cmd: CaCmd) -> Result<ExitCode> {
+pub(super) fn run(config: &Config, cmd: CaCmd) -> Result<ExitCode> {
     use iryo_directory::ca::{Ca, ClientIdentity, Subject};
     let dir = Ca::dir(&config.data_dir);
     match cmd {

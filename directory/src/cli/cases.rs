@@ -13,7 +13,7 @@ use iryo_proto::InsurerNumber;
 use std::process::ExitCode;
 
 #[derive(Subcommand)]
-pub enum ConflictCmd {
+pub(super) enum ConflictCmd {
     /// List open conflicts (all with --all).
     List(ListArgs),
     /// Resolve a conflict: --apply makes the registry follow the row (the values it
@@ -37,7 +37,7 @@ pub enum ConflictCmd {
 }
 
 #[derive(Subcommand)]
-pub enum MismatchCmd {
+pub(super) enum MismatchCmd {
     /// List open mismatches (all with --all).
     List(ListArgs),
     /// Resolve: keep (the registry is right) or rebind (move the card to the person of
@@ -59,7 +59,7 @@ pub enum MismatchCmd {
 }
 
 #[derive(Args)]
-pub struct ListArgs {
+pub(super) struct ListArgs {
     /// Include resolved cases.
     #[arg(long)]
     all: bool,
@@ -69,7 +69,7 @@ pub struct ListArgs {
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
-pub enum MismatchArg {
+pub(super) enum MismatchArg {
     /// The registry is right; the person or institution had a wrong ID.
     Keep,
     /// Move the card to the person whose medical ID was presented.
@@ -77,7 +77,7 @@ pub enum MismatchArg {
 }
 
 #[derive(Args)]
-pub struct NoticesArgs {
+pub(super) struct NoticesArgs {
     /// Only notices for this insurer (insurer number, e.g. 01130012).
     #[arg(long, value_name = "NUMBER")]
     insurer: Option<InsurerNumber>,
@@ -100,7 +100,7 @@ fn print_cases<T: serde::Serialize>(
     Ok(())
 }
 
-pub fn conflicts(config: Config, cmd: ConflictCmd) -> Result<ExitCode> {
+pub(super) fn conflicts(config: Config, cmd: ConflictCmd) -> Result<ExitCode> {
     match cmd {
         ConflictCmd::List(a) => {
             let request = AdminRequest::Conflicts { open_only: !a.all };
@@ -127,7 +127,7 @@ pub fn conflicts(config: Config, cmd: ConflictCmd) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn mismatches(config: Config, cmd: MismatchCmd) -> Result<ExitCode> {
+pub(super) fn mismatches(config: Config, cmd: MismatchCmd) -> Result<ExitCode> {
     match cmd {
         MismatchCmd::List(a) => {
             let request = AdminRequest::Mismatches { open_only: !a.all };
@@ -152,7 +152,7 @@ pub fn mismatches(config: Config, cmd: MismatchCmd) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn notices(config: Config, a: NoticesArgs) -> Result<ExitCode> {
+pub(super) fn notices(config: Config, a: NoticesArgs) -> Result<ExitCode> {
     let request = AdminRequest::Notices { insurer: a.insurer };
     let list = ask!(&config, &operator(), request, AdminResponse::Notices(l) => l);
     if list.is_empty() {

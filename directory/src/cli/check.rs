@@ -19,7 +19,7 @@ not_yet_covered, not_found, branch_required, id_changed (with the successor ID),
 deceased or retired; the same words in text and JSON.\n\
 Exit codes: 0 eligible, 4 not eligible, 5 no such person, 1 error."
 )]
-pub struct CheckArgs {
+pub(super) struct CheckArgs {
     /// The institution asking: its 10-digit institution code, e.g. 1310000011.
     #[arg(long, value_name = "CODE")]
     institution: InstitutionCode,
@@ -92,7 +92,7 @@ fn render(a: &CheckAnswer) -> String {
     out
 }
 
-pub fn run(config: Config, a: CheckArgs) -> Result<ExitCode> {
+pub(super) fn run(config: Config, a: CheckArgs) -> Result<ExitCode> {
     let key = match (&a.insurer, &a.symbol, &a.number) {
         (Some(insurer), Some(symbol), Some(number)) => CheckKey::Card {
             insurer: insurer.clone(),

@@ -45,7 +45,7 @@ fn show_answer(what: &str, store: &Store, req: &CheckRequest) -> Result<()> {
     Ok(())
 }
 
-pub fn run(dir: &Path, persons: u64) -> Result<()> {
+pub(super) fn run(dir: &Path, persons: u64) -> Result<()> {
     for sub in ["data", "sample", "out"] {
         let p = dir.join(sub);
         if p.exists() {

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Subcommand)]
-pub enum InstitutionCmd {
+pub(super) enum InstitutionCmd {
     /// Issue a membership for a node's registration request (from `iryo-node init`).
     Add {
         /// The node's registration.json, as `iryo-node init` wrote it.
@@ -38,7 +38,7 @@ pub enum InstitutionCmd {
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
-pub enum RoleArg {
+pub(super) enum RoleArg {
     /// Serves its records to others.
     Source,
     /// Asks others for records.
@@ -46,7 +46,7 @@ pub enum RoleArg {
 }
 
 #[derive(Subcommand)]
-pub enum ConsentCmd {
+pub(super) enum ConsentCmd {
     /// Record the patient's permission.
     Grant(ConsentArgs),
     /// Record the patient's refusal (without --institution: an opt-out of all exchange).
@@ -63,7 +63,7 @@ pub enum ConsentCmd {
 }
 
 #[derive(Args)]
-pub struct ConsentArgs {
+pub(super) struct ConsentArgs {
     /// The patient's medical ID (16 digits, separators allowed).
     #[arg(long, value_name = "ID")]
     medical_id: MedicalId,
@@ -81,7 +81,7 @@ pub struct ConsentArgs {
     operator: String,
 }
 
-pub fn institution(config: &Config, cmd: InstitutionCmd) -> Result<ExitCode> {
+pub(super) fn institution(config: &Config, cmd: InstitutionCmd) -> Result<ExitCode> {
     match cmd {
         InstitutionCmd::Add { request, roles } => {
             let text = std::fs::read_to_string(&request)
@@ -161,7 +161,7 @@ pub fn institution(config: &Config, cmd: InstitutionCmd) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn consent(config: &Config, cmd: ConsentCmd) -> Result<ExitCode> {
+pub(super) fn consent(config: &Config, cmd: ConsentCmd) -> Result<ExitCode> {
     let (args, allow) = match cmd {
         ConsentCmd::Grant(a) => (a, true),
         ConsentCmd::Revoke(a) => (a, false),
@@ -169,7 +169,10 @@ pub fn consent(config: &Config, cmd: ConsentCmd) -> Result<ExitCode> {
             if let AdminResponse::Consents(list) =
                 admin(config, &operator(), AdminRequest::Consents { medical_id })?
             {
-                let views: Vec<_> = list.iter().map(|c| c.view()).collect();
+                let views: Vec<_> = list
+                    .iter()
+                    .map(iryo_directory::access::ConsentRecord::view)
+                    .collect();
                 if json {
                     print_json(&views)?;
                 } else if views.is_empty() {

@@ -23,11 +23,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// Exit code when a file had rejected rows (the good rows were still enrolled).
-pub const EXIT_REJECTED: u8 = 3;
+pub(crate) const EXIT_REJECTED: u8 = 3;
 /// Exit code of `check` when the person is registered but not eligible.
-pub const EXIT_NOT_ELIGIBLE: u8 = 4;
+pub(crate) const EXIT_NOT_ELIGIBLE: u8 = 4;
 /// Exit code of `check` when no registered person matches.
-pub const EXIT_NOT_FOUND: u8 = 5;
+pub(crate) const EXIT_NOT_FOUND: u8 = 5;
 
 #[derive(Parser)]
 #[command(
@@ -36,7 +36,7 @@ pub const EXIT_NOT_FOUND: u8 = 5;
     about = "The agency's directory of medical IDs (医療等番号): enroll insurer files, issue and assign IDs, check eligibility, correct the registry.",
     after_help = "First steps:\n  iryo-directory init                      create the database and the agency's keys\n  iryo-directory enroll FILE...            ingest insurer enrollment files\n  iryo-directory assign --insurer N --out F  write an insurer's assignment file\n  iryo-directory check --institution C --medical-id M\n\nOr try everything at once on sample data:  iryo-directory demo\n\nExit codes: 0 done, 1 error, 3 enrollment rows rejected (the rest enrolled),\n4 check: not eligible, 5 check: no such person."
 )]
-pub struct Cli {
+pub(crate) struct Cli {
     /// Configuration file (TOML); see configs/directory.toml. Defaults apply without one.
     #[arg(long, short, global = true, env = "IRYO_DIRECTORY_CONFIG")]
     config: Option<PathBuf>,
@@ -94,10 +94,10 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Serve the federation: institutions' nodes connect over libp2p (mutual TLS).
     Serve(serve::ServeArgs),
-    /// Member institutions and their agency-signed memberships (seed 4-2).
+    /// Member institutions and their agency-signed memberships (proposal §4-2).
     #[command(subcommand)]
     Institution(federation::InstitutionCmd),
-    /// Patients' consent to exchange their records (seed 4-3).
+    /// Patients' consent to exchange their records (proposal §4-3).
     #[command(subcommand)]
     Consent(federation::ConsentCmd),
     /// The audit log of exchanges, grants and checks.
@@ -106,7 +106,7 @@ enum Command {
 }
 
 /// Runs one parsed command line; the exit code tells scripts what happened.
-pub fn run(cli: Cli) -> Result<ExitCode> {
+pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
     let mut config = match &cli.config {
         Some(p) => Config::load(p)?,
         None => Config::default(),
@@ -150,7 +150,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
 
 /// An error and its causes on one line, each said once: a cause whose text the
 /// message already carries (an I/O error a wrapper printed) is not repeated.
-pub fn error_chain(e: &anyhow::Error) -> String {
+pub(crate) fn error_chain(e: &anyhow::Error) -> String {
     let mut out = String::new();
     for cause in e.chain() {
         let text = cause.to_string();
@@ -166,7 +166,7 @@ pub fn error_chain(e: &anyhow::Error) -> String {
 }
 
 /// The one date parser of the command line, the same as enrollment files use.
-pub fn date(s: &str) -> std::result::Result<NaiveDate, String> {
+pub(crate) fn date(s: &str) -> std::result::Result<NaiveDate, String> {
     iryo_proto::person::parse_date("date", s).map_err(|e| e.to_string())
 }
 

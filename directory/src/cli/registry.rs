@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Args)]
-pub struct InitArgs {
+pub(super) struct InitArgs {
     /// How to issue medical IDs: fpe (FF1 over the My Number, reproducible with the
     /// agency key) or random (with a mapping table); overrides the configuration.
     /// Fixed for the life of the database.
@@ -35,7 +35,7 @@ enum MethodArg {
 }
 
 #[derive(Args)]
-pub struct EnrollArgs {
+pub(super) struct EnrollArgs {
     /// Enrollment files (CSV with a header row; see the README for the columns).
     /// Every file is checked to be readable before any is enrolled.
     #[arg(required = true, value_name = "FILE")]
@@ -66,7 +66,7 @@ enum EncodingArg {
 }
 
 #[derive(Args)]
-pub struct AssignArgs {
+pub(super) struct AssignArgs {
     /// The insurer whose file to write: its insurer number, 8 digits (6 for National
     /// Health Insurance), e.g. 01130012.
     #[arg(long, value_name = "NUMBER")]
@@ -80,7 +80,7 @@ pub struct AssignArgs {
 }
 
 #[derive(Args)]
-pub struct LettersArgs {
+pub(super) struct LettersArgs {
     /// Who sends the letters: insurer (plan 1) or agency (plan 2).
     #[arg(long, value_enum)]
     plan: PlanArg,
@@ -102,7 +102,7 @@ enum PlanArg {
 }
 
 #[derive(Args)]
-pub struct ChangeArgs {
+pub(super) struct ChangeArgs {
     /// The medical ID to replace: 16 digits, separators allowed, e.g. 1234-5678-9012-3450.
     #[arg(long, value_name = "ID")]
     medical_id: MedicalId,
@@ -112,7 +112,7 @@ pub struct ChangeArgs {
 }
 
 #[derive(Args)]
-pub struct MyNumberChangeArgs {
+pub(super) struct MyNumberChangeArgs {
     /// The My Number registered now: 12 digits with its check digit.
     #[arg(long, value_name = "MY_NUMBER")]
     old: MyNumber,
@@ -122,7 +122,7 @@ pub struct MyNumberChangeArgs {
 }
 
 #[derive(Args)]
-pub struct DeathArgs {
+pub(super) struct DeathArgs {
     /// The person's medical ID: 16 digits, separators allowed.
     #[arg(long, value_name = "ID")]
     medical_id: MedicalId,
@@ -145,7 +145,7 @@ pub struct DeathArgs {
 }
 
 #[derive(Args)]
-pub struct RetireDueArgs {
+pub(super) struct RetireDueArgs {
     /// Judge as of this earlier date instead of today (YYYY-MM-DD); a later date is
     /// refused, since retirement is for ever.
     #[arg(long, value_parser = date)]
@@ -153,7 +153,7 @@ pub struct RetireDueArgs {
 }
 
 #[derive(Args)]
-pub struct ShowArgs {
+pub(super) struct ShowArgs {
     /// Find the person by medical ID (16 digits, separators allowed).
     #[arg(
         long,
@@ -170,7 +170,7 @@ pub struct ShowArgs {
     json: bool,
 }
 
-pub fn init(mut config: Config, a: InitArgs) -> Result<ExitCode> {
+pub(super) fn init(mut config: Config, a: InitArgs) -> Result<ExitCode> {
     if let Some(m) = a.method {
         config.issuance.method = match m {
             MethodArg::Fpe => Method::Fpe,
@@ -189,7 +189,7 @@ pub fn init(mut config: Config, a: InitArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn enroll(config: Config, a: EnrollArgs) -> Result<ExitCode> {
+pub(super) fn enroll(config: Config, a: EnrollArgs) -> Result<ExitCode> {
     let encoding = match a.encoding {
         Some(EncodingArg::Auto) => None,
         Some(EncodingArg::Utf8) => Some(Encoding::Utf8),
@@ -277,7 +277,7 @@ pub fn enroll(config: Config, a: EnrollArgs) -> Result<ExitCode> {
     })
 }
 
-pub fn assign(config: Config, a: AssignArgs) -> Result<ExitCode> {
+pub(super) fn assign(config: Config, a: AssignArgs) -> Result<ExitCode> {
     let op = operator();
     let rows = ask!(&config, &op, AdminRequest::Assignment { insurer: a.insurer.clone(), all: a.all },
         AdminResponse::Assignment(rows) => rows);
@@ -293,7 +293,7 @@ pub fn assign(config: Config, a: AssignArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn letters(config: &Config, a: LettersArgs) -> Result<ExitCode> {
+pub(super) fn letters(config: &Config, a: LettersArgs) -> Result<ExitCode> {
     let plan = match a.plan {
         PlanArg::Insurer => Plan::Insurer,
         PlanArg::Agency => Plan::Agency,
@@ -324,7 +324,7 @@ pub fn letters(config: &Config, a: LettersArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn change(config: Config, a: ChangeArgs) -> Result<ExitCode> {
+pub(super) fn change(config: Config, a: ChangeArgs) -> Result<ExitCode> {
     let request = AdminRequest::Change {
         medical_id: a.medical_id,
         reason: a.reason,
@@ -338,7 +338,7 @@ pub fn change(config: Config, a: ChangeArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn my_number_change(config: Config, a: MyNumberChangeArgs) -> Result<ExitCode> {
+pub(super) fn my_number_change(config: Config, a: MyNumberChangeArgs) -> Result<ExitCode> {
     let request = AdminRequest::MyNumberChange {
         old: a.old,
         new: a.new,
@@ -353,7 +353,7 @@ pub fn my_number_change(config: Config, a: MyNumberChangeArgs) -> Result<ExitCod
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn death(config: Config, a: DeathArgs) -> Result<ExitCode> {
+pub(super) fn death(config: Config, a: DeathArgs) -> Result<ExitCode> {
     let id = a.medical_id;
     let reason = a.reason.clone().unwrap_or_default();
     let change = match (a.date, a.correct, a.revoke) {
@@ -384,7 +384,7 @@ pub fn death(config: Config, a: DeathArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn retire_due(config: Config, a: RetireDueArgs) -> Result<ExitCode> {
+pub(super) fn retire_due(config: Config, a: RetireDueArgs) -> Result<ExitCode> {
     let request = AdminRequest::RetireDue {
         date: a.date.unwrap_or_else(today),
     };
@@ -394,7 +394,7 @@ pub fn retire_due(config: Config, a: RetireDueArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn show(config: Config, a: ShowArgs) -> Result<ExitCode> {
+pub(super) fn show(config: Config, a: ShowArgs) -> Result<ExitCode> {
     let request = AdminRequest::Show {
         medical_id: a.medical_id,
         my_number: a.my_number,

@@ -7,7 +7,7 @@ use iryo_directory::context::Context;
 use std::process::ExitCode;
 
 #[derive(Args)]
-pub struct ServeArgs {
+pub(super) struct ServeArgs {
     /// libp2p listen address, e.g. /ip4/127.0.0.1/tcp/4701; overrides `service.listen`.
     #[arg(long, value_name = "MULTIADDR")]
     listen: Option<String>,
@@ -17,7 +17,7 @@ pub struct ServeArgs {
     https: Option<String>,
 }
 
-pub fn run(config: Config, a: ServeArgs) -> Result<ExitCode> {
+pub(super) fn run(config: Config, a: ServeArgs) -> Result<ExitCode> {
     let ServeArgs { listen, https } = a;
     let listen: libp2p::Multiaddr = listen
         .unwrap_or_else(|| config.service.listen.clone())
@@ -37,7 +37,11 @@ pub fn run(config: Config, a: ServeArgs) -> Result<ExitCode> {
             config.service.max_group,
         )
         .await?;
-        let addrs: Vec<String> = running.addresses.iter().map(|a| a.to_string()).collect();
+        let addrs: Vec<String> = running
+            .addresses
+            .iter()
+            .map(std::string::ToString::to_string)
+            .collect();
         let mut addr_file =
             iryo_directory::files::create_private(&config.data_dir.join("directory.addr"))?;
         std::io::Write::write_all(&mut addr_file, addrs.join("\n").as_bytes())?;

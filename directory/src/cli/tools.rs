@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Args)]
-pub struct SampleArgs {
+pub(super) struct SampleArgs {
     /// How many people the files describe.
     #[arg(long, default_value_t = 1000)]
     persons: u64,
@@ -27,7 +27,7 @@ pub struct SampleArgs {
 }
 
 #[derive(Args)]
-pub struct DemoArgs {
+pub(super) struct DemoArgs {
     /// Working directory for the demo; emptied first.
     #[arg(long, default_value = "iryo-demo")]
     dir: PathBuf,
@@ -40,7 +40,7 @@ fn encoding(s: &str) -> Result<Encoding, String> {
     Encoding::parse(s).ok_or_else(|| format!("{s:?}: write utf-8 or shift_jis"))
 }
 
-pub fn sample(a: SampleArgs) -> Result<ExitCode> {
+pub(super) fn sample(a: SampleArgs) -> Result<ExitCode> {
     if !(0.0..=100.0).contains(&a.bad_rows) {
         bail!("--bad-rows is a percentage from 0 to 100");
     }
@@ -65,7 +65,7 @@ pub fn sample(a: SampleArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn demo(a: DemoArgs) -> Result<ExitCode> {
+pub(super) fn demo(a: DemoArgs) -> Result<ExitCode> {
     super::demo::run(&a.dir, a.persons)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -238,7 +238,8 @@ pub fn ingest_file(
                         }
                         Ok(true) => {
                             seen += 1;
-                            let line = lines.line_at(record.position().map_or(0, |p| p.byte()));
+                            let line =
+                                lines.line_at(record.position().map_or(0, csv::Position::byte));
                             if record.iter().all(|f| f.trim().is_empty()) {
                                 seen -= 1;
                                 continue;

@@ -1,4 +1,4 @@
-//! Insurer enrollment files (seed 2-1): the CSV format, its decoding from UTF-8 or
+//! Insurer enrollment files (proposal §2-1): the CSV format, its decoding from UTF-8 or
 //! Shift_JIS, row validation, and streaming ingestion in durable batches.
 
 mod columns;

@@ -1,4 +1,4 @@
-//! Letters that tell each person their medical ID (seed 2-4): printable A4 PDFs in
+//! Letters that tell each person their medical ID (proposal §2-4): printable A4 PDFs in
 //! Japanese with the ID as 4-4-4-4 and a one-time activation code for My Portal, and
 //! the CSV a print vendor needs. The code is printed here and stored only as a hash.
 

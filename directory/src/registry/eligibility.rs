@@ -1,4 +1,4 @@
-//! The answer to an eligibility check (seed 3), decided from what the registry holds.
+//! The answer to an eligibility check (proposal §3), decided from what the registry holds.
 
 use super::{id_state, Card, Coverage, IdState, Person};
 use chrono::NaiveDate;

@@ -1,4 +1,4 @@
-//! What an enrollment row does to the registry: the rules of seed 2-1 as plain functions.
+//! What an enrollment row does to the registry: the rules of proposal §2-1 as plain functions.
 
 use super::{Card, ConflictKind, Coverage, EnrollmentRow, Event, Person, Timestamp};
 use iryo_proto::{MedicalId, MyNumber};
@@ -68,37 +68,34 @@ pub fn merge_row(
             person.address = Some(a.clone());
         }
     }
-    match person.coverage_mut(&row.card) {
-        Some(c) => {
-            let old = terms(c.kind, c.relation, c.from, c.until);
-            if superseded {
-                // Only an end date the registry lacks is news from an older coverage.
-                if c.until.is_none() && row.until.is_some() {
-                    c.until = row.until;
-                }
-            } else {
-                c.kind = row.kind;
-                c.relation = row.relation;
-                c.from = row.from;
+    if let Some(c) = person.coverage_mut(&row.card) {
+        let old = terms(c.kind, c.relation, c.from, c.until);
+        if superseded {
+            // Only an end date the registry lacks is news from an older coverage.
+            if c.until.is_none() && row.until.is_some() {
                 c.until = row.until;
             }
-            let new = terms(c.kind, c.relation, c.from, c.until);
-            if new != old {
-                changes.push((format!("coverage {}", row.card), old, new));
-            }
+        } else {
+            c.kind = row.kind;
+            c.relation = row.relation;
+            c.from = row.from;
+            c.until = row.until;
         }
-        None => {
-            person.coverages.push(coverage_from(row));
-            person.history.push(Event::CoverageAdded {
-                card: row.card.clone(),
-                at,
-            });
-            changes.push((
-                format!("coverage {}", row.card),
-                String::new(),
-                terms(row.kind, row.relation, row.from, row.until),
-            ));
+        let new = terms(c.kind, c.relation, c.from, c.until);
+        if new != old {
+            changes.push((format!("coverage {}", row.card), old, new));
         }
+    } else {
+        person.coverages.push(coverage_from(row));
+        person.history.push(Event::CoverageAdded {
+            card: row.card.clone(),
+            at,
+        });
+        changes.push((
+            format!("coverage {}", row.card),
+            String::new(),
+            terms(row.kind, row.relation, row.from, row.until),
+        ));
     }
     if changes.is_empty() {
         return RowOutcome::Unchanged;
@@ -180,7 +177,7 @@ pub(crate) mod tests {
     use chrono::NaiveDate;
     use iryo_proto::*;
 
-    pub fn row(my_number: &str, insurer: &str, number: &str) -> EnrollmentRow {
+    pub(crate) fn row(my_number: &str, insurer: &str, number: &str) -> EnrollmentRow {
         let today = NaiveDate::from_ymd_opt(2026, 1, 1).unwrap();
         EnrollmentRow {
             line: 2,

@@ -24,9 +24,7 @@ pub fn today() -> NaiveDate {
 }
 
 pub fn format_time(t: Timestamp) -> String {
-    chrono::DateTime::from_timestamp(t, 0)
-        .map(|d| d.to_rfc3339())
-        .unwrap_or_else(|| t.to_string())
+    chrono::DateTime::from_timestamp(t, 0).map_or_else(|| t.to_string(), |d| d.to_rfc3339())
 }
 
 pub use iryo_proto::eligibility::Card;
@@ -82,7 +80,7 @@ pub struct Coverage {
     pub relation: Relation,
     pub from: NaiveDate,
     pub until: Option<NaiveDate>,
-    /// When the medical ID was sent back to this insurer (seed 2-3).
+    /// When the medical ID was sent back to this insurer (proposal §2-3).
     pub assigned_at: Option<Timestamp>,
 }
 
@@ -179,7 +177,7 @@ impl Event {
     }
 }
 
-/// Everything the directory holds on one insured person (seed 5's basic info).
+/// Everything the directory holds on one insured person (proposal §5's basic info).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Person {
     pub pid: u64,
@@ -210,7 +208,7 @@ impl Person {
     }
 
     /// The state of the person's medical ID on `date` given the retention period
-    /// after death (seed 2-7).
+    /// after death (proposal §2-7).
     pub fn id_state(&self, date: NaiveDate, retention_years: u32) -> IdState {
         id_state(self.retired, self.death, date, retention_years)
     }
@@ -307,7 +305,7 @@ pub enum CaseStatus {
     },
 }
 
-/// An enrollment row held for an operator (seed 2-1's registration errors).
+/// An enrollment row held for an operator (proposal §2-1's registration errors).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Conflict {
     pub id: u64,
@@ -318,7 +316,7 @@ pub struct Conflict {
     pub at: Timestamp,
 }
 
-/// A medical ID presented at an institution that differs from the registry (seed 2-5).
+/// A medical ID presented at an institution that differs from the registry (proposal §2-5).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Mismatch {
     pub id: u64,
@@ -347,7 +345,7 @@ pub struct Notice {
     pub at: Timestamp,
 }
 
-/// One line of the linkage DB's service history (seed 4-1).
+/// One line of the linkage DB's service history (proposal §4-1).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceUse {
     pub institution: iryo_proto::InstitutionCode,

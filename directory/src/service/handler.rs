@@ -66,7 +66,11 @@ pub fn handle(store: &Store, request: DirectoryRequest, now: Time) -> DirectoryR
             Err(e) => internal(e),
         },
         DirectoryRequest::Consent { medical_id } => match store.consents(medical_id) {
-            Ok(list) => DirectoryResponse::Consent(list.iter().map(|c| c.view()).collect()),
+            Ok(list) => DirectoryResponse::Consent(
+                list.iter()
+                    .map(super::super::access::ConsentRecord::view)
+                    .collect(),
+            ),
             Err(crate::store::StoreError::UnknownMedicalId(_)) => {
                 DirectoryResponse::Refused(Refusal::new(
                     RefusalReason::UnknownPatient,

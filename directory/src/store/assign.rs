@@ -1,5 +1,5 @@
-//! Assignment files back to insurers (seed 2-3) and the lists of letters to send
-//! (seed 2-4). Each is read first, written to its file by the caller, and only then
+//! Assignment files back to insurers (proposal §2-3) and the lists of letters to send
+//! (proposal §2-4). Each is read first, written to its file by the caller, and only then
 //! marked done, so a crash in between sends a row twice rather than never.
 
 use super::tables::*;

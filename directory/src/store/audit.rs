@@ -79,12 +79,12 @@ impl<'t> Tables<'t> {
         })
     }
 
-    pub fn audit_size(&self) -> Result<u64> {
+    pub(super) fn audit_size(&self) -> Result<u64> {
         Ok(self.peek(AUDIT_NEXT)? - 1)
     }
 
     /// Appends an entry and returns its index.
-    pub fn audit_append(&mut self, entry: &LogEntry) -> Result<u64> {
+    pub(super) fn audit_append(&mut self, entry: &LogEntry) -> Result<u64> {
         let index = self.next(AUDIT_NEXT)? - 1;
         self.audit_leaves
             .open_mut()?
@@ -112,7 +112,7 @@ impl<'t> Tables<'t> {
     }
 
     /// Signs and stores the head of the log as it stands.
-    pub fn sign_head(&mut self, key: &SigningKey, at: Time) -> Result<Signed<TreeHead>> {
+    pub(super) fn sign_head(&mut self, key: &SigningKey, at: Time) -> Result<Signed<TreeHead>> {
         let size = self.audit_size()?;
         let root = merkle::root(&self.subtrees()?, size)?;
         let head = Signed::sign(&TreeHead { size, root, at }, key);

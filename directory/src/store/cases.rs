@@ -1,5 +1,5 @@
 //! The operator's queue: enrollment conflicts, mismatches found at institutions, and
-//! the notices they caused (seed 2-1, 2-5).
+//! the notices they caused (proposal §2-1, 2-5).
 
 use super::enroll::apply_row;
 use super::tables::*;

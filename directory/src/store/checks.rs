@@ -1,4 +1,4 @@
-//! Eligibility checks (seed 3, 4-1, 2-5): the read path, and the recording path that
+//! Eligibility checks (proposal §3, 4-1, 2-5): the read path, and the recording path that
 //! appends service use and mismatches for a whole batch of checks in one commit.
 
 use super::tables::*;
@@ -256,7 +256,7 @@ pub(super) fn append_entries(t: &mut Tables<'_>, (entry, used): &Entries) -> Res
 }
 
 /// Records a presented ID that differs from the registry, once while it is open, and
-/// queues notices to the person and the insurer (seed 2-5).
+/// queues notices to the person and the insurer (proposal §2-5).
 fn record_mismatch(
     t: &mut Tables<'_>,
     card: Card,

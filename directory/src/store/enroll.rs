@@ -43,7 +43,7 @@ impl Store {
     }
 }
 
-/// The rules of seed 2-1 against the tables: match by My Number, never overwrite
+/// The rules of proposal §2-1 against the tables: match by My Number, never overwrite
 /// identity, hold disagreements as conflicts. `source` says where the row came from
 /// (`FILE:LINE`, or an operator's case), for the history and the conflict.
 pub(super) fn apply_row(
@@ -67,24 +67,21 @@ pub(super) fn apply_row(
         record_conflict(t, source, row, kind.clone(), at)?;
         return Ok(RowOutcome::Conflict(kind));
     }
-    match person {
-        Some(mut p) => {
-            let outcome = merge_row(&mut p, row, source, at);
-            if outcome == RowOutcome::Updated {
-                t.save_person(&p)?;
-            }
-            Ok(outcome)
-        }
-        None => {
-            let pid = t.next(PID)?;
-            let (id, generation) = t.issue(issuer, row.my_number, pid, 0, first)?;
-            let p = new_person(pid, row, id, generation, at);
+    if let Some(mut p) = person {
+        let outcome = merge_row(&mut p, row, source, at);
+        if outcome == RowOutcome::Updated {
             t.save_person(&p)?;
-            t.my_numbers
-                .open_mut()?
-                .insert(row.my_number.as_u64(), pid)?;
-            Ok(RowOutcome::New)
         }
+        Ok(outcome)
+    } else {
+        let pid = t.next(PID)?;
+        let (id, generation) = t.issue(issuer, row.my_number, pid, 0, first)?;
+        let p = new_person(pid, row, id, generation, at);
+        t.save_person(&p)?;
+        t.my_numbers
+            .open_mut()?
+            .insert(row.my_number.as_u64(), pid)?;
+        Ok(RowOutcome::New)
     }
 }
 

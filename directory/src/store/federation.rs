@@ -1,5 +1,5 @@
 //! The federation's state: institutions and their memberships, patients' consent,
-//! grants issued, and notifications received (seed 4-2, 4-3).
+//! grants issued, and notifications received (proposal §4-2, 4-3).
 
 use super::tables::*;
 use super::{decode, encode, Result, Store, StoreError};
@@ -49,7 +49,7 @@ fn verify_parallel(
     batch: &[Signed<Notification>],
     key: &ed25519_dalek::VerifyingKey,
 ) -> Vec<std::result::Result<Notification, iryo_proto::signed::SignError>> {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     if cores < 2 || batch.len() < 64 {
         return verify_all(batch, key);
     }
@@ -84,10 +84,16 @@ fn verify_all(
         })
         .collect();
     if let Some(sigs) = sigs {
-        let messages: Vec<Vec<u8>> = batch.iter().map(|s| s.signed_message()).collect();
+        let messages: Vec<Vec<u8>> = batch
+            .iter()
+            .map(iryo_proto::signed::Signed::signed_message)
+            .collect();
         let refs: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
         if crate::signatures::verify_one_signer(key, &refs, &sigs) {
-            return batch.iter().map(|s| s.open_unverified()).collect();
+            return batch
+                .iter()
+                .map(iryo_proto::signed::Signed::open_unverified)
+                .collect();
         }
     }
     batch.iter().map(|s| s.verify(key)).collect()
@@ -195,14 +201,14 @@ fn person_of(t: &Tables<'_>, id: MedicalId) -> Result<Option<Person>> {
 }
 
 impl Tables<'_> {
-    pub fn institution(&self, code: InstitutionCode) -> Result<Option<InstitutionRecord>> {
+    pub(super) fn institution(&self, code: InstitutionCode) -> Result<Option<InstitutionRecord>> {
         match self.institutions.open()?.get(code.as_u64())? {
             Some(v) => Ok(Some(decode(v.value())?)),
             None => Ok(None),
         }
     }
 
-    pub fn consents_of(&self, pid: u64) -> Result<Vec<ConsentRecord>> {
+    pub(super) fn consents_of(&self, pid: u64) -> Result<Vec<ConsentRecord>> {
         let mut out = Vec::new();
         for item in self.consents.open()?.range((pid, 0)..=(pid, u64::MAX))? {
             out.push(decode(item?.1.value())?);
@@ -210,7 +216,7 @@ impl Tables<'_> {
         Ok(out)
     }
 
-    pub fn add_consent_for(&mut self, pid: u64, r: &ConsentRecord) -> Result<()> {
+    pub(super) fn add_consent_for(&mut self, pid: u64, r: &ConsentRecord) -> Result<()> {
         let seq = self.next(CONSENT_SEQ)?;
         self.consents
             .open_mut()?

@@ -15,7 +15,7 @@
 //! (`iryo-bench-net`: p99 12–13 ms with folding, 6–7 ms without). Appended runs cost a
 //! few hundred sequential pages a fold, and each entry is rewritten once a level.
 //!
-//! Two logs are folded: the service-use log (the linkage DB's history, seed 4-1) and the
+//! Two logs are folded: the service-use log (the linkage DB's history, proposal §4-1) and the
 //! audit log (the entries about each patient).
 
 use super::tables::{AUDIT_LEAVES, SERVICE_LOG};

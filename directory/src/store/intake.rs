@@ -42,7 +42,7 @@ const RESERVE: TableDefinition<(), &[u8]> = TableDefinition::new("reserve");
 const RESERVED_BYTES: usize = (4 << 20) - (8 << 10);
 
 /// The main database's counter for each intake file: its first key not moved yet.
-pub const MARKS: [&str; 2] = ["intake_0_moved", "intake_1_moved"];
+pub(super) const MARKS: [&str; 2] = ["intake_0_moved", "intake_1_moved"];
 
 /// Entries one commit of the main database moves at most, so that a grant committed
 /// with a move waits for a bounded one.

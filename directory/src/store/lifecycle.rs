@@ -1,4 +1,4 @@
-//! Change on application (seed 2-6), My Number change, death and retirement (seed 2-7).
+//! Change on application (proposal §2-6), My Number change, death and retirement (proposal §2-7).
 
 use super::tables::*;
 use super::{status_name, Result, Store, StoreError};

@@ -1,4 +1,4 @@
-//! The linkage DB's service history (seed 4-1). Every eligibility check appends one entry
+//! The linkage DB's service history (proposal §4-1). Every eligibility check appends one entry
 //! to a log keyed by sequence in the main database; `folding` derives the per-person
 //! history from it.
 

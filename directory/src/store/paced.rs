@@ -17,8 +17,6 @@ use redb::{BackendError, StorageBackend};
 use std::fs::File;
 use std::io;
 use std::ops::Bound;
-#[cfg(target_os = "linux")]
-use std::os::unix::io::AsRawFd;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -28,7 +26,7 @@ const PIECE: u64 = 128 << 10;
 const RATE: f64 = 32.0 * 1024.0 * 1024.0;
 
 #[derive(Debug)]
-pub struct Paced {
+pub(super) struct Paced {
     data: FileBackend,
     /// The same open file as `data`, for starting and awaiting its writeback.
     file: File,
@@ -46,7 +44,7 @@ struct Pace {
 }
 
 impl Paced {
-    pub fn new(file: File) -> io::Result<Self> {
+    pub(super) fn new(file: File) -> io::Result<Self> {
         let data =
             FileBackend::new(file.try_clone()?).map_err(|e| io::Error::other(e.to_string()))?;
         Ok(Self {

@@ -1,4 +1,4 @@
-//! Accounts of My Portal (seed 4-3): the one-time activation code a person's letter
+//! Accounts of My Portal (proposal §4-3): the one-time activation code a person's letter
 //! carries, kept only as a hash, and the passphrase they set with it, as an argon2id hash.
 
 use super::tables::PORTAL_ACCOUNTS;
@@ -46,7 +46,7 @@ pub fn new_activation_code() -> Result<String> {
 pub fn activation_hash(pid: u64, code: &str) -> [u8; 32] {
     let norm: String = code
         .chars()
-        .filter(|c| c.is_ascii_alphanumeric())
+        .filter(char::is_ascii_alphanumeric)
         .map(|c| c.to_ascii_uppercase())
         .collect();
     let mut h = Sha256::new();

@@ -10,82 +10,83 @@ use redb::{Key, ReadableTable, Table, TableDefinition, Value, WriteTransaction};
 use std::cell::OnceCell;
 use std::collections::BTreeMap;
 
-pub const SETTINGS: TableDefinition<&str, &str> = TableDefinition::new("settings");
+pub(super) const SETTINGS: TableDefinition<&str, &str> = TableDefinition::new("settings");
 /// Counters: next pid, next service-use sequence, next case and notice numbers.
-pub const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
-pub const PERSONS: TableDefinition<u64, &[u8]> = TableDefinition::new("persons");
+pub(super) const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+pub(super) const PERSONS: TableDefinition<u64, &[u8]> = TableDefinition::new("persons");
 /// My Number → pid. A replaced My Number stays as an alias of the same person.
-pub const MY_NUMBERS: TableDefinition<u64, u64> = TableDefinition::new("my_numbers");
+pub(super) const MY_NUMBERS: TableDefinition<u64, u64> = TableDefinition::new("my_numbers");
 /// Every medical ID ever issued → IdEntry. Nothing is ever removed.
-pub const MEDICAL_IDS: TableDefinition<u64, &[u8]> = TableDefinition::new("medical_ids");
+pub(super) const MEDICAL_IDS: TableDefinition<u64, &[u8]> = TableDefinition::new("medical_ids");
 /// Card key (insurer, symbol, number, branch) → the card's `CardStanding`, so a check by
 /// card needs no other lookup. Keys start with the insurer number, so one range lists
 /// an insurer's people for its assignment file.
-pub const CARDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("cards");
+pub(super) const CARDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("cards");
 /// sequence → (pid, ServiceUse): the linkage DB's service history in the order it
 /// happened, appended by every eligibility check and never rewritten. The per-person
 /// index is derived from it in a database file of its own (see `store::linkage`).
-pub const SERVICE_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("service_log");
+pub(super) const SERVICE_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("service_log");
 /// (days since epoch of death, pid) → (), for the retirement sweep.
-pub const DEATHS: TableDefinition<(i64, u64), ()> = TableDefinition::new("deaths");
-pub const CONFLICTS: TableDefinition<u64, &[u8]> = TableDefinition::new("conflicts");
+pub(super) const DEATHS: TableDefinition<(i64, u64), ()> = TableDefinition::new("deaths");
+pub(super) const CONFLICTS: TableDefinition<u64, &[u8]> = TableDefinition::new("conflicts");
 /// Canonical encoding of an open conflict's row → conflict id, so a re-ingested file
 /// records each conflict once.
-pub const CONFLICT_KEYS: TableDefinition<&[u8], u64> = TableDefinition::new("conflict_keys");
-pub const MISMATCHES: TableDefinition<u64, &[u8]> = TableDefinition::new("mismatches");
+pub(super) const CONFLICT_KEYS: TableDefinition<&[u8], u64> = TableDefinition::new("conflict_keys");
+pub(super) const MISMATCHES: TableDefinition<u64, &[u8]> = TableDefinition::new("mismatches");
 /// (card key, presented ID) of an open mismatch → mismatch id.
-pub const MISMATCH_KEYS: TableDefinition<&[u8], u64> = TableDefinition::new("mismatch_keys");
-pub const NOTICES: TableDefinition<u64, &[u8]> = TableDefinition::new("notices");
+pub(super) const MISMATCH_KEYS: TableDefinition<&[u8], u64> = TableDefinition::new("mismatch_keys");
+pub(super) const NOTICES: TableDefinition<u64, &[u8]> = TableDefinition::new("notices");
 
 /// Institution code → InstitutionRecord (signed membership, revocation).
-pub const INSTITUTIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("institutions");
+pub(super) const INSTITUTIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("institutions");
 /// Node public key → institution code, to find the membership of an authenticated peer.
-pub const INSTITUTION_KEYS: TableDefinition<[u8; 32], u64> =
+pub(super) const INSTITUTION_KEYS: TableDefinition<[u8; 32], u64> =
     TableDefinition::new("institution_keys");
 /// (pid, sequence) → ConsentRecord, in the order the patient decided.
-pub const CONSENTS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("consents");
+pub(super) const CONSENTS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("consents");
 /// Grant id → GrantRecord: what was granted and which ends have reported using it.
-pub const GRANTS: TableDefinition<[u8; 16], &[u8]> = TableDefinition::new("grants");
+pub(super) const GRANTS: TableDefinition<[u8; 16], &[u8]> = TableDefinition::new("grants");
 /// Notification id → audit log index, so a notification delivered twice is logged once.
-pub const NOTIFICATION_IDS: TableDefinition<[u8; 16], u64> =
+pub(super) const NOTIFICATION_IDS: TableDefinition<[u8; 16], u64> =
     TableDefinition::new("notification_ids");
 /// Audit log index → canonical LogEntry.
-pub const AUDIT_LEAVES: TableDefinition<u64, &[u8]> = TableDefinition::new("audit_leaves");
+pub(super) const AUDIT_LEAVES: TableDefinition<u64, &[u8]> = TableDefinition::new("audit_leaves");
 /// (last leaf, level) → hash of the perfect subtree of 2^level leaves ending at that leaf
 /// (`subtree_key`). Keyed by where a subtree ends, every hash an append completes sorts
 /// after all before it, so appends only touch the table's last page.
-pub const AUDIT_NODES: TableDefinition<(u64, u32), [u8; 32]> =
+pub(super) const AUDIT_NODES: TableDefinition<(u64, u32), [u8; 32]> =
     TableDefinition::new("audit_subtrees");
 
 /// The key of the perfect subtree `index` at `level`, which covers leaves
 /// [index·2^level, (index+1)·2^level).
-pub fn subtree_key(level: u32, index: u64) -> (u64, u32) {
+pub(super) fn subtree_key(level: u32, index: u64) -> (u64, u32) {
     (((index + 1) << level) - 1, level)
 }
 /// Tree size → Signed<TreeHead>.
-pub const AUDIT_HEADS: TableDefinition<u64, &[u8]> = TableDefinition::new("audit_heads");
+pub(super) const AUDIT_HEADS: TableDefinition<u64, &[u8]> = TableDefinition::new("audit_heads");
 /// pid → portal Account: the activation code's hash and the passphrase's argon2id hash.
-pub const PORTAL_ACCOUNTS: TableDefinition<u64, &[u8]> = TableDefinition::new("portal_accounts");
+pub(super) const PORTAL_ACCOUNTS: TableDefinition<u64, &[u8]> =
+    TableDefinition::new("portal_accounts");
 
-pub const PID: &str = "next_pid";
-pub const SERVICE_SEQ: &str = "next_service_use";
-pub const CONFLICT_SEQ: &str = "next_conflict";
-pub const MISMATCH_SEQ: &str = "next_mismatch";
-pub const NOTICE_SEQ: &str = "next_notice";
-pub const CONSENT_SEQ: &str = "next_consent";
-pub const MEMBERSHIP_SERIAL: &str = "next_membership_serial";
+pub(super) const PID: &str = "next_pid";
+pub(super) const SERVICE_SEQ: &str = "next_service_use";
+pub(super) const CONFLICT_SEQ: &str = "next_conflict";
+pub(super) const MISMATCH_SEQ: &str = "next_mismatch";
+pub(super) const NOTICE_SEQ: &str = "next_notice";
+pub(super) const CONSENT_SEQ: &str = "next_consent";
+pub(super) const MEMBERSHIP_SERIAL: &str = "next_membership_serial";
 /// The audit log's size is this counter minus one.
-pub const AUDIT_NEXT: &str = "audit_next";
+pub(super) const AUDIT_NEXT: &str = "audit_next";
 /// Counters read from the append-only table they number rather than stored: the next
 /// audit index follows the last leaf, the next service use the last entry. Storing them
 /// made every check's commit write one more table.
-pub const DERIVED_COUNTERS: [&str; 2] = [AUDIT_NEXT, SERVICE_SEQ];
+pub(super) const DERIVED_COUNTERS: [&str; 2] = [AUDIT_NEXT, SERVICE_SEQ];
 
 /// How many generations or draws issuance tries before giving up; with 10^15 bodies
 /// even a national population makes a single retry rare.
 const MAX_ISSUE_ATTEMPTS: u32 = 1000;
 
-pub fn days(d: chrono::NaiveDate) -> i64 {
+pub(super) fn days(d: chrono::NaiveDate) -> i64 {
     i64::from(d.num_days_from_ce())
 }
 use chrono::Datelike;
@@ -94,7 +95,7 @@ use chrono::Datelike;
 /// again at commit, so a commit that opened all of them paid for each one it never
 /// touched: opening and closing the twenty tables was 15 % of the group commit's CPU,
 /// for a check that writes to three.
-pub struct Lazy<'t, K: Key + 'static, V: Value + 'static> {
+pub(super) struct Lazy<'t, K: Key + 'static, V: Value + 'static> {
     tx: &'t WriteTransaction,
     def: TableDefinition<'static, K, V>,
     table: OnceCell<Table<'t, K, V>>,
@@ -109,7 +110,7 @@ impl<'t, K: Key + 'static, V: Value + 'static> Lazy<'t, K, V> {
         }
     }
 
-    pub fn open(&self) -> Result<&Table<'t, K, V>> {
+    pub(super) fn open(&self) -> Result<&Table<'t, K, V>> {
         if let Some(t) = self.table.get() {
             return Ok(t);
         }
@@ -117,7 +118,7 @@ impl<'t, K: Key + 'static, V: Value + 'static> Lazy<'t, K, V> {
         Ok(self.table.get_or_init(|| t))
     }
 
-    pub fn open_mut(&mut self) -> Result<&mut Table<'t, K, V>> {
+    pub(super) fn open_mut(&mut self) -> Result<&mut Table<'t, K, V>> {
         self.open()?;
         self.table
             .get_mut()
@@ -127,7 +128,7 @@ impl<'t, K: Key + 'static, V: Value + 'static> Lazy<'t, K, V> {
 
 /// The tables of one write transaction, each opened when first used, with the
 /// counters it bumps kept in memory until the end of the transaction.
-pub struct Tables<'t> {
+pub(super) struct Tables<'t> {
     pub persons: Lazy<'t, u64, &'static [u8]>,
     pub my_numbers: Lazy<'t, u64, u64>,
     pub medical_ids: Lazy<'t, u64, &'static [u8]>,
@@ -156,7 +157,7 @@ pub struct Tables<'t> {
 
 impl<'t> Tables<'t> {
     /// Creates every table, for a new database.
-    pub fn create_all(tx: &WriteTransaction) -> Result<()> {
+    pub(super) fn create_all(tx: &WriteTransaction) -> Result<()> {
         let t = Tables::open(tx)?;
         t.persons.open()?;
         t.my_numbers.open()?;
@@ -182,7 +183,7 @@ impl<'t> Tables<'t> {
         Ok(())
     }
 
-    pub fn open(tx: &'t WriteTransaction) -> Result<Self> {
+    pub(super) fn open(tx: &'t WriteTransaction) -> Result<Self> {
         Ok(Self {
             persons: Lazy::new(tx, PERSONS),
             my_numbers: Lazy::new(tx, MY_NUMBERS),
@@ -211,14 +212,14 @@ impl<'t> Tables<'t> {
     }
 
     /// The next value of a counter, starting at 1.
-    pub fn next(&mut self, name: &'static str) -> Result<u64> {
+    pub(super) fn next(&mut self, name: &'static str) -> Result<u64> {
         let v = self.peek(name)?;
         self.counters.insert(name, v + 1);
         Ok(v)
     }
 
     /// The current value of a counter without moving it.
-    pub fn peek(&self, name: &'static str) -> Result<u64> {
+    pub(super) fn peek(&self, name: &'static str) -> Result<u64> {
         if let Some(v) = self.counters.get(name) {
             return Ok(*v);
         }
@@ -237,16 +238,15 @@ impl<'t> Tables<'t> {
                 .counters_table
                 .open()?
                 .get(name)?
-                .map(|g| g.value())
-                .unwrap_or(1),
+                .map_or(1, |g| g.value()),
         })
     }
 
-    pub fn set(&mut self, name: &'static str, value: u64) {
+    pub(super) fn set(&mut self, name: &'static str, value: u64) {
         self.counters.insert(name, value);
     }
 
-    pub fn flush_counters(&mut self) -> Result<()> {
+    pub(super) fn flush_counters(&mut self) -> Result<()> {
         for (k, v) in std::mem::take(&mut self.counters) {
             if !DERIVED_COUNTERS.contains(&k) {
                 self.counters_table.open_mut()?.insert(k, v)?;
@@ -255,7 +255,7 @@ impl<'t> Tables<'t> {
         Ok(())
     }
 
-    pub fn person(&self, pid: u64) -> Result<Person> {
+    pub(super) fn person(&self, pid: u64) -> Result<Person> {
         match self.persons.open()?.get(pid)? {
             Some(v) => decode(v.value()),
             None => Err(StoreError::Inconsistent(format!("pid {pid} has no record"))),
@@ -264,7 +264,7 @@ impl<'t> Tables<'t> {
 
     /// Writes the record alone: for bookkeeping that no eligibility answer depends on
     /// (assignment and letter dates, a new My Number).
-    pub fn put_person(&mut self, p: &Person) -> Result<()> {
+    pub(super) fn put_person(&mut self, p: &Person) -> Result<()> {
         self.persons
             .open_mut()?
             .insert(p.pid, encode(p)?.as_slice())?;
@@ -273,7 +273,7 @@ impl<'t> Tables<'t> {
 
     /// Writes the record and re-derives the card index entry of each of its coverages,
     /// for every change an eligibility check can see.
-    pub fn save_person(&mut self, p: &Person) -> Result<()> {
+    pub(super) fn save_person(&mut self, p: &Person) -> Result<()> {
         self.put_person(p)?;
         for c in &p.coverages {
             let standing = encode(&CardStanding::of(p, c))?;
@@ -284,18 +284,23 @@ impl<'t> Tables<'t> {
         Ok(())
     }
 
-    pub fn pid_by_my_number(&self, n: MyNumber) -> Result<Option<u64>> {
+    pub(super) fn pid_by_my_number(&self, n: MyNumber) -> Result<Option<u64>> {
         Ok(self.my_numbers.open()?.get(n.as_u64())?.map(|g| g.value()))
     }
 
-    pub fn id_entry(&self, id: MedicalId) -> Result<Option<IdEntry>> {
+    pub(super) fn id_entry(&self, id: MedicalId) -> Result<Option<IdEntry>> {
         match self.medical_ids.open()?.get(id.as_u64())? {
             Some(v) => Ok(Some(decode(v.value())?)),
             None => Ok(None),
         }
     }
 
-    pub fn set_id_status(&mut self, id: MedicalId, pid: u64, status: IdStatus) -> Result<()> {
+    pub(super) fn set_id_status(
+        &mut self,
+        id: MedicalId,
+        pid: u64,
+        status: IdStatus,
+    ) -> Result<()> {
         let e = encode(&IdEntry { pid, status })?;
         self.medical_ids
             .open_mut()?
@@ -305,7 +310,7 @@ impl<'t> Tables<'t> {
 
     /// Issues a medical ID never issued before. `first` is a candidate for
     /// `generation` computed ahead of time, if any.
-    pub fn issue(
+    pub(super) fn issue(
         &mut self,
         issuer: &Issuer,
         my_number: MyNumber,
@@ -342,14 +347,14 @@ impl<'t> Tables<'t> {
         Err(StoreError::IssuanceExhausted(MAX_ISSUE_ATTEMPTS))
     }
 
-    pub fn card_holder(&self, card: &crate::registry::Card) -> Result<Option<u64>> {
+    pub(super) fn card_holder(&self, card: &crate::registry::Card) -> Result<Option<u64>> {
         match self.cards.open()?.get(card.key().as_slice())? {
             Some(v) => Ok(Some(decode::<CardStanding>(v.value())?.pid)),
             None => Ok(None),
         }
     }
 
-    pub fn unbind_card(&mut self, card: &crate::registry::Card) -> Result<()> {
+    pub(super) fn unbind_card(&mut self, card: &crate::registry::Card) -> Result<()> {
         self.cards.open_mut()?.remove(card.key().as_slice())?;
         Ok(())
     }

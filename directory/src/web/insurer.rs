@@ -1,4 +1,4 @@
-//! Insurers over mutual TLS (seed 2-2, 2-3, 2-5): upload enrollment files, download
+//! Insurers over mutual TLS (proposal §2-2, 2-3, 2-5): upload enrollment files, download
 //! assignment files and mismatch notices. Which insurer is calling comes from its
 //! certificate, and it reaches only its own rows.
 

@@ -1,4 +1,4 @@
-//! The operator console (seed 2-1, 2-5, 5): find a person, see coverages, history,
+//! The operator console (proposal §2-1, 2-5, 5): find a person, see coverages, history,
 //! service use and open cases and resolve them with a reason, register and revoke
 //! institutions, read the audit log with an inclusion-proof check. The operator is the
 //! name in the client certificate, and every action, reads included, is logged under it.

@@ -1,4 +1,4 @@
-//! My Portal (seed 4-3): a person signs in with the medical ID and, the first time, the
+//! My Portal (proposal §4-3): a person signs in with the medical ID and, the first time, the
 //! activation code from their letter; then sees their ID and insurance, their service
 //! history, who read their records (each entry proved to be in the signed log), and
 //! sets consent, which the next grant obeys.
@@ -269,22 +269,19 @@ async fn activate(
         }
     })
     .await?;
-    match outcome {
-        Some(person) => {
-            web.sessions.succeeded(&keys[0]);
-            tracing::info!(medical_id = %person.medical_id, "portal account activated");
-            Ok(signed_in(&web, &person))
-        }
-        None => {
-            web.sessions.failed(&keys);
-            Ok(activate_form(
-                lang,
-                Some(lang.t(
-                    "医療IDまたは活性化コードが正しくないか、使用済み・期限切れです。",
-                    "The medical ID or activation code is wrong, used or expired.",
-                )),
-            ))
-        }
+    if let Some(person) = outcome {
+        web.sessions.succeeded(&keys[0]);
+        tracing::info!(medical_id = %person.medical_id, "portal account activated");
+        Ok(signed_in(&web, &person))
+    } else {
+        web.sessions.failed(&keys);
+        Ok(activate_form(
+            lang,
+            Some(lang.t(
+                "医療IDまたは活性化コードが正しくないか、使用済み・期限切れです。",
+                "The medical ID or activation code is wrong, used or expired.",
+            )),
+        ))
     }
 }
 
@@ -320,21 +317,18 @@ async fn login(
         Ok(ok.then_some(person))
     })
     .await?;
-    match person {
-        Some(p) => {
-            web.sessions.succeeded(&keys[0]);
-            Ok(signed_in(&web, &p))
-        }
-        None => {
-            web.sessions.failed(&keys);
-            Ok(login_form(
-                lang,
-                Some(lang.t(
-                    "医療IDまたはパスフレーズが違います。",
-                    "Wrong medical ID or passphrase.",
-                )),
-            ))
-        }
+    if let Some(p) = person {
+        web.sessions.succeeded(&keys[0]);
+        Ok(signed_in(&web, &p))
+    } else {
+        web.sessions.failed(&keys);
+        Ok(login_form(
+            lang,
+            Some(lang.t(
+                "医療IDまたはパスフレーズが違います。",
+                "Wrong medical ID or passphrase.",
+            )),
+        ))
     }
 }
 
@@ -418,8 +412,7 @@ impl Names<'_> {
         let name = match self.web.store.institution(code) {
             Ok(Some(r)) => r
                 .membership()
-                .map(|m| format!("{} ({code})", m.name))
-                .unwrap_or_else(|_| code.to_string()),
+                .map_or_else(|_| code.to_string(), |m| format!("{} ({code})", m.name)),
             _ => code.to_string(),
         };
         self.seen.insert(code, name.clone());
@@ -709,7 +702,7 @@ async fn consent_page(
                 purpose(lang, r.purpose),
                 if r.allow { "ok" } else { "flag" },
                 if r.allow { lang.t("許可", "allow") } else { lang.t("拒否", "refuse") },
-                r.expires_at.map(time).unwrap_or_else(|| lang.t("なし", "none").into()),
+                r.expires_at.map_or_else(|| lang.t("なし", "none").into(), time),
                 esc(&origin(lang, &r.origin)),
             )
         })

@@ -124,7 +124,11 @@ fn run(cli: Cli) -> Result<()> {
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(async {
                 let running = iryo_node::start(config).await?;
-                let p2p: Vec<String> = running.p2p.iter().map(|a| a.to_string()).collect();
+                let p2p: Vec<String> = running
+                    .p2p
+                    .iter()
+                    .map(std::string::ToString::to_string)
+                    .collect();
                 // One line a supervisor or test harness can read.
                 println!(
                     "iryo-node ready api=http://{} p2p={}",

@@ -11,14 +11,18 @@ pub struct InstitutionCode(u64);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PointTableKind {
+    /// 医科: medical (digit 1).
     Medical,
+    /// 歯科: dental (digit 3).
     Dental,
+    /// 調剤: pharmacy (digit 4).
     Pharmacy,
 }
 
 const WHAT: &str = "institution code";
 
 impl InstitutionCode {
+    /// Reads 10 digits (hyphens and spaces allowed) and checks the prefecture, kind and check digit.
     pub fn parse(s: &str) -> Result<Self, IdError> {
         let d = read_digits(WHAT, s, &['-', ' '])?;
         Self::from_digits(&d)
@@ -52,6 +56,7 @@ impl InstitutionCode {
         Ok(Self(digits_to_u64(d)))
     }
 
+    /// The code held as a number, checked as `parse` checks text.
     pub fn from_u64(v: u64) -> Result<Self, IdError> {
         Self::from_digits(&u64_to_digits(v % 10_000_000_000, 10)).and_then(|c| {
             if v >= 10_000_000_000 {
@@ -79,10 +84,12 @@ impl InstitutionCode {
         Self::from_u64(body * 10 + u64::from(check_digit::luhn(&d)))
     }
 
+    /// The prefecture, 1 to 47.
     pub fn prefecture(self) -> u8 {
         (self.0 / 100_000_000) as u8
     }
 
+    /// The fee schedule the institution bills under.
     pub fn kind(self) -> PointTableKind {
         match (self.0 / 10_000_000) % 10 {
             3 => PointTableKind::Dental,
@@ -91,6 +98,7 @@ impl InstitutionCode {
         }
     }
 
+    /// The code as a number.
     pub fn as_u64(self) -> u64 {
         self.0
     }

@@ -11,6 +11,7 @@ pub struct InsurerNumber(String);
 const WHAT: &str = "insurer number";
 
 impl InsurerNumber {
+    /// Reads 6 or 8 digits (spaces and hyphens allowed) and checks the check digit.
     pub fn parse(s: &str) -> Result<Self, IdError> {
         let d = read_digits(WHAT, s, &[' ', '-'])?;
         if d.len() != 6 && d.len() != 8 {
@@ -52,6 +53,7 @@ impl InsurerNumber {
         )
     }
 
+    /// The digits.
     pub fn as_str(&self) -> &str {
         &self.0
     }

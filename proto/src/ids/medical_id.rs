@@ -29,6 +29,7 @@ impl MedicalId {
         Ok(Self(digits_to_u64(d)))
     }
 
+    /// The ID held as a number, check digit included, checked as `parse` checks text.
     pub fn from_u64(v: u64) -> Result<Self, IdError> {
         if v >= BODY_SPACE * 10 {
             return Err(IdError::Length {
@@ -47,10 +48,12 @@ impl MedicalId {
         Self(body * 10 + u64::from(check))
     }
 
+    /// The 15-digit body, without the check digit.
     pub fn body(self) -> u64 {
         self.0 / 10
     }
 
+    /// The 16 digits as a number.
     pub fn as_u64(self) -> u64 {
         self.0
     }

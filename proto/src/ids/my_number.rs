@@ -8,6 +8,7 @@ pub struct MyNumber(u64);
 const WHAT: &str = "My Number";
 
 impl MyNumber {
+    /// Reads 12 digits (separators allowed) and checks the official check digit.
     pub fn parse(s: &str) -> Result<Self, IdError> {
         let d = read_digits(WHAT, s, &[' ', '-'])?;
         Self::from_digits(&d)
@@ -27,6 +28,7 @@ impl MyNumber {
         Ok(Self(digits_to_u64(d)))
     }
 
+    /// The number held as `u64`, checked as `parse` checks text.
     pub fn from_u64(v: u64) -> Result<Self, IdError> {
         if v >= 1_000_000_000_000 {
             return Err(IdError::Length {
@@ -46,6 +48,7 @@ impl MyNumber {
         Self((body % 100_000_000_000) * 10 + u64::from(check_digit::my_number(&b)))
     }
 
+    /// The 12 digits as a number.
     pub fn as_u64(self) -> u64 {
         self.0
     }
