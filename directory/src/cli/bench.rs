@@ -171,7 +171,8 @@ fn measure(args: &BenchArgs, dir: &std::path::Path) -> Result<()> {
     drop(reader);
 
     let store = std::sync::Arc::new(store);
-    let folder = iryo_directory::store::start_folder(store.clone(), Duration::from_millis(200))
+    let folder = store
+        .start_folding(Duration::from_millis(200))
         .context("starting the folder")?;
     println!("\n[checks, durable: service use committed before the answer]");
     for batch in [1usize, 100, 1000, 5000] {
@@ -209,7 +210,7 @@ fn measure(args: &BenchArgs, dir: &std::path::Path) -> Result<()> {
         store.unfolded_linkage()?
     );
     drop(store);
-    let _ = folder.join();
+    drop(folder);
     println!(
         "\npeak RSS overall: {:.0} MiB",
         peak_rss_mib().unwrap_or(f64::NAN)

@@ -3,10 +3,9 @@
 //! each node's requests on one long-lived stream with CBOR bodies and size limits
 //! (`iryo_proto::wire`, answered by `iryo_p2p::session::answer`).
 
-mod group_commit;
 pub mod handler;
 
-pub use group_commit::{CommitError, GroupCommitter};
+pub use crate::store::{CommitError, GroupCommitter};
 
 use crate::registry::now;
 use crate::store::{GrantQuery, Store};
@@ -29,6 +28,9 @@ pub enum ServiceError {
     #[error(transparent)]
     P2p(#[from] iryo_p2p::P2pError),
 }
+
+/// How often the folder looks for log entries to build the per-person indexes from.
+const FOLD_EVERY: Duration = Duration::from_millis(500);
 
 /// A node's connection with no open stream is closed after this long.
 const IDLE_CONNECTION: Duration = Duration::from_secs(120);
@@ -77,12 +79,8 @@ pub async fn start(
         .accept(StreamProtocol::new(DIRECTORY_PROTOCOL))
         .map_err(|e| iryo_p2p::P2pError::Transport(e.to_string()))?;
     let (stop, stopped) = oneshot::channel();
-    let committer = GroupCommitter::start(store.clone(), agency, max_group);
-    if let Err(e) = crate::store::start_folder(store.clone(), Duration::from_millis(500)) {
-        // Readers still find everything in the logs; only slower.
-        tracing::error!(error = %e, "cannot start the folder thread");
-    }
-    let done = tokio::spawn(serve(swarm, sessions, store, committer, stopped));
+    let writers = store.start_writers(agency, max_group, FOLD_EVERY);
+    let done = tokio::spawn(serve(swarm, sessions, store, writers, stopped));
     Ok(Running {
         peer_id,
         addresses,
@@ -95,11 +93,11 @@ async fn serve(
     mut swarm: Swarm<libp2p_stream::Behaviour>,
     mut sessions: libp2p_stream::IncomingStreams,
     store: Arc<Store>,
-    committer: GroupCommitter,
+    writers: crate::store::Writers,
     mut stopped: oneshot::Receiver<()>,
 ) {
+    let committer = writers.committer();
     let mut answering = tokio::task::JoinSet::new();
-    let heads = tokio::spawn(sign_heads(store.clone()));
     loop {
         tokio::select! {
             _ = &mut stopped => break,
@@ -134,36 +132,17 @@ async fn serve(
     }
     // Sessions end with the swarm; their answers already in the group commit finish.
     answering.abort_all();
-    heads.abort();
-    // Checks still in the intake files, and the last second's entries, get into the
-    // log and under a signed head before the service is gone.
-    let moving = store.clone();
-    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || moving.drain_intake()).await {
-        tracing::error!(error = %e, "moving checks from the intake files failed");
+    drop(committer);
+    // Stopping the store's threads drains the intake files and signs the last head:
+    // blocking work, off the async threads.
+    if tokio::task::spawn_blocking(move || drop(writers))
+        .await
+        .is_err()
+    {
+        tracing::error!("stopping the store's threads failed");
     }
-    sign_pending_head(store).await;
+    drop(store);
     tracing::info!("directory service stopped");
-}
-
-/// Commits sign a tree head at most once a second (`Store::write`); this covers the
-/// entries a burst appended in its last second once the burst is over.
-async fn sign_heads(store: Arc<Store>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    loop {
-        tick.tick().await;
-        sign_pending_head(store.clone()).await;
-    }
-}
-
-async fn sign_pending_head(store: Arc<Store>) {
-    let signed = tokio::task::spawn_blocking(move || store.sign_pending_head()).await;
-    let failed = match signed {
-        Ok(Ok(_)) => return,
-        Ok(Err(e)) => e.to_string(),
-        Err(e) => e.to_string(),
-    };
-    tracing::error!(error = %failed, "signing the audit log's head failed");
 }
 
 /// Verifies a node's notifications off the async threads and outside the writer, then

@@ -27,6 +27,7 @@ use redb::{
     TableDefinition, TableHandle,
 };
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -345,22 +346,47 @@ impl Store {
     }
 }
 
-/// Folds in the background until the store is the last one holding it.
-pub fn start_folder(
-    store: Arc<Store>,
-    every: Duration,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("folder".into())
-        .spawn(move || {
-            yield_to_answers();
-            while Arc::strong_count(&store) > 1 {
-                if let Err(e) = store.fold_if_due() {
-                    tracing::error!(error = %e, "folding a log into its index failed");
-                }
-                std::thread::sleep(every);
-            }
+/// Folds every `every` until `stop` is set, at the lowest priority the system gives.
+pub(super) fn fold_until(store: &Store, every: Duration, stop: &AtomicBool) {
+    yield_to_answers();
+    while !stop.load(Ordering::Acquire) {
+        if let Err(e) = store.fold_if_due() {
+            tracing::error!(error = %e, "folding a log into its index failed");
+        }
+        std::thread::park_timeout(every);
+    }
+}
+
+/// The folder alone, for work that writes the logs without `Store::start_writers`
+/// (the registry benchmark); stopped and joined when dropped.
+pub struct Folding {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Store {
+    /// Starts folding in the background every `every`.
+    pub fn start_folding(self: &Arc<Self>, every: Duration) -> std::io::Result<Folding> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (store, flag) = (self.clone(), stop.clone());
+        let thread = std::thread::Builder::new()
+            .name("folder".into())
+            .spawn(move || fold_until(&store, every, &flag))?;
+        Ok(Folding {
+            stop,
+            thread: Some(thread),
         })
+    }
+}
+
+impl Drop for Folding {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+    }
 }
 
 /// Folding can wait; answers cannot. A fold is a burst of a core's work, and on a small

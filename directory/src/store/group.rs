@@ -10,7 +10,7 @@ use iryo_proto::federation::{Grant, Membership, Time};
 use iryo_proto::wire::Refusal;
 use iryo_proto::InstitutionCode;
 
-pub enum Job {
+pub(crate) enum Job {
     Check(CheckRequest),
     /// The checks of one request, answered together.
     Checks(Vec<CheckRequest>),
@@ -19,7 +19,7 @@ pub enum Job {
     Notify(InstitutionCode, Verified),
 }
 
-pub enum Outcome {
+pub(crate) enum Outcome {
     Check(CheckAnswer),
     Checks(Vec<CheckAnswer>),
     /// Decided and logged; not signed yet, which the caller does outside the writer.
@@ -31,7 +31,7 @@ pub enum Outcome {
 impl Store {
     /// Decides `jobs` and commits all their effects at once. Checks are decided on one
     /// read snapshot first, as `check_batch` does.
-    pub fn commit_group(&self, jobs: &[Job], at: Time) -> Result<Vec<Outcome>> {
+    pub(crate) fn commit_group(&self, jobs: &[Job], at: Time) -> Result<Vec<Outcome>> {
         // Every check of every job, decided on one snapshot.
         let mut resolved = {
             let reader = self.reader()?;

@@ -100,7 +100,7 @@ pub(super) fn open(main_path: &Path, main: &Database) -> Result<Vec<IntakeFile>>
 
 /// Whether a job's checks can be recorded in an intake file: checks whose recording
 /// appends to the logs and nothing else.
-pub fn fits(job: &Job) -> bool {
+pub(super) fn fits(job: &Job) -> bool {
     let plain = |r: &CheckRequest| {
         !r.visit_consent
             && !matches!(
@@ -183,8 +183,14 @@ impl Store {
     }
 
     /// Decides checks on one snapshot of the main database and makes them durable in
-    /// intake file `file`, then answers them. Only jobs that `fits` accepts.
-    pub fn check_into(&self, file: usize, jobs: &[Job], at: Timestamp) -> Result<Vec<Outcome>> {
+    /// intake file `file`, then answers them. Only jobs that `fits` accepts, as
+    /// `GroupCommitter` routes them; anything else is refused.
+    pub(super) fn check_into(
+        &self,
+        file: usize,
+        jobs: &[Job],
+        at: Timestamp,
+    ) -> Result<Vec<Outcome>> {
         let f = self
             .intake
             .get(file)

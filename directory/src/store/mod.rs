@@ -6,6 +6,7 @@ mod assign;
 mod audit;
 mod cases;
 mod checks;
+mod commit;
 mod enroll;
 mod federation;
 mod folding;
@@ -21,13 +22,13 @@ pub use assign::{AssignmentRow, LetterRow, Plan, ASSIGNMENT_HEADER};
 pub use audit::AuditReport;
 pub use cases::{ConflictAction, MismatchAction};
 pub use checks::Reader;
+pub use commit::{CommitError, GroupCommitter, Writers};
 pub use enroll::BatchReport;
 pub use federation::{
     verify_notifications, GrantQuery, GrantRecord, InstitutionRecord, NotifyOutcome, Verified,
 };
-pub use folding::start_folder;
-pub use group::{Job, Outcome};
-pub use intake::fits as fits_intake;
+pub use folding::Folding;
+pub(crate) use group::{Job, Outcome};
 pub use portal::{activation_hash, new_activation_code, Account, Activation};
 
 use crate::issuance::{IssueError, Method};

@@ -7,7 +7,6 @@ use anyhow::{Context as _, Result};
 use clap::Parser;
 use iryo_directory::access::{ConsentOrigin, ConsentRecord};
 use iryo_directory::registry::now;
-use iryo_directory::service::GroupCommitter;
 use iryo_directory::store::verify_notifications;
 use iryo_node::exchange::notification;
 use iryo_proto::eligibility::CheckRequest;
@@ -264,7 +263,10 @@ async fn run(args: Args) -> Result<()> {
             .collect();
         // As `serve` takes them: requests from several nodes at once, each verified off the
         // writer, then appended in the group commit shared with checks and grants.
-        let committer = GroupCommitter::start(fed.store.clone(), fed.keys.root.clone(), 512);
+        let writers =
+            fed.store
+                .start_writers(fed.keys.root.clone(), 512, Duration::from_millis(500));
+        let committer = writers.committer();
         let chunks: Arc<Vec<Vec<_>>> = Arc::new(
             signed
                 .chunks(iryo_proto::wire::MAX_NOTIFICATIONS_PER_REQUEST)

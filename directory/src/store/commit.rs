@@ -1,20 +1,28 @@
-//! Group commit for what nodes ask over the network: one thread takes whatever checks
-//! and grant requests are waiting, decides them in one transaction, commits once, and
-//! only then answers each — so every answer is durable, and a commit's cost is shared.
-//! Checks that only append to the logs go to the intake files instead, one thread per
-//! file taking whatever is waiting (`store::intake`); the main thread moves them into
-//! the logs with its next commit, or after `MOVE_EVERY` without one.
+//! What a serving store runs beside it, started and stopped as one (`Writers`, a drop
+//! guard as mini-redis's `DbDropGuard` is):
+//! - group commit for what nodes ask over the network: one thread takes whatever checks
+//!   and grant requests are waiting, decides them in one transaction, commits once, and
+//!   only then answers each — so every answer is durable, and a commit's cost is shared;
+//! - checks that only append to the logs go to the intake files instead, one thread per
+//!   file taking whatever is waiting (`intake`); the main thread moves them into the logs
+//!   with its next commit, or after `MOVE_EVERY` without one;
+//! - the folder, which builds the per-person indexes from the logs (`folding`);
+//! - a signer of the audit log's head for the entries a burst left unsigned.
+//!
+//! Where a job goes is decided once, when it is submitted (`intake::fits`).
 
+use super::{GrantQuery, Job, Outcome, Store, StoreError, Verified};
 use crate::registry::now;
-use crate::store::{GrantQuery, Job, Outcome, Store, StoreError, Verified};
 use ed25519_dalek::SigningKey;
 use iryo_proto::eligibility::{CheckAnswer, CheckRequest};
 use iryo_proto::federation::{Grant, Membership};
 use iryo_proto::signed::Signed;
 use iryo_proto::wire::Refusal;
 use iryo_proto::InstitutionCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::Duration;
 use tokio::sync::oneshot;
 
@@ -81,37 +89,119 @@ pub struct GroupCommitter {
     agency: Arc<SigningKey>,
 }
 
-impl GroupCommitter {
-    /// Starts the committing threads; they end when every handle is dropped.
-    pub fn start(store: Arc<Store>, agency: SigningKey, max_group: usize) -> Self {
+/// The store's background threads while it serves. Dropping it stops them: queued
+/// jobs not yet taken are answered `CommitError::Stopped`, the threads are joined, the
+/// intake files are drained into the logs and the last entries get a signed head.
+pub struct Writers {
+    store: Arc<Store>,
+    committer: GroupCommitter,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// How often the head signer looks for entries a burst left without a signed head.
+const SIGN_EVERY: Duration = Duration::from_secs(1);
+
+impl Store {
+    /// Starts what serving needs: the group-commit writer, one writer per intake file,
+    /// the folder (every `fold_every`) and the head signer. `agency` signs grants.
+    pub fn start_writers(
+        self: &Arc<Self>,
+        agency: SigningKey,
+        max_group: usize,
+        fold_every: Duration,
+    ) -> Writers {
         let max = max_group.max(1);
+        let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel::<(Job, Reply)>();
         let (intake, waiting) = mpsc::channel::<(Job, Reply)>();
         let waiting = Arc::new(Mutex::new(waiting));
-        let main = {
-            let store = store.clone();
-            std::thread::Builder::new()
-                .name("group-commit".into())
-                .spawn(move || commit_main(&store, &rx, max))
-        };
-        let files = (0..store.intake_files()).map(|file| {
-            let (store, waiting) = (store.clone(), waiting.clone());
-            std::thread::Builder::new()
-                .name(format!("intake-{file}"))
-                .spawn(move || commit_intake(&store, file, &waiting, max))
-        });
-        for spawned in std::iter::once(main).chain(files) {
-            if let Err(e) = spawned {
-                tracing::error!(error = %e, "cannot start a group-commit thread");
-            }
+        let mut spawned = Vec::new();
+        {
+            let (store, stop) = (self.clone(), stop.clone());
+            spawned.push(thread("group-commit", move || {
+                commit_main(&store, &rx, max, &stop);
+            }));
         }
-        Self {
-            tx,
-            intake,
-            agency: Arc::new(agency),
+        for file in 0..self.intake_files() {
+            let (store, waiting, stop) = (self.clone(), waiting.clone(), stop.clone());
+            spawned.push(thread(&format!("intake-{file}"), move || {
+                commit_intake(&store, file, &waiting, max, &stop);
+            }));
+        }
+        {
+            let (store, stop) = (self.clone(), stop.clone());
+            spawned.push(thread("folder", move || {
+                super::folding::fold_until(&store, fold_every, &stop);
+            }));
+        }
+        {
+            let (store, stop) = (self.clone(), stop.clone());
+            spawned.push(thread("head-signer", move || {
+                while !stop.load(Ordering::Acquire) {
+                    std::thread::park_timeout(SIGN_EVERY);
+                    if let Err(e) = store.sign_pending_head() {
+                        tracing::error!(error = %e, "signing the audit log's head failed");
+                    }
+                }
+            }));
+        }
+        let threads = spawned.into_iter().flatten().collect();
+        Writers {
+            store: self.clone(),
+            committer: GroupCommitter {
+                tx,
+                intake,
+                agency: Arc::new(agency),
+            },
+            stop,
+            threads,
         }
     }
+}
 
+fn thread(name: &str, f: impl FnOnce() + Send + 'static) -> Option<JoinHandle<()>> {
+    match std::thread::Builder::new().name(name.into()).spawn(f) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            // Without the folder or the signer readers are slower and heads later;
+            // without a writer its jobs are answered `Stopped`.
+            tracing::error!(error = %e, thread = name, "cannot start a store thread");
+            None
+        }
+    }
+}
+
+impl Writers {
+    /// A handle to submit jobs with; as many as wanted, for as long as `self` lives.
+    pub fn committer(&self) -> GroupCommitter {
+        self.committer.clone()
+    }
+}
+
+impl Drop for Writers {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        for t in &self.threads {
+            t.thread().unpark();
+        }
+        for t in self.threads.drain(..) {
+            if t.join().is_err() {
+                tracing::error!("a store thread panicked");
+            }
+        }
+        // What the last checks left in the intake files, and the last entries' head,
+        // before the store is left alone.
+        if let Err(e) = self.store.drain_intake() {
+            tracing::error!(error = %e, "moving checks from the intake files failed");
+        }
+        if let Err(e) = self.store.sign_pending_head() {
+            tracing::error!(error = %e, "signing the audit log's head failed");
+        }
+    }
+}
+
+impl GroupCommitter {
     /// A grant decided by `grant`, signed by the agency.
     pub fn sign(&self, grant: &Grant) -> Signed<Grant> {
         Signed::sign(grant, &self.agency)
@@ -167,7 +257,7 @@ impl GroupCommitter {
         reply: Reply,
         answer: oneshot::Receiver<Result<T, CommitError>>,
     ) -> Result<T, CommitError> {
-        let queue = if crate::store::fits_intake(&job) {
+        let queue = if super::intake::fits(&job) {
             &self.intake
         } else {
             &self.tx
@@ -201,8 +291,8 @@ fn answer(replies: Vec<Reply>, outcomes: Result<Vec<Outcome>, StoreError>, jobs:
     }
 }
 
-fn commit_main(store: &Store, queue: &Queue, max: usize) {
-    loop {
+fn commit_main(store: &Store, queue: &Queue, max: usize, stop: &AtomicBool) {
+    while !stop.load(Ordering::Acquire) {
         match queue.recv_timeout(MOVE_EVERY) {
             Ok(first) => {
                 let (jobs, replies) = gather(first, queue, max);
@@ -216,20 +306,19 @@ fn commit_main(store: &Store, queue: &Queue, max: usize) {
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
     }
-    // What the last checks left behind, before the service is gone.
-    if let Err(e) = store.drain_intake() {
-        tracing::error!(error = %e, "moving checks from the intake files failed");
-    }
 }
 
 /// One intake file's writer. The queue is shared: while one file waits for its disk,
 /// the next checks go to a file whose writer is free.
-fn commit_intake(store: &Store, file: usize, queue: &Mutex<Queue>, max: usize) {
-    loop {
+fn commit_intake(store: &Store, file: usize, queue: &Mutex<Queue>, max: usize, stop: &AtomicBool) {
+    while !stop.load(Ordering::Acquire) {
         let (jobs, replies) = {
             let Ok(queue) = queue.lock() else { return };
-            let Ok(first) = queue.recv() else { return };
-            gather(first, &queue, max)
+            match queue.recv_timeout(MOVE_EVERY) {
+                Ok(first) => gather(first, &queue, max),
+                Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            }
         };
         answer(replies, store.check_into(file, &jobs, now()), jobs.len());
     }
