@@ -65,7 +65,7 @@ pub async fn serve_inbound(node: Arc<Node>, mut inbound: IncomingStreams) {
         let limits = (MAX_EXCHANGE_REQUEST, MAX_EXCHANGE_RESPONSE);
         // Decoded once a session: it decompresses a curve point.
         let key = peer_key(&peer);
-        tokio::spawn(iryo_p2p::session::answer(
+        tokio::spawn(iryo_p2p::answer::answer(
             peer,
             stream,
             limits,

@@ -88,6 +88,6 @@ pub async fn start(
         directory_peer,
         directory_addr: vec![directory],
     };
-    let task = tokio::spawn(iryo_p2p::session::drive(swarm, dials));
+    let task = tokio::spawn(iryo_p2p::transport::drive(swarm, dials));
     Ok((p2p, inbound, addresses, task))
 }

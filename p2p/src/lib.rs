@@ -1,13 +1,17 @@
 //! What the agency's directory and the institutions' nodes share on the network, so
 //! that neither depends on the other: the libp2p transport (`transport`), many
-//! requests on one long-lived stream per peer and protocol (`session`: `Sessions`
-//! asks, `answer` serves, framed as `iryo_proto::wire` describes), gathering waiting
+//! requests on one long-lived stream per peer and protocol, shaped as rust-libp2p's
+//! protocols are: `session` asks (one `Sessions` per protocol, the behaviour), `answer`
+//! serves one stream (the handler), `codec` frames them as `iryo_proto::wire`
+//! describes; `transport::drive` runs the swarm, gathering waiting
 //! work into one batch (`batch`), the Prometheus plumbing (`metrics`), logging and the
 //! shutdown signal.
 
 #![forbid(unsafe_code)]
 
+pub mod answer;
 pub mod batch;
+mod codec;
 pub mod logging;
 pub mod metrics;
 pub mod session;

@@ -1,27 +1,23 @@
-//! Many requests on one long-lived libp2p stream per peer and protocol, framed as
-//! `iryo_proto::wire` describes: `Sessions` asks, `answer` serves.
+//! The asking side of a session: many requests on one long-lived libp2p stream per
+//! peer and protocol, each answered under its id (`crate::answer` serves them).
 
+use crate::codec::{codec, send_all, Outgoing, Reader};
 use crate::P2pError;
-use futures::io::{ReadHalf, WriteHalf};
+use futures::io::WriteHalf;
 use futures::{AsyncReadExt, SinkExt, StreamExt};
-use iryo_proto::wire::{
-    decode_frame, encode_frame, max_frame, read_request, response_frame, Answer,
-};
-use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
-use libp2p::swarm::SwarmEvent;
-use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol, Swarm};
+use iryo_proto::wire::{decode_frame, encode_frame, max_frame};
+use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::collections::HashMap;
-use std::future::Future;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::bytes::Bytes;
-use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
-use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt, FuturesAsyncWriteCompatExt};
+use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::compat::{FuturesAsyncReadCompatExt, FuturesAsyncWriteCompatExt};
 
 /// How long an answer may take before the asker gives up on it, unless
 /// `Sessions::with_request_timeout` says otherwise.
@@ -31,18 +27,6 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// A session with nothing outstanding for this long is closed, and with it, once no
 /// other stream is open, the connection.
 const IDLE: Duration = Duration::from_secs(60);
-/// Requests one stream may have in the works at an answering peer, counted until the
-/// answer is written; the next waits for a slot. A peer that floods requests or does not
-/// read its answers stalls only itself, and holds at most this many answers in memory.
-const ANSWERS_IN_FLIGHT: usize = 64;
-
-fn codec(max_frame: usize) -> LengthDelimitedCodec {
-    LengthDelimitedCodec::builder()
-        .length_field_length(iryo_proto::wire::FRAME_LENGTH_BYTES)
-        .max_frame_length(max_frame)
-        .new_codec()
-}
-
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -60,9 +44,6 @@ struct Session<Resp> {
     pending: Mutex<Option<HashMap<u64, Reply<Resp>>>>,
     frames: mpsc::UnboundedSender<Outgoing>,
 }
-
-/// A frame to write and, on the answering side, the slot it frees once written.
-type Outgoing = (Bytes, Option<OwnedSemaphorePermit>);
 
 impl<Resp: DeserializeOwned + Send + 'static> Session<Resp> {
     /// Starts a session on a stream the answerer has welcomed (`welcomed`).
@@ -156,21 +137,6 @@ impl<Resp: DeserializeOwned + Send + 'static> Session<Resp> {
     }
 }
 
-/// Writes `first` and every frame already queued behind it, then flushes once.
-async fn send_all<W: tokio::io::AsyncWrite + Unpin>(
-    writer: &mut FramedWrite<W, LengthDelimitedCodec>,
-    (first, slot): Outgoing,
-    queued: &mut mpsc::UnboundedReceiver<Outgoing>,
-) -> std::io::Result<()> {
-    writer.feed(first).await?;
-    drop(slot);
-    while let Ok((frame, slot)) = queued.try_recv() {
-        writer.feed(frame).await?;
-        drop(slot);
-    }
-    SinkExt::<Bytes>::flush(writer).await
-}
-
 /// Forgets a request whose asker stopped waiting (timed out, or its future was
 /// dropped), so that the session keeps no reply slot for it.
 struct Forget<'a, Resp: DeserializeOwned + Send + 'static> {
@@ -187,7 +153,6 @@ impl<Resp: DeserializeOwned + Send + 'static> Drop for Forget<'_, Resp> {
 }
 
 type Slot<Resp> = Arc<tokio::sync::Mutex<Option<Arc<Session<Resp>>>>>;
-type Reader = FramedRead<Compat<ReadHalf<Stream>>, LengthDelimitedCodec>;
 
 /// Times an opening may fail because the answerer dropped the new stream.
 const OPEN_ATTEMPTS: u32 = 8;
@@ -356,106 +321,5 @@ where
         let session = Session::start(halves, peer);
         *slot = Some(session.clone());
         Ok(session)
-    }
-}
-
-/// Serves one peer's stream until it closes: reads each request, answers it with
-/// `handle` (several at once, up to `ANSWERS_IN_FLIGHT`), and writes each answer under
-/// its request's id as soon as it is ready. A request that cannot be read is refused
-/// under its id; a frame over the size limit ends the stream, since nothing after it
-/// can be trusted to be framed.
-pub async fn answer<Req, Resp, F, Fut>(
-    peer: PeerId,
-    stream: Stream,
-    (max_request, max_response): (u64, u64),
-    handle: F,
-) where
-    Req: DeserializeOwned + Send + 'static,
-    Resp: Answer + Send + 'static,
-    F: Fn(Req) -> Fut,
-    Fut: Future<Output = Resp> + Send + 'static,
-{
-    let (read, write) = stream.split();
-    let mut reader = FramedRead::new(read.compat(), codec(max_frame(max_request)));
-    let (frames, mut outgoing) = mpsc::unbounded_channel::<Outgoing>();
-    // The welcome (see `welcomed`).
-    let _ = frames.send((Bytes::new(), None));
-    let writer = tokio::spawn(async move {
-        let mut writer = FramedWrite::new(write.compat_write(), codec(usize::MAX));
-        while let Some(frame) = outgoing.recv().await {
-            if send_all(&mut writer, frame, &mut outgoing).await.is_err() {
-                return;
-            }
-        }
-        let _ = SinkExt::<Bytes>::close(&mut writer).await;
-    });
-    let slots = Arc::new(Semaphore::new(ANSWERS_IN_FLIGHT));
-    while let Some(frame) = reader.next().await {
-        let frame = match frame {
-            Ok(frame) => frame,
-            Err(e) => {
-                tracing::warn!(%peer, %e, "stream closed: oversize or broken frame");
-                break;
-            }
-        };
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            break;
-        };
-        match read_request::<Req, Resp>(&frame) {
-            Ok((id, request)) => {
-                let (frames, answer) = (frames.clone(), handle(request));
-                tokio::spawn(async move {
-                    let response = answer.await;
-                    let frame = Bytes::from(response_frame(id, &response, max_response));
-                    let _ = frames.send((frame, Some(slot)));
-                });
-            }
-            Err(Some(refusal)) => {
-                tracing::warn!(%peer, "undecodable request refused");
-                let _ = frames.send((Bytes::from(refusal), Some(slot)));
-            }
-            Err(None) => {
-                tracing::warn!(%peer, "stream closed: a frame too short for a request id");
-                break;
-            }
-        }
-    }
-    drop(frames);
-    let _ = writer.await;
-}
-
-/// Drives the swarm: connects where a session asks to, and logs what fails.
-/// Ends when every `Dial` sender (every `Sessions` sharing it) is gone.
-pub async fn drive(mut swarm: Swarm<libp2p_stream::Behaviour>, mut dials: mpsc::Receiver<Dial>) {
-    loop {
-        tokio::select! {
-            dial = dials.recv() => match dial {
-                None => break,
-                Some((peer, addresses, started)) => {
-                    // Already connected or dialling is not an error: the session opens
-                    // its stream on whichever connection is there.
-                    let opts = DialOpts::peer_id(peer)
-                        .addresses(addresses)
-                        .condition(PeerCondition::DisconnectedAndNotDialing)
-                        .build();
-                    if let Err(e) = swarm.dial(opts) {
-                        tracing::trace!(%peer, %e, "no new dial");
-                    }
-                    let _ = started.send(());
-                }
-            },
-            event = swarm.select_next_some() => match event {
-                SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
-                    tracing::debug!(peer = ?peer_id, %error, "cannot connect");
-                }
-                SwarmEvent::IncomingConnectionError { error, .. } => {
-                    tracing::debug!(%error, "incoming connection failed");
-                }
-                SwarmEvent::ConnectionClosed { peer_id, cause, .. } => {
-                    tracing::debug!(%peer_id, ?cause, "connection closed");
-                }
-                _ => {}
-            }
-        }
     }
 }

@@ -2,11 +2,14 @@
 //! keys (libp2p-tls), yamux, and `libp2p-stream` for protocols that keep one stream
 //! per peer (`crate::session`).
 
+use crate::session::Dial;
 use crate::P2pError;
 use futures::StreamExt;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{identity, Multiaddr, PeerId, Swarm};
 use std::time::Duration;
+use tokio::sync::mpsc;
 
 /// libp2p-tls writes every TLS session's keys to the file `SSLKEYLOGFILE` names; a
 /// process that carries patients' records must not, so it refuses to start.
@@ -115,5 +118,41 @@ where
     fn upgrade_outbound(self, io: C, info: Self::Info) -> Self::Future {
         let io = futures::io::BufWriter::with_capacity(WRITE_BUFFER, io);
         self.0.upgrade_outbound(io, info)
+    }
+}
+
+/// Drives the swarm: connects where a session asks to, and logs what fails.
+/// Ends when every `Dial` sender (every `Sessions` sharing it) is gone.
+pub async fn drive(mut swarm: Swarm<libp2p_stream::Behaviour>, mut dials: mpsc::Receiver<Dial>) {
+    loop {
+        tokio::select! {
+            dial = dials.recv() => match dial {
+                None => break,
+                Some((peer, addresses, started)) => {
+                    // Already connected or dialling is not an error: the session opens
+                    // its stream on whichever connection is there.
+                    let opts = DialOpts::peer_id(peer)
+                        .addresses(addresses)
+                        .condition(PeerCondition::DisconnectedAndNotDialing)
+                        .build();
+                    if let Err(e) = swarm.dial(opts) {
+                        tracing::trace!(%peer, %e, "no new dial");
+                    }
+                    let _ = started.send(());
+                }
+            },
+            event = swarm.select_next_some() => match event {
+                SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                    tracing::debug!(peer = ?peer_id, %error, "cannot connect");
+                }
+                SwarmEvent::IncomingConnectionError { error, .. } => {
+                    tracing::debug!(%error, "incoming connection failed");
+                }
+                SwarmEvent::ConnectionClosed { peer_id, cause, .. } => {
+                    tracing::debug!(%peer_id, ?cause, "connection closed");
+                }
+                _ => {}
+            }
+        }
     }
 }

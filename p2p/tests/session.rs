@@ -3,7 +3,9 @@
 //! answers, and a peer that disconnects in the middle of a frame.
 
 use futures::{AsyncWriteExt, StreamExt};
-use iryo_p2p::session::{answer, drive, Sessions};
+use iryo_p2p::answer::answer;
+use iryo_p2p::session::Sessions;
+use iryo_p2p::transport::drive;
 use iryo_p2p::transport::listening;
 use iryo_proto::wire::{Answer, Refusal};
 use libp2p::{Multiaddr, PeerId, StreamProtocol};

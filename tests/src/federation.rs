@@ -383,7 +383,7 @@ impl RawPeer {
                 iryo_proto::wire::MAX_EXCHANGE_RESPONSE,
             );
             while let Some((peer, stream)) = inbound.next().await {
-                tokio::spawn(iryo_p2p::session::answer(
+                tokio::spawn(iryo_p2p::answer::answer(
                     peer,
                     stream,
                     limits,

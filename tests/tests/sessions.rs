@@ -59,7 +59,7 @@ fn every_request_gets_its_own_answer_when_many_arrive_at_once() {
         tokio::spawn(async move {
             while let Some((peer, stream)) = inbound.next().await {
                 let limits = (MAX_EXCHANGE_REQUEST, MAX_EXCHANGE_RESPONSE);
-                tokio::spawn(iryo_p2p::session::answer(
+                tokio::spawn(iryo_p2p::answer::answer(
                     peer,
                     stream,
                     limits,

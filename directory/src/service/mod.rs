@@ -1,7 +1,7 @@
 //! `iryo-directory serve`: the directory on the federation's network. libp2p over TCP,
 //! TLS 1.3 authenticating both peers' keys, yamux; the `/iryo/directory/1` protocol,
 //! each node's requests on one long-lived stream with CBOR bodies and size limits
-//! (`iryo_proto::wire`, answered by `iryo_p2p::session::answer`).
+//! (`iryo_proto::wire`, answered by `iryo_p2p::answer::answer`).
 
 pub mod handler;
 
@@ -107,7 +107,7 @@ async fn serve(
                 // a request (3 % of the async workers' time at 20,000 checks/s).
                 let key = iryo_p2p::transport::peer_key(&peer);
                 let limits = (MAX_DIRECTORY_REQUEST, MAX_DIRECTORY_RESPONSE);
-                answering.spawn(iryo_p2p::session::answer(peer, stream, limits, move |request| {
+                answering.spawn(iryo_p2p::answer::answer(peer, stream, limits, move |request| {
                     let (store, committer) = (store.clone(), committer.clone());
                     async move {
                         let started = std::time::Instant::now();
