@@ -26,6 +26,15 @@ pub fn serve(d: &Directory) -> (Proc, String) {
 /// An agent trusting `ca_pem`, presenting `client` (a directory holding cert.pem and
 /// key.pem) when given. Status codes are answers, not errors.
 pub fn agent(ca_pem: &Path, client: Option<&Path>) -> ureq::Agent {
+    agent_with(ca_pem, client, true)
+}
+
+/// As `agent`, but redirects are answers too: their `Location` can be read.
+pub fn agent_no_redirects(ca_pem: &Path) -> ureq::Agent {
+    agent_with(ca_pem, None, false)
+}
+
+fn agent_with(ca_pem: &Path, client: Option<&Path>, follow: bool) -> ureq::Agent {
     let ca = std::fs::read(ca_pem).expect("CA certificate");
     let ca = Certificate::from_pem(&ca).expect("CA PEM").to_owned();
     let mut tls = TlsConfig::builder()
@@ -43,6 +52,7 @@ pub fn agent(ca_pem: &Path, client: Option<&Path>) -> ureq::Agent {
     ureq::Agent::config_builder()
         .tls_config(tls.build())
         .http_status_as_error(false)
+        .max_redirects(if follow { 10 } else { 0 })
         .build()
         .into()
 }

@@ -2,7 +2,7 @@
 //! decide who is calling; other CAs, missing and revoked certificates are refused.
 
 use iryo_proto::{InsurerNumber, MyNumber};
-use iryo_tests::https::{agent, serve};
+use iryo_tests::https::{agent, agent_no_redirects, serve};
 use iryo_tests::{write_enrollment, Directory};
 use std::path::PathBuf;
 
@@ -396,4 +396,82 @@ fn garbage_on_the_https_port_harms_nothing() {
         a.get(format!("{base}/portal/")).call().unwrap().status(),
         200
     );
+}
+
+#[test]
+fn every_answer_carries_the_security_headers_and_lang_never_leaves_the_site() {
+    let d = Directory::new();
+    d.ok(&["init"]);
+    d.ok(&["ca", "init"]);
+    let op = issue(&d, "--operator", "sato", "sato");
+    let ins = issue(&d, "--insurer", &kyokai(), "ins");
+    let (_serve, https) = serve(&d);
+    let base = format!("https://localhost:{}", https.rsplit(':').next().unwrap());
+    let ca = d.data.join("ca/ca.pem");
+    let check = |res: &ureq::http::Response<ureq::Body>, what: &str| {
+        let h = |n: &str| {
+            res.headers()
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string()
+        };
+        assert!(
+            h("strict-transport-security").contains("max-age="),
+            "{what}"
+        );
+        let csp = h("content-security-policy");
+        assert!(csp.contains("frame-ancestors 'none'"), "{what}: {csp}");
+        assert!(
+            !csp.contains("unsafe-inline") && csp.contains("default-src 'none'"),
+            "{what}: {csp}"
+        );
+        assert_eq!(h("x-frame-options"), "DENY", "{what}");
+        assert_eq!(h("x-content-type-options"), "nosniff", "{what}");
+        assert_eq!(h("referrer-policy"), "no-referrer", "{what}");
+        assert_eq!(h("cache-control"), "no-store", "{what}");
+    };
+    let people = agent(&ca, None);
+    let res = people.get(format!("{base}/portal/")).call().unwrap();
+    check(&res, "portal");
+    let page = res.into_body().read_to_string().unwrap();
+    assert!(
+        !page.contains("<style") && !page.contains("<script"),
+        "{page}"
+    );
+    let css = people.get(format!("{base}/style.css")).call().unwrap();
+    assert_eq!(css.status(), 200);
+    let res = agent(&ca, Some(&op))
+        .get(format!("{base}/operator/institutions"))
+        .call()
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    check(&res, "operator page");
+    let res = agent(&ca, Some(&ins))
+        .get(format!("{base}/insurer/assignments"))
+        .call()
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    check(&res, "assignment file");
+
+    let no_follow = agent_no_redirects(&ca);
+    for back in [
+        "/%09/example.invalid/phish",
+        "/%0a/x",
+        "//example.invalid",
+        "https://example.invalid/",
+    ] {
+        let res = no_follow
+            .get(format!("{base}/lang?to=en&back={back}"))
+            .call()
+            .unwrap();
+        assert!(res.status().is_redirection(), "{back}: {}", res.status());
+        let to = res.headers().get("location").unwrap().to_str().unwrap();
+        assert_eq!(to, "/portal/", "{back}");
+    }
+    let res = no_follow
+        .get(format!("{base}/lang?to=en&back=/portal/consent"))
+        .call()
+        .unwrap();
+    assert_eq!(res.headers().get("location").unwrap(), "/portal/consent");
 }

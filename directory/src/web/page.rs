@@ -75,6 +75,22 @@ input,select,button,textarea{font-size:1rem;padding:.3rem;margin:.2rem 0;max-wid
 .flag{color:#b00;font-weight:bold}.ok{color:#070}.err{color:#b00;border:1px solid #b00;padding:.5rem}\
 .mid{font-family:monospace;font-size:1.2rem;letter-spacing:.1rem}";
 
+/// Where the pages' stylesheet is served: a file of its own, so that the CSP can
+/// forbid inline styles as well as scripts.
+pub const STYLE_PATH: &str = "/style.css";
+
+/// The stylesheet (cacheable: it holds nothing personal).
+pub async fn stylesheet() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        STYLE,
+    )
+        .into_response()
+}
+
 /// A whole page. `here` is the path the language switch returns to.
 pub fn layout(
     lang: Lang,
@@ -94,7 +110,7 @@ pub fn layout(
     Html(format!(
         "<!doctype html><html lang=\"{code}\"><head><meta charset=\"utf-8\">\
 <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
-<title>{title}</title><style>{STYLE}</style></head><body>\
+<title>{title}</title><link rel=\"stylesheet\" href=\"{STYLE_PATH}\"></head><body>\
 <header><nav>{nav}<a href=\"/lang?to={to}&amp;back={back}\" id=\"lang\">{other_label}</a></nav>\
 <h1>{title}</h1></header><main>{body}</main></body></html>",
         code = lang.code(),
@@ -138,10 +154,9 @@ pub struct Switch {
 /// `/lang?to=en&back=/portal/home`: remembers the language in a cookie and goes back.
 pub async fn switch(Query(q): Query<Switch>) -> Response {
     let lang = if q.to == "en" { "en" } else { "ja" };
-    // Only a path on this site: never an open redirect.
     let back = q
         .back
-        .filter(|b| b.starts_with('/') && !b.starts_with("//") && !b.contains('\\'))
+        .filter(|b| local_page(b))
         .unwrap_or_else(|| "/portal/".into());
     (
         [(
@@ -153,9 +168,46 @@ pub async fn switch(Query(q): Query<Switch>) -> Response {
         .into_response()
 }
 
+/// Whether `path` is a page of this site to go back to: under `/portal/` or
+/// `/operator/`, of plain characters only. Anything else — another host however it is
+/// spelt (`//`, `/\t/`, `\`), a line break, an escape — is refused, so `/lang` can
+/// never send a browser elsewhere.
+pub fn local_page(path: &str) -> bool {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "/-_.?=&".contains(c);
+    (path.starts_with("/portal/") || path.starts_with("/operator/"))
+        && path.len() <= 200
+        && path.chars().all(plain)
+        && !path.contains("//")
+        && !path.contains("..")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_local_pages_are_gone_back_to() {
+        for good in [
+            "/portal/",
+            "/portal/consent",
+            "/operator/person?id=1234567890123450",
+        ] {
+            assert!(local_page(good), "{good}");
+        }
+        for bad in [
+            "/\t/example.invalid/phish",
+            "//example.invalid",
+            "/\\example.invalid",
+            "/portal/\nSet-Cookie: x=1",
+            "/portal//example.invalid",
+            "https://example.invalid/portal/",
+            "/portal/../../etc",
+            "/metrics",
+            "/portal/%0a",
+        ] {
+            assert!(!local_page(bad), "{bad:?}");
+        }
+    }
 
     #[test]
     fn escapes_markup() {
