@@ -35,6 +35,7 @@ pub struct ConsentRecord {
     pub institution: Option<InstitutionCode>,
     pub purpose: Option<Purpose>,
     pub allow: bool,
+    /// The first second the decision no longer covers; `None` for never.
     pub expires_at: Option<Time>,
     pub at: Time,
     pub origin: ConsentOrigin,
@@ -44,7 +45,7 @@ impl ConsentRecord {
     fn covers(&self, requester: InstitutionCode, purpose: Purpose, now: Time) -> bool {
         self.institution.is_none_or(|i| i == requester)
             && self.purpose.is_none_or(|p| p == purpose)
-            && self.expires_at.is_none_or(|e| now <= e)
+            && self.expires_at.is_none_or(|e| now < e)
     }
 
     pub fn view(&self) -> ConsentView {
@@ -181,10 +182,20 @@ mod tests {
         expiring.expires_at = Some(10);
         r.push(expiring);
         assert!(consent_allows(&r, code(3), t, 9, DefaultPolicy::Deny));
+        // `expires_at` is the first second not covered, at the precision it is kept.
+        assert!(
+            !consent_allows(&r, code(3), t, 10, DefaultPolicy::Deny),
+            "expired at its second"
+        );
         assert!(
             !consent_allows(&r, code(3), t, 11, DefaultPolicy::Deny),
             "expired"
         );
+        // A decision that expires the moment it is made covers nothing.
+        let mut instant = rec(Some(4), None, true, 12);
+        instant.expires_at = Some(12);
+        r.push(instant);
+        assert!(!consent_allows(&r, code(4), t, 12, DefaultPolicy::Deny));
     }
 
     #[test]

@@ -435,3 +435,18 @@ fn a_database_in_use_names_its_holder() {
     );
     assert!(!err.contains("is `iryo-directory serve` running"), "{err}");
 }
+
+#[test]
+fn consent_for_zero_days_is_refused_and_a_day_lasts_a_day() {
+    let d = two_enrolled();
+    let id = medical_id_of(&d, &my(1)).to_string();
+    let err = d.fails(&["consent", "grant", "--medical-id", &id, "--days", "0"]);
+    assert!(err.contains("--days"), "{err}");
+    d.ok(&["consent", "grant", "--medical-id", &id, "--days", "1"]);
+    let list = d.json(&["consent", "list", "--medical-id", &id, "--json"]);
+    let v = &list[0];
+    assert_eq!(
+        v["expires_at"].as_i64().unwrap() - v["at"].as_i64().unwrap(),
+        86_400
+    );
+}

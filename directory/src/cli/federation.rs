@@ -73,8 +73,9 @@ pub(super) struct ConsentArgs {
     /// treatment, referral or research; all purposes when absent.
     #[arg(long)]
     purpose: Option<String>,
-    /// Days until the decision lapses; no expiry when absent.
-    #[arg(long)]
+    /// Days until the decision lapses (1 or more); no expiry when absent. To stop
+    /// sharing now, use `consent revoke`.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     days: Option<u32>,
     /// Who records it, for the audit log; defaults to $USER.
     #[arg(long, env = "USER", default_value = "operator")]

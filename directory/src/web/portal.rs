@@ -813,9 +813,11 @@ async fn consent_change(
         "" => None,
         _ if all => None,
         d => Some(
+            // Valid through the day chosen: it lapses at the next midnight.
             chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d")
                 .map_err(|_| WebError::BadRequest(format!("expiry date {d:?}")))?
-                .and_hms_opt(23, 59, 59)
+                .succ_opt()
+                .and_then(|next| next.and_hms_opt(0, 0, 0))
                 .and_then(|t| t.and_local_timezone(chrono::Local).single())
                 .map(|t| t.timestamp())
                 .ok_or_else(|| WebError::BadRequest(format!("expiry date {d:?}")))?,
