@@ -391,13 +391,7 @@ pub enum AdminError {
 }
 
 fn latest(store: &Store) -> Result<(Signed<TreeHead>, u64), crate::store::StoreError> {
-    store.sign_pending_head()?;
-    let head = store.latest_head()?.ok_or(StoreError::EmptyLog)?;
-    let size = head
-        .open_unverified()
-        .map_err(|e| crate::store::StoreError::Inconsistent(e.to_string()))?
-        .size;
-    Ok((head, size))
+    store.current_head()
 }
 
 /// Sends one command to a running `serve` and waits for its answer.

@@ -3,7 +3,7 @@
 //! a leaf of the RFC 6962 tree; its canonical encoding is what the leaf hash covers.
 
 use iryo_proto::eligibility::Reason;
-use iryo_proto::federation::{Notification, Purpose, Time};
+use iryo_proto::federation::{Notification, Purpose, Time, TreeHead};
 use iryo_proto::signed::Signed;
 use iryo_proto::wire::RefusalReason;
 use iryo_proto::{InstitutionCode, MedicalId};
@@ -63,4 +63,42 @@ impl LogEntry {
     pub fn canonical(&self) -> Vec<u8> {
         iryo_proto::signed::canonical(self)
     }
+}
+
+/// A signed tree head as a third party reads it: size, root and time, and the
+/// signature with the key that made it and the bytes it covers (domain ‖ 0x00 ‖ body),
+/// every hash and key in hex.
+pub fn head_json(head: &Signed<TreeHead>) -> serde_json::Value {
+    use iryo_proto::merkle::to_hex;
+    use iryo_proto::signed::Statement;
+    let opened = head.open_unverified().ok();
+    serde_json::json!({
+        "size": opened.as_ref().map(|h| h.size),
+        "root": opened.as_ref().map(|h| to_hex(&h.root)),
+        "at": opened.as_ref().map(|h| h.at),
+        "domain": TreeHead::DOMAIN,
+        "body": to_hex(&head.body),
+        "signer": to_hex(&head.signer),
+        "signature": to_hex(&head.signature),
+    })
+}
+
+/// An entry with its RFC 6962 inclusion proof against a signed head, as a third party
+/// checks it: the entry's bytes and leaf hash, the path, the head (`head_json`).
+pub fn proof_json(
+    index: u64,
+    entry: &LogEntry,
+    head: &Signed<TreeHead>,
+    proof: &[iryo_proto::merkle::Hash],
+) -> serde_json::Value {
+    use iryo_proto::merkle::{leaf_hash, to_hex};
+    let bytes = entry.canonical();
+    serde_json::json!({
+        "index": index,
+        "entry": entry,
+        "entry_hex": to_hex(&bytes),
+        "leaf_hash": to_hex(&leaf_hash(&bytes)),
+        "tree_head": head_json(head),
+        "proof": proof.iter().map(|h| to_hex(h)).collect::<Vec<_>>(),
+    })
 }

@@ -108,7 +108,10 @@ impl Metrics {
                 self.notifications.inc_by(ids.len() as u64);
             }
             DirectoryResponse::Refused(r) => self.refused(&format!("{:?}", r.reason)),
-            DirectoryResponse::Membership(_) | DirectoryResponse::Consent(_) => {}
+            DirectoryResponse::Membership(_)
+            | DirectoryResponse::Consent(_)
+            | DirectoryResponse::TreeHead(_)
+            | DirectoryResponse::AuditProof { .. } => {}
         }
     }
 }
@@ -121,6 +124,8 @@ pub fn request_kind(r: &DirectoryRequest) -> &'static str {
         DirectoryRequest::Consent { .. } => "consent",
         DirectoryRequest::Grant { .. } => "grant",
         DirectoryRequest::Notify { .. } => "notify",
+        DirectoryRequest::TreeHead => "tree_head",
+        DirectoryRequest::AuditProof { .. } => "audit_proof",
     }
 }
 

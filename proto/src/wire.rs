@@ -11,7 +11,7 @@
 //! request: more than a third of the CPU of a fetch.
 
 use crate::eligibility::{CheckAnswer, CheckRequest};
-use crate::federation::{Grant, GrantRefusal, Membership, Notification, Purpose, Time};
+use crate::federation::{Grant, GrantRefusal, Membership, Notification, Purpose, Time, TreeHead};
 use crate::signed::Signed;
 use crate::{InstitutionCode, MedicalId};
 use serde::{Deserialize, Serialize};
@@ -184,6 +184,13 @@ pub enum DirectoryRequest {
         /// At most `MAX_NOTIFICATIONS_PER_REQUEST`, each signed by the sender.
         notifications: Vec<Signed<Notification>>,
     },
+    /// The latest signed head of the audit log.
+    TreeHead,
+    /// An audit log entry with its inclusion proof against the latest signed head.
+    AuditProof {
+        /// The entry's index, from 0.
+        index: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -206,6 +213,21 @@ pub enum DirectoryResponse {
     },
     /// The request was refused.
     Refused(Refusal),
+    /// The answer to `TreeHead`: signed by the agency.
+    TreeHead(Signed<TreeHead>),
+    /// The answer to `AuditProof`.
+    AuditProof {
+        /// The entry's index.
+        index: u64,
+        /// The entry as the log holds it (postcard); its leaf hash is
+        /// SHA-256(0x00 ‖ entry).
+        #[serde(with = "serde_bytes")]
+        entry: Vec<u8>,
+        /// The RFC 6962 inclusion proof, from the leaf up.
+        proof: Vec<[u8; 32]>,
+        /// The signed head the proof leads to.
+        head: Signed<TreeHead>,
+    },
 }
 
 /// One consent record as the directory shows it.

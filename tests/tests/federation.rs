@@ -86,9 +86,18 @@ fn consent_gates_exchange_and_both_ends_report_to_a_verifiable_log() {
         .last()
         .and_then(|e| e[0].as_u64())
         .expect("an entry");
-    let proof: Value = serde_json::from_str(&fed.operator(&["audit", "proof", &index.to_string()]))
-        .expect("proof JSON");
+    let proof: Value =
+        serde_json::from_str(&fed.operator(&["audit", "proof", &index.to_string(), "--json"]))
+            .expect("proof JSON");
     assert!(independent::verify(&proof), "{proof}");
+    // The head is signed by the agency's key, over domain ‖ 0x00 ‖ body.
+    assert_eq!(proof["tree_head"]["signer"], fed.agency_key, "{proof}");
+    assert!(independent::head_signed(&proof["tree_head"]), "{proof}");
+    let text = fed.operator(&["audit", "proof", &index.to_string()]);
+    assert!(
+        text.contains("signed by") && text.contains("leaf hash"),
+        "{text}"
+    );
     // And the log as it stood after three entries is a prefix of today's.
     let consistency: Value =
         serde_json::from_str(&fed.operator(&["audit", "consistency", "3"])).expect("JSON");
@@ -172,6 +181,39 @@ fn revoked_and_unregistered_peers_are_refused() {
         other => panic!("{other:?}"),
     }
     let b_raw = RawPeer::new(&node_key(b), &fed.directory_addr);
+    // A member reads the log's signed head and proves an entry in it, as a third
+    // party would: the agency's signature, the leaf's hash and its path to the root.
+    let DirectoryResponse::TreeHead(head) = b_raw.directory(DirectoryRequest::TreeHead) else {
+        panic!("a tree head")
+    };
+    let agency = ed25519_dalek::VerifyingKey::from_bytes(
+        &iryo_proto::merkle::from_hex(&fed.agency_key).expect("agency key hex"),
+    )
+    .expect("agency key");
+    let opened = head.verify(&agency).expect("signed by the agency");
+    let last = opened.size - 1;
+    match b_raw.directory(DirectoryRequest::AuditProof { index: last }) {
+        DirectoryResponse::AuditProof {
+            index,
+            entry,
+            proof,
+            head,
+        } => {
+            let head = head.verify(&agency).expect("signed by the agency");
+            assert!(iryo_proto::merkle::verify_inclusion(
+                &iryo_proto::merkle::leaf_hash(&entry),
+                index,
+                head.size,
+                &proof,
+                &head.root
+            ));
+        }
+        other => panic!("{other:?}"),
+    }
+    match b_raw.directory(DirectoryRequest::AuditProof { index: 1 << 40 }) {
+        DirectoryResponse::Refused(r) => assert_eq!(r.reason, RefusalReason::BadRequest),
+        other => panic!("{other:?}"),
+    }
     let DirectoryResponse::Grant(g) = b_raw.directory(DirectoryRequest::Grant {
         medical_id: p,
         source: a.code,
@@ -411,13 +453,27 @@ mod independent {
             .collect()
     }
 
+    /// The tree head's signature, from the published fields alone.
+    pub(crate) fn head_signed(head: &Value) -> bool {
+        use ed25519_dalek::{Signature, Verifier, VerifyingKey};
+        let field = |k: &str| unhex(head[k].as_str().unwrap_or(""));
+        let Ok(key) = <[u8; 32]>::try_from(field("signer").as_slice()) else {
+            return false;
+        };
+        let Ok(sig) = <[u8; 64]>::try_from(field("signature").as_slice()) else {
+            return false;
+        };
+        let mut message = head["domain"].as_str().unwrap_or("").as_bytes().to_vec();
+        message.push(0);
+        message.extend_from_slice(&field("body"));
+        VerifyingKey::from_bytes(&key)
+            .is_ok_and(|k| k.verify(&message, &Signature::from_bytes(&sig)).is_ok())
+    }
+
     pub(crate) fn verify(proof: &Value) -> bool {
         let index = proof["index"].as_u64().unwrap_or(u64::MAX);
         let size = proof["tree_head"]["size"].as_u64().unwrap_or(0);
-        let root: Vec<u8> = proof["tree_head"]["root"]
-            .as_array()
-            .map(|a| a.iter().map(|x| x.as_u64().unwrap_or(0) as u8).collect())
-            .unwrap_or_default();
+        let root = unhex(proof["tree_head"]["root"].as_str().unwrap_or(""));
         let path: Vec<Vec<u8>> = proof["proof"]
             .as_array()
             .map(|a| a.iter().map(|x| unhex(x.as_str().unwrap_or(""))).collect())

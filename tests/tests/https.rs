@@ -475,3 +475,74 @@ fn every_answer_carries_the_security_headers_and_lang_never_leaves_the_site() {
         .unwrap();
     assert_eq!(res.headers().get("location").unwrap(), "/portal/consent");
 }
+
+#[test]
+fn anyone_can_fetch_a_signed_head_and_an_inclusion_proof() {
+    let d = Directory::new();
+    let init = d.ok(&["init"]);
+    let agency = init
+        .lines()
+        .find_map(|l| l.strip_prefix("agency root public key (Ed25519): "))
+        .unwrap()
+        .trim()
+        .to_string();
+    d.ok(&["ca", "init"]);
+    let file = d.path("a.csv");
+    write_enrollment(&file, &[&row(&kyokai(), "kyokai", 0)]);
+    d.ok(&["enroll", &file.display().to_string()]);
+    let me = MyNumber::from_body(77_700_000_000).to_string();
+    let id = d.json(&["show", "--my-number", &me, "--json"])["person"]["medical_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    d.answer(&[
+        "check",
+        "--institution",
+        "1310000011",
+        "--medical-id",
+        &id,
+        "--json",
+    ]);
+    let (_serve, https) = serve(&d);
+    let base = format!("https://localhost:{}", https.rsplit(':').next().unwrap());
+    let a = agent(&d.data.join("ca/ca.pem"), None);
+    let head: serde_json::Value = a
+        .get(format!("{base}/audit/tree-head"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_json()
+        .unwrap();
+    assert_eq!(head["signer"], agency.as_str(), "{head}");
+    assert_eq!(head["root"].as_str().unwrap().len(), 64, "{head}");
+    let size = head["size"].as_u64().unwrap();
+    assert!(size >= 1, "{head}");
+    let proof: serde_json::Value = a
+        .get(format!("{base}/audit/proof/{}", size - 1))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_json()
+        .unwrap();
+    let hash = |s: &serde_json::Value| iryo_proto::merkle::from_hex(s.as_str().unwrap()).unwrap();
+    let path: Vec<_> = proof["proof"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(hash)
+        .collect();
+    assert!(iryo_proto::merkle::verify_inclusion(
+        &hash(&proof["leaf_hash"]),
+        size - 1,
+        proof["tree_head"]["size"].as_u64().unwrap(),
+        &path,
+        &hash(&proof["tree_head"]["root"]),
+    ));
+    assert_eq!(
+        a.get(format!("{base}/audit/proof/999999"))
+            .call()
+            .unwrap()
+            .status(),
+        404
+    );
+}

@@ -24,10 +24,14 @@ pub(super) enum AuditCmd {
     },
     /// Grants used by one end whose other end has not reported.
     Unmatched,
-    /// An entry with its inclusion proof against the latest signed tree head.
+    /// An entry with its inclusion proof against the latest signed tree head (with its
+    /// signature and the agency key), every hash in hex.
     Proof {
         /// The entry's index in the log, from 0.
         index: u64,
+        /// Print as JSON, for a verifier.
+        #[arg(long)]
+        json: bool,
     },
     /// Proof that the log of OLD entries is a prefix of the latest signed tree head's.
     Consistency {
@@ -88,7 +92,7 @@ pub(super) fn run(config: &Config, cmd: AuditCmd) -> Result<ExitCode> {
                 }
             }
         }
-        AuditCmd::Proof { index } => {
+        AuditCmd::Proof { index, json } => {
             if let AdminResponse::Proof {
                 index,
                 entry,
@@ -96,13 +100,32 @@ pub(super) fn run(config: &Config, cmd: AuditCmd) -> Result<ExitCode> {
                 proof,
             } = admin(config, &operator(), AdminRequest::AuditProof { index })?
             {
-                print_json(&serde_json::json!({
-                    "index": index,
-                    "entry": entry,
-                    "entry_hex": iryo_proto::merkle::to_hex(&entry.canonical()),
-                    "tree_head": head.open_unverified().ok(),
-                    "proof": proof.iter().map(|h| iryo_proto::merkle::to_hex(h)).collect::<Vec<_>>(),
-                }))?;
+                let v = iryo_directory::audit::proof_json(index, &entry, &head, &proof);
+                if json {
+                    print_json(&v)?;
+                } else {
+                    let h = &v["tree_head"];
+                    println!("entry #{index}: {}", report::audit_entry(&entry));
+                    println!("entry (postcard) {}", v["entry_hex"].as_str().unwrap_or(""));
+                    println!("leaf hash        {}", v["leaf_hash"].as_str().unwrap_or(""));
+                    println!("inclusion proof, {} hashes:", proof.len());
+                    for p in v["proof"].as_array().into_iter().flatten() {
+                        println!("  {}", p.as_str().unwrap_or(""));
+                    }
+                    println!(
+                        "signed tree head: size {} root {} at {}",
+                        h["size"],
+                        h["root"].as_str().unwrap_or(""),
+                        h["at"]
+                    );
+                    println!("  signed by   {}", h["signer"].as_str().unwrap_or(""));
+                    println!("  signature   {}", h["signature"].as_str().unwrap_or(""));
+                    println!(
+                        "  over        {} 0x00 {}",
+                        h["domain"].as_str().unwrap_or(""),
+                        h["body"].as_str().unwrap_or("")
+                    );
+                }
             }
         }
         AuditCmd::Consistency { old } => {
@@ -121,7 +144,7 @@ pub(super) fn run(config: &Config, cmd: AuditCmd) -> Result<ExitCode> {
                 print_json(&serde_json::json!({
                     "old_size": old,
                     "old_root": hex(&old_root),
-                    "tree_head": tree_head,
+                    "tree_head": iryo_directory::audit::head_json(&head),
                     "proof": proof.iter().map(|h| hex(h)).collect::<Vec<_>>(),
                     "verified": ok,
                 }))?;

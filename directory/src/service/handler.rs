@@ -79,6 +79,40 @@ pub fn handle(store: &Store, request: DirectoryRequest, now: Time) -> DirectoryR
             }
             Err(e) => internal(e),
         },
+        DirectoryRequest::TreeHead => match store.current_head() {
+            Ok((head, _)) => DirectoryResponse::TreeHead(head),
+            Err(crate::store::StoreError::EmptyLog) => DirectoryResponse::Refused(Refusal::new(
+                RefusalReason::BadRequest,
+                "the audit log is empty",
+            )),
+            Err(e) => internal(e),
+        },
+        DirectoryRequest::AuditProof { index } => {
+            let proved = store.current_head().and_then(|(head, size)| {
+                Ok((
+                    store.audit_entry(index)?,
+                    store.inclusion_proof(index, size)?,
+                    head,
+                ))
+            });
+            match proved {
+                Ok((entry, proof, head)) => DirectoryResponse::AuditProof {
+                    index,
+                    entry: entry.canonical(),
+                    proof,
+                    head,
+                },
+                Err(
+                    e @ (crate::store::StoreError::NoAuditEntry(_)
+                    | crate::store::StoreError::NotInLog { .. }
+                    | crate::store::StoreError::EmptyLog),
+                ) => DirectoryResponse::Refused(Refusal::new(
+                    RefusalReason::BadRequest,
+                    e.to_string(),
+                )),
+                Err(e) => internal(e),
+            }
+        }
         DirectoryRequest::Eligibility { .. }
         | DirectoryRequest::EligibilityBatch { .. }
         | DirectoryRequest::Grant { .. }

@@ -220,6 +220,18 @@ impl Store {
     }
 
     /// The most recent signed tree head.
+    /// A head covering every entry so far (signed now if the last were not covered)
+    /// and its size.
+    pub fn current_head(&self) -> Result<(Signed<TreeHead>, u64)> {
+        self.sign_pending_head()?;
+        let head = self.latest_head()?.ok_or(StoreError::EmptyLog)?;
+        let size = head
+            .open_unverified()
+            .map_err(|e| StoreError::Inconsistent(e.to_string()))?
+            .size;
+        Ok((head, size))
+    }
+
     pub fn latest_head(&self) -> Result<Option<Signed<TreeHead>>> {
         let tx = self.db.begin_read()?;
         let t = tx.open_table(AUDIT_HEADS)?;

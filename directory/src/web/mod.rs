@@ -2,6 +2,7 @@
 //! operator console under client certificates of the agency CA, My Portal for people
 //! with server TLS only, and `/metrics`.
 
+pub mod audit;
 pub mod insurer;
 pub mod operator;
 pub mod page;
@@ -81,7 +82,10 @@ impl From<StoreError> for WebError {
         match e {
             StoreError::UnknownMedicalId(_)
             | StoreError::UnknownMyNumber(_)
-            | StoreError::NoSuchCase { .. } => WebError::NotFound(e.to_string()),
+            | StoreError::NoSuchCase { .. }
+            | StoreError::EmptyLog
+            | StoreError::NotInLog { .. }
+            | StoreError::NoAuditEntry(_) => WebError::NotFound(e.to_string()),
             StoreError::CaseClosed { .. }
             | StoreError::NotCurrent { .. }
             | StoreError::ReasonRequired(_)
@@ -94,8 +98,6 @@ impl From<StoreError> for WebError {
             | StoreError::Date(_)
             | StoreError::DeathRecorded { .. }
             | StoreError::NoDeath(_)
-            | StoreError::NotInLog { .. }
-            | StoreError::NoAuditEntry(_)
             | StoreError::NoConsistency { .. }
             | StoreError::MyNumberTaken(_) => WebError::BadRequest(e.to_string()),
             e => WebError::Internal(e.to_string()),
@@ -145,6 +147,7 @@ pub fn router(web: Arc<Web>) -> Router {
         // A nested "/" answers only without the slash; people type it with one.
         .route("/portal/", get(portal::start))
         .route("/operator/", get(operator::dashboard))
+        .nest("/audit", audit::routes())
         .nest("/insurer", insurer::routes())
         .nest("/operator", operator::routes())
         .nest("/portal", portal::routes())
@@ -195,7 +198,7 @@ async fn security_headers(req: Request, next: Next) -> Response {
 
 async fn track(req: Request, next: Next) -> Response {
     let area = match req.uri().path().split('/').nth(1) {
-        Some(a @ ("insurer" | "operator" | "portal" | "metrics")) => a.to_string(),
+        Some(a @ ("insurer" | "operator" | "portal" | "metrics" | "audit")) => a.to_string(),
         _ => "other".into(),
     };
     let started = Instant::now();
