@@ -31,7 +31,7 @@ impl Context {
     /// Creates the database and the agency's keys. Fails rather than overwrite either.
     pub fn init(&self) -> Result<(Store, AgencyKeys), ContextError> {
         let c = &self.config;
-        std::fs::create_dir_all(&c.data_dir)
+        crate::files::create_private_dir(&c.data_dir)
             .map_err(|e| ContextError::DataDir(c.data_dir.clone(), e))?;
         if AgencyKeys::exists(&c.keys_dir()) {
             return Err(ContextError::KeysExist(c.keys_dir()));

@@ -51,7 +51,7 @@ impl AgencyKeys {
             let path = path.to_path_buf();
             move |source| KeyError::Io { path, source }
         };
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        crate::files::create_private_dir(dir).map_err(io(dir))?;
         for (name, bytes) in [
             (ROOT_FILE, self.root.to_bytes()),
             (ISSUANCE_FILE, self.issuance),

@@ -8,7 +8,8 @@ pub mod ca;
 pub mod config;
 pub mod context;
 pub mod enrollment;
-pub mod files;
+/// Files of personal data and secrets: 0600, in 0700 directories.
+pub use iryo_p2p::files;
 pub mod issuance;
 pub mod keys;
 pub mod letters;

@@ -72,7 +72,7 @@ pub async fn start(config: NodeConfig) -> Result<Running, NodeError> {
     let key = identity::load_key(&config.key_path())?;
     let agency = config.agency_key().map_err(NodeError::Config)?;
     let code = config.code;
-    std::fs::create_dir_all(&config.data_dir)
+    iryo_p2p::files::create_private_dir(&config.data_dir)
         .map_err(|e| NodeError::Config(format!("{}: {e}", config.data_dir.display())))?;
     let store = Arc::new(store::Store::open(&config.data_dir.join("node.redb"))?);
     let serving = serve_commit::ServeCommitter::start(store.clone());

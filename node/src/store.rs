@@ -74,6 +74,9 @@ pub type Record = Vec<u8>;
 impl Store {
     pub fn open(path: &Path) -> Result<Self> {
         let db = Database::builder().set_cache_size(32 << 20).create(path)?;
+        // The patients' records: readable by the node's user alone.
+        iryo_p2p::files::make_private(path)
+            .map_err(|e| StoreError::Codec(format!("{}: {e}", path.display())))?;
         let tx = db.begin_write()?;
         {
             tx.open_table(RECORDS)?;

@@ -4,7 +4,8 @@
 //! protocols are: `session` asks (one `Sessions` per protocol, the behaviour), `answer`
 //! serves one stream (the handler), `codec` frames them as `iryo_proto::wire`
 //! describes; `transport::drive` runs the swarm, gathering waiting
-//! work into one batch (`batch`), the Prometheus plumbing (`metrics`), logging and the
+//! work into one batch (`batch`), files of personal data and secrets created 0600
+//! (`files`), the Prometheus plumbing (`metrics`), logging and the
 //! shutdown signal.
 
 #![forbid(unsafe_code)]
@@ -12,6 +13,7 @@
 pub mod answer;
 pub mod batch;
 mod codec;
+pub mod files;
 pub mod logging;
 pub mod metrics;
 pub mod session;

@@ -103,6 +103,13 @@ fn consent_gates_exchange_and_both_ends_report_to_a_verifiable_log() {
         serde_json::from_str(&fed.operator(&["audit", "consistency", "3"])).expect("JSON");
     assert_eq!(consistency["verified"], true, "{consistency}");
 
+    // The records and the node's settings are its user's alone.
+    use std::os::unix::fs::PermissionsExt;
+    for f in [a.dir.join("node.redb"), a.dir.join("node.toml")] {
+        let mode = std::fs::metadata(&f).expect("file").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", f.display());
+    }
+
     // Both ends count what they did, in Prometheus text.
     let metrics = |n: &iryo_tests::federation::NodeProc| {
         ureq::get(format!("{}/metrics", n.api))

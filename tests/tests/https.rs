@@ -85,6 +85,13 @@ fn insurers_and_operators_are_who_their_certificates_say() {
         errors.contains("5,insurer_number,XXXX"),
         "line 5 named: {errors}"
     );
+    // The upload is kept readable by the directory's user alone.
+    use std::os::unix::fs::PermissionsExt;
+    for entry in std::fs::read_dir(d.data.join("uploads")).unwrap() {
+        let path = entry.unwrap().path();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", path.display());
+    }
     // The same file again changes nothing.
     let mut again = a1
         .post(url("/insurer/enrollments?wait=true"))

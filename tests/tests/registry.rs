@@ -20,6 +20,14 @@ fn init_creates_private_keys_and_refuses_to_run_twice() {
     }
     let err = d.fails(&["init"]);
     assert!(err.contains("refusing") || err.contains("exists"), "{err}");
+    // The registry's files hold personal data; the data directory is the owner's alone.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&d.data), 0o700);
+    d.ok(&["status"]);
+    for f in ["directory.redb", "linkage.redb", "intake-0.redb", "intake-1.redb"] {
+        assert_eq!(mode(&d.data.join(f)), 0o600, "{f}");
+    }
 }
 
 #[test]

@@ -165,6 +165,16 @@ fn side_file(path: &Path, cache_mib: usize, writes: Writes) -> Result<Database> 
         }
     }
     .map_err(|e| in_use(path, e))
+    .and_then(|db| {
+        private(path)?;
+        Ok(db)
+    })
+}
+
+/// Every database file holds personal data: readable by its owner alone, however the
+/// library created it.
+fn private(path: &Path) -> Result<()> {
+    crate::files::make_private(path).map_err(|e| StoreError::File(path.to_path_buf(), e))
 }
 
 /// What this process calls itself in a database's holder note (`describe_holder`).
@@ -265,6 +275,7 @@ impl Store {
             Tables::create_all(&tx)?;
         }
         tx.commit()?;
+        private(path)?;
         note_holder(path);
         Self::with_db(db, path)
     }
@@ -293,6 +304,7 @@ impl Store {
             .set_cache_size(cache_mib.max(16) << 20)
             .open(path)
             .map_err(|e| in_use(path, e))?;
+        private(path)?;
         note_holder(path);
         Self::with_db(db, path)
     }

@@ -70,7 +70,10 @@ impl Jobs {
 
     fn set(&self, job: &JobState) {
         if let Ok(text) = serde_json::to_vec_pretty(job) {
-            if let Err(e) = std::fs::write(self.dir.join(format!("{}.json", job.id)), text) {
+            let path = self.dir.join(format!("{}.json", job.id));
+            let written = crate::files::create_private(&path)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, &text));
+            if let Err(e) = written {
                 tracing::warn!(id = %job.id, error = %e, "upload status not saved");
             }
         }
@@ -111,14 +114,16 @@ async fn upload(
         Some(e) => Encoding::from_setting(e).map_err(WebError::BadRequest)?,
     };
     let id = format!("{}-{}-{}", insurer, now(), &super::session::token()[..8]);
-    tokio::fs::create_dir_all(&web.jobs.dir)
-        .await
-        .map_err(|e| WebError::Internal(e.to_string()))?;
-    let path = web.jobs.dir.join(format!("{id}.csv"));
-    // Streamed to disk: the file may be larger than memory.
-    let mut file = tokio::fs::File::create(&path)
-        .await
-        .map_err(|e| WebError::Internal(e.to_string()))?;
+    let (dir, path) = (web.jobs.dir.clone(), web.jobs.dir.join(format!("{id}.csv")));
+    // Streamed to disk: the file may be larger than memory. Personal data: 0600 in 0700.
+    let created = path.clone();
+    let file = blocking(move || {
+        crate::files::create_private_dir(&dir)
+            .and_then(|()| crate::files::create_private(&created))
+            .map_err(|e| WebError::Internal(e.to_string()))
+    })
+    .await?;
+    let mut file = tokio::fs::File::from_std(file);
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| WebError::BadRequest(format!("upload broken off: {e}")))?;

@@ -75,7 +75,9 @@ fn run(cli: Cli) -> Result<()> {
             directory,
             agency_key,
         } => {
-            std::fs::create_dir_all(&out).with_context(|| format!("{}", out.display()))?;
+            // The node's key, its API token and its patients' records live here.
+            iryo_p2p::files::create_private_dir(&out)
+                .with_context(|| format!("{}", out.display()))?;
             let key = generate_key(&out.join("node.key"))?;
             let reg = RegistrationFile::new(
                 &key,
@@ -106,7 +108,9 @@ fn run(cli: Cli) -> Result<()> {
                 outbox: OutboxConfig::default(),
             };
             let cfg_path = out.join("node.toml");
-            std::fs::write(&cfg_path, config.commented())
+            // It holds the API's bearer token: 0600.
+            iryo_p2p::files::create_private(&cfg_path)
+                .and_then(|mut f| f.write_all(config.commented().as_bytes()))
                 .with_context(|| format!("{}", cfg_path.display()))?;
             println!(
                 "node identity   {} (peer id {})",

@@ -22,6 +22,18 @@ pub fn create_private(path: &Path) -> io::Result<File> {
     opts.open(path)
 }
 
+/// Narrows an existing file (a database another library created) to mode 0600.
+pub fn make_private(path: &Path) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
 /// Creates a directory (and its parents) of mode 0700; an existing one is left as it is.
 pub fn create_private_dir(path: &Path) -> io::Result<()> {
     let mut b = std::fs::DirBuilder::new();
