@@ -18,6 +18,8 @@ pub struct Metrics {
     pub grants: Family<Labels, Counter>,
     pub notifications: Counter,
     pub refusals: Family<Labels, Counter>,
+    /// Passwords hashed or verified for My Portal's sign-in and activation.
+    pub portal_hashes: Counter,
     pub requests: Latencies,
 }
 
@@ -31,6 +33,7 @@ impl Metrics {
             grants: Family::default(),
             notifications: Counter::default(),
             refusals: Family::default(),
+            portal_hashes: Counter::default(),
             requests: latencies(),
         };
         registry.register(
@@ -44,6 +47,11 @@ impl Metrics {
             "notifications",
             "Linkage notifications verified and logged",
             m.notifications.clone(),
+        );
+        registry.register(
+            "portal_password_hashes",
+            "Passwords hashed or verified for sign-in and activation",
+            m.portal_hashes.clone(),
         );
         registry.register(
             "refusals",
@@ -84,6 +92,11 @@ impl Metrics {
                 .get_or_create(&vec![("outcome", outcome.to_string())])
                 .inc_by(n);
         }
+    }
+
+    /// One password hashed or verified for the portal.
+    pub fn portal_hash(&self) {
+        self.portal_hashes.inc();
     }
 
     pub fn refused(&self, reason: &str) {

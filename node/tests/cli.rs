@@ -29,7 +29,11 @@ fn init_writes_identity_request_and_config() {
     use std::os::unix::fs::PermissionsExt;
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&out.join("node.key")), 0o600);
-    assert_eq!(mode(&out.join("node.toml")), 0o600, "the API token is in it");
+    assert_eq!(
+        mode(&out.join("node.toml")),
+        0o600,
+        "the API token is in it"
+    );
     assert_eq!(mode(&out), 0o700);
     let reg: RegistrationFile =
         serde_json::from_str(&std::fs::read_to_string(out.join("registration.json")).unwrap())

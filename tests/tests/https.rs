@@ -553,3 +553,90 @@ fn anyone_can_fetch_a_signed_head_and_an_inclusion_proof() {
         404
     );
 }
+
+#[test]
+fn guessing_is_counted_before_hashing_and_costs_the_same_for_any_id() {
+    let d = Directory::new();
+    d.ok(&["init"]);
+    d.ok(&["ca", "init"]);
+    let (_serve, https) = serve(&d);
+    let base = format!("https://localhost:{}", https.rsplit(':').next().unwrap());
+    let a = agent(&d.data.join("ca/ca.pem"), None);
+    let hashes = || -> u64 {
+        let text = a
+            .get(format!("{base}/metrics"))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_string()
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("iryo_directory_portal_password_hashes_total "))
+            .map_or(0, |v| v.trim().parse().unwrap())
+    };
+    let page = a.get(format!("{base}/portal/")).call().unwrap();
+    let token = page
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|c| c.split(';').next())
+        .and_then(|kv| kv.split_once('='))
+        .map(|(_, v)| v.to_string())
+        .unwrap();
+    let unknown = iryo_proto::MedicalId::from_body(987_654_321).grouped();
+    let before = hashes();
+    // An ID nobody holds costs a password check, as a real account's does.
+    let res = a
+        .post(format!("{base}/portal/login"))
+        .header("cookie", &format!("iryo_form={token}"))
+        .send_form([
+            ("form", token.as_str()),
+            ("medical_id", unknown.as_str()),
+            ("passphrase", "a wrong guess"),
+        ])
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    assert_eq!(hashes(), before + 1, "the same work for an unknown ID");
+    // A hundred tries at once from one address: counted before any is checked, so at
+    // most the address's remaining four reach the password hash.
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..100)
+            .map(|_| {
+                let (a, token, unknown, base) =
+                    (a.clone(), token.clone(), unknown.clone(), base.clone());
+                s.spawn(move || {
+                    a.post(format!("{base}/portal/login"))
+                        .header("cookie", &format!("iryo_form={token}"))
+                        .send_form([
+                            ("form", token.as_str()),
+                            ("medical_id", unknown.as_str()),
+                            ("passphrase", "another guess"),
+                        ])
+                        .map_or(0, |r| r.status().as_u16())
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(hashes() <= before + 5, "{} hashes", hashes() - before);
+    assert!(
+        statuses.iter().filter(|s| **s == 429).count() >= 95,
+        "{statuses:?}"
+    );
+    // The refusal says what to do, in the page's language.
+    let mut res = a
+        .post(format!("{base}/portal/login"))
+        .header("cookie", &format!("iryo_form={token}"))
+        .send_form([
+            ("form", token.as_str()),
+            ("medical_id", unknown.as_str()),
+            ("passphrase", "x"),
+        ])
+        .unwrap();
+    assert_eq!(res.status(), 429);
+    let page = res.body_mut().read_to_string().unwrap();
+    assert!(
+        page.contains("id=\"too-many\"") && page.contains("分後にもう一度"),
+        "{page}"
+    );
+}

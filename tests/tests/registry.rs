@@ -25,7 +25,12 @@ fn init_creates_private_keys_and_refuses_to_run_twice() {
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&d.data), 0o700);
     d.ok(&["status"]);
-    for f in ["directory.redb", "linkage.redb", "intake-0.redb", "intake-1.redb"] {
+    for f in [
+        "directory.redb",
+        "linkage.redb",
+        "intake-0.redb",
+        "intake-1.redb",
+    ] {
         assert_eq!(mode(&d.data.join(f)), 0o600, "{f}");
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod insurer;
+pub mod limits;
 pub mod operator;
 pub mod page;
 pub mod portal;
@@ -35,6 +36,8 @@ pub struct Web {
     pub agency: SigningKey,
     pub config: Config,
     pub sessions: session::Sessions,
+    /// Sign-in and activation tries, and password hashing at once.
+    pub limits: limits::Limits,
     pub jobs: insurer::Jobs,
     /// Keys the operator console's CSRF tokens; new at every start.
     pub secret: [u8; 32],
@@ -49,6 +52,7 @@ impl Web {
             agency,
             config,
             sessions: session::Sessions::default(),
+            limits: limits::Limits::default(),
             secret,
         })
     }

@@ -3,6 +3,7 @@
 //! history, who read their records (each entry proved to be in the signed log), and
 //! sets consent, which the next grant obeys.
 
+use super::limits::{Refused, Ticket};
 use super::page::{cookie, esc, hidden, layout, table_or_none, Lang};
 use super::session::{same, token, Session, FORM_COOKIE, SESSION_COOKIE};
 use super::{blocking, Caller, Web, WebError};
@@ -187,26 +188,83 @@ fn form_ok(headers: &HeaderMap, field: &str) -> Result<(), WebError> {
     }
 }
 
-/// Admits one sign-in or activation attempt: the form's own token, and fewer than the
-/// allowed failures for the account and for the address. Returns the keys under which
-/// a failure or success is then counted, the account's first.
+/// Admits one sign-in or activation try: the form's own token, then the limits
+/// (`super::limits`), which count the try before anything is hashed. The account is
+/// the parsed medical ID, however it was typed.
 fn attempt(
     web: &Web,
     headers: &HeaderMap,
     caller: &Caller,
     form: &str,
     medical_id: &str,
-) -> Result<Vec<String>, WebError> {
+) -> Result<Result<Ticket, Refused>, WebError> {
     form_ok(headers, form)?;
-    let keys = vec![
-        format!("id:{}", medical_id.trim()),
-        format!("ip:{}", caller.remote.ip()),
-    ];
-    if web.sessions.allowed(&keys) {
-        Ok(keys)
-    } else {
-        Err(WebError::TooMany)
-    }
+    let account = MedicalId::parse(medical_id.trim()).ok();
+    Ok(web
+        .limits
+        .admit(caller.remote.ip(), account, std::time::Instant::now()))
+}
+
+/// The answer to a refused try, in the page's language, saying what to do next.
+fn refused(lang: Lang, why: Refused) -> Response {
+    let minutes = |d: std::time::Duration| d.as_secs().div_ceil(60).max(1);
+    let text = match why {
+        Refused::Address(wait) => match lang {
+            Lang::Ja => format!(
+                "この端末からの失敗が続いたため、しばらく受け付けません。{}分後にもう一度お試しください。",
+                minutes(wait)
+            ),
+            Lang::En => format!(
+                "Too many failed tries from this device. Please try again in {} minutes.",
+                minutes(wait)
+            ),
+        },
+        Refused::Account(wait) => {
+            let secs = wait.as_secs().max(1);
+            match lang {
+                Lang::Ja => format!(
+                    "この医療IDへの失敗が続いたため、次の試行まで{secs}秒お待ちください。心当たりがなければ、保険者または管理機関にご連絡ください。"
+                ),
+                Lang::En => format!(
+                    "There were many failed tries for this medical ID. Please wait {secs} seconds before the next try. If they were not yours, tell your insurer or the agency."
+                ),
+            }
+        }
+        Refused::Busy => lang
+            .t(
+                "ただいま混み合っています。少し待ってからもう一度お試しください。",
+                "We are busy. Please wait a moment and try again.",
+            )
+            .to_string(),
+    };
+    let body = format!(
+        "<p class=\"err\" id=\"too-many\">{}</p><p><a href=\"/portal/\">{}</a></p>",
+        esc(&text),
+        lang.t("ログイン画面へ", "Back to sign-in")
+    );
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        layout(
+            lang,
+            lang.t("しばらくお待ちください", "Please wait"),
+            "/portal/",
+            &[],
+            &body,
+        ),
+    )
+        .into_response()
+}
+
+/// A PHC string of the same Argon2 parameters as real accounts', checked when the
+/// account has none, so that a wrong guess costs the same whoever the ID belongs to.
+fn dummy_phc() -> &'static str {
+    static PHC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PHC.get_or_init(|| {
+        Argon2::default()
+            .hash_password(b"no account has this passphrase")
+            .map(|h| h.to_string())
+            .unwrap_or_default()
+    })
 }
 
 fn signed_in(web: &Web, person: &Person) -> Response {
@@ -234,7 +292,6 @@ async fn activate(
     headers: HeaderMap,
     Form(f): Form<ActivateForm>,
 ) -> Result<Response, WebError> {
-    let keys = attempt(&web, &headers, &caller, &f.form, &f.medical_id)?;
     if f.passphrase != f.passphrase2 {
         return Ok(activate_form(
             lang,
@@ -250,18 +307,29 @@ async fn activate(
             )),
         ));
     }
+    let ticket = match attempt(&web, &headers, &caller, &f.form, &f.medical_id)? {
+        Ok(t) => t,
+        Err(why) => return Ok(refused(lang, why)),
+    };
+    let slot = match web.limits.hashing().await {
+        Ok(s) => s,
+        Err(why) => return Ok(refused(lang, why)),
+    };
     let w = web.clone();
     let outcome = blocking(move || {
+        let _slot = slot;
+        // The hash comes first, for every try: an unknown ID costs what a known one does.
+        let phc = Argon2::default()
+            .hash_password(f.passphrase.as_bytes())
+            .map_err(|e| WebError::Internal(e.to_string()))?
+            .to_string();
+        crate::metrics::metrics().portal_hash();
         let Ok(id) = MedicalId::parse(f.medical_id.trim()) else {
             return Ok(None);
         };
         let Ok(person) = w.store.person_by_medical_id(id) else {
             return Ok(None);
         };
-        let phc = Argon2::default()
-            .hash_password(f.passphrase.as_bytes())
-            .map_err(|e| WebError::Internal(e.to_string()))?
-            .to_string();
         match w.store.activate(person.pid, &f.code, &phc, now()) {
             Ok(()) => Ok(Some(person)),
             Err(crate::store::StoreError::BadActivation) => Ok(None),
@@ -270,11 +338,10 @@ async fn activate(
     })
     .await?;
     if let Some(person) = outcome {
-        web.sessions.succeeded(&keys[0]);
+        web.limits.succeeded(ticket);
         tracing::info!(medical_id = %person.medical_id, "portal account activated");
         Ok(signed_in(&web, &person))
     } else {
-        web.sessions.failed(&keys);
         Ok(activate_form(
             lang,
             Some(lang.t(
@@ -299,29 +366,39 @@ async fn login(
     headers: HeaderMap,
     Form(f): Form<LoginForm>,
 ) -> Result<Response, WebError> {
-    let keys = attempt(&web, &headers, &caller, &f.form, &f.medical_id)?;
+    let ticket = match attempt(&web, &headers, &caller, &f.form, &f.medical_id)? {
+        Ok(t) => t,
+        Err(why) => return Ok(refused(lang, why)),
+    };
+    let slot = match web.limits.hashing().await {
+        Ok(s) => s,
+        Err(why) => return Ok(refused(lang, why)),
+    };
     let w = web.clone();
     let person = blocking(move || {
-        let Ok(id) = MedicalId::parse(f.medical_id.trim()) else {
-            return Ok(None);
+        let _slot = slot;
+        let person = MedicalId::parse(f.medical_id.trim())
+            .ok()
+            .and_then(|id| w.store.person_by_medical_id(id).ok());
+        let phc = match &person {
+            Some(p) => w.store.account(p.pid)?.and_then(|a| a.passphrase),
+            None => None,
         };
-        let Ok(person) = w.store.person_by_medical_id(id) else {
-            return Ok(None);
-        };
-        let Some(phc) = w.store.account(person.pid)?.and_then(|a| a.passphrase) else {
-            return Ok(None);
-        };
+        // One verification whoever the ID belongs to, activated or not: the time of
+        // the answer tells nothing about the account.
+        let real = phc.is_some();
+        let against = phc.unwrap_or_else(|| dummy_phc().to_string());
         let ok = Argon2::default()
-            .verify_password(f.passphrase.as_bytes(), phc.as_str())
+            .verify_password(f.passphrase.as_bytes(), against.as_str())
             .is_ok();
-        Ok(ok.then_some(person))
+        crate::metrics::metrics().portal_hash();
+        Ok(person.filter(|_| ok && real))
     })
     .await?;
     if let Some(p) = person {
-        web.sessions.succeeded(&keys[0]);
+        web.limits.succeeded(ticket);
         Ok(signed_in(&web, &p))
     } else {
-        web.sessions.failed(&keys);
         Ok(login_form(
             lang,
             Some(lang.t(

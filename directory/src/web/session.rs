@@ -1,5 +1,5 @@
-//! My Portal's sessions and the limit on sign-in attempts. Sessions live in memory: a
-//! restart signs everyone out, which loses nothing a person cannot redo.
+//! My Portal's sessions. They live in memory: a restart signs everyone out, which
+//! loses nothing a person cannot redo. The limits on sign-in are in `super::limits`.
 
 use iryo_proto::MedicalId;
 use std::collections::HashMap;
@@ -10,8 +10,6 @@ pub const SESSION_COOKIE: &str = "iryo_session";
 /// A form's token before sign-in (double-submit cookie).
 pub const FORM_COOKIE: &str = "iryo_form";
 const IDLE: Duration = Duration::from_secs(30 * 60);
-const MAX_FAILURES: u32 = 5;
-const WINDOW: Duration = Duration::from_secs(15 * 60);
 
 #[derive(Debug, Clone)]
 pub struct Session {
@@ -25,7 +23,6 @@ pub struct Session {
 #[derive(Default)]
 pub struct Sessions {
     sessions: Mutex<HashMap<String, Session>>,
-    failures: Mutex<HashMap<String, (u32, Instant)>>,
 }
 
 /// 256 random bits as hex.
@@ -85,50 +82,11 @@ impl Sessions {
             map.remove(token);
         }
     }
-
-    /// Whether another attempt is allowed for each of `keys` (the account and the
-    /// address it comes from).
-    pub fn allowed(&self, keys: &[String]) -> bool {
-        let Ok(mut f) = self.failures.lock() else {
-            return false;
-        };
-        f.retain(|_, (_, since)| since.elapsed() < WINDOW);
-        keys.iter()
-            .all(|k| f.get(k).is_none_or(|(n, _)| *n < MAX_FAILURES))
-    }
-
-    pub fn failed(&self, keys: &[String]) {
-        if let Ok(mut f) = self.failures.lock() {
-            for k in keys {
-                let e = f.entry(k.clone()).or_insert((0, Instant::now()));
-                e.0 += 1;
-            }
-        }
-    }
-
-    pub fn succeeded(&self, account: &str) {
-        if let Ok(mut f) = self.failures.lock() {
-            f.remove(account);
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn limits_failed_attempts() {
-        let s = Sessions::default();
-        let keys = vec!["id:1".to_string(), "ip:127.0.0.1".to_string()];
-        for _ in 0..MAX_FAILURES {
-            assert!(s.allowed(&keys));
-            s.failed(&keys);
-        }
-        assert!(!s.allowed(&keys));
-        assert!(!s.allowed(&["ip:127.0.0.1".to_string()]));
-        assert!(s.allowed(&["id:2".to_string()]));
-    }
 
     #[test]
     fn sessions_and_tokens() {
