@@ -180,7 +180,11 @@ pub async fn fetch(
         .directory
         .resolve(source)
         .await
-        .map_err(|e| FetchError::Unavailable(e.to_string()))?
+        .map_err(|e| match e {
+            // This node's own membership was refused (revoked, expired): say so.
+            crate::directory::DirectoryError::Refused(r) => FetchError::Refused(r),
+            e => FetchError::Unavailable(e.to_string()),
+        })?
         .ok_or(FetchError::UnknownSource(source))?;
     let grant = match node
         .directory

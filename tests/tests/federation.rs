@@ -162,6 +162,10 @@ fn revoked_and_unregistered_peers_are_refused() {
         DirectoryResponse::Refused(r) => assert_eq!(r.reason, RefusalReason::Revoked),
         other => panic!("{other:?}"),
     }
+    // And C's EMR is told so, as the README promises: 403 `revoked`.
+    let (status, body) = c.fetch(p, a.code, "treatment", None);
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["reason"], "revoked", "{body}");
     // A refuses C's grant once its cached membership has been refreshed.
     std::thread::sleep(std::time::Duration::from_millis(1500));
     match c_raw.fetch(
