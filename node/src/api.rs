@@ -118,6 +118,9 @@ async fn put_records(
     let n = resources.len();
     match tokio::task::spawn_blocking(move || node.store.put_records(id, &resources)).await {
         Ok(Ok(())) => (StatusCode::CREATED, Json(json!({ "stored": n }))).into_response(),
+        Ok(Err(e @ crate::store::StoreError::TooLarge { .. })) => {
+            error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e)
+        }
         Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, "store", e),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "store", e),
     }

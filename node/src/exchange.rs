@@ -144,6 +144,10 @@ async fn serve(
             RefusalReason::Grant(GrantRefusal::Replayed),
             GrantRefusal::Replayed.to_string(),
         ),
+        Err(e @ crate::store::StoreError::TooLarge { .. }) => refused(
+            RefusalReason::BadRequest,
+            format!("{e}; nothing was disclosed. Ask the source institution for them another way"),
+        ),
         Err(e) => {
             tracing::error!(error = %e, "serving a fetch failed");
             refused(

@@ -136,12 +136,15 @@ pub fn stored_contents<R: AsRef<[u8]>>(records: &[R]) -> Result<Contents, FhirEr
 /// A Bundle of `kind` ("collection", "searchset") around resources kept as JSON,
 /// spliced in as they are stored instead of parsed and written again.
 pub fn bundle<R: AsRef<[u8]>>(kind: &str, resources: &[R]) -> Vec<u8> {
-    let size: usize = resources.iter().map(|r| r.as_ref().len() + 16).sum();
-    let mut out = Vec::with_capacity(size + 96);
+    let mut out = Vec::with_capacity(bundle_size(resources.iter().map(|r| r.as_ref().len())));
     out.extend_from_slice(br#"{"resourceType":"Bundle","type":"#);
     // A `&str` always serialises.
     let _ = serde_json::to_writer(&mut out, kind);
-    out.extend_from_slice(format!(r#","total":{},"entry":["#, resources.len()).as_bytes());
+    // FHIR's bdl-1: only a search or history result carries `total`.
+    if matches!(kind, "searchset" | "history") {
+        out.extend_from_slice(format!(r#","total":{}"#, resources.len()).as_bytes());
+    }
+    out.extend_from_slice(br#","entry":["#);
     for (i, r) in resources.iter().enumerate() {
         if i > 0 {
             out.push(b',');
@@ -153,6 +156,15 @@ pub fn bundle<R: AsRef<[u8]>>(kind: &str, resources: &[R]) -> Vec<u8> {
     out.extend_from_slice(b"]}");
     out
 }
+
+/// At most how many bytes a Bundle of resources of these sizes takes.
+pub fn bundle_size(sizes: impl Iterator<Item = usize>) -> usize {
+    sizes.map(|n| n + 16).sum::<usize>() + 96
+}
+
+/// The most one patient's records at one institution may take, so that the Bundle
+/// a fetch returns always fits one exchange response (with room for its framing).
+pub const MAX_RECORDS_BYTES: usize = iryo_proto::wire::MAX_EXCHANGE_RESPONSE as usize - 64 * 1024;
 
 #[cfg(test)]
 mod tests {
@@ -199,7 +211,13 @@ mod tests {
         let doc = bundle("collection", &stored);
         let v: Value = serde_json::from_slice(&doc).unwrap();
         assert_eq!(v["type"], "collection");
-        assert_eq!(v["total"], 3);
+        assert!(
+            v.get("total").is_none(),
+            "bdl-1: a collection carries no total"
+        );
+        let search: Value = serde_json::from_slice(&bundle("searchset", &stored)).unwrap();
+        assert_eq!(search["total"], 3);
+        assert!(doc.len() <= bundle_size(stored.iter().map(Vec::len)));
         assert_eq!(
             v["entry"][0]["resource"]["name"][0]["text"],
             "山田 \"花子\""

@@ -24,6 +24,11 @@ pub enum StoreError {
     Codec(String),
     #[error("the grant was used before")]
     Replayed,
+    /// The patient's records here would not fit one exchange response.
+    #[error(
+        "the patient's records would take {size} bytes, more than one fetch can carry ({max})"
+    )]
+    TooLarge { size: usize, max: usize },
     /// A commit of a group of fetches failed; each fetch in it gets this, with the
     /// failure's text (the failure itself went to the log).
     #[error("serving a group of fetches failed: {0}")]
@@ -89,14 +94,32 @@ impl Store {
     }
 
     /// Stores FHIR resources for a patient, one row each.
+    /// Stores resources for a patient. Refused, storing nothing, when the patient's
+    /// records would no longer fit the Bundle one fetch returns: such records could
+    /// never be served to another institution.
     pub fn put_records(&self, id: MedicalId, resources: &[Value]) -> Result<()> {
+        let encoded = resources
+            .iter()
+            .map(|r| serde_json::to_vec(r).map_err(|e| StoreError::Codec(e.to_string())))
+            .collect::<Result<Vec<_>>>()?;
         let tx = self.db.begin_write()?;
         {
             let mut counters = tx.open_table(COUNTERS)?;
             let mut seq = counters.get("record")?.map_or(1, |g| g.value());
             let mut t = tx.open_table(RECORDS)?;
-            for r in resources {
-                let bytes = serde_json::to_vec(r).map_err(|e| StoreError::Codec(e.to_string()))?;
+            let mut sizes = Vec::new();
+            for item in t.range((id.as_u64(), 0)..=(id.as_u64(), u64::MAX))? {
+                sizes.push(item?.1.value().len());
+            }
+            sizes.extend(encoded.iter().map(Vec::len));
+            let size = crate::fhir::bundle_size(sizes.into_iter());
+            if size > crate::fhir::MAX_RECORDS_BYTES {
+                return Err(StoreError::TooLarge {
+                    size,
+                    max: crate::fhir::MAX_RECORDS_BYTES,
+                });
+            }
+            for bytes in &encoded {
                 t.insert((id.as_u64(), seq), bytes.as_slice())?;
                 seq += 1;
             }
@@ -130,12 +153,22 @@ impl Store {
                     out.push(Err(StoreError::Replayed));
                     continue;
                 }
-                seen.insert(job.grant_id, job.expires_at)?;
                 let mut records = Vec::new();
                 let id = job.medical_id.as_u64();
                 for item in t.range((id, 0)..=(id, u64::MAX))? {
                     records.push(item?.1.value().to_vec());
                 }
+                // Records that cannot be sent are not disclosed: the grant stays
+                // unused and no disclosure is reported.
+                let size = crate::fhir::bundle_size(records.iter().map(Vec::len));
+                if size > crate::fhir::MAX_RECORDS_BYTES {
+                    out.push(Err(StoreError::TooLarge {
+                        size,
+                        max: crate::fhir::MAX_RECORDS_BYTES,
+                    }));
+                    continue;
+                }
+                seen.insert(job.grant_id, job.expires_at)?;
                 let contents = crate::fhir::stored_contents(&records)
                     .map_err(|e| StoreError::Codec(e.to_string()))?;
                 let n = (job.notify)(&contents);
@@ -200,4 +233,89 @@ fn put_outbox(tx: &redb::WriteTransaction, n: &Signed<Notification>) -> Result<(
     let bytes = postcard::to_allocvec(n).map_err(|e| StoreError::Codec(e.to_string()))?;
     tx.open_table(OUTBOX)?.insert(id, bytes.as_slice())?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iryo_proto::federation::{Purpose, Side};
+
+    fn note(medical_id: MedicalId) -> Disclosure {
+        Box::new(move |c: &Contents| {
+            Signed::sign(
+                &Notification {
+                    id: [1; 16],
+                    side: Side::Disclosed,
+                    grant_id: [2; 16],
+                    medical_id,
+                    source: iryo_proto::InstitutionCode::parse("1310000011").unwrap(),
+                    requester: iryo_proto::InstitutionCode::parse("1310000011").unwrap(),
+                    purpose: Purpose::Treatment,
+                    emergency: false,
+                    record_count: c.count,
+                    resource_types: c.types.clone(),
+                    at: 0,
+                },
+                &ed25519_dalek::SigningKey::from_bytes(&[5; 32]),
+            )
+        })
+    }
+
+    fn big(bytes: usize) -> Value {
+        serde_json::json!({"resourceType": "Observation", "status": "final", "note": [{"text": "x".repeat(bytes)}]})
+    }
+
+    #[test]
+    fn records_that_could_not_be_sent_are_neither_stored_nor_disclosed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = Store::open(&tmp.path().join("node.redb")).unwrap();
+        let id = MedicalId::from_body(9);
+        let seven = 7 << 20;
+        s.put_records(id, &[big(seven)]).unwrap();
+        s.put_records(id, &[big(seven)]).unwrap();
+        assert!(matches!(
+            s.put_records(id, &[big(seven)]),
+            Err(StoreError::TooLarge { .. })
+        ));
+        assert_eq!(
+            s.records(id).unwrap().len(),
+            2,
+            "the refused PUT stored nothing"
+        );
+        // Records stored before the limit existed: serving them is refused, the grant
+        // stays unused and no disclosure is queued.
+        {
+            let tx = s.db.begin_write().unwrap();
+            tx.open_table(RECORDS)
+                .unwrap()
+                .insert(
+                    (id.as_u64(), 99),
+                    serde_json::to_vec(&big(seven)).unwrap().as_slice(),
+                )
+                .unwrap();
+            tx.commit().unwrap();
+        }
+        let job = ServeJob {
+            grant_id: [3; 16],
+            expires_at: 0,
+            medical_id: id,
+            notify: note(id),
+        };
+        let out = s.serve_grants(vec![job]).unwrap();
+        assert!(matches!(out[0], Err(StoreError::TooLarge { .. })));
+        assert_eq!(s.outbox_len().unwrap(), 0);
+        let job = ServeJob {
+            grant_id: [3; 16],
+            expires_at: 0,
+            medical_id: id,
+            notify: note(id),
+        };
+        assert!(
+            !matches!(
+                s.serve_grants(vec![job]).unwrap()[0],
+                Err(StoreError::Replayed)
+            ),
+            "the grant was not used"
+        );
+    }
 }

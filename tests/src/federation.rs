@@ -96,7 +96,13 @@ impl NodeProc {
         };
         let resp = resp.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
         let status = resp.status().as_u16();
-        let v = resp.into_body().read_json::<Value>().unwrap_or(Value::Null);
+        // A patient's records may take up to an exchange response (16 MiB).
+        let v = resp
+            .into_body()
+            .with_config()
+            .limit(32 << 20)
+            .read_json::<Value>()
+            .unwrap_or(Value::Null);
         (status, v)
     }
 

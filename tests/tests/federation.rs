@@ -514,3 +514,25 @@ mod independent {
         s == 0 && r == root
     }
 }
+
+#[test]
+fn records_too_large_to_fetch_are_refused_when_stored_and_nothing_false_is_logged() {
+    let fed = Federation::start(2, 1, 1);
+    let (a, b) = (&fed.nodes[0], &fed.nodes[1]);
+    let p = fed.patients[0];
+    fed.consent(p, b.code);
+    let big = || {
+        json!({"resourceType": "Observation", "status": "final",
+               "code": {"text": "scan"}, "note": [{"text": "x".repeat(7 << 20)}]})
+    };
+    assert_eq!(a.put_records(p, &big()).0, 201);
+    assert_eq!(a.put_records(p, &big()).0, 201);
+    let (status, body) = a.put_records(p, &big());
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(body["error"], "too_large", "{body}");
+    // What was stored can still be fetched whole, and both ends report it once.
+    let (status, bundle) = b.fetch(p, a.code, "treatment", None);
+    assert_eq!(status, 200, "{bundle}");
+    assert_eq!(bundle["entry"].as_array().map(Vec::len), Some(2));
+    assert!(bundle.get("total").is_none(), "bdl-1: {}", bundle["type"]);
+}
