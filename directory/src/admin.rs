@@ -239,6 +239,7 @@ pub fn execute(
                     encoding,
                     batch_rows,
                     only_insurer: None,
+                    max_line_bytes: config.enrollment.max_line_bytes,
                 };
                 let summaries = ingest_all(store, &issuer, &files, &opts)?;
                 summaries

@@ -41,12 +41,19 @@ pub struct HttpsConfig {
     /// Address of the HTTPS front (portal, insurers, operators); it starts with `serve`
     /// once `ca init` has made the agency CA.
     pub listen: String,
+    /// The largest enrollment file an insurer may upload, in MiB.
+    pub max_upload_mib: u64,
+    /// Days an uploaded file and its error report are kept after it was enrolled; the
+    /// job's summary stays.
+    pub upload_retention_days: u32,
 }
 
 impl Default for HttpsConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:8443".into(),
+            max_upload_mib: 2048,
+            upload_retention_days: 30,
         }
     }
 }
@@ -140,6 +147,9 @@ pub struct RegistryConfig {
 pub struct EnrollmentConfig {
     /// Rows per durable transaction.
     pub batch_rows: usize,
+    /// The longest line an enrollment file may have, in bytes; a longer one stops the
+    /// file (a row is a few hundred bytes; this bounds memory).
+    pub max_line_bytes: usize,
     /// Encoding of files without a byte-order mark: "auto" (strict UTF-8, else
     /// Shift_JIS/CP932, else the file is refused), "utf-8" or "shift_jis".
     pub encoding: String,
@@ -182,6 +192,7 @@ impl Default for EnrollmentConfig {
     fn default() -> Self {
         Self {
             batch_rows: 10_000,
+            max_line_bytes: 64 * 1024,
             encoding: "auto".into(),
         }
     }

@@ -9,13 +9,23 @@ use ureq::tls::{Certificate, ClientCert, PrivateKey, RootCerts, TlsConfig, TlsPr
 
 /// `serve` on ephemeral ports; the process and its HTTPS `host:port`.
 pub fn serve(d: &Directory) -> (Proc, String) {
-    let mut cmd = d.command(&[
-        "serve",
-        "--listen",
-        "/ip4/127.0.0.1/tcp/0",
-        "--https",
-        "127.0.0.1:0",
-    ]);
+    serve_with(d, &[])
+}
+
+/// As `serve`, with global options (`--config FILE`) before the command.
+pub fn serve_with(d: &Directory, global: &[&str]) -> (Proc, String) {
+    let args: Vec<&str> = global
+        .iter()
+        .copied()
+        .chain([
+            "serve",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--https",
+            "127.0.0.1:0",
+        ])
+        .collect();
+    let mut cmd = d.command(&args);
     cmd.env_remove("SSLKEYLOGFILE");
     let (p, line) = start_ready(cmd, "iryo-directory serve");
     let https = field(&line, "https").to_string();

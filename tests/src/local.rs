@@ -40,6 +40,7 @@ impl LocalFederation {
             encoding: Some(Encoding::Utf8),
             batch_rows: config.enrollment.batch_rows,
             only_insurer: None,
+            max_line_bytes: config.enrollment.max_line_bytes,
         };
         ingest_all(&store, &issuer, &sample.files, &opts)?;
         let store = Arc::new(store);

@@ -2,7 +2,7 @@
 //! decide who is calling; other CAs, missing and revoked certificates are refused.
 
 use iryo_proto::{InsurerNumber, MyNumber};
-use iryo_tests::https::{agent, agent_no_redirects, serve};
+use iryo_tests::https::{agent, agent_no_redirects, serve, serve_with};
 use iryo_tests::{write_enrollment, Directory};
 use std::path::PathBuf;
 
@@ -639,4 +639,71 @@ fn guessing_is_counted_before_hashing_and_costs_the_same_for_any_id() {
         page.contains("id=\"too-many\"") && page.contains("分後にもう一度"),
         "{page}"
     );
+}
+
+#[test]
+fn uploads_are_bounded_in_size_and_line_and_kept_only_for_their_retention() {
+    let d = Directory::new();
+    d.ok(&["init"]);
+    d.ok(&["ca", "init"]);
+    let ins = issue(&d, "--insurer", &kyokai(), "ins");
+    let config = d.path("directory.toml");
+    std::fs::write(
+        &config,
+        "[https]\nmax_upload_mib = 1\nupload_retention_days = 0\n[enrollment]\nmax_line_bytes = 4096\n",
+    )
+    .unwrap();
+    let (_serve, https) = serve_with(&d, &["--config", &config.display().to_string()]);
+    let base = format!("https://localhost:{}", https.rsplit(':').next().unwrap());
+    let a = agent(&d.data.join("ca/ca.pem"), Some(&ins));
+    let uploads = d.data.join("uploads");
+    let csvs = || {
+        std::fs::read_dir(&uploads)
+            .map(|r| {
+                r.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".csv"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    // Over the size limit: refused, nothing kept.
+    let big = vec![b'a'; 2 << 20];
+    let res = a
+        .post(format!("{base}/insurer/enrollments?wait=true"))
+        .send(&big[..])
+        .unwrap();
+    assert_eq!(res.status(), 413);
+    assert_eq!(csvs(), 0);
+    // A line longer than allowed stops the file, named, without the server's paths.
+    let mut long = format!("{}\n", iryo_tests::HEADER).into_bytes();
+    long.extend(std::iter::repeat_n(b'x', 10_000));
+    long.push(b'\n');
+    let mut res = a
+        .post(format!("{base}/insurer/enrollments?wait=true"))
+        .send(&long[..])
+        .unwrap();
+    assert_eq!(res.status(), 422);
+    let job: serde_json::Value = res.body_mut().read_json().unwrap();
+    let error = job["error"].as_str().unwrap();
+    assert!(error.contains("line 2 is longer than 4096 bytes"), "{error}");
+    assert!(!error.contains(&d.data.display().to_string()), "{error}");
+    // A good file is enrolled; with a retention of 0 days the file itself goes, the
+    // summary stays.
+    let good = d.path("good.csv");
+    write_enrollment(&good, &[&row(&kyokai(), "kyokai", 0)]);
+    let mut res = a
+        .post(format!("{base}/insurer/enrollments?wait=true"))
+        .send(std::fs::read(&good).unwrap())
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let job: serde_json::Value = res.body_mut().read_json().unwrap();
+    assert_eq!(csvs(), 0, "uploads past their retention are deleted");
+    let status = a
+        .get(format!("{base}/insurer/enrollments/{}", job["id"].as_str().unwrap()))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_json::<serde_json::Value>()
+        .unwrap();
+    assert_eq!(status["summary"]["new"], 1, "{status}");
 }

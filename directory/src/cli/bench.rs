@@ -115,6 +115,7 @@ fn measure(args: &BenchArgs, dir: &std::path::Path) -> Result<()> {
         encoding: Some(Encoding::Utf8),
         batch_rows: args.batch_rows,
         only_insurer: None,
+        max_line_bytes: 64 * 1024,
     };
     let mut total = Summary::default();
     let t = Instant::now();

@@ -90,6 +90,7 @@ pub(super) fn run(dir: &Path, persons: u64) -> Result<()> {
         encoding: Some(Encoding::Utf8),
         batch_rows: ctx.config.enrollment.batch_rows,
         only_insurer: None,
+        max_line_bytes: ctx.config.enrollment.max_line_bytes,
     };
     for f in &sample.files {
         let s = ingest_file(&store, &issuer, f, &opts, &Progress::Silent)?;

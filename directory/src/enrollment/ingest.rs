@@ -45,6 +45,8 @@ pub struct IngestOptions {
     pub batch_rows: usize,
     /// When an insurer uploads its own file, rows of any other insurer are rejected.
     pub only_insurer: Option<iryo_proto::InsurerNumber>,
+    /// The longest line accepted, in bytes (`enrollment.max_line_bytes`).
+    pub max_line_bytes: usize,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -183,7 +185,7 @@ pub fn ingest_file(
     let lines = Lines::default();
     let mut csv = csv::ReaderBuilder::new()
         .flexible(true)
-        .from_reader(lines.reader(decoder));
+        .from_reader(lines.reader(decoder, opts.max_line_bytes.max(1024)));
     let cols = Columns::from_header(
         csv.headers()
             .map_err(|source| IngestError::Csv {

@@ -148,6 +148,10 @@ struct Terminators {
     read: u64,
     /// The last byte read was a CR (a CRLF's LF is not a second terminator).
     after_cr: bool,
+    /// Bytes read since the last terminator.
+    line_len: usize,
+    /// Terminators read so far.
+    read_lines: u64,
 }
 
 /// The physical line on which a record starting at a byte offset of the decoded text
@@ -175,11 +179,14 @@ impl Lines {
         t.passed + 1
     }
 
-    /// Wraps the decoded text so that its terminators are counted as it is read.
-    pub fn reader<R: Read>(&self, inner: R) -> LineReader<R> {
+    /// Wraps the decoded text so that its terminators are counted as it is read. A
+    /// line longer than `max_line` bytes stops the reading with an error naming it:
+    /// the csv parser would otherwise hold the whole line in memory.
+    pub fn reader<R: Read>(&self, inner: R, max_line: usize) -> LineReader<R> {
         LineReader {
             inner,
             lines: self.clone(),
+            max_line,
         }
     }
 }
@@ -187,6 +194,7 @@ impl Lines {
 pub struct LineReader<R> {
     inner: R,
     lines: Lines,
+    max_line: usize,
 }
 
 impl<R: Read> Read for LineReader<R> {
@@ -199,6 +207,8 @@ impl<R: Read> Read for LineReader<R> {
                 b'\r' => {
                     t.pending.push_back((at, 1));
                     t.after_cr = true;
+                    t.line_len = 0;
+                    t.read_lines += 1;
                 }
                 b'\n' if t.after_cr => {
                     t.after_cr = false;
@@ -206,8 +216,25 @@ impl<R: Read> Read for LineReader<R> {
                         last.1 = 2;
                     }
                 }
-                b'\n' => t.pending.push_back((at, 1)),
-                _ => t.after_cr = false,
+                b'\n' => {
+                    t.pending.push_back((at, 1));
+                    t.line_len = 0;
+                    t.read_lines += 1;
+                }
+                _ => {
+                    t.after_cr = false;
+                    t.line_len += 1;
+                    if t.line_len > self.max_line {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!(
+                                "line {} is longer than {} bytes; a row is a few hundred bytes, so this is not an enrollment file (or its line ends are missing)",
+                                t.read_lines + 1,
+                                self.max_line
+                            ),
+                        ));
+                    }
+                }
             }
         }
         t.read += n as u64;
@@ -226,7 +253,7 @@ mod tests {
             .has_headers(true)
             .flexible(true)
             .buffer_capacity(7)
-            .from_reader(lines.reader(text.as_bytes()));
+            .from_reader(lines.reader(text.as_bytes(), 1 << 16));
         let mut out = Vec::new();
         let mut rec = csv::StringRecord::new();
         while csv.read_record(&mut rec).unwrap() {
@@ -242,6 +269,19 @@ mod tests {
             let text = rows.join(end) + end;
             assert_eq!(record_lines(&text), [2, 3, 6], "line end {end:?}");
         }
+    }
+
+    #[test]
+    fn a_line_too_long_stops_the_file_naming_it() {
+        let lines = Lines::default();
+        let text = format!("a,b\n1,2\n{}\n", "x".repeat(100));
+        let mut r = lines.reader(text.as_bytes(), 50);
+        let mut out = Vec::new();
+        let e = r.read_to_end(&mut out).unwrap_err();
+        assert!(
+            e.to_string().starts_with("line 3 is longer than 50 bytes"),
+            "{e}"
+        );
     }
 
     fn sniff(bytes: &[u8]) -> Result<Detected, DetectError> {

@@ -82,6 +82,48 @@ impl Jobs {
         }
     }
 
+    /// Deletes uploaded files and error reports of finished jobs older than `keep`;
+    /// the jobs' summaries stay. Returns how many files went.
+    pub fn sweep(&self, keep: std::time::Duration) -> usize {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return 0;
+        };
+        let running: Vec<String> = self
+            .running
+            .lock()
+            .map(|m| {
+                m.values()
+                    .filter(|j| j.state == "running")
+                    .map(|j| j.id.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut gone = 0;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(id) = name
+                .strip_suffix(".csv.errors.csv")
+                .or_else(|| name.strip_suffix(".csv"))
+            else {
+                continue;
+            };
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > keep);
+            if old && !running.iter().any(|r| r == id) && std::fs::remove_file(entry.path()).is_ok()
+            {
+                gone += 1;
+            }
+        }
+        if gone > 0 {
+            tracing::info!(files = gone, "uploads past their retention deleted");
+        }
+        gone
+    }
+
     fn get(&self, id: &str) -> Option<JobState> {
         if !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
             return None;
@@ -125,8 +167,27 @@ async fn upload(
     .await?;
     let mut file = tokio::fs::File::from_std(file);
     let mut stream = body.into_data_stream();
+    let max = web.config.https.max_upload_mib.saturating_mul(1 << 20);
+    let mut size = 0u64;
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| WebError::BadRequest(format!("upload broken off: {e}")))?;
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(e) => {
+                drop(file);
+                let _ = tokio::fs::remove_file(&path).await;
+                return Err(WebError::BadRequest(format!("upload broken off: {e}")));
+            }
+        };
+        size += chunk.len() as u64;
+        if size > max {
+            // Nothing of a refused upload is kept.
+            drop(file);
+            let _ = tokio::fs::remove_file(&path).await;
+            return Err(WebError::TooLarge(format!(
+                "the file is larger than {} MiB, the most one upload may be; split it into several files",
+                web.config.https.max_upload_mib
+            )));
+        }
         file.write_all(&chunk)
             .await
             .map_err(|e| WebError::Internal(e.to_string()))?;
@@ -151,6 +212,7 @@ async fn upload(
             encoding,
             batch_rows: w.config.enrollment.batch_rows,
             only_insurer: Some(insurer),
+            max_line_bytes: w.config.enrollment.max_line_bytes,
         };
         let result = ctx
             .issuer(&w.store)
@@ -171,10 +233,14 @@ async fn upload(
             }
             Err(e) => {
                 job.state = "failed".into();
-                job.error = Some(e);
+                // Said in terms of the upload, never of the server's files.
+                job.error =
+                    Some(e.replace(&path.display().to_string(), &format!("{}.csv", job.id)));
             }
         }
         w.jobs.set(&job);
+        let keep = u64::from(w.config.https.upload_retention_days) * 86_400;
+        w.jobs.sweep(std::time::Duration::from_secs(keep));
         job
     });
     let status_url = format!("/insurer/enrollments/{id}");
@@ -219,9 +285,12 @@ async fn errors(
 ) -> Result<Response, WebError> {
     own_job(&web, &caller, &id)?;
     let path = web.jobs.dir.join(format!("{id}.csv.errors.csv"));
-    let text = tokio::fs::read(&path)
-        .await
-        .map_err(|_| WebError::NotFound("this upload had no rejected rows".into()))?;
+    let text = tokio::fs::read(&path).await.map_err(|_| {
+        WebError::NotFound(format!(
+            "this upload had no rejected rows, or its report was deleted after {} days",
+            web.config.https.upload_retention_days
+        ))
+    })?;
     Ok(([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], text).into_response())
 }
 

@@ -46,8 +46,12 @@ pub struct Web {
 impl Web {
     pub fn new(store: Arc<Store>, agency: SigningKey, config: Config) -> Result<Self, WebError> {
         let secret = crate::keys::random32().map_err(|e| WebError::Internal(e.to_string()))?;
+        let jobs = insurer::Jobs::new(config.data_dir.join("uploads"));
+        jobs.sweep(std::time::Duration::from_secs(
+            u64::from(config.https.upload_retention_days) * 86_400,
+        ));
         Ok(Self {
-            jobs: insurer::Jobs::new(config.data_dir.join("uploads")),
+            jobs,
             store,
             agency,
             config,
@@ -77,6 +81,8 @@ pub enum WebError {
     BadRequest(String),
     #[error("too many attempts; try again later")]
     TooMany,
+    #[error("{0}")]
+    TooLarge(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -116,6 +122,7 @@ impl IntoResponse for WebError {
             WebError::NotFound(_) => StatusCode::NOT_FOUND,
             WebError::BadRequest(_) => StatusCode::BAD_REQUEST,
             WebError::TooMany => StatusCode::TOO_MANY_REQUESTS,
+            WebError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             WebError::Internal(e) => {
                 tracing::error!(error = %e, "request failed");
                 // The reason stays in the log: it may name the server's files.
