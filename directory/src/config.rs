@@ -46,6 +46,13 @@ pub struct HttpsConfig {
     /// Days an uploaded file and its error report are kept after it was enrolled; the
     /// job's summary stays.
     pub upload_retention_days: u32,
+    /// Connections one client address may hold at once.
+    pub connections_per_address: usize,
+    /// Seconds a connection may send and receive nothing before it is closed.
+    pub idle_seconds: u64,
+    /// Bytes a second a connection must move on average, after its first
+    /// `idle_seconds`; a slower one (a trickled body) is closed.
+    pub min_bytes_per_second: u64,
 }
 
 impl Default for HttpsConfig {
@@ -54,6 +61,9 @@ impl Default for HttpsConfig {
             listen: "127.0.0.1:8443".into(),
             max_upload_mib: 2048,
             upload_retention_days: 30,
+            connections_per_address: 32,
+            idle_seconds: 30,
+            min_bytes_per_second: 256,
         }
     }
 }

@@ -685,7 +685,10 @@ fn uploads_are_bounded_in_size_and_line_and_kept_only_for_their_retention() {
     assert_eq!(res.status(), 422);
     let job: serde_json::Value = res.body_mut().read_json().unwrap();
     let error = job["error"].as_str().unwrap();
-    assert!(error.contains("line 2 is longer than 4096 bytes"), "{error}");
+    assert!(
+        error.contains("line 2 is longer than 4096 bytes"),
+        "{error}"
+    );
     assert!(!error.contains(&d.data.display().to_string()), "{error}");
     // A good file is enrolled; with a retention of 0 days the file itself goes, the
     // summary stays.
@@ -699,11 +702,84 @@ fn uploads_are_bounded_in_size_and_line_and_kept_only_for_their_retention() {
     let job: serde_json::Value = res.body_mut().read_json().unwrap();
     assert_eq!(csvs(), 0, "uploads past their retention are deleted");
     let status = a
-        .get(format!("{base}/insurer/enrollments/{}", job["id"].as_str().unwrap()))
+        .get(format!(
+            "{base}/insurer/enrollments/{}",
+            job["id"].as_str().unwrap()
+        ))
         .call()
         .unwrap()
         .body_mut()
         .read_json::<serde_json::Value>()
         .unwrap();
     assert_eq!(status["summary"]["new"], 1, "{status}");
+}
+
+#[test]
+fn idle_trickling_and_greedy_clients_are_cut_off_and_others_served() {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+    let d = Directory::new();
+    d.ok(&["init"]);
+    d.ok(&["ca", "init"]);
+    let config = d.path("directory.toml");
+    std::fs::write(
+        &config,
+        "[https]\nconnections_per_address = 3\nidle_seconds = 1\nmin_bytes_per_second = 100\n",
+    )
+    .unwrap();
+    let (_serve, https) = serve_with(&d, &["--config", &config.display().to_string()]);
+    let closed_within = |s: &mut std::net::TcpStream, limit: Duration| {
+        s.set_read_timeout(Some(limit)).unwrap();
+        let started = Instant::now();
+        let mut buf = [0u8; 256];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) if started.elapsed() < limit => return true,
+                Ok(0) | Err(_) => return false,
+                Ok(_) => {}
+            }
+        }
+    };
+    // Three idle connections hold the address's share; a fourth is closed at once.
+    let mut idle: Vec<_> = (0..3)
+        .map(|_| std::net::TcpStream::connect(&https).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut fourth = std::net::TcpStream::connect(&https).unwrap();
+    assert!(
+        closed_within(&mut fourth, Duration::from_millis(900)),
+        "over the share"
+    );
+    // Idle ones are closed after the idle limit, far sooner than a minute.
+    for s in &mut idle {
+        assert!(
+            closed_within(s, Duration::from_secs(5)),
+            "idle connection kept"
+        );
+    }
+    // A peer trickling its handshake a byte at a time is cut off too.
+    let mut trickle = std::net::TcpStream::connect(&https).unwrap();
+    let started = Instant::now();
+    let mut cut = false;
+    for b in [
+        0x16u8, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+    ] {
+        std::thread::sleep(Duration::from_millis(400));
+        if trickle.write_all(&[b]).is_err() {
+            cut = true;
+            break;
+        }
+    }
+    cut = cut || closed_within(&mut trickle, Duration::from_secs(3));
+    assert!(
+        cut && started.elapsed() < Duration::from_secs(10),
+        "trickle kept"
+    );
+    // And the front serves a well-behaved client.
+    let base = format!("https://localhost:{}", https.rsplit(':').next().unwrap());
+    let a = agent(&d.data.join("ca/ca.pem"), None);
+    assert_eq!(
+        a.get(format!("{base}/portal/")).call().unwrap().status(),
+        200
+    );
 }

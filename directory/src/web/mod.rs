@@ -3,6 +3,7 @@
 //! with server TLS only, and `/metrics`.
 
 pub mod audit;
+pub mod conn;
 pub mod insurer;
 pub mod limits;
 pub mod operator;
@@ -241,10 +242,18 @@ pub async fn start(
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "HTTPS front listening");
+    let https = &web.config.https;
+    let limits = conn::ConnLimits {
+        per_address: https.connections_per_address.max(1),
+        idle: Duration::from_secs(https.idle_seconds.max(1)),
+        min_rate: https.min_bytes_per_second,
+    };
     let app = router(web);
-    // Bounds what idle or slow clients can hold: connections at once, and the time to
-    // finish a handshake or send a request's headers.
+    // Bounds what idle or slow clients can hold: connections at once and per address,
+    // the time to finish a handshake or send a request's headers, and a connection
+    // that stops moving or trickles (`conn`).
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let per_address = Arc::new(conn::PerAddress::default());
     let task = tokio::spawn(async move {
         loop {
             let Ok(slot) = slots.clone().acquire_owned().await else {
@@ -265,10 +274,16 @@ pub async fn start(
                     continue;
                 }
             };
+            let Some(held) = per_address.take(remote.ip(), limits.per_address) else {
+                crate::metrics::metrics().refused("https_connections_per_address");
+                tracing::debug!(%remote, "too many connections from one address; closed");
+                continue;
+            };
             let app = app.clone();
             tokio::spawn(async move {
-                let _slot = slot;
+                let (_slot, _held) = (slot, held);
                 let acceptor = tokio_rustls::TlsAcceptor::from(config);
+                let tcp = conn::Moving::new(tcp, limits);
                 let stream =
                     match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
                     {
