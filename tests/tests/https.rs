@@ -658,13 +658,11 @@ fn uploads_are_bounded_in_size_and_line_and_kept_only_for_their_retention() {
     let a = agent(&d.data.join("ca/ca.pem"), Some(&ins));
     let uploads = d.data.join("uploads");
     let csvs = || {
-        std::fs::read_dir(&uploads)
-            .map(|r| {
-                r.flatten()
-                    .filter(|e| e.file_name().to_string_lossy().ends_with(".csv"))
-                    .count()
-            })
-            .unwrap_or(0)
+        std::fs::read_dir(&uploads).map_or(0, |r| {
+            r.flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".csv"))
+                .count()
+        })
     };
     // Over the size limit: refused, nothing kept.
     let big = vec![b'a'; 2 << 20];
