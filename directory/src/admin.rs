@@ -259,6 +259,11 @@ pub fn execute(
                     (None, Some(n)) => reader.person_by_my_number(n)?,
                     (None, None) => return Err(AdminError::NoPerson),
                 };
+                store.log_reads(
+                    operator,
+                    &[person.medical_id],
+                    "the registry record (identity, My Number, address, coverages, history, service use)",
+                )?;
                 AdminResponse::Person {
                     service_use: reader.service_uses(person.pid)?,
                     person: Box::new(person),

@@ -45,6 +45,14 @@ pub enum LogEntry {
         action: String,
         at: Time,
     },
+    /// An operator read a person's data: bound to the person, so that it shows in
+    /// their access log. Names what was read, never the data itself (no My Number).
+    OperatorRead {
+        operator: String,
+        medical_id: MedicalId,
+        what: String,
+        at: Time,
+    },
 }
 
 impl LogEntry {
@@ -55,7 +63,8 @@ impl LogEntry {
                 notification.open_unverified().ok().map(|n| n.medical_id)
             }
             LogEntry::GrantIssued { medical_id, .. }
-            | LogEntry::GrantRefused { medical_id, .. } => Some(*medical_id),
+            | LogEntry::GrantRefused { medical_id, .. }
+            | LogEntry::OperatorRead { medical_id, .. } => Some(*medical_id),
             LogEntry::Eligibility { .. } | LogEntry::Operator { .. } => None,
         }
     }

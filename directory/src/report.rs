@@ -222,5 +222,15 @@ pub fn audit_entry(e: &crate::audit::LogEntry) -> String {
             action,
             at,
         } => format!("{}  {operator}: {action}", format_time(*at)),
+        LogEntry::OperatorRead {
+            operator,
+            medical_id,
+            what,
+            at,
+        } => format!(
+            "{}  operator {operator} read {what} of {}",
+            format_time(*at),
+            medical_id.grouped()
+        ),
     }
 }

@@ -79,6 +79,15 @@ fn entries() -> Vec<(&'static str, LogEntry)> {
                 at: 1_767_225_700,
             },
         ),
+        (
+            "operator_read",
+            LogEntry::OperatorRead {
+                operator: "sato".into(),
+                medical_id: patient,
+                what: "the registry record".into(),
+                at: 1_767_225_800,
+            },
+        ),
     ]
 }
 
@@ -96,7 +105,7 @@ fn vectors() -> Value {
         })
         .collect();
     json!({
-        "about": "Audit log entries: entry = postcard(LogEntry), variant index first (0 notification, 1 grant issued, 2 grant refused, 3 eligibility, 4 operator); leaf hash = SHA-256(0x00 ‖ entry).",
+        "about": "Audit log entries: entry = postcard(LogEntry), variant index first (0 notification, 1 grant issued, 2 grant refused, 3 eligibility, 4 operator, 5 operator read); leaf hash = SHA-256(0x00 ‖ entry).",
         "entries": list,
     })
 }
@@ -130,7 +139,8 @@ fn the_audit_leaves_are_the_published_ones() {
                 "grant_issued",
                 "grant_refused",
                 "eligibility",
-                "operator"
+                "operator",
+                "operator_read"
             ]
             .iter()
             .position(|k| e["kind"] == *k)

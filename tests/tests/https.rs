@@ -211,6 +211,38 @@ fn insurers_and_operators_are_who_their_certificates_say() {
         page.contains(&MyNumber::from_body(77_700_000_001).to_string()),
         "{page}"
     );
+    // Every read is in the log, bound to the person read, without the My Number.
+    let _ = ao.get(url("/operator/cases")).call().unwrap();
+    let me = MyNumber::from_body(77_700_000_000).to_string();
+    let id = d.json(&["show", "--my-number", &me, "--json"])["person"]["medical_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let shown = d.ok(&["audit", "show", "--medical-id", &id]);
+    assert!(
+        shown.contains("operator sato read the registry record")
+            && shown.contains("found by My Number"),
+        "{shown}"
+    );
+    let size = anon
+        .get(url("/audit/tree-head"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_json::<serde_json::Value>()
+        .unwrap()["size"]
+        .as_u64()
+        .unwrap();
+    for i in 0..size {
+        let entry = anon
+            .get(url(&format!("/audit/proof/{i}")))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_string()
+            .unwrap();
+        assert!(!entry.contains(&me), "a My Number in the log: {entry}");
+    }
     // Registering an institution from the console, as the operator.
     let node_dir = d.path("clinic");
     let init = std::process::Command::new(iryo_tests::node_bin())

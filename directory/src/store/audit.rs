@@ -259,7 +259,27 @@ impl Store {
         Ok(out)
     }
 
-    /// Writes an operator's action (also a read of someone's data) to the log.
+    /// Writes that `operator` read `what` of each of these people, one entry each, so
+    /// that every person sees it in their access log.
+    pub fn log_reads(&self, operator: &str, people: &[MedicalId], what: &str) -> Result<()> {
+        if people.is_empty() {
+            return Ok(());
+        }
+        let at = crate::registry::now();
+        self.write(|t| {
+            for id in people {
+                t.audit_append(&LogEntry::OperatorRead {
+                    operator: operator.into(),
+                    medical_id: *id,
+                    what: what.into(),
+                    at,
+                })?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Writes an operator's action to the log.
     pub fn log_operator(&self, operator: &str, action: String) -> Result<u64> {
         self.write(|t| {
             t.audit_append(&LogEntry::Operator {

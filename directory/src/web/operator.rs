@@ -103,8 +103,13 @@ pub(super) async fn dashboard(
     lang: Lang,
 ) -> Result<Response, WebError> {
     let op = operator(&caller)?;
-    let w = web.clone();
-    let counts = blocking(move || Ok(w.store.counts()?)).await?;
+    let (w, o) = (web.clone(), op.clone());
+    let counts = blocking(move || {
+        w.store
+            .log_operator(&o, "viewed the dashboard (counts only)".into())?;
+        Ok(w.store.counts()?)
+    })
+    .await?;
     let body = format!(
         "{}<table><tr><th>{}</th><td>{}</td></tr><tr><th>{}</th><td>{}</td></tr><tr><th>{}</th><td>{}</td></tr><tr><th>{}</th><td>{}</td></tr></table>",
         search_form(lang, ""),
@@ -174,8 +179,25 @@ async fn person(
     let (o, q) = (op.clone(), s.q.clone());
     let found = blocking(move || {
         let people = find(&w, &q)?;
-        w.store
-            .log_operator(&o, format!("searched {q:?}: {} found", people.len()))?;
+        // Each person shown sees the read in their access log; the log never holds
+        // what was searched for (a My Number, a card).
+        let how = if MedicalId::parse(q.trim()).is_ok() {
+            "medical ID"
+        } else if MyNumber::parse(q.trim()).is_ok() {
+            "My Number"
+        } else {
+            "card"
+        };
+        if people.is_empty() {
+            w.store
+                .log_operator(&o, format!("searched by {how}: nobody found"))?;
+        }
+        let ids: Vec<MedicalId> = people.iter().map(|p| p.medical_id).collect();
+        w.store.log_reads(
+            &o,
+            &ids,
+            &format!("the registry record (identity, My Number, address, coverages, history, service use, consent), found by {how}"),
+        )?;
         let mut out = Vec::new();
         for p in people {
             let uses = w.store.reader()?.service_uses(p.pid)?;
@@ -270,8 +292,37 @@ async fn cases(
 ) -> Result<Response, WebError> {
     let op = operator(&caller)?;
     let w = web.clone();
-    let (conflicts, mismatches) =
-        blocking(move || Ok((w.store.conflicts(true)?, w.store.mismatches(true)?))).await?;
+    let o = op.clone();
+    let (conflicts, mismatches) = blocking(move || {
+        let (conflicts, mismatches) = (w.store.conflicts(true)?, w.store.mismatches(true)?);
+        // Every registered person whose data the queue shows sees the read.
+        let mut ids = Vec::new();
+        for c in &conflicts {
+            if let Ok(p) = w.store.person_by_my_number(c.row.my_number) {
+                ids.push(p.medical_id);
+            }
+        }
+        for m in &mismatches {
+            ids.extend([m.registered, m.presented]);
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        w.store.log_reads(
+            &o,
+            &ids,
+            "the open cases (enrollment conflicts, mismatches) about them",
+        )?;
+        w.store.log_operator(
+            &o,
+            format!(
+                "viewed the open cases: {} conflicts, {} mismatches",
+                conflicts.len(),
+                mismatches.len()
+            ),
+        )?;
+        Ok((conflicts, mismatches))
+    })
+    .await?;
     let token = csrf(&web, &op);
     // `kind` names the element and, plural, the route: conflict(s), mismatch(es).
     let block = |kind: &str, route: &str, id: u64, text: String, choices: &[(&str, &str)]| {
@@ -522,18 +573,19 @@ async fn audit(
     let wanted = q.medical_id.clone().filter(|s| !s.trim().is_empty());
     let (entries, size) = blocking(move || {
         let size = w.store.audit_size()?;
-        let entries: Vec<(u64, crate::audit::LogEntry)> = match &wanted {
-            Some(id) => {
-                let id = MedicalId::parse(id.trim())
-                    .map_err(|e| WebError::BadRequest(format!("medical ID: {e}")))?;
-                w.store
-                    .log_operator(&o, format!("read the audit log of {id}"))?;
-                w.store
-                    .audit_for_person(&w.store.person_by_medical_id(id)?)?
-            }
-            None => (size.saturating_sub(50)..size)
+        let entries: Vec<(u64, crate::audit::LogEntry)> = if let Some(id) = &wanted {
+            let id = MedicalId::parse(id.trim())
+                .map_err(|e| WebError::BadRequest(format!("medical ID: {e}")))?;
+            let person = w.store.person_by_medical_id(id)?;
+            w.store
+                .log_reads(&o, &[person.medical_id], "the audit log of their records")?;
+            w.store.audit_for_person(&person)?
+        } else {
+            w.store
+                .log_operator(&o, "viewed the latest 50 audit log entries".into())?;
+            (size.saturating_sub(50)..size)
                 .map(|i| Ok((i, w.store.audit_entry(i)?)))
-                .collect::<Result<_, crate::store::StoreError>>()?,
+                .collect::<Result<_, crate::store::StoreError>>()?
         };
         let agency = w.agency.verifying_key();
         let mut out = Vec::new();

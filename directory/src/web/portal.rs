@@ -676,6 +676,18 @@ fn describe(lang: Lang, names: &mut Names<'_>, entry: &LogEntry) -> Option<(Time
             ),
             false,
         )),
+        LogEntry::OperatorRead {
+            operator, what, at, ..
+        } => Some((
+            *at,
+            format!(
+                "{}: {} ({})",
+                lang.t("管理機関の職員が閲覧", "read by the agency's staff"),
+                esc(what),
+                esc(operator)
+            ),
+            false,
+        )),
         LogEntry::Eligibility { .. } | LogEntry::Operator { .. } => None,
     }
 }
