@@ -179,6 +179,14 @@ fn hostile_messages_are_refused_and_everyone_keeps_serving() {
         send_raw(&node_addr, EXCHANGE_PROTOCOL, &short, Some(u32::MAX)),
         None
     );
+    // A peer without a membership may not make the directory read a large frame,
+    // though a member's may be 512 KiB: 64 KiB, whole and in time, closes the stream.
+    let mut big = 7u64.to_be_bytes().to_vec();
+    big.resize(64 * 1024, 0x41);
+    assert_eq!(
+        send_raw(&fed.directory_addr, DIRECTORY_PROTOCOL, &big, None),
+        None
+    );
     // Too short to carry a request id.
     assert_eq!(
         send_raw(&fed.directory_addr, DIRECTORY_PROTOCOL, &[1, 2, 3], None),

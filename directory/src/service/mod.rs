@@ -98,6 +98,7 @@ async fn serve(
 ) {
     let committer = writers.committer();
     let mut answering = tokio::task::JoinSet::new();
+    let strangers = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     loop {
         tokio::select! {
             _ = &mut stopped => break,
@@ -106,17 +107,38 @@ async fn serve(
                 // Decoding the key decompresses a curve point: once a session, not once
                 // a request (3 % of the async workers' time at 20,000 checks/s).
                 let key = iryo_p2p::transport::peer_key(&peer);
-                let limits = (MAX_DIRECTORY_REQUEST, MAX_DIRECTORY_RESPONSE);
-                answering.spawn(iryo_p2p::answer::answer(peer, stream, limits, move |request| {
-                    let (store, committer) = (store.clone(), committer.clone());
-                    async move {
-                        let started = std::time::Instant::now();
-                        let kind = crate::metrics::request_kind(&request);
-                        let response = answer(store, committer, (peer, key), request).await;
-                        crate::metrics::metrics().observe_directory(kind, &response, started.elapsed());
-                        response
-                    }
-                }));
+                let strangers = strangers.clone();
+                answering.spawn(async move {
+                    // Membership first, before any frame is read: a stranger's frames
+                    // are bounded to what a refusal needs, and strangers' sessions in
+                    // all are bounded too.
+                    let member = is_member(&store, key).await;
+                    let _stranger = if member {
+                        None
+                    } else {
+                        let Some(s) = Stranger::admit(&strangers) else {
+                            crate::metrics::metrics().refused("strangers_at_capacity");
+                            return;
+                        };
+                        Some(s)
+                    };
+                    let limits = if member {
+                        (MAX_DIRECTORY_REQUEST, MAX_DIRECTORY_RESPONSE)
+                    } else {
+                        (STRANGER_REQUEST, MAX_DIRECTORY_RESPONSE)
+                    };
+                    iryo_p2p::answer::answer(peer, stream, limits, move |request| {
+                        let (store, committer) = (store.clone(), committer.clone());
+                        async move {
+                            let started = std::time::Instant::now();
+                            let kind = crate::metrics::request_kind(&request);
+                            let response = answer(store, committer, (peer, key), request).await;
+                            crate::metrics::metrics().observe_directory(kind, &response, started.elapsed());
+                            response
+                        }
+                    })
+                    .await;
+                });
             }
             Some(_) = answering.join_next(), if !answering.is_empty() => {}
             event = swarm.select_next_some() => match event {
@@ -183,6 +205,46 @@ fn internal(e: impl std::fmt::Display) -> DirectoryResponse {
         iryo_proto::wire::RefusalReason::Internal,
         "the directory could not answer; try again later",
     ))
+}
+
+/// The largest request a peer without a valid membership may send: enough to ask and
+/// be told it is not a member, never enough to make the directory buffer much.
+const STRANGER_REQUEST: u64 = 4 * 1024;
+
+/// Sessions of peers without a valid membership open at once, at most.
+const MAX_STRANGERS: usize = 64;
+
+/// One stranger's session, counted while it lasts.
+struct Stranger(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Stranger {
+    fn admit(count: &Arc<std::sync::atomic::AtomicUsize>) -> Option<Self> {
+        use std::sync::atomic::Ordering;
+        let n = count.fetch_add(1, Ordering::AcqRel);
+        if n >= MAX_STRANGERS {
+            count.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Self(count.clone()))
+    }
+}
+
+impl Drop for Stranger {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// Whether the peer's key holds a valid membership now.
+async fn is_member(store: &Arc<Store>, key: Option<[u8; 32]>) -> bool {
+    let t = now();
+    if let Some(record) = key.and_then(|k| store.cached_member(&k)) {
+        return handler::admit(&record, t).is_ok();
+    }
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || handler::authorise(&store, key, t).is_ok())
+        .await
+        .unwrap_or(false)
 }
 
 fn bad_request(detail: String) -> DirectoryResponse {
