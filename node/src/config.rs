@@ -69,9 +69,17 @@ fn default_refresh() -> u64 {
 }
 
 impl NodeConfig {
+    /// Reads a node.toml. A relative `data_dir` is relative to the file's own
+    /// directory, not to wherever the node happens to be started from.
     pub fn load(path: &Path) -> Result<Self, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+        let mut config: Self =
+            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        if config.data_dir.is_relative() {
+            let base = path.parent().unwrap_or(Path::new("."));
+            config.data_dir = base.join(&config.data_dir);
+        }
+        Ok(config)
     }
 
     pub fn key_path(&self) -> PathBuf {
@@ -126,11 +134,13 @@ impl NodeConfig {
 
 # This institution's 10-digit institution code (医療機関コード).
 code = "{code}"
-# Holds node.redb (records, outbox) and node.key (this node's identity, mode 0600).
+# Holds node.redb (records, outbox) and node.key (this node's identity, mode 0600);
+# a relative path is relative to this file's directory.
 data_dir = "{data_dir}"
 
 [p2p]
-# Where other institutions' nodes reach this one; registered with the agency.
+# Where this node listens for other institutions' nodes. The addresses they dial are
+# the ones registered with the agency (`iryo-node init --advertise`, or this one).
 listen = "{listen}"
 
 [api]

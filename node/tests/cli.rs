@@ -91,3 +91,69 @@ fn example_configs_load() {
         cfg.listen_address().unwrap();
     }
 }
+
+#[test]
+fn an_address_peers_cannot_dial_is_refused_and_a_moved_node_re_registers() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("hospital");
+    let init = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_iryo-node"))
+            .args([
+                "init",
+                "--code",
+                "1311000010",
+                "--name",
+                "東京中央病院",
+                "--out",
+            ])
+            .arg(&out)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let refused = init(&["--listen", "/ip4/0.0.0.0/tcp/4711"]);
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("--advertise"), "{err}");
+    let ok = init(&[
+        "--listen",
+        "/ip4/0.0.0.0/tcp/4711",
+        "--advertise",
+        "/ip4/192.0.2.10/tcp/4711",
+    ]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let read = || -> RegistrationFile {
+        serde_json::from_str(&std::fs::read_to_string(out.join("registration.json")).unwrap())
+            .unwrap()
+    };
+    let first = read().signed.verify_any().unwrap();
+    assert_eq!(first.addresses, ["/ip4/192.0.2.10/tcp/4711"]);
+    // data_dir is relative to node.toml, wherever the node is started from.
+    let cfg = NodeConfig::load(&out.join("node.toml")).unwrap();
+    assert_eq!(cfg.key_path(), out.join("./node.key"));
+    // The node moves: a new request, same key, new address.
+    let moved = Command::new(env!("CARGO_BIN_EXE_iryo-node"))
+        .current_dir(dir.path())
+        .args([
+            "re-register",
+            "--config",
+            "hospital/node.toml",
+            "--name",
+            "東京中央病院",
+        ])
+        .args(["--advertise", "/ip4/192.0.2.11/tcp/4711"])
+        .output()
+        .unwrap();
+    assert!(
+        moved.status.success(),
+        "{}",
+        String::from_utf8_lossy(&moved.stderr)
+    );
+    let second = read().signed.verify_any().unwrap();
+    assert_eq!(second.public_key, first.public_key);
+    assert_eq!(second.addresses, ["/ip4/192.0.2.11/tcp/4711"]);
+}

@@ -33,10 +33,17 @@ enum Command {
         /// Directory for the key, the request and the configuration.
         #[arg(long)]
         out: PathBuf,
-        /// The libp2p address other nodes will reach this node on.
+        /// The libp2p address this node listens on, e.g. /ip4/0.0.0.0/tcp/4711 for every
+        /// interface.
         #[arg(long, default_value = "/ip4/127.0.0.1/tcp/4711")]
         listen: String,
-        /// The local API address for the EMR.
+        /// The address other nodes dial to reach this node (registered with the agency),
+        /// e.g. /ip4/192.0.2.10/tcp/4711; repeat for several. Needed when --listen is
+        /// an unspecified address (0.0.0.0 or ::); otherwise --listen is used.
+        #[arg(long)]
+        advertise: Vec<String>,
+        /// The local API address for the EMR; a second node on one host needs another
+        /// port, e.g. 127.0.0.1:8712.
         #[arg(long, default_value = "127.0.0.1:8711")]
         api: String,
         /// The directory's address (ending in /p2p/<peer id>), if known.
@@ -45,6 +52,21 @@ enum Command {
         /// The agency's root public key (hex), if known.
         #[arg(long, default_value = "")]
         agency_key: String,
+    },
+    /// Write a new registration request for this node's key, with new addresses (the
+    /// node moved, or its address changed); send it to the agency as the first one
+    /// (`iryo-directory institution add`), which replaces the registered addresses.
+    ReRegister {
+        /// The node's configuration file.
+        #[arg(long, short, env = "IRYO_NODE_CONFIG")]
+        config: PathBuf,
+        /// The institution's name as registered.
+        #[arg(long)]
+        name: String,
+        /// The addresses other nodes dial now, e.g. /ip4/192.0.2.11/tcp/4711; repeat for
+        /// several. Without it, the configured listen address.
+        #[arg(long)]
+        advertise: Vec<String>,
     },
     /// Run the node until interrupted.
     Run {
@@ -71,10 +93,12 @@ fn run(cli: Cli) -> Result<()> {
             name,
             out,
             listen,
+            advertise,
             api,
             directory,
             agency_key,
         } => {
+            let advertised = advertised(&listen, advertise)?;
             // The node's key, its API token and its patients' records live here.
             iryo_p2p::files::create_private_dir(&out)
                 .with_context(|| format!("{}", out.display()))?;
@@ -83,7 +107,7 @@ fn run(cli: Cli) -> Result<()> {
                 &key,
                 code,
                 &name,
-                vec![listen.clone()],
+                advertised.clone(),
                 chrono::Utc::now().timestamp(),
             );
             let reg_path = out.join("registration.json");
@@ -93,7 +117,8 @@ fn run(cli: Cli) -> Result<()> {
             getrandom::fill(&mut token).map_err(|e| anyhow::anyhow!("random source: {e}"))?;
             let config = NodeConfig {
                 code,
-                data_dir: out.clone(),
+                // node.toml lives in `out`: the data are beside it.
+                data_dir: PathBuf::from("."),
                 key_file: None,
                 p2p: P2pConfig { listen },
                 api: ApiConfig {
@@ -123,6 +148,30 @@ fn run(cli: Cli) -> Result<()> {
             );
             println!("configuration   {}", cfg_path.display());
         }
+        Command::ReRegister {
+            config: cfg_path,
+            name,
+            advertise,
+        } => {
+            let config = NodeConfig::load(&cfg_path).map_err(anyhow::Error::msg)?;
+            let advertised = advertised(&config.p2p.listen, advertise)?;
+            let key = iryo_node::identity::load_key(&config.key_path())?;
+            let reg = RegistrationFile::new(
+                &key,
+                config.code,
+                &name,
+                advertised.clone(),
+                chrono::Utc::now().timestamp(),
+            );
+            let reg_path = config.data_dir.join("registration.json");
+            std::fs::write(&reg_path, serde_json::to_string_pretty(&reg)?)
+                .with_context(|| format!("{}", reg_path.display()))?;
+            println!(
+                "registration    {}  -> send to the agency (addresses {})",
+                reg_path.display(),
+                advertised.join(", ")
+            );
+        }
         Command::Run { config } => {
             let config = NodeConfig::load(&config).map_err(anyhow::Error::msg)?;
             let rt = tokio::runtime::Runtime::new()?;
@@ -147,4 +196,41 @@ fn run(cli: Cli) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The addresses to register: `--advertise`, or the listen address itself when peers
+/// can dial it. An unspecified listen address (0.0.0.0, ::) is no address a peer can
+/// dial, so it is refused without `--advertise`.
+fn advertised(listen: &str, advertise: Vec<String>) -> Result<Vec<String>> {
+    use libp2p::multiaddr::Protocol;
+    let listen_addr: libp2p::Multiaddr = listen
+        .parse()
+        .with_context(|| format!("--listen {listen:?} is not a libp2p address"))?;
+    let unspecified = listen_addr.iter().any(|p| match p {
+        Protocol::Ip4(ip) => ip.is_unspecified(),
+        Protocol::Ip6(ip) => ip.is_unspecified(),
+        _ => false,
+    });
+    if advertise.is_empty() {
+        if unspecified {
+            anyhow::bail!(
+                "--listen {listen} listens on every interface, which no peer can dial; \
+                 give the address peers should use with --advertise, e.g. --advertise /ip4/192.0.2.10/tcp/4711"
+            );
+        }
+        return Ok(vec![listen.to_string()]);
+    }
+    for a in &advertise {
+        let addr: libp2p::Multiaddr = a
+            .parse()
+            .with_context(|| format!("--advertise {a:?} is not a libp2p address"))?;
+        if addr.iter().any(|p| match p {
+            Protocol::Ip4(ip) => ip.is_unspecified(),
+            Protocol::Ip6(ip) => ip.is_unspecified(),
+            _ => false,
+        }) {
+            anyhow::bail!("--advertise {a} is unspecified; give an address peers can dial");
+        }
+    }
+    Ok(advertise)
 }
