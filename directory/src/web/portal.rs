@@ -205,6 +205,21 @@ fn attempt(
         .admit(caller.remote.ip(), account, std::time::Instant::now()))
 }
 
+/// A try admitted by the limits with a slot to hash its password in, or why not.
+async fn admit(
+    web: &Web,
+    headers: &HeaderMap,
+    caller: &Caller,
+    form: &str,
+    medical_id: &str,
+) -> Result<Result<(Ticket, tokio::sync::OwnedSemaphorePermit), Refused>, WebError> {
+    let ticket = match attempt(web, headers, caller, form, medical_id)? {
+        Ok(t) => t,
+        Err(why) => return Ok(Err(why)),
+    };
+    Ok(web.limits.hashing().await.map(|slot| (ticket, slot)))
+}
+
 /// The answer to a refused try, in the page's language, saying what to do next.
 fn refused(lang: Lang, why: Refused) -> Response {
     let minutes = |d: std::time::Duration| d.as_secs().div_ceil(60).max(1);
@@ -307,12 +322,8 @@ async fn activate(
             )),
         ));
     }
-    let ticket = match attempt(&web, &headers, &caller, &f.form, &f.medical_id)? {
-        Ok(t) => t,
-        Err(why) => return Ok(refused(lang, why)),
-    };
-    let slot = match web.limits.hashing().await {
-        Ok(s) => s,
+    let (ticket, slot) = match admit(&web, &headers, &caller, &f.form, &f.medical_id).await? {
+        Ok(admitted) => admitted,
         Err(why) => return Ok(refused(lang, why)),
     };
     let w = web.clone();
@@ -366,12 +377,8 @@ async fn login(
     headers: HeaderMap,
     Form(f): Form<LoginForm>,
 ) -> Result<Response, WebError> {
-    let ticket = match attempt(&web, &headers, &caller, &f.form, &f.medical_id)? {
-        Ok(t) => t,
-        Err(why) => return Ok(refused(lang, why)),
-    };
-    let slot = match web.limits.hashing().await {
-        Ok(s) => s,
+    let (ticket, slot) = match admit(&web, &headers, &caller, &f.form, &f.medical_id).await? {
+        Ok(admitted) => admitted,
         Err(why) => return Ok(refused(lang, why)),
     };
     let w = web.clone();
