@@ -53,6 +53,11 @@ pub enum LogEntry {
         what: String,
         at: Time,
     },
+    /// A source's signed report of a fetch it refused: attempted access.
+    AccessRefused {
+        from: InstitutionCode,
+        report: Signed<iryo_proto::federation::RefusalReport>,
+    },
 }
 
 impl LogEntry {
@@ -61,6 +66,9 @@ impl LogEntry {
         match self {
             LogEntry::Notification { notification, .. } => {
                 notification.open_unverified().ok().map(|n| n.medical_id)
+            }
+            LogEntry::AccessRefused { report, .. } => {
+                report.open_unverified().ok().map(|r| r.medical_id)
             }
             LogEntry::GrantIssued { medical_id, .. }
             | LogEntry::GrantRefused { medical_id, .. }

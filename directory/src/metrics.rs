@@ -137,6 +137,7 @@ pub fn request_kind(r: &DirectoryRequest) -> &'static str {
         DirectoryRequest::Consent { .. } => "consent",
         DirectoryRequest::Grant { .. } => "grant",
         DirectoryRequest::Notify { .. } => "notify",
+        DirectoryRequest::ReportRefusals { .. } => "report_refusals",
         DirectoryRequest::TreeHead => "tree_head",
         DirectoryRequest::AuditProof { .. } => "audit_proof",
     }

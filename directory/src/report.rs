@@ -222,6 +222,18 @@ pub fn audit_entry(e: &crate::audit::LogEntry) -> String {
             action,
             at,
         } => format!("{}  {operator}: {action}", format_time(*at)),
+        LogEntry::AccessRefused { from, report } => match report.open_unverified() {
+            Ok(r) => format!(
+                "{}  ACCESS REFUSED by {from}: {} asked for {} ({}) and was refused: {}",
+                format_time(r.at),
+                r.requester
+                    .map_or("an unknown requester".into(), |c| c.to_string()),
+                r.medical_id.grouped(),
+                r.purpose.as_str(),
+                r.reason
+            ),
+            Err(e) => format!("refusal report from {from} (unreadable: {e})"),
+        },
         LogEntry::OperatorRead {
             operator,
             medical_id,

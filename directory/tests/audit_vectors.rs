@@ -80,6 +80,30 @@ fn entries() -> Vec<(&'static str, LogEntry)> {
             },
         ),
         (
+            "access_refused",
+            LogEntry::AccessRefused {
+                from: hospital,
+                report: Signed::sign(
+                    &iryo_proto::federation::RefusalReport {
+                        id: ordered_id(1_767_225_602_000_000, [3; 8]),
+                        grant_id,
+                        medical_id: patient,
+                        source: hospital,
+                        requester: Some(clinic),
+                        requester_key: SigningKey::from_bytes(&[0x33; 32])
+                            .verifying_key()
+                            .to_bytes(),
+                        purpose: Purpose::Treatment,
+                        reason: RefusalReason::Grant(
+                            iryo_proto::federation::GrantRefusal::Replayed,
+                        ),
+                        at: 1_767_225_602,
+                    },
+                    &SigningKey::from_bytes(&[0x22; 32]),
+                ),
+            },
+        ),
+        (
             "operator_read",
             LogEntry::OperatorRead {
                 operator: "sato".into(),
@@ -105,7 +129,7 @@ fn vectors() -> Value {
         })
         .collect();
     json!({
-        "about": "Audit log entries: entry = postcard(LogEntry), variant index first (0 notification, 1 grant issued, 2 grant refused, 3 eligibility, 4 operator, 5 operator read); leaf hash = SHA-256(0x00 ‖ entry).",
+        "about": "Audit log entries: entry = postcard(LogEntry), variant index first (0 notification, 1 grant issued, 2 grant refused, 3 eligibility, 4 operator, 5 operator read, 6 access refused); leaf hash = SHA-256(0x00 ‖ entry).",
         "entries": list,
     })
 }
@@ -140,7 +164,8 @@ fn the_audit_leaves_are_the_published_ones() {
                 "grant_refused",
                 "eligibility",
                 "operator",
-                "operator_read"
+                "operator_read",
+                "access_refused"
             ]
             .iter()
             .position(|k| e["kind"] == *k)

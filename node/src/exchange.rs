@@ -7,7 +7,7 @@ use crate::p2p::{peer_key, IncomingStreams};
 use crate::{fhir, Node};
 use futures::StreamExt;
 use iryo_proto::federation::{
-    check_grant, FetchContext, Grant, GrantRefusal, Notification, Purpose, Side,
+    check_grant, FetchContext, Grant, GrantRefusal, Notification, Purpose, RefusalReport, Side,
 };
 use iryo_proto::signed::Signed;
 use iryo_proto::wire::*;
@@ -87,6 +87,38 @@ pub async fn serve_inbound(node: Arc<Node>, mut inbound: IncomingStreams) {
     }
 }
 
+/// Queues a signed report of a refused fetch for the directory, so that the patient
+/// and the agency see the attempt; the refusal is answered whether or not it queues.
+async fn report_refusal(
+    node: &Arc<Node>,
+    peer: [u8; 32],
+    request: (MedicalId, Purpose, &Signed<Grant>),
+    reason: RefusalReason,
+) {
+    let (medical_id, purpose, grant) = request;
+    let claimed = grant.open_unverified().ok();
+    let report = Signed::sign(
+        &RefusalReport {
+            id: fresh_id(),
+            grant_id: claimed.as_ref().map_or([0; 16], |g| g.id),
+            medical_id,
+            source: node.code,
+            requester: claimed.map(|g| g.requester),
+            requester_key: peer,
+            purpose,
+            reason,
+            at: now(),
+        },
+        &node.key,
+    );
+    let store = node.store.clone();
+    match tokio::task::spawn_blocking(move || store.queue_refusal(&report)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "a refusal report was not queued"),
+        Err(e) => tracing::error!(error = %e, "a refusal report was not queued"),
+    }
+}
+
 async fn serve(
     node: &Arc<Node>,
     peer: Option<[u8; 32]>,
@@ -110,16 +142,36 @@ async fn serve(
     };
     let g = match check_grant(&grant, &cx) {
         Ok(g) => g,
-        Err(r) => return refused(RefusalReason::Grant(r), r.to_string()),
+        Err(r) => {
+            let reason = RefusalReason::Grant(r);
+            report_refusal(node, peer, (medical_id, purpose, &grant), reason).await;
+            return refused(reason, r.to_string());
+        }
     };
     match node.directory.resolve(g.requester).await {
         Ok(Some(m)) if m.public_key == peer => {}
-        Ok(Some(_)) => return refused(RefusalReason::NotMember, "the key is not the requester's"),
+        Ok(Some(_)) => {
+            report_refusal(
+                node,
+                peer,
+                (medical_id, purpose, &grant),
+                RefusalReason::NotMember,
+            )
+            .await;
+            return refused(RefusalReason::NotMember, "the key is not the requester's");
+        }
         Ok(None) => {
+            report_refusal(
+                node,
+                peer,
+                (medical_id, purpose, &grant),
+                RefusalReason::NotMember,
+            )
+            .await;
             return refused(
                 RefusalReason::NotMember,
                 format!("{} has no active membership", g.requester),
-            )
+            );
         }
         Err(e) => {
             tracing::error!(error = %e, requester = %g.requester, "membership not confirmed");
@@ -140,10 +192,11 @@ async fn serve(
         Ok(records) => ExchangeResponse::Records {
             bundle: fhir::bundle("collection", &records),
         },
-        Err(crate::store::StoreError::Replayed) => refused(
-            RefusalReason::Grant(GrantRefusal::Replayed),
-            GrantRefusal::Replayed.to_string(),
-        ),
+        Err(crate::store::StoreError::Replayed) => {
+            let reason = RefusalReason::Grant(GrantRefusal::Replayed);
+            report_refusal(node, peer, (medical_id, purpose, &grant), reason).await;
+            refused(reason, GrantRefusal::Replayed.to_string())
+        }
         Err(e @ crate::store::StoreError::TooLarge { .. }) => refused(
             RefusalReason::BadRequest,
             format!("{e}; nothing was disclosed. Ask the source institution for them another way"),

@@ -17,9 +17,52 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// machine's fast state (docs/performance.md, the outbox's gathering pause).
 const GATHER: Duration = Duration::from_millis(100);
 
+/// Sends the refusal reports waiting, if any; whether they all went.
+async fn deliver_refusals(node: &Arc<Node>) -> bool {
+    let worker = node.clone();
+    let Ok(Ok(reports)) =
+        tokio::task::spawn_blocking(move || worker.store.refusals(MAX_NOTIFICATIONS_PER_REQUEST))
+            .await
+    else {
+        return false;
+    };
+    if reports.is_empty() {
+        return true;
+    }
+    let n = reports.len();
+    match node
+        .p2p
+        .directory(DirectoryRequest::ReportRefusals { reports })
+        .await
+    {
+        Ok(DirectoryResponse::Acknowledged { ids }) => {
+            let worker = node.clone();
+            let cleared =
+                tokio::task::spawn_blocking(move || worker.store.acknowledge_refusals(&ids)).await;
+            if matches!(cleared, Ok(Ok(()))) {
+                tracing::debug!(delivered = n, "refusal reports delivered");
+                true
+            } else {
+                tracing::error!("cannot clear acknowledged refusal reports");
+                false
+            }
+        }
+        other => {
+            tracing::warn!(pending = n, answer = ?other, "refusal reports not delivered");
+            false
+        }
+    }
+}
+
 pub async fn deliver(node: Arc<Node>, interval: Duration) {
     let mut backoff = interval;
     loop {
+        // Rare, and as important to the patient as what was disclosed.
+        if !deliver_refusals(&node).await {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+            continue;
+        }
         let worker = node.clone();
         let batch =
             tokio::task::spawn_blocking(move || worker.store.outbox(MAX_NOTIFICATIONS_PER_REQUEST))

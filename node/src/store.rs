@@ -2,7 +2,7 @@
 //! grants already served (single use), and the outbox of signed notifications.
 
 use crate::fhir::Contents;
-use iryo_proto::federation::Notification;
+use iryo_proto::federation::{Notification, RefusalReport};
 use iryo_proto::signed::Signed;
 use iryo_proto::MedicalId;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
@@ -13,6 +13,10 @@ use thiserror::Error;
 const RECORDS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("records");
 const SEEN_GRANTS: TableDefinition<[u8; 16], i64> = TableDefinition::new("seen_grants");
 const OUTBOX: TableDefinition<[u8; 16], &[u8]> = TableDefinition::new("outbox");
+/// Refusal reports kept at most while the directory does not take them.
+const MAX_PENDING_REFUSALS: u64 = 10_000;
+/// Signed reports of fetches this node refused, waiting for the directory.
+const REFUSALS: TableDefinition<[u8; 16], &[u8]> = TableDefinition::new("refusals");
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 
 #[derive(Debug, Error)]
@@ -87,6 +91,7 @@ impl Store {
             tx.open_table(RECORDS)?;
             tx.open_table(SEEN_GRANTS)?;
             tx.open_table(OUTBOX)?;
+            tx.open_table(REFUSALS)?;
             tx.open_table(COUNTERS)?;
         }
         tx.commit()?;
@@ -199,6 +204,54 @@ impl Store {
             );
         }
         Ok(out)
+    }
+
+    /// Queues a signed report of a refused fetch, durably, for the directory. Past
+    /// `MAX_PENDING_REFUSALS` waiting (the directory unreachable during a flood of bad
+    /// grants), further reports are dropped and logged rather than fill the disk.
+    pub fn queue_refusal(&self, r: &Signed<RefusalReport>) -> Result<()> {
+        let id = r
+            .open_unverified()
+            .map_err(|e| StoreError::Codec(e.to_string()))?
+            .id;
+        let bytes = postcard::to_allocvec(r).map_err(|e| StoreError::Codec(e.to_string()))?;
+        let tx = self.db.begin_write()?;
+        let mut t = tx.open_table(REFUSALS)?;
+        if t.len()? >= MAX_PENDING_REFUSALS {
+            tracing::warn!("refusal reports waiting at their limit; this one is dropped");
+            return Ok(());
+        }
+        t.insert(id, bytes.as_slice())?;
+        drop(t);
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Refusal reports waiting for the directory, oldest first.
+    pub fn refusals(&self, limit: usize) -> Result<Vec<Signed<RefusalReport>>> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(REFUSALS)?;
+        let mut out = Vec::new();
+        for item in t.iter()?.take(limit) {
+            out.push(
+                postcard::from_bytes(item?.1.value())
+                    .map_err(|e| StoreError::Codec(e.to_string()))?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Removes refusal reports the directory acknowledged.
+    pub fn acknowledge_refusals(&self, ids: &[[u8; 16]]) -> Result<()> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut t = tx.open_table(REFUSALS)?;
+            for id in ids {
+                t.remove(*id)?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     pub fn outbox_len(&self) -> Result<u64> {

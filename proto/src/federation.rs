@@ -288,6 +288,35 @@ impl Statement for Notification {
     const DOMAIN: &'static str = "iryo/notification/1";
 }
 
+/// A source's signed account of a fetch it refused: attempted access, which the
+/// patient and the agency see in the audit log. What the grant claimed is reported as
+/// claimed; the key is the one TLS authenticated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefusalReport {
+    /// Unique id of the report (`ordered_id`).
+    pub id: [u8; 16],
+    /// The id the grant carried (all zeros when its body did not decode).
+    pub grant_id: [u8; 16],
+    /// The patient the fetch asked for.
+    pub medical_id: MedicalId,
+    /// The institution that refused: the reporter.
+    pub source: InstitutionCode,
+    /// The requester the grant named, when its body decoded.
+    pub requester: Option<InstitutionCode>,
+    /// The key the requester's node authenticated with.
+    pub requester_key: [u8; 32],
+    /// The purpose the fetch asked for.
+    pub purpose: Purpose,
+    /// Why it was refused.
+    pub reason: crate::wire::RefusalReason,
+    /// When.
+    pub at: Time,
+}
+
+impl Statement for RefusalReport {
+    const DOMAIN: &'static str = "iryo/refusal/1";
+}
+
 /// The agency's signed statement of the audit log's size and root.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TreeHead {

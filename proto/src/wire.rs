@@ -11,7 +11,9 @@
 //! request: more than a third of the CPU of a fetch.
 
 use crate::eligibility::{CheckAnswer, CheckRequest};
-use crate::federation::{Grant, GrantRefusal, Membership, Notification, Purpose, Time, TreeHead};
+use crate::federation::{
+    Grant, GrantRefusal, Membership, Notification, Purpose, RefusalReport, Time, TreeHead,
+};
 use crate::signed::Signed;
 use crate::{InstitutionCode, MedicalId};
 use serde::{Deserialize, Serialize};
@@ -183,6 +185,11 @@ pub enum DirectoryRequest {
     Notify {
         /// At most `MAX_NOTIFICATIONS_PER_REQUEST`, each signed by the sender.
         notifications: Vec<Signed<Notification>>,
+    },
+    /// A source's signed reports of fetches it refused, from its outbox.
+    ReportRefusals {
+        /// At most `MAX_NOTIFICATIONS_PER_REQUEST`, each signed by the sender.
+        reports: Vec<Signed<RefusalReport>>,
     },
     /// The latest signed head of the audit log.
     TreeHead,

@@ -11,7 +11,7 @@
 use ed25519_dalek::{Signature, SigningKey, Verifier, VerifyingKey};
 use iryo_proto::eligibility::{CheckAnswer, CheckKey, CheckRequest, CoverageSummary, Reason};
 use iryo_proto::federation::{
-    Grant, Membership, Notification, Purpose, Registration, Role, Side, TreeHead,
+    self, Grant, Membership, Notification, Purpose, Registration, Role, Side, TreeHead,
 };
 use iryo_proto::merkle::{self, from_hex, to_hex, Hash, MemoryTree};
 use iryo_proto::signed::{canonical, Signed, Statement};
@@ -118,6 +118,20 @@ fn notification() -> Notification {
     }
 }
 
+fn refusal_report() -> federation::RefusalReport {
+    federation::RefusalReport {
+        id: federation::ordered_id(1_767_225_602_000_000, [3; 8]),
+        grant_id: grant().id,
+        medical_id: patient(),
+        source: hospital_code(),
+        requester: Some(clinic_code()),
+        requester_key: clinic().verifying_key().to_bytes(),
+        purpose: Purpose::Treatment,
+        reason: RefusalReason::Grant(federation::GrantRefusal::Replayed),
+        at: 1_767_225_602,
+    }
+}
+
 /// Entries of the example log: any bytes; the directory's are postcard-encoded audit
 /// entries.
 fn entries(n: u64) -> Vec<Vec<u8>> {
@@ -168,6 +182,7 @@ fn statements() -> Value {
             statement("grant", &grant(), &agency()),
             statement("notification", &notification(), &hospital()),
             statement("tree_head", &head, &agency()),
+            statement("refusal_report", &refusal_report(), &hospital()),
         ],
     })
 }

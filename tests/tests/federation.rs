@@ -343,6 +343,26 @@ fn forged_expired_replayed_and_misbound_grants_are_refused() {
         3,
         "each grant the directory gave is logged"
     );
+    // The source reported each refusal, signed, through its outbox: the attempts are
+    // in the patient's audit log (those naming patient q under q's).
+    let refused_reports = |id| {
+        fed.audit_show(id)
+            .iter()
+            .filter(|e| e[1].get("AccessRefused").is_some())
+            .count()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while refused_reports(p) < 7 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(
+        refused_reports(p),
+        7,
+        "replayed, purpose, expired, source, requester, forged, tampered"
+    );
+    assert_eq!(refused_reports(q), 1, "the grant for another patient");
+    let text = fed.operator(&["audit", "show", "--medical-id", &p.to_string()]);
+    assert!(text.contains("ACCESS REFUSED by"), "{text}");
 }
 
 #[test]

@@ -113,6 +113,10 @@ pub fn handle(store: &Store, request: DirectoryRequest, now: Time) -> DirectoryR
                 Err(e) => internal(e),
             }
         }
+        DirectoryRequest::ReportRefusals { .. } => DirectoryResponse::Refused(Refusal::new(
+            RefusalReason::Internal,
+            "refusal reports are taken with the sender's membership",
+        )),
         DirectoryRequest::Eligibility { .. }
         | DirectoryRequest::EligibilityBatch { .. }
         | DirectoryRequest::Grant { .. }

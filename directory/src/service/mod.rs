@@ -356,6 +356,27 @@ async fn answer(
             }
             notify(committer, member, notifications).await
         }
+        DirectoryRequest::ReportRefusals { reports } => {
+            if reports.len() > iryo_proto::wire::MAX_NOTIFICATIONS_PER_REQUEST {
+                return bad_request(format!(
+                    "at most {} reports per request",
+                    iryo_proto::wire::MAX_NOTIFICATIONS_PER_REQUEST
+                ));
+            }
+            let logged =
+                tokio::task::spawn_blocking(move || store.log_refusals(&member, &reports)).await;
+            match logged {
+                Ok(Ok((mut ids, refused))) => {
+                    for (id, why) in &refused {
+                        tracing::warn!(id = %iryo_proto::merkle::to_hex(id), why, "refusal report refused");
+                    }
+                    ids.extend(refused.into_iter().map(|(id, _)| id));
+                    DirectoryResponse::Acknowledged { ids }
+                }
+                Ok(Err(e)) => internal(e),
+                Err(e) => internal(e),
+            }
+        }
         other => tokio::task::spawn_blocking(move || handler::handle(&store, other, t))
             .await
             .unwrap_or_else(internal),

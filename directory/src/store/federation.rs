@@ -175,6 +175,51 @@ pub(super) fn append_notifications(
     Ok(acknowledged)
 }
 
+/// The ids of refusal reports logged (now or before), and those refused with why.
+pub type ReportsTaken = (Vec<[u8; 16]>, Vec<([u8; 16], String)>);
+
+impl Store {
+    /// Logs a source's signed refusal reports: each must be signed by the sender's
+    /// member key and name the sender as the source; one seen before is not logged
+    /// again. Returns the ids the sender may drop, refused ones included (they will
+    /// never become valid), and why each refused one was.
+    pub fn log_refusals(
+        &self,
+        member: &Membership,
+        reports: &[Signed<iryo_proto::federation::RefusalReport>],
+    ) -> Result<ReportsTaken> {
+        let key = ed25519_dalek::VerifyingKey::from_bytes(&member.public_key)
+            .map_err(|e| StoreError::Inconsistent(format!("a member's key: {e}")))?;
+        let mut valid = Vec::new();
+        let mut refused = Vec::new();
+        for signed in reports {
+            match signed.verify(&key) {
+                Ok(r) if r.source == member.code => valid.push((signed.clone(), r)),
+                Ok(r) => refused.push((r.id, format!("reports for {}, not its sender", r.source))),
+                Err(e) => {
+                    let id = signed.open_unverified().map_or([0; 16], |r| r.id);
+                    refused.push((id, e.to_string()));
+                }
+            }
+        }
+        let ids = self.write(|t| {
+            let mut ids = Vec::with_capacity(valid.len());
+            for (signed, r) in &valid {
+                if t.notification_ids.open()?.get(r.id)?.is_none() {
+                    let leaf = t.audit_append(&LogEntry::AccessRefused {
+                        from: member.code,
+                        report: signed.clone(),
+                    })?;
+                    t.notification_ids.open_mut()?.insert(r.id, leaf)?;
+                }
+                ids.push(r.id);
+            }
+            Ok(ids)
+        })?;
+        Ok((ids, refused))
+    }
+}
+
 /// What a requester asks for: one patient's records at one source, for one purpose.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GrantQuery {

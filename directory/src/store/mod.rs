@@ -25,7 +25,8 @@ pub use checks::Reader;
 pub use commit::{CommitError, GroupCommitter, Writers};
 pub use enroll::BatchReport;
 pub use federation::{
-    verify_notifications, GrantQuery, GrantRecord, InstitutionRecord, NotifyOutcome, Verified,
+    verify_notifications, GrantQuery, GrantRecord, InstitutionRecord, NotifyOutcome, ReportsTaken,
+    Verified,
 };
 pub use folding::Folding;
 pub(crate) use group::{Job, Outcome};

@@ -683,6 +683,28 @@ fn describe(lang: Lang, names: &mut Names<'_>, entry: &LogEntry) -> Option<(Time
             ),
             false,
         )),
+        LogEntry::AccessRefused { report, .. } => {
+            let r = report.open_unverified().ok()?;
+            let requester = match r.requester {
+                Some(c) => names.of(c),
+                None => lang.t("不明な機関", "an unknown institution").to_string(),
+            };
+            Some((
+                r.at,
+                format!(
+                    "{}: {} ← {} — {} ({})",
+                    lang.t(
+                        "閲覧を拒否（記録の保有機関）",
+                        "access refused by the source"
+                    ),
+                    requester,
+                    names.of(r.source),
+                    purpose(lang, Some(r.purpose)),
+                    refusal(lang, &r.reason)
+                ),
+                true,
+            ))
+        }
         LogEntry::OperatorRead {
             operator, what, at, ..
         } => Some((
