@@ -17,6 +17,8 @@ pub enum ContextError {
     DataDir(std::path::PathBuf, std::io::Error),
     #[error("keys exist already in {0}; refusing to overwrite the agency's keys")]
     KeysExist(std::path::PathBuf),
+    #[error("{0} is not the key that signed this audit log's first tree head; restore the agency's own root key")]
+    WrongRootKey(std::path::PathBuf),
 }
 
 pub struct Context {
@@ -38,6 +40,7 @@ impl Context {
         }
         let keys = AgencyKeys::generate()?;
         keys.write(&c.keys_dir())?;
+        crate::keys::new_service_identity(&c.keys_dir())?;
         let store = Store::create(&c.db_path(), c.registry.cache_mib, c.issuance.method)?;
         let store = self.configure(store).with_signer(keys.root.clone());
         Ok((store, keys))
@@ -48,6 +51,15 @@ impl Context {
         let c = &self.config;
         let store = Store::open(&c.db_path(), c.registry.cache_mib)?;
         let keys = AgencyKeys::load(&c.keys_dir())?;
+        // The root key must be the one this log was begun with: another key would sign
+        // heads that no earlier verifier accepts, and only `audit verify` would notice.
+        if let Some(first) = store.first_head_signer()? {
+            if first != keys.root.verifying_key().to_bytes() {
+                return Err(ContextError::WrongRootKey(
+                    c.keys_dir().join("agency-root.ed25519"),
+                ));
+            }
+        }
         let store = self.configure(store).with_signer(keys.root);
         // Checks a process answered and then died before moving into the logs.
         let moved = store.drain_intake()?;

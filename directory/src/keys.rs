@@ -20,6 +20,14 @@ pub enum KeyError {
     Permissions { path: PathBuf, mode: u32 },
     #[error("the OS random source failed: {0}")]
     Random(String),
+    #[error(
+        "{0} is missing. Every node's configured directory address names the peer id of \
+         this key: restore it from the backup, or, to start afresh, make a new one with \
+         `iryo-directory keys new-p2p` and give every node the new address"
+    )]
+    MissingServiceKey(PathBuf),
+    #[error("{0} exists already; a new one would change the directory's peer id")]
+    ServiceKeyExists(PathBuf),
 }
 
 pub struct AgencyKeys {
@@ -75,24 +83,40 @@ impl AgencyKeys {
     }
 }
 
-/// The directory service's own libp2p identity, made on first use. It is not the root
-/// key: the root key only signs, it never speaks TLS.
+/// The directory service's own libp2p identity, made by `init` (or `keys new-p2p`).
+/// It is not the root key: the root key only signs, it never speaks TLS. A missing
+/// one is an error, never silently replaced: nodes dial the directory by its peer id.
 pub fn service_identity(dir: &Path) -> Result<[u8; 32], KeyError> {
     let path = dir.join(SERVICE_FILE);
+    if !path.exists() {
+        return Err(KeyError::MissingServiceKey(path));
+    }
+    read32(&path)
+}
+
+/// Makes the directory service's libp2p identity; refuses when one exists.
+pub fn new_service_identity(dir: &Path) -> Result<[u8; 32], KeyError> {
+    let path = dir.join(SERVICE_FILE);
     if path.exists() {
-        return read32(&path);
+        return Err(KeyError::ServiceKeyExists(path));
     }
     let key = random32()?;
     write_secret(&path, &key)?;
     Ok(key)
 }
 
-/// Writes a new secret file readable by its owner alone; never overwrites one.
+/// Writes a new secret file readable by its owner alone; never overwrites one. The
+/// bytes go to a temporary file that is synced and then linked into place, so that a
+/// crash or a full disk leaves either no key file or a whole one, never a short one.
 pub fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
-    let io = |source| KeyError::Io {
-        path: path.to_path_buf(),
-        source,
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |source| KeyError::Io { path: p, source }
     };
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".tmp-{}", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]
@@ -100,9 +124,25 @@ pub fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
-    let mut f = opts.open(path).map_err(io)?;
-    f.write_all(bytes).map_err(io)?;
-    f.sync_all().map_err(io)
+    let written = (|| {
+        let mut f = opts.open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io(&tmp)(e));
+    }
+    // A hard link never replaces an existing file, unlike a rename.
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    linked.map_err(io(path))?;
+    if let Some(dir) = path.parent() {
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
 }
 
 fn read32(path: &Path) -> Result<[u8; 32], KeyError> {

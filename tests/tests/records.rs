@@ -450,3 +450,57 @@ fn consent_for_zero_days_is_refused_and_a_day_lasts_a_day() {
         86_400
     );
 }
+
+#[test]
+fn keys_are_never_silently_replaced() {
+    let d = Directory::new();
+    d.ok(&["init"]);
+    let keys = d.data.join("keys");
+    // init made the service's identity; none is left half-written.
+    assert_eq!(
+        std::fs::read(keys.join("directory-p2p.ed25519"))
+            .unwrap()
+            .len(),
+        32
+    );
+    assert!(std::fs::read_dir(&keys).unwrap().all(|e| !e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .contains(".tmp")));
+    // A lost service key is an error naming it, not a new peer id.
+    std::fs::remove_file(keys.join("directory-p2p.ed25519")).unwrap();
+    let err = d.fails(&[
+        "serve",
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--https",
+        "127.0.0.1:0",
+    ]);
+    assert!(
+        err.contains("directory-p2p.ed25519 is missing") && err.contains("keys new-p2p"),
+        "{err}"
+    );
+    d.ok(&["keys", "new-p2p"]);
+    let err = d.fails(&["keys", "new-p2p"]);
+    assert!(err.contains("exists already"), "{err}");
+    // Another root key than the one the log began with is refused at once.
+    d.ok(&["enroll", &file(&d, "a.csv", &[Row::person(1)])]);
+    let id = medical_id_of(&d, &my(1)).to_string();
+    d.answer(&[
+        "check",
+        "--institution",
+        "1310000011",
+        "--medical-id",
+        &id,
+        "--json",
+    ]);
+    let root = keys.join("agency-root.ed25519");
+    std::fs::remove_file(&root).unwrap();
+    iryo_directory::keys::write_secret(&root, &[9; 32]).unwrap();
+    let err = d.fails(&["status"]);
+    assert!(
+        err.contains("not the key that signed this audit log"),
+        "{err}"
+    );
+}

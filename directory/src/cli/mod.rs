@@ -8,6 +8,7 @@ mod cases;
 mod check;
 mod demo;
 mod federation;
+mod keys;
 mod registry;
 mod serve;
 mod tools;
@@ -63,6 +64,9 @@ enum Command {
     /// The agency CA of the HTTPS front: server and client certificates, revocation.
     #[command(subcommand)]
     Ca(ca::CaCmd),
+    /// The directory service's own keys, when one must be made anew.
+    #[command(subcommand)]
+    Keys(keys::KeysCmd),
     /// Eligibility check from an insurance card or a medical ID; records service use.
     Check(check::CheckArgs),
     /// Enrollment rows held because they disagree with the registry.
@@ -120,6 +124,7 @@ pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
         Command::Assign(a) => registry::assign(config, a),
         Command::Letters(a) => registry::letters(&config, a),
         Command::Ca(cmd) => ca::run(&config, cmd),
+        Command::Keys(cmd) => keys::run(&config, cmd),
         Command::Check(a) => check::run(config, a),
         Command::Conflicts(cmd) => cases::conflicts(config, cmd),
         Command::Mismatches(cmd) => cases::mismatches(config, cmd),

@@ -232,6 +232,17 @@ impl Store {
         Ok((head, size))
     }
 
+    /// The key that signed the log's first tree head, if there is one.
+    pub fn first_head_signer(&self) -> Result<Option<[u8; 32]>> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(AUDIT_HEADS)?;
+        let first = t.first()?;
+        match first {
+            Some((_, v)) => Ok(Some(decode::<Signed<TreeHead>>(v.value())?.signer)),
+            None => Ok(None),
+        }
+    }
+
     pub fn latest_head(&self) -> Result<Option<Signed<TreeHead>>> {
         let tx = self.db.begin_read()?;
         let t = tx.open_table(AUDIT_HEADS)?;
