@@ -42,9 +42,16 @@ pub struct ConsentRecord {
 }
 
 impl ConsentRecord {
+    /// Whether this decision speaks for a request. A permission for "all purposes"
+    /// never includes research, which a person allows only by naming it; a refusal
+    /// for all purposes covers research too.
     fn covers(&self, requester: InstitutionCode, purpose: Purpose, now: Time) -> bool {
+        let purpose_covered = match self.purpose {
+            Some(p) => p == purpose,
+            None => !(self.allow && purpose == Purpose::Research),
+        };
         self.institution.is_none_or(|i| i == requester)
-            && self.purpose.is_none_or(|p| p == purpose)
+            && purpose_covered
             && self.expires_at.is_none_or(|e| now < e)
     }
 
@@ -191,6 +198,34 @@ mod tests {
             !consent_allows(&r, code(3), t, 11, DefaultPolicy::Deny),
             "expired"
         );
+        // "All purposes" never lets research in; research is allowed only by name.
+        let mut all = rec(Some(5), None, true, 13);
+        all.purpose = None;
+        r.push(all);
+        assert!(consent_allows(
+            &r,
+            code(5),
+            Purpose::Treatment,
+            14,
+            DefaultPolicy::Deny
+        ));
+        assert!(!consent_allows(
+            &r,
+            code(5),
+            Purpose::Research,
+            14,
+            DefaultPolicy::Deny
+        ));
+        let mut research = rec(Some(5), None, true, 15);
+        research.purpose = Some(Purpose::Research);
+        r.push(research);
+        assert!(consent_allows(
+            &r,
+            code(5),
+            Purpose::Research,
+            16,
+            DefaultPolicy::Deny
+        ));
         // A decision that expires the moment it is made covers nothing.
         let mut instant = rec(Some(4), None, true, 12);
         instant.expires_at = Some(12);

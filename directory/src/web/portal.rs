@@ -839,9 +839,16 @@ async fn consent_page(
         })
         .collect();
     let purposes: String = [
-        ("", purpose(lang, None)),
+        ("", lang.t("選んでください", "Choose")),
         ("treatment", purpose(lang, Some(Purpose::Treatment))),
         ("referral", purpose(lang, Some(Purpose::Referral))),
+        (
+            "all",
+            lang.t(
+                "診療と紹介（研究は含みません）",
+                "Treatment and referral (not research)",
+            ),
+        ),
         ("research", purpose(lang, Some(Purpose::Research))),
     ]
     .iter()
@@ -850,9 +857,9 @@ async fn consent_page(
     let body = format!(
         "<p>{intro}</p><table id=\"consents\"><tr><th>{l_at}</th><th>{l_inst}</th><th>{l_purpose}</th><th>{l_dec}</th><th>{l_exp}</th><th>{l_origin}</th></tr>{rows}</table>\
 <h2>{l_change}</h2><form method=\"post\" action=\"/portal/consent\" id=\"consent-form\">{csrf}\
-<label>{l_dec}<select name=\"action\" id=\"action\"><option value=\"grant\">{l_allow}</option><option value=\"revoke\">{l_refuse}</option></select></label>\
-<label>{l_inst}<select name=\"institution\" id=\"institution\"><option value=\"\">{l_all}</option>{options}</select></label>\
-<label>{l_purpose}<select name=\"purpose\" id=\"purpose\">{purposes}</select></label>\
+<label>{l_dec}<select name=\"action\" id=\"action\" required><option value=\"\" selected>{l_choose}</option><option value=\"grant\">{l_allow}</option><option value=\"revoke\">{l_refuse}</option></select></label>\
+<label>{l_inst}<select name=\"institution\" id=\"institution\" required><option value=\"\" selected>{l_choose}</option>{options}<option value=\"all\">{l_all}</option></select></label>\
+<label>{l_purpose}<select name=\"purpose\" id=\"purpose\" required>{purposes}</select></label>\
 <label>{l_exp}<input type=\"date\" name=\"expires\" id=\"expires\"></label>\
 <button id=\"save-consent\">{l_save}</button></form>\
 <h2>{l_optout}</h2><form method=\"post\" action=\"/portal/consent\" id=\"optout-form\">{csrf}{optout}\
@@ -871,6 +878,7 @@ async fn consent_page(
         l_allow = lang.t("許可する", "Allow"),
         l_refuse = lang.t("拒否する", "Refuse"),
         l_all = lang.t("すべての医療機関", "All institutions"),
+        l_choose = lang.t("選んでください", "Choose"),
         l_save = lang.t("保存", "Save"),
         l_optout = lang.t("すべての共有を停止", "Opt out of all exchange"),
         l_optout_btn = lang.t("すべての医療機関への共有を停止する", "Stop all sharing"),
@@ -889,6 +897,7 @@ async fn consent_page(
 #[derive(Deserialize)]
 struct ConsentForm {
     csrf: String,
+    #[serde(default)]
     action: String,
     #[serde(default)]
     institution: String,
@@ -896,10 +905,99 @@ struct ConsentForm {
     purpose: String,
     #[serde(default)]
     expires: String,
+    /// "yes" from the confirmation page.
+    #[serde(default)]
+    confirm: String,
+}
+
+/// The answer to a consent form sent without a choice: nothing is recorded.
+fn consent_incomplete(lang: Lang) -> Response {
+    let body = format!(
+        "<p class=\"err\" id=\"consent-incomplete\">{}</p><p><a href=\"/portal/consent\">{}</a></p>",
+        lang.t(
+            "決定・医療機関・目的をすべて選んでください。何も変更していません。",
+            "Choose a decision, an institution and a purpose. Nothing was changed."
+        ),
+        lang.t("同意の設定に戻る", "Back to consent")
+    );
+    (
+        StatusCode::BAD_REQUEST,
+        layout(
+            lang,
+            lang.t("同意の設定", "Consent"),
+            "/portal/consent",
+            &[],
+            &body,
+        ),
+    )
+        .into_response()
+}
+
+/// The second page of a wide decision: what will happen, in a sentence, and a button
+/// that confirms it; nothing is recorded until it is pressed.
+fn consent_confirm(
+    lang: Lang,
+    s: &Session,
+    f: &ConsentForm,
+    all: bool,
+    institution: Option<InstitutionCode>,
+    purpose_: Option<Purpose>,
+    mut names: Names<'_>,
+) -> Response {
+    let who = institution.map_or_else(
+        || lang.t("すべての医療機関", "every institution").to_string(),
+        |c| names.of(c),
+    );
+    let why = match purpose_ {
+        Some(p) => purpose(lang, Some(p)).to_string(),
+        None => lang
+            .t(
+                "診療と紹介（研究は含みません）",
+                "treatment and referral (not research)",
+            )
+            .to_string(),
+    };
+    let sentence = if all {
+        lang.t(
+            "すべての医療機関への記録の共有を止めます。救急の場合を除き、どの医療機関もあなたの記録を閲覧できなくなります。あとで、この画面からいつでも共有を許可し直せます。",
+            "Sharing with every institution stops: no institution can read your records, except in an emergency. You can allow sharing again on this page at any time.",
+        )
+        .to_string()
+    } else {
+        match lang {
+            Lang::Ja => format!("{who}が、{why}のために、あなたの記録を閲覧できるようになります。"),
+            Lang::En => format!("{who} will be able to read your records for {why}."),
+        }
+    };
+    let keep = [
+        hidden("csrf", &s.csrf),
+        hidden("action", &f.action),
+        hidden("institution", &f.institution),
+        hidden("purpose", &f.purpose),
+        hidden("expires", &f.expires),
+        hidden("confirm", "yes"),
+    ]
+    .concat();
+    let body = format!(
+        "<p id=\"consent-sentence\">{}</p><form method=\"post\" action=\"/portal/consent\" id=\"confirm-form\">{keep}\
+<button id=\"confirm-consent\">{}</button></form><p><a href=\"/portal/consent\" id=\"cancel-consent\">{}</a></p>",
+        esc(&sentence),
+        lang.t("はい、このとおりにします", "Yes, do this"),
+        lang.t("やめる（何も変更しません）", "Cancel (nothing changes)"),
+    );
+    layout(
+        lang,
+        lang.t("確認してください", "Please confirm"),
+        "/portal/consent",
+        &[],
+        &body,
+    )
+    .into_response()
 }
 
 async fn consent_change(
     State(web): State<Arc<Web>>,
+    lang: Lang,
     SignedIn(s): SignedIn,
     Form(f): Form<ConsentForm>,
 ) -> Result<Response, WebError> {
@@ -912,19 +1010,23 @@ async fn consent_change(
         "grant" => (true, false),
         "revoke" => (false, false),
         "optout" => (false, true),
+        // Nothing is decided for a person who chose nothing.
+        "" => return Ok(consent_incomplete(lang)),
         other => return Err(WebError::BadRequest(format!("unknown action {other:?}"))),
     };
     let institution = match f.institution.trim() {
-        "" => None,
         _ if all => None,
+        "" => return Ok(consent_incomplete(lang)),
+        "all" => None,
         c => Some(
             c.parse::<InstitutionCode>()
                 .map_err(|e| WebError::BadRequest(format!("institution: {e}")))?,
         ),
     };
     let purpose = match f.purpose.trim() {
-        "" => None,
         _ if all => None,
+        "" => return Ok(consent_incomplete(lang)),
+        "all" => None,
         p => Some(Purpose::parse(p).ok_or_else(|| WebError::BadRequest(format!("purpose {p:?}")))?),
     };
     let expires_at = match f.expires.trim() {
@@ -941,6 +1043,24 @@ async fn consent_change(
                 .ok_or_else(|| WebError::BadRequest(format!("expiry date {d:?}")))?,
         ),
     };
+    // Sharing wider than one institution and one purpose, and stopping all sharing,
+    // are confirmed on a second page that says what will happen.
+    let wide = all || (allow && (institution.is_none() || purpose.is_none()));
+    if wide && f.confirm != "yes" {
+        let names = Names {
+            web: &web,
+            seen: HashMap::new(),
+        };
+        return Ok(consent_confirm(
+            lang,
+            &s,
+            &f,
+            all,
+            institution,
+            purpose,
+            names,
+        ));
+    }
     let record = ConsentRecord {
         institution,
         purpose,
