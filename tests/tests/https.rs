@@ -933,4 +933,61 @@ fn consent_never_defaults_to_sharing_and_wide_sharing_is_confirmed() {
     assert_eq!(status, 200);
     assert!(body.contains("共有を止めます"), "{body}");
     assert_eq!(consents(), 2);
+
+    // A hostile institution name is text on every appearance, not markup.
+    let hostile = "<img src=x onerror=alert(1)>病院";
+    let node = d.path("evil");
+    let out = std::process::Command::new(iryo_tests::node_bin())
+        .args(["init", "--code", "1310000029", "--name", hostile, "--out"])
+        .arg(&node)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    d.ok(&[
+        "institution",
+        "add",
+        &node.join("registration.json").display().to_string(),
+    ]);
+    let one = [
+        ("action", "grant"),
+        ("institution", "1310000029"),
+        ("purpose", "treatment"),
+    ];
+    assert_eq!(post(&one).0, 303);
+    let two = [
+        ("action", "revoke"),
+        ("institution", "1310000029"),
+        ("purpose", "treatment"),
+    ];
+    assert_eq!(post(&two).0, 303);
+    let html = a
+        .get(format!("{base}/portal/consent"))
+        .header("cookie", &session)
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    assert!(
+        !html.contains("<img"),
+        "markup from a name reached the page: {html}"
+    );
+    assert!(
+        html.matches("&lt;img src=x").count() >= 3,
+        "table twice, select once: {html}"
+    );
+    let wide = [
+        ("action", "grant"),
+        ("institution", "1310000029"),
+        ("purpose", "all"),
+    ];
+    let (_, confirm) = post(&wide);
+    assert!(
+        !confirm.contains("<img") && confirm.contains("&lt;img"),
+        "{confirm}"
+    );
 }

@@ -489,6 +489,8 @@ struct Names<'a> {
 }
 
 impl Names<'_> {
+    /// The institution's name and code, escaped for HTML: every time, the first and
+    /// any later (the cache holds the escaped form, never the raw name).
     fn of(&mut self, code: InstitutionCode) -> String {
         if let Some(n) = self.seen.get(&code) {
             return n.clone();
@@ -499,8 +501,9 @@ impl Names<'_> {
                 .map_or_else(|_| code.to_string(), |m| format!("{} ({code})", m.name)),
             _ => code.to_string(),
         };
-        self.seen.insert(code, name.clone());
-        esc(&name)
+        let html = esc(&name);
+        self.seen.insert(code, html.clone());
+        html
     }
 }
 
@@ -945,7 +948,7 @@ fn consent_confirm(
     mut names: Names<'_>,
 ) -> Response {
     let who = institution.map_or_else(
-        || lang.t("すべての医療機関", "every institution").to_string(),
+        || esc(lang.t("すべての医療機関", "every institution")),
         |c| names.of(c),
     );
     let why = match purpose_ {
@@ -978,10 +981,11 @@ fn consent_confirm(
         hidden("confirm", "yes"),
     ]
     .concat();
+    // `who` is escaped already (`Names::of`); the rest is the page's own text.
     let body = format!(
         "<p id=\"consent-sentence\">{}</p><form method=\"post\" action=\"/portal/consent\" id=\"confirm-form\">{keep}\
 <button id=\"confirm-consent\">{}</button></form><p><a href=\"/portal/consent\" id=\"cancel-consent\">{}</a></p>",
-        esc(&sentence),
+        sentence,
         lang.t("はい、このとおりにします", "Yes, do this"),
         lang.t("やめる（何も変更しません）", "Cancel (nothing changes)"),
     );
