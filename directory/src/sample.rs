@@ -216,7 +216,9 @@ pub fn write_sample(dir: &Path, opts: &SampleOptions) -> Result<SampleReport, Sa
     };
     for i in &ins {
         let path = dir.join(format!("{}_{}.csv", i.kind.as_str(), i.number));
-        let mut w = BufWriter::with_capacity(1 << 20, File::create(&path).map_err(io(&path))?);
+        // Made-up people, but files of the shape of personal data: 0600 all the same.
+        let file = crate::files::create_private(&path).map_err(io(&path))?;
+        let mut w = BufWriter::with_capacity(1 << 20, file);
         // Spreadsheet exports from Kyokai Kenpo arrive with a UTF-8 byte-order mark.
         if opts.encoding == Encoding::Utf8 && i.kind == InsurerKind::Kyokai {
             w.write_all(b"\xEF\xBB\xBF").map_err(io(&path))?;

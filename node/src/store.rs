@@ -194,8 +194,17 @@ impl Store {
     }
 
     pub fn outbox(&self, limit: usize) -> Result<Vec<Signed<Notification>>> {
+        self.queued(OUTBOX, limit)
+    }
+
+    /// The first `limit` entries of a queue table, decoded.
+    fn queued<T: serde::de::DeserializeOwned>(
+        &self,
+        table: TableDefinition<[u8; 16], &[u8]>,
+        limit: usize,
+    ) -> Result<Vec<T>> {
         let tx = self.db.begin_read()?;
-        let t = tx.open_table(OUTBOX)?;
+        let t = tx.open_table(table)?;
         let mut out = Vec::new();
         for item in t.iter()?.take(limit) {
             out.push(
@@ -229,16 +238,7 @@ impl Store {
 
     /// Refusal reports waiting for the directory, oldest first.
     pub fn refusals(&self, limit: usize) -> Result<Vec<Signed<RefusalReport>>> {
-        let tx = self.db.begin_read()?;
-        let t = tx.open_table(REFUSALS)?;
-        let mut out = Vec::new();
-        for item in t.iter()?.take(limit) {
-            out.push(
-                postcard::from_bytes(item?.1.value())
-                    .map_err(|e| StoreError::Codec(e.to_string()))?,
-            );
-        }
-        Ok(out)
+        self.queued(REFUSALS, limit)
     }
 
     /// Removes refusal reports the directory acknowledged.

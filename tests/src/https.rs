@@ -3,7 +3,8 @@
 
 use crate::federation::{field, start_ready, Proc};
 use crate::Directory;
-use std::path::Path;
+use iryo_proto::{InsurerNumber, MyNumber};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use ureq::tls::{Certificate, ClientCert, PrivateKey, RootCerts, TlsConfig, TlsProvider};
 
@@ -65,4 +66,37 @@ fn agent_with(ca_pem: &Path, client: Option<&Path>, follow: bool) -> ureq::Agent
         .max_redirects(if follow { 10 } else { 0 })
         .build()
         .into()
+}
+
+/// The insurer number of the kyokai kenpo branch the tests enroll under.
+pub fn kyokai() -> String {
+    InsurerNumber::from_body("0113001").unwrap().to_string()
+}
+
+/// A health insurance society, a second insurer.
+pub fn society() -> String {
+    InsurerNumber::from_body("0627014").unwrap().to_string()
+}
+
+/// One enrollment row for `insurer` with a distinct My Number per `i`.
+pub fn row(insurer: &str, kind: &str, i: u64) -> String {
+    format!(
+        "{kind},{insurer},20000002,{},00,insured,{},佐藤 花子,サトウ ハナコ,1985-05-05,2,大阪府大阪市1-1,2021-04-01,",
+        300 + i,
+        MyNumber::from_body(77_700_000_000 + i)
+    )
+}
+
+/// Issues a client certificate with `ca issue <flag> <who>` into `out` under the test directory.
+pub fn issue(d: &Directory, flag: &str, who: &str, out: &str) -> PathBuf {
+    let dir = d.path(out);
+    d.ok(&[
+        "ca",
+        "issue",
+        flag,
+        who,
+        "--out",
+        &dir.display().to_string(),
+    ]);
+    dir
 }

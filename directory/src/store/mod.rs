@@ -155,13 +155,11 @@ fn side_file(path: &Path, cache_mib: usize, writes: Writes) -> Result<Database> 
         Writes::AtCommit => builder.create(path),
         Writes::Paced => {
             let file_error = |e| StoreError::File(path.to_path_buf(), e);
-            let file = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(path)
-                .map_err(file_error)?;
+            let mut opts = std::fs::OpenOptions::new();
+            opts.read(true).write(true).create(true).truncate(false);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+            let file = opts.open(path).map_err(file_error)?;
             builder.create_with_backend(paced::Paced::new(file).map_err(file_error)?)
         }
     }

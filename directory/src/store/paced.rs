@@ -158,13 +158,10 @@ mod tests {
     const T: TableDefinition<u64, &[u8]> = TableDefinition::new("t");
 
     fn file(path: &std::path::Path) -> File {
-        std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .unwrap()
+        let mut opts = std::fs::OpenOptions::new();
+        opts.read(true).write(true).create(true).truncate(false);
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        opts.open(path).unwrap()
     }
 
     #[test]

@@ -1,0 +1,290 @@
+//! Consent: the person's decisions, the form that changes them, and the confirmation
+//! of wide ones.
+
+use super::*;
+
+pub(super) async fn consent_page(
+    State(web): State<Arc<Web>>,
+    lang: Lang,
+    SignedIn(s): SignedIn,
+) -> Result<Response, WebError> {
+    let w = web.clone();
+    let id = s.medical_id;
+    let (records, institutions) = blocking(move || {
+        let records = w.store.consents(id)?;
+        let institutions = w.store.institutions()?;
+        Ok((records, institutions))
+    })
+    .await?;
+    let mut names = Names {
+        web: &web,
+        seen: HashMap::new(),
+    };
+    let rows: String = records
+        .iter()
+        .rev()
+        .map(|r| {
+            format!(
+                "<tr class=\"consent\"><td>{}</td><td>{}</td><td>{}</td><td class=\"{}\">{}</td><td>{}</td><td>{}</td></tr>",
+                time(r.at),
+                r.institution
+                    .map_or(lang.t("すべての医療機関", "all institutions").to_string(), |c| names.of(c)),
+                purpose(lang, r.purpose),
+                if r.allow { "ok" } else { "flag" },
+                if r.allow { lang.t("許可", "allow") } else { lang.t("拒否", "refuse") },
+                r.expires_at.map_or_else(|| lang.t("なし", "none").into(), time),
+                esc(&origin(lang, &r.origin)),
+            )
+        })
+        .collect();
+    let options: String = institutions
+        .iter()
+        .filter(|i| i.revoked_at.is_none())
+        .filter_map(|i| i.membership().ok())
+        .map(|m| {
+            format!(
+                "<option value=\"{}\">{} ({})</option>",
+                m.code,
+                esc(&m.name),
+                m.code
+            )
+        })
+        .collect();
+    let purposes: String = [
+        ("", lang.t("選んでください", "Choose")),
+        ("treatment", purpose(lang, Some(Purpose::Treatment))),
+        ("referral", purpose(lang, Some(Purpose::Referral))),
+        (
+            "all",
+            lang.t(
+                "診療と紹介（研究は含みません）",
+                "Treatment and referral (not research)",
+            ),
+        ),
+        ("research", purpose(lang, Some(Purpose::Research))),
+    ]
+    .iter()
+    .map(|(v, l)| format!("<option value=\"{v}\">{l}</option>"))
+    .collect();
+    let body = format!(
+        "<p>{intro}</p><table id=\"consents\"><tr><th>{l_at}</th><th>{l_inst}</th><th>{l_purpose}</th><th>{l_dec}</th><th>{l_exp}</th><th>{l_origin}</th></tr>{rows}</table>\
+<h2>{l_change}</h2><form method=\"post\" action=\"/portal/consent\" id=\"consent-form\">{csrf}\
+<label>{l_dec}<select name=\"action\" id=\"action\" required><option value=\"\" selected>{l_choose}</option><option value=\"grant\">{l_allow}</option><option value=\"revoke\">{l_refuse}</option></select></label>\
+<label>{l_inst}<select name=\"institution\" id=\"institution\" required><option value=\"\" selected>{l_choose}</option>{options}<option value=\"all\">{l_all}</option></select></label>\
+<label>{l_purpose}<select name=\"purpose\" id=\"purpose\" required>{purposes}</select></label>\
+<label>{l_exp}<input type=\"date\" name=\"expires\" id=\"expires\"></label>\
+<button id=\"save-consent\">{l_save}</button></form>\
+<h2>{l_optout}</h2><form method=\"post\" action=\"/portal/consent\" id=\"optout-form\">{csrf}{optout}\
+<button id=\"optout\">{l_optout_btn}</button></form>",
+        intro = lang.t(
+            "記録の共有についてのあなたの決定です。新しい決定ほど優先され、次の閲覧許可から適用されます。救急の場合は同意なしで閲覧されることがあり、その場合は閲覧記録に表示されます。",
+            "Your decisions on sharing your records. The newest decision wins and applies from the next access grant. In an emergency records may be read without consent; such access is flagged in your access log."
+        ),
+        l_at = lang.t("日時", "When"),
+        l_inst = lang.t("医療機関", "Institution"),
+        l_purpose = lang.t("目的", "Purpose"),
+        l_dec = lang.t("決定", "Decision"),
+        l_exp = lang.t("有効期限", "Expires"),
+        l_origin = lang.t("登録元", "Set by"),
+        l_change = lang.t("同意を変更する", "Change consent"),
+        l_allow = lang.t("許可する", "Allow"),
+        l_refuse = lang.t("拒否する", "Refuse"),
+        l_all = lang.t("すべての医療機関", "All institutions"),
+        l_choose = lang.t("選んでください", "Choose"),
+        l_save = lang.t("保存", "Save"),
+        l_optout = lang.t("すべての共有を停止", "Opt out of all exchange"),
+        l_optout_btn = lang.t("すべての医療機関への共有を停止する", "Stop all sharing"),
+        csrf = hidden("csrf", &s.csrf),
+        optout = hidden("action", "optout"),
+    );
+    Ok(private(
+        lang,
+        lang.t("同意の設定", "Consent"),
+        "/portal/consent",
+        &s,
+        &body,
+    ))
+}
+
+#[derive(Deserialize)]
+pub(super) struct ConsentForm {
+    csrf: String,
+    #[serde(default)]
+    action: String,
+    #[serde(default)]
+    institution: String,
+    #[serde(default)]
+    purpose: String,
+    #[serde(default)]
+    expires: String,
+    /// "yes" from the confirmation page.
+    #[serde(default)]
+    confirm: String,
+}
+
+/// The answer to a consent form sent without a choice: nothing is recorded.
+fn consent_incomplete(lang: Lang) -> Response {
+    let body = format!(
+        "<p class=\"err\" id=\"consent-incomplete\">{}</p><p><a href=\"/portal/consent\">{}</a></p>",
+        lang.t(
+            "決定・医療機関・目的をすべて選んでください。何も変更していません。",
+            "Choose a decision, an institution and a purpose. Nothing was changed."
+        ),
+        lang.t("同意の設定に戻る", "Back to consent")
+    );
+    (
+        StatusCode::BAD_REQUEST,
+        layout(
+            lang,
+            lang.t("同意の設定", "Consent"),
+            "/portal/consent",
+            &[],
+            &body,
+        ),
+    )
+        .into_response()
+}
+
+/// The second page of a wide decision: what will happen, in a sentence, and a button
+/// that confirms it; nothing is recorded until it is pressed.
+fn consent_confirm(
+    lang: Lang,
+    s: &Session,
+    f: &ConsentForm,
+    all: bool,
+    institution: Option<InstitutionCode>,
+    purpose_: Option<Purpose>,
+    mut names: Names<'_>,
+) -> Response {
+    let who = institution.map_or_else(
+        || esc(lang.t("すべての医療機関", "every institution")),
+        |c| names.of(c),
+    );
+    let why = match purpose_ {
+        Some(p) => purpose(lang, Some(p)).to_string(),
+        None => lang
+            .t(
+                "診療と紹介（研究は含みません）",
+                "treatment and referral (not research)",
+            )
+            .to_string(),
+    };
+    let sentence = if all {
+        lang.t(
+            "すべての医療機関への記録の共有を止めます。救急の場合を除き、どの医療機関もあなたの記録を閲覧できなくなります。あとで、この画面からいつでも共有を許可し直せます。",
+            "Sharing with every institution stops: no institution can read your records, except in an emergency. You can allow sharing again on this page at any time.",
+        )
+        .to_string()
+    } else {
+        match lang {
+            Lang::Ja => format!("{who}が、{why}のために、あなたの記録を閲覧できるようになります。"),
+            Lang::En => format!("{who} will be able to read your records for {why}."),
+        }
+    };
+    let keep = [
+        hidden("csrf", &s.csrf),
+        hidden("action", &f.action),
+        hidden("institution", &f.institution),
+        hidden("purpose", &f.purpose),
+        hidden("expires", &f.expires),
+        hidden("confirm", "yes"),
+    ]
+    .concat();
+    // `who` is escaped already (`Names::of`); the rest is the page's own text.
+    let body = format!(
+        "<p id=\"consent-sentence\">{}</p><form method=\"post\" action=\"/portal/consent\" id=\"confirm-form\">{keep}\
+<button id=\"confirm-consent\">{}</button></form><p><a href=\"/portal/consent\" id=\"cancel-consent\">{}</a></p>",
+        sentence,
+        lang.t("はい、このとおりにします", "Yes, do this"),
+        lang.t("やめる（何も変更しません）", "Cancel (nothing changes)"),
+    );
+    layout(
+        lang,
+        lang.t("確認してください", "Please confirm"),
+        "/portal/consent",
+        &[],
+        &body,
+    )
+    .into_response()
+}
+
+pub(super) async fn consent_change(
+    State(web): State<Arc<Web>>,
+    lang: Lang,
+    SignedIn(s): SignedIn,
+    Form(f): Form<ConsentForm>,
+) -> Result<Response, WebError> {
+    if !same(&s.csrf, &f.csrf) {
+        return Err(WebError::Forbidden(
+            "bad form token; reload the page".into(),
+        ));
+    }
+    let (allow, all) = match f.action.as_str() {
+        "grant" => (true, false),
+        "revoke" => (false, false),
+        "optout" => (false, true),
+        // Nothing is decided for a person who chose nothing.
+        "" => return Ok(consent_incomplete(lang)),
+        other => return Err(WebError::BadRequest(format!("unknown action {other:?}"))),
+    };
+    let institution = match f.institution.trim() {
+        _ if all => None,
+        "" => return Ok(consent_incomplete(lang)),
+        "all" => None,
+        c => Some(
+            c.parse::<InstitutionCode>()
+                .map_err(|e| WebError::BadRequest(format!("institution: {e}")))?,
+        ),
+    };
+    let purpose = match f.purpose.trim() {
+        _ if all => None,
+        "" => return Ok(consent_incomplete(lang)),
+        "all" => None,
+        p => Some(Purpose::parse(p).ok_or_else(|| WebError::BadRequest(format!("purpose {p:?}")))?),
+    };
+    let expires_at = match f.expires.trim() {
+        "" => None,
+        _ if all => None,
+        d => Some(
+            // Valid through the day chosen: it lapses at the next midnight.
+            chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d")
+                .map_err(|_| WebError::BadRequest(format!("expiry date {d:?}")))?
+                .succ_opt()
+                .and_then(|next| next.and_hms_opt(0, 0, 0))
+                .and_then(|t| t.and_local_timezone(chrono::Local).single())
+                .map(|t| t.timestamp())
+                .ok_or_else(|| WebError::BadRequest(format!("expiry date {d:?}")))?,
+        ),
+    };
+    // Sharing wider than one institution and one purpose, and stopping all sharing,
+    // are confirmed on a second page that says what will happen.
+    let wide = all || (allow && (institution.is_none() || purpose.is_none()));
+    if wide && f.confirm != "yes" {
+        let names = Names {
+            web: &web,
+            seen: HashMap::new(),
+        };
+        return Ok(consent_confirm(
+            lang,
+            &s,
+            &f,
+            all,
+            institution,
+            purpose,
+            names,
+        ));
+    }
+    let record = ConsentRecord {
+        institution,
+        purpose,
+        allow,
+        expires_at,
+        at: now(),
+        origin: ConsentOrigin::Portal,
+    };
+    let id = s.medical_id;
+    let w = web.clone();
+    blocking(move || Ok(w.store.add_consent(id, &record)?)).await?;
+    tracing::info!(medical_id = %id, action = %f.action, "consent changed in the portal");
+    Ok(Redirect::to("/portal/consent").into_response())
+}

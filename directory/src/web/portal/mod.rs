@@ -1,0 +1,217 @@
+//! My Portal (proposal §4-3): a person signs in with the medical ID and, the first time, the
+//! activation code from their letter; then sees their ID and insurance, their service
+//! history, who read their records (each entry proved to be in the signed log), and
+//! sets consent, which the next grant obeys.
+
+use super::limits::{Refused, Ticket};
+use super::page::{cookie, esc, hidden, layout, table_or_none, Lang};
+use super::session::{same, token, Session, FORM_COOKIE, SESSION_COOKIE};
+use super::{blocking, Caller, Web, WebError};
+use crate::access::{ConsentOrigin, ConsentRecord};
+use crate::audit::LogEntry;
+use crate::registry::{now, today, IdState, Person};
+use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+use argon2::Argon2;
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Form, Router};
+use iryo_proto::federation::{Purpose, Side, Time};
+use iryo_proto::wire::RefusalReason;
+use iryo_proto::{InstitutionCode, MedicalId};
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+mod consent;
+mod pages;
+mod signin;
+
+use consent::{consent_change, consent_page};
+use pages::{access, history, home};
+pub(super) use signin::start;
+use signin::{activate, activate_page, login};
+
+pub fn routes() -> Router<Arc<Web>> {
+    Router::new()
+        .route("/", get(start))
+        .route("/login", post(login))
+        .route("/activate", get(activate_page).post(activate))
+        .route("/logout", post(logout))
+        .route("/home", get(home))
+        .route("/history", get(history))
+        .route("/access", get(access))
+        .route("/consent", get(consent_page).post(consent_change))
+}
+
+const MIN_PASSPHRASE: usize = 10;
+
+fn session_cookie(value: &str, max_age: i64) -> String {
+    format!("{SESSION_COOKIE}={value}; Path=/portal; Max-Age={max_age}; Secure; HttpOnly; SameSite=Strict")
+}
+
+fn form_cookie(value: &str) -> String {
+    format!("{FORM_COOKIE}={value}; Path=/portal; Max-Age=3600; Secure; HttpOnly; SameSite=Strict")
+}
+
+fn current(web: &Web, headers: &HeaderMap) -> Option<(String, Session)> {
+    let t = cookie(headers, SESSION_COOKIE).filter(|t| !t.is_empty())?;
+    let s = web.sessions.get(&t)?;
+    Some((t, s))
+}
+
+fn signed_out() -> Response {
+    Redirect::to("/portal/").into_response()
+}
+
+/// A signed-in person; without a session the browser goes to the sign-in page.
+struct SignedIn(Session);
+
+impl FromRequestParts<Arc<Web>> for SignedIn {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, web: &Arc<Web>) -> Result<Self, Response> {
+        current(web, &parts.headers)
+            .map(|(_, s)| SignedIn(s))
+            .ok_or_else(signed_out)
+    }
+}
+
+fn nav(lang: Lang) -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("/portal/home", lang.t("ホーム", "Home")),
+        ("/portal/history", lang.t("受診履歴", "Visits")),
+        ("/portal/access", lang.t("閲覧記録", "Access log")),
+        ("/portal/consent", lang.t("同意の設定", "Consent")),
+    ]
+}
+
+/// A page of a signed-in person, with the sign-out button.
+fn private(lang: Lang, title: &str, here: &str, s: &Session, body: &str) -> Response {
+    let body = format!(
+        "{body}<form method=\"post\" action=\"/portal/logout\">{}<button id=\"logout\">{}</button></form>",
+        hidden("csrf", &s.csrf),
+        lang.t("ログアウト", "Sign out")
+    );
+    (
+        [(header::CACHE_CONTROL, "no-store")],
+        layout(lang, title, here, &nav(lang), &body),
+    )
+        .into_response()
+}
+
+/// A sign-in or activation form with a fresh double-submit token.
+fn public_form(lang: Lang, title: &str, here: &str, error: Option<&str>, form: &str) -> Response {
+    let t = token();
+    let err = error.map_or(String::new(), |e| {
+        format!("<p class=\"err\" id=\"error\">{}</p>", esc(e))
+    });
+    let body = format!("{err}{}", form.replace("{FORM}", &hidden("form", &t)));
+    let status = if error.is_some() {
+        StatusCode::UNAUTHORIZED
+    } else {
+        StatusCode::OK
+    };
+    (
+        status,
+        [
+            (header::SET_COOKIE, form_cookie(&t)),
+            (header::CACHE_CONTROL, "no-store".into()),
+        ],
+        layout(lang, title, here, &[], &body),
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+struct CsrfForm {
+    csrf: String,
+}
+
+async fn logout(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    Form(f): Form<CsrfForm>,
+) -> Result<Response, WebError> {
+    if let Some((t, s)) = current(&web, &headers) {
+        if !same(&s.csrf, &f.csrf) {
+            return Err(WebError::Forbidden("bad form token".into()));
+        }
+        web.sessions.end(&t);
+    }
+    Ok((
+        [(header::SET_COOKIE, session_cookie("", 0))],
+        Redirect::to("/portal/"),
+    )
+        .into_response())
+}
+
+fn time(t: Time) -> String {
+    chrono::DateTime::from_timestamp(t, 0)
+        .map(|d| {
+            d.with_timezone(&chrono::Local)
+                .format("%Y-%m-%d %H:%M")
+                .to_string()
+        })
+        .unwrap_or_default()
+}
+
+fn purpose(lang: Lang, p: Option<Purpose>) -> &'static str {
+    match p {
+        None => lang.t("すべての目的", "all purposes"),
+        Some(Purpose::Treatment) => lang.t("診療", "treatment"),
+        Some(Purpose::Referral) => lang.t("紹介", "referral"),
+        Some(Purpose::Research) => lang.t("研究", "research"),
+        Some(Purpose::Emergency) => lang.t("救急", "emergency"),
+    }
+}
+
+fn refusal(lang: Lang, r: &RefusalReason) -> String {
+    let (ja, en) = match r {
+        RefusalReason::NoConsent => ("同意がないため", "no consent"),
+        RefusalReason::ReasonRequired => ("救急の理由がないため", "no emergency reason given"),
+        RefusalReason::NotMember | RefusalReason::Revoked => (
+            "登録されていない医療機関のため",
+            "not a registered institution",
+        ),
+        RefusalReason::Retired => ("医療IDが廃止されているため", "medical ID retired"),
+        RefusalReason::Deceased => ("研究目的のみ可能なため", "research only"),
+        _ => ("その他の理由", "other reason"),
+    };
+    lang.t(ja, en).to_string()
+}
+
+fn origin(lang: Lang, o: &ConsentOrigin) -> String {
+    match o {
+        ConsentOrigin::Portal => lang.t("マイポータル", "My Portal").to_string(),
+        ConsentOrigin::Operator(_) => lang.t("機関の窓口", "agency office").to_string(),
+        ConsentOrigin::Visit(code) => format!("{} {code}", lang.t("受診時の同意", "at a visit to")),
+    }
+}
+
+/// Names of institutions, looked up once per page.
+struct Names<'a> {
+    web: &'a Web,
+    seen: HashMap<InstitutionCode, String>,
+}
+
+impl Names<'_> {
+    /// The institution's name and code, escaped for HTML: every time, the first and
+    /// any later (the cache holds the escaped form, never the raw name).
+    fn of(&mut self, code: InstitutionCode) -> String {
+        if let Some(n) = self.seen.get(&code) {
+            return n.clone();
+        }
+        let name = match self.web.store.institution(code) {
+            Ok(Some(r)) => r
+                .membership()
+                .map_or_else(|_| code.to_string(), |m| format!("{} ({code})", m.name)),
+            _ => code.to_string(),
+        };
+        let html = esc(&name);
+        self.seen.insert(code, html.clone());
+        html
+    }
+}

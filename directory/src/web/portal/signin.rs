@@ -1,0 +1,308 @@
+//! Signing in and activating an account with the letter's code, under the limits of
+//! `web::limits`.
+
+use super::*;
+
+fn login_form(lang: Lang, error: Option<&str>) -> Response {
+    let form = format!(
+        "<form method=\"post\" action=\"/portal/login\" id=\"login\">{{FORM}}\
+<label>{id}<input name=\"medical_id\" id=\"medical_id\" inputmode=\"numeric\" autocomplete=\"username\" required placeholder=\"1234-5678-9012-3456\"></label>\
+<label>{pw}<input type=\"password\" name=\"passphrase\" id=\"passphrase\" autocomplete=\"current-password\" required></label>\
+<button id=\"sign-in\">{go}</button></form>\
+<p><a href=\"/portal/activate\" id=\"to-activate\">{first}</a></p>",
+        id = lang.t("医療ID", "Medical ID"),
+        pw = lang.t("パスフレーズ", "Passphrase"),
+        go = lang.t("ログイン", "Sign in"),
+        first = lang.t(
+            "はじめての方（お知らせの活性化コードで登録）",
+            "First time? Activate with the code from your letter"
+        ),
+    );
+    public_form(
+        lang,
+        lang.t("マイポータル", "My Portal"),
+        "/portal/",
+        error,
+        &form,
+    )
+}
+
+pub(in crate::web) async fn start(
+    State(web): State<Arc<Web>>,
+    lang: Lang,
+    headers: HeaderMap,
+) -> Response {
+    if current(&web, &headers).is_some() {
+        return Redirect::to("/portal/home").into_response();
+    }
+    login_form(lang, None)
+}
+
+fn activate_form(lang: Lang, error: Option<&str>) -> Response {
+    let form = format!(
+        "<p>{intro}</p><form method=\"post\" action=\"/portal/activate\" id=\"activate\">{{FORM}}\
+<label>{id}<input name=\"medical_id\" id=\"medical_id\" inputmode=\"numeric\" required></label>\
+<label>{code}<input name=\"code\" id=\"code\" autocomplete=\"one-time-code\" required placeholder=\"ABCD-EFGH-JKMN\"></label>\
+<label>{pw}<input type=\"password\" name=\"passphrase\" id=\"passphrase\" autocomplete=\"new-password\" minlength=\"{MIN_PASSPHRASE}\" required></label>\
+<label>{pw2}<input type=\"password\" name=\"passphrase2\" id=\"passphrase2\" autocomplete=\"new-password\" minlength=\"{MIN_PASSPHRASE}\" required></label>\
+<button id=\"do-activate\">{go}</button></form>",
+        intro = lang.t(
+            "お知らせに記載の医療IDと活性化コードを入力し、10文字以上のパスフレーズを決めてください。コードは一度だけ使えます。",
+            "Enter the medical ID and activation code from your letter, and choose a passphrase of at least 10 characters. The code works once."
+        ),
+        id = lang.t("医療ID", "Medical ID"),
+        code = lang.t("活性化コード", "Activation code"),
+        pw = lang.t("パスフレーズ", "Passphrase"),
+        pw2 = lang.t("パスフレーズ（確認）", "Passphrase again"),
+        go = lang.t("登録する", "Activate"),
+    );
+    public_form(
+        lang,
+        lang.t("はじめての登録", "Activate your account"),
+        "/portal/activate",
+        error,
+        &form,
+    )
+}
+
+pub(super) async fn activate_page(lang: Lang) -> Response {
+    activate_form(lang, None)
+}
+
+/// The double-submit check of a form sent before sign-in.
+fn form_ok(headers: &HeaderMap, field: &str) -> Result<(), WebError> {
+    match cookie(headers, FORM_COOKIE) {
+        Some(c) if same(&c, field) => Ok(()),
+        _ => Err(WebError::Forbidden(
+            "the form expired or came from another site; reload the page".into(),
+        )),
+    }
+}
+
+/// Admits one sign-in or activation try: the form's own token, then the limits
+/// (`super::limits`), which count the try before anything is hashed. The account is
+/// the parsed medical ID, however it was typed.
+fn attempt(
+    web: &Web,
+    headers: &HeaderMap,
+    caller: &Caller,
+    form: &str,
+    medical_id: &str,
+) -> Result<Result<Ticket, Refused>, WebError> {
+    form_ok(headers, form)?;
+    let account = MedicalId::parse(medical_id.trim()).ok();
+    Ok(web
+        .limits
+        .admit(caller.remote.ip(), account, std::time::Instant::now()))
+}
+
+/// A try admitted by the limits with a slot to hash its password in, or why not.
+async fn admit(
+    web: &Web,
+    headers: &HeaderMap,
+    caller: &Caller,
+    form: &str,
+    medical_id: &str,
+) -> Result<Result<(Ticket, tokio::sync::OwnedSemaphorePermit), Refused>, WebError> {
+    let ticket = match attempt(web, headers, caller, form, medical_id)? {
+        Ok(t) => t,
+        Err(why) => return Ok(Err(why)),
+    };
+    Ok(web.limits.hashing().await.map(|slot| (ticket, slot)))
+}
+
+/// The answer to a refused try, in the page's language, saying what to do next.
+fn refused(lang: Lang, why: Refused) -> Response {
+    let minutes = |d: std::time::Duration| d.as_secs().div_ceil(60).max(1);
+    let text = match why {
+        Refused::Address(wait) => match lang {
+            Lang::Ja => format!(
+                "この端末からの失敗が続いたため、しばらく受け付けません。{}分後にもう一度お試しください。",
+                minutes(wait)
+            ),
+            Lang::En => format!(
+                "Too many failed tries from this device. Please try again in {} minutes.",
+                minutes(wait)
+            ),
+        },
+        Refused::Account(wait) => {
+            let secs = wait.as_secs().max(1);
+            match lang {
+                Lang::Ja => format!(
+                    "この医療IDへの失敗が続いたため、次の試行まで{secs}秒お待ちください。心当たりがなければ、保険者または管理機関にご連絡ください。"
+                ),
+                Lang::En => format!(
+                    "There were many failed tries for this medical ID. Please wait {secs} seconds before the next try. If they were not yours, tell your insurer or the agency."
+                ),
+            }
+        }
+        Refused::Busy => lang
+            .t(
+                "ただいま混み合っています。少し待ってからもう一度お試しください。",
+                "We are busy. Please wait a moment and try again.",
+            )
+            .to_string(),
+    };
+    let body = format!(
+        "<p class=\"err\" id=\"too-many\">{}</p><p><a href=\"/portal/\">{}</a></p>",
+        esc(&text),
+        lang.t("ログイン画面へ", "Back to sign-in")
+    );
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        layout(
+            lang,
+            lang.t("しばらくお待ちください", "Please wait"),
+            "/portal/",
+            &[],
+            &body,
+        ),
+    )
+        .into_response()
+}
+
+/// A PHC string of the same Argon2 parameters as real accounts', checked when the
+/// account has none, so that a wrong guess costs the same whoever the ID belongs to.
+fn dummy_phc() -> &'static str {
+    static PHC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PHC.get_or_init(|| {
+        Argon2::default()
+            .hash_password(b"no account has this passphrase")
+            .map(|h| h.to_string())
+            .unwrap_or_default()
+    })
+}
+
+pub(super) fn signed_in(web: &Web, person: &Person) -> Response {
+    let (t, _) = web.sessions.create(person.pid, person.medical_id);
+    (
+        [(header::SET_COOKIE, session_cookie(&t, 1800))],
+        Redirect::to("/portal/home"),
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+pub(super) struct ActivateForm {
+    form: String,
+    medical_id: String,
+    code: String,
+    passphrase: String,
+    passphrase2: String,
+}
+
+pub(super) async fn activate(
+    State(web): State<Arc<Web>>,
+    Extension(caller): Extension<Caller>,
+    lang: Lang,
+    headers: HeaderMap,
+    Form(f): Form<ActivateForm>,
+) -> Result<Response, WebError> {
+    if f.passphrase != f.passphrase2 {
+        return Ok(activate_form(
+            lang,
+            Some(lang.t("パスフレーズが一致しません。", "The passphrases differ.")),
+        ));
+    }
+    if f.passphrase.chars().count() < MIN_PASSPHRASE {
+        return Ok(activate_form(
+            lang,
+            Some(lang.t(
+                "パスフレーズは10文字以上にしてください。",
+                "Use a passphrase of at least 10 characters.",
+            )),
+        ));
+    }
+    let (ticket, slot) = match admit(&web, &headers, &caller, &f.form, &f.medical_id).await? {
+        Ok(admitted) => admitted,
+        Err(why) => return Ok(refused(lang, why)),
+    };
+    let w = web.clone();
+    let outcome = blocking(move || {
+        let _slot = slot;
+        // The hash comes first, for every try: an unknown ID costs what a known one does.
+        let phc = Argon2::default()
+            .hash_password(f.passphrase.as_bytes())
+            .map_err(|e| WebError::Internal(e.to_string()))?
+            .to_string();
+        crate::metrics::metrics().portal_hash();
+        let Ok(id) = MedicalId::parse(f.medical_id.trim()) else {
+            return Ok(None);
+        };
+        let Ok(person) = w.store.person_by_medical_id(id) else {
+            return Ok(None);
+        };
+        match w.store.activate(person.pid, &f.code, &phc, now()) {
+            Ok(()) => Ok(Some(person)),
+            Err(crate::store::StoreError::BadActivation) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    })
+    .await?;
+    if let Some(person) = outcome {
+        web.limits.succeeded(ticket);
+        tracing::info!(medical_id = %person.medical_id, "portal account activated");
+        Ok(signed_in(&web, &person))
+    } else {
+        Ok(activate_form(
+            lang,
+            Some(lang.t(
+                "医療IDまたは活性化コードが正しくないか、使用済み・期限切れです。",
+                "The medical ID or activation code is wrong, used or expired.",
+            )),
+        ))
+    }
+}
+
+#[derive(Deserialize)]
+pub(super) struct LoginForm {
+    form: String,
+    medical_id: String,
+    passphrase: String,
+}
+
+pub(super) async fn login(
+    State(web): State<Arc<Web>>,
+    Extension(caller): Extension<Caller>,
+    lang: Lang,
+    headers: HeaderMap,
+    Form(f): Form<LoginForm>,
+) -> Result<Response, WebError> {
+    let (ticket, slot) = match admit(&web, &headers, &caller, &f.form, &f.medical_id).await? {
+        Ok(admitted) => admitted,
+        Err(why) => return Ok(refused(lang, why)),
+    };
+    let w = web.clone();
+    let person = blocking(move || {
+        let _slot = slot;
+        let person = MedicalId::parse(f.medical_id.trim())
+            .ok()
+            .and_then(|id| w.store.person_by_medical_id(id).ok());
+        let phc = match &person {
+            Some(p) => w.store.account(p.pid)?.and_then(|a| a.passphrase),
+            None => None,
+        };
+        // One verification whoever the ID belongs to, activated or not: the time of
+        // the answer tells nothing about the account.
+        let real = phc.is_some();
+        let against = phc.unwrap_or_else(|| dummy_phc().to_string());
+        let ok = Argon2::default()
+            .verify_password(f.passphrase.as_bytes(), against.as_str())
+            .is_ok();
+        crate::metrics::metrics().portal_hash();
+        Ok(person.filter(|_| ok && real))
+    })
+    .await?;
+    if let Some(p) = person {
+        web.limits.succeeded(ticket);
+        Ok(signed_in(&web, &p))
+    } else {
+        Ok(login_form(
+            lang,
+            Some(lang.t(
+                "医療IDまたはパスフレーズが違います。",
+                "Wrong medical ID or passphrase.",
+            )),
+        ))
+    }
+}

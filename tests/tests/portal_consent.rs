@@ -1,0 +1,181 @@
+//! My Portal consent over real HTTPS: nothing is shared by default and wide sharing
+//! or the opt-out is confirmed before it is recorded.
+
+use iryo_tests::https::{agent_no_redirects, kyokai, row, serve};
+use iryo_tests::{write_enrollment, Directory};
+
+#[test]
+fn consent_never_defaults_to_sharing_and_wide_sharing_is_confirmed() {
+    let d = Directory::new();
+    d.ok(&["init"]);
+    d.ok(&["ca", "init"]);
+    let file = d.path("a.csv");
+    write_enrollment(&file, &[&row(&kyokai(), "kyokai", 0)]);
+    d.ok(&["enroll", &file.display().to_string()]);
+    let letters = d.path("letters");
+    d.ok(&[
+        "letters",
+        "--plan",
+        "agency",
+        "--out",
+        &letters.display().to_string(),
+    ]);
+    let letter: std::collections::HashMap<String, String> =
+        csv::Reader::from_path(letters.join("letters.csv"))
+            .unwrap()
+            .deserialize()
+            .next()
+            .unwrap()
+            .unwrap();
+    let (_serve, https) = serve(&d);
+    let base = format!("https://localhost:{}", https.rsplit(':').next().unwrap());
+    let a = agent_no_redirects(&d.data.join("ca/ca.pem"));
+    let cookie_of = |res: &ureq::http::Response<ureq::Body>, name: &str| -> String {
+        res.headers()
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(|c| c.strip_prefix(&format!("{name}=")))
+            .and_then(|c| c.split(';').next())
+            .unwrap()
+            .to_string()
+    };
+    // Activate with the letter's code, as the person would.
+    let page = a.get(format!("{base}/portal/activate")).call().unwrap();
+    let form = cookie_of(&page, "iryo_form");
+    let res = a
+        .post(format!("{base}/portal/activate"))
+        .header("cookie", &format!("iryo_form={form}"))
+        .send_form([
+            ("form", form.as_str()),
+            ("medical_id", letter["medical_id"].as_str()),
+            ("code", letter["activation_code"].as_str()),
+            ("passphrase", "a long enough passphrase"),
+            ("passphrase2", "a long enough passphrase"),
+        ])
+        .unwrap();
+    assert!(res.status().is_redirection(), "{}", res.status());
+    let session = format!("iryo_session={}", cookie_of(&res, "iryo_session"));
+    let mut page = a
+        .get(format!("{base}/portal/consent"))
+        .header("cookie", &session)
+        .call()
+        .unwrap();
+    let html = page.body_mut().read_to_string().unwrap();
+    // Nothing is chosen for the person: each choice starts on "choose".
+    assert!(html.contains("<option value=\"\" selected>"), "{html}");
+    let csrf = html
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap()
+        .to_string();
+    let consents = || {
+        let id = letter["medical_id"].replace('-', "");
+        d.json(&["consent", "list", "--medical-id", &id, "--json"])
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    let post = |fields: &[(&str, &str)]| {
+        let mut all = vec![("csrf", csrf.as_str())];
+        all.extend_from_slice(fields);
+        let mut res = a
+            .post(format!("{base}/portal/consent"))
+            .header("cookie", &session)
+            .send_form(all)
+            .unwrap();
+        let status = res.status().as_u16();
+        (status, res.body_mut().read_to_string().unwrap_or_default())
+    };
+    // Saving the untouched form records nothing.
+    let (status, body) = post(&[("action", ""), ("institution", ""), ("purpose", "")]);
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(consents(), 0);
+    // Everyone, every purpose: a second page says what will happen; nothing yet.
+    let wide = [
+        ("action", "grant"),
+        ("institution", "all"),
+        ("purpose", "all"),
+    ];
+    let (status, body) = post(&wide);
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("consent-sentence") && body.contains("研究は含みません"),
+        "{body}"
+    );
+    assert_eq!(consents(), 0, "not recorded before it is confirmed");
+    let mut confirmed = wide.to_vec();
+    confirmed.push(("confirm", "yes"));
+    assert_eq!(post(&confirmed).0, 303);
+    assert_eq!(consents(), 1);
+    // One institution, one purpose: saved at once. Stopping all sharing is confirmed.
+    let one = [
+        ("action", "grant"),
+        ("institution", "1310000011"),
+        ("purpose", "treatment"),
+    ];
+    assert_eq!(post(&one).0, 303);
+    assert_eq!(consents(), 2);
+    let (status, body) = post(&[("action", "optout")]);
+    assert_eq!(status, 200);
+    assert!(body.contains("共有を止めます"), "{body}");
+    assert_eq!(consents(), 2);
+
+    // A hostile institution name is text on every appearance, not markup.
+    let hostile = "<img src=x onerror=alert(1)>病院";
+    let node = d.path("evil");
+    let out = std::process::Command::new(iryo_tests::node_bin())
+        .args(["init", "--code", "1310000029", "--name", hostile, "--out"])
+        .arg(&node)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    d.ok(&[
+        "institution",
+        "add",
+        &node.join("registration.json").display().to_string(),
+    ]);
+    let one = [
+        ("action", "grant"),
+        ("institution", "1310000029"),
+        ("purpose", "treatment"),
+    ];
+    assert_eq!(post(&one).0, 303);
+    let two = [
+        ("action", "revoke"),
+        ("institution", "1310000029"),
+        ("purpose", "treatment"),
+    ];
+    assert_eq!(post(&two).0, 303);
+    let html = a
+        .get(format!("{base}/portal/consent"))
+        .header("cookie", &session)
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    assert!(
+        !html.contains("<img"),
+        "markup from a name reached the page: {html}"
+    );
+    assert!(
+        html.matches("&lt;img src=x").count() >= 3,
+        "table twice, select once: {html}"
+    );
+    let wide = [
+        ("action", "grant"),
+        ("institution", "1310000029"),
+        ("purpose", "all"),
+    ];
+    let (_, confirm) = post(&wide);
+    assert!(
+        !confirm.contains("<img") && confirm.contains("&lt;img"),
+        "{confirm}"
+    );
+}
