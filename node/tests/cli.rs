@@ -34,6 +34,11 @@ fn init_writes_identity_request_and_config() {
         0o600,
         "the API token is in it"
     );
+    assert_eq!(
+        mode(&out.join("registration.json")),
+        0o600,
+        "the one-time code is in it"
+    );
     assert_eq!(mode(&out), 0o700);
     let reg: RegistrationFile =
         serde_json::from_str(&std::fs::read_to_string(out.join("registration.json")).unwrap())

@@ -111,8 +111,7 @@ fn run(cli: Cli) -> Result<()> {
                 chrono::Utc::now().timestamp(),
             );
             let reg_path = out.join("registration.json");
-            std::fs::write(&reg_path, serde_json::to_string_pretty(&reg)?)
-                .with_context(|| format!("{}", reg_path.display()))?;
+            write_registration(&reg_path, &reg)?;
             let mut token = [0u8; 24];
             getrandom::fill(&mut token).map_err(|e| anyhow::anyhow!("random source: {e}"))?;
             let config = NodeConfig {
@@ -164,8 +163,7 @@ fn run(cli: Cli) -> Result<()> {
                 chrono::Utc::now().timestamp(),
             );
             let reg_path = config.data_dir.join("registration.json");
-            std::fs::write(&reg_path, serde_json::to_string_pretty(&reg)?)
-                .with_context(|| format!("{}", reg_path.display()))?;
+            write_registration(&reg_path, &reg)?;
             println!(
                 "registration    {}  -> send to the agency (addresses {})",
                 reg_path.display(),
@@ -233,4 +231,13 @@ fn advertised(listen: &str, advertise: Vec<String>) -> Result<Vec<String>> {
         }
     }
     Ok(advertise)
+}
+
+/// Writes the registration request 0600: it carries the agency's one-time code.
+fn write_registration(path: &std::path::Path, reg: &impl serde::Serialize) -> Result<()> {
+    let mut file = iryo_p2p::files::create_private(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    file.write_all(serde_json::to_string_pretty(reg)?.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
 }
