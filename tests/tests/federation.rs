@@ -451,6 +451,17 @@ fn checks_answered_before_the_directory_is_killed_are_recorded_once() {
         }
     });
     fed.stop_directory();
+    // Without its intake files the killed directory refuses to open, naming them:
+    // they may hold answered checks.
+    let intake = fed.registry.db().with_file_name("intake-0.redb");
+    let aside = fed.registry.path("intake-0.aside");
+    std::fs::rename(&intake, &aside).unwrap();
+    let refused = fed.registry.fails(&["status"]);
+    assert!(
+        refused.contains("intake-0.redb") && refused.contains("put the file back"),
+        "{refused}"
+    );
+    std::fs::rename(&aside, &intake).unwrap();
     assert_eq!(
         service_uses(&fed),
         before + threads * each,

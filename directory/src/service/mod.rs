@@ -27,6 +27,8 @@ use tokio::sync::oneshot;
 pub enum ServiceError {
     #[error(transparent)]
     P2p(#[from] iryo_p2p::P2pError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
 }
 
 /// How often the folder looks for log entries to build the per-person indexes from.
@@ -79,7 +81,7 @@ pub async fn start(
         .accept(StreamProtocol::new(DIRECTORY_PROTOCOL))
         .map_err(|e| iryo_p2p::P2pError::Transport(e.to_string()))?;
     let (stop, stopped) = oneshot::channel();
-    let writers = store.start_writers(agency, max_group, FOLD_EVERY);
+    let writers = store.start_writers(agency, max_group, FOLD_EVERY)?;
     let done = tokio::spawn(serve(swarm, sessions, store, writers, stopped));
     Ok(Running {
         peer_id,

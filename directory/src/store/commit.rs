@@ -110,7 +110,8 @@ impl Store {
         agency: SigningKey,
         max_group: usize,
         fold_every: Duration,
-    ) -> Writers {
+    ) -> Result<Writers, StoreError> {
+        self.mark_intake_in_use(true)?;
         let max = max_group.max(1);
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel::<(Job, Reply)>();
@@ -147,7 +148,7 @@ impl Store {
             }));
         }
         let threads = spawned.into_iter().flatten().collect();
-        Writers {
+        Ok(Writers {
             store: self.clone(),
             committer: GroupCommitter {
                 tx,
@@ -156,7 +157,7 @@ impl Store {
             },
             stop,
             threads,
-        }
+        })
     }
 }
 
@@ -192,8 +193,13 @@ impl Drop for Writers {
         }
         // What the last checks left in the intake files, and the last entries' head,
         // before the store is left alone.
-        if let Err(e) = self.store.drain_intake() {
-            tracing::error!(error = %e, "moving checks from the intake files failed");
+        match self.store.drain_intake() {
+            Ok(_) => {
+                if let Err(e) = self.store.mark_intake_in_use(false) {
+                    tracing::error!(error = %e, "recording that the intake files are drained failed");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "moving checks from the intake files failed"),
         }
         if let Err(e) = self.store.sign_pending_head() {
             tracing::error!(error = %e, "signing the audit log's head failed");

@@ -17,6 +17,13 @@
 //! moved yet (a counter, written in the same transaction as the moved entries), so an
 //! entry is moved exactly once whatever moment a process dies at; moved entries are
 //! deleted from their file afterwards, by its own writer.
+//!
+//! A deleted intake file would lose answered checks without a trace, so the main
+//! database keeps each file's stamp (a random number written into the file when it is
+//! made) and whether the files are in use: set when the writers start, cleared once the
+//! writers have stopped and the files are drained. A file that is missing while in use,
+//! or that carries another stamp, is refused at open, naming it. A file missing after a
+//! clean stop held nothing, and is made again.
 
 use super::tables::Tables;
 use super::{checks, decode, encode, Job, Outcome, Result, Store, StoreError};
@@ -44,6 +51,15 @@ const RESERVED_BYTES: usize = (4 << 20) - (8 << 10);
 /// The main database's counter for each intake file: its first key not moved yet.
 pub(super) const MARKS: [&str; 2] = ["intake_0_moved", "intake_1_moved"];
 
+/// The main database's copy of each intake file's stamp.
+const STAMPS: [&str; 2] = ["intake_0_stamp", "intake_1_stamp"];
+
+/// The main database's counter that is 1 while writers may be filling the intake files.
+pub(super) const IN_USE: &str = "intake_in_use";
+
+/// The file's own stamp, made with the file.
+const STAMP: TableDefinition<(), u64> = TableDefinition::new("stamp");
+
 /// Entries one commit of the main database moves at most, so that a grant committed
 /// with a move waits for a bounded one.
 const MOVE_AT_ONCE: usize = 4_000;
@@ -62,18 +78,45 @@ pub(super) struct IntakeFile {
 }
 
 /// Opens (or creates) the intake files beside `main`, each positioned after what it
-/// holds and after what was moved from it, so a key is never used twice.
+/// holds and after what was moved from it, so a key is never used twice. A file the
+/// main database knows may hold entries must be there, and be the same file.
 pub(super) fn open(main_path: &Path, main: &Database) -> Result<Vec<IntakeFile>> {
-    let marks = main.begin_read()?;
-    let counters = marks.open_table(super::tables::COUNTERS)?;
+    let known = {
+        let tx = main.begin_read()?;
+        let counters = tx.open_table(super::tables::COUNTERS)?;
+        let get =
+            |name: &str| -> Result<Option<u64>> { Ok(counters.get(name)?.map(|g| g.value())) };
+        let in_use = get(IN_USE)? == Some(1);
+        let mut known = Vec::with_capacity(MARKS.len());
+        for (mark, stamp) in MARKS.iter().zip(STAMPS) {
+            known.push((get(mark)?.unwrap_or(1), get(stamp)?, in_use));
+        }
+        known
+    };
     let mut files = Vec::with_capacity(MARKS.len());
-    for (i, mark) in MARKS.iter().enumerate() {
-        let db = super::side_file(
-            &main_path.with_file_name(format!("intake-{i}.redb")),
-            16,
-            super::Writes::AtCommit,
-        )?;
+    let mut new_stamps = Vec::new();
+    for (i, (moved, recorded, in_use)) in known.into_iter().enumerate() {
+        let path = main_path.with_file_name(format!("intake-{i}.redb"));
+        let existed = path.exists();
+        if !existed && in_use && recorded.is_some() {
+            return Err(StoreError::IntakeMissing(path));
+        }
+        let db = super::side_file(&path, 16, super::Writes::AtCommit)?;
         let tx = db.begin_write()?;
+        let stamp = {
+            let mut stamps = tx.open_table(STAMP)?;
+            let found = stamps.get(())?.map(|g| g.value());
+            if let Some(s) = found {
+                s
+            } else {
+                let s = fresh_stamp()?;
+                stamps.insert((), s)?;
+                s
+            }
+        };
+        if existed && recorded.is_some_and(|r| r != stamp) {
+            return Err(StoreError::IntakeForeign(path));
+        }
         {
             let mut reserve = tx.open_table(RESERVE)?;
             if reserve.is_empty()? {
@@ -87,7 +130,9 @@ pub(super) fn open(main_path: &Path, main: &Database) -> Result<Vec<IntakeFile>>
             (first, last)
         };
         tx.commit()?;
-        let moved = counters.get(*mark)?.map_or(1, |g| g.value());
+        if recorded != Some(stamp) {
+            new_stamps.push((STAMPS[i], stamp));
+        }
         files.push(IntakeFile {
             db,
             next: AtomicU64::new(last.map_or(1, |l| l + 1).max(moved)),
@@ -95,7 +140,24 @@ pub(super) fn open(main_path: &Path, main: &Database) -> Result<Vec<IntakeFile>>
             deleted: AtomicU64::new(first.unwrap_or(moved).min(moved)),
         });
     }
+    if !new_stamps.is_empty() {
+        let tx = main.begin_write()?;
+        {
+            let mut counters = tx.open_table(super::tables::COUNTERS)?;
+            for (name, stamp) in new_stamps {
+                counters.insert(name, stamp)?;
+            }
+        }
+        tx.commit()?;
+    }
     Ok(files)
+}
+
+/// A random, non-zero stamp for a new intake file.
+fn fresh_stamp() -> Result<u64> {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).map_err(|e| StoreError::Random(e.to_string()))?;
+    Ok(u64::from_le_bytes(bytes).max(1))
 }
 
 /// Whether a job's checks can be recorded in an intake file: checks whose recording
@@ -247,6 +309,15 @@ impl Store {
         Ok(moved)
     }
 
+    /// Records whether writers may be filling the intake files: set before they start,
+    /// cleared once they have stopped and the files are drained (`Writers`).
+    pub(super) fn mark_intake_in_use(&self, in_use: bool) -> Result<()> {
+        self.write(|t| {
+            t.set(IN_USE, u64::from(in_use));
+            Ok(())
+        })
+    }
+
     /// Moves everything the intake files hold, in as many commits as it takes: when a
     /// store opens, and when the service stops.
     pub fn drain_intake(&self) -> Result<u64> {
@@ -376,6 +447,49 @@ mod tests {
         checks(&s, 0, &req, 2);
         assert_eq!(s.move_intake().unwrap(), 2);
         assert_eq!(logged(&s), (before.0 + 6, before.1 + 6));
+        assert!(verified(&s));
+    }
+
+    #[test]
+    fn an_intake_file_lost_or_swapped_while_in_use_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, req) = setup(&dir);
+        let file = path.with_file_name("intake-0.redb");
+        let aside = dir.path().join("aside.redb");
+        let before = logged(&open(&path));
+        // Answered while serving, then the process is killed before any move.
+        let s = open(&path);
+        s.mark_intake_in_use(true).unwrap();
+        checks(&s, 0, &req, 3);
+        drop(s);
+        std::fs::rename(&file, &aside).unwrap();
+        match Store::open(&path, 16) {
+            Err(e @ StoreError::IntakeMissing(_)) => {
+                assert!(e.to_string().contains("intake-0.redb"), "{e}");
+            }
+            other => panic!("opened without the intake file: {:?}", other.err()),
+        }
+        assert!(!file.exists(), "a refused open makes no file in its place");
+        // Another database's intake file in its place is refused too.
+        let other = tempfile::tempdir().unwrap();
+        let (other_path, _) = setup(&other);
+        std::fs::copy(other_path.with_file_name("intake-0.redb"), &file).unwrap();
+        assert!(matches!(
+            Store::open(&path, 16),
+            Err(StoreError::IntakeForeign(p)) if p == file
+        ));
+        // With its own file back, nothing is lost.
+        std::fs::rename(&aside, &file).unwrap();
+        let s = open(&path);
+        assert_eq!(s.drain_intake().unwrap(), 3);
+        assert_eq!(logged(&s), (before.0 + 3, before.1 + 3));
+        // After a clean stop the files hold nothing, and a missing one is made again.
+        s.mark_intake_in_use(false).unwrap();
+        drop(s);
+        std::fs::remove_file(&file).unwrap();
+        let s = open(&path);
+        checks(&s, 0, &req, 1);
+        assert_eq!(s.move_intake().unwrap(), 1);
         assert!(verified(&s));
     }
 

@@ -104,6 +104,19 @@ pub enum StoreError {
     NoSigner,
     #[error("no intake file {0}")]
     NoIntakeFile(usize),
+    #[error(
+        "{}: missing, but the directory stopped while it was in use, so it may hold \
+         answered checks not yet moved into the main file; put the file back (from a \
+         backup or wherever it was moved to) before starting",
+        .0.display()
+    )]
+    IntakeMissing(PathBuf),
+    #[error(
+        "{}: belongs to another directory database (its stamp differs from the one this \
+         database recorded); put this database's own intake file back",
+        .0.display()
+    )]
+    IntakeForeign(PathBuf),
     #[error("the operating system's random source failed: {0}")]
     Random(String),
     #[error(transparent)]

@@ -265,7 +265,7 @@ async fn run(args: Args) -> Result<()> {
         // writer, then appended in the group commit shared with checks and grants.
         let writers =
             fed.store
-                .start_writers(fed.keys.root.clone(), 512, Duration::from_millis(500));
+                .start_writers(fed.keys.root.clone(), 512, Duration::from_millis(500))?;
         let committer = writers.committer();
         let chunks: Arc<Vec<Vec<_>>> = Arc::new(
             signed
