@@ -90,6 +90,9 @@ enum Command {
     Show(registry::ShowArgs),
     /// Counts of persons, IDs, cards, service use and open cases (JSON).
     Status,
+    /// Make linkage.redb (the per-person indexes) again from the logs, when it is
+    /// damaged or lost. Stop `serve` first; nothing else is changed.
+    RebuildLinkage,
     /// Write realistic sample enrollment files for the four insurer kinds.
     Sample(tools::SampleArgs),
     /// Fresh database, sample data, enrollment, assignment and a few checks, narrated.
@@ -140,6 +143,7 @@ pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
             print_json(&counts)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::RebuildLinkage => tools::rebuild_linkage(&config),
         Command::Sample(a) => tools::sample(a),
         Command::Demo(a) => tools::demo(a),
         Command::Bench(a) => {

@@ -40,6 +40,15 @@ fn encoding(s: &str) -> Result<Encoding, String> {
     Encoding::parse(s).ok_or_else(|| format!("{s:?}: write utf-8 or shift_jis"))
 }
 
+pub(super) fn rebuild_linkage(config: &iryo_directory::config::Config) -> Result<ExitCode> {
+    let db = config.db_path();
+    tracing::info!(database = %db.display(), "rebuilding linkage.redb from the logs");
+    let (_store, folded) =
+        iryo_directory::store::Store::rebuild_linkage(&db, config.registry.cache_mib)?;
+    println!("linkage.redb rebuilt from {folded} log entries");
+    Ok(ExitCode::SUCCESS)
+}
+
 pub(super) fn sample(a: SampleArgs) -> Result<ExitCode> {
     if !(0.0..=100.0).contains(&a.bad_rows) {
         bail!("--bad-rows is a percentage from 0 to 100");

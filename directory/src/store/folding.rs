@@ -110,13 +110,12 @@ fn level(entries: u64) -> u32 {
     level
 }
 
+/// The index file's name, beside the main database.
+pub(super) const FILE_NAME: &str = "linkage.redb";
+
 /// Opens (or creates) the index file beside the main database.
 pub(super) fn open(main: &Path) -> Result<Database> {
-    let db = super::side_file(
-        &main.with_file_name("linkage.redb"),
-        64,
-        super::Writes::Paced,
-    )?;
+    let db = super::side_file(&main.with_file_name(FILE_NAME), 64, super::Writes::Paced)?;
     let tx = db.begin_write()?;
     {
         let mut marks = tx.open_table(MARKS)?;
@@ -331,6 +330,22 @@ impl Store {
             merges += 1;
             tracing::debug!(log = d.mark, runs = ?from, into, "runs of the per-person index merged");
         }
+    }
+
+    /// Folds every log to its end, however few entries wait; returns how many it passed.
+    pub(super) fn fold_all(&self) -> Result<u64> {
+        let mut passed = 0;
+        for d in DERIVED {
+            loop {
+                let n = self.fold(d, FOLD_CHUNK)?;
+                if n == 0 {
+                    break;
+                }
+                passed += n;
+                self.compact(d)?;
+            }
+        }
+        Ok(passed)
     }
 
     /// Folds each log that has enough unfolded entries; returns how many it passed.

@@ -49,6 +49,11 @@ pub enum StoreError {
     Codec(#[from] postcard::Error),
     #[error("{0}: no database here; run `iryo-directory init` first")]
     Missing(PathBuf),
+    #[error("{}: cannot open: {source}{}", path.display(), rebuild_hint(path))]
+    OpenFile {
+        path: PathBuf,
+        source: redb::DatabaseError,
+    },
     #[error("{0}: a database exists already")]
     Exists(PathBuf),
     #[error("{}: the database is in use by {}", path.display(), holder.as_deref().unwrap_or("another process"))]
@@ -176,7 +181,7 @@ fn side_file(path: &Path, cache_mib: usize, writes: Writes) -> Result<Database> 
             builder.create_with_backend(paced::Paced::new(file).map_err(file_error)?)
         }
     }
-    .map_err(|e| in_use(path, e))
+    .map_err(|e| opening(path, e))
     .and_then(|db| {
         private(path)?;
         Ok(db)
@@ -222,7 +227,9 @@ fn note_holder(path: &Path) {
 }
 
 /// The error for a database another process holds, naming that process.
-fn in_use(path: &Path, e: redb::DatabaseError) -> StoreError {
+/// An error opening one of the files, naming the file: another process holds it, or
+/// it is damaged.
+fn opening(path: &Path, e: redb::DatabaseError) -> StoreError {
     match e {
         redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse {
             path: path.to_path_buf(),
@@ -230,7 +237,19 @@ fn in_use(path: &Path, e: redb::DatabaseError) -> StoreError {
                 .ok()
                 .map(|s| s.trim().chars().take(200).collect()),
         },
-        e => e.into(),
+        source => StoreError::OpenFile {
+            path: path.to_path_buf(),
+            source,
+        },
+    }
+}
+
+/// What to do about a file that does not open, where something can be done.
+fn rebuild_hint(path: &Path) -> &'static str {
+    if path.file_name().is_some_and(|n| n == folding::FILE_NAME) {
+        "; it holds only indexes built from the logs: `iryo-directory rebuild-linkage` makes it again"
+    } else {
+        ""
     }
 }
 
@@ -278,7 +297,8 @@ impl Store {
         }
         let db = Database::builder()
             .set_cache_size(cache_mib.max(16) << 20)
-            .create(path)?;
+            .create(path)
+            .map_err(|e| opening(path, e))?;
         let tx = db.begin_write()?;
         {
             let mut t = tx.open_table(SETTINGS)?;
@@ -315,10 +335,33 @@ impl Store {
         let db = Database::builder()
             .set_cache_size(cache_mib.max(16) << 20)
             .open(path)
-            .map_err(|e| in_use(path, e))?;
+            .map_err(|e| opening(path, e))?;
         private(path)?;
         note_holder(path);
         Self::with_db(db, path)
+    }
+
+    /// Makes `linkage.redb` again from the logs, for a file that is damaged or lost:
+    /// it holds nothing else. Holds the main database while the old file is removed, so
+    /// no serving process can be using it. Returns how many log entries were folded.
+    pub fn rebuild_linkage(path: &Path, cache_mib: usize) -> Result<(Self, u64)> {
+        if !path.exists() {
+            return Err(StoreError::Missing(path.to_path_buf()));
+        }
+        let db = Database::builder()
+            .set_cache_size(cache_mib.max(16) << 20)
+            .open(path)
+            .map_err(|e| opening(path, e))?;
+        let linkage = path.with_file_name(folding::FILE_NAME);
+        match std::fs::remove_file(&linkage) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(StoreError::File(linkage, e)),
+        }
+        note_holder(path);
+        let store = Self::with_db(db, path)?;
+        let folded = store.fold_all()?;
+        Ok((store, folded))
     }
 
     /// Lets this store append to the audit log, signing each new head with `key`.
