@@ -233,6 +233,15 @@ pub async fn fetch(
     purpose: Purpose,
     reason: Option<String>,
 ) -> Result<String, FetchError> {
+    // Nothing is asked for that could not be recorded on arrival. A write is tried
+    // only after one failed; while writes succeed this costs nothing.
+    if node.store.write_failed() {
+        let worker = node.clone();
+        tokio::task::spawn_blocking(move || worker.store.can_record())
+            .await
+            .map_err(|e| FetchError::Unavailable(e.to_string()))?
+            .map_err(|e| FetchError::Unavailable(e.to_string()))?;
+    }
     let src = node
         .directory
         .resolve(source)

@@ -39,6 +39,11 @@ pub enum StoreError {
     GroupFailed(String),
     #[error("the serve-commit thread has stopped")]
     Stopped,
+    #[error("{0}: {1}")]
+    File(std::path::PathBuf, std::io::Error),
+    /// A write failed and no write has succeeded since: receipts cannot be recorded.
+    #[error("this node cannot write its database ({0}); free disk space or fix the disk, then restart the node")]
+    CannotWrite(String),
 }
 
 macro_rules! from_redb {
@@ -63,6 +68,8 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 
 pub struct Store {
     db: Database,
+    /// Why the last write failed, while no write has succeeded since.
+    write_failure: std::sync::Mutex<Option<String>>,
 }
 
 /// One fetch to serve under a grant that passed every offline check.
@@ -84,8 +91,11 @@ impl Store {
     pub fn open(path: &Path) -> Result<Self> {
         let db = Database::builder().set_cache_size(32 << 20).create(path)?;
         // The patients' records: readable by the node's user alone.
-        iryo_p2p::files::make_private(path)
-            .map_err(|e| StoreError::Codec(format!("{}: {e}", path.display())))?;
+        iryo_p2p::files::make_private(path).map_err(|e| StoreError::File(path.to_path_buf(), e))?;
+        Self::with_db(db)
+    }
+
+    fn with_db(db: Database) -> Result<Self> {
         let tx = db.begin_write()?;
         {
             tx.open_table(RECORDS)?;
@@ -95,10 +105,46 @@ impl Store {
             tx.open_table(COUNTERS)?;
         }
         tx.commit()?;
-        Ok(Self { db })
+        Ok(Self {
+            db,
+            write_failure: std::sync::Mutex::new(None),
+        })
     }
 
-    /// Stores FHIR resources for a patient, one row each.
+    /// Whether this node can record what it is about to receive: a node that could
+    /// not record a receipt must not ask for records, or the source discloses them
+    /// and the EMR gets nothing. Free while writes succeed; after a failed write, a
+    /// small write is tried, and its failure refuses.
+    pub fn can_record(&self) -> Result<()> {
+        if !self.write_failed() {
+            return Ok(());
+        }
+        let tried = (|| -> Result<()> {
+            let tx = self.db.begin_write()?;
+            {
+                let mut c = tx.open_table(COUNTERS)?;
+                let n = c.get("write_probe")?.map_or(0, |g| g.value());
+                c.insert("write_probe", n.wrapping_add(1))?;
+            }
+            tx.commit()?;
+            Ok(())
+        })();
+        self.wrote(&tried);
+        tried.map_err(|e| StoreError::CannotWrite(e.to_string()))
+    }
+
+    /// Whether the last write failed; `can_record` then tries one.
+    pub fn write_failed(&self) -> bool {
+        self.write_failure.lock().map_or(true, |f| f.is_some())
+    }
+
+    /// Notes how a write ended, for `can_record`.
+    fn wrote<T>(&self, result: &Result<T>) {
+        if let Ok(mut f) = self.write_failure.lock() {
+            *f = result.as_ref().err().map(ToString::to_string);
+        }
+    }
+
     /// Stores resources for a patient. Refused, storing nothing, when the patient's
     /// records would no longer fit the Bundle one fetch returns: such records could
     /// never be served to another institution.
@@ -187,10 +233,14 @@ impl Store {
 
     /// Queues a notification, durably, before the caller reports success.
     pub fn queue(&self, n: &Signed<Notification>) -> Result<()> {
-        let tx = self.db.begin_write()?;
-        put_outbox(&tx, n)?;
-        tx.commit()?;
-        Ok(())
+        let queued = (|| {
+            let tx = self.db.begin_write()?;
+            put_outbox(&tx, n)?;
+            tx.commit()?;
+            Ok(())
+        })();
+        self.wrote(&queued);
+        queued
     }
 
     pub fn outbox(&self, limit: usize) -> Result<Vec<Signed<Notification>>> {
@@ -292,6 +342,98 @@ fn put_outbox(tx: &redb::WriteTransaction, n: &Signed<Notification>) -> Result<(
 mod tests {
     use super::*;
     use iryo_proto::federation::{Purpose, Side};
+
+    /// A file whose writes fail while `full` is set, as on a full disk.
+    #[derive(Debug)]
+    struct Filling {
+        file: redb::backends::FileBackend,
+        full: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl redb::StorageBackend for Filling {
+        fn len(&self) -> std::result::Result<u64, std::io::Error> {
+            self.file.len()
+        }
+        fn read(&self, offset: u64, out: &mut [u8]) -> std::result::Result<(), std::io::Error> {
+            self.file.read(offset, out)
+        }
+        fn set_len(&self, len: u64) -> std::result::Result<(), std::io::Error> {
+            self.full()?;
+            self.file.set_len(len)
+        }
+        fn sync_data(&self) -> std::result::Result<(), std::io::Error> {
+            self.full()?;
+            self.file.sync_data()
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> std::result::Result<(), std::io::Error> {
+            self.full()?;
+            self.file.write(offset, data)
+        }
+        fn close(&self) -> std::result::Result<(), std::io::Error> {
+            self.file.close()
+        }
+    }
+
+    impl Filling {
+        fn full(&self) -> std::result::Result<(), std::io::Error> {
+            if self.full.load(std::sync::atomic::Ordering::Acquire) {
+                return Err(std::io::Error::from_raw_os_error(28)); // ENOSPC
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_node_that_cannot_write_does_not_ask() {
+        use std::sync::atomic::Ordering;
+        let dir = tempfile::tempdir().unwrap();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dir.path().join("node.redb"))
+            .unwrap();
+        let full = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let backend = Filling {
+            file: redb::backends::FileBackend::new(file).unwrap(),
+            full: full.clone(),
+        };
+        let db = Database::builder().create_with_backend(backend).unwrap();
+        let s = Store::with_db(db).unwrap();
+        s.can_record().unwrap();
+        full.store(true, Ordering::Release);
+        assert!(s.queue(&receipt()).is_err());
+        match s.can_record() {
+            Err(e @ StoreError::CannotWrite(_)) => {
+                assert!(e.to_string().contains("restart the node"), "{e}");
+            }
+            other => panic!("a node that cannot write may ask: {other:?}"),
+        }
+        // Space freed: redb refuses further writes until the file is reopened, and
+        // the node still refuses rather than fetch what it cannot record.
+        full.store(false, Ordering::Release);
+        assert!(s.can_record().is_err());
+    }
+
+    fn receipt() -> Signed<Notification> {
+        Signed::sign(
+            &Notification {
+                id: [3; 16],
+                side: Side::Received,
+                grant_id: [2; 16],
+                medical_id: MedicalId::from_body(9),
+                source: iryo_proto::InstitutionCode::parse("1310000011").unwrap(),
+                requester: iryo_proto::InstitutionCode::parse("1310000011").unwrap(),
+                purpose: Purpose::Treatment,
+                emergency: false,
+                record_count: 1,
+                resource_types: Vec::new(),
+                at: 0,
+            },
+            &ed25519_dalek::SigningKey::from_bytes(&[5; 32]),
+        )
+    }
 
     fn note(medical_id: MedicalId) -> Disclosure {
         Box::new(move |c: &Contents| {
