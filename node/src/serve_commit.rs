@@ -27,7 +27,7 @@ impl ServeCommitter {
                         iryo_p2p::batch::gather(first, &rx, MAX_GROUP)
                             .into_iter()
                             .unzip();
-                    match store.serve_grants(jobs) {
+                    match store.serve_grants(jobs, forget_before()) {
                         Ok(results) => {
                             for (reply, r) in replies.into_iter().zip(results) {
                                 let _ = reply.send(r);
@@ -56,4 +56,11 @@ impl ServeCommitter {
             .map_err(|_| StoreError::Stopped)?;
         answer.await.map_err(|_| StoreError::Stopped)?
     }
+}
+
+/// Served grants that expired before this are forgotten: the offline checks refuse a
+/// grant past its expiry plus the clock tolerance, and the tolerance again is kept for
+/// a clock that steps back.
+fn forget_before() -> i64 {
+    chrono::Utc::now().timestamp() - 2 * iryo_proto::federation::CLOCK_SKEW_SECONDS
 }

@@ -12,6 +12,13 @@ use thiserror::Error;
 
 const RECORDS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("records");
 const SEEN_GRANTS: TableDefinition<[u8; 16], i64> = TableDefinition::new("seen_grants");
+/// The same grants by expiry, so that those no check would accept any more are
+/// forgotten in order.
+const SEEN_BY_EXPIRY: TableDefinition<(i64, [u8; 16]), ()> =
+    TableDefinition::new("seen_grants_by_expiry");
+/// Served grants forgotten at most per serving commit: more than one commit serves,
+/// so the table stays near the grants still valid, and no commit is held up long.
+const FORGET_AT_ONCE: usize = 64;
 const OUTBOX: TableDefinition<[u8; 16], &[u8]> = TableDefinition::new("outbox");
 /// Refusal reports kept at most while the directory does not take them.
 const MAX_PENDING_REFUSALS: u64 = 10_000;
@@ -99,7 +106,15 @@ impl Store {
         let tx = db.begin_write()?;
         {
             tx.open_table(RECORDS)?;
-            tx.open_table(SEEN_GRANTS)?;
+            let seen = tx.open_table(SEEN_GRANTS)?;
+            let mut by_expiry = tx.open_table(SEEN_BY_EXPIRY)?;
+            // Grants served before the expiry index existed.
+            if by_expiry.is_empty()? {
+                for item in seen.iter()? {
+                    let (id, expires) = item?;
+                    by_expiry.insert((expires.value(), id.value()), ())?;
+                }
+            }
             tx.open_table(OUTBOX)?;
             tx.open_table(REFUSALS)?;
             tx.open_table(COUNTERS)?;
@@ -192,12 +207,27 @@ impl Store {
 
     /// Serves grants, each once: in one transaction marks each used, reads its records,
     /// and puts the disclosure notification its `notify` builds into the outbox. One
-    /// commit for all of them; a replayed grant fails alone.
-    pub fn serve_grants(&self, jobs: Vec<ServeJob>) -> Result<Vec<Result<Vec<Record>>>> {
+    /// commit for all of them; a replayed grant fails alone. Grants that expired before
+    /// `forget_before` are forgotten: the offline checks refuse them anyway.
+    pub fn serve_grants(
+        &self,
+        jobs: Vec<ServeJob>,
+        forget_before: i64,
+    ) -> Result<Vec<Result<Vec<Record>>>> {
         let tx = self.db.begin_write()?;
         let mut out = Vec::with_capacity(jobs.len());
         {
             let mut seen = tx.open_table(SEEN_GRANTS)?;
+            let mut by_expiry = tx.open_table(SEEN_BY_EXPIRY)?;
+            let expired: Vec<(i64, [u8; 16])> = by_expiry
+                .range(..(forget_before, [0u8; 16]))?
+                .take(FORGET_AT_ONCE)
+                .map(|item| item.map(|(k, _)| k.value()))
+                .collect::<std::result::Result<_, _>>()?;
+            for key in expired {
+                by_expiry.remove(key)?;
+                seen.remove(key.1)?;
+            }
             let t = tx.open_table(RECORDS)?;
             for job in jobs {
                 if seen.get(job.grant_id)?.is_some() {
@@ -220,6 +250,7 @@ impl Store {
                     continue;
                 }
                 seen.insert(job.grant_id, job.expires_at)?;
+                by_expiry.insert((job.expires_at, job.grant_id), ())?;
                 let contents = crate::fhir::stored_contents(&records)
                     .map_err(|e| StoreError::Codec(e.to_string()))?;
                 let n = (job.notify)(&contents);
@@ -302,6 +333,11 @@ impl Store {
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// How many served grants are remembered, to refuse their replay.
+    pub fn seen_grants(&self) -> Result<u64> {
+        Ok(self.db.begin_read()?.open_table(SEEN_GRANTS)?.len()?)
     }
 
     pub fn outbox_len(&self) -> Result<u64> {
@@ -496,7 +532,7 @@ mod tests {
             medical_id: id,
             notify: note(id),
         };
-        let out = s.serve_grants(vec![job]).unwrap();
+        let out = s.serve_grants(vec![job], 0).unwrap();
         assert!(matches!(out[0], Err(StoreError::TooLarge { .. })));
         assert_eq!(s.outbox_len().unwrap(), 0);
         let job = ServeJob {
@@ -507,10 +543,43 @@ mod tests {
         };
         assert!(
             !matches!(
-                s.serve_grants(vec![job]).unwrap()[0],
+                s.serve_grants(vec![job], 0).unwrap()[0],
                 Err(StoreError::Replayed)
             ),
             "the grant was not used"
         );
+    }
+
+    #[test]
+    fn served_grants_are_remembered_until_no_check_would_accept_them() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = Store::open(&tmp.path().join("node.redb")).unwrap();
+        let id = MedicalId::from_body(9);
+        let job = |n: u8, expires_at: i64| ServeJob {
+            grant_id: [n; 16],
+            expires_at,
+            medical_id: id,
+            notify: note(id),
+        };
+        // 100 grants served, expiring at 1000..1099.
+        for n in 0..100u8 {
+            assert!(s
+                .serve_grants(vec![job(n, 1000 + i64::from(n))], 0)
+                .unwrap()[0]
+                .is_ok());
+        }
+        assert_eq!(s.seen_grants().unwrap(), 100);
+        // Still valid ones are replays whatever the time.
+        let again = s.serve_grants(vec![job(99, 1099)], 1050).unwrap();
+        assert!(matches!(again[0], Err(StoreError::Replayed)));
+        // That commit forgot at most FORGET_AT_ONCE of those expired before 1050.
+        assert_eq!(s.seen_grants().unwrap(), 100 - 50);
+        s.serve_grants(vec![job(200, 5000)], 2000).unwrap();
+        assert_eq!(s.seen_grants().unwrap(), 1, "only the one still valid");
+        // Reopened, the index is whole.
+        drop(s);
+        let s = Store::open(&tmp.path().join("node.redb")).unwrap();
+        let again = s.serve_grants(vec![job(200, 5000)], 2000).unwrap();
+        assert!(matches!(again[0], Err(StoreError::Replayed)));
     }
 }
