@@ -49,6 +49,10 @@ pub struct DirectoryConfig {
     /// within this time.
     #[serde(default = "default_refresh")]
     pub refresh_seconds: u64,
+    /// Seconds of clock difference with the agency tolerated in grants and
+    /// memberships, 1 to 300.
+    #[serde(default = "default_clock_tolerance")]
+    pub clock_tolerance_seconds: i64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -68,6 +72,10 @@ fn default_refresh() -> u64 {
     60
 }
 
+fn default_clock_tolerance() -> i64 {
+    iryo_proto::federation::CLOCK_SKEW_SECONDS
+}
+
 impl NodeConfig {
     /// Reads a node.toml. A relative `data_dir` is relative to the file's own
     /// directory, not to wherever the node happens to be started from.
@@ -78,6 +86,16 @@ impl NodeConfig {
         if config.data_dir.is_relative() {
             let base = path.parent().unwrap_or(Path::new("."));
             config.data_dir = base.join(&config.data_dir);
+        }
+        let tolerance = config.directory.clock_tolerance_seconds;
+        let max = iryo_proto::federation::MAX_CLOCK_TOLERANCE_SECONDS;
+        if !(1..=max).contains(&tolerance) {
+            return Err(format!(
+                "{}: directory.clock_tolerance_seconds is {tolerance}; it must be 1 to {max} \
+                 (the default is {})",
+                path.display(),
+                default_clock_tolerance()
+            ));
         }
         Ok(config)
     }
@@ -157,6 +175,10 @@ agency_key = "{agency}"
 # Seconds between refreshes of other institutions' memberships; a revoked
 # institution is refused here at the latest this long after its revocation.
 refresh_seconds = {refresh}
+# Seconds this node's clock may differ from the agency's (1 to 300). Grants are
+# refused past it; the log and /metrics (iryo_node_clock_drift_seconds) warn at half.
+# Keep the clock synchronised (NTP) rather than raise this.
+clock_tolerance_seconds = {tolerance}
 
 [outbox]
 # Milliseconds between deliveries of exchange notifications to the agency.
@@ -170,7 +192,61 @@ interval_ms = {interval}
             dir_addr = self.directory.address,
             agency = self.directory.agency_key,
             refresh = self.directory.refresh_seconds,
+            tolerance = self.directory.clock_tolerance_seconds,
             interval = self.outbox.interval_ms,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_clock_tolerance_outside_its_range_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let example =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/node-clinic.toml");
+        let text = std::fs::read_to_string(example).unwrap();
+        assert!(text.contains("clock_tolerance_seconds = 30"));
+        let path = dir.path().join("node.toml");
+        for (value, ok) in [
+            ("30", true),
+            ("300", true),
+            ("0", false),
+            ("301", false),
+            ("-5", false),
+        ] {
+            std::fs::write(
+                &path,
+                text.replace(
+                    "clock_tolerance_seconds = 30",
+                    &format!("clock_tolerance_seconds = {value}"),
+                ),
+            )
+            .unwrap();
+            match NodeConfig::load(&path) {
+                Ok(c) => {
+                    assert!(ok, "{value} accepted");
+                    assert_eq!(c.directory.clock_tolerance_seconds.to_string(), value);
+                }
+                Err(e) => {
+                    assert!(!ok, "{value} refused: {e}");
+                    assert!(
+                        e.contains("directory.clock_tolerance_seconds") && e.contains("1 to 300"),
+                        "{e}"
+                    );
+                }
+            }
+        }
+        // Left out, the default.
+        std::fs::write(&path, text.replace("clock_tolerance_seconds = 30\n", "")).unwrap();
+        assert_eq!(
+            NodeConfig::load(&path)
+                .unwrap()
+                .directory
+                .clock_tolerance_seconds,
+            30
+        );
     }
 }

@@ -44,19 +44,22 @@ pub struct Directory {
     p2p: P2p,
     agency: VerifyingKey,
     refresh: Duration,
+    /// Seconds of clock difference with the agency tolerated in memberships.
+    tolerance: i64,
     cache: Mutex<HashMap<InstitutionCode, (Option<Membership>, Instant)>>,
     checks: mpsc::Sender<(CheckRequest, CheckReply)>,
 }
 
 impl Directory {
     /// Must be called inside the Tokio runtime: it starts the task that batches checks.
-    pub fn new(p2p: P2p, agency: VerifyingKey, refresh: Duration) -> Self {
+    pub fn new(p2p: P2p, agency: VerifyingKey, refresh: Duration, tolerance: i64) -> Self {
         let (checks, rx) = mpsc::channel(4096);
         tokio::spawn(batch_checks(p2p.clone(), rx));
         Self {
             p2p,
             agency,
             refresh,
+            tolerance,
             cache: Mutex::new(HashMap::new()),
             checks,
         }
@@ -95,7 +98,8 @@ impl Directory {
                 let m = signed
                     .verify(&self.agency)
                     .map_err(|_| DirectoryError::BadSignature)?;
-                (m.code == code && m.valid_at(chrono::Utc::now().timestamp())).then_some(m)
+                let now = chrono::Utc::now().timestamp();
+                (m.code == code && m.valid_within(now, self.tolerance)).then_some(m)
             }
             DirectoryResponse::Membership(None) => None,
             DirectoryResponse::Refused(r) => return Err(DirectoryError::Refused(r)),

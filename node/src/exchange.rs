@@ -139,6 +139,7 @@ async fn serve(
         medical_id,
         purpose,
         now: now(),
+        clock_tolerance: node.clock.tolerance(),
     };
     let g = match check_grant(&grant, &cx) {
         Ok(g) => g,
@@ -276,6 +277,8 @@ pub async fn fetch(
     let g = grant
         .open_unverified()
         .map_err(|e| FetchError::Unavailable(format!("the directory sent a bad grant: {e}")))?;
+    // Straight from the directory: its issue time is the agency's clock.
+    node.clock.observe(g.issued_at, now());
     let peer = crate::identity::peer_id(&src.public_key)
         .ok_or_else(|| FetchError::Unavailable("the source's key is malformed".into()))?;
     let addresses = src

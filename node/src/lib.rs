@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod clock;
 pub mod config;
 pub mod directory;
 pub mod exchange;
@@ -48,6 +49,8 @@ pub struct Node {
     pub p2p: p2p::P2p,
     pub directory: directory::Directory,
     pub api_token: String,
+    /// The tolerance with the agency's clock, and the drift last seen.
+    pub clock: clock::Clock,
 }
 
 /// A started node: where its API and its peers can reach it.
@@ -75,19 +78,21 @@ pub async fn start(config: NodeConfig) -> Result<Running, NodeError> {
     iryo_p2p::files::create_private_dir(&config.data_dir)
         .map_err(|e| NodeError::Config(format!("{}: {e}", config.data_dir.display())))?;
     let store = Arc::new(store::Store::open(&config.data_dir.join("node.redb"))?);
-    let serving = serve_commit::ServeCommitter::start(store.clone());
+    let tolerance = config.directory.clock_tolerance_seconds;
+    let serving = serve_commit::ServeCommitter::start(store.clone(), tolerance);
     let directory_addr = config.directory_address().map_err(NodeError::Config)?;
     let listen = config.listen_address().map_err(NodeError::Config)?;
     let (p2p, inbound, p2p_addrs, p2p_task) = p2p::start(&key, listen, directory_addr).await?;
     let node = Arc::new(Node {
         code,
-        directory: directory::Directory::new(p2p.clone(), agency, config.refresh()),
+        directory: directory::Directory::new(p2p.clone(), agency, config.refresh(), tolerance),
         key,
         agency,
         store,
         serving,
         p2p,
         api_token: config.api.token.clone(),
+        clock: clock::Clock::new(tolerance),
     });
     let mut tasks = vec![p2p_task];
     tasks.push(tokio::spawn(exchange::serve_inbound(node.clone(), inbound)));

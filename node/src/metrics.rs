@@ -19,6 +19,8 @@ pub struct Metrics {
     pub checks: Family<Labels, Counter>,
     pub notifications_delivered: Counter,
     pub outbox_pending: Gauge,
+    /// The agency's clock minus this node's, as the last grant showed.
+    pub clock_drift_seconds: Gauge,
     pub requests: Latencies,
 }
 
@@ -31,6 +33,7 @@ impl Metrics {
             checks: Family::default(),
             notifications_delivered: Counter::default(),
             outbox_pending: Gauge::default(),
+            clock_drift_seconds: Gauge::default(),
             requests: latencies(),
         };
         let mut registry = Registry::with_prefix("iryo_node");
@@ -58,6 +61,11 @@ impl Metrics {
             "outbox_pending",
             "Notifications waiting in the outbox",
             m.outbox_pending.clone(),
+        );
+        registry.register(
+            "clock_drift_seconds",
+            "The agency's clock minus this node's, as the last grant showed",
+            m.clock_drift_seconds.clone(),
         );
         registry.register(
             "request_duration_seconds",

@@ -17,7 +17,8 @@ pub struct ServeCommitter {
 const MAX_GROUP: usize = 256;
 
 impl ServeCommitter {
-    pub fn start(store: Arc<Store>) -> Self {
+    /// `tolerance`: the clock difference with the agency tolerated, in seconds.
+    pub fn start(store: Arc<Store>, tolerance: i64) -> Self {
         let (tx, rx) = mpsc::channel::<(ServeJob, Reply)>();
         let spawned = std::thread::Builder::new()
             .name("serve-commit".into())
@@ -27,7 +28,7 @@ impl ServeCommitter {
                         iryo_p2p::batch::gather(first, &rx, MAX_GROUP)
                             .into_iter()
                             .unzip();
-                    match store.serve_grants(jobs, forget_before()) {
+                    match store.serve_grants(jobs, forget_before(tolerance)) {
                         Ok(results) => {
                             for (reply, r) in replies.into_iter().zip(results) {
                                 let _ = reply.send(r);
@@ -61,6 +62,6 @@ impl ServeCommitter {
 /// Served grants that expired before this are forgotten: the offline checks refuse a
 /// grant past its expiry plus the clock tolerance, and the tolerance again is kept for
 /// a clock that steps back.
-fn forget_before() -> i64 {
-    chrono::Utc::now().timestamp() - 2 * iryo_proto::federation::CLOCK_SKEW_SECONDS
+fn forget_before(tolerance: i64) -> i64 {
+    chrono::Utc::now().timestamp() - 2 * tolerance
 }

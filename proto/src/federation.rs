@@ -112,6 +112,13 @@ impl Membership {
     pub fn valid_at(&self, now: Time) -> bool {
         self.not_before <= now && now <= self.not_after
     }
+
+    /// Whether the membership is valid at `now` give or take `tolerance` seconds of
+    /// clock difference with the agency that signed it.
+    pub fn valid_within(&self, now: Time, tolerance: Time) -> bool {
+        self.not_before <= now.saturating_add(tolerance)
+            && now.saturating_sub(tolerance) <= self.not_after
+    }
 }
 
 /// The layout of grant and notification ids: the moment of issue in microseconds,
@@ -157,8 +164,12 @@ impl Statement for Grant {
 
 /// Longest validity the agency gives a grant.
 pub const MAX_GRANT_SECONDS: i64 = 300;
-/// Clock difference tolerated between agency and nodes.
+/// Clock difference tolerated between agency and nodes unless a node is configured
+/// otherwise (`FetchContext::clock_tolerance`).
 pub const CLOCK_SKEW_SECONDS: i64 = 30;
+/// The largest clock tolerance a node may be configured with: past it, an expired
+/// grant would stay usable for longer than grants last.
+pub const MAX_CLOCK_TOLERANCE_SECONDS: i64 = MAX_GRANT_SECONDS;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -211,6 +222,9 @@ pub struct FetchContext {
     pub purpose: Purpose,
     /// The source's clock.
     pub now: Time,
+    /// Seconds of clock difference with the agency tolerated (`CLOCK_SKEW_SECONDS`
+    /// unless configured).
+    pub clock_tolerance: Time,
 }
 
 /// Verifies a grant offline at the source: agency signature, bound to the authenticated
@@ -238,10 +252,10 @@ pub fn check_grant(g: &Signed<Grant>, cx: &FetchContext) -> Result<Grant, GrantR
     if grant.expires_at - grant.issued_at > MAX_GRANT_SECONDS {
         return Err(GrantRefusal::TooLong);
     }
-    if cx.now + CLOCK_SKEW_SECONDS < grant.issued_at {
+    if cx.now.saturating_add(cx.clock_tolerance) < grant.issued_at {
         return Err(GrantRefusal::NotYetValid);
     }
-    if cx.now > grant.expires_at + CLOCK_SKEW_SECONDS {
+    if cx.now > grant.expires_at.saturating_add(cx.clock_tolerance) {
         return Err(GrantRefusal::Expired);
     }
     Ok(grant)
@@ -356,6 +370,7 @@ mod tests {
             medical_id: g.medical_id,
             purpose: g.purpose,
             now: 1100,
+            clock_tolerance: CLOCK_SKEW_SECONDS,
         };
         (Signed::sign(&g, agency), cx)
     }
@@ -389,6 +404,17 @@ mod tests {
         );
         assert_eq!(refuse(&|c| c.now = 2000), GrantRefusal::Expired);
         assert_eq!(refuse(&|c| c.now = 900), GrantRefusal::NotYetValid);
+        // The tolerance is the context's: 1300 + 10 is the last second at 10 s.
+        let tolerant = |now, tol| {
+            let (g, mut cx) = grant(&agency, &requester);
+            (cx.now, cx.clock_tolerance) = (now, tol);
+            check_grant(&g, &cx)
+        };
+        assert!(tolerant(1310, 10).is_ok());
+        assert_eq!(tolerant(1311, 10).unwrap_err(), GrantRefusal::Expired);
+        assert!(tolerant(1311, 30).is_ok());
+        assert!(tolerant(990, 10).is_ok());
+        assert_eq!(tolerant(989, 10).unwrap_err(), GrantRefusal::NotYetValid);
         // Signed by someone other than the agency, even with the same content.
         let forger = SigningKey::from_bytes(&[4; 32]);
         let (forged, cx) = grant(&forger, &requester);

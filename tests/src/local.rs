@@ -104,6 +104,7 @@ impl LocalFederation {
                 address: self.directory_addr.clone(),
                 agency_key: self.agency_hex.clone(),
                 refresh_seconds: 60,
+                clock_tolerance_seconds: iryo_proto::federation::CLOCK_SKEW_SECONDS,
             },
             outbox: OutboxConfig::default(),
         };

@@ -128,6 +128,13 @@ fn consent_gates_exchange_and_both_ends_report_to_a_verifiable_log() {
         requester.contains("iryo_node_fetches_total{outcome=\"NoConsent\"}"),
         "{requester}"
     );
+    // The grants showed the agency's clock: the same machine's, so within a second.
+    let drift: i64 = requester
+        .lines()
+        .find_map(|l| l.strip_prefix("iryo_node_clock_drift_seconds "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("the clock drift gauge");
+    assert!(drift.abs() <= 1, "{drift}");
     let source = metrics(a);
     assert!(
         source.contains("iryo_node_served_total{outcome=\"served\"}"),

@@ -128,6 +128,7 @@ fn run(cli: Cli) -> Result<()> {
                     address: directory,
                     agency_key,
                     refresh_seconds: 60,
+                    clock_tolerance_seconds: iryo_proto::federation::CLOCK_SKEW_SECONDS,
                 },
                 outbox: OutboxConfig::default(),
             };
