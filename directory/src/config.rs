@@ -19,6 +19,13 @@ pub enum ConfigError {
         path: PathBuf,
         source: toml::de::Error,
     },
+    #[error("{}: {setting} is {value}; it must be {allowed}", path.display())]
+    Invalid {
+        path: PathBuf,
+        setting: &'static str,
+        value: String,
+        allowed: String,
+    },
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -103,6 +110,8 @@ pub struct AccessConfig {
     pub membership_days: u32,
     /// Seconds after which a grant used by only one end is listed by `audit unmatched`.
     pub unmatched_after_seconds: i64,
+    /// Seconds a grant stays valid, 1 to 300.
+    pub grant_seconds: i64,
 }
 
 impl Default for AccessConfig {
@@ -112,6 +121,7 @@ impl Default for AccessConfig {
             visit_consent_days: 90,
             membership_days: 365,
             unmatched_after_seconds: 600,
+            grant_seconds: iryo_proto::federation::MAX_GRANT_SECONDS,
         }
     }
 }
@@ -214,10 +224,21 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        let config: Self = toml::from_str(&text).map_err(|source| ConfigError::Parse {
             path: path.to_path_buf(),
             source,
-        })
+        })?;
+        let grant = config.access.grant_seconds;
+        let max = iryo_proto::federation::MAX_GRANT_SECONDS;
+        if !(1..=max).contains(&grant) {
+            return Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                setting: "access.grant_seconds",
+                value: grant.to_string(),
+                allowed: format!("1 to {max} (nodes refuse longer grants)"),
+            });
+        }
+        Ok(config)
     }
 
     pub fn db_path(&self) -> PathBuf {
@@ -245,5 +266,24 @@ mod tests {
     fn unknown_fields_are_refused() {
         assert!(toml::from_str::<Config>("data_dri = \"x\"").is_err());
         assert!(toml::from_str::<Config>("").is_ok());
+    }
+
+    #[test]
+    fn a_grant_lifetime_outside_its_range_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("directory.toml");
+        for (value, ok) in [("60", true), ("300", true), ("0", false), ("301", false)] {
+            std::fs::write(&path, format!("[access]\ngrant_seconds = {value}\n")).unwrap();
+            match Config::load(&path) {
+                Ok(c) => assert!(ok && c.access.grant_seconds.to_string() == value, "{value}"),
+                Err(e) => {
+                    let e = e.to_string();
+                    assert!(
+                        !ok && e.contains("access.grant_seconds is") && e.contains("1 to 300"),
+                        "{e}"
+                    );
+                }
+            }
+        }
     }
 }

@@ -77,6 +77,7 @@ impl Context {
             .with_policy(crate::store::AccessPolicy {
                 default: c.access.default_policy,
                 visit_consent_days: c.access.visit_consent_days,
+                grant_seconds: c.access.grant_seconds,
             })
     }
 

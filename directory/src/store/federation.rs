@@ -459,7 +459,11 @@ impl Store {
         agency: &SigningKey,
         now: Time,
     ) -> Result<std::result::Result<Signed<Grant>, Refusal>> {
-        let rules = (self.retention_years, self.policy.default);
+        let rules = (
+            self.retention_years,
+            self.policy.default,
+            self.policy.grant_seconds,
+        );
         let decided = self.write(|t| grant_in(t, requester, query, now, rules))?;
         Ok(decided.map(|g| Signed::sign(&g, agency)))
     }
@@ -494,13 +498,14 @@ impl Store {
 }
 
 /// Decides a grant inside a write, logs the decision, and signs the grant when given.
-/// `rules` are the retention years and the default consent policy.
+/// `rules` are the retention years, the default consent policy and the seconds a grant
+/// lasts (capped at `MAX_GRANT_SECONDS`).
 pub(super) fn grant_in(
     t: &mut Tables<'_>,
     requester: &Membership,
     query: &GrantQuery,
     now: Time,
-    (retention, policy): (u32, crate::access::DefaultPolicy),
+    (retention, policy, grant_seconds): (u32, crate::access::DefaultPolicy, i64),
 ) -> Result<std::result::Result<Grant, Refusal>> {
     let GrantQuery {
         medical_id,
@@ -582,7 +587,7 @@ pub(super) fn grant_in(
                     None
                 },
                 issued_at: now,
-                expires_at: now + MAX_GRANT_SECONDS,
+                expires_at: now + grant_seconds.clamp(1, MAX_GRANT_SECONDS),
             };
             t.audit_append(&LogEntry::GrantIssued {
                 grant_id: id,

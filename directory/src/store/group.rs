@@ -44,7 +44,11 @@ impl Store {
                 .collect::<Result<Vec<_>>>()?
         };
         let visit_days = self.policy.visit_consent_days;
-        let rules = (self.retention_years, self.policy.default);
+        let rules = (
+            self.retention_years,
+            self.policy.default,
+            self.policy.grant_seconds,
+        );
         let (out, (moved, _)) = self.write(|t| {
             let mut out = Vec::with_capacity(jobs.len());
             for (job, r) in jobs.iter().zip(resolved.iter_mut()) {

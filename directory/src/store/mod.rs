@@ -278,6 +278,8 @@ pub struct AccessPolicy {
     pub default: crate::access::DefaultPolicy,
     /// How long consent given at a visit lets that institution obtain records.
     pub visit_consent_days: u32,
+    /// Seconds a grant stays valid (at most `MAX_GRANT_SECONDS`).
+    pub grant_seconds: i64,
 }
 
 impl Default for AccessPolicy {
@@ -285,6 +287,7 @@ impl Default for AccessPolicy {
         Self {
             default: crate::access::DefaultPolicy::Deny,
             visit_consent_days: 90,
+            grant_seconds: iryo_proto::federation::MAX_GRANT_SECONDS,
         }
     }
 }

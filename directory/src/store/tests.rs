@@ -176,7 +176,7 @@ mod federation {
             .unwrap();
         let g = grant.verify(&agency.verifying_key()).unwrap();
         assert_eq!(g.requester_key, req_key.verifying_key().to_bytes());
-        assert!(g.expires_at - g.issued_at <= MAX_GRANT_SECONDS);
+        assert_eq!(g.expires_at - g.issued_at, MAX_GRANT_SECONDS);
         let no_reason = s
             .request_grant(
                 &requester,
@@ -277,6 +277,18 @@ mod federation {
         assert!(iryo_proto::merkle::verify_inclusion(
             &leaf, *index, size, &proof, &head.root
         ));
+
+        // The agency's setting shortens grants.
+        let s = s.with_policy(AccessPolicy {
+            grant_seconds: 60,
+            ..AccessPolicy::default()
+        });
+        let short = s
+            .request_grant(&requester, &ask(Purpose::Treatment, None), &agency, 1_200)
+            .unwrap()
+            .unwrap();
+        let g = short.verify(&agency.verifying_key()).unwrap();
+        assert_eq!(g.expires_at - g.issued_at, 60);
 
         s.revoke_institution(source.code, 2_000, "op").unwrap();
         let gone = s
