@@ -347,7 +347,26 @@ fn portal_forms_need_their_token_and_sign_in_is_rate_limited() {
     // A form from another site carries no matching token.
     assert_eq!(login(&token, false), 403);
     assert_eq!(login("forged", true), 403);
-    for _ in 0..5 {
+    // A failed sign-in keeps the typed ID in its field, escaped.
+    let hostile = "1234\"><script>alert(1)</script>";
+    let mut failed = a
+        .post(format!("{base}/portal/login"))
+        .header("cookie", &format!("iryo_form={token}"))
+        .send_form([
+            ("form", token.as_str()),
+            ("medical_id", hostile),
+            ("passphrase", "not the passphrase"),
+        ])
+        .unwrap();
+    assert_eq!(failed.status().as_u16(), 401);
+    let body = failed.body_mut().read_to_string().unwrap();
+    assert!(
+        body.contains("value=\"1234&quot;&gt;&lt;script&gt;alert(1)&lt;/script&gt;\"")
+            && !body.contains("<script>"),
+        "{body}"
+    );
+    assert!(body.contains("もう一度パスワードを入力してください"), "{body}");
+    for _ in 0..4 {
         assert_eq!(login(&token, true), 401);
     }
     assert_eq!(

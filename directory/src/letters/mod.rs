@@ -84,14 +84,14 @@ fn page(l: &Letter, plan: Plan, portal: &str) -> Page {
             60.0,
             500.0,
             13.0,
-            format!("マイポータル活性化コード：{}", l.code),
+            format!("マイポータル初回登録コード：{}", l.code),
         ),
         text(
             60.0,
             482.0,
             10.0,
             format!(
-                "有効期限 {}（一度だけ使えます） / Activation code, valid once until {}",
+                "有効期限 {}（一度だけ使えます） / First sign-in code, valid once until {}",
                 l.expires, l.expires
             ),
         ),
@@ -106,7 +106,7 @@ fn page(l: &Letter, plan: Plan, portal: &str) -> Page {
             60.0,
             400.0,
             10.5,
-            "2. 上の医療IDと活性化コードを入力し、10文字以上のパスフレーズを決めます。",
+            "2. 上の医療IDと初回登録コードを入力し、10文字以上のパスワードを決めます。",
         ),
         text(
             60.0,
@@ -118,7 +118,7 @@ fn page(l: &Letter, plan: Plan, portal: &str) -> Page {
             60.0,
             356.0,
             10.0,
-            "活性化コードは他人に知らせないでください。医療IDは受付で保険証とともに使われます。",
+            "初回登録コードは他人に知らせないでください。医療IDは受付で保険証とともに使われます。",
         ),
         text(
             60.0,
@@ -130,7 +130,7 @@ fn page(l: &Letter, plan: Plan, portal: &str) -> Page {
             60.0,
             318.0,
             9.0,
-            "and choose a passphrase of at least 10 characters. Keep the code to yourself.",
+            "and choose a password of at least 10 characters. Keep the code to yourself.",
         ),
         text(60.0, 60.0, 9.0, sender),
     ];

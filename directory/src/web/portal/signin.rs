@@ -3,18 +3,21 @@
 
 use super::*;
 
-fn login_form(lang: Lang, error: Option<&str>) -> Response {
+/// The sign-in form; `typed` is the medical ID a failed attempt gave, kept in its field
+/// so that only the password has to be typed again.
+fn login_form(lang: Lang, error: Option<&str>, typed: &str) -> Response {
     let form = format!(
         "<form method=\"post\" action=\"/portal/login\" id=\"login\">{{FORM}}\
-<label>{id}<input name=\"medical_id\" id=\"medical_id\" inputmode=\"numeric\" autocomplete=\"username\" required placeholder=\"1234-5678-9012-3456\"></label>\
+<label>{id}<input name=\"medical_id\" id=\"medical_id\" inputmode=\"numeric\" autocomplete=\"username\" required placeholder=\"1234-5678-9012-3456\" value=\"{typed}\"></label>\
 <label>{pw}<input type=\"password\" name=\"passphrase\" id=\"passphrase\" autocomplete=\"current-password\" required></label>\
 <button id=\"sign-in\">{go}</button></form>\
 <p><a href=\"/portal/activate\" id=\"to-activate\">{first}</a></p>",
         id = lang.t("医療ID", "Medical ID"),
-        pw = lang.t("パスフレーズ", "Passphrase"),
+        pw = lang.t("パスワード", "Password"),
         go = lang.t("ログイン", "Sign in"),
+        typed = crate::web::page::esc(typed),
         first = lang.t(
-            "はじめての方（お知らせの活性化コードで登録）",
+            "はじめての方（お知らせの初回登録コードで登録）",
             "First time? Activate with the code from your letter"
         ),
     );
@@ -35,7 +38,7 @@ pub(in crate::web) async fn start(
     if current(&web, &headers).is_some() {
         return Redirect::to("/portal/home").into_response();
     }
-    login_form(lang, None)
+    login_form(lang, None, "")
 }
 
 fn activate_form(lang: Lang, error: Option<&str>) -> Response {
@@ -47,13 +50,13 @@ fn activate_form(lang: Lang, error: Option<&str>) -> Response {
 <label>{pw2}<input type=\"password\" name=\"passphrase2\" id=\"passphrase2\" autocomplete=\"new-password\" minlength=\"{MIN_PASSPHRASE}\" required></label>\
 <button id=\"do-activate\">{go}</button></form>",
         intro = lang.t(
-            "お知らせに記載の医療IDと活性化コードを入力し、10文字以上のパスフレーズを決めてください。コードは一度だけ使えます。",
-            "Enter the medical ID and activation code from your letter, and choose a passphrase of at least 10 characters. The code works once."
+            "お知らせに記載の医療IDと初回登録コードを入力し、10文字以上のパスワードを決めてください。コードは一度だけ使えます。",
+            "Enter the medical ID and first sign-in code from your letter, and choose a password of at least 10 characters. The code works once."
         ),
         id = lang.t("医療ID", "Medical ID"),
-        code = lang.t("活性化コード", "Activation code"),
-        pw = lang.t("パスフレーズ", "Passphrase"),
-        pw2 = lang.t("パスフレーズ（確認）", "Passphrase again"),
+        code = lang.t("初回登録コード", "First sign-in code"),
+        pw = lang.t("パスワード（10文字以上）", "Password (10 characters or more)"),
+        pw2 = lang.t("パスワード（確認のためもう一度）", "Password again"),
         go = lang.t("登録する", "Activate"),
     );
     public_form(
@@ -201,15 +204,15 @@ pub(super) async fn activate(
     if f.passphrase != f.passphrase2 {
         return Ok(activate_form(
             lang,
-            Some(lang.t("パスフレーズが一致しません。", "The passphrases differ.")),
+            Some(lang.t("パスワードが一致しません。", "The passwords differ.")),
         ));
     }
     if f.passphrase.chars().count() < MIN_PASSPHRASE {
         return Ok(activate_form(
             lang,
             Some(lang.t(
-                "パスフレーズは10文字以上にしてください。",
-                "Use a passphrase of at least 10 characters.",
+                "パスワードは10文字以上にしてください。",
+                "Use a password of at least 10 characters.",
             )),
         ));
     }
@@ -247,8 +250,8 @@ pub(super) async fn activate(
         Ok(activate_form(
             lang,
             Some(lang.t(
-                "医療IDまたは活性化コードが正しくないか、使用済み・期限切れです。",
-                "The medical ID or activation code is wrong, used or expired.",
+                "医療IDまたは初回登録コードが正しくないか、使用済み・期限切れです。",
+                "The medical ID or first sign-in code is wrong, used or expired.",
             )),
         ))
     }
@@ -272,6 +275,7 @@ pub(super) async fn login(
         Ok(admitted) => admitted,
         Err(why) => return Ok(refused(lang, why)),
     };
+    let typed: String = f.medical_id.trim().chars().take(40).collect();
     let w = web.clone();
     let person = blocking(move || {
         let _slot = slot;
@@ -300,9 +304,10 @@ pub(super) async fn login(
         Ok(login_form(
             lang,
             Some(lang.t(
-                "医療IDまたはパスフレーズが違います。",
-                "Wrong medical ID or passphrase.",
+                "医療IDまたはパスワードが違います。もう一度パスワードを入力してください。",
+                "Wrong medical ID or password. Please type the password again.",
             )),
+            &typed,
         ))
     }
 }
