@@ -100,3 +100,11 @@ pub fn issue(d: &Directory, flag: &str, who: &str, out: &str) -> PathBuf {
     ]);
     dir
 }
+
+/// A directory with its database, keys and the agency CA made.
+pub fn with_ca() -> Directory {
+    let d = Directory::new();
+    d.ok(&["init"]);
+    d.ok(&["ca", "init"]);
+    d
+}

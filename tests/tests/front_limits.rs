@@ -1,14 +1,14 @@
 //! The HTTPS front under pressure: security headers on every answer, counted guessing,
 //! bounded uploads, and clients that trickle or hog connections cut off.
 
-use iryo_tests::https::{agent, agent_no_redirects, issue, kyokai, row, serve, serve_with};
-use iryo_tests::{write_enrollment, Directory};
+use iryo_tests::https::{
+    agent, agent_no_redirects, issue, kyokai, row, serve, serve_with, with_ca,
+};
+use iryo_tests::write_enrollment;
 
 #[test]
 fn every_answer_carries_the_security_headers_and_lang_never_leaves_the_site() {
-    let d = Directory::new();
-    d.ok(&["init"]);
-    d.ok(&["ca", "init"]);
+    let d = with_ca();
     let op = issue(&d, "--operator", "sato", "sato");
     let ins = issue(&d, "--insurer", &kyokai(), "ins");
     let (_serve, https) = serve(&d);
@@ -84,9 +84,7 @@ fn every_answer_carries_the_security_headers_and_lang_never_leaves_the_site() {
 
 #[test]
 fn guessing_is_counted_before_hashing_and_costs_the_same_for_any_id() {
-    let d = Directory::new();
-    d.ok(&["init"]);
-    d.ok(&["ca", "init"]);
+    let d = with_ca();
     let (_serve, https) = serve(&d);
     let base = format!("https://localhost:{}", https.rsplit(':').next().unwrap());
     let a = agent(&d.data.join("ca/ca.pem"), None);
@@ -173,9 +171,7 @@ fn guessing_is_counted_before_hashing_and_costs_the_same_for_any_id() {
 
 #[test]
 fn uploads_are_bounded_in_size_and_line_and_kept_only_for_their_retention() {
-    let d = Directory::new();
-    d.ok(&["init"]);
-    d.ok(&["ca", "init"]);
+    let d = with_ca();
     let ins = issue(&d, "--insurer", &kyokai(), "ins");
     let config = d.path("directory.toml");
     std::fs::write(
@@ -246,9 +242,7 @@ fn uploads_are_bounded_in_size_and_line_and_kept_only_for_their_retention() {
 fn idle_trickling_and_greedy_clients_are_cut_off_and_others_served() {
     use std::io::{Read, Write};
     use std::time::{Duration, Instant};
-    let d = Directory::new();
-    d.ok(&["init"]);
-    d.ok(&["ca", "init"]);
+    let d = with_ca();
     let config = d.path("directory.toml");
     std::fs::write(
         &config,

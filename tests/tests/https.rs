@@ -2,14 +2,12 @@
 //! decide who is calling; other CAs, missing and revoked certificates are refused.
 
 use iryo_proto::MyNumber;
-use iryo_tests::https::{agent, issue, kyokai, row, serve, society};
+use iryo_tests::https::{agent, issue, kyokai, row, serve, society, with_ca};
 use iryo_tests::{write_enrollment, Directory};
 
 #[test]
 fn insurers_and_operators_are_who_their_certificates_say() {
-    let d = Directory::new();
-    d.ok(&["init"]);
-    d.ok(&["ca", "init"]);
+    let d = with_ca();
     let ins1 = issue(&d, "--insurer", &kyokai(), "ins1");
     let ins2 = issue(&d, "--insurer", &society(), "ins2");
     let op = issue(&d, "--operator", "sato", "op");
@@ -298,9 +296,7 @@ fn insurers_and_operators_are_who_their_certificates_say() {
 
 #[test]
 fn portal_forms_need_their_token_and_sign_in_is_rate_limited() {
-    let d = Directory::new();
-    d.ok(&["init"]);
-    d.ok(&["ca", "init"]);
+    let d = with_ca();
     let (_serve, https) = serve(&d);
     let base = format!("https://localhost:{}", https.rsplit(':').next().unwrap());
     let a = agent(&d.data.join("ca/ca.pem"), None);
@@ -365,7 +361,10 @@ fn portal_forms_need_their_token_and_sign_in_is_rate_limited() {
             && !body.contains("<script>"),
         "{body}"
     );
-    assert!(body.contains("もう一度パスワードを入力してください"), "{body}");
+    assert!(
+        body.contains("もう一度パスワードを入力してください"),
+        "{body}"
+    );
     for _ in 0..4 {
         assert_eq!(login(&token, true), 401);
     }
@@ -386,9 +385,7 @@ fn portal_forms_need_their_token_and_sign_in_is_rate_limited() {
 #[test]
 fn garbage_on_the_https_port_harms_nothing() {
     use std::io::{Read, Write};
-    let d = Directory::new();
-    d.ok(&["init"]);
-    d.ok(&["ca", "init"]);
+    let d = with_ca();
     let (_serve, https) = serve(&d);
     // Not TLS at all, a truncated ClientHello, and a silent connection.
     let mut junk = std::net::TcpStream::connect(&https).unwrap();

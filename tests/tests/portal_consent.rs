@@ -1,14 +1,12 @@
 //! My Portal consent over real HTTPS: nothing is shared by default and wide sharing
 //! or the opt-out is confirmed before it is recorded.
 
-use iryo_tests::https::{agent_no_redirects, kyokai, row, serve};
-use iryo_tests::{write_enrollment, Directory};
+use iryo_tests::https::{agent_no_redirects, kyokai, row, serve, with_ca};
+use iryo_tests::write_enrollment;
 
 #[test]
 fn consent_never_defaults_to_sharing_and_wide_sharing_is_confirmed() {
-    let d = Directory::new();
-    d.ok(&["init"]);
-    d.ok(&["ca", "init"]);
+    let d = with_ca();
     let file = d.path("a.csv");
     write_enrollment(&file, &[&row(&kyokai(), "kyokai", 0)]);
     d.ok(&["enroll", &file.display().to_string()]);
