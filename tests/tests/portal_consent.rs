@@ -62,6 +62,14 @@ fn consent_never_defaults_to_sharing_and_wide_sharing_is_confirmed() {
     let html = page.body_mut().read_to_string().unwrap();
     // Nothing is chosen for the person: each choice starts on "choose".
     assert!(html.contains("<option value=\"\" selected>"), "{html}");
+    // The opt-out says what it stops and how to undo it, and signing out is away from it.
+    assert!(html.contains("いつでも元に戻せます"), "{html}");
+    let at = |needle: &str| {
+        html.find(needle)
+            .unwrap_or_else(|| panic!("{needle}: {html}"))
+    };
+    assert!(at("id=\"logout\"") < at("id=\"consent-form\""));
+    assert!(at("id=\"optout-explained\"") < at("id=\"optout\""));
     let csrf = html
         .split("name=\"csrf\" value=\"")
         .nth(1)

@@ -74,7 +74,7 @@ pub(super) async fn consent_page(
 <label>{l_purpose}<select name=\"purpose\" id=\"purpose\" required>{purposes}</select></label>\
 <label>{l_exp}<input type=\"date\" name=\"expires\" id=\"expires\"></label>\
 <button id=\"save-consent\">{l_save}</button></form>\
-<h2>{l_optout}</h2><form method=\"post\" action=\"/portal/consent\" id=\"optout-form\">{csrf}{optout}\
+<h2>{l_optout}</h2><p id=\"optout-explained\">{optout_explained}</p><form method=\"post\" action=\"/portal/consent\" id=\"optout-form\">{csrf}{optout}\
 <button id=\"optout\">{l_optout_btn}</button></form>",
         intro = lang.t(
             "記録の共有についてのあなたの決定です。新しい決定ほど優先され、次の閲覧許可から適用されます。救急の場合は同意なしで閲覧されることがあり、その場合は閲覧記録に表示されます。",
@@ -94,6 +94,10 @@ pub(super) async fn consent_page(
         l_save = lang.t("保存", "Save"),
         l_optout = lang.t("すべての共有を停止", "Opt out of all exchange"),
         l_optout_btn = lang.t("すべての医療機関への共有を停止する", "Stop all sharing"),
+        optout_explained = lang.t(
+            "医療機関どうしであなたの記録を見せ合うことを、すべて止めます。ただし命にかかわる救急の場合は、理由を記録したうえで閲覧されることがあります。止めたあとも、上の「同意を変更する」で許可すれば、いつでも元に戻せます。",
+            "Stops all sharing of your records between institutions. Only in a life-threatening emergency may they still be read, with the reason recorded. You can undo this at any time by allowing sharing again under \"Change consent\" above."
+        ),
         csrf = hidden("csrf", &s.csrf),
         optout = hidden("action", "optout"),
     );

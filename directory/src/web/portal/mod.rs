@@ -88,10 +88,11 @@ fn nav(lang: Lang) -> Vec<(&'static str, &'static str)> {
     ]
 }
 
-/// A page of a signed-in person, with the sign-out button.
+/// A page of a signed-in person, with the sign-out button at the top, away from the
+/// forms that change anything (the opt-out is at the foot of the consent page).
 fn private(lang: Lang, title: &str, here: &str, s: &Session, body: &str) -> Response {
     let body = format!(
-        "{body}<form method=\"post\" action=\"/portal/logout\">{}<button id=\"logout\">{}</button></form>",
+        "<form method=\"post\" action=\"/portal/logout\" id=\"logout-form\">{}<button id=\"logout\">{}</button></form>{body}",
         hidden("csrf", &s.csrf),
         lang.t("ログアウト", "Sign out")
     );
