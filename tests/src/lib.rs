@@ -143,6 +143,18 @@ impl Directory {
         v
     }
 
+    /// A check by medical ID for the test institution 1310000011 (`answer`).
+    pub fn check_by_id(&self, medical_id: &str) -> serde_json::Value {
+        self.answer(&[
+            "check",
+            "--institution",
+            "1310000011",
+            "--medical-id",
+            medical_id,
+            "--json",
+        ])
+    }
+
     pub fn db(&self) -> PathBuf {
         self.data.join("directory.redb")
     }

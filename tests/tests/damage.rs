@@ -9,14 +9,7 @@ fn a_damaged_linkage_file_is_named_and_rebuilt_from_the_logs() {
     let d = two_enrolled();
     let id = medical_id_of(&d, &my(1)).to_string();
     for _ in 0..3 {
-        d.answer(&[
-            "check",
-            "--institution",
-            "1310000011",
-            "--medical-id",
-            &id,
-            "--json",
-        ]);
+        d.check_by_id(&id);
     }
     let show = || d.json(&["show", "--medical-id", &id, "--json"]);
     let before = show();

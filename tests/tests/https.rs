@@ -442,14 +442,7 @@ fn anyone_can_fetch_a_signed_head_and_an_inclusion_proof() {
         .as_str()
         .unwrap()
         .to_string();
-    d.answer(&[
-        "check",
-        "--institution",
-        "1310000011",
-        "--medical-id",
-        &id,
-        "--json",
-    ]);
+    d.check_by_id(&id);
     let (_serve, https) = serve(&d);
     let base = format!("https://localhost:{}", https.rsplit(':').next().unwrap());
     let a = agent(&d.data.join("ca/ca.pem"), None);

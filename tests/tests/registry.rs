@@ -160,14 +160,7 @@ fn a_person_who_moves_insurer_keeps_one_id_and_old_dates() {
         "--json",
     ]);
     assert_eq!(old_card["reason"], "coverage_ended");
-    let by_id = d.answer(&[
-        "check",
-        "--institution",
-        "1310000011",
-        "--medical-id",
-        &id.to_string(),
-        "--json",
-    ]);
+    let by_id = d.check_by_id(&id.to_string());
     assert_eq!(by_id["reason"], "active");
     assert_eq!(by_id["coverage"]["card"]["insurer"], society());
 }
@@ -456,14 +449,7 @@ fn change_death_and_retirement() {
         out.contains(&MedicalId::parse(&new).unwrap().grouped()),
         "{out}"
     );
-    let a = d.answer(&[
-        "check",
-        "--institution",
-        "1310000011",
-        "--medical-id",
-        &old,
-        "--json",
-    ]);
+    let a = d.check_by_id(&old);
     assert_eq!(a["reason"], "id_changed");
     assert_eq!(a["medical_id"], new);
     let err = d.fails(&["change", "--medical-id", &old, "--reason", "again"]);
@@ -512,14 +498,7 @@ fn change_death_and_retirement() {
     ]);
     let out = d.ok(&["retire-due"]);
     assert!(out.starts_with("1 medical IDs retired"), "{out}");
-    let a = d.answer(&[
-        "check",
-        "--institution",
-        "1310000011",
-        "--medical-id",
-        &id2,
-        "--json",
-    ]);
+    let a = d.check_by_id(&id2);
     assert_eq!(a["reason"], "retired");
     let counts = d.json(&["status"]);
     assert_eq!(
