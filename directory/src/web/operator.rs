@@ -3,7 +3,7 @@
 //! institutions, read the audit log with an inclusion-proof check. The operator is the
 //! name in the client certificate, and every action, reads included, is logged under it.
 
-use super::page::{esc, hidden, layout, Lang};
+use super::page::{hidden, layout, Lang};
 use super::session::same;
 use super::{blocking, Caller, Web, WebError};
 use crate::admin::{execute, AdminRequest, AdminResponse};
@@ -18,6 +18,7 @@ use axum::routing::{get, post};
 use axum::{Extension, Form, Router};
 use iryo_proto::federation::Role;
 use iryo_proto::{CardNumber, CardSymbol, InstitutionCode, InsurerNumber, MedicalId, MyNumber};
+use maud::{html, Markup};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
@@ -76,25 +77,27 @@ fn nav(lang: Lang) -> Vec<(&'static str, &'static str)> {
     ]
 }
 
-fn console(lang: Lang, title: &str, here: &str, op: &str, body: &str) -> Response {
-    let body = format!(
-        "<p>{}: <b id=\"operator\">{}</b></p>{body}",
-        lang.t("操作者", "Operator"),
-        esc(op)
-    );
-    layout(lang, title, here, &nav(lang), &body).into_response()
+fn console(lang: Lang, title: &str, here: &str, op: &str, body: Markup) -> Response {
+    let body = html! {
+        p { (lang.t("操作者", "Operator")) ": " b id="operator" { (op) } }
+        (body)
+    };
+    layout(lang, title, here, &nav(lang), body).into_response()
 }
 
-fn search_form(lang: Lang, q: &str) -> String {
-    format!(
-        "<form method=\"get\" action=\"/operator/person\" id=\"search\"><label>{}<input name=\"q\" id=\"q\" value=\"{}\" required></label><button>{}</button></form>",
-        lang.t(
-            "医療ID・個人番号・保険証（保険者番号 記号 番号 [枝番]）",
-            "Medical ID, My Number, or card (insurer symbol number [branch])"
-        ),
-        esc(q),
-        lang.t("検索", "Search")
-    )
+fn search_form(lang: Lang, q: &str) -> Markup {
+    html! {
+        form method="get" action="/operator/person" id="search" {
+            label {
+                (lang.t(
+                    "医療ID・個人番号・保険証（保険者番号 記号 番号 [枝番]）",
+                    "Medical ID, My Number, or card (insurer symbol number [branch])"
+                ))
+                input name="q" id="q" value=(q) required;
+            }
+            button { (lang.t("検索", "Search")) }
+        }
+    }
 }
 
 pub(super) async fn dashboard(
@@ -110,24 +113,21 @@ pub(super) async fn dashboard(
         Ok(w.store.counts()?)
     })
     .await?;
-    let body = format!(
-        "{}<table><tr><th>{}</th><td>{}</td></tr><tr><th>{}</th><td>{}</td></tr><tr><th>{}</th><td>{}</td></tr><tr><th>{}</th><td>{}</td></tr></table>",
-        search_form(lang, ""),
-        lang.t("登録者", "Persons"),
-        counts.persons,
-        lang.t("受診記録", "Service uses"),
-        counts.service_uses,
-        lang.t("未処理の不整合", "Open conflicts"),
-        counts.open_conflicts,
-        lang.t("未処理の不一致", "Open mismatches"),
-        counts.open_mismatches,
-    );
+    let body = html! {
+        (search_form(lang, ""))
+        table {
+            tr { th { (lang.t("登録者", "Persons")) } td { (counts.persons) } }
+            tr { th { (lang.t("受診記録", "Service uses")) } td { (counts.service_uses) } }
+            tr { th { (lang.t("未処理の不整合", "Open conflicts")) } td { (counts.open_conflicts) } }
+            tr { th { (lang.t("未処理の不一致", "Open mismatches")) } td { (counts.open_mismatches) } }
+        }
+    };
     Ok(console(
         lang,
         lang.t("運用コンソール", "Operator console"),
         "/operator/",
         &op,
-        &body,
+        body,
     ))
 }
 
@@ -210,79 +210,61 @@ async fn person(
     })
     .await?;
     let (people, conflicts, mismatches) = found;
-    let mut body = search_form(lang, &s.q);
-    if people.is_empty() {
-        body.push_str(&format!(
-            "<p id=\"not-found\">{}</p>",
-            lang.t("該当者はいません。", "Nobody found.")
-        ));
-    }
-    for (p, uses, consents) in &people {
-        let text = report::person(
-            p,
-            uses,
-            web.store.retention_years(),
-            crate::registry::today(),
-        );
-        body.push_str(&format!(
-            "<h2 class=\"mid\">{}</h2><pre class=\"person\">{}</pre>",
-            esc(&p.medical_id.grouped()),
-            esc(&text)
-        ));
-        body.push_str(&format!("<h3>{}</h3><ul>", lang.t("同意", "Consent")));
-        for c in consents {
-            body.push_str(&format!(
-                "<li>{} {} {} {}</li>",
-                if c.allow { "allow" } else { "refuse" },
-                c.institution.map_or("all".into(), |i| i.to_string()),
-                c.purpose.map_or("all", |p| p.as_str()),
-                esc(&c.origin.to_string())
-            ));
+    let retention = web.store.retention_years();
+    let today = crate::registry::today();
+    let body = html! {
+        (search_form(lang, &s.q))
+        @if people.is_empty() {
+            p id="not-found" { (lang.t("該当者はいません。", "Nobody found.")) }
         }
-        body.push_str("</ul>");
-        let cards: Vec<Vec<u8>> = p.coverages.iter().map(|c| c.card.key()).collect();
-        for c in conflicts.iter().filter(|c| c.row.my_number == p.my_number) {
-            body.push_str(&format!(
-                "<p class=\"flag\">{}</p>",
-                esc(&report::conflict(c))
-            ));
+        @for (p, uses, consents) in &people {
+            h2 class="mid" { (p.medical_id.grouped()) }
+            pre class="person" { (report::person(p, uses, retention, today)) }
+            h3 { (lang.t("同意", "Consent")) }
+            ul {
+                @for c in consents {
+                    li {
+                        (if c.allow { "allow" } else { "refuse" }) " "
+                        (c.institution.map_or("all".into(), |i| i.to_string())) " "
+                        (c.purpose.map_or("all", |p| p.as_str())) " "
+                        (c.origin.to_string())
+                    }
+                }
+            }
+            @let cards: Vec<Vec<u8>> = p.coverages.iter().map(|c| c.card.key()).collect();
+            @for c in conflicts.iter().filter(|c| c.row.my_number == p.my_number) {
+                p class="flag" { (report::conflict(c)) }
+            }
+            @for m in mismatches.iter().filter(|m| cards.contains(&m.card.key()) || m.presented == p.medical_id) {
+                p class="flag" { (report::mismatch(m)) }
+            }
+            p {
+                a href=(format!("/operator/audit?medical_id={}", p.medical_id.plain())) {
+                    (lang.t("この人の監査ログ", "This person's audit log"))
+                }
+            }
         }
-        for m in mismatches
-            .iter()
-            .filter(|m| cards.contains(&m.card.key()) || m.presented == p.medical_id)
-        {
-            body.push_str(&format!(
-                "<p class=\"flag\">{}</p>",
-                esc(&report::mismatch(m))
-            ));
-        }
-        body.push_str(&format!(
-            "<p><a href=\"/operator/audit?medical_id={}\">{}</a></p>",
-            p.medical_id.plain(),
-            lang.t("この人の監査ログ", "This person's audit log")
-        ));
-    }
+    };
     Ok(console(
         lang,
         lang.t("登録者", "Person"),
         "/operator/",
         &op,
-        &body,
+        body,
     ))
 }
 
-fn resolve_form(token: &str, lang: Lang, action: &str, choices: &[(&str, &str)]) -> String {
-    let options: String = choices
-        .iter()
-        .map(|(v, l)| format!("<option value=\"{v}\">{l}</option>"))
-        .collect();
-    format!(
-        "<form method=\"post\" action=\"{action}\">{}<select name=\"action\">{options}</select>\
-<input name=\"reason\" required placeholder=\"{}\"><button>{}</button></form>",
-        hidden("csrf", token),
-        lang.t("理由（必須）", "reason (required)"),
-        lang.t("処理", "Resolve")
-    )
+fn resolve_form(token: &str, lang: Lang, action: &str, choices: &[(&str, &str)]) -> Markup {
+    html! {
+        form method="post" action=(action) {
+            (hidden("csrf", token))
+            select name="action" {
+                @for (v, l) in choices { option value=(v) { (l) } }
+            }
+            input name="reason" required placeholder=(lang.t("理由（必須）", "reason (required)"));
+            button { (lang.t("処理", "Resolve")) }
+        }
+    }
 }
 
 async fn cases(
@@ -326,59 +308,43 @@ async fn cases(
     let token = csrf(&web, &op);
     // `kind` names the element and, plural, the route: conflict(s), mismatch(es).
     let block = |kind: &str, route: &str, id: u64, text: String, choices: &[(&str, &str)]| {
-        format!(
-            "<div class=\"case\" id=\"{kind}-{id}\"><p>{}</p>{}</div>",
-            esc(&text),
-            resolve_form(&token, lang, &format!("/operator/{route}/{id}"), choices)
-        )
+        html! {
+            div class="case" id=(format!("{kind}-{id}")) {
+                p { (text) }
+                (resolve_form(&token, lang, &format!("/operator/{route}/{id}"), choices))
+            }
+        }
     };
-    let mut body = format!(
-        "<h2>{}</h2>",
-        lang.t("登録の不整合", "Enrollment conflicts")
-    );
-    for c in &conflicts {
-        body.push_str(&block(
-            "conflict",
-            "conflicts",
-            c.id,
-            report::conflict(c),
-            &[
-                ("apply", lang.t("届出どおり訂正", "apply the row")),
-                ("dismiss", lang.t("登録どおり（却下）", "dismiss")),
-            ],
-        ));
-    }
-    body.push_str(&format!(
-        "<h2>{}</h2>",
-        lang.t("医療機関での不一致", "Mismatches at institutions")
-    ));
-    for m in &mismatches {
-        body.push_str(&block(
-            "mismatch",
-            "mismatches",
-            m.id,
-            report::mismatch(m),
-            &[
-                ("keep", lang.t("登録どおり", "keep the registry")),
-                (
-                    "rebind",
-                    lang.t("提示された医療IDに付け替え", "rebind the card"),
-                ),
-            ],
-        ));
-    }
-    if conflicts.is_empty() && mismatches.is_empty() {
-        body.push_str(&format!(
-            "<p id=\"no-cases\">{}</p>",
-            lang.t("未処理の案件はありません。", "No open cases.")
-        ));
-    }
+    let conflict_choices = [
+        ("apply", lang.t("届出どおり訂正", "apply the row")),
+        ("dismiss", lang.t("登録どおり（却下）", "dismiss")),
+    ];
+    let mismatch_choices = [
+        ("keep", lang.t("登録どおり", "keep the registry")),
+        (
+            "rebind",
+            lang.t("提示された医療IDに付け替え", "rebind the card"),
+        ),
+    ];
+    let body = html! {
+        h2 { (lang.t("登録の不整合", "Enrollment conflicts")) }
+        @for c in &conflicts {
+            (block("conflict", "conflicts", c.id, report::conflict(c), &conflict_choices))
+        }
+        h2 { (lang.t("医療機関での不一致", "Mismatches at institutions")) }
+        @for m in &mismatches {
+            (block("mismatch", "mismatches", m.id, report::mismatch(m), &mismatch_choices))
+        }
+        @if conflicts.is_empty() && mismatches.is_empty() {
+            p id="no-cases" { (lang.t("未処理の案件はありません。", "No open cases.")) }
+        }
+    };
     Ok(console(
         lang,
         lang.t("未処理案件", "Open cases"),
         "/operator/cases",
         &op,
-        &body,
+        body,
     ))
 }
 
@@ -468,44 +434,48 @@ async fn institutions(
         return Err(WebError::Internal("unexpected answer".into()));
     };
     let token = csrf(&web, &op);
-    let mut rows = String::new();
-    for r in &list {
-        let Ok(m) = r.membership() else { continue };
-        let state = match r.revoked_at {
-            Some(_) => format!("<span class=\"flag\">{}</span>", lang.t("失効", "revoked")),
-            None => format!(
-                "<form method=\"post\" action=\"/operator/institutions/{}/revoke\">{}<button>{}</button></form>",
-                m.code,
-                hidden("csrf", &token),
-                lang.t("失効させる", "Revoke")
-            ),
-        };
-        rows.push_str(&format!(
-            "<tr class=\"institution\"><td>{}</td><td>{}</td><td>{:?}</td><td>{}</td></tr>",
-            m.code,
-            esc(&m.name),
-            m.roles,
-            state
-        ));
-    }
-    let body = format!(
-        "<table><tr><th>{}</th><th>{}</th><th>{}</th><th></th></tr>{rows}</table>\
-<h2>{}</h2><form method=\"post\" action=\"/operator/institutions\" id=\"register\">{}\
-<label>{}<textarea name=\"request\" rows=\"8\" cols=\"60\" required></textarea></label><button>{}</button></form>",
-        lang.t("機関コード", "Code"),
-        lang.t("名称", "Name"),
-        lang.t("役割", "Roles"),
-        lang.t("医療機関の登録", "Register an institution"),
-        hidden("csrf", &token),
-        lang.t("登録申請ファイル（registration.json）の内容", "Contents of the registration request (registration.json)"),
-        lang.t("登録", "Register"),
-    );
+    let body = html! {
+        table {
+            tr {
+                th { (lang.t("機関コード", "Code")) }
+                th { (lang.t("名称", "Name")) }
+                th { (lang.t("役割", "Roles")) }
+                th {}
+            }
+            @for (r, m) in list.iter().filter_map(|r| r.membership().ok().map(|m| (r, m))) {
+                tr class="institution" {
+                    td { (m.code) }
+                    td { (m.name) }
+                    td { (format!("{:?}", m.roles)) }
+                    td {
+                        @if r.revoked_at.is_some() {
+                            span class="flag" { (lang.t("失効", "revoked")) }
+                        } @else {
+                            form method="post" action=(format!("/operator/institutions/{}/revoke", m.code)) {
+                                (hidden("csrf", &token))
+                                button { (lang.t("失効させる", "Revoke")) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        h2 { (lang.t("医療機関の登録", "Register an institution")) }
+        form method="post" action="/operator/institutions" id="register" {
+            (hidden("csrf", &token))
+            label {
+                (lang.t("登録申請ファイル（registration.json）の内容", "Contents of the registration request (registration.json)"))
+                textarea name="request" rows="8" cols="60" required {}
+            }
+            button { (lang.t("登録", "Register")) }
+        }
+    };
     Ok(console(
         lang,
         lang.t("医療機関", "Institutions"),
         "/operator/institutions",
         &op,
-        &body,
+        body,
     ))
 }
 
@@ -596,34 +566,36 @@ async fn audit(
         Ok((out, size))
     })
     .await?;
-    let rows: String = entries
-        .iter()
-        .map(|(i, e, proved)| {
-            format!(
-                "<tr class=\"entry\"><td>{i}</td><td>{}</td><td>{}</td></tr>",
-                esc(&report::audit_entry(e)),
-                match proved {
-                    Some(size) => format!("<span class=\"ok proof\">✔ {i}/{size}</span>"),
-                    None => "<span class=\"flag proof\">✘</span>".into(),
+    let body = html! {
+        form method="get" action="/operator/audit" {
+            label {
+                (lang.t("医療ID（空欄で最新50件）", "Medical ID (empty: the latest 50)"))
+                input name="medical_id" value=(q.medical_id.as_deref().unwrap_or(""));
+            }
+            button { (lang.t("表示", "Show")) }
+        }
+        p { (lang.t("ログの件数", "Entries in the log")) ": " (size) }
+        table id="audit" {
+            tr { th { "#" } th { (lang.t("内容", "Entry")) } th { (lang.t("包含証明", "Inclusion proof")) } }
+            @for (i, e, proved) in &entries {
+                tr class="entry" {
+                    td { (i) }
+                    td { (report::audit_entry(e)) }
+                    td {
+                        @match proved {
+                            Some(size) => span class="ok proof" { "✔ " (i) "/" (size) },
+                            None => span class="flag proof" { "✘" },
+                        }
+                    }
                 }
-            )
-        })
-        .collect();
-    let body = format!(
-        "<form method=\"get\" action=\"/operator/audit\"><label>{}<input name=\"medical_id\" value=\"{}\"></label><button>{}</button></form>\
-<p>{}: {size}</p><table id=\"audit\"><tr><th>#</th><th>{}</th><th>{}</th></tr>{rows}</table>",
-        lang.t("医療ID（空欄で最新50件）", "Medical ID (empty: the latest 50)"),
-        esc(q.medical_id.as_deref().unwrap_or("")),
-        lang.t("表示", "Show"),
-        lang.t("ログの件数", "Entries in the log"),
-        lang.t("内容", "Entry"),
-        lang.t("包含証明", "Inclusion proof"),
-    );
+            }
+        }
+    };
     Ok(console(
         lang,
         lang.t("監査ログ", "Audit log"),
         "/operator/audit",
         &op,
-        &body,
+        body,
     ))
 }

@@ -5,6 +5,7 @@ use axum::extract::{FromRequestParts, Query};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
 use axum::response::{Html, IntoResponse, Redirect, Response};
+use maud::{html, Markup, DOCTYPE};
 use serde::Deserialize;
 use std::convert::Infallible;
 
@@ -53,21 +54,6 @@ pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
         .map(|(_, v)| v.to_string())
 }
 
-pub fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 const STYLE: &str = "body{font-family:'Noto Sans JP','IPAexGothic',sans-serif;max-width:48rem;margin:0 auto;padding:1rem;line-height:1.6;color:#222}\
 nav a{margin-right:1rem}header{border-bottom:1px solid #ccc;margin-bottom:1rem}\
 table{border-collapse:collapse;width:100%;display:block;overflow-x:auto}td,th{border:1px solid #ddd;padding:.3rem .5rem;text-align:left;vertical-align:top}\
@@ -91,58 +77,72 @@ pub async fn stylesheet() -> Response {
         .into_response()
 }
 
-/// A whole page. `here` is the path the language switch returns to.
+/// A whole page. `here` is the path the language switch returns to. Every value is
+/// escaped by the template unless it is `Markup` built by one.
 pub fn layout(
     lang: Lang,
     title: &str,
     here: &str,
     nav: &[(&str, &str)],
-    body: &str,
+    body: Markup,
 ) -> Html<String> {
-    let nav: String = nav
-        .iter()
-        .map(|(href, label)| format!("<a href=\"{}\">{}</a>", esc(href), esc(label)))
-        .collect();
-    let other = match lang {
+    let (to, other) = match lang {
         Lang::Ja => ("en", "English"),
         Lang::En => ("ja", "日本語"),
     };
-    Html(format!(
-        "<!doctype html><html lang=\"{code}\"><head><meta charset=\"utf-8\">\
-<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
-<title>{title}</title><link rel=\"stylesheet\" href=\"{STYLE_PATH}\"></head><body>\
-<header><nav>{nav}<a href=\"/lang?to={to}&amp;back={back}\" id=\"lang\">{other_label}</a></nav>\
-<h1>{title}</h1></header><main>{body}</main></body></html>",
-        code = lang.code(),
-        title = esc(title),
-        to = other.0,
-        back = esc(here),
-        other_label = other.1,
-    ))
+    let switch = format!("/lang?to={to}&back={here}");
+    Html(
+        html! {
+            (DOCTYPE)
+            html lang=(lang.code()) {
+                head {
+                    meta charset="utf-8";
+                    meta name="viewport" content="width=device-width,initial-scale=1";
+                    title { (title) }
+                    link rel="stylesheet" href=(STYLE_PATH);
+                }
+                body {
+                    header {
+                        nav {
+                            @for (href, label) in nav {
+                                a href=(href) { (label) }
+                            }
+                            a href=(switch) id="lang" { (other) }
+                        }
+                        h1 { (title) }
+                    }
+                    main { (body) }
+                }
+            }
+        }
+        .into_string(),
+    )
 }
 
-/// A table of `rows` (already rendered `<tr>`s) under an introduction, or a line
-/// saying there is nothing yet. `id` names the table; `id` prefixed `no-`, the line.
-pub fn table_or_none(id: &str, intro: &str, headers: &[&str], rows: &str, none: &str) -> String {
-    if rows.is_empty() {
-        return format!("<p id=\"no-{id}\">{}</p>", esc(none));
+/// A table of `rows` under an introduction, or a line saying there is nothing yet.
+/// `id` names the table; `id` prefixed `no-`, the line.
+pub fn table_or_none(
+    id: &str,
+    intro: &str,
+    headers: &[&str],
+    rows: &[Markup],
+    none: &str,
+) -> Markup {
+    html! {
+        @if rows.is_empty() {
+            p id=(format!("no-{id}")) { (none) }
+        } @else {
+            p { (intro) }
+            table id=(id) {
+                tr { @for h in headers { th { (h) } } }
+                @for r in rows { (r) }
+            }
+        }
     }
-    let head: String = headers
-        .iter()
-        .map(|h| format!("<th>{}</th>", esc(h)))
-        .collect();
-    format!(
-        "<p>{}</p><table id=\"{id}\"><tr>{head}</tr>{rows}</table>",
-        esc(intro)
-    )
 }
 
-pub fn hidden(name: &str, value: &str) -> String {
-    format!(
-        "<input type=\"hidden\" name=\"{}\" value=\"{}\">",
-        esc(name),
-        esc(value)
-    )
+pub fn hidden(name: &str, value: &str) -> Markup {
+    html! { input type="hidden" name=(name) value=(value); }
 }
 
 #[derive(Deserialize)]
@@ -210,11 +210,18 @@ mod tests {
     }
 
     #[test]
-    fn escapes_markup() {
-        assert_eq!(
-            esc("<a href='x'>&\"</a>"),
-            "&lt;a href=&#39;x&#39;&gt;&amp;&quot;&lt;/a&gt;"
-        );
+    fn values_are_text_not_markup() {
+        let hostile = "\"><svg/onload=alert(1)>";
+        let page = layout(
+            Lang::Ja,
+            hostile,
+            hostile,
+            &[(hostile, hostile)],
+            hidden(hostile, hostile),
+        )
+        .0;
+        assert!(!page.contains("<svg"), "{page}");
+        assert!(page.contains("&lt;svg/onload=alert(1)&gt;"), "{page}");
     }
 
     #[test]

@@ -20,37 +20,7 @@ pub(super) async fn consent_page(
         web: &web,
         seen: HashMap::new(),
     };
-    let rows: String = records
-        .iter()
-        .rev()
-        .map(|r| {
-            format!(
-                "<tr class=\"consent\"><td>{}</td><td>{}</td><td>{}</td><td class=\"{}\">{}</td><td>{}</td><td>{}</td></tr>",
-                time(r.at),
-                r.institution
-                    .map_or(lang.t("すべての医療機関", "all institutions").to_string(), |c| names.of(c)),
-                purpose(lang, r.purpose),
-                if r.allow { "ok" } else { "flag" },
-                if r.allow { lang.t("許可", "allow") } else { lang.t("拒否", "refuse") },
-                r.expires_at.map_or_else(|| lang.t("なし", "none").into(), time),
-                esc(&origin(lang, &r.origin)),
-            )
-        })
-        .collect();
-    let options: String = institutions
-        .iter()
-        .filter(|i| i.revoked_at.is_none())
-        .filter_map(|i| i.membership().ok())
-        .map(|m| {
-            format!(
-                "<option value=\"{}\">{} ({})</option>",
-                m.code,
-                esc(&m.name),
-                m.code
-            )
-        })
-        .collect();
-    let purposes: String = [
+    let purposes = [
         ("", lang.t("選んでください", "Choose")),
         ("treatment", purpose(lang, Some(Purpose::Treatment))),
         ("referral", purpose(lang, Some(Purpose::Referral))),
@@ -62,51 +32,93 @@ pub(super) async fn consent_page(
             ),
         ),
         ("research", purpose(lang, Some(Purpose::Research))),
-    ]
-    .iter()
-    .map(|(v, l)| format!("<option value=\"{v}\">{l}</option>"))
-    .collect();
-    let body = format!(
-        "<p>{intro}</p><table id=\"consents\"><tr><th>{l_at}</th><th>{l_inst}</th><th>{l_purpose}</th><th>{l_dec}</th><th>{l_exp}</th><th>{l_origin}</th></tr>{rows}</table>\
-<h2>{l_change}</h2><form method=\"post\" action=\"/portal/consent\" id=\"consent-form\">{csrf}\
-<label>{l_dec}<select name=\"action\" id=\"action\" required><option value=\"\" selected>{l_choose}</option><option value=\"grant\">{l_allow}</option><option value=\"revoke\">{l_refuse}</option></select></label>\
-<label>{l_inst}<select name=\"institution\" id=\"institution\" required><option value=\"\" selected>{l_choose}</option>{options}<option value=\"all\">{l_all}</option></select></label>\
-<label>{l_purpose}<select name=\"purpose\" id=\"purpose\" required>{purposes}</select></label>\
-<label>{l_exp}<input type=\"date\" name=\"expires\" id=\"expires\"></label>\
-<button id=\"save-consent\">{l_save}</button></form>\
-<h2>{l_optout}</h2><p id=\"optout-explained\">{optout_explained}</p><form method=\"post\" action=\"/portal/consent\" id=\"optout-form\">{csrf}{optout}\
-<button id=\"optout\">{l_optout_btn}</button></form>",
-        intro = lang.t(
-            "記録の共有についてのあなたの決定です。新しい決定ほど優先され、次の閲覧許可から適用されます。救急の場合は同意なしで閲覧されることがあり、その場合は閲覧記録に表示されます。",
-            "Your decisions on sharing your records. The newest decision wins and applies from the next access grant. In an emergency records may be read without consent; such access is flagged in your access log."
-        ),
-        l_at = lang.t("日時", "When"),
-        l_inst = lang.t("医療機関", "Institution"),
-        l_purpose = lang.t("目的", "Purpose"),
-        l_dec = lang.t("決定", "Decision"),
-        l_exp = lang.t("有効期限", "Expires"),
-        l_origin = lang.t("登録元", "Set by"),
-        l_change = lang.t("同意を変更する", "Change consent"),
-        l_allow = lang.t("許可する", "Allow"),
-        l_refuse = lang.t("拒否する", "Refuse"),
-        l_all = lang.t("すべての医療機関", "All institutions"),
-        l_choose = lang.t("選んでください", "Choose"),
-        l_save = lang.t("保存", "Save"),
-        l_optout = lang.t("すべての共有を停止", "Opt out of all exchange"),
-        l_optout_btn = lang.t("すべての医療機関への共有を停止する", "Stop all sharing"),
-        optout_explained = lang.t(
-            "医療機関どうしであなたの記録を見せ合うことを、すべて止めます。ただし命にかかわる救急の場合は、理由を記録したうえで閲覧されることがあります。止めたあとも、上の「同意を変更する」で許可すれば、いつでも元に戻せます。",
-            "Stops all sharing of your records between institutions. Only in a life-threatening emergency may they still be read, with the reason recorded. You can undo this at any time by allowing sharing again under \"Change consent\" above."
-        ),
-        csrf = hidden("csrf", &s.csrf),
-        optout = hidden("action", "optout"),
+    ];
+    let choose = lang.t("選んでください", "Choose");
+    let (l_inst, l_purpose, l_dec, l_exp) = (
+        lang.t("医療機関", "Institution"),
+        lang.t("目的", "Purpose"),
+        lang.t("決定", "Decision"),
+        lang.t("有効期限", "Expires"),
     );
+    let body = html! {
+        p {
+            (lang.t(
+                "記録の共有についてのあなたの決定です。新しい決定ほど優先され、次の閲覧許可から適用されます。救急の場合は同意なしで閲覧されることがあり、その場合は閲覧記録に表示されます。",
+                "Your decisions on sharing your records. The newest decision wins and applies from the next access grant. In an emergency records may be read without consent; such access is flagged in your access log."
+            ))
+        }
+        table id="consents" {
+            tr {
+                th { (lang.t("日時", "When")) } th { (l_inst) } th { (l_purpose) }
+                th { (l_dec) } th { (l_exp) } th { (lang.t("登録元", "Set by")) }
+            }
+            @for r in records.iter().rev() {
+                tr class="consent" {
+                    td { (time(r.at)) }
+                    td {
+                        @match r.institution {
+                            Some(c) => (names.of(c)),
+                            None => (lang.t("すべての医療機関", "all institutions")),
+                        }
+                    }
+                    td { (purpose(lang, r.purpose)) }
+                    td class=(if r.allow { "ok" } else { "flag" }) {
+                        (if r.allow { lang.t("許可", "allow") } else { lang.t("拒否", "refuse") })
+                    }
+                    td { (r.expires_at.map_or_else(|| lang.t("なし", "none").into(), time)) }
+                    td { (origin(lang, &r.origin)) }
+                }
+            }
+        }
+        h2 { (lang.t("同意を変更する", "Change consent")) }
+        form method="post" action="/portal/consent" id="consent-form" {
+            (hidden("csrf", &s.csrf))
+            label {
+                (l_dec)
+                select name="action" id="action" required {
+                    option value="" selected { (choose) }
+                    option value="grant" { (lang.t("許可する", "Allow")) }
+                    option value="revoke" { (lang.t("拒否する", "Refuse")) }
+                }
+            }
+            label {
+                (l_inst)
+                select name="institution" id="institution" required {
+                    option value="" selected { (choose) }
+                    @for m in institutions.iter().filter(|i| i.revoked_at.is_none()).filter_map(|i| i.membership().ok()) {
+                        option value=(m.code) { (m.name) " (" (m.code) ")" }
+                    }
+                    option value="all" { (lang.t("すべての医療機関", "All institutions")) }
+                }
+            }
+            label {
+                (l_purpose)
+                select name="purpose" id="purpose" required {
+                    @for (v, l) in purposes { option value=(v) { (l) } }
+                }
+            }
+            label { (l_exp) input type="date" name="expires" id="expires"; }
+            button id="save-consent" { (lang.t("保存", "Save")) }
+        }
+        h2 { (lang.t("すべての共有を停止", "Opt out of all exchange")) }
+        p id="optout-explained" {
+            (lang.t(
+                "医療機関どうしであなたの記録を見せ合うことを、すべて止めます。ただし命にかかわる救急の場合は、理由を記録したうえで閲覧されることがあります。止めたあとも、上の「同意を変更する」で許可すれば、いつでも元に戻せます。",
+                "Stops all sharing of your records between institutions. Only in a life-threatening emergency may they still be read, with the reason recorded. You can undo this at any time by allowing sharing again under \"Change consent\" above."
+            ))
+        }
+        form method="post" action="/portal/consent" id="optout-form" {
+            (hidden("csrf", &s.csrf))
+            (hidden("action", "optout"))
+            button id="optout" { (lang.t("すべての医療機関への共有を停止する", "Stop all sharing")) }
+        }
+    };
     Ok(private(
         lang,
         lang.t("同意の設定", "Consent"),
         "/portal/consent",
         &s,
-        &body,
+        body,
     ))
 }
 
@@ -128,14 +140,15 @@ pub(super) struct ConsentForm {
 
 /// The answer to a consent form sent without a choice: nothing is recorded.
 fn consent_incomplete(lang: Lang) -> Response {
-    let body = format!(
-        "<p class=\"err\" id=\"consent-incomplete\">{}</p><p><a href=\"/portal/consent\">{}</a></p>",
-        lang.t(
-            "決定・医療機関・目的をすべて選んでください。何も変更していません。",
-            "Choose a decision, an institution and a purpose. Nothing was changed."
-        ),
-        lang.t("同意の設定に戻る", "Back to consent")
-    );
+    let body = html! {
+        p class="err" id="consent-incomplete" {
+            (lang.t(
+                "決定・医療機関・目的をすべて選んでください。何も変更していません。",
+                "Choose a decision, an institution and a purpose. Nothing was changed."
+            ))
+        }
+        p { a href="/portal/consent" { (lang.t("同意の設定に戻る", "Back to consent")) } }
+    };
     (
         StatusCode::BAD_REQUEST,
         layout(
@@ -143,7 +156,7 @@ fn consent_incomplete(lang: Lang) -> Response {
             lang.t("同意の設定", "Consent"),
             "/portal/consent",
             &[],
-            &body,
+            body,
         ),
     )
         .into_response()
@@ -161,7 +174,7 @@ fn consent_confirm(
     mut names: Names<'_>,
 ) -> Response {
     let who = institution.map_or_else(
-        || esc(lang.t("すべての医療機関", "every institution")),
+        || lang.t("すべての医療機関", "every institution").to_string(),
         |c| names.of(c),
     );
     let why = match purpose_ {
@@ -185,29 +198,25 @@ fn consent_confirm(
             Lang::En => format!("{who} will be able to read your records for {why}."),
         }
     };
-    let keep = [
-        hidden("csrf", &s.csrf),
-        hidden("action", &f.action),
-        hidden("institution", &f.institution),
-        hidden("purpose", &f.purpose),
-        hidden("expires", &f.expires),
-        hidden("confirm", "yes"),
-    ]
-    .concat();
-    // `who` is escaped already (`Names::of`); the rest is the page's own text.
-    let body = format!(
-        "<p id=\"consent-sentence\">{}</p><form method=\"post\" action=\"/portal/consent\" id=\"confirm-form\">{keep}\
-<button id=\"confirm-consent\">{}</button></form><p><a href=\"/portal/consent\" id=\"cancel-consent\">{}</a></p>",
-        sentence,
-        lang.t("はい、このとおりにします", "Yes, do this"),
-        lang.t("やめる（何も変更しません）", "Cancel (nothing changes)"),
-    );
+    let body = html! {
+        p id="consent-sentence" { (sentence) }
+        form method="post" action="/portal/consent" id="confirm-form" {
+            (hidden("csrf", &s.csrf))
+            (hidden("action", &f.action))
+            (hidden("institution", &f.institution))
+            (hidden("purpose", &f.purpose))
+            (hidden("expires", &f.expires))
+            (hidden("confirm", "yes"))
+            button id="confirm-consent" { (lang.t("はい、このとおりにします", "Yes, do this")) }
+        }
+        p { a href="/portal/consent" id="cancel-consent" { (lang.t("やめる（何も変更しません）", "Cancel (nothing changes)")) } }
+    };
     layout(
         lang,
         lang.t("確認してください", "Please confirm"),
         "/portal/consent",
         &[],
-        &body,
+        body,
     )
     .into_response()
 }

@@ -4,7 +4,7 @@
 //! sets consent, which the next grant obeys.
 
 use super::limits::{Refused, Ticket};
-use super::page::{cookie, esc, hidden, layout, table_or_none, Lang};
+use super::page::{cookie, hidden, layout, table_or_none, Lang};
 use super::session::{same, token, Session, FORM_COOKIE, SESSION_COOKIE};
 use super::{blocking, Caller, Web, WebError};
 use crate::access::{ConsentOrigin, ConsentRecord};
@@ -21,6 +21,7 @@ use axum::{Extension, Form, Router};
 use iryo_proto::federation::{Purpose, Side, Time};
 use iryo_proto::wire::RefusalReason;
 use iryo_proto::{InstitutionCode, MedicalId};
+use maud::{html, Markup};
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -90,26 +91,37 @@ fn nav(lang: Lang) -> Vec<(&'static str, &'static str)> {
 
 /// A page of a signed-in person, with the sign-out button at the top, away from the
 /// forms that change anything (the opt-out is at the foot of the consent page).
-fn private(lang: Lang, title: &str, here: &str, s: &Session, body: &str) -> Response {
-    let body = format!(
-        "<form method=\"post\" action=\"/portal/logout\" id=\"logout-form\">{}<button id=\"logout\">{}</button></form>{body}",
-        hidden("csrf", &s.csrf),
-        lang.t("ログアウト", "Sign out")
-    );
+fn private(lang: Lang, title: &str, here: &str, s: &Session, body: Markup) -> Response {
+    let body = html! {
+        form method="post" action="/portal/logout" id="logout-form" {
+            (hidden("csrf", &s.csrf))
+            button id="logout" { (lang.t("ログアウト", "Sign out")) }
+        }
+        (body)
+    };
     (
         [(header::CACHE_CONTROL, "no-store")],
-        layout(lang, title, here, &nav(lang), &body),
+        layout(lang, title, here, &nav(lang), body),
     )
         .into_response()
 }
 
-/// A sign-in or activation form with a fresh double-submit token.
-fn public_form(lang: Lang, title: &str, here: &str, error: Option<&str>, form: &str) -> Response {
+/// A sign-in or activation form with a fresh double-submit token, which `form` puts
+/// inside itself.
+fn public_form(
+    lang: Lang,
+    title: &str,
+    here: &str,
+    error: Option<&str>,
+    form: impl FnOnce(Markup) -> Markup,
+) -> Response {
     let t = token();
-    let err = error.map_or(String::new(), |e| {
-        format!("<p class=\"err\" id=\"error\">{}</p>", esc(e))
-    });
-    let body = format!("{err}{}", form.replace("{FORM}", &hidden("form", &t)));
+    let body = html! {
+        @if let Some(e) = error {
+            p class="err" id="error" { (e) }
+        }
+        (form(hidden("form", &t)))
+    };
     let status = if error.is_some() {
         StatusCode::UNAUTHORIZED
     } else {
@@ -121,7 +133,7 @@ fn public_form(lang: Lang, title: &str, here: &str, error: Option<&str>, form: &
             (header::SET_COOKIE, form_cookie(&t)),
             (header::CACHE_CONTROL, "no-store".into()),
         ],
-        layout(lang, title, here, &[], &body),
+        layout(lang, title, here, &[], body),
     )
         .into_response()
 }
@@ -192,15 +204,14 @@ fn origin(lang: Lang, o: &ConsentOrigin) -> String {
     }
 }
 
-/// Names of institutions, looked up once per page.
+/// Names of institutions, looked up once per page. Plain text: the templates escape it.
 struct Names<'a> {
     web: &'a Web,
     seen: HashMap<InstitutionCode, String>,
 }
 
 impl Names<'_> {
-    /// The institution's name and code, escaped for HTML: every time, the first and
-    /// any later (the cache holds the escaped form, never the raw name).
+    /// The institution's name and code.
     fn of(&mut self, code: InstitutionCode) -> String {
         if let Some(n) = self.seen.get(&code) {
             return n.clone();
@@ -211,8 +222,7 @@ impl Names<'_> {
                 .map_or_else(|_| code.to_string(), |m| format!("{} ({code})", m.name)),
             _ => code.to_string(),
         };
-        let html = esc(&name);
-        self.seen.insert(code, html.clone());
-        html
+        self.seen.insert(code, name.clone());
+        name
     }
 }

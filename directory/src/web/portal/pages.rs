@@ -11,49 +11,40 @@ pub(super) async fn home(
     let pid_id = s.medical_id;
     let person = blocking(move || Ok(w.store.person_by_medical_id(pid_id)?)).await?;
     let day = today();
-    let coverage = match person.coverage_on(day) {
-        Some(c) => format!(
-            "<span class=\"ok\" id=\"coverage\">{}</span> — {} {} {} ({} {}〜{})",
-            lang.t("加入中", "Covered"),
-            lang.t("保険者番号", "insurer"),
-            esc(c.card.insurer.as_str()),
-            esc(&c.card.to_string()),
-            lang.t("資格取得日", "from"),
-            c.from,
-            c.until.map(|u| u.to_string()).unwrap_or_default()
-        ),
-        None => format!(
-            "<span class=\"flag\" id=\"coverage\">{}</span>",
-            lang.t(
-                "現在、有効な保険資格はありません",
-                "No insurance in force today"
-            )
-        ),
+    let coverage = html! {
+        @match person.coverage_on(day) {
+            Some(c) => {
+                span class="ok" id="coverage" { (lang.t("加入中", "Covered")) }
+                " — " (lang.t("保険者番号", "insurer")) " " (c.card.insurer.as_str()) " " (c.card.to_string())
+                " (" (lang.t("資格取得日", "from")) " " (c.from) "〜"
+                (c.until.map(|u| u.to_string()).unwrap_or_default()) ")"
+            }
+            None => {
+                span class="flag" id="coverage" {
+                    (lang.t("現在、有効な保険資格はありません", "No insurance in force today"))
+                }
+            }
+        }
     };
     let state = match person.id_state(day, web.store.retention_years()) {
         IdState::Active => lang.t("有効", "active"),
         IdState::Deceased { .. } => lang.t("死亡により資格終了", "ended by death"),
         IdState::Retired => lang.t("廃止", "retired"),
     };
-    let body = format!(
-        "<table><tr><th>{l_id}</th><td class=\"mid\" id=\"medical-id\">{id}</td></tr>\
-<tr><th>{l_name}</th><td>{name}<br>{kana}</td></tr>\
-<tr><th>{l_state}</th><td>{state}</td></tr>\
-<tr><th>{l_ins}</th><td>{coverage}</td></tr></table>",
-        l_id = lang.t("医療ID", "Medical ID"),
-        id = esc(&person.medical_id.grouped()),
-        l_name = lang.t("氏名", "Name"),
-        name = esc(&person.identity.name.to_string()),
-        kana = esc(&person.identity.kana.to_string()),
-        l_state = lang.t("医療IDの状態", "ID status"),
-        l_ins = lang.t("保険", "Insurance"),
-    );
+    let body = html! {
+        table {
+            tr { th { (lang.t("医療ID", "Medical ID")) } td class="mid" id="medical-id" { (person.medical_id.grouped()) } }
+            tr { th { (lang.t("氏名", "Name")) } td { (person.identity.name.to_string()) br; (person.identity.kana.to_string()) } }
+            tr { th { (lang.t("医療IDの状態", "ID status")) } td { (state) } }
+            tr { th { (lang.t("保険", "Insurance")) } td { (coverage) } }
+        }
+    };
     Ok(private(
         lang,
         lang.t("マイポータル", "My Portal"),
         "/portal/home",
         &s,
-        &body,
+        body,
     ))
 }
 
@@ -74,18 +65,21 @@ pub(super) async fn history(
             .iter()
             .rev()
             .map(|u| {
-                format!(
-                    "<tr class=\"visit\"><td>{}</td><td>{}</td><td>{}</td></tr>",
-                    u.date,
-                    names.of(u.institution),
-                    if u.eligible {
-                        lang.t("資格確認済み", "eligible")
-                    } else {
-                        lang.t("資格なし", "not eligible")
+                html! {
+                    tr class="visit" {
+                        td { (u.date) }
+                        td { (names.of(u.institution)) }
+                        td {
+                            (if u.eligible {
+                                lang.t("資格確認済み", "eligible")
+                            } else {
+                                lang.t("資格なし", "not eligible")
+                            })
+                        }
                     }
-                )
+                }
             })
-            .collect::<String>())
+            .collect::<Vec<_>>())
     })
     .await?;
     let body = table_or_none(
@@ -107,7 +101,7 @@ pub(super) async fn history(
         lang.t("受診履歴", "Visits"),
         "/portal/history",
         &s,
-        &body,
+        body,
     ))
 }
 
@@ -122,7 +116,7 @@ fn describe(lang: Lang, names: &mut Names<'_>, entry: &LogEntry) -> Option<(Time
                     names.of(n.requester),
                     lang.t("記録を開示", "records disclosed"),
                     n.record_count,
-                    esc(&n.resource_types.join(", "))
+                    n.resource_types.join(", ")
                 ),
                 Side::Received => format!(
                     "{} ← {}: {} ({} {})",
@@ -130,7 +124,7 @@ fn describe(lang: Lang, names: &mut Names<'_>, entry: &LogEntry) -> Option<(Time
                     names.of(n.source),
                     lang.t("記録を受領", "records received"),
                     n.record_count,
-                    esc(&n.resource_types.join(", "))
+                    n.resource_types.join(", ")
                 ),
             };
             Some((
@@ -157,7 +151,7 @@ fn describe(lang: Lang, names: &mut Names<'_>, entry: &LogEntry) -> Option<(Time
                 emergency_reason.as_ref().map_or(String::new(), |r| format!(
                     " — {}: {}",
                     lang.t("理由", "reason"),
-                    esc(r)
+                    r
                 ))
             ),
             emergency_reason.is_some(),
@@ -210,8 +204,8 @@ fn describe(lang: Lang, names: &mut Names<'_>, entry: &LogEntry) -> Option<(Time
             format!(
                 "{}: {} ({})",
                 lang.t("管理機関の職員が閲覧", "read by the agency's staff"),
-                esc(what),
-                esc(operator)
+                what,
+                operator
             ),
             false,
         )),
@@ -234,34 +228,34 @@ pub(super) async fn access(
             web: &w,
             seen: HashMap::new(),
         };
-        let mut out = String::new();
+        let mut out = Vec::new();
         // The newest 200: a person reads what happened lately.
         for (index, entry) in entries.iter().rev().take(200) {
             let Some((at, text, emergency)) = describe(lang, &mut names, entry) else {
                 continue;
             };
-            let proof = match w.store.prove_entry(*index, &agency)? {
-                Some(size) => format!(
-                    "<span class=\"ok proof\">✔ {} #{index} / {size}</span>",
-                    lang.t("署名付き監査ログに記録", "in the signed audit log")
-                ),
-                None => format!(
-                    "<span class=\"flag proof\">✘ {}</span>",
-                    lang.t("検証できません", "cannot be verified")
-                ),
-            };
-            let flag = if emergency {
-                format!(
-                    " <span class=\"flag emergency\">{}</span>",
-                    lang.t("救急アクセス", "EMERGENCY")
-                )
-            } else {
-                String::new()
-            };
-            out.push_str(&format!(
-                "<tr class=\"access\"><td>{}</td><td>{text}{flag}</td><td>{proof}</td></tr>",
-                time(at)
-            ));
+            let proved = w.store.prove_entry(*index, &agency)?;
+            out.push(html! {
+                tr class="access" {
+                    td { (time(at)) }
+                    td {
+                        (text)
+                        @if emergency {
+                            " " span class="flag emergency" { (lang.t("救急アクセス", "EMERGENCY")) }
+                        }
+                    }
+                    td {
+                        @match proved {
+                            Some(size) => span class="ok proof" {
+                                "✔ " (lang.t("署名付き監査ログに記録", "in the signed audit log")) " #" (index) " / " (size)
+                            },
+                            None => span class="flag proof" {
+                                "✘ " (lang.t("検証できません", "cannot be verified"))
+                            },
+                        }
+                    }
+                }
+            });
         }
         Ok(out)
     })
@@ -285,6 +279,6 @@ pub(super) async fn access(
         lang.t("閲覧記録", "Access log"),
         "/portal/access",
         &s,
-        &body,
+        body,
     ))
 }

@@ -6,27 +6,37 @@ use super::*;
 /// The sign-in form; `typed` is the medical ID a failed attempt gave, kept in its field
 /// so that only the password has to be typed again.
 fn login_form(lang: Lang, error: Option<&str>, typed: &str) -> Response {
-    let form = format!(
-        "<form method=\"post\" action=\"/portal/login\" id=\"login\">{{FORM}}\
-<label>{id}<input name=\"medical_id\" id=\"medical_id\" inputmode=\"numeric\" autocomplete=\"username\" required placeholder=\"1234-5678-9012-3456\" value=\"{typed}\"></label>\
-<label>{pw}<input type=\"password\" name=\"passphrase\" id=\"passphrase\" autocomplete=\"current-password\" required></label>\
-<button id=\"sign-in\">{go}</button></form>\
-<p><a href=\"/portal/activate\" id=\"to-activate\">{first}</a></p>",
-        id = lang.t("医療ID", "Medical ID"),
-        pw = lang.t("パスワード", "Password"),
-        go = lang.t("ログイン", "Sign in"),
-        typed = crate::web::page::esc(typed),
-        first = lang.t(
-            "はじめての方（お知らせの初回登録コードで登録）",
-            "First time? Activate with the code from your letter"
-        ),
-    );
+    let form = |token: Markup| {
+        html! {
+            form method="post" action="/portal/login" id="login" {
+                (token)
+                label {
+                    (lang.t("医療ID", "Medical ID"))
+                    input name="medical_id" id="medical_id" inputmode="numeric" autocomplete="username"
+                        required placeholder="1234-5678-9012-3456" value=(typed);
+                }
+                label {
+                    (lang.t("パスワード", "Password"))
+                    input type="password" name="passphrase" id="passphrase" autocomplete="current-password" required;
+                }
+                button id="sign-in" { (lang.t("ログイン", "Sign in")) }
+            }
+            p {
+                a href="/portal/activate" id="to-activate" {
+                    (lang.t(
+                        "はじめての方（お知らせの初回登録コードで登録）",
+                        "First time? Activate with the code from your letter"
+                    ))
+                }
+            }
+        }
+    };
     public_form(
         lang,
         lang.t("マイポータル", "My Portal"),
         "/portal/",
         error,
-        &form,
+        form,
     )
 }
 
@@ -42,29 +52,44 @@ pub(in crate::web) async fn start(
 }
 
 fn activate_form(lang: Lang, error: Option<&str>) -> Response {
-    let form = format!(
-        "<p>{intro}</p><form method=\"post\" action=\"/portal/activate\" id=\"activate\">{{FORM}}\
-<label>{id}<input name=\"medical_id\" id=\"medical_id\" inputmode=\"numeric\" required></label>\
-<label>{code}<input name=\"code\" id=\"code\" autocomplete=\"one-time-code\" required placeholder=\"ABCD-EFGH-JKMN\"></label>\
-<label>{pw}<input type=\"password\" name=\"passphrase\" id=\"passphrase\" autocomplete=\"new-password\" minlength=\"{MIN_PASSPHRASE}\" required></label>\
-<label>{pw2}<input type=\"password\" name=\"passphrase2\" id=\"passphrase2\" autocomplete=\"new-password\" minlength=\"{MIN_PASSPHRASE}\" required></label>\
-<button id=\"do-activate\">{go}</button></form>",
-        intro = lang.t(
-            "お知らせに記載の医療IDと初回登録コードを入力し、10文字以上のパスワードを決めてください。コードは一度だけ使えます。",
-            "Enter the medical ID and first sign-in code from your letter, and choose a password of at least 10 characters. The code works once."
-        ),
-        id = lang.t("医療ID", "Medical ID"),
-        code = lang.t("初回登録コード", "First sign-in code"),
-        pw = lang.t("パスワード（10文字以上）", "Password (10 characters or more)"),
-        pw2 = lang.t("パスワード（確認のためもう一度）", "Password again"),
-        go = lang.t("登録する", "Activate"),
-    );
+    let form = |token: Markup| {
+        html! {
+            p {
+                (lang.t(
+                    "お知らせに記載の医療IDと初回登録コードを入力し、10文字以上のパスワードを決めてください。コードは一度だけ使えます。",
+                    "Enter the medical ID and first sign-in code from your letter, and choose a password of at least 10 characters. The code works once."
+                ))
+            }
+            form method="post" action="/portal/activate" id="activate" {
+                (token)
+                label {
+                    (lang.t("医療ID", "Medical ID"))
+                    input name="medical_id" id="medical_id" inputmode="numeric" required;
+                }
+                label {
+                    (lang.t("初回登録コード", "First sign-in code"))
+                    input name="code" id="code" autocomplete="one-time-code" required placeholder="ABCD-EFGH-JKMN";
+                }
+                label {
+                    (lang.t("パスワード（10文字以上）", "Password (10 characters or more)"))
+                    input type="password" name="passphrase" id="passphrase" autocomplete="new-password"
+                        minlength=(MIN_PASSPHRASE) required;
+                }
+                label {
+                    (lang.t("パスワード（確認のためもう一度）", "Password again"))
+                    input type="password" name="passphrase2" id="passphrase2" autocomplete="new-password"
+                        minlength=(MIN_PASSPHRASE) required;
+                }
+                button id="do-activate" { (lang.t("登録する", "Activate")) }
+            }
+        }
+    };
     public_form(
         lang,
         lang.t("はじめての登録", "Activate your account"),
         "/portal/activate",
         error,
-        &form,
+        form,
     )
 }
 
@@ -146,11 +171,10 @@ fn refused(lang: Lang, why: Refused) -> Response {
             )
             .to_string(),
     };
-    let body = format!(
-        "<p class=\"err\" id=\"too-many\">{}</p><p><a href=\"/portal/\">{}</a></p>",
-        esc(&text),
-        lang.t("ログイン画面へ", "Back to sign-in")
-    );
+    let body = html! {
+        p class="err" id="too-many" { (text) }
+        p { a href="/portal/" { (lang.t("ログイン画面へ", "Back to sign-in")) } }
+    };
     (
         StatusCode::TOO_MANY_REQUESTS,
         layout(
@@ -158,7 +182,7 @@ fn refused(lang: Lang, why: Refused) -> Response {
             lang.t("しばらくお待ちください", "Please wait"),
             "/portal/",
             &[],
-            &body,
+            body,
         ),
     )
         .into_response()
