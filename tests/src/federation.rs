@@ -185,22 +185,45 @@ pub struct Federation {
     listen: String,
 }
 
+/// The free text a federation carries: its institutions' names (numbered from 0) and its
+/// patients' names (numbered too) and address.
+pub struct Texts<'a> {
+    pub institution: &'a str,
+    pub person: &'a str,
+    pub address: &'a str,
+}
+
+impl Texts<'_> {
+    pub const PLAIN: Texts<'static> = Texts {
+        institution: "テスト病院",
+        person: "患者",
+        address: "東京都千代田区1-1",
+    };
+}
+
+/// Patient `i`'s enrollment row, named `name`, living at `address`.
+pub fn patient_row(i: u64, name: &str, address: &str) -> String {
+    format!(
+        "kyokai,01130012,10000001,{},00,insured,{},{name},カンジャ タロウ,1970-01-01,1,{address},2020-04-01,",
+        500 + i,
+        patient_my_number(i),
+    )
+}
+
 impl Federation {
     /// A directory with `patients` people enrolled and `nodes` registered institutions,
     /// all running. Nodes refresh memberships every `refresh` seconds.
     pub fn start(nodes: usize, patients: u64, refresh: u64) -> Self {
+        Self::start_with(nodes, patients, refresh, &Texts::PLAIN)
+    }
+
+    /// As `start`, with names and addresses from `texts`.
+    pub fn start_with(nodes: usize, patients: u64, refresh: u64, texts: &Texts) -> Self {
         let registry = Directory::new();
         registry.ok(&["init"]);
         registry.ok(&["ca", "init"]);
         let rows: Vec<String> = (0..patients)
-            .map(|i| {
-                format!(
-                    "kyokai,01130012,10000001,{},00,insured,{},患者 {}号,カンジャ タロウ,1970-01-01,1,東京都千代田区1-1,2020-04-01,",
-                    500 + i,
-                    patient_my_number(i),
-                    i
-                )
-            })
+            .map(|i| patient_row(i, &format!("{} {i}号", texts.person), texts.address))
             .collect();
         let refs: Vec<&str> = rows.iter().map(String::as_str).collect();
         let file = registry.path("patients.csv");
@@ -236,7 +259,7 @@ impl Federation {
                     "--code",
                     &c.to_string(),
                     "--name",
-                    &format!("テスト病院{n}"),
+                    &format!("{}{n}", texts.institution),
                     "--out",
                 ])
                 .arg(&dir)

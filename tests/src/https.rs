@@ -108,3 +108,47 @@ pub fn with_ca() -> Directory {
     d.ok(&["ca", "init"]);
     d
 }
+
+/// The value of cookie `name` that a response sets.
+pub fn set_cookie(res: &ureq::http::Response<ureq::Body>, name: &str) -> String {
+    res.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|c| c.strip_prefix(&format!("{name}=")))
+        .and_then(|c| c.split(';').next())
+        .unwrap_or_else(|| panic!("no {name} cookie set"))
+        .to_string()
+}
+
+/// Activates a portal account with a letter's code, as the person would, through an
+/// agent that does not follow redirects; the session cookie (`iryo_session=…`).
+pub fn activate(a: &ureq::Agent, base: &str, medical_id: &str, code: &str) -> String {
+    let page = a
+        .get(format!("{base}/portal/activate"))
+        .call()
+        .expect("activation page");
+    let form = set_cookie(&page, "iryo_form");
+    let res = a
+        .post(format!("{base}/portal/activate"))
+        .header("cookie", &format!("iryo_form={form}"))
+        .send_form([
+            ("form", form.as_str()),
+            ("medical_id", medical_id),
+            ("code", code),
+            ("passphrase", "a long enough passphrase"),
+            ("passphrase2", "a long enough passphrase"),
+        ])
+        .expect("activation");
+    assert!(res.status().is_redirection(), "{}", res.status());
+    format!("iryo_session={}", set_cookie(&res, "iryo_session"))
+}
+
+/// The letters `letters --out DIR` wrote, one map of `letters.csv`'s columns each.
+pub fn letters(dir: &Path) -> Vec<std::collections::HashMap<String, String>> {
+    csv::Reader::from_path(dir.join("letters.csv"))
+        .expect("letters.csv")
+        .deserialize()
+        .collect::<Result<_, _>>()
+        .expect("letters.csv rows")
+}

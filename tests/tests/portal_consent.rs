@@ -1,7 +1,7 @@
 //! My Portal consent over real HTTPS: nothing is shared by default and wide sharing
 //! or the opt-out is confirmed before it is recorded.
 
-use iryo_tests::https::{agent_no_redirects, kyokai, row, serve, with_ca};
+use iryo_tests::https::{activate, agent_no_redirects, kyokai, letters, row, serve, with_ca};
 use iryo_tests::write_enrollment;
 
 #[test]
@@ -10,50 +10,19 @@ fn consent_never_defaults_to_sharing_and_wide_sharing_is_confirmed() {
     let file = d.path("a.csv");
     write_enrollment(&file, &[&row(&kyokai(), "kyokai", 0)]);
     d.ok(&["enroll", &file.display().to_string()]);
-    let letters = d.path("letters");
+    let out = d.path("letters");
     d.ok(&[
         "letters",
         "--plan",
         "agency",
         "--out",
-        &letters.display().to_string(),
+        &out.display().to_string(),
     ]);
-    let letter: std::collections::HashMap<String, String> =
-        csv::Reader::from_path(letters.join("letters.csv"))
-            .unwrap()
-            .deserialize()
-            .next()
-            .unwrap()
-            .unwrap();
+    let letter = letters(&out).remove(0);
     let (_serve, https) = serve(&d);
     let base = format!("https://localhost:{}", https.rsplit(':').next().unwrap());
     let a = agent_no_redirects(&d.data.join("ca/ca.pem"));
-    let cookie_of = |res: &ureq::http::Response<ureq::Body>, name: &str| -> String {
-        res.headers()
-            .get_all("set-cookie")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .find_map(|c| c.strip_prefix(&format!("{name}=")))
-            .and_then(|c| c.split(';').next())
-            .unwrap()
-            .to_string()
-    };
-    // Activate with the letter's code, as the person would.
-    let page = a.get(format!("{base}/portal/activate")).call().unwrap();
-    let form = cookie_of(&page, "iryo_form");
-    let res = a
-        .post(format!("{base}/portal/activate"))
-        .header("cookie", &format!("iryo_form={form}"))
-        .send_form([
-            ("form", form.as_str()),
-            ("medical_id", letter["medical_id"].as_str()),
-            ("code", letter["activation_code"].as_str()),
-            ("passphrase", "a long enough passphrase"),
-            ("passphrase2", "a long enough passphrase"),
-        ])
-        .unwrap();
-    assert!(res.status().is_redirection(), "{}", res.status());
-    let session = format!("iryo_session={}", cookie_of(&res, "iryo_session"));
+    let session = activate(&a, &base, &letter["medical_id"], &letter["activation_code"]);
     let mut page = a
         .get(format!("{base}/portal/consent"))
         .header("cookie", &session)
