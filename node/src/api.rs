@@ -111,9 +111,16 @@ async fn put_records(
         Ok(id) => id,
         Err(e) => return bad_id(e),
     };
-    let resources = match fhir::resources(&body) {
-        Ok(r) => r,
-        Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, "not_fhir", e),
+    // Validation reads the whole document twice: off the async threads.
+    let checked = tokio::task::spawn_blocking(move || {
+        fhir::validate(&body)?;
+        fhir::resources(&body)
+    })
+    .await;
+    let resources = match checked {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => return error(StatusCode::UNPROCESSABLE_ENTITY, "not_fhir", e),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, "validation", e),
     };
     let n = resources.len();
     match tokio::task::spawn_blocking(move || node.store.put_records(id, &resources)).await {

@@ -303,8 +303,15 @@ pub async fn fetch(
         ExchangeResponse::Records { bundle } => bundle,
         ExchangeResponse::Refused(r) => return Err(FetchError::Refused(r)),
     };
-    let contents =
-        fhir::contents(&bundle).map_err(|e| FetchError::Unavailable(format!("source sent {e}")))?;
+    // The EMR gets valid FHIR R4 only, whatever a source sends.
+    let (bundle, contents) = tokio::task::spawn_blocking(move || {
+        fhir::validate(&bundle)?;
+        let contents = fhir::contents(&bundle)?;
+        Ok::<_, fhir::FhirError>((bundle, contents))
+    })
+    .await
+    .map_err(|e| FetchError::Unavailable(e.to_string()))?
+    .map_err(|e| FetchError::Unavailable(format!("source sent {e}")))?;
     let receipt = notification(node, Side::Received, &g, &contents);
     let worker = node.clone();
     tokio::task::spawn_blocking(move || worker.store.queue(&receipt))

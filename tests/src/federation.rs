@@ -375,12 +375,20 @@ impl Federation {
 pub fn sample_bundle(n: usize, note_bytes: usize) -> Value {
     let entries: Vec<Value> = (0..n)
         .map(|i| {
-            json!({ "resource": {
-                "resourceType": if i == 0 { "Condition" } else { "Observation" },
+            let mut r = json!({
                 "id": format!("r{i}"),
-                "status": "final",
+                "subject": { "reference": "Patient/p1" },
                 "note": [{ "text": "x".repeat(note_bytes) }],
-            }})
+            });
+            if i == 0 {
+                r["resourceType"] = json!("Condition");
+                r["code"] = json!({ "text": "2型糖尿病" });
+            } else {
+                r["resourceType"] = json!("Observation");
+                r["status"] = json!("final");
+                r["code"] = json!({ "text": "HbA1c" });
+            }
+            json!({ "resource": r })
         })
         .collect();
     json!({ "resourceType": "Bundle", "type": "collection", "entry": entries })

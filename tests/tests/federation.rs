@@ -29,6 +29,29 @@ fn consent_gates_exchange_and_both_ends_report_to_a_verifiable_log() {
     // The EMR stores records; what is not FHIR, or comes without the token, is refused.
     assert_eq!(a.put_records(p, &sample_bundle(3, 100)).0, 201);
     assert_eq!(a.put_records(p, &json!({"not": "fhir"})).0, 422);
+    // What is not valid FHIR R4 is refused with what is wrong where, and not stored.
+    for (doc, wrong) in [
+        (json!({"resourceType": "Foo"}), "Foo"),
+        (
+            json!({"resourceType": "Patient", "birthDate": "1984-13-45"}),
+            "Patient.birthDate",
+        ),
+        (
+            json!({"resourceType": "Bundle", "type": "nonsense"}),
+            "Bundle.type",
+        ),
+        (
+            json!({"resourceType": "Bundle", "type": "collection", "entry": [
+                {"resource": {"resourceType": "Observation", "code": {"text": "x"}}}]}),
+            "Bundle.entry[0].resource.status",
+        ),
+    ] {
+        let (status, body) = a.put_records(p, &doc);
+        assert_eq!(status, 422, "{doc}: {body}");
+        assert_eq!(body["error"], "not_fhir", "{body}");
+        let detail = body["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains(wrong), "{doc}: {detail}");
+    }
     assert_eq!(a.records(p).1["total"], 3);
 
     // Without consent the directory grants nothing, so nothing leaves the source.

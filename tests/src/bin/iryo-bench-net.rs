@@ -142,11 +142,13 @@ async fn run(args: Args) -> Result<()> {
     let patient = people[0].medical_id;
     // A 20 KB Bundle: 10 resources of about 2 KB.
     let entries: Vec<serde_json::Value> = (0..10)
-        .map(|i| serde_json::json!({ "resource": { "resourceType": "Observation", "id": format!("o{i}"), "status": "final", "note": [{ "text": "所見".repeat(330) }] } }))
+        .map(|i| serde_json::json!({ "resource": { "resourceType": "Observation", "id": format!("o{i}"), "status": "final", "code": { "text": "所見" }, "note": [{ "text": "所見".repeat(330) }] } }))
         .collect();
     let bundle =
         serde_json::json!({ "resourceType": "Bundle", "type": "collection", "entry": entries });
-    let resources = iryo_node::fhir::resources(&serde_json::to_vec(&bundle)?)?;
+    let doc = serde_json::to_vec(&bundle)?;
+    iryo_node::fhir::validate(&doc)?;
+    let resources = iryo_node::fhir::resources(&doc)?;
     source.node.store.put_records(patient, &resources)?;
     let stored = source.node.store.records(patient)?;
     let contents = iryo_node::fhir::stored_contents(&stored)?;

@@ -89,9 +89,12 @@ async fn run(args: &Args) -> Result<()> {
         .build()
         .into();
     let bundle = json!({ "resourceType": "Bundle", "type": "collection", "entry": [
-        { "resource": { "resourceType": "Condition", "code": { "text": "2型糖尿病 / type 2 diabetes" } } },
-        { "resource": { "resourceType": "Observation", "code": { "text": "HbA1c" }, "valueQuantity": { "value": 7.1, "unit": "%" } } },
-        { "resource": { "resourceType": "MedicationStatement", "medicationCodeableConcept": { "text": "メトホルミン / metformin 500 mg" } } }
+        { "resource": { "resourceType": "Condition", "subject": { "reference": "Patient/p1" },
+                        "code": { "text": "2型糖尿病 / type 2 diabetes" } } },
+        { "resource": { "resourceType": "Observation", "status": "final", "subject": { "reference": "Patient/p1" },
+                        "code": { "text": "HbA1c" }, "valueQuantity": { "value": 7.1, "unit": "%" } } },
+        { "resource": { "resourceType": "MedicationStatement", "status": "active", "subject": { "reference": "Patient/p1" },
+                        "medicationCodeableConcept": { "text": "メトホルミン / metformin 500 mg" } } }
     ]});
     let (h_api, h_token) = (hospital.api, hospital_cfg.api.token.clone());
     let (c_api, c_token) = (clinic.api, clinic_cfg.api.token.clone());
