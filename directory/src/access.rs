@@ -46,13 +46,15 @@ impl ConsentRecord {
     /// never includes research, which a person allows only by naming it; a refusal
     /// for all purposes covers research too.
     fn covers(&self, requester: InstitutionCode, purpose: Purpose, now: Time) -> bool {
+        self.institution.is_none_or(|i| i == requester) && self.covers_purpose(purpose, now)
+    }
+
+    fn covers_purpose(&self, purpose: Purpose, now: Time) -> bool {
         let purpose_covered = match self.purpose {
             Some(p) => p == purpose,
             None => !(self.allow && purpose == Purpose::Research),
         };
-        self.institution.is_none_or(|i| i == requester)
-            && purpose_covered
-            && self.expires_at.is_none_or(|e| now < e)
+        purpose_covered && self.expires_at.is_none_or(|e| now < e)
     }
 
     pub fn view(&self) -> ConsentView {
@@ -92,6 +94,51 @@ pub fn consent_allows(
         .rev()
         .find(|r| r.covers(requester, purpose, now))
         .map_or(default == DefaultPolicy::Allow, |r| r.allow)
+}
+
+/// Where a person's consent stands for one purpose: whether `institution` (or, for
+/// `None`, every institution no decision names) may read the records, and until when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Standing {
+    pub institution: Option<InstitutionCode>,
+    pub purpose: Purpose,
+    pub allowed: bool,
+    /// When an allowance lapses; `None` for never (or when not allowed).
+    pub until: Option<Time>,
+}
+
+/// The purposes a person decides on (an emergency needs no consent).
+pub const DECIDED_PURPOSES: [Purpose; 3] =
+    [Purpose::Treatment, Purpose::Referral, Purpose::Research];
+
+/// Where consent stands now, as the next grant would see it: first for every
+/// institution no decision names, then for each institution a decision names, in the
+/// order they were first named; each for every purpose of `DECIDED_PURPOSES`.
+pub fn standing(records: &[ConsentRecord], now: Time, default: DefaultPolicy) -> Vec<Standing> {
+    let mut scopes: Vec<Option<InstitutionCode>> = vec![None];
+    for r in records {
+        if r.institution.is_some() && !scopes.contains(&r.institution) {
+            scopes.push(r.institution);
+        }
+    }
+    let mut out = Vec::new();
+    for scope in scopes {
+        for purpose in DECIDED_PURPOSES {
+            // For the unnamed institutions only decisions for all institutions speak.
+            let deciding = records.iter().rev().find(|r| match scope {
+                Some(code) => r.covers(code, purpose, now),
+                None => r.institution.is_none() && r.covers_purpose(purpose, now),
+            });
+            let allowed = deciding.map_or(default == DefaultPolicy::Allow, |r| r.allow);
+            out.push(Standing {
+                institution: scope,
+                purpose,
+                allowed,
+                until: deciding.filter(|r| r.allow).and_then(|r| r.expires_at),
+            });
+        }
+    }
+    out
 }
 
 /// What a requester asks the agency for.
@@ -160,6 +207,52 @@ mod tests {
             at,
             origin: ConsentOrigin::Portal,
         }
+    }
+
+    #[test]
+    fn standing_is_what_the_next_grant_would_see() {
+        let (t, r_) = (Purpose::Treatment, Purpose::Research);
+        let mut one = rec(Some(1), Some(t), true, 1);
+        one.expires_at = Some(100);
+        let records = vec![rec(None, None, true, 0), one, rec(Some(2), None, false, 2)];
+        let s = standing(&records, 10, DefaultPolicy::Deny);
+        // Every purpose of the three scopes: all others, institution 1, institution 2.
+        assert_eq!(s.len(), 9);
+        let find = |i: Option<u32>, p: Purpose| {
+            s.iter()
+                .find(|x| x.institution == i.map(code) && x.purpose == p)
+                .unwrap()
+                .clone()
+        };
+        assert!(find(None, t).allowed && find(None, t).until.is_none());
+        assert!(
+            !find(None, r_).allowed,
+            "all purposes never includes research"
+        );
+        assert_eq!(find(Some(1), t).until, Some(100));
+        assert!(!find(Some(2), t).allowed);
+        // The standing agrees with the grant's own rule for the named institutions.
+        for x in &s {
+            if let Some(c) = x.institution {
+                assert_eq!(
+                    x.allowed,
+                    consent_allows(&records, c, x.purpose, 10, DefaultPolicy::Deny)
+                );
+            }
+        }
+        // After institution 1's permission lapses, the permission for all decides.
+        let later = standing(&records, 200, DefaultPolicy::Deny);
+        assert!(later.iter().any(|x| x.institution == Some(code(1))
+            && x.purpose == t
+            && x.allowed
+            && x.until.is_none()));
+        assert!(
+            standing(&[], 0, DefaultPolicy::Allow)
+                .iter()
+                .filter(|x| x.allowed)
+                .count()
+                == 3
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod audit;
 pub mod ca;
 pub mod config;
 pub mod context;
+pub mod dates;
 pub mod enrollment;
 /// Files of personal data and secrets: 0600, in 0700 directories.
 pub use iryo_p2p::files;

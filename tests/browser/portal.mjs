@@ -2,6 +2,7 @@
 // which tests/tests/portal.rs has started. Everything it needs comes from the
 // environment; it exits non-zero at the first thing that does not hold.
 import { chromium } from "playwright-core";
+import axe from "axe-core";
 import { mkdirSync } from "node:fs";
 
 const env = (k) => {
@@ -38,6 +39,31 @@ async function fetchRecords(purpose, reason) {
   return { status: r.status, body: await r.json() };
 }
 
+// Each of `paths`, in Japanese and in English, at a phone's width and a desktop's:
+// nothing scrolls sideways, axe-core finds no violations, and a screenshot is left.
+// (page.evaluate runs outside the page's CSP, which forbids the page scripts.)
+async function accessible(page, context, paths) {
+  for (const lang of ["ja", "en"]) {
+    await context.addCookies([{ name: "lang", value: lang, url: portal }]);
+    for (const path of paths) {
+      await page.goto(`${portal}${path}`);
+      for (const width of [375, 1280]) {
+        await page.setViewportSize({ width, height: 900 });
+        const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+        check(overflow <= 0, `${path} (${lang}, ${width}px) does not scroll sideways`);
+        await page.evaluate(axe.source);
+        const found = await page.evaluate(() => axe.run(document, { resultTypes: ["violations"] }));
+        const violations = found.violations.map((v) => `${v.id}: ${v.nodes.map((n) => n.target).join(" ")}`);
+        check(violations.length === 0, `${path} (${lang}, ${width}px): axe-core finds no violations ${violations.join("; ")}`);
+        const name = path.replaceAll("/", "-").replace(/^-|-$/g, "") || "root";
+        await page.screenshot({ path: `${shots}/${name}-${lang}-${width}.png`, fullPage: true });
+      }
+    }
+  }
+  await context.addCookies([{ name: "lang", value: "ja", url: portal }]);
+  await page.setViewportSize({ width: 390, height: 844 });
+}
+
 // Submits a form by clicking `selector` and waits for the page it leads to, so that
 // nothing after it can run against the page before.
 async function submit(page, selector) {
@@ -61,6 +87,7 @@ try {
   });
   const page = await context.newPage();
   const shot = (name) => page.screenshot({ path: `${shots}/${name}.png`, fullPage: true });
+  await accessible(page, context, ["/portal/", "/portal/activate"]);
 
   // Activation with the code from the letter; a wrong code first.
   await page.goto(`${portal}/portal/activate`);
@@ -94,10 +121,13 @@ try {
   await page.waitForURL("**/portal/home");
   check(true, "signed in with the passphrase");
 
-  // The visit the eligibility check recorded.
+  // The checks the requester made today (three by medical ID, one by the card shown
+  // with another person's ID) are one visit, dated in the era style.
   await page.goto(`${portal}/portal/history`);
   const visits = await page.locator("tr.visit").allTextContents();
-  check(visits.some((v) => v.includes(requesterCode)), `service history lists ${requesterCode}`);
+  const there = visits.filter((v) => v.includes(requesterCode));
+  check(there.length === 1, `service history lists ${requesterCode} once for today: ${visits}`);
+  check(there[0].includes("令和") && there[0].includes("確認 4 回"), `the visit is dated 令和 and counts its checks: ${there[0]}`);
   await shot("history");
 
   // Consent decides the next grant.
@@ -120,6 +150,9 @@ try {
   await setConsent("grant");
   r = await fetchRecords("treatment");
   check(r.status === 200, "granted again, served again");
+  const now = await page.textContent("#consent-now");
+  check(now.includes(requesterCode) && now.includes("診療のために閲覧できます"), `the present state is said in a sentence: ${now}`);
+  check(now.includes("ほかのすべての医療機関は、あなたの記録を閲覧できません"), "and what everyone else can do");
   await shot("consent");
 
   // Break-glass access shows, flagged, in the access log, each line proved.
@@ -130,7 +163,12 @@ try {
   const proofs = await page.locator(".proof").allTextContents();
   check(proofs.length > 0 && proofs.every((p) => p.includes("✔")), `every access entry is proved (${proofs.length})`);
   check((await page.textContent("main")).includes("意識不明で救急搬送"), "the written reason is shown");
+  const said = await page.locator("tr.access").allTextContents();
+  check(said.some((l) => l.includes("診療のために") && l.includes("病名・検査結果") && l.includes("閲覧しました")),
+    `an exchange is one sentence naming the kinds of records: ${said[0]}`);
   await shot("access");
+  await accessible(page, context, ["/portal/home", "/portal/history", "/portal/access", "/portal/consent"]);
+  await page.goto(`${portal}/portal/access`);
 
   // English on request.
   await submit(page, "#lang");

@@ -25,13 +25,16 @@ fn a_person_and_an_operator_use_the_portal_and_console_in_chromium() {
     let (source, requester) = (&fed.nodes[0], &fed.nodes[1]);
     let patient = fed.patients[0];
     assert_eq!(source.put_records(patient, &sample_bundle(2, 200)).0, 201);
-    // A real eligibility check at the requester puts a visit in the patient's history.
-    let (status, answer) = requester.eligibility(&json!({ "medical_id": patient.to_string() }));
-    assert_eq!(
-        (status, answer["eligible"].as_bool()),
-        (200, Some(true)),
-        "{answer}"
-    );
+    // Real eligibility checks at the requester put a visit in the patient's history:
+    // three today are one visit.
+    for _ in 0..3 {
+        let (status, answer) = requester.eligibility(&json!({ "medical_id": patient.to_string() }));
+        assert_eq!(
+            (status, answer["eligible"].as_bool()),
+            (200, Some(true)),
+            "{answer}"
+        );
+    }
 
     // The patient's card shown with another person's medical ID: a mismatch for the console.
     let (status, answer) = requester.eligibility(&json!({

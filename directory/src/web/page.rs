@@ -23,6 +23,22 @@ impl Lang {
         }
     }
 
+    /// A day in this language's style: 令和8年12月5日, 5 Dec 2026.
+    pub fn date(self, d: chrono::NaiveDate) -> String {
+        match self {
+            Lang::Ja => crate::dates::ja_date(d),
+            Lang::En => crate::dates::en_date(d),
+        }
+    }
+
+    /// A moment in this language's style, its time zone stated.
+    pub fn time(self, t: iryo_proto::federation::Time) -> String {
+        match self {
+            Lang::Ja => crate::dates::ja_time(t),
+            Lang::En => crate::dates::en_time(t),
+        }
+    }
+
     fn code(self) -> &'static str {
         match self {
             Lang::Ja => "ja",
@@ -54,12 +70,20 @@ pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
         .map(|(_, v)| v.to_string())
 }
 
+// Tables of records become one card per row on a narrow screen (each cell labelled
+// from its `data-label`), so that nothing scrolls sideways on a phone.
 const STYLE: &str = "body{font-family:'Noto Sans JP','IPAexGothic',sans-serif;max-width:48rem;margin:0 auto;padding:1rem;line-height:1.6;color:#222}\
-nav a{margin-right:1rem}header{border-bottom:1px solid #ccc;margin-bottom:1rem}\
-table{border-collapse:collapse;width:100%;display:block;overflow-x:auto}td,th{border:1px solid #ddd;padding:.3rem .5rem;text-align:left;vertical-align:top}\
+nav a{margin-right:1rem;display:inline-block}header{border-bottom:1px solid #ccc;margin-bottom:1rem}\
+table{border-collapse:collapse;width:100%}td,th{border:1px solid #ddd;padding:.3rem .5rem;text-align:left;vertical-align:top;overflow-wrap:anywhere}\
+th{white-space:nowrap}\
 input,select,button,textarea{font-size:1rem;padding:.3rem;margin:.2rem 0;max-width:100%}label{display:block;margin-top:.5rem}\
 .flag{color:#b00;font-weight:bold}.ok{color:#070}.err{color:#b00;border:1px solid #b00;padding:.5rem}\
-.mid{font-family:monospace;font-size:1.2rem;letter-spacing:.1rem}";
+tr.emergency-row{background:#fff3f3}details.proof summary{cursor:pointer}details.proof .why{font-size:.8rem;margin-left:.2rem}\
+.mid{font-family:monospace;font-size:1.2rem;letter-spacing:.1rem;white-space:nowrap}.pager{margin:1rem 0}\
+@media (max-width:40rem){table.cards,table.cards tbody,table.cards tr,table.cards td{display:block;width:auto}\
+table.cards tr.head{display:none}table.cards tr{border:1px solid #ccc;margin-bottom:.6rem}table.cards td{border:none}\
+table.cards td::before{content:attr(data-label);display:block;font-size:.8rem;color:#555}\
+table.facts,table.facts tbody,table.facts tr,table.facts th,table.facts td{display:block;width:auto}table.facts th{border-bottom:none}}";
 
 /// Where the pages' stylesheet is served: a file of its own, so that the CSP can
 /// forbid inline styles as well as scripts.
@@ -133,8 +157,8 @@ pub fn table_or_none(
             p id=(format!("no-{id}")) { (none) }
         } @else {
             p { (intro) }
-            table id=(id) {
-                tr { @for h in headers { th { (h) } } }
+            table id=(id) class="cards" {
+                tr class="head" { @for h in headers { th { (h) } } }
                 @for r in rows { (r) }
             }
         }

@@ -40,33 +40,46 @@ pub(super) async fn consent_page(
         lang.t("決定", "Decision"),
         lang.t("有効期限", "Expires"),
     );
+    let now_standing = crate::access::standing(&records, now(), web.config.access.default_policy);
+    let sentences = present(lang, &mut names, &now_standing);
     let body = html! {
+        h2 { (lang.t("いまの設定", "Who can see your records now")) }
+        ul id="consent-now" {
+            @for s in &sentences { li { (s) } }
+            li {
+                (lang.t(
+                    "命にかかわる救急の場合は、同意がなくても閲覧されることがあります。その場合は閲覧記録に理由とともに表示されます。",
+                    "In a life-threatening emergency your records may be read without consent; that reading appears in your access log with its reason."
+                ))
+            }
+        }
+        h2 { (lang.t("これまでの決定", "Your decisions so far")) }
         p {
             (lang.t(
-                "記録の共有についてのあなたの決定です。新しい決定ほど優先され、次の閲覧許可から適用されます。救急の場合は同意なしで閲覧されることがあり、その場合は閲覧記録に表示されます。",
-                "Your decisions on sharing your records. The newest decision wins and applies from the next access grant. In an emergency records may be read without consent; such access is flagged in your access log."
+                "新しい決定ほど優先され、次の閲覧許可から適用されます。",
+                "The newest decision wins and applies from the next access grant."
             ))
         }
-        table id="consents" {
-            tr {
+        table id="consents" class="cards" {
+            tr class="head" {
                 th { (lang.t("日時", "When")) } th { (l_inst) } th { (l_purpose) }
                 th { (l_dec) } th { (l_exp) } th { (lang.t("登録元", "Set by")) }
             }
             @for r in records.iter().rev() {
                 tr class="consent" {
-                    td { (time(r.at)) }
-                    td {
+                    td data-label=(lang.t("日時", "When")) { (lang.time(r.at)) }
+                    td data-label=(l_inst) {
                         @match r.institution {
                             Some(c) => (names.of(c)),
                             None => (lang.t("すべての医療機関", "all institutions")),
                         }
                     }
-                    td { (purpose(lang, r.purpose)) }
-                    td class=(if r.allow { "ok" } else { "flag" }) {
+                    td data-label=(l_purpose) { (purpose(lang, r.purpose)) }
+                    td data-label=(l_dec) class=(if r.allow { "ok" } else { "flag" }) {
                         (if r.allow { lang.t("許可", "allow") } else { lang.t("拒否", "refuse") })
                     }
-                    td { (r.expires_at.map_or_else(|| lang.t("なし", "none").into(), time)) }
-                    td { (origin(lang, &r.origin)) }
+                    td data-label=(l_exp) { (r.expires_at.map_or_else(|| lang.t("なし", "none").into(), |e| last_day(lang, e))) }
+                    td data-label=(lang.t("登録元", "Set by")) { (origin(lang, &r.origin)) }
                 }
             }
         }
@@ -120,6 +133,73 @@ pub(super) async fn consent_page(
         &s,
         body,
     ))
+}
+
+/// The last day an expiry at `expires_at` (the first second not covered) covers.
+fn last_day(lang: Lang, expires_at: Time) -> String {
+    crate::dates::local_day(expires_at - 1).map_or_else(String::new, |d| lang.date(d))
+}
+
+/// The standing as sentences: who can read the records, for what, until when.
+fn present(lang: Lang, names: &mut Names<'_>, standing: &[crate::access::Standing]) -> Vec<String> {
+    let named = standing.iter().any(|s| s.institution.is_some());
+    let mut out = Vec::new();
+    let mut scopes: Vec<Option<InstitutionCode>> = Vec::new();
+    for s in standing {
+        if !scopes.contains(&s.institution) {
+            scopes.push(s.institution);
+        }
+    }
+    for scope in scopes {
+        let who = match scope {
+            Some(c) => names.of(c),
+            None if named => lang
+                .t("ほかのすべての医療機関", "Every other institution")
+                .to_string(),
+            None => lang.t("すべての医療機関", "Every institution").to_string(),
+        };
+        // The purposes allowed, grouped by when they lapse.
+        let mut groups: Vec<(Option<Time>, Vec<&'static str>)> = Vec::new();
+        for s in standing
+            .iter()
+            .filter(|s| s.institution == scope && s.allowed)
+        {
+            let p = purpose(lang, Some(s.purpose));
+            match groups.iter_mut().find(|(u, _)| *u == s.until) {
+                Some((_, ps)) => ps.push(p),
+                None => groups.push((s.until, vec![p])),
+            }
+        }
+        if groups.is_empty() {
+            out.push(match lang {
+                Lang::Ja => format!("{who}は、あなたの記録を閲覧できません。"),
+                Lang::En => format!("{who} cannot read your records."),
+            });
+        }
+        for (until, purposes) in groups {
+            out.push(match (lang, until) {
+                (Lang::Ja, Some(u)) => format!(
+                    "{who}は、{}のために、{}まで閲覧できます。",
+                    purposes.join("・"),
+                    last_day(lang, u)
+                ),
+                (Lang::Ja, None) => format!(
+                    "{who}は、{}のために閲覧できます（期限なし）。",
+                    purposes.join("・")
+                ),
+                (Lang::En, Some(u)) => format!(
+                    "{who} can read them for {} until {}.",
+                    purposes.join(" and "),
+                    last_day(lang, u)
+                ),
+                (Lang::En, None) => format!(
+                    "{who} can read them for {}, with no end date.",
+                    purposes.join(" and ")
+                ),
+            });
+        }
+    }
+    out
 }
 
 #[derive(Deserialize)]

@@ -161,16 +161,6 @@ async fn logout(
         .into_response())
 }
 
-fn time(t: Time) -> String {
-    chrono::DateTime::from_timestamp(t, 0)
-        .map(|d| {
-            d.with_timezone(&chrono::Local)
-                .format("%Y-%m-%d %H:%M")
-                .to_string()
-        })
-        .unwrap_or_default()
-}
-
 fn purpose(lang: Lang, p: Option<Purpose>) -> &'static str {
     match p {
         None => lang.t("すべての目的", "all purposes"),
