@@ -121,6 +121,8 @@ pub enum AdminRequest {
     Letters {
         plan: Plan,
         all: bool,
+        /// Only this person's letter, told before or not (a reissue).
+        only: Option<MedicalId>,
     },
     /// The letters were written and synced: their codes take effect and the people
     /// count as told.
@@ -129,6 +131,8 @@ pub enum AdminRequest {
         /// Each person and the activation code printed for them.
         letters: Vec<(u64, String)>,
         expires_at: i64,
+        /// The person whose lost letter this replaces.
+        reissue: Option<MedicalId>,
     },
 }
 
@@ -322,8 +326,12 @@ pub fn execute(
             AdminRequest::Notices { insurer } => {
                 AdminResponse::Notices(store.notices(insurer.as_ref())?)
             }
-            AdminRequest::Letters { plan, all } => {
-                let rows = store.letter_rows(plan, all, crate::registry::today())?;
+            AdminRequest::Letters { plan, all, only } => {
+                let today = crate::registry::today();
+                let rows = match only {
+                    Some(id) => vec![store.letter_row_of(plan, id, today)?],
+                    None => store.letter_rows(plan, all, today)?,
+                };
                 let expires = now() + i64::from(config.letters.activation_days) * 86_400;
                 // Drawn, not yet stored: `LettersSent` stores them once printed.
                 let codes = rows
@@ -350,8 +358,13 @@ pub fn execute(
                 plan,
                 letters,
                 expires_at,
+                reissue,
             } => {
                 store.letters_sent(plan, &letters, expires_at, now())?;
+                if let Some(id) = reissue {
+                    // Bound to the person: they see it in their access log.
+                    store.log_reads(operator, &[id], REISSUED)?;
+                }
                 AdminResponse::Done
             }
             AdminRequest::AuditConsistency { old } => {
@@ -376,6 +389,10 @@ pub fn execute(
     })();
     r.unwrap_or_else(|e| AdminResponse::Error(e.to_string()))
 }
+
+/// What the audit log says of a reissued letter (My Portal says it in Japanese).
+pub const REISSUED: &str =
+    "reissued their letter with a new activation code (their name and address); the old code no longer works";
 
 /// The issuer for the database's method, with the agency's FF1 key.
 fn issuer(store: &Store, config: &Config) -> Result<crate::issuance::Issuer, AdminError> {

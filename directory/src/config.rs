@@ -86,6 +86,9 @@ pub struct LettersConfig {
     pub activation_days: u32,
     /// Letters per PDF file.
     pub per_file: usize,
+    /// How people reach the agency (name, telephone, hours): printed on every letter
+    /// and shown on My Portal's page for a lost letter or a forgotten password.
+    pub contact: String,
 }
 
 impl Default for LettersConfig {
@@ -95,6 +98,7 @@ impl Default for LettersConfig {
             portal_url: "https://localhost:8443/portal/".into(),
             activation_days: 90,
             per_file: 500,
+            contact: "医療ID管理機関 お問い合わせ窓口".into(),
         }
     }
 }

@@ -87,7 +87,7 @@ try {
   });
   const page = await context.newPage();
   const shot = (name) => page.screenshot({ path: `${shots}/${name}.png`, fullPage: true });
-  await accessible(page, context, ["/portal/", "/portal/activate"]);
+  await accessible(page, context, ["/portal/", "/portal/activate", "/portal/forgot"]);
 
   // Activation with the code from the letter; a wrong code first.
   await page.goto(`${portal}/portal/activate`);

@@ -89,8 +89,16 @@ pub(super) struct LettersArgs {
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
     /// Include people told before (they get a new activation code).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "reissue")]
     all: bool,
+    /// Replace one person's lost letter or forgotten password: a new letter with a new
+    /// activation code; their old code stops working, and the reissue is in the audit
+    /// log and the person's access log. Needs --medical-id.
+    #[arg(long, requires = "medical_id")]
+    reissue: bool,
+    /// The person whose letter --reissue replaces, e.g. 1234-5678-9012-3450.
+    #[arg(long, value_name = "ID", requires = "reissue")]
+    medical_id: Option<MedicalId>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -300,8 +308,15 @@ pub(super) fn letters(config: &Config, a: LettersArgs) -> Result<ExitCode> {
         PlanArg::Agency => Plan::Agency,
     };
     let op = operator();
-    let AdminResponse::Letters(letters) =
-        admin(config, &op, AdminRequest::Letters { plan, all: a.all })?
+    let AdminResponse::Letters(letters) = admin(
+        config,
+        &op,
+        AdminRequest::Letters {
+            plan,
+            all: a.all,
+            only: a.medical_id,
+        },
+    )?
     else {
         bail!("unexpected answer from the directory");
     };
@@ -316,6 +331,7 @@ pub(super) fn letters(config: &Config, a: LettersArgs) -> Result<ExitCode> {
             plan,
             letters: sent,
             expires_at,
+            reissue: a.medical_id,
         },
     )?;
     println!("{} letters written:", letters.len());

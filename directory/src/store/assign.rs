@@ -137,30 +137,24 @@ impl Store {
     ) -> Result<Vec<LetterRow>> {
         let mut out = Vec::new();
         for p in self.persons()? {
-            if (!all && p.notified_at.is_some()) || p.retired || p.death.is_some() {
+            if !all && p.notified_at.is_some() {
                 continue;
             }
-            let coverage = p.coverage_on(today).or(p.coverages.last());
-            let sender = match (plan, coverage) {
-                (Plan::Insurer, Some(c)) => c.card.insurer.to_string(),
-                (Plan::Insurer, None) => continue,
-                (Plan::Agency, _) => String::new(),
-            };
-            if plan == Plan::Agency && p.address.is_none() {
-                tracing::warn!(medical_id = %p.medical_id, "no address registered; no agency letter");
-                continue;
-            }
-            out.push(LetterRow {
-                pid: p.pid,
-                sender,
-                name: p.identity.name.to_string(),
-                kana_name: p.identity.kana.to_string(),
-                medical_id: p.medical_id.grouped(),
-                address: p.address.clone().unwrap_or_default(),
-                card: coverage.map(|c| c.card.to_string()).unwrap_or_default(),
-            });
+            out.extend(letter_row(plan, &p, today));
         }
         Ok(out)
+    }
+
+    /// The letter of one person, told before or not, to replace a lost letter or a
+    /// forgotten password; an error says why there can be none.
+    pub fn letter_row_of(
+        &self,
+        plan: Plan,
+        id: iryo_proto::MedicalId,
+        today: chrono::NaiveDate,
+    ) -> Result<LetterRow> {
+        let p = self.person_by_medical_id(id)?;
+        letter_row(plan, &p, today).ok_or(super::StoreError::NoLetter(id))
     }
 
     /// The letters to these people were written: in one transaction each person's
@@ -192,4 +186,35 @@ impl Store {
             Ok(())
         })
     }
+}
+
+/// The letter of `p`, if one can be sent: not to a retired ID or a deceased person, by
+/// the insurer only with a coverage, by the agency only to an address.
+fn letter_row(
+    plan: Plan,
+    p: &crate::registry::Person,
+    today: chrono::NaiveDate,
+) -> Option<LetterRow> {
+    if p.retired || p.death.is_some() {
+        return None;
+    }
+    let coverage = p.coverage_on(today).or(p.coverages.last());
+    let sender = match (plan, coverage) {
+        (Plan::Insurer, Some(c)) => c.card.insurer.to_string(),
+        (Plan::Insurer, None) => return None,
+        (Plan::Agency, _) => String::new(),
+    };
+    if plan == Plan::Agency && p.address.is_none() {
+        tracing::warn!(medical_id = %p.medical_id, "no address registered; no agency letter");
+        return None;
+    }
+    Some(LetterRow {
+        pid: p.pid,
+        sender,
+        name: p.identity.name.to_string(),
+        kana_name: p.identity.kana.to_string(),
+        medical_id: p.medical_id.grouped(),
+        address: p.address.clone().unwrap_or_default(),
+        card: coverage.map(|c| c.card.to_string()).unwrap_or_default(),
+    })
 }

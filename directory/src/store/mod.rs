@@ -105,6 +105,8 @@ pub enum StoreError {
     NoConsistency { old: u64, new: u64 },
     #[error("the audit log is empty")]
     EmptyLog,
+    #[error("no letter can be sent for medical ID {0}: the ID is retired or the person deceased, or there is no address (agency plan) or no coverage (insurer plan)")]
+    NoLetter(MedicalId),
     #[error("no agency key to sign the audit log")]
     NoSigner,
     #[error("no intake file {0}")]

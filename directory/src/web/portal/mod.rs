@@ -33,13 +33,14 @@ mod signin;
 use consent::{consent_change, consent_page};
 use pages::{access, history, home};
 pub(super) use signin::start;
-use signin::{activate, activate_page, login};
+use signin::{activate, activate_page, forgot, login};
 
 pub fn routes() -> Router<Arc<Web>> {
     Router::new()
         .route("/", get(start))
         .route("/login", post(login))
         .route("/activate", get(activate_page).post(activate))
+        .route("/forgot", get(forgot))
         .route("/logout", post(logout))
         .route("/home", get(home))
         .route("/history", get(history))

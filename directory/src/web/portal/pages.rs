@@ -243,6 +243,10 @@ fn staff_read(lang: Lang, what: &str) -> String {
         ),
         ("the open cases", "登録内容の食い違いについての案件"),
         ("the audit log of their records", "あなたの記録の監査ログ"),
+        (
+            "reissued their letter",
+            "お知らせの再発行のため、氏名と住所。新しい初回登録コードを発行し、古いコードは使えなくなりました",
+        ),
     ];
     match (lang, known.iter().find(|(en, _)| what.starts_with(en))) {
         (Lang::Ja, Some((_, ja))) => ja.to_string(),

@@ -29,6 +29,14 @@ fn login_form(lang: Lang, error: Option<&str>, typed: &str) -> Response {
                     ))
                 }
             }
+            p {
+                a href="/portal/forgot" id="to-forgot" {
+                    (lang.t(
+                        "パスワードを忘れた方・お知らせをなくした方",
+                        "Forgot your password or lost your letter?"
+                    ))
+                }
+            }
         }
     };
     public_form(
@@ -91,6 +99,38 @@ fn activate_form(lang: Lang, error: Option<&str>) -> Response {
         error,
         form,
     )
+}
+
+/// What to do when the password is forgotten or the letter lost: a new letter.
+pub(super) async fn forgot(State(web): State<Arc<Web>>, lang: Lang) -> Response {
+    let body = html! {
+        p {
+            (lang.t(
+                "パスワードを忘れたとき、またはお知らせ（初回登録コード）をなくしたときは、管理機関に連絡してください。本人であることを確かめたうえで、新しい初回登録コードを書いたお知らせを、登録されている住所へ郵送します。",
+                "If you forgot your password or lost your letter (with its first sign-in code), contact the agency. Once it has confirmed who you are, it posts a new letter with a new first sign-in code to your registered address."
+            ))
+        }
+        p id="contact" { (lang.t("連絡先: ", "Contact: ")) (web.config.letters.contact) }
+        p {
+            (lang.t(
+                "新しいお知らせが届いたら、「はじめての登録」で新しいコードを入力し、新しいパスワードを決めてください。それまでのコードは使えなくなります。",
+                "When the new letter arrives, enter its code under \"Activate your account\" and choose a new password. The old code no longer works."
+            ))
+        }
+        p { a href="/portal/activate" { (lang.t("はじめての登録へ", "Activate your account")) } }
+        p { a href="/portal/" { (lang.t("ログイン画面へ", "Back to sign-in")) } }
+    };
+    layout(
+        lang,
+        lang.t(
+            "パスワードを忘れた・お知らせをなくした",
+            "Forgot your password or lost your letter",
+        ),
+        "/portal/forgot",
+        &[],
+        body,
+    )
+    .into_response()
 }
 
 pub(super) async fn activate_page(lang: Lang) -> Response {
