@@ -63,6 +63,19 @@ fn consent_never_defaults_to_sharing_and_wide_sharing_is_confirmed() {
         let status = res.status().as_u16();
         (status, res.body_mut().read_to_string().unwrap_or_default())
     };
+    // A form with a wrong token is refused with a page in the person's language that
+    // says what to do.
+    let mut res = a
+        .post(format!("{base}/portal/consent"))
+        .header("cookie", &session)
+        .send_form([("csrf", "forged"), ("action", "grant")])
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 403);
+    let page = res.body_mut().read_to_string().unwrap();
+    assert!(
+        page.contains("読み込み直して") && page.contains("lang=\"ja\""),
+        "{page}"
+    );
     // Saving the untouched form records nothing.
     let (status, body) = post(&[("action", ""), ("institution", ""), ("purpose", "")]);
     assert_eq!(status, 400, "{body}");

@@ -46,6 +46,73 @@ pub fn routes() -> Router<Arc<Web>> {
         .route("/history", get(history))
         .route("/access", get(access))
         .route("/consent", get(consent_page).post(consent_change))
+        .layer(axum::middleware::from_fn(error_pages))
+}
+
+/// Errors a person meets become a page in their language that says what to do next;
+/// the technical reason follows, as text.
+async fn error_pages(
+    lang: Lang,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let plain = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("text/plain"));
+    if !(status.is_client_error() || status.is_server_error()) || !plain {
+        return response;
+    }
+    let detail = axum::body::to_bytes(response.into_body(), 16 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let (title, what) = match status {
+        StatusCode::FORBIDDEN => (
+            lang.t("もう一度お試しください", "Please try again"),
+            lang.t(
+                "この画面の有効期限が切れたか、別のサイトから送られました。ページを読み込み直してから、もう一度お試しください。",
+                "This form expired or came from another site. Reload the page and try again.",
+            ),
+        ),
+        StatusCode::NOT_FOUND => (
+            lang.t("見つかりません", "Not found"),
+            lang.t(
+                "お探しのページまたは記録は見つかりませんでした。下のリンクからやり直してください。",
+                "The page or record was not found. Start again from the link below.",
+            ),
+        ),
+        s if s.is_server_error() => (
+            lang.t("ただいま処理できません", "We cannot do this now"),
+            lang.t(
+                "ただいま処理できませんでした。管理機関には自動で知らされています。しばらくしてから、もう一度お試しください。",
+                "We could not do this now; the agency has been told. Please try again later.",
+            ),
+        ),
+        _ => (
+            lang.t("内容を確かめてください", "Please check what you sent"),
+            lang.t(
+                "送られた内容を受け付けられませんでした。前の画面に戻り、内容を確かめて、もう一度送ってください。",
+                "What was sent could not be accepted. Go back, check it and send it again.",
+            ),
+        ),
+    };
+    let body = html! {
+        p class="err" id="error" { (what) }
+        @if !detail.is_empty() {
+            p class="detail" { (lang.t("詳しい理由（英語）: ", "Details: ")) (detail) }
+        }
+        p { a href="/portal/" { (lang.t("マイポータルのはじめの画面へ", "Back to My Portal")) } }
+    };
+    (
+        status,
+        [(header::CACHE_CONTROL, "no-store")],
+        layout(lang, title, "/portal/", &[], body),
+    )
+        .into_response()
 }
 
 const MIN_PASSPHRASE: usize = 10;
