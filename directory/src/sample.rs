@@ -107,15 +107,16 @@ const FEMALE: [(&str, &str); 12] = [
     ("愛", "アイ"),
     ("智子", "トモコ"),
 ];
-const CITIES: [(&str, &str); 8] = [
-    ("東京都", "千代田区千代田"),
-    ("東京都", "世田谷区太子堂"),
-    ("大阪府", "大阪市北区梅田"),
-    ("北海道", "札幌市中央区北一条西"),
-    ("愛知県", "名古屋市中区栄"),
-    ("福岡県", "福岡市博多区博多駅前"),
-    ("神奈川県", "横浜市西区みなとみらい"),
-    ("宮城県", "仙台市青葉区一番町"),
+/// Prefecture, town and the town's postal code.
+const CITIES: [(&str, &str, &str); 8] = [
+    ("東京都", "千代田区千代田", "100-0001"),
+    ("東京都", "世田谷区太子堂", "154-0004"),
+    ("大阪府", "大阪市北区梅田", "530-0001"),
+    ("北海道", "札幌市中央区北一条西", "060-0001"),
+    ("愛知県", "名古屋市中区栄", "460-0008"),
+    ("福岡県", "福岡市博多区博多駅前", "812-0011"),
+    ("神奈川県", "横浜市西区みなとみらい", "220-0012"),
+    ("宮城県", "仙台市青葉区一番町", "980-0811"),
 ];
 
 struct Insurer {
@@ -251,7 +252,7 @@ pub fn write_sample(dir: &Path, opts: &SampleOptions) -> Result<SampleReport, Sa
             .unwrap_or(0);
         let size = (rng.random_range(1..=4u64)).min(opts.persons - person);
         let (family, family_kana) = FAMILY[rng.random_range(0..FAMILY.len())];
-        let (pref, town) = CITIES[rng.random_range(0..CITIES.len())];
+        let (pref, town, postal_code) = CITIES[rng.random_range(0..CITIES.len())];
         let address = format!(
             "{pref}{town}{}-{}-{}",
             rng.random_range(1..=9),
@@ -315,6 +316,7 @@ pub fn write_sample(dir: &Path, opts: &SampleOptions) -> Result<SampleReport, Sa
                 address.clone(),
                 start.to_string(),
                 String::new(),
+                postal_code.to_string(),
             ];
             // A head of household who changed job: an ended coverage at another insurer.
             if member == 0 && rng.random_bool(0.03) {

@@ -325,6 +325,69 @@ fn assignment_and_letters() {
         .contains(&kyokai()));
 }
 
+#[test]
+fn a_letter_carries_every_field_and_embeds_only_the_glyphs_it_uses() {
+    let d = Directory::new();
+    d.ok(&["init"]);
+    // A postal code in its own column, and an address too long for one line.
+    let long = "北海道札幌市中央区北一条西二丁目一番地 札幌中央ビルディング第三別館十二階 一二三四号室 山田様方";
+    let line = Row::person(1).set(ADDRESS, long).line();
+    let path = d.path("a.csv");
+    std::fs::write(
+        &path,
+        format!(
+            "{},postal_code\n{line},０６０－０００１\n",
+            iryo_tests::HEADER
+        ),
+    )
+    .unwrap();
+    d.ok(&["enroll", &path.display().to_string()]);
+    let out = d.path("letters");
+    d.ok(&[
+        "letters",
+        "--plan",
+        "agency",
+        "--out",
+        &out.display().to_string(),
+    ]);
+    let pdf = out.join("letters-0001.pdf");
+    let size = std::fs::metadata(&pdf).unwrap().len();
+    assert!(size < 200_000, "a one-letter PDF is {size} bytes");
+    let text = pdftotext(&pdf);
+    let flat: String = text.split_whitespace().collect();
+    let id = medical_id_of(&d, &my(1));
+    let code = csv::Reader::from_path(out.join("letters.csv"))
+        .unwrap()
+        .deserialize::<std::collections::HashMap<String, String>>()
+        .next()
+        .unwrap()
+        .unwrap()["activation_code"]
+        .clone();
+    for field in [
+        "〒060-0001",
+        &long.replace(' ', ""),
+        "山田太郎様",
+        &id.grouped(),
+        &code,
+        "発行日令和",
+        "有効期限令和",
+        "医療IDとは",
+        "コードをなくしたとき",
+        "医療ID管理機関お問い合わせ窓口",
+    ] {
+        assert!(
+            flat.contains(field),
+            "{field} missing from the letter:\n{text}"
+        );
+    }
+    // The address wraps instead of running off the page: more than one line holds it.
+    let holding = text
+        .lines()
+        .filter(|l| long.contains(l.trim()) && !l.trim().is_empty())
+        .count();
+    assert!(holding >= 2, "{text}");
+}
+
 fn pdftotext(pdf: &std::path::Path) -> String {
     let out = std::process::Command::new("pdftotext")
         .arg(pdf)

@@ -26,6 +26,9 @@ pub(super) struct BenchArgs {
     /// Rows per durable enrollment transaction.
     #[arg(long, default_value_t = 10_000)]
     pub batch_rows: usize,
+    /// Letters printed (PDF with the font subset, and the vendor CSV) to measure letters/s.
+    #[arg(long, default_value_t = 10_000)]
+    pub letters: usize,
     /// redb cache in MiB.
     #[arg(long, default_value_t = 256)]
     pub cache_mib: usize,
@@ -144,6 +147,8 @@ fn measure(args: &BenchArgs, dir: &std::path::Path) -> Result<()> {
         db_size as f64 / (1 << 20) as f64
     );
 
+    letters(&store, &ctx.config, args.letters, dir)?;
+
     let clinic = InstitutionCode::from_parts(13, PointTableKind::Medical, 1)?;
     let reader = store.reader()?;
     let people = reader.first_persons(100_000)?;
@@ -216,6 +221,58 @@ fn measure(args: &BenchArgs, dir: &std::path::Path) -> Result<()> {
         "\npeak RSS overall: {:.0} MiB",
         peak_rss_mib().unwrap_or(f64::NAN)
     );
+    Ok(())
+}
+
+/// Prints `n` letters of the enrolled people (codes drawn, not stored) and reports
+/// letters/s and the bytes a letter takes.
+fn letters(
+    store: &iryo_directory::store::Store,
+    config: &Config,
+    n: usize,
+    dir: &std::path::Path,
+) -> Result<()> {
+    use iryo_directory::letters::{write_letters, Letter};
+    use iryo_directory::store::Plan;
+    if !config.letters.font.exists() {
+        println!(
+            "\n[letters] skipped: no font at {}",
+            config.letters.font.display()
+        );
+        return Ok(());
+    }
+    let rows = store.letter_rows(Plan::Agency, true, iryo_directory::registry::today())?;
+    let letters: Vec<Letter> = rows
+        .into_iter()
+        .take(n)
+        .map(|row| Letter {
+            pid: row.pid,
+            row,
+            code: "ABCD-EFGH-JKMN".into(),
+            expires: "2027-03-31".into(),
+            expires_at: 1_806_451_200,
+        })
+        .collect();
+    let out = dir.join("letters");
+    let t = Instant::now();
+    let files = write_letters(&out, &letters, Plan::Agency, &config.letters)?;
+    let secs = t.elapsed().as_secs_f64();
+    let bytes: u64 = files
+        .iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "pdf"))
+        .filter_map(|f| std::fs::metadata(f).ok())
+        .map(|m| m.len())
+        .sum();
+    println!(
+        "\n[letters] {} letters in {} PDF files of {} in {:.2} s: {:.0} letters/s, {:.1} KiB a letter",
+        letters.len(),
+        files.len().saturating_sub(1),
+        config.letters.per_file,
+        secs,
+        letters.len() as f64 / secs,
+        bytes as f64 / letters.len().max(1) as f64 / 1024.0
+    );
+    let _ = std::fs::remove_dir_all(&out);
     Ok(())
 }
 

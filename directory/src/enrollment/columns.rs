@@ -1,8 +1,8 @@
 //! The header of an enrollment file: which column holds which field.
 
-/// The columns, in the order `sample` writes them. `address` and `coverage_until`
-/// may be absent or empty; every other column is required.
-pub const HEADER: [&str; 14] = [
+/// The columns, in the order `sample` writes them. `address`, `coverage_until` and
+/// `postal_code` may be absent or empty; every other column is required.
+pub const HEADER: [&str; 15] = [
     "insurer_kind",
     "insurer_number",
     "card_symbol",
@@ -17,14 +17,15 @@ pub const HEADER: [&str; 14] = [
     "address",
     "coverage_from",
     "coverage_until",
+    "postal_code",
 ];
 
-const OPTIONAL: [&str; 2] = ["address", "coverage_until"];
+const OPTIONAL: [&str; 3] = ["address", "coverage_until", "postal_code"];
 
 /// Column positions by field, in `HEADER` order; `None` for an absent optional column.
 #[derive(Debug, Clone)]
 pub struct Columns {
-    pos: [Option<usize>; 14],
+    pos: [Option<usize>; HEADER.len()],
     /// How many columns the header names, known or not.
     len: usize,
 }
@@ -32,7 +33,7 @@ pub struct Columns {
 impl Columns {
     /// Reads a header row; names may come in any order. Unknown columns are ignored.
     pub fn from_header<'a>(names: impl Iterator<Item = &'a str>) -> Result<Self, String> {
-        let mut pos = [None; 14];
+        let mut pos = [None; HEADER.len()];
         let mut len = 0;
         for (i, name) in names.enumerate() {
             len = i + 1;

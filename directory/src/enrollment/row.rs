@@ -110,7 +110,28 @@ pub fn parse_row(
                 "contains characters that are not text in the file's encoding".into(),
             );
         }
-        (!raw.is_empty()).then(|| raw.split_whitespace().collect::<Vec<_>>().join(" "))
+        let postal = cols.get(record, "postal_code").trim();
+        let postal = if postal.is_empty() {
+            None
+        } else {
+            let code = postal_code(postal);
+            if code.is_none() {
+                c.fail(
+                    "postal_code",
+                    postal,
+                    "a postal code has 7 digits, as 100-0001 or 1000001".into(),
+                );
+            }
+            code
+        };
+        // The postal code leads the address, as it is written on an envelope.
+        (!raw.is_empty()).then(|| {
+            let address = raw.split_whitespace().collect::<Vec<_>>().join(" ");
+            match postal {
+                Some(p) => format!("〒{p} {address}"),
+                None => address,
+            }
+        })
     };
     if let (Some(k), Some(i)) = (kind, &insurer) {
         if !i.fits(k) {
@@ -187,9 +208,41 @@ pub fn parse_row(
     }
 }
 
+/// A postal code as `NNN-NNNN` from 7 digits, half- or full-width, with or without
+/// the hyphen or a leading 〒.
+fn postal_code(s: &str) -> Option<String> {
+    let digits: String = s
+        .trim_start_matches('〒')
+        .chars()
+        .filter(|c| !matches!(c, '-' | '－' | 'ー' | ' ' | '　'))
+        .map(|c| match c {
+            '０'..='９' => char::from_u32(c as u32 - '０' as u32 + '0' as u32).unwrap_or(c),
+            c => c,
+        })
+        .collect();
+    (digits.len() == 7 && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| format!("{}-{}", &digits[..3], &digits[3..]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn postal_codes_are_read_in_any_common_spelling() {
+        for ok in [
+            "100-0001",
+            "1000001",
+            "〒100-0001",
+            "１００－０００１",
+            "100 0001",
+        ] {
+            assert_eq!(postal_code(ok).as_deref(), Some("100-0001"), "{ok}");
+        }
+        for bad in ["100-001", "abc-defg", "100-00011", ""] {
+            assert_eq!(postal_code(bad), None, "{bad}");
+        }
+    }
     use crate::enrollment::HEADER;
 
     fn record(fields: &[&str]) -> csv::StringRecord {
@@ -247,6 +300,8 @@ mod tests {
     fn a_row_longer_than_the_header_is_refused() {
         let cols = Columns::from_header(HEADER.into_iter()).unwrap();
         let mut long = GOOD.to_vec();
+        // The header's last column, the optional postal code, then one too many.
+        long.push("100-0001");
         long.push("extra");
         let errs = parse_row(&cols, &record(&long), 9, today()).unwrap_err();
         assert_eq!(errs.len(), 1);

@@ -6,6 +6,7 @@ pub mod pdf;
 
 use crate::config::LettersConfig;
 use crate::store::{LetterRow, Plan};
+use chrono::NaiveDate;
 use pdf::{Font, Page, Text};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -66,80 +67,133 @@ fn text(x: f32, y: f32, size: f32, s: impl Into<String>) -> Text {
     }
 }
 
-fn page(l: &Letter, plan: Plan, portal: &str) -> Page {
+/// The postal code an address starts with (`〒100-0001 東京都…`), and the rest.
+fn split_postal(address: &str) -> (Option<&str>, &str) {
+    match address.strip_prefix('〒').and_then(|r| r.split_once(' ')) {
+        Some((code, rest)) => (Some(code), rest),
+        None => (None, address),
+    }
+}
+
+/// Lines set from the top of a page down, wrapped to the text width.
+struct Column<'f> {
+    font: &'f Font<'f>,
+    texts: Vec<Text>,
+    y: f32,
+}
+
+/// The left margin and the width text is wrapped to, in points.
+const LEFT: f32 = 60.0;
+const WIDTH: f32 = 475.0;
+
+impl Column<'_> {
+    /// `s` in `size` points, wrapped to `width`, then `after` points of space.
+    fn para(&mut self, size: f32, width: f32, s: &str, after: f32) {
+        for line in self.font.wrap(s, size, width) {
+            self.y -= size * 1.45;
+            self.texts.push(text(LEFT, self.y, size, line));
+        }
+        self.y -= after;
+    }
+}
+
+fn page(l: &Letter, plan: Plan, cfg: &LettersConfig, font: &Font<'_>, issued: NaiveDate) -> Page {
     let r = &l.row;
     let sender = match plan {
-        Plan::Agency => "医療等番号管理機関 / Medical ID Agency".to_string(),
+        Plan::Agency => "医療ID管理機関 / Medical ID Agency".to_string(),
         Plan::Insurer => format!("保険者番号 {} / Insurer {}", r.sender, r.sender),
     };
-    let mut texts = vec![
-        text(60.0, 780.0, 18.0, "医療等番号（医療ID）のお知らせ"),
-        text(60.0, 760.0, 10.0, "Notice of your medical ID"),
-        text(60.0, 715.0, 11.0, r.address.clone()),
-        text(60.0, 692.0, 15.0, format!("{} 様", r.name)),
-        text(60.0, 675.0, 10.0, r.kana_name.clone()),
-        text(75.0, 612.0, 11.0, "あなたの医療ID / Your medical ID"),
-        text(75.0, 572.0, 26.0, r.medical_id.clone()),
-        text(
-            60.0,
-            500.0,
-            13.0,
-            format!("マイポータル初回登録コード：{}", l.code),
-        ),
-        text(
-            60.0,
-            482.0,
-            10.0,
-            format!(
-                "有効期限 {}（一度だけ使えます） / First sign-in code, valid once until {}",
-                l.expires, l.expires
-            ),
-        ),
-        text(60.0, 440.0, 12.0, "マイポータルへの登録方法"),
-        text(
-            60.0,
-            418.0,
-            10.5,
-            format!("1. {portal} を開き、「はじめての方」を選びます。"),
-        ),
-        text(
-            60.0,
-            400.0,
-            10.5,
-            "2. 上の医療IDと初回登録コードを入力し、10文字以上のパスワードを決めます。",
-        ),
-        text(
-            60.0,
-            382.0,
-            10.5,
-            "3. 受診履歴、あなたの記録を閲覧した医療機関、情報共有への同意を確認・変更できます。",
-        ),
-        text(
-            60.0,
-            356.0,
-            10.0,
-            "初回登録コードは他人に知らせないでください。医療IDは受付で保険証とともに使われます。",
-        ),
-        text(
-            60.0,
-            330.0,
-            9.0,
-            format!("Open {portal}, choose \"First time\", enter this medical ID and the code,"),
-        ),
-        text(
-            60.0,
-            318.0,
-            9.0,
-            "and choose a password of at least 10 characters. Keep the code to yourself.",
-        ),
-        text(60.0, 60.0, 9.0, sender),
-    ];
-    if !r.card.is_empty() {
-        texts.push(text(60.0, 640.0, 9.0, format!("保険証 / Card: {}", r.card)));
+    let expires = crate::dates::local_day(l.expires_at)
+        .map_or_else(|| l.expires.clone(), crate::dates::ja_date);
+    let mut c = Column {
+        font,
+        texts: Vec::new(),
+        y: 800.0,
+    };
+    let issued_on = format!("発行日 {}", crate::dates::ja_date(issued));
+    let right = LEFT + WIDTH - font.width(&issued_on, 10.0);
+    c.texts.push(text(right, 800.0, 10.0, issued_on));
+    // The addressee, where a window envelope shows it.
+    let (postal, address) = split_postal(&r.address);
+    c.y = 770.0;
+    if let Some(p) = postal {
+        c.para(11.0, 260.0, &format!("〒{p}"), 0.0);
     }
+    c.para(11.0, 260.0, address, 4.0);
+    c.para(15.0, 260.0, &format!("{} 様", r.name), 0.0);
+    c.para(10.0, 260.0, &r.kana_name, 14.0);
+    c.para(18.0, WIDTH, "医療ID（医療等番号）のお知らせ", 0.0);
+    c.para(10.0, WIDTH, "Notice of your medical ID", 8.0);
+    if !r.card.is_empty() {
+        c.para(9.0, WIDTH, &format!("保険証 / Card: {}", r.card), 6.0);
+    }
+    // The ID in a box.
+    c.para(11.0, WIDTH, "あなたの医療ID / Your medical ID", 0.0);
+    let top = c.y + 18.0;
+    c.y -= 10.0;
+    c.para(26.0, WIDTH, &r.medical_id, 12.0);
+    let boxed = (LEFT - 6.0, c.y, WIDTH + 12.0, top - c.y);
+    c.y -= 10.0;
+    c.para(
+        13.0,
+        WIDTH,
+        &format!("マイポータル初回登録コード：{}", l.code),
+        0.0,
+    );
+    c.para(
+        10.0,
+        WIDTH,
+        &format!(
+            "有効期限 {expires}まで（一度だけ使えます） / First sign-in code, valid once until {}",
+            l.expires
+        ),
+        10.0,
+    );
+    c.para(12.0, WIDTH, "医療IDとは", 0.0);
+    c.para(
+        10.5,
+        WIDTH,
+        "医療IDは、病院・診療所・薬局があなたの保険の資格を確かめ、あなたが同意した医療機関どうしで診療の記録をやりとりするための番号です。マイナンバーとは別の番号で、医療の場面でだけ使います。受付で保険証と一緒に伝えることがあります。このお知らせは大切に保管してください。",
+        8.0,
+    );
+    c.para(12.0, WIDTH, "マイポータルへの登録方法", 0.0);
+    for step in [
+        format!("1. {} を開き、「はじめての方」を選びます。", cfg.portal_url),
+        "2. 上の医療IDと初回登録コードを入力し、10文字以上のパスワードを決めます。".into(),
+        "3. 受診の記録、あなたの記録を見た医療機関、記録を見せてよい相手（同意）を確かめ、変えられます。".into(),
+    ] {
+        c.para(10.5, WIDTH, &step, 0.0);
+    }
+    c.y -= 8.0;
+    c.para(12.0, WIDTH, "コードをなくしたとき・期限が切れたとき", 0.0);
+    c.para(
+        10.5,
+        WIDTH,
+        &format!(
+            "下の連絡先にご連絡ください。本人であることを確かめたうえで、新しいコードを書いたお知らせを郵送します。それまでのコードは使えなくなります。初回登録コードは、ほかの人に教えないでください。連絡先：{}",
+            cfg.contact
+        ),
+        8.0,
+    );
+    c.para(
+        9.0,
+        WIDTH,
+        &format!(
+            "In English: this is your medical ID. Open {}, choose \"First time\", enter the ID and the code above, and choose a password of at least 10 characters. The code works once; keep it to yourself. If it is lost or expired, contact us for a new letter: {}",
+            cfg.portal_url, cfg.contact
+        ),
+        0.0,
+    );
+    c.texts.push(text(LEFT, 60.0, 9.0, sender));
+    c.texts.push(text(
+        LEFT,
+        48.0,
+        9.0,
+        format!("お問い合わせ / Contact: {}", cfg.contact),
+    ));
     Page {
-        texts,
-        boxes: vec![(60.0, 550.0, 475.0, 82.0)],
+        texts: c.texts,
+        boxes: vec![boxed],
     }
 }
 
@@ -176,9 +230,10 @@ pub fn write_letters(
     let mut files = Vec::new();
     for (n, chunk) in letters.chunks(cfg.per_file.max(1)).enumerate() {
         let name = format!("letters-{:04}.pdf", n + 1);
+        let issued = crate::registry::today();
         let pages: Vec<Page> = chunk
             .iter()
-            .map(|l| page(l, plan, &cfg.portal_url))
+            .map(|l| page(l, plan, cfg, &font, issued))
             .collect();
         let path = out.join(&name);
         write_synced(&path, &pdf::render(&font, &pages)?).map_err(io(&path))?;

@@ -1,6 +1,7 @@
 //! A small PDF writer for letters: pages of positioned text in one embedded TrueType
 //! font (Type0 / CIDFontType2, Identity-H, glyph ids as character ids) with a ToUnicode
-//! map, so that the text can be searched and copied out of the PDF again.
+//! map, so that the text can be searched and copied out of the PDF again. Only the
+//! glyphs the pages use are embedded (a subset made by `subsetter`), renumbered from 1.
 
 use flate2::write::ZlibEncoder;
 use flate2::Compression;
@@ -18,6 +19,8 @@ pub enum PdfError {
     NoGlyph(char),
     #[error("compression: {0}")]
     Io(#[from] std::io::Error),
+    #[error("the font cannot be subset: {0}")]
+    Subset(String),
 }
 
 /// One line of text at (x, y) points from the bottom left, in `size` points.
@@ -63,9 +66,81 @@ impl<'a> Font<'a> {
 /// A4 portrait, in points.
 pub const A4: (f32, f32) = (595.0, 842.0);
 
+impl Font<'_> {
+    /// The glyph of `ch` and its advance in thousandths of an em.
+    fn glyph(&self, ch: char) -> Result<(u16, i32), PdfError> {
+        let gid = self.face.glyph_index(ch).ok_or(PdfError::NoGlyph(ch))?;
+        let adv = self
+            .face
+            .glyph_hor_advance(gid)
+            .map_or(1000, |a| self.scale(i32::from(a)));
+        Ok((gid.0, adv))
+    }
+
+    /// How wide `text` is set in `size` points; characters the font lacks count as
+    /// one em.
+    pub fn width(&self, text: &str, size: f32) -> f32 {
+        let ems: i32 = text
+            .chars()
+            .map(|c| self.glyph(c).map_or(1000, |(_, a)| a))
+            .sum();
+        ems as f32 * size / 1000.0
+    }
+
+    /// `text` broken into lines no wider than `max` points in `size` points: inside a
+    /// Latin word at the space before it, elsewhere between any two characters
+    /// (Japanese has no spaces), except that closing punctuation (。、）」) never starts a
+    /// line: it hangs at the end of the one before.
+    pub fn wrap(&self, text: &str, size: f32, max: f32) -> Vec<String> {
+        const CLOSING: &str = "。、，．）」』】〕・ー！？,.)";
+        let advance = |c: char| self.glyph(c).map_or(1000, |(_, a)| a) as f32 * size / 1000.0;
+        let mut lines = Vec::new();
+        let mut line = String::new();
+        // The width of `line`, kept as it grows rather than measured again.
+        let mut width = 0.0;
+        for ch in text.chars() {
+            let w = advance(ch);
+            if width + w <= max || line.is_empty() {
+                line.push(ch);
+                width += w;
+                continue;
+            }
+            if CLOSING.contains(ch) {
+                line.push(ch);
+                lines.push(std::mem::take(&mut line));
+                width = 0.0;
+                continue;
+            }
+            let word_at = line.rfind(' ').filter(|_| {
+                ch.is_ascii_alphanumeric() && line.ends_with(|c: char| c.is_ascii_alphanumeric())
+            });
+            match word_at {
+                Some(at) if at > 0 => {
+                    let carry = line[at + 1..].to_string();
+                    line.truncate(at);
+                    width = self.width(&carry, size);
+                    lines.push(std::mem::replace(&mut line, carry));
+                }
+                _ => {
+                    lines.push(std::mem::take(&mut line));
+                    width = 0.0;
+                }
+            }
+            line.push(ch);
+            width += w;
+        }
+        if !line.is_empty() {
+            lines.push(line);
+        }
+        lines
+    }
+}
+
 /// Renders `pages` into one PDF file.
 pub fn render(font: &Font<'_>, pages: &[Page]) -> Result<Vec<u8>, PdfError> {
-    // Glyphs used, with their characters (for ToUnicode) and advance widths.
+    // The glyphs used, renumbered densely for the subset.
+    let mut remapper = subsetter::GlyphRemapper::new();
+    // New glyph id -> character (for ToUnicode) and advance width.
     let mut used: BTreeMap<u16, (char, i32)> = BTreeMap::new();
     let mut contents = Vec::with_capacity(pages.len());
     for page in pages {
@@ -76,13 +151,10 @@ pub fn render(font: &Font<'_>, pages: &[Page]) -> Result<Vec<u8>, PdfError> {
         for t in &page.texts {
             let mut hex = String::with_capacity(t.text.len() * 4);
             for ch in t.text.chars() {
-                let gid = font.face.glyph_index(ch).ok_or(PdfError::NoGlyph(ch))?.0;
-                let adv = font
-                    .face
-                    .glyph_hor_advance(ttf_parser::GlyphId(gid))
-                    .map_or(1000, |a| font.scale(i32::from(a)));
-                used.insert(gid, (ch, adv));
-                let _ = write!(hex, "{gid:04X}");
+                let (gid, adv) = font.glyph(ch)?;
+                let new = remapper.remap(gid);
+                used.insert(new, (ch, adv));
+                let _ = write!(hex, "{new:04X}");
             }
             let _ = writeln!(
                 c,
@@ -92,6 +164,10 @@ pub fn render(font: &Font<'_>, pages: &[Page]) -> Result<Vec<u8>, PdfError> {
         }
         contents.push(deflate(c.as_bytes())?);
     }
+    let subset = subsetter::subset(font.data, 0, &remapper)
+        .map_err(|e| PdfError::Subset(format!("{e:?}")))?;
+    // A subset's name carries a tag of six capitals (PDF 32000, 9.6.4).
+    let name = format!("IRYOSB+{}", font.name);
 
     let mut out = Pdf::default();
     out.raw(b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n");
@@ -113,8 +189,7 @@ pub fn render(font: &Font<'_>, pages: &[Page]) -> Result<Vec<u8>, PdfError> {
     out.object(
         3,
         format!(
-            "<< /Type /Font /Subtype /Type0 /BaseFont /{n} /Encoding /Identity-H /DescendantFonts [4 0 R] /ToUnicode 7 0 R >>",
-            n = font.name
+            "<< /Type /Font /Subtype /Type0 /BaseFont /{name} /Encoding /Identity-H /DescendantFonts [4 0 R] /ToUnicode 7 0 R >>"
         )
         .as_bytes(),
     );
@@ -126,8 +201,7 @@ pub fn render(font: &Font<'_>, pages: &[Page]) -> Result<Vec<u8>, PdfError> {
     out.object(
         4,
         format!(
-            "<< /Type /Font /Subtype /CIDFontType2 /BaseFont /{n} /CIDSystemInfo << /Registry (Adobe) /Ordering (Identity) /Supplement 0 >> /FontDescriptor 5 0 R /CIDToGIDMap /Identity /DW 1000 /W [{widths}] >>",
-            n = font.name
+            "<< /Type /Font /Subtype /CIDFontType2 /BaseFont /{name} /CIDSystemInfo << /Registry (Adobe) /Ordering (Identity) /Supplement 0 >> /FontDescriptor 5 0 R /CIDToGIDMap /Identity /DW 1000 /W [{widths}] >>"
         )
         .as_bytes(),
     );
@@ -139,20 +213,15 @@ pub fn render(font: &Font<'_>, pages: &[Page]) -> Result<Vec<u8>, PdfError> {
     out.object(
         5,
         format!(
-            "<< /Type /FontDescriptor /FontName /{n} /Flags 4 /FontBBox [{} {} {} {}] /ItalicAngle 0 /Ascent {asc} /Descent {desc} /CapHeight {asc} /StemV 80 /FontFile2 6 0 R >>",
+            "<< /Type /FontDescriptor /FontName /{name} /Flags 4 /FontBBox [{} {} {} {}] /ItalicAngle 0 /Ascent {asc} /Descent {desc} /CapHeight {asc} /StemV 80 /FontFile2 6 0 R >>",
             font.scale(i32::from(b.x_min)),
             font.scale(i32::from(b.y_min)),
             font.scale(i32::from(b.x_max)),
             font.scale(i32::from(b.y_max)),
-            n = font.name
         )
         .as_bytes(),
     );
-    out.stream(
-        6,
-        &format!("/Length1 {}", font.data.len()),
-        &deflate(font.data)?,
-    );
+    out.stream(6, &format!("/Length1 {}", subset.len()), &deflate(&subset)?);
     out.stream(7, "", &deflate(to_unicode(&used).as_bytes())?);
     for (i, content) in contents.iter().enumerate() {
         let page = 8 + 2 * i;
@@ -247,5 +316,41 @@ impl Pdf {
         );
         self.raw(table.as_bytes());
         self.buf
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_wrap_at_the_width_and_closing_marks_hang() {
+        let path = crate::config::LettersConfig::default().font;
+        let Ok(data) = std::fs::read(&path) else {
+            // The letters' end-to-end test requires the font; here it is optional.
+            return;
+        };
+        let font = Font::parse(&data).unwrap();
+        let text = "医療IDは、病院・診療所・薬局があなたの保険の資格を確かめるための番号です。";
+        let lines = font.wrap(text, 10.0, 100.0);
+        assert!(lines.len() > 1);
+        assert_eq!(lines.concat(), text, "nothing lost or added");
+        for l in &lines {
+            assert!(!l.starts_with(['。', '、']), "{lines:?}");
+            // A hanging mark may stick out by itself, nothing more.
+            let body = l.trim_end_matches(['。', '、']);
+            assert!(font.width(body, 10.0) <= 100.0, "{l}");
+        }
+        let latin = font.wrap("choose a password of at least ten characters", 10.0, 80.0);
+        assert!(
+            latin
+                .iter()
+                .all(|l| !l.starts_with(' ') && !l.ends_with(' ')),
+            "{latin:?}"
+        );
+        assert_eq!(
+            latin.join(" "),
+            "choose a password of at least ten characters"
+        );
     }
 }
