@@ -244,6 +244,7 @@ pub fn execute(
                     batch_rows,
                     only_insurer: None,
                     max_line_bytes: config.enrollment.max_line_bytes,
+                    source_name: None,
                 };
                 let summaries = ingest_all(store, &issuer, &files, &opts)?;
                 summaries

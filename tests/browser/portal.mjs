@@ -42,12 +42,12 @@ async function fetchRecords(purpose, reason) {
 // Each of `paths`, in Japanese and in English, at a phone's width and a desktop's:
 // nothing scrolls sideways, axe-core finds no violations, and a screenshot is left.
 // (page.evaluate runs outside the page's CSP, which forbids the page scripts.)
-async function accessible(page, context, paths) {
+async function accessible(page, context, paths, widths = [375, 1280]) {
   for (const lang of ["ja", "en"]) {
     await context.addCookies([{ name: "lang", value: lang, url: portal }]);
     for (const path of paths) {
       await page.goto(`${portal}${path}`);
-      for (const width of [375, 1280]) {
+      for (const width of widths) {
         await page.setViewportSize({ width, height: 900 });
         const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
         check(overflow <= 0, `${path} (${lang}, ${width}px) does not scroll sideways`);
@@ -195,8 +195,13 @@ try {
   check(person.includes(requesterCode), "the person's page shows coverages, history and service use");
   await opShot("console-person");
 
+  // A case shows both sides with the differing fields marked and what each action does.
+  await op.goto(`${portal}/operator/cases?kind=conflict`);
+  check((await op.locator("div.case[id^=mismatch-]").count()) === 0, "the queue filters by kind");
   await op.goto(`${portal}/operator/cases`);
   const mismatch = op.locator("div.case[id^=mismatch-]").first();
+  check((await mismatch.locator("table.compare tr.differs").count()) > 0, "a mismatch compares the two people, differences marked");
+  check((await mismatch.locator("ul.effects li").count()) === 2, "and says what each action will change");
   const caseId = await mismatch.getAttribute("id");
   await mismatch.locator("select[name=action]").selectOption("keep");
   await mismatch.locator("input[name=reason]").fill("本人確認の結果、登録どおり / registry confirmed");
@@ -222,6 +227,7 @@ try {
   const log = await op.textContent("#audit");
   check(log.includes("operator sato") && log.includes("mismatch") && log.includes("revoked"), "operator actions are in the audit log under the certificate's name");
   await opShot("console-log");
+  await accessible(op, opContext, ["/operator/", "/operator/cases", "/operator/institutions", "/operator/audit"]);
   console.log("console: all checks passed");
 } finally {
   await browser.close();

@@ -41,6 +41,7 @@ impl LocalFederation {
             batch_rows: config.enrollment.batch_rows,
             only_insurer: None,
             max_line_bytes: config.enrollment.max_line_bytes,
+            source_name: None,
         };
         ingest_all(&store, &issuer, &sample.files, &opts)?;
         let store = Arc::new(store);

@@ -67,6 +67,32 @@ fn insurers_and_operators_are_who_their_certificates_say() {
         .unwrap();
     let again: serde_json::Value = again.body_mut().read_json().unwrap();
     assert_eq!(again["summary"]["unchanged"], 2, "{again}");
+    // A disagreeing row makes a conflict that cites the insurer's own file name and
+    // line, never where the server keeps the upload.
+    let changed = row(&kyokai(), "kyokai", 0).replace("佐藤 花子", "佐藤 華子");
+    let mut res = a1
+        .post(url("/insurer/enrollments"))
+        .query("wait", "true")
+        .query("name", "2026-12 加入者.csv")
+        .send(format!("{}\n{changed}\n", iryo_tests::HEADER))
+        .unwrap();
+    assert_eq!(
+        res.status(),
+        200,
+        "{}",
+        res.body_mut().read_to_string().unwrap_or_default()
+    );
+    let open = d.json(&["conflicts", "list", "--json"]);
+    assert_eq!(open[0]["source"], "2026-12 加入者.csv:2", "{open}");
+    let id = open[0]["id"].as_u64().unwrap().to_string();
+    d.ok(&[
+        "conflicts",
+        "resolve",
+        &id,
+        "--dismiss",
+        "--reason",
+        "registry confirmed",
+    ]);
 
     // While `serve` holds the database, the operator's CLI enrolls and checks through it.
     let more = d.path("more.csv");

@@ -119,6 +119,7 @@ fn measure(args: &BenchArgs, dir: &std::path::Path) -> Result<()> {
         batch_rows: args.batch_rows,
         only_insurer: None,
         max_line_bytes: 64 * 1024,
+        source_name: None,
     };
     let mut total = Summary::default();
     let t = Instant::now();

@@ -91,6 +91,7 @@ pub(super) fn run(dir: &Path, persons: u64) -> Result<()> {
         batch_rows: ctx.config.enrollment.batch_rows,
         only_insurer: None,
         max_line_bytes: ctx.config.enrollment.max_line_bytes,
+        source_name: None,
     };
     for f in &sample.files {
         let s = ingest_file(&store, &issuer, f, &opts, &Progress::Silent)?;

@@ -225,6 +225,7 @@ pub(super) fn enroll(config: Config, a: EnrollArgs) -> Result<ExitCode> {
         batch_rows: a.batch_rows.unwrap_or(config.enrollment.batch_rows),
         only_insurer: None,
         max_line_bytes: config.enrollment.max_line_bytes,
+        source_name: None,
     };
     let ctx = Context::new(config.clone());
     let mut summaries = Vec::new();

@@ -47,6 +47,9 @@ pub struct IngestOptions {
     pub only_insurer: Option<iryo_proto::InsurerNumber>,
     /// The longest line accepted, in bytes (`enrollment.max_line_bytes`).
     pub max_line_bytes: usize,
+    /// What conflicts and the history call the file; its path when `None`. An upload
+    /// is named by the insurer's own file name, never by where the server keeps it.
+    pub source_name: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -199,7 +202,10 @@ pub fn ingest_file(
         reason,
     })?;
 
-    let name = path.display().to_string();
+    let name = opts
+        .source_name
+        .clone()
+        .unwrap_or_else(|| path.display().to_string());
     let err_path = errors_path(path);
     let mut summary = Summary {
         file: name.clone(),

@@ -142,6 +142,24 @@ struct UploadQuery {
     #[serde(default)]
     wait: bool,
     encoding: Option<String>,
+    /// The insurer's own name for the file: conflicts and the history cite it.
+    name: Option<String>,
+}
+
+/// The file name an upload is cited by: the last part of what the insurer called it,
+/// as plain text of at most 100 characters; the upload's id when it gave none.
+fn cited_name(given: Option<&str>, id: &str) -> String {
+    let base = given
+        .unwrap_or_default()
+        .rsplit(['/', '\\'])
+        .next()
+        .unwrap_or_default();
+    let clean: String = base.chars().filter(|c| !c.is_control()).take(100).collect();
+    if clean.trim().is_empty() {
+        format!("{id}.csv")
+    } else {
+        clean.trim().to_string()
+    }
 }
 
 async fn upload(
@@ -205,6 +223,7 @@ async fn upload(
     };
     web.jobs.set(&job);
     tracing::info!(%insurer, %id, "enrollment file uploaded");
+    let source_name = cited_name(q.name.as_deref(), &id);
     let w = web.clone();
     let task = tokio::task::spawn_blocking(move || {
         let ctx = Context::new(w.config.clone());
@@ -213,6 +232,7 @@ async fn upload(
             batch_rows: w.config.enrollment.batch_rows,
             only_insurer: Some(insurer),
             max_line_bytes: w.config.enrollment.max_line_bytes,
+            source_name: Some(source_name),
         };
         let result = ctx
             .issuer(&w.store)
@@ -336,4 +356,23 @@ async fn notices(
     let insurer = insurer(&caller)?;
     let notices = blocking(move || Ok(web.store.notices(Some(&insurer))?)).await?;
     Ok(Json(notices).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cited_name;
+
+    #[test]
+    fn an_upload_is_cited_by_the_insurers_file_name_only() {
+        assert_eq!(
+            cited_name(Some("2026-12 加入者.csv"), "x"),
+            "2026-12 加入者.csv"
+        );
+        assert_eq!(cited_name(Some("C:\\exports\\kenpo.csv"), "x"), "kenpo.csv");
+        assert_eq!(cited_name(Some("../../etc/passwd"), "x"), "passwd");
+        assert_eq!(cited_name(Some("a\nb.csv"), "x"), "ab.csv");
+        assert_eq!(cited_name(None, "up-1"), "up-1.csv");
+        assert_eq!(cited_name(Some("  "), "up-1"), "up-1.csv");
+        assert_eq!(cited_name(Some(&"x".repeat(300)), "i").len(), 100);
+    }
 }

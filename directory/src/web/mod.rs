@@ -3,6 +3,7 @@
 //! with server TLS only, and `/metrics`.
 
 pub mod audit;
+mod cases;
 pub mod conn;
 pub mod insurer;
 pub mod limits;

@@ -27,7 +27,7 @@ pub fn routes() -> Router<Arc<Web>> {
     Router::new()
         .route("/", get(dashboard))
         .route("/person", get(person))
-        .route("/cases", get(cases))
+        .route("/cases", get(super::cases::cases))
         .route("/conflicts/{id}", post(resolve_conflict))
         .route("/mismatches/{id}", post(resolve_mismatch))
         .route("/institutions", get(institutions).post(add_institution))
@@ -36,7 +36,7 @@ pub fn routes() -> Router<Arc<Web>> {
 }
 
 /// The operator the client certificate names (its common name), or 403.
-fn operator(caller: &Caller) -> Result<String, WebError> {
+pub(super) fn operator(caller: &Caller) -> Result<String, WebError> {
     match &caller.identity {
         Some(id @ ClientIdentity::Operator(_)) => Ok(id.to_string()),
         Some(other) => Err(WebError::Forbidden(format!(
@@ -49,7 +49,7 @@ fn operator(caller: &Caller) -> Result<String, WebError> {
 }
 
 /// The console's form token: bound to the operator and to this run of the server.
-fn csrf(web: &Web, op: &str) -> String {
+pub(super) fn csrf(web: &Web, op: &str) -> String {
     let mut h = Sha256::new();
     h.update(web.secret);
     h.update(op.as_bytes());
@@ -77,7 +77,7 @@ fn nav(lang: Lang) -> Vec<(&'static str, &'static str)> {
     ]
 }
 
-fn console(lang: Lang, title: &str, here: &str, op: &str, body: Markup) -> Response {
+pub(super) fn console(lang: Lang, title: &str, here: &str, op: &str, body: Markup) -> Response {
     let body = html! {
         p { (lang.t("操作者", "Operator")) ": " b id="operator" { (op) } }
         (body)
@@ -254,7 +254,12 @@ async fn person(
     ))
 }
 
-fn resolve_form(token: &str, lang: Lang, action: &str, choices: &[(&str, &str)]) -> Markup {
+pub(super) fn resolve_form(
+    token: &str,
+    lang: Lang,
+    action: &str,
+    choices: &[(&str, &str)],
+) -> Markup {
     html! {
         form method="post" action=(action) {
             (hidden("csrf", token))
@@ -265,87 +270,6 @@ fn resolve_form(token: &str, lang: Lang, action: &str, choices: &[(&str, &str)])
             button { (lang.t("処理", "Resolve")) }
         }
     }
-}
-
-async fn cases(
-    State(web): State<Arc<Web>>,
-    Extension(caller): Extension<Caller>,
-    lang: Lang,
-) -> Result<Response, WebError> {
-    let op = operator(&caller)?;
-    let w = web.clone();
-    let o = op.clone();
-    let (conflicts, mismatches) = blocking(move || {
-        let (conflicts, mismatches) = (w.store.conflicts(true)?, w.store.mismatches(true)?);
-        // Every registered person whose data the queue shows sees the read.
-        let mut ids = Vec::new();
-        for c in &conflicts {
-            if let Ok(p) = w.store.person_by_my_number(c.row.my_number) {
-                ids.push(p.medical_id);
-            }
-        }
-        for m in &mismatches {
-            ids.extend([m.registered, m.presented]);
-        }
-        ids.sort_unstable();
-        ids.dedup();
-        w.store.log_reads(
-            &o,
-            &ids,
-            "the open cases (enrollment conflicts, mismatches) about them",
-        )?;
-        w.store.log_operator(
-            &o,
-            format!(
-                "viewed the open cases: {} conflicts, {} mismatches",
-                conflicts.len(),
-                mismatches.len()
-            ),
-        )?;
-        Ok((conflicts, mismatches))
-    })
-    .await?;
-    let token = csrf(&web, &op);
-    // `kind` names the element and, plural, the route: conflict(s), mismatch(es).
-    let block = |kind: &str, route: &str, id: u64, text: String, choices: &[(&str, &str)]| {
-        html! {
-            div class="case" id=(format!("{kind}-{id}")) {
-                p { (text) }
-                (resolve_form(&token, lang, &format!("/operator/{route}/{id}"), choices))
-            }
-        }
-    };
-    let conflict_choices = [
-        ("apply", lang.t("届出どおり訂正", "apply the row")),
-        ("dismiss", lang.t("登録どおり（却下）", "dismiss")),
-    ];
-    let mismatch_choices = [
-        ("keep", lang.t("登録どおり", "keep the registry")),
-        (
-            "rebind",
-            lang.t("提示された医療IDに付け替え", "rebind the card"),
-        ),
-    ];
-    let body = html! {
-        h2 { (lang.t("登録の不整合", "Enrollment conflicts")) }
-        @for c in &conflicts {
-            (block("conflict", "conflicts", c.id, report::conflict(c), &conflict_choices))
-        }
-        h2 { (lang.t("医療機関での不一致", "Mismatches at institutions")) }
-        @for m in &mismatches {
-            (block("mismatch", "mismatches", m.id, report::mismatch(m), &mismatch_choices))
-        }
-        @if conflicts.is_empty() && mismatches.is_empty() {
-            p id="no-cases" { (lang.t("未処理の案件はありません。", "No open cases.")) }
-        }
-    };
-    Ok(console(
-        lang,
-        lang.t("未処理案件", "Open cases"),
-        "/operator/cases",
-        &op,
-        body,
-    ))
 }
 
 #[derive(Deserialize)]
@@ -440,7 +364,7 @@ async fn institutions(
                 th { (lang.t("機関コード", "Code")) }
                 th { (lang.t("名称", "Name")) }
                 th { (lang.t("役割", "Roles")) }
-                th {}
+                th { (lang.t("操作", "Action")) }
             }
             @for (r, m) in list.iter().filter_map(|r| r.membership().ok().map(|m| (r, m))) {
                 tr class="institution" {

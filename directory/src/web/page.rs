@@ -78,7 +78,7 @@ table{border-collapse:collapse;width:100%}td,th{border:1px solid #ddd;padding:.3
 th{white-space:nowrap}\
 input,select,button,textarea{font-size:1rem;padding:.3rem;margin:.2rem 0;max-width:100%}label{display:block;margin-top:.5rem}\
 .flag{color:#b00;font-weight:bold}.ok{color:#070}.err{color:#b00;border:1px solid #b00;padding:.5rem}\
-tr.emergency-row{background:#fff3f3}details.proof summary{cursor:pointer}details.proof .why{font-size:.8rem;margin-left:.2rem}\
+tr.emergency-row{background:#fff3f3}tr.differs td{background:#fff3e0}details.proof summary{cursor:pointer}details.proof .why{font-size:.8rem;margin-left:.2rem}\
 .mid{font-family:monospace;font-size:1.2rem;letter-spacing:.1rem;white-space:nowrap}.pager{margin:1rem 0}\
 @media (max-width:40rem){table.cards,table.cards tbody,table.cards tr,table.cards td{display:block;width:auto}\
 table.cards tr.head{display:none}table.cards tr{border:1px solid #ccc;margin-bottom:.6rem}table.cards td{border:none}\
