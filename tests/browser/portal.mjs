@@ -130,6 +130,24 @@ try {
   check(there[0].includes("令和") && there[0].includes("確認 4 回"), `the visit is dated 令和 and counts its checks: ${there[0]}`);
   await shot("history");
 
+  // The consent form starts with nothing chosen and cannot be sent untouched; sharing
+  // with everyone asks first, in a sentence, and cancelling records nothing.
+  await page.goto(`${portal}/portal/consent`);
+  for (const field of ["#action", "#institution", "#purpose"]) {
+    check((await page.inputValue(field)) === "", `${field} starts with nothing chosen`);
+  }
+  check(!(await page.evaluate(() => document.querySelector("#consent-form").checkValidity())), "the untouched form cannot be sent");
+  const decisions = await page.locator("tr.consent").count();
+  await page.selectOption("#action", "grant");
+  await page.selectOption("#institution", "all");
+  await page.selectOption("#purpose", "all");
+  await submit(page, "#save-consent");
+  const sentence = await page.textContent("#consent-sentence");
+  check(sentence.includes("すべての医療機関") && sentence.includes("研究は含みません"), `a wide grant is confirmed first: ${sentence}`);
+  await shot("consent-confirm");
+  await submit(page, "#cancel-consent");
+  check((await page.locator("tr.consent").count()) === decisions, "cancelled, nothing recorded");
+
   // Consent decides the next grant.
   let r = await fetchRecords("treatment");
   check(r.status === 403 && r.body.reason === "no_consent", "without consent the fetch is refused");
