@@ -43,6 +43,8 @@ pub enum AdminRequest {
         medical_id: MedicalId,
     },
     AuditVerify,
+    /// Every record read back and decoded, the audit log verified.
+    VerifyStore,
     AuditShow {
         medical_id: MedicalId,
     },
@@ -143,6 +145,7 @@ pub enum AdminResponse {
     Institutions(Vec<InstitutionRecord>),
     Consents(Vec<ConsentRecord>),
     Audit(AuditReport),
+    Verified(crate::store::VerifyReport),
     Entries(Vec<(u64, LogEntry)>),
     Unmatched(Vec<GrantRecord>),
     Proof {
@@ -223,6 +226,9 @@ pub fn execute(
             }
             AdminRequest::Consents { medical_id } => {
                 AdminResponse::Consents(store.consents(medical_id)?)
+            }
+            AdminRequest::VerifyStore => {
+                AdminResponse::Verified(store.verify_records(&agency.verifying_key())?)
             }
             AdminRequest::AuditVerify => {
                 AdminResponse::Audit(store.audit_verify(&agency.verifying_key())?)

@@ -48,6 +48,14 @@ pub enum StoreError {
     Stopped,
     #[error("{0}: {1}")]
     File(std::path::PathBuf, std::io::Error),
+    #[error(
+        "{}: damaged ({what}): its pages no longer match their checksums; stop the node and restore its data directory from a backup",
+        path.display()
+    )]
+    Damaged {
+        path: std::path::PathBuf,
+        what: String,
+    },
     /// A write failed and no write has succeeded since: receipts cannot be recorded.
     #[error("this node cannot write its database ({0}); free disk space or fix the disk, then restart the node")]
     CannotWrite(String),
@@ -96,7 +104,21 @@ pub type Record = Vec<u8>;
 
 impl Store {
     pub fn open(path: &Path) -> Result<Self> {
-        let db = Database::builder().set_cache_size(32 << 20).create(path)?;
+        // Every page's checksum is checked at open: a damaged file is refused, named,
+        // rather than served (or a panic later).
+        let db = Database::builder()
+            .set_cache_size(32 << 20)
+            .set_check_integrity_on_open(true)
+            .create(path)
+            .map_err(|e| match e {
+                redb::DatabaseError::Storage(redb::StorageError::Corrupted(what)) => {
+                    StoreError::Damaged {
+                        path: path.to_path_buf(),
+                        what,
+                    }
+                }
+                e => StoreError::Db(e.into()),
+            })?;
         // The patients' records: readable by the node's user alone.
         iryo_p2p::files::make_private(path).map_err(|e| StoreError::File(path.to_path_buf(), e))?;
         Self::with_db(db)

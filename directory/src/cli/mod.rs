@@ -93,6 +93,10 @@ enum Command {
     /// Make linkage.redb (the per-person indexes) again from the logs, when it is
     /// damaged or lost. Stop `serve` first; nothing else is changed.
     RebuildLinkage,
+    /// Check the whole store: every file's page checksums (when the store is opened;
+    /// while `serve` holds it, `serve` checked them at its start), every record decoded,
+    /// the audit log verified. Exit code 1 when anything is wrong, named.
+    VerifyStore,
     /// Write realistic sample enrollment files for the four insurer kinds.
     Sample(tools::SampleArgs),
     /// Fresh database, sample data, enrollment, assignment and a few checks, narrated.
@@ -144,6 +148,7 @@ pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::RebuildLinkage => tools::rebuild_linkage(&config),
+        Command::VerifyStore => tools::verify_store(&config),
         Command::Sample(a) => tools::sample(a),
         Command::Demo(a) => tools::demo(a),
         Command::Bench(a) => {

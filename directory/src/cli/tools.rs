@@ -49,6 +49,30 @@ pub(super) fn rebuild_linkage(config: &iryo_directory::config::Config) -> Result
     Ok(ExitCode::SUCCESS)
 }
 
+pub(super) fn verify_store(config: &iryo_directory::config::Config) -> Result<ExitCode> {
+    use iryo_directory::admin::{AdminRequest, AdminResponse};
+    let r = super::ask!(config, &super::operator(), AdminRequest::VerifyStore, AdminResponse::Verified(r) => r);
+    println!(
+        "pages: every file's checksums checked when the store was opened\n\
+         records: {} persons, {} conflicts, {} mismatches, {} institutions decoded\n\
+         audit log: {} entries, {} signed heads",
+        r.persons, r.conflicts, r.mismatches, r.institutions, r.audit_entries, r.audit_heads
+    );
+    if r.problems.is_empty() {
+        println!("store verified: nothing wrong");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        for p in &r.problems {
+            eprintln!("problem: {p}");
+        }
+        eprintln!(
+            "{} problem(s): stop the directory and restore the data directory from a backup",
+            r.problems.len()
+        );
+        Ok(ExitCode::FAILURE)
+    }
+}
+
 pub(super) fn sample(a: SampleArgs) -> Result<ExitCode> {
     if !(0.0..=100.0).contains(&a.bad_rows) {
         bail!("--bad-rows is a percentage from 0 to 100");

@@ -17,6 +17,7 @@ mod linkage;
 mod paced;
 mod portal;
 mod tables;
+mod verify;
 
 pub use assign::{AssignmentRow, LetterRow, Plan, ASSIGNMENT_HEADER};
 pub use audit::AuditReport;
@@ -31,6 +32,7 @@ pub use federation::{
 pub use folding::Folding;
 pub(crate) use group::{Job, Outcome};
 pub use portal::{activation_hash, new_activation_code, Account, Activation};
+pub use verify::VerifyReport;
 
 use crate::issuance::{IssueError, Method};
 use crate::registry::{IdEntry, IdStatus, Person};
@@ -103,6 +105,12 @@ pub enum StoreError {
     NotInLog { index: u64, size: u64 },
     #[error("no consistency proof from {old} to {new} entries")]
     NoConsistency { old: u64, new: u64 },
+    #[error(
+        "{}: damaged ({what}): its pages no longer match their checksums, so nothing in it is served; {}",
+        path.display(),
+        damage_hint(path)
+    )]
+    Damaged { path: PathBuf, what: String },
     #[error("the audit log is empty")]
     EmptyLog,
     #[error("no letter can be sent for medical ID {0}: the ID is retired or the person deceased, or there is no address (agency plan) or no coverage (insurer plan)")]
@@ -170,7 +178,9 @@ enum Writes {
 /// `cache_mib`.
 fn side_file(path: &Path, cache_mib: usize, writes: Writes) -> Result<Database> {
     let mut builder = Database::builder();
-    builder.set_cache_size(cache_mib << 20);
+    builder
+        .set_cache_size(cache_mib << 20)
+        .set_check_integrity_on_open(true);
     match writes {
         Writes::AtCommit => builder.create(path),
         Writes::Paced => {
@@ -233,6 +243,10 @@ fn note_holder(path: &Path) {
 /// it is damaged.
 fn opening(path: &Path, e: redb::DatabaseError) -> StoreError {
     match e {
+        redb::DatabaseError::Storage(redb::StorageError::Corrupted(what)) => StoreError::Damaged {
+            path: path.to_path_buf(),
+            what,
+        },
         redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse {
             path: path.to_path_buf(),
             holder: std::fs::read_to_string(holder_note(path))
@@ -243,6 +257,15 @@ fn opening(path: &Path, e: redb::DatabaseError) -> StoreError {
             path: path.to_path_buf(),
             source,
         },
+    }
+}
+
+/// What to do about a damaged file.
+fn damage_hint(path: &Path) -> &'static str {
+    if path.file_name().is_some_and(|n| n == folding::FILE_NAME) {
+        "it holds only indexes built from the logs: `iryo-directory rebuild-linkage` makes it again"
+    } else {
+        "stop the directory and restore the data directory from a backup"
     }
 }
 
@@ -339,6 +362,7 @@ impl Store {
         }
         let db = Database::builder()
             .set_cache_size(cache_mib.max(16) << 20)
+            .set_check_integrity_on_open(true)
             .open(path)
             .map_err(|e| opening(path, e))?;
         private(path)?;
@@ -355,6 +379,7 @@ impl Store {
         }
         let db = Database::builder()
             .set_cache_size(cache_mib.max(16) << 20)
+            .set_check_integrity_on_open(true)
             .open(path)
             .map_err(|e| opening(path, e))?;
         let linkage = path.with_file_name(folding::FILE_NAME);
