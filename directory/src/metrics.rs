@@ -5,6 +5,7 @@
 use iryo_proto::wire::{DirectoryRequest, DirectoryResponse};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -21,6 +22,8 @@ pub struct Metrics {
     /// Passwords hashed or verified for My Portal's sign-in and activation.
     pub portal_hashes: Counter,
     pub requests: Latencies,
+    /// 1 once the database's storage failed (the process then stops to be restarted).
+    pub storage_failed: Gauge,
 }
 
 impl Metrics {
@@ -35,7 +38,13 @@ impl Metrics {
             refusals: Family::default(),
             portal_hashes: Counter::default(),
             requests: latencies(),
+            storage_failed: Gauge::default(),
         };
+        registry.register(
+            "storage_failed",
+            "1 once the database's storage failed; the process stops to be restarted",
+            m.storage_failed.clone(),
+        );
         registry.register(
             "enrollment_rows",
             "Enrollment rows by outcome",
@@ -92,6 +101,10 @@ impl Metrics {
                 .get_or_create(&vec![("outcome", outcome.to_string())])
                 .inc_by(n);
         }
+    }
+
+    pub fn storage_failed(&self) {
+        self.storage_failed.set(1);
     }
 
     /// One password hashed or verified for the portal.

@@ -63,16 +63,43 @@ pub(super) fn run(config: Config, a: ServeArgs) -> Result<ExitCode> {
         );
         use std::io::Write as _;
         std::io::stdout().flush()?;
-        iryo_p2p::shutdown::signal().await;
+        // Stop on a signal, or when the storage fails: redb serves nothing after an I/O
+        // error until the database is opened again, which a restart does.
+        let failed = tokio::select! {
+            () = iryo_p2p::shutdown::signal() => None,
+            why = storage_failure() => Some(why),
+        };
+        if let Some(why) = &failed {
+            tracing::error!(
+                error = %why,
+                "stopping with exit code {STORAGE_FAILED}: the database's storage failed; \
+                 the supervisor starts the directory again (configs/iryo-directory.service)"
+            );
+        }
         admin_task.abort();
         if let Some(f) = front {
             f.stop();
         }
         running.stop().await;
         let _ = std::fs::remove_file(iryo_directory::admin::socket_path(&config));
-        anyhow::Ok(())
-    })?;
-    Ok(ExitCode::SUCCESS)
+        anyhow::Ok(failed)
+    })?
+    .map_or(Ok(ExitCode::SUCCESS), |_| {
+        Ok(ExitCode::from(STORAGE_FAILED))
+    })
+}
+
+/// The exit code after the storage failed (EX_TEMPFAIL): try again.
+const STORAGE_FAILED: u8 = 75;
+
+/// Resolves once the database's storage has failed, with why.
+async fn storage_failure() -> String {
+    loop {
+        if let Some(why) = iryo_directory::store::storage_failure() {
+            return why.to_string();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
 
 /// Starts the HTTPS front when the agency CA exists.

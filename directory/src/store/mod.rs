@@ -148,10 +148,35 @@ macro_rules! from_redb {
     ($($t:ty),*) => {$(
         impl From<$t> for StoreError {
             fn from(e: $t) -> Self {
-                StoreError::Db(e.into())
+                let e: redb::Error = e.into();
+                storage_failed(&e);
+                StoreError::Db(e)
             }
         }
     )*};
+}
+
+/// The first failure of the storage itself in this process (an I/O error, or redb
+/// refusing after one), after which redb serves nothing until the database is opened
+/// again. Every redb error passes through `from_redb`, so none is missed.
+static STORAGE_FAILURE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+fn storage_failed(e: &redb::Error) {
+    if matches!(
+        e,
+        redb::Error::Io(_) | redb::Error::PreviousIo | redb::Error::DatabaseClosed
+    ) && STORAGE_FAILURE.set(e.to_string()).is_ok()
+    {
+        tracing::error!(error = %e, "the database's storage failed; it must be opened again");
+        crate::metrics::metrics().storage_failed();
+    }
+}
+
+/// Why this process's database can no longer be used, if it cannot: `serve` then
+/// stops with exit code 75 so that its supervisor starts it again, which opens the
+/// database afresh (and refuses to start while the disk is still full).
+pub fn storage_failure() -> Option<&'static str> {
+    STORAGE_FAILURE.get().map(String::as_str)
 }
 from_redb!(
     redb::DatabaseError,

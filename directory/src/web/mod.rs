@@ -155,6 +155,7 @@ pub fn router(web: Arc<Web>) -> Router {
             get(|| async { axum::response::Redirect::to("/portal/") }),
         )
         .route("/metrics", get(metrics))
+        .route("/health", get(health))
         .route("/lang", get(page::switch))
         .route(page::STYLE_PATH, get(page::stylesheet))
         // A nested "/" answers only without the slash; people type it with one.
@@ -167,6 +168,19 @@ pub fn router(web: Arc<Web>) -> Router {
         .layer(axum::middleware::from_fn(track))
         .layer(axum::middleware::from_fn(security_headers))
         .with_state(web)
+}
+
+/// For load balancers and supervisors: 200 while the database can be used, 503 once
+/// its storage failed (the process is then stopping, to be started again).
+async fn health() -> Response {
+    match crate::store::storage_failure() {
+        None => (StatusCode::OK, "ok\n").into_response(),
+        Some(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("storage failed: {why}\n"),
+        )
+            .into_response(),
+    }
 }
 
 async fn metrics() -> impl IntoResponse {

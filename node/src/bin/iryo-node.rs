@@ -188,13 +188,32 @@ fn run(cli: Cli) -> Result<()> {
                     p2p.join(",")
                 );
                 std::io::stdout().flush()?;
-                iryo_p2p::shutdown::signal().await;
+                // Stop on a signal, or when the storage fails (redb serves nothing after
+                // an I/O error until the database is opened again, which a restart does).
+                let failed = tokio::select! {
+                    () = iryo_p2p::shutdown::signal() => None,
+                    why = storage_failure() => Some(why),
+                };
                 running.stop();
+                if let Some(why) = failed {
+                    tracing::error!(error = %why, "stopping with exit code 75: the database's storage failed; the supervisor starts the node again");
+                    std::process::exit(75);
+                }
                 anyhow::Ok(())
             })?;
         }
     }
     Ok(())
+}
+
+/// Resolves once the node database's storage has failed, with why.
+async fn storage_failure() -> String {
+    loop {
+        if let Some(why) = iryo_node::store::storage_failure() {
+            return why.to_string();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
 
 /// The addresses to register: `--advertise`, or the listen address itself when peers
