@@ -75,8 +75,7 @@ fn a_full_disk_stops_the_directory_for_a_restart_and_loses_nothing() {
                 https.rsplit(':').next().unwrap()
             ))
             .call()
-            .map(|r| r.status().as_u16())
-            .unwrap_or(0)
+            .map_or(0, |r| r.status().as_u16())
     };
     assert_eq!(health(), 200);
     let check = || {
