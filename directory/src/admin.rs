@@ -45,6 +45,10 @@ pub enum AdminRequest {
     AuditVerify,
     /// Every record read back and decoded, the audit log verified.
     VerifyStore,
+    /// A consistent copy of the store, the keys and the CA into this directory.
+    Backup {
+        out: std::path::PathBuf,
+    },
     AuditShow {
         medical_id: MedicalId,
     },
@@ -146,6 +150,7 @@ pub enum AdminResponse {
     Consents(Vec<ConsentRecord>),
     Audit(AuditReport),
     Verified(crate::store::VerifyReport),
+    BackedUp(iryo_p2p::backup::Manifest),
     Entries(Vec<(u64, LogEntry)>),
     Unmatched(Vec<GrantRecord>),
     Proof {
@@ -227,6 +232,11 @@ pub fn execute(
             AdminRequest::Consents { medical_id } => {
                 AdminResponse::Consents(store.consents(medical_id)?)
             }
+            AdminRequest::Backup { out } => AdminResponse::BackedUp(store.backup(
+                &config.data_dir,
+                &key_files(config)?,
+                &out,
+            )?),
             AdminRequest::VerifyStore => {
                 AdminResponse::Verified(store.verify_records(&agency.verifying_key())?)
             }
@@ -397,6 +407,24 @@ pub fn execute(
     r.unwrap_or_else(|e| AdminResponse::Error(e.to_string()))
 }
 
+/// The files of the keys and the agency CA, relative to the data directory: a backup
+/// carries them, or a restored store could not sign, issue or serve.
+fn key_files(config: &Config) -> Result<Vec<std::path::PathBuf>, AdminError> {
+    let mut out = Vec::new();
+    for dir in ["keys", "ca"] {
+        let Ok(entries) = std::fs::read_dir(config.data_dir.join(dir)) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_file()) {
+                out.push(std::path::Path::new(dir).join(e.file_name()));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
 /// What the audit log says of a reissued letter (My Portal says it in Japanese).
 pub const REISSUED: &str =
     "reissued their letter with a new activation code (their name and address); the old code no longer works";
@@ -436,19 +464,25 @@ pub fn send(socket: &Path, operator: &str, req: &AdminRequest) -> std::io::Resul
 }
 
 /// Serves the admin socket until the task is dropped.
+/// Binds the admin socket (mode 0600). Done before `serve` says it is ready, so that a
+/// command run after that finds the socket.
+pub fn bind_socket(path: &std::path::Path) -> std::io::Result<tokio::net::UnixListener> {
+    let _ = std::fs::remove_file(path);
+    let listener = tokio::net::UnixListener::bind(path)?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(listener)
+}
+
 pub async fn serve_socket(
-    path: PathBuf,
+    listener: tokio::net::UnixListener,
     store: std::sync::Arc<Store>,
     agency: SigningKey,
     config: Config,
 ) -> std::io::Result<()> {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-    let _ = std::fs::remove_file(&path);
-    let listener = tokio::net::UnixListener::bind(&path)?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-    }
     let shared = std::sync::Arc::new((store, agency, config));
     loop {
         let (stream, _) = listener.accept().await?;

@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod answer;
+pub mod backup;
 pub mod batch;
 mod codec;
 pub mod files;

@@ -93,6 +93,22 @@ enum Command {
     /// Make linkage.redb (the per-person indexes) again from the logs, when it is
     /// damaged or lost. Stop `serve` first; nothing else is changed.
     RebuildLinkage,
+    /// Write a consistent copy of the database, the keys and the CA into a new
+    /// directory, also while `serve` runs (through it); a manifest with each file's size
+    /// and SHA-256 is written last. Copy that directory somewhere safe.
+    Backup {
+        /// The directory to write (made 0700; it must not exist or be empty).
+        #[arg(long, value_name = "DIR")]
+        out: std::path::PathBuf,
+    },
+    /// Restore a backup into --data-dir, which must hold no database: every file is
+    /// checked against the manifest first (a partial or changed backup is refused), and
+    /// linkage.redb is made again from the logs.
+    Restore {
+        /// The backup directory `backup --out` wrote.
+        #[arg(long, value_name = "DIR")]
+        from: std::path::PathBuf,
+    },
     /// Check the whole store: every file's page checksums (when the store is opened;
     /// while `serve` holds it, `serve` checked them at its start), every record decoded,
     /// the audit log verified. Exit code 1 when anything is wrong, named.
@@ -149,6 +165,8 @@ pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::RebuildLinkage => tools::rebuild_linkage(&config),
         Command::VerifyStore => tools::verify_store(&config),
+        Command::Backup { out } => tools::backup(&config, &out),
+        Command::Restore { from } => tools::restore(&config, &from),
         Command::Sample(a) => tools::sample(a),
         Command::Demo(a) => tools::demo(a),
         Command::Bench(a) => {

@@ -45,8 +45,11 @@ pub(super) fn run(config: Config, a: ServeArgs) -> Result<ExitCode> {
         let mut addr_file =
             iryo_directory::files::create_private(&config.data_dir.join("directory.addr"))?;
         std::io::Write::write_all(&mut addr_file, addrs.join("\n").as_bytes())?;
+        let socket =
+            iryo_directory::admin::bind_socket(&iryo_directory::admin::socket_path(&config))
+                .context("the admin socket")?;
         let admin_task = tokio::spawn(iryo_directory::admin::serve_socket(
-            iryo_directory::admin::socket_path(&config),
+            socket,
             store.clone(),
             keys.root.clone(),
             config.clone(),

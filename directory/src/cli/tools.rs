@@ -49,6 +49,43 @@ pub(super) fn rebuild_linkage(config: &iryo_directory::config::Config) -> Result
     Ok(ExitCode::SUCCESS)
 }
 
+pub(super) fn backup(
+    config: &iryo_directory::config::Config,
+    out: &std::path::Path,
+) -> Result<ExitCode> {
+    use iryo_directory::admin::{AdminRequest, AdminResponse};
+    // `serve` may write it: give it a path that does not depend on where it runs.
+    let out = std::env::current_dir()?.join(out);
+    let t = std::time::Instant::now();
+    let m = super::ask!(config, &super::operator(), AdminRequest::Backup { out: out.clone() }, AdminResponse::BackedUp(m) => m);
+    let bytes = m.bytes();
+    println!(
+        "backup written to {} in {:.1} s: {} persons, {} audit log entries, {} files, {:.1} MiB (manifest.json lists each with its SHA-256)",
+        out.display(),
+        t.elapsed().as_secs_f64(),
+        m.count("persons"),
+        m.count("audit_entries"),
+        m.files.len(),
+        bytes as f64 / f64::from(1 << 20)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) fn restore(
+    config: &iryo_directory::config::Config,
+    from: &std::path::Path,
+) -> Result<ExitCode> {
+    let (m, folded) =
+        iryo_directory::store::backup::restore(from, &config.data_dir, config.registry.cache_mib)?;
+    println!(
+        "restored into {}: {} persons, {} audit log entries as of the backup; linkage.redb made again from {folded} log entries",
+        config.data_dir.display(),
+        m.count("persons"),
+        m.count("audit_entries")
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 pub(super) fn verify_store(config: &iryo_directory::config::Config) -> Result<ExitCode> {
     use iryo_directory::admin::{AdminRequest, AdminResponse};
     let r = super::ask!(config, &super::operator(), AdminRequest::VerifyStore, AdminResponse::Verified(r) => r);

@@ -77,6 +77,21 @@ pub(super) struct IntakeFile {
     deleted: AtomicU64,
 }
 
+impl IntakeFile {
+    /// A snapshot of the file for a backup.
+    pub(super) fn snapshot(&self) -> Result<redb::ReadTransaction> {
+        Ok(self.db.begin_read()?)
+    }
+}
+
+/// Copies an intake file's snapshot into the fresh file `to` (a backup).
+pub(super) fn copy_file(snapshot: &redb::ReadTransaction, to: &Database) -> Result<()> {
+    iryo_p2p::backup::copy_table(snapshot, to, CHECKS)?;
+    iryo_p2p::backup::copy_table(snapshot, to, RESERVE)?;
+    iryo_p2p::backup::copy_table(snapshot, to, STAMP)?;
+    Ok(())
+}
+
 /// Opens (or creates) the intake files beside `main`, each positioned after what it
 /// holds and after what was moved from it, so a key is never used twice. A file the
 /// main database knows may hold entries must be there, and be the same file.

@@ -4,6 +4,7 @@
 
 mod assign;
 mod audit;
+pub mod backup;
 mod cases;
 mod checks;
 mod commit;
@@ -113,6 +114,8 @@ pub enum StoreError {
     Damaged { path: PathBuf, what: String },
     #[error("the audit log is empty")]
     EmptyLog,
+    #[error("not a backup to restore: {0}")]
+    BadBackup(String),
     #[error("no letter can be sent for medical ID {0}: the ID is retired or the person deceased, or there is no address (agency plan) or no coverage (insurer plan)")]
     NoLetter(MedicalId),
     #[error("no agency key to sign the audit log")]
