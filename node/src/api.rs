@@ -30,11 +30,35 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/exchange/fetch", post(fetch))
         .route("/eligibility", post(eligibility))
         .route("/outbox", get(outbox))
+        .route("/backup", post(backup))
         .layer(middleware::from_fn_with_state(node.clone(), authorise))
         .route("/metrics", get(metrics))
         .layer(middleware::from_fn(track))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(node)
+}
+
+#[derive(Deserialize)]
+struct BackupBody {
+    /// An absolute path for the backup directory (new or empty).
+    out: std::path::PathBuf,
+}
+
+/// A consistent copy of the node's database and key while it serves.
+async fn backup(State(node): State<Arc<Node>>, Json(b): Json<BackupBody>) -> Response {
+    if !b.out.is_absolute() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "out must be an absolute path",
+        );
+    }
+    let n = node.clone();
+    match tokio::task::spawn_blocking(move || n.store.backup(&n.key_file, &b.out)).await {
+        Ok(Ok(m)) => (StatusCode::CREATED, Json(json!(m))).into_response(),
+        Ok(Err(e)) => error(StatusCode::UNPROCESSABLE_ENTITY, "backup", e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "backup", e),
+    }
 }
 
 async fn metrics(State(node): State<Arc<Node>>) -> Response {

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod backup;
 pub mod clock;
 pub mod config;
 pub mod directory;
@@ -49,6 +50,8 @@ pub struct Node {
     pub p2p: p2p::P2p,
     pub directory: directory::Directory,
     pub api_token: String,
+    /// Where the node's key is kept: a backup carries it.
+    pub key_file: std::path::PathBuf,
     /// The tolerance with the agency's clock, and the drift last seen.
     pub clock: clock::Clock,
 }
@@ -68,6 +71,9 @@ impl Running {
         }
     }
 }
+
+/// The file in the data directory that holds the address the local API listens on.
+pub const API_ADDR_FILE: &str = "api.addr";
 
 /// Starts the node: the store, the P2P swarm, the outbox and the local API.
 pub async fn start(config: NodeConfig) -> Result<Running, NodeError> {
@@ -92,6 +98,7 @@ pub async fn start(config: NodeConfig) -> Result<Running, NodeError> {
         serving,
         p2p,
         api_token: config.api.token.clone(),
+        key_file: config.key_path(),
         clock: clock::Clock::new(tolerance),
     });
     let mut tasks = vec![p2p_task];
@@ -106,6 +113,10 @@ pub async fn start(config: NodeConfig) -> Result<Running, NodeError> {
     let api = listener
         .local_addr()
         .map_err(|e| NodeError::Api(config.api.listen.clone(), e))?;
+    // Where the API really listens (the configured port may be 0): `iryo-node backup`
+    // reads it to reach this node.
+    let _ = iryo_p2p::files::create_private(&config.data_dir.join(API_ADDR_FILE))
+        .and_then(|mut f| std::io::Write::write_all(&mut f, api.to_string().as_bytes()));
     let router = api::router(node.clone());
     tasks.push(tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, router).await {

@@ -192,6 +192,47 @@ impl Store {
         tried.map_err(|e| StoreError::CannotWrite(e.to_string()))
     }
 
+    /// A snapshot for a backup, and how many records it holds.
+    pub(crate) fn snapshot(
+        &self,
+    ) -> std::result::Result<(redb::ReadTransaction, u64), iryo_p2p::backup::BackupError> {
+        use redb::ReadableTableMetadata;
+        let tx = self.db.begin_read()?;
+        iryo_p2p::backup::only_tables(
+            &tx,
+            &[
+                "records",
+                "seen_grants",
+                "seen_grants_by_expiry",
+                "outbox",
+                "refusals",
+                "counters",
+            ],
+            "node.redb",
+        )?;
+        let records = match tx.open_table(RECORDS) {
+            Ok(t) => t.len()?,
+            Err(redb::TableError::TableDoesNotExist(_)) => 0,
+            Err(e) => return Err(e.into()),
+        };
+        Ok((tx, records))
+    }
+
+    /// Copies every table of a snapshot into a fresh file (a backup).
+    pub(crate) fn copy_snapshot(
+        from: &redb::ReadTransaction,
+        to: &Database,
+    ) -> std::result::Result<(), iryo_p2p::backup::BackupError> {
+        use iryo_p2p::backup::copy_table;
+        copy_table(from, to, RECORDS)?;
+        copy_table(from, to, SEEN_GRANTS)?;
+        copy_table(from, to, SEEN_BY_EXPIRY)?;
+        copy_table(from, to, OUTBOX)?;
+        copy_table(from, to, REFUSALS)?;
+        copy_table(from, to, COUNTERS)?;
+        Ok(())
+    }
+
     /// Whether the last write failed; `can_record` then tries one.
     pub fn write_failed(&self) -> bool {
         self.write_failure.lock().map_or(true, |f| f.is_some())

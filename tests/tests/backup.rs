@@ -91,3 +91,52 @@ fn backups_taken_while_serving_restore_with_every_acknowledged_check() {
     assert!(err.contains("partial"), "{err}");
     assert!(!changed.db().exists(), "nothing restored from a bad backup");
 }
+
+#[test]
+fn a_node_is_backed_up_while_it_runs_and_restored_with_its_records() {
+    use iryo_tests::federation::{sample_bundle, Federation};
+    let mut fed = Federation::start(1, 1, 60);
+    let p = fed.patients[0];
+    let node = &mut fed.nodes[0];
+    assert_eq!(node.put_records(p, &sample_bundle(3, 50)).0, 201);
+    let records = node.records(p).1;
+    let config = node.config_path();
+    let backup = |out: &std::path::Path| {
+        std::process::Command::new(iryo_tests::node_bin())
+            .args(["backup", "--config"])
+            .arg(&config)
+            .arg("--out")
+            .arg(out)
+            .output()
+            .unwrap()
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let running = backup(&tmp.path().join("b1"));
+    assert!(
+        running.status.success(),
+        "{}",
+        String::from_utf8_lossy(&running.stderr)
+    );
+    assert!(String::from_utf8_lossy(&running.stdout).contains("3 records"));
+
+    // Lose the data directory; restore it from the backup; the node serves as before.
+    node.stop();
+    let stopped = backup(&tmp.path().join("b2"));
+    assert!(stopped.status.success(), "a stopped node is backed up too");
+    std::fs::rename(node.dir.join("node.redb"), tmp.path().join("lost.redb")).unwrap();
+    std::fs::rename(node.dir.join("node.key"), tmp.path().join("lost.key")).unwrap();
+    let out = std::process::Command::new(iryo_tests::node_bin())
+        .args(["restore", "--config"])
+        .arg(node.config_path())
+        .arg("--from")
+        .arg(tmp.path().join("b1"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    node.start();
+    assert_eq!(node.records(p).1, records);
+}

@@ -68,6 +68,28 @@ enum Command {
         #[arg(long)]
         advertise: Vec<String>,
     },
+    /// Write a consistent copy of node.redb and the node's key into a new directory,
+    /// with a manifest of sizes and SHA-256 written last. While the node runs it makes
+    /// the copy itself (through its local API); a stopped node's database is read here.
+    Backup {
+        /// The node's configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// The directory to write (made 0700; it must not exist or be empty).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// Restore a backup into the configured data directory (which must hold no
+    /// node.redb) and key file: every file is checked against the manifest first.
+    /// Stop the node first.
+    Restore {
+        /// The node's configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// The backup directory `backup --out` wrote.
+        #[arg(long, value_name = "DIR")]
+        from: PathBuf,
+    },
     /// Run the node until interrupted.
     Run {
         #[arg(long, short, env = "IRYO_NODE_CONFIG")]
@@ -171,6 +193,26 @@ fn run(cli: Cli) -> Result<()> {
                 advertised.join(", ")
             );
         }
+        Command::Backup { config, out } => {
+            let config = NodeConfig::load(&config).map_err(anyhow::Error::msg)?;
+            let out = std::env::current_dir()?.join(out);
+            let manifest = backup(&config, &out)?;
+            println!(
+                "backup written to {}: {} records, {:.1} MiB (manifest.json lists each file with its SHA-256)",
+                out.display(),
+                manifest.count("records"),
+                manifest.bytes() as f64 / f64::from(1 << 20)
+            );
+        }
+        Command::Restore { config, from } => {
+            let config = NodeConfig::load(&config).map_err(anyhow::Error::msg)?;
+            let m = iryo_node::backup::restore(&from, &config.data_dir, &config.key_path())?;
+            println!(
+                "restored into {}: {} records as of the backup",
+                config.data_dir.display(),
+                m.count("records")
+            );
+        }
         Command::Run { config } => {
             let config = NodeConfig::load(&config).map_err(anyhow::Error::msg)?;
             let rt = tokio::runtime::Runtime::new()?;
@@ -204,6 +246,41 @@ fn run(cli: Cli) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A backup: by the running node through its local API, or from the database here
+/// when the node is stopped.
+fn backup(config: &NodeConfig, out: &std::path::Path) -> Result<iryo_p2p::backup::Manifest> {
+    let db = config.data_dir.join("node.redb");
+    match iryo_node::store::Store::open(&db) {
+        Ok(store) => Ok(store.backup(&config.key_path(), out)?),
+        Err(iryo_node::store::StoreError::Db(redb::Error::DatabaseAlreadyOpen)) => {
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .build()
+                .into();
+            // The address the running node wrote, else the configured one.
+            let api = std::fs::read_to_string(config.data_dir.join(iryo_node::API_ADDR_FILE))
+                .map(|a| a.trim().to_string())
+                .unwrap_or_else(|_| config.api.listen.clone());
+            let mut res = agent
+                .post(format!("http://{api}/backup"))
+                .header("authorization", &format!("Bearer {}", config.api.token))
+                .send_json(serde_json::json!({ "out": out }))
+                .with_context(|| {
+                    format!(
+                        "{} is in use, but the node's API at {api} does not answer",
+                        db.display()
+                    )
+                })?;
+            let body: serde_json::Value = res.body_mut().read_json()?;
+            if res.status() != 201 {
+                anyhow::bail!("the node refused the backup: {}", body["detail"]);
+            }
+            Ok(serde_json::from_value(body)?)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Resolves once the node database's storage has failed, with why.
