@@ -261,8 +261,7 @@ fn backup(config: &NodeConfig, out: &std::path::Path) -> Result<iryo_p2p::backup
                 .into();
             // The address the running node wrote, else the configured one.
             let api = std::fs::read_to_string(config.data_dir.join(iryo_node::API_ADDR_FILE))
-                .map(|a| a.trim().to_string())
-                .unwrap_or_else(|_| config.api.listen.clone());
+                .map_or_else(|_| config.api.listen.clone(), |a| a.trim().to_string());
             let mut res = agent
                 .post(format!("http://{api}/backup"))
                 .header("authorization", &format!("Bearer {}", config.api.token))
