@@ -110,6 +110,16 @@ impl NodeProc {
         self.call("PUT", &format!("/patients/{id}/records"), Some(doc))
     }
 
+    /// As `put_records`, but a connection the node drops (it stopped) is `None`.
+    pub fn try_put_records(&self, id: MedicalId, doc: &Value) -> Option<u16> {
+        self.agent
+            .put(&format!("{}/patients/{id}/records", self.api))
+            .header("Authorization", &format!("Bearer {}", self.token))
+            .send_json(doc)
+            .ok()
+            .map(|r| r.status().as_u16())
+    }
+
     pub fn records(&self, id: MedicalId) -> (u16, Value) {
         self.call("GET", &format!("/patients/{id}/records"), None)
     }
@@ -157,6 +167,11 @@ impl NodeProc {
 
     pub fn stop(&mut self) {
         self.proc_ = None;
+    }
+
+    /// The running node's process, to see whether it has exited.
+    pub fn proc_mut(&mut self) -> Option<&mut std::process::Child> {
+        self.proc_.as_mut().map(|p| &mut p.0)
     }
 
     /// Starts (or restarts) the node process and waits until it is ready.

@@ -134,3 +134,63 @@ fn a_full_disk_stops_the_directory_for_a_restart_and_loses_nothing() {
     let _ = again.0.kill();
     let _ = again.0.wait();
 }
+
+#[test]
+fn a_full_disk_stops_a_node_for_a_restart_and_loses_no_stored_record() {
+    use iryo_node::config::NodeConfig;
+    use iryo_tests::federation::{sample_bundle, Federation};
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(mount) = Mount::new(&tmp.path().join("small"), 24) else {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN)");
+        return;
+    };
+    let mut fed = Federation::start(1, 1, 60);
+    let p = fed.patients[0];
+    let node = &mut fed.nodes[0];
+    // The node's data directory moves onto the small filesystem.
+    node.stop();
+    let data = mount.0.join("node");
+    std::fs::create_dir_all(&data).unwrap();
+    for f in ["node.redb", "node.key"] {
+        std::fs::copy(node.dir.join(f), data.join(f)).unwrap();
+    }
+    let mut cfg = NodeConfig::load(&node.config_path()).unwrap();
+    cfg.data_dir = data.clone();
+    std::fs::write(node.config_path(), cfg.commented()).unwrap();
+    node.start();
+
+    let mut stored = 0usize;
+    for _ in 0..3 {
+        assert_eq!(node.put_records(p, &sample_bundle(1, 100)).0, 201);
+        stored += 1;
+    }
+    let filler = mount.0.join("filler");
+    let mut f = std::fs::File::create(&filler).unwrap();
+    let chunk = vec![0u8; 1 << 20];
+    while f.write_all(&chunk).is_ok() {}
+    drop(f);
+    let started = Instant::now();
+    let code = loop {
+        let exited = node.proc_mut().and_then(|c| c.try_wait().ok().flatten());
+        if let Some(s) = exited {
+            break s.code();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the node went on after its storage failed"
+        );
+        if node.try_put_records(p, &sample_bundle(1, 100_000)) == Some(201) {
+            stored += 1;
+        }
+    };
+    assert_eq!(code, Some(75), "exit code for the supervisor");
+    std::fs::remove_file(&filler).unwrap();
+    node.start();
+    let (status, bundle) = node.records(p);
+    assert_eq!(status, 200);
+    let held = bundle["entry"].as_array().map_or(0, Vec::len);
+    assert!(
+        held >= stored,
+        "{stored} stores acknowledged, {held} records held"
+    );
+}
