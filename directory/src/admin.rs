@@ -53,6 +53,11 @@ pub enum AdminRequest {
         medical_id: MedicalId,
     },
     AuditUnmatched,
+    /// Close an unmatched grant whose other end will never report, with a reason.
+    AuditClose {
+        grant: [u8; 16],
+        reason: String,
+    },
     AuditProof {
         index: u64,
     },
@@ -246,6 +251,10 @@ pub fn execute(
             AdminRequest::AuditShow { medical_id } => AdminResponse::Entries(
                 store.audit_for_person(&store.person_by_medical_id(medical_id)?)?,
             ),
+            AdminRequest::AuditClose { grant, reason } => {
+                store.close_unmatched(grant, &reason, operator, now())?;
+                AdminResponse::Done
+            }
             AdminRequest::AuditUnmatched => AdminResponse::Unmatched(
                 store.unmatched(now(), config.access.unmatched_after_seconds)?,
             ),

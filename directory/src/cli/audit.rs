@@ -24,6 +24,18 @@ pub(super) enum AuditCmd {
     },
     /// Grants used by one end whose other end has not reported.
     Unmatched,
+    /// Close an unmatched grant whose other end will never report (its node died
+    /// before it could): no longer listed; the audit log keeps who closed it and why.
+    Close {
+        /// The grant's id (32 hex digits), as `audit unmatched` prints it.
+        grant: String,
+        /// Why it is closed, e.g. "requester crashed; EMR confirms nothing received".
+        #[arg(long)]
+        reason: String,
+        /// Who closes it; defaults to $USER.
+        #[arg(long, env = "USER", default_value = "operator")]
+        operator: String,
+    },
     /// An entry with its inclusion proof against the latest signed tree head (with its
     /// signature and the agency key), every hash in hex.
     Proof {
@@ -68,6 +80,23 @@ pub(super) fn run(config: &Config, cmd: AuditCmd) -> Result<ExitCode> {
                         .for_each(|(i, e)| println!("#{i}  {}", report::audit_entry(e)));
                 }
             }
+        }
+        AuditCmd::Close {
+            grant,
+            reason,
+            operator,
+        } => {
+            let id = grant_id(&grant).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{grant:?}: a grant id is 32 hex digits, as `audit unmatched` prints it"
+                )
+            })?;
+            admin(
+                config,
+                &operator,
+                AdminRequest::AuditClose { grant: id, reason },
+            )?;
+            println!("grant {grant} closed; the audit log keeps the reason");
         }
         AuditCmd::Unmatched => {
             if let AdminResponse::Unmatched(list) =
@@ -152,4 +181,17 @@ pub(super) fn run(config: &Config, cmd: AuditCmd) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A grant id from its 32 hex digits.
+fn grant_id(s: &str) -> Option<[u8; 16]> {
+    let s = s.trim();
+    if s.len() != 32 || !s.is_ascii() {
+        return None;
+    }
+    let mut id = [0u8; 16];
+    for (i, b) in id.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(id)
 }

@@ -25,7 +25,7 @@ impl From<BackupError> for StoreError {
 
 /// The main file's tables; a table the file holds that is not here fails the backup
 /// rather than being missed.
-const MAIN_TABLES: [&str; 22] = [
+const MAIN_TABLES: [&str; 23] = [
     "settings",
     "counters",
     "persons",
@@ -48,6 +48,7 @@ const MAIN_TABLES: [&str; 22] = [
     "audit_subtrees",
     "audit_heads",
     "portal_accounts",
+    "closed_grants",
 ];
 
 fn copy_main(from: &redb::ReadTransaction, to: &redb::Database) -> Result<()> {
@@ -74,6 +75,7 @@ fn copy_main(from: &redb::ReadTransaction, to: &redb::Database) -> Result<()> {
     b::copy_table(from, to, AUDIT_NODES)?;
     b::copy_table(from, to, AUDIT_HEADS)?;
     b::copy_table(from, to, PORTAL_ACCOUNTS)?;
+    b::copy_table(from, to, CLOSED_GRANTS)?;
     Ok(())
 }
 

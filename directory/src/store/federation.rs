@@ -482,6 +482,11 @@ impl Store {
     /// Grants used by one end whose other end has not reported within `window` seconds.
     pub fn unmatched(&self, now: Time, window: i64) -> Result<Vec<GrantRecord>> {
         let tx = self.db.begin_read()?;
+        let closed = match tx.open_table(CLOSED_GRANTS) {
+            Ok(t) => Some(t),
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(e.into()),
+        };
         let mut out = Vec::new();
         for item in tx.open_table(GRANTS)?.iter()? {
             let g: GrantRecord = decode(item?.1.value())?;
@@ -489,11 +494,73 @@ impl Store {
                 (Some((_, at)), None) | (None, Some((_, at))) => now - at > window,
                 _ => false,
             };
-            if one_sided {
+            let is_closed = match &closed {
+                Some(t) => t.get(g.grant.id)?.is_some(),
+                None => false,
+            };
+            if one_sided && !is_closed {
                 out.push(g);
             }
         }
         Ok(out)
+    }
+
+    /// Closes an unmatched grant whose other end will never report (the node died
+    /// before it could): `unmatched` no longer lists it, and the audit log keeps who
+    /// closed it and why.
+    pub fn close_unmatched(
+        &self,
+        grant_id: [u8; 16],
+        reason: &str,
+        by: &str,
+        at: Time,
+    ) -> Result<GrantRecord> {
+        if reason.trim().is_empty() {
+            return Err(StoreError::ReasonRequired(
+                "closing an unmatched grant".into(),
+            ));
+        }
+        let hex = iryo_proto::merkle::to_hex(&grant_id);
+        self.write(|t| {
+            let g: GrantRecord = match t.grants.open()?.get(grant_id)? {
+                Some(v) => decode(v.value())?,
+                None => return Err(StoreError::NoGrant(hex.clone())),
+            };
+            if !matches!((g.disclosed, g.received), (Some(_), None) | (None, Some(_))) {
+                return Err(StoreError::Inconsistent(format!(
+                    "grant {hex} is not unmatched: {}",
+                    if g.disclosed.is_some() {
+                        "both ends reported it"
+                    } else {
+                        "neither end used it"
+                    }
+                )));
+            }
+            let closed = t.closed_grants.open_mut()?;
+            if closed.get(grant_id)?.is_some() {
+                return Err(StoreError::Inconsistent(format!(
+                    "grant {hex} is closed already"
+                )));
+            }
+            closed.insert(grant_id, encode(&(by, reason.trim(), at))?.as_slice())?;
+            t.audit_append(&LogEntry::Operator {
+                operator: by.into(),
+                action: format!(
+                    "closed unmatched grant {hex} ({} -> {}, medical ID {}, {}): {}",
+                    g.grant.source,
+                    g.grant.requester,
+                    g.grant.medical_id.grouped(),
+                    if g.disclosed.is_some() {
+                        "disclosed, receipt never reported"
+                    } else {
+                        "received, disclosure never reported"
+                    },
+                    reason.trim()
+                ),
+                at,
+            })?;
+            Ok(g)
+        })
     }
 }
 

@@ -116,6 +116,8 @@ pub enum StoreError {
     EmptyLog,
     #[error("not a backup to restore: {0}")]
     BadBackup(String),
+    #[error("no grant {0} (give the id `audit unmatched` prints)")]
+    NoGrant(String),
     #[error("no letter can be sent for medical ID {0}: the ID is retired or the person deceased, or there is no address (agency plan) or no coverage (insurer plan)")]
     NoLetter(MedicalId),
     #[error("no agency key to sign the audit log")]

@@ -46,6 +46,10 @@ pub(super) const INSTITUTION_KEYS: TableDefinition<[u8; 32], u64> =
 pub(super) const CONSENTS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("consents");
 /// Grant id → GrantRecord: what was granted and which ends have reported using it.
 pub(super) const GRANTS: TableDefinition<[u8; 16], &[u8]> = TableDefinition::new("grants");
+/// Grant id → (operator, reason, when): an unmatched grant an operator closed, whose
+/// other end's report can never come; `unmatched` no longer lists it.
+pub(super) const CLOSED_GRANTS: TableDefinition<[u8; 16], &[u8]> =
+    TableDefinition::new("closed_grants");
 /// Notification id → audit log index, so a notification delivered twice is logged once.
 pub(super) const NOTIFICATION_IDS: TableDefinition<[u8; 16], u64> =
     TableDefinition::new("notification_ids");
@@ -149,6 +153,7 @@ pub(super) struct Tables<'t> {
     pub audit_nodes: Lazy<'t, (u64, u32), [u8; 32]>,
     pub audit_heads: Lazy<'t, u64, &'static [u8]>,
     pub portal_accounts: Lazy<'t, u64, &'static [u8]>,
+    pub closed_grants: Lazy<'t, [u8; 16], &'static [u8]>,
     /// Set when an entry was appended, so the transaction ends with a signed tree head.
     pub audit_dirty: bool,
     counters_table: Lazy<'t, &'static str, u64>,
@@ -179,6 +184,7 @@ impl<'t> Tables<'t> {
         t.audit_nodes.open()?;
         t.audit_heads.open()?;
         t.portal_accounts.open()?;
+        t.closed_grants.open()?;
         t.counters_table.open()?;
         Ok(())
     }
@@ -205,6 +211,7 @@ impl<'t> Tables<'t> {
             audit_nodes: Lazy::new(tx, AUDIT_NODES),
             audit_heads: Lazy::new(tx, AUDIT_HEADS),
             portal_accounts: Lazy::new(tx, PORTAL_ACCOUNTS),
+            closed_grants: Lazy::new(tx, CLOSED_GRANTS),
             audit_dirty: false,
             counters_table: Lazy::new(tx, COUNTERS),
             counters: BTreeMap::new(),

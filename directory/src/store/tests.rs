@@ -216,6 +216,21 @@ mod federation {
             1,
             "only the source reported"
         );
+        // An operator closes it with a reason: no longer listed, the closing logged.
+        assert!(matches!(
+            s.close_unmatched(g.id, " ", "op", 10_000),
+            Err(StoreError::ReasonRequired(_))
+        ));
+        assert!(matches!(
+            s.close_unmatched([9; 16], "x", "op", 10_000),
+            Err(StoreError::NoGrant(_))
+        ));
+        let size = s.audit_size().unwrap();
+        s.close_unmatched(g.id, "requester crashed before reporting", "op", 10_000)
+            .unwrap();
+        assert!(s.unmatched(10_000, 600).unwrap().is_empty());
+        assert_eq!(s.audit_size().unwrap(), size + 1);
+        assert!(s.close_unmatched(g.id, "again", "op", 10_001).is_err());
         // The requester cannot report the source's end, nor sign for it.
         let out = s
             .accept_notifications(&requester, &[note(Side::Disclosed, &req_key, 2)])
