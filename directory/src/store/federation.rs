@@ -516,9 +516,7 @@ impl Store {
         at: Time,
     ) -> Result<GrantRecord> {
         if reason.trim().is_empty() {
-            return Err(StoreError::ReasonRequired(
-                "closing an unmatched grant".into(),
-            ));
+            return Err(StoreError::ReasonRequired("closing an unmatched grant"));
         }
         let hex = iryo_proto::merkle::to_hex(&grant_id);
         self.write(|t| {
