@@ -633,3 +633,25 @@ fn sample_files_enroll_with_their_broken_rows_reported() {
         .sum();
     assert!(rejected > 0 && new > 300, "rejected {rejected}, new {new}");
 }
+
+#[test]
+fn commands_run_at_once_take_turns_instead_of_refusing_each_other() {
+    let d = two_enrolled();
+    let runs: Vec<std::process::Child> = (0..4)
+        .map(|_| {
+            d.command(&["status"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for r in runs {
+        let out = r.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

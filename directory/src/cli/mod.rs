@@ -224,10 +224,42 @@ macro_rules! ask {
 }
 pub(crate) use ask;
 
+/// How long a command waits for another command (not `serve`) to let go of the
+/// database: commands take turns instead of refusing each other.
+const WAIT_FOR_OTHER_COMMAND: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Opens the store; while another command (not `serve`, which answers on its socket)
+/// holds it, waits for it to finish, saying so once.
+fn open_waiting(
+    ctx: &Context,
+    config: &Config,
+) -> std::result::Result<iryo_directory::store::Store, ContextError> {
+    let started = std::time::Instant::now();
+    let mut said = false;
+    loop {
+        match ctx.store() {
+            Err(ContextError::Store(StoreError::InUse { holder, .. }))
+                if !admin::socket_path(config).exists()
+                    && started.elapsed() < WAIT_FOR_OTHER_COMMAND =>
+            {
+                if !said && started.elapsed() > std::time::Duration::from_secs(1) {
+                    eprintln!(
+                        "waiting for another command to finish with the database ({})",
+                        holder.as_deref().unwrap_or("another iryo-directory")
+                    );
+                    said = true;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Runs an operator command on the database, or through `serve` while it holds it.
 pub(crate) fn admin(config: &Config, operator: &str, req: AdminRequest) -> Result<AdminResponse> {
     let ctx = Context::new(config.clone());
-    let answer = match ctx.store() {
+    let answer = match open_waiting(&ctx, config) {
         Ok(store) => admin::execute(&store, &ctx.keys()?.root, config, operator, req),
         // Held by `serve`, which answers on its socket; held by another command,
         // which the error names.
