@@ -56,6 +56,34 @@ fn workspace_bin(name: &str) -> PathBuf {
     }
 }
 
+/// Runs `iryo-node` with `args`; its output, whether it succeeded or not.
+pub fn node_run<I, S>(args: I) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    Command::new(node_bin())
+        .args(args)
+        .output()
+        .expect("run iryo-node")
+}
+
+/// Runs `iryo-node` with `args`, which must succeed; its standard output.
+pub fn node_ok<I, S>(args: I) -> String
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let out = node_run(args);
+    assert!(
+        out.status.success(),
+        "iryo-node failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// A directory with its own data dir in a temp dir.
 pub struct Directory {
     pub tmp: tempfile::TempDir,
@@ -153,6 +181,22 @@ impl Directory {
             medical_id,
             "--json",
         ])
+    }
+
+    /// Prints the agency's letters into `name` under the test directory
+    /// (`letters --plan agency`); the directory and the rows of its letters.csv.
+    pub fn print_letters(
+        &self,
+        name: &str,
+        more: &[&str],
+    ) -> (PathBuf, Vec<std::collections::HashMap<String, String>>) {
+        let out = self.path(name);
+        let dir = out.display().to_string();
+        let mut args = vec!["letters", "--plan", "agency", "--out", &dir];
+        args.extend_from_slice(more);
+        self.ok(&args);
+        let rows = crate::https::letters(&out);
+        (out, rows)
     }
 
     pub fn db(&self) -> PathBuf {

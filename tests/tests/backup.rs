@@ -102,41 +102,32 @@ fn a_node_is_backed_up_while_it_runs_and_restored_with_its_records() {
     let records = node.records(p).1;
     let config = node.config_path();
     let backup = |out: &std::path::Path| {
-        std::process::Command::new(iryo_tests::node_bin())
-            .args(["backup", "--config"])
-            .arg(&config)
-            .arg("--out")
-            .arg(out)
-            .output()
-            .unwrap()
+        iryo_tests::node_ok([
+            "backup".as_ref(),
+            "--config".as_ref(),
+            config.as_os_str(),
+            "--out".as_ref(),
+            out.as_os_str(),
+        ])
     };
     let tmp = tempfile::tempdir().unwrap();
-    let running = backup(&tmp.path().join("b1"));
-    assert!(
-        running.status.success(),
-        "{}",
-        String::from_utf8_lossy(&running.stderr)
-    );
-    assert!(String::from_utf8_lossy(&running.stdout).contains("3 records"));
+    assert!(backup(&tmp.path().join("b1")).contains("3 records"));
 
     // Lose the data directory; restore it from the backup; the node serves as before.
     node.stop();
-    let stopped = backup(&tmp.path().join("b2"));
-    assert!(stopped.status.success(), "a stopped node is backed up too");
+    assert!(
+        backup(&tmp.path().join("b2")).contains("3 records"),
+        "a stopped node is backed up too"
+    );
     std::fs::rename(node.dir.join("node.redb"), tmp.path().join("lost.redb")).unwrap();
     std::fs::rename(node.dir.join("node.key"), tmp.path().join("lost.key")).unwrap();
-    let out = std::process::Command::new(iryo_tests::node_bin())
-        .args(["restore", "--config"])
-        .arg(node.config_path())
-        .arg("--from")
-        .arg(tmp.path().join("b1"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    iryo_tests::node_ok([
+        "restore".as_ref(),
+        "--config".as_ref(),
+        config.as_os_str(),
+        "--from".as_ref(),
+        tmp.path().join("b1").as_os_str(),
+    ]);
     node.start();
     assert_eq!(node.records(p).1, records);
 }

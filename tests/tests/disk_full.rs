@@ -32,6 +32,17 @@ impl Mount {
     }
 }
 
+impl Mount {
+    /// Fills the filesystem to the last byte with a file `filler`; its path.
+    fn fill(&self) -> std::path::PathBuf {
+        let filler = self.0.join("filler");
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 1 << 20];
+        while f.write_all(&chunk).is_ok() {}
+        filler
+    }
+}
+
 impl Drop for Mount {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
@@ -98,12 +109,7 @@ fn a_full_disk_stops_the_directory_for_a_restart_and_loses_nothing() {
         acknowledged += 1;
     }
 
-    // Fill the disk.
-    let filler = mount.0.join("filler");
-    let mut f = std::fs::File::create(&filler).unwrap();
-    let chunk = vec![0u8; 1 << 20];
-    while f.write_all(&chunk).is_ok() {}
-    drop(f);
+    let filler = mount.fill();
 
     // Checks fail (or succeed and count) until the directory stops with 75.
     let started = Instant::now();
@@ -164,11 +170,7 @@ fn a_full_disk_stops_a_node_for_a_restart_and_loses_no_stored_record() {
         assert_eq!(node.put_records(p, &sample_bundle(1, 100)).0, 201);
         stored += 1;
     }
-    let filler = mount.0.join("filler");
-    let mut f = std::fs::File::create(&filler).unwrap();
-    let chunk = vec![0u8; 1 << 20];
-    while f.write_all(&chunk).is_ok() {}
-    drop(f);
+    let filler = mount.fill();
     let started = Instant::now();
     let code = loop {
         let exited = node.proc_mut().and_then(|c| c.try_wait().ok().flatten());

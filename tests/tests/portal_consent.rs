@@ -1,7 +1,7 @@
 //! My Portal consent over real HTTPS: nothing is shared by default and wide sharing
 //! or the opt-out is confirmed before it is recorded.
 
-use iryo_tests::https::{activate, agent_no_redirects, kyokai, letters, row, serve, with_ca};
+use iryo_tests::https::{activate, agent_no_redirects, kyokai, row, serve, with_ca};
 use iryo_tests::write_enrollment;
 
 #[test]
@@ -10,15 +10,7 @@ fn consent_never_defaults_to_sharing_and_wide_sharing_is_confirmed() {
     let file = d.path("a.csv");
     write_enrollment(&file, &[&row(&kyokai(), "kyokai", 0)]);
     d.ok(&["enroll", &file.display().to_string()]);
-    let out = d.path("letters");
-    d.ok(&[
-        "letters",
-        "--plan",
-        "agency",
-        "--out",
-        &out.display().to_string(),
-    ]);
-    let letter = letters(&out).remove(0);
+    let letter = d.print_letters("letters", &[]).1.remove(0);
     let (_serve, https) = serve(&d);
     let base = format!("https://localhost:{}", https.rsplit(':').next().unwrap());
     let a = agent_no_redirects(&d.data.join("ca/ca.pem"));
@@ -113,16 +105,15 @@ fn consent_never_defaults_to_sharing_and_wide_sharing_is_confirmed() {
     // A hostile institution name is text on every appearance, not markup.
     let hostile = "<img src=x onerror=alert(1)>病院";
     let node = d.path("evil");
-    let out = std::process::Command::new(iryo_tests::node_bin())
-        .args(["init", "--code", "1310000029", "--name", hostile, "--out"])
-        .arg(&node)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    iryo_tests::node_ok([
+        "init".as_ref(),
+        "--code".as_ref(),
+        "1310000029".as_ref(),
+        "--name".as_ref(),
+        hostile.as_ref(),
+        "--out".as_ref(),
+        node.as_os_str(),
+    ]);
     d.ok(&[
         "institution",
         "add",

@@ -2,9 +2,7 @@
 //! reissues the letter; the old code stops working, the new one works, and the person
 //! sees the reissue in their access log.
 
-use iryo_tests::https::{
-    activate, agent_no_redirects, kyokai, letters, row, serve, set_cookie, with_ca,
-};
+use iryo_tests::https::{activate, agent_no_redirects, kyokai, row, serve, set_cookie, with_ca};
 use iryo_tests::write_enrollment;
 
 #[test]
@@ -13,15 +11,7 @@ fn a_reissued_letter_replaces_the_old_code() {
     let file = d.path("a.csv");
     write_enrollment(&file, &[&row(&kyokai(), "kyokai", 0)]);
     d.ok(&["enroll", &file.display().to_string()]);
-    let first = d.path("letters-1");
-    d.ok(&[
-        "letters",
-        "--plan",
-        "agency",
-        "--out",
-        &first.display().to_string(),
-    ]);
-    let old = letters(&first).remove(0);
+    let old = d.print_letters("letters-1", &[]).1.remove(0);
     let id = old["medical_id"].clone();
 
     let (_serve, https) = serve(&d);
@@ -43,20 +33,10 @@ fn a_reissued_letter_replaces_the_old_code() {
     );
 
     // The reissue, while the directory serves: one letter, a new code.
-    let second = d.path("letters-2");
     let plain = id.replace('-', "");
-    let out = d.ok(&[
-        "letters",
-        "--plan",
-        "agency",
-        "--reissue",
-        "--medical-id",
-        &plain,
-        "--out",
-        &second.display().to_string(),
-    ]);
-    assert!(out.contains("1 letters written"), "{out}");
-    let new = letters(&second).remove(0);
+    let (_, mut reissued) = d.print_letters("letters-2", &["--reissue", "--medical-id", &plain]);
+    assert_eq!(reissued.len(), 1, "one letter");
+    let new = reissued.remove(0);
     assert_eq!(new["medical_id"], id);
     assert_ne!(new["activation_code"], old["activation_code"]);
     // --reissue without the person is refused by the command line.

@@ -338,14 +338,7 @@ fn letters_codes_take_effect_only_once_the_letters_are_written() {
             );
         }
     }
-    let out = d.path("letters");
-    d.ok(&[
-        "letters",
-        "--plan",
-        "agency",
-        "--out",
-        &out.display().to_string(),
-    ]);
+    let (out, _) = d.print_letters("letters", &[]);
     let csv = out.join("letters.csv");
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&csv).unwrap().permissions().mode();

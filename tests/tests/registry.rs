@@ -280,14 +280,7 @@ fn assignment_and_letters() {
     let v = d.json(&["show", "--my-number", &my(0), "--json"]);
     assert!(v["person"]["coverages"][0]["assigned_at"].is_i64());
 
-    let letters = d.path("letters");
-    d.ok(&[
-        "letters",
-        "--plan",
-        "agency",
-        "--out",
-        &letters.display().to_string(),
-    ]);
+    let (letters, rows) = d.print_letters("letters", &[]);
     let text = std::fs::read_to_string(letters.join("letters.csv")).unwrap();
     assert!(text.contains("東京都千代田区千代田1-1"), "{text}");
     assert_eq!(text.lines().count(), 6);
@@ -296,13 +289,7 @@ fn assignment_and_letters() {
     let id0 = medical_id_of(&d, &my(0));
     assert!(pdf_text.contains(&id0.grouped()), "{pdf_text}");
     assert!(pdf_text.contains("医療ID"), "{pdf_text}");
-    let code = csv::Reader::from_path(letters.join("letters.csv"))
-        .unwrap()
-        .deserialize::<std::collections::HashMap<String, String>>()
-        .next()
-        .unwrap()
-        .unwrap()["activation_code"]
-        .clone();
+    let code = rows[0]["activation_code"].clone();
     assert!(pdf_text.contains(&code), "the activation code is printed");
     assert!(
         !std::fs::read(d.db())
@@ -342,27 +329,14 @@ fn a_letter_carries_every_field_and_embeds_only_the_glyphs_it_uses() {
     )
     .unwrap();
     d.ok(&["enroll", &path.display().to_string()]);
-    let out = d.path("letters");
-    d.ok(&[
-        "letters",
-        "--plan",
-        "agency",
-        "--out",
-        &out.display().to_string(),
-    ]);
+    let (out, letters) = d.print_letters("letters", &[]);
     let pdf = out.join("letters-0001.pdf");
     let size = std::fs::metadata(&pdf).unwrap().len();
     assert!(size < 200_000, "a one-letter PDF is {size} bytes");
     let text = pdftotext(&pdf);
     let flat: String = text.split_whitespace().collect();
     let id = medical_id_of(&d, &my(1));
-    let code = csv::Reader::from_path(out.join("letters.csv"))
-        .unwrap()
-        .deserialize::<std::collections::HashMap<String, String>>()
-        .next()
-        .unwrap()
-        .unwrap()["activation_code"]
-        .clone();
+    let code = letters[0]["activation_code"].clone();
     for field in [
         "〒060-0001",
         &long.replace(' ', ""),

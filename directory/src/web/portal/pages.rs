@@ -28,6 +28,21 @@ impl Paging {
     }
 }
 
+/// One page of a listing of `here`: the table (or the line saying there is nothing)
+/// and the links to the newer and older pages.
+fn listing(
+    lang: Lang,
+    (id, here): (&str, &str),
+    (intro, headers, none): (&str, &[&str], &str),
+    rows: &[Markup],
+    (page, more): (usize, bool),
+) -> Markup {
+    html! {
+        (table_or_none(id, intro, headers, rows, none))
+        (pager(lang, here, page, more))
+    }
+}
+
 /// Links to the newer and older pages of `here`.
 fn pager(lang: Lang, here: &str, page: usize, more: bool) -> Markup {
     html! {
@@ -180,9 +195,10 @@ pub(super) async fn history(
             }
         })
         .collect();
-    let body = html! {
-        (table_or_none(
-            "visits",
+    let body = listing(
+        lang,
+        ("visits", "/portal/history"),
+        (
             lang.t(
                 "医療機関で保険資格の確認が行われた日です（新しい順）。同じ日に同じ医療機関で何度確認されても1行です。",
                 "The days an institution checked your insurance (newest first); one line per institution and day.",
@@ -192,11 +208,11 @@ pub(super) async fn history(
                 lang.t("医療機関", "Institution"),
                 lang.t("資格確認", "Eligibility"),
             ],
-            &rows,
             lang.t("受診の記録はまだありません。", "No visits recorded yet."),
-        ))
-        (pager(lang, "/portal/history", page, more))
-    };
+        ),
+        &rows,
+        (page, more),
+    );
     Ok(private(
         lang,
         lang.t("受診履歴", "Visits"),
@@ -492,9 +508,10 @@ pub(super) async fn access(
             }
         })
         .collect();
-    let body = html! {
-        (table_or_none(
-            "access",
+    let body = listing(
+        lang,
+        ("access", "/portal/access"),
+        (
             lang.t(
                 "どの医療機関が、いつ、なぜあなたの記録を見たかの記録です（新しい順）。各行は、管理機関が署名した監査ログに含まれることを確認しています（✔ を押すと詳しく表示）。",
                 "Which institution read your records, when and why (newest first). Each line is checked to be in the agency's signed audit log (press ✔ for details).",
@@ -504,11 +521,11 @@ pub(super) async fn access(
                 lang.t("内容", "What"),
                 lang.t("証明", "Proof"),
             ],
-            &rows,
             lang.t("閲覧の記録はありません。", "Nobody has accessed your records."),
-        ))
-        (pager(lang, "/portal/access", page, more))
-    };
+        ),
+        &rows,
+        (page, more),
+    );
     Ok(private(
         lang,
         lang.t("閲覧記録", "Access log"),
