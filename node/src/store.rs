@@ -73,24 +73,11 @@ macro_rules! from_redb {
     )*};
 }
 
-/// The first failure of the storage itself (an I/O error, or redb refusing after
-/// one), after which redb serves nothing until the database is opened again.
-static STORAGE_FAILURE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-
+/// Notes the storage failing (`iryo_p2p::storage`), and logs it.
 fn storage_failed(e: &redb::Error) {
-    if matches!(
-        e,
-        redb::Error::Io(_) | redb::Error::PreviousIo | redb::Error::DatabaseClosed
-    ) && STORAGE_FAILURE.set(e.to_string()).is_ok()
-    {
+    if iryo_p2p::storage::note(e) {
         tracing::error!(error = %e, "the node database's storage failed; it must be opened again");
     }
-}
-
-/// Why this process's database can no longer be used, if it cannot: `iryo-node run`
-/// then stops with exit code 75 so that its supervisor starts it again.
-pub fn storage_failure() -> Option<&'static str> {
-    STORAGE_FAILURE.get().map(String::as_str)
 }
 from_redb!(
     redb::DatabaseError,

@@ -19,6 +19,7 @@ pub mod logging;
 pub mod metrics;
 pub mod session;
 pub mod shutdown;
+pub mod storage;
 pub mod transport;
 
 use thiserror::Error;

@@ -121,16 +121,20 @@ pub fn set_cookie(res: &ureq::http::Response<ureq::Body>, name: &str) -> String 
         .to_string()
 }
 
-/// Activates a portal account with a letter's code, as the person would, through an
-/// agent that does not follow redirects; the session cookie (`iryo_session=…`).
-pub fn activate(a: &ureq::Agent, base: &str, medical_id: &str, code: &str) -> String {
+/// Tries to activate a portal account with a code, as a person would, through an
+/// agent that does not follow redirects; the answer.
+pub fn try_activate(
+    a: &ureq::Agent,
+    base: &str,
+    medical_id: &str,
+    code: &str,
+) -> ureq::http::Response<ureq::Body> {
     let page = a
         .get(format!("{base}/portal/activate"))
         .call()
         .expect("activation page");
     let form = set_cookie(&page, "iryo_form");
-    let res = a
-        .post(format!("{base}/portal/activate"))
+    a.post(format!("{base}/portal/activate"))
         .header("cookie", &format!("iryo_form={form}"))
         .send_form([
             ("form", form.as_str()),
@@ -139,7 +143,13 @@ pub fn activate(a: &ureq::Agent, base: &str, medical_id: &str, code: &str) -> St
             ("passphrase", "a long enough passphrase"),
             ("passphrase2", "a long enough passphrase"),
         ])
-        .expect("activation");
+        .expect("activation")
+}
+
+/// Activates a portal account with a letter's code (`try_activate`); the session
+/// cookie (`iryo_session=…`).
+pub fn activate(a: &ureq::Agent, base: &str, medical_id: &str, code: &str) -> String {
+    let res = try_activate(a, base, medical_id, code);
     assert!(res.status().is_redirection(), "{}", res.status());
     format!("iryo_session={}", set_cookie(&res, "iryo_session"))
 }

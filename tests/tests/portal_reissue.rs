@@ -2,7 +2,7 @@
 //! reissues the letter; the old code stops working, the new one works, and the person
 //! sees the reissue in their access log.
 
-use iryo_tests::https::{activate, agent_no_redirects, kyokai, row, serve, set_cookie, with_ca};
+use iryo_tests::https::{activate, agent_no_redirects, kyokai, row, serve, try_activate, with_ca};
 use iryo_tests::write_enrollment;
 
 #[test]
@@ -45,19 +45,7 @@ fn a_reissued_letter_replaces_the_old_code() {
         .contains("--medical-id"));
 
     // The old code no longer works; the new one does.
-    let page = a.get(format!("{base}/portal/activate")).call().unwrap();
-    let form = set_cookie(&page, "iryo_form");
-    let res = a
-        .post(format!("{base}/portal/activate"))
-        .header("cookie", &format!("iryo_form={form}"))
-        .send_form([
-            ("form", form.as_str()),
-            ("medical_id", id.as_str()),
-            ("code", old["activation_code"].as_str()),
-            ("passphrase", "a long enough passphrase"),
-            ("passphrase2", "a long enough passphrase"),
-        ])
-        .unwrap();
+    let res = try_activate(&a, &base, &id, &old["activation_code"]);
     assert_eq!(res.status(), 401);
     let session = activate(&a, &base, &id, &new["activation_code"]);
 

@@ -70,7 +70,7 @@ pub(super) fn run(config: Config, a: ServeArgs) -> Result<ExitCode> {
         // error until the database is opened again, which a restart does.
         let failed = tokio::select! {
             () = iryo_p2p::shutdown::signal() => None,
-            why = storage_failure() => Some(why),
+            why = iryo_p2p::storage::failed() => Some(why),
         };
         if let Some(why) = &failed {
             tracing::error!(
@@ -94,16 +94,6 @@ pub(super) fn run(config: Config, a: ServeArgs) -> Result<ExitCode> {
 
 /// The exit code after the storage failed (EX_TEMPFAIL): try again.
 const STORAGE_FAILED: u8 = 75;
-
-/// Resolves once the database's storage has failed, with why.
-async fn storage_failure() -> String {
-    loop {
-        if let Some(why) = iryo_directory::store::storage_failure() {
-            return why.to_string();
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
-}
 
 /// Starts the HTTPS front when the agency CA exists.
 async fn start_https(

@@ -161,17 +161,10 @@ macro_rules! from_redb {
     )*};
 }
 
-/// The first failure of the storage itself in this process (an I/O error, or redb
-/// refusing after one), after which redb serves nothing until the database is opened
-/// again. Every redb error passes through `from_redb`, so none is missed.
-static STORAGE_FAILURE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-
+/// Notes the storage failing (`iryo_p2p::storage`): logged, and counted in the metrics.
+/// Every redb error passes through `from_redb`, so none is missed.
 fn storage_failed(e: &redb::Error) {
-    if matches!(
-        e,
-        redb::Error::Io(_) | redb::Error::PreviousIo | redb::Error::DatabaseClosed
-    ) && STORAGE_FAILURE.set(e.to_string()).is_ok()
-    {
+    if iryo_p2p::storage::note(e) {
         tracing::error!(error = %e, "the database's storage failed; it must be opened again");
         crate::metrics::metrics().storage_failed();
     }
@@ -179,9 +172,9 @@ fn storage_failed(e: &redb::Error) {
 
 /// Why this process's database can no longer be used, if it cannot: `serve` then
 /// stops with exit code 75 so that its supervisor starts it again, which opens the
-/// database afresh (and refuses to start while the disk is still full).
+/// database afresh.
 pub fn storage_failure() -> Option<&'static str> {
-    STORAGE_FAILURE.get().map(String::as_str)
+    iryo_p2p::storage::failure()
 }
 from_redb!(
     redb::DatabaseError,

@@ -234,7 +234,7 @@ fn run(cli: Cli) -> Result<()> {
                 // an I/O error until the database is opened again, which a restart does).
                 let failed = tokio::select! {
                     () = iryo_p2p::shutdown::signal() => None,
-                    why = storage_failure() => Some(why),
+                    why = iryo_p2p::storage::failed() => Some(why),
                 };
                 running.stop();
                 if let Some(why) = failed {
@@ -279,16 +279,6 @@ fn backup(config: &NodeConfig, out: &std::path::Path) -> Result<iryo_p2p::backup
             Ok(serde_json::from_value(body)?)
         }
         Err(e) => Err(e.into()),
-    }
-}
-
-/// Resolves once the node database's storage has failed, with why.
-async fn storage_failure() -> String {
-    loop {
-        if let Some(why) = iryo_node::store::storage_failure() {
-            return why.to_string();
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
 
