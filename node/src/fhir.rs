@@ -1,6 +1,7 @@
 //! The FHIR R4 the node needs: validate what the EMR stores (a resource or a Bundle),
 //! refuse what is not valid R4, and assemble the Bundle sent to another institution.
 
+use fhirkit::Json;
 use serde::Deserialize;
 use serde_json::Value;
 use std::borrow::Cow;
@@ -44,14 +45,14 @@ const BUNDLE_TYPES: [&str; 9] = [
 /// Bundle invariants bdl-1 (`total` only in a search or history) and bdl-2
 /// (`entry.search` only in a search).
 pub fn validate(doc: &[u8]) -> Result<(), FhirError> {
-    // serde_json first: it bounds nesting, so the second reading does too.
-    let v: Value = serde_json::from_slice(doc).map_err(|e| FhirError::Json(e.to_string()))?;
-    if v.get("resourceType").and_then(Value::as_str).is_none() {
+    // One reading, by fhirkit's reader, which bounds nesting (256); every check below
+    // works on the value it read.
+    let text = std::str::from_utf8(doc).map_err(|e| FhirError::Json(e.to_string()))?;
+    let v = Json::parse(text).map_err(|e| FhirError::Json(e.to_string()))?;
+    if v.get("resourceType").and_then(Json::as_str).is_none() {
         return Err(FhirError::NoResourceType);
     }
-    let text = std::str::from_utf8(doc).map_err(|e| FhirError::Json(e.to_string()))?;
-    let (_, issues) = fhirkit::from_json::<fhirkit::r4::Resource>(text)
-        .map_err(|e| FhirError::Json(e.to_string()))?;
+    let (_, issues) = fhirkit::decode_json::<fhirkit::r4::Resource>(&v);
     let mut problems = errors(&issues);
     if problems.is_empty() {
         problems = off_calendar(&v)?;
@@ -81,38 +82,43 @@ fn errors(issues: &[fhirkit::Issue]) -> Vec<String> {
 /// are dates; so each date-shaped string off the calendar is replaced by one that fits
 /// no date pattern, and whatever fhirkit then refuses — it accepted the document
 /// before — is a date element holding a day that does not exist.
-fn off_calendar(doc: &Value) -> Result<Vec<String>, FhirError> {
-    fn replace(v: &mut Value) -> bool {
-        match v {
-            Value::String(s) => {
-                let shaped = s.len() >= 10
-                    && s.as_bytes()[..10].iter().enumerate().all(|(i, b)| {
-                        if i == 4 || i == 7 {
-                            *b == b'-'
-                        } else {
-                            b.is_ascii_digit()
-                        }
-                    })
-                    && (s.len() == 10 || s.as_bytes()[10] == b'T');
-                let off =
-                    shaped && chrono::NaiveDate::parse_from_str(&s[..10], "%Y-%m-%d").is_err();
-                if off {
-                    *s = "off the calendar".into();
+fn off_calendar(doc: &Json) -> Result<Vec<String>, FhirError> {
+    fn off(s: &str) -> bool {
+        let b = s.as_bytes();
+        let shaped = b.len() >= 10
+            && b[..10].iter().enumerate().all(|(i, c)| {
+                if i == 4 || i == 7 {
+                    *c == b'-'
+                } else {
+                    c.is_ascii_digit()
                 }
-                off
-            }
-            Value::Array(a) => a.iter_mut().fold(false, |f, v| replace(v) | f),
-            Value::Object(o) => o.values_mut().fold(false, |f, v| replace(v) | f),
+            })
+            && (b.len() == 10 || b[10] == b'T');
+        shaped && chrono::NaiveDate::parse_from_str(&s[..10], "%Y-%m-%d").is_err()
+    }
+    fn any(v: &Json) -> bool {
+        match v {
+            Json::String(s) => off(s),
+            Json::Array(a) => a.iter().any(any),
+            Json::Object(o) => o.iter().any(|(_, v)| any(v)),
             _ => false,
         }
     }
-    let mut marked = doc.clone();
-    if !replace(&mut marked) {
+    fn replace(v: &mut Json) {
+        match v {
+            Json::String(s) if off(s) => *s = "off the calendar".into(),
+            Json::Array(a) => a.iter_mut().for_each(replace),
+            Json::Object(o) => o.iter_mut().for_each(|(_, v)| replace(v)),
+            _ => {}
+        }
+    }
+    // Almost every document has none: look before copying it.
+    if !any(doc) {
         return Ok(Vec::new());
     }
-    let text = serde_json::to_string(&marked).map_err(|e| FhirError::Json(e.to_string()))?;
-    let (_, issues) = fhirkit::from_json::<fhirkit::r4::Resource>(&text)
-        .map_err(|e| FhirError::Json(e.to_string()))?;
+    let mut marked = doc.clone();
+    replace(&mut marked);
+    let (_, issues) = fhirkit::decode_json::<fhirkit::r4::Resource>(&marked);
     Ok(issues
         .iter()
         .filter(|i| i.severity == fhirkit::Severity::Error)
@@ -121,10 +127,10 @@ fn off_calendar(doc: &Value) -> Result<Vec<String>, FhirError> {
 }
 
 /// The checks of `validate` beyond fhirkit's, on `resource` found at `at`.
-fn rules(resource: &Value, at: &str, problems: &mut Vec<String>) {
+fn rules(resource: &Json, at: &str, problems: &mut Vec<String>) {
     let kind = resource
         .get("resourceType")
-        .and_then(Value::as_str)
+        .and_then(Json::as_str)
         .unwrap_or_default();
     let here = if at.is_empty() {
         kind.to_string()
@@ -139,14 +145,15 @@ fn rules(resource: &Value, at: &str, problems: &mut Vec<String>) {
         });
         if !ok {
             problems.push(format!(
-                "{here}.id: {id} is not an id (1 to 64 of A-Z, a-z, 0-9, '-', '.')"
+                "{here}.id: {} is not an id (1 to 64 of A-Z, a-z, 0-9, '-', '.')",
+                id.to_compact()
             ));
         }
     }
     if kind != "Bundle" {
         return;
     }
-    let kind_of = resource.get("type").and_then(Value::as_str);
+    let kind_of = resource.get("type").and_then(Json::as_str);
     match kind_of {
         Some(t) if BUNDLE_TYPES.contains(&t) => {}
         Some(t) => problems.push(format!(
@@ -162,7 +169,7 @@ fn rules(resource: &Value, at: &str, problems: &mut Vec<String>) {
             "{here}.total: bdl-1: only a searchset or a history has a total"
         ));
     }
-    let Some(entries) = resource.get("entry").and_then(Value::as_array) else {
+    let Some(Json::Array(entries)) = resource.get("entry") else {
         return;
     };
     for (i, e) in entries.iter().enumerate() {
@@ -443,6 +450,13 @@ mod tests {
         };
         assert_eq!(problems.len(), MAX_LISTED + 1);
         assert_eq!(problems[MAX_LISTED], "and 30 more");
+        // Hostile nesting is refused by the reader, not a stack overflow.
+        let deep = format!(
+            r#"{{"resourceType":"Patient","extension":{}{}}}"#,
+            "[{\"extension\":".repeat(100_000),
+            "]}".repeat(100_000)
+        );
+        assert!(matches!(validate(deep.as_bytes()), Err(FhirError::Json(_))));
     }
 
     proptest::proptest! {
