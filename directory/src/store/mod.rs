@@ -223,6 +223,18 @@ fn side_file(path: &Path, cache_mib: usize, writes: Writes) -> Result<Database> 
     })
 }
 
+/// Opens an existing main database file, every page's checksum checked.
+fn open_main(path: &Path, cache_mib: usize) -> Result<Database> {
+    if !path.exists() {
+        return Err(StoreError::Missing(path.to_path_buf()));
+    }
+    Database::builder()
+        .set_cache_size(cache_mib.max(16) << 20)
+        .set_check_integrity_on_open(true)
+        .open(path)
+        .map_err(|e| opening(path, e))
+}
+
 /// Every database file holds personal data: readable by its owner alone, however the
 /// library created it.
 fn private(path: &Path) -> Result<()> {
@@ -380,14 +392,7 @@ impl Store {
 
     /// Opens an existing database; redb repairs it first if a process died writing.
     pub fn open(path: &Path, cache_mib: usize) -> Result<Self> {
-        if !path.exists() {
-            return Err(StoreError::Missing(path.to_path_buf()));
-        }
-        let db = Database::builder()
-            .set_cache_size(cache_mib.max(16) << 20)
-            .set_check_integrity_on_open(true)
-            .open(path)
-            .map_err(|e| opening(path, e))?;
+        let db = open_main(path, cache_mib)?;
         private(path)?;
         note_holder(path);
         Self::with_db(db, path)
@@ -397,14 +402,7 @@ impl Store {
     /// it holds nothing else. Holds the main database while the old file is removed, so
     /// no serving process can be using it. Returns how many log entries were folded.
     pub fn rebuild_linkage(path: &Path, cache_mib: usize) -> Result<(Self, u64)> {
-        if !path.exists() {
-            return Err(StoreError::Missing(path.to_path_buf()));
-        }
-        let db = Database::builder()
-            .set_cache_size(cache_mib.max(16) << 20)
-            .set_check_integrity_on_open(true)
-            .open(path)
-            .map_err(|e| opening(path, e))?;
+        let db = open_main(path, cache_mib)?;
         let linkage = path.with_file_name(folding::FILE_NAME);
         match std::fs::remove_file(&linkage) {
             Ok(()) => {}
