@@ -29,6 +29,7 @@ pub fn card_checks(
             key: CheckKey::for_card(&c.card, None),
             date,
             visit_consent: false,
+            idempotency_key: None,
         })
         .collect()
 }

@@ -5,7 +5,7 @@ use crate::exchange::{self, FetchError};
 use crate::{fhir, Node};
 use axum::body::Bytes;
 use axum::extract::{Path, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -177,8 +177,23 @@ struct FetchBody {
     reason: Option<String>,
 }
 
-async fn fetch(State(node): State<Arc<Node>>, Json(b): Json<FetchBody>) -> Response {
-    let result = exchange::fetch(&node, b.medical_id, b.from, b.purpose, b.reason).await;
+async fn fetch(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    Json(b): Json<FetchBody>,
+) -> Response {
+    let key = match crate::idempotency::from_headers(&headers) {
+        Ok(k) => k,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_idempotency_key", e),
+    };
+    let ask = exchange::FetchAsk {
+        medical_id: b.medical_id,
+        source: b.from,
+        purpose: b.purpose,
+        reason: b.reason,
+        key,
+    };
+    let result = exchange::fetch(&node, ask).await;
     let fetches = &crate::metrics::metrics().fetches;
     crate::metrics::Metrics::count(
         fetches,
@@ -187,6 +202,8 @@ async fn fetch(State(node): State<Arc<Node>>, Json(b): Json<FetchBody>) -> Respo
             Err(FetchError::Refused(r)) => format!("{:?}", r.reason),
             Err(FetchError::UnknownSource(_)) => "unknown_source".into(),
             Err(FetchError::Unavailable(_)) => "unavailable".into(),
+            Err(FetchError::InProgress) => "in_progress".into(),
+            Err(FetchError::AlreadyServed) => "already_served".into(),
         },
     );
     match result {
@@ -208,6 +225,8 @@ async fn fetch(State(node): State<Arc<Node>>, Json(b): Json<FetchBody>) -> Respo
         }
         Err(e @ FetchError::UnknownSource(_)) => error(StatusCode::NOT_FOUND, "unknown_source", e),
         Err(e @ FetchError::Unavailable(_)) => error(StatusCode::BAD_GATEWAY, "unavailable", e),
+        Err(e @ FetchError::InProgress) => error(StatusCode::CONFLICT, "in_progress", e),
+        Err(e @ FetchError::AlreadyServed) => error(StatusCode::CONFLICT, "already_served", e),
     }
 }
 
@@ -223,7 +242,15 @@ struct EligibilityBody {
     visit_consent: bool,
 }
 
-async fn eligibility(State(node): State<Arc<Node>>, Json(b): Json<EligibilityBody>) -> Response {
+async fn eligibility(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    Json(b): Json<EligibilityBody>,
+) -> Response {
+    let idempotency_key = match crate::idempotency::from_headers(&headers) {
+        Ok(k) => k,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_idempotency_key", e),
+    };
     let key = match (b.insurer, b.symbol, b.number) {
         (Some(insurer), Some(symbol), Some(number)) => {
             let card = (|| -> Result<CheckKey, IdError> {
@@ -256,6 +283,7 @@ async fn eligibility(State(node): State<Arc<Node>>, Json(b): Json<EligibilityBod
         key,
         date: b.date.unwrap_or_else(|| chrono::Local::now().date_naive()),
         visit_consent: b.visit_consent,
+        idempotency_key,
     };
     match node.directory.check(request).await {
         Ok(a) => {

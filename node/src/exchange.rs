@@ -11,7 +11,7 @@ use iryo_proto::federation::{
 };
 use iryo_proto::signed::Signed;
 use iryo_proto::wire::*;
-use iryo_proto::{InstitutionCode, MedicalId};
+use iryo_proto::{IdempotencyKey, InstitutionCode, MedicalId};
 use std::sync::Arc;
 
 fn now() -> i64 {
@@ -222,18 +222,82 @@ pub enum FetchError {
     UnknownSource(InstitutionCode),
     #[error("{0}")]
     Unavailable(String),
+    /// A fetch with the same idempotency key is under way.
+    #[error("a fetch with this idempotency key is under way; wait for its answer")]
+    InProgress,
+    /// A keyed retry whose grant the source served before, to an attempt whose
+    /// answer never arrived: the source disclosed the records once already.
+    #[error(
+        "the source sent these records once already for this idempotency key, but they did not arrive; ask again with a new key"
+    )]
+    AlreadyServed,
 }
 
-/// Fetches a patient's records from `source` under a fresh grant, and queues the
-/// receipt notification before returning the Bundle's JSON, as the source sent it
-/// (checked).
-pub async fn fetch(
+/// What an EMR asks to fetch.
+#[derive(Debug, Clone)]
+pub struct FetchAsk {
+    pub medical_id: MedicalId,
+    pub source: InstitutionCode,
+    pub purpose: Purpose,
+    pub reason: Option<String>,
+    /// The EMR's key: a retry with the same key and the same ask gets the same Bundle,
+    /// and is asked and recorded once (`idempotency`).
+    pub key: Option<IdempotencyKey>,
+}
+
+/// Fetches a patient's records from `source` under a grant, and queues the receipt
+/// notification before returning the Bundle's JSON, as the source sent it (checked).
+/// A keyed ask answered before is answered from what was kept.
+pub async fn fetch(node: &Arc<Node>, ask: FetchAsk) -> Result<String, FetchError> {
+    let scope = ask.key.as_ref().map(|k| {
+        crate::idempotency::fetch_scope(
+            k,
+            node.code,
+            (
+                ask.medical_id,
+                ask.source,
+                ask.purpose,
+                ask.reason.as_deref(),
+            ),
+        )
+    });
+    let Some(scope) = scope else {
+        return fetch_new(node, ask, None).await;
+    };
+    let _claim = node.fetching.claim(scope).ok_or(FetchError::InProgress)?;
+    let worker = node.clone();
+    let kept = tokio::task::spawn_blocking(move || worker.store.kept_answer(&scope, now()))
+        .await
+        .map_err(|e| FetchError::Unavailable(e.to_string()))?
+        .map_err(|e| FetchError::Unavailable(e.to_string()))?;
+    if let Some(bundle) = kept {
+        crate::metrics::metrics().fetches_kept.inc();
+        return String::from_utf8(bundle).map_err(|e| FetchError::Unavailable(e.to_string()));
+    }
+    match fetch_new(node, ask, Some(scope)).await {
+        // The grant the directory handed out again was served before: the records left
+        // the source, and did not arrive here.
+        Err(FetchError::Refused(r)) if r.reason == RefusalReason::Grant(GrantRefusal::Replayed) => {
+            Err(FetchError::AlreadyServed)
+        }
+        other => other,
+    }
+}
+
+/// Fetches under a grant the directory gives for this ask (the same grant again for a
+/// keyed retry while it lasts), keeping the answer under `scope` with the receipt.
+async fn fetch_new(
     node: &Arc<Node>,
-    medical_id: MedicalId,
-    source: InstitutionCode,
-    purpose: Purpose,
-    reason: Option<String>,
+    ask: FetchAsk,
+    scope: Option<[u8; 32]>,
 ) -> Result<String, FetchError> {
+    let FetchAsk {
+        medical_id,
+        source,
+        purpose,
+        reason,
+        key,
+    } = ask;
     // Nothing is asked for that could not be recorded on arrival. A write is tried
     // only after one failed; while writes succeed this costs nothing.
     if node.store.write_failed() {
@@ -260,6 +324,7 @@ pub async fn fetch(
             source,
             purpose,
             reason,
+            idempotency_key: key,
         })
         .await
     {
@@ -314,10 +379,23 @@ pub async fn fetch(
     .map_err(|e| FetchError::Unavailable(format!("source sent {e}")))?;
     let receipt = notification(node, Side::Received, &g, &contents);
     let worker = node.clone();
-    tokio::task::spawn_blocking(move || worker.store.queue(&receipt))
-        .await
-        .map_err(|e| FetchError::Unavailable(e.to_string()))?
-        .map_err(|e| FetchError::Unavailable(e.to_string()))?;
+    let bundle = tokio::task::spawn_blocking(move || {
+        match scope {
+            Some(scope) => worker.store.queue_keeping(
+                &receipt,
+                crate::store::Keep {
+                    scope,
+                    bundle: &bundle,
+                    now: now(),
+                },
+            ),
+            None => worker.store.queue(&receipt),
+        }
+        .map(|()| bundle)
+    })
+    .await
+    .map_err(|e| FetchError::Unavailable(e.to_string()))?
+    .map_err(|e| FetchError::Unavailable(e.to_string()))?;
     // `contents` has read it as JSON; the strings it skipped may still hold bytes that
     // are not UTF-8.
     String::from_utf8(bundle).map_err(|e| FetchError::Unavailable(format!("source sent {e}")))

@@ -11,6 +11,7 @@ pub mod config;
 pub mod directory;
 pub mod exchange;
 pub mod fhir;
+pub mod idempotency;
 pub mod identity;
 pub mod metrics;
 pub mod outbox;
@@ -54,6 +55,8 @@ pub struct Node {
     pub key_file: std::path::PathBuf,
     /// The tolerance with the agency's clock, and the drift last seen.
     pub clock: clock::Clock,
+    /// Keyed fetches under way.
+    pub fetching: idempotency::InFlight,
 }
 
 /// A started node: where its API and its peers can reach it.
@@ -100,6 +103,7 @@ pub async fn start(config: NodeConfig) -> Result<Running, NodeError> {
         api_token: config.api.token.clone(),
         key_file: config.key_path(),
         clock: clock::Clock::new(tolerance),
+        fetching: idempotency::InFlight::default(),
     });
     let mut tasks = vec![p2p_task];
     tasks.push(tokio::spawn(exchange::serve_inbound(node.clone(), inbound)));

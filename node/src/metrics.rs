@@ -16,6 +16,8 @@ pub struct Metrics {
     pub fetches: Family<Labels, Counter>,
     /// Fetches other nodes asked of this one, by outcome.
     pub served: Family<Labels, Counter>,
+    /// Keyed fetches answered again from the kept answer.
+    pub fetches_kept: Counter,
     pub checks: Family<Labels, Counter>,
     pub notifications_delivered: Counter,
     pub outbox_pending: Gauge,
@@ -30,6 +32,7 @@ impl Metrics {
             registry: Registry::default(),
             fetches: Family::default(),
             served: Family::default(),
+            fetches_kept: Counter::default(),
             checks: Family::default(),
             notifications_delivered: Counter::default(),
             outbox_pending: Gauge::default(),
@@ -46,6 +49,11 @@ impl Metrics {
             "served",
             "Fetches served to peers, by outcome",
             m.served.clone(),
+        );
+        registry.register(
+            "fetches_kept",
+            "Retried fetches (same idempotency key) answered from the kept answer",
+            m.fetches_kept.clone(),
         );
         registry.register(
             "checks",

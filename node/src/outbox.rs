@@ -77,6 +77,14 @@ pub async fn deliver(node: Arc<Node>, interval: Duration) {
             Err(_) => return,
         };
         if batch.is_empty() {
+            // Idle: answers kept for retries are forgotten once past their time.
+            let worker = node.clone();
+            let now = chrono::Utc::now().timestamp();
+            if let Ok(Err(e)) =
+                tokio::task::spawn_blocking(move || worker.store.forget_kept(now)).await
+            {
+                tracing::error!(error = %e, "cannot forget kept answers");
+            }
             tokio::time::sleep(interval).await;
             continue;
         }

@@ -10,6 +10,9 @@ use serde_json::Value;
 use std::path::Path;
 use thiserror::Error;
 
+mod kept;
+pub use kept::{Keep, KEPT_SECONDS};
+
 const RECORDS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("records");
 const SEEN_GRANTS: TableDefinition<[u8; 16], i64> = TableDefinition::new("seen_grants");
 /// The same grants by expiry, so that those no check would accept any more are
@@ -149,6 +152,8 @@ impl Store {
             tx.open_table(OUTBOX)?;
             tx.open_table(REFUSALS)?;
             tx.open_table(COUNTERS)?;
+            tx.open_table(kept::KEPT)?;
+            tx.open_table(kept::KEPT_BY_EXPIRY)?;
         }
         tx.commit()?;
         Ok(Self {
@@ -194,6 +199,8 @@ impl Store {
                 "outbox",
                 "refusals",
                 "counters",
+                "kept_answers",
+                "kept_answers_by_expiry",
             ],
             "node.redb",
         )?;
@@ -217,6 +224,8 @@ impl Store {
         copy_table(from, to, OUTBOX)?;
         copy_table(from, to, REFUSALS)?;
         copy_table(from, to, COUNTERS)?;
+        copy_table(from, to, kept::KEPT)?;
+        copy_table(from, to, kept::KEPT_BY_EXPIRY)?;
         Ok(())
     }
 
@@ -524,7 +533,7 @@ mod tests {
         assert!(s.can_record().is_err());
     }
 
-    fn receipt() -> Signed<Notification> {
+    pub(super) fn receipt() -> Signed<Notification> {
         Signed::sign(
             &Notification {
                 id: [3; 16],

@@ -115,6 +115,10 @@ pub struct CheckRequest {
     /// records from others, as Japan's card readers ask.
     #[serde(default)]
     pub visit_consent: bool,
+    /// The EMR's key for this check: the same check sent again with the same key
+    /// (a retry) is answered as the first time and recorded once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<crate::IdempotencyKey>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -11,6 +11,7 @@ pub mod eligibility;
 /// Why an identifier or value was refused.
 pub mod error;
 pub mod federation;
+pub mod idempotency;
 pub mod ids;
 pub mod merkle;
 pub mod person;
@@ -18,6 +19,7 @@ pub mod signed;
 pub mod wire;
 
 pub use error::IdError;
+pub use idempotency::IdempotencyKey;
 pub use ids::{InstitutionCode, InsurerNumber, MedicalId, MyNumber, PointTableKind};
 pub use person::{
     BirthDate, Branch, CardNumber, CardSymbol, InsurerKind, KanaName, PersonName, Relation, Sex,

@@ -180,6 +180,11 @@ pub enum DirectoryRequest {
         purpose: Purpose,
         /// The written reason; required for `Purpose::Emergency`.
         reason: Option<String>,
+        /// The EMR's key for this fetch: asked again with the same key and the same
+        /// request while the grant it got is still valid, the directory answers with
+        /// that grant and logs nothing new.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        idempotency_key: Option<crate::IdempotencyKey>,
     },
     /// Signed notifications of exchanges, from the outbox.
     Notify {

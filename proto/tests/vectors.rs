@@ -219,6 +219,7 @@ fn frames() -> Value {
         key: CheckKey::for_card(&card(), None),
         date: chrono::NaiveDate::from_ymd_opt(2026, 1, 5).expect("date"),
         visit_consent: false,
+        idempotency_key: None,
     };
     let answer = CheckAnswer {
         eligible: true,
@@ -238,6 +239,23 @@ fn frames() -> Value {
         source: hospital_code(),
         purpose: Purpose::Emergency,
         reason: Some("意識不明で搬送".into()),
+        idempotency_key: None,
+    };
+    let key = || {
+        Some(
+            iryo_proto::IdempotencyKey::parse("6f1c2a9e-1b7d-4c55-9a0e-3f2b8d7c1e44").expect("key"),
+        )
+    };
+    let keyed_check = CheckRequest {
+        idempotency_key: key(),
+        ..check.clone()
+    };
+    let keyed_grant = DirectoryRequest::Grant {
+        medical_id: patient(),
+        source: hospital_code(),
+        purpose: Purpose::Treatment,
+        reason: None,
+        idempotency_key: key(),
     };
     let fetch = ExchangeRequest::Fetch {
         medical_id: patient(),
@@ -259,6 +277,8 @@ fn frames() -> Value {
             frame("eligibility_batch", 2, &DirectoryRequest::EligibilityBatch { requests: vec![check] }, d),
             frame("eligibility_answers", 2, &DirectoryResponse::EligibilityBatch(vec![answer]), r),
             frame("grant_request", 3, &emergency, d),
+            frame("eligibility_keyed", 6, &DirectoryRequest::Eligibility { request: keyed_check }, d),
+            frame("grant_request_keyed", 7, &keyed_grant, d),
             frame("grant", 3, &DirectoryResponse::Grant(Signed::sign(&grant(), &agency())), r),
             frame("notify", 4, &DirectoryRequest::Notify { notifications: vec![Signed::sign(&notification(), &hospital())] }, d),
             frame("acknowledged", 4, &DirectoryResponse::Acknowledged { ids: vec![notification().id] }, r),
@@ -459,10 +479,13 @@ fn the_published_frames_decode() {
         let json = |m: Result<Value, serde_json::Error>| m.expect("json");
         let decoded =
             match name {
-                "resolve" | "eligibility_batch" | "grant_request" | "notify" => {
-                    decode_frame::<DirectoryRequest>(body)
-                        .map(|(_, m)| json(serde_json::to_value(m)))
-                }
+                "resolve"
+                | "eligibility_batch"
+                | "eligibility_keyed"
+                | "grant_request"
+                | "grant_request_keyed"
+                | "notify" => decode_frame::<DirectoryRequest>(body)
+                    .map(|(_, m)| json(serde_json::to_value(m))),
                 "fetch" => decode_frame::<ExchangeRequest>(body)
                     .map(|(_, m)| json(serde_json::to_value(m))),
                 "records" | "fetch_refused" => decode_frame::<ExchangeResponse>(body)

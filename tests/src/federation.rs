@@ -74,25 +74,33 @@ pub struct NodeProc {
 
 impl NodeProc {
     fn call(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+        self.call_keyed(method, path, body, None)
+    }
+
+    /// As `call`, with the EMR's `Idempotency-Key` header when `key` is given.
+    fn call_keyed(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+        key: Option<&str>,
+    ) -> (u16, Value) {
         let url = format!("{}{path}", self.api);
         let auth = format!("Bearer {}", self.token);
+        let key = key.unwrap_or_default();
+        let with = |r: ureq::RequestBuilder<ureq::typestate::WithBody>| {
+            let r = r.header("Authorization", &auth);
+            if key.is_empty() {
+                r
+            } else {
+                r.header("Idempotency-Key", key)
+            }
+        };
         let resp = match (method, body) {
             ("GET", _) => self.agent.get(&url).header("Authorization", &auth).call(),
-            ("PUT", Some(b)) => self
-                .agent
-                .put(&url)
-                .header("Authorization", &auth)
-                .send_json(b),
-            (_, Some(b)) => self
-                .agent
-                .post(&url)
-                .header("Authorization", &auth)
-                .send_json(b),
-            _ => self
-                .agent
-                .post(&url)
-                .header("Authorization", &auth)
-                .send_empty(),
+            ("PUT", Some(b)) => with(self.agent.put(&url)).send_json(b),
+            (_, Some(b)) => with(self.agent.post(&url)).send_json(b),
+            _ => with(self.agent.post(&url)).send_empty(),
         };
         let resp = resp.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
         let status = resp.status().as_u16();
@@ -141,6 +149,39 @@ impl NodeProc {
 
     pub fn eligibility(&self, body: &Value) -> (u16, Value) {
         self.call("POST", "/eligibility", Some(body))
+    }
+
+    /// An eligibility check sent with an `Idempotency-Key`, as an EMR that retries.
+    pub fn eligibility_keyed(&self, body: &Value, key: &str) -> (u16, Value) {
+        self.call_keyed("POST", "/eligibility", Some(body), Some(key))
+    }
+
+    /// A fetch for treatment sent with an `Idempotency-Key`.
+    pub fn fetch_keyed(&self, id: MedicalId, from: InstitutionCode, key: &str) -> (u16, Value) {
+        let body = json!({ "medical_id": id.to_string(), "from": from.to_string(), "purpose": "treatment" });
+        self.call_keyed("POST", "/exchange/fetch", Some(&body), Some(key))
+    }
+
+    /// A counter of the node's `/metrics`, 0 when it has not been counted yet.
+    pub fn metric(&self, name: &str) -> u64 {
+        let text = self
+            .agent
+            .get(&format!("{}/metrics", self.api))
+            .call()
+            .ok()
+            .and_then(|mut r| r.body_mut().read_to_string().ok())
+            .unwrap_or_default();
+        text.lines()
+            .find_map(|l| {
+                let v: f64 = l
+                    .strip_prefix(name)?
+                    .strip_prefix(' ')?
+                    .trim()
+                    .parse()
+                    .ok()?;
+                Some(v as u64)
+            })
+            .unwrap_or(0)
     }
 
     pub fn outbox_pending(&self) -> u64 {

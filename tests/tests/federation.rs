@@ -182,6 +182,7 @@ fn revoked_and_unregistered_peers_are_refused() {
         source: a.code,
         purpose: Purpose::Treatment,
         reason: None,
+        idempotency_key: None,
     };
     let DirectoryResponse::Grant(held) = c_raw.directory(ask.clone()) else {
         panic!("C is granted")
@@ -260,6 +261,7 @@ fn revoked_and_unregistered_peers_are_refused() {
         source: a.code,
         purpose: Purpose::Treatment,
         reason: None,
+        idempotency_key: None,
     }) else {
         panic!("B is granted")
     };
@@ -291,6 +293,7 @@ fn forged_expired_replayed_and_misbound_grants_are_refused() {
         source: a.code,
         purpose: Purpose::Treatment,
         reason: None,
+        idempotency_key: None,
     };
     let fresh = || match b_raw.directory(ask()) {
         DirectoryResponse::Grant(g) => g,
@@ -411,6 +414,7 @@ fn notifications_wait_in_the_outbox_and_arrive_exactly_once() {
         source: a_code,
         purpose: Purpose::Treatment,
         reason: None,
+        idempotency_key: None,
     }) else {
         panic!("granted")
     };

@@ -111,6 +111,7 @@ pub(super) fn run(config: Config, a: CheckArgs) -> Result<ExitCode> {
         key,
         date: a.date.unwrap_or_else(today),
         visit_consent: false,
+        idempotency_key: None,
     };
     let AdminResponse::Checked(answer) = admin(&config, &operator(), AdminRequest::Check(req))?
     else {

@@ -26,6 +26,7 @@ fn card_check(
         key: CheckKey::for_card(c, presented),
         date: today(),
         visit_consent: false,
+        idempotency_key: None,
     }
 }
 
@@ -140,6 +141,7 @@ pub(super) fn run(dir: &Path, persons: u64) -> Result<()> {
             key: CheckKey::MedicalId(active.medical_id),
             date: today(),
             visit_consent: false,
+            idempotency_key: None,
         },
     )?;
     if let Some(mover) = all.iter().find(|p| p.coverages.len() > 1) {
@@ -178,6 +180,7 @@ pub(super) fn run(dir: &Path, persons: u64) -> Result<()> {
             key: CheckKey::MedicalId(other.medical_id),
             date: today(),
             visit_consent: false,
+            idempotency_key: None,
         },
     )?;
     let until = store.record_death(new, today(), "demo", now())?;
@@ -193,6 +196,7 @@ pub(super) fn run(dir: &Path, persons: u64) -> Result<()> {
             key: CheckKey::MedicalId(new),
             date: today(),
             visit_consent: false,
+            idempotency_key: None,
         },
     )?;
 

@@ -329,6 +329,7 @@ async fn answer(
             source,
             purpose,
             reason,
+            idempotency_key,
         } => {
             let code = member.code;
             let query = GrantQuery {
@@ -336,6 +337,7 @@ async fn answer(
                 source,
                 purpose,
                 reason,
+                idempotency_key,
             };
             match committer.grant(member, query).await {
                 Ok(Ok(grant)) => DirectoryResponse::Grant(committer.sign(&grant)),

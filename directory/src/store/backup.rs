@@ -25,7 +25,7 @@ impl From<BackupError> for StoreError {
 
 /// The main file's tables; a table the file holds that is not here fails the backup
 /// rather than being missed.
-const MAIN_TABLES: [&str; 23] = [
+const MAIN_TABLES: [&str; 25] = [
     "settings",
     "counters",
     "persons",
@@ -49,6 +49,8 @@ const MAIN_TABLES: [&str; 23] = [
     "audit_heads",
     "portal_accounts",
     "closed_grants",
+    "idempotency",
+    "idempotency_by_time",
 ];
 
 fn copy_main(from: &redb::ReadTransaction, to: &redb::Database) -> Result<()> {
@@ -76,6 +78,8 @@ fn copy_main(from: &redb::ReadTransaction, to: &redb::Database) -> Result<()> {
     b::copy_table(from, to, AUDIT_HEADS)?;
     b::copy_table(from, to, PORTAL_ACCOUNTS)?;
     b::copy_table(from, to, CLOSED_GRANTS)?;
+    b::copy_table(from, to, super::idempotency::KEPT)?;
+    b::copy_table(from, to, super::idempotency::KEPT_BY_TIME)?;
     Ok(())
 }
 

@@ -191,6 +191,27 @@ pub(super) fn record(
     visit_days: u32,
     at: Timestamp,
 ) -> Result<CheckAnswer> {
+    let scope = super::idempotency::check_scope(req)?;
+    if let Some(scope) = &scope {
+        if let Some(answer) = t.kept_check(scope, at)? {
+            return Ok(answer);
+        }
+    }
+    let answer = record_new(t, req, r, visit_days, at)?;
+    if let Some(scope) = scope {
+        t.keep(scope, super::idempotency::Kept::Check(answer.clone()), at)?;
+    }
+    Ok(answer)
+}
+
+/// Records a check not recorded before.
+fn record_new(
+    t: &mut Tables<'_>,
+    req: &CheckRequest,
+    r: Resolved,
+    visit_days: u32,
+    at: Timestamp,
+) -> Result<CheckAnswer> {
     append_entries(t, &entries(req, &r, at))?;
     let mut answer = r.answer;
     if let Some(pid) = r.pid {

@@ -227,6 +227,9 @@ pub struct GrantQuery {
     pub source: InstitutionCode,
     pub purpose: Purpose,
     pub reason: Option<String>,
+    /// The EMR's key: the same query with the same key gets the same grant while it
+    /// has time left (`idempotency`).
+    pub idempotency_key: Option<iryo_proto::IdempotencyKey>,
 }
 
 /// The outcome of a batch of notifications.
@@ -577,7 +580,14 @@ pub(super) fn grant_in(
         source,
         purpose,
         ref reason,
+        ..
     } = *query;
+    let scope = super::idempotency::grant_scope(requester.code, query)?;
+    if let Some(scope) = &scope {
+        if let Some(grant) = t.kept_grant(scope, now)? {
+            return Ok(Ok(grant));
+        }
+    }
 
     let ask = GrantAsk {
         requester: requester.code,
@@ -671,6 +681,13 @@ pub(super) fn grant_in(
             t.grants
                 .open_mut()?
                 .insert(id, encode(&record)?.as_slice())?;
+            if let Some(scope) = scope {
+                t.keep(
+                    scope,
+                    super::idempotency::Kept::Grant(Box::new(grant.clone())),
+                    now,
+                )?;
+            }
             Ok(Ok(grant))
         }
         Err(refusal) => {

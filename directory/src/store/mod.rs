@@ -12,6 +12,7 @@ mod enroll;
 mod federation;
 mod folding;
 mod group;
+mod idempotency;
 mod intake;
 mod lifecycle;
 mod linkage;

@@ -154,6 +154,8 @@ pub(super) struct Tables<'t> {
     pub audit_heads: Lazy<'t, u64, &'static [u8]>,
     pub portal_accounts: Lazy<'t, u64, &'static [u8]>,
     pub closed_grants: Lazy<'t, [u8; 16], &'static [u8]>,
+    pub idempotency: Lazy<'t, [u8; 32], &'static [u8]>,
+    pub idempotency_by_time: Lazy<'t, (i64, [u8; 32]), ()>,
     /// Set when an entry was appended, so the transaction ends with a signed tree head.
     pub audit_dirty: bool,
     counters_table: Lazy<'t, &'static str, u64>,
@@ -185,6 +187,8 @@ impl<'t> Tables<'t> {
         t.audit_heads.open()?;
         t.portal_accounts.open()?;
         t.closed_grants.open()?;
+        t.idempotency.open()?;
+        t.idempotency_by_time.open()?;
         t.counters_table.open()?;
         Ok(())
     }
@@ -212,6 +216,8 @@ impl<'t> Tables<'t> {
             audit_heads: Lazy::new(tx, AUDIT_HEADS),
             portal_accounts: Lazy::new(tx, PORTAL_ACCOUNTS),
             closed_grants: Lazy::new(tx, CLOSED_GRANTS),
+            idempotency: Lazy::new(tx, super::idempotency::KEPT),
+            idempotency_by_time: Lazy::new(tx, super::idempotency::KEPT_BY_TIME),
             audit_dirty: false,
             counters_table: Lazy::new(tx, COUNTERS),
             counters: BTreeMap::new(),

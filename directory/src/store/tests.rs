@@ -6,7 +6,7 @@ use crate::issuance::Issuer;
 use crate::registry::merge::tests::row;
 use crate::registry::merge::RowOutcome;
 
-fn store(dir: &tempfile::TempDir) -> Store {
+pub(super) fn store(dir: &tempfile::TempDir) -> Store {
     Store::create(&dir.path().join("d.redb"), 16, Method::Fpe)
         .unwrap()
         .with_signer(ed25519_dalek::SigningKey::from_bytes(&[9; 32]))
@@ -57,6 +57,7 @@ pub(super) fn one_person_check(s: &Store) -> crate::registry::eligibility::Check
         key: CheckKey::MedicalId(id),
         date: chrono::NaiveDate::from_ymd_opt(2025, 1, 1).unwrap(),
         visit_consent: false,
+        idempotency_key: None,
     }
 }
 
@@ -152,6 +153,7 @@ mod federation {
             source: source.code,
             purpose,
             reason: reason.map(String::from),
+            idempotency_key: None,
         };
         let refused = s
             .request_grant(&requester, &ask(Purpose::Treatment, None), &agency, 1_100)
@@ -177,6 +179,31 @@ mod federation {
         let g = grant.verify(&agency.verifying_key()).unwrap();
         assert_eq!(g.requester_key, req_key.verifying_key().to_bytes());
         assert_eq!(g.expires_at - g.issued_at, MAX_GRANT_SECONDS);
+        // A keyed request asked again gets the same grant, logged once, while enough
+        // of it is left; another key, or the same key for another ask, is new.
+        let keyed = |key: &str, purpose| GrantQuery {
+            idempotency_key: Some(iryo_proto::IdempotencyKey::parse(key).unwrap()),
+            ..ask(purpose, None)
+        };
+        let grant_id = |q: &GrantQuery, at| {
+            let signed = s
+                .request_grant(&requester, q, &agency, at)
+                .unwrap()
+                .unwrap();
+            signed.verify(&agency.verifying_key()).unwrap().id
+        };
+        let logged = s.audit_size().unwrap();
+        let first = grant_id(&keyed("k1", Purpose::Treatment), 1_200);
+        assert_eq!(grant_id(&keyed("k1", Purpose::Treatment), 1_230), first);
+        assert_eq!(s.audit_size().unwrap(), logged + 1);
+        assert_ne!(grant_id(&keyed("k2", Purpose::Treatment), 1_230), first);
+        assert_ne!(
+            grant_id(
+                &keyed("k1", Purpose::Treatment),
+                1_200 + MAX_GRANT_SECONDS - 59
+            ),
+            first
+        );
         let no_reason = s
             .request_grant(
                 &requester,
@@ -258,6 +285,9 @@ mod federation {
             kinds,
             [
                 "refused",
+                "issued",
+                "issued",
+                "issued",
                 "issued",
                 "refused",
                 "notification",
@@ -522,6 +552,7 @@ fn heads_come_once_a_second_and_on_demand() {
         key: CheckKey::MedicalId(MedicalId::from_body(12_345)),
         date: chrono::NaiveDate::from_ymd_opt(2025, 1, 1).unwrap(),
         visit_consent: false,
+        idempotency_key: None,
     };
     // Heads are signed at most once per wall-clock second: the loop may cross a
     // second's boundary however fast it is.

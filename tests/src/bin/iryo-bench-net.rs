@@ -140,6 +140,13 @@ async fn run(args: Args) -> Result<()> {
     let (source, _) = fed.add_node("source", source_code, "source").await?;
     let people = fed.store.reader()?.first_persons(2_000)?;
     let patient = people[0].medical_id;
+    let ask = move |key| iryo_node::exchange::FetchAsk {
+        medical_id: patient,
+        source: source_code,
+        purpose: Purpose::Treatment,
+        reason: None,
+        key,
+    };
     // A 20 KB Bundle: 10 resources of about 2 KB.
     let entries: Vec<serde_json::Value> = (0..10)
         .map(|i| serde_json::json!({ "resource": { "resourceType": "Observation", "id": format!("o{i}"), "status": "final", "code": { "text": "所見" }, "note": [{ "text": "所見".repeat(330) }] } }))
@@ -167,14 +174,7 @@ async fn run(args: Args) -> Result<()> {
         let mut lat = Vec::with_capacity(args.fetches);
         for i in 0..WARM_UP + args.fetches {
             let t = Instant::now();
-            iryo_node::exchange::fetch(
-                &requester.node,
-                patient,
-                source_code,
-                Purpose::Treatment,
-                None,
-            )
-            .await?;
+            iryo_node::exchange::fetch(&requester.node, ask(None)).await?;
             if i >= WARM_UP {
                 lat.push(t.elapsed());
             }
@@ -204,15 +204,7 @@ async fn run(args: Args) -> Result<()> {
             tasks.push(tokio::spawn(async move {
                 let (mut done, mut failed, mut why) = (0u64, 0u64, None);
                 while Instant::now() < deadline {
-                    match iryo_node::exchange::fetch(
-                        &node,
-                        patient,
-                        source_code,
-                        Purpose::Treatment,
-                        None,
-                    )
-                    .await
-                    {
+                    match iryo_node::exchange::fetch(&node, ask(None)).await {
                         Ok(_) => done += 1,
                         Err(e) => {
                             failed += 1;
