@@ -16,6 +16,7 @@ pub mod keys;
 pub mod letters;
 pub mod measure;
 pub mod metrics;
+pub mod postgres;
 pub mod registry;
 pub mod report;
 pub mod sample;

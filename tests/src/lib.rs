@@ -6,6 +6,7 @@
 pub mod federation;
 pub mod https;
 pub mod local;
+pub mod pg;
 pub mod rows;
 
 use std::path::{Path, PathBuf};

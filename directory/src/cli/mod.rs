@@ -9,6 +9,7 @@ mod check;
 mod demo;
 mod federation;
 mod keys;
+mod migrate;
 mod registry;
 mod serve;
 mod tools;
@@ -113,6 +114,10 @@ enum Command {
     /// while `serve` holds it, `serve` checked them at its start), every record decoded,
     /// the audit log verified. Exit code 1 when anything is wrong, named.
     VerifyStore,
+    /// Create the directory's tables in a PostgreSQL database, or bring them up to this
+    /// binary's schema version (versioned migrations, applied once, in one transaction).
+    /// Refuses a database whose schema is newer than this binary knows.
+    Migrate(migrate::MigrateArgs),
     /// Write realistic sample enrollment files for the four insurer kinds.
     Sample(tools::SampleArgs),
     /// Fresh database, sample data, enrollment, assignment and a few checks, narrated.
@@ -165,6 +170,7 @@ pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::RebuildLinkage => tools::rebuild_linkage(&config),
         Command::VerifyStore => tools::verify_store(&config),
+        Command::Migrate(a) => migrate::run(&a),
         Command::Backup { out } => tools::backup(&config, &out),
         Command::Restore { from } => tools::restore(&config, &from),
         Command::Sample(a) => tools::sample(a),

@@ -1,0 +1,151 @@
+//! The PostgreSQL backend of the directory's store (docs/storage.md): the connection,
+//! and the versioned schema every process checks before it uses the database.
+
+pub mod migrate;
+
+use std::time::Duration;
+use thiserror::Error;
+
+/// How long a connection attempt waits when the URL sets no `connect_timeout`.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum PgError {
+    /// The URL does not parse; the text names what is wrong, never the password.
+    #[error("database URL {url}: {reason}; expected postgresql://USER@HOST/DATABASE or postgresql://USER@/DATABASE?host=/socket/dir")]
+    BadUrl { url: String, reason: String },
+    #[error("PostgreSQL at {url}: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("PostgreSQL: {0}")]
+    Db(#[from] tokio_postgres::Error),
+    /// The database was migrated by a newer iryo-directory.
+    #[error("the database's schema is version {found}, newer than this iryo-directory knows ({known}); run the newer iryo-directory, or upgrade this one")]
+    Newer { found: i32, known: i32 },
+    /// The database needs `iryo-directory migrate` first.
+    #[error("the database's schema is version {found}, older than this iryo-directory needs ({known}); run `iryo-directory migrate --database URL` first")]
+    Older { found: i32, known: i32 },
+}
+
+/// A database URL as given, shown with its password replaced.
+#[derive(Clone)]
+pub struct DatabaseUrl {
+    text: String,
+    config: tokio_postgres::Config,
+}
+
+impl DatabaseUrl {
+    /// Parses a libpq URL or key=value string.
+    pub fn parse(text: &str) -> Result<Self, PgError> {
+        let mut config: tokio_postgres::Config =
+            text.parse()
+                .map_err(|e: tokio_postgres::Error| PgError::BadUrl {
+                    url: redact(text),
+                    reason: e.to_string(),
+                })?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        Ok(Self {
+            text: text.to_string(),
+            config,
+        })
+    }
+
+    /// Connects, and drives the connection on the current Tokio runtime.
+    pub async fn connect(&self) -> Result<tokio_postgres::Client, PgError> {
+        let (client, connection) =
+            self.config
+                .connect(tokio_postgres::NoTls)
+                .await
+                .map_err(|source| PgError::Connect {
+                    url: self.to_string(),
+                    source,
+                })?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::warn!(error = %e, "PostgreSQL connection ended");
+            }
+        });
+        Ok(client)
+    }
+}
+
+impl std::fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&redact(&self.text))
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DatabaseUrl({self})")
+    }
+}
+
+/// The URL with any password replaced by `***`: in `user:secret@host` and in a
+/// `password=` parameter.
+fn redact(text: &str) -> String {
+    let mut out = text.to_string();
+    if let Some(scheme_end) = out.find("://") {
+        let rest = scheme_end + 3;
+        let authority_end = out[rest..].find(['/', '?']).map_or(out.len(), |i| rest + i);
+        if let Some(at) = out[rest..authority_end].rfind('@') {
+            if let Some(colon) = out[rest..rest + at].find(':') {
+                out.replace_range(rest + colon + 1..rest + at, "***");
+            }
+        }
+    }
+    let mut redacted = String::with_capacity(out.len());
+    let mut rest = out.as_str();
+    while let Some(i) = rest.find("password=") {
+        let start = i + "password=".len();
+        redacted.push_str(&rest[..start]);
+        redacted.push_str("***");
+        let end = rest[start..]
+            .find(['&', ' '])
+            .map_or(rest.len(), |j| start + j);
+        rest = &rest[end..];
+    }
+    redacted.push_str(rest);
+    redacted
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_show() {
+        for (given, shown) in [
+            (
+                "postgresql://iryo:s3cret@db.example/iryo",
+                "postgresql://iryo:***@db.example/iryo",
+            ),
+            (
+                "postgresql://iryo@/iryo?host=/run/pg&password=s3cret&sslmode=disable",
+                "postgresql://iryo@/iryo?host=/run/pg&password=***&sslmode=disable",
+            ),
+            (
+                "host=/run/pg user=iryo password=s3cret",
+                "host=/run/pg user=iryo password=***",
+            ),
+            ("postgresql://iryo@db/iryo", "postgresql://iryo@db/iryo"),
+        ] {
+            let url = DatabaseUrl::parse(given).unwrap();
+            assert_eq!(url.to_string(), shown);
+            assert!(!format!("{url:?}").contains("s3cret"));
+        }
+        let bad = DatabaseUrl::parse("postgresql://iryo:s3cret@db/iryo?sslmode=sometimes")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            !bad.contains("s3cret") && bad.contains("expected postgresql://"),
+            "{bad}"
+        );
+    }
+}

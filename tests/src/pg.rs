@@ -1,0 +1,185 @@
+//! Throwaway PostgreSQL clusters for tests, started from Debian's server binaries:
+//! `initdb` into a temp dir, the server listening on a unix socket in that dir only (no
+//! TCP), `fsync` and `synchronous_commit` on as in production. The server refuses to run
+//! as root, so when the tests run as root every server command runs as the `postgres`
+//! user, which owns the temp dir. Nothing depends on a server this machine may run.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The database and superuser every cluster is made with.
+pub const DATABASE: &str = "iryo";
+
+/// A running cluster; stopped (immediately) and removed when dropped.
+pub struct Cluster {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    as_postgres: bool,
+    running: bool,
+}
+
+/// The newest server binaries installed: `IRYO_PG_BIN`, or Debian's
+/// `/usr/lib/postgresql/<major>/bin`.
+pub fn binaries() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("IRYO_PG_BIN") {
+        return Some(PathBuf::from(dir));
+    }
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let major = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").exists().then_some((major, bin))
+        })
+        .collect();
+    found.sort();
+    found.pop().map(|(_, bin)| bin)
+}
+
+fn running_as_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
+}
+
+impl Cluster {
+    /// Makes and starts a cluster with database `iryo`, owned by superuser `iryo`.
+    pub fn start() -> Self {
+        let bin = binaries().unwrap_or_else(|| {
+            panic!("PostgreSQL's server binaries are missing: install Debian's postgresql (.ci/run does), or set IRYO_PG_BIN")
+        });
+        let dir = tempfile::tempdir().expect("temp dir");
+        let as_postgres = running_as_root();
+        if as_postgres {
+            let chown = Command::new("chown")
+                .args(["postgres:postgres"])
+                .arg(dir.path())
+                .status()
+                .expect("chown");
+            assert!(chown.success(), "chown of the cluster's dir to postgres");
+        }
+        let mut c = Self {
+            dir,
+            bin,
+            as_postgres,
+            running: false,
+        };
+        let data = c.data();
+        c.run(
+            "initdb",
+            &[
+                "-D",
+                &data,
+                "-U",
+                DATABASE,
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ],
+        );
+        c.start_again();
+        let socket = c.socket_dir();
+        c.run("createdb", &["-h", &socket, "-U", DATABASE, DATABASE]);
+        c
+    }
+
+    fn data(&self) -> String {
+        self.dir.path().join("data").display().to_string()
+    }
+
+    /// The directory holding the server's unix socket.
+    pub fn socket_dir(&self) -> String {
+        self.dir.path().display().to_string()
+    }
+
+    /// A libpq-style URL for the cluster's database over its unix socket.
+    pub fn url(&self) -> String {
+        format!(
+            "postgresql://{DATABASE}@/{DATABASE}?host={}",
+            self.socket_dir()
+        )
+    }
+
+    /// The server's log, for a failure's message.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// Starts the stopped server again, waiting until it accepts connections.
+    pub fn start_again(&mut self) {
+        let options = format!(
+            "-c listen_addresses='' -k {} -c fsync=on -c synchronous_commit=on -c max_connections=64 -c shared_buffers=16MB",
+            self.socket_dir()
+        );
+        let log = self.dir.path().join("server.log").display().to_string();
+        let data = self.data();
+        self.run(
+            "pg_ctl",
+            &[
+                "start", "-D", &data, "-w", "-t", "60", "-l", &log, "-o", &options,
+            ],
+        );
+        self.running = true;
+    }
+
+    /// Stops the server: `fast` waits for nothing but ends cleanly; otherwise it stops
+    /// at once, as a crash would.
+    pub fn stop(&mut self, fast: bool) {
+        let mode = if fast { "fast" } else { "immediate" };
+        let data = self.data();
+        self.run("pg_ctl", &["stop", "-D", &data, "-m", mode, "-w"]);
+        self.running = false;
+    }
+
+    /// One of the server's binaries, run as `postgres` when the tests run as root.
+    fn command(&self, tool: &str) -> Command {
+        let program = self.bin.join(tool);
+        let mut cmd = if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&program);
+            c
+        } else {
+            Command::new(&program)
+        };
+        cmd.current_dir(self.dir.path());
+        cmd
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) {
+        let out = self
+            .command(tool)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("{tool}: {e}"));
+        assert!(
+            out.status.success(),
+            "{tool} {args:?} failed ({}):\n{}{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+    }
+
+    /// The cluster's directory.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if self.running {
+            let data = self.data();
+            let _ = self
+                .command("pg_ctl")
+                .args(["stop", "-D", &data, "-m", "immediate", "-w"])
+                .output();
+        }
+    }
+}
