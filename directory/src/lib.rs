@@ -14,6 +14,7 @@ pub use iryo_p2p::files;
 pub mod issuance;
 pub mod keys;
 pub mod letters;
+pub mod log_check;
 pub mod measure;
 pub mod metrics;
 pub mod postgres;

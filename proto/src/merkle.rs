@@ -226,6 +226,120 @@ pub fn verify_consistency(
     sn == 0 && &fr == old_root && &sr == new_root
 }
 
+/// The right edge of a log of `size` leaves: the perfect subtrees its leaves divide
+/// into, largest first, one for each bit set in `size` (a compact range). Appending
+/// needs nothing else, and neither does the root: a store loads these once and then
+/// appends a whole batch in memory.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Frontier {
+    size: u64,
+    hashes: Vec<Hash>,
+}
+
+impl Frontier {
+    /// The subtrees, as (level, index), that a log of `size` leaves divides into,
+    /// largest first.
+    pub fn parts(size: u64) -> Vec<(u32, u64)> {
+        let mut out = Vec::new();
+        let mut start = 0u64;
+        for level in (0..64u32).rev() {
+            if size & (1 << level) != 0 {
+                out.push((level, start >> level));
+                start += 1 << level;
+            }
+        }
+        out
+    }
+
+    /// The frontier of the first `size` leaves of `s`.
+    pub fn load<S: Subtrees>(s: &S, size: u64) -> Result<Self, S::Error> {
+        let hashes = Self::parts(size)
+            .into_iter()
+            .map(|(level, index)| s.perfect(level, index))
+            .collect::<Result<_, _>>()?;
+        Ok(Self { size, hashes })
+    }
+
+    /// How many leaves the log has.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Appends a leaf by its hash. Returns every perfect subtree the leaf completes,
+    /// as (level, index, hash), smallest first: level 0 is the leaf itself.
+    pub fn push(&mut self, leaf: Hash) -> Vec<(u32, u64, Hash)> {
+        let (mut level, mut index, mut hash) = (0u32, self.size, leaf);
+        let mut completed = vec![(0, index, leaf)];
+        // The bits set at the bottom of the index are the smallest parts, last in the
+        // list: each pairs with the new subtree into one twice its size.
+        while index & 1 == 1 {
+            let Some(left) = self.hashes.pop() else { break };
+            hash = node_hash(&left, &hash);
+            level += 1;
+            index >>= 1;
+            completed.push((level, index, hash));
+        }
+        self.hashes.push(hash);
+        self.size += 1;
+        completed
+    }
+
+    /// The tree head's root: RFC 6962 splits at the largest power of two below the
+    /// size, which is the first part, so the root folds the parts from the right.
+    pub fn root(&self) -> Hash {
+        let mut parts = self.hashes.iter().rev();
+        match parts.next() {
+            None => empty_root(),
+            Some(last) => parts.fold(*last, |acc, h| node_hash(h, &acc)),
+        }
+    }
+}
+
+/// The perfect subtrees a computation asks for, without their hashes: RFC 6962's
+/// recursion asks by position alone, so a store can learn what a root or a proof
+/// needs, read it all at once, and then compute (`Prefetched`).
+#[derive(Debug, Default)]
+pub struct Asked(std::cell::RefCell<Vec<(u32, u64)>>);
+
+impl Asked {
+    /// What `f` asks for when run against this recorder (with zero hashes).
+    pub fn by<T>(f: impl FnOnce(&Asked) -> T) -> Vec<(u32, u64)> {
+        let asked = Asked::default();
+        let _ = f(&asked);
+        let mut out = asked.0.into_inner();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+}
+
+impl Subtrees for Asked {
+    type Error = std::convert::Infallible;
+    fn perfect(&self, level: u32, index: u64) -> Result<Hash, Self::Error> {
+        self.0.borrow_mut().push((level, index));
+        Ok([0; 32])
+    }
+}
+
+/// Perfect subtree hashes read ahead, by (level, index).
+#[derive(Debug, Default)]
+pub struct Prefetched(pub std::collections::HashMap<(u32, u64), Hash>);
+
+/// A subtree a computation asked for that was not read ahead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the hash of the subtree at level {0}, index {1} was not read")]
+pub struct NotRead(pub u32, pub u64);
+
+impl Subtrees for Prefetched {
+    type Error = NotRead;
+    fn perfect(&self, level: u32, index: u64) -> Result<Hash, NotRead> {
+        self.0
+            .get(&(level, index))
+            .copied()
+            .ok_or(NotRead(level, index))
+    }
+}
+
 /// A tree held in memory, for tests and for verifiers that rebuild a log.
 #[derive(Debug, Default, Clone)]
 pub struct MemoryTree {
@@ -418,6 +532,44 @@ mod tests {
             if old < size {
                 prop_assert!(!verify_consistency(old, size, &leaf_hash(b"x"), &r, &c));
             }
+        }
+
+        #[test]
+        fn a_frontier_appends_as_the_whole_tree_does(start in 0u64..70, more in 0u64..70) {
+            let mut t = MemoryTree::default();
+            for i in 0..start {
+                t.push(&i.to_be_bytes());
+            }
+            let mut f = Frontier::load(&t, start).unwrap();
+            prop_assert_eq!(f.root(), root(&t, start).unwrap());
+            for i in start..start + more {
+                let completed = f.push(leaf_hash(&i.to_be_bytes()));
+                t.push(&i.to_be_bytes());
+                for (level, index, hash) in completed {
+                    prop_assert_eq!(hash, t.perfect(level, index).unwrap());
+                }
+                prop_assert_eq!(f.root(), root(&t, i + 1).unwrap());
+            }
+            prop_assert_eq!(f.size(), start + more);
+        }
+
+        #[test]
+        fn what_a_proof_asks_for_is_all_it_needs(size in 1u64..70, a in 0u64..70, b in 0u64..70) {
+            let mut t = MemoryTree::default();
+            for i in 0..size {
+                t.push(&i.to_be_bytes());
+            }
+            let (index, old) = (a % size, 1 + b % size);
+            let read = |asked: Vec<(u32, u64)>| {
+                Prefetched(asked.into_iter().map(|(l, i)| ((l, i), t.perfect(l, i).unwrap())).collect())
+            };
+            let p = read(Asked::by(|s| inclusion_proof(s, index, size)));
+            prop_assert_eq!(inclusion_proof(&p, index, size).unwrap(), inclusion_proof(&t, index, size).unwrap());
+            let p = read(Asked::by(|s| consistency_proof(s, old, size)));
+            prop_assert_eq!(consistency_proof(&p, old, size).unwrap(), consistency_proof(&t, old, size).unwrap());
+            let p = read(Asked::by(|s| root(s, size)));
+            prop_assert_eq!(root(&p, size).unwrap(), root(&t, size).unwrap());
+            prop_assert_eq!(Asked::by(|s| root(s, size)), Frontier::parts(size).into_iter().collect::<std::collections::BTreeSet<_>>().into_iter().collect::<Vec<_>>());
         }
     }
 }

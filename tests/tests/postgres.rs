@@ -116,3 +116,130 @@ fn migrate_makes_the_schema_once_and_refuses_a_newer_one() {
     );
     assert!(started.elapsed() < Duration::from_secs(30));
 }
+
+/// Appenders on separate connections (as separate `serve` processes would be) take
+/// turns on the log's lock: one gap-free RFC 6962 sequence, every head and proof right,
+/// and a rolled-back append leaves nothing.
+#[test]
+fn appenders_on_many_connections_make_one_log_that_verifies() {
+    use iryo_directory::audit::LogEntry;
+    use iryo_directory::postgres::{audit, migrate, DatabaseUrl};
+    use iryo_proto::merkle::{self, MemoryTree};
+
+    let pg = Cluster::start();
+    let url = DatabaseUrl::parse(&pg.url()).unwrap();
+    let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    let agency = key.verifying_key();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut c = url.connect().await.unwrap();
+        migrate::migrate(&mut c).await.unwrap();
+        let (appenders, transactions) = (4usize, 20usize);
+        let tasks: Vec<_> = (0..appenders)
+            .map(|p| {
+                let (url, key) = (url.clone(), key.clone());
+                tokio::spawn(async move {
+                    let mut c = url.connect().await.unwrap();
+                    let mut mine = Vec::new();
+                    for t in 0..transactions {
+                        let tx = c.transaction().await.unwrap();
+                        let mut a = audit::begin(&tx).await.unwrap();
+                        for e in 0..=(p + t) % 7 {
+                            let entry = LogEntry::Operator {
+                                operator: format!("appender {p}"),
+                                action: format!("{t}.{e}"),
+                                at: 0,
+                            };
+                            mine.push((a.append(&entry).unwrap(), entry));
+                        }
+                        a.finish(&tx, Some((&key, t as i64))).await.unwrap();
+                        tx.commit().await.unwrap();
+                    }
+                    mine
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.unwrap());
+        }
+        all.sort_by_key(|(i, _)| *i);
+        assert!(
+            all.iter().enumerate().all(|(i, (j, _))| i as u64 == *j),
+            "each index once, none missing"
+        );
+
+        // An append rolled back leaves nothing; the next one takes the same index.
+        let patient = iryo_proto::MedicalId::from_body(42);
+        let read = LogEntry::OperatorRead {
+            operator: "op".into(),
+            medical_id: patient,
+            what: "record".into(),
+            at: 0,
+        };
+        let n = all.len() as u64;
+        for commit in [false, true] {
+            let tx = c.transaction().await.unwrap();
+            let mut a = audit::begin(&tx).await.unwrap();
+            assert_eq!(a.append(&read).unwrap(), n);
+            a.finish(&tx, Some((&key, 99))).await.unwrap();
+            if commit {
+                tx.commit().await.unwrap();
+            } else {
+                tx.rollback().await.unwrap();
+                assert_eq!(audit::size(&c).await.unwrap(), n);
+            }
+        }
+        all.push((n, read));
+        let n = n + 1;
+        let listed = audit::for_patient(&c, &[patient]).await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].0, n - 1);
+
+        // Roots and proofs are those of the tree rebuilt in memory.
+        let mut t = MemoryTree::default();
+        for (_, e) in &all {
+            t.push(&e.canonical());
+        }
+        let head = audit::latest_head(&c)
+            .await
+            .unwrap()
+            .unwrap()
+            .verify(&agency)
+            .unwrap();
+        assert_eq!((head.size, head.root), (n, merkle::root(&t, n).unwrap()));
+        assert_eq!(audit::root(&c, n).await.unwrap(), head.root);
+        for i in [0, 1, 15, 16, n / 2, n - 1] {
+            let proof = audit::inclusion_proof(&c, i, n).await.unwrap();
+            let leaf = merkle::leaf_hash(&all[i as usize].1.canonical());
+            assert!(merkle::verify_inclusion(&leaf, i, n, &proof, &head.root));
+        }
+        for old in [1, 15, 16, 17, n / 3, n] {
+            let proof = audit::consistency_proof(&c, old, n).await.unwrap();
+            let old_root = merkle::root(&t, old).unwrap();
+            assert!(merkle::verify_consistency(
+                old, n, &old_root, &head.root, &proof
+            ));
+        }
+        assert!(audit::inclusion_proof(&c, n, n).await.is_err());
+
+        let report = audit::verify(&mut c, &agency).await.unwrap();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+        assert_eq!(report.entries, n);
+        assert_eq!(report.heads, (appenders * transactions + 1) as u64);
+
+        // A rewritten entry is found.
+        c.execute(
+            "UPDATE audit_leaves SET entry = $1 WHERE leaf = 5",
+            &[&b"rewritten".to_vec()],
+        )
+        .await
+        .unwrap();
+        let report = audit::verify(&mut c, &agency).await.unwrap();
+        assert!(
+            report.problems.iter().any(|p| p.contains("does not match")),
+            "{:?}",
+            report.problems
+        );
+    });
+}

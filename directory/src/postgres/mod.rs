@@ -1,6 +1,7 @@
 //! The PostgreSQL backend of the directory's store (docs/storage.md): the connection,
 //! and the versioned schema every process checks before it uses the database.
 
+pub mod audit;
 pub mod migrate;
 
 use std::time::Duration;
@@ -23,6 +24,14 @@ pub enum PgError {
     },
     #[error("PostgreSQL: {0}")]
     Db(#[from] tokio_postgres::Error),
+    #[error("a stored value does not decode: {0}")]
+    Codec(String),
+    #[error("the database is inconsistent: {0}")]
+    Inconsistent(String),
+    #[error("no audit entry {index} in a log of {size} entries")]
+    NotInLog { index: u64, size: u64 },
+    #[error("no consistency proof from {old} to {new} entries")]
+    NoConsistency { old: u64, new: u64 },
     /// The database was migrated by a newer iryo-directory.
     #[error("the database's schema is version {found}, newer than this iryo-directory knows ({known}); run the newer iryo-directory, or upgrade this one")]
     Newer { found: i32, known: i32 },

@@ -17,7 +17,7 @@ use redb::{ReadableDatabase, ReadableTable};
 /// their leaves (at most 8 reads) when a root or a proof needs them. Storing every level
 /// cost each append two more B-tree inserts; appends were a fifth of the group commit's
 /// CPU at 20,000 checks/s, for hashes only proofs and heads ever read.
-const STORED_FROM: u32 = 4;
+pub(crate) const STORED_FROM: u32 = 4;
 
 /// Where a subtree ends, and its level (`subtree_key`).
 type SubtreeKey = (u64, u32);
@@ -124,14 +124,7 @@ impl<'t> Tables<'t> {
     }
 }
 
-/// What `audit verify` found.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct AuditReport {
-    pub entries: u64,
-    pub heads: u64,
-    pub root: String,
-    pub problems: Vec<String>,
-}
+pub use crate::log_check::AuditReport;
 
 impl Store {
     pub fn audit_size(&self) -> Result<u64> {
@@ -353,65 +346,20 @@ impl Store {
         let leaves = tx.open_table(AUDIT_LEAVES)?;
         let nodes = tx.open_table(AUDIT_NODES)?;
         let heads = tx.open_table(AUDIT_HEADS)?;
-        let mut tree = merkle::MemoryTree::default();
-        let mut problems = Vec::new();
         let mut signed_heads = Vec::new();
         for item in heads.iter()? {
             let (k, v) = item?;
             signed_heads.push((k.value(), decode::<Signed<TreeHead>>(v.value())?));
         }
-        let mut pending = signed_heads.iter().peekable();
-        let mut heads_checked = 0;
-        let mut check_heads = |tree: &merkle::MemoryTree, problems: &mut Vec<String>| {
-            while let Some((size, signed)) = pending.next_if(|(size, _)| *size <= tree.size()) {
-                heads_checked += 1;
-                match signed.verify(agency) {
-                    Err(e) => problems.push(format!("tree head of size {size}: {e}")),
-                    Ok(head) => {
-                        let want = merkle::root(tree, *size).unwrap_or_else(|e| match e {});
-                        if head.size != *size || head.root != want {
-                            problems.push(format!(
-                                "tree head of size {size} does not match the entries"
-                            ));
-                        }
-                    }
-                }
-            }
-        };
-        check_heads(&tree, &mut problems);
+        let mut check = crate::log_check::LogCheck::new(agency, signed_heads);
         for item in leaves.iter()? {
             let (k, v) = item?;
-            let i = k.value();
-            if i != tree.size() {
-                problems.push(format!("entry {i} out of sequence"));
-            }
-            tree.push(v.value());
-            check_heads(&tree, &mut problems);
+            check.entry(k.value(), v.value());
         }
-        if pending.next().is_some() {
-            problems.push("a signed tree head is larger than the log".into());
-        }
-        let size = tree.size();
         for item in nodes.iter()? {
             let (k, v) = item?;
-            let (last, level) = k.value();
-            // A key no append would write (beyond the log, or not where a subtree
-            // ends) is a problem of its own, not a reason to look past the tree.
-            let complete = level < 64 && last < size && (last + 1).is_multiple_of(1 << level);
-            let recomputed = complete.then(|| tree.perfect(level, ((last + 1) >> level) - 1));
-            if recomputed.map(|r| r.unwrap_or_else(|e| match e {})) != Some(v.value()) {
-                problems.push(format!(
-                    "stored hash of the {}-leaf subtree ending at entry {last} does not match the entries",
-                    1u64 << level
-                ));
-            }
+            check.subtree(k.value(), &v.value());
         }
-        let root = merkle::root(&tree, size).unwrap_or_else(|e| match e {});
-        Ok(AuditReport {
-            entries: size,
-            heads: heads_checked,
-            root: merkle::to_hex(&root),
-            problems,
-        })
+        Ok(check.finish())
     }
 }

@@ -23,6 +23,7 @@ mod verify;
 
 pub use assign::{AssignmentRow, LetterRow, Plan, ASSIGNMENT_HEADER};
 pub use audit::AuditReport;
+pub(crate) use audit::STORED_FROM;
 pub use cases::{ConflictAction, MismatchAction};
 pub use checks::Reader;
 pub use commit::{CommitError, GroupCommitter, Writers};
@@ -34,6 +35,7 @@ pub use federation::{
 pub use folding::Folding;
 pub(crate) use group::{Job, Outcome};
 pub use portal::{activation_hash, new_activation_code, Account, Activation};
+pub(crate) use tables::subtree_key;
 pub use verify::VerifyReport;
 
 use crate::issuance::{IssueError, Method};

@@ -63,7 +63,7 @@ pub(super) const AUDIT_NODES: TableDefinition<(u64, u32), [u8; 32]> =
 
 /// The key of the perfect subtree `index` at `level`, which covers leaves
 /// [index·2^level, (index+1)·2^level).
-pub(super) fn subtree_key(level: u32, index: u64) -> (u64, u32) {
+pub(crate) fn subtree_key(level: u32, index: u64) -> (u64, u32) {
     (((index + 1) << level) - 1, level)
 }
 /// Tree size → Signed<TreeHead>.
