@@ -243,3 +243,69 @@ fn appenders_on_many_connections_make_one_log_that_verifies() {
         );
     });
 }
+
+/// The two stores keep one log the same way: the entries of a redb store appended to
+/// PostgreSQL give the same root at every size and the same proofs.
+#[test]
+fn both_stores_give_the_same_roots_and_proofs() {
+    use iryo_directory::postgres::{audit, migrate, DatabaseUrl};
+    use iryo_directory::store::Store;
+
+    let dir = tempfile::tempdir().unwrap();
+    let redb = Store::create(
+        &dir.path().join("directory.redb"),
+        16,
+        iryo_directory::issuance::Method::Fpe,
+    )
+    .unwrap()
+    .with_signer(ed25519_dalek::SigningKey::from_bytes(&[7; 32]));
+    for i in 0..40 {
+        redb.log_operator("op", format!("action {i}")).unwrap();
+    }
+    let n = redb.audit_size().unwrap();
+    let entries: Vec<_> = (0..n).map(|i| redb.audit_entry(i).unwrap()).collect();
+
+    let pg = Cluster::start();
+    let url = DatabaseUrl::parse(&pg.url()).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut c = url.connect().await.unwrap();
+        migrate::migrate(&mut c).await.unwrap();
+        for chunk in entries.chunks(17) {
+            let tx = c.transaction().await.unwrap();
+            let mut a = audit::begin(&tx).await.unwrap();
+            for e in chunk {
+                a.append(e).unwrap();
+            }
+            a.finish(&tx, None).await.unwrap();
+            tx.commit().await.unwrap();
+        }
+        for size in 0..=n {
+            assert_eq!(
+                audit::root(&c, size).await.unwrap(),
+                redb.audit_root(size).unwrap(),
+                "root at {size}"
+            );
+        }
+        for (index, size) in [(0, n), (16, n), (31, 32), (n - 1, n)] {
+            assert_eq!(
+                audit::inclusion_proof(&c, index, size).await.unwrap(),
+                redb.inclusion_proof(index, size).unwrap()
+            );
+        }
+        for old in [1, 16, 17, n] {
+            assert_eq!(
+                audit::consistency_proof(&c, old, n).await.unwrap(),
+                redb.consistency_proof(old, n).unwrap()
+            );
+        }
+        let stored: i64 = c
+            .query_one("SELECT count(*) FROM audit_subtrees", &[])
+            .await
+            .unwrap()
+            .get(0);
+        // Every complete subtree of 16 leaves or more, as the redb store keeps them.
+        let complete: u64 = (4..64).map(|level| n >> level).sum();
+        assert_eq!(stored as u64, complete);
+    });
+}
