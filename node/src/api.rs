@@ -5,7 +5,7 @@ use crate::exchange::{self, FetchError};
 use crate::{fhir, Node};
 use axum::body::Bytes;
 use axum::extract::{Path, Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -177,15 +177,27 @@ struct FetchBody {
     reason: Option<String>,
 }
 
+/// The request's `Idempotency-Key` header, if it has one; a malformed one is refused
+/// with 400 `bad_idempotency_key` before the body is read.
+struct Idempotency(Option<IdempotencyKey>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Idempotency {
+    type Rejection = Response;
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Response> {
+        crate::idempotency::from_headers(&parts.headers)
+            .map(Idempotency)
+            .map_err(|e| error(StatusCode::BAD_REQUEST, "bad_idempotency_key", e))
+    }
+}
+
 async fn fetch(
     State(node): State<Arc<Node>>,
-    headers: HeaderMap,
+    Idempotency(key): Idempotency,
     Json(b): Json<FetchBody>,
 ) -> Response {
-    let key = match crate::idempotency::from_headers(&headers) {
-        Ok(k) => k,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_idempotency_key", e),
-    };
     let ask = exchange::FetchAsk {
         medical_id: b.medical_id,
         source: b.from,
@@ -244,13 +256,9 @@ struct EligibilityBody {
 
 async fn eligibility(
     State(node): State<Arc<Node>>,
-    headers: HeaderMap,
+    Idempotency(idempotency_key): Idempotency,
     Json(b): Json<EligibilityBody>,
 ) -> Response {
-    let idempotency_key = match crate::idempotency::from_headers(&headers) {
-        Ok(k) => k,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_idempotency_key", e),
-    };
     let key = match (b.insurer, b.symbol, b.number) {
         (Some(insurer), Some(symbol), Some(number)) => {
             let card = (|| -> Result<CheckKey, IdError> {
