@@ -41,8 +41,9 @@ pub struct ApiConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DirectoryConfig {
-    /// The directory's libp2p address ending in /p2p/<peer id>.
-    pub address: String,
+    /// The directory's libp2p address ending in /p2p/<peer id>, or several (the
+    /// agency's directory processes), tried in order when one does not answer.
+    pub address: Addresses,
     /// The agency's root public key (Ed25519, hex), which signs memberships and grants.
     pub agency_key: String,
     /// How often cached memberships are fetched again; a revocation reaches this node
@@ -53,6 +54,58 @@ pub struct DirectoryConfig {
     /// memberships, 1 to 300.
     #[serde(default = "default_clock_tolerance")]
     pub clock_tolerance_seconds: i64,
+}
+
+/// One address, or several in the order they are tried; written as a string when
+/// there is one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "OneOrMany", into = "OneOrMany")]
+pub struct Addresses(pub Vec<String>);
+
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl From<OneOrMany> for Addresses {
+    fn from(v: OneOrMany) -> Self {
+        match v {
+            OneOrMany::One(a) => Addresses(vec![a]),
+            OneOrMany::Many(v) => Addresses(v),
+        }
+    }
+}
+
+impl From<Addresses> for OneOrMany {
+    fn from(a: Addresses) -> Self {
+        match <[String; 1]>::try_from(a.0) {
+            Ok([one]) => OneOrMany::One(one),
+            Err(many) => OneOrMany::Many(many),
+        }
+    }
+}
+
+impl From<String> for Addresses {
+    fn from(a: String) -> Self {
+        Addresses(vec![a])
+    }
+}
+
+impl std::fmt::Display for Addresses {
+    /// As TOML: a string, or an array of strings.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let quoted: Vec<String> = self
+            .0
+            .iter()
+            .map(|a| toml::Value::from(a.as_str()).to_string())
+            .collect();
+        match quoted.as_slice() {
+            [one] => f.write_str(one),
+            many => write!(f, "[{}]", many.join(", ")),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -115,19 +168,27 @@ impl NodeConfig {
             .map_err(|e| format!("directory.agency_key: {e}"))
     }
 
-    pub fn directory_address(&self) -> Result<libp2p::Multiaddr, String> {
-        let a: libp2p::Multiaddr = self
-            .directory
-            .address
-            .parse()
-            .map_err(|e| format!("directory.address: {e}"))?;
-        if !matches!(a.iter().last(), Some(libp2p::multiaddr::Protocol::P2p(_))) {
-            return Err(
-                "directory.address must end in /p2p/<peer id> so the directory's key is checked"
-                    .into(),
-            );
+    /// The directory's addresses, in the order they are tried.
+    pub fn directory_addresses(&self) -> Result<Vec<libp2p::Multiaddr>, String> {
+        if self.directory.address.0.is_empty() {
+            return Err("directory.address: give at least one address".into());
         }
-        Ok(a)
+        self.directory
+            .address
+            .0
+            .iter()
+            .map(|text| {
+                let a: libp2p::Multiaddr = text
+                    .parse()
+                    .map_err(|e| format!("directory.address {text:?}: {e}"))?;
+                if !matches!(a.iter().last(), Some(libp2p::multiaddr::Protocol::P2p(_))) {
+                    return Err(format!(
+                        "directory.address {text:?} must end in /p2p/<peer id> so the directory's key is checked"
+                    ));
+                }
+                Ok(a)
+            })
+            .collect()
     }
 
     pub fn listen_address(&self) -> Result<libp2p::Multiaddr, String> {
@@ -169,7 +230,10 @@ token = "{token}"
 
 [directory]
 # The agency directory's address, ending in /p2p/<its peer id> (from the agency).
-address = "{dir_addr}"
+# Where the agency runs several directory processes, list them all:
+# address = ["/dns4/dir1.example/tcp/4700/p2p/...", "/dns4/dir2.example/tcp/4700/p2p/..."]
+# a request goes to the first that answers, and stays there while it does.
+address = {dir_addr}
 # The agency's root public key, hex (printed by `iryo-directory init`).
 agency_key = "{agency}"
 # Seconds between refreshes of other institutions' memberships; a revoked
@@ -248,5 +312,60 @@ mod tests {
                 .clock_tolerance_seconds,
             30
         );
+    }
+
+    #[test]
+    fn several_directory_addresses_are_read_in_order_and_written_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let example =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/node-clinic.toml");
+        let text = std::fs::read_to_string(example).unwrap();
+        let one =
+            "/ip4/127.0.0.1/tcp/4701/p2p/12D3KooWQYhTNQdmr3ArTeUHRYzFg94BKyTkoWBDWez9kSCVe2Xo";
+        let two =
+            "/ip4/127.0.0.2/tcp/4701/p2p/12D3KooWQYhTNQdmr3ArTeUHRYzFg94BKyTkoWBDWez9kSCVe2Xo";
+        let path = dir.path().join("node.toml");
+        let with = |value: &str| {
+            std::fs::write(
+                &path,
+                text.replace(
+                    &format!("address = \"{one}\""),
+                    &format!("address = {value}"),
+                ),
+            )
+            .unwrap();
+            NodeConfig::load(&path)
+        };
+        let c = with(&format!("[\"{one}\", \"{two}\"]")).unwrap();
+        let read: Vec<String> = c
+            .directory_addresses()
+            .unwrap()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(read, [one, two]);
+        // Written back as it was read, and a single address as a plain string.
+        std::fs::write(&path, c.commented()).unwrap();
+        assert_eq!(
+            NodeConfig::load(&path).unwrap().directory.address,
+            c.directory.address
+        );
+        assert!(c
+            .commented()
+            .contains(&format!("address = [\"{one}\", \"{two}\"]")));
+        let single = with(&format!("\"{one}\"")).unwrap();
+        assert!(single
+            .commented()
+            .contains(&format!("address = \"{one}\"\n")));
+        // A wrong one is named.
+        let e = with(&format!("[\"{one}\", \"/ip4/127.0.0.2/tcp/4701\"]"))
+            .unwrap()
+            .directory_addresses()
+            .unwrap_err();
+        assert!(
+            e.contains("/ip4/127.0.0.2/tcp/4701") && e.contains("/p2p/<peer id>"),
+            "{e}"
+        );
+        assert!(with("[]").unwrap().directory_addresses().is_err());
     }
 }

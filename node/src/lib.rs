@@ -89,9 +89,9 @@ pub async fn start(config: NodeConfig) -> Result<Running, NodeError> {
     let store = Arc::new(store::Store::open(&config.data_dir.join("node.redb"))?);
     let tolerance = config.directory.clock_tolerance_seconds;
     let serving = serve_commit::ServeCommitter::start(store.clone(), tolerance);
-    let directory_addr = config.directory_address().map_err(NodeError::Config)?;
+    let directory_addr = config.directory_addresses().map_err(NodeError::Config)?;
     let listen = config.listen_address().map_err(NodeError::Config)?;
-    let (p2p, inbound, p2p_addrs, p2p_task) = p2p::start(&key, listen, directory_addr).await?;
+    let (p2p, inbound, p2p_addrs, p2p_task) = p2p::start(&key, listen, &directory_addr).await?;
     let node = Arc::new(Node {
         code,
         directory: directory::Directory::new(p2p.clone(), agency, config.refresh(), tolerance),

@@ -10,6 +10,7 @@ pub use iryo_p2p::P2pError;
 use iryo_proto::wire::*;
 use libp2p::{Multiaddr, PeerId, StreamProtocol};
 pub use libp2p_stream::IncomingStreams;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -18,15 +19,40 @@ use tokio::sync::mpsc;
 pub struct P2p {
     directory: Arc<Sessions<DirectoryRequest, DirectoryResponse>>,
     exchange: Arc<Sessions<ExchangeRequest, ExchangeResponse>>,
-    directory_peer: PeerId,
-    directory_addr: Vec<Multiaddr>,
+    /// The agency's directory processes, each a peer with its addresses, in the order
+    /// node.toml lists them.
+    directories: Arc<[(PeerId, Vec<Multiaddr>)]>,
+    /// The one requests go to while it answers.
+    current: Arc<AtomicUsize>,
 }
 
 impl P2p {
+    /// Asks the directory process in use; one that cannot be reached (nothing was
+    /// sent) gives way to the next listed, which is then kept. A request that was sent
+    /// and got no answer is not sent again elsewhere: it may have been done, and the
+    /// caller knows whether it can be repeated.
     pub async fn directory(&self, req: DirectoryRequest) -> Result<DirectoryResponse, P2pError> {
-        self.directory
-            .request(self.directory_peer, &self.directory_addr, &req)
-            .await
+        let n = self.directories.len();
+        let first = self.current.load(Ordering::Relaxed);
+        let mut last = P2pError::Unreachable("no directory address is configured".into());
+        for step in 0..n {
+            let i = (first + step) % n;
+            let (peer, addresses) = &self.directories[i];
+            match self.directory.request(*peer, addresses, &req).await {
+                Err(P2pError::Unreachable(why)) => {
+                    tracing::warn!(directory = %peer, why, "directory process unreachable; trying the next");
+                    last = P2pError::Unreachable(why);
+                }
+                answered => {
+                    if step > 0 {
+                        tracing::info!(directory = %peer, "now using this directory process");
+                        self.current.store(i, Ordering::Relaxed);
+                    }
+                    return answered;
+                }
+            }
+        }
+        Err(last)
     }
 
     pub async fn fetch(
@@ -47,7 +73,7 @@ const IDLE_CONNECTION: Duration = Duration::from_secs(60);
 pub async fn start(
     key: &SigningKey,
     listen: Multiaddr,
-    directory: Multiaddr,
+    directory: &[Multiaddr],
 ) -> Result<
     (
         P2p,
@@ -59,14 +85,19 @@ pub async fn start(
 > {
     let (swarm, addresses) =
         iryo_p2p::transport::listening(key.to_bytes(), listen, IDLE_CONNECTION).await?;
-    let directory_peer = match directory.iter().last() {
-        Some(libp2p::multiaddr::Protocol::P2p(p)) => p,
-        _ => {
-            return Err(P2pError::Transport(
-                "directory address lacks /p2p/<peer id>".into(),
-            ))
+    // Addresses of one peer (one key on several hosts) are dialled together.
+    let mut directories: Vec<(PeerId, Vec<Multiaddr>)> = Vec::new();
+    for address in directory {
+        let Some(libp2p::multiaddr::Protocol::P2p(peer)) = address.iter().last() else {
+            return Err(P2pError::Transport(format!(
+                "directory address {address} lacks /p2p/<peer id>"
+            )));
+        };
+        match directories.iter_mut().find(|(p, _)| *p == peer) {
+            Some((_, addresses)) => addresses.push(address.clone()),
+            None => directories.push((peer, vec![address.clone()])),
         }
-    };
+    }
     let mut control = swarm.behaviour().new_control();
     let inbound = control
         .accept(StreamProtocol::new(EXCHANGE_PROTOCOL))
@@ -85,8 +116,8 @@ pub async fn start(
             control,
             dial,
         )),
-        directory_peer,
-        directory_addr: vec![directory],
+        directories: directories.into(),
+        current: Arc::new(AtomicUsize::new(0)),
     };
     let task = tokio::spawn(iryo_p2p::transport::drive(swarm, dials));
     Ok((p2p, inbound, addresses, task))

@@ -92,7 +92,7 @@ fn example_configs_load() {
     for name in ["node-hospital.toml", "node-clinic.toml"] {
         let cfg = NodeConfig::load(&dir.join(name)).unwrap();
         cfg.agency_key().unwrap();
-        cfg.directory_address().unwrap();
+        cfg.directory_addresses().unwrap();
         cfg.listen_address().unwrap();
     }
 }

@@ -37,4 +37,7 @@ pub enum P2pError {
     Stopped,
     #[error("request failed: {0}")]
     Request(String),
+    /// No session could be opened: nothing was sent, so the request may go elsewhere.
+    #[error("{0}")]
+    Unreachable(String),
 }

@@ -277,7 +277,7 @@ where
             }
             return result;
         }
-        Err(P2pError::Request(format!("no session to {peer}")))
+        Err(P2pError::Unreachable(format!("no session to {peer}")))
     }
 
     async fn session(
@@ -305,9 +305,9 @@ where
             let stream = tokio::time::timeout(OPEN_TIMEOUT, open)
                 .await
                 .map_err(|_| {
-                    P2pError::Request(format!("cannot reach {peer} within {OPEN_TIMEOUT:?}"))
+                    P2pError::Unreachable(format!("cannot reach {peer} within {OPEN_TIMEOUT:?}"))
                 })?
-                .map_err(|e| P2pError::Request(format!("cannot reach {peer}: {e}")))?;
+                .map_err(|e| P2pError::Unreachable(format!("cannot reach {peer}: {e}")))?;
             attempt += 1;
             match welcomed(stream, self.max_response).await {
                 Ok(halves) => break halves,
@@ -315,7 +315,7 @@ where
                     tracing::debug!(%peer, why, attempt, "stream not taken on; opening another");
                     tokio::time::sleep(backoff(attempt)).await;
                 }
-                Err(why) => return Err(P2pError::Request(format!("{peer}: {why}"))),
+                Err(why) => return Err(P2pError::Unreachable(format!("{peer}: {why}"))),
             }
         };
         let session = Session::start(halves, peer);

@@ -360,7 +360,7 @@ impl Federation {
             .expect("directory address");
         for node in &mut fed.nodes {
             let mut cfg = NodeConfig::load(&node.config_path()).expect("node.toml");
-            cfg.directory.address = fed.directory_addr.clone();
+            cfg.directory.address = fed.directory_addr.clone().into();
             cfg.directory.agency_key = fed.agency_key.clone();
             cfg.directory.refresh_seconds = refresh;
             cfg.outbox.interval_ms = 100;
@@ -465,7 +465,7 @@ impl RawPeer {
             .block_on(iryo_node::p2p::start(
                 key,
                 "/ip4/127.0.0.1/tcp/0".parse().expect("addr"),
-                directory.parse().expect("directory address"),
+                &[directory.parse().expect("directory address")],
             ))
             .expect("raw peer starts");
         // It serves nothing: refuse whatever arrives.

@@ -102,7 +102,7 @@ impl LocalFederation {
                 token: iryo_proto::merkle::to_hex(&token),
             },
             directory: DirectoryConfig {
-                address: self.directory_addr.clone(),
+                address: self.directory_addr.clone().into(),
                 agency_key: self.agency_hex.clone(),
                 refresh_seconds: 60,
                 clock_tolerance_seconds: iryo_proto::federation::CLOCK_SKEW_SECONDS,

@@ -112,7 +112,7 @@ fn the_readme_recipe_runs_a_federation() {
     // "put the directory's address and the agency key into hospital/node.toml"
     let config = cwd.join("hospital/node.toml");
     let mut cfg = NodeConfig::load(&config).expect("node.toml");
-    cfg.directory.address = directory;
+    cfg.directory.address = directory.into();
     cfg.directory.agency_key = agency_key;
     std::fs::write(&config, cfg.commented()).expect("node.toml");
 

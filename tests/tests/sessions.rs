@@ -53,7 +53,7 @@ fn every_request_gets_its_own_answer_when_many_arrive_at_once() {
         .parse()
         .expect("addr");
         let (_answerer, mut inbound, answerer_addrs, _task) =
-            iryo_node::p2p::start(&key(1), listen.clone(), nowhere.clone())
+            iryo_node::p2p::start(&key(1), listen.clone(), std::slice::from_ref(&nowhere))
                 .await
                 .expect("answerer starts");
         tokio::spawn(async move {
@@ -83,10 +83,13 @@ fn every_request_gets_its_own_answer_when_many_arrive_at_once() {
 
         let mut requesters = Vec::new();
         for r in 0..REQUESTERS {
-            let (p2p, _, _, task) =
-                iryo_node::p2p::start(&key(10 + r as u8), listen.clone(), nowhere.clone())
-                    .await
-                    .expect("requester starts");
+            let (p2p, _, _, task) = iryo_node::p2p::start(
+                &key(10 + r as u8),
+                listen.clone(),
+                std::slice::from_ref(&nowhere),
+            )
+            .await
+            .expect("requester starts");
             requesters.push((p2p, task));
         }
         let mut all = Vec::new();

@@ -147,7 +147,7 @@ fn run(cli: Cli) -> Result<()> {
                     token: iryo_proto::merkle::to_hex(&token),
                 },
                 directory: DirectoryConfig {
-                    address: directory,
+                    address: directory.into(),
                     agency_key,
                     refresh_seconds: 60,
                     clock_tolerance_seconds: iryo_proto::federation::CLOCK_SKEW_SECONDS,
