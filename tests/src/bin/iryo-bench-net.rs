@@ -49,6 +49,18 @@ struct Args {
     /// Run this phase only; the federation is set up in full either way.
     #[arg(long, value_enum)]
     only: Option<Phase>,
+    /// Send every eligibility check with an idempotency key of its own, as an EMR that
+    /// retries would (keyed checks take the main writer, not the intake files).
+    #[arg(long)]
+    keyed: bool,
+}
+
+/// A check with the `n`th key of a run, when keys are asked for.
+fn keyed(mut req: CheckRequest, keys: bool, n: usize) -> CheckRequest {
+    if keys {
+        req.idempotency_key = iryo_proto::IdempotencyKey::parse(&format!("bench-{n}")).ok();
+    }
+    req
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -327,11 +339,14 @@ async fn run(args: Args) -> Result<()> {
         for i in 0..args.in_flight {
             let node = clients[i % clients.len()].clone();
             let checks = checks.clone();
+            let (keys, in_flight) = (args.keyed, args.in_flight);
             tasks.push(tokio::spawn(async move {
                 let mut lat = Vec::new();
                 let mut k = i;
+                let mut sent = 0usize;
                 while Instant::now() < deadline {
-                    let req = checks[k % checks.len()].clone();
+                    let req = keyed(checks[k % checks.len()].clone(), keys, sent * in_flight + i);
+                    sent += 1;
                     k += 7;
                     let t = Instant::now();
                     if node.directory.check(req).await.is_ok() {
@@ -346,7 +361,8 @@ async fn run(args: Args) -> Result<()> {
             lat.extend(t.await?);
         }
         println!(
-            "[eligibility over the network] {} in flight from {} nodes: {}",
+            "[eligibility over the network{}] {} in flight from {} nodes: {}",
+            if args.keyed { ", keyed" } else { "" },
             args.in_flight,
             clients.len(),
             checks_summary(&mut lat, started.elapsed())
@@ -370,8 +386,9 @@ async fn run(args: Args) -> Result<()> {
             })
             .unzip();
         let pacer = {
-            let (checks, rate, seconds) = (checks.clone(), args.rate, args.seconds);
-            std::thread::spawn(move || pace_checks(&checks, &queues, rate, seconds))
+            let (checks, rate, seconds, keys) =
+                (checks.clone(), args.rate, args.seconds, args.keyed);
+            std::thread::spawn(move || pace_checks(&checks, &queues, (rate, seconds), keys))
         };
         let (mut answered, mut failed) = (Vec::new(), 0usize);
         let (paced_from, sent, mut late) = pacer
@@ -388,8 +405,9 @@ async fn run(args: Args) -> Result<()> {
         let mut lat: Vec<Duration> = answered.into_iter().map(|(_, l)| l).collect();
         let summary = checks_summary(&mut lat, started.elapsed());
         println!(
-            "[eligibility at a steady {} checks/s] from {} nodes: {summary}, max {:.2} ms ({} failed); the pacing thread itself sent late by p50 {:.2} ms, p99 {:.2} ms; p99 of each second's checks: {by_second}",
+            "[eligibility at a steady {} checks/s{}] from {} nodes: {summary}, max {:.2} ms ({} failed); the pacing thread itself sent late by p50 {:.2} ms, p99 {:.2} ms; p99 of each second's checks: {by_second}",
             args.rate,
+            if args.keyed { ", keyed" } else { "" },
             clients.len(),
             lat.last().map_or(0.0, |d| d.as_secs_f64() * 1e3),
             failed,
@@ -417,8 +435,8 @@ async fn run(args: Args) -> Result<()> {
 fn pace_checks(
     checks: &[CheckRequest],
     queues: &[tokio::sync::mpsc::UnboundedSender<(CheckRequest, Instant)>],
-    rate: u32,
-    seconds: u64,
+    (rate, seconds): (u32, u64),
+    keys: bool,
 ) -> (Instant, usize, Vec<Duration>) {
     let start = Instant::now();
     let total = rate as usize * seconds as usize;
@@ -431,7 +449,12 @@ fn pace_checks(
             if due > now {
                 break;
             }
-            let req = checks[(sent * 7) % checks.len()].clone();
+            // Keys of their own, apart from the saturation run's.
+            let req = keyed(
+                checks[(sent * 7) % checks.len()].clone(),
+                keys,
+                usize::MAX - sent,
+            );
             if queues[sent % queues.len()].send((req, due)).is_err() {
                 return (start, sent, late);
             }
