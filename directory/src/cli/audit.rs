@@ -112,11 +112,7 @@ pub(super) fn run(config: &Config, cmd: AuditCmd) -> Result<ExitCode> {
                         g.grant.source,
                         g.grant.requester,
                         g.grant.medical_id.grouped(),
-                        if g.disclosed.is_some() {
-                            "disclosed, receipt not reported"
-                        } else {
-                            "received, disclosure not reported"
-                        }
+                        g.unmatched_side()
                     );
                 }
             }

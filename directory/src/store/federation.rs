@@ -44,6 +44,17 @@ pub struct GrantRecord {
     pub received: Option<(u64, Time)>,
 }
 
+impl GrantRecord {
+    /// Which end of an unmatched grant reported and which did not, in words.
+    pub fn unmatched_side(&self) -> &'static str {
+        if self.disclosed.is_some() {
+            "disclosed, receipt never reported"
+        } else {
+            "received, disclosure never reported"
+        }
+    }
+}
+
 /// Splits a batch over the machine's cores; verification is the costly half of intake.
 fn verify_parallel(
     batch: &[Signed<Notification>],
@@ -551,11 +562,7 @@ impl Store {
                     g.grant.source,
                     g.grant.requester,
                     g.grant.medical_id.grouped(),
-                    if g.disclosed.is_some() {
-                        "disclosed, receipt never reported"
-                    } else {
-                        "received, disclosure never reported"
-                    },
+                    g.unmatched_side(),
                     reason.trim()
                 ),
                 at,
