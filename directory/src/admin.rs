@@ -201,6 +201,10 @@ pub enum DeathChange {
     Revoke { reason: String },
 }
 
+/// What `show` reads of a person, as the person's access log says it.
+pub const SHOW_READS: &str =
+    "the registry record (identity, My Number, address, coverages, history, service use)";
+
 pub fn socket_path(config: &Config) -> PathBuf {
     config.data_dir.join("admin.sock")
 }
@@ -289,11 +293,7 @@ pub fn execute(
                     (None, Some(n)) => reader.person_by_my_number(n)?,
                     (None, None) => return Err(AdminError::NoPerson),
                 };
-                store.log_reads(
-                    operator,
-                    &[person.medical_id],
-                    "the registry record (identity, My Number, address, coverages, history, service use)",
-                )?;
+                store.log_reads(operator, &[person.medical_id], SHOW_READS)?;
                 AdminResponse::Person {
                     service_use: reader.service_uses(person.pid)?,
                     person: Box::new(person),

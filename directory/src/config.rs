@@ -40,6 +40,17 @@ pub struct Config {
     pub service: ServiceConfig,
     pub https: HttpsConfig,
     pub letters: LettersConfig,
+    pub storage: StorageConfig,
+}
+
+/// Where the registry is kept (`[storage]`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// A PostgreSQL database, as a libpq URL (postgresql://USER@HOST/DATABASE, or
+    /// postgresql://USER@/DATABASE?host=/socket/dir); unset keeps the embedded store
+    /// (redb) in `data_dir`. The keys stay in `data_dir` either way.
+    pub url: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -190,6 +201,7 @@ impl Default for Config {
             service: ServiceConfig::default(),
             https: HttpsConfig::default(),
             letters: LettersConfig::default(),
+            storage: StorageConfig::default(),
         }
     }
 }

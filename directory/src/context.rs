@@ -3,6 +3,7 @@
 use crate::config::Config;
 use crate::issuance::{Issuer, Method};
 use crate::keys::{AgencyKeys, KeyError};
+use crate::postgres::{DatabaseUrl, PgStore};
 use crate::store::{Store, StoreError};
 use thiserror::Error;
 
@@ -69,6 +70,52 @@ impl Context {
         Ok(store)
     }
 
+    /// The PostgreSQL database the configuration names (`[storage] url`,
+    /// `--database`, `IRYO_DATABASE`), if any; without one the store is redb.
+    pub fn database(&self) -> Result<Option<DatabaseUrl>, ContextError> {
+        match &self.config.storage.url {
+            Some(u) => Ok(Some(DatabaseUrl::parse(u).map_err(StoreError::from)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Prepares an empty PostgreSQL database as the registry and creates the agency's
+    /// keys in the data directory. The database is asked first, so that one that
+    /// cannot be reached, or holds a registry already, leaves no keys behind.
+    pub fn init_postgres(&self, url: &DatabaseUrl) -> Result<(PgStore, AgencyKeys), ContextError> {
+        let c = &self.config;
+        crate::files::create_private_dir(&c.data_dir)
+            .map_err(|e| ContextError::DataDir(c.data_dir.clone(), e))?;
+        if AgencyKeys::exists(&c.keys_dir()) {
+            return Err(ContextError::KeysExist(c.keys_dir()));
+        }
+        PgStore::ensure_empty(url)?;
+        let keys = AgencyKeys::generate()?;
+        keys.write(&c.keys_dir())?;
+        crate::keys::new_service_identity(&c.keys_dir())?;
+        let store = PgStore::create(url, c.issuance.method)?.with_signer(keys.root.clone());
+        Ok((store, keys))
+    }
+
+    /// Opens the registry on PostgreSQL with the agency key that signs the audit log.
+    pub fn postgres(&self, url: &DatabaseUrl) -> Result<PgStore, ContextError> {
+        let store = PgStore::open(url)?;
+        let keys = AgencyKeys::load(&self.config.keys_dir())?;
+        if let Some(first) = store.first_head_signer()? {
+            if first != keys.root.verifying_key().to_bytes() {
+                return Err(ContextError::WrongRootKey(
+                    self.config.keys_dir().join("agency-root.ed25519"),
+                ));
+            }
+        }
+        Ok(store.with_signer(keys.root))
+    }
+
+    /// The issuer for the method a PostgreSQL registry was initialised with.
+    pub fn postgres_issuer(&self, store: &PgStore) -> Result<Issuer, ContextError> {
+        self.issuer_for(store.method()?)
+    }
+
     fn configure(&self, store: Store) -> Store {
         let c = &self.config;
         store
@@ -88,7 +135,10 @@ impl Context {
     /// The issuer for the method the database was initialised with; the method is
     /// fixed for the life of a registry, so the configuration only matters at `init`.
     pub fn issuer(&self, store: &Store) -> Result<Issuer, ContextError> {
-        let method = store.method()?;
+        self.issuer_for(store.method()?)
+    }
+
+    fn issuer_for(&self, method: Method) -> Result<Issuer, ContextError> {
         if method != self.config.issuance.method {
             tracing::debug!(
                 database = method.as_str(),

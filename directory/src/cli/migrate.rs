@@ -1,22 +1,16 @@
 //! `migrate`: prepares a PostgreSQL database for the directory, or brings its schema
 //! up to this binary's version.
 
-use anyhow::Result;
-use clap::Args;
+use anyhow::{bail, Result};
+use iryo_directory::config::Config;
 use iryo_directory::postgres::{migrate, DatabaseUrl};
 use std::process::ExitCode;
 
-#[derive(Args)]
-pub(super) struct MigrateArgs {
-    /// The PostgreSQL database, as a libpq URL: postgresql://USER@HOST/DATABASE, or
-    /// postgresql://USER@/DATABASE?host=/socket/dir for a unix socket. A password is
-    /// better given in ~/.pgpass or PGPASSWORD than here; it is never printed.
-    #[arg(long, value_name = "URL")]
-    database: String,
-}
-
-pub(super) fn run(a: &MigrateArgs) -> Result<ExitCode> {
-    let url = DatabaseUrl::parse(&a.database)?;
+pub(super) fn run(config: &Config) -> Result<ExitCode> {
+    let Some(text) = &config.storage.url else {
+        bail!("give the database: --database URL, IRYO_DATABASE or [storage] url");
+    };
+    let url = DatabaseUrl::parse(text)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

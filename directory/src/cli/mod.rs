@@ -46,6 +46,13 @@ pub(crate) struct Cli {
     /// (default iryo-data).
     #[arg(long, global = true, env = "IRYO_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// Keep the registry in this PostgreSQL database instead of the embedded store in
+    /// --data-dir; overrides `[storage] url`. A libpq URL: postgresql://USER@HOST/DATABASE,
+    /// or postgresql://USER@/DATABASE?host=/socket/dir for a unix socket. A password
+    /// belongs in PGPASSWORD rather than here; it is never printed. The keys stay in
+    /// --data-dir.
+    #[arg(long, global = true, env = "IRYO_DATABASE", value_name = "URL")]
+    database: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -117,7 +124,7 @@ enum Command {
     /// Create the directory's tables in a PostgreSQL database, or bring them up to this
     /// binary's schema version (versioned migrations, applied once, in one transaction).
     /// Refuses a database whose schema is newer than this binary knows.
-    Migrate(migrate::MigrateArgs),
+    Migrate,
     /// Write realistic sample enrollment files for the four insurer kinds.
     Sample(tools::SampleArgs),
     /// Fresh database, sample data, enrollment, assignment and a few checks, narrated.
@@ -146,6 +153,18 @@ pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
     if let Some(d) = &cli.data_dir {
         config.data_dir = d.clone();
     }
+    if let Some(url) = &cli.database {
+        config.storage.url = Some(url.clone());
+    }
+    if config.storage.url.is_some() {
+        if let Some(name) = not_on_postgres(&cli.command) {
+            bail!(
+                "`{name}` does not run on PostgreSQL yet; there, so far: init, migrate, \
+                 enroll, status, show, conflicts list. Leave out --database (and \
+                 IRYO_DATABASE, [storage] url) to use the embedded store in --data-dir"
+            );
+        }
+    }
     match cli.command {
         Command::Init(a) => registry::init(config, a),
         Command::Enroll(a) => registry::enroll(config, a),
@@ -163,14 +182,19 @@ pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
         Command::RetireDue(a) => registry::retire_due(config, a),
         Command::Show(a) => registry::show(config, a),
         Command::Status => {
-            let counts =
-                ask!(&config, &operator(), AdminRequest::Status, AdminResponse::Counts(c) => c);
+            let ctx = Context::new(config.clone());
+            let counts = match ctx.database()? {
+                Some(url) => ctx.postgres(&url)?.counts()?,
+                None => {
+                    ask!(&config, &operator(), AdminRequest::Status, AdminResponse::Counts(c) => c)
+                }
+            };
             print_json(&counts)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::RebuildLinkage => tools::rebuild_linkage(&config),
         Command::VerifyStore => tools::verify_store(&config),
-        Command::Migrate(a) => migrate::run(&a),
+        Command::Migrate => migrate::run(&config),
         Command::Backup { out } => tools::backup(&config, &out),
         Command::Restore { from } => tools::restore(&config, &from),
         Command::Sample(a) => tools::sample(a),
@@ -184,6 +208,41 @@ pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
         Command::Consent(cmd) => federation::consent(&config, cmd),
         Command::Audit(cmd) => audit::run(&config, cmd),
     }
+}
+
+/// The name of a command that does not run on PostgreSQL yet, if this is one.
+fn not_on_postgres(c: &Command) -> Option<&'static str> {
+    Some(match c {
+        Command::Init(_)
+        | Command::Enroll(_)
+        | Command::Status
+        | Command::Show(_)
+        | Command::Migrate
+        | Command::Sample(_)
+        | Command::Conflicts(cases::ConflictCmd::List(_)) => return None,
+        Command::Assign(_) => "assign",
+        Command::Letters(_) => "letters",
+        Command::Ca(_) => "ca",
+        Command::Keys(_) => "keys",
+        Command::Check(_) => "check",
+        Command::Conflicts(_) => "conflicts resolve",
+        Command::Mismatches(_) => "mismatches",
+        Command::Notices(_) => "notices",
+        Command::Change(_) => "change",
+        Command::MyNumberChange(_) => "my-number-change",
+        Command::Death(_) => "death",
+        Command::RetireDue(_) => "retire-due",
+        Command::RebuildLinkage => "rebuild-linkage",
+        Command::Backup { .. } => "backup",
+        Command::Restore { .. } => "restore",
+        Command::VerifyStore => "verify-store",
+        Command::Demo(_) => "demo",
+        Command::Bench(_) => "bench",
+        Command::Serve(_) => "serve",
+        Command::Institution(_) => "institution",
+        Command::Consent(_) => "consent",
+        Command::Audit(_) => "audit",
+    })
 }
 
 /// An error and its causes on one line, each said once: a cause whose text the

@@ -186,8 +186,15 @@ pub(super) fn init(mut config: Config, a: InitArgs) -> Result<ExitCode> {
         };
     }
     let ctx = Context::new(config);
-    let (_, keys) = ctx.init()?;
-    println!("created {}", ctx.config.db_path().display());
+    let keys = if let Some(url) = ctx.database()? {
+        let (_, keys) = ctx.init_postgres(&url)?;
+        println!("prepared the registry in {url}");
+        keys
+    } else {
+        let (_, keys) = ctx.init()?;
+        println!("created {}", ctx.config.db_path().display());
+        keys
+    };
     println!("keys in {} (mode 0600)", ctx.config.keys_dir().display());
     println!("issuance method: {}", ctx.config.issuance.method.as_str());
     println!(
@@ -229,8 +236,26 @@ pub(super) fn enroll(config: Config, a: EnrollArgs) -> Result<ExitCode> {
     };
     let ctx = Context::new(config.clone());
     let mut summaries = Vec::new();
-    match ctx.store() {
-        Ok(store) => {
+    // On PostgreSQL every command works on the database directly, serving or not.
+    let opened = match ctx.database()? {
+        Some(url) => {
+            let store = ctx.postgres(&url)?;
+            let issuer = ctx.postgres_issuer(&store)?;
+            let progress = Progress::for_stderr();
+            for f in &a.files {
+                let s = ingest_file(&store, &issuer, f, &opts, &progress)?;
+                if !a.json {
+                    println!("{s}");
+                }
+                summaries.push(s);
+            }
+            None
+        }
+        None => Some(ctx.store()),
+    };
+    match opened {
+        None => {}
+        Some(Ok(store)) => {
             let issuer = ctx.issuer(&store)?;
             let progress = Progress::for_stderr();
             for f in &a.files {
@@ -242,7 +267,7 @@ pub(super) fn enroll(config: Config, a: EnrollArgs) -> Result<ExitCode> {
             }
         }
         // `serve` holds the database: it enrolls the files itself.
-        Err(ContextError::Store(StoreError::InUse { .. })) => {
+        Some(Err(ContextError::Store(StoreError::InUse { .. }))) => {
             let files = a
                 .files
                 .iter()
@@ -268,7 +293,7 @@ pub(super) fn enroll(config: Config, a: EnrollArgs) -> Result<ExitCode> {
                 summaries.push(s);
             }
         }
-        Err(e) => return Err(e.into()),
+        Some(Err(e)) => return Err(e.into()),
     }
     let mut total = Summary {
         file: "total".into(),
@@ -413,12 +438,29 @@ pub(super) fn retire_due(config: Config, a: RetireDueArgs) -> Result<ExitCode> {
 }
 
 pub(super) fn show(config: Config, a: ShowArgs) -> Result<ExitCode> {
-    let request = AdminRequest::Show {
-        medical_id: a.medical_id,
-        my_number: a.my_number,
+    let ctx = Context::new(config.clone());
+    let (p, uses, retention) = if let Some(url) = ctx.database()? {
+        let store = ctx.postgres(&url)?;
+        let p = match (a.medical_id, a.my_number) {
+            (Some(id), _) => store.person_by_medical_id(id)?,
+            (None, Some(n)) => store.person_by_my_number(n)?,
+            (None, None) => bail!("give --medical-id or --my-number"),
+        };
+        store.log_reads(
+            &operator(),
+            &[p.medical_id],
+            iryo_directory::admin::SHOW_READS,
+        )?;
+        let uses = store.service_uses(p.pid)?;
+        (Box::new(p), uses, config.registry.retention_years)
+    } else {
+        let request = AdminRequest::Show {
+            medical_id: a.medical_id,
+            my_number: a.my_number,
+        };
+        ask!(&config, &operator(), request,
+            AdminResponse::Person { person, service_use, retention_years } => (person, service_use, retention_years))
     };
-    let (p, uses, retention) = ask!(&config, &operator(), request,
-        AdminResponse::Person { person, service_use, retention_years } => (person, service_use, retention_years));
     if a.json {
         print_json(&serde_json::json!({ "person": p, "service_use": uses }))?;
     } else {

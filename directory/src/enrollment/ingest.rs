@@ -7,7 +7,7 @@ use super::{parse_row, Columns, Encoding, RowError};
 use crate::issuance::Issuer;
 use crate::registry::merge::RowOutcome;
 use crate::registry::{now, today, EnrollmentRow};
-use crate::store::{Store, StoreError};
+use crate::store::{EnrollBatch, StoreError};
 use iryo_proto::MedicalId;
 use serde::Serialize;
 use std::fs::File;
@@ -162,7 +162,7 @@ fn own_insurer(
 /// Ingests one file. Idempotent: the same file again changes nothing, and a run
 /// killed half-way then repeated ends as one uninterrupted run would.
 pub fn ingest_file(
-    store: &Store,
+    store: &(impl EnrollBatch + ?Sized),
     issuer: &Issuer,
     path: &Path,
     opts: &IngestOptions,
@@ -380,7 +380,7 @@ pub fn ingest_file(
 
 /// Ingests files one after the other, quietly; their summaries in order.
 pub fn ingest_all(
-    store: &Store,
+    store: &(impl EnrollBatch + ?Sized),
     issuer: &Issuer,
     files: &[PathBuf],
     opts: &IngestOptions,

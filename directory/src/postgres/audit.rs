@@ -11,7 +11,7 @@
 //! Roots and proofs ask RFC 6962's recursion which subtrees it needs (it asks by
 //! position alone), read those in two statements, then compute.
 
-use super::PgError;
+use super::{sql, unsql, PgError};
 use crate::audit::LogEntry;
 use crate::log_check::{AuditReport, LogCheck};
 use ed25519_dalek::{SigningKey, VerifyingKey};
@@ -31,14 +31,6 @@ const APPEND_LOCK: i64 = 0x6972_796f_0000_0002;
 
 /// Leaves `verify` reads at a time.
 const VERIFY_PAGE: i64 = 10_000;
-
-fn sql(n: u64) -> Result<i64, PgError> {
-    i64::try_from(n).map_err(|_| PgError::Inconsistent(format!("{n} is beyond a bigint")))
-}
-
-fn unsql(n: i64) -> Result<u64, PgError> {
-    u64::try_from(n).map_err(|_| PgError::Inconsistent(format!("negative index {n}")))
-}
 
 fn hash(bytes: &[u8]) -> Result<Hash, PgError> {
     bytes

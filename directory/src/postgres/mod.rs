@@ -3,6 +3,10 @@
 
 pub mod audit;
 pub mod migrate;
+mod registry_tx;
+mod store;
+
+pub use store::PgStore;
 
 use std::time::Duration;
 use thiserror::Error;
@@ -35,9 +39,24 @@ pub enum PgError {
     /// The database was migrated by a newer iryo-directory.
     #[error("the database's schema is version {found}, newer than this iryo-directory knows ({known}); run the newer iryo-directory, or upgrade this one")]
     Newer { found: i32, known: i32 },
+    #[error("{0} holds a registry already; `init` prepares an empty database only")]
+    Initialised(String),
+    #[error("{0} holds no registry yet; run `iryo-directory init --database URL` first")]
+    NotInitialised(String),
     /// The database needs `iryo-directory migrate` first.
     #[error("the database's schema is version {found}, older than this iryo-directory needs ({known}); run `iryo-directory migrate --database URL` first")]
     Older { found: i32, known: i32 },
+}
+
+/// A number as PostgreSQL's bigint; every number the store keeps fits.
+pub(crate) fn sql(n: u64) -> Result<i64, PgError> {
+    i64::try_from(n).map_err(|_| PgError::Inconsistent(format!("{n} is beyond a bigint")))
+}
+
+/// A bigint read back as the number it was written from.
+pub(crate) fn unsql(n: i64) -> Result<u64, PgError> {
+    u64::try_from(n)
+        .map_err(|_| PgError::Inconsistent(format!("a negative number {n} where none is written")))
 }
 
 /// A database URL as given, shown with its password replaced.
@@ -58,6 +77,12 @@ impl DatabaseUrl {
                 })?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        // libpq's own variable, so that a password need not be in the URL (or in `ps`).
+        if config.get_password().is_none() {
+            if let Some(p) = std::env::var_os("PGPASSWORD") {
+                config.password(p.as_encoded_bytes());
+            }
         }
         Ok(Self {
             text: text.to_string(),

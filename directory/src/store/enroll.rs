@@ -1,17 +1,57 @@
 //! Applying a batch of enrollment rows in one durable transaction.
 
-use super::tables::{Tables, CONFLICT_SEQ, PID};
+use super::registry_tx::RegistryTx;
+use super::tables::{CONFLICT_SEQ, PID};
 use super::{encode, Result, Store};
 use crate::issuance::Issuer;
 use crate::registry::merge::{conflict_for, merge_row, new_person, CardHolder, RowOutcome};
 use crate::registry::{CaseStatus, Conflict, ConflictKind, EnrollmentRow, Timestamp};
 use iryo_proto::MedicalId;
-use redb::ReadableTable;
 
 /// What each row of a batch did, in row order.
 #[derive(Debug, Default)]
 pub struct BatchReport {
     pub outcomes: Vec<(u64, RowOutcome)>,
+}
+
+/// A store that enrolls batches of rows: either backend, for `ingest`.
+pub trait EnrollBatch {
+    /// Applies `rows` in order and commits once. `candidates`, when given, holds each
+    /// row's generation-0 FF1 candidate computed on another thread.
+    fn enroll_batch(
+        &self,
+        source: &str,
+        rows: &[EnrollmentRow],
+        candidates: Option<&[MedicalId]>,
+        issuer: &Issuer,
+        at: Timestamp,
+    ) -> Result<BatchReport>;
+}
+
+impl EnrollBatch for crate::postgres::PgStore {
+    fn enroll_batch(
+        &self,
+        source: &str,
+        rows: &[EnrollmentRow],
+        candidates: Option<&[MedicalId]>,
+        issuer: &Issuer,
+        at: Timestamp,
+    ) -> Result<BatchReport> {
+        crate::postgres::PgStore::enroll_batch(self, source, rows, candidates, issuer, at)
+    }
+}
+
+impl EnrollBatch for Store {
+    fn enroll_batch(
+        &self,
+        source: &str,
+        rows: &[EnrollmentRow],
+        candidates: Option<&[MedicalId]>,
+        issuer: &Issuer,
+        at: Timestamp,
+    ) -> Result<BatchReport> {
+        Store::enroll_batch(self, source, rows, candidates, issuer, at)
+    }
 }
 
 impl Store {
@@ -25,29 +65,40 @@ impl Store {
         issuer: &Issuer,
         at: Timestamp,
     ) -> Result<BatchReport> {
-        // Applying in My Number order keeps the My Number index's pages hot; the
-        // sort is stable and deterministic, so a re-run assigns the same pids.
-        let mut order: Vec<usize> = (0..rows.len()).collect();
-        order.sort_by_key(|&i| rows[i].my_number);
-        self.write(|t| {
-            let mut outcomes = vec![RowOutcome::Unchanged; rows.len()];
-            for i in order {
-                let first = candidates.and_then(|c| c.get(i).copied());
-                let row_source = format!("{source}:{}", rows[i].line);
-                outcomes[i] = apply_row(t, &row_source, &rows[i], first, issuer, at)?;
-            }
-            Ok(BatchReport {
-                outcomes: rows.iter().map(|r| r.line).zip(outcomes).collect(),
-            })
-        })
+        self.write(|t| apply_batch(t, source, rows, candidates, issuer, at))
     }
+}
+
+/// Applies `rows` in one transaction of either backend.
+pub(crate) fn apply_batch(
+    t: &mut (impl RegistryTx + ?Sized),
+    source: &str,
+    rows: &[EnrollmentRow],
+    candidates: Option<&[MedicalId]>,
+    issuer: &Issuer,
+    at: Timestamp,
+) -> Result<BatchReport> {
+    // Applying in My Number order keeps the My Number index's pages hot; the sort is
+    // stable and deterministic, so a re-run assigns the same pids.
+    let mut order: Vec<usize> = (0..rows.len()).collect();
+    order.sort_by_key(|&i| rows[i].my_number);
+    t.prefetch_rows(rows, candidates)?;
+    let mut outcomes = vec![RowOutcome::Unchanged; rows.len()];
+    for i in order {
+        let first = candidates.and_then(|c| c.get(i).copied());
+        let row_source = format!("{source}:{}", rows[i].line);
+        outcomes[i] = apply_row(t, &row_source, &rows[i], first, issuer, at)?;
+    }
+    Ok(BatchReport {
+        outcomes: rows.iter().map(|r| r.line).zip(outcomes).collect(),
+    })
 }
 
 /// The rules of proposal §2-1 against the tables: match by My Number, never overwrite
 /// identity, hold disagreements as conflicts. `source` says where the row came from
 /// (`FILE:LINE`, or an operator's case), for the history and the conflict.
 pub(super) fn apply_row(
-    t: &mut Tables<'_>,
+    t: &mut (impl RegistryTx + ?Sized),
     source: &str,
     row: &EnrollmentRow,
     first: Option<MedicalId>,
@@ -78,16 +129,14 @@ pub(super) fn apply_row(
         let (id, generation) = t.issue(issuer, row.my_number, pid, 0, first)?;
         let p = new_person(pid, row, id, generation, at);
         t.save_person(&p)?;
-        t.my_numbers
-            .open_mut()?
-            .insert(row.my_number.as_u64(), pid)?;
+        t.put_my_number(row.my_number, pid)?;
         Ok(RowOutcome::New)
     }
 }
 
 /// Records a conflict once, however often the same row arrives.
 fn record_conflict(
-    t: &mut Tables<'_>,
+    t: &mut (impl RegistryTx + ?Sized),
     source: &str,
     row: &EnrollmentRow,
     kind: ConflictKind,
@@ -96,7 +145,7 @@ fn record_conflict(
     let mut canonical = row.clone();
     canonical.line = 0;
     let key = encode(&(&canonical, &kind))?;
-    if t.conflict_keys.open()?.get(key.as_slice())?.is_some() {
+    if t.conflict_by_key(&key)?.is_some() {
         return Ok(());
     }
     let id = t.next(CONFLICT_SEQ)?;
@@ -108,7 +157,5 @@ fn record_conflict(
         status: CaseStatus::Open,
         at,
     };
-    t.conflicts.open_mut()?.insert(id, encode(&c)?.as_slice())?;
-    t.conflict_keys.open_mut()?.insert(key.as_slice(), id)?;
-    Ok(())
+    t.put_conflict(&c, &key)
 }

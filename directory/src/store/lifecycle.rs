@@ -1,5 +1,6 @@
 //! Change on application (proposal §2-6), My Number change, death and retirement (proposal §2-7).
 
+use super::registry_tx::RegistryTx;
 use super::tables::*;
 use super::{status_name, Result, Store, StoreError};
 use crate::audit::LogEntry;

@@ -18,6 +18,7 @@ mod lifecycle;
 mod linkage;
 mod paced;
 mod portal;
+pub(crate) mod registry_tx;
 mod tables;
 mod verify;
 
@@ -27,7 +28,8 @@ pub(crate) use audit::STORED_FROM;
 pub use cases::{ConflictAction, MismatchAction};
 pub use checks::Reader;
 pub use commit::{CommitError, GroupCommitter, Writers};
-pub use enroll::BatchReport;
+pub(crate) use enroll::apply_batch;
+pub use enroll::{BatchReport, EnrollBatch};
 pub use federation::{
     verify_notifications, GrantQuery, GrantRecord, InstitutionRecord, NotifyOutcome, ReportsTaken,
     Verified,
@@ -150,6 +152,8 @@ pub enum StoreError {
     Inconsistent(String),
     #[error("{0}: {1}")]
     File(PathBuf, std::io::Error),
+    #[error(transparent)]
+    Postgres(#[from] crate::postgres::PgError),
 }
 
 macro_rules! from_redb {

@@ -2,7 +2,6 @@
 //! pages stay dense; values are postcard-encoded registry types.
 
 use super::{decode, encode, Result, StoreError};
-use crate::issuance::Issuer;
 use crate::registry::eligibility::CardStanding;
 use crate::registry::{IdEntry, IdStatus, Person};
 use iryo_proto::{MedicalId, MyNumber};
@@ -88,7 +87,7 @@ pub(super) const DERIVED_COUNTERS: [&str; 2] = [AUDIT_NEXT, SERVICE_SEQ];
 
 /// How many generations or draws issuance tries before giving up; with 10^15 bodies
 /// even a national population makes a single retry rare.
-const MAX_ISSUE_ATTEMPTS: u32 = 1000;
+pub(super) const MAX_ISSUE_ATTEMPTS: u32 = 1000;
 
 pub(super) fn days(d: chrono::NaiveDate) -> i64 {
     i64::from(d.num_days_from_ce())
@@ -321,45 +320,6 @@ impl<'t> Tables<'t> {
         Ok(())
     }
 
-    /// Issues a medical ID never issued before. `first` is a candidate for
-    /// `generation` computed ahead of time, if any.
-    pub(super) fn issue(
-        &mut self,
-        issuer: &Issuer,
-        my_number: MyNumber,
-        pid: u64,
-        mut generation: u32,
-        first: Option<MedicalId>,
-    ) -> Result<(MedicalId, u32)> {
-        let mut candidate = match first {
-            Some(c) => c,
-            None => issuer.candidate(my_number, generation)?,
-        };
-        let entry = encode(&IdEntry {
-            pid,
-            status: IdStatus::Current,
-        })?;
-        for _ in 0..MAX_ISSUE_ATTEMPTS {
-            // Insert first and look at what it displaced: one B-tree walk instead of
-            // two on the path every new person takes.
-            let displaced = self
-                .medical_ids
-                .open_mut()?
-                .insert(candidate.as_u64(), entry.as_slice())?
-                .map(|old| old.value().to_vec());
-            let Some(old) = displaced else {
-                return Ok((candidate, generation));
-            };
-            self.medical_ids
-                .open_mut()?
-                .insert(candidate.as_u64(), old.as_slice())?;
-            tracing::warn!(%candidate, generation, "candidate medical ID issued before; trying the next");
-            generation += 1;
-            candidate = issuer.candidate(my_number, generation)?;
-        }
-        Err(StoreError::IssuanceExhausted(MAX_ISSUE_ATTEMPTS))
-    }
-
     pub(super) fn card_holder(&self, card: &crate::registry::Card) -> Result<Option<u64>> {
         match self.cards.open()?.get(card.key().as_slice())? {
             Some(v) => Ok(Some(decode::<CardStanding>(v.value())?.pid)),
@@ -370,5 +330,72 @@ impl<'t> Tables<'t> {
     pub(super) fn unbind_card(&mut self, card: &crate::registry::Card) -> Result<()> {
         self.cards.open_mut()?.remove(card.key().as_slice())?;
         Ok(())
+    }
+}
+
+impl super::registry_tx::RegistryTx for Tables<'_> {
+    fn pid_by_my_number(&mut self, n: MyNumber) -> Result<Option<u64>> {
+        Tables::pid_by_my_number(self, n)
+    }
+
+    fn person(&mut self, pid: u64) -> Result<Person> {
+        Tables::person(self, pid)
+    }
+
+    fn card_holder(&mut self, card: &crate::registry::Card) -> Result<Option<u64>> {
+        Tables::card_holder(self, card)
+    }
+
+    fn put_person(&mut self, p: &Person) -> Result<()> {
+        Tables::put_person(self, p)
+    }
+
+    fn save_person(&mut self, p: &Person) -> Result<()> {
+        Tables::save_person(self, p)
+    }
+
+    fn put_my_number(&mut self, n: MyNumber, pid: u64) -> Result<()> {
+        self.my_numbers.open_mut()?.insert(n.as_u64(), pid)?;
+        Ok(())
+    }
+
+    fn next(&mut self, counter: &'static str) -> Result<u64> {
+        Tables::next(self, counter)
+    }
+
+    fn claim_id(&mut self, id: MedicalId, entry: &IdEntry) -> Result<bool> {
+        // Insert first and look at what it displaced: one B-tree walk instead of two
+        // on the path every new person takes.
+        let bytes = encode(entry)?;
+        let displaced = self
+            .medical_ids
+            .open_mut()?
+            .insert(id.as_u64(), bytes.as_slice())?
+            .map(|old| old.value().to_vec());
+        match displaced {
+            None => Ok(true),
+            Some(old) => {
+                self.medical_ids
+                    .open_mut()?
+                    .insert(id.as_u64(), old.as_slice())?;
+                Ok(false)
+            }
+        }
+    }
+
+    fn conflict_by_key(&mut self, key: &[u8]) -> Result<Option<u64>> {
+        Ok(self.conflict_keys.open()?.get(key)?.map(|g| g.value()))
+    }
+
+    fn put_conflict(&mut self, c: &crate::registry::Conflict, key: &[u8]) -> Result<()> {
+        self.conflicts
+            .open_mut()?
+            .insert(c.id, encode(c)?.as_slice())?;
+        self.conflict_keys.open_mut()?.insert(key, c.id)?;
+        Ok(())
+    }
+
+    fn audit_append(&mut self, entry: &crate::audit::LogEntry) -> Result<u64> {
+        Tables::audit_append(self, entry)
     }
 }

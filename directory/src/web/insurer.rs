@@ -238,7 +238,7 @@ async fn upload(
             .issuer(&w.store)
             .map_err(|e| e.to_string())
             .and_then(|issuer| {
-                ingest_file(&w.store, &issuer, &path, &opts, &Progress::Silent)
+                ingest_file(&*w.store, &issuer, &path, &opts, &Progress::Silent)
                     .map_err(|e| e.to_string())
             });
         match result {

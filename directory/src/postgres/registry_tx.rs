@@ -1,0 +1,416 @@
+//! The registry's write transaction on PostgreSQL (`RegistryTx`): the same rules as
+//! on redb, against the tables of migration 0001.
+//!
+//! A round trip per lookup would make a batch of rows cost thousands of them, so a
+//! batch is read ahead in a few set-based statements (`prefetch_rows`), every write is
+//! kept in memory, and the writes go out at commit in one `INSERT … SELECT unnest(…)`
+//! per table. Reads see the transaction's own writes first.
+//!
+//! Concurrency: whoever takes the person counter (`next_pid`) holds its row lock to
+//! the end of the transaction, and a batch takes it before it reads anything, so two
+//! processes enrolling at once take turns and each sees what the other committed. A
+//! person's record is read `FOR UPDATE`, so a change of the same person by another
+//! writer waits rather than being overwritten.
+
+use super::{audit, sql, unsql, PgError};
+use crate::audit::LogEntry;
+use crate::registry::eligibility::CardStanding;
+use crate::registry::{Card, Conflict, EnrollmentRow, IdEntry, Person};
+use crate::store::{decode, encode, Result};
+use ed25519_dalek::SigningKey;
+use iryo_proto::{MedicalId, MyNumber};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use tokio::runtime::Handle;
+use tokio_postgres::Transaction;
+
+/// The counter whose row lock serialises enrollment (`tables::PID`).
+const PID: &str = "next_pid";
+
+pub(crate) struct PgTx<'a> {
+    rt: &'a Handle,
+    tx: Transaction<'a>,
+    /// My Number → pid (None: known to name no one).
+    my_numbers: HashMap<u64, Option<u64>>,
+    /// pid → the record as read or written in this transaction.
+    persons: HashMap<u64, Person>,
+    /// Card key → its holder (None: known to be free).
+    cards: HashMap<Vec<u8>, Option<u64>>,
+    /// Medical IDs known to be issued, and known to be free.
+    ids_taken: HashSet<u64>,
+    ids_free: HashSet<u64>,
+    counters: BTreeMap<&'static str, u64>,
+    out: Writes,
+    appender: Option<audit::Appender>,
+}
+
+/// What this transaction will write at commit.
+#[derive(Default)]
+struct Writes {
+    persons: BTreeMap<u64, Vec<u8>>,
+    cards: BTreeMap<Vec<u8>, (u64, Vec<u8>)>,
+    my_numbers: Vec<(u64, u64)>,
+    ids: Vec<(u64, u64, Vec<u8>)>,
+    conflicts: Vec<(u64, Vec<u8>, Vec<u8>)>,
+}
+
+fn db(e: tokio_postgres::Error) -> crate::store::StoreError {
+    PgError::Db(e).into()
+}
+
+fn ints(v: &[u64]) -> Result<Vec<i64>> {
+    v.iter().map(|&n| Ok(sql(n)?)).collect()
+}
+
+impl<'a> PgTx<'a> {
+    pub(super) fn new(rt: &'a Handle, tx: Transaction<'a>) -> Self {
+        Self {
+            rt,
+            tx,
+            my_numbers: HashMap::new(),
+            persons: HashMap::new(),
+            cards: HashMap::new(),
+            ids_taken: HashSet::new(),
+            ids_free: HashSet::new(),
+            counters: BTreeMap::new(),
+            out: Writes::default(),
+            appender: None,
+        }
+    }
+
+    /// Writes everything kept, signs a head over what was appended to the audit log
+    /// (with `sign`), and commits.
+    pub(super) fn commit(mut self, sign: Option<(&SigningKey, i64)>) -> Result<()> {
+        let rt = self.rt;
+        rt.block_on(self.flush())?;
+        if let Some(appender) = self.appender.take() {
+            rt.block_on(appender.finish(&self.tx, sign))?;
+        }
+        rt.block_on(self.tx.commit()).map_err(db)
+    }
+
+    async fn flush(&mut self) -> Result<()> {
+        let tx = &self.tx;
+        let w = std::mem::take(&mut self.out);
+        if !w.persons.is_empty() {
+            let (mut pids, mut numbers, mut ids, mut records) = (vec![], vec![], vec![], vec![]);
+            for (pid, record) in w.persons {
+                let p = self.persons.get(&pid).ok_or_else(|| {
+                    PgError::Inconsistent(format!("pid {pid} written but not kept"))
+                })?;
+                pids.push(sql(pid)?);
+                numbers.push(sql(p.my_number.as_u64())?);
+                ids.push(sql(p.medical_id.as_u64())?);
+                records.push(record);
+            }
+            tx.execute(
+                "INSERT INTO persons (pid, my_number, medical_id, record)
+                 SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bytea[])
+                 ON CONFLICT (pid) DO UPDATE SET my_number = excluded.my_number,
+                     medical_id = excluded.medical_id, record = excluded.record",
+                &[&pids, &numbers, &ids, &records],
+            )
+            .await
+            .map_err(db)?;
+        }
+        if !w.cards.is_empty() {
+            let (mut keys, mut pids, mut standings) = (vec![], vec![], vec![]);
+            for (key, (pid, standing)) in w.cards {
+                keys.push(key);
+                pids.push(sql(pid)?);
+                standings.push(standing);
+            }
+            tx.execute(
+                "INSERT INTO cards (card_key, pid, standing)
+                 SELECT * FROM unnest($1::bytea[], $2::bigint[], $3::bytea[])
+                 ON CONFLICT (card_key) DO UPDATE SET pid = excluded.pid,
+                     standing = excluded.standing",
+                &[&keys, &pids, &standings],
+            )
+            .await
+            .map_err(db)?;
+        }
+        if !w.my_numbers.is_empty() {
+            let numbers = ints(&w.my_numbers.iter().map(|m| m.0).collect::<Vec<_>>())?;
+            let pids = ints(&w.my_numbers.iter().map(|m| m.1).collect::<Vec<_>>())?;
+            tx.execute(
+                "INSERT INTO my_numbers (my_number, pid)
+                 SELECT * FROM unnest($1::bigint[], $2::bigint[])",
+                &[&numbers, &pids],
+            )
+            .await
+            .map_err(db)?;
+        }
+        if !w.ids.is_empty() {
+            let ids = ints(&w.ids.iter().map(|i| i.0).collect::<Vec<_>>())?;
+            let pids = ints(&w.ids.iter().map(|i| i.1).collect::<Vec<_>>())?;
+            let entries: Vec<&[u8]> = w.ids.iter().map(|i| i.2.as_slice()).collect();
+            // A plain insert: an ID claimed by another transaction meanwhile fails this
+            // one rather than being issued twice.
+            tx.execute(
+                "INSERT INTO medical_ids (medical_id, pid, entry)
+                 SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bytea[])",
+                &[&ids, &pids, &entries],
+            )
+            .await
+            .map_err(db)?;
+        }
+        if !w.conflicts.is_empty() {
+            let ids = ints(&w.conflicts.iter().map(|c| c.0).collect::<Vec<_>>())?;
+            let values: Vec<&[u8]> = w.conflicts.iter().map(|c| c.1.as_slice()).collect();
+            let keys: Vec<&[u8]> = w.conflicts.iter().map(|c| c.2.as_slice()).collect();
+            tx.execute(
+                "INSERT INTO conflicts (id, conflict)
+                 SELECT * FROM unnest($1::bigint[], $2::bytea[])",
+                &[&ids, &values],
+            )
+            .await
+            .map_err(db)?;
+            tx.execute(
+                "INSERT INTO conflict_keys (row_key, id)
+                 SELECT * FROM unnest($1::bytea[], $2::bigint[])",
+                &[&keys, &ids],
+            )
+            .await
+            .map_err(db)?;
+        }
+        for (name, value) in std::mem::take(&mut self.counters) {
+            tx.execute(
+                "INSERT INTO counters (name, value) VALUES ($1, $2)
+                 ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                &[&name, &sql(value)?],
+            )
+            .await
+            .map_err(db)?;
+        }
+        Ok(())
+    }
+
+    /// Reads a counter and holds its row until the transaction ends.
+    fn load_counter(&mut self, name: &'static str) -> Result<u64> {
+        if let Some(v) = self.counters.get(name) {
+            return Ok(*v);
+        }
+        let row = self
+            .rt
+            .block_on(self.tx.query_opt(
+                "SELECT value FROM counters WHERE name = $1 FOR UPDATE",
+                &[&name],
+            ))
+            .map_err(db)?;
+        let v = match row {
+            Some(r) => unsql(r.get(0))?,
+            None => 1,
+        };
+        self.counters.insert(name, v);
+        Ok(v)
+    }
+
+    fn read_persons(&mut self, pids: &[u64]) -> Result<()> {
+        let wanted: Vec<u64> = pids
+            .iter()
+            .copied()
+            .filter(|p| !self.persons.contains_key(p))
+            .collect();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let rows = self
+            .rt
+            .block_on(self.tx.query(
+                "SELECT pid, record FROM persons WHERE pid = ANY($1) ORDER BY pid FOR UPDATE",
+                &[&ints(&wanted)?],
+            ))
+            .map_err(db)?;
+        for r in rows {
+            let pid = unsql(r.get(0))?;
+            self.persons.insert(pid, decode(r.get::<_, &[u8]>(1))?);
+        }
+        Ok(())
+    }
+}
+
+impl crate::store::registry_tx::RegistryTx for PgTx<'_> {
+    fn pid_by_my_number(&mut self, n: MyNumber) -> Result<Option<u64>> {
+        if let Some(v) = self.my_numbers.get(&n.as_u64()) {
+            return Ok(*v);
+        }
+        let row = self
+            .rt
+            .block_on(self.tx.query_opt(
+                "SELECT pid FROM my_numbers WHERE my_number = $1",
+                &[&sql(n.as_u64())?],
+            ))
+            .map_err(db)?;
+        let pid = row.map(|r| unsql(r.get(0))).transpose()?;
+        self.my_numbers.insert(n.as_u64(), pid);
+        Ok(pid)
+    }
+
+    fn person(&mut self, pid: u64) -> Result<Person> {
+        self.read_persons(&[pid])?;
+        self.persons
+            .get(&pid)
+            .cloned()
+            .ok_or_else(|| PgError::Inconsistent(format!("pid {pid} has no record")).into())
+    }
+
+    fn card_holder(&mut self, card: &Card) -> Result<Option<u64>> {
+        let key = card.key();
+        if let Some(v) = self.cards.get(&key) {
+            return Ok(*v);
+        }
+        let row = self
+            .rt
+            .block_on(
+                self.tx
+                    .query_opt("SELECT pid FROM cards WHERE card_key = $1", &[&key]),
+            )
+            .map_err(db)?;
+        let pid = row.map(|r| unsql(r.get(0))).transpose()?;
+        self.cards.insert(key, pid);
+        Ok(pid)
+    }
+
+    fn put_person(&mut self, p: &Person) -> Result<()> {
+        self.out.persons.insert(p.pid, encode(p)?);
+        self.persons.insert(p.pid, p.clone());
+        Ok(())
+    }
+
+    fn save_person(&mut self, p: &Person) -> Result<()> {
+        self.put_person(p)?;
+        for c in &p.coverages {
+            let key = c.card.key();
+            let standing = encode(&CardStanding::of(p, c))?;
+            self.cards.insert(key.clone(), Some(p.pid));
+            self.out.cards.insert(key, (p.pid, standing));
+        }
+        Ok(())
+    }
+
+    fn put_my_number(&mut self, n: MyNumber, pid: u64) -> Result<()> {
+        self.my_numbers.insert(n.as_u64(), Some(pid));
+        self.out.my_numbers.push((n.as_u64(), pid));
+        Ok(())
+    }
+
+    fn next(&mut self, counter: &'static str) -> Result<u64> {
+        let v = self.load_counter(counter)?;
+        self.counters.insert(counter, v + 1);
+        Ok(v)
+    }
+
+    fn claim_id(&mut self, id: MedicalId, entry: &IdEntry) -> Result<bool> {
+        let n = id.as_u64();
+        if self.ids_taken.contains(&n) {
+            return Ok(false);
+        }
+        if !self.ids_free.remove(&n) {
+            let row = self
+                .rt
+                .block_on(self.tx.query_opt(
+                    "SELECT 1 FROM medical_ids WHERE medical_id = $1",
+                    &[&sql(n)?],
+                ))
+                .map_err(db)?;
+            if row.is_some() {
+                self.ids_taken.insert(n);
+                return Ok(false);
+            }
+        }
+        self.ids_taken.insert(n);
+        self.out.ids.push((n, entry.pid, encode(entry)?));
+        Ok(true)
+    }
+
+    fn conflict_by_key(&mut self, key: &[u8]) -> Result<Option<u64>> {
+        if let Some(c) = self.out.conflicts.iter().find(|c| c.2 == key) {
+            return Ok(Some(c.0));
+        }
+        let row = self
+            .rt
+            .block_on(
+                self.tx
+                    .query_opt("SELECT id FROM conflict_keys WHERE row_key = $1", &[&key]),
+            )
+            .map_err(db)?;
+        Ok(row.map(|r| unsql(r.get(0))).transpose()?)
+    }
+
+    fn put_conflict(&mut self, c: &Conflict, key: &[u8]) -> Result<()> {
+        self.out.conflicts.push((c.id, encode(c)?, key.to_vec()));
+        Ok(())
+    }
+
+    fn audit_append(&mut self, entry: &LogEntry) -> Result<u64> {
+        if self.appender.is_none() {
+            self.appender = Some(self.rt.block_on(audit::begin(&self.tx))?);
+        }
+        match self.appender.as_mut() {
+            Some(a) => Ok(a.append(entry)?),
+            None => Err(PgError::Inconsistent("the audit appender did not start".into()).into()),
+        }
+    }
+
+    fn prefetch_rows(
+        &mut self,
+        rows: &[EnrollmentRow],
+        candidates: Option<&[MedicalId]>,
+    ) -> Result<()> {
+        self.load_counter(PID)?;
+        let numbers: Vec<u64> = rows.iter().map(|r| r.my_number.as_u64()).collect();
+        let found = self
+            .rt
+            .block_on(self.tx.query(
+                "SELECT my_number, pid FROM my_numbers WHERE my_number = ANY($1)",
+                &[&ints(&numbers)?],
+            ))
+            .map_err(db)?;
+        numbers.iter().for_each(|n| {
+            self.my_numbers.entry(*n).or_insert(None);
+        });
+        let mut pids = Vec::new();
+        for r in found {
+            let pid = unsql(r.get(1))?;
+            self.my_numbers.insert(unsql(r.get(0))?, Some(pid));
+            pids.push(pid);
+        }
+        let keys: Vec<Vec<u8>> = rows.iter().map(|r| r.card.key()).collect();
+        let held = self
+            .rt
+            .block_on(self.tx.query(
+                "SELECT card_key, pid FROM cards WHERE card_key = ANY($1)",
+                &[&keys],
+            ))
+            .map_err(db)?;
+        keys.into_iter().for_each(|k| {
+            self.cards.entry(k).or_insert(None);
+        });
+        for r in held {
+            let pid = unsql(r.get(1))?;
+            self.cards.insert(r.get::<_, Vec<u8>>(0), Some(pid));
+            pids.push(pid);
+        }
+        pids.sort_unstable();
+        pids.dedup();
+        self.read_persons(&pids)?;
+        if let Some(candidates) = candidates {
+            let wanted: Vec<u64> = candidates.iter().map(|c| c.as_u64()).collect();
+            let taken = self
+                .rt
+                .block_on(self.tx.query(
+                    "SELECT medical_id FROM medical_ids WHERE medical_id = ANY($1)",
+                    &[&ints(&wanted)?],
+                ))
+                .map_err(db)?;
+            let mut free: HashSet<u64> = wanted.into_iter().collect();
+            for r in taken {
+                let id = unsql(r.get(0))?;
+                free.remove(&id);
+                self.ids_taken.insert(id);
+            }
+            self.ids_free.extend(free);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,357 @@
+//! The directory's store on PostgreSQL: the operations that run on it so far, with
+//! the same rules as the redb store (`store::registry_tx`).
+//!
+//! The store is synchronous, as the redb store is: it owns a small Tokio runtime that
+//! drives its connection, and its callers block on it (from a command's thread, or a
+//! `spawn_blocking` thread in `serve`).
+
+use super::registry_tx::PgTx;
+use super::{audit, migrate, unsql, DatabaseUrl, PgError};
+use crate::issuance::{Issuer, Method};
+use crate::registry::{CaseStatus, Conflict, EnrollmentRow, Person, ServiceUse, Timestamp};
+use crate::store::{decode, BatchReport, Counts, Result, StoreError};
+use ed25519_dalek::SigningKey;
+use iryo_proto::{MedicalId, MyNumber};
+use std::sync::Mutex;
+use tokio_postgres::Client;
+
+/// The counters a registry starts with, each at 1 (`store::tables`): their rows exist
+/// from the start, so the first writers to take one queue on its row lock.
+const COUNTERS: [&str; 6] = [
+    "next_pid",
+    "next_conflict",
+    "next_mismatch",
+    "next_notice",
+    "next_consent",
+    "next_membership_serial",
+];
+
+pub struct PgStore {
+    url: DatabaseUrl,
+    rt: tokio::runtime::Runtime,
+    client: Mutex<Client>,
+    signer: Option<SigningKey>,
+}
+
+impl PgStore {
+    fn connect(url: &DatabaseUrl) -> Result<(tokio::runtime::Runtime, Client)> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("iryo-postgres")
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Inconsistent(format!("cannot start a runtime: {e}")))?;
+        let client = rt.block_on(url.connect())?;
+        Ok((rt, client))
+    }
+
+    /// Prepares an empty database as a new registry that issues IDs by `method`:
+    /// applies the migrations, then records the method. Refuses a database that holds
+    /// a registry already.
+    pub fn create(url: &DatabaseUrl, method: Method) -> Result<Self> {
+        let (rt, mut client) = Self::connect(url)?;
+        rt.block_on(async {
+            migrate::migrate(&mut client).await?;
+            let tx = client.transaction().await?;
+            let inserted = tx
+                .execute(
+                    "INSERT INTO settings (name, value) VALUES ('issuance_method', $1)
+                     ON CONFLICT (name) DO NOTHING",
+                    &[&method.as_str()],
+                )
+                .await?;
+            if inserted == 0 {
+                return Err(PgError::Initialised(url.to_string()));
+            }
+            for name in COUNTERS {
+                tx.execute(
+                    "INSERT INTO counters (name, value) VALUES ($1, 1) ON CONFLICT DO NOTHING",
+                    &[&name],
+                )
+                .await?;
+            }
+            tx.commit().await?;
+            Ok::<_, PgError>(())
+        })?;
+        Ok(Self {
+            url: url.clone(),
+            rt,
+            client: Mutex::new(client),
+            signer: None,
+        })
+    }
+
+    /// Refuses a database that cannot be reached or holds a registry already, before
+    /// anything is written for it (`init`).
+    pub fn ensure_empty(url: &DatabaseUrl) -> Result<()> {
+        let (rt, client) = Self::connect(url)?;
+        let initialised = rt.block_on(async {
+            let has_settings: bool = client
+                .query_one("SELECT to_regclass('settings') IS NOT NULL", &[])
+                .await?
+                .get(0);
+            if !has_settings {
+                return Ok::<_, PgError>(false);
+            }
+            Ok(client
+                .query_opt("SELECT 1 FROM settings WHERE name = 'issuance_method'", &[])
+                .await?
+                .is_some())
+        })?;
+        if initialised {
+            return Err(PgError::Initialised(url.to_string()).into());
+        }
+        Ok(())
+    }
+
+    /// Opens a registry `create` prepared, refusing a schema this binary does not know.
+    pub fn open(url: &DatabaseUrl) -> Result<Self> {
+        let (rt, client) = Self::connect(url)?;
+        rt.block_on(migrate::check(&client))?;
+        let store = Self {
+            url: url.clone(),
+            rt,
+            client: Mutex::new(client),
+            signer: None,
+        };
+        store.method()?;
+        Ok(store)
+    }
+
+    /// Lets this store append to the audit log, signing each new head with `key`.
+    pub fn with_signer(mut self, key: SigningKey) -> Self {
+        self.signer = Some(key);
+        self
+    }
+
+    /// The database, as it may be shown (no password).
+    pub fn url(&self) -> &DatabaseUrl {
+        &self.url
+    }
+
+    fn client(&self) -> std::sync::MutexGuard<'_, Client> {
+        // A panic while holding the connection leaves it usable: every transaction
+        // that was open is rolled back when its handle drops.
+        self.client
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Runs `f` in one transaction and commits it, with a signed head if it appended
+    /// to the audit log.
+    fn write<T>(&self, f: impl FnOnce(&mut PgTx<'_>) -> Result<T>) -> Result<T> {
+        let mut client = self.client();
+        let handle = self.rt.handle();
+        let tx = handle.block_on(client.transaction()).map_err(PgError::Db)?;
+        let mut t = PgTx::new(handle, tx);
+        let out = f(&mut t)?;
+        let at = crate::registry::now();
+        t.commit(self.signer.as_ref().map(|k| (k, at)))?;
+        Ok(out)
+    }
+
+    /// Runs one read on the connection.
+    fn read<T>(
+        &self,
+        f: impl AsyncFnOnce(&Client) -> std::result::Result<T, PgError>,
+    ) -> Result<T> {
+        let client = self.client();
+        Ok(self.rt.block_on(f(&client))?)
+    }
+
+    pub fn method(&self) -> Result<Method> {
+        let v: Option<String> = self.read(async |c| {
+            Ok(c.query_opt(
+                "SELECT value FROM settings WHERE name = 'issuance_method'",
+                &[],
+            )
+            .await?
+            .map(|r| r.get(0)))
+        })?;
+        let v = v.ok_or_else(|| PgError::NotInitialised(self.url.to_string()))?;
+        Method::parse(&v).ok_or(StoreError::Inconsistent(format!("unknown method {v}")))
+    }
+
+    /// Applies `rows` in order and commits once, by the same rules as the redb store.
+    pub fn enroll_batch(
+        &self,
+        source: &str,
+        rows: &[EnrollmentRow],
+        candidates: Option<&[MedicalId]>,
+        issuer: &Issuer,
+        at: Timestamp,
+    ) -> Result<BatchReport> {
+        self.write(|t| crate::store::apply_batch(t, source, rows, candidates, issuer, at))
+    }
+
+    fn person_by_pid(&self, pid: Option<i64>) -> Result<Option<Person>> {
+        let Some(pid) = pid else { return Ok(None) };
+        let record: Option<Vec<u8>> = self.read(async |c| {
+            Ok(
+                c.query_opt("SELECT record FROM persons WHERE pid = $1", &[&pid])
+                    .await?
+                    .map(|r| r.get(0)),
+            )
+        })?;
+        match record {
+            Some(r) => Ok(Some(decode(&r)?)),
+            None => Err(StoreError::Inconsistent(format!("pid {pid} has no record"))),
+        }
+    }
+
+    pub fn person_by_medical_id(&self, id: MedicalId) -> Result<Person> {
+        let n = super::sql(id.as_u64())?;
+        let pid = self.read(async |c| {
+            Ok(
+                c.query_opt("SELECT pid FROM medical_ids WHERE medical_id = $1", &[&n])
+                    .await?
+                    .map(|r| r.get(0)),
+            )
+        })?;
+        self.person_by_pid(pid)?
+            .ok_or(StoreError::UnknownMedicalId(id))
+    }
+
+    pub fn person_by_my_number(&self, n: MyNumber) -> Result<Person> {
+        let v = super::sql(n.as_u64())?;
+        let pid = self.read(async |c| {
+            Ok(
+                c.query_opt("SELECT pid FROM my_numbers WHERE my_number = $1", &[&v])
+                    .await?
+                    .map(|r| r.get(0)),
+            )
+        })?;
+        self.person_by_pid(pid)?
+            .ok_or(StoreError::UnknownMyNumber(n))
+    }
+
+    /// Every person in pid order.
+    pub fn persons(&self) -> Result<Vec<Person>> {
+        let rows: Vec<Vec<u8>> = self.read(async |c| {
+            Ok(c.query("SELECT record FROM persons ORDER BY pid", &[])
+                .await?
+                .into_iter()
+                .map(|r| r.get(0))
+                .collect())
+        })?;
+        rows.iter().map(|r| decode(r)).collect()
+    }
+
+    /// Every conflict, or the open ones, in the order they were recorded.
+    pub fn conflicts(&self, open_only: bool) -> Result<Vec<Conflict>> {
+        let rows: Vec<Vec<u8>> = self.read(async |c| {
+            Ok(c.query("SELECT conflict FROM conflicts ORDER BY id", &[])
+                .await?
+                .into_iter()
+                .map(|r| r.get(0))
+                .collect())
+        })?;
+        let all = rows
+            .iter()
+            .map(|r| decode::<Conflict>(r))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(all
+            .into_iter()
+            .filter(|c| !open_only || c.status == CaseStatus::Open)
+            .collect())
+    }
+
+    /// A person's service history, in the order it was recorded.
+    pub fn service_uses(&self, pid: u64) -> Result<Vec<ServiceUse>> {
+        let pid = super::sql(pid)?;
+        let rows: Vec<Vec<u8>> = self.read(async |c| {
+            Ok(c.query(
+                "SELECT service_use FROM service_uses WHERE pid = $1 ORDER BY seq",
+                &[&pid],
+            )
+            .await?
+            .into_iter()
+            .map(|r| r.get(0))
+            .collect())
+        })?;
+        rows.iter().map(|r| decode(r)).collect()
+    }
+
+    pub fn counts(&self) -> Result<Counts> {
+        let n: Vec<i64> = self.read(async |c| {
+            let r = c
+                .query_one(
+                    "SELECT (SELECT count(*) FROM persons), (SELECT count(*) FROM medical_ids),
+                            (SELECT count(*) FROM cards), (SELECT count(*) FROM service_uses)",
+                    &[],
+                )
+                .await?;
+            Ok((0..4).map(|i| r.get(i)).collect())
+        })?;
+        let open_mismatches: Vec<Vec<u8>> = self.read(async |c| {
+            Ok(c.query("SELECT mismatch FROM mismatches", &[])
+                .await?
+                .into_iter()
+                .map(|r| r.get(0))
+                .collect())
+        })?;
+        let open_mismatches = open_mismatches
+            .iter()
+            .map(|m| decode::<crate::registry::Mismatch>(m).map(|m| m.status))
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .filter(|s| *s == CaseStatus::Open)
+            .count();
+        let count = |i: usize| unsql(n[i]);
+        Ok(Counts {
+            persons: count(0)?,
+            issued_ids: count(1)?,
+            cards: count(2)?,
+            service_uses: count(3)?,
+            open_conflicts: self.conflicts(true)?.len() as u64,
+            open_mismatches: open_mismatches as u64,
+        })
+    }
+
+    /// Writes that `operator` read `what` of each of these people, one entry each.
+    pub fn log_reads(&self, operator: &str, people: &[MedicalId], what: &str) -> Result<()> {
+        if people.is_empty() {
+            return Ok(());
+        }
+        if self.signer.is_none() {
+            return Err(StoreError::NoSigner);
+        }
+        let at = crate::registry::now();
+        self.write(|t| {
+            use crate::store::registry_tx::RegistryTx;
+            for id in people {
+                t.audit_append(&crate::audit::LogEntry::OperatorRead {
+                    operator: operator.into(),
+                    medical_id: *id,
+                    what: what.into(),
+                    at,
+                })?;
+            }
+            Ok(())
+        })
+    }
+
+    /// The key that signed the log's first head, if it has one.
+    pub fn first_head_signer(&self) -> Result<Option<[u8; 32]>> {
+        let first: Option<Vec<u8>> = self.read(async |c| {
+            Ok(
+                c.query_opt("SELECT head FROM audit_heads ORDER BY size LIMIT 1", &[])
+                    .await?
+                    .map(|r| r.get(0)),
+            )
+        })?;
+        first
+            .map(|h| {
+                Ok(
+                    decode::<iryo_proto::signed::Signed<iryo_proto::federation::TreeHead>>(&h)?
+                        .signer,
+                )
+            })
+            .transpose()
+    }
+
+    /// The audit log's size.
+    pub fn audit_size(&self) -> Result<u64> {
+        self.read(async |c| audit::size(c).await)
+    }
+}

@@ -1,0 +1,78 @@
+//! What the registry's rules need of one write transaction, as typed operations that
+//! both backends implement: redb's `Tables` and PostgreSQL's `PgTx`. The rules
+//! themselves (`enroll::apply_row`, issuance) are written once against this trait, so
+//! the two backends cannot drift apart in what they decide, only in how they store it.
+
+use super::tables::MAX_ISSUE_ATTEMPTS;
+use super::{Result, StoreError};
+use crate::audit::LogEntry;
+use crate::issuance::Issuer;
+use crate::registry::{Card, Conflict, EnrollmentRow, IdEntry, IdStatus, Person};
+use iryo_proto::{MedicalId, MyNumber};
+
+pub(crate) trait RegistryTx {
+    /// The person a My Number (current, or replaced and kept as an alias) names.
+    fn pid_by_my_number(&mut self, n: MyNumber) -> Result<Option<u64>>;
+    /// A person's record; a pid without one is an inconsistency.
+    fn person(&mut self, pid: u64) -> Result<Person>;
+    /// Who holds a card now, if anyone.
+    fn card_holder(&mut self, card: &Card) -> Result<Option<u64>>;
+    /// Writes the record alone: for bookkeeping that no eligibility answer depends on.
+    fn put_person(&mut self, p: &Person) -> Result<()>;
+    /// Writes the record and re-derives the card index entry of each of its coverages,
+    /// for every change an eligibility check can see.
+    fn save_person(&mut self, p: &Person) -> Result<()>;
+    /// Records that My Number `n` names person `pid`.
+    fn put_my_number(&mut self, n: MyNumber, pid: u64) -> Result<()>;
+    /// The next value of a counter, starting at 1.
+    fn next(&mut self, counter: &'static str) -> Result<u64>;
+    /// Records `id` as issued with `entry` if it was never issued before; false if it
+    /// was, and then nothing changes.
+    fn claim_id(&mut self, id: MedicalId, entry: &IdEntry) -> Result<bool>;
+    /// The open conflict recorded for a row's canonical key, if any.
+    fn conflict_by_key(&mut self, key: &[u8]) -> Result<Option<u64>>;
+    /// Records a new conflict under its canonical key.
+    fn put_conflict(&mut self, c: &Conflict, key: &[u8]) -> Result<()>;
+    /// Appends an entry to the audit log; returns its index.
+    fn audit_append(&mut self, entry: &LogEntry) -> Result<u64>;
+
+    /// Reads ahead what applying `rows` will look up, where a round trip per lookup
+    /// would cost more than one read of them all (PostgreSQL); `candidates` are the
+    /// rows' first medical ID candidates, if computed. Nothing by default.
+    fn prefetch_rows(
+        &mut self,
+        _rows: &[EnrollmentRow],
+        _candidates: Option<&[MedicalId]>,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    /// Issues a medical ID never issued before. `first` is a candidate for
+    /// `generation` computed ahead of time, if any.
+    fn issue(
+        &mut self,
+        issuer: &Issuer,
+        my_number: MyNumber,
+        pid: u64,
+        mut generation: u32,
+        first: Option<MedicalId>,
+    ) -> Result<(MedicalId, u32)> {
+        let mut candidate = match first {
+            Some(c) => c,
+            None => issuer.candidate(my_number, generation)?,
+        };
+        let entry = IdEntry {
+            pid,
+            status: IdStatus::Current,
+        };
+        for _ in 0..MAX_ISSUE_ATTEMPTS {
+            if self.claim_id(candidate, &entry)? {
+                return Ok((candidate, generation));
+            }
+            tracing::warn!(%candidate, generation, "candidate medical ID issued before; trying the next");
+            generation += 1;
+            candidate = issuer.candidate(my_number, generation)?;
+        }
+        Err(StoreError::IssuanceExhausted(MAX_ISSUE_ATTEMPTS))
+    }
+}

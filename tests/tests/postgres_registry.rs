@@ -1,0 +1,280 @@
+//! The registry on PostgreSQL, against the embedded store: the same files enrolled into
+//! both give the same persons, medical IDs, conflicts and counts (the rules are one
+//! code, `RegistryTx`); enrollment on PostgreSQL is idempotent, two processes may
+//! enroll at once, and the commands that run there so far work from the command line.
+
+use iryo_directory::enrollment::{ingest_file, IngestOptions, Progress, Summary};
+use iryo_directory::issuance::{Issuer, Method};
+use iryo_directory::postgres::{DatabaseUrl, PgStore};
+use iryo_directory::registry::Person;
+use iryo_directory::sample::{write_sample, SampleOptions};
+use iryo_directory::store::{EnrollBatch, Store};
+use iryo_tests::pg::Cluster;
+use iryo_tests::Directory;
+use std::path::{Path, PathBuf};
+
+fn options(name: &str) -> IngestOptions {
+    IngestOptions {
+        encoding: None,
+        batch_rows: 400,
+        only_insurer: None,
+        max_line_bytes: 1 << 16,
+        source_name: Some(name.to_string()),
+    }
+}
+
+fn enroll(store: &impl EnrollBatch, issuer: &Issuer, files: &[PathBuf]) -> Vec<Summary> {
+    files
+        .iter()
+        .map(|f| {
+            let name = f.file_name().unwrap().to_string_lossy().into_owned();
+            ingest_file(store, issuer, f, &options(&name), &Progress::Silent).unwrap()
+        })
+        .collect()
+}
+
+/// A file that contradicts the sample: the first row of `file` under another name,
+/// held as a conflict, and the same row with a My Number that is no My Number,
+/// rejected.
+fn contradicting(file: &Path, out: &Path) -> PathBuf {
+    let mut r = csv::Reader::from_path(file).unwrap();
+    let header = r.headers().unwrap().clone();
+    let at = |name: &str| header.iter().position(|h| h == name).unwrap();
+    let first = r.records().next().unwrap().unwrap();
+    let path = out.join("contradicting.csv");
+    let mut w = csv::Writer::from_path(&path).unwrap();
+    w.write_record(&header).unwrap();
+    for (column, value) in [("name", "別人 太郎"), ("my_number", "123")] {
+        let mut row: Vec<String> = first.iter().map(str::to_string).collect();
+        row[at(column)] = value.to_string();
+        w.write_record(&row).unwrap();
+    }
+    w.flush().unwrap();
+    path
+}
+
+fn sample(dir: &Path, persons: u64) -> Vec<PathBuf> {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut files = write_sample(dir, &SampleOptions::clean(persons, 11))
+        .unwrap()
+        .files;
+    let extra = contradicting(&files[0], dir);
+    files.push(extra);
+    files
+}
+
+/// Records with the seconds they were written at left out: the two stores enroll the
+/// same files a moment apart.
+fn timeless(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            m.remove("at");
+            m.values_mut().for_each(timeless);
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(timeless),
+        _ => {}
+    }
+}
+
+/// The same records in the same order, but for when they were written.
+fn same<T: serde::Serialize>(a: &[T], b: &[T]) {
+    assert_eq!(a.len(), b.len(), "a different number of records");
+    for (i, (a, b)) in a.iter().zip(b).enumerate() {
+        let (mut a, mut b) = (
+            serde_json::to_value(a).unwrap(),
+            serde_json::to_value(b).unwrap(),
+        );
+        timeless(&mut a);
+        timeless(&mut b);
+        assert_eq!(a, b, "record {i} differs");
+    }
+}
+
+fn query<T>(url: &str, f: impl AsyncFnOnce(&tokio_postgres::Client) -> T) -> T {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        f(&client).await
+    })
+}
+
+/// Creates a database of its own in the cluster, for a store of its own.
+fn database(pg: &Cluster, name: &str) -> DatabaseUrl {
+    query(&pg.url(), async |c| {
+        c.batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
+    });
+    DatabaseUrl::parse(&pg.url().replace("/iryo?", &format!("/{name}?"))).unwrap()
+}
+
+#[test]
+fn enrollment_on_postgres_decides_as_redb_does() {
+    let mut pg = Cluster::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let files = sample(tmp.path(), 1500);
+    let issuer = Issuer::fpe(&[3; 32]);
+
+    let redb = Store::create(&tmp.path().join("directory.redb"), 16, Method::Fpe).unwrap();
+    let on_redb = enroll(&redb, &issuer, &files);
+    let url = database(&pg, "same_rules");
+    let postgres = PgStore::create(&url, Method::Fpe).unwrap();
+    let on_postgres = enroll(&postgres, &issuer, &files);
+
+    assert_eq!(on_redb, on_postgres, "the summaries differ");
+    assert!(on_redb.iter().map(|s| s.new).sum::<u64>() >= 1400);
+    assert!(on_redb.iter().map(|s| s.rejected).sum::<u64>() > 0);
+    assert_eq!(on_redb.last().unwrap().conflicts, 1, "{on_redb:?}");
+    same(&redb.persons().unwrap(), &postgres.persons().unwrap());
+    same(
+        &redb.conflicts(false).unwrap(),
+        &postgres.conflicts(false).unwrap(),
+    );
+    assert_eq!(redb.counts().unwrap(), postgres.counts().unwrap());
+    let someone = &redb.persons().unwrap()[17];
+    same(
+        &[postgres.person_by_medical_id(someone.medical_id).unwrap()],
+        std::slice::from_ref(someone),
+    );
+    same(
+        &[postgres.person_by_my_number(someone.my_number).unwrap()],
+        std::slice::from_ref(someone),
+    );
+
+    // The same files again change nothing, and record each conflict once.
+    let again = enroll(&postgres, &issuer, &files);
+    for s in &again {
+        assert_eq!((s.new, s.updated), (0, 0), "{s:?}");
+    }
+    same(&redb.persons().unwrap(), &postgres.persons().unwrap());
+    assert_eq!(postgres.conflicts(false).unwrap().len(), 1);
+
+    // Two stores (as two processes would be) enrolling the same files at once, in
+    // opposite orders, take turns on the database: each person is created once, and
+    // no ID is issued twice.
+    let url = database(&pg, "at_once");
+    drop(PgStore::create(&url, Method::Fpe).unwrap());
+    let reversed: Vec<PathBuf> = files.iter().rev().cloned().collect();
+    std::thread::scope(|s| {
+        for order in [&files, &reversed] {
+            let url = url.clone();
+            let issuer = &issuer;
+            s.spawn(move || enroll(&PgStore::open(&url).unwrap(), issuer, order));
+        }
+    });
+    let together = PgStore::open(&url).unwrap();
+    let key = |p: &Person| (p.my_number, p.medical_id);
+    let mut expected: Vec<_> = redb.persons().unwrap().iter().map(key).collect();
+    let mut found: Vec<_> = together.persons().unwrap().iter().map(key).collect();
+    expected.sort();
+    found.sort();
+    assert_eq!(expected, found);
+    assert_eq!(
+        together.counts().unwrap().issued_ids,
+        redb.counts().unwrap().issued_ids
+    );
+    pg.stop(true);
+}
+
+#[test]
+fn registry_commands_run_on_postgres() {
+    let pg = Cluster::start();
+    let dir = Directory::new();
+    let url = pg.url();
+    fn on<'a>(url: &'a str, args: &[&'a str]) -> Vec<&'a str> {
+        [&["--database", url][..], args].concat()
+    }
+    let with = |args: &[&'static str]| on(&url, args);
+
+    // A database that cannot be reached leaves no keys behind.
+    let nowhere = format!("postgresql://iryo@/iryo?host={}/none", pg.socket_dir());
+    let refused = dir.fails(&on(&nowhere, &["init"]));
+    assert!(refused.contains("PostgreSQL at"), "{refused}");
+    assert!(!dir.data.join("keys").exists());
+
+    let init = dir.ok(&with(&["init"]));
+    assert!(
+        init.contains("prepared the registry in postgresql://"),
+        "{init}"
+    );
+    let files = sample(&dir.path("in"), 300);
+    let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+    let mut args = on(&url, &["enroll"]);
+    args.extend(names.iter().map(String::as_str));
+    let out = dir.run(&args);
+    // Rejected rows give exit code 3; the rest is enrolled.
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+
+    let status = dir.json(&with(&["status"]));
+    assert!(status["persons"].as_u64().unwrap() >= 280, "{status}");
+    assert_eq!(status["open_conflicts"], 1, "{status}");
+    let conflicts = dir.ok(&with(&["conflicts", "list"]));
+    assert!(conflicts.contains("別人"), "{conflicts}");
+
+    // `show` finds a person and writes the operator's read to the audit log.
+    let person = csv_field(&files[0], "my_number");
+    let shown = dir.json(&on(&url, &["show", "--my-number", &person, "--json"]));
+    assert_eq!(shown["person"]["my_number"], person.as_str(), "{shown}");
+    let counts = dir.json(&with(&["status"]));
+    assert_eq!(counts, status);
+    let medical_id: i64 = shown["person"]["medical_id"]
+        .as_str()
+        .and_then(|s| s.replace('-', "").parse().ok())
+        .unwrap_or_else(|| panic!("{shown}"));
+    let (reads, heads): (i64, i64) = query(&url, async |c| {
+        let r = c
+            .query_one(
+                "SELECT (SELECT count(*) FROM audit_leaves WHERE medical_id = $1),
+                        (SELECT count(*) FROM audit_heads)",
+                &[&medical_id],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    });
+    assert_eq!(
+        (reads, heads),
+        (1, 1),
+        "the read is logged under a signed head"
+    );
+
+    // A second `init` is refused without touching the registry or the keys.
+    let other = Directory::new();
+    let twice = other.fails(&with(&["init"]));
+    assert!(twice.contains("holds a registry already"), "{twice}");
+    // What does not run on PostgreSQL yet says so and what to do.
+    let later = dir.fails(&with(&["retire-due"]));
+    assert!(
+        later.contains("`retire-due` does not run on PostgreSQL yet"),
+        "{later}"
+    );
+    // The variable names the database as well as the flag does.
+    let by_env = dir
+        .command(&["status"])
+        .env("IRYO_DATABASE", &url)
+        .output()
+        .unwrap();
+    assert!(by_env.status.success(), "{by_env:?}");
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&by_env.stdout).unwrap(),
+        status
+    );
+}
+
+/// The first data row's value of `column` in a CSV file.
+fn csv_field(file: &Path, column: &str) -> String {
+    let mut r = csv::Reader::from_path(file).unwrap();
+    let at = r
+        .headers()
+        .unwrap()
+        .iter()
+        .position(|h| h == column)
+        .unwrap();
+    r.records().next().unwrap().unwrap()[at].to_string()
+}
