@@ -108,7 +108,11 @@ impl Context {
                 ));
             }
         }
-        Ok(store.with_signer(keys.root))
+        let c = &self.config;
+        Ok(store
+            .with_signer(keys.root)
+            .with_retention(c.registry.retention_years)
+            .with_date_allowance(c.registry.date_allowance_days))
     }
 
     /// The issuer for the method a PostgreSQL registry was initialised with.

@@ -160,7 +160,8 @@ pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
         if let Some(name) = not_on_postgres(&cli.command) {
             bail!(
                 "`{name}` does not run on PostgreSQL yet; there, so far: init, migrate, \
-                 enroll, status, show, conflicts list. Leave out --database (and \
+                 enroll, status, show, conflicts list, change, my-number-change, death, \
+                 retire-due. Leave out --database (and \
                  IRYO_DATABASE, [storage] url) to use the embedded store in --data-dir"
             );
         }
@@ -219,6 +220,10 @@ fn not_on_postgres(c: &Command) -> Option<&'static str> {
         | Command::Show(_)
         | Command::Migrate
         | Command::Sample(_)
+        | Command::Change(_)
+        | Command::MyNumberChange(_)
+        | Command::Death(_)
+        | Command::RetireDue(_)
         | Command::Conflicts(cases::ConflictCmd::List(_)) => return None,
         Command::Assign(_) => "assign",
         Command::Letters(_) => "letters",
@@ -228,10 +233,6 @@ fn not_on_postgres(c: &Command) -> Option<&'static str> {
         Command::Conflicts(_) => "conflicts resolve",
         Command::Mismatches(_) => "mismatches",
         Command::Notices(_) => "notices",
-        Command::Change(_) => "change",
-        Command::MyNumberChange(_) => "my-number-change",
-        Command::Death(_) => "death",
-        Command::RetireDue(_) => "retire-due",
         Command::RebuildLinkage => "rebuild-linkage",
         Command::Backup { .. } => "backup",
         Command::Restore { .. } => "restore",

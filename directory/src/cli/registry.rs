@@ -10,7 +10,7 @@ use iryo_directory::config::Config;
 use iryo_directory::context::{Context, ContextError};
 use iryo_directory::enrollment::{ingest_file, Encoding, IngestOptions, Progress, Summary};
 use iryo_directory::issuance::Method;
-use iryo_directory::registry::today;
+use iryo_directory::registry::{now, today};
 use iryo_directory::report;
 use iryo_directory::store::{Plan, StoreError};
 use iryo_proto::{InsurerNumber, MedicalId, MyNumber};
@@ -368,11 +368,18 @@ pub(super) fn letters(config: &Config, a: LettersArgs) -> Result<ExitCode> {
 }
 
 pub(super) fn change(config: Config, a: ChangeArgs) -> Result<ExitCode> {
-    let request = AdminRequest::Change {
-        medical_id: a.medical_id,
-        reason: a.reason,
+    let ctx = Context::new(config.clone());
+    let new = if let Some(url) = ctx.database()? {
+        let store = ctx.postgres(&url)?;
+        let issuer = ctx.postgres_issuer(&store)?;
+        store.change_id(a.medical_id, &a.reason, &issuer, now())?
+    } else {
+        let request = AdminRequest::Change {
+            medical_id: a.medical_id,
+            reason: a.reason,
+        };
+        ask!(&config, &operator(), request, AdminResponse::MedicalId(id) => id)
     };
-    let new = ask!(&config, &operator(), request, AdminResponse::MedicalId(id) => id);
     println!(
         "medical ID {} replaced; successor {}",
         a.medical_id.grouped(),
@@ -382,11 +389,16 @@ pub(super) fn change(config: Config, a: ChangeArgs) -> Result<ExitCode> {
 }
 
 pub(super) fn my_number_change(config: Config, a: MyNumberChangeArgs) -> Result<ExitCode> {
-    let request = AdminRequest::MyNumberChange {
-        old: a.old,
-        new: a.new,
+    let ctx = Context::new(config.clone());
+    let id = if let Some(url) = ctx.database()? {
+        ctx.postgres(&url)?.change_my_number(a.old, a.new, now())?
+    } else {
+        let request = AdminRequest::MyNumberChange {
+            old: a.old,
+            new: a.new,
+        };
+        ask!(&config, &operator(), request, AdminResponse::MedicalId(id) => id)
     };
-    let id = ask!(&config, &operator(), request, AdminResponse::MedicalId(id) => id);
     println!(
         "My Number {} -> {}; medical ID {} unchanged",
         a.old,
@@ -415,11 +427,28 @@ pub(super) fn death(config: Config, a: DeathArgs) -> Result<ExitCode> {
             id.grouped()
         ),
     };
-    let request = AdminRequest::Death {
-        medical_id: id,
-        change,
+    let ctx = Context::new(config.clone());
+    let until = if let Some(url) = ctx.database()? {
+        let store = ctx.postgres(&url)?;
+        match change {
+            DeathChange::Record { date } => {
+                Some(store.record_death(id, date, &a.operator, now())?)
+            }
+            DeathChange::Correct { date, reason } => {
+                Some(store.correct_death(id, date, &reason, &a.operator, now())?)
+            }
+            DeathChange::Revoke { reason } => {
+                store.revoke_death(id, &reason, &a.operator, now())?;
+                None
+            }
+        }
+    } else {
+        let request = AdminRequest::Death {
+            medical_id: id,
+            change,
+        };
+        ask!(&config, &a.operator, request, AdminResponse::Death(until) => until)
     };
-    let until = ask!(&config, &a.operator, request, AdminResponse::Death(until) => until);
     match until {
         Some(until) => println!("{what}; the ID serves research until {until}, then it is retired"),
         None => println!("{what}"),
@@ -428,10 +457,14 @@ pub(super) fn death(config: Config, a: DeathArgs) -> Result<ExitCode> {
 }
 
 pub(super) fn retire_due(config: Config, a: RetireDueArgs) -> Result<ExitCode> {
-    let request = AdminRequest::RetireDue {
-        date: a.date.unwrap_or_else(today),
+    let date = a.date.unwrap_or_else(today);
+    let ctx = Context::new(config.clone());
+    let retired = if let Some(url) = ctx.database()? {
+        ctx.postgres(&url)?.retire_due(date, now())?
+    } else {
+        let request = AdminRequest::RetireDue { date };
+        ask!(&config, &operator(), request, AdminResponse::Retired(ids) => ids)
     };
-    let retired = ask!(&config, &operator(), request, AdminResponse::Retired(ids) => ids);
     println!("{} medical IDs retired", retired.len());
     retired.iter().for_each(|id| println!("  {}", id.grouped()));
     Ok(ExitCode::SUCCESS)

@@ -15,7 +15,7 @@
 use super::{audit, sql, unsql, PgError};
 use crate::audit::LogEntry;
 use crate::registry::eligibility::CardStanding;
-use crate::registry::{Card, Conflict, EnrollmentRow, IdEntry, Person};
+use crate::registry::{Card, Conflict, EnrollmentRow, IdEntry, IdStatus, Person};
 use crate::store::{decode, encode, Result};
 use ed25519_dalek::SigningKey;
 use iryo_proto::{MedicalId, MyNumber};
@@ -350,6 +350,70 @@ impl crate::store::registry_tx::RegistryTx for PgTx<'_> {
             Some(a) => Ok(a.append(entry)?),
             None => Err(PgError::Inconsistent("the audit appender did not start".into()).into()),
         }
+    }
+
+    fn id_entry(&mut self, id: MedicalId) -> Result<Option<IdEntry>> {
+        let n = id.as_u64();
+        if let Some(claimed) = self.out.ids.iter().find(|c| c.0 == n) {
+            return Ok(Some(decode(&claimed.2)?));
+        }
+        let row = self
+            .rt
+            .block_on(self.tx.query_opt(
+                "SELECT entry FROM medical_ids WHERE medical_id = $1",
+                &[&sql(n)?],
+            ))
+            .map_err(db)?;
+        row.map(|r| decode(r.get::<_, &[u8]>(0))).transpose()
+    }
+
+    // Changes of status, deaths and their sweep are rare and few per transaction:
+    // they go to the database at once, inside the transaction, rather than wait.
+    fn set_id_status(&mut self, id: MedicalId, pid: u64, status: IdStatus) -> Result<()> {
+        let n = id.as_u64();
+        let entry = encode(&IdEntry { pid, status })?;
+        if let Some(claimed) = self.out.ids.iter_mut().find(|c| c.0 == n) {
+            claimed.2 = entry;
+            return Ok(());
+        }
+        self.rt
+            .block_on(self.tx.execute(
+                "INSERT INTO medical_ids (medical_id, pid, entry) VALUES ($1, $2, $3)
+                 ON CONFLICT (medical_id) DO UPDATE SET pid = excluded.pid, entry = excluded.entry",
+                &[&sql(n)?, &sql(pid)?, &entry],
+            ))
+            .map_err(db)?;
+        Ok(())
+    }
+
+    fn mark_death(&mut self, day: i64, pid: u64, present: bool) -> Result<()> {
+        let statement = if present {
+            "INSERT INTO deaths (died_day, pid) VALUES ($1, $2) ON CONFLICT DO NOTHING"
+        } else {
+            "DELETE FROM deaths WHERE died_day = $1 AND pid = $2"
+        };
+        self.rt
+            .block_on(self.tx.execute(statement, &[&day, &sql(pid)?]))
+            .map_err(db)?;
+        Ok(())
+    }
+
+    fn deaths_after(&mut self, after: Option<(i64, u64)>, n: usize) -> Result<Vec<(i64, u64)>> {
+        let (day, pid) = match after {
+            Some((d, p)) => (d, sql(p)?),
+            None => (i64::MIN, -1),
+        };
+        let rows = self
+            .rt
+            .block_on(self.tx.query(
+                "SELECT died_day, pid FROM deaths WHERE (died_day, pid) > ($1, $2)
+                 ORDER BY died_day, pid LIMIT $3",
+                &[&day, &pid, &(n as i64)],
+            ))
+            .map_err(db)?;
+        rows.iter()
+            .map(|r| Ok((r.get(0), unsql(r.get(1))?)))
+            .collect()
     }
 
     fn prefetch_rows(

@@ -8,8 +8,10 @@
 use super::registry_tx::PgTx;
 use super::{audit, migrate, unsql, DatabaseUrl, PgError};
 use crate::issuance::{Issuer, Method};
+use crate::registry::dates::DateRules;
 use crate::registry::{CaseStatus, Conflict, EnrollmentRow, Person, ServiceUse, Timestamp};
-use crate::store::{decode, BatchReport, Counts, Result, StoreError};
+use crate::store::{decode, lifecycle, BatchReport, Counts, Result, StoreError};
+use chrono::NaiveDate;
 use ed25519_dalek::SigningKey;
 use iryo_proto::{MedicalId, MyNumber};
 use std::sync::Mutex;
@@ -31,6 +33,8 @@ pub struct PgStore {
     rt: tokio::runtime::Runtime,
     client: Mutex<Client>,
     signer: Option<SigningKey>,
+    retention_years: u32,
+    date_allowance_days: u32,
 }
 
 impl PgStore {
@@ -78,6 +82,8 @@ impl PgStore {
             rt,
             client: Mutex::new(client),
             signer: None,
+            retention_years: 10,
+            date_allowance_days: 1,
         })
     }
 
@@ -113,6 +119,8 @@ impl PgStore {
             rt,
             client: Mutex::new(client),
             signer: None,
+            retention_years: 10,
+            date_allowance_days: 1,
         };
         store.method()?;
         Ok(store)
@@ -122,6 +130,86 @@ impl PgStore {
     pub fn with_signer(mut self, key: SigningKey) -> Self {
         self.signer = Some(key);
         self
+    }
+
+    /// Years after death an ID still serves research (`registry.retention_years`).
+    pub fn with_retention(mut self, years: u32) -> Self {
+        self.retention_years = years;
+        self
+    }
+
+    /// Days past today a stated date may lie (`registry.date_allowance_days`).
+    pub fn with_date_allowance(mut self, days: u32) -> Self {
+        self.date_allowance_days = days;
+        self
+    }
+
+    pub fn retention_years(&self) -> u32 {
+        self.retention_years
+    }
+
+    fn date_rules(&self) -> DateRules {
+        DateRules {
+            today: crate::registry::today(),
+            allowance_days: self.date_allowance_days,
+        }
+    }
+
+    /// Issues a new ID for a stated reason (`Store::change_id`).
+    pub fn change_id(
+        &self,
+        id: MedicalId,
+        reason: &str,
+        issuer: &Issuer,
+        at: Timestamp,
+    ) -> Result<MedicalId> {
+        self.write(|t| lifecycle::change_id(t, id, reason, issuer, at))
+    }
+
+    /// Replaces a person's My Number (`Store::change_my_number`).
+    pub fn change_my_number(
+        &self,
+        old: MyNumber,
+        new: MyNumber,
+        at: Timestamp,
+    ) -> Result<MedicalId> {
+        self.write(|t| lifecycle::change_my_number(t, old, new, at))
+    }
+
+    /// Records a death (`Store::record_death`).
+    pub fn record_death(
+        &self,
+        id: MedicalId,
+        date: NaiveDate,
+        by: &str,
+        at: Timestamp,
+    ) -> Result<NaiveDate> {
+        let (rules, retention) = (self.date_rules(), self.retention_years);
+        self.write(|t| lifecycle::record_death(t, id, date, by, at, &rules, retention))
+    }
+
+    /// Corrects the date of a recorded death (`Store::correct_death`).
+    pub fn correct_death(
+        &self,
+        id: MedicalId,
+        date: NaiveDate,
+        reason: &str,
+        by: &str,
+        at: Timestamp,
+    ) -> Result<NaiveDate> {
+        let (rules, retention) = (self.date_rules(), self.retention_years);
+        self.write(|t| lifecycle::correct_death(t, id, date, reason, by, at, &rules, retention))
+    }
+
+    /// Undoes a death recorded in error (`Store::revoke_death`).
+    pub fn revoke_death(&self, id: MedicalId, reason: &str, by: &str, at: Timestamp) -> Result<()> {
+        self.write(|t| lifecycle::revoke_death(t, id, reason, by, at))
+    }
+
+    /// Retires the IDs whose retention period ended before `today` (`Store::retire_due`).
+    pub fn retire_due(&self, today: NaiveDate, at: Timestamp) -> Result<Vec<MedicalId>> {
+        let (rules, retention) = (self.date_rules(), self.retention_years);
+        self.write(|t| lifecycle::retire_due(t, today, at, &rules, retention))
     }
 
     /// The database, as it may be shown (no password).

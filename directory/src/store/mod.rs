@@ -14,7 +14,7 @@ mod folding;
 mod group;
 mod idempotency;
 mod intake;
-mod lifecycle;
+pub(crate) mod lifecycle;
 mod linkage;
 mod paced;
 mod portal;

@@ -35,6 +35,14 @@ pub(crate) trait RegistryTx {
     fn put_conflict(&mut self, c: &Conflict, key: &[u8]) -> Result<()>;
     /// Appends an entry to the audit log; returns its index.
     fn audit_append(&mut self, entry: &LogEntry) -> Result<u64>;
+    /// What the table of every ID ever issued says of `id`.
+    fn id_entry(&mut self, id: MedicalId) -> Result<Option<IdEntry>>;
+    /// Changes the status of an issued ID (changed, retired).
+    fn set_id_status(&mut self, id: MedicalId, pid: u64, status: IdStatus) -> Result<()>;
+    /// Adds (`true`) or removes a (day of death, pid) entry of the retirement sweep.
+    fn mark_death(&mut self, day: i64, pid: u64, present: bool) -> Result<()>;
+    /// Up to `n` entries of the retirement sweep after `after`, earliest death first.
+    fn deaths_after(&mut self, after: Option<(i64, u64)>, n: usize) -> Result<Vec<(i64, u64)>>;
 
     /// Reads ahead what applying `rows` will look up, where a round trip per lookup
     /// would cost more than one read of them all (PostgreSQL); `candidates` are the

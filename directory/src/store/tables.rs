@@ -398,4 +398,36 @@ impl super::registry_tx::RegistryTx for Tables<'_> {
     fn audit_append(&mut self, entry: &crate::audit::LogEntry) -> Result<u64> {
         Tables::audit_append(self, entry)
     }
+
+    fn id_entry(&mut self, id: MedicalId) -> Result<Option<IdEntry>> {
+        Tables::id_entry(self, id)
+    }
+
+    fn set_id_status(&mut self, id: MedicalId, pid: u64, status: IdStatus) -> Result<()> {
+        Tables::set_id_status(self, id, pid, status)
+    }
+
+    fn mark_death(&mut self, day: i64, pid: u64, present: bool) -> Result<()> {
+        let deaths = self.deaths.open_mut()?;
+        if present {
+            deaths.insert((day, pid), ())?;
+        } else {
+            deaths.remove((day, pid))?;
+        }
+        Ok(())
+    }
+
+    fn deaths_after(&mut self, after: Option<(i64, u64)>, n: usize) -> Result<Vec<(i64, u64)>> {
+        use std::ops::Bound;
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let deaths = self.deaths.open()?;
+        let mut out = Vec::new();
+        for item in deaths
+            .range::<(i64, u64)>((from, Bound::Unbounded))?
+            .take(n)
+        {
+            out.push(item?.0.value());
+        }
+        Ok(out)
+    }
 }
