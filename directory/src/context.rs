@@ -112,7 +112,8 @@ impl Context {
         Ok(store
             .with_signer(keys.root)
             .with_retention(c.registry.retention_years)
-            .with_date_allowance(c.registry.date_allowance_days))
+            .with_date_allowance(c.registry.date_allowance_days)
+            .with_policy(self.policy()))
     }
 
     /// The issuer for the method a PostgreSQL registry was initialised with.
@@ -125,11 +126,16 @@ impl Context {
         store
             .with_retention(c.registry.retention_years)
             .with_date_allowance(c.registry.date_allowance_days)
-            .with_policy(crate::store::AccessPolicy {
-                default: c.access.default_policy,
-                visit_consent_days: c.access.visit_consent_days,
-                grant_seconds: c.access.grant_seconds,
-            })
+            .with_policy(self.policy())
+    }
+
+    fn policy(&self) -> crate::store::AccessPolicy {
+        let c = &self.config;
+        crate::store::AccessPolicy {
+            default: c.access.default_policy,
+            visit_consent_days: c.access.visit_consent_days,
+            grant_seconds: c.access.grant_seconds,
+        }
     }
 
     pub fn keys(&self) -> Result<AgencyKeys, ContextError> {

@@ -7,10 +7,12 @@ use chrono::Datelike;
 use iryo_directory::enrollment::{ingest_file, IngestOptions, Progress, Summary};
 use iryo_directory::issuance::{Issuer, Method};
 use iryo_directory::postgres::{DatabaseUrl, PgStore};
+use iryo_directory::registry::eligibility::{CheckKey, CheckRequest};
 use iryo_directory::registry::Person;
+use iryo_directory::registry::ServiceUse;
 use iryo_directory::sample::{write_sample, SampleOptions};
 use iryo_directory::store::{EnrollBatch, Store, StoreError};
-use iryo_proto::{MedicalId, MyNumber};
+use iryo_proto::{IdempotencyKey, InstitutionCode, MedicalId, MyNumber};
 use iryo_tests::pg::Cluster;
 use iryo_tests::Directory;
 use std::path::{Path, PathBuf};
@@ -352,8 +354,23 @@ fn registry_commands_run_on_postgres() {
         "the read is logged under a signed head"
     );
 
-    // The lifecycle commands, on the database directly.
+    // A check, recorded in the service history and the audit log.
     let id = shown["person"]["medical_id"].as_str().unwrap().to_string();
+    let answer = dir.answer(&on(
+        &url,
+        &[
+            "check",
+            "--institution",
+            "1310000011",
+            "--medical-id",
+            &id,
+            "--json",
+        ],
+    ));
+    assert_eq!(answer["eligible"], true, "{answer}");
+    assert_eq!(dir.json(&with(&["status"]))["service_uses"], 1);
+
+    // The lifecycle commands, on the database directly.
     let changed = dir.ok(&on(
         &url,
         &["change", "--medical-id", &id, "--reason", "カード紛失"],
@@ -403,4 +420,114 @@ fn csv_field(file: &Path, column: &str) -> String {
         .position(|h| h == column)
         .unwrap();
     r.records().next().unwrap().unwrap()[at].to_string()
+}
+
+/// Every kind of check, against both stores: by card with and without a branch, by
+/// medical ID, by a replaced ID, for no one, with a presented ID that is not the
+/// registered one, with consent given at the desk, and retried with a key.
+fn checks(people: &[Person], replaced: MedicalId) -> Vec<CheckRequest> {
+    let institution = InstitutionCode::parse("1310000011").unwrap();
+    let today = iryo_directory::registry::today();
+    let request = |key| CheckRequest {
+        institution,
+        key,
+        date: today,
+        visit_consent: false,
+        idempotency_key: None,
+    };
+    let by_card = |p: &Person, branch: bool, presented: Option<MedicalId>| {
+        let c = &p.coverages[0].card;
+        CheckKey::Card {
+            insurer: c.insurer.clone(),
+            symbol: c.symbol.clone(),
+            number: c.number.clone(),
+            branch: branch.then_some(c.branch),
+            presented,
+        }
+    };
+    let mut out = Vec::new();
+    for p in people.iter().take(40) {
+        out.push(request(by_card(p, true, None)));
+        out.push(request(by_card(p, false, None)));
+        out.push(request(CheckKey::MedicalId(p.medical_id)));
+    }
+    out.push(request(CheckKey::MedicalId(replaced)));
+    out.push(request(CheckKey::MedicalId(MedicalId::from_body(12_345))));
+    let wrong = Some(people[1].medical_id);
+    out.push(request(by_card(&people[0], true, wrong)));
+    out.push(request(by_card(&people[0], true, wrong)));
+    let mut at_desk = request(by_card(&people[2], true, None));
+    at_desk.visit_consent = true;
+    out.push(at_desk);
+    let mut keyed = request(CheckKey::MedicalId(people[5].medical_id));
+    keyed.idempotency_key = Some(IdempotencyKey::parse("visit-7f3a").unwrap());
+    out.push(keyed.clone());
+    out.push(keyed);
+    out
+}
+
+#[test]
+fn checks_on_postgres_answer_and_record_as_redb_does() {
+    let pg = Cluster::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let files = sample(tmp.path(), 400);
+    let issuer = Issuer::fpe(&[3; 32]);
+    let key = ed25519_dalek::SigningKey::from_bytes(&[5; 32]);
+    let redb = Store::create(&tmp.path().join("directory.redb"), 16, Method::Fpe)
+        .unwrap()
+        .with_signer(key.clone());
+    let url = DatabaseUrl::parse(&pg.url()).unwrap();
+    let postgres = PgStore::create(&url, Method::Fpe).unwrap().with_signer(key);
+    enroll(&redb, &issuer, &files);
+    enroll(&postgres, &issuer, &files);
+    let people = redb.persons().unwrap();
+    let at = 1_800_000_000;
+    let replaced = people[9].medical_id;
+    redb.change_id(replaced, "lost", &issuer, at).unwrap();
+    postgres.change_id(replaced, "lost", &issuer, at).unwrap();
+
+    let asked = checks(&people, replaced);
+    let on_redb = redb.check_batch(&asked, at).unwrap();
+    let on_postgres = postgres.check_batch(&asked, at).unwrap();
+    assert_eq!(on_redb, on_postgres);
+    // One at a time, as `check` asks: the same again.
+    for req in &asked[..6] {
+        assert_eq!(
+            redb.check(req, at + 1).unwrap(),
+            postgres.check(req, at + 1).unwrap()
+        );
+    }
+    let reasons: std::collections::BTreeSet<String> =
+        on_redb.iter().map(|a| format!("{:?}", a.reason)).collect();
+    for expected in ["Active", "NotFound", "IdChanged", "BranchRequired"] {
+        assert!(
+            reasons.contains(expected),
+            "no {expected} among {reasons:?}"
+        );
+    }
+    assert!(on_redb.iter().any(|a| a.mismatch.is_some()));
+
+    assert_eq!(redb.counts().unwrap(), postgres.counts().unwrap());
+    same(
+        &redb.mismatches(false).unwrap(),
+        &postgres.mismatches(false).unwrap(),
+    );
+    for p in &people[..6] {
+        assert_eq!(
+            redb.person_by_medical_id(p.medical_id)
+                .map(|p| p.pid)
+                .unwrap(),
+            p.pid
+        );
+        let uses = |s: &dyn Fn(u64) -> Vec<ServiceUse>| s(p.pid);
+        assert_eq!(
+            uses(&|pid| redb.reader().unwrap().service_uses(pid).unwrap()),
+            uses(&|pid| postgres.service_uses(pid).unwrap()),
+        );
+    }
+    assert_eq!(
+        redb.audit_size().unwrap(),
+        postgres.audit_size().unwrap(),
+        "one audit entry per check recorded, on both"
+    );
 }

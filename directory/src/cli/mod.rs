@@ -160,8 +160,8 @@ pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
         if let Some(name) = not_on_postgres(&cli.command) {
             bail!(
                 "`{name}` does not run on PostgreSQL yet; there, so far: init, migrate, \
-                 enroll, status, show, conflicts list, change, my-number-change, death, \
-                 retire-due. Leave out --database (and \
+                 enroll, check, status, show, conflicts list, change, my-number-change, \
+                 death, retire-due. Leave out --database (and \
                  IRYO_DATABASE, [storage] url) to use the embedded store in --data-dir"
             );
         }
@@ -224,12 +224,12 @@ fn not_on_postgres(c: &Command) -> Option<&'static str> {
         | Command::MyNumberChange(_)
         | Command::Death(_)
         | Command::RetireDue(_)
+        | Command::Check(_)
         | Command::Conflicts(cases::ConflictCmd::List(_)) => return None,
         Command::Assign(_) => "assign",
         Command::Letters(_) => "letters",
         Command::Ca(_) => "ca",
         Command::Keys(_) => "keys",
-        Command::Check(_) => "check",
         Command::Conflicts(_) => "conflicts resolve",
         Command::Mismatches(_) => "mismatches",
         Command::Notices(_) => "notices",

@@ -13,9 +13,12 @@
 //! writer waits rather than being overwritten.
 
 use super::{audit, sql, unsql, PgError};
+use crate::access::ConsentRecord;
 use crate::audit::LogEntry;
 use crate::registry::eligibility::CardStanding;
-use crate::registry::{Card, Conflict, EnrollmentRow, IdEntry, IdStatus, Person};
+use crate::registry::{
+    Card, Conflict, EnrollmentRow, IdEntry, IdStatus, Mismatch, Notice, Person, ServiceUse,
+};
 use crate::store::{decode, encode, Result};
 use ed25519_dalek::SigningKey;
 use iryo_proto::{MedicalId, MyNumber};
@@ -51,6 +54,9 @@ struct Writes {
     my_numbers: Vec<(u64, u64)>,
     ids: Vec<(u64, u64, Vec<u8>)>,
     conflicts: Vec<(u64, Vec<u8>, Vec<u8>)>,
+    /// (pid, ServiceUse) in the order they happened.
+    service_uses: Vec<(i64, Vec<u8>)>,
+    consents: Vec<(i64, i64, Vec<u8>)>,
 }
 
 fn db(e: tokio_postgres::Error) -> crate::store::StoreError {
@@ -173,6 +179,31 @@ impl<'a> PgTx<'a> {
             .await
             .map_err(db)?;
         }
+        if !w.service_uses.is_empty() {
+            let (pids, uses): (Vec<i64>, Vec<Vec<u8>>) = w.service_uses.into_iter().unzip();
+            // The sequence numbers the history in the order the rows are scanned,
+            // which is the order they were appended.
+            tx.execute(
+                "INSERT INTO service_uses (pid, seq, service_use)
+                 SELECT pid, nextval('service_use_seq'), u
+                 FROM unnest($1::bigint[], $2::bytea[]) AS x(pid, u)",
+                &[&pids, &uses],
+            )
+            .await
+            .map_err(db)?;
+        }
+        if !w.consents.is_empty() {
+            let pids: Vec<i64> = w.consents.iter().map(|c| c.0).collect();
+            let seqs: Vec<i64> = w.consents.iter().map(|c| c.1).collect();
+            let records: Vec<&[u8]> = w.consents.iter().map(|c| c.2.as_slice()).collect();
+            tx.execute(
+                "INSERT INTO consents (pid, seq, record)
+                 SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bytea[])",
+                &[&pids, &seqs, &records],
+            )
+            .await
+            .map_err(db)?;
+        }
         for (name, value) in std::mem::take(&mut self.counters) {
             tx.execute(
                 "INSERT INTO counters (name, value) VALUES ($1, $2)
@@ -226,6 +257,70 @@ impl<'a> PgTx<'a> {
             self.persons.insert(pid, decode(r.get::<_, &[u8]>(1))?);
         }
         Ok(())
+    }
+}
+
+impl crate::store::checks::Lookup for PgTx<'_> {
+    fn standing(&self, card_key: &[u8]) -> Result<Option<CardStanding>> {
+        if let Some((_, standing)) = self.out.cards.get(card_key) {
+            return Ok(Some(decode(standing)?));
+        }
+        let row = self
+            .rt
+            .block_on(self.tx.query_opt(
+                "SELECT standing FROM cards WHERE card_key = $1",
+                &[&card_key],
+            ))
+            .map_err(db)?;
+        row.map(|r| decode(r.get::<_, &[u8]>(0))).transpose()
+    }
+
+    fn standings_with_prefix(&self, prefix: &[u8], n: usize) -> Result<Vec<CardStanding>> {
+        // bytea orders as its bytes do, so the keys with a prefix are one range.
+        let rows = self
+            .rt
+            .block_on(self.tx.query(
+                "SELECT card_key, standing FROM cards WHERE card_key >= $1
+                 ORDER BY card_key LIMIT $2",
+                &[&prefix, &(n as i64)],
+            ))
+            .map_err(db)?;
+        rows.iter()
+            .take_while(|r| r.get::<_, &[u8]>(0).starts_with(prefix))
+            .map(|r| decode(r.get::<_, &[u8]>(1)))
+            .collect()
+    }
+
+    fn issued(&self, id: MedicalId) -> Result<Option<IdEntry>> {
+        let n = id.as_u64();
+        if let Some(claimed) = self.out.ids.iter().find(|c| c.0 == n) {
+            return Ok(Some(decode(&claimed.2)?));
+        }
+        let row = self
+            .rt
+            .block_on(self.tx.query_opt(
+                "SELECT entry FROM medical_ids WHERE medical_id = $1",
+                &[&sql(n)?],
+            ))
+            .map_err(db)?;
+        row.map(|r| decode(r.get::<_, &[u8]>(0))).transpose()
+    }
+
+    fn record_of(&self, pid: u64) -> Result<Person> {
+        if let Some(p) = self.persons.get(&pid) {
+            return Ok(p.clone());
+        }
+        let row = self
+            .rt
+            .block_on(
+                self.tx
+                    .query_opt("SELECT record FROM persons WHERE pid = $1", &[&sql(pid)?]),
+            )
+            .map_err(db)?;
+        match row {
+            Some(r) => decode(r.get::<_, &[u8]>(0)),
+            None => Err(PgError::Inconsistent(format!("pid {pid} has no record")).into()),
+        }
     }
 }
 
@@ -353,18 +448,7 @@ impl crate::store::registry_tx::RegistryTx for PgTx<'_> {
     }
 
     fn id_entry(&mut self, id: MedicalId) -> Result<Option<IdEntry>> {
-        let n = id.as_u64();
-        if let Some(claimed) = self.out.ids.iter().find(|c| c.0 == n) {
-            return Ok(Some(decode(&claimed.2)?));
-        }
-        let row = self
-            .rt
-            .block_on(self.tx.query_opt(
-                "SELECT entry FROM medical_ids WHERE medical_id = $1",
-                &[&sql(n)?],
-            ))
-            .map_err(db)?;
-        row.map(|r| decode(r.get::<_, &[u8]>(0))).transpose()
+        crate::store::checks::Lookup::issued(self, id)
     }
 
     // Changes of status, deaths and their sweep are rare and few per transaction:
@@ -394,6 +478,91 @@ impl crate::store::registry_tx::RegistryTx for PgTx<'_> {
         };
         self.rt
             .block_on(self.tx.execute(statement, &[&day, &sql(pid)?]))
+            .map_err(db)?;
+        Ok(())
+    }
+
+    fn kept_entry(&mut self, scope: &[u8; 32]) -> Result<Option<Vec<u8>>> {
+        let row = self
+            .rt
+            .block_on(self.tx.query_opt(
+                "SELECT kept FROM idempotency WHERE scope = $1",
+                &[&scope.as_slice()],
+            ))
+            .map_err(db)?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    fn keep_entry(&mut self, scope: [u8; 32], at: i64, entry: &[u8]) -> Result<()> {
+        let (tx, rt) = (&self.tx, self.rt);
+        rt.block_on(async {
+            tx.execute(
+                "INSERT INTO idempotency (scope, kept_at, kept) VALUES ($1, $2, $3)
+                 ON CONFLICT (scope) DO UPDATE SET kept_at = excluded.kept_at, kept = excluded.kept",
+                &[&scope.as_slice(), &at, &entry],
+            )
+            .await?;
+            tx.execute(
+                "DELETE FROM idempotency WHERE scope IN (
+                     SELECT scope FROM idempotency WHERE kept_at < $1 ORDER BY kept_at LIMIT $2)",
+                &[
+                    &(at - crate::store::idempotency::KEPT_SECONDS),
+                    &(crate::store::idempotency::FORGET_AT_ONCE as i64),
+                ],
+            )
+            .await
+        })
+        .map_err(db)?;
+        Ok(())
+    }
+
+    fn append_service_use(&mut self, pid: u64, u: &ServiceUse) -> Result<()> {
+        self.out.service_uses.push((sql(pid)?, encode(u)?));
+        Ok(())
+    }
+
+    fn put_consent(&mut self, pid: u64, seq: u64, r: &ConsentRecord) -> Result<()> {
+        self.out.consents.push((sql(pid)?, sql(seq)?, encode(r)?));
+        Ok(())
+    }
+
+    fn mismatch_by_key(&mut self, key: &[u8]) -> Result<Option<u64>> {
+        let row = self
+            .rt
+            .block_on(self.tx.query_opt(
+                "SELECT id FROM mismatch_keys WHERE card_and_id = $1",
+                &[&key],
+            ))
+            .map_err(db)?;
+        Ok(row.map(|r| unsql(r.get(0))).transpose()?)
+    }
+
+    // Mismatches and notices are rare: they go to the database at once.
+    fn put_mismatch(&mut self, m: &Mismatch, key: &[u8]) -> Result<()> {
+        let (tx, rt) = (&self.tx, self.rt);
+        let (id, value) = (sql(m.id)?, encode(m)?);
+        rt.block_on(async {
+            tx.execute(
+                "INSERT INTO mismatches (id, mismatch) VALUES ($1, $2)",
+                &[&id, &value],
+            )
+            .await?;
+            tx.execute(
+                "INSERT INTO mismatch_keys (card_and_id, id) VALUES ($1, $2)",
+                &[&key, &id],
+            )
+            .await
+        })
+        .map_err(db)?;
+        Ok(())
+    }
+
+    fn put_notice(&mut self, n: &Notice) -> Result<()> {
+        self.rt
+            .block_on(self.tx.execute(
+                "INSERT INTO notices (id, notice) VALUES ($1, $2)",
+                &[&sql(n.id)?, &encode(n)?],
+            ))
             .map_err(db)?;
         Ok(())
     }

@@ -9,8 +9,13 @@ use super::registry_tx::PgTx;
 use super::{audit, migrate, unsql, DatabaseUrl, PgError};
 use crate::issuance::{Issuer, Method};
 use crate::registry::dates::DateRules;
-use crate::registry::{CaseStatus, Conflict, EnrollmentRow, Person, ServiceUse, Timestamp};
-use crate::store::{decode, lifecycle, BatchReport, Counts, Result, StoreError};
+use crate::registry::eligibility::{CheckAnswer, CheckRequest};
+use crate::registry::{
+    CaseStatus, Conflict, EnrollmentRow, Mismatch, Person, ServiceUse, Timestamp,
+};
+use crate::store::{
+    checks, decode, lifecycle, AccessPolicy, BatchReport, Counts, Result, StoreError,
+};
 use chrono::NaiveDate;
 use ed25519_dalek::SigningKey;
 use iryo_proto::{MedicalId, MyNumber};
@@ -35,6 +40,7 @@ pub struct PgStore {
     signer: Option<SigningKey>,
     retention_years: u32,
     date_allowance_days: u32,
+    policy: AccessPolicy,
 }
 
 impl PgStore {
@@ -84,6 +90,7 @@ impl PgStore {
             signer: None,
             retention_years: 10,
             date_allowance_days: 1,
+            policy: AccessPolicy::default(),
         })
     }
 
@@ -121,6 +128,7 @@ impl PgStore {
             signer: None,
             retention_years: 10,
             date_allowance_days: 1,
+            policy: AccessPolicy::default(),
         };
         store.method()?;
         Ok(store)
@@ -142,6 +150,37 @@ impl PgStore {
     pub fn with_date_allowance(mut self, days: u32) -> Self {
         self.date_allowance_days = days;
         self
+    }
+
+    /// The consent rules (`[access]`).
+    pub fn with_policy(mut self, policy: AccessPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// One check, recorded durably before the answer returns (`Store::check`).
+    pub fn check(&self, req: &CheckRequest, at: Timestamp) -> Result<CheckAnswer> {
+        self.date_rules().not_future("date of service", req.date)?;
+        let mut answers = self.check_batch(std::slice::from_ref(req), at)?;
+        answers
+            .pop()
+            .ok_or_else(|| StoreError::Inconsistent("a check produced no answer".into()))
+    }
+
+    /// Answers many checks and records them all in one transaction, by the same rules
+    /// as the redb store: service use, the audit log, visit consent, mismatches and
+    /// their notices, and the answers kept for idempotency keys.
+    pub fn check_batch(&self, reqs: &[CheckRequest], at: Timestamp) -> Result<Vec<CheckAnswer>> {
+        let (retention, visit_days) = (self.retention_years, self.policy.visit_consent_days);
+        self.write(|t| {
+            reqs.iter()
+                .map(|req| {
+                    let found = checks::find(t, &req.key)?;
+                    let resolved = checks::answer(found, req, retention);
+                    checks::record(t, req, resolved, visit_days, at)
+                })
+                .collect()
+        })
     }
 
     pub fn retention_years(&self) -> u32 {
@@ -327,21 +366,43 @@ impl PgStore {
 
     /// Every conflict, or the open ones, in the order they were recorded.
     pub fn conflicts(&self, open_only: bool) -> Result<Vec<Conflict>> {
+        self.cases(
+            "SELECT conflict FROM conflicts ORDER BY id",
+            open_only,
+            |c: &Conflict| &c.status,
+        )
+    }
+
+    /// Every mismatch, or the open ones, in the order they were recorded.
+    pub fn mismatches(&self, open_only: bool) -> Result<Vec<Mismatch>> {
+        self.cases(
+            "SELECT mismatch FROM mismatches ORDER BY id",
+            open_only,
+            |m: &Mismatch| &m.status,
+        )
+    }
+
+    fn cases<T: serde::de::DeserializeOwned>(
+        &self,
+        query: &'static str,
+        open_only: bool,
+        status: fn(&T) -> &CaseStatus,
+    ) -> Result<Vec<T>> {
         let rows: Vec<Vec<u8>> = self.read(async |c| {
-            Ok(c.query("SELECT conflict FROM conflicts ORDER BY id", &[])
+            Ok(c.query(query, &[])
                 .await?
                 .into_iter()
                 .map(|r| r.get(0))
                 .collect())
         })?;
-        let all = rows
-            .iter()
-            .map(|r| decode::<Conflict>(r))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(all
-            .into_iter()
-            .filter(|c| !open_only || c.status == CaseStatus::Open)
-            .collect())
+        let mut out = Vec::new();
+        for r in &rows {
+            let case: T = decode(r)?;
+            if !open_only || *status(&case) == CaseStatus::Open {
+                out.push(case);
+            }
+        }
+        Ok(out)
     }
 
     /// A person's service history, in the order it was recorded.
@@ -371,20 +432,6 @@ impl PgStore {
                 .await?;
             Ok((0..4).map(|i| r.get(i)).collect())
         })?;
-        let open_mismatches: Vec<Vec<u8>> = self.read(async |c| {
-            Ok(c.query("SELECT mismatch FROM mismatches", &[])
-                .await?
-                .into_iter()
-                .map(|r| r.get(0))
-                .collect())
-        })?;
-        let open_mismatches = open_mismatches
-            .iter()
-            .map(|m| decode::<crate::registry::Mismatch>(m).map(|m| m.status))
-            .collect::<Result<Vec<_>>>()?
-            .into_iter()
-            .filter(|s| *s == CaseStatus::Open)
-            .count();
         let count = |i: usize| unsql(n[i]);
         Ok(Counts {
             persons: count(0)?,
@@ -392,7 +439,7 @@ impl PgStore {
             cards: count(2)?,
             service_uses: count(3)?,
             open_conflicts: self.conflicts(true)?.len() as u64,
-            open_mismatches: open_mismatches as u64,
+            open_mismatches: self.mismatches(true)?.len() as u64,
         })
     }
 

@@ -1,8 +1,9 @@
 //! Eligibility checks (proposal §3, 4-1, 2-5): the read path, and the recording path that
 //! appends service use and mismatches for a whole batch of checks in one commit.
 
+use super::registry_tx::RegistryTx;
 use super::tables::*;
-use super::{decode, encode, linkage, Counts, Job, Outcome, Result, Store, StoreError};
+use super::{decode, linkage, Counts, Job, Outcome, Result, Store, StoreError};
 use crate::access::{ConsentOrigin, ConsentRecord};
 use crate::audit::LogEntry;
 use crate::registry::eligibility::{
@@ -19,7 +20,7 @@ use redb::{
 };
 
 /// Who a check's key points at.
-enum Found {
+pub(crate) enum Found {
     /// By card: the card's standing and its exact key.
     Card(CardStanding, Card),
     /// By medical ID: the whole record.
@@ -29,13 +30,20 @@ enum Found {
     Refused(Reason, Option<MedicalId>),
 }
 
-/// Resolves a check key with any table handles, read-only or inside a write.
-fn find(
-    persons: &impl ReadableTable<u64, &'static [u8]>,
-    cards: &impl ReadableTable<&'static [u8], &'static [u8]>,
-    ids: &impl ReadableTable<u64, &'static [u8]>,
-    key: &CheckKey,
-) -> Result<Found> {
+/// What resolving a check key reads, on either backend.
+pub(crate) trait Lookup {
+    /// A card's standing by its exact key.
+    fn standing(&self, card_key: &[u8]) -> Result<Option<CardStanding>>;
+    /// The standings of the first `n` cards whose keys start with `prefix`, in key order.
+    fn standings_with_prefix(&self, prefix: &[u8], n: usize) -> Result<Vec<CardStanding>>;
+    /// What the table of every ID ever issued says of `id`.
+    fn issued(&self, id: MedicalId) -> Result<Option<IdEntry>>;
+    /// A person's record.
+    fn record_of(&self, pid: u64) -> Result<Person>;
+}
+
+/// Resolves a check key.
+pub(crate) fn find(l: &(impl Lookup + ?Sized), key: &CheckKey) -> Result<Found> {
     match key {
         CheckKey::Card {
             insurer,
@@ -54,30 +62,22 @@ fn find(
             if let Some(b) = branch {
                 let mut k = prefix;
                 k.push(b.value());
-                return Ok(match cards.get(k.as_slice())? {
-                    Some(v) => Found::Card(decode(v.value())?, card(*b)),
+                return Ok(match l.standing(&k)? {
+                    Some(s) => Found::Card(s, card(*b)),
                     None => Found::Refused(Reason::NotFound, None),
                 });
             }
-            let mut holders = Vec::new();
-            for item in cards.range(prefix.as_slice()..)? {
-                let (k, v) = item?;
-                if !k.value().starts_with(&prefix) || holders.len() > 1 {
-                    break;
-                }
-                holders.push(decode::<CardStanding>(v.value())?);
-            }
+            let holders = l.standings_with_prefix(&prefix, 2)?;
             Ok(match holders.as_slice() {
                 [s] => Found::Card(*s, card(s.branch)),
                 [] => Found::Refused(Reason::NotFound, None),
                 _ => Found::Refused(Reason::BranchRequired, None),
             })
         }
-        CheckKey::MedicalId(id) => match ids.get(id.as_u64())? {
+        CheckKey::MedicalId(id) => match l.issued(*id)? {
             None => Ok(Found::Refused(Reason::NotFound, None)),
-            Some(v) => {
-                let e: IdEntry = decode(v.value())?;
-                let p = person(persons, e.pid)?;
+            Some(e) => {
+                let p = l.record_of(e.pid)?;
                 if let IdStatus::Changed { .. } = e.status {
                     return Ok(Found::Changed(p.pid, p.medical_id));
                 }
@@ -87,8 +87,40 @@ fn find(
     }
 }
 
+impl Lookup for Reader {
+    fn standing(&self, card_key: &[u8]) -> Result<Option<CardStanding>> {
+        self.cards
+            .get(card_key)?
+            .map(|v| decode(v.value()))
+            .transpose()
+    }
+
+    fn standings_with_prefix(&self, prefix: &[u8], n: usize) -> Result<Vec<CardStanding>> {
+        let mut holders = Vec::new();
+        for item in self.cards.range(prefix..)? {
+            let (k, v) = item?;
+            if !k.value().starts_with(prefix) || holders.len() >= n {
+                break;
+            }
+            holders.push(decode::<CardStanding>(v.value())?);
+        }
+        Ok(holders)
+    }
+
+    fn issued(&self, id: MedicalId) -> Result<Option<IdEntry>> {
+        self.ids
+            .get(id.as_u64())?
+            .map(|v| decode(v.value()))
+            .transpose()
+    }
+
+    fn record_of(&self, pid: u64) -> Result<Person> {
+        person(&self.persons, pid)
+    }
+}
+
 /// A check decided against a snapshot, waiting to be recorded.
-pub(super) struct Resolved {
+pub(crate) struct Resolved {
     answer: CheckAnswer,
     /// Whose service use it is; a replaced ID still names a person who was served.
     pid: Option<u64>,
@@ -102,7 +134,7 @@ impl Resolved {
 }
 
 /// The answer for what `find` found.
-fn answer(found: Found, req: &CheckRequest, retention: u32) -> Resolved {
+pub(crate) fn answer(found: Found, req: &CheckRequest, retention: u32) -> Resolved {
     let (answer, pid, card) = match found {
         Found::Card(s, card) => (
             decide_by_card(
@@ -184,8 +216,8 @@ impl Store {
 
 /// Records a decided check: its service use, and a mismatch when the presented ID is
 /// not the registered one.
-pub(super) fn record(
-    t: &mut Tables<'_>,
+pub(crate) fn record(
+    t: &mut (impl RegistryTx + ?Sized),
     req: &CheckRequest,
     r: Resolved,
     visit_days: u32,
@@ -193,20 +225,25 @@ pub(super) fn record(
 ) -> Result<CheckAnswer> {
     let scope = super::idempotency::check_scope(req)?;
     if let Some(scope) = &scope {
-        if let Some(answer) = t.kept_check(scope, at)? {
+        if let Some(answer) = super::idempotency::kept_check(t, scope, at)? {
             return Ok(answer);
         }
     }
     let answer = record_new(t, req, r, visit_days, at)?;
     if let Some(scope) = scope {
-        t.keep(scope, super::idempotency::Kept::Check(answer.clone()), at)?;
+        super::idempotency::keep(
+            t,
+            scope,
+            super::idempotency::Kept::Check(answer.clone()),
+            at,
+        )?;
     }
     Ok(answer)
 }
 
 /// Records a check not recorded before.
 fn record_new(
-    t: &mut Tables<'_>,
+    t: &mut (impl RegistryTx + ?Sized),
     req: &CheckRequest,
     r: Resolved,
     visit_days: u32,
@@ -216,7 +253,8 @@ fn record_new(
     let mut answer = r.answer;
     if let Some(pid) = r.pid {
         if req.visit_consent && answer.eligible {
-            t.add_consent_for(
+            super::federation::add_consent_for(
+                t,
                 pid,
                 &ConsentRecord {
                     institution: Some(req.institution),
@@ -268,10 +306,13 @@ pub(super) fn entries(req: &CheckRequest, r: &Resolved, at: Timestamp) -> Entrie
     (entry, used)
 }
 
-pub(super) fn append_entries(t: &mut Tables<'_>, (entry, used): &Entries) -> Result<()> {
+pub(super) fn append_entries(
+    t: &mut (impl RegistryTx + ?Sized),
+    (entry, used): &Entries,
+) -> Result<()> {
     t.audit_append(entry)?;
     if let Some((pid, u)) = used {
-        linkage::append(t, *pid, u)?;
+        t.append_service_use(*pid, u)?;
     }
     Ok(())
 }
@@ -279,7 +320,7 @@ pub(super) fn append_entries(t: &mut Tables<'_>, (entry, used): &Entries) -> Res
 /// Records a presented ID that differs from the registry, once while it is open, and
 /// queues notices to the person and the insurer (proposal §2-5).
 fn record_mismatch(
-    t: &mut Tables<'_>,
+    t: &mut (impl RegistryTx + ?Sized),
     card: Card,
     registered: MedicalId,
     req: &CheckRequest,
@@ -288,12 +329,7 @@ fn record_mismatch(
 ) -> Result<u64> {
     let mut key = card.key();
     key.extend_from_slice(&presented.as_u64().to_be_bytes());
-    if let Some(id) = t
-        .mismatch_keys
-        .open()?
-        .get(key.as_slice())?
-        .map(|g| g.value())
-    {
+    if let Some(id) = t.mismatch_by_key(&key)? {
         return Ok(id);
     }
     let id = t.next(MISMATCH_SEQ)?;
@@ -307,10 +343,7 @@ fn record_mismatch(
         status: CaseStatus::Open,
         at,
     };
-    t.mismatches
-        .open_mut()?
-        .insert(id, encode(&m)?.as_slice())?;
-    t.mismatch_keys.open_mut()?.insert(key.as_slice(), id)?;
+    t.put_mismatch(&m, &key)?;
     let texts = [
         (
             Recipient::Person {
@@ -345,7 +378,7 @@ fn record_mismatch(
             text,
             at,
         };
-        t.notices.open_mut()?.insert(nid, encode(&n)?.as_slice())?;
+        t.put_notice(&n)?;
     }
     Ok(id)
 }
@@ -357,7 +390,7 @@ impl Reader {
     }
 
     pub(super) fn resolve(&self, req: &CheckRequest) -> Result<Resolved> {
-        let found = find(&self.persons, &self.cards, &self.ids, &req.key)?;
+        let found = find(self, &req.key)?;
         Ok(answer(found, req, self.retention_years))
     }
 

@@ -276,12 +276,18 @@ impl Tables<'_> {
     }
 
     pub(super) fn add_consent_for(&mut self, pid: u64, r: &ConsentRecord) -> Result<()> {
-        let seq = self.next(CONSENT_SEQ)?;
-        self.consents
-            .open_mut()?
-            .insert((pid, seq), encode(r)?.as_slice())?;
-        Ok(())
+        add_consent_for(self, pid, r)
     }
+}
+
+/// Records one of a person's consent decisions, after every earlier one.
+pub(super) fn add_consent_for(
+    t: &mut (impl super::registry_tx::RegistryTx + ?Sized),
+    pid: u64,
+    r: &ConsentRecord,
+) -> Result<()> {
+    let seq = t.next(CONSENT_SEQ)?;
+    t.put_consent(pid, seq, r)
 }
 
 impl Store {
@@ -591,7 +597,7 @@ pub(super) fn grant_in(
     } = *query;
     let scope = super::idempotency::grant_scope(requester.code, query)?;
     if let Some(scope) = &scope {
-        if let Some(grant) = t.kept_grant(scope, now)? {
+        if let Some(grant) = super::idempotency::kept_grant(t, scope, now)? {
             return Ok(Ok(grant));
         }
     }
@@ -689,7 +695,8 @@ pub(super) fn grant_in(
                 .open_mut()?
                 .insert(id, encode(&record)?.as_slice())?;
             if let Some(scope) = scope {
-                t.keep(
+                super::idempotency::keep(
+                    t,
                     scope,
                     super::idempotency::Kept::Grant(Box::new(grant.clone())),
                     now,

@@ -8,6 +8,7 @@
 //! Keyed checks take the main writer rather than an intake file: a retry may reach
 //! either intake file, and only the main writer sees every earlier answer.
 
+use super::registry_tx::RegistryTx;
 use super::tables::Tables;
 use super::{decode, encode, Result};
 use crate::registry::eligibility::{CheckAnswer, CheckRequest};
@@ -23,17 +24,17 @@ pub(super) const KEPT_BY_TIME: TableDefinition<(i64, [u8; 32]), ()> =
     TableDefinition::new("idempotency_by_time");
 
 /// How long an answer is kept for a retry: a day, as EMRs retry within minutes.
-pub(super) const KEPT_SECONDS: i64 = 86_400;
+pub(crate) const KEPT_SECONDS: i64 = 86_400;
 
 /// Entries one commit forgets at most, to keep every commit small.
-const FORGET_AT_ONCE: usize = 64;
+pub(crate) const FORGET_AT_ONCE: usize = 64;
 
 /// A grant is handed out again only while this much of it is left; a retry after that
 /// gets a new grant, which the source still has time to accept.
 const GRANT_LEFT_SECONDS: i64 = 60;
 
 #[derive(Debug, Serialize, Deserialize)]
-pub(super) enum Kept {
+pub(crate) enum Kept {
     Check(CheckAnswer),
     /// The grant issued; a retry gets it again while it has time left.
     Grant(Box<Grant>),
@@ -78,46 +79,70 @@ pub(super) fn grant_scope(
     Ok(Some(key.scope("grant", requester.as_u64(), &encode(&ask)?)))
 }
 
-impl Tables<'_> {
-    /// What a request in `scope` was answered, if it was within `KEPT_SECONDS`.
-    fn kept(&self, scope: &[u8; 32], now: Timestamp) -> Result<Option<Kept>> {
-        match self.idempotency.open()?.get(scope)? {
-            Some(v) => {
-                let e: Entry = decode(v.value())?;
-                Ok((now - e.at < KEPT_SECONDS).then_some(e.kept))
-            }
-            None => Ok(None),
+/// What a request in `scope` was answered, if it was within `KEPT_SECONDS`.
+fn kept(
+    t: &mut (impl RegistryTx + ?Sized),
+    scope: &[u8; 32],
+    now: Timestamp,
+) -> Result<Option<Kept>> {
+    match t.kept_entry(scope)? {
+        Some(v) => {
+            let e: Entry = decode(&v)?;
+            Ok((now - e.at < KEPT_SECONDS).then_some(e.kept))
         }
+        None => Ok(None),
+    }
+}
+
+/// The answer a check in `scope` got before.
+pub(super) fn kept_check(
+    t: &mut (impl RegistryTx + ?Sized),
+    scope: &[u8; 32],
+    now: Timestamp,
+) -> Result<Option<CheckAnswer>> {
+    Ok(match kept(t, scope, now)? {
+        Some(Kept::Check(a)) => Some(a),
+        _ => None,
+    })
+}
+
+/// The grant a request in `scope` got before, while it has time left.
+pub(super) fn kept_grant(
+    t: &mut (impl RegistryTx + ?Sized),
+    scope: &[u8; 32],
+    now: Timestamp,
+) -> Result<Option<Grant>> {
+    Ok(match kept(t, scope, now)? {
+        Some(Kept::Grant(g)) if g.expires_at - now >= GRANT_LEFT_SECONDS => Some(*g),
+        _ => None,
+    })
+}
+
+/// Keeps what a request in `scope` was answered; the store forgets entries older
+/// than `KEPT_SECONDS` a few at a time.
+pub(super) fn keep(
+    t: &mut (impl RegistryTx + ?Sized),
+    scope: [u8; 32],
+    kept: Kept,
+    at: Timestamp,
+) -> Result<()> {
+    t.keep_entry(scope, at, &encode(&Entry { at, kept })?)
+}
+
+impl Tables<'_> {
+    pub(super) fn kept_raw(&self, scope: &[u8; 32]) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .idempotency
+            .open()?
+            .get(scope)?
+            .map(|v| v.value().to_vec()))
     }
 
-    /// The answer a check in `scope` got before.
-    pub(super) fn kept_check(
-        &self,
-        scope: &[u8; 32],
-        now: Timestamp,
-    ) -> Result<Option<CheckAnswer>> {
-        Ok(match self.kept(scope, now)? {
-            Some(Kept::Check(a)) => Some(a),
-            _ => None,
-        })
-    }
-
-    /// The grant a request in `scope` got before, while it has time left.
-    pub(super) fn kept_grant(&self, scope: &[u8; 32], now: Timestamp) -> Result<Option<Grant>> {
-        Ok(match self.kept(scope, now)? {
-            Some(Kept::Grant(g)) if g.expires_at - now >= GRANT_LEFT_SECONDS => Some(*g),
-            _ => None,
-        })
-    }
-
-    /// Keeps what a request in `scope` was answered, and forgets a few entries older
-    /// than `KEPT_SECONDS`.
-    pub(super) fn keep(&mut self, scope: [u8; 32], kept: Kept, at: Timestamp) -> Result<()> {
-        let entry = encode(&Entry { at, kept })?;
+    pub(super) fn keep_raw(&mut self, scope: [u8; 32], at: Timestamp, entry: &[u8]) -> Result<()> {
         let before = self
             .idempotency
             .open_mut()?
-            .insert(scope, entry.as_slice())?
+            .insert(scope, entry)?
             .map(|old| decode::<Entry>(old.value()))
             .transpose()?;
         let by_time = self.idempotency_by_time.open_mut()?;

@@ -5,9 +5,12 @@
 
 use super::tables::MAX_ISSUE_ATTEMPTS;
 use super::{Result, StoreError};
+use crate::access::ConsentRecord;
 use crate::audit::LogEntry;
 use crate::issuance::Issuer;
-use crate::registry::{Card, Conflict, EnrollmentRow, IdEntry, IdStatus, Person};
+use crate::registry::{
+    Card, Conflict, EnrollmentRow, IdEntry, IdStatus, Mismatch, Notice, Person, ServiceUse,
+};
 use iryo_proto::{MedicalId, MyNumber};
 
 pub(crate) trait RegistryTx {
@@ -43,6 +46,22 @@ pub(crate) trait RegistryTx {
     fn mark_death(&mut self, day: i64, pid: u64, present: bool) -> Result<()>;
     /// Up to `n` entries of the retirement sweep after `after`, earliest death first.
     fn deaths_after(&mut self, after: Option<(i64, u64)>, n: usize) -> Result<Vec<(i64, u64)>>;
+
+    /// The kept answer (`idempotency::Entry`, encoded) of a keyed request's scope.
+    fn kept_entry(&mut self, scope: &[u8; 32]) -> Result<Option<Vec<u8>>>;
+    /// Keeps a keyed request's answer kept `at`, and forgets a few kept more than
+    /// `idempotency::KEPT_SECONDS` before it.
+    fn keep_entry(&mut self, scope: [u8; 32], at: i64, entry: &[u8]) -> Result<()>;
+    /// Appends to the service history, after everything appended before.
+    fn append_service_use(&mut self, pid: u64, u: &ServiceUse) -> Result<()>;
+    /// Records one of a person's consent decisions under the next consent number.
+    fn put_consent(&mut self, pid: u64, seq: u64, r: &ConsentRecord) -> Result<()>;
+    /// The open mismatch recorded for a (card, presented ID) key, if any.
+    fn mismatch_by_key(&mut self, key: &[u8]) -> Result<Option<u64>>;
+    /// Records a new mismatch under its key.
+    fn put_mismatch(&mut self, m: &Mismatch, key: &[u8]) -> Result<()>;
+    /// Queues a notice.
+    fn put_notice(&mut self, n: &Notice) -> Result<()>;
 
     /// Reads ahead what applying `rows` will look up, where a round trip per lookup
     /// would cost more than one read of them all (PostgreSQL); `candidates` are the

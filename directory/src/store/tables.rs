@@ -417,6 +417,44 @@ impl super::registry_tx::RegistryTx for Tables<'_> {
         Ok(())
     }
 
+    fn kept_entry(&mut self, scope: &[u8; 32]) -> Result<Option<Vec<u8>>> {
+        self.kept_raw(scope)
+    }
+
+    fn keep_entry(&mut self, scope: [u8; 32], at: i64, entry: &[u8]) -> Result<()> {
+        self.keep_raw(scope, at, entry)
+    }
+
+    fn append_service_use(&mut self, pid: u64, u: &crate::registry::ServiceUse) -> Result<()> {
+        super::linkage::append(self, pid, u)
+    }
+
+    fn put_consent(&mut self, pid: u64, seq: u64, r: &crate::access::ConsentRecord) -> Result<()> {
+        self.consents
+            .open_mut()?
+            .insert((pid, seq), encode(r)?.as_slice())?;
+        Ok(())
+    }
+
+    fn mismatch_by_key(&mut self, key: &[u8]) -> Result<Option<u64>> {
+        Ok(self.mismatch_keys.open()?.get(key)?.map(|g| g.value()))
+    }
+
+    fn put_mismatch(&mut self, m: &crate::registry::Mismatch, key: &[u8]) -> Result<()> {
+        self.mismatches
+            .open_mut()?
+            .insert(m.id, encode(m)?.as_slice())?;
+        self.mismatch_keys.open_mut()?.insert(key, m.id)?;
+        Ok(())
+    }
+
+    fn put_notice(&mut self, n: &crate::registry::Notice) -> Result<()> {
+        self.notices
+            .open_mut()?
+            .insert(n.id, encode(n)?.as_slice())?;
+        Ok(())
+    }
+
     fn deaths_after(&mut self, after: Option<(i64, u64)>, n: usize) -> Result<Vec<(i64, u64)>> {
         use std::ops::Bound;
         let from = after.map_or(Bound::Unbounded, Bound::Excluded);
