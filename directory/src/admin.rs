@@ -12,7 +12,7 @@ use crate::registry::now;
 use crate::registry::{Conflict, Mismatch, Notice, Person, ServiceUse};
 use crate::store::{
     AssignmentRow, AuditReport, ConflictAction, Counts, GrantRecord, InstitutionRecord,
-    MismatchAction, Plan, Store, StoreError,
+    MismatchAction, Operations, Plan, Store, StoreError,
 };
 use chrono::NaiveDate;
 use ed25519_dalek::SigningKey;
@@ -211,7 +211,7 @@ pub fn socket_path(config: &Config) -> PathBuf {
 
 /// Carries out one operator command against an open store.
 pub fn execute(
-    store: &Store,
+    store: &dyn Operations,
     agency: &SigningKey,
     config: &Config,
     operator: &str,
@@ -287,15 +287,14 @@ pub fn execute(
                 medical_id,
                 my_number,
             } => {
-                let reader = store.reader()?;
                 let person = match (medical_id, my_number) {
-                    (Some(id), _) => reader.person_by_medical_id(id)?,
-                    (None, Some(n)) => reader.person_by_my_number(n)?,
+                    (Some(id), _) => store.person_by_medical_id(id)?,
+                    (None, Some(n)) => store.person_by_my_number(n)?,
                     (None, None) => return Err(AdminError::NoPerson),
                 };
                 store.log_reads(operator, &[person.medical_id], SHOW_READS)?;
                 AdminResponse::Person {
-                    service_use: reader.service_uses(person.pid)?,
+                    service_use: store.service_uses(person.pid)?,
                     person: Box::new(person),
                     retention_years: store.retention_years(),
                 }
@@ -439,8 +438,8 @@ pub const REISSUED: &str =
     "reissued their letter with a new activation code (their name and address); the old code no longer works";
 
 /// The issuer for the database's method, with the agency's FF1 key.
-fn issuer(store: &Store, config: &Config) -> Result<crate::issuance::Issuer, AdminError> {
-    Ok(crate::context::Context::new(config.clone()).issuer(store)?)
+fn issuer(store: &dyn Operations, config: &Config) -> Result<crate::issuance::Issuer, AdminError> {
+    Ok(crate::context::Context::new(config.clone()).issuer_for(store.method()?)?)
 }
 
 /// Why an operator command failed; its text is what the operator reads.
@@ -457,7 +456,7 @@ pub enum AdminError {
     NoPerson,
 }
 
-fn latest(store: &Store) -> Result<(Signed<TreeHead>, u64), crate::store::StoreError> {
+fn latest(store: &dyn Operations) -> Result<(Signed<TreeHead>, u64), crate::store::StoreError> {
     store.current_head()
 }
 
@@ -509,7 +508,7 @@ pub async fn serve_socket(
             let response = match serde_json::from_str::<(String, AdminRequest)>(&line) {
                 Ok((operator, req)) => tokio::task::spawn_blocking(move || {
                     let (store, agency, config) = &*shared;
-                    execute(store, agency, config, &operator, req)
+                    execute(&**store, agency, config, &operator, req)
                 })
                 .await
                 .unwrap_or_else(|e| AdminResponse::Error(e.to_string())),

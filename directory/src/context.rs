@@ -148,7 +148,8 @@ impl Context {
         self.issuer_for(store.method()?)
     }
 
-    fn issuer_for(&self, method: Method) -> Result<Issuer, ContextError> {
+    /// The issuer for `method`, with the agency's FF1 key when it needs one.
+    pub fn issuer_for(&self, method: Method) -> Result<Issuer, ContextError> {
         if method != self.config.issuance.method {
             tracing::debug!(
                 database = method.as_str(),

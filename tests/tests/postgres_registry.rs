@@ -11,7 +11,7 @@ use iryo_directory::registry::eligibility::{CheckKey, CheckRequest};
 use iryo_directory::registry::Person;
 use iryo_directory::registry::ServiceUse;
 use iryo_directory::sample::{write_sample, SampleOptions};
-use iryo_directory::store::{EnrollBatch, Store, StoreError};
+use iryo_directory::store::{ConflictAction, EnrollBatch, MismatchAction, Store, StoreError};
 use iryo_proto::{IdempotencyKey, InstitutionCode, MedicalId, MyNumber};
 use iryo_tests::pg::Cluster;
 use iryo_tests::Directory;
@@ -180,10 +180,13 @@ fn enrollment_on_postgres_decides_as_redb_does() {
     let files = sample(tmp.path(), 1500);
     let issuer = Issuer::fpe(&[3; 32]);
 
-    let redb = Store::create(&tmp.path().join("directory.redb"), 16, Method::Fpe).unwrap();
+    let key = ed25519_dalek::SigningKey::from_bytes(&[5; 32]);
+    let redb = Store::create(&tmp.path().join("directory.redb"), 16, Method::Fpe)
+        .unwrap()
+        .with_signer(key.clone());
     let on_redb = enroll(&redb, &issuer, &files);
     let url = database(&pg, "same_rules");
-    let postgres = PgStore::create(&url, Method::Fpe).unwrap();
+    let postgres = PgStore::create(&url, Method::Fpe).unwrap().with_signer(key);
     let on_postgres = enroll(&postgres, &issuer, &files);
 
     assert_eq!(on_redb, on_postgres, "the summaries differ");
@@ -214,14 +217,41 @@ fn enrollment_on_postgres_decides_as_redb_does() {
     same(&redb.persons().unwrap(), &postgres.persons().unwrap());
     assert_eq!(postgres.conflicts(false).unwrap().len(), 1);
 
+    // The conflict resolved by applying the row: the registry follows it on both.
+    let issuer_ref = &issuer;
+    let apply = |s: &dyn Fn(u64) -> Result<iryo_directory::registry::Conflict, StoreError>| s(1);
+    let on_redb = apply(&|id| {
+        redb.resolve_conflict(
+            id,
+            ConflictAction::Apply,
+            "本人確認済み",
+            "op",
+            issuer_ref,
+            1_800_000_000,
+        )
+    })
+    .unwrap();
+    let on_postgres = apply(&|id| {
+        postgres.resolve_conflict(
+            id,
+            ConflictAction::Apply,
+            "本人確認済み",
+            "op",
+            issuer_ref,
+            1_800_000_000,
+        )
+    })
+    .unwrap();
+    same(&[on_redb], &[on_postgres]);
+    same(&redb.persons().unwrap(), &postgres.persons().unwrap());
+    assert_eq!(redb.counts().unwrap(), postgres.counts().unwrap());
+
     let key = |p: &Person| (p.my_number, p.medical_id);
     let mut enrolled: Vec<_> = redb.persons().unwrap().iter().map(key).collect();
     enrolled.sort();
     let enrolled_ids = redb.counts().unwrap().issued_ids;
 
     // Changes, My Number changes, deaths and retirement: the same rules on both.
-    let redb = redb.with_signer(ed25519_dalek::SigningKey::from_bytes(&[5; 32]));
-    let postgres = postgres.with_signer(ed25519_dalek::SigningKey::from_bytes(&[5; 32]));
     let people = redb.persons().unwrap();
     let elder = people
         .iter()
@@ -370,6 +400,22 @@ fn registry_commands_run_on_postgres() {
     assert_eq!(answer["eligible"], true, "{answer}");
     assert_eq!(dir.json(&with(&["status"]))["service_uses"], 1);
 
+    // The operator's queue: the conflict dismissed, with its reason.
+    let dismissed = dir.ok(&on(
+        &url,
+        &[
+            "conflicts",
+            "resolve",
+            "1",
+            "--dismiss",
+            "--reason",
+            "別人の誤記",
+        ],
+    ));
+    assert!(dismissed.contains("別人の誤記"), "{dismissed}");
+    assert_eq!(dir.json(&with(&["status"]))["open_conflicts"], 0);
+    assert!(dir.ok(&with(&["notices"])).contains("no notices"));
+
     // The lifecycle commands, on the database directly.
     let changed = dir.ok(&on(
         &url,
@@ -392,9 +438,14 @@ fn registry_commands_run_on_postgres() {
     let twice = other.fails(&with(&["init"]));
     assert!(twice.contains("holds a registry already"), "{twice}");
     // What does not run on PostgreSQL yet says so and what to do.
-    let later = dir.fails(&with(&["notices"]));
+    let later = dir.fails(&with(&["institution", "list"]));
     assert!(
-        later.contains("`notices` does not run on PostgreSQL yet"),
+        later.contains("institution list does not run on PostgreSQL yet"),
+        "{later}"
+    );
+    let later = dir.fails(&with(&["serve"]));
+    assert!(
+        later.contains("serve does not run on PostgreSQL yet"),
         "{later}"
     );
     // The variable names the database as well as the flag does.
@@ -530,4 +581,20 @@ fn checks_on_postgres_answer_and_record_as_redb_does() {
         postgres.audit_size().unwrap(),
         "one audit entry per check recorded, on both"
     );
+
+    // The mismatch resolved by moving the card: the same persons after it on both.
+    let case = redb.mismatches(true).unwrap()[0].id;
+    let on_redb = redb
+        .resolve_mismatch(case, MismatchAction::Rebind, "家族の取り違え", "op", at)
+        .unwrap();
+    let on_postgres = postgres
+        .resolve_mismatch(case, MismatchAction::Rebind, "家族の取り違え", "op", at)
+        .unwrap();
+    assert_eq!(on_redb, on_postgres);
+    same(&redb.persons().unwrap(), &postgres.persons().unwrap());
+    assert!(postgres
+        .resolve_mismatch(case, MismatchAction::Keep, "again", "op", at)
+        .is_err());
+    assert_eq!(redb.counts().unwrap(), postgres.counts().unwrap());
+    assert_eq!(redb.notices(None).unwrap(), postgres.notices(None).unwrap());
 }

@@ -103,13 +103,8 @@ fn print_cases<T: serde::Serialize>(
 pub(super) fn conflicts(config: Config, cmd: ConflictCmd) -> Result<ExitCode> {
     match cmd {
         ConflictCmd::List(a) => {
-            let ctx = iryo_directory::context::Context::new(config.clone());
-            let list = if let Some(url) = ctx.database()? {
-                ctx.postgres(&url)?.conflicts(!a.all)?
-            } else {
-                let request = AdminRequest::Conflicts { open_only: !a.all };
-                ask!(&config, &operator(), request, AdminResponse::Conflicts(l) => l)
-            };
+            let request = AdminRequest::Conflicts { open_only: !a.all };
+            let list = ask!(&config, &operator(), request, AdminResponse::Conflicts(l) => l);
             print_cases(&list, "conflicts", &a, report::conflict)?;
         }
         ConflictCmd::Resolve {

@@ -113,16 +113,9 @@ pub(super) fn run(config: Config, a: CheckArgs) -> Result<ExitCode> {
         visit_consent: false,
         idempotency_key: None,
     };
-    let ctx = iryo_directory::context::Context::new(config.clone());
-    let answer = if let Some(url) = ctx.database()? {
-        ctx.postgres(&url)?
-            .check(&req, iryo_directory::registry::now())?
-    } else {
-        let AdminResponse::Checked(answer) = admin(&config, &operator(), AdminRequest::Check(req))?
-        else {
-            bail!("unexpected answer from the directory");
-        };
-        answer
+    let AdminResponse::Checked(answer) = admin(&config, &operator(), AdminRequest::Check(req))?
+    else {
+        bail!("unexpected answer from the directory");
     };
     if a.json {
         print_json(&answer)?;

@@ -159,10 +159,9 @@ pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
     if config.storage.url.is_some() {
         if let Some(name) = not_on_postgres(&cli.command) {
             bail!(
-                "`{name}` does not run on PostgreSQL yet; there, so far: init, migrate, \
-                 enroll, check, status, show, conflicts list, change, my-number-change, \
-                 death, retire-due. Leave out --database (and \
-                 IRYO_DATABASE, [storage] url) to use the embedded store in --data-dir"
+                "{name} does not run on PostgreSQL yet (docs/storage.md says what does); \
+                 for now it needs the embedded store: leave out --database, \
+                 IRYO_DATABASE and [storage] url"
             );
         }
     }
@@ -183,13 +182,8 @@ pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
         Command::RetireDue(a) => registry::retire_due(config, a),
         Command::Show(a) => registry::show(config, a),
         Command::Status => {
-            let ctx = Context::new(config.clone());
-            let counts = match ctx.database()? {
-                Some(url) => ctx.postgres(&url)?.counts()?,
-                None => {
-                    ask!(&config, &operator(), AdminRequest::Status, AdminResponse::Counts(c) => c)
-                }
-            };
+            let counts =
+                ask!(&config, &operator(), AdminRequest::Status, AdminResponse::Counts(c) => c);
             print_json(&counts)?;
             Ok(ExitCode::SUCCESS)
         }
@@ -211,38 +205,17 @@ pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-/// The name of a command that does not run on PostgreSQL yet, if this is one.
+/// The name of a command that works on the embedded store's files and so does not run
+/// on PostgreSQL, if this is one. The others reach the store through `admin`, where an
+/// operation PostgreSQL cannot do yet is refused by name (`StoreError::NotOnPostgres`).
 fn not_on_postgres(c: &Command) -> Option<&'static str> {
     Some(match c {
-        Command::Init(_)
-        | Command::Enroll(_)
-        | Command::Status
-        | Command::Show(_)
-        | Command::Migrate
-        | Command::Sample(_)
-        | Command::Change(_)
-        | Command::MyNumberChange(_)
-        | Command::Death(_)
-        | Command::RetireDue(_)
-        | Command::Check(_)
-        | Command::Conflicts(cases::ConflictCmd::List(_)) => return None,
-        Command::Assign(_) => "assign",
-        Command::Letters(_) => "letters",
-        Command::Ca(_) => "ca",
-        Command::Keys(_) => "keys",
-        Command::Conflicts(_) => "conflicts resolve",
-        Command::Mismatches(_) => "mismatches",
-        Command::Notices(_) => "notices",
-        Command::RebuildLinkage => "rebuild-linkage",
-        Command::Backup { .. } => "backup",
-        Command::Restore { .. } => "restore",
-        Command::VerifyStore => "verify-store",
+        Command::RebuildLinkage => "rebuild-linkage (there is no linkage.redb on PostgreSQL)",
+        Command::Restore { .. } => "restore (restore the database with PostgreSQL's own tools)",
         Command::Demo(_) => "demo",
         Command::Bench(_) => "bench",
         Command::Serve(_) => "serve",
-        Command::Institution(_) => "institution",
-        Command::Consent(_) => "consent",
-        Command::Audit(_) => "audit",
+        _ => return None,
     })
 }
 
@@ -325,6 +298,14 @@ fn open_waiting(
 /// Runs an operator command on the database, or through `serve` while it holds it.
 pub(crate) fn admin(config: &Config, operator: &str, req: AdminRequest) -> Result<AdminResponse> {
     let ctx = Context::new(config.clone());
+    // On PostgreSQL every command works on the database itself, serving or not.
+    if let Some(url) = ctx.database()? {
+        let store = ctx.postgres(&url)?;
+        return match admin::execute(&store, &ctx.keys()?.root, config, operator, req) {
+            AdminResponse::Error(e) => bail!(e),
+            a => Ok(a),
+        };
+    }
     let answer = match open_waiting(&ctx, config) {
         Ok(store) => admin::execute(&store, &ctx.keys()?.root, config, operator, req),
         // Held by `serve`, which answers on its socket; held by another command,

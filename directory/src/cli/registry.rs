@@ -10,7 +10,7 @@ use iryo_directory::config::Config;
 use iryo_directory::context::{Context, ContextError};
 use iryo_directory::enrollment::{ingest_file, Encoding, IngestOptions, Progress, Summary};
 use iryo_directory::issuance::Method;
-use iryo_directory::registry::{now, today};
+use iryo_directory::registry::today;
 use iryo_directory::report;
 use iryo_directory::store::{Plan, StoreError};
 use iryo_proto::{InsurerNumber, MedicalId, MyNumber};
@@ -368,18 +368,11 @@ pub(super) fn letters(config: &Config, a: LettersArgs) -> Result<ExitCode> {
 }
 
 pub(super) fn change(config: Config, a: ChangeArgs) -> Result<ExitCode> {
-    let ctx = Context::new(config.clone());
-    let new = if let Some(url) = ctx.database()? {
-        let store = ctx.postgres(&url)?;
-        let issuer = ctx.postgres_issuer(&store)?;
-        store.change_id(a.medical_id, &a.reason, &issuer, now())?
-    } else {
-        let request = AdminRequest::Change {
-            medical_id: a.medical_id,
-            reason: a.reason,
-        };
-        ask!(&config, &operator(), request, AdminResponse::MedicalId(id) => id)
+    let request = AdminRequest::Change {
+        medical_id: a.medical_id,
+        reason: a.reason,
     };
+    let new = ask!(&config, &operator(), request, AdminResponse::MedicalId(id) => id);
     println!(
         "medical ID {} replaced; successor {}",
         a.medical_id.grouped(),
@@ -389,16 +382,11 @@ pub(super) fn change(config: Config, a: ChangeArgs) -> Result<ExitCode> {
 }
 
 pub(super) fn my_number_change(config: Config, a: MyNumberChangeArgs) -> Result<ExitCode> {
-    let ctx = Context::new(config.clone());
-    let id = if let Some(url) = ctx.database()? {
-        ctx.postgres(&url)?.change_my_number(a.old, a.new, now())?
-    } else {
-        let request = AdminRequest::MyNumberChange {
-            old: a.old,
-            new: a.new,
-        };
-        ask!(&config, &operator(), request, AdminResponse::MedicalId(id) => id)
+    let request = AdminRequest::MyNumberChange {
+        old: a.old,
+        new: a.new,
     };
+    let id = ask!(&config, &operator(), request, AdminResponse::MedicalId(id) => id);
     println!(
         "My Number {} -> {}; medical ID {} unchanged",
         a.old,
@@ -427,28 +415,11 @@ pub(super) fn death(config: Config, a: DeathArgs) -> Result<ExitCode> {
             id.grouped()
         ),
     };
-    let ctx = Context::new(config.clone());
-    let until = if let Some(url) = ctx.database()? {
-        let store = ctx.postgres(&url)?;
-        match change {
-            DeathChange::Record { date } => {
-                Some(store.record_death(id, date, &a.operator, now())?)
-            }
-            DeathChange::Correct { date, reason } => {
-                Some(store.correct_death(id, date, &reason, &a.operator, now())?)
-            }
-            DeathChange::Revoke { reason } => {
-                store.revoke_death(id, &reason, &a.operator, now())?;
-                None
-            }
-        }
-    } else {
-        let request = AdminRequest::Death {
-            medical_id: id,
-            change,
-        };
-        ask!(&config, &a.operator, request, AdminResponse::Death(until) => until)
+    let request = AdminRequest::Death {
+        medical_id: id,
+        change,
     };
+    let until = ask!(&config, &a.operator, request, AdminResponse::Death(until) => until);
     match until {
         Some(until) => println!("{what}; the ID serves research until {until}, then it is retired"),
         None => println!("{what}"),
@@ -457,43 +428,22 @@ pub(super) fn death(config: Config, a: DeathArgs) -> Result<ExitCode> {
 }
 
 pub(super) fn retire_due(config: Config, a: RetireDueArgs) -> Result<ExitCode> {
-    let date = a.date.unwrap_or_else(today);
-    let ctx = Context::new(config.clone());
-    let retired = if let Some(url) = ctx.database()? {
-        ctx.postgres(&url)?.retire_due(date, now())?
-    } else {
-        let request = AdminRequest::RetireDue { date };
-        ask!(&config, &operator(), request, AdminResponse::Retired(ids) => ids)
+    let request = AdminRequest::RetireDue {
+        date: a.date.unwrap_or_else(today),
     };
+    let retired = ask!(&config, &operator(), request, AdminResponse::Retired(ids) => ids);
     println!("{} medical IDs retired", retired.len());
     retired.iter().for_each(|id| println!("  {}", id.grouped()));
     Ok(ExitCode::SUCCESS)
 }
 
 pub(super) fn show(config: Config, a: ShowArgs) -> Result<ExitCode> {
-    let ctx = Context::new(config.clone());
-    let (p, uses, retention) = if let Some(url) = ctx.database()? {
-        let store = ctx.postgres(&url)?;
-        let p = match (a.medical_id, a.my_number) {
-            (Some(id), _) => store.person_by_medical_id(id)?,
-            (None, Some(n)) => store.person_by_my_number(n)?,
-            (None, None) => bail!("give --medical-id or --my-number"),
-        };
-        store.log_reads(
-            &operator(),
-            &[p.medical_id],
-            iryo_directory::admin::SHOW_READS,
-        )?;
-        let uses = store.service_uses(p.pid)?;
-        (Box::new(p), uses, config.registry.retention_years)
-    } else {
-        let request = AdminRequest::Show {
-            medical_id: a.medical_id,
-            my_number: a.my_number,
-        };
-        ask!(&config, &operator(), request,
-            AdminResponse::Person { person, service_use, retention_years } => (person, service_use, retention_years))
+    let request = AdminRequest::Show {
+        medical_id: a.medical_id,
+        my_number: a.my_number,
     };
+    let (p, uses, retention) = ask!(&config, &operator(), request,
+        AdminResponse::Person { person, service_use, retention_years } => (person, service_use, retention_years));
     if a.json {
         print_json(&serde_json::json!({ "person": p, "service_use": uses }))?;
     } else {

@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod migrate;
+mod operations;
 mod registry_tx;
 mod store;
 

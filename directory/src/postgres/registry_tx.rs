@@ -89,7 +89,9 @@ impl<'a> PgTx<'a> {
         let rt = self.rt;
         rt.block_on(self.flush())?;
         if let Some(appender) = self.appender.take() {
-            rt.block_on(appender.finish(&self.tx, sign))?;
+            // Entries are never written without a head that signs them.
+            let sign = sign.ok_or(crate::store::StoreError::NoSigner)?;
+            rt.block_on(appender.finish(&self.tx, Some(sign)))?;
         }
         rt.block_on(self.tx.commit()).map_err(db)
     }
@@ -213,6 +215,23 @@ impl<'a> PgTx<'a> {
             .await
             .map_err(db)?;
         }
+        Ok(())
+    }
+
+    /// The value of the row numbered `id`, read by `query`, decoded.
+    fn one<T: serde::de::DeserializeOwned>(&self, query: &str, id: u64) -> Result<Option<T>> {
+        let row = self
+            .rt
+            .block_on(self.tx.query_opt(query, &[&sql(id)?]))
+            .map_err(db)?;
+        row.map(|r| decode(r.get::<_, &[u8]>(0))).transpose()
+    }
+
+    /// Runs `statement` with a row's number and value at once, inside the transaction.
+    fn now(&self, statement: &str, id: u64, value: &[u8]) -> Result<()> {
+        self.rt
+            .block_on(self.tx.execute(statement, &[&sql(id)?, &value]))
+            .map_err(db)?;
         Ok(())
     }
 
@@ -564,6 +583,60 @@ impl crate::store::registry_tx::RegistryTx for PgTx<'_> {
                 &[&sql(n.id)?, &encode(n)?],
             ))
             .map_err(db)?;
+        Ok(())
+    }
+
+    fn conflict(&mut self, id: u64) -> Result<Option<Conflict>> {
+        if let Some(pending) = self.out.conflicts.iter().find(|c| c.0 == id) {
+            return Ok(Some(decode(&pending.1)?));
+        }
+        self.one("SELECT conflict FROM conflicts WHERE id = $1", id)
+    }
+
+    fn save_conflict(&mut self, c: &Conflict) -> Result<()> {
+        if let Some(pending) = self.out.conflicts.iter_mut().find(|p| p.0 == c.id) {
+            pending.1 = encode(c)?;
+            return Ok(());
+        }
+        self.now(
+            "UPDATE conflicts SET conflict = $2 WHERE id = $1",
+            c.id,
+            &encode(c)?,
+        )
+    }
+
+    fn mismatch(&mut self, id: u64) -> Result<Option<Mismatch>> {
+        self.one("SELECT mismatch FROM mismatches WHERE id = $1", id)
+    }
+
+    fn save_mismatch(&mut self, m: &Mismatch) -> Result<()> {
+        self.now(
+            "UPDATE mismatches SET mismatch = $2 WHERE id = $1",
+            m.id,
+            &encode(m)?,
+        )
+    }
+
+    fn forget_mismatch_key(&mut self, key: &[u8]) -> Result<()> {
+        self.rt
+            .block_on(
+                self.tx
+                    .execute("DELETE FROM mismatch_keys WHERE card_and_id = $1", &[&key]),
+            )
+            .map_err(db)?;
+        Ok(())
+    }
+
+    fn unbind_card(&mut self, card: &Card) -> Result<()> {
+        let key = card.key();
+        self.out.cards.remove(&key);
+        self.rt
+            .block_on(
+                self.tx
+                    .execute("DELETE FROM cards WHERE card_key = $1", &[&key]),
+            )
+            .map_err(db)?;
+        self.cards.insert(key, None);
         Ok(())
     }
 

@@ -11,14 +11,15 @@ use crate::issuance::{Issuer, Method};
 use crate::registry::dates::DateRules;
 use crate::registry::eligibility::{CheckAnswer, CheckRequest};
 use crate::registry::{
-    CaseStatus, Conflict, EnrollmentRow, Mismatch, Person, ServiceUse, Timestamp,
+    CaseStatus, Conflict, EnrollmentRow, Mismatch, Notice, Person, ServiceUse, Timestamp,
 };
 use crate::store::{
-    checks, decode, lifecycle, AccessPolicy, BatchReport, Counts, Result, StoreError,
+    cases, checks, decode, lifecycle, AccessPolicy, BatchReport, ConflictAction, Counts,
+    MismatchAction, Result, StoreError,
 };
 use chrono::NaiveDate;
 use ed25519_dalek::SigningKey;
-use iryo_proto::{MedicalId, MyNumber};
+use iryo_proto::{InsurerNumber, MedicalId, MyNumber};
 use std::sync::Mutex;
 use tokio_postgres::Client;
 
@@ -403,6 +404,50 @@ impl PgStore {
             }
         }
         Ok(out)
+    }
+
+    /// Notices queued, all or only those for one insurer.
+    pub fn notices(&self, insurer: Option<&InsurerNumber>) -> Result<Vec<Notice>> {
+        let rows: Vec<Vec<u8>> = self.read(async |c| {
+            Ok(c.query("SELECT notice FROM notices ORDER BY id", &[])
+                .await?
+                .into_iter()
+                .map(|r| r.get(0))
+                .collect())
+        })?;
+        let mut out = Vec::new();
+        for r in &rows {
+            let n: Notice = decode(r)?;
+            if crate::store::notice_for(&n, insurer) {
+                out.push(n);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Resolves a conflict (`Store::resolve_conflict`).
+    pub fn resolve_conflict(
+        &self,
+        id: u64,
+        action: ConflictAction,
+        reason: &str,
+        by: &str,
+        issuer: &Issuer,
+        at: Timestamp,
+    ) -> Result<Conflict> {
+        self.write(|t| cases::resolve_conflict(t, id, action, reason, by, issuer, at))
+    }
+
+    /// Resolves a mismatch (`Store::resolve_mismatch`).
+    pub fn resolve_mismatch(
+        &self,
+        id: u64,
+        action: MismatchAction,
+        reason: &str,
+        by: &str,
+        at: Timestamp,
+    ) -> Result<Mismatch> {
+        self.write(|t| cases::resolve_mismatch(t, id, action, reason, by, at))
     }
 
     /// A person's service history, in the order it was recorded.

@@ -2,8 +2,9 @@
 //! the notices they caused (proposal §2-1, 2-5).
 
 use super::enroll::apply_row;
+use super::registry_tx::RegistryTx;
 use super::tables::*;
-use super::{decode, encode, Result, Store, StoreError};
+use super::{decode, Result, Store, StoreError};
 use crate::audit::LogEntry;
 use crate::issuance::Issuer;
 use crate::registry::merge::{drop_card, RowOutcome};
@@ -73,12 +74,7 @@ impl Store {
         let mut out = Vec::new();
         for item in tx.open_table(NOTICES)?.iter()? {
             let n: Notice = decode(item?.1.value())?;
-            let keep = match (insurer, &n.to) {
-                (None, _) => true,
-                (Some(i), Recipient::Insurer { insurer }) => i == insurer,
-                (Some(_), Recipient::Person { .. }) => false,
-            };
-            if keep {
+            if notice_for(&n, insurer) {
                 out.push(n);
             }
         }
@@ -94,38 +90,7 @@ impl Store {
         issuer: &Issuer,
         at: Timestamp,
     ) -> Result<Conflict> {
-        self.write(|t| {
-            let mut c: Conflict = match t.conflicts.open()?.get(id)? {
-                Some(v) => decode(v.value())?,
-                None => {
-                    return Err(StoreError::NoSuchCase {
-                        what: "conflict",
-                        id,
-                    })
-                }
-            };
-            if c.status != CaseStatus::Open {
-                return Err(StoreError::CaseClosed {
-                    what: "conflict",
-                    id,
-                });
-            }
-            let name = match action {
-                ConflictAction::Apply => "apply",
-                ConflictAction::Dismiss => "dismiss",
-            };
-            c.status = resolved(name, reason, by, at)?;
-            if action == ConflictAction::Apply {
-                apply_correction(t, &c, reason, by, issuer, at)?;
-            }
-            t.conflicts.open_mut()?.insert(id, encode(&c)?.as_slice())?;
-            t.audit_append(&LogEntry::Operator {
-                operator: by.into(),
-                action: format!("conflict {id} resolved ({name}): {}", reason.trim()),
-                at,
-            })?;
-            Ok(c)
-        })
+        self.write(|t| resolve_conflict(t, id, action, reason, by, issuer, at))
     }
 
     pub fn resolve_mismatch(
@@ -136,43 +101,92 @@ impl Store {
         by: &str,
         at: Timestamp,
     ) -> Result<Mismatch> {
-        self.write(|t| {
-            let mut m: Mismatch = match t.mismatches.open()?.get(id)? {
-                Some(v) => decode(v.value())?,
-                None => {
-                    return Err(StoreError::NoSuchCase {
-                        what: "mismatch",
-                        id,
-                    })
-                }
-            };
-            if m.status != CaseStatus::Open {
-                return Err(StoreError::CaseClosed {
-                    what: "mismatch",
-                    id,
-                });
-            }
-            let name = match action {
-                MismatchAction::Keep => "keep",
-                MismatchAction::Rebind => "rebind",
-            };
-            m.status = resolved(name, reason, by, at)?;
-            if action == MismatchAction::Rebind {
-                rebind(t, &m, reason, at)?;
-            }
-            let mut key = m.card.key();
-            key.extend_from_slice(&m.presented.as_u64().to_be_bytes());
-            t.mismatch_keys.open_mut()?.remove(key.as_slice())?;
-            t.mismatches
-                .open_mut()?
-                .insert(id, encode(&m)?.as_slice())?;
-            t.audit_append(&LogEntry::Operator {
-                operator: by.into(),
-                action: format!("mismatch {id} resolved ({name}): {}", reason.trim()),
-                at,
-            })?;
-            Ok(m)
-        })
+        self.write(|t| resolve_mismatch(t, id, action, reason, by, at))
+    }
+}
+
+/// The rules of `Store::resolve_conflict`, for either backend.
+pub(crate) fn resolve_conflict(
+    t: &mut (impl RegistryTx + ?Sized),
+    id: u64,
+    action: ConflictAction,
+    reason: &str,
+    by: &str,
+    issuer: &Issuer,
+    at: Timestamp,
+) -> Result<Conflict> {
+    let mut c = t.conflict(id)?.ok_or(StoreError::NoSuchCase {
+        what: "conflict",
+        id,
+    })?;
+    if c.status != CaseStatus::Open {
+        return Err(StoreError::CaseClosed {
+            what: "conflict",
+            id,
+        });
+    }
+    let name = match action {
+        ConflictAction::Apply => "apply",
+        ConflictAction::Dismiss => "dismiss",
+    };
+    c.status = resolved(name, reason, by, at)?;
+    if action == ConflictAction::Apply {
+        apply_correction(t, &c, reason, by, issuer, at)?;
+    }
+    t.save_conflict(&c)?;
+    t.audit_append(&LogEntry::Operator {
+        operator: by.into(),
+        action: format!("conflict {id} resolved ({name}): {}", reason.trim()),
+        at,
+    })?;
+    Ok(c)
+}
+
+/// The rules of `Store::resolve_mismatch`, for either backend.
+pub(crate) fn resolve_mismatch(
+    t: &mut (impl RegistryTx + ?Sized),
+    id: u64,
+    action: MismatchAction,
+    reason: &str,
+    by: &str,
+    at: Timestamp,
+) -> Result<Mismatch> {
+    let mut m = t.mismatch(id)?.ok_or(StoreError::NoSuchCase {
+        what: "mismatch",
+        id,
+    })?;
+    if m.status != CaseStatus::Open {
+        return Err(StoreError::CaseClosed {
+            what: "mismatch",
+            id,
+        });
+    }
+    let name = match action {
+        MismatchAction::Keep => "keep",
+        MismatchAction::Rebind => "rebind",
+    };
+    m.status = resolved(name, reason, by, at)?;
+    if action == MismatchAction::Rebind {
+        rebind(t, &m, reason, at)?;
+    }
+    let mut key = m.card.key();
+    key.extend_from_slice(&m.presented.as_u64().to_be_bytes());
+    t.forget_mismatch_key(&key)?;
+    t.save_mismatch(&m)?;
+    t.audit_append(&LogEntry::Operator {
+        operator: by.into(),
+        action: format!("mismatch {id} resolved ({name}): {}", reason.trim()),
+        at,
+    })?;
+    Ok(m)
+}
+
+/// Whether a notice is listed for `insurer` (every notice without one).
+pub(crate) fn notice_for(n: &Notice, insurer: Option<&InsurerNumber>) -> bool {
+    match (insurer, &n.to) {
+        (None, _) => true,
+        (Some(i), Recipient::Insurer { insurer }) => i == insurer,
+        (Some(_), Recipient::Person { .. }) => false,
     }
 }
 
@@ -180,7 +194,7 @@ impl Store {
 /// the identity takes the row's values, then the row applies as enrollment would.
 /// Every value replaced stays in the history with its new value and the case.
 fn apply_correction(
-    t: &mut Tables<'_>,
+    t: &mut (impl RegistryTx + ?Sized),
     c: &Conflict,
     reason: &str,
     by: &str,
@@ -239,7 +253,12 @@ fn apply_correction(
 }
 
 /// Moves the mismatched card from the registered person to the presented ID's person.
-fn rebind(t: &mut Tables<'_>, m: &Mismatch, reason: &str, at: Timestamp) -> Result<()> {
+fn rebind(
+    t: &mut (impl RegistryTx + ?Sized),
+    m: &Mismatch,
+    reason: &str,
+    at: Timestamp,
+) -> Result<()> {
     let target = t
         .id_entry(m.presented)?
         .ok_or(StoreError::UnknownMedicalId(m.presented))?;

@@ -5,7 +5,7 @@
 mod assign;
 mod audit;
 pub mod backup;
-mod cases;
+pub(crate) mod cases;
 pub(crate) mod checks;
 mod commit;
 mod enroll;
@@ -16,6 +16,7 @@ pub(crate) mod idempotency;
 mod intake;
 pub(crate) mod lifecycle;
 mod linkage;
+mod operations;
 mod paced;
 mod portal;
 pub(crate) mod registry_tx;
@@ -25,6 +26,7 @@ mod verify;
 pub use assign::{AssignmentRow, LetterRow, Plan, ASSIGNMENT_HEADER};
 pub use audit::AuditReport;
 pub(crate) use audit::STORED_FROM;
+pub(crate) use cases::notice_for;
 pub use cases::{ConflictAction, MismatchAction};
 pub use checks::Reader;
 pub use commit::{CommitError, GroupCommitter, Writers};
@@ -36,6 +38,8 @@ pub use federation::{
 };
 pub use folding::Folding;
 pub(crate) use group::{Job, Outcome};
+pub(crate) use operations::forward;
+pub use operations::Operations;
 pub use portal::{activation_hash, new_activation_code, Account, Activation};
 pub(crate) use tables::subtree_key;
 pub use verify::VerifyReport;
@@ -154,6 +158,8 @@ pub enum StoreError {
     File(PathBuf, std::io::Error),
     #[error(transparent)]
     Postgres(#[from] crate::postgres::PgError),
+    #[error("{0} does not run on PostgreSQL yet (docs/storage.md says what does); for now it needs the embedded store (no --database)")]
+    NotOnPostgres(&'static str),
 }
 
 macro_rules! from_redb {

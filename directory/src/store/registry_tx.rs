@@ -62,6 +62,18 @@ pub(crate) trait RegistryTx {
     fn put_mismatch(&mut self, m: &Mismatch, key: &[u8]) -> Result<()>;
     /// Queues a notice.
     fn put_notice(&mut self, n: &Notice) -> Result<()>;
+    /// A conflict by its number.
+    fn conflict(&mut self, id: u64) -> Result<Option<Conflict>>;
+    /// Writes a conflict recorded before (its key stays).
+    fn save_conflict(&mut self, c: &Conflict) -> Result<()>;
+    /// A mismatch by its number.
+    fn mismatch(&mut self, id: u64) -> Result<Option<Mismatch>>;
+    /// Writes a mismatch recorded before.
+    fn save_mismatch(&mut self, m: &Mismatch) -> Result<()>;
+    /// Forgets the key of a resolved mismatch, so the same presentation is a new case.
+    fn forget_mismatch_key(&mut self, key: &[u8]) -> Result<()>;
+    /// Removes a card from the card index: no one holds it now.
+    fn unbind_card(&mut self, card: &Card) -> Result<()>;
 
     /// Reads ahead what applying `rows` will look up, where a round trip per lookup
     /// would cost more than one read of them all (PostgreSQL); `candidates` are the

@@ -455,6 +455,45 @@ impl super::registry_tx::RegistryTx for Tables<'_> {
         Ok(())
     }
 
+    fn conflict(&mut self, id: u64) -> Result<Option<crate::registry::Conflict>> {
+        self.conflicts
+            .open()?
+            .get(id)?
+            .map(|v| decode(v.value()))
+            .transpose()
+    }
+
+    fn save_conflict(&mut self, c: &crate::registry::Conflict) -> Result<()> {
+        self.conflicts
+            .open_mut()?
+            .insert(c.id, encode(c)?.as_slice())?;
+        Ok(())
+    }
+
+    fn mismatch(&mut self, id: u64) -> Result<Option<crate::registry::Mismatch>> {
+        self.mismatches
+            .open()?
+            .get(id)?
+            .map(|v| decode(v.value()))
+            .transpose()
+    }
+
+    fn save_mismatch(&mut self, m: &crate::registry::Mismatch) -> Result<()> {
+        self.mismatches
+            .open_mut()?
+            .insert(m.id, encode(m)?.as_slice())?;
+        Ok(())
+    }
+
+    fn forget_mismatch_key(&mut self, key: &[u8]) -> Result<()> {
+        self.mismatch_keys.open_mut()?.remove(key)?;
+        Ok(())
+    }
+
+    fn unbind_card(&mut self, card: &crate::registry::Card) -> Result<()> {
+        Tables::unbind_card(self, card)
+    }
+
     fn deaths_after(&mut self, after: Option<(i64, u64)>, n: usize) -> Result<Vec<(i64, u64)>> {
         use std::ops::Bound;
         let from = after.map_or(Bound::Unbounded, Bound::Excluded);

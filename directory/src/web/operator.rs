@@ -338,7 +338,7 @@ async fn resolve_mismatch(
 /// Runs one of the operator commands the CLI also has, as this operator.
 async fn admin(web: Arc<Web>, op: String, req: AdminRequest) -> Result<AdminResponse, WebError> {
     blocking(
-        move || match execute(&web.store, &web.agency, &web.config, &op, req) {
+        move || match execute(&*web.store, &web.agency, &web.config, &op, req) {
             AdminResponse::Error(e) => Err(WebError::BadRequest(e)),
             r => Ok(r),
         },
