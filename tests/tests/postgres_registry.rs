@@ -11,7 +11,7 @@ use iryo_directory::registry::eligibility::{CheckKey, CheckRequest};
 use iryo_directory::registry::Person;
 use iryo_directory::registry::ServiceUse;
 use iryo_directory::sample::{write_sample, SampleOptions};
-use iryo_directory::store::{ConflictAction, EnrollBatch, MismatchAction, Store, StoreError};
+use iryo_directory::store::{ConflictAction, EnrollBatch, MismatchAction, Plan, Store, StoreError};
 use iryo_proto::{IdempotencyKey, InstitutionCode, MedicalId, MyNumber};
 use iryo_tests::pg::Cluster;
 use iryo_tests::Directory;
@@ -217,6 +217,48 @@ fn enrollment_on_postgres_decides_as_redb_does() {
     same(&redb.persons().unwrap(), &postgres.persons().unwrap());
     assert_eq!(postgres.conflicts(false).unwrap().len(), 1);
 
+    // Assignment files and letters: the same rows, marked the same way.
+    let insurer = redb.persons().unwrap()[0].coverages[0].card.insurer.clone();
+    let rows = redb.assignment_rows(&insurer, false).unwrap();
+    assert!(rows.len() > 100, "{}", rows.len());
+    assert_eq!(rows, postgres.assignment_rows(&insurer, false).unwrap());
+    redb.mark_assigned(&rows[..50], 1_800_000_000).unwrap();
+    postgres.mark_assigned(&rows[..50], 1_800_000_000).unwrap();
+    assert_eq!(
+        redb.assignment_rows(&insurer, false).unwrap(),
+        postgres.assignment_rows(&insurer, false).unwrap()
+    );
+    assert_eq!(
+        postgres.assignment_rows(&insurer, false).unwrap().len(),
+        rows.len() - 50
+    );
+    assert_eq!(postgres.assignment_rows(&insurer, true).unwrap(), rows);
+    let today = iryo_directory::registry::today();
+    let letters = redb.letter_rows(Plan::Agency, false, today).unwrap();
+    assert_eq!(
+        letters,
+        postgres.letter_rows(Plan::Agency, false, today).unwrap()
+    );
+    let sent: Vec<(u64, String)> = letters[..20]
+        .iter()
+        .map(|l| (l.pid, format!("CODE-{}", l.pid)))
+        .collect();
+    redb.letters_sent(Plan::Agency, &sent, 1_900_000_000, 1_800_000_000)
+        .unwrap();
+    postgres
+        .letters_sent(Plan::Agency, &sent, 1_900_000_000, 1_800_000_000)
+        .unwrap();
+    assert_eq!(
+        redb.letter_rows(Plan::Agency, false, today).unwrap(),
+        postgres.letter_rows(Plan::Agency, false, today).unwrap()
+    );
+    assert_eq!(
+        redb.account(sent[3].0).unwrap(),
+        postgres.account(sent[3].0).unwrap()
+    );
+    assert!(postgres.account(sent[3].0).unwrap().is_some());
+    same(&redb.persons().unwrap(), &postgres.persons().unwrap());
+
     // The conflict resolved by applying the row: the registry follows it on both.
     let issuer_ref = &issuer;
     let apply = |s: &dyn Fn(u64) -> Result<iryo_directory::registry::Conflict, StoreError>| s(1);
@@ -415,6 +457,17 @@ fn registry_commands_run_on_postgres() {
     assert!(dismissed.contains("別人の誤記"), "{dismissed}");
     assert_eq!(dir.json(&with(&["status"]))["open_conflicts"], 0);
     assert!(dir.ok(&with(&["notices"])).contains("no notices"));
+
+    // An insurer's assignment file, written and marked sent.
+    let insurer = csv_field(&files[0], "insurer_number");
+    let out = dir.path("assignment.csv").display().to_string();
+    let assigned = dir.ok(&on(&url, &["assign", "--insurer", &insurer, "--out", &out]));
+    assert!(
+        assigned.contains(&format!("for insurer {insurer}")),
+        "{assigned}"
+    );
+    let again = dir.ok(&on(&url, &["assign", "--insurer", &insurer, "--out", &out]));
+    assert!(again.starts_with("0 rows"), "{again}");
 
     // The lifecycle commands, on the database directly.
     let changed = dir.ok(&on(

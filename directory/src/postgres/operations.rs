@@ -45,26 +45,11 @@ impl Operations for PgStore {
         mismatches(open_only: bool) -> Result<Vec<Mismatch>>;
         resolve_mismatch(id: u64, action: MismatchAction, reason: &str, by: &str, at: Timestamp) -> Result<Mismatch>;
         notices(insurer: Option<&InsurerNumber>) -> Result<Vec<Notice>>;
-    }
-
-    fn assignment_rows(&self, _: &InsurerNumber, _: bool) -> Result<Vec<AssignmentRow>> {
-        not_yet("assign")
-    }
-
-    fn mark_assigned(&self, _: &[AssignmentRow], _: Timestamp) -> Result<()> {
-        not_yet("assign")
-    }
-
-    fn letter_rows(&self, _: Plan, _: bool, _: NaiveDate) -> Result<Vec<LetterRow>> {
-        not_yet("letters")
-    }
-
-    fn letter_row_of(&self, _: Plan, _: MedicalId, _: NaiveDate) -> Result<LetterRow> {
-        not_yet("letters")
-    }
-
-    fn letters_sent(&self, _: Plan, _: &[(u64, String)], _: Timestamp, _: Timestamp) -> Result<()> {
-        not_yet("letters")
+        assignment_rows(insurer: &InsurerNumber, all: bool) -> Result<Vec<AssignmentRow>>;
+        mark_assigned(rows: &[AssignmentRow], at: Timestamp) -> Result<()>;
+        letter_rows(plan: Plan, all: bool, today: NaiveDate) -> Result<Vec<LetterRow>>;
+        letter_row_of(plan: Plan, id: MedicalId, today: NaiveDate) -> Result<LetterRow>;
+        letters_sent(plan: Plan, letters: &[(u64, String)], expires: Timestamp, at: Timestamp) -> Result<()>;
     }
 
     fn add_institution(

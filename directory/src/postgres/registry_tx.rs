@@ -640,6 +640,19 @@ impl crate::store::registry_tx::RegistryTx for PgTx<'_> {
         Ok(())
     }
 
+    fn account(&mut self, pid: u64) -> Result<Option<crate::store::Account>> {
+        self.one("SELECT account FROM portal_accounts WHERE pid = $1", pid)
+    }
+
+    fn put_account(&mut self, pid: u64, a: &crate::store::Account) -> Result<()> {
+        self.now(
+            "INSERT INTO portal_accounts (pid, account) VALUES ($1, $2)
+             ON CONFLICT (pid) DO UPDATE SET account = excluded.account",
+            pid,
+            &encode(a)?,
+        )
+    }
+
     fn deaths_after(&mut self, after: Option<(i64, u64)>, n: usize) -> Result<Vec<(i64, u64)>> {
         let (day, pid) = match after {
             Some((d, p)) => (d, sql(p)?),

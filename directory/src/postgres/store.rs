@@ -14,8 +14,8 @@ use crate::registry::{
     CaseStatus, Conflict, EnrollmentRow, Mismatch, Notice, Person, ServiceUse, Timestamp,
 };
 use crate::store::{
-    cases, checks, decode, lifecycle, AccessPolicy, BatchReport, ConflictAction, Counts,
-    MismatchAction, Result, StoreError,
+    assign, cases, checks, decode, lifecycle, AccessPolicy, AssignmentRow, BatchReport,
+    ConflictAction, Counts, LetterRow, MismatchAction, Plan, Result, StoreError,
 };
 use chrono::NaiveDate;
 use ed25519_dalek::SigningKey;
@@ -448,6 +448,76 @@ impl PgStore {
         at: Timestamp,
     ) -> Result<Mismatch> {
         self.write(|t| cases::resolve_mismatch(t, id, action, reason, by, at))
+    }
+
+    /// Rows for `insurer` whose ID has not been sent yet (all rows with `all`).
+    pub fn assignment_rows(
+        &self,
+        insurer: &InsurerNumber,
+        all: bool,
+    ) -> Result<Vec<AssignmentRow>> {
+        // An insurer's cards are the keys from "number\0" up to "number\x01".
+        let mut from = insurer.as_str().as_bytes().to_vec();
+        let mut to = from.clone();
+        from.push(0);
+        to.push(1);
+        let rows: Vec<(Vec<u8>, Vec<u8>)> = self.read(async |c| {
+            Ok(c.query(
+                "SELECT c.card_key, p.record FROM cards c JOIN persons p ON p.pid = c.pid
+                 WHERE c.card_key >= $1 AND c.card_key < $2 ORDER BY c.card_key",
+                &[&from, &to],
+            )
+            .await?
+            .into_iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect())
+        })?;
+        let mut out = Vec::new();
+        for (key, record) in &rows {
+            out.extend(assign::assignment_rows_of(&decode(record)?, key, all));
+        }
+        Ok(out)
+    }
+
+    /// Records that these rows reached their insurer (`Store::mark_assigned`).
+    pub fn mark_assigned(&self, rows: &[AssignmentRow], at: Timestamp) -> Result<()> {
+        self.write(|t| assign::mark_assigned(t, rows, at))
+    }
+
+    /// People not yet told their medical ID (everyone with `all`).
+    pub fn letter_rows(&self, plan: Plan, all: bool, today: NaiveDate) -> Result<Vec<LetterRow>> {
+        Ok(assign::letter_rows(plan, all, self.persons()?, today))
+    }
+
+    /// The letter of one person (`Store::letter_row_of`).
+    pub fn letter_row_of(&self, plan: Plan, id: MedicalId, today: NaiveDate) -> Result<LetterRow> {
+        let p = self.person_by_medical_id(id)?;
+        assign::letter_row(plan, &p, today).ok_or(StoreError::NoLetter(id))
+    }
+
+    /// The letters were written: their codes take effect (`Store::letters_sent`).
+    pub fn letters_sent(
+        &self,
+        plan: Plan,
+        letters: &[(u64, String)],
+        expires: Timestamp,
+        at: Timestamp,
+    ) -> Result<()> {
+        self.write(|t| assign::letters_sent(t, plan, letters, expires, at))
+    }
+
+    /// A person's My Portal account, if one was made.
+    pub fn account(&self, pid: u64) -> Result<Option<crate::store::Account>> {
+        let pid = super::sql(pid)?;
+        let row: Option<Vec<u8>> = self.read(async |c| {
+            Ok(c.query_opt(
+                "SELECT account FROM portal_accounts WHERE pid = $1",
+                &[&pid],
+            )
+            .await?
+            .map(|r| r.get(0)))
+        })?;
+        row.map(|r| decode(&r)).transpose()
     }
 
     /// A person's service history, in the order it was recorded.

@@ -2,6 +2,7 @@
 //! (proposal §2-4). Each is read first, written to its file by the caller, and only then
 //! marked done, so a crash in between sends a row twice rather than never.
 
+use super::registry_tx::RegistryTx;
 use super::tables::*;
 use super::{decode, Result, Store};
 use crate::registry::eligibility::CardStanding;
@@ -99,33 +100,14 @@ impl Store {
             }
             let pid = decode::<CardStanding>(v.value())?.pid;
             let Some(v) = persons.get(pid)? else { continue };
-            let p: Person = decode(v.value())?;
-            for c in &p.coverages {
-                if c.card.key().as_slice() == k.value() && (all || c.assigned_at.is_none()) {
-                    out.push(AssignmentRow {
-                        pid,
-                        card: c.card.clone(),
-                        my_number: p.my_number,
-                        medical_id: p.medical_id,
-                    });
-                }
-            }
+            out.extend(assignment_rows_of(&decode(v.value())?, k.value(), all));
         }
         Ok(out)
     }
 
     /// Records that these rows reached their insurer.
     pub fn mark_assigned(&self, rows: &[AssignmentRow], at: Timestamp) -> Result<()> {
-        self.write(|t| {
-            for r in rows {
-                let mut p = t.person(r.pid)?;
-                if let Some(c) = p.coverage_mut(&r.card) {
-                    c.assigned_at = Some(at);
-                    t.put_person(&p)?;
-                }
-            }
-            Ok(())
-        })
+        self.write(|t| mark_assigned(t, rows, at))
     }
 
     /// People not yet told their medical ID (everyone with `all`).
@@ -135,14 +117,7 @@ impl Store {
         all: bool,
         today: chrono::NaiveDate,
     ) -> Result<Vec<LetterRow>> {
-        let mut out = Vec::new();
-        for p in self.persons()? {
-            if !all && p.notified_at.is_some() {
-                continue;
-            }
-            out.extend(letter_row(plan, &p, today));
-        }
-        Ok(out)
+        Ok(letter_rows(plan, all, self.persons()?, today))
     }
 
     /// The letter of one person, told before or not, to replace a lost letter or a
@@ -168,29 +143,86 @@ impl Store {
         expires: Timestamp,
         at: Timestamp,
     ) -> Result<()> {
-        let plan = match plan {
-            Plan::Insurer => "insurer",
-            Plan::Agency => "agency",
-        };
-        self.write(|t| {
-            for (pid, code) in letters {
-                super::portal::set_activation(t, *pid, code, expires)?;
-                let mut p = t.person(*pid)?;
-                p.notified_at = Some(at);
-                p.history.push(Event::Notified {
-                    plan: plan.into(),
-                    at,
-                });
-                t.put_person(&p)?;
-            }
-            Ok(())
-        })
+        self.write(|t| letters_sent(t, plan, letters, expires, at))
     }
+}
+
+/// The rows of one card's holder for an assignment file: each coverage on that card
+/// not yet sent (every one with `all`).
+pub(crate) fn assignment_rows_of<'a>(
+    p: &'a Person,
+    card_key: &'a [u8],
+    all: bool,
+) -> impl Iterator<Item = AssignmentRow> + 'a {
+    p.coverages
+        .iter()
+        .filter(move |c| c.card.key().as_slice() == card_key && (all || c.assigned_at.is_none()))
+        .map(|c| AssignmentRow {
+            pid: p.pid,
+            card: c.card.clone(),
+            my_number: p.my_number,
+            medical_id: p.medical_id,
+        })
+}
+
+/// The rules of `Store::mark_assigned`, for either backend.
+pub(crate) fn mark_assigned(
+    t: &mut (impl RegistryTx + ?Sized),
+    rows: &[AssignmentRow],
+    at: Timestamp,
+) -> Result<()> {
+    for r in rows {
+        let mut p = t.person(r.pid)?;
+        if let Some(c) = p.coverage_mut(&r.card) {
+            c.assigned_at = Some(at);
+            t.put_person(&p)?;
+        }
+    }
+    Ok(())
+}
+
+/// The letters of `persons` not yet told their ID (everyone with `all`).
+pub(crate) fn letter_rows(
+    plan: Plan,
+    all: bool,
+    persons: Vec<Person>,
+    today: chrono::NaiveDate,
+) -> Vec<LetterRow> {
+    persons
+        .iter()
+        .filter(|p| all || p.notified_at.is_none())
+        .filter_map(|p| letter_row(plan, p, today))
+        .collect()
+}
+
+/// The rules of `Store::letters_sent`, for either backend.
+pub(crate) fn letters_sent(
+    t: &mut (impl RegistryTx + ?Sized),
+    plan: Plan,
+    letters: &[(u64, String)],
+    expires: Timestamp,
+    at: Timestamp,
+) -> Result<()> {
+    let plan = match plan {
+        Plan::Insurer => "insurer",
+        Plan::Agency => "agency",
+    };
+    for (pid, code) in letters {
+        super::portal::set_activation(t, *pid, code, expires)?;
+        let mut p = t.person(*pid)?;
+        p.notified_at = Some(at);
+        p.history.push(Event::Notified {
+            plan: plan.into(),
+            at,
+        });
+        t.put_person(&p)?;
+    }
+    Ok(())
 }
 
 /// The letter of `p`, if one can be sent: not to a retired ID or a deceased person, by
 /// the insurer only with a coverage, by the agency only to an address.
-fn letter_row(
+pub(crate) fn letter_row(
     plan: Plan,
     p: &crate::registry::Person,
     today: chrono::NaiveDate,

@@ -2,7 +2,7 @@
 //! (enroll a batch, check eligibility, change an ID, …) so that another backend is a
 //! new module rather than a rewrite. Every change happens inside one write transaction.
 
-mod assign;
+pub(crate) mod assign;
 mod audit;
 pub mod backup;
 pub(crate) mod cases;

@@ -1,10 +1,11 @@
 //! Accounts of My Portal (proposal §4-3): the one-time activation code a person's letter
 //! carries, kept only as a hash, and the passphrase they set with it, as an argon2id hash.
 
+use super::registry_tx::RegistryTx;
 use super::tables::PORTAL_ACCOUNTS;
-use super::{decode, encode, Result, Store, StoreError};
+use super::{decode, Result, Store, StoreError};
 use crate::registry::Timestamp;
-use redb::{ReadableDatabase, ReadableTable};
+use redb::ReadableDatabase;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -97,20 +98,14 @@ impl Store {
     ) -> Result<()> {
         let hash = activation_hash(pid, code);
         self.write(|t| {
-            let mut a: Account = match t.portal_accounts.open()?.get(pid)? {
-                Some(v) => decode(v.value())?,
-                None => return Err(bad_code()),
-            };
+            let mut a = t.account(pid)?.ok_or_else(bad_code)?;
             match &mut a.activation {
                 Some(act) if !act.used && act.expires > at && act.hash == hash => act.used = true,
                 _ => return Err(bad_code()),
             }
             a.passphrase = Some(passphrase_phc.to_string());
             a.activated_at = Some(at);
-            t.portal_accounts
-                .open_mut()?
-                .insert(pid, encode(&a)?.as_slice())?;
-            Ok(())
+            t.put_account(pid, &a)
         })
     }
 }
@@ -121,24 +116,18 @@ fn bad_code() -> StoreError {
 
 /// Stores the hash of a person's new activation code, replacing any unused one.
 pub(super) fn set_activation(
-    t: &mut super::tables::Tables<'_>,
+    t: &mut (impl RegistryTx + ?Sized),
     pid: u64,
     code: &str,
     expires: Timestamp,
 ) -> Result<()> {
-    let mut a: Account = match t.portal_accounts.open()?.get(pid)? {
-        Some(v) => decode(v.value())?,
-        None => Account::default(),
-    };
+    let mut a = t.account(pid)?.unwrap_or_default();
     a.activation = Some(Activation {
         hash: activation_hash(pid, code),
         expires,
         used: false,
     });
-    t.portal_accounts
-        .open_mut()?
-        .insert(pid, encode(&a)?.as_slice())?;
-    Ok(())
+    t.put_account(pid, &a)
 }
 
 #[cfg(test)]

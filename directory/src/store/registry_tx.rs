@@ -74,6 +74,9 @@ pub(crate) trait RegistryTx {
     fn forget_mismatch_key(&mut self, key: &[u8]) -> Result<()>;
     /// Removes a card from the card index: no one holds it now.
     fn unbind_card(&mut self, card: &Card) -> Result<()>;
+    /// A person's My Portal account, if one was made.
+    fn account(&mut self, pid: u64) -> Result<Option<crate::store::Account>>;
+    fn put_account(&mut self, pid: u64, a: &crate::store::Account) -> Result<()>;
 
     /// Reads ahead what applying `rows` will look up, where a round trip per lookup
     /// would cost more than one read of them all (PostgreSQL); `candidates` are the

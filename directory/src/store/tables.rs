@@ -494,6 +494,21 @@ impl super::registry_tx::RegistryTx for Tables<'_> {
         Tables::unbind_card(self, card)
     }
 
+    fn account(&mut self, pid: u64) -> Result<Option<crate::store::Account>> {
+        self.portal_accounts
+            .open()?
+            .get(pid)?
+            .map(|v| decode(v.value()))
+            .transpose()
+    }
+
+    fn put_account(&mut self, pid: u64, a: &crate::store::Account) -> Result<()> {
+        self.portal_accounts
+            .open_mut()?
+            .insert(pid, encode(a)?.as_slice())?;
+        Ok(())
+    }
+
     fn deaths_after(&mut self, after: Option<(i64, u64)>, n: usize) -> Result<Vec<(i64, u64)>> {
         use std::ops::Bound;
         let from = after.map_or(Bound::Unbounded, Bound::Excluded);
