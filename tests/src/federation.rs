@@ -275,7 +275,27 @@ impl Federation {
 
     /// As `start`, with names and addresses from `texts`.
     pub fn start_with(nodes: usize, patients: u64, refresh: u64, texts: &Texts) -> Self {
-        let registry = Directory::new();
+        Self::start_in(Directory::new(), nodes, patients, refresh, texts)
+    }
+
+    /// As `start`, with the registry in the PostgreSQL database at `url`.
+    pub fn start_on_postgres(url: &str, nodes: usize, patients: u64, refresh: u64) -> Self {
+        Self::start_in(
+            Directory::on_postgres(url),
+            nodes,
+            patients,
+            refresh,
+            &Texts::PLAIN,
+        )
+    }
+
+    fn start_in(
+        registry: Directory,
+        nodes: usize,
+        patients: u64,
+        refresh: u64,
+        texts: &Texts,
+    ) -> Self {
         registry.ok(&["init"]);
         registry.ok(&["ca", "init"]);
         let rows: Vec<String> = (0..patients)
@@ -384,6 +404,7 @@ impl Federation {
             ])
             .env("RUST_LOG", "warn")
             .env_remove("SSLKEYLOGFILE");
+        self.registry.database_env(&mut cmd);
         let (p, line) = start_ready(cmd, "iryo-directory serve");
         self.directory_addr = field(&line, "p2p")
             .split(',')

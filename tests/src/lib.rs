@@ -8,6 +8,7 @@ pub mod https;
 pub mod local;
 pub mod pg;
 pub mod rows;
+pub mod stores;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -85,10 +86,13 @@ where
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// A directory with its own data dir in a temp dir.
+/// A directory with its own data dir in a temp dir, its registry in redb there or in a
+/// PostgreSQL database (`on_postgres`).
 pub struct Directory {
     pub tmp: tempfile::TempDir,
     pub data: PathBuf,
+    /// The database every command is given (`IRYO_DATABASE`), if not redb.
+    pub database: Option<String>,
 }
 
 impl Default for Directory {
@@ -101,7 +105,27 @@ impl Directory {
     pub fn new() -> Self {
         let tmp = tempfile::tempdir().expect("temp dir");
         let data = tmp.path().join("data");
-        Self { tmp, data }
+        Self {
+            tmp,
+            data,
+            database: None,
+        }
+    }
+
+    /// A directory whose registry is in the PostgreSQL database at `url`.
+    pub fn on_postgres(url: &str) -> Self {
+        Self {
+            database: Some(url.to_string()),
+            ..Self::new()
+        }
+    }
+
+    /// Names this directory's database to a command, or makes sure none is named.
+    pub fn database_env(&self, c: &mut Command) {
+        match &self.database {
+            Some(url) => c.env("IRYO_DATABASE", url),
+            None => c.env_remove("IRYO_DATABASE"),
+        };
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -113,6 +137,7 @@ impl Directory {
         c.arg("--data-dir").arg(&self.data).args(args);
         c.env_remove("IRYO_DIRECTORY_CONFIG")
             .env("RUST_LOG", "warn");
+        self.database_env(&mut c);
         c
     }
 

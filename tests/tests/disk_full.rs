@@ -59,6 +59,7 @@ fn a_full_disk_stops_the_directory_for_a_restart_and_loses_nothing() {
     let d = Directory {
         tmp: tempfile::tempdir().unwrap(),
         data: mount.0.join("data"),
+        database: None,
     };
     d.ok(&["init"]);
     d.ok(&["ca", "init"]);

@@ -214,7 +214,6 @@ fn not_on_postgres(c: &Command) -> Option<&'static str> {
         Command::Restore { .. } => "restore (restore the database with PostgreSQL's own tools)",
         Command::Demo(_) => "demo",
         Command::Bench(_) => "bench",
-        Command::Serve(_) => "serve",
         _ => return None,
     })
 }

@@ -24,6 +24,9 @@ pub(super) fn run(config: Config, a: ServeArgs) -> Result<ExitCode> {
         .parse()
         .context("listen address")?;
     let ctx = Context::new(config.clone());
+    if let Some(url) = ctx.database()? {
+        return serve_postgres(&ctx, &url, listen);
+    }
     let store = std::sync::Arc::new(ctx.store()?);
     let keys = ctx.keys()?;
     let identity = iryo_directory::keys::service_identity(&config.keys_dir())?;
@@ -90,6 +93,56 @@ pub(super) fn run(config: Config, a: ServeArgs) -> Result<ExitCode> {
     .map_or(Ok(ExitCode::SUCCESS), |_| {
         Ok(ExitCode::from(STORAGE_FAILED))
     })
+}
+
+/// `serve` on PostgreSQL: the directory service for nodes, answering from the database
+/// beside any other `serve` process on it. Operator commands need no admin socket
+/// there: they work on the database directly.
+fn serve_postgres(
+    ctx: &Context,
+    url: &iryo_directory::postgres::DatabaseUrl,
+    listen: libp2p::Multiaddr,
+) -> Result<ExitCode> {
+    let config = &ctx.config;
+    let store = std::sync::Arc::new(ctx.postgres(url)?);
+    let keys = ctx.keys()?;
+    let identity = iryo_directory::keys::service_identity(&config.keys_dir())?;
+    if iryo_directory::ca::Ca::exists(&iryo_directory::ca::Ca::dir(&config.data_dir)) {
+        tracing::warn!(
+            "the HTTPS front (My Portal, insurers, operators) does not run on PostgreSQL yet; \
+             serving the nodes only"
+        );
+    }
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let running = iryo_directory::service::start(
+            store.clone(),
+            keys.root.clone(),
+            identity,
+            listen,
+            config.service.max_group,
+        )
+        .await?;
+        let addrs: Vec<String> = running
+            .addresses
+            .iter()
+            .map(std::string::ToString::to_string)
+            .collect();
+        let mut addr_file =
+            iryo_directory::files::create_private(&config.data_dir.join("directory.addr"))?;
+        std::io::Write::write_all(&mut addr_file, addrs.join("\n").as_bytes())?;
+        println!(
+            "iryo-directory ready p2p={} https= agency_key={} database={url}",
+            addrs.join(","),
+            iryo_proto::merkle::to_hex(keys.root.verifying_key().as_bytes())
+        );
+        use std::io::Write as _;
+        std::io::stdout().flush()?;
+        iryo_p2p::shutdown::signal().await;
+        running.stop().await;
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The exit code after the storage failed (EX_TEMPFAIL): try again.

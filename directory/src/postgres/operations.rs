@@ -5,20 +5,24 @@ use super::PgStore;
 use crate::access::ConsentRecord;
 use crate::audit::LogEntry;
 use crate::issuance::{Issuer, Method};
+use crate::registry::dates::DateRules;
 use crate::registry::eligibility::{CheckAnswer, CheckRequest};
 use crate::registry::{Conflict, Mismatch, Notice, Person, ServiceUse, Timestamp};
 use crate::store::{
     forward, AssignmentRow, AuditReport, ConflictAction, Counts, GrantRecord, InstitutionRecord,
     LetterRow, MismatchAction, Operations, Plan, Result, StoreError, VerifyReport,
 };
+use crate::store::{ReportsTaken, Serving, Writers};
 use chrono::NaiveDate;
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use iryo_p2p::backup::Manifest;
+use iryo_proto::federation::RefusalReport;
 use iryo_proto::federation::{Membership, Registration, Role, Time, TreeHead};
 use iryo_proto::merkle::Hash;
 use iryo_proto::signed::Signed;
 use iryo_proto::{InstitutionCode, InsurerNumber, MedicalId, MyNumber};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 fn not_yet<T>(what: &'static str) -> Result<T> {
     Err(StoreError::NotOnPostgres(what))
@@ -50,78 +54,60 @@ impl Operations for PgStore {
         letter_rows(plan: Plan, all: bool, today: NaiveDate) -> Result<Vec<LetterRow>>;
         letter_row_of(plan: Plan, id: MedicalId, today: NaiveDate) -> Result<LetterRow>;
         letters_sent(plan: Plan, letters: &[(u64, String)], expires: Timestamp, at: Timestamp) -> Result<()>;
+        audit_for_person(person: &Person) -> Result<Vec<(u64, LogEntry)>>;
+        audit_verify(agency: &VerifyingKey) -> Result<AuditReport>;
+        current_head() -> Result<(Signed<TreeHead>, u64)>;
+        audit_root(size: u64) -> Result<Hash>;
+        audit_entry(index: u64) -> Result<LogEntry>;
+        inclusion_proof(index: u64, size: u64) -> Result<Vec<Hash>>;
+        consistency_proof(old: u64, new: u64) -> Result<Vec<Hash>>;
+        add_institution(request: &Signed<Registration>, roles: Vec<Role>, valid_days: u32, agency: &SigningKey, now: Time, operator: &str) -> Result<Membership>;
+        revoke_institution(code: InstitutionCode, now: Time, operator: &str) -> Result<()>;
+        institutions() -> Result<Vec<InstitutionRecord>>;
+        add_consent(id: MedicalId, record: &ConsentRecord) -> Result<()>;
+        consents(id: MedicalId) -> Result<Vec<ConsentRecord>>;
+        unmatched(now: Time, window: i64) -> Result<Vec<GrantRecord>>;
+        close_unmatched(grant_id: [u8; 16], reason: &str, by: &str, at: Time) -> Result<GrantRecord>;
     }
 
-    fn add_institution(
-        &self,
-        _: &Signed<Registration>,
-        _: Vec<Role>,
-        _: u32,
-        _: &SigningKey,
-        _: Time,
-        _: &str,
-    ) -> Result<Membership> {
-        not_yet("institution add")
-    }
-
-    fn revoke_institution(&self, _: InstitutionCode, _: Time, _: &str) -> Result<()> {
-        not_yet("institution revoke")
-    }
-
-    fn institutions(&self) -> Result<Vec<InstitutionRecord>> {
-        not_yet("institution list")
-    }
-
-    fn add_consent(&self, _: MedicalId, _: &ConsentRecord) -> Result<()> {
-        not_yet("consent")
-    }
-
-    fn consents(&self, _: MedicalId) -> Result<Vec<ConsentRecord>> {
-        not_yet("consent list")
-    }
-
-    fn unmatched(&self, _: Time, _: i64) -> Result<Vec<GrantRecord>> {
-        not_yet("audit unmatched")
-    }
-
-    fn close_unmatched(&self, _: [u8; 16], _: &str, _: &str, _: Time) -> Result<GrantRecord> {
-        not_yet("audit close")
-    }
-
-    fn audit_for_person(&self, _: &Person) -> Result<Vec<(u64, LogEntry)>> {
-        not_yet("audit show")
-    }
-
-    fn audit_verify(&self, _: &VerifyingKey) -> Result<AuditReport> {
-        not_yet("audit verify")
-    }
-
-    fn current_head(&self) -> Result<(Signed<TreeHead>, u64)> {
-        not_yet("audit proofs")
-    }
-
-    fn audit_root(&self, _: u64) -> Result<Hash> {
-        not_yet("audit proofs")
-    }
-
-    fn audit_entry(&self, _: u64) -> Result<LogEntry> {
-        not_yet("audit proofs")
-    }
-
-    fn inclusion_proof(&self, _: u64, _: u64) -> Result<Vec<Hash>> {
-        not_yet("audit proofs")
-    }
-
-    fn consistency_proof(&self, _: u64, _: u64) -> Result<Vec<Hash>> {
-        not_yet("audit proofs")
-    }
-
-    fn verify_records(&self, _: &VerifyingKey) -> Result<VerifyReport> {
-        not_yet("verify-store")
+    fn verify_records(&self, agency: &VerifyingKey) -> Result<VerifyReport> {
+        crate::store::verify_records(self, self.persons()?, agency)
     }
 
     fn backup(&self, _: &Path, _: &[PathBuf], _: &Path) -> Result<Manifest> {
         // The database's own tools copy it consistently (pg_basebackup, pg_dump).
         not_yet("backup (use pg_basebackup or pg_dump, and copy --data-dir's keys)")
+    }
+}
+
+impl Serving for PgStore {
+    fn institution(&self, code: InstitutionCode) -> Result<Option<InstitutionRecord>> {
+        PgStore::institution(self, code)
+    }
+
+    fn institution_by_key(&self, key: &[u8; 32]) -> Result<Option<InstitutionRecord>> {
+        PgStore::institution_by_key(self, key)
+    }
+
+    fn cached_member(&self, key: &[u8; 32]) -> Option<InstitutionRecord> {
+        PgStore::cached_member(self, key)
+    }
+
+    fn date_rules(&self) -> DateRules {
+        PgStore::date_rules(self)
+    }
+
+    fn log_refusals(
+        &self,
+        member: &Membership,
+        reports: &[Signed<RefusalReport>],
+    ) -> Result<ReportsTaken> {
+        PgStore::log_refusals(self, member, reports)
+    }
+
+    fn start_writers(self: Arc<Self>, agency: SigningKey, max_group: usize) -> Result<Writers> {
+        Ok(Writers::single(agency, max_group, move |jobs| {
+            self.commit_group(jobs, crate::registry::now())
+        }))
     }
 }

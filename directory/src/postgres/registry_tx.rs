@@ -19,9 +19,9 @@ use crate::registry::eligibility::CardStanding;
 use crate::registry::{
     Card, Conflict, EnrollmentRow, IdEntry, IdStatus, Mismatch, Notice, Person, ServiceUse,
 };
-use crate::store::{decode, encode, Result};
+use crate::store::{decode, encode, GrantRecord, InstitutionRecord, Result};
 use ed25519_dalek::SigningKey;
-use iryo_proto::{MedicalId, MyNumber};
+use iryo_proto::{InstitutionCode, MedicalId, MyNumber};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use tokio::runtime::Handle;
 use tokio_postgres::Transaction;
@@ -651,6 +651,124 @@ impl crate::store::registry_tx::RegistryTx for PgTx<'_> {
             pid,
             &encode(a)?,
         )
+    }
+
+    fn institution(&mut self, code: InstitutionCode) -> Result<Option<InstitutionRecord>> {
+        self.one(
+            "SELECT record FROM institutions WHERE code = $1",
+            code.as_u64(),
+        )
+    }
+
+    fn put_institution(&mut self, code: InstitutionCode, r: &InstitutionRecord) -> Result<()> {
+        self.now(
+            "INSERT INTO institutions (code, record) VALUES ($1, $2)
+             ON CONFLICT (code) DO UPDATE SET record = excluded.record",
+            code.as_u64(),
+            &encode(r)?,
+        )
+    }
+
+    fn put_institution_key(&mut self, key: [u8; 32], code: InstitutionCode) -> Result<()> {
+        self.rt
+            .block_on(self.tx.execute(
+                "INSERT INTO institution_keys (public_key, code) VALUES ($1, $2)
+                 ON CONFLICT (public_key) DO UPDATE SET code = excluded.code",
+                &[&key.as_slice(), &sql(code.as_u64())?],
+            ))
+            .map_err(db)?;
+        Ok(())
+    }
+
+    fn forget_institution_key(&mut self, key: &[u8; 32]) -> Result<()> {
+        self.rt
+            .block_on(self.tx.execute(
+                "DELETE FROM institution_keys WHERE public_key = $1",
+                &[&key.as_slice()],
+            ))
+            .map_err(db)?;
+        Ok(())
+    }
+
+    fn consents_of(&mut self, pid: u64) -> Result<Vec<ConsentRecord>> {
+        let n = sql(pid)?;
+        let rows = self
+            .rt
+            .block_on(self.tx.query(
+                "SELECT record FROM consents WHERE pid = $1 ORDER BY seq",
+                &[&n],
+            ))
+            .map_err(db)?;
+        let mut out = rows
+            .iter()
+            .map(|r| decode(r.get::<_, &[u8]>(0)))
+            .collect::<Result<Vec<ConsentRecord>>>()?;
+        // Decisions recorded earlier in this transaction come after every stored one.
+        for (p, _, record) in &self.out.consents {
+            if *p == n {
+                out.push(decode(record)?);
+            }
+        }
+        Ok(out)
+    }
+
+    fn grant(&mut self, id: &[u8; 16]) -> Result<Option<GrantRecord>> {
+        let row = self
+            .rt
+            .block_on(self.tx.query_opt(
+                "SELECT record FROM grants WHERE grant_id = $1",
+                &[&id.as_slice()],
+            ))
+            .map_err(db)?;
+        row.map(|r| decode(r.get::<_, &[u8]>(0))).transpose()
+    }
+
+    fn put_grant(&mut self, g: &GrantRecord) -> Result<()> {
+        self.rt
+            .block_on(self.tx.execute(
+                "INSERT INTO grants (grant_id, medical_id, record) VALUES ($1, $2, $3)
+                 ON CONFLICT (grant_id) DO UPDATE SET record = excluded.record",
+                &[
+                    &g.grant.id.as_slice(),
+                    &sql(g.grant.medical_id.as_u64())?,
+                    &encode(g)?,
+                ],
+            ))
+            .map_err(db)?;
+        Ok(())
+    }
+
+    fn notification_leaf(&mut self, id: &[u8; 16]) -> Result<Option<u64>> {
+        let row = self
+            .rt
+            .block_on(self.tx.query_opt(
+                "SELECT leaf FROM notification_ids WHERE id = $1",
+                &[&id.as_slice()],
+            ))
+            .map_err(db)?;
+        Ok(row.map(|r| unsql(r.get(0))).transpose()?)
+    }
+
+    fn put_notification_leaf(&mut self, id: [u8; 16], leaf: u64) -> Result<()> {
+        self.rt
+            .block_on(self.tx.execute(
+                "INSERT INTO notification_ids (id, leaf) VALUES ($1, $2)",
+                &[&id.as_slice(), &sql(leaf)?],
+            ))
+            .map_err(db)?;
+        Ok(())
+    }
+
+    fn close_grant(&mut self, id: [u8; 16], closed: &[u8]) -> Result<bool> {
+        let inserted = self
+            .rt
+            .block_on(self.tx.execute(
+                "INSERT INTO closed_grants (grant_id, record) VALUES ($1, $2)
+                 ON CONFLICT (grant_id) DO NOTHING",
+                &[&id.as_slice(), &closed],
+            ))
+            .map_err(db)?;
+        Ok(inserted == 1)
     }
 
     fn deaths_after(&mut self, after: Option<(i64, u64)>, n: usize) -> Result<Vec<(i64, u64)>> {

@@ -1,12 +1,16 @@
 //! Answers to directory requests from members. Every request is authorised first: the
 //! peer's TLS-authenticated key must belong to an active membership.
 
-use crate::store::{InstitutionRecord, Store};
+use crate::store::{InstitutionRecord, Serving};
 use iryo_proto::federation::{Membership, Time};
 use iryo_proto::wire::{DirectoryRequest, DirectoryResponse, Refusal, RefusalReason};
 
 /// The member behind an authenticated key, or why there is none.
-pub fn authorise(store: &Store, key: Option<[u8; 32]>, now: Time) -> Result<Membership, Refusal> {
+pub fn authorise(
+    store: &dyn Serving,
+    key: Option<[u8; 32]>,
+    now: Time,
+) -> Result<Membership, Refusal> {
     let key =
         key.ok_or_else(|| Refusal::new(RefusalReason::NotMember, "the peer's key is not Ed25519"))?;
     let record: Option<InstitutionRecord> = store
@@ -54,7 +58,7 @@ fn internal(e: impl std::fmt::Display) -> DirectoryResponse {
 }
 
 /// Every request but checks, grants and notifications, which go through group commit.
-pub fn handle(store: &Store, request: DirectoryRequest, now: Time) -> DirectoryResponse {
+pub fn handle(store: &dyn Serving, request: DirectoryRequest, now: Time) -> DirectoryResponse {
     match request {
         DirectoryRequest::Resolve { code } => match store.institution(code) {
             Ok(Some(r)) => match r.active(now) {

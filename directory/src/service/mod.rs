@@ -8,7 +8,7 @@ pub mod handler;
 pub use crate::store::{CommitError, GroupCommitter};
 
 use crate::registry::now;
-use crate::store::{GrantQuery, Store};
+use crate::store::{GrantQuery, Serving};
 use ed25519_dalek::SigningKey;
 use futures::StreamExt;
 use iryo_proto::wire::{
@@ -30,9 +30,6 @@ pub enum ServiceError {
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
 }
-
-/// How often the folder looks for log entries to build the per-person indexes from.
-const FOLD_EVERY: Duration = Duration::from_millis(500);
 
 /// A node's connection with no open stream is closed after this long.
 const IDLE_CONNECTION: Duration = Duration::from_secs(120);
@@ -63,7 +60,7 @@ impl Running {
 
 /// Starts serving on `listen`; returns once the listen addresses are known.
 pub async fn start(
-    store: Arc<Store>,
+    store: Arc<dyn Serving>,
     agency: SigningKey,
     identity_secret: [u8; 32],
     listen: Multiaddr,
@@ -81,7 +78,7 @@ pub async fn start(
         .accept(StreamProtocol::new(DIRECTORY_PROTOCOL))
         .map_err(|e| iryo_p2p::P2pError::Transport(e.to_string()))?;
     let (stop, stopped) = oneshot::channel();
-    let writers = store.start_writers(agency, max_group, FOLD_EVERY)?;
+    let writers = store.clone().start_writers(agency, max_group)?;
     let done = tokio::spawn(serve(swarm, sessions, store, writers, stopped));
     Ok(Running {
         peer_id,
@@ -94,7 +91,7 @@ pub async fn start(
 async fn serve(
     mut swarm: Swarm<libp2p_stream::Behaviour>,
     mut sessions: libp2p_stream::IncomingStreams,
-    store: Arc<Store>,
+    store: Arc<dyn Serving>,
     writers: crate::store::Writers,
     mut stopped: oneshot::Receiver<()>,
 ) {
@@ -238,13 +235,13 @@ impl Drop for Stranger {
 }
 
 /// Whether the peer's key holds a valid membership now.
-async fn is_member(store: &Arc<Store>, key: Option<[u8; 32]>) -> bool {
+async fn is_member(store: &Arc<dyn Serving>, key: Option<[u8; 32]>) -> bool {
     let t = now();
     if let Some(record) = key.and_then(|k| store.cached_member(&k)) {
         return handler::admit(&record, t).is_ok();
     }
     let store = store.clone();
-    tokio::task::spawn_blocking(move || handler::authorise(&store, key, t).is_ok())
+    tokio::task::spawn_blocking(move || handler::authorise(&*store, key, t).is_ok())
         .await
         .unwrap_or(false)
 }
@@ -257,7 +254,7 @@ fn bad_request(detail: String) -> DirectoryResponse {
 }
 
 async fn answer(
-    store: Arc<Store>,
+    store: Arc<dyn Serving>,
     committer: GroupCommitter,
     (peer, key): (PeerId, Option<[u8; 32]>),
     request: DirectoryRequest,
@@ -269,7 +266,7 @@ async fn answer(
     let cached = key.and_then(|k| store.cached_member(&k));
     let admitted = match cached {
         Some(record) => Ok(handler::admit(&record, t)),
-        None => tokio::task::spawn_blocking(move || handler::authorise(&auth_store, key, t)).await,
+        None => tokio::task::spawn_blocking(move || handler::authorise(&*auth_store, key, t)).await,
     };
     let member = match admitted {
         Ok(Ok(m)) => m,
@@ -381,7 +378,7 @@ async fn answer(
                 Err(e) => internal(e),
             }
         }
-        other => tokio::task::spawn_blocking(move || handler::handle(&store, other, t))
+        other => tokio::task::spawn_blocking(move || handler::handle(&*store, other, t))
             .await
             .unwrap_or_else(internal),
     }

@@ -126,6 +126,23 @@ impl<'t> Tables<'t> {
 
 pub use crate::log_check::AuditReport;
 
+/// Every medical ID a person has held, under which the log names them.
+pub(crate) fn ids_held(person: &crate::registry::Person) -> Vec<MedicalId> {
+    let mut ids: Vec<MedicalId> = person
+        .history
+        .iter()
+        .filter_map(|e| match e {
+            crate::registry::Event::Issued { id, .. } => Some(*id),
+            crate::registry::Event::IdChanged { new, .. } => Some(*new),
+            _ => None,
+        })
+        .collect();
+    if !ids.contains(&person.medical_id) {
+        ids.push(person.medical_id);
+    }
+    ids
+}
+
 impl Store {
     pub fn audit_size(&self) -> Result<u64> {
         let tx = self.db.begin_read()?;
@@ -299,19 +316,7 @@ impl Store {
         &self,
         person: &crate::registry::Person,
     ) -> Result<Vec<(u64, LogEntry)>> {
-        let mut ids: Vec<MedicalId> = person
-            .history
-            .iter()
-            .filter_map(|e| match e {
-                crate::registry::Event::Issued { id, .. } => Some(*id),
-                crate::registry::Event::IdChanged { new, .. } => Some(*new),
-                _ => None,
-            })
-            .collect();
-        if !ids.contains(&person.medical_id) {
-            ids.push(person.medical_id);
-        }
-        self.audit_for_patient(&ids)
+        self.audit_for_patient(&ids_held(person))
     }
 
     /// Checks that entry `index` is in the log the agency signed: the latest head's

@@ -214,6 +214,19 @@ impl Store {
     }
 }
 
+/// Decides a check inside a write and records it: for a backend that reads and writes
+/// in one transaction.
+pub(crate) fn decide_and_record(
+    t: &mut (impl RegistryTx + Lookup + ?Sized),
+    req: &CheckRequest,
+    retention: u32,
+    visit_days: u32,
+    at: Timestamp,
+) -> Result<CheckAnswer> {
+    let resolved = answer(find(t, &req.key)?, req, retention);
+    record(t, req, resolved, visit_days, at)
+}
+
 /// Records a decided check: its service use, and a mismatch when the presented ID is
 /// not the registered one.
 pub(crate) fn record(

@@ -93,10 +93,11 @@ pub struct GroupCommitter {
 /// jobs not yet taken are answered `CommitError::Stopped`, the threads are joined, the
 /// intake files are drained into the logs and the last entries get a signed head.
 pub struct Writers {
-    store: Arc<Store>,
     committer: GroupCommitter,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
+    /// What the backend does once its threads are joined.
+    finish: Option<Box<dyn FnOnce() + Send>>,
 }
 
 /// How often the head signer looks for entries a burst left without a signed head.
@@ -148,8 +149,8 @@ impl Store {
             }));
         }
         let threads = spawned.into_iter().flatten().collect();
+        let store = self.clone();
         Ok(Writers {
-            store: self.clone(),
             committer: GroupCommitter {
                 tx,
                 intake,
@@ -157,7 +158,63 @@ impl Store {
             },
             stop,
             threads,
+            // What the last checks left in the intake files, and the last entries'
+            // head, before the store is left alone.
+            finish: Some(Box::new(move || {
+                match store.drain_intake() {
+                    Ok(_) => {
+                        if let Err(e) = store.mark_intake_in_use(false) {
+                            tracing::error!(error = %e, "recording that the intake files are drained failed");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "moving checks from the intake files failed");
+                    }
+                }
+                if let Err(e) = store.sign_pending_head() {
+                    tracing::error!(error = %e, "signing the audit log's head failed");
+                }
+            })),
         })
+    }
+}
+
+impl Writers {
+    /// One group-commit thread that hands each group to `commit`, for a backend whose
+    /// every job takes the same path (no intake files, no folding).
+    pub(crate) fn single(
+        agency: SigningKey,
+        max_group: usize,
+        commit: impl Fn(&[Job]) -> Result<Vec<Outcome>, StoreError> + Send + 'static,
+    ) -> Self {
+        let max = max_group.max(1);
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = mpsc::channel::<(Job, Reply)>();
+        let threads = {
+            let stop = stop.clone();
+            thread("group-commit", move || {
+                while !stop.load(Ordering::Acquire) {
+                    match rx.recv_timeout(MOVE_EVERY) {
+                        Ok(first) => {
+                            let (jobs, replies) = gather(first, &rx, max);
+                            answer(replies, commit(&jobs), jobs.len());
+                        }
+                        Err(mpsc::RecvTimeoutError::Timeout) => {}
+                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+            })
+        };
+        Writers {
+            committer: GroupCommitter {
+                intake: tx.clone(),
+                tx,
+                agency: Arc::new(agency),
+            },
+            stop,
+            threads: threads.into_iter().collect(),
+            finish: None,
+        }
     }
 }
 
@@ -191,18 +248,8 @@ impl Drop for Writers {
                 tracing::error!("a store thread panicked");
             }
         }
-        // What the last checks left in the intake files, and the last entries' head,
-        // before the store is left alone.
-        match self.store.drain_intake() {
-            Ok(_) => {
-                if let Err(e) = self.store.mark_intake_in_use(false) {
-                    tracing::error!(error = %e, "recording that the intake files are drained failed");
-                }
-            }
-            Err(e) => tracing::error!(error = %e, "moving checks from the intake files failed"),
-        }
-        if let Err(e) = self.store.sign_pending_head() {
-            tracing::error!(error = %e, "signing the audit log's head failed");
+        if let Some(finish) = self.finish.take() {
+            finish();
         }
     }
 }

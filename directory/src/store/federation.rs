@@ -1,6 +1,7 @@
 //! The federation's state: institutions and their memberships, patients' consent,
 //! grants issued, and notifications received (proposal §4-2, 4-3).
 
+use super::registry_tx::RegistryTx;
 use super::tables::*;
 use super::{decode, encode, Result, Store, StoreError};
 use crate::access::{consent_allows, decide_grant, ConsentRecord, GrantAsk};
@@ -152,38 +153,83 @@ pub fn verify_notifications(
 
 /// The writer's half: logs each notification not logged before, pairs it with its
 /// grant, and returns the ids the sender may drop from its outbox.
-pub(super) fn append_notifications(
-    t: &mut Tables<'_>,
+pub(crate) fn append_notifications(
+    t: &mut (impl RegistryTx + ?Sized),
     from: InstitutionCode,
     valid: &[(Signed<Notification>, Notification)],
 ) -> Result<Vec<[u8; 16]>> {
     let mut acknowledged = Vec::with_capacity(valid.len());
     for (signed, n) in valid {
-        if t.notification_ids.open()?.get(n.id)?.is_none() {
+        if t.notification_leaf(&n.id)?.is_none() {
             let leaf = t.audit_append(&LogEntry::Notification {
                 from,
                 notification: signed.clone(),
             })?;
-            t.notification_ids.open_mut()?.insert(n.id, leaf)?;
-            let record = t
-                .grants
-                .open()?
-                .get(n.grant_id)?
-                .map(|v| decode::<GrantRecord>(v.value()))
-                .transpose()?;
-            if let Some(mut g) = record {
+            t.put_notification_leaf(n.id, leaf)?;
+            if let Some(mut g) = t.grant(&n.grant_id)? {
                 match n.side {
                     Side::Disclosed => g.disclosed = Some((leaf, n.at)),
                     Side::Received => g.received = Some((leaf, n.at)),
                 }
-                t.grants
-                    .open_mut()?
-                    .insert(n.grant_id, encode(&g)?.as_slice())?;
+                t.put_grant(&g)?;
             }
         }
         acknowledged.push(n.id);
     }
     Ok(acknowledged)
+}
+
+/// Logs verified refusal reports not logged before; the ids the sender may drop.
+pub(crate) fn append_refusals(
+    t: &mut (impl RegistryTx + ?Sized),
+    from: InstitutionCode,
+    valid: &[(
+        Signed<iryo_proto::federation::RefusalReport>,
+        iryo_proto::federation::RefusalReport,
+    )],
+) -> Result<Vec<[u8; 16]>> {
+    let mut ids = Vec::with_capacity(valid.len());
+    for (signed, r) in valid {
+        if t.notification_leaf(&r.id)?.is_none() {
+            let leaf = t.audit_append(&LogEntry::AccessRefused {
+                from,
+                report: signed.clone(),
+            })?;
+            t.put_notification_leaf(r.id, leaf)?;
+        }
+        ids.push(r.id);
+    }
+    Ok(ids)
+}
+
+/// Checks a node's refusal reports: signed by its member key, naming it as the source.
+pub(crate) type CheckedReports = (
+    Vec<(
+        Signed<iryo_proto::federation::RefusalReport>,
+        iryo_proto::federation::RefusalReport,
+    )>,
+    Vec<([u8; 16], String)>,
+);
+
+pub(crate) fn verify_refusals(
+    member: &Membership,
+    reports: &[Signed<iryo_proto::federation::RefusalReport>],
+) -> Result<CheckedReports> {
+    let key = ed25519_dalek::VerifyingKey::from_bytes(&member.public_key)
+        .map_err(|e| StoreError::Inconsistent(format!("a member's key: {e}")))?;
+    let mut valid = Vec::new();
+    let mut refused = Vec::new();
+    for signed in reports {
+        match signed.verify(&key) {
+            Ok(r) if r.source == member.code => valid.push((signed.clone(), r)),
+            Ok(r) => refused.push((r.id, format!("reports for {}, not its sender", r.source))),
+            Err(e) => {
+                let id = signed.open_unverified().map_or([0; 16], |r| r.id);
+                refused.push((id, e.to_string()));
+            }
+        }
+    }
+    Ok((valid, refused))
 }
 
 /// The ids of refusal reports logged (now or before), and those refused with why.
@@ -199,34 +245,8 @@ impl Store {
         member: &Membership,
         reports: &[Signed<iryo_proto::federation::RefusalReport>],
     ) -> Result<ReportsTaken> {
-        let key = ed25519_dalek::VerifyingKey::from_bytes(&member.public_key)
-            .map_err(|e| StoreError::Inconsistent(format!("a member's key: {e}")))?;
-        let mut valid = Vec::new();
-        let mut refused = Vec::new();
-        for signed in reports {
-            match signed.verify(&key) {
-                Ok(r) if r.source == member.code => valid.push((signed.clone(), r)),
-                Ok(r) => refused.push((r.id, format!("reports for {}, not its sender", r.source))),
-                Err(e) => {
-                    let id = signed.open_unverified().map_or([0; 16], |r| r.id);
-                    refused.push((id, e.to_string()));
-                }
-            }
-        }
-        let ids = self.write(|t| {
-            let mut ids = Vec::with_capacity(valid.len());
-            for (signed, r) in &valid {
-                if t.notification_ids.open()?.get(r.id)?.is_none() {
-                    let leaf = t.audit_append(&LogEntry::AccessRefused {
-                        from: member.code,
-                        report: signed.clone(),
-                    })?;
-                    t.notification_ids.open_mut()?.insert(r.id, leaf)?;
-                }
-                ids.push(r.id);
-            }
-            Ok(ids)
-        })?;
+        let (valid, refused) = verify_refusals(member, reports)?;
+        let ids = self.write(|t| append_refusals(t, member.code, &valid))?;
         Ok((ids, refused))
     }
 }
@@ -252,37 +272,16 @@ pub struct NotifyOutcome {
     pub refused: Vec<([u8; 16], String)>,
 }
 
-fn person_of(t: &Tables<'_>, id: MedicalId) -> Result<Option<Person>> {
+fn person_of(t: &mut (impl RegistryTx + ?Sized), id: MedicalId) -> Result<Option<Person>> {
     match t.id_entry(id)? {
         Some(e) => Ok(Some(t.person(e.pid)?)),
         None => Ok(None),
     }
 }
 
-impl Tables<'_> {
-    pub(super) fn institution(&self, code: InstitutionCode) -> Result<Option<InstitutionRecord>> {
-        match self.institutions.open()?.get(code.as_u64())? {
-            Some(v) => Ok(Some(decode(v.value())?)),
-            None => Ok(None),
-        }
-    }
-
-    pub(super) fn consents_of(&self, pid: u64) -> Result<Vec<ConsentRecord>> {
-        let mut out = Vec::new();
-        for item in self.consents.open()?.range((pid, 0)..=(pid, u64::MAX))? {
-            out.push(decode(item?.1.value())?);
-        }
-        Ok(out)
-    }
-
-    pub(super) fn add_consent_for(&mut self, pid: u64, r: &ConsentRecord) -> Result<()> {
-        add_consent_for(self, pid, r)
-    }
-}
-
 /// Records one of a person's consent decisions, after every earlier one.
-pub(super) fn add_consent_for(
-    t: &mut (impl super::registry_tx::RegistryTx + ?Sized),
+pub(crate) fn add_consent_for(
+    t: &mut (impl RegistryTx + ?Sized),
     pid: u64,
     r: &ConsentRecord,
 ) -> Result<()> {
@@ -302,49 +301,10 @@ impl Store {
         now: Time,
         operator: &str,
     ) -> Result<Membership> {
-        let reg = request
-            .verify_any()
-            .map_err(|e| StoreError::BadRegistration(e.to_string()))?;
-        if reg.public_key != request.signer {
-            return Err(StoreError::BadRegistration(
-                "it is not signed by the key it registers".into(),
-            ));
-        }
+        let reg = registration(request)?;
         self.forget_members();
-        let out = self.write(|t| {
-            if let Some(old) = t.institution(reg.code)? {
-                t.institution_keys
-                    .open_mut()?
-                    .remove(old.membership()?.public_key)?;
-            }
-            let membership = Membership {
-                code: reg.code,
-                name: reg.name.clone(),
-                kind: reg.code.kind(),
-                public_key: reg.public_key,
-                addresses: reg.addresses.clone(),
-                roles,
-                serial: t.next(MEMBERSHIP_SERIAL)?,
-                not_before: now,
-                not_after: now + i64::from(valid_days) * 86_400,
-            };
-            let record = InstitutionRecord {
-                membership: Signed::sign(&membership, agency),
-                revoked_at: None,
-            };
-            t.institutions
-                .open_mut()?
-                .insert(reg.code.as_u64(), encode(&record)?.as_slice())?;
-            t.institution_keys
-                .open_mut()?
-                .insert(reg.public_key, reg.code.as_u64())?;
-            t.audit_append(&LogEntry::Operator {
-                operator: operator.into(),
-                action: format!("institution {} ({}) registered", reg.code, reg.name),
-                at: now,
-            })?;
-            Ok(membership)
-        });
+        let out =
+            self.write(|t| add_institution(t, &reg, roles, valid_days, agency, now, operator));
         self.forget_members();
         out
     }
@@ -355,23 +315,7 @@ impl Store {
         now: Time,
         operator: &str,
     ) -> Result<()> {
-        let out = self.write(|t| {
-            let mut r = t
-                .institution(code)?
-                .ok_or(StoreError::UnknownInstitution(code))?;
-            if r.revoked_at.is_none() {
-                r.revoked_at = Some(now);
-                t.institutions
-                    .open_mut()?
-                    .insert(code.as_u64(), encode(&r)?.as_slice())?;
-                t.audit_append(&LogEntry::Operator {
-                    operator: operator.into(),
-                    action: format!("institution {code} revoked"),
-                    at: now,
-                })?;
-            }
-            Ok(())
-        });
+        let out = self.write(|t| revoke_institution(t, code, now, operator));
         self.forget_members();
         out
     }
@@ -438,26 +382,7 @@ impl Store {
 
     /// Records a consent decision for the patient holding `id`.
     pub fn add_consent(&self, id: MedicalId, record: &ConsentRecord) -> Result<()> {
-        self.write(|t| {
-            let p = person_of(t, id)?.ok_or(StoreError::UnknownMedicalId(id))?;
-            t.add_consent_for(p.pid, record)?;
-            if let crate::access::ConsentOrigin::Operator(op) = &record.origin {
-                t.audit_append(&LogEntry::Operator {
-                    operator: op.clone(),
-                    action: format!(
-                        "consent {} for {} ({}) of {}",
-                        if record.allow { "granted" } else { "revoked" },
-                        record
-                            .institution
-                            .map_or("all institutions".into(), |c| c.to_string()),
-                        record.purpose.map_or("all purposes", |p| p.as_str()),
-                        id
-                    ),
-                    at: record.at,
-                })?;
-            }
-            Ok(())
-        })
+        self.write(|t| add_consent(t, id, record))
     }
 
     pub fn consents(&self, id: MedicalId) -> Result<Vec<ConsentRecord>> {
@@ -510,10 +435,7 @@ impl Store {
         let mut out = Vec::new();
         for item in tx.open_table(GRANTS)?.iter()? {
             let g: GrantRecord = decode(item?.1.value())?;
-            let one_sided = match (g.disclosed, g.received) {
-                (Some((_, at)), None) | (None, Some((_, at))) => now - at > window,
-                _ => false,
-            };
+            let one_sided = one_sided(&g, now, window);
             let is_closed = match &closed {
                 Some(t) => t.get(g.grant.id)?.is_some(),
                 None => false,
@@ -535,54 +457,168 @@ impl Store {
         by: &str,
         at: Time,
     ) -> Result<GrantRecord> {
-        if reason.trim().is_empty() {
-            return Err(StoreError::ReasonRequired("closing an unmatched grant"));
-        }
-        let hex = iryo_proto::merkle::to_hex(&grant_id);
-        self.write(|t| {
-            let g: GrantRecord = match t.grants.open()?.get(grant_id)? {
-                Some(v) => decode(v.value())?,
-                None => return Err(StoreError::NoGrant(hex.clone())),
-            };
-            if !matches!((g.disclosed, g.received), (Some(_), None) | (None, Some(_))) {
-                return Err(StoreError::Inconsistent(format!(
-                    "grant {hex} is not unmatched: {}",
-                    if g.disclosed.is_some() {
-                        "both ends reported it"
-                    } else {
-                        "neither end used it"
-                    }
-                )));
-            }
-            let closed = t.closed_grants.open_mut()?;
-            if closed.get(grant_id)?.is_some() {
-                return Err(StoreError::Inconsistent(format!(
-                    "grant {hex} is closed already"
-                )));
-            }
-            closed.insert(grant_id, encode(&(by, reason.trim(), at))?.as_slice())?;
-            t.audit_append(&LogEntry::Operator {
-                operator: by.into(),
-                action: format!(
-                    "closed unmatched grant {hex} ({} -> {}, medical ID {}, {}): {}",
-                    g.grant.source,
-                    g.grant.requester,
-                    g.grant.medical_id.grouped(),
-                    g.unmatched_side(),
-                    reason.trim()
-                ),
-                at,
-            })?;
-            Ok(g)
-        })
+        self.write(|t| close_unmatched(t, grant_id, reason, by, at))
     }
+}
+
+/// The rules of `Store::add_institution` once the request is verified, for either
+/// backend.
+pub(crate) fn add_institution(
+    t: &mut (impl RegistryTx + ?Sized),
+    reg: &Registration,
+    roles: Vec<Role>,
+    valid_days: u32,
+    agency: &SigningKey,
+    now: Time,
+    operator: &str,
+) -> Result<Membership> {
+    if let Some(old) = t.institution(reg.code)? {
+        t.forget_institution_key(&old.membership()?.public_key)?;
+    }
+    let membership = Membership {
+        code: reg.code,
+        name: reg.name.clone(),
+        kind: reg.code.kind(),
+        public_key: reg.public_key,
+        addresses: reg.addresses.clone(),
+        roles,
+        serial: t.next(MEMBERSHIP_SERIAL)?,
+        not_before: now,
+        not_after: now + i64::from(valid_days) * 86_400,
+    };
+    let record = InstitutionRecord {
+        membership: Signed::sign(&membership, agency),
+        revoked_at: None,
+    };
+    t.put_institution(reg.code, &record)?;
+    t.put_institution_key(reg.public_key, reg.code)?;
+    t.audit_append(&LogEntry::Operator {
+        operator: operator.into(),
+        action: format!("institution {} ({}) registered", reg.code, reg.name),
+        at: now,
+    })?;
+    Ok(membership)
+}
+
+/// Verifies a registration request: signed by the key it registers.
+pub(crate) fn registration(request: &Signed<Registration>) -> Result<Registration> {
+    let reg = request
+        .verify_any()
+        .map_err(|e| StoreError::BadRegistration(e.to_string()))?;
+    if reg.public_key != request.signer {
+        return Err(StoreError::BadRegistration(
+            "it is not signed by the key it registers".into(),
+        ));
+    }
+    Ok(reg)
+}
+
+/// The rules of `Store::revoke_institution`, for either backend.
+pub(crate) fn revoke_institution(
+    t: &mut (impl RegistryTx + ?Sized),
+    code: InstitutionCode,
+    now: Time,
+    operator: &str,
+) -> Result<()> {
+    let mut r = t
+        .institution(code)?
+        .ok_or(StoreError::UnknownInstitution(code))?;
+    if r.revoked_at.is_none() {
+        r.revoked_at = Some(now);
+        t.put_institution(code, &r)?;
+        t.audit_append(&LogEntry::Operator {
+            operator: operator.into(),
+            action: format!("institution {code} revoked"),
+            at: now,
+        })?;
+    }
+    Ok(())
+}
+
+/// The rules of `Store::add_consent`, for either backend.
+pub(crate) fn add_consent(
+    t: &mut (impl RegistryTx + ?Sized),
+    id: MedicalId,
+    record: &ConsentRecord,
+) -> Result<()> {
+    let p = person_of(t, id)?.ok_or(StoreError::UnknownMedicalId(id))?;
+    add_consent_for(t, p.pid, record)?;
+    if let crate::access::ConsentOrigin::Operator(op) = &record.origin {
+        t.audit_append(&LogEntry::Operator {
+            operator: op.clone(),
+            action: format!(
+                "consent {} for {} ({}) of {}",
+                if record.allow { "granted" } else { "revoked" },
+                record
+                    .institution
+                    .map_or("all institutions".into(), |c| c.to_string()),
+                record.purpose.map_or("all purposes", |p| p.as_str()),
+                id
+            ),
+            at: record.at,
+        })?;
+    }
+    Ok(())
+}
+
+/// Whether a grant is used by one end only, `window` seconds after that end reported.
+pub(crate) fn one_sided(g: &GrantRecord, now: Time, window: i64) -> bool {
+    match (g.disclosed, g.received) {
+        (Some((_, at)), None) | (None, Some((_, at))) => now - at > window,
+        _ => false,
+    }
+}
+
+/// The rules of `Store::close_unmatched`, for either backend.
+pub(crate) fn close_unmatched(
+    t: &mut (impl RegistryTx + ?Sized),
+    grant_id: [u8; 16],
+    reason: &str,
+    by: &str,
+    at: Time,
+) -> Result<GrantRecord> {
+    if reason.trim().is_empty() {
+        return Err(StoreError::ReasonRequired("closing an unmatched grant"));
+    }
+    let hex = iryo_proto::merkle::to_hex(&grant_id);
+    let g = t
+        .grant(&grant_id)?
+        .ok_or_else(|| StoreError::NoGrant(hex.clone()))?;
+    if !matches!((g.disclosed, g.received), (Some(_), None) | (None, Some(_))) {
+        return Err(StoreError::Inconsistent(format!(
+            "grant {hex} is not unmatched: {}",
+            if g.disclosed.is_some() {
+                "both ends reported it"
+            } else {
+                "neither end used it"
+            }
+        )));
+    }
+    if !t.close_grant(grant_id, &encode(&(by, reason.trim(), at))?)? {
+        return Err(StoreError::Inconsistent(format!(
+            "grant {hex} is closed already"
+        )));
+    }
+    t.audit_append(&LogEntry::Operator {
+        operator: by.into(),
+        action: format!(
+            "closed unmatched grant {hex} ({} -> {}, medical ID {}, {}): {}",
+            g.grant.source,
+            g.grant.requester,
+            g.grant.medical_id.grouped(),
+            g.unmatched_side(),
+            reason.trim()
+        ),
+        at,
+    })?;
+    Ok(g)
 }
 
 /// Decides a grant inside a write, logs the decision, and signs the grant when given.
 /// `rules` are the retention years, the default consent policy and the seconds a grant
 /// lasts (capped at `MAX_GRANT_SECONDS`).
-pub(super) fn grant_in(
-    t: &mut Tables<'_>,
+pub(crate) fn grant_in(
+    t: &mut (impl RegistryTx + ?Sized),
     requester: &Membership,
     query: &GrantQuery,
     now: Time,
@@ -691,9 +727,7 @@ pub(super) fn grant_in(
                 disclosed: None,
                 received: None,
             };
-            t.grants
-                .open_mut()?
-                .insert(id, encode(&record)?.as_slice())?;
+            t.put_grant(&record)?;
             if let Some(scope) = scope {
                 super::idempotency::keep(
                     t,

@@ -11,7 +11,8 @@ use crate::issuance::Issuer;
 use crate::registry::{
     Card, Conflict, EnrollmentRow, IdEntry, IdStatus, Mismatch, Notice, Person, ServiceUse,
 };
-use iryo_proto::{MedicalId, MyNumber};
+use crate::store::{GrantRecord, InstitutionRecord};
+use iryo_proto::{InstitutionCode, MedicalId, MyNumber};
 
 pub(crate) trait RegistryTx {
     /// The person a My Number (current, or replaced and kept as an alias) names.
@@ -77,6 +78,22 @@ pub(crate) trait RegistryTx {
     /// A person's My Portal account, if one was made.
     fn account(&mut self, pid: u64) -> Result<Option<crate::store::Account>>;
     fn put_account(&mut self, pid: u64, a: &crate::store::Account) -> Result<()>;
+    /// An institution's record by its code.
+    fn institution(&mut self, code: InstitutionCode) -> Result<Option<InstitutionRecord>>;
+    fn put_institution(&mut self, code: InstitutionCode, r: &InstitutionRecord) -> Result<()>;
+    /// Records which institution a node key speaks for.
+    fn put_institution_key(&mut self, key: [u8; 32], code: InstitutionCode) -> Result<()>;
+    fn forget_institution_key(&mut self, key: &[u8; 32]) -> Result<()>;
+    /// A person's consent decisions, in the order they were made.
+    fn consents_of(&mut self, pid: u64) -> Result<Vec<ConsentRecord>>;
+    fn grant(&mut self, id: &[u8; 16]) -> Result<Option<GrantRecord>>;
+    fn put_grant(&mut self, g: &GrantRecord) -> Result<()>;
+    /// The audit log index a notification or refusal report was logged at, if it was.
+    fn notification_leaf(&mut self, id: &[u8; 16]) -> Result<Option<u64>>;
+    fn put_notification_leaf(&mut self, id: [u8; 16], leaf: u64) -> Result<()>;
+    /// Closes an unmatched grant with who, why and when (encoded); false if it was
+    /// closed already, and then nothing changes.
+    fn close_grant(&mut self, id: [u8; 16], closed: &[u8]) -> Result<bool>;
 
     /// Reads ahead what applying `rows` will look up, where a round trip per lookup
     /// would cost more than one read of them all (PostgreSQL); `candidates` are the

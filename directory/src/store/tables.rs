@@ -509,6 +509,85 @@ impl super::registry_tx::RegistryTx for Tables<'_> {
         Ok(())
     }
 
+    fn institution(
+        &mut self,
+        code: iryo_proto::InstitutionCode,
+    ) -> Result<Option<crate::store::InstitutionRecord>> {
+        self.institutions
+            .open()?
+            .get(code.as_u64())?
+            .map(|v| decode(v.value()))
+            .transpose()
+    }
+
+    fn put_institution(
+        &mut self,
+        code: iryo_proto::InstitutionCode,
+        r: &crate::store::InstitutionRecord,
+    ) -> Result<()> {
+        self.institutions
+            .open_mut()?
+            .insert(code.as_u64(), encode(r)?.as_slice())?;
+        Ok(())
+    }
+
+    fn put_institution_key(
+        &mut self,
+        key: [u8; 32],
+        code: iryo_proto::InstitutionCode,
+    ) -> Result<()> {
+        self.institution_keys
+            .open_mut()?
+            .insert(key, code.as_u64())?;
+        Ok(())
+    }
+
+    fn forget_institution_key(&mut self, key: &[u8; 32]) -> Result<()> {
+        self.institution_keys.open_mut()?.remove(*key)?;
+        Ok(())
+    }
+
+    fn consents_of(&mut self, pid: u64) -> Result<Vec<crate::access::ConsentRecord>> {
+        let mut out = Vec::new();
+        for item in self.consents.open()?.range((pid, 0)..=(pid, u64::MAX))? {
+            out.push(decode(item?.1.value())?);
+        }
+        Ok(out)
+    }
+
+    fn grant(&mut self, id: &[u8; 16]) -> Result<Option<crate::store::GrantRecord>> {
+        self.grants
+            .open()?
+            .get(*id)?
+            .map(|v| decode(v.value()))
+            .transpose()
+    }
+
+    fn put_grant(&mut self, g: &crate::store::GrantRecord) -> Result<()> {
+        self.grants
+            .open_mut()?
+            .insert(g.grant.id, encode(g)?.as_slice())?;
+        Ok(())
+    }
+
+    fn notification_leaf(&mut self, id: &[u8; 16]) -> Result<Option<u64>> {
+        Ok(self.notification_ids.open()?.get(*id)?.map(|g| g.value()))
+    }
+
+    fn put_notification_leaf(&mut self, id: [u8; 16], leaf: u64) -> Result<()> {
+        self.notification_ids.open_mut()?.insert(id, leaf)?;
+        Ok(())
+    }
+
+    fn close_grant(&mut self, id: [u8; 16], closed: &[u8]) -> Result<bool> {
+        let table = self.closed_grants.open_mut()?;
+        if table.get(id)?.is_some() {
+            return Ok(false);
+        }
+        table.insert(id, closed)?;
+        Ok(true)
+    }
+
     fn deaths_after(&mut self, after: Option<(i64, u64)>, n: usize) -> Result<Vec<(i64, u64)>> {
         use std::ops::Bound;
         let from = after.map_or(Bound::Unbounded, Bound::Excluded);

@@ -1,0 +1,221 @@
+//! The federation on PostgreSQL, against the embedded store: memberships, consent,
+//! grants and their refusals, notifications (retried and forged), unmatched grants
+//! and their closing, and the audit log's heads, proofs and verification come out the
+//! same on both, by the same rules (`RegistryTx`).
+
+use ed25519_dalek::SigningKey;
+use iryo_directory::access::{ConsentOrigin, ConsentRecord};
+use iryo_directory::issuance::{Issuer, Method};
+use iryo_directory::postgres::{DatabaseUrl, PgStore};
+use iryo_directory::registry::Person;
+use iryo_directory::store::{GrantQuery, NotifyOutcome, Operations, Store, StoreError};
+use iryo_proto::federation::{Grant, Membership, Notification, Purpose, Registration, Role, Side};
+use iryo_proto::merkle;
+use iryo_proto::signed::Signed;
+use iryo_proto::wire::Refusal;
+use iryo_proto::{InstitutionCode, PointTableKind};
+use iryo_tests::pg::Cluster;
+use iryo_tests::stores::{enroll, sample};
+
+/// The exchange's operations the directory serves to nodes, as both stores offer them.
+trait Exchange: Operations {
+    fn grant(
+        &self,
+        requester: &Membership,
+        query: &GrantQuery,
+        agency: &SigningKey,
+        now: i64,
+    ) -> Result<Result<Signed<Grant>, Refusal>, StoreError>;
+    fn notify(
+        &self,
+        from: &Membership,
+        batch: &[Signed<Notification>],
+    ) -> Result<NotifyOutcome, StoreError>;
+}
+
+macro_rules! exchange {
+    ($t:ty) => {
+        impl Exchange for $t {
+            fn grant(
+                &self,
+                requester: &Membership,
+                query: &GrantQuery,
+                agency: &SigningKey,
+                now: i64,
+            ) -> Result<Result<Signed<Grant>, Refusal>, StoreError> {
+                self.request_grant(requester, query, agency, now)
+            }
+            fn notify(
+                &self,
+                from: &Membership,
+                batch: &[Signed<Notification>],
+            ) -> Result<NotifyOutcome, StoreError> {
+                self.accept_notifications(from, batch)
+            }
+        }
+    };
+}
+exchange!(Store);
+exchange!(PgStore);
+
+/// Registers institution `n` as source and requester; its node key and membership.
+fn register(s: &dyn Exchange, agency: &SigningKey, n: u32) -> (SigningKey, Membership) {
+    let key = SigningKey::from_bytes(&[n as u8 + 40; 32]);
+    let reg = Registration {
+        code: InstitutionCode::from_parts(13, PointTableKind::Medical, n).unwrap(),
+        name: format!("病院{n} <script>"),
+        public_key: key.verifying_key().to_bytes(),
+        addresses: vec![],
+        at: 0,
+    };
+    let m = s
+        .add_institution(
+            &Signed::sign(&reg, &key),
+            vec![Role::Source, Role::Requester],
+            365,
+            agency,
+            1_800_000_000,
+            "op",
+        )
+        .unwrap();
+    (key, m)
+}
+
+/// Memberships, consent, grants, notifications, unmatched grants and the audit log's
+/// proofs, on one store: what happened, in words that do not depend on the grant ids
+/// the store drew.
+fn exchange_on(s: &dyn Exchange, agency: &SigningKey, people: &[Person]) -> Vec<String> {
+    let mut seen = Vec::new();
+    let (_, a) = register(s, agency, 11);
+    let (b_key, b) = register(s, agency, 12);
+    let (_, c) = register(s, agency, 13);
+    seen.push(format!("{a:?} {b:?}"));
+    let now = 1_800_000_100;
+    let allowed = people[0].medical_id;
+    s.add_consent(
+        allowed,
+        &ConsentRecord {
+            institution: Some(a.code),
+            purpose: None,
+            allow: true,
+            expires_at: None,
+            at: now,
+            origin: ConsentOrigin::Operator("op".into()),
+        },
+    )
+    .unwrap();
+    seen.push(format!("{:?}", s.consents(allowed).unwrap()));
+    let ask = |medical_id, source| GrantQuery {
+        medical_id,
+        source,
+        purpose: Purpose::Treatment,
+        reason: None,
+        idempotency_key: None,
+    };
+    let granted = s.grant(&a, &ask(allowed, b.code), agency, now).unwrap();
+    let refused = s
+        .grant(&a, &ask(people[1].medical_id, b.code), agency, now)
+        .unwrap();
+    s.revoke_institution(c.code, now, "op").unwrap();
+    let revoked = s.grant(&a, &ask(allowed, c.code), agency, now).unwrap();
+    seen.push(format!(
+        "{:?} {:?}",
+        refused.as_ref().map(|_| ()),
+        revoked.as_ref().map(|_| ())
+    ));
+    let grant = granted.unwrap().open_unverified().unwrap();
+    seen.push(format!(
+        "{} {} {} {:?} {}",
+        grant.requester,
+        grant.source,
+        grant.medical_id,
+        grant.purpose,
+        grant.expires_at - grant.issued_at
+    ));
+    // The source reports it served the grant, twice (a retry), and an impostor's
+    // report is refused; the requester never reports.
+    let disclosed = Notification {
+        id: [9; 16],
+        side: Side::Disclosed,
+        grant_id: grant.id,
+        medical_id: allowed,
+        source: b.code,
+        requester: a.code,
+        purpose: Purpose::Treatment,
+        emergency: false,
+        record_count: 3,
+        resource_types: vec!["Observation".into()],
+        at: now + 5,
+    };
+    let signed = Signed::sign(&disclosed, &b_key);
+    let first = s.notify(&b, &[signed.clone(), signed.clone()]).unwrap();
+    let again = s.notify(&b, std::slice::from_ref(&signed)).unwrap();
+    let forged = s.notify(&a, std::slice::from_ref(&signed)).unwrap();
+    seen.push(format!("{first:?} {again:?} {}", forged.refused.len()));
+    let unmatched = s.unmatched(now + 100, 30).unwrap();
+    seen.push(format!("{} unmatched", unmatched.len()));
+    s.close_unmatched(grant.id, "the requester's node was lost", "op", now + 200)
+        .unwrap();
+    seen.push(format!(
+        "{} unmatched",
+        s.unmatched(now + 300, 30).unwrap().len()
+    ));
+    seen.push(format!("{} institutions", s.institutions().unwrap().len()));
+
+    // The audit log: the same size, every head and proof right.
+    let report = s.audit_verify(&agency.verifying_key()).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    let (head, size) = s.current_head().unwrap();
+    let head = head.verify(&agency.verifying_key()).unwrap();
+    assert_eq!(head.size, size);
+    for index in [0, size / 2, size - 1] {
+        let leaf = merkle::leaf_hash(&s.audit_entry(index).unwrap().canonical());
+        let proof = s.inclusion_proof(index, size).unwrap();
+        assert!(merkle::verify_inclusion(
+            &leaf, index, size, &proof, &head.root
+        ));
+    }
+    let old = size / 3;
+    let proof = s.consistency_proof(old, size).unwrap();
+    assert!(merkle::verify_consistency(
+        old,
+        size,
+        &s.audit_root(old).unwrap(),
+        &head.root,
+        &proof
+    ));
+    seen.push(format!(
+        "log of {size}; {} entries about the patient",
+        s.audit_for_person(&people[0]).unwrap().len()
+    ));
+    let verified = s.verify_records(&agency.verifying_key()).unwrap();
+    assert!(verified.problems.is_empty(), "{:?}", verified.problems);
+    seen
+}
+
+#[test]
+fn the_federation_on_postgres_works_as_on_redb() {
+    let pg = Cluster::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let files = sample(tmp.path(), 100);
+    let issuer = Issuer::fpe(&[3; 32]);
+    let agency = SigningKey::from_bytes(&[5; 32]);
+    let redb = Store::create(&tmp.path().join("directory.redb"), 16, Method::Fpe)
+        .unwrap()
+        .with_signer(agency.clone());
+    let postgres = PgStore::create(&DatabaseUrl::parse(&pg.url()).unwrap(), Method::Fpe)
+        .unwrap()
+        .with_signer(agency.clone());
+    enroll(&redb, &issuer, &files);
+    enroll(&postgres, &issuer, &files);
+    let people = redb.persons().unwrap();
+    let on_redb = exchange_on(&redb, &agency, &people);
+    let on_postgres = exchange_on(&postgres, &agency, &people);
+    assert_eq!(on_redb, on_postgres);
+    let key = SigningKey::from_bytes(&[52; 32]).verifying_key().to_bytes();
+    assert_eq!(
+        redb.institution_by_key(&key).unwrap(),
+        postgres.institution_by_key(&key).unwrap()
+    );
+    assert!(postgres.institution_by_key(&key).unwrap().is_some());
+}
