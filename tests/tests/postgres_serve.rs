@@ -97,3 +97,78 @@ fn two_serve_processes_answer_one_federation_from_one_database() {
     let verified = fed.operator(&["audit", "verify"]);
     assert!(verified.contains("audit log verified"), "{verified}");
 }
+
+/// A check at `node` that must be answered within a minute: a hang fails it.
+fn check_within_a_minute(node: &NodeProc, p: iryo_proto::MedicalId) -> (u16, serde_json::Value) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .into();
+    let resp = agent
+        .post(&format!("{}/eligibility", node.api))
+        .header("Authorization", &format!("Bearer {}", node.token))
+        .send_json(json!({ "medical_id": p.to_string() }))
+        .expect("an answer while the database is down, not a hang");
+    let status = resp.status().as_u16();
+    let body = resp
+        .into_body()
+        .read_json()
+        .unwrap_or(serde_json::Value::Null);
+    (status, body)
+}
+
+#[test]
+fn serve_rides_out_the_database_going_away() {
+    let mut pg = Cluster::start();
+    let mut fed = Federation::start_on_postgres(&pg.url(), 2, 1, 60);
+    let p = fed.patients[0];
+    // Node 1's outbox waits long enough between rounds to be caught holding its report.
+    fed.nodes[1].stop();
+    let mut cfg = NodeConfig::load(&fed.nodes[1].config_path()).expect("node.toml");
+    cfg.outbox.interval_ms = 4_000;
+    std::fs::write(fed.nodes[1].config_path(), cfg.commented()).expect("node.toml");
+    fed.nodes[1].start();
+    fed.consent(p, fed.nodes[0].code);
+    assert!(eligible(&fed.nodes[0], p));
+    let (stored, _) = fed.nodes[1].put_records(p, &sample_bundle(1, 10));
+    assert!(stored == 200 || stored == 201);
+
+    // A fetch, then the database goes away before the source's outbox reports it.
+    let (status, bundle) = fed.nodes[0].fetch(p, fed.nodes[1].code, "treatment", None);
+    assert_eq!(status, 200, "{bundle}");
+    pg.stop(true);
+
+    // Every request gets a clear answer, not a hang: the node says the directory could
+    // not answer, an operator's command names the database it cannot reach.
+    let refused = check_within_a_minute(&fed.nodes[0], p);
+    assert_eq!(refused.0, 502, "{}", refused.1);
+    let out = fed.registry.run(&["status"]);
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("PostgreSQL at postgresql://"), "{said}");
+    // The source's report of the exchange waits in its outbox.
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(
+        fed.nodes[1].outbox_pending() > 0,
+        "the report was lost or sent"
+    );
+
+    // The database comes back: serve answers again without a restart, and the report
+    // reaches the audit log.
+    pg.start_again();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !eligible(&fed.nodes[0], p) {
+        assert!(Instant::now() < deadline, "serve never reconnected");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(fed.nodes[1].drain_outbox(30), "the outbox never drained");
+    let entries = fed.audit_show(p);
+    let reports = entries
+        .iter()
+        .filter(|e| e[1].get("Notification").is_some())
+        .count();
+    assert!(reports >= 1, "{entries:?}");
+    let verified = fed.operator(&["audit", "verify"]);
+    assert!(verified.contains("audit log verified"), "{verified}");
+}

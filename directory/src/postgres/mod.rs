@@ -15,6 +15,9 @@ use thiserror::Error;
 /// How long a connection attempt waits when the URL sets no `connect_timeout`.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The longest one statement may run when the URL sets no `options`.
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
+
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum PgError {
@@ -78,6 +81,18 @@ impl DatabaseUrl {
                 })?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        // No statement waits for ever (a lock held by a stuck process, a server that
+        // stopped answering): a request fails with a clear error instead, and the
+        // connection is made again for the next.
+        if config.get_options().is_none() {
+            config.options(format!(
+                "-c statement_timeout={}",
+                STATEMENT_TIMEOUT.as_millis()
+            ));
+        }
+        if config.get_keepalives_idle() == Duration::from_secs(2 * 60 * 60) {
+            config.keepalives_idle(Duration::from_secs(30));
         }
         // libpq's own variable, so that a password need not be in the URL (or in `ps`).
         if config.get_password().is_none() {

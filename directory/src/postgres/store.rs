@@ -302,18 +302,28 @@ impl PgStore {
         &self.url
     }
 
-    fn client(&self) -> std::sync::MutexGuard<'_, Client> {
+    /// The connection, made again first if the old one was lost (the server
+    /// restarted, failed over, or the network dropped it): a process outlives its
+    /// database's outages without a restart. While the database cannot be reached,
+    /// each caller gets the connection's error after at most the connect timeout.
+    fn client(&self) -> Result<std::sync::MutexGuard<'_, Client>> {
         // A panic while holding the connection leaves it usable: every transaction
         // that was open is rolled back when its handle drops.
-        self.client
+        let mut client = self
+            .client
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if client.is_closed() {
+            *client = self.rt.block_on(self.url.connect())?;
+            tracing::info!(database = %self.url, "connected to the database again");
+        }
+        Ok(client)
     }
 
     /// Runs `f` in one transaction and commits it, with a signed head if it appended
     /// to the audit log.
     fn write<T>(&self, f: impl FnOnce(&mut PgTx<'_>) -> Result<T>) -> Result<T> {
-        let mut client = self.client();
+        let mut client = self.client()?;
         let handle = self.rt.handle();
         let tx = handle.block_on(client.transaction()).map_err(PgError::Db)?;
         let mut t = PgTx::new(handle, tx);
@@ -328,7 +338,7 @@ impl PgStore {
         &self,
         f: impl AsyncFnOnce(&Client) -> std::result::Result<T, PgError>,
     ) -> Result<T> {
-        let client = self.client();
+        let client = self.client()?;
         Ok(self.rt.block_on(f(&client))?)
     }
 
@@ -850,7 +860,7 @@ impl PgStore {
 
     /// `audit verify`: the same checks as on redb, on one snapshot of the log.
     pub fn audit_verify(&self, agency: &VerifyingKey) -> Result<AuditReport> {
-        let mut client = self.client();
+        let mut client = self.client()?;
         Ok(self.rt.block_on(audit::verify(&mut client, agency))?)
     }
 }
