@@ -195,7 +195,12 @@ pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
         Command::Sample(a) => tools::sample(a),
         Command::Demo(a) => tools::demo(a),
         Command::Bench(a) => {
-            bench::run(&a)?;
+            match &config.storage.url {
+                Some(url) => {
+                    bench::run_postgres(&a, &iryo_directory::postgres::DatabaseUrl::parse(url)?)?
+                }
+                None => bench::run(&a)?,
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve(a) => serve::run(config, a),
@@ -213,7 +218,6 @@ fn not_on_postgres(c: &Command) -> Option<&'static str> {
         Command::RebuildLinkage => "rebuild-linkage (there is no linkage.redb on PostgreSQL)",
         Command::Restore { .. } => "restore (restore the database with PostgreSQL's own tools)",
         Command::Demo(_) => "demo",
-        Command::Bench(_) => "bench",
         _ => return None,
     })
 }

@@ -2,6 +2,7 @@
 //! and the versioned schema every process checks before it uses the database.
 
 pub mod audit;
+pub mod baseline;
 pub mod migrate;
 mod operations;
 mod registry_tx;

@@ -195,6 +195,7 @@ impl PgStore {
     pub fn check_batch(&self, reqs: &[CheckRequest], at: Timestamp) -> Result<Vec<CheckAnswer>> {
         let (retention, visit_days) = (self.retention_years, self.policy.visit_consent_days);
         self.write(|t| {
+            t.prefetch_checks(reqs)?;
             reqs.iter()
                 .map(|req| checks::decide_and_record(t, req, retention, visit_days, at))
                 .collect()
@@ -210,6 +211,16 @@ impl PgStore {
             let check = |t: &mut PgTx<'_>, req: &CheckRequest| {
                 checks::decide_and_record(t, req, retention, visit_days, at)
             };
+            let asked: Vec<CheckRequest> = jobs
+                .iter()
+                .flat_map(|j| match j {
+                    Job::Check(req) => std::slice::from_ref(req),
+                    Job::Checks(reqs) => reqs.as_slice(),
+                    Job::Grant(..) | Job::Notify(..) => &[],
+                })
+                .cloned()
+                .collect();
+            t.prefetch_checks(&asked)?;
             let mut out = Vec::with_capacity(jobs.len());
             for job in jobs {
                 out.push(match job {
