@@ -398,7 +398,7 @@ impl crate::store::checks::Lookup for PgTx<'_> {
             return Ok(Some(decode(&claimed.2)?));
         }
         if let Some(read) = self.issued.get(&n) {
-            return Ok(read.clone());
+            return Ok(*read);
         }
         let row = self
             .rt
