@@ -3,6 +3,7 @@
 
 mod audit;
 mod bench;
+mod bench_postgres;
 mod ca;
 mod cases;
 mod check;
@@ -197,7 +198,7 @@ pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
         Command::Bench(a) => {
             match &config.storage.url {
                 Some(url) => {
-                    bench::run_postgres(&a, &iryo_directory::postgres::DatabaseUrl::parse(url)?)?
+                    bench_postgres::run(&a, &iryo_directory::postgres::DatabaseUrl::parse(url)?)?;
                 }
                 None => bench::run(&a)?,
             }
