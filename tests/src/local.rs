@@ -6,9 +6,10 @@ use iryo_directory::config::Config;
 use iryo_directory::context::Context;
 use iryo_directory::enrollment::{ingest_all, Encoding, IngestOptions};
 use iryo_directory::keys::AgencyKeys;
+use iryo_directory::postgres::DatabaseUrl;
 use iryo_directory::registry::now;
 use iryo_directory::sample::{write_sample, SampleOptions};
-use iryo_directory::store::Store;
+use iryo_directory::store::{Serving, Store};
 use iryo_node::config::{ApiConfig, DirectoryConfig, NodeConfig, OutboxConfig, P2pConfig};
 use iryo_node::identity::{generate_key, RegistrationFile};
 use iryo_proto::federation::Role;
@@ -16,9 +17,17 @@ use iryo_proto::InstitutionCode;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// A registry made and enrolled: the store, the embedded one again if it is that, and
+/// the agency's keys.
+type Filled = (Arc<dyn Serving>, Option<Arc<Store>>, AgencyKeys);
+
 pub struct LocalFederation {
     pub dir: PathBuf,
-    pub store: Arc<Store>,
+    /// The directory's store, on either backend.
+    pub store: Arc<dyn Serving>,
+    /// The same store when it is the embedded one, for what only it has (the HTTPS
+    /// front, the per-person index folding).
+    pub embedded: Option<Arc<Store>>,
     pub keys: AgencyKeys,
     pub service: iryo_directory::service::Running,
     pub directory_addr: String,
@@ -26,15 +35,30 @@ pub struct LocalFederation {
 }
 
 impl LocalFederation {
+    /// The embedded store, for what only it has; an error on PostgreSQL.
+    pub fn embedded(&self) -> Result<Arc<Store>> {
+        self.embedded
+            .clone()
+            .context("this needs the embedded store; the federation runs on PostgreSQL")
+    }
+
     /// A fresh directory in `dir/directory` with `persons` sample people, serving.
     pub async fn start(dir: &Path, persons: u64) -> Result<Self> {
+        Self::start_on(dir, persons, None).await
+    }
+
+    /// As `start`, with the registry in the (empty) PostgreSQL database `database`
+    /// when one is given.
+    pub async fn start_on(
+        dir: &Path,
+        persons: u64,
+        database: Option<&DatabaseUrl>,
+    ) -> Result<Self> {
         let config = Config {
             data_dir: dir.join("directory"),
             ..Config::default()
         };
         let ctx = Context::new(config.clone());
-        let (store, keys) = ctx.init()?;
-        let issuer = ctx.issuer(&store)?;
         let sample = write_sample(&dir.join("sample"), &SampleOptions::clean(persons, 7))?;
         let opts = IngestOptions {
             encoding: Some(Encoding::Utf8),
@@ -43,8 +67,11 @@ impl LocalFederation {
             max_line_bytes: config.enrollment.max_line_bytes,
             source_name: None,
         };
-        ingest_all(&store, &issuer, &sample.files, &opts)?;
-        let store = Arc::new(store);
+        // The stores block (PostgreSQL's client drives a runtime of its own): off the
+        // async workers.
+        let (store, embedded, keys) =
+            tokio::task::block_in_place(|| Self::fill(&ctx, &sample, &opts, database))?;
+
         let service_key = iryo_directory::keys::service_identity(&config.keys_dir())?;
         let service = iryo_directory::service::start(
             store.clone(),
@@ -63,10 +90,33 @@ impl LocalFederation {
         Ok(Self {
             dir: dir.to_path_buf(),
             store,
+            embedded,
             keys,
             service,
             directory_addr,
             agency_hex,
+        })
+    }
+
+    /// Makes the registry, on PostgreSQL when `database` is given, and enrolls the
+    /// sample into it.
+    fn fill(
+        ctx: &Context,
+        sample: &iryo_directory::sample::SampleReport,
+        opts: &IngestOptions,
+        database: Option<&DatabaseUrl>,
+    ) -> Result<Filled> {
+        Ok(if let Some(url) = database {
+            let (store, keys) = ctx.init_postgres(url)?;
+            let issuer = ctx.postgres_issuer(&store)?;
+            ingest_all(&store, &issuer, &sample.files, opts)?;
+            (Arc::new(store), None, keys)
+        } else {
+            let (store, keys) = ctx.init()?;
+            let issuer = ctx.issuer(&store)?;
+            ingest_all(&store, &issuer, &sample.files, opts)?;
+            let store = Arc::new(store);
+            (store.clone(), Some(store), keys)
         })
     }
 
@@ -110,14 +160,16 @@ impl LocalFederation {
             outbox: OutboxConfig::default(),
         };
         std::fs::write(dir.join("node.toml"), cfg.commented())?;
-        self.store.add_institution(
-            &reg.signed,
-            vec![Role::Source, Role::Requester],
-            365,
-            &self.keys.root,
-            now(),
-            "local",
-        )?;
+        tokio::task::block_in_place(|| {
+            self.store.add_institution(
+                &reg.signed,
+                vec![Role::Source, Role::Requester],
+                365,
+                &self.keys.root,
+                now(),
+                "local",
+            )
+        })?;
         let running = iryo_node::start(cfg.clone()).await?;
         Ok((running, cfg))
     }

@@ -33,6 +33,8 @@ impl Operations for PgStore {
         method() -> Result<Method>;
         retention_years() -> u32;
         counts() -> Result<Counts>;
+        audit_size() -> Result<u64>;
+        first_persons(n: usize) -> Result<Vec<Person>>;
         person_by_medical_id(id: MedicalId) -> Result<Person>;
         person_by_my_number(n: MyNumber) -> Result<Person>;
         service_uses(pid: u64) -> Result<Vec<ServiceUse>>;

@@ -49,7 +49,7 @@ const COUNTERS: [&str; 6] = [
 
 pub struct PgStore {
     url: DatabaseUrl,
-    rt: tokio::runtime::Runtime,
+    rt: Runtime,
     client: Mutex<Client>,
     signer: Option<SigningKey>,
     retention_years: u32,
@@ -62,6 +62,26 @@ pub struct PgStore {
 /// How long a membership read from the database is trusted without reading it again:
 /// the longest a revocation by another process takes to reach this one.
 const MEMBER_SECONDS: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The runtime that drives the store's connection. Stopped without waiting when the
+/// store is dropped, which may happen on an async thread, where waiting is not allowed.
+struct Runtime(Option<tokio::runtime::Runtime>);
+
+impl Runtime {
+    fn get(&self) -> Result<&tokio::runtime::Runtime> {
+        self.0
+            .as_ref()
+            .ok_or_else(|| StoreError::Inconsistent("the store's runtime has stopped".into()))
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
 
 impl PgStore {
     fn connect(url: &DatabaseUrl) -> Result<(tokio::runtime::Runtime, Client)> {
@@ -105,7 +125,7 @@ impl PgStore {
         })?;
         Ok(Self {
             url: url.clone(),
-            rt,
+            rt: Runtime(Some(rt)),
             client: Mutex::new(client),
             signer: None,
             retention_years: 10,
@@ -144,7 +164,7 @@ impl PgStore {
         rt.block_on(migrate::check(&client))?;
         let store = Self {
             url: url.clone(),
-            rt,
+            rt: Runtime(Some(rt)),
             client: Mutex::new(client),
             signer: None,
             retention_years: 10,
@@ -325,7 +345,7 @@ impl PgStore {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if client.is_closed() {
-            *client = self.rt.block_on(self.url.connect())?;
+            *client = self.rt.get()?.block_on(self.url.connect())?;
             tracing::info!(database = %self.url, "connected to the database again");
         }
         Ok(client)
@@ -335,7 +355,7 @@ impl PgStore {
     /// to the audit log.
     fn write<T>(&self, f: impl FnOnce(&mut PgTx<'_>) -> Result<T>) -> Result<T> {
         let mut client = self.client()?;
-        let handle = self.rt.handle();
+        let handle = self.rt.get()?.handle();
         let tx = handle.block_on(client.transaction()).map_err(PgError::Db)?;
         let mut t = PgTx::new(handle, tx);
         let out = f(&mut t)?;
@@ -350,7 +370,7 @@ impl PgStore {
         f: impl AsyncFnOnce(&Client) -> std::result::Result<T, PgError>,
     ) -> Result<T> {
         let client = self.client()?;
-        Ok(self.rt.block_on(f(&client))?)
+        Ok(self.rt.get()?.block_on(f(&client))?)
     }
 
     pub fn method(&self) -> Result<Method> {
@@ -417,6 +437,15 @@ impl PgStore {
         })?;
         self.person_by_pid(pid)?
             .ok_or(StoreError::UnknownMyNumber(n))
+    }
+
+    /// The first `n` persons in pid order.
+    pub fn first_persons(&self, n: usize) -> Result<Vec<Person>> {
+        let limit = i64::try_from(n).unwrap_or(i64::MAX);
+        self.values(
+            "SELECT record FROM persons ORDER BY pid LIMIT $1",
+            &[&limit],
+        )
     }
 
     /// Every person in pid order.
@@ -872,6 +901,9 @@ impl PgStore {
     /// `audit verify`: the same checks as on redb, on one snapshot of the log.
     pub fn audit_verify(&self, agency: &VerifyingKey) -> Result<AuditReport> {
         let mut client = self.client()?;
-        Ok(self.rt.block_on(audit::verify(&mut client, agency))?)
+        Ok(self
+            .rt
+            .get()?
+            .block_on(audit::verify(&mut client, agency))?)
     }
 }

@@ -27,6 +27,9 @@ pub trait Operations: EnrollBatch {
     fn method(&self) -> Result<Method>;
     fn retention_years(&self) -> u32;
     fn counts(&self) -> Result<Counts>;
+    /// The first `n` persons in pid order.
+    fn first_persons(&self, n: usize) -> Result<Vec<Person>>;
+    fn audit_size(&self) -> Result<u64>;
     fn person_by_medical_id(&self, id: MedicalId) -> Result<Person>;
     fn person_by_my_number(&self, n: MyNumber) -> Result<Person>;
     fn service_uses(&self, pid: u64) -> Result<Vec<ServiceUse>>;
@@ -145,6 +148,7 @@ impl Operations for Store {
         method() -> Result<Method>;
         retention_years() -> u32;
         counts() -> Result<Counts>;
+        audit_size() -> Result<u64>;
         person_by_medical_id(id: MedicalId) -> Result<Person>;
         person_by_my_number(n: MyNumber) -> Result<Person>;
         log_reads(operator: &str, people: &[MedicalId], what: &str) -> Result<()>;
@@ -185,5 +189,9 @@ impl Operations for Store {
 
     fn service_uses(&self, pid: u64) -> Result<Vec<ServiceUse>> {
         self.reader()?.service_uses(pid)
+    }
+
+    fn first_persons(&self, n: usize) -> Result<Vec<Person>> {
+        self.reader()?.first_persons(n)
     }
 }

@@ -53,6 +53,11 @@ struct Args {
     /// retries would (keyed checks take the main writer, not the intake files).
     #[arg(long)]
     keyed: bool,
+    /// Keep the directory's registry in this PostgreSQL database (which must hold no
+    /// registry) instead of the embedded store, and measure the plain PostgreSQL
+    /// baseline there too: lookup-plus-insert transactions from 16 connections.
+    #[arg(long, value_name = "URL")]
+    database: Option<String>,
 }
 
 /// A check with the `n`th key of a run, when keys are asked for.
@@ -122,17 +127,21 @@ fn consent(
     patient: iryo_proto::MedicalId,
     who: InstitutionCode,
 ) -> Result<()> {
-    Ok(fed.store.add_consent(
-        patient,
-        &ConsentRecord {
-            institution: Some(who),
-            purpose: Some(Purpose::Treatment),
-            allow: true,
-            expires_at: None,
-            at: now(),
-            origin: ConsentOrigin::Operator("bench".into()),
-        },
-    )?)
+    // The store blocks (PostgreSQL's client drives a runtime of its own): off the
+    // async workers.
+    Ok(tokio::task::block_in_place(|| {
+        fed.store.add_consent(
+            patient,
+            &ConsentRecord {
+                institution: Some(who),
+                purpose: Some(Purpose::Treatment),
+                allow: true,
+                expires_at: None,
+                at: now(),
+                origin: ConsentOrigin::Operator("bench".into()),
+            },
+        )
+    })?)
 }
 
 fn main() -> Result<()> {
@@ -146,11 +155,23 @@ fn main() -> Result<()> {
 
 async fn run(args: Args) -> Result<()> {
     let tmp = tempfile::tempdir()?;
-    let fed = LocalFederation::start(tmp.path(), 10_000).await?;
-    println!("iryo-bench-net — directory with 10,000 people, nodes on 127.0.0.1");
+    let database = args
+        .database
+        .as_deref()
+        .map(iryo_directory::postgres::DatabaseUrl::parse)
+        .transpose()?;
+    let fed = LocalFederation::start_on(tmp.path(), 10_000, database.as_ref()).await?;
+    println!(
+        "iryo-bench-net — directory with 10,000 people on {}, nodes on 127.0.0.1",
+        database
+            .as_ref()
+            .map_or("the embedded store (redb)".to_string(), |u| format!(
+                "PostgreSQL ({u})"
+            ))
+    );
     let source_code = InstitutionCode::from_parts(13, PointTableKind::Medical, 1)?;
     let (source, _) = fed.add_node("source", source_code, "source").await?;
-    let people = fed.store.reader()?.first_persons(2_000)?;
+    let people = tokio::task::block_in_place(|| fed.store.first_persons(2_000))?;
     let patient = people[0].medical_id;
     let ask = move |key| iryo_node::exchange::FetchAsk {
         medical_id: patient,
@@ -248,9 +269,7 @@ async fn run(args: Args) -> Result<()> {
     }
     if args.runs(Phase::Notifications) {
         // 3. Notification intake: verify (batch) and append to the audit log.
-        let membership = fed
-            .store
-            .institution(source_code)?
+        let membership = tokio::task::block_in_place(|| fed.store.institution(source_code))?
             .context("source registered")?
             .membership()?;
         let grant = Grant {
@@ -269,9 +288,10 @@ async fn run(args: Args) -> Result<()> {
             .collect();
         // As `serve` takes them: requests from several nodes at once, each verified off the
         // writer, then appended in the group commit shared with checks and grants.
-        let writers =
-            fed.store
-                .start_writers(fed.keys.root.clone(), 512, Duration::from_millis(500))?;
+        let writers = fed
+            .store
+            .clone()
+            .start_writers(fed.keys.root.clone(), 512)?;
         let committer = writers.committer();
         let chunks: Arc<Vec<Vec<_>>> = Arc::new(
             signed
@@ -415,11 +435,31 @@ async fn run(args: Args) -> Result<()> {
             pct(&late, 0.99)
         );
     }
-    println!(
-        "\naudit log: {} entries; service use not yet folded into the per-person index: {}",
-        fed.store.audit_size()?,
-        fed.store.unfolded_linkage()?
-    );
+    if let Some(url) = &database {
+        // The plain PostgreSQL baseline, in the same run and database.
+        let rows = 100_000;
+        iryo_directory::postgres::baseline::copy_rate(url, rows).await?;
+        let tps =
+            iryo_directory::postgres::baseline::lookup_insert(url, rows, 16, args.seconds).await?;
+        println!(
+            "[baseline] one lookup and one insert per durable transaction, 16 connections: {:.0} transactions/s (p50 {:.2} ms, p99 {:.2} ms)",
+            tps.per_second,
+            tps.p50.as_secs_f64() * 1e3,
+            tps.p99.as_secs_f64() * 1e3
+        );
+        iryo_directory::postgres::baseline::clean(url).await?;
+    }
+    match &fed.embedded {
+        Some(store) => println!(
+            "\naudit log: {} entries; service use not yet folded into the per-person index: {}",
+            store.audit_size()?,
+            store.unfolded_linkage()?
+        ),
+        None => println!(
+            "\naudit log: {} entries",
+            tokio::task::block_in_place(|| fed.store.audit_size())?
+        ),
+    }
     for n in nodes {
         n.stop();
     }

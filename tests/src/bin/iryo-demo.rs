@@ -50,7 +50,7 @@ fn main() -> Result<()> {
 async fn run(args: &Args) -> Result<()> {
     step("1. the agency: a fresh directory, sample enrollment files, medical IDs issued");
     let fed = LocalFederation::start(&args.dir, args.persons).await?;
-    let store = fed.store.clone();
+    let store = fed.embedded()?;
     let patient = store
         .reader()?
         .first_persons(1)?
@@ -222,20 +222,20 @@ async fn portal(
     )?;
     let tls = std::sync::Arc::new(web::tls::TlsConfigs::new(&ca)?);
     let state = std::sync::Arc::new(web::Web::new(
-        fed.store.clone(),
+        fed.embedded()?,
         fed.keys.root.clone(),
         config.clone(),
     )?);
     let front = web::start(state, tls, "127.0.0.1:0".parse()?).await?;
     let row = fed
-        .store
+        .embedded()?
         .letter_rows(Plan::Agency, true, iryo_directory::registry::today())?
         .into_iter()
         .find(|r| r.pid == patient.pid)
         .context("no letter row for the patient")?;
     let expires = now() + i64::from(config.letters.activation_days) * 86_400;
     let code = fed
-        .store
+        .embedded()?
         .issue_activations(&[patient.pid], expires)?
         .pop()
         .context("no activation code")?;
