@@ -279,6 +279,14 @@ mod tests {
     }
 
     #[test]
+    fn postgres_example_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/directory-postgres.toml");
+        let c = Config::load(&path).unwrap();
+        let url = c.storage.url.unwrap();
+        assert!(crate::postgres::DatabaseUrl::parse(&url).is_ok(), "{url}");
+    }
+
+    #[test]
     fn unknown_fields_are_refused() {
         assert!(toml::from_str::<Config>("data_dri = \"x\"").is_err());
         assert!(toml::from_str::<Config>("").is_ok());

@@ -147,6 +147,21 @@ impl NodeProc {
         self.call("POST", "/exchange/fetch", Some(&body))
     }
 
+    /// Whether a check by medical ID finds `p` eligible.
+    pub fn finds_eligible(&self, p: MedicalId) -> bool {
+        let (status, a) = self.eligibility(&json!({ "medical_id": p.to_string() }));
+        status == 200 && a["eligible"].as_bool() == Some(true)
+    }
+
+    /// Restarts the node with `addresses` as its directory's.
+    pub fn set_directory_addresses(&mut self, addresses: Vec<String>) {
+        self.stop();
+        let mut cfg = NodeConfig::load(&self.config_path()).expect("node.toml");
+        cfg.directory.address = iryo_node::config::Addresses(addresses);
+        std::fs::write(self.config_path(), cfg.commented()).expect("node.toml");
+        self.start();
+    }
+
     pub fn eligibility(&self, body: &Value) -> (u16, Value) {
         self.call("POST", "/eligibility", Some(body))
     }

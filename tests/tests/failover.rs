@@ -1,23 +1,8 @@
 //! A node that lists several directory addresses goes on when one does not answer.
 
-use iryo_node::config::{Addresses, NodeConfig};
 use iryo_tests::federation::*;
 use iryo_tests::{directory_bin, Directory};
-use serde_json::json;
 use std::process::Command;
-
-fn eligible(node: &NodeProc, p: iryo_proto::MedicalId) -> bool {
-    let (status, a) = node.eligibility(&json!({ "medical_id": p.to_string() }));
-    status == 200 && a["eligible"].as_bool() == Some(true)
-}
-
-fn set_addresses(node: &mut NodeProc, addresses: Vec<String>) {
-    node.stop();
-    let mut cfg = NodeConfig::load(&node.config_path()).expect("node.toml");
-    cfg.directory.address = Addresses(addresses);
-    std::fs::write(node.config_path(), cfg.commented()).expect("node.toml");
-    node.start();
-}
 
 #[test]
 fn a_node_moves_to_the_next_directory_when_one_does_not_answer() {
@@ -30,10 +15,10 @@ fn a_node_moves_to_the_next_directory_when_one_does_not_answer() {
     let peer = iryo_node::identity::peer_id(&other.verifying_key().to_bytes()).unwrap();
     let nowhere = format!("/ip4/127.0.0.1/tcp/{}/p2p/{peer}", free_port());
     let live = fed.directory_addr.clone();
-    set_addresses(&mut fed.nodes[0], vec![nowhere.clone(), live.clone()]);
-    assert!(eligible(&fed.nodes[0], p));
+    fed.nodes[0].set_directory_addresses(vec![nowhere.clone(), live.clone()]);
+    assert!(fed.nodes[0].finds_eligible(p));
     assert!(
-        eligible(&fed.nodes[0], p),
+        fed.nodes[0].finds_eligible(p),
         "and the next request goes there at once"
     );
 
@@ -52,13 +37,13 @@ fn a_node_moves_to_the_next_directory_when_one_does_not_answer() {
         .env_remove("SSLKEYLOGFILE");
     let (_second_proc, line) = start_ready(cmd, "iryo-directory serve");
     let second_addr = field(&line, "p2p").split(',').next().unwrap().to_string();
-    set_addresses(&mut fed.nodes[0], vec![nowhere, live, second_addr]);
-    assert!(eligible(&fed.nodes[0], p));
+    fed.nodes[0].set_directory_addresses(vec![nowhere, live, second_addr]);
+    assert!(fed.nodes[0].finds_eligible(p));
     fed.stop_directory();
     // The session to the stopped process closes; the next request opens one to the
     // second, which shares its key (one peer, two addresses).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !eligible(&fed.nodes[0], p) {
+    while !fed.nodes[0].finds_eligible(p) {
         assert!(
             std::time::Instant::now() < deadline,
             "no directory answered"

@@ -3,22 +3,9 @@
 //! two processes run it at once, and refuses a schema newer than it knows.
 
 use iryo_tests::pg::Cluster;
+use iryo_tests::stores::query;
 use iryo_tests::Directory;
 use std::time::{Duration, Instant};
-
-fn query<T>(url: &str, f: impl AsyncFnOnce(&tokio_postgres::Client) -> T) -> T {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        f(&client).await
-    })
-}
 
 fn tables(url: &str) -> Vec<String> {
     query(url, async |c| {

@@ -399,9 +399,9 @@ fn registry_commands_run_on_postgres() {
     let verified = dir.ok(&with(&["audit", "verify"]));
     assert!(verified.contains("audit log verified"), "{verified}");
     dir.ok(&with(&["verify-store"]));
-    let later = dir.fails(&with(&["serve"]));
+    let later = dir.fails(&with(&["rebuild-linkage"]));
     assert!(
-        later.contains("serve does not run on PostgreSQL yet"),
+        later.contains("rebuild-linkage (there is no linkage.redb on PostgreSQL) does not run"),
         "{later}"
     );
     // The variable names the database as well as the flag does.

@@ -2,26 +2,13 @@
 //! operator commands run on the database beside them; when one stops, its nodes go on
 //! with the other, and the audit log both appended to is one log that verifies.
 
-use iryo_node::config::{Addresses, NodeConfig};
+use iryo_node::config::NodeConfig;
 use iryo_tests::federation::*;
 use iryo_tests::pg::Cluster;
 use iryo_tests::{directory_bin, write_enrollment};
 use serde_json::json;
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-fn eligible(node: &NodeProc, p: iryo_proto::MedicalId) -> bool {
-    let (status, a) = node.eligibility(&json!({ "medical_id": p.to_string() }));
-    status == 200 && a["eligible"].as_bool() == Some(true)
-}
-
-fn set_addresses(node: &mut NodeProc, addresses: Vec<String>) {
-    node.stop();
-    let mut cfg = NodeConfig::load(&node.config_path()).expect("node.toml");
-    cfg.directory.address = Addresses(addresses);
-    std::fs::write(node.config_path(), cfg.commented()).expect("node.toml");
-    node.start();
-}
 
 #[test]
 fn two_serve_processes_answer_one_federation_from_one_database() {
@@ -43,14 +30,14 @@ fn two_serve_processes_answer_one_federation_from_one_database() {
     assert_ne!(first, second);
 
     // Node 0 knows only the first process, node 1 only the second: both answer at once.
-    set_addresses(&mut fed.nodes[0], vec![first.clone()]);
-    set_addresses(&mut fed.nodes[1], vec![second.clone()]);
+    fed.nodes[0].set_directory_addresses(vec![first.clone()]);
+    fed.nodes[1].set_directory_addresses(vec![second.clone()]);
     std::thread::scope(|s| {
         for node in &fed.nodes {
             s.spawn(move || {
                 for _ in 0..20 {
-                    assert!(eligible(node, p));
-                    assert!(eligible(node, q));
+                    assert!(node.finds_eligible(p));
+                    assert!(node.finds_eligible(q));
                 }
             });
         }
@@ -81,18 +68,18 @@ fn two_serve_processes_answer_one_federation_from_one_database() {
     );
 
     // The first process stops; node 0, which now lists both, goes on with the second.
-    set_addresses(&mut fed.nodes[0], vec![first, second]);
-    assert!(eligible(&fed.nodes[0], p));
+    fed.nodes[0].set_directory_addresses(vec![first, second]);
+    assert!(fed.nodes[0].finds_eligible(p));
     fed.stop_directory();
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !eligible(&fed.nodes[0], p) {
+    while !fed.nodes[0].finds_eligible(p) {
         assert!(
             Instant::now() < deadline,
             "node 0 never reached the second process"
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert!(eligible(&fed.nodes[1], q));
+    assert!(fed.nodes[1].finds_eligible(q));
 
     let verified = fed.operator(&["audit", "verify"]);
     assert!(verified.contains("audit log verified"), "{verified}");
@@ -130,7 +117,7 @@ fn serve_rides_out_the_database_going_away() {
     std::fs::write(fed.nodes[1].config_path(), cfg.commented()).expect("node.toml");
     fed.nodes[1].start();
     fed.consent(p, fed.nodes[0].code);
-    assert!(eligible(&fed.nodes[0], p));
+    assert!(fed.nodes[0].finds_eligible(p));
     let (stored, _) = fed.nodes[1].put_records(p, &sample_bundle(1, 10));
     assert!(stored == 200 || stored == 201);
 
@@ -158,7 +145,7 @@ fn serve_rides_out_the_database_going_away() {
     // reaches the audit log.
     pg.start_again();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !eligible(&fed.nodes[0], p) {
+    while !fed.nodes[0].finds_eligible(p) {
         assert!(Instant::now() < deadline, "serve never reconnected");
         std::thread::sleep(Duration::from_millis(300));
     }

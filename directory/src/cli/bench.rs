@@ -102,16 +102,7 @@ fn measure(args: &BenchArgs, dir: &std::path::Path) -> Result<()> {
         t.elapsed().as_secs_f64()
     );
 
-    let mut config = Config {
-        data_dir: dir.join("data"),
-        ..Config::default()
-    };
-    config.registry.cache_mib = args.cache_mib;
-    config.issuance.method = match args.method {
-        BenchMethod::Fpe => Method::Fpe,
-        BenchMethod::Random => Method::Random,
-    };
-    let ctx = Context::new(config);
+    let ctx = Context::new(args.config(dir));
     let (store, _) = ctx.init()?;
     let issuer = ctx.issuer(&store)?;
     let opts = IngestOptions {
@@ -278,6 +269,20 @@ fn letters(
 }
 
 impl BenchArgs {
+    /// The configuration of the measured redb store, in `dir/data`.
+    pub(super) fn config(&self, dir: &std::path::Path) -> Config {
+        let mut config = Config {
+            data_dir: dir.join("data"),
+            ..Config::default()
+        };
+        config.registry.cache_mib = self.cache_mib;
+        config.issuance.method = match self.method {
+            BenchMethod::Fpe => Method::Fpe,
+            BenchMethod::Random => Method::Random,
+        };
+        config
+    }
+
     pub(super) fn method_name(&self) -> &'static str {
         match self.method {
             BenchMethod::Fpe => "FF1",

@@ -2,12 +2,10 @@
 //! and on PostgreSQL, beside the plain PostgreSQL baseline measured in the same run and
 //! database (`postgres::baseline`), with the ratios between them.
 
-use super::bench::{BenchArgs, BenchMethod};
+use super::bench::BenchArgs;
 use anyhow::{Context as _, Result};
-use iryo_directory::config::Config;
 use iryo_directory::context::Context;
 use iryo_directory::enrollment::{ingest_all, Encoding, IngestOptions, Summary};
-use iryo_directory::issuance::Method;
 use iryo_directory::measure::{card_checks, peak_rss_mib, percentile};
 use iryo_directory::postgres::DatabaseUrl;
 use iryo_directory::registry::eligibility::CheckRequest;
@@ -49,16 +47,7 @@ fn measure_postgres(args: &BenchArgs, url: &DatabaseUrl, dir: &std::path::Path) 
         sample.rows
     );
 
-    let mut config = Config {
-        data_dir: dir.join("data"),
-        ..Config::default()
-    };
-    config.registry.cache_mib = args.cache_mib;
-    config.issuance.method = match args.method {
-        BenchMethod::Fpe => Method::Fpe,
-        BenchMethod::Random => Method::Random,
-    };
-    let ctx = Context::new(config);
+    let ctx = Context::new(args.config(dir));
     let (redb, keys) = ctx.init()?;
     let issuer = ctx.issuer(&redb)?;
     let pg = PgStore::create(url, ctx.config.issuance.method)?.with_signer(keys.root.clone());

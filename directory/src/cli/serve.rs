@@ -40,14 +40,7 @@ pub(super) fn run(config: Config, a: ServeArgs) -> Result<ExitCode> {
             config.service.max_group,
         )
         .await?;
-        let addrs: Vec<String> = running
-            .addresses
-            .iter()
-            .map(std::string::ToString::to_string)
-            .collect();
-        let mut addr_file =
-            iryo_directory::files::create_private(&config.data_dir.join("directory.addr"))?;
-        std::io::Write::write_all(&mut addr_file, addrs.join("\n").as_bytes())?;
+        let addrs = note_addresses(&config.data_dir, &running)?;
         let socket =
             iryo_directory::admin::bind_socket(&iryo_directory::admin::socket_path(&config))
                 .context("the admin socket")?;
@@ -123,14 +116,7 @@ fn serve_postgres(
             config.service.max_group,
         )
         .await?;
-        let addrs: Vec<String> = running
-            .addresses
-            .iter()
-            .map(std::string::ToString::to_string)
-            .collect();
-        let mut addr_file =
-            iryo_directory::files::create_private(&config.data_dir.join("directory.addr"))?;
-        std::io::Write::write_all(&mut addr_file, addrs.join("\n").as_bytes())?;
+        let addrs = note_addresses(&config.data_dir, &running)?;
         println!(
             "iryo-directory ready p2p={} https= agency_key={} database={url}",
             addrs.join(","),
@@ -143,6 +129,22 @@ fn serve_postgres(
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The service's listen addresses, also written to `DATA_DIR/directory.addr` for
+/// scripts and tests.
+fn note_addresses(
+    data_dir: &std::path::Path,
+    running: &iryo_directory::service::Running,
+) -> Result<Vec<String>> {
+    let addrs: Vec<String> = running
+        .addresses
+        .iter()
+        .map(std::string::ToString::to_string)
+        .collect();
+    let mut file = iryo_directory::files::create_private(&data_dir.join("directory.addr"))?;
+    std::io::Write::write_all(&mut file, addrs.join("\n").as_bytes())?;
+    Ok(addrs)
 }
 
 /// The exit code after the storage failed (EX_TEMPFAIL): try again.

@@ -398,45 +398,35 @@ impl PgStore {
         self.write(|t| crate::store::apply_batch(t, source, rows, candidates, issuer, at))
     }
 
-    fn person_by_pid(&self, pid: Option<i64>) -> Result<Option<Person>> {
-        let Some(pid) = pid else { return Ok(None) };
-        let record: Option<Vec<u8>> = self.read(async |c| {
-            Ok(
-                c.query_opt("SELECT record FROM persons WHERE pid = $1", &[&pid])
-                    .await?
-                    .map(|r| r.get(0)),
-            )
-        })?;
-        match record {
-            Some(r) => Ok(Some(decode(&r)?)),
+    /// The person a lookup table's row names, if it names one.
+    fn person_named(&self, query: &str, key: u64) -> Result<Option<Person>> {
+        let key = super::sql(key)?;
+        let Some(pid) = self.ints(query, &[&key])?.pop() else {
+            return Ok(None);
+        };
+        match self
+            .values("SELECT record FROM persons WHERE pid = $1", &[&pid])?
+            .pop()
+        {
+            Some(p) => Ok(Some(p)),
             None => Err(StoreError::Inconsistent(format!("pid {pid} has no record"))),
         }
     }
 
     pub fn person_by_medical_id(&self, id: MedicalId) -> Result<Person> {
-        let n = super::sql(id.as_u64())?;
-        let pid = self.read(async |c| {
-            Ok(
-                c.query_opt("SELECT pid FROM medical_ids WHERE medical_id = $1", &[&n])
-                    .await?
-                    .map(|r| r.get(0)),
-            )
-        })?;
-        self.person_by_pid(pid)?
-            .ok_or(StoreError::UnknownMedicalId(id))
+        self.person_named(
+            "SELECT pid FROM medical_ids WHERE medical_id = $1",
+            id.as_u64(),
+        )?
+        .ok_or(StoreError::UnknownMedicalId(id))
     }
 
     pub fn person_by_my_number(&self, n: MyNumber) -> Result<Person> {
-        let v = super::sql(n.as_u64())?;
-        let pid = self.read(async |c| {
-            Ok(
-                c.query_opt("SELECT pid FROM my_numbers WHERE my_number = $1", &[&v])
-                    .await?
-                    .map(|r| r.get(0)),
-            )
-        })?;
-        self.person_by_pid(pid)?
-            .ok_or(StoreError::UnknownMyNumber(n))
+        self.person_named(
+            "SELECT pid FROM my_numbers WHERE my_number = $1",
+            n.as_u64(),
+        )?
+        .ok_or(StoreError::UnknownMyNumber(n))
     }
 
     /// The first `n` persons in pid order.
@@ -450,14 +440,7 @@ impl PgStore {
 
     /// Every person in pid order.
     pub fn persons(&self) -> Result<Vec<Person>> {
-        let rows: Vec<Vec<u8>> = self.read(async |c| {
-            Ok(c.query("SELECT record FROM persons ORDER BY pid", &[])
-                .await?
-                .into_iter()
-                .map(|r| r.get(0))
-                .collect())
-        })?;
-        rows.iter().map(|r| decode(r)).collect()
+        self.values("SELECT record FROM persons ORDER BY pid", &[])
     }
 
     /// Every conflict, or the open ones, in the order they were recorded.
@@ -484,40 +467,20 @@ impl PgStore {
         open_only: bool,
         status: fn(&T) -> &CaseStatus,
     ) -> Result<Vec<T>> {
-        let rows: Vec<Vec<u8>> = self.read(async |c| {
-            Ok(c.query(query, &[])
-                .await?
-                .into_iter()
-                .map(|r| r.get(0))
-                .collect())
-        })?;
-        let mut out = Vec::new();
-        for r in &rows {
-            let case: T = decode(r)?;
-            if !open_only || *status(&case) == CaseStatus::Open {
-                out.push(case);
-            }
-        }
-        Ok(out)
+        let all: Vec<T> = self.values(query, &[])?;
+        Ok(all
+            .into_iter()
+            .filter(|case| !open_only || *status(case) == CaseStatus::Open)
+            .collect())
     }
 
     /// Notices queued, all or only those for one insurer.
     pub fn notices(&self, insurer: Option<&InsurerNumber>) -> Result<Vec<Notice>> {
-        let rows: Vec<Vec<u8>> = self.read(async |c| {
-            Ok(c.query("SELECT notice FROM notices ORDER BY id", &[])
-                .await?
-                .into_iter()
-                .map(|r| r.get(0))
-                .collect())
-        })?;
-        let mut out = Vec::new();
-        for r in &rows {
-            let n: Notice = decode(r)?;
-            if crate::store::notice_for(&n, insurer) {
-                out.push(n);
-            }
-        }
-        Ok(out)
+        let all: Vec<Notice> = self.values("SELECT notice FROM notices ORDER BY id", &[])?;
+        Ok(all
+            .into_iter()
+            .filter(|n| crate::store::notice_for(n, insurer))
+            .collect())
     }
 
     /// Resolves a conflict (`Store::resolve_conflict`).
@@ -604,15 +567,12 @@ impl PgStore {
     /// A person's My Portal account, if one was made.
     pub fn account(&self, pid: u64) -> Result<Option<crate::store::Account>> {
         let pid = super::sql(pid)?;
-        let row: Option<Vec<u8>> = self.read(async |c| {
-            Ok(c.query_opt(
+        Ok(self
+            .values(
                 "SELECT account FROM portal_accounts WHERE pid = $1",
                 &[&pid],
-            )
-            .await?
-            .map(|r| r.get(0)))
-        })?;
-        row.map(|r| decode(&r)).transpose()
+            )?
+            .pop())
     }
 
     /// Issues a membership for a node's registration request (`Store::add_institution`).
@@ -770,20 +730,28 @@ impl PgStore {
         rows.iter().map(|r| decode(r)).collect()
     }
 
+    /// The numbers in the first column `query` returns.
+    fn ints(
+        &self,
+        query: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<i64>> {
+        self.read(async |c| {
+            Ok(c.query(query, params)
+                .await?
+                .into_iter()
+                .map(|r| r.get(0))
+                .collect())
+        })
+    }
+
     /// A person's service history, in the order it was recorded.
     pub fn service_uses(&self, pid: u64) -> Result<Vec<ServiceUse>> {
         let pid = super::sql(pid)?;
-        let rows: Vec<Vec<u8>> = self.read(async |c| {
-            Ok(c.query(
-                "SELECT service_use FROM service_uses WHERE pid = $1 ORDER BY seq",
-                &[&pid],
-            )
-            .await?
-            .into_iter()
-            .map(|r| r.get(0))
-            .collect())
-        })?;
-        rows.iter().map(|r| decode(r)).collect()
+        self.values(
+            "SELECT service_use FROM service_uses WHERE pid = $1 ORDER BY seq",
+            &[&pid],
+        )
     }
 
     pub fn counts(&self) -> Result<Counts> {
@@ -833,21 +801,10 @@ impl PgStore {
 
     /// The key that signed the log's first head, if it has one.
     pub fn first_head_signer(&self) -> Result<Option<[u8; 32]>> {
-        let first: Option<Vec<u8>> = self.read(async |c| {
-            Ok(
-                c.query_opt("SELECT head FROM audit_heads ORDER BY size LIMIT 1", &[])
-                    .await?
-                    .map(|r| r.get(0)),
-            )
-        })?;
-        first
-            .map(|h| {
-                Ok(
-                    decode::<iryo_proto::signed::Signed<iryo_proto::federation::TreeHead>>(&h)?
-                        .signer,
-                )
-            })
-            .transpose()
+        let first: Option<Signed<TreeHead>> = self
+            .values("SELECT head FROM audit_heads ORDER BY size LIMIT 1", &[])?
+            .pop();
+        Ok(first.map(|h| h.signer))
     }
 
     /// The audit log's size.
@@ -882,14 +839,9 @@ impl PgStore {
 
     pub fn audit_entry(&self, index: u64) -> Result<LogEntry> {
         let i = super::sql(index)?;
-        let entry: Option<Vec<u8>> = self.read(async |c| {
-            Ok(
-                c.query_opt("SELECT entry FROM audit_leaves WHERE leaf = $1", &[&i])
-                    .await?
-                    .map(|r| r.get(0)),
-            )
-        })?;
-        decode(&entry.ok_or(StoreError::NoAuditEntry(index))?)
+        self.values("SELECT entry FROM audit_leaves WHERE leaf = $1", &[&i])?
+            .pop()
+            .ok_or(StoreError::NoAuditEntry(index))
     }
 
     /// The entries about a person, under every medical ID the person has held.
