@@ -4,6 +4,8 @@
 //! enroll at once, and the commands that run there so far work from the command line.
 
 use chrono::Datelike;
+use ed25519_dalek::SigningKey;
+use iryo_directory::access::{ConsentOrigin, ConsentRecord};
 use iryo_directory::issuance::{Issuer, Method};
 use iryo_directory::postgres::{DatabaseUrl, PgStore};
 use iryo_directory::registry::eligibility::{CheckKey, CheckRequest};
@@ -553,4 +555,44 @@ fn checks_on_postgres_answer_and_record_as_redb_does() {
         .is_err());
     assert_eq!(redb.counts().unwrap(), postgres.counts().unwrap());
     assert_eq!(redb.notices(None).unwrap(), postgres.notices(None).unwrap());
+
+    // Checks that record consent given at the desk, and an operator's consent
+    // decisions, from two connections at once: both take the audit log's lock and the
+    // consent counter, always in that order, so neither waits on the other for ever.
+    let second = PgStore::open(&url)
+        .unwrap()
+        .with_signer(SigningKey::from_bytes(&[5; 32]));
+    let at_desk: Vec<CheckRequest> = asked
+        .iter()
+        .filter(|r| matches!(r.key, CheckKey::MedicalId(_)))
+        .take(8)
+        .map(|r| CheckRequest {
+            visit_consent: true,
+            ..r.clone()
+        })
+        .collect();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for i in 0..30 {
+                postgres.check_batch(&at_desk, at + i).unwrap();
+            }
+        });
+        s.spawn(|| {
+            for i in 0..30 {
+                second
+                    .add_consent(
+                        people[i % 5].medical_id,
+                        &ConsentRecord {
+                            institution: None,
+                            purpose: None,
+                            allow: true,
+                            expires_at: None,
+                            at,
+                            origin: ConsentOrigin::Operator("op".into()),
+                        },
+                    )
+                    .unwrap();
+            }
+        });
+    });
 }

@@ -30,6 +30,10 @@ use tokio_postgres::Transaction;
 /// The counter whose row lock serialises enrollment (`tables::PID`).
 const PID: &str = "next_pid";
 
+/// Counters that transactions appending to the audit log also take: the log's lock
+/// comes first (`load_counter`).
+const APPEND_FIRST: [&str; 3] = ["next_consent", "next_mismatch", "next_notice"];
+
 pub(crate) struct PgTx<'a> {
     rt: &'a Handle,
     tx: Transaction<'a>,
@@ -314,10 +318,25 @@ impl<'a> PgTx<'a> {
         Ok(())
     }
 
+    /// Takes the audit log's append lock for the rest of the transaction, once.
+    fn begin_audit(&mut self) -> Result<()> {
+        if self.appender.is_none() {
+            self.appender = Some(self.rt.block_on(audit::begin(&self.tx))?);
+        }
+        Ok(())
+    }
+
     /// Reads a counter and holds its row until the transaction ends.
     fn load_counter(&mut self, name: &'static str) -> Result<u64> {
         if let Some(v) = self.counters.get(name) {
             return Ok(*v);
+        }
+        // Locks are taken in one order, the audit log's first: a group commit appends
+        // its checks' entries before it numbers a visit consent or a mismatch, so a
+        // transaction that numbers one of those first and appends after (an operator's
+        // consent) would otherwise wait on it while it waits in turn — a deadlock.
+        if APPEND_FIRST.contains(&name) {
+            self.begin_audit()?;
         }
         let row = self
             .rt
@@ -542,9 +561,7 @@ impl crate::store::registry_tx::RegistryTx for PgTx<'_> {
     }
 
     fn audit_append(&mut self, entry: &LogEntry) -> Result<u64> {
-        if self.appender.is_none() {
-            self.appender = Some(self.rt.block_on(audit::begin(&self.tx))?);
-        }
+        self.begin_audit()?;
         match self.appender.as_mut() {
             Some(a) => Ok(a.append(entry)?),
             None => Err(PgError::Inconsistent("the audit appender did not start".into()).into()),
