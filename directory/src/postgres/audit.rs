@@ -70,6 +70,11 @@ pub async fn begin(tx: &tokio_postgres::Transaction<'_>) -> Result<Appender, PgE
 }
 
 impl Appender {
+    /// Whether anything was appended.
+    pub fn appended(&self) -> bool {
+        !self.leaves.is_empty()
+    }
+
     /// The log's size with what was appended so far.
     pub fn size(&self) -> u64 {
         self.frontier.size()

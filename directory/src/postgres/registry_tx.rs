@@ -30,10 +30,6 @@ use tokio_postgres::Transaction;
 /// The counter whose row lock serialises enrollment (`tables::PID`).
 const PID: &str = "next_pid";
 
-/// Counters that transactions appending to the audit log also take: the log's lock
-/// comes first (`load_counter`).
-const APPEND_FIRST: [&str; 3] = ["next_consent", "next_mismatch", "next_notice"];
-
 pub(crate) struct PgTx<'a> {
     rt: &'a Handle,
     tx: Transaction<'a>,
@@ -171,7 +167,7 @@ impl<'a> PgTx<'a> {
     pub(super) fn commit(mut self, sign: Option<(&SigningKey, i64)>) -> Result<()> {
         let rt = self.rt;
         rt.block_on(self.flush())?;
-        if let Some(appender) = self.appender.take() {
+        if let Some(appender) = self.appender.take().filter(audit::Appender::appended) {
             // Entries are never written without a head that signs them.
             let sign = sign.ok_or(crate::store::StoreError::NoSigner)?;
             rt.block_on(appender.finish(&self.tx, Some(sign)))?;
@@ -319,7 +315,7 @@ impl<'a> PgTx<'a> {
     }
 
     /// Takes the audit log's append lock for the rest of the transaction, once.
-    fn begin_audit(&mut self) -> Result<()> {
+    pub(super) fn begin_audit(&mut self) -> Result<()> {
         if self.appender.is_none() {
             self.appender = Some(self.rt.block_on(audit::begin(&self.tx))?);
         }
@@ -330,13 +326,6 @@ impl<'a> PgTx<'a> {
     fn load_counter(&mut self, name: &'static str) -> Result<u64> {
         if let Some(v) = self.counters.get(name) {
             return Ok(*v);
-        }
-        // Locks are taken in one order, the audit log's first: a group commit appends
-        // its checks' entries before it numbers a visit consent or a mismatch, so a
-        // transaction that numbers one of those first and appends after (an operator's
-        // consent) would otherwise wait on it while it waits in turn — a deadlock.
-        if APPEND_FIRST.contains(&name) {
-            self.begin_audit()?;
         }
         let row = self
             .rt

@@ -279,7 +279,7 @@ impl PgStore {
         issuer: &Issuer,
         at: Timestamp,
     ) -> Result<MedicalId> {
-        self.write(|t| lifecycle::change_id(t, id, reason, issuer, at))
+        self.write_unlogged(|t| lifecycle::change_id(t, id, reason, issuer, at))
     }
 
     /// Replaces a person's My Number (`Store::change_my_number`).
@@ -289,7 +289,7 @@ impl PgStore {
         new: MyNumber,
         at: Timestamp,
     ) -> Result<MedicalId> {
-        self.write(|t| lifecycle::change_my_number(t, old, new, at))
+        self.write_unlogged(|t| lifecycle::change_my_number(t, old, new, at))
     }
 
     /// Records a death (`Store::record_death`).
@@ -325,7 +325,7 @@ impl PgStore {
     /// Retires the IDs whose retention period ended before `today` (`Store::retire_due`).
     pub fn retire_due(&self, today: NaiveDate, at: Timestamp) -> Result<Vec<MedicalId>> {
         let (rules, retention) = (self.date_rules(), self.retention_years);
-        self.write(|t| lifecycle::retire_due(t, today, at, &rules, retention))
+        self.write_unlogged(|t| lifecycle::retire_due(t, today, at, &rules, retention))
     }
 
     /// The database, as it may be shown (no password).
@@ -351,13 +351,33 @@ impl PgStore {
         Ok(client)
     }
 
-    /// Runs `f` in one transaction and commits it, with a signed head if it appended
-    /// to the audit log.
+    /// Runs `f` in one transaction that may append to the audit log, and commits it
+    /// with a head signed over what it appended. The log's lock is the transaction's
+    /// first: every lock a transaction takes after it is taken in the same order by
+    /// every other appender (the person it changes, a counter), so two such
+    /// transactions — in this process or another — never wait on each other in a circle.
     fn write<T>(&self, f: impl FnOnce(&mut PgTx<'_>) -> Result<T>) -> Result<T> {
+        self.transaction(true, f)
+    }
+
+    /// Runs `f` in one transaction that appends nothing to the audit log: enrollment
+    /// and bookkeeping, which then never wait for the log's appenders.
+    fn write_unlogged<T>(&self, f: impl FnOnce(&mut PgTx<'_>) -> Result<T>) -> Result<T> {
+        self.transaction(false, f)
+    }
+
+    fn transaction<T>(
+        &self,
+        logged: bool,
+        f: impl FnOnce(&mut PgTx<'_>) -> Result<T>,
+    ) -> Result<T> {
         let mut client = self.client()?;
         let handle = self.rt.get()?.handle();
         let tx = handle.block_on(client.transaction()).map_err(PgError::Db)?;
         let mut t = PgTx::new(handle, tx);
+        if logged {
+            t.begin_audit()?;
+        }
         let out = f(&mut t)?;
         let at = crate::registry::now();
         t.commit(self.signer.as_ref().map(|k| (k, at)))?;
@@ -395,7 +415,7 @@ impl PgStore {
         issuer: &Issuer,
         at: Timestamp,
     ) -> Result<BatchReport> {
-        self.write(|t| crate::store::apply_batch(t, source, rows, candidates, issuer, at))
+        self.write_unlogged(|t| crate::store::apply_batch(t, source, rows, candidates, issuer, at))
     }
 
     /// The person a lookup table's row names, if it names one.
@@ -539,7 +559,7 @@ impl PgStore {
 
     /// Records that these rows reached their insurer (`Store::mark_assigned`).
     pub fn mark_assigned(&self, rows: &[AssignmentRow], at: Timestamp) -> Result<()> {
-        self.write(|t| assign::mark_assigned(t, rows, at))
+        self.write_unlogged(|t| assign::mark_assigned(t, rows, at))
     }
 
     /// People not yet told their medical ID (everyone with `all`).
@@ -561,7 +581,7 @@ impl PgStore {
         expires: Timestamp,
         at: Timestamp,
     ) -> Result<()> {
-        self.write(|t| assign::letters_sent(t, plan, letters, expires, at))
+        self.write_unlogged(|t| assign::letters_sent(t, plan, letters, expires, at))
     }
 
     /// A person's My Portal account, if one was made.
