@@ -24,14 +24,14 @@ use crate::store::{decode, encode, GrantRecord, InstitutionRecord, Result};
 use ed25519_dalek::SigningKey;
 use iryo_proto::{InstitutionCode, MedicalId, MyNumber};
 use std::collections::{BTreeMap, HashMap, HashSet};
-use tokio::runtime::Handle;
+use tokio::runtime::Runtime;
 use tokio_postgres::Transaction;
 
 /// The counter whose row lock serialises enrollment (`tables::PID`).
 const PID: &str = "next_pid";
 
 pub(crate) struct PgTx<'a> {
-    rt: &'a Handle,
+    rt: &'a Runtime,
     tx: Transaction<'a>,
     /// My Number → pid (None: known to name no one).
     my_numbers: HashMap<u64, Option<u64>>,
@@ -74,7 +74,7 @@ fn ints(v: &[u64]) -> Result<Vec<i64>> {
 }
 
 impl<'a> PgTx<'a> {
-    pub(super) fn new(rt: &'a Handle, tx: Transaction<'a>) -> Self {
+    pub(super) fn new(rt: &'a Runtime, tx: Transaction<'a>) -> Self {
         Self {
             rt,
             tx,

@@ -1,9 +1,10 @@
 //! The directory's store on PostgreSQL: the operations that run on it so far, with
 //! the same rules as the redb store (`store::registry_tx`).
 //!
-//! The store is synchronous, as the redb store is: it owns a small Tokio runtime that
-//! drives its connection, and its callers block on it (from a command's thread, or a
-//! `spawn_blocking` thread in `serve`).
+//! The store is synchronous, as the redb store is: it owns a single-threaded Tokio
+//! runtime for its connection, which the calling thread drives while it waits
+//! (`Runtime::block_on`, from a command's thread, a `spawn_blocking` thread or the
+//! group-commit thread in `serve`).
 
 use super::registry_tx::PgTx;
 use super::{audit, migrate, unsql, DatabaseUrl, PgError};
@@ -85,9 +86,11 @@ impl Drop for Runtime {
 
 impl PgStore {
     fn connect(url: &DatabaseUrl) -> Result<(tokio::runtime::Runtime, Client)> {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("iryo-postgres")
+        // The connection is driven by whichever thread waits on it (`block_on`), not by
+        // a worker thread of its own: every round trip would otherwise wake that thread
+        // and then the caller, and on a busy machine each wake-up waits for the
+        // scheduler — about 10 ms per group commit under the network benchmark's load.
+        let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| StoreError::Inconsistent(format!("cannot start a runtime: {e}")))?;
@@ -372,9 +375,10 @@ impl PgStore {
         f: impl FnOnce(&mut PgTx<'_>) -> Result<T>,
     ) -> Result<T> {
         let mut client = self.client()?;
-        let handle = self.rt.get()?.handle();
-        let tx = handle.block_on(client.transaction()).map_err(PgError::Db)?;
-        let mut t = PgTx::new(handle, tx);
+        // `Runtime::block_on`, never a handle's: only it drives the connection.
+        let rt = self.rt.get()?;
+        let tx = rt.block_on(client.transaction()).map_err(PgError::Db)?;
+        let mut t = PgTx::new(rt, tx);
         if logged {
             t.begin_audit()?;
         }
