@@ -1,0 +1,364 @@
+//! The registry's write transaction on PostgreSQL (`RegistryTx`): the same rules as
+//! on redb, against the tables of migration 0001.
+//!
+//! A round trip per lookup would make a batch of rows cost thousands of them, so a
+//! batch is read ahead in a few set-based statements (`prefetch_rows`), every write is
+//! kept in memory, and the writes go out at commit in one `INSERT … SELECT unnest(…)`
+//! per table. Reads see the transaction's own writes first.
+//!
+//! Concurrency: whoever takes the person counter (`next_pid`) holds its row lock to
+//! the end of the transaction, and a batch takes it before it reads anything, so two
+//! processes enrolling at once take turns and each sees what the other committed. A
+//! person's record is read `FOR UPDATE`, so a change of the same person by another
+//! writer waits rather than being overwritten.
+
+use super::{audit, sql, unsql, PgError};
+use crate::registry::eligibility::CardStanding;
+use crate::registry::eligibility::{CheckKey, CheckRequest};
+use crate::registry::{Card, IdEntry, Person};
+use crate::store::{decode, Result};
+use ed25519_dalek::SigningKey;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use tokio::runtime::Runtime;
+use tokio_postgres::Transaction;
+
+mod primitives;
+
+/// The counter whose row lock serialises enrollment (`tables::PID`).
+const PID: &str = "next_pid";
+
+pub(crate) struct PgTx<'a> {
+    rt: &'a Runtime,
+    tx: Transaction<'a>,
+    /// My Number → pid (None: known to name no one).
+    my_numbers: HashMap<u64, Option<u64>>,
+    /// pid → the record as read or written in this transaction.
+    persons: HashMap<u64, Person>,
+    /// Card key → its holder (None: known to be free).
+    cards: HashMap<Vec<u8>, Option<u64>>,
+    /// Medical IDs known to be issued, and known to be free.
+    ids_taken: HashSet<u64>,
+    ids_free: HashSet<u64>,
+    counters: BTreeMap<&'static str, u64>,
+    out: Writes,
+    appender: Option<audit::Appender>,
+    /// What a group of checks will read, read ahead (`prefetch_checks`): card
+    /// standings by key, issued IDs, and persons' records as they stand, unlocked.
+    standings: HashMap<Vec<u8>, Option<CardStanding>>,
+    issued: HashMap<u64, Option<IdEntry>>,
+    records: HashMap<u64, Person>,
+}
+
+/// What this transaction will write at commit.
+#[derive(Default)]
+struct Writes {
+    persons: BTreeMap<u64, Vec<u8>>,
+    cards: BTreeMap<Vec<u8>, (u64, Vec<u8>)>,
+    my_numbers: Vec<(u64, u64)>,
+    ids: Vec<(u64, u64, Vec<u8>)>,
+    conflicts: Vec<(u64, Vec<u8>, Vec<u8>)>,
+    /// (pid, ServiceUse) in the order they happened.
+    service_uses: Vec<(i64, Vec<u8>)>,
+    consents: Vec<(i64, i64, Vec<u8>)>,
+}
+
+fn db(e: tokio_postgres::Error) -> crate::store::StoreError {
+    PgError::Db(e).into()
+}
+
+fn ints(v: &[u64]) -> Result<Vec<i64>> {
+    v.iter().map(|&n| Ok(sql(n)?)).collect()
+}
+
+impl<'a> PgTx<'a> {
+    pub(super) fn new(rt: &'a Runtime, tx: Transaction<'a>) -> Self {
+        Self {
+            rt,
+            tx,
+            my_numbers: HashMap::new(),
+            persons: HashMap::new(),
+            cards: HashMap::new(),
+            ids_taken: HashSet::new(),
+            ids_free: HashSet::new(),
+            counters: BTreeMap::new(),
+            out: Writes::default(),
+            appender: None,
+            standings: HashMap::new(),
+            issued: HashMap::new(),
+            records: HashMap::new(),
+        }
+    }
+
+    /// Reads ahead, in three statements, what resolving `reqs` will look up: the cards
+    /// named with their branch, the medical IDs, and the persons those name. A group of
+    /// checks then costs a few statements instead of a few round trips per check.
+    pub(super) fn prefetch_checks(&mut self, reqs: &[CheckRequest]) -> Result<()> {
+        let mut keys = Vec::new();
+        let mut ids = Vec::new();
+        for r in reqs {
+            match &r.key {
+                CheckKey::Card {
+                    insurer,
+                    symbol,
+                    number,
+                    branch: Some(b),
+                    ..
+                } => {
+                    let mut k = Card::prefix(insurer, symbol, number);
+                    k.push(b.value());
+                    keys.push(k);
+                }
+                CheckKey::Card { branch: None, .. } => {}
+                CheckKey::MedicalId(id) => ids.push(sql(id.as_u64())?),
+            }
+        }
+        let (tx, rt) = (&self.tx, self.rt);
+        let (cards, entries) = rt
+            .block_on(async {
+                let cards = tx
+                    .query(
+                        "SELECT card_key, standing FROM cards WHERE card_key = ANY($1)",
+                        &[&keys],
+                    )
+                    .await?;
+                let entries = tx
+                    .query(
+                        "SELECT medical_id, entry FROM medical_ids WHERE medical_id = ANY($1)",
+                        &[&ids],
+                    )
+                    .await?;
+                Ok::<_, tokio_postgres::Error>((cards, entries))
+            })
+            .map_err(db)?;
+        for k in keys {
+            self.standings.insert(k, None);
+        }
+        for r in &cards {
+            self.standings
+                .insert(r.get(0), Some(decode(r.get::<_, &[u8]>(1))?));
+        }
+        for id in &ids {
+            self.issued.insert(unsql(*id)?, None);
+        }
+        let mut pids = Vec::new();
+        for r in &entries {
+            let e: IdEntry = decode(r.get::<_, &[u8]>(1))?;
+            pids.push(sql(e.pid)?);
+            self.issued.insert(unsql(r.get(0))?, Some(e));
+        }
+        let persons = rt
+            .block_on(tx.query(
+                "SELECT pid, record FROM persons WHERE pid = ANY($1)",
+                &[&pids],
+            ))
+            .map_err(db)?;
+        for r in &persons {
+            self.records
+                .insert(unsql(r.get(0))?, decode(r.get::<_, &[u8]>(1))?);
+        }
+        Ok(())
+    }
+
+    /// Writes everything kept, signs a head over what was appended to the audit log
+    /// (with `sign`), and commits.
+    pub(super) fn commit(mut self, sign: Option<(&SigningKey, i64)>) -> Result<()> {
+        let rt = self.rt;
+        rt.block_on(self.flush())?;
+        if let Some(appender) = self.appender.take().filter(audit::Appender::appended) {
+            // Entries are never written without a head that signs them.
+            let sign = sign.ok_or(crate::store::StoreError::NoSigner)?;
+            rt.block_on(appender.finish(&self.tx, Some(sign)))?;
+        }
+        rt.block_on(self.tx.commit()).map_err(db)
+    }
+
+    async fn flush(&mut self) -> Result<()> {
+        let tx = &self.tx;
+        let w = std::mem::take(&mut self.out);
+        if !w.persons.is_empty() {
+            let (mut pids, mut numbers, mut ids, mut records) = (vec![], vec![], vec![], vec![]);
+            for (pid, record) in w.persons {
+                let p = self.persons.get(&pid).ok_or_else(|| {
+                    PgError::Inconsistent(format!("pid {pid} written but not kept"))
+                })?;
+                pids.push(sql(pid)?);
+                numbers.push(sql(p.my_number.as_u64())?);
+                ids.push(sql(p.medical_id.as_u64())?);
+                records.push(record);
+            }
+            tx.execute(
+                "INSERT INTO persons (pid, my_number, medical_id, record)
+                 SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bytea[])
+                 ON CONFLICT (pid) DO UPDATE SET my_number = excluded.my_number,
+                     medical_id = excluded.medical_id, record = excluded.record",
+                &[&pids, &numbers, &ids, &records],
+            )
+            .await
+            .map_err(db)?;
+        }
+        if !w.cards.is_empty() {
+            let (mut keys, mut pids, mut standings) = (vec![], vec![], vec![]);
+            for (key, (pid, standing)) in w.cards {
+                keys.push(key);
+                pids.push(sql(pid)?);
+                standings.push(standing);
+            }
+            tx.execute(
+                "INSERT INTO cards (card_key, pid, standing)
+                 SELECT * FROM unnest($1::bytea[], $2::bigint[], $3::bytea[])
+                 ON CONFLICT (card_key) DO UPDATE SET pid = excluded.pid,
+                     standing = excluded.standing",
+                &[&keys, &pids, &standings],
+            )
+            .await
+            .map_err(db)?;
+        }
+        if !w.my_numbers.is_empty() {
+            let numbers = ints(&w.my_numbers.iter().map(|m| m.0).collect::<Vec<_>>())?;
+            let pids = ints(&w.my_numbers.iter().map(|m| m.1).collect::<Vec<_>>())?;
+            tx.execute(
+                "INSERT INTO my_numbers (my_number, pid)
+                 SELECT * FROM unnest($1::bigint[], $2::bigint[])",
+                &[&numbers, &pids],
+            )
+            .await
+            .map_err(db)?;
+        }
+        if !w.ids.is_empty() {
+            let ids = ints(&w.ids.iter().map(|i| i.0).collect::<Vec<_>>())?;
+            let pids = ints(&w.ids.iter().map(|i| i.1).collect::<Vec<_>>())?;
+            let entries: Vec<&[u8]> = w.ids.iter().map(|i| i.2.as_slice()).collect();
+            // A plain insert: an ID claimed by another transaction meanwhile fails this
+            // one rather than being issued twice.
+            tx.execute(
+                "INSERT INTO medical_ids (medical_id, pid, entry)
+                 SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bytea[])",
+                &[&ids, &pids, &entries],
+            )
+            .await
+            .map_err(db)?;
+        }
+        if !w.conflicts.is_empty() {
+            let ids = ints(&w.conflicts.iter().map(|c| c.0).collect::<Vec<_>>())?;
+            let values: Vec<&[u8]> = w.conflicts.iter().map(|c| c.1.as_slice()).collect();
+            let keys: Vec<&[u8]> = w.conflicts.iter().map(|c| c.2.as_slice()).collect();
+            tx.execute(
+                "INSERT INTO conflicts (id, conflict)
+                 SELECT * FROM unnest($1::bigint[], $2::bytea[])",
+                &[&ids, &values],
+            )
+            .await
+            .map_err(db)?;
+            tx.execute(
+                "INSERT INTO conflict_keys (row_key, id)
+                 SELECT * FROM unnest($1::bytea[], $2::bigint[])",
+                &[&keys, &ids],
+            )
+            .await
+            .map_err(db)?;
+        }
+        if !w.service_uses.is_empty() {
+            let (pids, uses): (Vec<i64>, Vec<Vec<u8>>) = w.service_uses.into_iter().unzip();
+            // The sequence numbers the history in the order the rows are scanned,
+            // which is the order they were appended.
+            tx.execute(
+                "INSERT INTO service_uses (pid, seq, service_use)
+                 SELECT pid, nextval('service_use_seq'), u
+                 FROM unnest($1::bigint[], $2::bytea[]) AS x(pid, u)",
+                &[&pids, &uses],
+            )
+            .await
+            .map_err(db)?;
+        }
+        if !w.consents.is_empty() {
+            let pids: Vec<i64> = w.consents.iter().map(|c| c.0).collect();
+            let seqs: Vec<i64> = w.consents.iter().map(|c| c.1).collect();
+            let records: Vec<&[u8]> = w.consents.iter().map(|c| c.2.as_slice()).collect();
+            tx.execute(
+                "INSERT INTO consents (pid, seq, record)
+                 SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bytea[])",
+                &[&pids, &seqs, &records],
+            )
+            .await
+            .map_err(db)?;
+        }
+        for (name, value) in std::mem::take(&mut self.counters) {
+            tx.execute(
+                "INSERT INTO counters (name, value) VALUES ($1, $2)
+                 ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                &[&name, &sql(value)?],
+            )
+            .await
+            .map_err(db)?;
+        }
+        Ok(())
+    }
+
+    /// The value of the row numbered `id`, read by `query`, decoded.
+    fn one<T: serde::de::DeserializeOwned>(&self, query: &str, id: u64) -> Result<Option<T>> {
+        let row = self
+            .rt
+            .block_on(self.tx.query_opt(query, &[&sql(id)?]))
+            .map_err(db)?;
+        row.map(|r| decode(r.get::<_, &[u8]>(0))).transpose()
+    }
+
+    /// Runs `statement` with a row's number and value at once, inside the transaction.
+    fn now(&self, statement: &str, id: u64, value: &[u8]) -> Result<()> {
+        self.rt
+            .block_on(self.tx.execute(statement, &[&sql(id)?, &value]))
+            .map_err(db)?;
+        Ok(())
+    }
+
+    /// Takes the audit log's append lock for the rest of the transaction, once.
+    pub(super) fn begin_audit(&mut self) -> Result<()> {
+        if self.appender.is_none() {
+            self.appender = Some(self.rt.block_on(audit::begin(&self.tx))?);
+        }
+        Ok(())
+    }
+
+    /// Reads a counter and holds its row until the transaction ends.
+    fn load_counter(&mut self, name: &'static str) -> Result<u64> {
+        if let Some(v) = self.counters.get(name) {
+            return Ok(*v);
+        }
+        let row = self
+            .rt
+            .block_on(self.tx.query_opt(
+                "SELECT value FROM counters WHERE name = $1 FOR UPDATE",
+                &[&name],
+            ))
+            .map_err(db)?;
+        let v = match row {
+            Some(r) => unsql(r.get(0))?,
+            None => 1,
+        };
+        self.counters.insert(name, v);
+        Ok(v)
+    }
+
+    fn read_persons(&mut self, pids: &[u64]) -> Result<()> {
+        let wanted: Vec<u64> = pids
+            .iter()
+            .copied()
+            .filter(|p| !self.persons.contains_key(p))
+            .collect();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let rows = self
+            .rt
+            .block_on(self.tx.query(
+                "SELECT pid, record FROM persons WHERE pid = ANY($1) ORDER BY pid FOR UPDATE",
+                &[&ints(&wanted)?],
+            ))
+            .map_err(db)?;
+        for r in rows {
+            let pid = unsql(r.get(0))?;
+            self.persons.insert(pid, decode(r.get::<_, &[u8]>(1))?);
+        }
+        Ok(())
+    }
+}

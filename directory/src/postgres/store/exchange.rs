@@ -1,0 +1,285 @@
+//! The PostgreSQL store's side of the exchange: memberships, consent, grants,
+//! notifications and refusal reports, the network's group commit, and the audit log's
+//! reads and proofs.
+
+use super::PgStore;
+use crate::access::ConsentRecord;
+use crate::audit::LogEntry;
+use crate::postgres::audit;
+use crate::postgres::registry_tx::PgTx;
+use crate::registry::eligibility::CheckRequest;
+use crate::registry::Person;
+use crate::store::federation::{self, GrantQuery, NotifyOutcome, ReportsTaken};
+use crate::store::{
+    checks, AuditReport, GrantRecord, InstitutionRecord, Job, Outcome, Result, StoreError,
+};
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use iryo_proto::federation::{
+    Grant, Membership, Notification, RefusalReport, Registration, Role, Time, TreeHead,
+};
+use iryo_proto::merkle::Hash;
+use iryo_proto::signed::Signed;
+use iryo_proto::wire::Refusal;
+use iryo_proto::{InstitutionCode, MedicalId};
+
+impl PgStore {
+    /// Decides `jobs` — the network's checks, grants and notifications — and commits
+    /// all their effects in one transaction, as `Store::commit_group` does.
+    pub(crate) fn commit_group(&self, jobs: &[Job], at: Time) -> Result<Vec<Outcome>> {
+        let (retention, visit_days) = (self.retention_years, self.policy.visit_consent_days);
+        let rules = (retention, self.policy.default, self.policy.grant_seconds);
+        self.write(|t| {
+            let check = |t: &mut PgTx<'_>, req: &CheckRequest| {
+                checks::decide_and_record(t, req, retention, visit_days, at)
+            };
+            let asked: Vec<CheckRequest> = jobs
+                .iter()
+                .flat_map(|j| match j {
+                    Job::Check(req) => std::slice::from_ref(req),
+                    Job::Checks(reqs) => reqs.as_slice(),
+                    Job::Grant(..) | Job::Notify(..) => &[],
+                })
+                .cloned()
+                .collect();
+            t.prefetch_checks(&asked)?;
+            let mut out = Vec::with_capacity(jobs.len());
+            for job in jobs {
+                out.push(match job {
+                    Job::Check(req) => Outcome::Check(check(t, req)?),
+                    Job::Checks(reqs) => {
+                        Outcome::Checks(reqs.iter().map(|r| check(t, r)).collect::<Result<_>>()?)
+                    }
+                    Job::Grant(member, query) => {
+                        Outcome::Grant(federation::grant_in(t, member, query, at, rules)?)
+                    }
+                    Job::Notify(from, valid) => {
+                        Outcome::Notified(federation::append_notifications(t, *from, valid)?)
+                    }
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    /// Issues a membership for a node's registration request (`Store::add_institution`).
+    pub fn add_institution(
+        &self,
+        request: &Signed<Registration>,
+        roles: Vec<Role>,
+        valid_days: u32,
+        agency: &SigningKey,
+        now: Time,
+        operator: &str,
+    ) -> Result<Membership> {
+        let reg = federation::registration(request)?;
+        self.write(|t| {
+            federation::add_institution(t, &reg, roles, valid_days, agency, now, operator)
+        })
+    }
+
+    pub fn revoke_institution(
+        &self,
+        code: InstitutionCode,
+        now: Time,
+        operator: &str,
+    ) -> Result<()> {
+        self.write(|t| federation::revoke_institution(t, code, now, operator))
+    }
+
+    pub fn institutions(&self) -> Result<Vec<InstitutionRecord>> {
+        self.values("SELECT record FROM institutions ORDER BY code", &[])
+    }
+
+    pub fn institution(&self, code: InstitutionCode) -> Result<Option<InstitutionRecord>> {
+        let code = crate::postgres::sql(code.as_u64())?;
+        Ok(self
+            .values("SELECT record FROM institutions WHERE code = $1", &[&code])?
+            .pop())
+    }
+
+    /// The institution a node's authenticated key speaks for, if any. Kept in memory
+    /// for `MEMBER_SECONDS`: another process (an operator's command) may revoke it, and
+    /// nothing here would hear of it sooner.
+    pub fn institution_by_key(&self, key: &[u8; 32]) -> Result<Option<InstitutionRecord>> {
+        let found: Option<InstitutionRecord> = self
+            .values(
+                "SELECT i.record FROM institution_keys k JOIN institutions i ON i.code = k.code
+                 WHERE k.public_key = $1",
+                &[&key.as_slice()],
+            )?
+            .pop();
+        if let (Some(r), Ok(mut cache)) = (&found, self.members.lock()) {
+            cache.insert(*key, (std::time::Instant::now(), r.clone()));
+        }
+        Ok(found)
+    }
+
+    /// The record of `key` read by `institution_by_key` less than `MEMBER_SECONDS` ago.
+    pub fn cached_member(&self, key: &[u8; 32]) -> Option<InstitutionRecord> {
+        let cache = self.members.lock().ok()?;
+        let (read, r) = cache.get(key)?;
+        (read.elapsed() < super::MEMBER_SECONDS).then(|| r.clone())
+    }
+
+    /// Records a consent decision for the patient holding `id` (`Store::add_consent`).
+    pub fn add_consent(&self, id: MedicalId, record: &ConsentRecord) -> Result<()> {
+        self.write(|t| federation::add_consent(t, id, record))
+    }
+
+    /// A patient's consent decisions, in the order they were made.
+    pub fn consents(&self, id: MedicalId) -> Result<Vec<ConsentRecord>> {
+        let pid = crate::postgres::sql(self.person_by_medical_id(id)?.pid)?;
+        self.values(
+            "SELECT record FROM consents WHERE pid = $1 ORDER BY seq",
+            &[&pid],
+        )
+    }
+
+    /// Decides a grant, logs the decision, and signs the grant when it is given.
+    pub fn request_grant(
+        &self,
+        requester: &Membership,
+        query: &GrantQuery,
+        agency: &SigningKey,
+        now: Time,
+    ) -> Result<std::result::Result<Signed<Grant>, Refusal>> {
+        let rules = (
+            self.retention_years,
+            self.policy.default,
+            self.policy.grant_seconds,
+        );
+        let decided = self.write(|t| federation::grant_in(t, requester, query, now, rules))?;
+        Ok(decided.map(|g| Signed::sign(&g, agency)))
+    }
+
+    /// Verifies, de-duplicates and logs notifications sent by `from`.
+    pub fn accept_notifications(
+        &self,
+        from: &Membership,
+        batch: &[Signed<Notification>],
+    ) -> Result<NotifyOutcome> {
+        let (valid, mut out) = federation::verify_notifications(from, batch)?;
+        out.acknowledged =
+            self.write(|t| federation::append_notifications(t, from.code, &valid))?;
+        Ok(out)
+    }
+
+    /// Logs a source's signed refusal reports (`Store::log_refusals`).
+    pub fn log_refusals(
+        &self,
+        member: &Membership,
+        reports: &[Signed<RefusalReport>],
+    ) -> Result<ReportsTaken> {
+        let (valid, refused) = federation::verify_refusals(member, reports)?;
+        let ids = self.write(|t| federation::append_refusals(t, member.code, &valid))?;
+        Ok((ids, refused))
+    }
+
+    /// Grants used by one end whose other end has not reported within `window` seconds.
+    pub fn unmatched(&self, now: Time, window: i64) -> Result<Vec<GrantRecord>> {
+        let grants: Vec<GrantRecord> = self.values(
+            "SELECT g.record FROM grants g
+             WHERE NOT EXISTS (SELECT 1 FROM closed_grants c WHERE c.grant_id = g.grant_id)
+             ORDER BY g.grant_id",
+            &[],
+        )?;
+        Ok(grants
+            .into_iter()
+            .filter(|g| federation::one_sided(g, now, window))
+            .collect())
+    }
+
+    /// Closes an unmatched grant whose other end will never report.
+    pub fn close_unmatched(
+        &self,
+        grant_id: [u8; 16],
+        reason: &str,
+        by: &str,
+        at: Time,
+    ) -> Result<GrantRecord> {
+        self.write(|t| federation::close_unmatched(t, grant_id, reason, by, at))
+    }
+
+    /// Writes that `operator` read `what` of each of these people, one entry each.
+    pub fn log_reads(&self, operator: &str, people: &[MedicalId], what: &str) -> Result<()> {
+        if people.is_empty() {
+            return Ok(());
+        }
+        if self.signer.is_none() {
+            return Err(StoreError::NoSigner);
+        }
+        let at = crate::registry::now();
+        self.write(|t| {
+            use crate::store::registry_tx::RegistryTx;
+            for id in people {
+                t.audit_append(&crate::audit::LogEntry::OperatorRead {
+                    operator: operator.into(),
+                    medical_id: *id,
+                    what: what.into(),
+                    at,
+                })?;
+            }
+            Ok(())
+        })
+    }
+
+    /// The key that signed the log's first head, if it has one.
+    pub fn first_head_signer(&self) -> Result<Option<[u8; 32]>> {
+        let first: Option<Signed<TreeHead>> = self
+            .values("SELECT head FROM audit_heads ORDER BY size LIMIT 1", &[])?
+            .pop();
+        Ok(first.map(|h| h.signer))
+    }
+
+    /// The audit log's size.
+    pub fn audit_size(&self) -> Result<u64> {
+        self.read(async |c| audit::size(c).await)
+    }
+
+    /// The latest signed head and the size it covers. Every transaction that appends
+    /// signs a head for what it appended, so the latest head covers the whole log.
+    pub fn current_head(&self) -> Result<(Signed<TreeHead>, u64)> {
+        let head = self
+            .read(async |c| audit::latest_head(c).await)?
+            .ok_or(StoreError::EmptyLog)?;
+        let size = head
+            .open_unverified()
+            .map_err(|e| StoreError::Inconsistent(e.to_string()))?
+            .size;
+        Ok((head, size))
+    }
+
+    pub fn audit_root(&self, size: u64) -> Result<Hash> {
+        self.read(async |c| audit::root(c, size).await)
+    }
+
+    pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>> {
+        self.read(async |c| audit::inclusion_proof(c, index, size).await)
+    }
+
+    pub fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Hash>> {
+        self.read(async |c| audit::consistency_proof(c, old, new).await)
+    }
+
+    pub fn audit_entry(&self, index: u64) -> Result<LogEntry> {
+        let i = crate::postgres::sql(index)?;
+        self.values("SELECT entry FROM audit_leaves WHERE leaf = $1", &[&i])?
+            .pop()
+            .ok_or(StoreError::NoAuditEntry(index))
+    }
+
+    /// The entries about a person, under every medical ID the person has held.
+    pub fn audit_for_person(&self, person: &Person) -> Result<Vec<(u64, LogEntry)>> {
+        let ids = crate::store::ids_held(person);
+        self.read(async |c| audit::for_patient(c, &ids).await)
+    }
+
+    /// `audit verify`: the same checks as on redb, on one snapshot of the log.
+    pub fn audit_verify(&self, agency: &VerifyingKey) -> Result<AuditReport> {
+        let mut client = self.client()?;
+        Ok(self
+            .rt
+            .get()?
+            .block_on(audit::verify(&mut client, agency))?)
+    }
+}
