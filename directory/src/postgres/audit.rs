@@ -50,13 +50,13 @@ pub struct Appender {
 
 /// Takes the append lock for the rest of `tx` and reads the log's right edge.
 pub async fn begin(tx: &tokio_postgres::Transaction<'_>) -> Result<Appender, PgError> {
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&APPEND_LOCK])
-        .await?;
-    let size = unsql(
-        tx.query_one("SELECT coalesce(max(leaf) + 1, 0) FROM audit_leaves", &[])
-            .await?
-            .get(0),
+    // Sent together: the server runs them in order, so the size is read once the
+    // lock is held, without a round trip between them.
+    let (_, size) = futures::try_join!(
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&APPEND_LOCK]),
+        tx.query_one("SELECT coalesce(max(leaf) + 1, 0) FROM audit_leaves", &[]),
     )?;
+    let size = unsql(size.get(0))?;
     let read = read_subtrees(tx, &Frontier::parts(size)).await?;
     let frontier = Frontier::load(&read, size)
         .map_err(|e| PgError::Inconsistent(format!("the log's right edge: {e}")))?;
@@ -106,42 +106,58 @@ impl Appender {
         tx: &tokio_postgres::Transaction<'_>,
         sign: Option<(&SigningKey, Time)>,
     ) -> Result<Option<Signed<TreeHead>>, PgError> {
-        if !self.leaves.is_empty() {
+        let leaves = async {
+            if self.leaves.is_empty() {
+                return Ok(0);
+            }
             tx.execute(
                 "INSERT INTO audit_leaves (leaf, entry, medical_id)
                  SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::bigint[])",
                 &[&self.leaves, &self.entries, &self.patients],
             )
-            .await?;
-        }
-        if !self.subtrees.0.is_empty() {
+            .await
+        };
+        let subtrees = async {
+            if self.subtrees.0.is_empty() {
+                return Ok(0);
+            }
             tx.execute(
                 "INSERT INTO audit_subtrees (last_leaf, level, hash)
                  SELECT * FROM unnest($1::bigint[], $2::integer[], $3::bytea[])",
                 &[&self.subtrees.0, &self.subtrees.1, &self.subtrees.2],
             )
-            .await?;
-        }
-        let Some((key, at)) = sign else {
-            return Ok(None);
+            .await
         };
-        let size = self.frontier.size();
-        let head = Signed::sign(
-            &TreeHead {
-                size,
-                root: self.frontier.root(),
-                at,
-            },
-            key,
-        );
-        let encoded = postcard::to_allocvec(&head).map_err(|e| PgError::Codec(e.to_string()))?;
-        tx.execute(
-            "INSERT INTO audit_heads (size, head) VALUES ($1, $2)
-             ON CONFLICT (size) DO NOTHING",
-            &[&sql(size)?, &encoded],
-        )
-        .await?;
-        Ok(Some(head))
+        let head = sign
+            .map(|(key, at)| {
+                let head = Signed::sign(
+                    &TreeHead {
+                        size: self.frontier.size(),
+                        root: self.frontier.root(),
+                        at,
+                    },
+                    key,
+                );
+                let encoded =
+                    postcard::to_allocvec(&head).map_err(|e| PgError::Codec(e.to_string()))?;
+                Ok::<_, PgError>((head, encoded))
+            })
+            .transpose()?;
+        let size = sql(self.frontier.size())?;
+        let stored = async {
+            let Some((_, encoded)) = &head else {
+                return Ok(0);
+            };
+            tx.execute(
+                "INSERT INTO audit_heads (size, head) VALUES ($1, $2)
+                 ON CONFLICT (size) DO NOTHING",
+                &[&size, encoded],
+            )
+            .await
+        };
+        // The three go out together (tokio-postgres pipelines futures polled at once).
+        futures::try_join!(leaves, subtrees, stored)?;
+        Ok(head.map(|(h, _)| h))
     }
 }
 
@@ -163,29 +179,36 @@ async fn read_subtrees(
         }
     }
     let mut read = Prefetched::default();
-    if !lasts.is_empty() {
-        let rows = c
-            .query(
-                "SELECT s.last_leaf, s.level, s.hash FROM audit_subtrees s
-                 JOIN unnest($1::bigint[], $2::integer[]) AS k(last_leaf, level)
-                 USING (last_leaf, level)",
-                &[&lasts, &levels],
-            )
-            .await?;
-        for r in rows {
-            let (last, level) = (unsql(r.get(0))?, r.get::<_, i32>(1) as u32);
-            let index = ((last + 1) >> level) - 1;
-            read.0.insert((level, index), hash(r.get(2))?);
+    let wanted: Vec<i64> = leaves.into_iter().collect();
+    let stored = async {
+        if lasts.is_empty() {
+            return Ok(Vec::new());
         }
+        c.query(
+            "SELECT s.last_leaf, s.level, s.hash FROM audit_subtrees s
+             JOIN unnest($1::bigint[], $2::integer[]) AS k(last_leaf, level)
+             USING (last_leaf, level)",
+            &[&lasts, &levels],
+        )
+        .await
+    };
+    let below = async {
+        if wanted.is_empty() {
+            return Ok(Vec::new());
+        }
+        c.query(
+            "SELECT leaf, entry FROM audit_leaves WHERE leaf = ANY($1) ORDER BY leaf",
+            &[&wanted],
+        )
+        .await
+    };
+    let (stored, rows) = futures::try_join!(stored, below)?;
+    for r in stored {
+        let (last, level) = (unsql(r.get(0))?, r.get::<_, i32>(1) as u32);
+        let index = ((last + 1) >> level) - 1;
+        read.0.insert((level, index), hash(r.get(2))?);
     }
-    if !leaves.is_empty() {
-        let wanted: Vec<i64> = leaves.into_iter().collect();
-        let rows = c
-            .query(
-                "SELECT leaf, entry FROM audit_leaves WHERE leaf = ANY($1) ORDER BY leaf",
-                &[&wanted],
-            )
-            .await?;
+    if !wanted.is_empty() {
         let hashes: HashMap<u64, Hash> = rows
             .iter()
             .map(|r| Ok((unsql(r.get(0))?, merkle::leaf_hash(r.get(1)))))

@@ -20,6 +20,7 @@ use crate::store::{decode, Result};
 use ed25519_dalek::SigningKey;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use tokio::runtime::Runtime;
+use tokio_postgres::types::ToSql;
 use tokio_postgres::Transaction;
 
 mod primitives;
@@ -113,21 +114,20 @@ impl<'a> PgTx<'a> {
             }
         }
         let (tx, rt) = (&self.tx, self.rt);
+        let (key_params, id_params): ([&(dyn ToSql + Sync); 1], [&(dyn ToSql + Sync); 1]) =
+            ([&keys], [&ids]);
         let (cards, entries) = rt
             .block_on(async {
-                let cards = tx
-                    .query(
+                futures::try_join!(
+                    tx.query(
                         "SELECT card_key, standing FROM cards WHERE card_key = ANY($1)",
-                        &[&keys],
-                    )
-                    .await?;
-                let entries = tx
-                    .query(
+                        &key_params,
+                    ),
+                    tx.query(
                         "SELECT medical_id, entry FROM medical_ids WHERE medical_id = ANY($1)",
-                        &[&ids],
-                    )
-                    .await?;
-                Ok::<_, tokio_postgres::Error>((cards, entries))
+                        &id_params,
+                    ),
+                )
             })
             .map_err(db)?;
         for k in keys {
@@ -173,124 +173,168 @@ impl<'a> PgTx<'a> {
     }
 
     async fn flush(&mut self) -> Result<()> {
-        let tx = &self.tx;
         let w = std::mem::take(&mut self.out);
-        if !w.persons.is_empty() {
-            let (mut pids, mut numbers, mut ids, mut records) = (vec![], vec![], vec![], vec![]);
-            for (pid, record) in w.persons {
-                let p = self.persons.get(&pid).ok_or_else(|| {
-                    PgError::Inconsistent(format!("pid {pid} written but not kept"))
-                })?;
-                pids.push(sql(pid)?);
-                numbers.push(sql(p.my_number.as_u64())?);
-                ids.push(sql(p.medical_id.as_u64())?);
-                records.push(record);
-            }
-            tx.execute(
-                "INSERT INTO persons (pid, my_number, medical_id, record)
+        let counters = std::mem::take(&mut self.counters);
+        let mut persons = (vec![], vec![], vec![], vec![]);
+        for (pid, record) in w.persons {
+            let p = self
+                .persons
+                .get(&pid)
+                .ok_or_else(|| PgError::Inconsistent(format!("pid {pid} written but not kept")))?;
+            persons.0.push(sql(pid)?);
+            persons.1.push(sql(p.my_number.as_u64())?);
+            persons.2.push(sql(p.medical_id.as_u64())?);
+            persons.3.push(record);
+        }
+        let mut cards = (vec![], vec![], vec![]);
+        for (key, (pid, standing)) in w.cards {
+            cards.0.push(key);
+            cards.1.push(sql(pid)?);
+            cards.2.push(standing);
+        }
+        let my_numbers = (
+            ints(&w.my_numbers.iter().map(|m| m.0).collect::<Vec<_>>())?,
+            ints(&w.my_numbers.iter().map(|m| m.1).collect::<Vec<_>>())?,
+        );
+        let ids = (
+            ints(&w.ids.iter().map(|i| i.0).collect::<Vec<_>>())?,
+            ints(&w.ids.iter().map(|i| i.1).collect::<Vec<_>>())?,
+            w.ids.iter().map(|i| i.2.as_slice()).collect::<Vec<_>>(),
+        );
+        let conflicts = (
+            ints(&w.conflicts.iter().map(|c| c.0).collect::<Vec<_>>())?,
+            w.conflicts
+                .iter()
+                .map(|c| c.1.as_slice())
+                .collect::<Vec<_>>(),
+            w.conflicts
+                .iter()
+                .map(|c| c.2.as_slice())
+                .collect::<Vec<_>>(),
+        );
+        let (use_pids, uses): (Vec<i64>, Vec<Vec<u8>>) = w.service_uses.into_iter().unzip();
+        let consents = (
+            w.consents.iter().map(|c| c.0).collect::<Vec<_>>(),
+            w.consents.iter().map(|c| c.1).collect::<Vec<_>>(),
+            w.consents
+                .iter()
+                .map(|c| c.2.as_slice())
+                .collect::<Vec<_>>(),
+        );
+        let counters: Vec<(&str, i64)> = counters
+            .into_iter()
+            .map(|(name, value)| Ok((name, sql(value)?)))
+            .collect::<Result<_>>()?;
+
+        // Every table's writes go out together: tokio-postgres pipelines futures polled
+        // at once, so a commit costs one round trip for all of them, not one each.
+        let tx = &self.tx;
+        type Write<'w> = std::pin::Pin<
+            Box<
+                dyn std::future::Future<Output = std::result::Result<u64, tokio_postgres::Error>>
+                    + Send
+                    + 'w,
+            >,
+        >;
+        let mut writes: Vec<Write<'_>> = Vec::new();
+        if !persons.0.is_empty() {
+            writes.push(Box::pin(async {
+                tx.execute(
+                    "INSERT INTO persons (pid, my_number, medical_id, record)
                  SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bytea[])
                  ON CONFLICT (pid) DO UPDATE SET my_number = excluded.my_number,
                      medical_id = excluded.medical_id, record = excluded.record",
-                &[&pids, &numbers, &ids, &records],
-            )
-            .await
-            .map_err(db)?;
+                    &[&persons.0, &persons.1, &persons.2, &persons.3],
+                )
+                .await
+            }));
         }
-        if !w.cards.is_empty() {
-            let (mut keys, mut pids, mut standings) = (vec![], vec![], vec![]);
-            for (key, (pid, standing)) in w.cards {
-                keys.push(key);
-                pids.push(sql(pid)?);
-                standings.push(standing);
-            }
-            tx.execute(
-                "INSERT INTO cards (card_key, pid, standing)
+        if !cards.0.is_empty() {
+            writes.push(Box::pin(async {
+                tx.execute(
+                    "INSERT INTO cards (card_key, pid, standing)
                  SELECT * FROM unnest($1::bytea[], $2::bigint[], $3::bytea[])
                  ON CONFLICT (card_key) DO UPDATE SET pid = excluded.pid,
                      standing = excluded.standing",
-                &[&keys, &pids, &standings],
-            )
-            .await
-            .map_err(db)?;
+                    &[&cards.0, &cards.1, &cards.2],
+                )
+                .await
+            }));
         }
-        if !w.my_numbers.is_empty() {
-            let numbers = ints(&w.my_numbers.iter().map(|m| m.0).collect::<Vec<_>>())?;
-            let pids = ints(&w.my_numbers.iter().map(|m| m.1).collect::<Vec<_>>())?;
-            tx.execute(
-                "INSERT INTO my_numbers (my_number, pid)
+        if !my_numbers.0.is_empty() {
+            writes.push(Box::pin(async {
+                tx.execute(
+                    "INSERT INTO my_numbers (my_number, pid)
                  SELECT * FROM unnest($1::bigint[], $2::bigint[])",
-                &[&numbers, &pids],
-            )
-            .await
-            .map_err(db)?;
+                    &[&my_numbers.0, &my_numbers.1],
+                )
+                .await
+            }));
         }
-        if !w.ids.is_empty() {
-            let ids = ints(&w.ids.iter().map(|i| i.0).collect::<Vec<_>>())?;
-            let pids = ints(&w.ids.iter().map(|i| i.1).collect::<Vec<_>>())?;
-            let entries: Vec<&[u8]> = w.ids.iter().map(|i| i.2.as_slice()).collect();
+        if !ids.0.is_empty() {
             // A plain insert: an ID claimed by another transaction meanwhile fails this
             // one rather than being issued twice.
-            tx.execute(
-                "INSERT INTO medical_ids (medical_id, pid, entry)
+            writes.push(Box::pin(async {
+                tx.execute(
+                    "INSERT INTO medical_ids (medical_id, pid, entry)
                  SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bytea[])",
-                &[&ids, &pids, &entries],
-            )
-            .await
-            .map_err(db)?;
+                    &[&ids.0, &ids.1, &ids.2],
+                )
+                .await
+            }));
         }
-        if !w.conflicts.is_empty() {
-            let ids = ints(&w.conflicts.iter().map(|c| c.0).collect::<Vec<_>>())?;
-            let values: Vec<&[u8]> = w.conflicts.iter().map(|c| c.1.as_slice()).collect();
-            let keys: Vec<&[u8]> = w.conflicts.iter().map(|c| c.2.as_slice()).collect();
-            tx.execute(
-                "INSERT INTO conflicts (id, conflict)
+        if !conflicts.0.is_empty() {
+            writes.push(Box::pin(async {
+                tx.execute(
+                    "INSERT INTO conflicts (id, conflict)
                  SELECT * FROM unnest($1::bigint[], $2::bytea[])",
-                &[&ids, &values],
-            )
-            .await
-            .map_err(db)?;
-            tx.execute(
-                "INSERT INTO conflict_keys (row_key, id)
+                    &[&conflicts.0, &conflicts.1],
+                )
+                .await
+            }));
+            writes.push(Box::pin(async {
+                tx.execute(
+                    "INSERT INTO conflict_keys (row_key, id)
                  SELECT * FROM unnest($1::bytea[], $2::bigint[])",
-                &[&keys, &ids],
-            )
-            .await
-            .map_err(db)?;
+                    &[&conflicts.2, &conflicts.0],
+                )
+                .await
+            }));
         }
-        if !w.service_uses.is_empty() {
-            let (pids, uses): (Vec<i64>, Vec<Vec<u8>>) = w.service_uses.into_iter().unzip();
+        if !use_pids.is_empty() {
             // The sequence numbers the history in the order the rows are scanned,
             // which is the order they were appended.
-            tx.execute(
-                "INSERT INTO service_uses (pid, seq, service_use)
+            writes.push(Box::pin(async {
+                tx.execute(
+                    "INSERT INTO service_uses (pid, seq, service_use)
                  SELECT pid, nextval('service_use_seq'), u
                  FROM unnest($1::bigint[], $2::bytea[]) AS x(pid, u)",
-                &[&pids, &uses],
-            )
-            .await
-            .map_err(db)?;
+                    &[&use_pids, &uses],
+                )
+                .await
+            }));
         }
-        if !w.consents.is_empty() {
-            let pids: Vec<i64> = w.consents.iter().map(|c| c.0).collect();
-            let seqs: Vec<i64> = w.consents.iter().map(|c| c.1).collect();
-            let records: Vec<&[u8]> = w.consents.iter().map(|c| c.2.as_slice()).collect();
-            tx.execute(
-                "INSERT INTO consents (pid, seq, record)
+        if !consents.0.is_empty() {
+            writes.push(Box::pin(async {
+                tx.execute(
+                    "INSERT INTO consents (pid, seq, record)
                  SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bytea[])",
-                &[&pids, &seqs, &records],
-            )
-            .await
-            .map_err(db)?;
+                    &[&consents.0, &consents.1, &consents.2],
+                )
+                .await
+            }));
         }
-        for (name, value) in std::mem::take(&mut self.counters) {
-            tx.execute(
-                "INSERT INTO counters (name, value) VALUES ($1, $2)
+        for (name, value) in &counters {
+            writes.push(Box::pin(async move {
+                tx.execute(
+                    "INSERT INTO counters (name, value) VALUES ($1, $2)
                  ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-                &[&name, &sql(value)?],
-            )
-            .await
-            .map_err(db)?;
+                    &[name, value],
+                )
+                .await
+            }));
         }
+        futures::future::try_join_all(writes).await.map_err(db)?;
         Ok(())
     }
 
