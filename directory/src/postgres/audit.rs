@@ -48,18 +48,44 @@ pub struct Appender {
     subtrees: (Vec<i64>, Vec<i32>, Vec<Vec<u8>>),
 }
 
-/// Takes the append lock for the rest of `tx` and reads the log's right edge.
-pub async fn begin(tx: &tokio_postgres::Transaction<'_>) -> Result<Appender, PgError> {
-    // Sent together: the server runs them in order, so the size is read once the
-    // lock is held, without a round trip between them.
-    let (_, size) = futures::try_join!(
+/// Takes the append lock for the rest of `tx` and reads the log's right edge, unless
+/// `known` is the edge of a log of the size found: this process appended last, and
+/// kept it.
+pub async fn begin(
+    tx: &tokio_postgres::Transaction<'_>,
+    known: Option<&Frontier>,
+) -> Result<Appender, PgError> {
+    // Sent together: the server runs them in order, so the size and the latest head
+    // are read once the lock is held, without a round trip between them.
+    let (_, size, latest) = futures::try_join!(
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&APPEND_LOCK]),
         tx.query_one("SELECT coalesce(max(leaf) + 1, 0) FROM audit_leaves", &[]),
+        tx.query_opt(
+            "SELECT head FROM audit_heads ORDER BY size DESC LIMIT 1",
+            &[]
+        ),
     )?;
     let size = unsql(size.get(0))?;
-    let read = read_subtrees(tx, &Frontier::parts(size)).await?;
-    let frontier = Frontier::load(&read, size)
-        .map_err(|e| PgError::Inconsistent(format!("the log's right edge: {e}")))?;
+    // The kept edge is this log's only if the head signed over the log as it stands
+    // has the kept edge's root: a database restored or failed over to another history
+    // of the same length has another root.
+    let latest: Option<TreeHead> = latest.and_then(|r| {
+        postcard::from_bytes::<Signed<TreeHead>>(r.get(0))
+            .ok()
+            .and_then(|h| h.open_unverified().ok())
+    });
+    let frontier = match known {
+        Some(f)
+            if f.size() == size && latest.is_some_and(|h| h.size == size && h.root == f.root()) =>
+        {
+            f.clone()
+        }
+        _ => {
+            let read = read_subtrees(tx, &Frontier::parts(size)).await?;
+            Frontier::load(&read, size)
+                .map_err(|e| PgError::Inconsistent(format!("the log's right edge: {e}")))?
+        }
+    };
     Ok(Appender {
         frontier,
         leaves: Vec::new(),
@@ -70,6 +96,11 @@ pub async fn begin(tx: &tokio_postgres::Transaction<'_>) -> Result<Appender, PgE
 }
 
 impl Appender {
+    /// The log's right edge with what was appended.
+    pub fn frontier(&self) -> &Frontier {
+        &self.frontier
+    }
+
     /// Whether anything was appended.
     pub fn appended(&self) -> bool {
         !self.leaves.is_empty()

@@ -43,6 +43,8 @@ pub(crate) struct PgTx<'a> {
     counters: BTreeMap<&'static str, u64>,
     out: Writes,
     appender: Option<audit::Appender>,
+    /// The log's right edge this process last committed (`begin_audit`).
+    edge: Option<iryo_proto::merkle::Frontier>,
     /// What a group of checks will read, read ahead (`prefetch_checks`): card
     /// standings by key, issued IDs, and persons' records as they stand, unlocked.
     standings: HashMap<Vec<u8>, Option<CardStanding>>,
@@ -72,7 +74,13 @@ fn ints(v: &[u64]) -> Result<Vec<i64>> {
 }
 
 impl<'a> PgTx<'a> {
-    pub(super) fn new(rt: &'a Runtime, tx: Transaction<'a>) -> Self {
+    /// A transaction on `tx`; `edge` is the audit log's right edge as this process
+    /// last committed it, used if no one appended since.
+    pub(super) fn new(
+        rt: &'a Runtime,
+        tx: Transaction<'a>,
+        edge: Option<iryo_proto::merkle::Frontier>,
+    ) -> Self {
         Self {
             rt,
             tx,
@@ -84,6 +92,7 @@ impl<'a> PgTx<'a> {
             counters: BTreeMap::new(),
             out: Writes::default(),
             appender: None,
+            edge,
             standings: HashMap::new(),
             issued: HashMap::new(),
             records: HashMap::new(),
@@ -161,15 +170,25 @@ impl<'a> PgTx<'a> {
 
     /// Writes everything kept, signs a head over what was appended to the audit log
     /// (with `sign`), and commits.
-    pub(super) fn commit(mut self, sign: Option<(&SigningKey, i64)>) -> Result<()> {
+    /// Commits; the log's right edge as this transaction left it, if it held the
+    /// append lock.
+    pub(super) fn commit(
+        mut self,
+        sign: Option<(&SigningKey, i64)>,
+    ) -> Result<Option<iryo_proto::merkle::Frontier>> {
         let rt = self.rt;
         rt.block_on(self.flush())?;
-        if let Some(appender) = self.appender.take().filter(audit::Appender::appended) {
-            // Entries are never written without a head that signs them.
-            let sign = sign.ok_or(crate::store::StoreError::NoSigner)?;
-            rt.block_on(appender.finish(&self.tx, Some(sign)))?;
+        let mut edge = None;
+        if let Some(appender) = self.appender.take() {
+            edge = Some(appender.frontier().clone());
+            if appender.appended() {
+                // Entries are never written without a head that signs them.
+                let sign = sign.ok_or(crate::store::StoreError::NoSigner)?;
+                rt.block_on(appender.finish(&self.tx, Some(sign)))?;
+            }
         }
-        rt.block_on(self.tx.commit()).map_err(db)
+        rt.block_on(self.tx.commit()).map_err(db)?;
+        Ok(edge)
     }
 
     async fn flush(&mut self) -> Result<()> {
@@ -358,7 +377,8 @@ impl<'a> PgTx<'a> {
     /// Takes the audit log's append lock for the rest of the transaction, once.
     pub(super) fn begin_audit(&mut self) -> Result<()> {
         if self.appender.is_none() {
-            self.appender = Some(self.rt.block_on(audit::begin(&self.tx))?);
+            let known = self.edge.take();
+            self.appender = Some(self.rt.block_on(audit::begin(&self.tx, known.as_ref()))?);
         }
         Ok(())
     }

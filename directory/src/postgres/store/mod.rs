@@ -45,6 +45,9 @@ pub struct PgStore {
     retention_years: u32,
     date_allowance_days: u32,
     policy: AccessPolicy,
+    /// The audit log's right edge as this process last committed it: the next
+    /// appending transaction reads it again only if another process appended since.
+    edge: Mutex<Option<iryo_proto::merkle::Frontier>>,
     /// Memberships by node key, with when they were read (`cached_member`).
     members: Mutex<std::collections::HashMap<[u8; 32], (std::time::Instant, InstitutionRecord)>>,
 }
@@ -124,6 +127,7 @@ impl PgStore {
             date_allowance_days: 1,
             policy: AccessPolicy::default(),
             members: Mutex::default(),
+            edge: Mutex::default(),
         })
     }
 
@@ -163,6 +167,7 @@ impl PgStore {
             date_allowance_days: 1,
             policy: AccessPolicy::default(),
             members: Mutex::default(),
+            edge: Mutex::default(),
         };
         store.method()?;
         Ok(store)
@@ -329,13 +334,19 @@ impl PgStore {
         // `Runtime::block_on`, never a handle's: only it drives the connection.
         let rt = self.rt.get()?;
         let tx = rt.block_on(client.transaction()).map_err(PgError::Db)?;
-        let mut t = PgTx::new(rt, tx);
+        let edge = self.edge.lock().ok().and_then(|e| e.clone());
+        let mut t = PgTx::new(rt, tx, edge);
         if logged {
             t.begin_audit()?;
         }
         let out = f(&mut t)?;
         let at = crate::registry::now();
-        t.commit(self.signer.as_ref().map(|k| (k, at)))?;
+        // Kept only once committed: a transaction rolled back leaves the log as it was.
+        if let Some(edge) = t.commit(self.signer.as_ref().map(|k| (k, at)))? {
+            if let Ok(mut kept) = self.edge.lock() {
+                *kept = Some(edge);
+            }
+        }
         Ok(out)
     }
 
