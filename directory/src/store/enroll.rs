@@ -28,31 +28,17 @@ pub trait EnrollBatch {
     ) -> Result<BatchReport>;
 }
 
-impl EnrollBatch for crate::postgres::PgStore {
-    fn enroll_batch(
-        &self,
-        source: &str,
-        rows: &[EnrollmentRow],
-        candidates: Option<&[MedicalId]>,
-        issuer: &Issuer,
-        at: Timestamp,
-    ) -> Result<BatchReport> {
-        crate::postgres::PgStore::enroll_batch(self, source, rows, candidates, issuer, at)
-    }
+/// Both stores forward to their own `enroll_batch`, which applies `apply_batch`.
+macro_rules! enroll_batch {
+    ($($store:ty),*) => {$(
+        impl EnrollBatch for $store {
+            super::forward! {
+                enroll_batch(source: &str, rows: &[EnrollmentRow], candidates: Option<&[MedicalId]>, issuer: &Issuer, at: Timestamp) -> Result<BatchReport>;
+            }
+        }
+    )*};
 }
-
-impl EnrollBatch for Store {
-    fn enroll_batch(
-        &self,
-        source: &str,
-        rows: &[EnrollmentRow],
-        candidates: Option<&[MedicalId]>,
-        issuer: &Issuer,
-        at: Timestamp,
-    ) -> Result<BatchReport> {
-        Store::enroll_batch(self, source, rows, candidates, issuer, at)
-    }
-}
+enroll_batch!(Store, crate::postgres::PgStore);
 
 impl Store {
     /// Applies `rows` in order and commits once. `candidates`, when given, holds each
