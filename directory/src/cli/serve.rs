@@ -25,7 +25,7 @@ pub(super) fn run(config: Config, a: ServeArgs) -> Result<ExitCode> {
         .context("listen address")?;
     let ctx = Context::new(config.clone());
     if let Some(url) = ctx.database()? {
-        return serve_postgres(&ctx, &url, listen);
+        return serve_postgres(&ctx, &url, listen, https);
     }
     let store = std::sync::Arc::new(ctx.store()?);
     let keys = ctx.keys()?;
@@ -95,17 +95,12 @@ fn serve_postgres(
     ctx: &Context,
     url: &iryo_directory::postgres::DatabaseUrl,
     listen: libp2p::Multiaddr,
+    https: Option<String>,
 ) -> Result<ExitCode> {
     let config = &ctx.config;
     let store = std::sync::Arc::new(ctx.postgres(url)?);
     let keys = ctx.keys()?;
     let identity = iryo_directory::keys::service_identity(&config.keys_dir())?;
-    if iryo_directory::ca::Ca::exists(&iryo_directory::ca::Ca::dir(&config.data_dir)) {
-        tracing::warn!(
-            "the HTTPS front (My Portal, insurers, operators) does not run on PostgreSQL yet; \
-             serving the nodes only"
-        );
-    }
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
         let running = iryo_directory::service::start(
@@ -117,14 +112,22 @@ fn serve_postgres(
         )
         .await?;
         let addrs = note_addresses(&config.data_dir, &running)?;
+        let front = start_https(config, https, store, keys.root.clone()).await?;
+        let https_addr = front
+            .as_ref()
+            .map(|f| f.addr.to_string())
+            .unwrap_or_default();
         println!(
-            "iryo-directory ready p2p={} https= agency_key={} database={url}",
+            "iryo-directory ready p2p={} https={https_addr} agency_key={} database={url}",
             addrs.join(","),
             iryo_proto::merkle::to_hex(keys.root.verifying_key().as_bytes())
         );
         use std::io::Write as _;
         std::io::stdout().flush()?;
         iryo_p2p::shutdown::signal().await;
+        if let Some(f) = front {
+            f.stop();
+        }
         running.stop().await;
         anyhow::Ok(())
     })?;
@@ -154,7 +157,7 @@ const STORAGE_FAILED: u8 = 75;
 async fn start_https(
     config: &Config,
     https: Option<String>,
-    store: std::sync::Arc<iryo_directory::store::Store>,
+    store: std::sync::Arc<dyn iryo_directory::store::Front>,
     agency: ed25519_dalek::SigningKey,
 ) -> Result<Option<iryo_directory::web::Running>> {
     use iryo_directory::ca::Ca;

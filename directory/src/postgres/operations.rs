@@ -20,7 +20,9 @@ use iryo_proto::federation::RefusalReport;
 use iryo_proto::federation::{Membership, Registration, Role, Time, TreeHead};
 use iryo_proto::merkle::Hash;
 use iryo_proto::signed::Signed;
-use iryo_proto::{InstitutionCode, InsurerNumber, MedicalId, MyNumber};
+use iryo_proto::{
+    Branch, CardNumber, CardSymbol, InstitutionCode, InsurerNumber, MedicalId, MyNumber,
+};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -70,6 +72,20 @@ impl Operations for PgStore {
         consents(id: MedicalId) -> Result<Vec<ConsentRecord>>;
         unmatched(now: Time, window: i64) -> Result<Vec<GrantRecord>>;
         close_unmatched(grant_id: [u8; 16], reason: &str, by: &str, at: Time) -> Result<GrantRecord>;
+    }
+
+    fn persons_by_card(
+        &self,
+        insurer: &InsurerNumber,
+        symbol: &CardSymbol,
+        number: &CardNumber,
+        branch: Option<Branch>,
+    ) -> Result<Vec<Person>> {
+        let mut prefix = crate::registry::Card::prefix(insurer, symbol, number);
+        if let Some(b) = branch {
+            prefix.push(b.value());
+        }
+        self.persons_by_card_key(&prefix)
     }
 
     fn verify_records(&self, agency: &VerifyingKey) -> Result<VerifyReport> {

@@ -11,6 +11,7 @@ mod commit;
 mod enroll;
 pub(crate) mod federation;
 mod folding;
+mod front;
 mod group;
 pub(crate) mod idempotency;
 mod intake;
@@ -18,7 +19,7 @@ pub(crate) mod lifecycle;
 mod linkage;
 mod operations;
 mod paced;
-mod portal;
+pub(crate) mod portal;
 pub(crate) mod registry_tx;
 mod serving;
 mod tables;
@@ -38,6 +39,8 @@ pub use federation::{
     Verified,
 };
 pub use folding::Folding;
+pub(crate) use front::job_from;
+pub use front::{Front, JobState, SessionRecord, TryCount, TryCounts};
 pub(crate) use group::{Job, Outcome};
 pub(crate) use operations::forward;
 pub use operations::Operations;

@@ -18,7 +18,9 @@ use iryo_p2p::backup::Manifest;
 use iryo_proto::federation::{Membership, Registration, Role, Time, TreeHead};
 use iryo_proto::merkle::Hash;
 use iryo_proto::signed::Signed;
-use iryo_proto::{InstitutionCode, InsurerNumber, MedicalId, MyNumber};
+use iryo_proto::{
+    Branch, CardNumber, CardSymbol, InstitutionCode, InsurerNumber, MedicalId, MyNumber,
+};
 use std::path::{Path, PathBuf};
 
 #[allow(clippy::too_many_arguments)]
@@ -33,6 +35,15 @@ pub trait Operations: EnrollBatch {
     fn person_by_medical_id(&self, id: MedicalId) -> Result<Person>;
     fn person_by_my_number(&self, n: MyNumber) -> Result<Person>;
     fn service_uses(&self, pid: u64) -> Result<Vec<ServiceUse>>;
+    /// Everyone who holds a card of this insurer, symbol and number (and branch, when
+    /// given).
+    fn persons_by_card(
+        &self,
+        insurer: &InsurerNumber,
+        symbol: &CardSymbol,
+        number: &CardNumber,
+        branch: Option<Branch>,
+    ) -> Result<Vec<Person>>;
     /// Writes that `operator` read `what` of each of these people to the audit log.
     fn log_reads(&self, operator: &str, people: &[MedicalId], what: &str) -> Result<()>;
     fn check(&self, req: &CheckRequest, at: Timestamp) -> Result<CheckAnswer>;
@@ -193,5 +204,16 @@ impl Operations for Store {
 
     fn first_persons(&self, n: usize) -> Result<Vec<Person>> {
         self.reader()?.first_persons(n)
+    }
+
+    fn persons_by_card(
+        &self,
+        insurer: &InsurerNumber,
+        symbol: &CardSymbol,
+        number: &CardNumber,
+        branch: Option<Branch>,
+    ) -> Result<Vec<Person>> {
+        self.reader()?
+            .persons_by_card(insurer, symbol, number, branch)
     }
 }

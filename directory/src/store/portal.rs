@@ -96,18 +96,28 @@ impl Store {
         passphrase_phc: &str,
         at: Timestamp,
     ) -> Result<()> {
-        let hash = activation_hash(pid, code);
-        self.write(|t| {
-            let mut a = t.account(pid)?.ok_or_else(bad_code)?;
-            match &mut a.activation {
-                Some(act) if !act.used && act.expires > at && act.hash == hash => act.used = true,
-                _ => return Err(bad_code()),
-            }
-            a.passphrase = Some(passphrase_phc.to_string());
-            a.activated_at = Some(at);
-            t.put_account(pid, &a)
-        })
+        self.write(|t| activate(t, pid, code, passphrase_phc, at))
     }
+}
+
+/// Uses a person's activation code once and sets the passphrase hash, on either
+/// backend.
+pub(crate) fn activate(
+    t: &mut (impl RegistryTx + ?Sized),
+    pid: u64,
+    code: &str,
+    passphrase_phc: &str,
+    at: Timestamp,
+) -> Result<()> {
+    let hash = activation_hash(pid, code);
+    let mut a = t.account(pid)?.ok_or_else(bad_code)?;
+    match &mut a.activation {
+        Some(act) if !act.used && act.expires > at && act.hash == hash => act.used = true,
+        _ => return Err(bad_code()),
+    }
+    a.passphrase = Some(passphrase_phc.to_string());
+    a.activated_at = Some(at);
+    t.put_account(pid, &a)
 }
 
 fn bad_code() -> StoreError {

@@ -70,6 +70,14 @@ pub(super) const AUDIT_HEADS: TableDefinition<u64, &[u8]> = TableDefinition::new
 /// pid → portal Account: the activation code's hash and the passphrase's argon2id hash.
 pub(super) const PORTAL_ACCOUNTS: TableDefinition<u64, &[u8]> =
     TableDefinition::new("portal_accounts");
+/// SHA-256 of a session token → SessionRecord (`store::front`).
+pub(super) const PORTAL_SESSIONS: TableDefinition<&[u8; 32], &[u8]> =
+    TableDefinition::new("portal_sessions");
+/// "a:address" or "m:medical ID" → TryCount of failed sign-ins.
+pub(super) const SIGN_IN_TRIES: TableDefinition<&str, &[u8]> =
+    TableDefinition::new("sign_in_tries");
+/// Upload id → JobState as JSON.
+pub(super) const UPLOAD_JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("upload_jobs");
 
 pub(super) const PID: &str = "next_pid";
 pub(super) const SERVICE_SEQ: &str = "next_service_use";

@@ -5,8 +5,9 @@
 use super::{blocking, Caller, Web, WebError};
 use crate::ca::ClientIdentity;
 use crate::context::Context;
-use crate::enrollment::{ingest_file, Encoding, IngestOptions, Progress, Summary};
+use crate::enrollment::{ingest_file, Encoding, IngestOptions, Progress};
 use crate::registry::now;
+use crate::store::{Front, JobState};
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, StatusCode};
@@ -15,8 +16,8 @@ use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use futures::StreamExt;
 use iryo_proto::InsurerNumber;
-use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use serde::Deserialize;
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use tokio::io::AsyncWriteExt;
@@ -44,41 +45,32 @@ fn insurer(caller: &Caller) -> Result<InsurerNumber, WebError> {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct JobState {
-    pub id: String,
-    pub insurer: String,
-    /// "running", "done" or "failed".
-    pub state: String,
-    pub summary: Option<Summary>,
-    pub error: Option<String>,
-}
-
-/// Uploads and their outcome, each also kept as `uploads/ID.json` beside the file.
+/// Insurers' uploads: the files in `dir` on this machine (0600 in 0700), their
+/// outcome in the store, where every `serve` on the same database can report it.
 pub struct Jobs {
     dir: PathBuf,
-    running: Mutex<HashMap<String, JobState>>,
+    /// Uploads this process is enrolling now, whose files the sweep leaves alone.
+    running: Mutex<HashSet<String>>,
 }
 
 impl Jobs {
     pub fn new(dir: PathBuf) -> Self {
         Self {
             dir,
-            running: Mutex::new(HashMap::new()),
+            running: Mutex::new(HashSet::new()),
         }
     }
 
-    fn set(&self, job: &JobState) {
-        if let Ok(text) = serde_json::to_vec_pretty(job) {
-            let path = self.dir.join(format!("{}.json", job.id));
-            let written = crate::files::create_private(&path)
-                .and_then(|mut f| std::io::Write::write_all(&mut f, &text));
-            if let Err(e) = written {
-                tracing::warn!(id = %job.id, error = %e, "upload status not saved");
+    fn set(&self, store: &dyn Front, job: &JobState) {
+        if let Ok(mut m) = self.running.lock() {
+            if job.state == "running" {
+                m.insert(job.id.clone());
+            } else {
+                m.remove(&job.id);
             }
         }
-        if let Ok(mut m) = self.running.lock() {
-            m.insert(job.id.clone(), job.clone());
+        if let Err(e) = store.put_job(job) {
+            tracing::warn!(id = %job.id, error = %e, "upload status not saved");
         }
     }
 
@@ -91,12 +83,7 @@ impl Jobs {
         let running: Vec<String> = self
             .running
             .lock()
-            .map(|m| {
-                m.values()
-                    .filter(|j| j.state == "running")
-                    .map(|j| j.id.clone())
-                    .collect()
-            })
+            .map(|m| m.iter().cloned().collect())
             .unwrap_or_default();
         let mut gone = 0;
         for entry in entries.flatten() {
@@ -123,17 +110,17 @@ impl Jobs {
         }
         gone
     }
+}
 
-    fn get(&self, id: &str) -> Option<JobState> {
-        if !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-            return None;
-        }
-        if let Some(j) = self.running.lock().ok()?.get(id) {
-            return Some(j.clone());
-        }
-        let text = std::fs::read(self.dir.join(format!("{id}.json"))).ok()?;
-        serde_json::from_slice(&text).ok()
+/// The upload `id`, if its name could be one.
+fn job(store: &dyn Front, id: &str) -> Result<Option<JobState>, WebError> {
+    if id.is_empty()
+        || id.len() > 100
+        || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
+        return Ok(None);
     }
+    Ok(store.job(id)?)
 }
 
 #[derive(Deserialize)]
@@ -221,7 +208,12 @@ async fn upload(
         summary: None,
         error: None,
     };
-    web.jobs.set(&job);
+    let (w, running) = (web.clone(), job.clone());
+    blocking(move || {
+        w.jobs.set(&*w.store, &running);
+        Ok(())
+    })
+    .await?;
     tracing::info!(%insurer, %id, "enrollment file uploaded");
     let source_name = cited_name(q.name.as_deref(), &id);
     let w = web.clone();
@@ -234,9 +226,11 @@ async fn upload(
             max_line_bytes: w.config.enrollment.max_line_bytes,
             source_name: Some(source_name),
         };
-        let result = ctx
-            .issuer(&w.store)
+        let result = w
+            .store
+            .method()
             .map_err(|e| e.to_string())
+            .and_then(|m| ctx.issuer_for(m).map_err(|e| e.to_string()))
             .and_then(|issuer| {
                 ingest_file(&*w.store, &issuer, &path, &opts, &Progress::Silent)
                     .map_err(|e| e.to_string())
@@ -258,7 +252,7 @@ async fn upload(
                     Some(e.replace(&path.display().to_string(), &format!("{}.csv", job.id)));
             }
         }
-        w.jobs.set(&job);
+        w.jobs.set(&*w.store, &job);
         let keep = u64::from(w.config.https.upload_retention_days) * 86_400;
         w.jobs.sweep(std::time::Duration::from_secs(keep));
         job
@@ -281,9 +275,11 @@ async fn upload(
         .into_response())
 }
 
-fn own_job(web: &Web, caller: &Caller, id: &str) -> Result<JobState, WebError> {
+async fn own_job(web: &Arc<Web>, caller: &Caller, id: String) -> Result<JobState, WebError> {
     let insurer = insurer(caller)?;
-    match web.jobs.get(id) {
+    let w = web.clone();
+    let (found, id) = blocking(move || Ok((job(&*w.store, &id)?, id))).await?;
+    match found {
         Some(j) if j.insurer == insurer.as_str() => Ok(j),
         // Another insurer's upload is as good as absent.
         _ => Err(WebError::NotFound(format!("no upload {id}"))),
@@ -295,7 +291,7 @@ async fn status(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<JobState>, WebError> {
-    own_job(&web, &caller, &id).map(Json)
+    own_job(&web, &caller, id).await.map(Json)
 }
 
 async fn errors(
@@ -303,7 +299,7 @@ async fn errors(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, WebError> {
-    own_job(&web, &caller, &id)?;
+    let id = own_job(&web, &caller, id).await?.id;
     let path = web.jobs.dir.join(format!("{id}.csv.errors.csv"));
     let text = tokio::fs::read(&path).await.map_err(|_| {
         WebError::NotFound(format!(

@@ -15,7 +15,7 @@ pub mod tls;
 
 use crate::ca::ClientIdentity;
 use crate::config::Config;
-use crate::store::{Store, StoreError};
+use crate::store::{Front, StoreError};
 use axum::extract::Request;
 use axum::http::StatusCode;
 use axum::middleware::Next;
@@ -34,10 +34,11 @@ use tower::Layer;
 
 /// Everything the handlers share.
 pub struct Web {
-    pub store: Arc<Store>,
+    /// The registry on either backend; sessions, sign-in counts and uploads' outcomes
+    /// live there too.
+    pub store: Arc<dyn Front>,
     pub agency: SigningKey,
     pub config: Config,
-    pub sessions: session::Sessions,
     /// Sign-in and activation tries, and password hashing at once.
     pub limits: limits::Limits,
     pub jobs: insurer::Jobs,
@@ -46,7 +47,11 @@ pub struct Web {
 }
 
 impl Web {
-    pub fn new(store: Arc<Store>, agency: SigningKey, config: Config) -> Result<Self, WebError> {
+    pub fn new(
+        store: Arc<dyn Front>,
+        agency: SigningKey,
+        config: Config,
+    ) -> Result<Self, WebError> {
         let secret = crate::keys::random32().map_err(|e| WebError::Internal(e.to_string()))?;
         let jobs = insurer::Jobs::new(config.data_dir.join("uploads"));
         jobs.sweep(std::time::Duration::from_secs(
@@ -57,7 +62,6 @@ impl Web {
             store,
             agency,
             config,
-            sessions: session::Sessions::default(),
             limits: limits::Limits::default(),
             secret,
         })

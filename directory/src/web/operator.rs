@@ -155,7 +155,6 @@ fn find(web: &Web, q: &str) -> Result<Vec<Person>, WebError> {
         };
         return Ok(web
             .store
-            .reader()?
             .persons_by_card(&insurer, &symbol, &number, branch)?);
     }
     Err(WebError::BadRequest(format!(
@@ -200,7 +199,7 @@ async fn person(
         )?;
         let mut out = Vec::new();
         for p in people {
-            let uses = w.store.reader()?.service_uses(p.pid)?;
+            let uses = w.store.service_uses(p.pid)?;
             let consents = w.store.consents(p.medical_id)?;
             out.push((p, uses, consents));
         }
@@ -309,7 +308,7 @@ async fn resolve_conflict(
     ];
     resolve(web, &caller, f, &actions, move |web, action, reason, op| {
         let issuer = Context::new(web.config.clone())
-            .issuer(&web.store)
+            .issuer_for(web.store.method()?)
             .map_err(|e| WebError::Internal(e.to_string()))?;
         web.store
             .resolve_conflict(id, action, reason, op, &issuer, now())?;

@@ -277,9 +277,9 @@ impl PgStore {
     /// `audit verify`: the same checks as on redb, on one snapshot of the log.
     pub fn audit_verify(&self, agency: &VerifyingKey) -> Result<AuditReport> {
         let mut client = self.client()?;
-        Ok(self
-            .rt
-            .get()?
-            .block_on(audit::verify(&mut client, agency))?)
+        let rt = self.rt.get()?;
+        Ok(super::off_async(|| {
+            rt.block_on(audit::verify(&mut client, agency))
+        })?)
     }
 }

@@ -7,6 +7,7 @@
 //! group-commit thread in `serve`).
 
 mod exchange;
+mod front;
 
 use super::registry_tx::PgTx;
 use super::{migrate, unsql, DatabaseUrl, PgError};
@@ -73,6 +74,19 @@ impl Drop for Runtime {
         if let Some(rt) = self.0.take() {
             rt.shutdown_background();
         }
+    }
+}
+
+/// Runs `f`, which waits on the store's own runtime, from any thread: on a worker
+/// thread of a multi-threaded runtime (an HTTPS handler that did not move its call to
+/// a blocking thread) the worker first hands its other tasks on, since a runtime may
+/// not be waited on from inside another's worker.
+fn off_async<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
     }
 }
 
@@ -304,7 +318,8 @@ impl PgStore {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if client.is_closed() {
-            *client = self.rt.get()?.block_on(self.url.connect())?;
+            let rt = self.rt.get()?;
+            *client = off_async(|| rt.block_on(self.url.connect()))?;
             tracing::info!(database = %self.url, "connected to the database again");
         }
         Ok(client)
@@ -326,6 +341,14 @@ impl PgStore {
     }
 
     fn transaction<T>(
+        &self,
+        logged: bool,
+        f: impl FnOnce(&mut PgTx<'_>) -> Result<T>,
+    ) -> Result<T> {
+        off_async(|| self.transaction_here(logged, f))
+    }
+
+    fn transaction_here<T>(
         &self,
         logged: bool,
         f: impl FnOnce(&mut PgTx<'_>) -> Result<T>,
@@ -356,7 +379,8 @@ impl PgStore {
         f: impl AsyncFnOnce(&Client) -> std::result::Result<T, PgError>,
     ) -> Result<T> {
         let client = self.client()?;
-        Ok(self.rt.get()?.block_on(f(&client))?)
+        let rt = self.rt.get()?;
+        Ok(off_async(|| rt.block_on(f(&client)))?)
     }
 
     pub fn method(&self) -> Result<Method> {
@@ -590,6 +614,23 @@ impl PgStore {
                 .map(|r| r.get(0))
                 .collect())
         })
+    }
+
+    /// Everyone holding a card whose key begins with `prefix`, in pid order.
+    pub fn persons_by_card_key(&self, prefix: &[u8]) -> Result<Vec<Person>> {
+        // The keys that begin with `prefix` lie between it and its successor: the
+        // prefix with its last byte below 0xff raised by one and the rest cut off.
+        let mut end = prefix.to_vec();
+        while end.last() == Some(&0xff) {
+            end.pop();
+        }
+        let end = end.last_mut().map(|b| *b += 1).map(|()| end.clone());
+        self.values(
+            "SELECT p.record FROM persons p WHERE p.pid IN (
+                 SELECT pid FROM cards WHERE card_key >= $1 AND ($2::bytea IS NULL OR card_key < $2))
+             ORDER BY p.pid",
+            &[&prefix, &end],
+        )
     }
 
     /// A person's service history, in the order it was recorded.

@@ -3,9 +3,10 @@
 //! history, who read their records (each entry proved to be in the signed log), and
 //! sets consent, which the next grant obeys.
 
+use super::limits::now_ms;
 use super::limits::{Refused, Ticket};
 use super::page::{cookie, hidden, layout, table_or_none, Lang};
-use super::session::{same, token, Session, FORM_COOKIE, SESSION_COOKIE};
+use super::session::{self, same, token, Session, FORM_COOKIE, SESSION_COOKIE};
 use super::{blocking, Caller, Web, WebError};
 use crate::access::{ConsentOrigin, ConsentRecord};
 use crate::audit::LogEntry;
@@ -125,10 +126,16 @@ fn form_cookie(value: &str) -> String {
     format!("{FORM_COOKIE}={value}; Path=/portal; Max-Age=3600; Secure; HttpOnly; SameSite=Strict")
 }
 
-fn current(web: &Web, headers: &HeaderMap) -> Option<(String, Session)> {
-    let t = cookie(headers, SESSION_COOKIE).filter(|t| !t.is_empty())?;
-    let s = web.sessions.get(&t)?;
-    Some((t, s))
+/// The session the request's cookie names, if it is live.
+async fn current(
+    web: &Arc<Web>,
+    headers: &HeaderMap,
+) -> Result<Option<(String, Session)>, WebError> {
+    let Some(t) = cookie(headers, SESSION_COOKIE).filter(|t| !t.is_empty()) else {
+        return Ok(None);
+    };
+    let s = session::current(web, t.clone()).await?;
+    Ok(s.map(|s| (t, s)))
 }
 
 fn signed_out() -> Response {
@@ -142,9 +149,11 @@ impl FromRequestParts<Arc<Web>> for SignedIn {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, web: &Arc<Web>) -> Result<Self, Response> {
-        current(web, &parts.headers)
-            .map(|(_, s)| SignedIn(s))
-            .ok_or_else(signed_out)
+        match current(web, &parts.headers).await {
+            Ok(Some((_, s))) => Ok(SignedIn(s)),
+            Ok(None) => Err(signed_out()),
+            Err(e) => Err(e.into_response()),
+        }
     }
 }
 
@@ -216,11 +225,12 @@ async fn logout(
     headers: HeaderMap,
     Form(f): Form<CsrfForm>,
 ) -> Result<Response, WebError> {
-    if let Some((t, s)) = current(&web, &headers) {
+    if let Some((t, s)) = current(&web, &headers).await? {
         if !same(&s.csrf, &f.csrf) {
             return Err(WebError::Forbidden("bad form token".into()));
         }
-        web.sessions.end(&t);
+        let w = web.clone();
+        blocking(move || Ok(session::end(&*w.store, &t)?)).await?;
     }
     Ok((
         [(header::SET_COOKIE, session_cookie("", 0))],

@@ -163,7 +163,7 @@ pub(super) async fn history(
 ) -> Result<Response, WebError> {
     let w = web.clone();
     let pid = s.pid;
-    let all = blocking(move || Ok(visits(&w.store.reader()?.service_uses(pid)?))).await?;
+    let all = blocking(move || Ok(visits(&w.store.service_uses(pid)?))).await?;
     let (page, shown, more) = paging.slice(all);
     let mut names = Names {
         web: &web,

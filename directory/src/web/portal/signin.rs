@@ -53,7 +53,7 @@ pub(in crate::web) async fn start(
     lang: Lang,
     headers: HeaderMap,
 ) -> Response {
-    if current(&web, &headers).is_some() {
+    if matches!(current(&web, &headers).await, Ok(Some(_))) {
         return Redirect::to("/portal/home").into_response();
     }
     login_form(lang, None, "")
@@ -150,8 +150,8 @@ fn form_ok(headers: &HeaderMap, field: &str) -> Result<(), WebError> {
 /// Admits one sign-in or activation try: the form's own token, then the limits
 /// (`super::limits`), which count the try before anything is hashed. The account is
 /// the parsed medical ID, however it was typed.
-fn attempt(
-    web: &Web,
+async fn attempt(
+    web: &Arc<Web>,
     headers: &HeaderMap,
     caller: &Caller,
     form: &str,
@@ -159,20 +159,19 @@ fn attempt(
 ) -> Result<Result<Ticket, Refused>, WebError> {
     form_ok(headers, form)?;
     let account = MedicalId::parse(medical_id.trim()).ok();
-    Ok(web
-        .limits
-        .admit(caller.remote.ip(), account, std::time::Instant::now()))
+    let (w, address) = (web.clone(), caller.remote.ip());
+    blocking(move || Ok(w.limits.admit(&*w.store, address, account, now_ms())?)).await
 }
 
 /// A try admitted by the limits with a slot to hash its password in, or why not.
 async fn admit(
-    web: &Web,
+    web: &Arc<Web>,
     headers: &HeaderMap,
     caller: &Caller,
     form: &str,
     medical_id: &str,
 ) -> Result<Result<(Ticket, tokio::sync::OwnedSemaphorePermit), Refused>, WebError> {
-    let ticket = match attempt(web, headers, caller, form, medical_id)? {
+    let ticket = match attempt(web, headers, caller, form, medical_id).await? {
         Ok(t) => t,
         Err(why) => return Ok(Err(why)),
     };
@@ -240,13 +239,24 @@ fn dummy_phc() -> &'static str {
     })
 }
 
-pub(super) fn signed_in(web: &Web, person: &Person) -> Response {
-    let (t, _) = web.sessions.create(person.pid, person.medical_id);
-    (
-        [(header::SET_COOKIE, session_cookie(&t, 1800))],
+/// Starts the person's session and sends them home; the try that proved them is
+/// handed back to the limits.
+pub(super) async fn signed_in(
+    web: &Arc<Web>,
+    ticket: Ticket,
+    person: &Person,
+) -> Result<Response, WebError> {
+    let (w, pid, id) = (web.clone(), person.pid, person.medical_id);
+    let t = blocking(move || {
+        w.limits.succeeded(&*w.store, ticket)?;
+        Ok(session::create(&*w.store, pid, id)?)
+    })
+    .await?;
+    Ok((
+        [(header::SET_COOKIE, session_cookie(&t, session::IDLE))],
         Redirect::to("/portal/home"),
     )
-        .into_response()
+        .into_response())
 }
 
 #[derive(Deserialize)]
@@ -307,9 +317,8 @@ pub(super) async fn activate(
     })
     .await?;
     if let Some(person) = outcome {
-        web.limits.succeeded(ticket);
         tracing::info!(medical_id = %person.medical_id, "portal account activated");
-        Ok(signed_in(&web, &person))
+        signed_in(&web, ticket, &person).await
     } else {
         Ok(activate_form(
             lang,
@@ -362,8 +371,7 @@ pub(super) async fn login(
     })
     .await?;
     if let Some(p) = person {
-        web.limits.succeeded(ticket);
-        Ok(signed_in(&web, &p))
+        signed_in(&web, ticket, &p).await
     } else {
         Ok(login_form(
             lang,
