@@ -1,7 +1,7 @@
 //! A local federation for end-to-end tests and the demo: a real `iryo-directory serve`
 //! and real `iryo-node run` processes on 127.0.0.1, each in its own temp dir.
 
-use crate::{directory_bin, node_bin, write_enrollment, Directory};
+use crate::{directory_bin, node_bin, write_enrollment, Backend, Directory};
 use iryo_node::config::NodeConfig;
 use iryo_proto::{InstitutionCode, MedicalId, MyNumber, PointTableKind};
 use serde_json::{json, Value};
@@ -291,6 +291,22 @@ impl Federation {
     /// As `start`, with names and addresses from `texts`.
     pub fn start_with(nodes: usize, patients: u64, refresh: u64, texts: &Texts) -> Self {
         Self::start_in(Directory::new(), nodes, patients, refresh, texts)
+    }
+
+    /// As `start`, with the registry on `backend`.
+    pub fn start_on(backend: Backend, nodes: usize, patients: u64, refresh: u64) -> Self {
+        Self::start_with_on(backend, nodes, patients, refresh, &Texts::PLAIN)
+    }
+
+    /// As `start_with`, with the registry on `backend`.
+    pub fn start_with_on(
+        backend: Backend,
+        nodes: usize,
+        patients: u64,
+        refresh: u64,
+        texts: &Texts,
+    ) -> Self {
+        Self::start_in(Directory::on(backend), nodes, patients, refresh, texts)
     }
 
     /// As `start`, with the registry in the PostgreSQL database at `url`.

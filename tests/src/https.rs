@@ -2,7 +2,7 @@
 //! optionally presenting a client certificate.
 
 use crate::federation::{field, start_ready, Proc};
-use crate::Directory;
+use crate::{Backend, Directory};
 use iryo_proto::{InsurerNumber, MyNumber};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -103,7 +103,12 @@ pub fn issue(d: &Directory, flag: &str, who: &str, out: &str) -> PathBuf {
 
 /// A directory with its database, keys and the agency CA made.
 pub fn with_ca() -> Directory {
-    let d = Directory::new();
+    with_ca_on(Backend::Redb)
+}
+
+/// `with_ca` on `backend`.
+pub fn with_ca_on(backend: Backend) -> Directory {
+    let d = Directory::on(backend);
     d.ok(&["init"]);
     d.ok(&["ca", "init"]);
     d

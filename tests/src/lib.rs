@@ -93,6 +93,44 @@ pub struct Directory {
     pub data: PathBuf,
     /// The database every command is given (`IRYO_DATABASE`), if not redb.
     pub database: Option<String>,
+    /// The throwaway cluster holding that database, when this directory started it.
+    pub cluster: Option<pg::Cluster>,
+}
+
+/// Where a directory under test keeps its registry: each end-to-end test that takes
+/// one runs on both (`on_both_backends!`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// redb in the data dir, the embedded default.
+    Redb,
+    /// A PostgreSQL database in a throwaway cluster of its own.
+    Postgres,
+}
+
+/// Runs an end-to-end test once on each backend: `fn name(backend) { … }` becomes the
+/// tests `name::redb` and `name::postgres`, one body, so both backends must behave
+/// alike.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($(#[$meta:meta])* fn $name:ident($backend:ident) $body:block) => {
+        $(#[$meta])*
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            fn run($backend: $crate::Backend) $body
+
+            #[test]
+            fn redb() {
+                run($crate::Backend::Redb);
+            }
+
+            #[test]
+            fn postgres() {
+                run($crate::Backend::Postgres);
+            }
+        }
+    };
 }
 
 impl Default for Directory {
@@ -109,6 +147,22 @@ impl Directory {
             tmp,
             data,
             database: None,
+            cluster: None,
+        }
+    }
+
+    /// A directory on `backend`; on PostgreSQL, in a cluster of its own.
+    pub fn on(backend: Backend) -> Self {
+        match backend {
+            Backend::Redb => Self::new(),
+            Backend::Postgres => {
+                let cluster = pg::Cluster::start();
+                Self {
+                    database: Some(cluster.url()),
+                    cluster: Some(cluster),
+                    ..Self::new()
+                }
+            }
         }
     }
 

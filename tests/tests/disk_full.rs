@@ -60,6 +60,7 @@ fn a_full_disk_stops_the_directory_for_a_restart_and_loses_nothing() {
         tmp: tempfile::tempdir().unwrap(),
         data: mount.0.join("data"),
         database: None,
+        cluster: None,
     };
     d.ok(&["init"]);
     d.ok(&["ca", "init"]);

@@ -6,6 +6,7 @@ use iryo_proto::federation::{Notification, Purpose, Side};
 use iryo_proto::signed::Signed;
 use iryo_proto::wire::*;
 use iryo_tests::federation::*;
+use iryo_tests::on_both_backends;
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::{Multiaddr, PeerId, StreamProtocol};
 use std::time::Duration;
@@ -131,132 +132,133 @@ fn refused_as_bad_request<T: serde::de::DeserializeOwned + Answer + std::fmt::De
     assert!(bad(&answer), "refused as a bad request: {answer:?}");
 }
 
-#[test]
-fn hostile_messages_are_refused_and_everyone_keeps_serving() {
-    let fed = Federation::start(2, 1, 60);
-    let (a, b) = (&fed.nodes[0], &fed.nodes[1]);
-    let p = fed.patients[0];
-    assert_eq!(a.put_records(p, &sample_bundle(1, 10)).0, 201);
+on_both_backends! {
+    fn hostile_messages_are_refused_and_everyone_keeps_serving(backend) {
+        let fed = Federation::start_on(backend, 2, 1, 60);
+        let (a, b) = (&fed.nodes[0], &fed.nodes[1]);
+        let p = fed.patients[0];
+        assert_eq!(a.put_records(p, &sample_bundle(1, 10)).0, 201);
 
-    // Bytes that are CBOR but not a request, to the directory and to a node: each is
-    // refused under its id.
-    refused_as_bad_request::<DirectoryResponse>(
-        send_raw(
-            &fed.directory_addr,
-            DIRECTORY_PROTOCOL,
-            &not_a_request("not a request"),
-            None,
-        ),
-        |a| matches!(a, DirectoryResponse::Refused(r) if r.reason == RefusalReason::BadRequest),
-    );
-    let node_addr = {
-        let cfg = iryo_node::config::NodeConfig::load(&a.config_path()).expect("config");
-        let key = node_key(a);
-        format!(
-            "{}/p2p/{}",
-            cfg.p2p.listen,
-            iryo_node::identity::peer_id(&key.verifying_key().to_bytes()).expect("peer")
-        )
-    };
-    refused_as_bad_request::<ExchangeResponse>(
-        send_raw(
-            &node_addr,
-            EXCHANGE_PROTOCOL,
-            &not_a_request("GET /records"),
-            None,
-        ),
-        |a| matches!(a, ExchangeResponse::Refused(r) if r.reason == RefusalReason::BadRequest),
-    );
-    // A length larger than any request may be: the stream is closed without an answer,
-    // before the rest arrives.
-    let over = MAX_DIRECTORY_REQUEST as u32 + 1024;
-    let short = not_a_request("short");
-    assert_eq!(
-        send_raw(&fed.directory_addr, DIRECTORY_PROTOCOL, &short, Some(over)),
-        None
-    );
-    assert_eq!(
-        send_raw(&node_addr, EXCHANGE_PROTOCOL, &short, Some(u32::MAX)),
-        None
-    );
-    // A peer without a membership may not make the directory read a large frame,
-    // though a member's may be 512 KiB: 64 KiB, whole and in time, closes the stream.
-    let mut big = 7u64.to_be_bytes().to_vec();
-    big.resize(64 * 1024, 0x41);
-    assert_eq!(
-        send_raw(&fed.directory_addr, DIRECTORY_PROTOCOL, &big, None),
-        None
-    );
-    // Too short to carry a request id.
-    assert_eq!(
-        send_raw(&fed.directory_addr, DIRECTORY_PROTOCOL, &[1, 2, 3], None),
-        None
-    );
+        // Bytes that are CBOR but not a request, to the directory and to a node: each is
+        // refused under its id.
+        refused_as_bad_request::<DirectoryResponse>(
+            send_raw(
+                &fed.directory_addr,
+                DIRECTORY_PROTOCOL,
+                &not_a_request("not a request"),
+                None,
+            ),
+            |a| matches!(a, DirectoryResponse::Refused(r) if r.reason == RefusalReason::BadRequest),
+        );
+        let node_addr = {
+            let cfg = iryo_node::config::NodeConfig::load(&a.config_path()).expect("config");
+            let key = node_key(a);
+            format!(
+                "{}/p2p/{}",
+                cfg.p2p.listen,
+                iryo_node::identity::peer_id(&key.verifying_key().to_bytes()).expect("peer")
+            )
+        };
+        refused_as_bad_request::<ExchangeResponse>(
+            send_raw(
+                &node_addr,
+                EXCHANGE_PROTOCOL,
+                &not_a_request("GET /records"),
+                None,
+            ),
+            |a| matches!(a, ExchangeResponse::Refused(r) if r.reason == RefusalReason::BadRequest),
+        );
+        // A length larger than any request may be: the stream is closed without an answer,
+        // before the rest arrives.
+        let over = MAX_DIRECTORY_REQUEST as u32 + 1024;
+        let short = not_a_request("short");
+        assert_eq!(
+            send_raw(&fed.directory_addr, DIRECTORY_PROTOCOL, &short, Some(over)),
+            None
+        );
+        assert_eq!(
+            send_raw(&node_addr, EXCHANGE_PROTOCOL, &short, Some(u32::MAX)),
+            None
+        );
+        // A peer without a membership may not make the directory read a large frame,
+        // though a member's may be 512 KiB: 64 KiB, whole and in time, closes the stream.
+        let mut big = 7u64.to_be_bytes().to_vec();
+        big.resize(64 * 1024, 0x41);
+        assert_eq!(
+            send_raw(&fed.directory_addr, DIRECTORY_PROTOCOL, &big, None),
+            None
+        );
+        // Too short to carry a request id.
+        assert_eq!(
+            send_raw(&fed.directory_addr, DIRECTORY_PROTOCOL, &[1, 2, 3], None),
+            None
+        );
 
-    // A member's oversize batch of notifications is refused the same way.
-    let b_raw = RawPeer::new(&node_key(b), &fed.directory_addr);
-    let key = node_key(b);
-    let n = |i: u32| {
-        Signed::sign(
-            &Notification {
-                id: [(i % 251) as u8; 16],
-                side: Side::Received,
-                grant_id: [0; 16],
-                medical_id: p,
-                source: a.code,
-                requester: b.code,
-                purpose: Purpose::Treatment,
-                emergency: false,
-                record_count: 1,
-                resource_types: vec!["Observation".repeat(100)],
-                at: 0,
-            },
-            &key,
-        )
-    };
-    let batch: Vec<_> = (0..MAX_NOTIFICATIONS_PER_REQUEST as u32 + 10)
-        .map(n)
-        .collect();
-    let over = b_raw
-        .rt
-        .block_on(b_raw.p2p.directory(DirectoryRequest::Notify {
-            notifications: batch,
-        }));
-    assert!(
-        matches!(over, Err(_) | Ok(DirectoryResponse::Refused(_))),
-        "an oversize batch is not accepted: {over:?}"
-    );
+        // A member's oversize batch of notifications is refused the same way.
+        let b_raw = RawPeer::new(&node_key(b), &fed.directory_addr);
+        let key = node_key(b);
+        let n = |i: u32| {
+            Signed::sign(
+                &Notification {
+                    id: [(i % 251) as u8; 16],
+                    side: Side::Received,
+                    grant_id: [0; 16],
+                    medical_id: p,
+                    source: a.code,
+                    requester: b.code,
+                    purpose: Purpose::Treatment,
+                    emergency: false,
+                    record_count: 1,
+                    resource_types: vec!["Observation".repeat(100)],
+                    at: 0,
+                },
+                &key,
+            )
+        };
+        let batch: Vec<_> = (0..MAX_NOTIFICATIONS_PER_REQUEST as u32 + 10)
+            .map(n)
+            .collect();
+        let over = b_raw
+            .rt
+            .block_on(b_raw.p2p.directory(DirectoryRequest::Notify {
+                notifications: batch,
+            }));
+        assert!(
+            matches!(over, Err(_) | Ok(DirectoryResponse::Refused(_))),
+            "an oversize batch is not accepted: {over:?}"
+        );
 
-    // Everything still works.
-    match b_raw.directory(DirectoryRequest::Resolve { code: a.code }) {
-        DirectoryResponse::Membership(Some(_)) => {}
-        other => panic!("{other:?}"),
+        // Everything still works.
+        match b_raw.directory(DirectoryRequest::Resolve { code: a.code }) {
+            DirectoryResponse::Membership(Some(_)) => {}
+            other => panic!("{other:?}"),
+        }
+        match b_raw.directory(DirectoryRequest::Consent { medical_id: p }) {
+            DirectoryResponse::Consent(list) => assert!(list.is_empty()),
+            other => panic!("{other:?}"),
+        }
+        fed.consent(p, b.code);
+        assert_eq!(b.fetch(p, a.code, "treatment", None).0, 200);
+
+        // A peer that sends requests and never reads the answers: the source stops reading
+        // from it once 64 answers wait, and goes on serving everyone else meanwhile.
+        let flooding = {
+            let node_addr = node_addr.clone();
+            std::thread::spawn(move || flood(&node_addr, EXCHANGE_PROTOCOL, 4))
+        };
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(b.fetch(p, a.code, "treatment", None).0, 200);
+        let written = flooding.join().expect("flood thread");
+        // Once the source stops reading, the flood stalls when the stream's window and the
+        // socket buffers are full: about 15,000 of these frames. A source that kept reading
+        // took 175,000 in the same four seconds here.
+        assert!(
+            (64..50_000).contains(&written),
+            "the flood was held back: {written} frames written"
+        );
+
+        assert!(fed
+            .operator(&["audit", "verify"])
+            .contains("audit log verified"));
     }
-    match b_raw.directory(DirectoryRequest::Consent { medical_id: p }) {
-        DirectoryResponse::Consent(list) => assert!(list.is_empty()),
-        other => panic!("{other:?}"),
-    }
-    fed.consent(p, b.code);
-    assert_eq!(b.fetch(p, a.code, "treatment", None).0, 200);
-
-    // A peer that sends requests and never reads the answers: the source stops reading
-    // from it once 64 answers wait, and goes on serving everyone else meanwhile.
-    let flooding = {
-        let node_addr = node_addr.clone();
-        std::thread::spawn(move || flood(&node_addr, EXCHANGE_PROTOCOL, 4))
-    };
-    std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(b.fetch(p, a.code, "treatment", None).0, 200);
-    let written = flooding.join().expect("flood thread");
-    // Once the source stops reading, the flood stalls when the stream's window and the
-    // socket buffers are full: about 15,000 of these frames. A source that kept reading
-    // took 175,000 in the same four seconds here.
-    assert!(
-        (64..50_000).contains(&written),
-        "the flood was held back: {written} frames written"
-    );
-
-    assert!(fed
-        .operator(&["audit", "verify"])
-        .contains("audit log verified"));
 }

@@ -6,6 +6,7 @@
 
 use iryo_tests::federation::{patient_row, sample_bundle, Federation, Texts};
 use iryo_tests::https::{activate, agent, agent_no_redirects, issue, letters};
+use iryo_tests::on_both_backends;
 use iryo_tests::write_enrollment;
 use serde_json::json;
 
@@ -56,149 +57,150 @@ fn page(
     (status, body)
 }
 
-#[test]
-fn hostile_text_is_text_on_every_page() {
-    let texts = Texts {
-        institution: HOSTILE,
-        person: HOSTILE_CSV,
-        address: HOSTILE_CSV,
-    };
-    let fed = Federation::start_with(2, 2, 60, &texts);
-    let (source, requester) = (&fed.nodes[0], &fed.nodes[1]);
-    let patient = fed.patients[0];
-
-    // A visit, a consent and an emergency read with a hostile reason.
-    assert_eq!(source.put_records(patient, &sample_bundle(1, 10)).0, 201);
-    let (status, answer) = requester.eligibility(&json!({ "medical_id": patient.to_string() }));
-    assert_eq!(status, 200, "{answer}");
-    fed.consent(patient, requester.code);
-    let (status, answer) = requester.fetch(patient, source.code, "emergency", Some(HOSTILE));
-    assert_eq!(status, 200, "{answer}");
-    assert!(requester.drain_outbox(20) && source.drain_outbox(20));
-
-    // Two enrollment conflicts under hostile names; one resolved by a hostile operator
-    // with a hostile reason, one left open for the console's queue.
-    let file = fed.registry.path("changed.csv");
-    let renamed = format!("{HOSTILE_CSV}別名");
-    let rows = [
-        patient_row(0, &renamed, "東京都"),
-        patient_row(1, &renamed, "東京都"),
-    ];
-    write_enrollment(&file, &[&rows[0], &rows[1]]);
-    fed.operator(&["enroll", &file.display().to_string()]);
-    let open = fed.registry.json(&["conflicts", "list", "--json"]);
-    let first = open[0]["id"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no conflict: {open}"));
-    fed.operator(&[
-        "conflicts",
-        "resolve",
-        &first.to_string(),
-        "--dismiss",
-        "--reason",
-        HOSTILE,
-        "--operator",
-        HOSTILE,
-    ]);
-
-    let out = fed.registry.path("letters");
-    fed.operator(&[
-        "letters",
-        "--plan",
-        "agency",
-        "--out",
-        &out.display().to_string(),
-    ]);
-    let letter = letters(&out)
-        .into_iter()
-        .find(|l| l["medical_id"] == patient.grouped())
-        .expect("the patient's letter");
-    let ca = fed.registry.data.join("ca/ca.pem");
-    let base = format!(
-        "https://localhost:{}",
-        fed.https.rsplit(':').next().unwrap()
-    );
-
-    // My Portal, signed in as the patient.
-    let a = agent_no_redirects(&ca);
-    let session = activate(&a, &base, &letter["medical_id"], &letter["activation_code"]);
-    let get = |path: &str| {
-        a.get(format!("{base}{path}"))
-            .header("cookie", &session)
-            .call()
-    };
-    for (path, shows) in [
-        ("/portal/home", true),
-        ("/portal/history", true),
-        ("/portal/access", true),
-        ("/portal/consent", true),
-    ] {
-        let (status, body) = page(get(path), path, shows);
-        assert_eq!(status, 200, "{path}: {body}");
-    }
-    let (_, consent) = page(get("/portal/consent"), "consent", true);
-    let csrf = consent
-        .split("name=\"csrf\" value=\"")
-        .nth(1)
-        .and_then(|r| r.split('"').next())
-        .expect("form token")
-        .to_string();
-    // The confirmation of a wide grant names the institution in a sentence.
-    let res = a
-        .post(format!("{base}/portal/consent"))
-        .header("cookie", &session)
-        .send_form([
-            ("csrf", csrf.as_str()),
-            ("action", "grant"),
-            ("institution", &requester.code.to_string()),
-            ("purpose", "all"),
-            ("expires", ""),
-        ]);
-    let (status, body) = page(res, "consent confirmation", true);
-    assert_eq!(status, 200, "{body}");
-    let res = a
-        .post(format!("{base}/portal/consent"))
-        .header("cookie", &session)
-        .send_form([
-            ("csrf", csrf.as_str()),
-            ("action", "grant"),
-            ("institution", &requester.code.to_string()),
-            ("purpose", "treatment"),
-            ("expires", HOSTILE),
-        ]);
-    let (status, body) = page(res, "a hostile expiry date", false);
-    assert_eq!(status, 400, "{body}");
-
-    // The console, as an operator.
-    let operator = issue(&fed.registry, "--operator", "sato", "operator-sato");
-    let op = agent(&ca, Some(&operator));
-    let get = |path: &str| op.get(format!("{base}{path}")).call();
-    let by_id = format!("/operator/person?q={}", patient.plain());
-    for (path, shows) in [
-        ("/operator/", false),
-        (by_id.as_str(), true),
-        ("/operator/cases", true),
-        ("/operator/institutions", true),
-        ("/operator/audit", true),
-    ] {
-        let (status, body) = page(get(path), path, shows);
-        assert_eq!(status, 200, "{path}: {body}");
-    }
-    let res = op
-        .get(format!("{base}/operator/audit"))
-        .query("medical_id", patient.plain())
-        .call();
-    let (status, body) = page(res, "a person's audit log", true);
-    assert_eq!(status, 200, "{body}");
-    // A hostile search term is refused as plain text, never echoed as markup.
-    for path in ["/operator/person", "/operator/audit"] {
-        let key = if path.ends_with("person") {
-            "q"
-        } else {
-            "medical_id"
+on_both_backends! {
+    fn hostile_text_is_text_on_every_page(backend) {
+        let texts = Texts {
+            institution: HOSTILE,
+            person: HOSTILE_CSV,
+            address: HOSTILE_CSV,
         };
-        let res = op.get(format!("{base}{path}")).query(key, HOSTILE).call();
-        let (status, _) = page(res, path, false);
-        assert_eq!(status, 400, "{path}");
+        let fed = Federation::start_with_on(backend, 2, 2, 60, &texts);
+        let (source, requester) = (&fed.nodes[0], &fed.nodes[1]);
+        let patient = fed.patients[0];
+
+        // A visit, a consent and an emergency read with a hostile reason.
+        assert_eq!(source.put_records(patient, &sample_bundle(1, 10)).0, 201);
+        let (status, answer) = requester.eligibility(&json!({ "medical_id": patient.to_string() }));
+        assert_eq!(status, 200, "{answer}");
+        fed.consent(patient, requester.code);
+        let (status, answer) = requester.fetch(patient, source.code, "emergency", Some(HOSTILE));
+        assert_eq!(status, 200, "{answer}");
+        assert!(requester.drain_outbox(20) && source.drain_outbox(20));
+
+        // Two enrollment conflicts under hostile names; one resolved by a hostile operator
+        // with a hostile reason, one left open for the console's queue.
+        let file = fed.registry.path("changed.csv");
+        let renamed = format!("{HOSTILE_CSV}別名");
+        let rows = [
+            patient_row(0, &renamed, "東京都"),
+            patient_row(1, &renamed, "東京都"),
+        ];
+        write_enrollment(&file, &[&rows[0], &rows[1]]);
+        fed.operator(&["enroll", &file.display().to_string()]);
+        let open = fed.registry.json(&["conflicts", "list", "--json"]);
+        let first = open[0]["id"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no conflict: {open}"));
+        fed.operator(&[
+            "conflicts",
+            "resolve",
+            &first.to_string(),
+            "--dismiss",
+            "--reason",
+            HOSTILE,
+            "--operator",
+            HOSTILE,
+        ]);
+
+        let out = fed.registry.path("letters");
+        fed.operator(&[
+            "letters",
+            "--plan",
+            "agency",
+            "--out",
+            &out.display().to_string(),
+        ]);
+        let letter = letters(&out)
+            .into_iter()
+            .find(|l| l["medical_id"] == patient.grouped())
+            .expect("the patient's letter");
+        let ca = fed.registry.data.join("ca/ca.pem");
+        let base = format!(
+            "https://localhost:{}",
+            fed.https.rsplit(':').next().unwrap()
+        );
+
+        // My Portal, signed in as the patient.
+        let a = agent_no_redirects(&ca);
+        let session = activate(&a, &base, &letter["medical_id"], &letter["activation_code"]);
+        let get = |path: &str| {
+            a.get(format!("{base}{path}"))
+                .header("cookie", &session)
+                .call()
+        };
+        for (path, shows) in [
+            ("/portal/home", true),
+            ("/portal/history", true),
+            ("/portal/access", true),
+            ("/portal/consent", true),
+        ] {
+            let (status, body) = page(get(path), path, shows);
+            assert_eq!(status, 200, "{path}: {body}");
+        }
+        let (_, consent) = page(get("/portal/consent"), "consent", true);
+        let csrf = consent
+            .split("name=\"csrf\" value=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .expect("form token")
+            .to_string();
+        // The confirmation of a wide grant names the institution in a sentence.
+        let res = a
+            .post(format!("{base}/portal/consent"))
+            .header("cookie", &session)
+            .send_form([
+                ("csrf", csrf.as_str()),
+                ("action", "grant"),
+                ("institution", &requester.code.to_string()),
+                ("purpose", "all"),
+                ("expires", ""),
+            ]);
+        let (status, body) = page(res, "consent confirmation", true);
+        assert_eq!(status, 200, "{body}");
+        let res = a
+            .post(format!("{base}/portal/consent"))
+            .header("cookie", &session)
+            .send_form([
+                ("csrf", csrf.as_str()),
+                ("action", "grant"),
+                ("institution", &requester.code.to_string()),
+                ("purpose", "treatment"),
+                ("expires", HOSTILE),
+            ]);
+        let (status, body) = page(res, "a hostile expiry date", false);
+        assert_eq!(status, 400, "{body}");
+
+        // The console, as an operator.
+        let operator = issue(&fed.registry, "--operator", "sato", "operator-sato");
+        let op = agent(&ca, Some(&operator));
+        let get = |path: &str| op.get(format!("{base}{path}")).call();
+        let by_id = format!("/operator/person?q={}", patient.plain());
+        for (path, shows) in [
+            ("/operator/", false),
+            (by_id.as_str(), true),
+            ("/operator/cases", true),
+            ("/operator/institutions", true),
+            ("/operator/audit", true),
+        ] {
+            let (status, body) = page(get(path), path, shows);
+            assert_eq!(status, 200, "{path}: {body}");
+        }
+        let res = op
+            .get(format!("{base}/operator/audit"))
+            .query("medical_id", patient.plain())
+            .call();
+        let (status, body) = page(res, "a person's audit log", true);
+        assert_eq!(status, 200, "{body}");
+        // A hostile search term is refused as plain text, never echoed as markup.
+        for path in ["/operator/person", "/operator/audit"] {
+            let key = if path.ends_with("person") {
+                "q"
+            } else {
+                "medical_id"
+            };
+            let res = op.get(format!("{base}{path}")).query(key, HOSTILE).call();
+            let (status, _) = page(res, path, false);
+            assert_eq!(status, 400, "{path}");
+        }
     }
 }

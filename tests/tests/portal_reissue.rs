@@ -2,64 +2,68 @@
 //! reissues the letter; the old code stops working, the new one works, and the person
 //! sees the reissue in their access log.
 
-use iryo_tests::https::{activate, agent_no_redirects, kyokai, row, serve, try_activate, with_ca};
+use iryo_tests::https::{
+    activate, agent_no_redirects, kyokai, row, serve, try_activate, with_ca_on,
+};
+use iryo_tests::on_both_backends;
 use iryo_tests::write_enrollment;
 
-#[test]
-fn a_reissued_letter_replaces_the_old_code() {
-    let d = with_ca();
-    let file = d.path("a.csv");
-    write_enrollment(&file, &[&row(&kyokai(), "kyokai", 0)]);
-    d.ok(&["enroll", &file.display().to_string()]);
-    let old = d.print_letters("letters-1", &[]).1.remove(0);
-    let id = old["medical_id"].clone();
+on_both_backends! {
+    fn a_reissued_letter_replaces_the_old_code(backend) {
+        let d = with_ca_on(backend);
+        let file = d.path("a.csv");
+        write_enrollment(&file, &[&row(&kyokai(), "kyokai", 0)]);
+        d.ok(&["enroll", &file.display().to_string()]);
+        let old = d.print_letters("letters-1", &[]).1.remove(0);
+        let id = old["medical_id"].clone();
 
-    let (_serve, https) = serve(&d);
-    let base = format!("https://localhost:{}", https.rsplit(':').next().unwrap());
-    let a = agent_no_redirects(&d.data.join("ca/ca.pem"));
+        let (_serve, https) = serve(&d);
+        let base = format!("https://localhost:{}", https.rsplit(':').next().unwrap());
+        let a = agent_no_redirects(&d.data.join("ca/ca.pem"));
 
-    // The sign-in page leads to what to do, with the agency's contact line.
-    let mut page = a.get(format!("{base}/portal/")).call().unwrap();
-    assert!(page
-        .body_mut()
-        .read_to_string()
-        .unwrap()
-        .contains("/portal/forgot"));
-    let mut page = a.get(format!("{base}/portal/forgot")).call().unwrap();
-    let help = page.body_mut().read_to_string().unwrap();
-    assert!(
-        help.contains("医療ID管理機関 お問い合わせ窓口") && help.contains("郵送"),
-        "{help}"
-    );
+        // The sign-in page leads to what to do, with the agency's contact line.
+        let mut page = a.get(format!("{base}/portal/")).call().unwrap();
+        assert!(page
+            .body_mut()
+            .read_to_string()
+            .unwrap()
+            .contains("/portal/forgot"));
+        let mut page = a.get(format!("{base}/portal/forgot")).call().unwrap();
+        let help = page.body_mut().read_to_string().unwrap();
+        assert!(
+            help.contains("医療ID管理機関 お問い合わせ窓口") && help.contains("郵送"),
+            "{help}"
+        );
 
-    // The reissue, while the directory serves: one letter, a new code.
-    let plain = id.replace('-', "");
-    let (_, mut reissued) = d.print_letters("letters-2", &["--reissue", "--medical-id", &plain]);
-    assert_eq!(reissued.len(), 1, "one letter");
-    let new = reissued.remove(0);
-    assert_eq!(new["medical_id"], id);
-    assert_ne!(new["activation_code"], old["activation_code"]);
-    // --reissue without the person is refused by the command line.
-    assert!(d
-        .fails(&["letters", "--plan", "agency", "--reissue", "--out", "x"])
-        .contains("--medical-id"));
+        // The reissue, while the directory serves: one letter, a new code.
+        let plain = id.replace('-', "");
+        let (_, mut reissued) = d.print_letters("letters-2", &["--reissue", "--medical-id", &plain]);
+        assert_eq!(reissued.len(), 1, "one letter");
+        let new = reissued.remove(0);
+        assert_eq!(new["medical_id"], id);
+        assert_ne!(new["activation_code"], old["activation_code"]);
+        // --reissue without the person is refused by the command line.
+        assert!(d
+            .fails(&["letters", "--plan", "agency", "--reissue", "--out", "x"])
+            .contains("--medical-id"));
 
-    // The old code no longer works; the new one does.
-    let res = try_activate(&a, &base, &id, &old["activation_code"]);
-    assert_eq!(res.status(), 401);
-    let session = activate(&a, &base, &id, &new["activation_code"]);
+        // The old code no longer works; the new one does.
+        let res = try_activate(&a, &base, &id, &old["activation_code"]);
+        assert_eq!(res.status(), 401);
+        let session = activate(&a, &base, &id, &new["activation_code"]);
 
-    // The person sees the reissue in their access log; it is in the audit log.
-    let mut page = a
-        .get(format!("{base}/portal/access"))
-        .header("cookie", &session)
-        .call()
-        .unwrap();
-    let log = page.body_mut().read_to_string().unwrap();
-    assert!(log.contains("お知らせの再発行"), "{log}");
-    let entries = d.json(&["audit", "show", "--medical-id", &plain, "--json"]);
-    assert!(
-        entries.to_string().contains("reissued their letter"),
-        "{entries}"
-    );
+        // The person sees the reissue in their access log; it is in the audit log.
+        let mut page = a
+            .get(format!("{base}/portal/access"))
+            .header("cookie", &session)
+            .call()
+            .unwrap();
+        let log = page.body_mut().read_to_string().unwrap();
+        assert!(log.contains("お知らせの再発行"), "{log}");
+        let entries = d.json(&["audit", "show", "--medical-id", &plain, "--json"]);
+        assert!(
+            entries.to_string().contains("reissued their letter"),
+            "{entries}"
+        );
+    }
 }

@@ -4,6 +4,7 @@
 use iryo_proto::federation::Purpose;
 use iryo_proto::wire::*;
 use iryo_tests::federation::*;
+use iryo_tests::on_both_backends;
 use serde_json::{json, Value};
 
 fn count(entries: &[Value], kind: &str) -> usize {
@@ -13,96 +14,97 @@ fn count(entries: &[Value], kind: &str) -> usize {
         .count()
 }
 
-#[test]
-fn a_retry_with_the_same_key_is_answered_again_and_recorded_once() {
-    let mut fed = Federation::start(2, 2, 60);
-    let (a, b) = (&fed.nodes[0], &fed.nodes[1]);
-    let p = fed.patients[0];
-    assert_eq!(a.put_records(p, &sample_bundle(2, 10)).0, 201);
-    fed.consent(p, b.code);
-    let logged = |fed: &Federation, kind| count(&fed.audit_show(p), kind);
+on_both_backends! {
+    fn a_retry_with_the_same_key_is_answered_again_and_recorded_once(backend) {
+        let mut fed = Federation::start_on(backend, 2, 2, 60);
+        let (a, b) = (&fed.nodes[0], &fed.nodes[1]);
+        let p = fed.patients[0];
+        assert_eq!(a.put_records(p, &sample_bundle(2, 10)).0, 201);
+        fed.consent(p, b.code);
+        let logged = |fed: &Federation, kind| count(&fed.audit_show(p), kind);
 
-    // Checks: the retry gets the first answer; another key is another check.
-    let check = json!({ "medical_id": p.to_string() });
-    let first = b.eligibility_keyed(&check, "6f1c2a9e-1b7d-4c55-9a0e-3f2b8d7c1e44");
-    assert_eq!(first.0, 200, "{first:?}");
-    assert_eq!(
-        b.eligibility_keyed(&check, "6f1c2a9e-1b7d-4c55-9a0e-3f2b8d7c1e44"),
-        first
-    );
-    assert_eq!(b.eligibility_keyed(&check, "check-2").0, 200);
-    // A hostile or oversized key is refused, naming the header; nothing is recorded.
-    for bad in ["<svg/onload=alert(1)>", &"k".repeat(65), "a b"] {
-        let (status, body) = b.eligibility_keyed(&check, bad);
+        // Checks: the retry gets the first answer; another key is another check.
+        let check = json!({ "medical_id": p.to_string() });
+        let first = b.eligibility_keyed(&check, "6f1c2a9e-1b7d-4c55-9a0e-3f2b8d7c1e44");
+        assert_eq!(first.0, 200, "{first:?}");
+        assert_eq!(
+            b.eligibility_keyed(&check, "6f1c2a9e-1b7d-4c55-9a0e-3f2b8d7c1e44"),
+            first
+        );
+        assert_eq!(b.eligibility_keyed(&check, "check-2").0, 200);
+        // A hostile or oversized key is refused, naming the header; nothing is recorded.
+        for bad in ["<svg/onload=alert(1)>", &"k".repeat(65), "a b"] {
+            let (status, body) = b.eligibility_keyed(&check, bad);
+            assert_eq!(
+                (status, body["error"].as_str()),
+                (400, Some("bad_idempotency_key")),
+                "{bad}: {body}"
+            );
+            let (status, _) = b.fetch_keyed(p, a.code, bad);
+            assert_eq!(status, 400);
+        }
+
+        // Fetches: the retry gets the same Bundle from what the node kept; one grant, one
+        // disclosure, one receipt.
+        let (status, bundle) = b.fetch_keyed(p, a.code, "fetch-1");
+        assert_eq!(status, 200, "{bundle}");
+        assert_eq!(b.fetch_keyed(p, a.code, "fetch-1"), (200, bundle.clone()));
+        assert_eq!(b.metric("iryo_node_fetches_kept_total"), 1);
+        assert!(a.drain_outbox(10) && b.drain_outbox(10));
+        assert_eq!(logged(&fed, "GrantIssued"), 1);
+        assert_eq!(logged(&fed, "Notification"), 2);
+
+        // A first attempt that got its grant and never reached the source (the raw peer,
+        // holding B's key, stands for it): the retry is served under that same grant.
+        let b_raw = RawPeer::new(&node_key(b), &fed.directory_addr);
+        let keyed_grant = |key: &str| match b_raw.directory(DirectoryRequest::Grant {
+            medical_id: p,
+            source: a.code,
+            purpose: Purpose::Treatment,
+            reason: None,
+            idempotency_key: Some(iryo_proto::IdempotencyKey::parse(key).unwrap()),
+        }) {
+            DirectoryResponse::Grant(g) => g,
+            other => panic!("{other:?}"),
+        };
+        keyed_grant("fetch-2");
+        let (status, again) = b.fetch_keyed(p, a.code, "fetch-2");
+        assert_eq!((status, &again), (200, &bundle));
+        assert!(a.drain_outbox(10) && b.drain_outbox(10));
+        assert_eq!(
+            logged(&fed, "GrantIssued"),
+            2,
+            "the retry used the first grant"
+        );
+        assert_eq!(logged(&fed, "Notification"), 4);
+
+        // A first attempt the source served whose answer never arrived: the source does
+        // not serve the grant twice, and the EMR is told to ask anew.
+        let g = keyed_grant("fetch-3");
+        let served = b_raw.fetch(
+            a,
+            ExchangeRequest::Fetch {
+                medical_id: p,
+                purpose: Purpose::Treatment,
+                grant: g,
+            },
+        );
+        assert!(matches!(served, ExchangeResponse::Records { .. }));
+        let (status, body) = b.fetch_keyed(p, a.code, "fetch-3");
         assert_eq!(
             (status, body["error"].as_str()),
-            (400, Some("bad_idempotency_key")),
-            "{bad}: {body}"
+            (409, Some("already_served")),
+            "{body}"
         );
-        let (status, _) = b.fetch_keyed(p, a.code, bad);
-        assert_eq!(status, 400);
+        assert!(body["detail"].as_str().unwrap_or("").contains("new key"));
+        assert_eq!(logged(&fed, "GrantIssued"), 3);
+
+        // Three checks were sent, one of them twice: two visits are recorded.
+        drop(b_raw);
+        fed.stop_directory();
+        let shown = fed
+            .registry
+            .json(&["show", "--medical-id", &p.to_string(), "--json"]);
+        assert_eq!(shown["service_use"].as_array().map_or(0, Vec::len), 2);
     }
-
-    // Fetches: the retry gets the same Bundle from what the node kept; one grant, one
-    // disclosure, one receipt.
-    let (status, bundle) = b.fetch_keyed(p, a.code, "fetch-1");
-    assert_eq!(status, 200, "{bundle}");
-    assert_eq!(b.fetch_keyed(p, a.code, "fetch-1"), (200, bundle.clone()));
-    assert_eq!(b.metric("iryo_node_fetches_kept_total"), 1);
-    assert!(a.drain_outbox(10) && b.drain_outbox(10));
-    assert_eq!(logged(&fed, "GrantIssued"), 1);
-    assert_eq!(logged(&fed, "Notification"), 2);
-
-    // A first attempt that got its grant and never reached the source (the raw peer,
-    // holding B's key, stands for it): the retry is served under that same grant.
-    let b_raw = RawPeer::new(&node_key(b), &fed.directory_addr);
-    let keyed_grant = |key: &str| match b_raw.directory(DirectoryRequest::Grant {
-        medical_id: p,
-        source: a.code,
-        purpose: Purpose::Treatment,
-        reason: None,
-        idempotency_key: Some(iryo_proto::IdempotencyKey::parse(key).unwrap()),
-    }) {
-        DirectoryResponse::Grant(g) => g,
-        other => panic!("{other:?}"),
-    };
-    keyed_grant("fetch-2");
-    let (status, again) = b.fetch_keyed(p, a.code, "fetch-2");
-    assert_eq!((status, &again), (200, &bundle));
-    assert!(a.drain_outbox(10) && b.drain_outbox(10));
-    assert_eq!(
-        logged(&fed, "GrantIssued"),
-        2,
-        "the retry used the first grant"
-    );
-    assert_eq!(logged(&fed, "Notification"), 4);
-
-    // A first attempt the source served whose answer never arrived: the source does
-    // not serve the grant twice, and the EMR is told to ask anew.
-    let g = keyed_grant("fetch-3");
-    let served = b_raw.fetch(
-        a,
-        ExchangeRequest::Fetch {
-            medical_id: p,
-            purpose: Purpose::Treatment,
-            grant: g,
-        },
-    );
-    assert!(matches!(served, ExchangeResponse::Records { .. }));
-    let (status, body) = b.fetch_keyed(p, a.code, "fetch-3");
-    assert_eq!(
-        (status, body["error"].as_str()),
-        (409, Some("already_served")),
-        "{body}"
-    );
-    assert!(body["detail"].as_str().unwrap_or("").contains("new key"));
-    assert_eq!(logged(&fed, "GrantIssued"), 3);
-
-    // Three checks were sent, one of them twice: two visits are recorded.
-    drop(b_raw);
-    fed.stop_directory();
-    let shown = fed
-        .registry
-        .json(&["show", "--medical-id", &p.to_string(), "--json"]);
-    assert_eq!(shown["service_use"].as_array().map_or(0, Vec::len), 2);
 }
