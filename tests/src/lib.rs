@@ -282,6 +282,69 @@ impl Directory {
     pub fn db(&self) -> PathBuf {
         self.data.join("directory.redb")
     }
+
+    /// Runs `f` on the registry opened as the commands open it, on either backend.
+    pub fn with_store<T>(&self, f: impl FnOnce(&dyn iryo_directory::store::Front) -> T) -> T {
+        match &self.database {
+            None => f(&iryo_directory::store::Store::open(&self.db(), 64).expect("open store")),
+            Some(url) => {
+                let url = iryo_directory::postgres::DatabaseUrl::parse(url).expect("database URL");
+                f(&iryo_directory::postgres::PgStore::open(&url).expect("open database"))
+            }
+        }
+    }
+
+    /// Every person in the registry, in pid order, on either backend.
+    pub fn persons(&self) -> Vec<iryo_directory::registry::Person> {
+        self.with_store(|s| s.first_persons(usize::MAX).expect("read persons"))
+    }
+
+    /// Every person as JSON with processing times removed (`snapshot`), on either
+    /// backend.
+    pub fn snapshot(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self.persons()).expect("persons to JSON");
+        strip_times(&mut v);
+        v
+    }
+
+    /// Whether `needle` is anywhere in what the registry stores: redb's file, or every
+    /// row of every table of the database, as text and with bytes as hex.
+    pub fn stores(&self, needle: &str) -> bool {
+        match &self.database {
+            None => std::fs::read(self.db())
+                .expect("read the registry's file")
+                .windows(needle.len())
+                .any(|w| w == needle.as_bytes()),
+            Some(url) => {
+                let hex: String = needle.bytes().map(|b| format!("{b:02x}")).collect();
+                let dump: Vec<String> = stores::query(url, async |c| {
+                    let tables: Vec<String> = c
+                        .query(
+                            "SELECT tablename::text FROM pg_tables WHERE schemaname = 'public'",
+                            &[],
+                        )
+                        .await
+                        .expect("list tables")
+                        .iter()
+                        .map(|r| r.get(0))
+                        .collect();
+                    let mut out = Vec::new();
+                    for t in tables {
+                        for r in c
+                            .query(&format!("SELECT t::text FROM {t} t"), &[])
+                            .await
+                            .expect("read table")
+                        {
+                            out.push(r.get(0));
+                        }
+                    }
+                    out
+                });
+                dump.iter()
+                    .any(|row| row.contains(needle) || row.contains(&hex))
+            }
+        }
+    }
 }
 
 pub const HEADER: &str = "insurer_kind,insurer_number,card_symbol,card_number,branch,relation,my_number,name,kana_name,birth_date,sex,address,coverage_from,coverage_until";

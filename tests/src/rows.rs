@@ -1,7 +1,7 @@
 //! Enrollment rows and files for the registry's end-to-end tests: one person per
 //! row, fields by position in the header, changed one at a time.
 
-use crate::{write_enrollment, Directory};
+use crate::{write_enrollment, Backend, Directory};
 use iryo_proto::{InsurerNumber, MedicalId, MyNumber};
 
 pub fn kyokai() -> String {
@@ -69,7 +69,12 @@ pub fn file(d: &Directory, name: &str, rows: &[Row]) -> String {
 
 /// A directory with persons 1 and 2 enrolled from one file.
 pub fn two_enrolled() -> Directory {
-    let d = Directory::new();
+    two_enrolled_on(Backend::Redb)
+}
+
+/// `two_enrolled` on `backend`.
+pub fn two_enrolled_on(backend: Backend) -> Directory {
+    let d = Directory::on(backend);
     d.ok(&["init"]);
     d.ok(&[
         "enroll",

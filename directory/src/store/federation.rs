@@ -645,6 +645,21 @@ pub(crate) fn grant_in(
         reason: reason.clone(),
     };
     let decision = (|| -> Result<std::result::Result<(), Refusal>> {
+        // The requester's membership as this transaction sees it: the caller's copy may
+        // predate a revocation by another process on the same database.
+        match t.institution(requester.code)? {
+            Some(r) => {
+                if let Err(refusal) = crate::service::handler::admit(&r, now) {
+                    return Ok(Err(refusal));
+                }
+            }
+            None => {
+                return Ok(Err(Refusal::new(
+                    RefusalReason::NotMember,
+                    "no membership for the requester",
+                )));
+            }
+        }
         if !requester.roles.contains(&Role::Requester) {
             return Ok(Err(Refusal::new(
                 RefusalReason::RoleMissing,
