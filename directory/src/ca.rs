@@ -277,6 +277,35 @@ impl Ca {
         Ok(revoked)
     }
 
+    /// The revocation list in force here and its number.
+    pub fn crl(&self) -> Result<(u64, String)> {
+        Ok((self.load()?.crl_number, read(&self.crl_path())?))
+    }
+
+    /// Installs a revocation list numbered `number` that the CA wrote elsewhere (on
+    /// the host holding its register), if it is newer than the one here; says if it
+    /// was. The HTTPS front reloads it at its next connection.
+    pub fn install_crl(&self, number: u64, pem: &str) -> Result<bool> {
+        use rustls::pki_types::pem::PemObject;
+        let mut register = self.load()?;
+        if number <= register.crl_number {
+            return Ok(false);
+        }
+        let parsed =
+            rustls::pki_types::CertificateRevocationListDer::pem_slice_iter(pem.as_bytes())
+                .collect::<std::result::Result<Vec<_>, _>>();
+        if !matches!(parsed.as_deref(), Ok([_])) {
+            return Err(CaError::Register {
+                path: self.crl_path(),
+                reason: format!("revocation list {number} from the database is not one PEM CRL"),
+            });
+        }
+        replace_file(&self.crl_path(), pem.as_bytes())?;
+        register.crl_number = number;
+        self.save(&register)?;
+        Ok(true)
+    }
+
     pub fn list(&self) -> Result<Vec<IssuedCert>> {
         Ok(self.load()?.issued)
     }

@@ -1,11 +1,15 @@
 //! Two `serve` processes on one PostgreSQL database answer a federation at once, while
 //! operator commands run on the database beside them; when one stops, its nodes go on
-//! with the other, and the audit log both appended to is one log that verifies.
+//! with the other, and the audit log both appended to is one log that verifies. Their
+//! HTTPS fronts share sessions, sign-in counts, uploads and revocations.
 
 use iryo_node::config::NodeConfig;
 use iryo_tests::federation::*;
+use iryo_tests::https::{
+    activate, agent, agent_no_redirects, issue, kyokai, row, serve, set_cookie, with_ca_on,
+};
 use iryo_tests::pg::Cluster;
-use iryo_tests::{directory_bin, write_enrollment};
+use iryo_tests::{directory_bin, write_enrollment, Backend, Directory};
 use serde_json::json;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -158,4 +162,135 @@ fn serve_rides_out_the_database_going_away() {
     assert!(reports >= 1, "{entries:?}");
     let verified = fed.operator(&["audit", "verify"]);
     assert!(verified.contains("audit log verified"), "{verified}");
+}
+
+/// A second data directory for the same registry: the keys and the agency CA copied,
+/// the database the same.
+fn second_front(d: &Directory) -> Directory {
+    let other = Directory::new();
+    let copy = |from: &std::path::Path, to: &std::path::Path| {
+        let status = Command::new("cp")
+            .arg("-a")
+            .arg(from)
+            .arg(to)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    copy(&d.data, &other.data);
+    Directory {
+        database: d.database.clone(),
+        ..other
+    }
+}
+
+#[test]
+fn two_https_fronts_share_sessions_counts_uploads_and_revocations() {
+    let d = with_ca_on(Backend::Postgres);
+    let file = d.path("a.csv");
+    write_enrollment(&file, &[&row(&kyokai(), "kyokai", 0)]);
+    d.ok(&["enroll", &file.display().to_string()]);
+    let letter = d.print_letters("letters", &[]).1.remove(0);
+    let insurer = issue(&d, "--insurer", &kyokai(), "ins");
+    let e = second_front(&d);
+    let (_a, https_a) = serve(&d);
+    let (_b, https_b) = serve(&e);
+    let base = |https: &str| format!("https://localhost:{}", https.rsplit(':').next().unwrap());
+    let (a, b) = (base(&https_a), base(&https_b));
+    let ca = d.data.join("ca/ca.pem");
+    let web = agent_no_redirects(&ca);
+
+    // Signed in at one front, signed in at the other.
+    let session = activate(&web, &a, &letter["medical_id"], &letter["activation_code"]);
+    let home = |front: &str| {
+        web.get(format!("{front}/portal/home"))
+            .header("cookie", &session)
+            .call()
+            .unwrap()
+    };
+    assert_eq!(home(&a).status(), 200);
+    let mut page = home(&b);
+    assert_eq!(page.status(), 200, "the session is in the database");
+    assert!(page
+        .body_mut()
+        .read_to_string()
+        .unwrap()
+        .contains(&letter["medical_id"]));
+
+    // Failed sign-ins at one front count at the other.
+    let wrong = |front: &str| {
+        let page = web.get(format!("{front}/portal/")).call().unwrap();
+        let form = set_cookie(&page, "iryo_form");
+        web.post(format!("{front}/portal/login"))
+            .header("cookie", &format!("iryo_form={form}"))
+            .send_form([
+                ("form", form.as_str()),
+                ("medical_id", "not an id"),
+                ("passphrase", "a wrong guess"),
+            ])
+            .unwrap()
+            .status()
+    };
+    for _ in 0..5 {
+        assert_eq!(wrong(&a), 401);
+    }
+    assert_eq!(
+        wrong(&b),
+        429,
+        "the address's tries are counted across fronts"
+    );
+
+    // An upload received by one front is reported by the other.
+    let upload = d.path("upload.csv");
+    write_enrollment(&upload, &[&row(&kyokai(), "kyokai", 1)]);
+    let client = agent(&ca, Some(&insurer));
+    let mut res = client
+        .post(format!("{a}/insurer/enrollments?name=upload.csv"))
+        .send(std::fs::read(&upload).unwrap())
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let accepted: serde_json::Value =
+        serde_json::from_str(&res.body_mut().read_to_string().unwrap()).unwrap();
+    let status_url = accepted["status_url"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut res = client.get(format!("{b}{status_url}")).call().unwrap();
+        assert_eq!(res.status(), 200, "the other front knows the upload");
+        let job: serde_json::Value =
+            serde_json::from_str(&res.body_mut().read_to_string().unwrap()).unwrap();
+        if job["state"] == "done" {
+            assert_eq!(job["summary"]["new"], 1, "{job}");
+            break;
+        }
+        assert_eq!(job["state"], "running", "{job}");
+        assert!(
+            Instant::now() < deadline,
+            "the upload never finished: {job}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // A certificate revoked where the CA is, is refused at the other front too.
+    assert_eq!(
+        client
+            .get(format!("{b}/insurer/notices"))
+            .call()
+            .unwrap()
+            .status(),
+        200
+    );
+    let out = d.ok(&["ca", "revoke", &format!("insurer {}", kyokai())]);
+    assert!(out.contains("published"), "{out}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while agent(&ca, Some(&insurer))
+        .get(format!("{b}/insurer/notices"))
+        .call()
+        .is_ok()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the other front still accepts a revoked certificate"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

@@ -36,7 +36,8 @@ pub(super) enum CaCmd {
         days: i64,
     },
     /// Revoke certificates by serial number or subject ("insurer 01130012",
-    /// "operator sato"); `serve` refuses them from the next connection on.
+    /// "operator sato"); `serve` refuses them from the next connection on, and with a
+    /// database every `serve` on it within seconds.
     Revoke {
         /// A serial number, or a subject such as "insurer 01130012" or "operator sato".
         what: String,
@@ -87,8 +88,18 @@ pub(super) fn run(config: &Config, cmd: CaCmd) -> Result<ExitCode> {
             );
         }
         CaCmd::Revoke { what } => {
-            for c in Ca::open(&dir)?.revoke(&what)? {
+            let ca = Ca::open(&dir)?;
+            for c in ca.revoke(&what)? {
                 println!("revoked serial {} ({})", c.serial, c.subject);
+            }
+            let ctx = iryo_directory::context::Context::new(config.clone());
+            if let Some(url) = ctx.database()? {
+                let store = ctx.postgres(&url)?;
+                let number = iryo_directory::postgres::revocations::publish(&store, &ca)?;
+                println!(
+                    "revocation list {number} published to {url}: every serve on it refuses these certificates within {} seconds",
+                    iryo_directory::postgres::revocations::FOLLOW_EVERY.as_secs()
+                );
             }
         }
         CaCmd::List => {

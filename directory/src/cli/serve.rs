@@ -112,6 +112,7 @@ fn serve_postgres(
         )
         .await?;
         let addrs = note_addresses(&config.data_dir, &running)?;
+        let follower = follow_revocations(config, &store);
         let front = start_https(config, https, store, keys.root.clone()).await?;
         let https_addr = front
             .as_ref()
@@ -125,6 +126,9 @@ fn serve_postgres(
         use std::io::Write as _;
         std::io::stdout().flush()?;
         iryo_p2p::shutdown::signal().await;
+        if let Some(f) = follower {
+            f.abort();
+        }
         if let Some(f) = front {
             f.stop();
         }
@@ -132,6 +136,32 @@ fn serve_postgres(
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Keeps the HTTPS front's revocation list in step with the one `ca revoke` published
+/// to the database, from now and then every few seconds; `None` without an agency CA.
+fn follow_revocations(
+    config: &Config,
+    store: &std::sync::Arc<iryo_directory::postgres::PgStore>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    use iryo_directory::ca::Ca;
+    use iryo_directory::postgres::revocations::{follow, FOLLOW_EVERY};
+    let dir = Ca::dir(&config.data_dir);
+    let ca = Ca::open(&dir).ok()?;
+    let (store, ca) = (store.clone(), std::sync::Arc::new(ca));
+    let once = move || {
+        if let Err(e) = follow(&store, &ca) {
+            tracing::warn!(error = %e, "the revocation list could not be brought in step with the database");
+        }
+    };
+    once();
+    Some(tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(FOLLOW_EVERY).await;
+            let step = once.clone();
+            let _ = tokio::task::spawn_blocking(step).await;
+        }
+    }))
 }
 
 /// The service's listen addresses, also written to `DATA_DIR/directory.addr` for

@@ -6,6 +6,7 @@ pub mod baseline;
 pub mod migrate;
 mod operations;
 mod registry_tx;
+pub mod revocations;
 mod store;
 
 pub use store::PgStore;

@@ -36,11 +36,12 @@ CREATE TABLE upload_jobs (
     updated_at bigint NOT NULL
 );
 
--- Revocations of the agency CA's client certificates, which every `serve` on this
--- database adds to the revocation list its HTTPS front checks.
+-- The agency CA's latest revocation list, as `ca revoke` wrote it where the CA's key
+-- is: every `serve` on this database installs a newer one within seconds, so a
+-- certificate revoked at one front is refused at all of them.
 DROP TABLE ca_certificates;
-CREATE TABLE ca_revocations (
-    serial     bigint PRIMARY KEY,
-    subject    text   NOT NULL,
-    revoked_at text   NOT NULL
+CREATE TABLE ca_crl (
+    id     integer PRIMARY KEY CHECK (id = 1),
+    number bigint  NOT NULL,
+    pem    text    NOT NULL
 );

@@ -185,6 +185,33 @@ impl Front for PgStore {
 }
 
 impl PgStore {
+    /// The agency CA's latest revocation list published here, and its number.
+    pub fn crl(&self) -> Result<Option<(u64, String)>> {
+        let row: Option<(i64, String)> = self.read(async |c| {
+            Ok(
+                c.query_opt("SELECT number, pem FROM ca_crl WHERE id = 1", &[])
+                    .await?
+                    .map(|r| (r.get(0), r.get(1))),
+            )
+        })?;
+        row.map(|(n, pem)| Ok((crate::postgres::unsql(n)?, pem)))
+            .transpose()
+    }
+
+    /// Publishes revocation list `number` unless a newer one is published already.
+    pub fn publish_crl(&self, number: u64, pem: &str) -> Result<()> {
+        let number = crate::postgres::sql(number)?;
+        self.raw_transaction(async |tx| {
+            tx.execute(
+                "INSERT INTO ca_crl (id, number, pem) VALUES (1, $1, $2)
+                 ON CONFLICT (id) DO UPDATE SET number = $1, pem = $2 WHERE ca_crl.number < $1",
+                &[&number, &pem],
+            )
+            .await?;
+            Ok(())
+        })
+    }
+
     /// Runs `f` in one transaction of the front's own tables, which no registry rule
     /// reads, and commits it.
     fn raw_transaction<T>(
