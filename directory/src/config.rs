@@ -44,13 +44,32 @@ pub struct Config {
 }
 
 /// Where the registry is kept (`[storage]`).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
     /// A PostgreSQL database, as a libpq URL (postgresql://USER@HOST/DATABASE, or
     /// postgresql://USER@/DATABASE?host=/socket/dir); unset keeps the embedded store
     /// (redb) in `data_dir`. The keys stay in `data_dir` either way.
     pub url: Option<String>,
+    /// Connections each process keeps to the database.
+    pub pool_size: usize,
+    /// The longest one statement may run before it fails with an error, in seconds
+    /// (unless the URL sets `options` itself).
+    pub statement_timeout_seconds: u64,
+    /// The CA certificate(s), PEM, that signed the database server's certificate. Set,
+    /// every connection over the network uses TLS and checks the server against it.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            pool_size: crate::postgres::POOL_SIZE,
+            statement_timeout_seconds: crate::postgres::STATEMENT_TIMEOUT.as_secs(),
+            ca_file: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

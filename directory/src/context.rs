@@ -74,7 +74,11 @@ impl Context {
     /// `--database`, `IRYO_DATABASE`), if any; without one the store is redb.
     pub fn database(&self) -> Result<Option<DatabaseUrl>, ContextError> {
         match &self.config.storage.url {
-            Some(u) => Ok(Some(DatabaseUrl::parse(u).map_err(StoreError::from)?)),
+            Some(u) => Ok(Some(
+                DatabaseUrl::parse(u)
+                    .and_then(|url| url.configured(&self.config.storage))
+                    .map_err(StoreError::from)?,
+            )),
             None => Ok(None),
         }
     }

@@ -16,6 +16,10 @@ pub struct Cluster {
     bin: PathBuf,
     as_postgres: bool,
     running: bool,
+    /// Server options beyond the unix socket (`serve_tls`).
+    extra: String,
+    /// The port, when not the default (its socket's name says it too).
+    port: Option<u16>,
 }
 
 /// The newest server binaries installed: `IRYO_PG_BIN`, or Debian's
@@ -65,6 +69,8 @@ impl Cluster {
             bin,
             as_postgres,
             running: false,
+            extra: String::new(),
+            port: None,
         };
         let data = c.data();
         c.run(
@@ -99,8 +105,9 @@ impl Cluster {
 
     /// A libpq-style URL for the cluster's database over its unix socket.
     pub fn url(&self) -> String {
+        let port = self.port.map(|p| format!("&port={p}")).unwrap_or_default();
         format!(
-            "postgresql://{DATABASE}@/{DATABASE}?host={}",
+            "postgresql://{DATABASE}@/{DATABASE}?host={}{port}",
             self.socket_dir()
         )
     }
@@ -113,8 +120,13 @@ impl Cluster {
     /// Starts the stopped server again, waiting until it accepts connections.
     pub fn start_again(&mut self) {
         let options = format!(
-            "-c listen_addresses='' -k {} -c fsync=on -c synchronous_commit=on -c max_connections=64 -c shared_buffers=16MB",
-            self.socket_dir()
+            "-k {} -c fsync=on -c synchronous_commit=on -c max_connections=64 -c shared_buffers=16MB {}",
+            self.socket_dir(),
+            if self.extra.is_empty() {
+                "-c listen_addresses=''"
+            } else {
+                &self.extra
+            }
         );
         let log = self.dir.path().join("server.log").display().to_string();
         let data = self.data();
@@ -169,6 +181,45 @@ impl Cluster {
     /// The cluster's directory.
     pub fn path(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Restarts the server listening also on 127.0.0.1 over TCP, with TLS under the
+    /// certificate `cert` and key `key` (PEM) and no connection there without it;
+    /// returns the port.
+    pub fn serve_tls(&mut self, cert: &Path, key: &Path) -> u16 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let dir = self.dir.path();
+        for (from, to) in [(cert, "server.crt"), (key, "server.key")] {
+            let to = dir.join(to);
+            std::fs::copy(from, &to).expect("copy the server's certificate");
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600)).unwrap();
+            if self.as_postgres {
+                let chown = Command::new("chown")
+                    .arg("postgres:postgres")
+                    .arg(&to)
+                    .status()
+                    .expect("chown");
+                assert!(chown.success());
+            }
+        }
+        std::fs::write(
+            self.dir.path().join("data/pg_hba.conf"),
+            "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 reject\n",
+        )
+        .expect("pg_hba.conf");
+        self.extra = format!(
+            "-c listen_addresses=127.0.0.1 -p {port} -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+            dir.join("server.crt").display(),
+            dir.join("server.key").display()
+        );
+        self.stop(true);
+        self.port = Some(port);
+        self.start_again();
+        port
     }
 }
 

@@ -1,6 +1,7 @@
 //! The directory's PostgreSQL schema on a throwaway cluster made from Debian's server
 //! binaries: `iryo-directory migrate` applies the versioned migrations once, also when
-//! two processes run it at once, and refuses a schema newer than it knows.
+//! two processes run it at once, and refuses a schema newer than it knows. Over a
+//! network, connections use TLS checked against the configured CA.
 
 use iryo_tests::pg::Cluster;
 use iryo_tests::stores::query;
@@ -296,4 +297,65 @@ fn both_stores_give_the_same_roots_and_proofs() {
         let complete: u64 = (4..64).map(|level| n >> level).sum();
         assert_eq!(stored as u64, complete);
     });
+}
+
+#[test]
+fn tls_to_the_database_is_checked_against_the_configured_ca() {
+    let mut pg = Cluster::start();
+    // The database server's certificate, for 127.0.0.1, from a CA of its own (made the
+    // way the agency makes its HTTPS front's), and another CA that did not sign it.
+    let certs = Directory::new();
+    certs.ok(&["ca", "init", "--host", "127.0.0.1"]);
+    let stranger = Directory::new();
+    stranger.ok(&["ca", "init"]);
+    let port = pg.serve_tls(
+        &certs.data.join("ca/server.pem"),
+        &certs.data.join("ca/server.key"),
+    );
+    let d = Directory::new();
+    let config = |name: &str, url: &str, ca: Option<&std::path::Path>| {
+        let path = d.path(name);
+        let ca = ca
+            .map(|p| format!("ca_file = {:?}\n", p.display().to_string()))
+            .unwrap_or_default();
+        std::fs::write(&path, format!("[storage]\nurl = {url:?}\n{ca}")).unwrap();
+        path.display().to_string()
+    };
+    let tcp = format!("postgresql://iryo@127.0.0.1:{port}/iryo");
+
+    // Unencrypted over TCP: the server itself refuses it.
+    let plain = config("plain.toml", &tcp, None);
+    let err = d.fails(&["--config", &plain, "init"]);
+    assert!(
+        err.contains("no encryption") || err.contains("pg_hba"),
+        "{err}"
+    );
+    // TLS asked for without a CA to check the server with: said so, before connecting.
+    let asked = config("asked.toml", &format!("{tcp}?sslmode=require"), None);
+    let err = d.fails(&["--config", &asked, "init"]);
+    assert!(err.contains("ca_file"), "{err}");
+    // A server whose certificate another CA signed is not trusted.
+    let wrong = config("wrong.toml", &tcp, Some(&stranger.data.join("ca/ca.pem")));
+    let err = d.fails(&["--config", &wrong, "init"]);
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+    assert!(
+        !d.data.join("keys/agency-root.ed25519").exists(),
+        "a refused database leaves no keys behind"
+    );
+
+    // With the right CA, every command works, over TLS: the server takes no other
+    // connection over TCP.
+    let right = config("right.toml", &tcp, Some(&certs.data.join("ca/ca.pem")));
+    d.ok(&["--config", &right, "init"]);
+    let file = d.path("a.csv");
+    iryo_tests::write_enrollment(
+        &file,
+        &[&iryo_tests::https::row(
+            &iryo_tests::https::kyokai(),
+            "kyokai",
+            0,
+        )],
+    );
+    d.ok(&["--config", &right, "enroll", &file.display().to_string()]);
+    assert_eq!(d.json(&["--config", &right, "status"])["persons"], 1);
 }

@@ -10,7 +10,7 @@ pub(super) fn run(config: &Config) -> Result<ExitCode> {
     let Some(text) = &config.storage.url else {
         bail!("give the database: --database URL, IRYO_DATABASE or [storage] url");
     };
-    let url = DatabaseUrl::parse(text)?;
+    let url = DatabaseUrl::parse(text)?.configured(&config.storage)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -198,7 +198,9 @@ pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
         Command::Bench(a) => {
             match &config.storage.url {
                 Some(url) => {
-                    bench_postgres::run(&a, &iryo_directory::postgres::DatabaseUrl::parse(url)?)?;
+                    let url = iryo_directory::postgres::DatabaseUrl::parse(url)?
+                        .configured(&config.storage)?;
+                    bench_postgres::run(&a, &url)?;
                 }
                 None => bench::run(&a)?,
             }

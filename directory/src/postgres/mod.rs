@@ -17,8 +17,12 @@ use thiserror::Error;
 /// How long a connection attempt waits when the URL sets no `connect_timeout`.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The longest one statement may run when the URL sets no `options`.
+/// The longest one statement may run when neither the URL (`options`) nor the
+/// configuration (`storage.statement_timeout_seconds`) says.
 pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Connections a process keeps when the configuration does not say.
+pub const POOL_SIZE: usize = 4;
 
 #[derive(Debug, Error)]
 #[non_exhaustive]
@@ -49,6 +53,10 @@ pub enum PgError {
     Initialised(String),
     #[error("{0} holds no registry yet; run `iryo-directory init --database URL` first")]
     NotInitialised(String),
+    #[error("{url} asks for TLS (sslmode=require), but no CA to check the server's certificate with is set: set `ca_file` in [storage] to the PEM file of the CA that signed the database server's certificate")]
+    NoTlsRoots { url: String },
+    #[error("{path}: {reason}; `ca_file` in [storage] must be the PEM file of the CA that signed the database server's certificate")]
+    TlsRoots { path: String, reason: String },
     /// The database needs `iryo-directory migrate` first.
     #[error("the database's schema is version {found}, older than this iryo-directory needs ({known}); run `iryo-directory migrate --database URL` first")]
     Older { found: i32, known: i32 },
@@ -70,6 +78,11 @@ pub(crate) fn unsql(n: i64) -> Result<u64, PgError> {
 pub struct DatabaseUrl {
     text: String,
     config: tokio_postgres::Config,
+    /// Whether the URL set the session's `options` itself (then they are left alone).
+    own_options: bool,
+    pool_size: usize,
+    /// How the server's certificate is checked, when connections use TLS.
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl DatabaseUrl {
@@ -84,14 +97,9 @@ impl DatabaseUrl {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
-        // No statement waits for ever (a lock held by a stuck process, a server that
-        // stopped answering): a request fails with a clear error instead, and the
-        // connection is made again for the next.
-        if config.get_options().is_none() {
-            config.options(format!(
-                "-c statement_timeout={}",
-                STATEMENT_TIMEOUT.as_millis()
-            ));
+        let own_options = config.get_options().is_some();
+        if !own_options {
+            config.options(statement_timeout(STATEMENT_TIMEOUT));
         }
         if config.get_keepalives_idle() == Duration::from_secs(2 * 60 * 60) {
             config.keepalives_idle(Duration::from_secs(30));
@@ -105,26 +113,108 @@ impl DatabaseUrl {
         Ok(Self {
             text: text.to_string(),
             config,
+            own_options,
+            pool_size: POOL_SIZE,
+            tls: None,
         })
+    }
+
+    /// Applies `[storage]`: the statement timeout (unless the URL sets `options`), the
+    /// connections a process keeps, and TLS checked against `ca_file`. With a CA file
+    /// every connection over the network uses TLS (sslmode=require).
+    pub fn configured(mut self, storage: &crate::config::StorageConfig) -> Result<Self, PgError> {
+        if !self.own_options {
+            self.config.options(statement_timeout(Duration::from_secs(
+                storage.statement_timeout_seconds,
+            )));
+        }
+        self.pool_size = storage.pool_size.max(1);
+        if let Some(path) = &storage.ca_file {
+            self.tls = Some(std::sync::Arc::new(tls_config(path)?));
+            self.config
+                .ssl_mode(tokio_postgres::config::SslMode::Require);
+        }
+        Ok(self)
+    }
+
+    /// Connections a process keeps to this database.
+    pub fn pool_size(&self) -> usize {
+        self.pool_size
     }
 
     /// Connects, and drives the connection on the current Tokio runtime.
     pub async fn connect(&self) -> Result<tokio_postgres::Client, PgError> {
-        let (client, connection) =
-            self.config
-                .connect(tokio_postgres::NoTls)
-                .await
-                .map_err(|source| PgError::Connect {
-                    url: self.to_string(),
-                    source,
-                })?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::warn!(error = %e, "PostgreSQL connection ended");
+        let failed = |source| PgError::Connect {
+            url: self.to_string(),
+            source,
+        };
+        let client = match &self.tls {
+            Some(tls) => {
+                let tls = tokio_postgres_rustls::MakeRustlsConnect::new((**tls).clone());
+                let (client, connection) = self.config.connect(tls).await.map_err(failed)?;
+                tokio::spawn(drive(connection));
+                client
             }
-        });
+            None => {
+                if self.config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+                    return Err(PgError::NoTlsRoots {
+                        url: self.to_string(),
+                    });
+                }
+                let (client, connection) = self
+                    .config
+                    .connect(tokio_postgres::NoTls)
+                    .await
+                    .map_err(failed)?;
+                tokio::spawn(drive(connection));
+                client
+            }
+        };
         Ok(client)
     }
+}
+
+/// No statement waits for ever (a lock held by a stuck process, a server that stopped
+/// answering): a request fails with a clear error instead, and the connection is made
+/// again for the next.
+fn statement_timeout(t: Duration) -> String {
+    format!("-c statement_timeout={}", t.as_millis())
+}
+
+/// Runs a connection until it ends.
+async fn drive<F>(connection: F)
+where
+    F: std::future::Future<Output = Result<(), tokio_postgres::Error>>,
+{
+    if let Err(e) = connection.await {
+        tracing::warn!(error = %e, "PostgreSQL connection ended");
+    }
+}
+
+/// A TLS client that trusts only the CA certificates in `path`.
+fn tls_config(path: &std::path::Path) -> Result<rustls::ClientConfig, PgError> {
+    use rustls::pki_types::pem::PemObject;
+    let bad = |reason: String| PgError::TlsRoots {
+        path: path.display().to_string(),
+        reason,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
+        .map_err(|e| bad(e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(bad("no certificate in it".into()));
+    }
+    for c in certs {
+        roots.add(c).map_err(|e| bad(e.to_string()))?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 impl std::fmt::Display for DatabaseUrl {

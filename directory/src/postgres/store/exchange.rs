@@ -276,10 +276,10 @@ impl PgStore {
 
     /// `audit verify`: the same checks as on redb, on one snapshot of the log.
     pub fn audit_verify(&self, agency: &VerifyingKey) -> Result<AuditReport> {
-        let mut client = self.client()?;
-        let rt = self.rt.get()?;
+        let mut held = self.pool.get()?;
+        let (rt, client) = held.conn()?.parts()?;
         Ok(super::off_async(|| {
-            rt.block_on(audit::verify(&mut client, agency))
+            rt.block_on(audit::verify(client, agency))
         })?)
     }
 }

@@ -218,8 +218,8 @@ impl PgStore {
         &self,
         f: impl AsyncFnOnce(&tokio_postgres::Transaction<'_>) -> std::result::Result<T, PgError>,
     ) -> Result<T> {
-        let mut client = self.client()?;
-        let rt = self.rt.get()?;
+        let mut held = self.pool.get()?;
+        let (rt, client) = held.conn()?.parts()?;
         Ok(super::off_async(|| {
             rt.block_on(async {
                 let tx = client.transaction().await?;

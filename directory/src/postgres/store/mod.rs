@@ -8,6 +8,7 @@
 
 mod exchange;
 mod front;
+mod pool;
 
 use super::registry_tx::PgTx;
 use super::{migrate, unsql, DatabaseUrl, PgError};
@@ -24,6 +25,7 @@ use crate::store::{
 use chrono::NaiveDate;
 use ed25519_dalek::SigningKey;
 use iryo_proto::{InsurerNumber, MedicalId, MyNumber};
+use pool::{Conn, Pool};
 use std::sync::Mutex;
 use tokio_postgres::Client;
 
@@ -40,8 +42,7 @@ const COUNTERS: [&str; 6] = [
 
 pub struct PgStore {
     url: DatabaseUrl,
-    rt: Runtime,
-    client: Mutex<Client>,
+    pool: Pool,
     signer: Option<SigningKey>,
     retention_years: u32,
     date_allowance_days: u32,
@@ -57,26 +58,6 @@ pub struct PgStore {
 /// the longest a revocation by another process takes to reach this one.
 const MEMBER_SECONDS: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// The runtime that drives the store's connection. Stopped without waiting when the
-/// store is dropped, which may happen on an async thread, where waiting is not allowed.
-struct Runtime(Option<tokio::runtime::Runtime>);
-
-impl Runtime {
-    fn get(&self) -> Result<&tokio::runtime::Runtime> {
-        self.0
-            .as_ref()
-            .ok_or_else(|| StoreError::Inconsistent("the store's runtime has stopped".into()))
-    }
-}
-
-impl Drop for Runtime {
-    fn drop(&mut self) {
-        if let Some(rt) = self.0.take() {
-            rt.shutdown_background();
-        }
-    }
-}
-
 /// Runs `f`, which waits on the store's own runtime, from any thread: on a worker
 /// thread of a multi-threaded runtime (an HTTPS handler that did not move its call to
 /// a blocking thread) the worker first hands its other tasks on, since a runtime may
@@ -91,26 +72,14 @@ fn off_async<T>(f: impl FnOnce() -> T) -> T {
 }
 
 impl PgStore {
-    fn connect(url: &DatabaseUrl) -> Result<(tokio::runtime::Runtime, Client)> {
-        // The connection is driven by whichever thread waits on it (`block_on`), not by
-        // a worker thread of its own: every round trip would otherwise wake that thread
-        // and then the caller, and on a busy machine each wake-up waits for the
-        // scheduler — about 10 ms per group commit under the network benchmark's load.
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| StoreError::Inconsistent(format!("cannot start a runtime: {e}")))?;
-        let client = rt.block_on(url.connect())?;
-        Ok((rt, client))
-    }
-
     /// Prepares an empty database as a new registry that issues IDs by `method`:
     /// applies the migrations, then records the method. Refuses a database that holds
     /// a registry already.
     pub fn create(url: &DatabaseUrl, method: Method) -> Result<Self> {
-        let (rt, mut client) = Self::connect(url)?;
+        let mut conn = Conn::connect(url)?;
+        let (rt, client) = conn.parts()?;
         rt.block_on(async {
-            migrate::migrate(&mut client).await?;
+            migrate::migrate(client).await?;
             let tx = client.transaction().await?;
             let inserted = tx
                 .execute(
@@ -134,8 +103,7 @@ impl PgStore {
         })?;
         Ok(Self {
             url: url.clone(),
-            rt: Runtime(Some(rt)),
-            client: Mutex::new(client),
+            pool: Pool::new(url, conn, url.pool_size()),
             signer: None,
             retention_years: 10,
             date_allowance_days: 1,
@@ -148,7 +116,8 @@ impl PgStore {
     /// Refuses a database that cannot be reached or holds a registry already, before
     /// anything is written for it (`init`).
     pub fn ensure_empty(url: &DatabaseUrl) -> Result<()> {
-        let (rt, client) = Self::connect(url)?;
+        let mut conn = Conn::connect(url)?;
+        let (rt, client) = conn.parts()?;
         let initialised = rt.block_on(async {
             let has_settings: bool = client
                 .query_one("SELECT to_regclass('settings') IS NOT NULL", &[])
@@ -170,12 +139,12 @@ impl PgStore {
 
     /// Opens a registry `create` prepared, refusing a schema this binary does not know.
     pub fn open(url: &DatabaseUrl) -> Result<Self> {
-        let (rt, client) = Self::connect(url)?;
-        rt.block_on(migrate::check(&client))?;
+        let mut conn = Conn::connect(url)?;
+        let (rt, client) = conn.parts()?;
+        rt.block_on(migrate::check(client))?;
         let store = Self {
             url: url.clone(),
-            rt: Runtime(Some(rt)),
-            client: Mutex::new(client),
+            pool: Pool::new(url, conn, url.pool_size()),
             signer: None,
             retention_years: 10,
             date_allowance_days: 1,
@@ -306,25 +275,6 @@ impl PgStore {
         &self.url
     }
 
-    /// The connection, made again first if the old one was lost (the server
-    /// restarted, failed over, or the network dropped it): a process outlives its
-    /// database's outages without a restart. While the database cannot be reached,
-    /// each caller gets the connection's error after at most the connect timeout.
-    fn client(&self) -> Result<std::sync::MutexGuard<'_, Client>> {
-        // A panic while holding the connection leaves it usable: every transaction
-        // that was open is rolled back when its handle drops.
-        let mut client = self
-            .client
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if client.is_closed() {
-            let rt = self.rt.get()?;
-            *client = off_async(|| rt.block_on(self.url.connect()))?;
-            tracing::info!(database = %self.url, "connected to the database again");
-        }
-        Ok(client)
-    }
-
     /// Runs `f` in one transaction that may append to the audit log, and commits it
     /// with a head signed over what it appended. The log's lock is the transaction's
     /// first: every lock a transaction takes after it is taken in the same order by
@@ -353,9 +303,8 @@ impl PgStore {
         logged: bool,
         f: impl FnOnce(&mut PgTx<'_>) -> Result<T>,
     ) -> Result<T> {
-        let mut client = self.client()?;
-        // `Runtime::block_on`, never a handle's: only it drives the connection.
-        let rt = self.rt.get()?;
+        let mut held = self.pool.get()?;
+        let (rt, client) = held.conn()?.parts()?;
         let tx = rt.block_on(client.transaction()).map_err(PgError::Db)?;
         let edge = self.edge.lock().ok().and_then(|e| e.clone());
         let mut t = PgTx::new(rt, tx, edge);
@@ -378,9 +327,9 @@ impl PgStore {
         &self,
         f: impl AsyncFnOnce(&Client) -> std::result::Result<T, PgError>,
     ) -> Result<T> {
-        let client = self.client()?;
-        let rt = self.rt.get()?;
-        Ok(off_async(|| rt.block_on(f(&client)))?)
+        let mut held = self.pool.get()?;
+        let (rt, client) = held.conn()?.parts()?;
+        Ok(off_async(|| rt.block_on(f(client)))?)
     }
 
     pub fn method(&self) -> Result<Method> {
