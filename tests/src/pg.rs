@@ -183,6 +183,114 @@ impl Cluster {
         self.dir.path()
     }
 
+    /// A streaming standby of `primary` (`pg_basebackup -R`), started, with its own
+    /// socket directory.
+    pub fn standby_of(primary: &Cluster) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        if primary.as_postgres {
+            let chown = Command::new("chown")
+                .args(["postgres:postgres"])
+                .arg(dir.path())
+                .status()
+                .expect("chown");
+            assert!(chown.success(), "chown of the standby's dir to postgres");
+        }
+        let mut c = Self {
+            dir,
+            bin: primary.bin.clone(),
+            as_postgres: primary.as_postgres,
+            running: false,
+            extra: String::new(),
+            port: None,
+        };
+        let data = c.data();
+        let host = primary.socket_dir();
+        c.run(
+            "pg_basebackup",
+            &[
+                "-h",
+                &host,
+                "-U",
+                DATABASE,
+                "-D",
+                &data,
+                "-R",
+                "-X",
+                "stream",
+                "--checkpoint=fast",
+            ],
+        );
+        c.start_again();
+        c
+    }
+
+    /// Runs `sql` on the cluster's database as its superuser.
+    pub fn sql(&self, sql: &str) -> String {
+        let socket = self.socket_dir();
+        let mut cmd = self.command("psql");
+        cmd.args(["-h", &socket, "-U", DATABASE, "-d", DATABASE, "-Atc", sql]);
+        if let Some(p) = self.port {
+            cmd.args(["-p", &p.to_string()]);
+        }
+        let out = cmd.output().expect("psql");
+        assert!(
+            out.status.success(),
+            "psql {sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Makes every commit wait until a standby has it (`synchronous_standby_names`),
+    /// and waits until one is streaming synchronously.
+    pub fn make_synchronous(&self) {
+        self.sql("ALTER SYSTEM SET synchronous_standby_names = '*'");
+        self.sql("SELECT pg_reload_conf()");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while self.sql("SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'sync'") != "1"
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no synchronous standby: {}",
+                self.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
+    /// Kills the server's postmaster with SIGKILL, as a lost machine would stop it.
+    pub fn kill(&mut self) {
+        let pid = std::fs::read_to_string(self.dir.path().join("data/postmaster.pid"))
+            .expect("postmaster.pid");
+        let pid = pid
+            .lines()
+            .next()
+            .expect("the postmaster's pid")
+            .trim()
+            .to_string();
+        let status = Command::new("kill")
+            .args(["-9", &pid])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -9 {pid}");
+        self.running = false;
+    }
+
+    /// Whether the server takes connections on its socket.
+    pub fn accepts(&self) -> bool {
+        let socket = self.socket_dir();
+        self.command("pg_isready")
+            .args(["-h", &socket, "-t", "2"])
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// Promotes a standby to a primary that takes writes, waiting until it does.
+    pub fn promote(&self) {
+        let data = self.data();
+        self.run("pg_ctl", &["promote", "-D", &data, "-w", "-t", "60"]);
+    }
+
     /// Restarts the server listening also on 127.0.0.1 over TCP, with TLS under the
     /// certificate `cert` and key `key` (PEM) and no connection there without it;
     /// returns the port.

@@ -94,6 +94,16 @@ impl DatabaseUrl {
                     url: redact(text),
                     reason: e.to_string(),
                 })?;
+        // libpq splits `?host=/a,/b` into two hosts; this client takes it for one path.
+        let joined = config.get_hosts().iter().any(|h| {
+            matches!(h, tokio_postgres::config::Host::Unix(p) if p.to_string_lossy().contains(','))
+        });
+        if joined {
+            return Err(PgError::BadUrl {
+                url: redact(text),
+                reason: "several socket directories go before the database name, each written with %2F for '/': postgresql://USER@%2Frun%2Fpg1,%2Frun%2Fpg2/DATABASE".into(),
+            });
+        }
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
@@ -148,28 +158,23 @@ impl DatabaseUrl {
             url: self.to_string(),
             source,
         };
-        let client = match &self.tls {
-            Some(tls) => {
-                let tls = tokio_postgres_rustls::MakeRustlsConnect::new((**tls).clone());
-                let (client, connection) = self.config.connect(tls).await.map_err(failed)?;
-                tokio::spawn(drive(connection));
-                client
-            }
-            None => {
-                if self.config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
-                    return Err(PgError::NoTlsRoots {
-                        url: self.to_string(),
-                    });
-                }
-                let (client, connection) = self
-                    .config
-                    .connect(tokio_postgres::NoTls)
-                    .await
-                    .map_err(failed)?;
-                tokio::spawn(drive(connection));
-                client
-            }
-        };
+        if let Some(tls) = &self.tls {
+            let tls = tokio_postgres_rustls::MakeRustlsConnect::new((**tls).clone());
+            let (client, connection) = self.config.connect(tls).await.map_err(failed)?;
+            tokio::spawn(drive(connection));
+            return Ok(client);
+        }
+        if self.config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+            return Err(PgError::NoTlsRoots {
+                url: self.to_string(),
+            });
+        }
+        let (client, connection) = self
+            .config
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(failed)?;
+        tokio::spawn(drive(connection));
         Ok(client)
     }
 }
@@ -282,6 +287,10 @@ mod tests {
             assert_eq!(url.to_string(), shown);
             assert!(!format!("{url:?}").contains("s3cret"));
         }
+        let joined = DatabaseUrl::parse("postgresql://iryo@/iryo?host=/run/a,/run/b")
+            .unwrap_err()
+            .to_string();
+        assert!(joined.contains("%2Frun%2Fpg1"), "{joined}");
         let bad = DatabaseUrl::parse("postgresql://iryo:s3cret@db/iryo?sslmode=sometimes")
             .unwrap_err()
             .to_string();
