@@ -99,71 +99,46 @@ impl<'a> PgTx<'a> {
         }
     }
 
-    /// Reads ahead, in three statements, what resolving `reqs` will look up: the cards
-    /// named with their branch, the medical IDs, and the persons those name. A group of
-    /// checks then costs a few statements instead of a few round trips per check.
-    pub(super) fn prefetch_checks(&mut self, reqs: &[CheckRequest]) -> Result<()> {
-        let mut keys = Vec::new();
-        let mut ids = Vec::new();
-        for r in reqs {
-            match &r.key {
-                CheckKey::Card {
-                    insurer,
-                    symbol,
-                    number,
-                    branch: Some(b),
-                    ..
-                } => {
-                    let mut k = Card::prefix(insurer, symbol, number);
-                    k.push(b.value());
-                    keys.push(k);
-                }
-                CheckKey::Card { branch: None, .. } => {}
-                CheckKey::MedicalId(id) => ids.push(sql(id.as_u64())?),
-            }
-        }
+    /// Takes the audit log's append lock and reads ahead what resolving `reqs` will
+    /// look up — the cards named with their branch and the medical IDs, each with its
+    /// holder's record — all in one round trip: the server runs them in the order
+    /// sent, so the lock is still the transaction's first. A group of checks then
+    /// costs a few statements instead of a few round trips per check.
+    pub(super) fn begin_audit_and_prefetch(&mut self, reqs: &[CheckRequest]) -> Result<()> {
+        let (keys, ids) = check_keys(reqs)?;
+        let known = self.edge.take();
         let (tx, rt) = (&self.tx, self.rt);
-        let (key_params, id_params): ([&(dyn ToSql + Sync); 1], [&(dyn ToSql + Sync); 1]) =
-            ([&keys], [&ids]);
-        let (cards, entries) = rt
-            .block_on(async {
-                futures::try_join!(
-                    tx.query(
-                        "SELECT card_key, standing FROM cards WHERE card_key = ANY($1)",
-                        &key_params,
-                    ),
-                    tx.query(
-                        "SELECT medical_id, entry FROM medical_ids WHERE medical_id = ANY($1)",
-                        &id_params,
-                    ),
-                )
-            })
-            .map_err(db)?;
+        let (appender, (cards, entries)) = rt.block_on(async {
+            futures::try_join!(
+                async {
+                    audit::begin(tx, known.as_ref())
+                        .await
+                        .map_err(crate::store::StoreError::from)
+                },
+                async { read_checks(tx, &keys, &ids).await.map_err(db) },
+            )
+        })?;
+        self.appender = Some(appender);
         for k in keys {
             self.standings.insert(k, None);
+        }
+        for id in &ids {
+            self.issued.insert(unsql(*id)?, None);
         }
         for r in &cards {
             self.standings
                 .insert(r.get(0), Some(decode(r.get::<_, &[u8]>(1))?));
         }
-        for id in &ids {
-            self.issued.insert(unsql(*id)?, None);
-        }
-        let mut pids = Vec::new();
         for r in &entries {
-            let e: IdEntry = decode(r.get::<_, &[u8]>(1))?;
-            pids.push(sql(e.pid)?);
-            self.issued.insert(unsql(r.get(0))?, Some(e));
+            self.issued
+                .insert(unsql(r.get(0))?, Some(decode(r.get::<_, &[u8]>(1))?));
         }
-        let persons = rt
-            .block_on(tx.query(
-                "SELECT pid, record FROM persons WHERE pid = ANY($1)",
-                &[&pids],
-            ))
-            .map_err(db)?;
-        for r in &persons {
-            self.records
-                .insert(unsql(r.get(0))?, decode(r.get::<_, &[u8]>(1))?);
+        for r in cards.iter().chain(&entries) {
+            if let (Some(pid), Some(record)) =
+                (r.get::<_, Option<i64>>(2), r.get::<_, Option<&[u8]>>(3))
+            {
+                self.records.insert(unsql(pid)?, decode(record)?);
+            }
         }
         Ok(())
     }
@@ -177,27 +152,94 @@ impl<'a> PgTx<'a> {
         sign: Option<(&SigningKey, i64)>,
     ) -> Result<Option<iryo_proto::merkle::Frontier>> {
         let rt = self.rt;
-        rt.block_on(self.flush())?;
-        let mut edge = None;
-        if let Some(appender) = self.appender.take() {
-            edge = Some(appender.frontier().clone());
-            if appender.appended() {
-                // Entries are never written without a head that signs them.
-                let sign = sign.ok_or(crate::store::StoreError::NoSigner)?;
-                rt.block_on(appender.finish(&self.tx, Some(sign)))?;
-            }
-        }
+        let appender = self.appender.take();
+        let edge = appender.as_ref().map(|a| a.frontier().clone());
+        // Entries are never written without a head that signs them.
+        let appended = match appender {
+            Some(a) if a.appended() => Some((a, sign.ok_or(crate::store::StoreError::NoSigner)?)),
+            _ => None,
+        };
+        let (w, counters) = (
+            std::mem::take(&mut self.out),
+            std::mem::take(&mut self.counters),
+        );
+        let (tx, persons) = (&self.tx, &self.persons);
+        // The registry's writes and the log's go out together: one round trip.
+        rt.block_on(async {
+            futures::try_join!(write_out(tx, persons, w, counters), async {
+                match appended {
+                    Some((a, sign)) => a
+                        .finish(tx, Some(sign))
+                        .await
+                        .map(|_| ())
+                        .map_err(crate::store::StoreError::from),
+                    None => Ok(()),
+                }
+            })
+        })?;
         rt.block_on(self.tx.commit()).map_err(db)?;
         Ok(edge)
     }
+}
 
-    async fn flush(&mut self) -> Result<()> {
-        let w = std::mem::take(&mut self.out);
-        let counters = std::mem::take(&mut self.counters);
+/// The keys a group of checks looks up: card keys with their branch, medical IDs.
+fn check_keys(reqs: &[CheckRequest]) -> Result<(Vec<Vec<u8>>, Vec<i64>)> {
+    let mut keys = Vec::new();
+    let mut ids = Vec::new();
+    for r in reqs {
+        match &r.key {
+            CheckKey::Card {
+                insurer,
+                symbol,
+                number,
+                branch: Some(b),
+                ..
+            } => {
+                let mut k = Card::prefix(insurer, symbol, number);
+                k.push(b.value());
+                keys.push(k);
+            }
+            CheckKey::Card { branch: None, .. } => {}
+            CheckKey::MedicalId(id) => ids.push(sql(id.as_u64())?),
+        }
+    }
+    Ok((keys, ids))
+}
+
+/// The cards and medical IDs of `check_keys`, each row with its holder's pid and record.
+async fn read_checks(
+    tx: &Transaction<'_>,
+    keys: &[Vec<u8>],
+    ids: &[i64],
+) -> std::result::Result<(Vec<tokio_postgres::Row>, Vec<tokio_postgres::Row>), tokio_postgres::Error>
+{
+    let (keys, ids): ([&(dyn ToSql + Sync); 1], [&(dyn ToSql + Sync); 1]) = ([&keys], [&ids]);
+    futures::try_join!(
+        tx.query(
+            "SELECT c.card_key, c.standing, p.pid, p.record
+             FROM cards c LEFT JOIN persons p ON p.pid = c.pid WHERE c.card_key = ANY($1)",
+            &keys,
+        ),
+        tx.query(
+            "SELECT m.medical_id, m.entry, p.pid, p.record
+             FROM medical_ids m LEFT JOIN persons p ON p.pid = m.pid
+             WHERE m.medical_id = ANY($1)",
+            &ids,
+        ),
+    )
+}
+
+/// Writes everything a transaction kept, one statement per table, all at once.
+async fn write_out(
+    tx: &Transaction<'_>,
+    kept: &HashMap<u64, Person>,
+    w: Writes,
+    counters: BTreeMap<&'static str, u64>,
+) -> Result<()> {
+    {
         let mut persons = (vec![], vec![], vec![], vec![]);
         for (pid, record) in w.persons {
-            let p = self
-                .persons
+            let p = kept
                 .get(&pid)
                 .ok_or_else(|| PgError::Inconsistent(format!("pid {pid} written but not kept")))?;
             persons.0.push(sql(pid)?);
@@ -247,7 +289,6 @@ impl<'a> PgTx<'a> {
 
         // Every table's writes go out together: tokio-postgres pipelines futures polled
         // at once, so a commit costs one round trip for all of them, not one each.
-        let tx = &self.tx;
         type Write<'w> = std::pin::Pin<
             Box<
                 dyn std::future::Future<Output = std::result::Result<u64, tokio_postgres::Error>>
@@ -356,7 +397,9 @@ impl<'a> PgTx<'a> {
         futures::future::try_join_all(writes).await.map_err(db)?;
         Ok(())
     }
+}
 
+impl PgTx<'_> {
     /// The value of the row numbered `id`, read by `query`, decoded.
     fn one<T: serde::de::DeserializeOwned>(&self, query: &str, id: u64) -> Result<Option<T>> {
         let row = self

@@ -194,8 +194,8 @@ impl PgStore {
     /// their notices, and the answers kept for idempotency keys.
     pub fn check_batch(&self, reqs: &[CheckRequest], at: Timestamp) -> Result<Vec<CheckAnswer>> {
         let (retention, visit_days) = (self.retention_years, self.policy.visit_consent_days);
-        self.write(|t| {
-            t.prefetch_checks(reqs)?;
+        self.write_unlogged(|t| {
+            t.begin_audit_and_prefetch(reqs)?;
             reqs.iter()
                 .map(|req| checks::decide_and_record(t, req, retention, visit_days, at))
                 .collect()
