@@ -38,6 +38,20 @@ impl Card {
         }
         k
     }
+
+    /// The keys of one card's people, or of one person on it when `branch` is given.
+    pub fn prefix_of(
+        insurer: &InsurerNumber,
+        symbol: &CardSymbol,
+        number: &CardNumber,
+        branch: Option<crate::Branch>,
+    ) -> Vec<u8> {
+        let mut k = Self::prefix(insurer, symbol, number);
+        if let Some(b) = branch {
+            k.push(b.value());
+        }
+        k
+    }
 }
 
 impl std::fmt::Display for Card {

@@ -456,6 +456,25 @@ impl Federation {
         }
     }
 
+    /// Another `serve` process of the directory on the same data directory and
+    /// database (PostgreSQL); the process and its p2p address.
+    pub fn another_directory(&self) -> (Proc, String) {
+        let mut cmd = Command::new(directory_bin());
+        cmd.arg("--data-dir")
+            .arg(&self.registry.data)
+            .args(["serve", "--listen", "/ip4/127.0.0.1/tcp/0"])
+            .env("RUST_LOG", "warn")
+            .env_remove("SSLKEYLOGFILE");
+        self.registry.database_env(&mut cmd);
+        let (p, line) = start_ready(cmd, "iryo-directory serve");
+        let addr = field(&line, "p2p")
+            .split(',')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        (p, addr)
+    }
+
     pub fn stop_directory(&mut self) {
         self.directory = None;
     }

@@ -5,11 +5,9 @@
 //! everything they acknowledged is on it, none of it twice, in one audit log that
 //! verifies and extends the head signed before the failover.
 
-use iryo_tests::directory_bin;
 use iryo_tests::federation::*;
 use iryo_tests::pg::Cluster;
 use serde_json::Value;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -27,16 +25,8 @@ fn a_synchronous_standby_takes_over_and_nothing_acknowledged_is_lost() {
     let mut fed = Federation::start_on_postgres(&url, 2, 2, 600);
     let (p, q) = (fed.patients[0], fed.patients[1]);
 
-    // A second process of the directory on the same database.
-    let mut cmd = Command::new(directory_bin());
-    cmd.arg("--data-dir")
-        .arg(&fed.registry.data)
-        .args(["serve", "--listen", "/ip4/127.0.0.1/tcp/0"])
-        .env("RUST_LOG", "warn")
-        .env_remove("SSLKEYLOGFILE");
-    fed.registry.database_env(&mut cmd);
-    let (_second, line) = start_ready(cmd, "iryo-directory serve");
-    let second = field(&line, "p2p").split(',').next().unwrap().to_string();
+    // A second process of the agency's directory on the same database and keys.
+    let (_second, second) = fed.another_directory();
     let first = fed.directory_addr.clone();
     fed.nodes[0].set_directory_addresses(vec![first.clone(), second.clone()]);
     fed.nodes[1].set_directory_addresses(vec![second, first]);

@@ -9,7 +9,7 @@ use iryo_tests::https::{
     activate, agent, agent_no_redirects, issue, kyokai, row, serve, set_cookie, with_ca_on,
 };
 use iryo_tests::pg::Cluster;
-use iryo_tests::{directory_bin, write_enrollment, Backend, Directory};
+use iryo_tests::{write_enrollment, Backend, Directory};
 use serde_json::json;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -22,15 +22,7 @@ fn two_serve_processes_answer_one_federation_from_one_database() {
     let first = fed.directory_addr.clone();
 
     // A second process of the agency's directory on the same database and keys.
-    let mut cmd = Command::new(directory_bin());
-    cmd.arg("--data-dir")
-        .arg(&fed.registry.data)
-        .args(["serve", "--listen", "/ip4/127.0.0.1/tcp/0"])
-        .env("RUST_LOG", "warn")
-        .env_remove("SSLKEYLOGFILE");
-    fed.registry.database_env(&mut cmd);
-    let (_second, line) = start_ready(cmd, "iryo-directory serve");
-    let second = field(&line, "p2p").split(',').next().unwrap().to_string();
+    let (_second, second) = fed.another_directory();
     assert_ne!(first, second);
 
     // Node 0 knows only the first process, node 1 only the second: both answer at once.

@@ -81,11 +81,9 @@ impl Operations for PgStore {
         number: &CardNumber,
         branch: Option<Branch>,
     ) -> Result<Vec<Person>> {
-        let mut prefix = crate::registry::Card::prefix(insurer, symbol, number);
-        if let Some(b) = branch {
-            prefix.push(b.value());
-        }
-        self.persons_by_card_key(&prefix)
+        self.persons_by_card_key(&crate::registry::Card::prefix_of(
+            insurer, symbol, number, branch,
+        ))
     }
 
     fn verify_records(&self, agency: &VerifyingKey) -> Result<VerifyReport> {

@@ -319,31 +319,6 @@ impl Store {
         self.audit_for_patient(&ids_held(person))
     }
 
-    /// Checks that entry `index` is in the log the agency signed: the latest head's
-    /// signature, then the inclusion proof against its root. The size of that head when
-    /// both hold.
-    pub fn prove_entry(&self, index: u64, agency: &VerifyingKey) -> Result<Option<u64>> {
-        if index >= self.latest_head_size()? {
-            // Entries of the last second wait for the next head; this asks for it now.
-            self.sign_pending_head()?;
-        }
-        let Some(head) = self.latest_head()? else {
-            return Ok(None);
-        };
-        let Ok(head) = head.verify(agency) else {
-            return Ok(None);
-        };
-        if index >= head.size {
-            return Ok(None);
-        }
-        let leaf = merkle::leaf_hash(&self.audit_entry(index)?.canonical());
-        let proof = self.inclusion_proof(index, head.size)?;
-        Ok(
-            merkle::verify_inclusion(&leaf, index, head.size, &proof, &head.root)
-                .then_some(head.size),
-        )
-    }
-
     /// Recomputes the tree from the entries and checks every stored subtree hash and
     /// every signed head: signature, and root for its size.
     pub fn audit_verify(&self, agency: &VerifyingKey) -> Result<AuditReport> {

@@ -454,10 +454,7 @@ impl Reader {
         number: &iryo_proto::CardNumber,
         branch: Option<iryo_proto::Branch>,
     ) -> Result<Vec<Person>> {
-        let mut prefix = Card::prefix(insurer, symbol, number);
-        if let Some(b) = branch {
-            prefix.push(b.value());
-        }
+        let prefix = Card::prefix_of(insurer, symbol, number, branch);
         let mut out: Vec<Person> = Vec::new();
         for item in self.cards.range(prefix.as_slice()..)? {
             let (k, v) = item?;

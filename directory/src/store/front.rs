@@ -84,7 +84,11 @@ pub trait Front: Serving + TryCounts {
     /// entry is newer than every head; returns the head's size if the proof verifies
     /// under `agency`, `None` if it does not or no head covers the entry.
     fn prove_entry(&self, index: u64, agency: &VerifyingKey) -> Result<Option<u64>> {
-        let (head, _) = self.current_head()?;
+        let head = match self.current_head() {
+            Ok((head, _)) => head,
+            Err(StoreError::EmptyLog) => return Ok(None),
+            Err(e) => return Err(e),
+        };
         let Ok(head) = head.verify(agency) else {
             return Ok(None);
         };
@@ -179,10 +183,6 @@ impl Front for Store {
 
     fn log_operator(&self, operator: &str, action: String) -> Result<u64> {
         Store::log_operator(self, operator, action)
-    }
-
-    fn prove_entry(&self, index: u64, agency: &VerifyingKey) -> Result<Option<u64>> {
-        Store::prove_entry(self, index, agency)
     }
 
     fn put_session(&self, token: &[u8; 32], session: &SessionRecord) -> Result<()> {

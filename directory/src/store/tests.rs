@@ -573,7 +573,10 @@ fn heads_come_once_a_second_and_on_demand() {
     // Someone who needs the whole log covered gets a head for it at once.
     let last = 39;
     let agency = ed25519_dalek::SigningKey::from_bytes(&[9; 32]).verifying_key();
-    assert_eq!(s.prove_entry(last, &agency).unwrap(), Some(40));
+    assert_eq!(
+        crate::store::Front::prove_entry(&s, last, &agency).unwrap(),
+        Some(40)
+    );
     assert!(!s.head_pending().unwrap());
     assert!(!s.sign_pending_head().unwrap(), "nothing left to sign");
     let report = s.audit_verify(&agency).unwrap();
