@@ -3,6 +3,7 @@
 //! two processes run it at once, and refuses a schema newer than it knows. Over a
 //! network, connections use TLS checked against the configured CA.
 
+use iryo_directory::postgres::prepared::Prepared;
 use iryo_tests::pg::Cluster;
 use iryo_tests::stores::query;
 use iryo_tests::Directory;
@@ -132,7 +133,7 @@ fn appenders_on_many_connections_make_one_log_that_verifies() {
                     let mut mine = Vec::new();
                     for t in 0..transactions {
                         let tx = c.transaction().await.unwrap();
-                        let mut a = audit::begin(&tx, None).await.unwrap();
+                        let mut a = audit::begin(&tx, None, &Prepared::default()).await.unwrap();
                         for e in 0..=(p + t) % 7 {
                             let entry = LogEntry::Operator {
                                 operator: format!("appender {p}"),
@@ -141,7 +142,9 @@ fn appenders_on_many_connections_make_one_log_that_verifies() {
                             };
                             mine.push((a.append(&entry).unwrap(), entry));
                         }
-                        a.finish(&tx, Some((&key, t as i64))).await.unwrap();
+                        a.finish(&tx, Some((&key, t as i64)), &Prepared::default())
+                            .await
+                            .unwrap();
                         tx.commit().await.unwrap();
                     }
                     mine
@@ -169,9 +172,11 @@ fn appenders_on_many_connections_make_one_log_that_verifies() {
         let n = all.len() as u64;
         for commit in [false, true] {
             let tx = c.transaction().await.unwrap();
-            let mut a = audit::begin(&tx, None).await.unwrap();
+            let mut a = audit::begin(&tx, None, &Prepared::default()).await.unwrap();
             assert_eq!(a.append(&read).unwrap(), n);
-            a.finish(&tx, Some((&key, 99))).await.unwrap();
+            a.finish(&tx, Some((&key, 99)), &Prepared::default())
+                .await
+                .unwrap();
             if commit {
                 tx.commit().await.unwrap();
             } else {
@@ -262,11 +267,11 @@ fn both_stores_give_the_same_roots_and_proofs() {
         migrate::migrate(&mut c).await.unwrap();
         for chunk in entries.chunks(17) {
             let tx = c.transaction().await.unwrap();
-            let mut a = audit::begin(&tx, None).await.unwrap();
+            let mut a = audit::begin(&tx, None, &Prepared::default()).await.unwrap();
             for e in chunk {
                 a.append(e).unwrap();
             }
-            a.finish(&tx, None).await.unwrap();
+            a.finish(&tx, None, &Prepared::default()).await.unwrap();
             tx.commit().await.unwrap();
         }
         for size in 0..=n {

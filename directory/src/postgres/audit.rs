@@ -54,13 +54,19 @@ pub struct Appender {
 pub async fn begin(
     tx: &tokio_postgres::Transaction<'_>,
     known: Option<&Frontier>,
+    prepared: &crate::postgres::prepared::Prepared,
 ) -> Result<Appender, PgError> {
     // Sent together: the server runs them in order, so the size and the latest head
     // are read once the lock is held, without a round trip between them.
     let (_, size, latest) = futures::try_join!(
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&APPEND_LOCK]),
-        tx.query_one("SELECT coalesce(max(leaf) + 1, 0) FROM audit_leaves", &[]),
-        tx.query_opt(
+        prepared.execute(tx, "SELECT pg_advisory_xact_lock($1)", &[&APPEND_LOCK]),
+        prepared.query_one(
+            tx,
+            "SELECT coalesce(max(leaf) + 1, 0) FROM audit_leaves",
+            &[]
+        ),
+        prepared.query_opt(
+            tx,
             "SELECT head FROM audit_heads ORDER BY size DESC LIMIT 1",
             &[]
         ),
@@ -136,28 +142,33 @@ impl Appender {
         self,
         tx: &tokio_postgres::Transaction<'_>,
         sign: Option<(&SigningKey, Time)>,
+        prepared: &crate::postgres::prepared::Prepared,
     ) -> Result<Option<Signed<TreeHead>>, PgError> {
         let leaves = async {
             if self.leaves.is_empty() {
                 return Ok(0);
             }
-            tx.execute(
-                "INSERT INTO audit_leaves (leaf, entry, medical_id)
+            prepared
+                .execute(
+                    tx,
+                    "INSERT INTO audit_leaves (leaf, entry, medical_id)
                  SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::bigint[])",
-                &[&self.leaves, &self.entries, &self.patients],
-            )
-            .await
+                    &[&self.leaves, &self.entries, &self.patients],
+                )
+                .await
         };
         let subtrees = async {
             if self.subtrees.0.is_empty() {
                 return Ok(0);
             }
-            tx.execute(
-                "INSERT INTO audit_subtrees (last_leaf, level, hash)
+            prepared
+                .execute(
+                    tx,
+                    "INSERT INTO audit_subtrees (last_leaf, level, hash)
                  SELECT * FROM unnest($1::bigint[], $2::integer[], $3::bytea[])",
-                &[&self.subtrees.0, &self.subtrees.1, &self.subtrees.2],
-            )
-            .await
+                    &[&self.subtrees.0, &self.subtrees.1, &self.subtrees.2],
+                )
+                .await
         };
         let head = sign
             .map(|(key, at)| {
@@ -179,12 +190,14 @@ impl Appender {
             let Some((_, encoded)) = &head else {
                 return Ok(0);
             };
-            tx.execute(
-                "INSERT INTO audit_heads (size, head) VALUES ($1, $2)
+            prepared
+                .execute(
+                    tx,
+                    "INSERT INTO audit_heads (size, head) VALUES ($1, $2)
                  ON CONFLICT (size) DO NOTHING",
-                &[&size, encoded],
-            )
-            .await
+                    &[&size, encoded],
+                )
+                .await
         };
         // The three go out together (tokio-postgres pipelines futures polled at once).
         futures::try_join!(leaves, subtrees, stored)?;

@@ -5,6 +5,7 @@ pub mod audit;
 pub mod baseline;
 pub mod migrate;
 mod operations;
+pub mod prepared;
 mod registry_tx;
 pub mod revocations;
 mod store;

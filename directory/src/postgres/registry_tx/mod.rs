@@ -12,6 +12,7 @@
 //! person's record is read `FOR UPDATE`, so a change of the same person by another
 //! writer waits rather than being overwritten.
 
+use super::prepared::Prepared;
 use super::{audit, sql, unsql, PgError};
 use crate::registry::eligibility::CardStanding;
 use crate::registry::eligibility::{CheckKey, CheckRequest};
@@ -31,6 +32,8 @@ const PID: &str = "next_pid";
 pub(crate) struct PgTx<'a> {
     rt: &'a Runtime,
     tx: Transaction<'a>,
+    /// The connection's prepared statements, for the group commit's hot path.
+    prepared: &'a Prepared,
     /// My Number → pid (None: known to name no one).
     my_numbers: HashMap<u64, Option<u64>>,
     /// pid → the record as read or written in this transaction.
@@ -80,10 +83,12 @@ impl<'a> PgTx<'a> {
         rt: &'a Runtime,
         tx: Transaction<'a>,
         edge: Option<iryo_proto::merkle::Frontier>,
+        prepared: &'a Prepared,
     ) -> Self {
         Self {
             rt,
             tx,
+            prepared,
             my_numbers: HashMap::new(),
             persons: HashMap::new(),
             cards: HashMap::new(),
@@ -108,15 +113,15 @@ impl<'a> PgTx<'a> {
     pub(super) fn begin_audit_and_prefetch(&mut self, reqs: &[CheckRequest]) -> Result<()> {
         let (keys, ids) = check_keys(reqs)?;
         let known = self.edge.take();
-        let (tx, rt) = (&self.tx, self.rt);
+        let (tx, rt, prepared) = (&self.tx, self.rt, self.prepared);
         let (appender, (cards, entries)) = rt.block_on(async {
             futures::try_join!(
                 async {
-                    audit::begin(tx, known.as_ref())
+                    audit::begin(tx, known.as_ref(), prepared)
                         .await
                         .map_err(crate::store::StoreError::from)
                 },
-                async { read_checks(tx, &keys, &ids).await.map_err(db) },
+                async { read_checks(tx, &keys, &ids, prepared).await.map_err(db) },
             )
         })?;
         self.appender = Some(appender);
@@ -164,13 +169,13 @@ impl<'a> PgTx<'a> {
             std::mem::take(&mut self.out),
             std::mem::take(&mut self.counters),
         );
-        let (tx, persons) = (&self.tx, &self.persons);
+        let (tx, persons, prepared) = (&self.tx, &self.persons, self.prepared);
         // The registry's writes and the log's go out together: one round trip.
         rt.block_on(async {
-            futures::try_join!(write_out(tx, persons, w, counters), async {
+            futures::try_join!(write_out(tx, persons, w, counters, prepared), async {
                 match appended {
                     Some((a, sign)) => a
-                        .finish(tx, Some(sign))
+                        .finish(tx, Some(sign), prepared)
                         .await
                         .map(|_| ())
                         .map_err(crate::store::StoreError::from),
@@ -212,15 +217,18 @@ async fn read_checks(
     tx: &Transaction<'_>,
     keys: &[Vec<u8>],
     ids: &[i64],
+    prepared: &Prepared,
 ) -> std::result::Result<(Vec<tokio_postgres::Row>, Vec<tokio_postgres::Row>), tokio_postgres::Error>
 {
     let (keys, ids): ([&(dyn ToSql + Sync); 1], [&(dyn ToSql + Sync); 1]) = ([&keys], [&ids]);
     futures::try_join!(
-        tx.query(
+        prepared.query(
+            tx,
             "SELECT card_key, standing FROM cards WHERE card_key = ANY($1)",
             &keys,
         ),
-        tx.query(
+        prepared.query(
+            tx,
             "SELECT m.medical_id, m.entry, p.pid, p.record
              FROM medical_ids m LEFT JOIN persons p ON p.pid = m.pid
              WHERE m.medical_id = ANY($1)",
@@ -235,6 +243,7 @@ async fn write_out(
     kept: &HashMap<u64, Person>,
     w: Writes,
     counters: BTreeMap<&'static str, u64>,
+    prepared: &Prepared,
 ) -> Result<()> {
     {
         let mut persons = (vec![], vec![], vec![], vec![]);
@@ -299,99 +308,117 @@ async fn write_out(
         let mut writes: Vec<Write<'_>> = Vec::new();
         if !persons.0.is_empty() {
             writes.push(Box::pin(async {
-                tx.execute(
-                    "INSERT INTO persons (pid, my_number, medical_id, record)
+                prepared
+                    .execute(
+                        tx,
+                        "INSERT INTO persons (pid, my_number, medical_id, record)
                  SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bytea[])
                  ON CONFLICT (pid) DO UPDATE SET my_number = excluded.my_number,
                      medical_id = excluded.medical_id, record = excluded.record",
-                    &[&persons.0, &persons.1, &persons.2, &persons.3],
-                )
-                .await
+                        &[&persons.0, &persons.1, &persons.2, &persons.3],
+                    )
+                    .await
             }));
         }
         if !cards.0.is_empty() {
             writes.push(Box::pin(async {
-                tx.execute(
-                    "INSERT INTO cards (card_key, pid, standing)
+                prepared
+                    .execute(
+                        tx,
+                        "INSERT INTO cards (card_key, pid, standing)
                  SELECT * FROM unnest($1::bytea[], $2::bigint[], $3::bytea[])
                  ON CONFLICT (card_key) DO UPDATE SET pid = excluded.pid,
                      standing = excluded.standing",
-                    &[&cards.0, &cards.1, &cards.2],
-                )
-                .await
+                        &[&cards.0, &cards.1, &cards.2],
+                    )
+                    .await
             }));
         }
         if !my_numbers.0.is_empty() {
             writes.push(Box::pin(async {
-                tx.execute(
-                    "INSERT INTO my_numbers (my_number, pid)
+                prepared
+                    .execute(
+                        tx,
+                        "INSERT INTO my_numbers (my_number, pid)
                  SELECT * FROM unnest($1::bigint[], $2::bigint[])",
-                    &[&my_numbers.0, &my_numbers.1],
-                )
-                .await
+                        &[&my_numbers.0, &my_numbers.1],
+                    )
+                    .await
             }));
         }
         if !ids.0.is_empty() {
             // A plain insert: an ID claimed by another transaction meanwhile fails this
             // one rather than being issued twice.
             writes.push(Box::pin(async {
-                tx.execute(
-                    "INSERT INTO medical_ids (medical_id, pid, entry)
+                prepared
+                    .execute(
+                        tx,
+                        "INSERT INTO medical_ids (medical_id, pid, entry)
                  SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bytea[])",
-                    &[&ids.0, &ids.1, &ids.2],
-                )
-                .await
+                        &[&ids.0, &ids.1, &ids.2],
+                    )
+                    .await
             }));
         }
         if !conflicts.0.is_empty() {
             writes.push(Box::pin(async {
-                tx.execute(
-                    "INSERT INTO conflicts (id, conflict)
+                prepared
+                    .execute(
+                        tx,
+                        "INSERT INTO conflicts (id, conflict)
                  SELECT * FROM unnest($1::bigint[], $2::bytea[])",
-                    &[&conflicts.0, &conflicts.1],
-                )
-                .await
+                        &[&conflicts.0, &conflicts.1],
+                    )
+                    .await
             }));
             writes.push(Box::pin(async {
-                tx.execute(
-                    "INSERT INTO conflict_keys (row_key, id)
+                prepared
+                    .execute(
+                        tx,
+                        "INSERT INTO conflict_keys (row_key, id)
                  SELECT * FROM unnest($1::bytea[], $2::bigint[])",
-                    &[&conflicts.2, &conflicts.0],
-                )
-                .await
+                        &[&conflicts.2, &conflicts.0],
+                    )
+                    .await
             }));
         }
         if !use_pids.is_empty() {
             // The sequence numbers the history in the order the rows are scanned,
             // which is the order they were appended.
             writes.push(Box::pin(async {
-                tx.execute(
-                    "INSERT INTO service_uses (pid, seq, service_use)
+                prepared
+                    .execute(
+                        tx,
+                        "INSERT INTO service_uses (pid, seq, service_use)
                  SELECT pid, nextval('service_use_seq'), u
                  FROM unnest($1::bigint[], $2::bytea[]) AS x(pid, u)",
-                    &[&use_pids, &uses],
-                )
-                .await
+                        &[&use_pids, &uses],
+                    )
+                    .await
             }));
         }
         if !consents.0.is_empty() {
             writes.push(Box::pin(async {
-                tx.execute(
-                    "INSERT INTO consents (pid, seq, record)
+                prepared
+                    .execute(
+                        tx,
+                        "INSERT INTO consents (pid, seq, record)
                  SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bytea[])",
-                    &[&consents.0, &consents.1, &consents.2],
-                )
-                .await
+                        &[&consents.0, &consents.1, &consents.2],
+                    )
+                    .await
             }));
         }
         for (name, value) in &counters {
             writes.push(Box::pin(async move {
-                tx.execute(
-                    "INSERT INTO counters (name, value) VALUES ($1, $2)
+                prepared
+                    .execute(
+                        tx,
+                        "INSERT INTO counters (name, value) VALUES ($1, $2)
                  ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-                    &[name, value],
-                )
-                .await
+                        &[name, value],
+                    )
+                    .await
             }));
         }
         futures::future::try_join_all(writes).await.map_err(db)?;
@@ -421,7 +448,11 @@ impl PgTx<'_> {
     pub(super) fn begin_audit(&mut self) -> Result<()> {
         if self.appender.is_none() {
             let known = self.edge.take();
-            self.appender = Some(self.rt.block_on(audit::begin(&self.tx, known.as_ref()))?);
+            self.appender = Some(self.rt.block_on(audit::begin(
+                &self.tx,
+                known.as_ref(),
+                self.prepared,
+            ))?);
         }
         Ok(())
     }

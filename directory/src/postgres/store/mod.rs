@@ -304,10 +304,10 @@ impl PgStore {
         f: impl FnOnce(&mut PgTx<'_>) -> Result<T>,
     ) -> Result<T> {
         let mut held = self.pool.get()?;
-        let (rt, client) = held.conn()?.parts()?;
+        let (rt, client, prepared) = held.conn()?.all()?;
         let tx = rt.block_on(client.transaction()).map_err(PgError::Db)?;
         let edge = self.edge.lock().ok().and_then(|e| e.clone());
-        let mut t = PgTx::new(rt, tx, edge);
+        let mut t = PgTx::new(rt, tx, edge, prepared);
         if logged {
             t.begin_audit()?;
         }

@@ -5,6 +5,7 @@
 //! dropped it), so a process outlives its database's outages without a restart.
 
 use super::off_async;
+use crate::postgres::prepared::Prepared;
 use crate::postgres::DatabaseUrl;
 use crate::store::{Result, StoreError};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,6 +20,8 @@ use tokio_postgres::Client;
 pub(super) struct Conn {
     rt: Option<tokio::runtime::Runtime>,
     client: Client,
+    /// Statements prepared on this connection; a new connection prepares its own.
+    prepared: Prepared,
 }
 
 impl Conn {
@@ -31,17 +34,24 @@ impl Conn {
         Ok(Self {
             rt: Some(rt),
             client,
+            prepared: Prepared::default(),
         })
     }
 
     /// The runtime to wait on this connection with (`Runtime::block_on`, never a
     /// handle's, since only it drives the connection) and the connection.
     pub(super) fn parts(&mut self) -> Result<(&tokio::runtime::Runtime, &mut Client)> {
+        let (rt, client, _) = self.all()?;
+        Ok((rt, client))
+    }
+
+    /// `parts`, and the statements prepared on the connection.
+    pub(super) fn all(&mut self) -> Result<(&tokio::runtime::Runtime, &mut Client, &Prepared)> {
         let rt = self
             .rt
             .as_ref()
             .ok_or_else(|| StoreError::Inconsistent("the store's runtime has stopped".into()))?;
-        Ok((rt, &mut self.client))
+        Ok((rt, &mut self.client, &self.prepared))
     }
 }
 
