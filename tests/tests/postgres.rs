@@ -364,3 +364,48 @@ fn tls_to_the_database_is_checked_against_the_configured_ca() {
     d.ok(&["--config", &right, "enroll", &file.display().to_string()]);
     assert_eq!(d.json(&["--config", &right, "status"])["persons"], 1);
 }
+
+#[test]
+fn a_failed_transaction_leaves_its_connection_out_of_any_transaction() {
+    use iryo_directory::store::Front;
+    let pg = Cluster::start();
+    let storage = iryo_directory::config::StorageConfig {
+        pool_size: 1,
+        ..Default::default()
+    };
+    let url = iryo_directory::postgres::DatabaseUrl::parse(&pg.url())
+        .unwrap()
+        .configured(&storage)
+        .unwrap();
+    let store =
+        iryo_directory::postgres::PgStore::create(&url, iryo_directory::issuance::Method::Random)
+            .unwrap()
+            .with_signer(ed25519_dalek::SigningKey::from_bytes(&[7; 32]));
+    let open = || -> i64 {
+        query(&pg.url(), async |c| {
+            c.query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in transaction%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0)
+        })
+    };
+    // A logged write that fails after BEGIN and the log's lock went out.
+    let err = store
+        .resolve_mismatch(
+            99,
+            iryo_directory::store::MismatchAction::Keep,
+            "why",
+            "op",
+            0,
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("99"), "{err}");
+    assert_eq!(open(), 0, "the failed transaction was rolled back");
+    // The one connection goes on: a write commits and is seen elsewhere.
+    store.log_operator("op", "after a failure".into()).unwrap();
+    assert_eq!(store.audit_size().unwrap(), 1);
+    assert_eq!(open(), 0);
+}

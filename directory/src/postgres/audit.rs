@@ -48,28 +48,30 @@ pub struct Appender {
     subtrees: (Vec<i64>, Vec<i32>, Vec<Vec<u8>>),
 }
 
+pub(crate) const APPEND: &str = "SELECT pg_advisory_xact_lock($1)";
+pub(crate) const LOG_SIZE: &str = "SELECT coalesce(max(leaf) + 1, 0) FROM audit_leaves";
+pub(crate) const LATEST_HEAD: &str = "SELECT head FROM audit_heads ORDER BY size DESC LIMIT 1";
+pub(crate) const LEAF_INSERT: &str = "INSERT INTO audit_leaves (leaf, entry, medical_id)
+     SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::bigint[])";
+pub(crate) const SUBTREE_INSERT: &str = "INSERT INTO audit_subtrees (last_leaf, level, hash)
+     SELECT * FROM unnest($1::bigint[], $2::integer[], $3::bytea[])";
+pub(crate) const HEAD_INSERT: &str =
+    "INSERT INTO audit_heads (size, head) VALUES ($1, $2) ON CONFLICT (size) DO NOTHING";
+
 /// Takes the append lock for the rest of `tx` and reads the log's right edge, unless
 /// `known` is the edge of a log of the size found: this process appended last, and
 /// kept it.
 pub async fn begin(
-    tx: &tokio_postgres::Transaction<'_>,
+    tx: &(impl GenericClient + Sync),
     known: Option<&Frontier>,
     prepared: &crate::postgres::prepared::Prepared,
 ) -> Result<Appender, PgError> {
     // Sent together: the server runs them in order, so the size and the latest head
     // are read once the lock is held, without a round trip between them.
     let (_, size, latest) = futures::try_join!(
-        prepared.execute(tx, "SELECT pg_advisory_xact_lock($1)", &[&APPEND_LOCK]),
-        prepared.query_one(
-            tx,
-            "SELECT coalesce(max(leaf) + 1, 0) FROM audit_leaves",
-            &[]
-        ),
-        prepared.query_opt(
-            tx,
-            "SELECT head FROM audit_heads ORDER BY size DESC LIMIT 1",
-            &[]
-        ),
+        prepared.execute(tx, APPEND, &[&APPEND_LOCK]),
+        prepared.query_one(tx, LOG_SIZE, &[]),
+        prepared.query_opt(tx, LATEST_HEAD, &[]),
     )?;
     let size = unsql(size.get(0))?;
     // The kept edge is this log's only if the head signed over the log as it stands
@@ -140,7 +142,7 @@ impl Appender {
     /// `at`; the caller commits `tx`.
     pub async fn finish(
         self,
-        tx: &tokio_postgres::Transaction<'_>,
+        tx: &(impl GenericClient + Sync),
         sign: Option<(&SigningKey, Time)>,
         prepared: &crate::postgres::prepared::Prepared,
     ) -> Result<Option<Signed<TreeHead>>, PgError> {
@@ -151,8 +153,7 @@ impl Appender {
             prepared
                 .execute(
                     tx,
-                    "INSERT INTO audit_leaves (leaf, entry, medical_id)
-                 SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::bigint[])",
+                    LEAF_INSERT,
                     &[&self.leaves, &self.entries, &self.patients],
                 )
                 .await
@@ -164,8 +165,7 @@ impl Appender {
             prepared
                 .execute(
                     tx,
-                    "INSERT INTO audit_subtrees (last_leaf, level, hash)
-                 SELECT * FROM unnest($1::bigint[], $2::integer[], $3::bytea[])",
+                    SUBTREE_INSERT,
                     &[&self.subtrees.0, &self.subtrees.1, &self.subtrees.2],
                 )
                 .await
@@ -190,14 +190,7 @@ impl Appender {
             let Some((_, encoded)) = &head else {
                 return Ok(0);
             };
-            prepared
-                .execute(
-                    tx,
-                    "INSERT INTO audit_heads (size, head) VALUES ($1, $2)
-                 ON CONFLICT (size) DO NOTHING",
-                    &[&size, encoded],
-                )
-                .await
+            prepared.execute(tx, HEAD_INSERT, &[&size, encoded]).await
         };
         // The three go out together (tokio-postgres pipelines futures polled at once).
         futures::try_join!(leaves, subtrees, stored)?;

@@ -12,7 +12,7 @@
 //! person's record is read `FOR UPDATE`, so a change of the same person by another
 //! writer waits rather than being overwritten.
 
-use super::prepared::Prepared;
+use super::prepared::{Prepared, BEGIN, COMMIT};
 use super::{audit, sql, unsql, PgError};
 use crate::registry::eligibility::CardStanding;
 use crate::registry::eligibility::{CheckKey, CheckRequest};
@@ -22,16 +22,53 @@ use ed25519_dalek::SigningKey;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use tokio::runtime::Runtime;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::Transaction;
+use tokio_postgres::Client;
 
 mod primitives;
+
+// The statements of the group commit's hot path (`prepared::HOT`).
+pub(crate) const CARDS_AHEAD: &str =
+    "SELECT card_key, standing FROM cards WHERE card_key = ANY($1)";
+pub(crate) const IDS_AHEAD: &str = "SELECT m.medical_id, m.entry, p.pid, p.record
+     FROM medical_ids m LEFT JOIN persons p ON p.pid = m.pid
+     WHERE m.medical_id = ANY($1)";
+pub(crate) const PERSON_WRITE: &str = "INSERT INTO persons (pid, my_number, medical_id, record)
+     SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bytea[])
+     ON CONFLICT (pid) DO UPDATE SET my_number = excluded.my_number,
+     medical_id = excluded.medical_id, record = excluded.record";
+pub(crate) const CARD_WRITE: &str = "INSERT INTO cards (card_key, pid, standing)
+     SELECT * FROM unnest($1::bytea[], $2::bigint[], $3::bytea[])
+     ON CONFLICT (card_key) DO UPDATE SET pid = excluded.pid,
+     standing = excluded.standing";
+pub(crate) const MY_NUMBER_WRITE: &str = "INSERT INTO my_numbers (my_number, pid)
+     SELECT * FROM unnest($1::bigint[], $2::bigint[])";
+pub(crate) const ID_WRITE: &str = "INSERT INTO medical_ids (medical_id, pid, entry)
+     SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bytea[])";
+pub(crate) const CONFLICT_WRITE: &str = "INSERT INTO conflicts (id, conflict)
+     SELECT * FROM unnest($1::bigint[], $2::bytea[])";
+pub(crate) const CONFLICT_KEY_WRITE: &str = "INSERT INTO conflict_keys (row_key, id)
+     SELECT * FROM unnest($1::bytea[], $2::bigint[])";
+pub(crate) const SERVICE_USE_WRITE: &str = "INSERT INTO service_uses (pid, seq, service_use)
+     SELECT pid, nextval('service_use_seq'), u
+     FROM unnest($1::bigint[], $2::bytea[]) AS x(pid, u)";
+pub(crate) const CONSENT_WRITE: &str = "INSERT INTO consents (pid, seq, record)
+     SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bytea[])";
+pub(crate) const COUNTER_WRITE: &str = "INSERT INTO counters (name, value) VALUES ($1, $2)
+     ON CONFLICT (name) DO UPDATE SET value = excluded.value";
 
 /// The counter whose row lock serialises enrollment (`tables::PID`).
 const PID: &str = "next_pid";
 
 pub(crate) struct PgTx<'a> {
     rt: &'a Runtime,
-    tx: Transaction<'a>,
+    /// The connection the transaction is open on. BEGIN goes out with the
+    /// transaction's first statements and COMMIT with its last (`commit`): two round
+    /// trips fewer than a `tokio_postgres::Transaction`'s.
+    tx: &'a Client,
+    /// BEGIN was sent; COMMIT succeeded. Dropped begun but not done, the
+    /// transaction is rolled back before the connection serves anyone else.
+    begun: bool,
+    done: bool,
     /// The connection's prepared statements, for the group commit's hot path.
     prepared: &'a Prepared,
     /// My Number → pid (None: known to name no one).
@@ -81,13 +118,15 @@ impl<'a> PgTx<'a> {
     /// last committed it, used if no one appended since.
     pub(super) fn new(
         rt: &'a Runtime,
-        tx: Transaction<'a>,
+        tx: &'a Client,
         edge: Option<iryo_proto::merkle::Frontier>,
         prepared: &'a Prepared,
     ) -> Self {
         Self {
             rt,
             tx,
+            begun: false,
+            done: false,
             prepared,
             my_numbers: HashMap::new(),
             persons: HashMap::new(),
@@ -113,9 +152,10 @@ impl<'a> PgTx<'a> {
     pub(super) fn begin_audit_and_prefetch(&mut self, reqs: &[CheckRequest]) -> Result<()> {
         let (keys, ids) = check_keys(reqs)?;
         let known = self.edge.take();
-        let (tx, rt, prepared) = (&self.tx, self.rt, self.prepared);
-        let (appender, (cards, entries)) = rt.block_on(async {
+        let (tx, rt, prepared, begun) = (self.tx, self.rt, self.prepared, self.begun);
+        let (_, appender, (cards, entries)) = rt.block_on(async {
             futures::try_join!(
+                async { begin(tx, prepared, begun).await.map_err(db) },
                 async {
                     audit::begin(tx, known.as_ref(), prepared)
                         .await
@@ -124,6 +164,7 @@ impl<'a> PgTx<'a> {
                 async { read_checks(tx, &keys, &ids, prepared).await.map_err(db) },
             )
         })?;
+        self.begun = true;
         self.appender = Some(appender);
         for k in keys {
             self.standings.insert(k, None);
@@ -169,22 +210,53 @@ impl<'a> PgTx<'a> {
             std::mem::take(&mut self.out),
             std::mem::take(&mut self.counters),
         );
-        let (tx, persons, prepared) = (&self.tx, &self.persons, self.prepared);
-        // The registry's writes and the log's go out together: one round trip.
+        self.begin_now()?;
+        let (tx, persons, prepared) = (self.tx, &self.persons, self.prepared);
+        // The registry's writes, the log's and COMMIT go out together: one round trip.
+        // Every statement is prepared (`prepared::HOT`), so each is sent when it is
+        // first polled, in this order, and COMMIT reaches the server last; if any
+        // failed, the server rolls the transaction back and its error is returned.
         rt.block_on(async {
-            futures::try_join!(write_out(tx, persons, w, counters, prepared), async {
-                match appended {
-                    Some((a, sign)) => a
-                        .finish(tx, Some(sign), prepared)
-                        .await
-                        .map(|_| ())
-                        .map_err(crate::store::StoreError::from),
-                    None => Ok(()),
-                }
-            })
+            futures::try_join!(
+                write_out(tx, persons, w, counters, prepared),
+                async {
+                    match appended {
+                        Some((a, sign)) => a
+                            .finish(tx, Some(sign), prepared)
+                            .await
+                            .map(|_| ())
+                            .map_err(crate::store::StoreError::from),
+                        None => Ok(()),
+                    }
+                },
+                async { prepared.execute(tx, COMMIT, &[]).await.map_err(db) },
+            )
         })?;
-        rt.block_on(self.tx.commit()).map_err(db)?;
+        self.done = true;
         Ok(edge)
+    }
+}
+
+/// Sends BEGIN unless `begun`: the first statement of a pipeline that opens the
+/// transaction.
+async fn begin(
+    tx: &Client,
+    prepared: &Prepared,
+    begun: bool,
+) -> std::result::Result<u64, tokio_postgres::Error> {
+    if begun {
+        return Ok(0);
+    }
+    prepared.execute(tx, BEGIN, &[]).await
+}
+
+impl Drop for PgTx<'_> {
+    fn drop(&mut self) {
+        if self.begun && !self.done {
+            // Before the connection serves another transaction; a lost connection is
+            // made again by the pool.
+            let _ = self.rt.block_on(self.tx.batch_execute("ROLLBACK"));
+        }
     }
 }
 
@@ -214,7 +286,7 @@ fn check_keys(reqs: &[CheckRequest]) -> Result<(Vec<Vec<u8>>, Vec<i64>)> {
 
 /// The cards of `check_keys`, and its medical IDs each with its holder's pid and record.
 async fn read_checks(
-    tx: &Transaction<'_>,
+    tx: &Client,
     keys: &[Vec<u8>],
     ids: &[i64],
     prepared: &Prepared,
@@ -222,24 +294,14 @@ async fn read_checks(
 {
     let (keys, ids): ([&(dyn ToSql + Sync); 1], [&(dyn ToSql + Sync); 1]) = ([&keys], [&ids]);
     futures::try_join!(
-        prepared.query(
-            tx,
-            "SELECT card_key, standing FROM cards WHERE card_key = ANY($1)",
-            &keys,
-        ),
-        prepared.query(
-            tx,
-            "SELECT m.medical_id, m.entry, p.pid, p.record
-             FROM medical_ids m LEFT JOIN persons p ON p.pid = m.pid
-             WHERE m.medical_id = ANY($1)",
-            &ids,
-        ),
+        prepared.query(tx, CARDS_AHEAD, &keys,),
+        prepared.query(tx, IDS_AHEAD, &ids,),
     )
 }
 
 /// Writes everything a transaction kept, one statement per table, all at once.
 async fn write_out(
-    tx: &Transaction<'_>,
+    tx: &Client,
     kept: &HashMap<u64, Person>,
     w: Writes,
     counters: BTreeMap<&'static str, u64>,
@@ -311,10 +373,7 @@ async fn write_out(
                 prepared
                     .execute(
                         tx,
-                        "INSERT INTO persons (pid, my_number, medical_id, record)
-                 SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bytea[])
-                 ON CONFLICT (pid) DO UPDATE SET my_number = excluded.my_number,
-                     medical_id = excluded.medical_id, record = excluded.record",
+                        PERSON_WRITE,
                         &[&persons.0, &persons.1, &persons.2, &persons.3],
                     )
                     .await
@@ -323,26 +382,14 @@ async fn write_out(
         if !cards.0.is_empty() {
             writes.push(Box::pin(async {
                 prepared
-                    .execute(
-                        tx,
-                        "INSERT INTO cards (card_key, pid, standing)
-                 SELECT * FROM unnest($1::bytea[], $2::bigint[], $3::bytea[])
-                 ON CONFLICT (card_key) DO UPDATE SET pid = excluded.pid,
-                     standing = excluded.standing",
-                        &[&cards.0, &cards.1, &cards.2],
-                    )
+                    .execute(tx, CARD_WRITE, &[&cards.0, &cards.1, &cards.2])
                     .await
             }));
         }
         if !my_numbers.0.is_empty() {
             writes.push(Box::pin(async {
                 prepared
-                    .execute(
-                        tx,
-                        "INSERT INTO my_numbers (my_number, pid)
-                 SELECT * FROM unnest($1::bigint[], $2::bigint[])",
-                        &[&my_numbers.0, &my_numbers.1],
-                    )
+                    .execute(tx, MY_NUMBER_WRITE, &[&my_numbers.0, &my_numbers.1])
                     .await
             }));
         }
@@ -351,34 +398,19 @@ async fn write_out(
             // one rather than being issued twice.
             writes.push(Box::pin(async {
                 prepared
-                    .execute(
-                        tx,
-                        "INSERT INTO medical_ids (medical_id, pid, entry)
-                 SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bytea[])",
-                        &[&ids.0, &ids.1, &ids.2],
-                    )
+                    .execute(tx, ID_WRITE, &[&ids.0, &ids.1, &ids.2])
                     .await
             }));
         }
         if !conflicts.0.is_empty() {
             writes.push(Box::pin(async {
                 prepared
-                    .execute(
-                        tx,
-                        "INSERT INTO conflicts (id, conflict)
-                 SELECT * FROM unnest($1::bigint[], $2::bytea[])",
-                        &[&conflicts.0, &conflicts.1],
-                    )
+                    .execute(tx, CONFLICT_WRITE, &[&conflicts.0, &conflicts.1])
                     .await
             }));
             writes.push(Box::pin(async {
                 prepared
-                    .execute(
-                        tx,
-                        "INSERT INTO conflict_keys (row_key, id)
-                 SELECT * FROM unnest($1::bytea[], $2::bigint[])",
-                        &[&conflicts.2, &conflicts.0],
-                    )
+                    .execute(tx, CONFLICT_KEY_WRITE, &[&conflicts.2, &conflicts.0])
                     .await
             }));
         }
@@ -387,38 +419,20 @@ async fn write_out(
             // which is the order they were appended.
             writes.push(Box::pin(async {
                 prepared
-                    .execute(
-                        tx,
-                        "INSERT INTO service_uses (pid, seq, service_use)
-                 SELECT pid, nextval('service_use_seq'), u
-                 FROM unnest($1::bigint[], $2::bytea[]) AS x(pid, u)",
-                        &[&use_pids, &uses],
-                    )
+                    .execute(tx, SERVICE_USE_WRITE, &[&use_pids, &uses])
                     .await
             }));
         }
         if !consents.0.is_empty() {
             writes.push(Box::pin(async {
                 prepared
-                    .execute(
-                        tx,
-                        "INSERT INTO consents (pid, seq, record)
-                 SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bytea[])",
-                        &[&consents.0, &consents.1, &consents.2],
-                    )
+                    .execute(tx, CONSENT_WRITE, &[&consents.0, &consents.1, &consents.2])
                     .await
             }));
         }
         for (name, value) in &counters {
             writes.push(Box::pin(async move {
-                prepared
-                    .execute(
-                        tx,
-                        "INSERT INTO counters (name, value) VALUES ($1, $2)
-                 ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-                        &[name, value],
-                    )
-                    .await
+                prepared.execute(tx, COUNTER_WRITE, &[name, value]).await
             }));
         }
         futures::future::try_join_all(writes).await.map_err(db)?;
@@ -444,15 +458,30 @@ impl PgTx<'_> {
         Ok(())
     }
 
+    /// Opens the transaction now, unless it is open.
+    pub(super) fn begin_now(&mut self) -> Result<()> {
+        if !self.begun {
+            self.rt
+                .block_on(begin(self.tx, self.prepared, false))
+                .map_err(db)?;
+            self.begun = true;
+        }
+        Ok(())
+    }
+
     /// Takes the audit log's append lock for the rest of the transaction, once.
     pub(super) fn begin_audit(&mut self) -> Result<()> {
         if self.appender.is_none() {
             let known = self.edge.take();
-            self.appender = Some(self.rt.block_on(audit::begin(
-                &self.tx,
-                known.as_ref(),
-                self.prepared,
-            ))?);
+            let (tx, prepared, begun) = (self.tx, self.prepared, self.begun);
+            let (_, appender) = self.rt.block_on(async {
+                futures::try_join!(
+                    async { begin(tx, prepared, begun).await.map_err(PgError::Db) },
+                    audit::begin(tx, known.as_ref(), prepared),
+                )
+            })?;
+            self.begun = true;
+            self.appender = Some(appender);
         }
         Ok(())
     }

@@ -28,9 +28,9 @@ impl PgStore {
     pub(crate) fn commit_group(&self, jobs: &[Job], at: Time) -> Result<Vec<Outcome>> {
         let (retention, visit_days) = (self.retention_years, self.policy.visit_consent_days);
         let rules = (retention, self.policy.default, self.policy.grant_seconds);
-        // Unlogged at first: the log's lock is taken together with the reads ahead,
-        // as the transaction's first statement all the same.
-        self.write_unlogged(|t| {
+        // The log's lock is taken together with BEGIN and the reads ahead, as the
+        // transaction's first statement all the same.
+        self.write_grouped(|t| {
             let check = |t: &mut PgTx<'_>, req: &CheckRequest| {
                 checks::decide_and_record(t, req, retention, visit_days, at)
             };

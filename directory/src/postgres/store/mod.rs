@@ -13,6 +13,7 @@ mod pool;
 use super::registry_tx::PgTx;
 use super::{migrate, unsql, DatabaseUrl, PgError};
 use crate::issuance::{Issuer, Method};
+use crate::postgres::prepared::HOT;
 use crate::registry::dates::DateRules;
 use crate::registry::eligibility::{CheckAnswer, CheckRequest};
 use crate::registry::{
@@ -57,6 +58,17 @@ pub struct PgStore {
 /// How long a membership read from the database is trusted without reading it again:
 /// the longest a revocation by another process takes to reach this one.
 const MEMBER_SECONDS: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How a transaction opens.
+#[derive(Clone, Copy)]
+enum Begin {
+    /// With the audit log's lock, in one round trip: it may append.
+    Logged,
+    /// At once: it appends nothing to the log.
+    Now,
+    /// With the first statements its closure sends (`write_grouped`).
+    WithReads,
+}
 
 /// Runs `f`, which waits on the store's own runtime, from any thread: on a worker
 /// thread of a multi-threaded runtime (an HTTPS handler that did not move its call to
@@ -194,7 +206,7 @@ impl PgStore {
     /// their notices, and the answers kept for idempotency keys.
     pub fn check_batch(&self, reqs: &[CheckRequest], at: Timestamp) -> Result<Vec<CheckAnswer>> {
         let (retention, visit_days) = (self.retention_years, self.policy.visit_consent_days);
-        self.write_unlogged(|t| {
+        self.write_grouped(|t| {
             t.begin_audit_and_prefetch(reqs)?;
             reqs.iter()
                 .map(|req| checks::decide_and_record(t, req, retention, visit_days, at))
@@ -281,35 +293,44 @@ impl PgStore {
     /// every other appender (the person it changes, a counter), so two such
     /// transactions — in this process or another — never wait on each other in a circle.
     fn write<T>(&self, f: impl FnOnce(&mut PgTx<'_>) -> Result<T>) -> Result<T> {
-        self.transaction(true, f)
+        self.transaction(Begin::Logged, f)
     }
 
     /// Runs `f` in one transaction that appends nothing to the audit log: enrollment
     /// and bookkeeping, which then never wait for the log's appenders.
     fn write_unlogged<T>(&self, f: impl FnOnce(&mut PgTx<'_>) -> Result<T>) -> Result<T> {
-        self.transaction(false, f)
+        self.transaction(Begin::Now, f)
+    }
+
+    /// Runs `f`, whose first step is `PgTx::begin_audit_and_prefetch`, in one
+    /// transaction: BEGIN, the log's lock and the reads ahead go out together.
+    fn write_grouped<T>(&self, f: impl FnOnce(&mut PgTx<'_>) -> Result<T>) -> Result<T> {
+        self.transaction(Begin::WithReads, f)
     }
 
     fn transaction<T>(
         &self,
-        logged: bool,
+        begin: Begin,
         f: impl FnOnce(&mut PgTx<'_>) -> Result<T>,
     ) -> Result<T> {
-        off_async(|| self.transaction_here(logged, f))
+        off_async(|| self.transaction_here(begin, f))
     }
 
     fn transaction_here<T>(
         &self,
-        logged: bool,
+        begin: Begin,
         f: impl FnOnce(&mut PgTx<'_>) -> Result<T>,
     ) -> Result<T> {
         let mut held = self.pool.get()?;
         let (rt, client, prepared) = held.conn()?.all()?;
-        let tx = rt.block_on(client.transaction()).map_err(PgError::Db)?;
+        rt.block_on(prepared.warm(&*client, HOT))
+            .map_err(PgError::Db)?;
         let edge = self.edge.lock().ok().and_then(|e| e.clone());
-        let mut t = PgTx::new(rt, tx, edge, prepared);
-        if logged {
-            t.begin_audit()?;
+        let mut t = PgTx::new(rt, client, edge, prepared);
+        match begin {
+            Begin::Logged => t.begin_audit()?,
+            Begin::Now => t.begin_now()?,
+            Begin::WithReads => {}
         }
         let out = f(&mut t)?;
         let at = crate::registry::now();
