@@ -63,7 +63,7 @@ pub(crate) const HEAD_INSERT: &str =
 /// kept it.
 pub async fn begin(
     tx: &(impl GenericClient + Sync),
-    known: Option<&Frontier>,
+    known: impl FnOnce() -> Option<Frontier>,
     prepared: &crate::postgres::prepared::Prepared,
 ) -> Result<Appender, PgError> {
     // Sent together: the server runs them in order, so the size and the latest head
@@ -82,11 +82,13 @@ pub async fn begin(
             .ok()
             .and_then(|h| h.open_unverified().ok())
     });
-    let frontier = match known {
+    // Asked once the lock is held: another transaction of this process may have
+    // appended while this one waited for it.
+    let frontier = match known() {
         Some(f)
             if f.size() == size && latest.is_some_and(|h| h.size == size && h.root == f.root()) =>
         {
-            f.clone()
+            f
         }
         _ => {
             let read = read_subtrees(tx, &Frontier::parts(size)).await?;

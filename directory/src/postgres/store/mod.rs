@@ -325,8 +325,7 @@ impl PgStore {
         let (rt, client, prepared) = held.conn()?.all()?;
         rt.block_on(prepared.warm(&*client, HOT))
             .map_err(PgError::Db)?;
-        let edge = self.edge.lock().ok().and_then(|e| e.clone());
-        let mut t = PgTx::new(rt, client, edge, prepared);
+        let mut t = PgTx::new(rt, client, &self.edge, prepared);
         match begin {
             Begin::Logged => t.begin_audit()?,
             Begin::Now => t.begin_now()?,
@@ -334,12 +333,7 @@ impl PgStore {
         }
         let out = f(&mut t)?;
         let at = crate::registry::now();
-        // Kept only once committed: a transaction rolled back leaves the log as it was.
-        if let Some(edge) = t.commit(self.signer.as_ref().map(|k| (k, at)))? {
-            if let Ok(mut kept) = self.edge.lock() {
-                *kept = Some(edge);
-            }
-        }
+        t.commit(self.signer.as_ref().map(|k| (k, at)))?;
         Ok(out)
     }
 
