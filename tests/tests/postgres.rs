@@ -133,9 +133,7 @@ fn appenders_on_many_connections_make_one_log_that_verifies() {
                     let mut mine = Vec::new();
                     for t in 0..transactions {
                         let tx = c.transaction().await.unwrap();
-                        let mut a = audit::begin(&tx, || None, &Prepared::default())
-                            .await
-                            .unwrap();
+                        let mut a = audit::begin(&tx, None, &Prepared::default()).await.unwrap();
                         for e in 0..=(p + t) % 7 {
                             let entry = LogEntry::Operator {
                                 operator: format!("appender {p}"),
@@ -174,9 +172,7 @@ fn appenders_on_many_connections_make_one_log_that_verifies() {
         let n = all.len() as u64;
         for commit in [false, true] {
             let tx = c.transaction().await.unwrap();
-            let mut a = audit::begin(&tx, || None, &Prepared::default())
-                .await
-                .unwrap();
+            let mut a = audit::begin(&tx, None, &Prepared::default()).await.unwrap();
             assert_eq!(a.append(&read).unwrap(), n);
             a.finish(&tx, Some((&key, 99)), &Prepared::default())
                 .await
@@ -271,9 +267,7 @@ fn both_stores_give_the_same_roots_and_proofs() {
         migrate::migrate(&mut c).await.unwrap();
         for chunk in entries.chunks(17) {
             let tx = c.transaction().await.unwrap();
-            let mut a = audit::begin(&tx, || None, &Prepared::default())
-                .await
-                .unwrap();
+            let mut a = audit::begin(&tx, None, &Prepared::default()).await.unwrap();
             for e in chunk {
                 a.append(e).unwrap();
             }

@@ -63,7 +63,7 @@ pub(crate) const HEAD_INSERT: &str =
 /// kept it.
 pub async fn begin(
     tx: &(impl GenericClient + Sync),
-    known: impl FnOnce() -> Option<Frontier>,
+    known: Option<&Frontier>,
     prepared: &crate::postgres::prepared::Prepared,
 ) -> Result<Appender, PgError> {
     // Sent together: the server runs them in order, so the size and the latest head
@@ -82,13 +82,11 @@ pub async fn begin(
             .ok()
             .and_then(|h| h.open_unverified().ok())
     });
-    // Asked once the lock is held: another transaction of this process may have
-    // appended while this one waited for it.
-    let frontier = match known() {
+    let frontier = match known {
         Some(f)
             if f.size() == size && latest.is_some_and(|h| h.size == size && h.root == f.root()) =>
         {
-            f
+            f.clone()
         }
         _ => {
             let read = read_subtrees(tx, &Frontier::parts(size)).await?;

@@ -122,9 +122,7 @@ impl Serving for PgStore {
     }
 
     fn start_writers(self: Arc<Self>, agency: SigningKey, max_group: usize) -> Result<Writers> {
-        // Two: while one group waits for its commit (the WAL flush), the next is
-        // already sent and waits for the log's lock at the server.
-        Ok(Writers::single(agency, max_group, 2, move |jobs| {
+        Ok(Writers::single(agency, max_group, move |jobs| {
             self.commit_group(jobs, crate::registry::now())
         }))
     }

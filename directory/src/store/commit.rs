@@ -180,41 +180,31 @@ impl Store {
 }
 
 impl Writers {
-    /// `writers` group-commit threads that hand each group to `commit`, for a backend
-    /// whose every job takes the same path (no intake files, no folding). A thread
-    /// holds the queue only while it gathers a group, so with two the next group is
-    /// gathered and sent while the one before waits for its commit.
+    /// One group-commit thread that hands each group to `commit`, for a backend whose
+    /// every job takes the same path (no intake files, no folding).
     pub(crate) fn single(
         agency: SigningKey,
         max_group: usize,
-        writers: usize,
-        commit: impl Fn(&[Job]) -> Result<Vec<Outcome>, StoreError> + Send + Sync + 'static,
+        commit: impl Fn(&[Job]) -> Result<Vec<Outcome>, StoreError> + Send + 'static,
     ) -> Self {
         let max = max_group.max(1);
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel::<(Job, Reply)>();
-        let (rx, commit) = (Arc::new(Mutex::new(rx)), Arc::new(commit));
-        let threads = (0..writers.max(1))
-            .filter_map(|i| {
-                let (stop, rx, commit) = (stop.clone(), rx.clone(), commit.clone());
-                thread(&format!("group-commit-{i}"), move || {
-                    while !stop.load(Ordering::Acquire) {
-                        let group = {
-                            let queue =
-                                rx.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                            match queue.recv_timeout(MOVE_EVERY) {
-                                Ok(first) => Some(gather(first, &queue, max)),
-                                Err(mpsc::RecvTimeoutError::Timeout) => None,
-                                Err(mpsc::RecvTimeoutError::Disconnected) => break,
-                            }
-                        };
-                        if let Some((jobs, replies)) = group {
+        let threads = {
+            let stop = stop.clone();
+            thread("group-commit", move || {
+                while !stop.load(Ordering::Acquire) {
+                    match rx.recv_timeout(MOVE_EVERY) {
+                        Ok(first) => {
+                            let (jobs, replies) = gather(first, &rx, max);
                             answer(replies, commit(&jobs), jobs.len());
                         }
+                        Err(mpsc::RecvTimeoutError::Timeout) => {}
+                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
                     }
-                })
+                }
             })
-            .collect();
+        };
         Writers {
             committer: GroupCommitter {
                 intake: tx.clone(),
@@ -222,7 +212,7 @@ impl Writers {
                 agency: Arc::new(agency),
             },
             stop,
-            threads,
+            threads: threads.into_iter().collect(),
             finish: None,
         }
     }

@@ -19,9 +19,7 @@ use crate::registry::eligibility::{CheckKey, CheckRequest};
 use crate::registry::{Card, IdEntry, Person};
 use crate::store::{decode, Result};
 use ed25519_dalek::SigningKey;
-use iryo_proto::merkle::Frontier;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Mutex;
 use tokio::runtime::Runtime;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
@@ -85,9 +83,8 @@ pub(crate) struct PgTx<'a> {
     counters: BTreeMap<&'static str, u64>,
     out: Writes,
     appender: Option<audit::Appender>,
-    /// The log's right edge as this process last appended to it (`begin_audit`),
-    /// shared by the process's transactions.
-    edge: &'a Mutex<Option<Frontier>>,
+    /// The log's right edge this process last committed (`begin_audit`).
+    edge: Option<iryo_proto::merkle::Frontier>,
     /// What a group of checks will read, read ahead (`prefetch_checks`): card
     /// standings by key, issued IDs, and persons' records as they stand, unlocked.
     standings: HashMap<Vec<u8>, Option<CardStanding>>,
@@ -122,7 +119,7 @@ impl<'a> PgTx<'a> {
     pub(super) fn new(
         rt: &'a Runtime,
         tx: &'a Client,
-        edge: &'a Mutex<Option<Frontier>>,
+        edge: Option<iryo_proto::merkle::Frontier>,
         prepared: &'a Prepared,
     ) -> Self {
         Self {
@@ -154,14 +151,13 @@ impl<'a> PgTx<'a> {
     /// costs a few statements instead of a few round trips per check.
     pub(super) fn begin_audit_and_prefetch(&mut self, reqs: &[CheckRequest]) -> Result<()> {
         let (keys, ids) = check_keys(reqs)?;
-        let edge = self.edge;
-        let known = || edge.lock().ok().and_then(|e| e.clone());
+        let known = self.edge.take();
         let (tx, rt, prepared, begun) = (self.tx, self.rt, self.prepared, self.begun);
         let (_, appender, (cards, entries)) = rt.block_on(async {
             futures::try_join!(
                 async { begin(tx, prepared, begun).await.map_err(db) },
                 async {
-                    audit::begin(tx, known, prepared)
+                    audit::begin(tx, known.as_ref(), prepared)
                         .await
                         .map_err(crate::store::StoreError::from)
                 },
@@ -196,22 +192,20 @@ impl<'a> PgTx<'a> {
 
     /// Writes everything kept, signs a head over what was appended to the audit log
     /// (with `sign`), and commits.
-    /// Commits.
-    pub(super) fn commit(mut self, sign: Option<(&SigningKey, i64)>) -> Result<()> {
+    /// Commits; the log's right edge as this transaction left it, if it held the
+    /// append lock.
+    pub(super) fn commit(
+        mut self,
+        sign: Option<(&SigningKey, i64)>,
+    ) -> Result<Option<iryo_proto::merkle::Frontier>> {
         let rt = self.rt;
         let appender = self.appender.take();
+        let edge = appender.as_ref().map(|a| a.frontier().clone());
         // Entries are never written without a head that signs them.
         let appended = match appender {
             Some(a) if a.appended() => Some((a, sign.ok_or(crate::store::StoreError::NoSigner)?)),
             _ => None,
         };
-        if let (Some((a, _)), Ok(mut kept)) = (&appended, self.edge.lock()) {
-            // Kept before the commit, for the process's next appender, which may be
-            // waiting for the log's lock this commit releases. It is used only if the
-            // log's latest signed head has its size and root (`audit::begin`), so a
-            // commit that fails leaves it unused.
-            *kept = Some(a.frontier().clone());
-        }
         let (w, counters) = (
             std::mem::take(&mut self.out),
             std::mem::take(&mut self.counters),
@@ -239,7 +233,7 @@ impl<'a> PgTx<'a> {
             )
         })?;
         self.done = true;
-        Ok(())
+        Ok(edge)
     }
 }
 
@@ -478,13 +472,12 @@ impl PgTx<'_> {
     /// Takes the audit log's append lock for the rest of the transaction, once.
     pub(super) fn begin_audit(&mut self) -> Result<()> {
         if self.appender.is_none() {
-            let edge = self.edge;
-            let known = || edge.lock().ok().and_then(|e| e.clone());
+            let known = self.edge.take();
             let (tx, prepared, begun) = (self.tx, self.prepared, self.begun);
             let (_, appender) = self.rt.block_on(async {
                 futures::try_join!(
                     async { begin(tx, prepared, begun).await.map_err(PgError::Db) },
-                    audit::begin(tx, known, prepared),
+                    audit::begin(tx, known.as_ref(), prepared),
                 )
             })?;
             self.begun = true;

@@ -325,7 +325,8 @@ impl PgStore {
         let (rt, client, prepared) = held.conn()?.all()?;
         rt.block_on(prepared.warm(&*client, HOT))
             .map_err(PgError::Db)?;
-        let mut t = PgTx::new(rt, client, &self.edge, prepared);
+        let edge = self.edge.lock().ok().and_then(|e| e.clone());
+        let mut t = PgTx::new(rt, client, edge, prepared);
         match begin {
             Begin::Logged => t.begin_audit()?,
             Begin::Now => t.begin_now()?,
@@ -333,7 +334,12 @@ impl PgStore {
         }
         let out = f(&mut t)?;
         let at = crate::registry::now();
-        t.commit(self.signer.as_ref().map(|k| (k, at)))?;
+        // Kept only once committed: a transaction rolled back leaves the log as it was.
+        if let Some(edge) = t.commit(self.signer.as_ref().map(|k| (k, at)))? {
+            if let Ok(mut kept) = self.edge.lock() {
+                *kept = Some(edge);
+            }
+        }
         Ok(out)
     }
 
