@@ -32,15 +32,6 @@ pub(super) fn run(config: Config, a: ServeArgs) -> Result<ExitCode> {
     let identity = iryo_directory::keys::service_identity(&config.keys_dir())?;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
-        let running = iryo_directory::service::start(
-            store.clone(),
-            keys.root.clone(),
-            identity,
-            listen,
-            config.service.max_group,
-        )
-        .await?;
-        let addrs = note_addresses(&config.data_dir, &running)?;
         let socket =
             iryo_directory::admin::bind_socket(&iryo_directory::admin::socket_path(&config))
                 .context("the admin socket")?;
@@ -50,18 +41,16 @@ pub(super) fn run(config: Config, a: ServeArgs) -> Result<ExitCode> {
             keys.root.clone(),
             config.clone(),
         ));
-        let front = start_https(&config, https, store, keys.root.clone()).await?;
-        let https_addr = front
-            .as_ref()
-            .map(|f| f.addr.to_string())
-            .unwrap_or_default();
-        println!(
-            "iryo-directory ready p2p={} https={https_addr} agency_key={}",
-            addrs.join(","),
-            iryo_proto::merkle::to_hex(keys.root.verifying_key().as_bytes())
-        );
-        use std::io::Write as _;
-        std::io::stdout().flush()?;
+        let started =
+            start_serving(&config, store, &keys.root, identity, listen, https, None).await;
+        let (running, front) = match started {
+            Ok(s) => s,
+            Err(e) => {
+                admin_task.abort();
+                let _ = std::fs::remove_file(iryo_directory::admin::socket_path(&config));
+                return Err(e);
+            }
+        };
         // Stop on a signal, or when the storage fails: redb serves nothing after an I/O
         // error until the database is opened again, which a restart does.
         let failed = tokio::select! {
@@ -103,28 +92,17 @@ fn serve_postgres(
     let identity = iryo_directory::keys::service_identity(&config.keys_dir())?;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
-        let running = iryo_directory::service::start(
-            store.clone(),
-            keys.root.clone(),
+        let follower = follow_revocations(config, &store);
+        let (running, front) = start_serving(
+            config,
+            store,
+            &keys.root,
             identity,
             listen,
-            config.service.max_group,
+            https,
+            Some(url),
         )
         .await?;
-        let addrs = note_addresses(&config.data_dir, &running)?;
-        let follower = follow_revocations(config, &store);
-        let front = start_https(config, https, store, keys.root.clone()).await?;
-        let https_addr = front
-            .as_ref()
-            .map(|f| f.addr.to_string())
-            .unwrap_or_default();
-        println!(
-            "iryo-directory ready p2p={} https={https_addr} agency_key={} database={url}",
-            addrs.join(","),
-            iryo_proto::merkle::to_hex(keys.root.verifying_key().as_bytes())
-        );
-        use std::io::Write as _;
-        std::io::stdout().flush()?;
         iryo_p2p::shutdown::signal().await;
         if let Some(f) = follower {
             f.abort();
@@ -136,6 +114,47 @@ fn serve_postgres(
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Starts the directory service for nodes and the HTTPS front on `store`, writes the
+/// service's addresses down and prints the line scripts and tests wait for.
+async fn start_serving(
+    config: &Config,
+    store: std::sync::Arc<dyn iryo_directory::store::Front>,
+    agency: &ed25519_dalek::SigningKey,
+    identity: [u8; 32],
+    listen: libp2p::Multiaddr,
+    https: Option<String>,
+    database: Option<&iryo_directory::postgres::DatabaseUrl>,
+) -> Result<(
+    iryo_directory::service::Running,
+    Option<iryo_directory::web::Running>,
+)> {
+    let running = iryo_directory::service::start(
+        store.clone(),
+        agency.clone(),
+        identity,
+        listen,
+        config.service.max_group,
+    )
+    .await?;
+    let addrs = note_addresses(&config.data_dir, &running)?;
+    let front = start_https(config, https, store, agency.clone()).await?;
+    let https_addr = front
+        .as_ref()
+        .map(|f| f.addr.to_string())
+        .unwrap_or_default();
+    let database = database
+        .map(|u| format!(" database={u}"))
+        .unwrap_or_default();
+    println!(
+        "iryo-directory ready p2p={} https={https_addr} agency_key={}{database}",
+        addrs.join(","),
+        iryo_proto::merkle::to_hex(agency.verifying_key().as_bytes())
+    );
+    use std::io::Write as _;
+    std::io::stdout().flush()?;
+    Ok((running, front))
 }
 
 /// Keeps the HTTPS front's revocation list in step with the one `ca revoke` published
