@@ -193,13 +193,15 @@ on_both_backends! {
                     .count()
             })
         };
-        // Over the size limit: refused, nothing kept.
+        // Over the size limit: refused, nothing kept. The front answers 413 as soon as
+        // the limit is passed and closes, so a client still sending may see its
+        // connection broken instead of the answer.
         let big = vec![b'a'; 2 << 20];
-        let res = a
+        let status = a
             .post(format!("{base}/insurer/enrollments?wait=true"))
             .send(&big[..])
-            .unwrap();
-        assert_eq!(res.status(), 413);
+            .map_or(0, |r| r.status().as_u16());
+        assert!(status == 413 || status == 0, "oversize upload: {status}");
         assert_eq!(csvs(), 0);
         // A line longer than allowed stops the file, named, without the server's paths.
         let mut long = format!("{}\n", iryo_tests::HEADER).into_bytes();
