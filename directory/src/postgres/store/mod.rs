@@ -113,7 +113,13 @@ impl PgStore {
             tx.commit().await?;
             Ok::<_, PgError>(())
         })?;
-        Ok(Self {
+        Ok(Self::on(url, conn))
+    }
+
+    /// The store on `url`, with `conn` its first connection and the defaults that
+    /// `with_*` change.
+    fn on(url: &DatabaseUrl, conn: Conn) -> Self {
+        Self {
             url: url.clone(),
             pool: Pool::new(url, conn, url.pool_size()),
             signer: None,
@@ -122,7 +128,7 @@ impl PgStore {
             policy: AccessPolicy::default(),
             members: Mutex::default(),
             edge: Mutex::default(),
-        })
+        }
     }
 
     /// Refuses a database that cannot be reached or holds a registry already, before
@@ -154,16 +160,7 @@ impl PgStore {
         let mut conn = Conn::connect(url)?;
         let (rt, client) = conn.parts()?;
         rt.block_on(migrate::check(client))?;
-        let store = Self {
-            url: url.clone(),
-            pool: Pool::new(url, conn, url.pool_size()),
-            signer: None,
-            retention_years: 10,
-            date_allowance_days: 1,
-            policy: AccessPolicy::default(),
-            members: Mutex::default(),
-            edge: Mutex::default(),
-        };
+        let store = Self::on(url, conn);
         store.method()?;
         Ok(store)
     }
