@@ -596,3 +596,103 @@ fn checks_on_postgres_answer_and_record_as_redb_does() {
         });
     });
 }
+
+/// The network's plain checks go to the intake (`check_intake`) without the audit
+/// log's lock, and are moved into the logs later by whichever process holds it. The
+/// answers are those of the main writer's path on redb; every check reaches the logs
+/// exactly once while two processes check and move at once; the counts include what
+/// waits; and a check that changes the registry is refused there.
+#[test]
+fn plain_checks_wait_in_the_intake_and_reach_the_logs_once() {
+    let pg = Cluster::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let files = sample(tmp.path(), 200);
+    let issuer = Issuer::fpe(&[3; 32]);
+    let key = ed25519_dalek::SigningKey::from_bytes(&[5; 32]);
+    let redb = Store::create(&tmp.path().join("directory.redb"), 16, Method::Fpe)
+        .unwrap()
+        .with_signer(key.clone());
+    let url = DatabaseUrl::parse(&pg.url()).unwrap();
+    let first = PgStore::create(&url, Method::Fpe)
+        .unwrap()
+        .with_signer(key.clone());
+    let second = PgStore::open(&url).unwrap().with_signer(key.clone());
+    enroll(&redb, &issuer, &files);
+    enroll(&first, &issuer, &files);
+    let people = redb.persons().unwrap();
+    let at = 1_800_000_000;
+    let replaced = people[9].medical_id;
+    redb.change_id(replaced, "lost", &issuer, at).unwrap();
+    first.change_id(replaced, "lost", &issuer, at).unwrap();
+    let plain: Vec<CheckRequest> = checks(&people, replaced)
+        .into_iter()
+        .filter(|r| {
+            !r.visit_consent
+                && r.idempotency_key.is_none()
+                && !matches!(
+                    r.key,
+                    CheckKey::Card {
+                        presented: Some(_),
+                        ..
+                    }
+                )
+        })
+        .collect();
+    let (audit, uses) = (first.audit_size().unwrap(), first.counts().unwrap());
+
+    // Answered as the main writer answers them, and counted while they wait.
+    let on_redb = redb.check_batch(&plain, at).unwrap();
+    assert_eq!(first.check_plain(&plain, at).unwrap(), on_redb);
+    assert_eq!(
+        first.audit_size().unwrap(),
+        audit,
+        "not in the log before a move"
+    );
+    assert_eq!(
+        first.counts().unwrap(),
+        redb.counts().unwrap(),
+        "waiting service uses are counted"
+    );
+    assert_eq!(
+        pg.sql("SELECT count(*) FROM check_intake"),
+        plain.len().to_string()
+    );
+
+    // Two processes check and move at once; each check is moved once.
+    let rounds = 15;
+    std::thread::scope(|s| {
+        for store in [&first, &second] {
+            let plain = &plain;
+            s.spawn(move || {
+                for i in 0..rounds {
+                    store.check_plain(plain, at + i).unwrap();
+                    store.move_intake().unwrap();
+                }
+            });
+        }
+    });
+    // What the last round of each left behind.
+    second.drain_intake().unwrap();
+    assert_eq!(pg.sql("SELECT count(*) FROM check_intake"), "0");
+    let checked = plain.len() as u64 * (1 + 2 * rounds as u64);
+    assert_eq!(first.audit_size().unwrap(), audit + checked);
+    let named = on_redb.iter().filter(|a| a.medical_id.is_some()).count() as u64;
+    assert_eq!(
+        first.counts().unwrap().service_uses,
+        uses.service_uses + named * (1 + 2 * rounds as u64)
+    );
+    let report = first.audit_verify(&key.verifying_key()).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    // The first round moved into the logs matches redb's, person by person.
+    for p in &people[..6] {
+        let mine = first.service_uses(p.pid).unwrap();
+        let theirs = redb.reader().unwrap().service_uses(p.pid).unwrap();
+        assert_eq!(mine[..theirs.len()], theirs[..], "{}", p.medical_id);
+    }
+
+    // What changes the registry stays with the main writer.
+    let mut at_desk = plain[0].clone();
+    at_desk.visit_consent = true;
+    assert!(first.check_plain(&[at_desk], at).is_err());
+    assert_eq!(pg.sql("SELECT count(*) FROM check_intake"), "0");
+}

@@ -24,6 +24,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "front state",
         sql: include_str!("migrations/0002_front_state.sql"),
     },
+    Migration {
+        version: 3,
+        name: "check intake",
+        sql: include_str!("migrations/0003_check_intake.sql"),
+    },
 ];
 
 /// The schema version this binary works with.

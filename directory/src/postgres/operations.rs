@@ -122,8 +122,13 @@ impl Serving for PgStore {
     }
 
     fn start_writers(self: Arc<Self>, agency: SigningKey, max_group: usize) -> Result<Writers> {
-        Ok(Writers::single(agency, max_group, move |jobs| {
-            self.commit_group(jobs, crate::registry::now())
-        }))
+        let store = self.clone();
+        // What the last checks left in the intake, before the process stops.
+        let finish = Box::new(move || {
+            if let Err(e) = store.drain_intake() {
+                tracing::error!(error = %e, "moving checks from the intake failed");
+            }
+        });
+        Ok(Writers::start(&self, agency, max_group, Vec::new(), finish))
     }
 }

@@ -4,6 +4,7 @@
 //! commit sends together really cost one round trip.
 
 use super::audit::{APPEND, HEAD_INSERT, LATEST_HEAD, LEAF_INSERT, LOG_SIZE, SUBTREE_INSERT};
+use super::registry_tx::intake::INTAKE_WRITE;
 use super::registry_tx::{
     CARDS_AHEAD, CARD_WRITE, CONFLICT_KEY_WRITE, CONFLICT_WRITE, CONSENT_WRITE, COUNTER_WRITE,
     IDS_AHEAD, ID_WRITE, MY_NUMBER_WRITE, PERSON_WRITE, SERVICE_USE_WRITE,
@@ -38,6 +39,7 @@ pub const HOT: &[&str] = &[
     LEAF_INSERT,
     SUBTREE_INSERT,
     HEAD_INSERT,
+    INTAKE_WRITE,
 ];
 
 #[derive(Default)]

@@ -128,7 +128,7 @@ pub(crate) struct Resolved {
 }
 
 impl Resolved {
-    pub(super) fn into_answer(self) -> CheckAnswer {
+    pub(crate) fn into_answer(self) -> CheckAnswer {
         self.answer
     }
 }
@@ -298,9 +298,9 @@ fn record_new(
 
 /// What every check appends, whatever else it changes: its audit entry, and its
 /// service use when the key named a person.
-pub(super) type Entries = (LogEntry, Option<(u64, ServiceUse)>);
+pub(crate) type Entries = (LogEntry, Option<(u64, ServiceUse)>);
 
-pub(super) fn entries(req: &CheckRequest, r: &Resolved, at: Timestamp) -> Entries {
+pub(crate) fn entries(req: &CheckRequest, r: &Resolved, at: Timestamp) -> Entries {
     let entry = LogEntry::Eligibility {
         institution: req.institution,
         medical_id: r.answer.medical_id,
@@ -319,7 +319,7 @@ pub(super) fn entries(req: &CheckRequest, r: &Resolved, at: Timestamp) -> Entrie
     (entry, used)
 }
 
-pub(super) fn append_entries(
+pub(crate) fn append_entries(
     t: &mut (impl RegistryTx + ?Sized),
     (entry, used): &Entries,
 ) -> Result<()> {

@@ -12,7 +12,7 @@
 //! Where a job goes is decided once, when it is submitted (`intake::fits`).
 
 use super::{GrantQuery, Job, Outcome, Store, StoreError, Verified};
-use crate::registry::now;
+use crate::registry::{now, Timestamp};
 use ed25519_dalek::SigningKey;
 use iryo_proto::eligibility::{CheckAnswer, CheckRequest};
 use iryo_proto::federation::{Grant, Membership};
@@ -79,6 +79,10 @@ type Queue = mpsc::Receiver<(Job, Reply)>;
 /// delay before they show in the audit log and the patient's history.
 const MOVE_EVERY: Duration = Duration::from_millis(20);
 
+/// How often a move is tried again after one failed (the database is unreachable, or
+/// the disk refuses writes): the checks wait where they are, durable.
+const MOVE_AFTER_FAILURE: Duration = Duration::from_secs(1);
+
 #[derive(Clone)]
 pub struct GroupCommitter {
     tx: mpsc::Sender<(Job, Reply)>,
@@ -103,6 +107,51 @@ pub struct Writers {
 /// How often the head signer looks for entries a burst left without a signed head.
 const SIGN_EVERY: Duration = Duration::from_secs(1);
 
+/// What a backend's group commit runs on: the main writer's transactions, and the
+/// intake lanes where checks that only append to the logs are made durable without
+/// waiting for the main writer (`intake::fits` decides which).
+pub(crate) trait Committing: Send + Sync + 'static {
+    /// Decides `jobs` and commits all their effects in one transaction.
+    fn commit_group(&self, jobs: &[Job], at: Timestamp) -> Result<Vec<Outcome>, StoreError>;
+    /// How many intake lanes write at once.
+    fn intake_lanes(&self) -> usize;
+    /// Decides plain checks and makes them durable in intake lane `lane`.
+    fn check_into(
+        &self,
+        lane: usize,
+        jobs: &[Job],
+        at: Timestamp,
+    ) -> Result<Vec<Outcome>, StoreError>;
+    /// Moves what waits in the intake into the logs; how many entries moved.
+    fn move_intake(&self) -> Result<u64, StoreError>;
+}
+
+impl Committing for Store {
+    fn commit_group(&self, jobs: &[Job], at: Timestamp) -> Result<Vec<Outcome>, StoreError> {
+        Store::commit_group(self, jobs, at)
+    }
+
+    fn intake_lanes(&self) -> usize {
+        self.intake_files()
+    }
+
+    fn check_into(
+        &self,
+        lane: usize,
+        jobs: &[Job],
+        at: Timestamp,
+    ) -> Result<Vec<Outcome>, StoreError> {
+        Store::check_into(self, lane, jobs, at)
+    }
+
+    fn move_intake(&self) -> Result<u64, StoreError> {
+        Store::move_intake(self)
+    }
+}
+
+/// A thread that runs beside the writers until they stop: it is handed the stop flag.
+pub(crate) type Beside = (&'static str, Box<dyn FnOnce(Arc<AtomicBool>) + Send>);
+
 impl Store {
     /// Starts what serving needs: the group-commit writer, one writer per intake file,
     /// the folder (every `fold_every`) and the head signer. `agency` signs grants.
@@ -113,6 +162,59 @@ impl Store {
         fold_every: Duration,
     ) -> Result<Writers, StoreError> {
         self.mark_intake_in_use(true)?;
+        let folder = self.clone();
+        let signer = self.clone();
+        let beside: Vec<Beside> = vec![
+            (
+                "folder",
+                Box::new(move |stop: Arc<AtomicBool>| {
+                    super::folding::fold_until(&folder, fold_every, &stop);
+                }),
+            ),
+            (
+                "head-signer",
+                Box::new(move |stop: Arc<AtomicBool>| {
+                    while !stop.load(Ordering::Acquire) {
+                        std::thread::park_timeout(SIGN_EVERY);
+                        if let Err(e) = signer.sign_pending_head() {
+                            tracing::error!(error = %e, "signing the audit log's head failed");
+                        }
+                    }
+                }),
+            ),
+        ];
+        let store = self.clone();
+        // What the last checks left in the intake files, and the last entries' head,
+        // before the store is left alone.
+        let finish = Box::new(move || {
+            match store.drain_intake() {
+                Ok(_) => {
+                    if let Err(e) = store.mark_intake_in_use(false) {
+                        tracing::error!(error = %e, "recording that the intake files are drained failed");
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "moving checks from the intake files failed");
+                }
+            }
+            if let Err(e) = store.sign_pending_head() {
+                tracing::error!(error = %e, "signing the audit log's head failed");
+            }
+        });
+        Ok(Writers::start(self, agency, max_group, beside, finish))
+    }
+}
+
+impl Writers {
+    /// Starts the group-commit writer of `backend`, one writer per intake lane, and
+    /// the threads `beside`; `finish` runs once they have all stopped.
+    pub(crate) fn start<B: Committing>(
+        backend: &Arc<B>,
+        agency: SigningKey,
+        max_group: usize,
+        beside: Vec<Beside>,
+        finish: Box<dyn FnOnce() + Send>,
+    ) -> Self {
         let max = max_group.max(1);
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel::<(Job, Reply)>();
@@ -120,100 +222,30 @@ impl Store {
         let waiting = Arc::new(Mutex::new(waiting));
         let mut spawned = Vec::new();
         {
-            let (store, stop) = (self.clone(), stop.clone());
+            let (backend, stop) = (backend.clone(), stop.clone());
             spawned.push(thread("group-commit", move || {
-                commit_main(&store, &rx, max, &stop);
+                commit_main(&*backend, &rx, max, &stop);
             }));
         }
-        for file in 0..self.intake_files() {
-            let (store, waiting, stop) = (self.clone(), waiting.clone(), stop.clone());
-            spawned.push(thread(&format!("intake-{file}"), move || {
-                commit_intake(&store, file, &waiting, max, &stop);
+        for lane in 0..backend.intake_lanes() {
+            let (backend, waiting, stop) = (backend.clone(), waiting.clone(), stop.clone());
+            spawned.push(thread(&format!("intake-{lane}"), move || {
+                commit_intake(&*backend, lane, &waiting, max, &stop);
             }));
         }
-        {
-            let (store, stop) = (self.clone(), stop.clone());
-            spawned.push(thread("folder", move || {
-                super::folding::fold_until(&store, fold_every, &stop);
-            }));
+        for (name, run) in beside {
+            let stop = stop.clone();
+            spawned.push(thread(name, move || run(stop)));
         }
-        {
-            let (store, stop) = (self.clone(), stop.clone());
-            spawned.push(thread("head-signer", move || {
-                while !stop.load(Ordering::Acquire) {
-                    std::thread::park_timeout(SIGN_EVERY);
-                    if let Err(e) = store.sign_pending_head() {
-                        tracing::error!(error = %e, "signing the audit log's head failed");
-                    }
-                }
-            }));
-        }
-        let threads = spawned.into_iter().flatten().collect();
-        let store = self.clone();
-        Ok(Writers {
+        Writers {
             committer: GroupCommitter {
                 tx,
                 intake,
                 agency: Arc::new(agency),
             },
             stop,
-            threads,
-            // What the last checks left in the intake files, and the last entries'
-            // head, before the store is left alone.
-            finish: Some(Box::new(move || {
-                match store.drain_intake() {
-                    Ok(_) => {
-                        if let Err(e) = store.mark_intake_in_use(false) {
-                            tracing::error!(error = %e, "recording that the intake files are drained failed");
-                        }
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "moving checks from the intake files failed");
-                    }
-                }
-                if let Err(e) = store.sign_pending_head() {
-                    tracing::error!(error = %e, "signing the audit log's head failed");
-                }
-            })),
-        })
-    }
-}
-
-impl Writers {
-    /// One group-commit thread that hands each group to `commit`, for a backend whose
-    /// every job takes the same path (no intake files, no folding).
-    pub(crate) fn single(
-        agency: SigningKey,
-        max_group: usize,
-        commit: impl Fn(&[Job]) -> Result<Vec<Outcome>, StoreError> + Send + 'static,
-    ) -> Self {
-        let max = max_group.max(1);
-        let stop = Arc::new(AtomicBool::new(false));
-        let (tx, rx) = mpsc::channel::<(Job, Reply)>();
-        let threads = {
-            let stop = stop.clone();
-            thread("group-commit", move || {
-                while !stop.load(Ordering::Acquire) {
-                    match rx.recv_timeout(MOVE_EVERY) {
-                        Ok(first) => {
-                            let (jobs, replies) = gather(first, &rx, max);
-                            answer(replies, commit(&jobs), jobs.len());
-                        }
-                        Err(mpsc::RecvTimeoutError::Timeout) => {}
-                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
-                    }
-                }
-            })
-        };
-        Writers {
-            committer: GroupCommitter {
-                intake: tx.clone(),
-                tx,
-                agency: Arc::new(agency),
-            },
-            stop,
-            threads: threads.into_iter().collect(),
-            finish: None,
+            threads: spawned.into_iter().flatten().collect(),
+            finish: Some(finish),
         }
     }
 }
@@ -344,26 +376,49 @@ fn answer(replies: Vec<Reply>, outcomes: Result<Vec<Outcome>, StoreError>, jobs:
     }
 }
 
-fn commit_main(store: &Store, queue: &Queue, max: usize, stop: &AtomicBool) {
+fn commit_main(backend: &impl Committing, queue: &Queue, max: usize, stop: &AtomicBool) {
+    // Moved when nothing else is waiting, and at least every `MOVE_EVERY` under a
+    // steady stream of other jobs; after a failure, every `MOVE_AFTER_FAILURE`.
+    let (mut last, mut failing) = (std::time::Instant::now(), false);
     while !stop.load(Ordering::Acquire) {
         match queue.recv_timeout(MOVE_EVERY) {
             Ok(first) => {
                 let (jobs, replies) = gather(first, queue, max);
-                answer(replies, store.commit_group(&jobs, now()), jobs.len());
+                answer(replies, backend.commit_group(&jobs, now()), jobs.len());
             }
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                if let Err(e) = store.move_intake() {
-                    tracing::error!(error = %e, "moving checks from the intake files failed");
-                }
-            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
+        let wait = if failing { MOVE_AFTER_FAILURE } else { MOVE_EVERY };
+        if last.elapsed() < wait {
+            continue;
+        }
+        match backend.move_intake() {
+            Ok(_) if failing => {
+                tracing::info!("moving checks from the intake again");
+                failing = false;
+            }
+            Ok(_) => {}
+            // Once per outage: the store's own errors say what is wrong meanwhile.
+            Err(e) if !failing => {
+                tracing::error!(error = %e, "moving checks from the intake failed; trying again every second");
+                failing = true;
+            }
+            Err(_) => {}
+        }
+        last = std::time::Instant::now();
     }
 }
 
-/// One intake file's writer. The queue is shared: while one file waits for its disk,
-/// the next checks go to a file whose writer is free.
-fn commit_intake(store: &Store, file: usize, queue: &Mutex<Queue>, max: usize, stop: &AtomicBool) {
+/// One intake lane's writer. The queue is shared: while one lane waits for its disk,
+/// the next checks go to a lane whose writer is free.
+fn commit_intake(
+    backend: &impl Committing,
+    lane: usize,
+    queue: &Mutex<Queue>,
+    max: usize,
+    stop: &AtomicBool,
+) {
     while !stop.load(Ordering::Acquire) {
         let (jobs, replies) = {
             let Ok(queue) = queue.lock() else { return };
@@ -373,6 +428,6 @@ fn commit_intake(store: &Store, file: usize, queue: &Mutex<Queue>, max: usize, s
                 Err(mpsc::RecvTimeoutError::Disconnected) => return,
             }
         };
-        answer(replies, store.check_into(file, &jobs, now()), jobs.len());
+        answer(replies, backend.check_into(lane, &jobs, now()), jobs.len());
     }
 }

@@ -178,7 +178,7 @@ fn fresh_stamp() -> Result<u64> {
 /// Whether a job's checks can be recorded in an intake file: checks whose recording
 /// appends to the logs and nothing else, and that carry no idempotency key (which only
 /// the main writer can look up).
-pub(super) fn fits(job: &Job) -> bool {
+pub(crate) fn fits(job: &Job) -> bool {
     let plain = |r: &CheckRequest| {
         !r.visit_consent
             && r.idempotency_key.is_none()

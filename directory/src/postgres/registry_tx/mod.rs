@@ -24,6 +24,7 @@ use tokio::runtime::Runtime;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
 
+pub(crate) mod intake;
 mod primitives;
 
 // The statements of the group commit's hot path (`prepared::HOT`).
@@ -103,6 +104,8 @@ struct Writes {
     /// (pid, ServiceUse) in the order they happened.
     service_uses: Vec<(i64, Vec<u8>)>,
     consents: Vec<(i64, i64, Vec<u8>)>,
+    /// Checks' entries for the intake (`intake`): (pid of the service use, entries).
+    intake: Vec<(Option<i64>, Vec<u8>)>,
 }
 
 fn db(e: tokio_postgres::Error) -> crate::store::StoreError {
@@ -143,13 +146,13 @@ impl<'a> PgTx<'a> {
         }
     }
 
-    /// Takes the audit log's append lock and reads ahead what resolving `reqs` will
-    /// look up — the cards named with their branch (a card's standing answers for it
-    /// without its holder's record), and the medical IDs with their holders' records
-    /// — all in one round trip: the server runs them in the order
-    /// sent, so the lock is still the transaction's first. A group of checks then
-    /// costs a few statements instead of a few round trips per check.
-    pub(super) fn begin_audit_and_prefetch(&mut self, reqs: &[CheckRequest]) -> Result<()> {
+    /// Opens the transaction, takes the audit log's append lock if `lock`, and reads
+    /// ahead what resolving `reqs` will look up — the cards named with their branch (a
+    /// card's standing answers for it without its holder's record), and the medical IDs
+    /// with their holders' records — all in one round trip: the server runs them in
+    /// the order sent, so the lock is still the transaction's first. A group of checks
+    /// then costs a few statements instead of a few round trips per check.
+    pub(super) fn begin_and_prefetch(&mut self, reqs: &[CheckRequest], lock: bool) -> Result<()> {
         let (keys, ids) = check_keys(reqs)?;
         let known = self.edge.take();
         let (tx, rt, prepared, begun) = (self.tx, self.rt, self.prepared, self.begun);
@@ -157,15 +160,21 @@ impl<'a> PgTx<'a> {
             futures::try_join!(
                 async { begin(tx, prepared, begun).await.map_err(db) },
                 async {
+                    if !lock {
+                        return Ok(None);
+                    }
                     audit::begin(tx, known.as_ref(), prepared)
                         .await
+                        .map(Some)
                         .map_err(crate::store::StoreError::from)
                 },
                 async { read_checks(tx, &keys, &ids, prepared).await.map_err(db) },
             )
         })?;
         self.begun = true;
-        self.appender = Some(appender);
+        if appender.is_some() {
+            self.appender = appender;
+        }
         for k in keys {
             self.standings.insert(k, None);
         }
@@ -345,6 +354,7 @@ async fn write_out(
                 .collect::<Vec<_>>(),
         );
         let (use_pids, uses): (Vec<i64>, Vec<Vec<u8>>) = w.service_uses.into_iter().unzip();
+        let (intake_pids, intake): (Vec<Option<i64>>, Vec<Vec<u8>>) = w.intake.into_iter().unzip();
         let consents = (
             w.consents.iter().map(|c| c.0).collect::<Vec<_>>(),
             w.consents.iter().map(|c| c.1).collect::<Vec<_>>(),
@@ -427,6 +437,13 @@ async fn write_out(
             writes.push(Box::pin(async {
                 prepared
                     .execute(tx, CONSENT_WRITE, &[&consents.0, &consents.1, &consents.2])
+                    .await
+            }));
+        }
+        if !intake.is_empty() {
+            writes.push(Box::pin(async {
+                prepared
+                    .execute(tx, intake::INTAKE_WRITE, &[&intake_pids, &intake])
                     .await
             }));
         }

@@ -34,16 +34,8 @@ impl PgStore {
             let check = |t: &mut PgTx<'_>, req: &CheckRequest| {
                 checks::decide_and_record(t, req, retention, visit_days, at)
             };
-            let asked: Vec<CheckRequest> = jobs
-                .iter()
-                .flat_map(|j| match j {
-                    Job::Check(req) => std::slice::from_ref(req),
-                    Job::Checks(reqs) => reqs.as_slice(),
-                    Job::Grant(..) | Job::Notify(..) => &[],
-                })
-                .cloned()
-                .collect();
-            t.begin_audit_and_prefetch(&asked)?;
+            let asked = super::intake::checks_in(jobs);
+            t.begin_and_prefetch(&asked, true)?;
             let mut out = Vec::with_capacity(jobs.len());
             for job in jobs {
                 out.push(match job {

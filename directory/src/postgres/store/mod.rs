@@ -8,6 +8,7 @@
 
 mod exchange;
 mod front;
+mod intake;
 mod pool;
 
 use super::registry_tx::PgTx;
@@ -204,7 +205,7 @@ impl PgStore {
     pub fn check_batch(&self, reqs: &[CheckRequest], at: Timestamp) -> Result<Vec<CheckAnswer>> {
         let (retention, visit_days) = (self.retention_years, self.policy.visit_consent_days);
         self.write_grouped(|t| {
-            t.begin_audit_and_prefetch(reqs)?;
+            t.begin_and_prefetch(reqs, true)?;
             reqs.iter()
                 .map(|req| checks::decide_and_record(t, req, retention, visit_days, at))
                 .collect()
@@ -299,7 +300,7 @@ impl PgStore {
         self.transaction(Begin::Now, f)
     }
 
-    /// Runs `f`, whose first step is `PgTx::begin_audit_and_prefetch`, in one
+    /// Runs `f`, whose first step is `PgTx::begin_and_prefetch`, in one
     /// transaction: BEGIN, the log's lock and the reads ahead go out together.
     fn write_grouped<T>(&self, f: impl FnOnce(&mut PgTx<'_>) -> Result<T>) -> Result<T> {
         self.transaction(Begin::WithReads, f)
@@ -614,7 +615,9 @@ impl PgStore {
             let r = c
                 .query_one(
                     "SELECT (SELECT count(*) FROM persons), (SELECT count(*) FROM medical_ids),
-                            (SELECT count(*) FROM cards), (SELECT count(*) FROM service_uses)",
+                            (SELECT count(*) FROM cards),
+                            (SELECT count(*) FROM service_uses)
+                              + (SELECT count(pid) FROM check_intake)",
                     &[],
                 )
                 .await?;
