@@ -53,6 +53,9 @@ pub struct StorageConfig {
     pub url: Option<String>,
     /// Connections each process keeps to the database.
     pub pool_size: usize,
+    /// Connections that record the network's plain checks side by side, without the
+    /// audit log's lock (0: every check goes through the one group-commit writer).
+    pub intake_lanes: usize,
     /// The longest one statement may run before it fails with an error, in seconds
     /// (unless the URL sets `options` itself).
     pub statement_timeout_seconds: u64,
@@ -66,6 +69,7 @@ impl Default for StorageConfig {
         Self {
             url: None,
             pool_size: crate::postgres::POOL_SIZE,
+            intake_lanes: crate::postgres::INTAKE_LANES,
             statement_timeout_seconds: crate::postgres::STATEMENT_TIMEOUT.as_secs(),
             ca_file: None,
         }

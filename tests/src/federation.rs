@@ -457,11 +457,17 @@ impl Federation {
     }
 
     /// Another `serve` process of the directory on the same data directory and
-    /// database (PostgreSQL); the process and its p2p address.
+    /// database (PostgreSQL), recording plain checks on two intake lanes where the
+    /// first records them through its group-commit writer; the process and its p2p
+    /// address.
     pub fn another_directory(&self) -> (Proc, String) {
+        let config = self.registry.path("lanes.toml");
+        std::fs::write(&config, "[storage]\nintake_lanes = 2\n").expect("write lanes.toml");
         let mut cmd = Command::new(directory_bin());
         cmd.arg("--data-dir")
             .arg(&self.registry.data)
+            .arg("--config")
+            .arg(&config)
             .args(["serve", "--listen", "/ip4/127.0.0.1/tcp/0"])
             .env("RUST_LOG", "warn")
             .env_remove("SSLKEYLOGFILE");

@@ -46,6 +46,10 @@ fn two_serve_processes_answer_one_federation_from_one_database() {
         fed.registry.ok(&["enroll", more.to_str().unwrap()]);
     });
     assert_eq!(fed.registry.json(&["status"])["service_uses"], 80);
+    // The second process recorded its node's checks in the intake, the first through
+    // its group-commit writer; either moves them into the log, each once (below:
+    // `audit verify`).
+    assert_eq!(pg.sql("SELECT is_called FROM check_intake_seq_seq"), "t");
 
     // An exchange across the two: node 1 (on the second process) fetches what node 0
     // (on the first) holds; each reports its end to its own process.

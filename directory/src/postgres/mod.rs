@@ -25,6 +25,13 @@ pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Connections a process keeps when the configuration does not say.
 pub const POOL_SIZE: usize = 4;
 
+/// Intake lanes when the configuration does not say (`store/intake.rs`): none, so
+/// every check goes through the group-commit writer. On a machine whose cores the
+/// database shares with the directory, lanes raise the rate at saturation by about a
+/// third but lengthen the steady rate's tail (BENCHMARKS.md); an agency whose database
+/// has cores of its own, or that runs several `serve` processes, sets two.
+pub const INTAKE_LANES: usize = 0;
+
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum PgError {
@@ -82,6 +89,7 @@ pub struct DatabaseUrl {
     /// Whether the URL set the session's `options` itself (then they are left alone).
     own_options: bool,
     pool_size: usize,
+    intake_lanes: usize,
     /// How the server's certificate is checked, when connections use TLS.
     tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
@@ -126,6 +134,7 @@ impl DatabaseUrl {
             config,
             own_options,
             pool_size: POOL_SIZE,
+            intake_lanes: INTAKE_LANES,
             tls: None,
         })
     }
@@ -140,6 +149,7 @@ impl DatabaseUrl {
             )));
         }
         self.pool_size = storage.pool_size.max(1);
+        self.intake_lanes = storage.intake_lanes;
         if let Some(path) = &storage.ca_file {
             self.tls = Some(std::sync::Arc::new(tls_config(path)?));
             self.config
@@ -151,6 +161,18 @@ impl DatabaseUrl {
     /// Connections a process keeps to this database.
     pub fn pool_size(&self) -> usize {
         self.pool_size
+    }
+
+    /// Connections that record plain checks beside the group-commit writer.
+    pub fn intake_lanes(&self) -> usize {
+        self.intake_lanes
+    }
+
+    /// The same database with `lanes` intake lanes.
+    #[must_use]
+    pub fn with_intake_lanes(mut self, lanes: usize) -> Self {
+        self.intake_lanes = lanes;
+        self
     }
 
     /// Connects, and drives the connection on the current Tokio runtime.

@@ -239,8 +239,13 @@ impl Writers {
         }
         Writers {
             committer: GroupCommitter {
+                // Without lanes, the main writer takes every job.
+                intake: if backend.intake_lanes() == 0 {
+                    tx.clone()
+                } else {
+                    intake
+                },
                 tx,
-                intake,
                 agency: Arc::new(agency),
             },
             stop,
@@ -389,22 +394,25 @@ fn commit_main(backend: &impl Committing, queue: &Queue, max: usize, stop: &Atom
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
-        let wait = if failing { MOVE_AFTER_FAILURE } else { MOVE_EVERY };
+        let wait = if failing {
+            MOVE_AFTER_FAILURE
+        } else {
+            MOVE_EVERY
+        };
         if last.elapsed() < wait {
             continue;
         }
-        match backend.move_intake() {
-            Ok(_) if failing => {
+        match (backend.move_intake(), failing) {
+            (Ok(_), true) => {
                 tracing::info!("moving checks from the intake again");
                 failing = false;
             }
-            Ok(_) => {}
             // Once per outage: the store's own errors say what is wrong meanwhile.
-            Err(e) if !failing => {
+            (Err(e), false) => {
                 tracing::error!(error = %e, "moving checks from the intake failed; trying again every second");
                 failing = true;
             }
-            Err(_) => {}
+            (Ok(_), false) | (Err(_), true) => {}
         }
         last = std::time::Instant::now();
     }

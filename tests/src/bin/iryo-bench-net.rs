@@ -58,6 +58,10 @@ struct Args {
     /// baseline there too: lookup-plus-insert transactions from 16 connections.
     #[arg(long, value_name = "URL")]
     database: Option<String>,
+    /// With --database: connections that record plain checks beside the group-commit
+    /// writer (`[storage] intake_lanes`; 0 sends every check through that writer).
+    #[arg(long, value_name = "N", default_value_t = iryo_directory::postgres::INTAKE_LANES)]
+    intake_lanes: usize,
 }
 
 /// A check with the `n`th key of a run, when keys are asked for.
@@ -159,7 +163,8 @@ async fn run(args: Args) -> Result<()> {
         .database
         .as_deref()
         .map(iryo_directory::postgres::DatabaseUrl::parse)
-        .transpose()?;
+        .transpose()?
+        .map(|u| u.with_intake_lanes(args.intake_lanes));
     let fed = LocalFederation::start_on(tmp.path(), 10_000, database.as_ref()).await?;
     println!(
         "iryo-bench-net — directory with 10,000 people on {}, nodes on 127.0.0.1",

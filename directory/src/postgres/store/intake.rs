@@ -12,9 +12,6 @@ use crate::registry::eligibility::{CheckAnswer, CheckRequest};
 use crate::registry::Timestamp;
 use crate::store::{checks, intake::fits, Committing, Job, Outcome, Result, StoreError};
 
-/// Lanes writing plain checks at once, each on a connection of the pool.
-const INTAKE_LANES: usize = 2;
-
 /// Rows one move takes at most, so that a grant committed behind a move waits for a
 /// bounded one.
 const MOVE_AT_ONCE: i64 = 4_000;
@@ -123,7 +120,7 @@ impl Committing for PgStore {
     }
 
     fn intake_lanes(&self) -> usize {
-        INTAKE_LANES
+        self.url.intake_lanes()
     }
 
     fn check_into(&self, _lane: usize, jobs: &[Job], at: Timestamp) -> Result<Vec<Outcome>> {
