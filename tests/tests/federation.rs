@@ -318,10 +318,10 @@ on_both_backends! {
         };
 
         let g = fresh();
-        assert!(matches!(
-            fetch(p, Purpose::Treatment, g.clone()),
-            ExchangeResponse::Records { .. }
-        ));
+        match fetch(p, Purpose::Treatment, g.clone()) {
+            ExchangeResponse::Records { .. } => {}
+            other => panic!("a fresh grant was not served: {other:?}"),
+        }
         assert_eq!(
             refusal(fetch(p, Purpose::Treatment, g.clone())),
             RefusalReason::Grant(GrantRefusal::Replayed)
