@@ -10,7 +10,7 @@ use iryo_directory::issuance::{Issuer, Method};
 use iryo_directory::postgres::{DatabaseUrl, PgStore};
 use iryo_directory::registry::eligibility::{CheckKey, CheckRequest};
 use iryo_directory::registry::{Person, ServiceUse};
-use iryo_directory::store::{ConflictAction, MismatchAction, Plan, Store, StoreError};
+use iryo_directory::store::{plain_check, ConflictAction, MismatchAction, Plan, Store, StoreError};
 use iryo_proto::{IdempotencyKey, InstitutionCode, MedicalId, MyNumber};
 use iryo_tests::pg::Cluster;
 use iryo_tests::stores::{database, enroll, query, same, sample};
@@ -475,25 +475,61 @@ fn checks(people: &[Person], replaced: MedicalId) -> Vec<CheckRequest> {
     out
 }
 
-#[test]
-fn checks_on_postgres_answer_and_record_as_redb_does() {
-    let pg = Cluster::start();
+/// A sample of `n` people enrolled into redb and into PostgreSQL alike, one of whose
+/// medical IDs was then replaced on both.
+struct Enrolled {
+    redb: Store,
+    postgres: PgStore,
+    url: DatabaseUrl,
+    key: SigningKey,
+    people: Vec<Person>,
+    replaced: MedicalId,
+    _tmp: tempfile::TempDir,
+}
+
+const AT: i64 = 1_800_000_000;
+
+fn enrolled_on_both(pg: &Cluster, n: u64) -> Enrolled {
     let tmp = tempfile::tempdir().unwrap();
-    let files = sample(tmp.path(), 400);
+    let files = sample(tmp.path(), n);
     let issuer = Issuer::fpe(&[3; 32]);
     let key = ed25519_dalek::SigningKey::from_bytes(&[5; 32]);
     let redb = Store::create(&tmp.path().join("directory.redb"), 16, Method::Fpe)
         .unwrap()
         .with_signer(key.clone());
     let url = DatabaseUrl::parse(&pg.url()).unwrap();
-    let postgres = PgStore::create(&url, Method::Fpe).unwrap().with_signer(key);
+    let postgres = PgStore::create(&url, Method::Fpe)
+        .unwrap()
+        .with_signer(key.clone());
     enroll(&redb, &issuer, &files);
     enroll(&postgres, &issuer, &files);
     let people = redb.persons().unwrap();
-    let at = 1_800_000_000;
     let replaced = people[9].medical_id;
-    redb.change_id(replaced, "lost", &issuer, at).unwrap();
-    postgres.change_id(replaced, "lost", &issuer, at).unwrap();
+    redb.change_id(replaced, "lost", &issuer, AT).unwrap();
+    postgres.change_id(replaced, "lost", &issuer, AT).unwrap();
+    Enrolled {
+        redb,
+        postgres,
+        url,
+        key,
+        people,
+        replaced,
+        _tmp: tmp,
+    }
+}
+
+#[test]
+fn checks_on_postgres_answer_and_record_as_redb_does() {
+    let pg = Cluster::start();
+    let Enrolled {
+        redb,
+        postgres,
+        url,
+        people,
+        replaced,
+        ..
+    } = enrolled_on_both(&pg, 400);
+    let at = AT;
 
     let asked = checks(&people, replaced);
     let on_redb = redb.check_batch(&asked, at).unwrap();
@@ -605,38 +641,20 @@ fn checks_on_postgres_answer_and_record_as_redb_does() {
 #[test]
 fn plain_checks_wait_in_the_intake_and_reach_the_logs_once() {
     let pg = Cluster::start();
-    let tmp = tempfile::tempdir().unwrap();
-    let files = sample(tmp.path(), 200);
-    let issuer = Issuer::fpe(&[3; 32]);
-    let key = ed25519_dalek::SigningKey::from_bytes(&[5; 32]);
-    let redb = Store::create(&tmp.path().join("directory.redb"), 16, Method::Fpe)
-        .unwrap()
-        .with_signer(key.clone());
-    let url = DatabaseUrl::parse(&pg.url()).unwrap();
-    let first = PgStore::create(&url, Method::Fpe)
-        .unwrap()
-        .with_signer(key.clone());
+    let Enrolled {
+        redb,
+        postgres: first,
+        url,
+        key,
+        people,
+        replaced,
+        ..
+    } = enrolled_on_both(&pg, 200);
+    let at = AT;
     let second = PgStore::open(&url).unwrap().with_signer(key.clone());
-    enroll(&redb, &issuer, &files);
-    enroll(&first, &issuer, &files);
-    let people = redb.persons().unwrap();
-    let at = 1_800_000_000;
-    let replaced = people[9].medical_id;
-    redb.change_id(replaced, "lost", &issuer, at).unwrap();
-    first.change_id(replaced, "lost", &issuer, at).unwrap();
     let plain: Vec<CheckRequest> = checks(&people, replaced)
         .into_iter()
-        .filter(|r| {
-            !r.visit_consent
-                && r.idempotency_key.is_none()
-                && !matches!(
-                    r.key,
-                    CheckKey::Card {
-                        presented: Some(_),
-                        ..
-                    }
-                )
-        })
+        .filter(plain_check)
         .collect();
     let (audit, uses) = (first.audit_size().unwrap(), first.counts().unwrap());
 

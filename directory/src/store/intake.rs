@@ -175,21 +175,42 @@ fn fresh_stamp() -> Result<u64> {
     Ok(u64::from_le_bytes(bytes).max(1))
 }
 
+/// Whether a check appends to the logs and changes nothing else: no consent given at
+/// the visit, no presented medical ID to compare, no idempotency key.
+pub fn plain(r: &CheckRequest) -> bool {
+    !r.visit_consent
+        && r.idempotency_key.is_none()
+        && !matches!(
+            r.key,
+            CheckKey::Card {
+                presented: Some(_),
+                ..
+            }
+        )
+}
+
+/// Answers each job of plain checks with `record`, in order; anything else is refused.
+pub(crate) fn answer_plain(
+    jobs: &[Job],
+    mut record: impl FnMut(&CheckRequest) -> Result<CheckAnswer>,
+) -> Result<Vec<Outcome>> {
+    let mut out = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        out.push(match job {
+            Job::Check(req) => Outcome::Check(record(req)?),
+            Job::Checks(reqs) => {
+                Outcome::Checks(reqs.iter().map(&mut record).collect::<Result<_>>()?)
+            }
+            Job::Grant(..) | Job::Notify(..) => return Err(not_plain()),
+        });
+    }
+    Ok(out)
+}
+
 /// Whether a job's checks can be recorded in an intake file: checks whose recording
 /// appends to the logs and nothing else, and that carry no idempotency key (which only
 /// the main writer can look up).
 pub(crate) fn fits(job: &Job) -> bool {
-    let plain = |r: &CheckRequest| {
-        !r.visit_consent
-            && r.idempotency_key.is_none()
-            && !matches!(
-                r.key,
-                CheckKey::Card {
-                    presented: Some(_),
-                    ..
-                }
-            )
-    };
     match job {
         Job::Check(r) => plain(r),
         Job::Checks(rs) => rs.iter().all(plain),
@@ -227,8 +248,8 @@ pub(super) fn move_into(
     Ok((marks, entries))
 }
 
-fn not_plain() -> StoreError {
-    StoreError::Inconsistent("a job that changes the registry was sent to an intake file".into())
+pub(crate) fn not_plain() -> StoreError {
+    StoreError::Inconsistent("a job that changes the registry was sent to the intake".into())
 }
 
 pub(super) fn publish(files: &[IntakeFile], marks: &[(usize, u64)]) {
@@ -285,24 +306,15 @@ impl Store {
         );
         let until = moved.min(deleted + DELETE_AT_ONCE).max(deleted);
         let mut next = f.next.load(Ordering::Acquire);
-        let mut out = Vec::with_capacity(jobs.len());
+        let out;
         {
             let mut table = tx.open_table(CHECKS)?;
-            let mut record = |req: &CheckRequest| -> Result<CheckAnswer> {
+            out = answer_plain(jobs, |req| {
                 let r = reader.resolve(req)?;
                 table.insert(next, encode(&checks::entries(req, &r, at))?.as_slice())?;
                 next += 1;
                 Ok(r.into_answer())
-            };
-            for job in jobs {
-                out.push(match job {
-                    Job::Check(req) => Outcome::Check(record(req)?),
-                    Job::Checks(reqs) => {
-                        Outcome::Checks(reqs.iter().map(&mut record).collect::<Result<_>>()?)
-                    }
-                    Job::Grant(..) | Job::Notify(..) => return Err(not_plain()),
-                });
-            }
+            })?;
             // Entries already moved go, a bounded number per commit.
             if until > deleted {
                 table.retain_in(deleted..until, |_, _| false)?;

@@ -43,6 +43,7 @@ pub use folding::Folding;
 pub(crate) use front::job_from;
 pub use front::{Front, JobState, SessionRecord, TryCount, TryCounts};
 pub(crate) use group::{Job, Outcome};
+pub use intake::plain as plain_check;
 pub(crate) use operations::forward;
 pub use operations::Operations;
 pub use portal::{activation_hash, new_activation_code, Account, Activation};

@@ -10,7 +10,8 @@
 use super::PgStore;
 use crate::registry::eligibility::{CheckAnswer, CheckRequest};
 use crate::registry::Timestamp;
-use crate::store::{checks, intake::fits, Committing, Job, Outcome, Result, StoreError};
+use crate::store::intake::{answer_plain, fits, not_plain};
+use crate::store::{checks, Committing, Job, Outcome, Result, StoreError};
 
 /// Rows one move takes at most, so that a grant committed behind a move waits for a
 /// bounded one.
@@ -26,10 +27,6 @@ pub(super) fn checks_in(jobs: &[Job]) -> Vec<CheckRequest> {
         })
         .cloned()
         .collect()
-}
-
-fn not_plain() -> StoreError {
-    StoreError::Inconsistent("a job that changes the registry was sent to the intake".into())
 }
 
 impl PgStore {
@@ -56,22 +53,11 @@ impl PgStore {
         let asked = checks_in(jobs);
         self.write_grouped(|t| {
             t.begin_and_prefetch(&asked, false)?;
-            let mut record = |req: &CheckRequest| -> Result<CheckAnswer> {
+            answer_plain(jobs, |req| {
                 let r = checks::answer(checks::find(t, &req.key)?, req, retention);
                 t.keep_for_intake(&checks::entries(req, &r, at))?;
                 Ok(r.into_answer())
-            };
-            let mut out = Vec::with_capacity(jobs.len());
-            for job in jobs {
-                out.push(match job {
-                    Job::Check(req) => Outcome::Check(record(req)?),
-                    Job::Checks(reqs) => {
-                        Outcome::Checks(reqs.iter().map(&mut record).collect::<Result<_>>()?)
-                    }
-                    Job::Grant(..) | Job::Notify(..) => return Err(not_plain()),
-                });
-            }
-            Ok(out)
+            })
         })
     }
 
