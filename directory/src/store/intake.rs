@@ -248,6 +248,17 @@ pub(super) fn move_into(
     Ok((marks, entries))
 }
 
+/// Runs `step` (one move) until it moves nothing; how many entries moved in all.
+pub(crate) fn drain(mut step: impl FnMut() -> Result<u64>) -> Result<u64> {
+    let mut total = 0;
+    loop {
+        match step()? {
+            0 => return Ok(total),
+            moved => total += moved,
+        }
+    }
+}
+
 pub(crate) fn not_plain() -> StoreError {
     StoreError::Inconsistent("a job that changes the registry was sent to the intake".into())
 }
@@ -350,13 +361,7 @@ impl Store {
     /// Moves everything the intake files hold, in as many commits as it takes: when a
     /// store opens, and when the service stops.
     pub fn drain_intake(&self) -> Result<u64> {
-        let mut total = 0;
-        loop {
-            match self.move_intake()? {
-                0 => return Ok(total),
-                moved => total += moved,
-            }
-        }
+        drain(|| self.move_intake())
     }
 }
 

@@ -78,13 +78,7 @@ impl PgStore {
 
     /// Moves everything the intake holds, in as many transactions as it takes.
     pub fn drain_intake(&self) -> Result<u64> {
-        let mut total = 0;
-        loop {
-            match self.move_intake()? {
-                0 => return Ok(total),
-                moved => total += moved,
-            }
-        }
+        crate::store::intake::drain(|| self.move_intake())
     }
 
     /// Whether any row waits in the intake; asked without the log's lock, so an idle
