@@ -701,7 +701,7 @@ fn plain_checks_wait_in_the_intake_and_reach_the_logs_once() {
     );
     let report = first.audit_verify(&key.verifying_key()).unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
-    // The first round moved into the logs matches redb's, person by person.
+    // The checks made before the two stores ran, moved first, match redb's, person by person.
     for p in &people[..6] {
         let mine = first.service_uses(p.pid).unwrap();
         let theirs = redb.reader().unwrap().service_uses(p.pid).unwrap();
