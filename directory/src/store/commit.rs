@@ -1,13 +1,15 @@
 //! What a serving store runs beside it, started and stopped as one (`Writers`, a drop
-//! guard as mini-redis's `DbDropGuard` is):
+//! guard as mini-redis's `DbDropGuard` is), on either backend (`Committing`):
 //! - group commit for what nodes ask over the network: one thread takes whatever checks
 //!   and grant requests are waiting, decides them in one transaction, commits once, and
 //!   only then answers each — so every answer is durable, and a commit's cost is shared;
-//! - checks that only append to the logs go to the intake files instead, one thread per
-//!   file taking whatever is waiting (`intake`); the main thread moves them into the logs
-//!   with its next commit, or after `MOVE_EVERY` without one;
-//! - the folder, which builds the per-person indexes from the logs (`folding`);
-//! - a signer of the audit log's head for the entries a burst left unsigned.
+//! - checks that only append to the logs go to the intake lanes instead (redb's intake
+//!   files, `intake`; PostgreSQL's intake table, when it has lanes), one thread per lane
+//!   taking whatever is waiting; the main thread moves them into the logs at least every
+//!   `MOVE_EVERY`;
+//! - on redb, the folder, which builds the per-person indexes from the logs
+//!   (`folding`), and a signer of the audit log's head for the entries a burst left
+//!   unsigned.
 //!
 //! Where a job goes is decided once, when it is submitted (`intake::fits`).
 
