@@ -33,18 +33,27 @@ pub fn enroll(store: &impl EnrollBatch, issuer: &Issuer, files: &[PathBuf]) -> V
 }
 
 /// A file that contradicts the sample: the first row of `file` under another name,
-/// held as a conflict, and the same row with a My Number that is no My Number,
-/// rejected.
+/// held as a conflict; the same row with a My Number that is no My Number, rejected;
+/// and the second row's card under a My Number never seen, held as a conflict (the
+/// card is another person's; on PostgreSQL, a row the batch takes for new until the
+/// card's unique index refuses it).
 pub fn contradicting(file: &Path, out: &Path) -> PathBuf {
     let mut r = csv::Reader::from_path(file).unwrap();
     let header = r.headers().unwrap().clone();
     let at = |name: &str| header.iter().position(|h| h == name).unwrap();
-    let first = r.records().next().unwrap().unwrap();
+    let mut records = r.records();
+    let first = records.next().unwrap().unwrap();
+    let second = records.next().unwrap().unwrap();
     let path = out.join("contradicting.csv");
     let mut w = csv::Writer::from_path(&path).unwrap();
     w.write_record(&header).unwrap();
-    for (column, value) in [("name", "別人 太郎"), ("my_number", "123")] {
-        let mut row: Vec<String> = first.iter().map(str::to_string).collect();
+    let stranger = iryo_proto::MyNumber::from_body(98_765_432_109).to_string();
+    for (base, column, value) in [
+        (&first, "name", "別人 太郎"),
+        (&first, "my_number", "123"),
+        (&second, "my_number", stranger.as_str()),
+    ] {
+        let mut row: Vec<String> = base.iter().map(str::to_string).collect();
         row[at(column)] = value.to_string();
         w.write_record(&row).unwrap();
     }

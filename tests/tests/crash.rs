@@ -1,7 +1,8 @@
 //! A process killed in the middle of enrollment, then run again, ends in exactly the
-//! state of one uninterrupted run.
+//! state of one uninterrupted run — on redb, and on PostgreSQL, whose batches write
+//! their new persons by COPY.
 
-use iryo_tests::{snapshot, Directory};
+use iryo_tests::{on_both_backends, Directory};
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 
@@ -18,13 +19,33 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     }
 }
 
-#[test]
-fn killed_enrollment_rerun_equals_one_uninterrupted_run() {
-    let whole = Directory::new();
+/// A directory for the run that gets killed: the same keys as `whole` and an empty
+/// registry beside it (a copy of its empty redb file, or a database of its own in the
+/// same cluster).
+fn beside(whole: &Directory) -> Directory {
+    match &whole.cluster {
+        None => {
+            let killed = Directory::new();
+            copy_dir(&whole.data, &killed.data);
+            killed
+        }
+        Some(cluster) => {
+            let url = iryo_tests::stores::database(cluster, "killed");
+            let killed = Directory::on_postgres(&url.to_string());
+            killed.ok(&["init"]);
+            // The same issuance key, so the same medical IDs.
+            std::fs::remove_dir_all(killed.data.join("keys")).unwrap();
+            copy_dir(&whole.data.join("keys"), &killed.data.join("keys"));
+            killed
+        }
+    }
+}
+
+on_both_backends! {
+fn killed_enrollment_rerun_equals_one_uninterrupted_run(backend) {
+    let whole = Directory::on(backend);
     whole.ok(&["init"]);
-    // The same keys and empty database for the run that gets killed.
-    let killed = Directory::new();
-    copy_dir(&whole.data, &killed.data);
+    let killed = beside(&whole);
 
     let sample = whole.path("sample");
     whole.ok(&[
@@ -33,6 +54,8 @@ fn killed_enrollment_rerun_equals_one_uninterrupted_run() {
         "12000",
         "--seed",
         "11",
+        "--bad-rows",
+        "1",
         "--out",
         &sample.display().to_string(),
     ]);
@@ -41,10 +64,22 @@ fn killed_enrollment_rerun_equals_one_uninterrupted_run() {
         .map(|e| e.unwrap().path().display().to_string())
         .collect();
     files.sort();
+    // Conflicts too: a person under another name, a stranger with someone's card.
+    let first = std::path::PathBuf::from(&files[0]);
+    files.push(
+        iryo_tests::stores::contradicting(&first, &whole.path(""))
+            .display()
+            .to_string(),
+    );
     let mut args = vec!["enroll", "--batch-rows", "300"];
     args.extend(files.iter().map(String::as_str));
+    // Rejected rows: exit code 3, the rest enrolled.
+    let enrolled = |d: &Directory| {
+        let out = d.run(&args);
+        assert_eq!(out.status.code(), Some(3), "{out:?}");
+    };
 
-    whole.ok(&args);
+    enrolled(&whole);
 
     let mut child = killed
         .command(&args)
@@ -67,16 +102,24 @@ fn killed_enrollment_rerun_equals_one_uninterrupted_run() {
     child.kill().unwrap();
     let status = child.wait().unwrap();
     assert!(!status.success(), "killed mid-run");
-    let partial = snapshot(&killed.db());
+    let partial = killed.snapshot();
     let partial_len = partial.as_array().unwrap().len();
     assert!(
         partial_len > 0,
         "some batches were committed before the kill"
     );
 
-    killed.ok(&args);
-    let expected = snapshot(&whole.db());
+    enrolled(&killed);
+    let expected = whole.snapshot();
     assert!(expected.as_array().unwrap().len() > partial_len);
-    assert_eq!(snapshot(&killed.db()), expected);
+    assert_eq!(killed.snapshot(), expected);
     assert_eq!(killed.json(&["status"]), whole.json(&["status"]));
+    let conflicts = |d: &Directory| {
+        let mut v = d.json(&["conflicts", "list", "--all", "--json"]);
+        iryo_tests::stores::timeless(&mut v);
+        v
+    };
+    assert!(conflicts(&whole).as_array().unwrap().len() >= 2);
+    assert_eq!(conflicts(&killed), conflicts(&whole));
+}
 }

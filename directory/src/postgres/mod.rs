@@ -65,6 +65,10 @@ pub enum PgError {
     NoTlsRoots { url: String },
     #[error("{path}: {reason}; `ca_file` in [storage] must be the PEM file of the CA that signed the database server's certificate")]
     TlsRoots { path: String, reason: String },
+    /// A row a batch took for new was known after all (a unique index refused it):
+    /// the batch is rolled back and applied again with its keys looked up first.
+    #[error("an enrollment row taken for new names a My Number, card or ID already registered")]
+    KnownAfterAll,
     /// The database needs `iryo-directory migrate` first.
     #[error("the database's schema is version {found}, older than this iryo-directory needs ({known}); run `iryo-directory migrate --database URL` first")]
     Older { found: i32, known: i32 },

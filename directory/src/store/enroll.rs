@@ -64,13 +64,9 @@ pub(crate) fn apply_batch(
     issuer: &Issuer,
     at: Timestamp,
 ) -> Result<BatchReport> {
-    // Applying in My Number order keeps the My Number index's pages hot; the sort is
-    // stable and deterministic, so a re-run assigns the same pids.
-    let mut order: Vec<usize> = (0..rows.len()).collect();
-    order.sort_by_key(|&i| rows[i].my_number);
     t.prefetch_rows(rows, candidates)?;
     let mut outcomes = vec![RowOutcome::Unchanged; rows.len()];
-    for i in order {
+    for i in application_order(rows) {
         let first = candidates.and_then(|c| c.get(i).copied());
         let row_source = format!("{source}:{}", rows[i].line);
         outcomes[i] = apply_row(t, &row_source, &rows[i], first, issuer, at)?;
@@ -80,10 +76,19 @@ pub(crate) fn apply_batch(
     })
 }
 
+/// The order a batch's rows are applied in, which decides the pids new persons get:
+/// by My Number, which keeps the My Number index's pages hot. The sort is stable and
+/// deterministic, so a re-run assigns the same pids, and both backends assign alike.
+pub(crate) fn application_order(rows: &[EnrollmentRow]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..rows.len()).collect();
+    order.sort_by_key(|&i| rows[i].my_number);
+    order
+}
+
 /// The rules of proposal §2-1 against the tables: match by My Number, never overwrite
 /// identity, hold disagreements as conflicts. `source` says where the row came from
 /// (`FILE:LINE`, or an operator's case), for the history and the conflict.
-pub(super) fn apply_row(
+pub(crate) fn apply_row(
     t: &mut (impl RegistryTx + ?Sized),
     source: &str,
     row: &EnrollmentRow,

@@ -33,7 +33,7 @@ pub use cases::{ConflictAction, MismatchAction};
 pub use checks::Reader;
 pub(crate) use commit::Committing;
 pub use commit::{CommitError, GroupCommitter, Writers};
-pub(crate) use enroll::apply_batch;
+pub(crate) use enroll::{application_order, apply_row};
 pub use enroll::{BatchReport, EnrollBatch};
 pub use federation::{
     verify_notifications, GrantQuery, GrantRecord, InstitutionRecord, NotifyOutcome, ReportsTaken,

@@ -24,6 +24,7 @@ use tokio::runtime::Runtime;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
 
+pub(crate) mod bulk;
 pub(crate) mod intake;
 mod primitives;
 

@@ -373,7 +373,20 @@ impl PgStore {
         issuer: &Issuer,
         at: Timestamp,
     ) -> Result<BatchReport> {
-        self.write_unlogged(|t| crate::store::apply_batch(t, source, rows, candidates, issuer, at))
+        use super::registry_tx::bulk::{enroll, Lookup};
+        let apply = |lookup| {
+            self.write_unlogged(|t| enroll(t, source, rows, candidates, issuer, at, lookup))
+        };
+        match apply(Lookup::Numbers) {
+            Err(StoreError::Postgres(PgError::KnownAfterAll)) => {
+                tracing::debug!(
+                    source,
+                    "a card or ID of a new row is taken; looking all keys up"
+                );
+                apply(Lookup::All)
+            }
+            done => done,
+        }
     }
 
     /// The person a lookup table's row names, if it names one.
