@@ -7,7 +7,6 @@ use chrono::{Days, NaiveDate};
 use iryo_proto::{InsurerKind, InsurerNumber, MyNumber};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
@@ -170,13 +169,23 @@ fn date(rng: &mut StdRng, from_year: i32, to_year: i32) -> NaiveDate {
     start + Days::new(rng.random_range(0..span))
 }
 
-struct Writers {
-    files: Vec<(PathBuf, BufWriter<File>)>,
+/// Persons generated together, from a random stream of their own: chunks are written
+/// in parallel and appended in order, so a seed gives the same files on any machine.
+/// Up to one chunk, the files are those of one sequential stream.
+const CHUNK_PERSONS: u64 = 250_000;
+/// Card numbers each chunk may give out per insurer (households and movers of at most
+/// `CHUNK_PERSONS` persons), so no two chunks share a card.
+const CHUNK_CARDS: u64 = 2 * CHUNK_PERSONS;
+
+/// One chunk's rows, per insurer, encoded as the files are.
+struct Rows {
+    per_insurer: Vec<Vec<u8>>,
     encoding: Encoding,
+    report: SampleReport,
 }
 
-impl Writers {
-    fn row(&mut self, insurer: usize, fields: &[String]) -> Result<(), SampleError> {
+impl Rows {
+    fn row(&mut self, insurer: usize, fields: &[String]) {
         let mut line = String::with_capacity(160);
         for (i, f) in fields.iter().enumerate() {
             if i > 0 {
@@ -191,19 +200,17 @@ impl Writers {
             }
         }
         line.push_str("\r\n");
-        let (path, w) = &mut self.files[insurer];
-        let bytes = match self.encoding {
-            Encoding::Utf8 => std::borrow::Cow::Borrowed(line.as_bytes()),
-            Encoding::ShiftJis => encoding_rs::SHIFT_JIS.encode(&line).0,
-        };
-        w.write_all(&bytes).map_err(|source| SampleError::Io {
-            path: path.clone(),
-            source,
-        })
+        let out = &mut self.per_insurer[insurer];
+        match self.encoding {
+            Encoding::Utf8 => out.extend_from_slice(line.as_bytes()),
+            Encoding::ShiftJis => out.extend_from_slice(&encoding_rs::SHIFT_JIS.encode(&line).0),
+        }
     }
 }
 
-/// Writes one file per insurer into `dir` and returns what it wrote.
+/// Writes one file per insurer into `dir` and returns what it wrote. Chunks of
+/// persons are generated on every core, a few at a time, so memory stays bounded
+/// however many persons are asked for.
 pub fn write_sample(dir: &Path, opts: &SampleOptions) -> Result<SampleReport, SampleError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
@@ -211,11 +218,13 @@ pub fn write_sample(dir: &Path, opts: &SampleOptions) -> Result<SampleReport, Sa
     };
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let ins = insurers()?;
-    let mut writers = Writers {
-        files: Vec::new(),
+    let mut files = Vec::new();
+    let mut header = Rows {
+        per_insurer: vec![Vec::new(); ins.len()],
         encoding: opts.encoding,
+        report: SampleReport::default(),
     };
-    for i in &ins {
+    for (n, i) in ins.iter().enumerate() {
         let path = dir.join(format!("{}_{}.csv", i.kind.as_str(), i.number));
         // Made-up people, but files of the shape of personal data: 0600 all the same.
         let file = crate::files::create_private(&path).map_err(io(&path))?;
@@ -224,20 +233,62 @@ pub fn write_sample(dir: &Path, opts: &SampleOptions) -> Result<SampleReport, Sa
         if opts.encoding == Encoding::Utf8 && i.kind == InsurerKind::Kyokai {
             w.write_all(b"\xEF\xBB\xBF").map_err(io(&path))?;
         }
-        writers.files.push((path, w));
-        let header: Vec<String> = HEADER
+        let names: Vec<String> = HEADER
             .iter()
             .map(std::string::ToString::to_string)
             .collect();
-        let n = writers.files.len() - 1;
-        writers.row(n, &header)?;
+        header.row(n, &names);
+        w.write_all(&header.per_insurer[n]).map_err(io(&path))?;
+        files.push((path, w));
     }
-    let total_share: u32 = ins.iter().map(|i| i.share).sum();
-    let mut rng = StdRng::seed_from_u64(opts.seed);
+    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get) as u64;
+    let chunks = opts.persons.div_ceil(CHUNK_PERSONS);
     let mut report = SampleReport::default();
-    let mut next_card = vec![1u64; ins.len()];
-    let mut person = 0u64;
-    while person < opts.persons {
+    let mut first = 0;
+    while first < chunks {
+        let wave: Vec<Rows> = std::thread::scope(|s| {
+            let handles: Vec<_> = (first..chunks.min(first + threads))
+                .map(|c| {
+                    let ins = &ins;
+                    s.spawn(move || chunk(ins, opts, c))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect()
+        });
+        for rows in wave {
+            for ((path, w), bytes) in files.iter_mut().zip(&rows.per_insurer) {
+                w.write_all(bytes).map_err(io(path))?;
+            }
+            report.rows += rows.report.rows;
+            report.movers += rows.report.movers;
+            report.bad_rows += rows.report.bad_rows;
+        }
+        first += threads;
+    }
+    for (path, mut w) in files {
+        w.flush().map_err(io(&path))?;
+        report.files.push(path);
+    }
+    Ok(report)
+}
+
+/// The rows of chunk `c`: persons `c * CHUNK_PERSONS` onwards, from a random stream
+/// seeded by the seed and the chunk (chunk 0 by the seed alone).
+fn chunk(ins: &[Insurer], opts: &SampleOptions, c: u64) -> Rows {
+    let mut rows = Rows {
+        per_insurer: vec![Vec::new(); ins.len()],
+        encoding: opts.encoding,
+        report: SampleReport::default(),
+    };
+    let total_share: u32 = ins.iter().map(|i| i.share).sum();
+    let mut rng = StdRng::seed_from_u64(opts.seed ^ c.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let mut next_card = vec![1 + c * CHUNK_CARDS; ins.len()];
+    let mut person = c * CHUNK_PERSONS;
+    let end = opts.persons.min(person + CHUNK_PERSONS);
+    while person < end {
         let mut pick = rng.random_range(0..total_share);
         let home = ins
             .iter()
@@ -250,7 +301,7 @@ pub fn write_sample(dir: &Path, opts: &SampleOptions) -> Result<SampleReport, Sa
                 }
             })
             .unwrap_or(0);
-        let size = (rng.random_range(1..=4u64)).min(opts.persons - person);
+        let size = (rng.random_range(1..=4u64)).min(end - person);
         let (family, family_kana) = FAMILY[rng.random_range(0..FAMILY.len())];
         let (pref, town, postal_code) = CITIES[rng.random_range(0..CITIES.len())];
         let address = format!(
@@ -345,27 +396,23 @@ pub fn write_sample(dir: &Path, opts: &SampleOptions) -> Result<SampleReport, Sa
                     );
                 }
                 if old_from <= old_until {
-                    writers.row(other, &old)?;
-                    report.rows += 1;
-                    report.movers += 1;
+                    rows.row(other, &old);
+                    rows.report.rows += 1;
+                    rows.report.movers += 1;
                 }
             }
             if opts.bad_rows_percent > 0.0
                 && rng.random_bool((opts.bad_rows_percent / 100.0).clamp(0.0, 1.0))
             {
                 break_row(&mut rng, &mut fields);
-                report.bad_rows += 1;
+                rows.report.bad_rows += 1;
             }
-            writers.row(home, &fields)?;
-            report.rows += 1;
+            rows.row(home, &fields);
+            rows.report.rows += 1;
         }
         person += size;
     }
-    for (path, mut w) in writers.files {
-        w.flush().map_err(io(&path))?;
-        report.files.push(path);
-    }
-    Ok(report)
+    rows
 }
 
 /// The mistakes seen on real registration forms.
@@ -421,6 +468,37 @@ mod tests {
             );
         }
         assert!(ra.rows >= 300);
+    }
+
+    #[test]
+    fn chunks_written_in_parallel_share_no_person_and_no_card() {
+        let dir = tempfile::tempdir().unwrap();
+        let persons = CHUNK_PERSONS + 20_000;
+        let report = write_sample(dir.path(), &SampleOptions::clean(persons, 5)).unwrap();
+        let mut people = std::collections::HashSet::new();
+        let mut cards = std::collections::HashSet::new();
+        let mut rows = 0;
+        for f in &report.files {
+            let mut r = csv::Reader::from_path(f).unwrap();
+            for row in r.records() {
+                let row = row.unwrap();
+                rows += 1;
+                // A mover is in two files, with a card at each insurer.
+                people.insert(row[6].to_string());
+                assert!(
+                    cards.insert((
+                        row[1].to_string(),
+                        row[2].to_string(),
+                        row[3].to_string(),
+                        row[4].to_string()
+                    )),
+                    "a card given out twice: {row:?}"
+                );
+            }
+        }
+        assert_eq!(people.len() as u64, persons);
+        assert_eq!(rows, report.rows);
+        assert_eq!(report.rows, persons + report.movers);
     }
 
     #[test]
