@@ -122,6 +122,67 @@ impl LocalFederation {
 
     /// Makes a node's identity and configuration under `dir/<sub>`, registers it with
     /// the agency, and starts it.
+    /// Card checks for about `n` people spread over the whole registry — every so many
+    /// rows of the enrolled sample files — so a large registry is not asked about its
+    /// first pages only.
+    pub fn spread_checks(
+        &self,
+        n: usize,
+        institution: InstitutionCode,
+        date: chrono::NaiveDate,
+    ) -> Result<Vec<iryo_proto::eligibility::CheckRequest>> {
+        use iryo_proto::eligibility::{Card, CheckKey, CheckRequest};
+        use iryo_proto::{Branch, CardNumber, CardSymbol, InsurerNumber};
+        let mut files: Vec<PathBuf> = std::fs::read_dir(self.dir.join("sample"))?
+            .map(|e| Ok(e?.path()))
+            .collect::<std::io::Result<_>>()?;
+        files.sort();
+        let mut rows = 0usize;
+        for f in &files {
+            rows += csv::Reader::from_path(f)?.records().count();
+        }
+        let every = (rows / n.max(1)).max(1);
+        let mut checks = Vec::with_capacity(n);
+        let mut seen = 0usize;
+        for f in &files {
+            let mut r = csv::Reader::from_path(f)?;
+            let header = r.headers()?.clone();
+            let at = |name: &str| {
+                header
+                    .iter()
+                    .position(|h| h == name)
+                    .with_context(|| format!("{}: no {name} column", f.display()))
+            };
+            let (i, s, c, b) = (
+                at("insurer_number")?,
+                at("card_symbol")?,
+                at("card_number")?,
+                at("branch")?,
+            );
+            for row in r.records() {
+                let row = row?;
+                seen += 1;
+                if !seen.is_multiple_of(every) {
+                    continue;
+                }
+                let card = Card {
+                    insurer: InsurerNumber::parse(&row[i])?,
+                    symbol: CardSymbol::parse(&row[s])?,
+                    number: CardNumber::parse(&row[c])?,
+                    branch: Branch::parse(&row[b])?,
+                };
+                checks.push(CheckRequest {
+                    institution,
+                    key: CheckKey::for_card(&card, None),
+                    date,
+                    visit_consent: false,
+                    idempotency_key: None,
+                });
+            }
+        }
+        Ok(checks)
+    }
+
     pub async fn add_node(
         &self,
         sub: &str,

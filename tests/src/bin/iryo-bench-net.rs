@@ -46,6 +46,17 @@ struct Args {
     /// Eligibility checks a second offered at a steady pace, for the latency figure.
     #[arg(long, default_value_t = 20_000)]
     rate: u32,
+    /// People in the directory's registry, enrolled from a generated sample before
+    /// anything is measured (the national-shape phase is meant for 10,000,000).
+    #[arg(long, default_value_t = 10_000)]
+    persons: u64,
+    /// Nodes the national-shape phase's checks come from.
+    #[arg(long, default_value_t = 50)]
+    national_nodes: usize,
+    /// Checks a second in the national-shape phase; Japan's national peak by default
+    /// (see `NATIONAL_PEAK`).
+    #[arg(long, default_value_t = NATIONAL_PEAK)]
+    national_rate: u32,
     /// Run this phase only; the federation is set up in full either way.
     #[arg(long, value_enum)]
     only: Option<Phase>,
@@ -72,11 +83,23 @@ fn keyed(mut req: CheckRequest, keys: bool, n: usize) -> CheckRequest {
     req
 }
 
+/// Japan's eligibility checks a second at their national peak. Online checks ran at
+/// about 90 million a month in early 2023 with part of the institutions online
+/// (MHLW, 社会保障審議会医療保険部会 2023-02-24); with every institution online and
+/// paper cards gone, about 250 million a month. Over 20 working days, most checks fall
+/// in the 8 hours desks are open, and the morning peak is about three times the day's
+/// mean: 250e6 / (20 × 8 × 3600) × 3 ≈ 1,300 checks a second, for the whole nation.
+/// One directory on this machine takes the whole peak, so the phase runs it unscaled.
+const NATIONAL_PEAK: u32 = 1_300;
+
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Phase {
     Fetch,
     Notifications,
     Eligibility,
+    /// Checks at the national peak from many nodes, for people spread over the whole
+    /// registry.
+    National,
 }
 
 impl Args {
@@ -165,9 +188,12 @@ async fn run(args: Args) -> Result<()> {
         .map(iryo_directory::postgres::DatabaseUrl::parse)
         .transpose()?
         .map(|u| u.with_intake_lanes(args.intake_lanes));
-    let fed = LocalFederation::start_on(tmp.path(), 10_000, database.as_ref()).await?;
+    let enrolling = Instant::now();
+    let fed = LocalFederation::start_on(tmp.path(), args.persons, database.as_ref()).await?;
     println!(
-        "iryo-bench-net — directory with 10,000 people on {}, nodes on 127.0.0.1",
+        "iryo-bench-net — directory with {} people (enrolled in {:.0} s) on {}, nodes on 127.0.0.1",
+        args.persons,
+        enrolling.elapsed().as_secs_f64(),
         database
             .as_ref()
             .map_or("the embedded store (redb)".to_string(), |u| format!(
@@ -440,6 +466,9 @@ async fn run(args: Args) -> Result<()> {
             pct(&late, 0.99)
         );
     }
+    if args.runs(Phase::National) {
+        national(&fed, &args).await?;
+    }
     if let Some(url) = &database {
         // The plain PostgreSQL baseline, in the same run and database.
         let rows = 100_000;
@@ -471,6 +500,74 @@ async fn run(args: Args) -> Result<()> {
     requester.stop();
     source.stop();
     fed.service.stop().await;
+    Ok(())
+}
+
+/// Checks at the national peak (`NATIONAL_PEAK`) from `national_nodes` nodes of their
+/// own, for people spread over the whole registry, each durable before its answer.
+async fn national(fed: &LocalFederation, args: &Args) -> Result<()> {
+    let mut nodes = Vec::new();
+    for i in 0..args.national_nodes {
+        let code = InstitutionCode::from_parts(27, PointTableKind::Medical, 500 + i as u32)?;
+        let (n, _) = fed.add_node(&format!("n{i}"), code, "clinic").await?;
+        nodes.push(n);
+    }
+    let today = chrono::Local::now().date_naive();
+    let checks =
+        tokio::task::block_in_place(|| fed.spread_checks(100_000, nodes[0].node.code, today))?;
+    let clients: Vec<Arc<iryo_node::Node>> = nodes.iter().map(|n| n.node.clone()).collect();
+    // A round of checks first: every node opens its session to the directory, and
+    // the people asked about are there.
+    let mut found = 0;
+    for (node, check) in clients.iter().zip(checks.iter().step_by(37)) {
+        found += usize::from(
+            node.directory
+                .check(check.clone())
+                .await?
+                .medical_id
+                .is_some(),
+        );
+    }
+    anyhow::ensure!(
+        found * 10 >= clients.len() * 9,
+        "only {found} of {} spread checks found their person",
+        clients.len()
+    );
+    let started = Instant::now();
+    let (queues, takers): (Vec<_>, Vec<_>) = clients
+        .iter()
+        .map(|node| {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            (tx, tokio::spawn(answer_checks(node.clone(), rx)))
+        })
+        .unzip();
+    let pacer = {
+        let (checks, rate, seconds) = (Arc::new(checks), args.national_rate, args.seconds);
+        std::thread::spawn(move || pace_checks(&checks, &queues, (rate, seconds), false))
+    };
+    let (paced_from, sent, _late) = pacer
+        .join()
+        .map_err(|_| anyhow::anyhow!("the pacing thread panicked"))?;
+    let (mut answered, mut failed) = (Vec::new(), 0usize);
+    for t in takers {
+        let (a, f) = t.await?;
+        answered.extend(a);
+        failed += f;
+    }
+    anyhow::ensure!(answered.len() + failed == sent, "checks went missing");
+    let by_second = p99_by_second(&answered, paced_from);
+    let mut lat: Vec<Duration> = answered.into_iter().map(|(_, l)| l).collect();
+    let summary = checks_summary(&mut lat, started.elapsed());
+    println!(
+        "[eligibility at the national peak, {} checks/s] from {} nodes, people spread over {} in the registry: {summary}, max {:.2} ms ({failed} failed); p99 of each second's checks: {by_second}",
+        args.national_rate,
+        clients.len(),
+        args.persons,
+        lat.last().map_or(0.0, |d| d.as_secs_f64() * 1e3),
+    );
+    for n in nodes {
+        n.stop();
+    }
     Ok(())
 }
 
