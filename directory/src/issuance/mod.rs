@@ -90,30 +90,8 @@ impl Issuer {
 
 #[cfg(test)]
 mod tests {
+    use super::ff1::tests::nist_key;
     use super::*;
-
-    fn nist_key() -> [u8; 32] {
-        [
-            0x2B, 0x7E, 0x15, 0x16, 0x28, 0xAE, 0xD2, 0xA6, 0xAB, 0xF7, 0x15, 0x88, 0x09, 0xCF,
-            0x4F, 0x3C, 0xEF, 0x43, 0x59, 0xD8, 0xD5, 0x80, 0xAA, 0x4F, 0x7F, 0x03, 0x6D, 0x6F,
-            0x04, 0xFC, 0x6A, 0x94,
-        ]
-    }
-
-    /// NIST SP 800-38G FF1 samples 7 and 8 (AES-256, radix 10), from the general FF1
-    /// the decimal one is compared with.
-    #[test]
-    fn nist_ff1_aes256_samples() {
-        use aes::Aes256;
-        use fpe::ff1::{FlexibleNumeralString, FF1};
-        let ff1 = FF1::<Aes256>::new(&nist_key(), 10).unwrap();
-        let pt = FlexibleNumeralString::from(vec![0u16, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
-        let ct: Vec<u16> = ff1.encrypt(&[], &pt).unwrap().into();
-        assert_eq!(ct, vec![6, 6, 5, 7, 6, 6, 7, 0, 0, 9]);
-        let tweak = [0x39, 0x38, 0x37, 0x36, 0x35, 0x34, 0x33, 0x32, 0x31, 0x30];
-        let ct: Vec<u16> = ff1.encrypt(&tweak, &pt).unwrap().into();
-        assert_eq!(ct, vec![1, 0, 0, 1, 6, 2, 3, 4, 6, 3]);
-    }
 
     #[test]
     fn fpe_is_deterministic_and_generation_dependent() {

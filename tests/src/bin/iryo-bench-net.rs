@@ -424,46 +424,25 @@ async fn run(args: Args) -> Result<()> {
             "[disk, for comparison] 8 KiB appends, each made durable before the next: {}",
             iryo_directory::measure::disk_floor(tmp.path(), 20_000)?
         );
-        // 5. The same checks arriving at a steady pace, as reception desks send them: the
-        // latency at the target rate. A thread of its own paces them (Tokio's timer is
-        // only good to a millisecond), and each check's latency counts from the moment it
-        // was due, so a stall delays every check behind it and shows in the figure.
-        let started = Instant::now();
-        let (queues, takers): (Vec<_>, Vec<_>) = clients
-            .iter()
-            .map(|node| {
-                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-                (tx, tokio::spawn(answer_checks(node.clone(), rx)))
-            })
-            .unzip();
-        let pacer = {
-            let (checks, rate, seconds, keys) =
-                (checks.clone(), args.rate, args.seconds, args.keyed);
-            std::thread::spawn(move || pace_checks(&checks, &queues, (rate, seconds), keys))
-        };
-        let (mut answered, mut failed) = (Vec::new(), 0usize);
-        let (paced_from, sent, mut late) = pacer
-            .join()
-            .map_err(|_| anyhow::anyhow!("the pacing thread panicked"))?;
-        late.sort();
-        for t in takers {
-            let (a, f) = t.await?;
-            answered.extend(a);
-            failed += f;
-        }
-        anyhow::ensure!(answered.len() + failed == sent, "checks went missing");
-        let by_second = p99_by_second(&answered, paced_from);
-        let mut lat: Vec<Duration> = answered.into_iter().map(|(_, l)| l).collect();
-        let summary = checks_summary(&mut lat, started.elapsed());
+        // 5. The same checks arriving at a steady pace: the latency at the target rate.
+        let run = paced(
+            &clients,
+            checks.clone(),
+            (args.rate, args.seconds),
+            args.keyed,
+        )
+        .await?;
         println!(
-            "[eligibility at a steady {} checks/s{}] from {} nodes: {summary}, max {:.2} ms ({} failed); the pacing thread itself sent late by p50 {:.2} ms, p99 {:.2} ms; p99 of each second's checks: {by_second}",
+            "[eligibility at a steady {} checks/s{}] from {} nodes: {}, max {:.2} ms ({} failed); the pacing thread itself sent late by p50 {:.2} ms, p99 {:.2} ms; p99 of each second's checks: {}",
             args.rate,
             if args.keyed { ", keyed" } else { "" },
             clients.len(),
-            lat.last().map_or(0.0, |d| d.as_secs_f64() * 1e3),
-            failed,
-            pct(&late, 0.50),
-            pct(&late, 0.99)
+            run.summary,
+            run.max_ms,
+            run.failed,
+            pct(&run.late, 0.50),
+            pct(&run.late, 0.99),
+            run.by_second
         );
     }
     if args.runs(Phase::National) {
@@ -533,6 +512,46 @@ async fn national(fed: &LocalFederation, args: &Args) -> Result<()> {
         "only {found} of {} spread checks found their person",
         clients.len()
     );
+    let rate = (args.national_rate, args.seconds);
+    let run = paced(&clients, Arc::new(checks), rate, false).await?;
+    println!(
+        "[eligibility at the national peak, {} checks/s] from {} nodes, people spread over {} in the registry: {}, max {:.2} ms ({} failed); p99 of each second's checks: {}",
+        args.national_rate,
+        clients.len(),
+        args.persons,
+        run.summary,
+        run.max_ms,
+        run.failed,
+        run.by_second
+    );
+    for n in nodes {
+        n.stop();
+    }
+    Ok(())
+}
+
+/// What a run of checks at a steady pace gave.
+struct Paced {
+    /// `checks_summary` of the answered checks.
+    summary: String,
+    max_ms: f64,
+    failed: usize,
+    /// How late the pacing thread sent each check, sorted.
+    late: Vec<Duration>,
+    /// `p99_by_second`.
+    by_second: String,
+}
+
+/// The checks arriving at a steady pace, as reception desks send them: `rate` checks a
+/// second for `seconds`, round robin over `clients`. A thread of its own paces them
+/// (Tokio's timer is only good to a millisecond), and each check's latency counts from
+/// the moment it was due, so a stall delays every check behind it and shows.
+async fn paced(
+    clients: &[Arc<iryo_node::Node>],
+    checks: Arc<Vec<CheckRequest>>,
+    (rate, seconds): (u32, u64),
+    keys: bool,
+) -> Result<Paced> {
     let started = Instant::now();
     let (queues, takers): (Vec<_>, Vec<_>) = clients
         .iter()
@@ -541,13 +560,11 @@ async fn national(fed: &LocalFederation, args: &Args) -> Result<()> {
             (tx, tokio::spawn(answer_checks(node.clone(), rx)))
         })
         .unzip();
-    let pacer = {
-        let (checks, rate, seconds) = (Arc::new(checks), args.national_rate, args.seconds);
-        std::thread::spawn(move || pace_checks(&checks, &queues, (rate, seconds), false))
-    };
-    let (paced_from, sent, _late) = pacer
+    let pacer = std::thread::spawn(move || pace_checks(&checks, &queues, (rate, seconds), keys));
+    let (paced_from, sent, mut late) = pacer
         .join()
         .map_err(|_| anyhow::anyhow!("the pacing thread panicked"))?;
+    late.sort();
     let (mut answered, mut failed) = (Vec::new(), 0usize);
     for t in takers {
         let (a, f) = t.await?;
@@ -558,17 +575,13 @@ async fn national(fed: &LocalFederation, args: &Args) -> Result<()> {
     let by_second = p99_by_second(&answered, paced_from);
     let mut lat: Vec<Duration> = answered.into_iter().map(|(_, l)| l).collect();
     let summary = checks_summary(&mut lat, started.elapsed());
-    println!(
-        "[eligibility at the national peak, {} checks/s] from {} nodes, people spread over {} in the registry: {summary}, max {:.2} ms ({failed} failed); p99 of each second's checks: {by_second}",
-        args.national_rate,
-        clients.len(),
-        args.persons,
-        lat.last().map_or(0.0, |d| d.as_secs_f64() * 1e3),
-    );
-    for n in nodes {
-        n.stop();
-    }
-    Ok(())
+    Ok(Paced {
+        summary,
+        max_ms: lat.last().map_or(0.0, |d| d.as_secs_f64() * 1e3),
+        failed,
+        late,
+        by_second,
+    })
 }
 
 /// Hands `rate` checks a second, round robin, to the nodes' queues for `seconds`, each
