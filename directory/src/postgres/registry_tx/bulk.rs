@@ -34,7 +34,7 @@ use crate::store::registry_tx::RegistryTx;
 use crate::store::{application_order, apply_row, encode, BatchReport, Result};
 use futures::pin_mut;
 use iryo_proto::MedicalId;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
@@ -77,9 +77,9 @@ pub(crate) fn enroll(
             *f = *f && t.unknown(&rows[i], &keys[i], candidates[i]);
         }
     } else {
-        let known = t.known_numbers(rows)?;
+        t.read_my_numbers(rows)?;
         for (f, r) in fresh.iter_mut().zip(rows) {
-            *f = *f && !known.contains(&r.my_number.as_u64());
+            *f = *f && t.my_numbers.get(&r.my_number.as_u64()) == Some(&None);
         }
         let (others, their_candidates): (Vec<EnrollmentRow>, Vec<MedicalId>) = (0..rows.len())
             .filter(|&i| !fresh[i])
@@ -164,22 +164,6 @@ impl NewPersons {
 }
 
 impl PgTx<'_> {
-    /// The My Numbers of `rows` the registry holds, current or replaced.
-    fn known_numbers(&self, rows: &[EnrollmentRow]) -> Result<HashSet<u64>> {
-        let numbers: Vec<u64> = rows.iter().map(|r| r.my_number.as_u64()).collect();
-        let found = self
-            .rt
-            .block_on(self.tx.query(
-                "SELECT my_number FROM my_numbers WHERE my_number = ANY($1)",
-                &[&ints(&numbers)?],
-            ))
-            .map_err(db)?;
-        found
-            .iter()
-            .map(|r| Ok(crate::postgres::unsql(r.get(0))?))
-            .collect()
-    }
-
     /// Whether the read-ahead found nothing under the row's My Number, card and
     /// candidate ID.
     fn unknown(&self, row: &EnrollmentRow, key: &[u8], candidate: MedicalId) -> bool {

@@ -524,6 +524,29 @@ impl PgTx<'_> {
         Ok(v)
     }
 
+    /// Reads which of the rows' My Numbers name someone, into the read-ahead (a number
+    /// that names no one is kept as such); the pids they name.
+    fn read_my_numbers(&mut self, rows: &[crate::registry::EnrollmentRow]) -> Result<Vec<u64>> {
+        let numbers: Vec<u64> = rows.iter().map(|r| r.my_number.as_u64()).collect();
+        let found = self
+            .rt
+            .block_on(self.tx.query(
+                "SELECT my_number, pid FROM my_numbers WHERE my_number = ANY($1)",
+                &[&ints(&numbers)?],
+            ))
+            .map_err(db)?;
+        for n in numbers {
+            self.my_numbers.entry(n).or_insert(None);
+        }
+        let mut pids = Vec::with_capacity(found.len());
+        for r in found {
+            let pid = unsql(r.get(1))?;
+            self.my_numbers.insert(unsql(r.get(0))?, Some(pid));
+            pids.push(pid);
+        }
+        Ok(pids)
+    }
+
     fn read_persons(&mut self, pids: &[u64]) -> Result<()> {
         let wanted: Vec<u64> = pids
             .iter()

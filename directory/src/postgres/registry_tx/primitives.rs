@@ -534,23 +534,7 @@ impl crate::store::registry_tx::RegistryTx for PgTx<'_> {
         candidates: Option<&[MedicalId]>,
     ) -> Result<()> {
         self.load_counter(PID)?;
-        let numbers: Vec<u64> = rows.iter().map(|r| r.my_number.as_u64()).collect();
-        let found = self
-            .rt
-            .block_on(self.tx.query(
-                "SELECT my_number, pid FROM my_numbers WHERE my_number = ANY($1)",
-                &[&ints(&numbers)?],
-            ))
-            .map_err(db)?;
-        numbers.iter().for_each(|n| {
-            self.my_numbers.entry(*n).or_insert(None);
-        });
-        let mut pids = Vec::new();
-        for r in found {
-            let pid = unsql(r.get(1))?;
-            self.my_numbers.insert(unsql(r.get(0))?, Some(pid));
-            pids.push(pid);
-        }
+        let mut pids = self.read_my_numbers(rows)?;
         let keys: Vec<Vec<u8>> = rows.iter().map(|r| r.card.key()).collect();
         let held = self
             .rt
