@@ -41,12 +41,9 @@ fn beside(whole: &Directory) -> Directory {
     }
 }
 
-on_both_backends! {
-fn killed_enrollment_rerun_equals_one_uninterrupted_run(backend) {
-    let whole = Directory::on(backend);
-    whole.ok(&["init"]);
-    let killed = beside(&whole);
-
+/// The sample of 12,000 persons with rows broken on purpose, and conflicts too: a
+/// person under another name, a stranger with someone's card.
+fn sample_files(whole: &Directory) -> Vec<String> {
     let sample = whole.path("sample");
     whole.ok(&[
         "sample",
@@ -64,41 +61,79 @@ fn killed_enrollment_rerun_equals_one_uninterrupted_run(backend) {
         .map(|e| e.unwrap().path().display().to_string())
         .collect();
     files.sort();
-    // Conflicts too: a person under another name, a stranger with someone's card.
     let first = std::path::PathBuf::from(&files[0]);
     files.push(
         iryo_tests::stores::contradicting(&first, &whole.path(""))
             .display()
             .to_string(),
     );
-    let mut args = vec!["enroll", "--batch-rows", "300"];
+    files
+}
+
+/// `enroll` of `files` in batches of 300, by the initial load or not (`when`).
+fn enroll_args<'a>(files: &'a [String], when: &'a str) -> Vec<&'a str> {
+    let mut args = vec!["enroll", "--batch-rows", "300", "--initial-load", when];
     args.extend(files.iter().map(String::as_str));
-    // Rejected rows: exit code 3, the rest enrolled.
-    let enrolled = |d: &Directory| {
-        let out = d.run(&args);
-        assert_eq!(out.status.code(), Some(3), "{out:?}");
+    args
+}
+
+/// Enrolls, expecting the rejected rows' exit code 3 with the rest enrolled.
+fn enrolled(d: &Directory, args: &[&str]) {
+    let out = d.run(args);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+}
+
+/// The two directories hold the same persons, counts and conflicts.
+fn same_registry(killed: &Directory, whole: &Directory) {
+    assert_eq!(killed.snapshot(), whole.snapshot());
+    assert_eq!(killed.json(&["status"]), whole.json(&["status"]));
+    let conflicts = |d: &Directory| {
+        let mut v = d.json(&["conflicts", "list", "--all", "--json"]);
+        iryo_tests::stores::timeless(&mut v);
+        v
     };
+    assert!(conflicts(whole).as_array().unwrap().len() >= 2);
+    assert_eq!(conflicts(killed), conflicts(whole));
+}
 
-    enrolled(&whole);
-
-    let mut child = killed
-        .command(&args)
+/// Starts `args` in `d` with its log on a pipe, and reads the log until a line
+/// holding `mark` has been seen `times` times; the process is still running.
+fn run_until(d: &Directory, args: &[&str], mark: &str, times: usize) -> std::process::Child {
+    let mut child = d
+        .command(args)
         .env("RUST_LOG", "iryo_directory=debug")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let stderr = child.stderr.take().unwrap();
-    let mut committed = 0;
-    for line in BufReader::new(stderr).lines() {
-        if line.unwrap().contains("batch committed") {
-            committed += 1;
-            if committed == 12 {
+    let mut seen = 0;
+    let mut lines = BufReader::new(stderr).lines();
+    for line in lines.by_ref() {
+        if line.unwrap().contains(mark) {
+            seen += 1;
+            if seen == times {
                 break;
             }
         }
     }
-    assert_eq!(committed, 12, "the run ended before it could be killed");
+    assert_eq!(seen, times, "the run ended before it could be killed");
+    // Keep reading, so that the process never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    child
+}
+
+on_both_backends! {
+fn killed_enrollment_rerun_equals_one_uninterrupted_run(backend) {
+    let whole = Directory::on(backend);
+    whole.ok(&["init"]);
+    let killed = beside(&whole);
+    let files = sample_files(&whole);
+    let args = enroll_args(&files, "never");
+
+    enrolled(&whole, &args);
+
+    let mut child = run_until(&killed, &args, "batch committed", 12);
     child.kill().unwrap();
     let status = child.wait().unwrap();
     assert!(!status.success(), "killed mid-run");
@@ -109,17 +144,38 @@ fn killed_enrollment_rerun_equals_one_uninterrupted_run(backend) {
         "some batches were committed before the kill"
     );
 
-    enrolled(&killed);
-    let expected = whole.snapshot();
-    assert!(expected.as_array().unwrap().len() > partial_len);
-    assert_eq!(killed.snapshot(), expected);
-    assert_eq!(killed.json(&["status"]), whole.json(&["status"]));
-    let conflicts = |d: &Directory| {
-        let mut v = d.json(&["conflicts", "list", "--all", "--json"]);
-        iryo_tests::stores::timeless(&mut v);
-        v
-    };
-    assert!(conflicts(&whole).as_array().unwrap().len() >= 2);
-    assert_eq!(conflicts(&killed), conflicts(&whole));
+    enrolled(&killed, &args);
+    assert!(whole.snapshot().as_array().unwrap().len() > partial_len);
+    same_registry(&killed, &whole);
 }
+}
+
+/// The initial load is one transaction: killed while it builds the indexes, it has
+/// enrolled nothing; run again, it leaves what enrolling batch by batch leaves.
+#[test]
+fn killed_initial_load_enrolls_nothing_and_its_rerun_equals_batch_by_batch() {
+    use std::os::unix::fs::PermissionsExt;
+    let whole = Directory::new();
+    whole.ok(&["init"]);
+    let killed = beside(&whole);
+    let files = sample_files(&whole);
+    enrolled(&whole, &enroll_args(&files, "never"));
+
+    let load = enroll_args(&files, "always");
+    let mut child = run_until(&killed, &load, "building the medical ID index", 1);
+    // Its temporary files hold personal data: the owner's alone.
+    let scratch = killed.data.join("initial-load");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&scratch), 0o700);
+    assert_eq!(mode(&scratch.join("rows")), 0o600);
+    child.kill().unwrap();
+    assert!(!child.wait().unwrap().success(), "killed mid-run");
+    assert_eq!(killed.json(&["status"])["persons"], 0, "nothing enrolled");
+
+    enrolled(&killed, &load);
+    assert!(
+        !scratch.exists(),
+        "the rerun removed the killed run's files"
+    );
+    same_registry(&killed, &whole);
 }

@@ -8,7 +8,10 @@ use clap::Args;
 use iryo_directory::admin::{AdminRequest, AdminResponse, DeathChange};
 use iryo_directory::config::Config;
 use iryo_directory::context::{Context, ContextError};
-use iryo_directory::enrollment::{ingest_file, Encoding, IngestOptions, Progress, Summary};
+use iryo_directory::enrollment::{
+    ingest_file, initial_load, wants_initial_load, Encoding, IngestOptions, InitialLoadChoice,
+    Progress, Summary,
+};
 use iryo_directory::issuance::Method;
 use iryo_directory::registry::today;
 use iryo_directory::report;
@@ -51,6 +54,34 @@ pub(super) struct EnrollArgs {
     /// Print the summaries as JSON instead of one line per file.
     #[arg(long)]
     json: bool,
+    /// On the embedded store, enroll all the files as one initial load: one
+    /// transaction (all or nothing; a rerun starts again) that builds the indexes in
+    /// key order, for a registry's first files. `auto` takes it when the registry
+    /// holds fewer persons than a tenth of the rows the files may hold; the outcomes
+    /// are the same either way. Temporary files go to DATA_DIR/initial-load (0700).
+    #[arg(long, value_enum, default_value = "auto", value_name = "WHEN")]
+    pub(super) initial_load: InitialLoadArg,
+}
+
+/// When `enroll` takes the initial load.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub(super) enum InitialLoadArg {
+    /// When the registry is small beside the files.
+    Auto,
+    /// Always.
+    Always,
+    /// Never: batch by batch, each batch committed on its own.
+    Never,
+}
+
+impl From<InitialLoadArg> for InitialLoadChoice {
+    fn from(a: InitialLoadArg) -> Self {
+        match a {
+            InitialLoadArg::Auto => InitialLoadChoice::Auto,
+            InitialLoadArg::Always => InitialLoadChoice::Always,
+            InitialLoadArg::Never => InitialLoadChoice::Never,
+        }
+    }
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -258,12 +289,25 @@ pub(super) fn enroll(config: Config, a: EnrollArgs) -> Result<ExitCode> {
         Some(Ok(store)) => {
             let issuer = ctx.issuer(&store)?;
             let progress = Progress::for_stderr();
-            for f in &a.files {
-                let s = ingest_file(&store, &issuer, f, &opts, &progress)?;
-                if !a.json {
-                    println!("{s}");
+            if wants_initial_load(&store, &a.files, a.initial_load.into())? {
+                eprintln!(
+                    "initial load: the files are enrolled in one transaction, all or nothing"
+                );
+                let scratch = config.data_dir.join("initial-load");
+                for s in initial_load(&store, &issuer, &a.files, &opts, &scratch, &progress)? {
+                    if !a.json {
+                        println!("{s}");
+                    }
+                    summaries.push(s);
                 }
-                summaries.push(s);
+            } else {
+                for f in &a.files {
+                    let s = ingest_file(&store, &issuer, f, &opts, &progress)?;
+                    if !a.json {
+                        println!("{s}");
+                    }
+                    summaries.push(s);
+                }
             }
         }
         // `serve` holds the database: it enrolls the files itself.

@@ -2,16 +2,13 @@
 //! candidates while the calling thread commits batches, so memory stays bounded by
 //! two batches in flight however large the file.
 
-use super::text::{self, DetectError, Lines};
-use super::{parse_row, Columns, Encoding, RowError};
+use super::reader::{Chunk, FileBatches, RejectedRows};
+use super::Encoding;
 use crate::issuance::Issuer;
 use crate::registry::merge::RowOutcome;
-use crate::registry::{now, today, EnrollmentRow};
+use crate::registry::now;
 use crate::store::{EnrollBatch, StoreError};
-use iryo_proto::MedicalId;
 use serde::Serialize;
-use std::fs::File;
-use std::io::{BufReader, BufWriter};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Instant;
@@ -69,6 +66,16 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// Counts one row's outcome.
+    pub fn count(&mut self, outcome: &RowOutcome) {
+        match outcome {
+            RowOutcome::New => self.new += 1,
+            RowOutcome::Updated => self.updated += 1,
+            RowOutcome::Unchanged => self.unchanged += 1,
+            RowOutcome::Conflict(_) => self.conflicts += 1,
+        }
+    }
+
     pub fn add(&mut self, other: &Summary) {
         self.rows += other.rows;
         self.new += other.new;
@@ -102,6 +109,13 @@ impl std::fmt::Display for Summary {
     }
 }
 
+/// What a progress bar counts.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Unit {
+    Bytes,
+    Things,
+}
+
 /// Reports progress: a bar on a terminal, a log line every few seconds otherwise.
 pub enum Progress {
     Bar(indicatif::ProgressBar),
@@ -113,49 +127,46 @@ impl Progress {
     pub fn for_stderr() -> Self {
         use std::io::IsTerminal;
         if std::io::stderr().is_terminal() {
-            let bar = indicatif::ProgressBar::new(0);
-            bar.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{msg} [{bar:40}] {bytes}/{total_bytes} {per_sec} eta {eta}",
-                )
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-                .progress_chars("=> "),
-            );
-            Progress::Bar(bar)
+            Progress::Bar(indicatif::ProgressBar::new(0))
         } else {
             Progress::Log {
                 every: std::time::Duration::from_secs(5),
             }
         }
     }
-}
 
-struct Chunk {
-    rows: Vec<EnrollmentRow>,
-    candidates: Vec<MedicalId>,
-    errors: Vec<RowError>,
-    rejected: u64,
-    bytes: u64,
-}
+    /// Starts the bar again for `what`, of `total` bytes read or things done.
+    pub(super) fn begin(&self, what: &str, total: u64, unit: Unit) {
+        if let Progress::Bar(b) = self {
+            let counts = match unit {
+                Unit::Bytes => "{bytes}/{total_bytes} {bytes_per_sec}",
+                Unit::Things => "{human_pos}/{human_len} {per_sec}",
+            };
+            b.set_style(
+                indicatif::ProgressStyle::with_template(&format!(
+                    "{{msg}} [{{bar:40}}] {counts} eta {{eta}}"
+                ))
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            b.set_length(total);
+            b.set_position(0);
+            b.set_message(what.to_string());
+        }
+    }
 
-fn errors_path(path: &Path) -> PathBuf {
-    let mut p = path.as_os_str().to_owned();
-    p.push(".errors.csv");
-    PathBuf::from(p)
-}
-
-fn own_insurer(
-    row: EnrollmentRow,
-    only: Option<&iryo_proto::InsurerNumber>,
-) -> Result<EnrollmentRow, Vec<RowError>> {
-    match only {
-        Some(n) if row.card.insurer != *n => Err(vec![RowError {
-            line: row.line,
-            field: "insurer_number".into(),
-            value: row.card.insurer.to_string(),
-            reason: format!("not this insurer's number (the uploader is insurer {n})"),
-        }]),
-        _ => Ok(row),
+    /// Shows that `rows` rows of `file` are done, `bytes` of its `total` read: the
+    /// bar moves, or a line is logged if the last was `every` ago.
+    pub(super) fn show(&self, file: &str, rows: u64, bytes: u64, total: u64, last: &mut Instant) {
+        match self {
+            Progress::Bar(b) => b.set_position(bytes),
+            Progress::Log { every } if last.elapsed() >= *every => {
+                *last = Instant::now();
+                let pct = (bytes * 100).checked_div(total).unwrap_or(100);
+                tracing::info!(file, rows, percent = pct, "enrolling");
+            }
+            _ => {}
+        }
     }
 }
 
@@ -168,136 +179,38 @@ pub fn ingest_file(
     opts: &IngestOptions,
     progress: &Progress,
 ) -> Result<Summary, IngestError> {
-    let io = |source| IngestError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let detected = text::detect(path, opts.encoding).map_err(|e| match e {
-        DetectError::Io(source) => io(source),
-        source => IngestError::Encoding {
-            path: path.to_path_buf(),
-            source,
-        },
-    })?;
-    let file = File::open(path).map_err(io)?;
-    let total = file.metadata().map_err(io)?.len();
-    let decoder = encoding_rs_io::DecodeReaderBytesBuilder::new()
-        .encoding(Some(detected.fallback().codec()))
-        .bom_override(true)
-        .build(BufReader::with_capacity(1 << 20, file));
-    let lines = Lines::default();
-    let mut csv = csv::ReaderBuilder::new()
-        .flexible(true)
-        .from_reader(lines.reader(decoder, opts.max_line_bytes.max(1024)));
-    let cols = Columns::from_header(
-        csv.headers()
-            .map_err(|source| IngestError::Csv {
-                path: path.to_path_buf(),
-                source,
-            })?
-            .iter(),
-    )
-    .map_err(|reason| IngestError::Header {
-        path: path.to_path_buf(),
-        reason,
-    })?;
-
+    let mut file = FileBatches::open(path, opts)?;
+    let total = file.total;
     let name = opts
         .source_name
         .clone()
         .unwrap_or_else(|| path.display().to_string());
-    let err_path = errors_path(path);
+    let mut rejected = RejectedRows::beside(path);
     let mut summary = Summary {
         file: name.clone(),
-        encoding: detected.describe(),
+        encoding: file.encoding.clone(),
         ..Summary::default()
     };
-    let mut err_out: Option<csv::Writer<BufWriter<File>>> = None;
-    let batch_rows = opts.batch_rows.max(1);
     let started = Instant::now();
     let mut last_log = Instant::now();
-    if let Progress::Bar(b) = progress {
-        b.set_length(total);
-        b.set_position(0);
-        b.set_message(name.clone());
-    }
-    let today = today();
+    progress.begin(&name, total, Unit::Bytes);
 
     std::thread::scope(|s| -> Result<(), IngestError> {
         let (tx, rx) = mpsc::sync_channel::<Result<Chunk, IngestError>>(2);
         s.spawn(move || {
-            let mut record = csv::StringRecord::new();
             let fpe = matches!(issuer, Issuer::Fpe(_));
             loop {
-                let mut chunk = Chunk {
-                    rows: Vec::with_capacity(batch_rows),
-                    candidates: Vec::new(),
-                    errors: Vec::new(),
-                    rejected: 0,
-                    bytes: 0,
-                };
-                let mut seen = 0usize;
-                let mut done = false;
-                while seen < batch_rows {
-                    match csv.read_record(&mut record) {
-                        Ok(false) => {
-                            done = true;
-                            break;
-                        }
-                        Ok(true) => {
-                            seen += 1;
-                            let line =
-                                lines.line_at(record.position().map_or(0, csv::Position::byte));
-                            if record.iter().all(|f| f.trim().is_empty()) {
-                                seen -= 1;
-                                continue;
-                            }
-                            match parse_row(&cols, &record, line, today)
-                                .and_then(|row| own_insurer(row, opts.only_insurer.as_ref()))
-                            {
-                                Ok(row) => {
-                                    if fpe {
-                                        match issuer.candidate(row.my_number, 0) {
-                                            Ok(c) => chunk.candidates.push(c),
-                                            Err(e) => {
-                                                let _ = tx.send(Err(IngestError::Store {
-                                                    path: path.to_path_buf(),
-                                                    source: e.into(),
-                                                }));
-                                                return;
-                                            }
-                                        }
-                                    }
-                                    chunk.rows.push(row);
-                                }
-                                Err(errs) => {
-                                    chunk.rejected += 1;
-                                    chunk.errors.extend(errs);
-                                }
-                            }
-                        }
-                        Err(e) if !matches!(e.kind(), csv::ErrorKind::Io(_)) => {
-                            seen += 1;
-                            chunk.rejected += 1;
-                            chunk.errors.push(RowError {
-                                line: e.position().map_or(0, |p| lines.line_at(p.byte())),
-                                field: "(row)".into(),
-                                value: String::new(),
-                                reason: e.to_string(),
-                            });
-                        }
-                        Err(e) => {
-                            let _ = tx.send(Err(IngestError::Csv {
-                                path: path.to_path_buf(),
-                                source: e,
-                            }));
+                match file.next_chunk(issuer, fpe) {
+                    Ok(Some(chunk)) => {
+                        if tx.send(Ok(chunk)).is_err() {
                             return;
                         }
                     }
-                }
-                chunk.bytes = csv.position().byte();
-                if tx.send(Ok(chunk)).is_err() || done {
-                    return;
+                    Ok(None) => return,
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
                 }
             }
         });
@@ -312,58 +225,18 @@ pub fn ingest_file(
                     source,
                 })?;
             for (_, outcome) in &report.outcomes {
-                match outcome {
-                    RowOutcome::New => summary.new += 1,
-                    RowOutcome::Updated => summary.updated += 1,
-                    RowOutcome::Unchanged => summary.unchanged += 1,
-                    RowOutcome::Conflict(_) => summary.conflicts += 1,
-                }
+                summary.count(outcome);
             }
             summary.rejected += chunk.rejected;
             summary.rows += report.outcomes.len() as u64 + chunk.rejected;
-            if !chunk.errors.is_empty() {
-                if err_out.is_none() {
-                    let f = crate::files::create_private(&err_path).map_err(|source| {
-                        IngestError::Io {
-                            path: err_path.clone(),
-                            source,
-                        }
-                    })?;
-                    err_out = Some(csv::Writer::from_writer(BufWriter::new(f)));
-                }
-                if let Some(w) = err_out.as_mut() {
-                    for e in &chunk.errors {
-                        w.serialize(e).map_err(|source| IngestError::Csv {
-                            path: err_path.clone(),
-                            source,
-                        })?;
-                    }
-                }
-            }
+            rejected.add(&chunk.errors)?;
             tracing::debug!(file = %name, rows = summary.rows, "batch committed");
-            match progress {
-                Progress::Bar(b) => b.set_position(chunk.bytes),
-                Progress::Log { every } if last_log.elapsed() >= *every => {
-                    last_log = Instant::now();
-                    let pct = (chunk.bytes * 100).checked_div(total).unwrap_or(100);
-                    tracing::info!(file = %name, rows = summary.rows, percent = pct, "enrolling");
-                }
-                _ => {}
-            }
+            progress.show(&name, summary.rows, chunk.bytes, total, &mut last_log);
         }
         Ok(())
     })?;
 
-    if let Some(mut w) = err_out {
-        w.flush().map_err(|source| IngestError::Io {
-            path: err_path.clone(),
-            source,
-        })?;
-        summary.errors_file = Some(err_path);
-    } else if err_path.exists() {
-        // A clean re-run leaves no stale report of an earlier run behind.
-        let _ = std::fs::remove_file(&err_path);
-    }
+    summary.errors_file = rejected.finish()?;
     if let Progress::Bar(b) = progress {
         b.finish_and_clear();
     }

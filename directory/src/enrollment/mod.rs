@@ -3,11 +3,16 @@
 
 mod columns;
 mod ingest;
+mod initial_load;
+mod reader;
 mod row;
 pub mod text;
 
 pub use columns::{Columns, HEADER};
 pub use ingest::{ingest_all, ingest_file, IngestError, IngestOptions, Progress, Summary};
+#[cfg(test)]
+pub(crate) use initial_load::initial_load_sorting_in;
+pub use initial_load::{initial_load, wants_initial_load, InitialLoadChoice};
 pub use row::{parse_row, RowError};
 
 use serde::{Deserialize, Serialize};

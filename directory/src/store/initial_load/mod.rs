@@ -1,0 +1,414 @@
+//! The initial load: enrolling a nation's files into an empty (or nearly empty)
+//! registry with its indexes built in key order rather than by random inserts.
+//!
+//! A row whose My Number, card and first medical ID candidate appear in no other row
+//! of the load and nowhere in the registry can only become a new person, and nothing
+//! another row does can depend on its index entries. Such rows ("fresh") are written
+//! as records at once (pids rise, so the persons table grows at its end) and their
+//! My Number, medical ID and card entries go to external sorts; every other row takes
+//! the ordinary rules (`apply_row`) in the same order as the ordinary path, so pids,
+//! outcomes and conflicts are the same. At the end the three sorted streams are
+//! inserted in key order, each B-tree growing at one edge instead of at random pages.
+//!
+//! It all happens in one write transaction: a load stopped at any point, killed or
+//! failed, leaves the registry as it was, and the rerun starts again from the start.
+//! redb writes the transaction's pages out as its cache fills, so memory stays bounded.
+
+mod sort;
+
+use super::enroll::{application_order, apply_row};
+use super::tables::{Tables, PID};
+use super::{encode, Result, Store, StoreError};
+use crate::issuance::Issuer;
+use crate::registry::eligibility::CardStanding;
+use crate::registry::merge::{new_person, RowOutcome};
+use crate::registry::{EnrollmentRow, IdEntry, IdStatus, Timestamp};
+use iryo_proto::MedicalId;
+use redb::{ReadableTable, ReadableTableMetadata};
+use sort::{Bytes, Sorter};
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+/// What each external sort may hold in memory before it writes a run.
+const SORT_MEMORY: usize = 48 << 20;
+
+/// The three keys a row is judged fresh by, as the high bits of a key record.
+const MY_NUMBER: u128 = 0;
+const CARD: u128 = 1;
+const CANDIDATE: u128 = 2;
+/// The rank that marks a key the registry holds already.
+const IN_REGISTRY: u64 = (1 << 62) - 1;
+
+/// One key of one row: which key (2 bits), its value (64 bits; a card by its hash),
+/// the row's rank in application order (62 bits). Sorting them puts every key's
+/// occurrences side by side.
+fn key_record(which: u128, key: u64, rank: u64) -> u128 {
+    (which << 126) | (u128::from(key) << 62) | u128::from(rank & IN_REGISTRY)
+}
+
+/// A card's key folded to 64 bits. Two cards that fold alike are only taken for one
+/// card repeated, which sends both rows the ordinary way: slower, never wrong.
+fn card_hash(key: &[u8]) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(key)
+}
+
+/// What the load reports as it goes: a stage begun with its total, then progress.
+pub trait LoadProgress {
+    fn stage(&self, what: &'static str, total: u64);
+    fn at(&self, done: u64);
+}
+
+/// An initial load under way: rows gathered in application order in a spill file,
+/// their keys in an external sort. Everything lies in a private scratch directory
+/// that is removed when the load is dropped.
+pub struct InitialLoad<'s> {
+    store: &'s Store,
+    scratch: PathBuf,
+    spill: BufWriter<File>,
+    /// Taken when the load finishes.
+    keys: Option<Sorter<u128>>,
+    rows: u64,
+    names: Vec<String>,
+    scratch_bytes: Vec<u8>,
+    /// What each external sort may hold in memory.
+    sort_memory: usize,
+}
+
+impl Store {
+    /// Persons in the registry: what decides whether a load is an initial one.
+    pub fn person_count(&self) -> Result<u64> {
+        let tx = redb::ReadableDatabase::begin_read(&self.db)?;
+        Ok(tx.open_table(super::tables::PERSONS)?.len()?)
+    }
+
+    /// Begins an initial load whose temporary files go to `scratch`, a directory
+    /// made for it (mode 0700: it holds rows with personal data) and removed after.
+    pub fn initial_load(&self, scratch: &Path) -> Result<InitialLoad<'_>> {
+        let file_error = |e| StoreError::File(scratch.to_path_buf(), e);
+        if scratch.exists() {
+            // Left by a load that was killed: nothing in it is needed.
+            std::fs::remove_dir_all(scratch).map_err(file_error)?;
+        }
+        crate::files::create_private_dir(scratch).map_err(file_error)?;
+        let spill_path = scratch.join("rows");
+        let spill = crate::files::create_private(&spill_path)
+            .map_err(|e| StoreError::File(spill_path.clone(), e))?;
+        Ok(InitialLoad {
+            store: self,
+            scratch: scratch.to_path_buf(),
+            spill: BufWriter::with_capacity(1 << 20, spill),
+            keys: Some(Sorter::new(scratch, "keys", SORT_MEMORY)),
+            rows: 0,
+            names: Vec::new(),
+            scratch_bytes: Vec::new(),
+            sort_memory: SORT_MEMORY,
+        })
+    }
+}
+
+impl InitialLoad<'_> {
+    /// Bounds what each sort holds in memory before it writes a run to disk.
+    #[must_use]
+    pub fn with_sort_memory(mut self, bytes: usize) -> Self {
+        self.sort_memory = bytes;
+        if let Some(keys) = self.keys.as_mut() {
+            keys.set_limit(bytes);
+        }
+        self
+    }
+
+    fn io(&self, e: io::Error) -> StoreError {
+        StoreError::File(self.scratch.clone(), e)
+    }
+
+    /// Starts the next file, named `name` in conflicts and history; its rows follow.
+    pub fn file(&mut self, name: &str) {
+        self.names.push(name.to_string());
+    }
+
+    /// Adds a batch of the current file, as the ordinary path would apply it, with
+    /// each row's generation-0 candidate.
+    pub fn add(&mut self, rows: &[EnrollmentRow], candidates: &[MedicalId]) -> Result<()> {
+        if candidates.len() != rows.len() {
+            return Err(StoreError::Inconsistent(
+                "an initial load needs every row's first candidate".into(),
+            ));
+        }
+        let file = u32::try_from(self.names.len().saturating_sub(1)).unwrap_or(u32::MAX);
+        for i in application_order(rows) {
+            let (row, candidate) = (&rows[i], candidates[i]);
+            let rank = self.rows;
+            self.rows += 1;
+            let mut pushed = match self.keys.as_mut() {
+                Some(keys) => [
+                    key_record(MY_NUMBER, row.my_number.as_u64(), rank),
+                    key_record(CARD, card_hash(&row.card.key()), rank),
+                    key_record(CANDIDATE, candidate.as_u64(), rank),
+                ]
+                .into_iter()
+                .try_for_each(|k| keys.push(k)),
+                None => Err(io::Error::other("rows added to a finished load")),
+            };
+            if pushed.is_ok() {
+                pushed = self.spill_row(file, candidate, row);
+            }
+            pushed.map_err(|e| self.io(e))?;
+        }
+        Ok(())
+    }
+
+    fn spill_row(
+        &mut self,
+        file: u32,
+        candidate: MedicalId,
+        row: &EnrollmentRow,
+    ) -> io::Result<()> {
+        let body = postcard::to_allocvec(row).map_err(io::Error::other)?;
+        self.scratch_bytes.clear();
+        self.scratch_bytes.extend_from_slice(&file.to_le_bytes());
+        self.scratch_bytes
+            .extend_from_slice(&candidate.as_u64().to_le_bytes());
+        let len = u32::try_from(body.len()).map_err(io::Error::other)?;
+        self.scratch_bytes.extend_from_slice(&len.to_le_bytes());
+        self.scratch_bytes.extend_from_slice(&body);
+        self.spill.write_all(&self.scratch_bytes)
+    }
+
+    /// Applies every row added and commits once. `outcome` hears each row's outcome
+    /// with the index of its file, in application order.
+    pub fn finish(
+        mut self,
+        issuer: &Issuer,
+        progress: &dyn LoadProgress,
+        outcome: &mut dyn FnMut(usize, &RowOutcome),
+    ) -> Result<()> {
+        self.spill.flush().map_err(|e| self.io(e))?;
+        let tx = self.store.db.begin_write()?;
+        {
+            let mut t = Tables::open(&tx)?;
+            let mut keys = self
+                .keys
+                .take()
+                .ok_or_else(|| StoreError::Inconsistent("a load finished twice".into()))?;
+            registry_keys(&mut t, &mut keys)?.map_err(|e| self.io(e))?;
+            progress.stage("finding repeated keys", keys.len());
+            let repeated = repeated_ranks(keys, self.rows, progress).map_err(|e| self.io(e))?;
+            let built = self.apply(&mut t, &repeated, issuer, progress, outcome)?;
+            built.insert(&mut t, progress)?;
+            t.flush_counters()?;
+        }
+        progress.stage("committing", 0);
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Every row in application order: fresh ones written as records with their index
+    /// entries sorted for later, the rest through the ordinary rules.
+    fn apply(
+        &self,
+        t: &mut Tables<'_>,
+        repeated: &[u64],
+        issuer: &Issuer,
+        progress: &dyn LoadProgress,
+        outcome: &mut dyn FnMut(usize, &RowOutcome),
+    ) -> Result<Indexes> {
+        let mut built = Indexes {
+            scratch: self.scratch.clone(),
+            my_numbers: Sorter::new(&self.scratch, "my_numbers", self.sort_memory),
+            medical_ids: Sorter::new(&self.scratch, "medical_ids", self.sort_memory),
+            cards: Sorter::new(&self.scratch, "cards", self.sort_memory),
+        };
+        let path = self.scratch.join("rows");
+        let file = File::open(&path).map_err(|e| self.io(e))?;
+        let mut spill = BufReader::with_capacity(1 << 20, file);
+        progress.stage("applying rows", self.rows);
+        let mut at: Timestamp = crate::registry::now();
+        for rank in 0..self.rows {
+            let (file, candidate, row) = read_row(&mut spill).map_err(|e| self.io(e))?;
+            if rank.is_multiple_of(4096) {
+                at = crate::registry::now();
+                progress.at(rank);
+            }
+            let fresh = repeated[(rank / 64) as usize] & (1 << (rank % 64)) == 0;
+            let result = if fresh {
+                built.fresh(t, &row, candidate, at)?
+            } else {
+                let name = self.names.get(file as usize).map_or("", String::as_str);
+                let source = format!("{name}:{}", row.line);
+                apply_row(t, &source, &row, Some(candidate), issuer, at)?
+            };
+            outcome(file as usize, &result);
+        }
+        Ok(built)
+    }
+}
+
+impl Drop for InitialLoad<'_> {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.scratch);
+    }
+}
+
+/// The keys the registry holds already, so that no row sharing one is fresh.
+fn registry_keys(t: &mut Tables<'_>, keys: &mut Sorter<u128>) -> Result<io::Result<()>> {
+    for item in t.my_numbers.open()?.iter()? {
+        if let Err(e) = keys.push(key_record(MY_NUMBER, item?.0.value(), IN_REGISTRY)) {
+            return Ok(Err(e));
+        }
+    }
+    for item in t.cards.open()?.iter()? {
+        let card = card_hash(item?.0.value());
+        if let Err(e) = keys.push(key_record(CARD, card, IN_REGISTRY)) {
+            return Ok(Err(e));
+        }
+    }
+    for item in t.medical_ids.open()?.iter()? {
+        if let Err(e) = keys.push(key_record(CANDIDATE, item?.0.value(), IN_REGISTRY)) {
+            return Ok(Err(e));
+        }
+    }
+    Ok(Ok(()))
+}
+
+fn read_row(r: &mut impl BufRead) -> io::Result<(u32, MedicalId, EnrollmentRow)> {
+    let mut head = [0u8; 16];
+    r.read_exact(&mut head)?;
+    let [f0, f1, f2, f3, c0, c1, c2, c3, c4, c5, c6, c7, l0, l1, l2, l3] = head;
+    let file = u32::from_le_bytes([f0, f1, f2, f3]);
+    let candidate = MedicalId::from_u64(u64::from_le_bytes([c0, c1, c2, c3, c4, c5, c6, c7]))
+        .map_err(io::Error::other)?;
+    let len = u32::from_le_bytes([l0, l1, l2, l3]) as usize;
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body)?;
+    let row = postcard::from_bytes(&body).map_err(io::Error::other)?;
+    Ok((file, candidate, row))
+}
+
+/// The ranks of rows one of whose keys occurs more than once (in the load or in the
+/// registry), one bit each.
+fn repeated_ranks(
+    keys: Sorter<u128>,
+    rows: u64,
+    progress: &dyn LoadProgress,
+) -> io::Result<Vec<u64>> {
+    let mut repeated = vec![0u64; usize::try_from(rows.div_ceil(64)).unwrap_or(0) + 1];
+    let mut mark = |rank: u64| {
+        if rank != IN_REGISTRY {
+            repeated[(rank / 64) as usize] |= 1 << (rank % 64);
+        }
+    };
+    let mut group: Option<(u128, u64)> = None;
+    let mut group_repeated = false;
+    for (n, k) in keys.sorted()?.enumerate() {
+        let k = k?;
+        let (key, rank) = (k >> 62, (k as u64) & IN_REGISTRY);
+        match group {
+            Some((g, first)) if g == key => {
+                if !group_repeated {
+                    mark(first);
+                    group_repeated = true;
+                }
+                mark(rank);
+            }
+            _ => {
+                group = Some((key, rank));
+                group_repeated = false;
+            }
+        }
+        if n.is_multiple_of(1 << 16) {
+            progress.at(n as u64);
+        }
+    }
+    Ok(repeated)
+}
+
+/// The index entries of fresh persons, sorted for insertion in key order.
+struct Indexes {
+    scratch: PathBuf,
+    my_numbers: Sorter<(u64, u64)>,
+    medical_ids: Sorter<(u64, u64)>,
+    cards: Sorter<Bytes>,
+}
+
+impl Indexes {
+    /// Writes a fresh row's person and sorts its index entries for later.
+    fn fresh(
+        &mut self,
+        t: &mut Tables<'_>,
+        row: &EnrollmentRow,
+        candidate: MedicalId,
+        at: Timestamp,
+    ) -> Result<RowOutcome> {
+        let pid = t.next(PID)?;
+        let p = new_person(pid, row, candidate, 0, at);
+        t.put_person(&p)?;
+        let standing = encode(&CardStanding::of(&p, &p.coverages[0]))?;
+        self.my_numbers
+            .push((row.my_number.as_u64(), pid))
+            .and_then(|()| self.medical_ids.push((candidate.as_u64(), pid)))
+            .and_then(|()| {
+                self.cards.push(Bytes {
+                    key: row.card.key(),
+                    value: standing,
+                })
+            })
+            .map_err(|e| StoreError::File(self.scratch.clone(), e))?;
+        Ok(RowOutcome::New)
+    }
+
+    /// Inserts the sorted entries, each table in key order. A key found there already
+    /// means a fresh row was not: the load stops, and its transaction is dropped.
+    fn insert(self, t: &mut Tables<'_>, progress: &dyn LoadProgress) -> Result<()> {
+        let scratch = self.scratch.clone();
+        let io = |e: io::Error| StoreError::File(scratch.clone(), e);
+        let taken = |what: &str| {
+            StoreError::Inconsistent(format!(
+                "the initial load found a {what} in the registry that it took for new; \
+                 nothing was enrolled: enroll the files with --initial-load never"
+            ))
+        };
+        progress.stage("building the My Number index", self.my_numbers.len());
+        let table = t.my_numbers.open_mut()?;
+        for (n, item) in self.my_numbers.sorted().map_err(io)?.enumerate() {
+            let (number, pid) = item.map_err(io)?;
+            if table.insert(number, pid)?.is_some() {
+                return Err(taken("My Number"));
+            }
+            tick(progress, n);
+        }
+        progress.stage("building the medical ID index", self.medical_ids.len());
+        let table = t.medical_ids.open_mut()?;
+        for (n, item) in self.medical_ids.sorted().map_err(io)?.enumerate() {
+            let (id, pid) = item.map_err(io)?;
+            let entry = encode(&IdEntry {
+                pid,
+                status: IdStatus::Current,
+            })?;
+            if table.insert(id, entry.as_slice())?.is_some() {
+                return Err(taken("medical ID"));
+            }
+            tick(progress, n);
+        }
+        progress.stage("building the card index", self.cards.len());
+        let table = t.cards.open_mut()?;
+        for (n, item) in self.cards.sorted().map_err(io)?.enumerate() {
+            let Bytes { key, value } = item.map_err(io)?;
+            if table.insert(key.as_slice(), value.as_slice())?.is_some() {
+                return Err(taken("card"));
+            }
+            tick(progress, n);
+        }
+        Ok(())
+    }
+}
+
+fn tick(progress: &dyn LoadProgress, n: usize) {
+    if n.is_multiple_of(1 << 16) {
+        progress.at(n as u64);
+    }
+}
+
+#[cfg(test)]
+mod tests;
