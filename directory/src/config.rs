@@ -41,6 +41,30 @@ pub struct Config {
     pub https: HttpsConfig,
     pub letters: LettersConfig,
     pub storage: StorageConfig,
+    pub audit: AuditConfig,
+}
+
+/// The audit log's checkpoints and their witnesses (`[audit]`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditConfig {
+    /// The first line of the log's checkpoints (c2sp.org/tlog-checkpoint), unique to
+    /// this deployment; unset, `iryo-audit/` and the start of the root key in hex.
+    pub origin: Option<String>,
+    /// The witnesses `audit witness` asks to cosign each checkpoint.
+    #[serde(rename = "witness")]
+    pub witnesses: Vec<WitnessConfig>,
+}
+
+/// One witness (`[[audit.witness]]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WitnessConfig {
+    /// Its submission prefix: `add-checkpoint` is posted under it.
+    pub url: String,
+    /// Its verifier key (`NAME+ID+KEY`, cosignature type 0x04), as `iryo-witness vkey`
+    /// prints it.
+    pub key: String,
 }
 
 /// Where the registry is kept (`[storage]`).
@@ -225,6 +249,7 @@ impl Default for Config {
             https: HttpsConfig::default(),
             letters: LettersConfig::default(),
             storage: StorageConfig::default(),
+            audit: AuditConfig::default(),
         }
     }
 }

@@ -2,7 +2,6 @@
 //! and the FF1 key that issues medical IDs. Each lives in its own file, mode 0600.
 
 use ed25519_dalek::SigningKey;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
@@ -109,62 +108,27 @@ pub fn new_service_identity(dir: &Path) -> Result<[u8; 32], KeyError> {
 /// bytes go to a temporary file that is synced and then linked into place, so that a
 /// crash or a full disk leaves either no key file or a whole one, never a short one.
 pub fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
-    let io = |p: &Path| {
-        let p = p.to_path_buf();
-        move |source| KeyError::Io { path: p, source }
-    };
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(".tmp-{}", std::process::id()));
-    let tmp = PathBuf::from(tmp);
-    let _ = std::fs::remove_file(&tmp);
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let written = (|| {
-        let mut f = opts.open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()
-    })();
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(io(&tmp)(e));
-    }
-    // A hard link never replaces an existing file, unlike a rename.
-    let linked = std::fs::hard_link(&tmp, path);
-    let _ = std::fs::remove_file(&tmp);
-    linked.map_err(io(path))?;
-    if let Some(dir) = path.parent() {
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
-    Ok(())
+    crate::files::write_new_secret(path, bytes).map_err(|source| KeyError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 fn read32(path: &Path) -> Result<[u8; 32], KeyError> {
-    let io = |source| KeyError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(path).map_err(io)?.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(KeyError::Permissions {
-                path: path.to_path_buf(),
-                mode,
-            });
-        }
-    }
-    let bytes = std::fs::read(path).map_err(io)?;
-    bytes.as_slice().try_into().map_err(|_| KeyError::Length {
-        path: path.to_path_buf(),
-        len: bytes.len(),
+    use crate::files::SecretError;
+    crate::files::read_secret32(path).map_err(|e| match e {
+        SecretError::Permissions(mode) => KeyError::Permissions {
+            path: path.to_path_buf(),
+            mode,
+        },
+        SecretError::Length(len) => KeyError::Length {
+            path: path.to_path_buf(),
+            len,
+        },
+        SecretError::Io(source) => KeyError::Io {
+            path: path.to_path_buf(),
+            source,
+        },
     })
 }
 

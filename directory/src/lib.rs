@@ -26,3 +26,4 @@ pub mod signatures;
 pub mod store;
 mod sys;
 pub mod web;
+pub mod witnesses;

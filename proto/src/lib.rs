@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod check_digit;
+pub mod checkpoint;
 pub mod eligibility;
 /// Why an identifier or value was refused.
 pub mod error;
@@ -14,6 +15,7 @@ pub mod federation;
 pub mod idempotency;
 pub mod ids;
 pub mod merkle;
+pub mod note;
 pub mod person;
 pub mod signed;
 pub mod wire;

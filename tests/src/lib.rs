@@ -33,6 +33,12 @@ pub fn node_bin() -> PathBuf {
     BIN.get_or_init(|| workspace_bin("iryo-node")).clone()
 }
 
+/// The `iryo-witness` binary, found or built the same way.
+pub fn witness_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| workspace_bin("iryo-witness")).clone()
+}
+
 fn workspace_bin(name: &str) -> PathBuf {
     {
         let exe = std::env::current_exe().expect("test binary path");

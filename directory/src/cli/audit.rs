@@ -50,6 +50,25 @@ pub(super) enum AuditCmd {
         /// The size of the earlier tree (number of entries).
         old: u64,
     },
+    /// The verifier key of the log's checkpoints (NAME+ID+KEY), for witnesses'
+    /// configurations: the agency's root key, named by `[audit] origin`.
+    CheckpointKey,
+    /// The latest signed tree head as a checkpoint (c2sp.org/tlog-checkpoint): a note
+    /// signed by the agency's root key.
+    Checkpoint,
+    /// Ask witnesses to cosign the latest checkpoint (c2sp.org/tlog-witness): each
+    /// checks a consistency proof from the checkpoint it cosigned before. Prints the
+    /// checkpoint with every cosignature obtained; exit code 1 if a witness refused
+    /// or could not be reached, each named.
+    Witness {
+        /// A witness's submission prefix, instead of the `[[audit.witness]]` list
+        /// (with --key).
+        #[arg(long, value_name = "URL", requires = "key")]
+        url: Option<String>,
+        /// That witness's verifier key (NAME+ID+KEY), as `iryo-witness vkey` prints it.
+        #[arg(long, value_name = "VKEY", requires = "url")]
+        key: Option<String>,
+    },
 }
 
 pub(super) fn run(config: &Config, cmd: AuditCmd) -> Result<ExitCode> {
@@ -175,8 +194,119 @@ pub(super) fn run(config: &Config, cmd: AuditCmd) -> Result<ExitCode> {
                 }))?;
             }
         }
+        AuditCmd::CheckpointKey => {
+            let (origin, signer) = checkpoint_signer(config)?;
+            let _ = origin;
+            println!("{}", signer.verifier());
+        }
+        AuditCmd::Checkpoint => {
+            let (origin, signer) = checkpoint_signer(config)?;
+            use iryo_directory::witnesses::LogView as _;
+            let (head, _) = Audit(config).consistency(0)?;
+            print!(
+                "{}",
+                iryo_directory::witnesses::checkpoint_note(&signer, &origin, &head)
+            );
+        }
+        AuditCmd::Witness { url, key } => return witness(config, url, key),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The log's origin and the signer of its checkpoints.
+fn checkpoint_signer(config: &Config) -> Result<(String, iryo_proto::note::NoteSigner)> {
+    let keys = iryo_directory::keys::AgencyKeys::load(&config.keys_dir())?;
+    let origin = iryo_directory::witnesses::origin(config.audit.origin.as_deref(), &keys.root);
+    let signer = iryo_directory::witnesses::log_signer(&origin, &keys.root)
+        .map_err(|e| anyhow::anyhow!("[audit] origin {origin:?}: {e}"))?;
+    Ok((origin, signer))
+}
+
+/// The audit log as a witness sees it, through the admin requests (directly, or
+/// through `serve`).
+struct Audit<'c>(&'c Config);
+
+impl iryo_directory::witnesses::LogView for Audit<'_> {
+    fn consistency(
+        &self,
+        old: u64,
+    ) -> Result<
+        (
+            iryo_proto::federation::TreeHead,
+            Vec<iryo_proto::merkle::Hash>,
+        ),
+        iryo_directory::witnesses::WitnessError,
+    > {
+        use iryo_directory::witnesses::WitnessError;
+        let answer = admin(self.0, &operator(), AdminRequest::AuditConsistency { old })
+            .map_err(|e| WitnessError::Log(format!("{e:#}")))?;
+        let AdminResponse::Consistency { head, proof, .. } = answer else {
+            return Err(WitnessError::Log("unexpected answer".into()));
+        };
+        let head = head
+            .open_unverified()
+            .map_err(|e| WitnessError::Log(e.to_string()))?;
+        Ok((head, proof))
+    }
+}
+
+/// `audit witness`: the latest checkpoint to each witness, the cosignatures printed.
+fn witness(config: &Config, url: Option<String>, key: Option<String>) -> Result<ExitCode> {
+    use iryo_proto::note::VerifierKey;
+    let witnesses: Vec<(String, String)> = match (url, key) {
+        (Some(u), Some(k)) => vec![(u, k)],
+        _ => config
+            .audit
+            .witnesses
+            .iter()
+            .map(|w| (w.url.clone(), w.key.clone()))
+            .collect(),
+    };
+    if witnesses.is_empty() {
+        anyhow::bail!(
+            "no witness: give --url and --key, or list them as [[audit.witness]] in the configuration"
+        );
+    }
+    let (origin, signer) = checkpoint_signer(config)?;
+    let mut cosigned: Option<iryo_proto::note::Note> = None;
+    let mut failed = false;
+    for (url, key) in witnesses {
+        let vkey = VerifierKey::parse(&key)
+            .map_err(|e| anyhow::anyhow!("witness {url}: key {key:?}: {e}"))?;
+        match iryo_directory::witnesses::submit(&url, &vkey, &signer, &origin, &Audit(config)) {
+            Ok(note) => {
+                eprintln!(
+                    "witness {} ({url}) cosigned size {}",
+                    vkey.name,
+                    size_of(&note)
+                );
+                cosigned = Some(match cosigned.take() {
+                    // Cosignatures of one checkpoint gather on one note.
+                    Some(mut held) if held.text == note.text => {
+                        held.signatures.extend(note.signatures.into_iter().skip(1));
+                        held
+                    }
+                    _ => note,
+                });
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                failed = true;
+            }
+        }
+    }
+    if let Some(note) = cosigned {
+        print!("{note}");
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn size_of(note: &iryo_proto::note::Note) -> u64 {
+    iryo_proto::checkpoint::Checkpoint::from_text(&note.text).map_or(0, |c| c.size)
 }
 
 /// A grant id from its 32 hex digits.

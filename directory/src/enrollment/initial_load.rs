@@ -101,6 +101,7 @@ pub(crate) fn initial_load_sorting_in(
     let reporter = Reporter {
         progress,
         last: std::cell::Cell::new(Instant::now()),
+        stage: std::cell::Cell::new(("", 0)),
     };
     let mut outcome = |file: usize, o: &crate::registry::merge::RowOutcome| {
         if let Some(s) = summaries.get_mut(file) {
@@ -180,13 +181,16 @@ fn read_file(
 struct Reporter<'p> {
     progress: &'p Progress,
     last: std::cell::Cell<Instant>,
+    /// The stage under way and its total.
+    stage: std::cell::Cell<(&'static str, u64)>,
 }
 
 impl LoadProgress for Reporter<'_> {
     fn stage(&self, what: &'static str, total: u64) {
-        tracing::info!(stage = what, total, "initial load");
+        tracing::debug!(stage = what, total, "initial load");
         self.progress.begin(what, total, Unit::Things);
         self.last.set(Instant::now());
+        self.stage.set((what, total));
     }
 
     fn at(&self, done: u64) {
@@ -194,7 +198,8 @@ impl LoadProgress for Reporter<'_> {
             Progress::Bar(b) => b.set_position(done),
             Progress::Log { every } if self.last.get().elapsed() >= *every => {
                 self.last.set(Instant::now());
-                tracing::info!(done, "initial load");
+                let (stage, total) = self.stage.get();
+                tracing::info!(stage, done, total, "initial load");
             }
             _ => {}
         }

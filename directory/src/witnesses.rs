@@ -1,0 +1,186 @@
+//! The audit log's tree heads as C2SP checkpoints, and their submission to witnesses
+//! (c2sp.org/tlog-witness). The agency's root key signs each checkpoint as an Ed25519
+//! note under the log's origin; a witness cosigns it only if it extends the checkpoint
+//! the witness cosigned before, checked by a consistency proof. Everything exchanged
+//! is public and signed, so plain HTTP carries it (a deployment may put TLS in front).
+
+use ed25519_dalek::SigningKey;
+use iryo_proto::checkpoint::{AddCheckpoint, Checkpoint};
+use iryo_proto::federation::TreeHead;
+use iryo_proto::merkle::Hash;
+use iryo_proto::note::{Note, NoteError, NoteSignature, NoteSigner, VerifierKey};
+use std::time::Duration;
+
+/// How long one request to a witness may take.
+const WITNESS_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a witness did not cosign.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WitnessError {
+    #[error("witness {url}: unreachable: {reason}")]
+    Unreachable { url: String, reason: String },
+    #[error("witness {url} refused the checkpoint of size {size} ({status}): {reason}")]
+    Refused {
+        url: String,
+        size: u64,
+        status: u16,
+        reason: String,
+    },
+    #[error("witness {url}: its answer is not a cosignature of its key: {reason}")]
+    BadAnswer { url: String, reason: String },
+    #[error("{0}")]
+    Log(String),
+    #[error(transparent)]
+    Note(#[from] NoteError),
+}
+
+/// The origin of the audit log's checkpoints: configured, or derived from the agency's
+/// root key so that two deployments never share one.
+pub fn origin(configured: Option<&str>, root: &SigningKey) -> String {
+    match configured {
+        Some(o) if !o.trim().is_empty() => o.trim().to_string(),
+        _ => format!(
+            "iryo-audit/{}",
+            iryo_proto::merkle::to_hex(&root.verifying_key().as_bytes()[..8])
+        ),
+    }
+}
+
+/// The log's signer of checkpoints: the root key, named by the origin.
+pub fn log_signer(origin: &str, root: &SigningKey) -> Result<NoteSigner, NoteError> {
+    NoteSigner::ed25519(origin, root.clone())
+}
+
+/// A signed tree head as a checkpoint note signed by the log.
+pub fn checkpoint_note(signer: &NoteSigner, origin: &str, head: &TreeHead) -> Note {
+    let text = Checkpoint {
+        origin: origin.to_string(),
+        size: head.size,
+        root: head.root,
+    }
+    .text();
+    Note {
+        signatures: vec![signer.sign(&text, 0)],
+        text,
+    }
+}
+
+/// What a witness asks of the log: its head, and a consistency proof to it from a
+/// size the witness names. `consistency(old)` returns the latest head and the proof
+/// from `old` to it.
+pub trait LogView {
+    fn consistency(&self, old: u64) -> Result<(TreeHead, Vec<Hash>), WitnessError>;
+}
+
+/// Submits the log's latest checkpoint to the witness at `url` (its submission
+/// prefix) and returns the checkpoint with the witness's cosignature. The log does
+/// not know what the witness last cosigned: it offers size 0, and on a 409 answer
+/// sends the proof from the size the witness names, as tlog-witness intends.
+pub fn submit(
+    url: &str,
+    witness: &VerifierKey,
+    signer: &NoteSigner,
+    origin: &str,
+    log: &dyn LogView,
+) -> Result<Note, WitnessError> {
+    let agent = ureq::Agent::config_builder()
+        .timeout_global(Some(WITNESS_TIMEOUT))
+        .http_status_as_error(false)
+        .build()
+        .new_agent();
+    let endpoint = format!("{}/add-checkpoint", url.trim_end_matches('/'));
+    let mut old = 0;
+    for _ in 0..3 {
+        let (head, proof) = log.consistency(old)?;
+        let note = checkpoint_note(signer, origin, &head);
+        let body = AddCheckpoint {
+            old,
+            proof: if old == 0 { Vec::new() } else { proof },
+            note: note.clone(),
+        }
+        .to_string();
+        let mut answer = agent
+            .post(&endpoint)
+            .content_type("text/plain; charset=utf-8")
+            .send(body.as_str())
+            .map_err(|e| WitnessError::Unreachable {
+                url: url.to_string(),
+                reason: e.to_string(),
+            })?;
+        let status = answer.status().as_u16();
+        let text = answer
+            .body_mut()
+            .with_config()
+            .limit(64 * 1024)
+            .read_to_string()
+            .unwrap_or_default();
+        match status {
+            200 => return cosigned(url, witness, note, &text),
+            409 => {
+                old = text.trim().parse().map_err(|_| WitnessError::BadAnswer {
+                    url: url.to_string(),
+                    reason: format!(
+                        "409 without a size: {:?}",
+                        text.chars().take(80).collect::<String>()
+                    ),
+                })?;
+                if old > head.size {
+                    return Err(WitnessError::Refused {
+                        url: url.to_string(),
+                        size: head.size,
+                        status,
+                        reason: format!(
+                            "the witness has cosigned size {old}, larger than this log's {}: it has seen another history of this log",
+                            head.size
+                        ),
+                    });
+                }
+            }
+            _ => {
+                return Err(WitnessError::Refused {
+                    url: url.to_string(),
+                    size: head.size,
+                    status,
+                    reason: text.trim().chars().take(300).collect(),
+                })
+            }
+        }
+    }
+    Err(WitnessError::BadAnswer {
+        url: url.to_string(),
+        reason: "it kept naming other sizes".into(),
+    })
+}
+
+/// The checkpoint with the witness's cosignature, checked against its key.
+fn cosigned(
+    url: &str,
+    witness: &VerifierKey,
+    mut note: Note,
+    answer: &str,
+) -> Result<Note, WitnessError> {
+    let bad = |reason: String| WitnessError::BadAnswer {
+        url: url.to_string(),
+        reason,
+    };
+    let lines: Vec<NoteSignature> = answer
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(NoteSignature::parse_line)
+        .collect::<Result<_, _>>()
+        .map_err(|e| bad(e.to_string()))?;
+    let check = Note {
+        text: note.text.clone(),
+        signatures: lines.clone(),
+    };
+    check
+        .verify(std::slice::from_ref(witness))
+        .map_err(|e| bad(e.to_string()))?;
+    note.signatures.extend(
+        lines
+            .into_iter()
+            .filter(|s| s.name == witness.name && s.key_id == witness.id()),
+    );
+    Ok(note)
+}

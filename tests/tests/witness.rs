@@ -1,0 +1,214 @@
+//! Witnesses of the audit log, as real processes: `iryo-witness` cosigns the
+//! directory's checkpoints as the log grows, refuses a second history of the same log
+//! (a split view: the same key and origin, other entries), and after kill -9 still
+//! holds the checkpoint it cosigned last.
+
+use iryo_proto::note::{Note, VerifierKey};
+use iryo_tests::{on_both_backends, witness_bin, Directory};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// An `iryo-witness` serving one log on an ephemeral port of 127.0.0.1.
+struct Witness {
+    config: PathBuf,
+    child: Child,
+    url: String,
+    key: String,
+}
+
+impl Witness {
+    /// Makes a witness of the log whose checkpoints `log_key` verifies, in `dir`.
+    fn new(dir: &Path, log_key: &str) -> Self {
+        let log = VerifierKey::parse(log_key).unwrap();
+        std::fs::create_dir_all(dir).unwrap();
+        let config = dir.join("witness.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "name = \"witness.test/w1\"\ndata_dir = \"{}\"\nlisten = \"127.0.0.1:0\"\n\n[[log]]\norigin = \"{}\"\nkeys = [\"{log_key}\"]\n",
+                dir.join("data").display(),
+                log.name
+            ),
+        )
+        .unwrap();
+        let out = Command::new(witness_bin())
+            .args(["--config"])
+            .arg(&config)
+            .arg("init")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let key = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .last()
+            .unwrap()
+            .to_string();
+        let (child, url) = serve(&config);
+        Self {
+            config,
+            child,
+            url,
+            key,
+        }
+    }
+
+    /// Kills the witness with SIGKILL and starts it again on the same state.
+    fn kill_and_restart(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        let (child, url) = serve(&self.config);
+        self.child = child;
+        self.url = url;
+    }
+}
+
+impl Drop for Witness {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(config: &Path) -> (Child, String) {
+    let mut child = Command::new(witness_bin())
+        .arg("--config")
+        .arg(config)
+        .arg("serve")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("listen="))
+        .unwrap_or_else(|| panic!("no ready line: {line:?}"));
+    (child, format!("http://{addr}"))
+}
+
+/// A directory with a few persons enrolled; their medical IDs.
+fn enrolled(d: &Directory) -> Vec<String> {
+    d.ok(&["init"]);
+    let sample = d.path("sample");
+    d.ok(&[
+        "sample",
+        "--persons",
+        "20",
+        "--out",
+        &sample.display().to_string(),
+    ]);
+    let mut args = vec!["enroll".to_string()];
+    for e in std::fs::read_dir(&sample).unwrap() {
+        args.push(e.unwrap().path().display().to_string());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    d.ok(&args);
+    d.persons()
+        .iter()
+        .map(|p| p.medical_id.to_string())
+        .collect()
+}
+
+/// Eligibility checks of `ids` at `institution`: each appends to the audit log.
+fn checks(d: &Directory, ids: &[String], institution: &str) {
+    for id in ids {
+        d.ok(&["check", "--institution", institution, "--medical-id", id]);
+    }
+}
+
+/// Asks the witness to cosign the directory's latest checkpoint; the cosigned note.
+fn cosign(d: &Directory, w: &Witness) -> std::process::Output {
+    d.run(&["audit", "witness", "--url", &w.url, "--key", &w.key])
+}
+
+fn cosigned_size(out: &std::process::Output, log: &str, w: &Witness) -> u64 {
+    assert!(out.status.success(), "{out:?}");
+    let note = Note::parse(&String::from_utf8_lossy(&out.stdout)).unwrap();
+    let keys = [
+        VerifierKey::parse(log).unwrap(),
+        VerifierKey::parse(&w.key).unwrap(),
+    ];
+    let signed = note.verify(&keys).unwrap();
+    assert_eq!(signed.len(), 2, "the log's signature and the witness's");
+    iryo_proto::checkpoint::Checkpoint::from_text(&note.text)
+        .unwrap()
+        .size
+}
+
+/// A second directory holding the same log (the same keys, so the same origin and
+/// signer) as `d` now: what a log shows when it forks its history.
+fn fork(d: &Directory) -> Directory {
+    fn copy(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            let target = to.join(e.file_name());
+            if e.file_type().unwrap().is_dir() {
+                copy(&e.path(), &target);
+            } else if e.file_name() != "admin.sock" {
+                std::fs::copy(e.path(), &target).unwrap();
+            }
+        }
+    }
+    match &d.cluster {
+        None => {
+            let f = Directory::new();
+            copy(&d.data, &f.data);
+            f
+        }
+        Some(cluster) => {
+            iryo_tests::stores::query(&cluster.url(), async |c| {
+                c.batch_execute("CREATE DATABASE fork TEMPLATE iryo")
+                    .await
+                    .unwrap();
+            });
+            let url = cluster.url().replace("/iryo?", "/fork?");
+            let f = Directory::on_postgres(&url);
+            copy(&d.data, &f.data);
+            f
+        }
+    }
+}
+
+on_both_backends! {
+fn a_witness_cosigns_the_log_as_it_grows_and_refuses_a_forked_history(backend) {
+    let d = Directory::on(backend);
+    let ids = enrolled(&d);
+    let log = d.ok(&["audit", "checkpoint-key"]).trim().to_string();
+    let mut w = Witness::new(&d.path("witness"), &log);
+
+    checks(&d, &ids[..3], "1310000011");
+    let first = cosigned_size(&cosign(&d, &w), &log, &w);
+    assert!(first >= 3, "{first}");
+    // The printed checkpoint is the log's own.
+    let printed = Note::parse(&d.ok(&["audit", "checkpoint"])).unwrap();
+    assert!(printed.verify(&[VerifierKey::parse(&log).unwrap()]).is_ok());
+
+    // A second history of the same log, from here.
+    let forked = fork(&d);
+    checks(&d, &ids[3..6], "1310000011");
+    let second = cosigned_size(&cosign(&d, &w), &log, &w);
+    assert!(second > first, "{first} then {second}");
+
+    // The fork grows past the cosigned size with other entries: no consistency
+    // proof from the witness's checkpoint verifies, and it is refused.
+    checks(&forked, &ids[6..12], "1310000029");
+    let out = cosign(&forked, &w);
+    assert!(!out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("refused") && err.contains("422"), "{err}");
+
+    // Killed and started again, the witness still holds the honest log's checkpoint:
+    // the fork is refused again, the honest log goes on.
+    w.kill_and_restart();
+    assert!(!cosign(&forked, &w).status.success());
+    checks(&d, &ids[12..14], "1310000011");
+    let third = cosigned_size(&cosign(&d, &w), &log, &w);
+    assert!(third > second);
+}
+}
