@@ -65,6 +65,13 @@ pub enum AdminRequest {
     AuditConsistency {
         old: u64,
     },
+    /// Keep a checkpoint with witnesses' cosignatures (a signed note), gathered with
+    /// any kept for its size.
+    KeepWitnessed {
+        note: String,
+    },
+    /// The kept cosigned checkpoint of the largest size.
+    Witnessed,
     /// Enroll files the serving process can read (absolute paths).
     Enroll {
         files: Vec<PathBuf>,
@@ -190,6 +197,8 @@ pub enum AdminResponse {
     Mismatches(Vec<Mismatch>),
     Mismatch(Box<Mismatch>),
     Notices(Vec<Notice>),
+    /// A cosigned checkpoint (a signed note), if one is kept.
+    Witnessed(Option<String>),
     Error(String),
 }
 
@@ -401,6 +410,15 @@ pub fn execute(
                     head,
                 }
             }
+            AdminRequest::KeepWitnessed { note } => {
+                let note = iryo_proto::note::Note::parse(&note)
+                    .map_err(crate::witnesses::WitnessError::from)?;
+                crate::witnesses::keep(store, &note)?;
+                AdminResponse::Done
+            }
+            AdminRequest::Witnessed => {
+                AdminResponse::Witnessed(store.witnessed(None)?.map(|(_, note)| note))
+            }
             AdminRequest::AuditProof { index } => {
                 let (head, size) = latest(store)?;
                 AdminResponse::Proof {
@@ -454,6 +472,8 @@ pub enum AdminError {
     Ingest(#[from] crate::enrollment::IngestError),
     #[error("give a medical ID or a My Number")]
     NoPerson,
+    #[error(transparent)]
+    Witness(#[from] crate::witnesses::WitnessError),
 }
 
 fn latest(store: &dyn Operations) -> Result<(Signed<TreeHead>, u64), crate::store::StoreError> {

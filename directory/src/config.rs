@@ -45,7 +45,7 @@ pub struct Config {
 }
 
 /// The audit log's checkpoints and their witnesses (`[audit]`).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuditConfig {
     /// The first line of the log's checkpoints (c2sp.org/tlog-checkpoint), unique to
@@ -54,6 +54,19 @@ pub struct AuditConfig {
     /// The witnesses `audit witness` asks to cosign each checkpoint.
     #[serde(rename = "witness")]
     pub witnesses: Vec<WitnessConfig>,
+    /// How often `serve` asks them to cosign the latest checkpoint, in seconds (0:
+    /// never; `audit witness` then does it when run).
+    pub witness_every_seconds: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            origin: None,
+            witnesses: Vec::new(),
+            witness_every_seconds: 60,
+        }
+    }
 }
 
 /// One witness (`[[audit.witness]]`).

@@ -184,3 +184,98 @@ fn cosigned(
     );
     Ok(note)
 }
+
+/// The cosignatures of two notes of one checkpoint gathered on one: every signature
+/// line of either, each once. `None` if they are not notes of the same text.
+pub fn merge(kept: &Note, new: &Note) -> Option<Note> {
+    if kept.text != new.text {
+        return None;
+    }
+    let mut out = kept.clone();
+    for s in &new.signatures {
+        if !out
+            .signatures
+            .iter()
+            .any(|k| k.name == s.name && k.key_id == s.key_id)
+        {
+            out.signatures.push(s.clone());
+        }
+    }
+    Some(out)
+}
+
+/// Keeps a cosigned checkpoint in `store`, with any cosignatures kept before for the
+/// same size; returns its size.
+pub fn keep(store: &dyn crate::store::Operations, note: &Note) -> Result<u64, WitnessError> {
+    let size = Checkpoint::from_text(&note.text)
+        .map_err(|e| WitnessError::Log(format!("not a checkpoint: {e}")))?
+        .size;
+    let log = |e: crate::store::StoreError| WitnessError::Log(e.to_string());
+    let merged = match store.witnessed(Some(size)).map_err(log)? {
+        Some((_, kept)) => {
+            let kept = Note::parse(&kept)?;
+            merge(&kept, note).unwrap_or_else(|| note.clone())
+        }
+        None => note.clone(),
+    };
+    store
+        .keep_witnessed(size, &merged.to_string())
+        .map_err(log)?;
+    Ok(size)
+}
+
+/// The store's audit log as witnesses see it.
+pub struct StoreLog<'s>(pub &'s dyn crate::store::Operations);
+
+impl LogView for StoreLog<'_> {
+    fn consistency(&self, old: u64) -> Result<(TreeHead, Vec<Hash>), WitnessError> {
+        let log = |e: crate::store::StoreError| WitnessError::Log(e.to_string());
+        let (head, size) = self.0.current_head().map_err(log)?;
+        let head = head
+            .open_unverified()
+            .map_err(|e| WitnessError::Log(e.to_string()))?;
+        let proof = if old == 0 || old > size {
+            Vec::new()
+        } else {
+            self.0.consistency_proof(old, size).map_err(log)?
+        };
+        Ok((head, proof))
+    }
+}
+
+/// The configured witnesses, their keys read.
+pub fn configured(
+    list: &[crate::config::WitnessConfig],
+) -> Result<Vec<(String, VerifierKey)>, WitnessError> {
+    list.iter()
+        .map(|w| {
+            VerifierKey::parse(&w.key)
+                .map(|k| (w.url.clone(), k))
+                .map_err(|e| WitnessError::Log(format!("[[audit.witness]] {}: {e}", w.url)))
+        })
+        .collect()
+}
+
+/// Asks every witness to cosign the log's latest checkpoint and keeps what they
+/// cosigned: what `serve` does every `[audit] witness_every_seconds`. Returns the
+/// witnesses (by URL) that refused or could not be reached, with why.
+pub fn witness_once(
+    store: &dyn crate::store::Operations,
+    witnesses: &[(String, VerifierKey)],
+    signer: &NoteSigner,
+    origin: &str,
+) -> Vec<(String, WitnessError)> {
+    // An empty log has nothing to cosign yet.
+    if store.audit_size().unwrap_or(0) == 0 {
+        return Vec::new();
+    }
+    let mut failed = Vec::new();
+    for (url, key) in witnesses {
+        match submit(url, key, signer, origin, &StoreLog(store)).and_then(|note| keep(store, &note))
+        {
+            Ok(size) => tracing::debug!(witness = %key.name, size, "checkpoint cosigned"),
+            Err(e) => failed.push((url.clone(), e)),
+        }
+    }
+    failed
+}

@@ -4,15 +4,15 @@
 //! holds the checkpoint it cosigned last.
 
 use iryo_proto::note::{Note, VerifierKey};
+use iryo_tests::federation::{field, start_ready, Proc};
 use iryo_tests::{on_both_backends, witness_bin, Directory};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 /// An `iryo-witness` serving one log on an ephemeral port of 127.0.0.1.
 struct Witness {
     config: PathBuf,
-    child: Child,
+    process: Proc,
     url: String,
     key: String,
 }
@@ -45,10 +45,10 @@ impl Witness {
             .last()
             .unwrap()
             .to_string();
-        let (child, url) = serve(&config);
+        let (process, url) = serve(&config);
         Self {
             config,
-            child,
+            process,
             url,
             key,
         }
@@ -56,39 +56,20 @@ impl Witness {
 
     /// Kills the witness with SIGKILL and starts it again on the same state.
     fn kill_and_restart(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-        let (child, url) = serve(&self.config);
-        self.child = child;
+        self.process.0.kill().unwrap();
+        self.process.0.wait().unwrap();
+        let (process, url) = serve(&self.config);
+        self.process = process;
         self.url = url;
     }
 }
 
-impl Drop for Witness {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve(config: &Path) -> (Child, String) {
-    let mut child = Command::new(witness_bin())
-        .arg("--config")
-        .arg(config)
-        .arg("serve")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("listen="))
-        .unwrap_or_else(|| panic!("no ready line: {line:?}"));
-    (child, format!("http://{addr}"))
+fn serve(config: &Path) -> (Proc, String) {
+    let mut cmd = Command::new(witness_bin());
+    cmd.arg("--config").arg(config).arg("serve");
+    let (process, line) = start_ready(cmd, "iryo-witness serve");
+    let url = format!("http://{}", field(&line, "listen"));
+    (process, url)
 }
 
 /// A directory with a few persons enrolled; their medical IDs.
@@ -194,6 +175,10 @@ fn a_witness_cosigns_the_log_as_it_grows_and_refuses_a_forked_history(backend) {
     checks(&d, &ids[3..6], "1310000011");
     let second = cosigned_size(&cosign(&d, &w), &log, &w);
     assert!(second > first, "{first} then {second}");
+    // What was cosigned is kept.
+    let kept = Note::parse(&d.ok(&["audit", "witnessed"])).unwrap();
+    let kept = iryo_proto::checkpoint::Checkpoint::from_text(&kept.text).unwrap();
+    assert_eq!(kept.size, second);
 
     // The fork grows past the cosigned size with other entries: no consistency
     // proof from the witness's checkpoint verifies, and it is refused.
@@ -210,5 +195,48 @@ fn a_witness_cosigns_the_log_as_it_grows_and_refuses_a_forked_history(backend) {
     checks(&d, &ids[12..14], "1310000011");
     let third = cosigned_size(&cosign(&d, &w), &log, &w);
     assert!(third > second);
+}
+}
+
+on_both_backends! {
+fn serve_has_its_checkpoints_cosigned_and_keeps_them(backend) {
+    let d = Directory::on(backend);
+    let ids = enrolled(&d);
+    let log = d.ok(&["audit", "checkpoint-key"]).trim().to_string();
+    let w = Witness::new(&d.path("witness"), &log);
+    let config = d.path("directory.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[audit]\nwitness_every_seconds = 1\n[[audit.witness]]\nurl = \"{}\"\nkey = \"{}\"\n",
+            w.url, w.key
+        ),
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    let (_serving, _) = iryo_tests::federation::start_ready(
+        d.command(&["--config", &config, "serve", "--listen", "/ip4/127.0.0.1/tcp/0"]),
+        "iryo-directory serve",
+    );
+    // Checks while serving (through its admin socket on redb).
+    checks(&d, &ids[..4], "1310000011");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let keys = [VerifierKey::parse(&log).unwrap(), VerifierKey::parse(&w.key).unwrap()];
+    loop {
+        let out = d.run(&["audit", "witnessed"]);
+        if out.status.success() {
+            let note = Note::parse(&String::from_utf8_lossy(&out.stdout)).unwrap();
+            assert_eq!(note.verify(&keys).unwrap().len(), 2);
+            let cp = iryo_proto::checkpoint::Checkpoint::from_text(&note.text).unwrap();
+            if cp.size >= 4 {
+                break;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "serve had no checkpoint of the four checks cosigned: {out:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 }
 }

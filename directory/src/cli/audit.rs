@@ -69,6 +69,9 @@ pub(super) enum AuditCmd {
         #[arg(long, value_name = "VKEY", requires = "url")]
         key: Option<String>,
     },
+    /// The latest checkpoint kept with witnesses' cosignatures (by `audit witness`, or
+    /// by `serve` every `[audit] witness_every_seconds`).
+    Witnessed,
 }
 
 pub(super) fn run(config: &Config, cmd: AuditCmd) -> Result<ExitCode> {
@@ -209,6 +212,14 @@ pub(super) fn run(config: &Config, cmd: AuditCmd) -> Result<ExitCode> {
             );
         }
         AuditCmd::Witness { url, key } => return witness(config, url, key),
+        AuditCmd::Witnessed => match admin(config, &operator(), AdminRequest::Witnessed)? {
+            AdminResponse::Witnessed(Some(note)) => print!("{note}"),
+            AdminResponse::Witnessed(None) => {
+                eprintln!("no checkpoint has been cosigned yet (audit witness)");
+                return Ok(ExitCode::FAILURE);
+            }
+            _ => anyhow::bail!("unexpected answer from the directory"),
+        },
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -296,6 +307,13 @@ fn witness(config: &Config, url: Option<String>, key: Option<String>) -> Result<
         }
     }
     if let Some(note) = cosigned {
+        admin(
+            config,
+            &operator(),
+            AdminRequest::KeepWitnessed {
+                note: note.to_string(),
+            },
+        )?;
         print!("{note}");
     }
     Ok(if failed {

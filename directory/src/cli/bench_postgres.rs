@@ -72,8 +72,14 @@ fn measure_postgres(args: &BenchArgs, url: &DatabaseUrl, dir: &std::path::Path) 
     let on_redb = if initial {
         let t = Instant::now();
         let scratch = ctx.config.data_dir.join("initial-load");
-        let summaries =
-            initial_load(&redb, &issuer, &sample.files, &opts, &scratch, &Progress::Silent)?;
+        let summaries = initial_load(
+            &redb,
+            &issuer,
+            &sample.files,
+            &opts,
+            &scratch,
+            &Progress::Silent,
+        )?;
         summaries.iter().map(|s| s.rows).sum::<u64>() as f64 / t.elapsed().as_secs_f64()
     } else {
         enroll(&redb)?

@@ -41,6 +41,7 @@ pub(super) fn run(config: Config, a: ServeArgs) -> Result<ExitCode> {
             keys.root.clone(),
             config.clone(),
         ));
+        let witnessing = start_witnessing(&config, store.clone(), &keys.root)?;
         let started =
             start_serving(&config, store, &keys.root, identity, listen, https, None).await;
         let (running, front) = match started {
@@ -65,6 +66,9 @@ pub(super) fn run(config: Config, a: ServeArgs) -> Result<ExitCode> {
             );
         }
         admin_task.abort();
+        if let Some(w) = witnessing {
+            w.abort();
+        }
         if let Some(f) = front {
             f.stop();
         }
@@ -93,6 +97,7 @@ fn serve_postgres(
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
         let follower = follow_revocations(config, &store);
+        let witnessing = start_witnessing(config, store.clone(), &keys.root)?;
         let (running, front) = start_serving(
             config,
             store,
@@ -106,6 +111,9 @@ fn serve_postgres(
         iryo_p2p::shutdown::signal().await;
         if let Some(f) = follower {
             f.abort();
+        }
+        if let Some(w) = witnessing {
+            w.abort();
         }
         if let Some(f) = front {
             f.stop();
@@ -181,6 +189,47 @@ fn follow_revocations(
             let _ = tokio::task::spawn_blocking(step).await;
         }
     }))
+}
+
+/// Asks the configured witnesses to cosign the latest checkpoint now and every
+/// `[audit] witness_every_seconds`, and keeps what they cosign; `None` when there is
+/// none to ask. A witness that fails is logged when it starts failing and when it
+/// answers again, not at every round.
+fn start_witnessing(
+    config: &Config,
+    store: std::sync::Arc<dyn iryo_directory::store::Operations + Send + Sync>,
+    root: &ed25519_dalek::SigningKey,
+) -> Result<Option<tokio::task::JoinHandle<()>>> {
+    use iryo_directory::witnesses;
+    let every = config.audit.witness_every_seconds;
+    if every == 0 || config.audit.witnesses.is_empty() {
+        return Ok(None);
+    }
+    let list = witnesses::configured(&config.audit.witnesses)?;
+    let origin = witnesses::origin(config.audit.origin.as_deref(), root);
+    let signer = witnesses::log_signer(&origin, root)
+        .map_err(|e| anyhow::anyhow!("[audit] origin {origin:?}: {e}"))?;
+    let state = std::sync::Arc::new((store, list, signer, origin));
+    Ok(Some(tokio::spawn(async move {
+        let mut failing: Vec<String> = Vec::new();
+        loop {
+            let s = state.clone();
+            let failed = tokio::task::spawn_blocking(move || {
+                witnesses::witness_once(&*s.0, &s.1, &s.2, &s.3)
+            })
+            .await
+            .unwrap_or_default();
+            for (url, e) in failed.iter().filter(|(u, _)| !failing.contains(u)) {
+                tracing::warn!(witness = %url, error = %e, "a witness did not cosign the audit log's checkpoint");
+            }
+            let now: Vec<String> = failed.into_iter().map(|(u, _)| u).collect();
+            for url in failing.iter().filter(|u| !now.contains(u)) {
+                tracing::info!(witness = %url, "the witness cosigns again");
+            }
+            failing = now;
+            tokio::time::sleep(std::time::Duration::from_secs(every)).await;
+        }
+    })))
 }
 
 /// The service's listen addresses, also written to `DATA_DIR/directory.addr` for

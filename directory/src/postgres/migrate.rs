@@ -29,6 +29,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "check intake",
         sql: include_str!("migrations/0003_check_intake.sql"),
     },
+    Migration {
+        version: 4,
+        name: "witnessed checkpoints",
+        sql: include_str!("migrations/0004_witnessed_checkpoints.sql"),
+    },
 ];
 
 /// The schema version this binary works with.

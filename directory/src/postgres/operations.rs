@@ -62,6 +62,8 @@ impl Operations for PgStore {
         audit_verify(agency: &VerifyingKey) -> Result<AuditReport>;
         current_head() -> Result<(Signed<TreeHead>, u64)>;
         audit_root(size: u64) -> Result<Hash>;
+        keep_witnessed(size: u64, note: &str) -> Result<()>;
+        witnessed(size: Option<u64>) -> Result<Option<(u64, String)>>;
         audit_entry(index: u64) -> Result<LogEntry>;
         inclusion_proof(index: u64, size: u64) -> Result<Vec<Hash>>;
         consistency_proof(old: u64, new: u64) -> Result<Vec<Hash>>;

@@ -242,6 +242,32 @@ impl Store {
         Ok((head, size))
     }
 
+    /// Keeps a checkpoint of `size` with witnesses' cosignatures (a signed note).
+    pub fn keep_witnessed(&self, size: u64, note: &str) -> Result<()> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut t = tx.open_table(WITNESSED)?;
+            t.insert(size, note)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The kept cosigned checkpoint of `size`, or the largest one kept.
+    pub fn witnessed(&self, size: Option<u64>) -> Result<Option<(u64, String)>> {
+        let tx = self.db.begin_read()?;
+        let t = match tx.open_table(WITNESSED) {
+            Ok(t) => t,
+            // A store from before witnesses kept none.
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(match size {
+            Some(s) => t.get(s)?.map(|v| (s, v.value().to_string())),
+            None => t.last()?.map(|(k, v)| (k.value(), v.value().to_string())),
+        })
+    }
+
     /// The key that signed the log's first tree head, if there is one.
     pub fn first_head_signer(&self) -> Result<Option<[u8; 32]>> {
         let tx = self.db.begin_read()?;

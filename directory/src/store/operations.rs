@@ -135,6 +135,10 @@ pub trait Operations: EnrollBatch {
     /// entries were appended since the last.
     fn current_head(&self) -> Result<(Signed<TreeHead>, u64)>;
     fn audit_root(&self, size: u64) -> Result<Hash>;
+    /// Keeps a checkpoint of `size` with witnesses' cosignatures (a signed note).
+    fn keep_witnessed(&self, size: u64, note: &str) -> Result<()>;
+    /// The kept cosigned checkpoint of `size`, or the largest one kept.
+    fn witnessed(&self, size: Option<u64>) -> Result<Option<(u64, String)>>;
     fn audit_entry(&self, index: u64) -> Result<LogEntry>;
     fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>>;
     fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Hash>>;
@@ -191,6 +195,8 @@ impl Operations for Store {
         audit_verify(agency: &VerifyingKey) -> Result<AuditReport>;
         current_head() -> Result<(Signed<TreeHead>, u64)>;
         audit_root(size: u64) -> Result<Hash>;
+        keep_witnessed(size: u64, note: &str) -> Result<()>;
+        witnessed(size: Option<u64>) -> Result<Option<(u64, String)>>;
         audit_entry(index: u64) -> Result<LogEntry>;
         inclusion_proof(index: u64, size: u64) -> Result<Vec<Hash>>;
         consistency_proof(old: u64, new: u64) -> Result<Vec<Hash>>;

@@ -67,6 +67,9 @@ pub(crate) fn subtree_key(level: u32, index: u64) -> (u64, u32) {
 }
 /// Tree size → Signed<TreeHead>.
 pub(super) const AUDIT_HEADS: TableDefinition<u64, &[u8]> = TableDefinition::new("audit_heads");
+/// Size → the checkpoint of that size with witnesses' cosignatures (a signed note).
+pub(super) const WITNESSED: TableDefinition<u64, &str> =
+    TableDefinition::new("witnessed_checkpoints");
 /// pid → portal Account: the activation code's hash and the passphrase's argon2id hash.
 pub(super) const PORTAL_ACCOUNTS: TableDefinition<u64, &[u8]> =
     TableDefinition::new("portal_accounts");

@@ -34,7 +34,8 @@ enum Command {
     Init,
     /// Print the witness's verifier key.
     Vkey,
-    /// Serve add-checkpoint; prints `ready listen=ADDR vkey=KEY` once listening.
+    /// Serve add-checkpoint; prints `iryo-witness ready listen=ADDR vkey=KEY` once
+    /// listening.
     Serve,
 }
 
@@ -96,7 +97,7 @@ fn run(cli: Cli) -> Result<()> {
                     .await
                     .with_context(|| format!("listen address {}", config.listen))?;
                 let addr = listener.local_addr()?;
-                println!("ready listen={addr} vkey={vkey}");
+                println!("iryo-witness ready listen={addr} vkey={vkey}");
                 tracing::info!(%addr, logs = config.logs.len(), "witness serving");
                 let router = iryo_witness::http::router(Arc::new(witness));
                 tokio::select! {

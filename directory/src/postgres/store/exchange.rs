@@ -243,6 +243,35 @@ impl PgStore {
         Ok((head, size))
     }
 
+    /// Keeps a checkpoint of `size` with witnesses' cosignatures (a signed note).
+    pub fn keep_witnessed(&self, size: u64, note: &str) -> Result<()> {
+        let size = crate::postgres::sql(size)?;
+        self.raw_transaction(async |tx| {
+            tx.execute(
+                "INSERT INTO witnessed_checkpoints (size, note) VALUES ($1, $2)
+                 ON CONFLICT (size) DO UPDATE SET note = EXCLUDED.note",
+                &[&size as &(dyn tokio_postgres::types::ToSql + Sync), &note],
+            )
+            .await?;
+            Ok(())
+        })
+    }
+
+    /// The kept cosigned checkpoint of `size`, or the largest one kept.
+    pub fn witnessed(&self, size: Option<u64>) -> Result<Option<(u64, String)>> {
+        let size = size.map(crate::postgres::sql).transpose()?;
+        let row: Option<(i64, String)> = self.read(async |c| {
+            Ok(c.query_opt(
+                "SELECT size, note FROM witnessed_checkpoints
+                 WHERE $1::bigint IS NULL OR size = $1 ORDER BY size DESC LIMIT 1",
+                &[&size],
+            )
+            .await?
+            .map(|r| (r.get(0), r.get(1))))
+        })?;
+        Ok(row.map(|(s, n)| (s as u64, n)))
+    }
+
     pub fn audit_root(&self, size: u64) -> Result<Hash> {
         self.read(async |c| audit::root(c, size).await)
     }

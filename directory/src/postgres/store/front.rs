@@ -214,7 +214,7 @@ impl PgStore {
 
     /// Runs `f` in one transaction of the front's own tables, which no registry rule
     /// reads, and commits it.
-    fn raw_transaction<T>(
+    pub(super) fn raw_transaction<T>(
         &self,
         f: impl AsyncFnOnce(&tokio_postgres::Transaction<'_>) -> std::result::Result<T, PgError>,
     ) -> Result<T> {
