@@ -279,3 +279,63 @@ pub fn witness_once(
     }
     failed
 }
+
+/// A kept checkpoint as checked: the tree head, the witnesses whose cosignatures
+/// verify, and the latest time one of them cosigned.
+#[derive(Debug, Clone)]
+pub struct Witnessed {
+    pub checkpoint: Checkpoint,
+    pub witnesses: Vec<String>,
+    pub cosigned_at: u64,
+}
+
+/// Reads a kept cosigned checkpoint: it must be signed by the log's key, and counts
+/// the cosignatures of `witnesses` that verify (none is an empty list, not an error).
+pub fn check_witnessed(
+    note: &str,
+    log: &VerifierKey,
+    witnesses: &[VerifierKey],
+) -> Result<Witnessed, WitnessError> {
+    let note = Note::parse(note)?;
+    let checkpoint = Checkpoint::from_text(&note.text)
+        .map_err(|e| WitnessError::Log(format!("not a checkpoint: {e}")))?;
+    note.verify(std::slice::from_ref(log))?;
+    let cosigned = match note.verify(witnesses) {
+        Ok(found) => found,
+        Err(NoteError::Unverified) => Vec::new(),
+        Err(e) => return Err(e.into()),
+    };
+    let mut names: Vec<String> = cosigned.iter().map(|(k, _)| k.name.clone()).collect();
+    names.sort();
+    names.dedup();
+    Ok(Witnessed {
+        checkpoint,
+        witnesses: names,
+        cosigned_at: cosigned.iter().filter_map(|(_, t)| *t).max().unwrap_or(0),
+    })
+}
+
+/// The latest kept checkpoint with at least one cosignature of the configured
+/// witnesses, checked; `None` if there is none (or none that checks).
+pub fn latest_witnessed(
+    store: &dyn crate::store::Operations,
+    audit: &crate::config::AuditConfig,
+    root: &SigningKey,
+) -> Option<Witnessed> {
+    let (_, note) = store.witnessed(None).ok()??;
+    let origin = origin(audit.origin.as_deref(), root);
+    let log = log_signer(&origin, root).ok()?.verifier();
+    let keys: Vec<VerifierKey> = configured(&audit.witnesses)
+        .ok()?
+        .into_iter()
+        .map(|(_, k)| k)
+        .collect();
+    match check_witnessed(&note, &log, &keys) {
+        Ok(w) if !w.witnesses.is_empty() => Some(w),
+        Ok(_) => None,
+        Err(e) => {
+            tracing::warn!(error = %e, "the kept witnessed checkpoint does not check");
+            None
+        }
+    }
+}

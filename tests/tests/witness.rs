@@ -66,7 +66,10 @@ impl Witness {
 
 fn serve(config: &Path) -> (Proc, String) {
     let mut cmd = Command::new(witness_bin());
-    cmd.arg("--config").arg(config).arg("serve");
+    cmd.arg("--config")
+        .arg(config)
+        .arg("serve")
+        .env("RUST_LOG", "iryo_witness=warn");
     let (process, line) = start_ready(cmd, "iryo-witness serve");
     let url = format!("http://{}", field(&line, "listen"));
     (process, url)
@@ -237,6 +240,55 @@ fn serve_has_its_checkpoints_cosigned_and_keeps_them(backend) {
             "serve had no checkpoint of the four checks cosigned: {out:?}"
         );
         std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+}
+
+on_both_backends! {
+fn my_portal_names_the_witnessed_checkpoint_its_access_log_is_proved_against(backend) {
+    use iryo_tests::https::{activate, agent_no_redirects, kyokai, row, serve_with, with_ca_on};
+    let d = with_ca_on(backend);
+    let file = d.path("a.csv");
+    iryo_tests::write_enrollment(&file, &[&row(&kyokai(), "kyokai", 0)]);
+    d.ok(&["enroll", &file.display().to_string()]);
+    let letter = d.print_letters("letters", &[]).1.remove(0);
+    let id = letter["medical_id"].replace('-', "");
+    let log = d.ok(&["audit", "checkpoint-key"]).trim().to_string();
+    let w = Witness::new(&d.path("witness"), &log);
+    let config = d.path("directory.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[audit]\nwitness_every_seconds = 1\n[[audit.witness]]\nurl = \"{}\"\nkey = \"{}\"\n",
+            w.url, w.key
+        ),
+    )
+    .unwrap();
+    let (_serve, https) = serve_with(&d, &["--config", &config.display().to_string()]);
+    // An operator reads the person's record: a line of their access log.
+    d.ok(&["show", "--medical-id", &id]);
+
+    let base = format!("https://localhost:{}", https.rsplit(':').next().unwrap());
+    let a = agent_no_redirects(&d.data.join("ca/ca.pem"));
+    let session = activate(&a, &base, &letter["medical_id"], &letter["activation_code"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let mut page = a
+            .get(format!("{base}/portal/access"))
+            .header("cookie", &session)
+            .call()
+            .unwrap();
+        let body = page.body_mut().read_to_string().unwrap();
+        if body.contains("立会人が確かめた木です") {
+            assert!(body.contains("独立した立会人 1 者が確かめています"), "{body}");
+            assert!(!body.contains("確認待ちです。</p></details>"), "{body}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the access log never named a witnessed checkpoint: {body}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
     }
 }
 }

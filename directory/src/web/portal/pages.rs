@@ -456,7 +456,7 @@ pub(super) async fn access(
 ) -> Result<Response, WebError> {
     let w = web.clone();
     let id = s.medical_id;
-    let (page, shown, more) = blocking(move || {
+    let (page, shown, more, witnessed) = blocking(move || {
         let person = w.store.person_by_medical_id(id)?;
         let entries = w.store.audit_for_person(&person)?;
         let mut names = Names {
@@ -464,16 +464,32 @@ pub(super) async fn access(
             seen: HashMap::new(),
         };
         let (page, mut shown, more) = paging.slice(lines(lang, &mut names, &entries));
-        // Only the lines shown are proved.
+        // Only the lines shown are proved: against the checkpoint the witnesses
+        // cosigned when it holds them, else against the latest signed head.
         let agency = w.agency.verifying_key();
+        let witnessed = crate::witnesses::latest_witnessed(&*w.store, &w.config.audit, &w.agency);
         for line in &mut shown {
             for (index, size) in &mut line.proofs {
-                *size = w.store.prove_entry(*index, &agency)?;
+                *size = match &witnessed {
+                    Some(c) if *index < c.checkpoint.size => {
+                        let cp = &c.checkpoint;
+                        let leaf = iryo_proto::merkle::leaf_hash(
+                            &w.store.audit_entry(*index)?.canonical(),
+                        );
+                        let proof = w.store.inclusion_proof(*index, cp.size)?;
+                        iryo_proto::merkle::verify_inclusion(
+                            &leaf, *index, cp.size, &proof, &cp.root,
+                        )
+                        .then_some(cp.size)
+                    }
+                    _ => w.store.prove_entry(*index, &agency)?,
+                };
             }
         }
-        Ok((page, shown, more))
+        Ok((page, shown, more, witnessed))
     })
     .await?;
+    let witnessed_size = witnessed.as_ref().map(|c| c.checkpoint.size);
     let rows: Vec<Markup> = shown
         .iter()
         .map(|line| {
@@ -497,6 +513,13 @@ pub(super) async fn access(
                                             Lang::Ja => { "署名付き監査ログの " (index) " 番目の記録（全 " (size.unwrap_or_default()) " 件の木で証明）" },
                                             Lang::En => { "Entry " (index) " of the signed audit log (proved in its tree of " (size.unwrap_or_default()) ")" },
                                         }
+                                        @if let Some(ws) = witnessed_size {
+                                            @if *size == Some(ws) {
+                                                " " (lang.t("立会人が確かめた木です。", "A tree the witnesses confirmed."))
+                                            } @else {
+                                                " " (lang.t("立会人の確認待ちです。", "Awaiting the witnesses' confirmation."))
+                                            }
+                                        }
                                     }
                                 }
                             } @else {
@@ -508,6 +531,19 @@ pub(super) async fn access(
             }
         })
         .collect();
+    let witnessed_note = witnessed.as_ref().map(|c| {
+        let n = c.witnesses.len();
+        let size = c.checkpoint.size;
+        let at = lang.time(i64::try_from(c.cosigned_at).unwrap_or(0));
+        match lang {
+            Lang::Ja => format!(
+                "監査ログは、管理機関から独立した立会人 {n} 者が確かめています（{size} 件目まで、{at} 時点）。それより新しい行は、確認待ちです。"
+            ),
+            Lang::En => format!(
+                "The audit log is confirmed by {n} witness(es) independent of the agency (its first {size} entries, as of {at}). Newer lines await their confirmation."
+            ),
+        }
+    });
     let body = listing(
         lang,
         ("access", "/portal/access"),
@@ -526,6 +562,12 @@ pub(super) async fn access(
         &rows,
         (page, more),
     );
+    let body = html! {
+        @if let Some(note) = &witnessed_note {
+            p class="witnessed" { (note) }
+        }
+        (body)
+    };
     Ok(private(
         lang,
         lang.t("閲覧記録", "Access log"),
