@@ -201,10 +201,9 @@ fn a_witness_cosigns_the_log_as_it_grows_and_refuses_a_forked_history(backend) {
 }
 }
 
-on_both_backends! {
-fn serve_has_its_checkpoints_cosigned_and_keeps_them(backend) {
-    let d = Directory::on(backend);
-    let ids = enrolled(&d);
+/// A witness of `d`'s log, and a configuration file (its path) that has `serve` ask
+/// it to cosign every second; with the log's verifier key.
+fn witnessed_every_second(d: &Directory) -> (Witness, String, String) {
     let log = d.ok(&["audit", "checkpoint-key"]).trim().to_string();
     let w = Witness::new(&d.path("witness"), &log);
     let config = d.path("directory.toml");
@@ -216,7 +215,14 @@ fn serve_has_its_checkpoints_cosigned_and_keeps_them(backend) {
         ),
     )
     .unwrap();
-    let config = config.display().to_string();
+    (w, log, config.display().to_string())
+}
+
+on_both_backends! {
+fn serve_has_its_checkpoints_cosigned_and_keeps_them(backend) {
+    let d = Directory::on(backend);
+    let ids = enrolled(&d);
+    let (w, log, config) = witnessed_every_second(&d);
     let (_serving, _) = iryo_tests::federation::start_ready(
         d.command(&["--config", &config, "serve", "--listen", "/ip4/127.0.0.1/tcp/0"]),
         "iryo-directory serve",
@@ -253,18 +259,8 @@ fn my_portal_names_the_witnessed_checkpoint_its_access_log_is_proved_against(bac
     d.ok(&["enroll", &file.display().to_string()]);
     let letter = d.print_letters("letters", &[]).1.remove(0);
     let id = letter["medical_id"].replace('-', "");
-    let log = d.ok(&["audit", "checkpoint-key"]).trim().to_string();
-    let w = Witness::new(&d.path("witness"), &log);
-    let config = d.path("directory.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[audit]\nwitness_every_seconds = 1\n[[audit.witness]]\nurl = \"{}\"\nkey = \"{}\"\n",
-            w.url, w.key
-        ),
-    )
-    .unwrap();
-    let (_serve, https) = serve_with(&d, &["--config", &config.display().to_string()]);
+    let (_w, _, config) = witnessed_every_second(&d);
+    let (_serve, https) = serve_with(&d, &["--config", &config]);
     // An operator reads the person's record: a line of their access log.
     d.ok(&["show", "--medical-id", &id]);
 

@@ -129,18 +129,7 @@ impl<'a> FileBatches<'a> {
                     match parse_row(&self.cols, &self.record, line, self.today)
                         .and_then(|row| own_insurer(row, self.only_insurer.as_ref()))
                     {
-                        Ok(row) => {
-                            if candidates {
-                                let c = issuer.candidate(row.my_number, 0).map_err(|e| {
-                                    IngestError::Store {
-                                        path: self.path.to_path_buf(),
-                                        source: e.into(),
-                                    }
-                                })?;
-                                chunk.candidates.push(c);
-                            }
-                            chunk.rows.push(row);
-                        }
+                        Ok(row) => chunk.rows.push(row),
                         Err(errs) => {
                             chunk.rejected += 1;
                             chunk.errors.extend(errs);
@@ -167,7 +156,30 @@ impl<'a> FileBatches<'a> {
             }
         }
         chunk.bytes = self.csv.position().byte();
+        if candidates {
+            chunk.fill_candidates(issuer, self.path)?;
+        }
         Ok(Some(chunk))
+    }
+}
+
+impl Chunk {
+    /// Computes each row's generation-0 medical ID candidate (FF1), in row order.
+    pub(super) fn fill_candidates(
+        &mut self,
+        issuer: &Issuer,
+        path: &Path,
+    ) -> Result<(), IngestError> {
+        self.candidates = self
+            .rows
+            .iter()
+            .map(|r| issuer.candidate(r.my_number, 0))
+            .collect::<Result<_, _>>()
+            .map_err(|e| IngestError::Store {
+                path: path.to_path_buf(),
+                source: e.into(),
+            })?;
+        Ok(())
     }
 }
 
