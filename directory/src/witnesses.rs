@@ -20,6 +20,12 @@ const WITNESS_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum WitnessError {
     #[error("witness {url}: unreachable: {reason}")]
     Unreachable { url: String, reason: String },
+    #[error(
+        "witness {0}: the URL must begin with http:// (checkpoints and cosignatures are \
+         public and signed, so no TLS is needed; reach a witness served only over HTTPS \
+         through a local proxy)"
+    )]
+    NotHttp(String),
     #[error("witness {url} refused the checkpoint of size {size} ({status}): {reason}")]
     Refused {
         url: String,
@@ -84,6 +90,7 @@ pub fn submit(
     origin: &str,
     log: &dyn LogView,
 ) -> Result<Note, WitnessError> {
+    check_url(url)?;
     let agent = ureq::Agent::config_builder()
         .timeout_global(Some(WITNESS_TIMEOUT))
         .http_status_as_error(false)
@@ -151,6 +158,15 @@ pub fn submit(
         url: url.to_string(),
         reason: "it kept naming other sizes".into(),
     })
+}
+
+/// A witness's submission prefix must be plain HTTP: what is exchanged is public and
+/// signed, and this client speaks no TLS.
+fn check_url(url: &str) -> Result<(), WitnessError> {
+    if url.starts_with("http://") {
+        return Ok(());
+    }
+    Err(WitnessError::NotHttp(url.to_string()))
 }
 
 /// The checkpoint with the witness's cosignature, checked against its key.
@@ -249,6 +265,7 @@ pub fn configured(
 ) -> Result<Vec<(String, VerifierKey)>, WitnessError> {
     list.iter()
         .map(|w| {
+            check_url(&w.url).map_err(|e| WitnessError::Log(format!("[[audit.witness]]: {e}")))?;
             VerifierKey::parse(&w.key)
                 .map(|k| (w.url.clone(), k))
                 .map_err(|e| WitnessError::Log(format!("[[audit.witness]] {}: {e}", w.url)))
@@ -337,5 +354,58 @@ pub fn latest_witnessed(
             tracing::warn!(error = %e, "the kept witnessed checkpoint does not check");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(size: u64) -> TreeHead {
+        TreeHead {
+            size,
+            root: [size as u8; 32],
+            at: 0,
+        }
+    }
+
+    #[test]
+    fn cosignatures_of_one_checkpoint_gather_once_each() {
+        let root = SigningKey::from_bytes(&[1; 32]);
+        let origin = origin(None, &root);
+        let log = log_signer(&origin, &root).unwrap();
+        let w1 = NoteSigner::cosigner("w.example/1", SigningKey::from_bytes(&[2; 32])).unwrap();
+        let w2 = NoteSigner::cosigner("w.example/2", SigningKey::from_bytes(&[3; 32])).unwrap();
+        let base = checkpoint_note(&log, &origin, &head(5));
+        let with = |w: &NoteSigner| {
+            let mut n = base.clone();
+            n.signatures.push(w.sign(&n.text, 7));
+            n
+        };
+        let both = merge(&with(&w1), &with(&w2)).unwrap();
+        assert_eq!(both.signatures.len(), 3);
+        assert_eq!(merge(&both, &with(&w1)).unwrap(), both);
+        let other = checkpoint_note(&log, &origin, &head(6));
+        assert!(merge(&both, &other).is_none());
+        let checked = check_witnessed(
+            &both.to_string(),
+            &log.verifier(),
+            &[w1.verifier(), w2.verifier()],
+        )
+        .unwrap();
+        assert_eq!(checked.witnesses.len(), 2);
+        assert_eq!(checked.cosigned_at, 7);
+        // Signed by another log key: refused.
+        let stranger = log_signer(&origin, &SigningKey::from_bytes(&[9; 32])).unwrap();
+        assert!(check_witnessed(&both.to_string(), &stranger.verifier(), &[]).is_err());
+    }
+
+    #[test]
+    fn the_origin_is_configured_or_comes_from_the_root_key() {
+        let root = SigningKey::from_bytes(&[1; 32]);
+        assert_eq!(origin(Some(" audit.example "), &root), "audit.example");
+        let derived = origin(None, &root);
+        assert!(derived.starts_with("iryo-audit/") && derived.len() == "iryo-audit/".len() + 16);
+        assert_eq!(origin(Some(""), &root), derived);
     }
 }

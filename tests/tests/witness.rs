@@ -169,6 +169,10 @@ fn a_witness_cosigns_the_log_as_it_grows_and_refuses_a_forked_history(backend) {
     checks(&d, &ids[..3], "1310000011");
     let first = cosigned_size(&cosign(&d, &w), &log, &w);
     assert!(first >= 3, "{first}");
+    // A witness named by an https:// URL is refused with what to do.
+    let out = d.run(&["audit", "witness", "--url", "https://127.0.0.1:9", "--key", &w.key]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("must begin with http://"));
     // The printed checkpoint is the log's own.
     let printed = Note::parse(&d.ok(&["audit", "checkpoint"])).unwrap();
     assert!(printed.verify(&[VerifierKey::parse(&log).unwrap()]).is_ok());

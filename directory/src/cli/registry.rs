@@ -270,6 +270,11 @@ pub(super) fn enroll(config: Config, a: EnrollArgs) -> Result<ExitCode> {
     // On PostgreSQL every command works on the database directly, serving or not.
     let opened = match ctx.database()? {
         Some(url) => {
+            if matches!(a.initial_load, InitialLoadArg::Always) {
+                eprintln!(
+                    "note: --initial-load is for the embedded store; on PostgreSQL every batch writes its new persons by COPY"
+                );
+            }
             let store = ctx.postgres(&url)?;
             let issuer = ctx.postgres_issuer(&store)?;
             let progress = Progress::for_stderr();
