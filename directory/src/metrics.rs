@@ -137,7 +137,8 @@ impl Metrics {
             DirectoryResponse::Membership(_)
             | DirectoryResponse::Consent(_)
             | DirectoryResponse::TreeHead(_)
-            | DirectoryResponse::AuditProof { .. } => {}
+            | DirectoryResponse::AuditProof { .. }
+            | DirectoryResponse::WitnessedCheckpoint { .. } => {}
         }
     }
 }
@@ -153,6 +154,7 @@ pub fn request_kind(r: &DirectoryRequest) -> &'static str {
         DirectoryRequest::ReportRefusals { .. } => "report_refusals",
         DirectoryRequest::TreeHead => "tree_head",
         DirectoryRequest::AuditProof { .. } => "audit_proof",
+        DirectoryRequest::WitnessedCheckpoint { .. } => "witnessed_checkpoint",
     }
 }
 

@@ -46,10 +46,7 @@ pub enum WitnessError {
 pub fn origin(configured: Option<&str>, root: &SigningKey) -> String {
     match configured {
         Some(o) if !o.trim().is_empty() => o.trim().to_string(),
-        _ => format!(
-            "iryo-audit/{}",
-            iryo_proto::merkle::to_hex(&root.verifying_key().as_bytes()[..8])
-        ),
+        _ => iryo_proto::checkpoint::default_origin(&root.verifying_key()),
     }
 }
 

@@ -225,7 +225,7 @@ async fn fetch(
                 RefusalReason::UnknownPatient | RefusalReason::UnknownInstitution => {
                     StatusCode::NOT_FOUND
                 }
-                RefusalReason::Internal => StatusCode::BAD_GATEWAY,
+                RefusalReason::Internal | RefusalReason::Unwitnessed => StatusCode::BAD_GATEWAY,
                 _ => StatusCode::FORBIDDEN,
             };
             let reason = serde_json::to_value(r.reason).unwrap_or_default();

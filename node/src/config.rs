@@ -19,6 +19,37 @@ pub struct NodeConfig {
     pub directory: DirectoryConfig,
     #[serde(default)]
     pub outbox: OutboxConfig,
+    #[serde(default)]
+    pub witnesses: WitnessesConfig,
+}
+
+/// The witnesses whose cosignatures of the agency's audit log this node requires
+/// before it serves records (`[witnesses]`); none listed, it requires none.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WitnessesConfig {
+    /// The witnesses' verifier keys (`NAME+ID+KEY`, as `iryo-witness vkey` prints).
+    pub keys: Vec<String>,
+    /// How many of them must have cosigned a checkpoint for this node to accept it.
+    pub quorum: usize,
+    /// Seconds the witnesses' latest confirmation may age before records are refused.
+    pub grace_seconds: u64,
+    /// Seconds between fetches of the latest witnessed checkpoint.
+    pub check_every_seconds: u64,
+    /// The audit log's origin, when the agency configured one (`[audit] origin`).
+    pub origin: Option<String>,
+}
+
+impl Default for WitnessesConfig {
+    fn default() -> Self {
+        Self {
+            keys: Vec::new(),
+            quorum: 1,
+            grace_seconds: 600,
+            check_every_seconds: 60,
+            origin: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -119,6 +150,11 @@ impl Default for OutboxConfig {
     fn default() -> Self {
         Self { interval_ms: 500 }
     }
+}
+
+/// Strings as a TOML array, each quoted and escaped.
+fn toml_strings(v: &[String]) -> String {
+    toml::Value::Array(v.iter().cloned().map(toml::Value::String).collect()).to_string()
 }
 
 fn default_refresh() -> u64 {
@@ -247,7 +283,17 @@ clock_tolerance_seconds = {tolerance}
 [outbox]
 # Milliseconds between deliveries of exchange notifications to the agency.
 interval_ms = {interval}
-"#,
+
+[witnesses]
+# Independent witnesses of the agency's audit log (as `iryo-witness vkey` prints their
+# keys). Listed, this node serves records only while `quorum` of them have confirmed
+# the log within `grace_seconds`, and stops if the directory shows it a log that does
+# not extend the one it kept. None listed, it requires none.
+keys = {witness_keys}
+quorum = {quorum}
+grace_seconds = {grace}
+check_every_seconds = {every}
+{origin}"#,
             code = self.code,
             data_dir = self.data_dir.display(),
             listen = self.p2p.listen,
@@ -258,6 +304,14 @@ interval_ms = {interval}
             refresh = self.directory.refresh_seconds,
             tolerance = self.directory.clock_tolerance_seconds,
             interval = self.outbox.interval_ms,
+            witness_keys = toml_strings(&self.witnesses.keys),
+            quorum = self.witnesses.quorum,
+            grace = self.witnesses.grace_seconds,
+            every = self.witnesses.check_every_seconds,
+            origin = match &self.witnesses.origin {
+                Some(o) => format!("origin = {}\n", toml::Value::String(o.clone())),
+                None => "# origin = \"...\"  (only if the agency set [audit] origin)\n".into(),
+            },
         )
     }
 }

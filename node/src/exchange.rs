@@ -149,6 +149,13 @@ async fn serve(
             return refused(reason, r.to_string());
         }
     };
+    // Records go out only while witnesses vouch for the log this exchange is reported
+    // to, when this node requires them.
+    if let Some(watch) = &node.witnessed {
+        if let Err(why) = watch.gate(cx.now) {
+            return refused(RefusalReason::Unwitnessed, why);
+        }
+    }
     match node.directory.resolve(g.requester).await {
         Ok(Some(m)) if m.public_key == peer => {}
         Ok(Some(_)) => {

@@ -18,6 +18,7 @@ pub mod outbox;
 pub mod p2p;
 pub mod serve_commit;
 pub mod store;
+pub mod witnessed;
 
 use config::NodeConfig;
 use ed25519_dalek::{SigningKey, VerifyingKey};
@@ -57,6 +58,9 @@ pub struct Node {
     pub clock: clock::Clock,
     /// Keyed fetches under way.
     pub fetching: idempotency::InFlight,
+    /// The audit log as witnesses confirmed it to this node, when `[witnesses]` names
+    /// any; records are served only while it allows.
+    pub witnessed: Option<witnessed::Watch>,
 }
 
 /// A started node: where its API and its peers can reach it.
@@ -89,6 +93,12 @@ pub async fn start(config: NodeConfig) -> Result<Running, NodeError> {
     let store = Arc::new(store::Store::open(&config.data_dir.join("node.redb"))?);
     let tolerance = config.directory.clock_tolerance_seconds;
     let serving = serve_commit::ServeCommitter::start(store.clone(), tolerance);
+    let policy =
+        witnessed::Policy::from_config(&agency, &config.witnesses).map_err(NodeError::Config)?;
+    let watch = match policy {
+        Some(p) => Some(witnessed::Watch::new(p, store.witnessed()?)),
+        None => None,
+    };
     let directory_addr = config.directory_addresses().map_err(NodeError::Config)?;
     let listen = config.listen_address().map_err(NodeError::Config)?;
     let (p2p, inbound, p2p_addrs, p2p_task) = p2p::start(&key, listen, &directory_addr).await?;
@@ -104,8 +114,12 @@ pub async fn start(config: NodeConfig) -> Result<Running, NodeError> {
         key_file: config.key_path(),
         clock: clock::Clock::new(tolerance),
         fetching: idempotency::InFlight::default(),
+        witnessed: watch,
     });
     let mut tasks = vec![p2p_task];
+    if node.witnessed.is_some() {
+        tasks.push(tokio::spawn(witnessed::follow(node.clone())));
+    }
     tasks.push(tokio::spawn(exchange::serve_inbound(node.clone(), inbound)));
     tasks.push(tokio::spawn(outbox::deliver(
         node.clone(),

@@ -23,6 +23,8 @@ pub struct Metrics {
     pub outbox_pending: Gauge,
     /// The agency's clock minus this node's, as the last grant showed.
     pub clock_drift_seconds: Gauge,
+    /// Times the directory showed an audit log that does not extend the one kept.
+    pub witness_alarms: Counter,
     pub requests: Latencies,
 }
 
@@ -37,6 +39,7 @@ impl Metrics {
             notifications_delivered: Counter::default(),
             outbox_pending: Gauge::default(),
             clock_drift_seconds: Gauge::default(),
+            witness_alarms: Counter::default(),
             requests: latencies(),
         };
         let mut registry = Registry::with_prefix("iryo_node");
@@ -74,6 +77,11 @@ impl Metrics {
             "clock_drift_seconds",
             "The agency's clock minus this node's, as the last grant showed",
             m.clock_drift_seconds.clone(),
+        );
+        registry.register(
+            "witness_alarms",
+            "Times the directory showed an audit log that does not extend the witnessed one kept",
+            m.witness_alarms.clone(),
         );
         registry.register(
             "request_duration_seconds",

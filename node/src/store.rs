@@ -28,6 +28,8 @@ const MAX_PENDING_REFUSALS: u64 = 10_000;
 /// Signed reports of fetches this node refused, waiting for the directory.
 const REFUSALS: TableDefinition<[u8; 16], &[u8]> = TableDefinition::new("refusals");
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+/// "latest" → the witnessed checkpoint this node accepted last (`witnessed::Kept`).
+const WITNESSED: TableDefinition<&str, &[u8]> = TableDefinition::new("witnessed");
 
 #[derive(Debug, Error)]
 #[non_exhaustive]
@@ -411,6 +413,35 @@ impl Store {
             for id in ids {
                 t.remove(*id)?;
             }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The witnessed checkpoint accepted last, if any.
+    pub fn witnessed(&self) -> Result<Option<crate::witnessed::Kept>> {
+        let tx = self.db.begin_read()?;
+        let t = match tx.open_table(WITNESSED) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        match t.get("latest")? {
+            Some(v) => Ok(Some(
+                postcard::from_bytes(v.value()).map_err(|e| StoreError::Codec(e.to_string()))?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    /// Keeps the witnessed checkpoint accepted last, durably: a restarted node must
+    /// still know what it saw, or a fork shown after the restart would pass.
+    pub fn keep_witnessed(&self, kept: &crate::witnessed::Kept) -> Result<()> {
+        let bytes = postcard::to_allocvec(kept).map_err(|e| StoreError::Codec(e.to_string()))?;
+        let tx = self.db.begin_write()?;
+        {
+            let mut t = tx.open_table(WITNESSED)?;
+            t.insert("latest", bytes.as_slice())?;
         }
         tx.commit()?;
         Ok(())

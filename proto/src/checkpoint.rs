@@ -28,6 +28,16 @@ pub enum CheckpointError {
     Note(#[from] NoteError),
 }
 
+/// The origin of the audit log's checkpoints when none is configured: `iryo-audit/`
+/// and the first 16 hex digits of the agency's root key, so that two deployments never
+/// share one by accident.
+pub fn default_origin(agency: &ed25519_dalek::VerifyingKey) -> String {
+    format!(
+        "iryo-audit/{}",
+        crate::merkle::to_hex(&agency.as_bytes()[..8])
+    )
+}
+
 /// The most consistency proof lines a request may carry (tlog-witness).
 pub const MAX_PROOF_LINES: usize = 63;
 

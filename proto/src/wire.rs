@@ -203,6 +203,12 @@ pub enum DirectoryRequest {
         /// The entry's index, from 0.
         index: u64,
     },
+    /// The latest checkpoint witnesses cosigned (c2sp.org/tlog-checkpoint), with a
+    /// consistency proof from the tree of `from` entries, the one the asker kept.
+    WitnessedCheckpoint {
+        /// The size of the checkpoint the asker kept (0 for none).
+        from: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -227,6 +233,15 @@ pub enum DirectoryResponse {
     Refused(Refusal),
     /// The answer to `TreeHead`: signed by the agency.
     TreeHead(Signed<TreeHead>),
+    /// The answer to `WitnessedCheckpoint`.
+    WitnessedCheckpoint {
+        /// The checkpoint as a signed note with its cosignatures; `None` while none
+        /// has been cosigned.
+        note: Option<String>,
+        /// RFC 6962 consistency proof from `from` entries to the checkpoint's size
+        /// (empty when `from` is 0 or not smaller).
+        proof: Vec<[u8; 32]>,
+    },
     /// The answer to `AuditProof`.
     AuditProof {
         /// The entry's index.
@@ -346,6 +361,10 @@ pub enum RefusalReason {
     #[error("internal error")]
     /// The peer could not answer now; try again later.
     Internal,
+    #[error("the audit log is not witnessed")]
+    /// The source has no checkpoint recent enough that enough witnesses cosigned, or
+    /// saw the audit log fork: it serves no records until that is resolved.
+    Unwitnessed,
 }
 
 #[cfg(test)]

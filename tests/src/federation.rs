@@ -275,6 +275,8 @@ pub struct Federation {
     pub nodes: Vec<NodeProc>,
     pub patients: Vec<MedicalId>,
     listen: String,
+    /// A configuration file `serve` is started with, if any (`--config`).
+    pub directory_config: Option<PathBuf>,
 }
 
 /// The free text a federation carries: its institutions' names (numbered from 0) and its
@@ -422,6 +424,7 @@ impl Federation {
             nodes: node_procs,
             patients,
             listen: "/ip4/127.0.0.1/tcp/0".into(),
+            directory_config: None,
         };
         fed.start_directory();
         // From now on the directory keeps one port, so nodes find it after a restart.
@@ -445,6 +448,9 @@ impl Federation {
 
     pub fn start_directory(&mut self) {
         let mut cmd = Command::new(directory_bin());
+        if let Some(config) = &self.directory_config {
+            cmd.arg("--config").arg(config);
+        }
         cmd.arg("--data-dir")
             .arg(&self.registry.data)
             .args([

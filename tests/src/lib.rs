@@ -9,6 +9,7 @@ pub mod local;
 pub mod pg;
 pub mod rows;
 pub mod stores;
+pub mod witnesses;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

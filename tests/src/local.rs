@@ -219,6 +219,7 @@ impl LocalFederation {
                 clock_tolerance_seconds: iryo_proto::federation::CLOCK_SKEW_SECONDS,
             },
             outbox: OutboxConfig::default(),
+            witnesses: iryo_node::config::WitnessesConfig::default(),
         };
         std::fs::write(dir.join("node.toml"), cfg.commented())?;
         tokio::task::block_in_place(|| {

@@ -4,76 +4,9 @@
 //! holds the checkpoint it cosigned last.
 
 use iryo_proto::note::{Note, VerifierKey};
-use iryo_tests::federation::{field, start_ready, Proc};
-use iryo_tests::{on_both_backends, witness_bin, Directory};
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
-/// An `iryo-witness` serving one log on an ephemeral port of 127.0.0.1.
-struct Witness {
-    config: PathBuf,
-    process: Proc,
-    url: String,
-    key: String,
-}
-
-impl Witness {
-    /// Makes a witness of the log whose checkpoints `log_key` verifies, in `dir`.
-    fn new(dir: &Path, log_key: &str) -> Self {
-        let log = VerifierKey::parse(log_key).unwrap();
-        std::fs::create_dir_all(dir).unwrap();
-        let config = dir.join("witness.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "name = \"witness.test/w1\"\ndata_dir = \"{}\"\nlisten = \"127.0.0.1:0\"\n\n[[log]]\norigin = \"{}\"\nkeys = [\"{log_key}\"]\n",
-                dir.join("data").display(),
-                log.name
-            ),
-        )
-        .unwrap();
-        let out = Command::new(witness_bin())
-            .args(["--config"])
-            .arg(&config)
-            .arg("init")
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-        let key = String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .last()
-            .unwrap()
-            .to_string();
-        let (process, url) = serve(&config);
-        Self {
-            config,
-            process,
-            url,
-            key,
-        }
-    }
-
-    /// Kills the witness with SIGKILL and starts it again on the same state.
-    fn kill_and_restart(&mut self) {
-        self.process.0.kill().unwrap();
-        self.process.0.wait().unwrap();
-        let (process, url) = serve(&self.config);
-        self.process = process;
-        self.url = url;
-    }
-}
-
-fn serve(config: &Path) -> (Proc, String) {
-    let mut cmd = Command::new(witness_bin());
-    cmd.arg("--config")
-        .arg(config)
-        .arg("serve")
-        .env("RUST_LOG", "iryo_witness=warn");
-    let (process, line) = start_ready(cmd, "iryo-witness serve");
-    let url = format!("http://{}", field(&line, "listen"));
-    (process, url)
-}
+use iryo_tests::witnesses::Witness;
+use iryo_tests::{on_both_backends, Directory};
+use std::path::Path;
 
 /// A directory with a few persons enrolled; their medical IDs.
 fn enrolled(d: &Directory) -> Vec<String> {
@@ -290,5 +223,82 @@ fn my_portal_names_the_witnessed_checkpoint_its_access_log_is_proved_against(bac
         );
         std::thread::sleep(std::time::Duration::from_millis(300));
     }
+}
+}
+
+/// Fetches `p` from node 0 by node 1 until `done` says the answer is the one awaited,
+/// or fails after 30 s with the last answer.
+fn fetch_until(
+    fed: &iryo_tests::federation::Federation,
+    p: iryo_proto::MedicalId,
+    what: &str,
+    done: impl Fn(u16, &serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (status, body) = fed.nodes[1].fetch(p, fed.nodes[0].code, "treatment", None);
+        if done(status, &body) {
+            return body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: last answer {status} {body}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+}
+
+on_both_backends! {
+fn a_source_serves_records_only_while_witnesses_vouch_for_the_log(backend) {
+    use iryo_tests::federation::{sample_bundle, Federation};
+    let mut fed = Federation::start_on(backend, 2, 1, 60);
+    let p = fed.patients[0];
+    assert_eq!(fed.nodes[0].put_records(p, &sample_bundle(2, 10)).0, 201);
+    fed.consent(p, fed.nodes[1].code);
+
+    // The directory asks a witness every second.
+    let log = fed.registry.ok(&["audit", "checkpoint-key"]).trim().to_string();
+    let mut w = Witness::new(&fed.registry.path("witness"), &log);
+    let config = fed.registry.path("directory.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[audit]\nwitness_every_seconds = 1\n[[audit.witness]]\nurl = \"{}\"\nkey = \"{}\"\n",
+            w.url, w.key
+        ),
+    )
+    .unwrap();
+    fed.stop_directory();
+    fed.directory_config = Some(config);
+    fed.start_directory();
+
+    // The source requires that witness, confirming the log within 3 s.
+    let source = &mut fed.nodes[0];
+    source.stop();
+    let mut cfg = iryo_node::config::NodeConfig::load(&source.config_path()).unwrap();
+    cfg.witnesses.keys = vec![w.key.clone()];
+    cfg.witnesses.grace_seconds = 3;
+    cfg.witnesses.check_every_seconds = 1;
+    std::fs::write(source.config_path(), cfg.commented()).unwrap();
+    source.start();
+
+    // Served once the source has a witnessed checkpoint (the first grant may be
+    // refused before the log has anything to witness).
+    fetch_until(&fed, p, "served under witnessed checkpoints", |s, _| s == 200);
+
+    // The witness goes down: its confirmations age, and after the grace the source
+    // refuses, naming why.
+    w.kill();
+    let refused = fetch_until(&fed, p, "refused once unwitnessed", |s, b| {
+        s == 502 && b["reason"] == "unwitnessed"
+    });
+    assert!(
+        refused["detail"].as_str().unwrap_or("").contains("longer than the 3 s allowed"),
+        "{refused}"
+    );
+
+    // Back, it confirms the log again and records are served again.
+    w.start();
+    fetch_until(&fed, p, "served again", |s, _| s == 200);
 }
 }

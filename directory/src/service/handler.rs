@@ -91,6 +91,19 @@ pub fn handle(store: &dyn Serving, request: DirectoryRequest, now: Time) -> Dire
             )),
             Err(e) => internal(e),
         },
+        DirectoryRequest::WitnessedCheckpoint { from } => {
+            let found = store.witnessed(None).and_then(|kept| match kept {
+                Some((size, note)) if from > 0 && from < size => {
+                    Ok((Some(note), store.consistency_proof(from, size)?))
+                }
+                Some((_, note)) => Ok((Some(note), Vec::new())),
+                None => Ok((None, Vec::new())),
+            });
+            match found {
+                Ok((note, proof)) => DirectoryResponse::WitnessedCheckpoint { note, proof },
+                Err(e) => internal(e),
+            }
+        }
         DirectoryRequest::AuditProof { index } => {
             let proved = store.current_head().and_then(|(head, size)| {
                 Ok((

@@ -153,6 +153,7 @@ fn run(cli: Cli) -> Result<()> {
                     clock_tolerance_seconds: iryo_proto::federation::CLOCK_SKEW_SECONDS,
                 },
                 outbox: OutboxConfig::default(),
+                witnesses: iryo_node::config::WitnessesConfig::default(),
             };
             let cfg_path = out.join("node.toml");
             // It holds the API's bearer token: 0600.
