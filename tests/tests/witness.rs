@@ -257,19 +257,9 @@ fn a_source_serves_records_only_while_witnesses_vouch_for_the_log(backend) {
     fed.consent(p, fed.nodes[1].code);
 
     // The directory asks a witness every second.
-    let log = fed.registry.ok(&["audit", "checkpoint-key"]).trim().to_string();
-    let mut w = Witness::new(&fed.registry.path("witness"), &log);
-    let config = fed.registry.path("directory.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[audit]\nwitness_every_seconds = 1\n[[audit.witness]]\nurl = \"{}\"\nkey = \"{}\"\n",
-            w.url, w.key
-        ),
-    )
-    .unwrap();
+    let (mut w, _, config) = witnessed_every_second(&fed.registry);
     fed.stop_directory();
-    fed.directory_config = Some(config);
+    fed.directory_config = Some(config.into());
     fed.start_directory();
 
     // The source requires that witness, confirming the log within 3 s.
