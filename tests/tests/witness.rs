@@ -292,3 +292,101 @@ fn a_source_serves_records_only_while_witnesses_vouch_for_the_log(backend) {
     fetch_until(&fed, p, "served again", |s, _| s == 200);
 }
 }
+
+/// The size of the latest checkpoint `d` kept with cosignatures, 0 for none.
+fn witnessed_size(d: &Directory) -> u64 {
+    let out = d.run(&["audit", "witnessed"]);
+    if !out.status.success() {
+        return 0;
+    }
+    Note::parse(&String::from_utf8_lossy(&out.stdout))
+        .ok()
+        .and_then(|n| iryo_proto::checkpoint::Checkpoint::from_text(&n.text).ok())
+        .map_or(0, |c| c.size)
+}
+
+/// The agency forks its log and shows the fork to a node that kept a checkpoint of the
+/// other history, the fork cosigned by a second witness the node also trusts (one that
+/// never saw the first history): the node raises the alarm and serves no records. On
+/// the embedded store, whose files copy into a fork while the directory is stopped.
+#[test]
+fn a_node_shown_a_forked_log_raises_the_alarm_and_serves_nothing() {
+    use iryo_tests::federation::{field, sample_bundle, start_ready, Federation};
+    let mut fed = Federation::start(2, 1, 60);
+    let p = fed.patients[0];
+    assert_eq!(fed.nodes[0].put_records(p, &sample_bundle(2, 10)).0, 201);
+    fed.consent(p, fed.nodes[1].code);
+
+    // The fork point: a copy of the stopped directory, keys and all.
+    fed.stop_directory();
+    let forked = fork(&fed.registry);
+    let (w1, _, config) = witnessed_every_second(&fed.registry);
+    fed.directory_config = Some(config.into());
+    fed.start_directory();
+    let (w2, _, fork_config) = witnessed_every_second(&forked);
+
+    // The source trusts either witness, one being enough.
+    let source = &mut fed.nodes[0];
+    source.stop();
+    let mut cfg = iryo_node::config::NodeConfig::load(&source.config_path()).unwrap();
+    cfg.witnesses.keys = vec![w1.key.clone(), w2.key.clone()];
+    cfg.witnesses.check_every_seconds = 1;
+    std::fs::write(source.config_path(), cfg.commented()).unwrap();
+    source.start();
+    fetch_until(&fed, p, "served under the honest log", |s, _| s == 200);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while witnessed_size(&fed.registry) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the honest log was never witnessed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // Let the source keep the honest checkpoint of that size or a later one.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let honest = witnessed_size(&fed.registry);
+
+    // The fork grows past it with other entries, cosigned by the second witness.
+    let (_fork_serve, line) = start_ready(
+        forked.command(&[
+            "--config",
+            &fork_config,
+            "serve",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+        ]),
+        "the forked iryo-directory serve",
+    );
+    let fork_addr = field(&line, "p2p").split(',').next().unwrap().to_string();
+    for _ in 0..honest + 3 {
+        forked.ok(&[
+            "check",
+            "--institution",
+            "1310000029",
+            "--medical-id",
+            &p.to_string(),
+        ]);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while witnessed_size(&forked) <= honest {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the fork was never cosigned"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+
+    // The source is shown the fork: the alarm, and nothing served.
+    fed.nodes[0].set_directory_addresses(vec![fork_addr]);
+    let refused = fetch_until(&fed, p, "refused once shown the fork", |s, b| {
+        s == 502 && b["reason"] == "unwitnessed"
+    });
+    assert!(
+        refused["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("does not extend"),
+        "{refused}"
+    );
+    assert!(fed.nodes[0].metric("iryo_node_witness_alarms_total") >= 1);
+}
