@@ -7,7 +7,8 @@ use crate::p2p::{peer_key, IncomingStreams};
 use crate::{fhir, Node};
 use futures::StreamExt;
 use iryo_proto::federation::{
-    check_grant, FetchContext, Grant, GrantRefusal, Notification, Purpose, RefusalReport, Side,
+    check_grant, FetchContext, Grant, GrantRefusal, LoggedGrant, Notification, Purpose,
+    RefusalReport, Side,
 };
 use iryo_proto::signed::Signed;
 use iryo_proto::wire::*;
@@ -131,6 +132,7 @@ async fn serve(
         medical_id,
         purpose,
         grant,
+        position,
     } = request;
     let cx = FetchContext {
         agency: node.agency,
@@ -152,7 +154,8 @@ async fn serve(
     // Records go out only while witnesses vouch for the log this exchange is reported
     // to, when this node requires them.
     if let Some(watch) = &node.witnessed {
-        if let Err(why) = watch.gate(cx.now) {
+        let at = iryo_proto::federation::grant_position(position.as_ref(), &g, &cx.agency);
+        if let Err(why) = watch.gate(cx.now, g.issued_at, at) {
             return refused(RefusalReason::Unwitnessed, why);
         }
     }
@@ -346,6 +349,7 @@ async fn fetch_new(
     };
     // The grant came over the session with the directory, whose key TLS proved; its
     // signature is for the source, which checks it (and everything else) itself.
+    let LoggedGrant { grant, position } = grant;
     let g = grant
         .open_unverified()
         .map_err(|e| FetchError::Unavailable(format!("the directory sent a bad grant: {e}")))?;
@@ -367,6 +371,7 @@ async fn fetch_new(
                 medical_id,
                 purpose,
                 grant,
+                position,
             },
         )
         .await

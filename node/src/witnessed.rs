@@ -5,8 +5,14 @@
 //! root, or one whose consistency proof from the kept one does not verify, is the
 //! directory showing this node another history: the alarm is raised (logged, counted
 //! in /metrics) and the node serves no records until the directory shows it an
-//! extension of what it kept. Records are also refused once the witnesses' latest
-//! signed time is older than the grace: a witness that is down stops refreshing it.
+//! extension of what it kept.
+//!
+//! A grant comes with the agency's signed statement of where it is logged. A grant
+//! whose entry lies inside the kept checkpoint is served; one not yet inside it (the
+//! usual case: grants are fetched seconds after they are logged, checkpoints are
+//! cosigned every minute) is served only while the witnesses' latest cosignature and
+//! the grant itself are younger than the grace. A witness that is down stops
+//! refreshing the cosignature; a log that withholds the entry never covers it.
 
 use crate::config::WitnessesConfig;
 use ed25519_dalek::VerifyingKey;
@@ -210,9 +216,10 @@ impl Watch {
         }
     }
 
-    /// Whether records may be served at `now` (seconds since the epoch); the reason
-    /// when not.
-    pub fn gate(&self, now: i64) -> Result<(), String> {
+    /// Whether records may be served at `now` (seconds since the epoch) under a grant
+    /// issued at `issued_at` whose entry the agency says is at `position` in the log;
+    /// the reason when not.
+    pub fn gate(&self, now: i64, issued_at: i64, position: Option<u64>) -> Result<(), String> {
         let (kept, alarm) = match self.state.lock() {
             Ok(s) => (s.0.clone(), s.1.clone()),
             Err(_) => return Err("this node's view of the audit log is unavailable".into()),
@@ -228,11 +235,25 @@ impl Watch {
                 "no checkpoint of the audit log cosigned by {q} witness(es) has been seen yet"
             ));
         };
+        if position.is_some_and(|i| i < k.size) {
+            return Ok(());
+        }
+        let grace = i64::try_from(self.policy.grace).unwrap_or(i64::MAX);
         let age = now.saturating_sub(i64::try_from(k.cosigned_at).unwrap_or(i64::MAX));
-        if age > i64::try_from(self.policy.grace).unwrap_or(i64::MAX) {
+        if age > grace {
             return Err(format!(
-                "the audit log was last confirmed by {q} witness(es) {age} s ago, longer than the {} s allowed (witnesses.grace_seconds)",
-                self.policy.grace
+                "the audit log was last confirmed by {q} witness(es) {age} s ago, longer than the {grace} s allowed (witnesses.grace_seconds)"
+            ));
+        }
+        let waited = now.saturating_sub(issued_at);
+        if waited > grace {
+            let at = position.map_or_else(
+                || "at a position the agency did not state".into(),
+                |i| format!("at index {i}"),
+            );
+            return Err(format!(
+                "the grant was issued {waited} s ago and its log entry ({at}) is still not inside a checkpoint {q} witness(es) cosigned (size {}), past the {grace} s allowed (witnesses.grace_seconds)",
+                k.size
             ));
         }
         Ok(())
@@ -410,13 +431,38 @@ mod tests {
         let mut p = log.policy(1);
         p.grace = 60;
         let w = Watch::new(p.clone(), None);
-        assert!(w.gate(100).is_err());
-        let k = judge(&p, None, &log.note(&tree(&["a"]), 1, 100), &[]).unwrap();
+        assert!(w.gate(100, 100, None).is_err());
+        let k = judge(&p, None, &log.note(&tree(&["a", "b"]), 1, 100), &[]).unwrap();
         w.set(Some(k), None);
-        assert!(w.gate(150).is_ok());
-        assert!(w.gate(161).unwrap_err().contains("61 s ago"));
+        // A grant not yet inside the checkpoint: served while the confirmation is fresh.
+        assert!(w.gate(150, 150, Some(2)).is_ok());
+        assert!(w.gate(150, 150, None).is_ok());
+        assert!(w.gate(161, 160, Some(2)).unwrap_err().contains("61 s ago"));
+        // A grant inside it: served even when the confirmation is old.
+        assert!(w.gate(161, 160, Some(1)).is_ok());
         w.set(None, Some("two roots".into()));
-        assert!(w.gate(150).unwrap_err().contains("does not extend"));
+        assert!(w
+            .gate(150, 150, Some(1))
+            .unwrap_err()
+            .contains("does not extend"));
+    }
+
+    #[test]
+    fn a_grant_the_witnesses_never_see_is_refused_after_the_grace() {
+        let log = Log::new();
+        let mut p = log.policy(1);
+        p.grace = 60;
+        let w = Watch::new(p.clone(), None);
+        // Cosigned just now, but the grant's entry is beyond it and was issued long ago.
+        let k = judge(&p, None, &log.note(&tree(&["a"]), 1, 200), &[]).unwrap();
+        w.set(Some(k), None);
+        let why = w.gate(200, 130, Some(5)).unwrap_err();
+        assert!(why.contains("index 5") && why.contains("size 1"), "{why}");
+        assert!(w
+            .gate(200, 130, None)
+            .unwrap_err()
+            .contains("did not state"));
+        assert!(w.gate(200, 140, Some(5)).is_ok());
     }
 
     #[test]

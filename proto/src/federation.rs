@@ -162,6 +162,34 @@ impl Statement for Grant {
     const DOMAIN: &'static str = "iryo/grant/1";
 }
 
+/// Where the agency logged a grant it issued: the index of the grant's entry in the
+/// audit log. Signed beside the grant (a grant is stored whole, so its position cannot
+/// be one of its fields); anyone holding the log can check that the entry at `index`
+/// names `grant_id`, so a position that lies is the agency's own signed evidence
+/// against it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantPosition {
+    /// The grant's id.
+    pub grant_id: [u8; 16],
+    /// Its entry's index in the audit log, from 0.
+    pub index: u64,
+}
+
+impl Statement for GrantPosition {
+    const DOMAIN: &'static str = "iryo/grant-position/1";
+}
+
+/// A grant as the directory hands it out: signed, with its signed log position
+/// (`None` from a directory that does not state it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoggedGrant {
+    /// The grant.
+    pub grant: Signed<Grant>,
+    /// Where its issue is logged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<Signed<GrantPosition>>,
+}
+
 /// Longest validity the agency gives a grant.
 pub const MAX_GRANT_SECONDS: i64 = 300;
 /// Clock difference tolerated between agency and nodes unless a node is configured
@@ -259,6 +287,18 @@ pub fn check_grant(g: &Signed<Grant>, cx: &FetchContext) -> Result<Grant, GrantR
         return Err(GrantRefusal::Expired);
     }
     Ok(grant)
+}
+
+/// The log position of `grant` when `position` is the agency's statement about it;
+/// `None` for anything else (another signer, another grant, a bad signature), which a
+/// source treats as a position not stated.
+pub fn grant_position(
+    position: Option<&Signed<GrantPosition>>,
+    grant: &Grant,
+    agency: &VerifyingKey,
+) -> Option<u64> {
+    let p = position?.verify(agency).ok()?;
+    (p.grant_id == grant.id).then_some(p.index)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

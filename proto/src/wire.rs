@@ -12,7 +12,8 @@
 
 use crate::eligibility::{CheckAnswer, CheckRequest};
 use crate::federation::{
-    Grant, GrantRefusal, Membership, Notification, Purpose, RefusalReport, Time, TreeHead,
+    Grant, GrantPosition, GrantRefusal, LoggedGrant, Membership, Notification, Purpose,
+    RefusalReport, Time, TreeHead,
 };
 use crate::signed::Signed;
 use crate::{InstitutionCode, MedicalId};
@@ -222,8 +223,8 @@ pub enum DirectoryResponse {
     EligibilityBatch(Vec<CheckAnswer>),
     /// The patient's consent records.
     Consent(Vec<ConsentView>),
-    /// A grant, signed by the agency.
-    Grant(Signed<Grant>),
+    /// A grant, signed by the agency, with its signed log position.
+    Grant(LoggedGrant),
     /// Ids the directory now holds (newly logged or logged before).
     Acknowledged {
         /// The notification ids held.
@@ -285,6 +286,11 @@ pub enum ExchangeRequest {
         purpose: Purpose,
         /// The agency's grant for this requester, source, patient and purpose.
         grant: Signed<Grant>,
+        /// The agency's statement of where the grant is logged: a source that
+        /// relies on witnesses serves a grant whose entry is not yet inside a
+        /// witnessed checkpoint only while its witnesses are fresh.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        position: Option<Signed<GrantPosition>>,
     },
 }
 

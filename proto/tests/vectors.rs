@@ -11,7 +11,8 @@
 use ed25519_dalek::{Signature, SigningKey, Verifier, VerifyingKey};
 use iryo_proto::eligibility::{CheckAnswer, CheckKey, CheckRequest, CoverageSummary, Reason};
 use iryo_proto::federation::{
-    self, Grant, Membership, Notification, Purpose, Registration, Role, Side, TreeHead,
+    self, Grant, GrantPosition, LoggedGrant, Membership, Notification, Purpose, Registration, Role,
+    Side, TreeHead,
 };
 use iryo_proto::merkle::{self, from_hex, to_hex, Hash, MemoryTree};
 use iryo_proto::signed::{canonical, Signed, Statement};
@@ -102,6 +103,13 @@ fn grant() -> Grant {
     }
 }
 
+fn position() -> GrantPosition {
+    GrantPosition {
+        grant_id: grant().id,
+        index: 41,
+    }
+}
+
 fn notification() -> Notification {
     Notification {
         id: federation::ordered_id(1_767_225_601_000_000, [9; 8]),
@@ -180,6 +188,7 @@ fn statements() -> Value {
             statement("registration", &registration, &hospital()),
             statement("membership", &membership, &agency()),
             statement("grant", &grant(), &agency()),
+            statement("grant_position", &position(), &agency()),
             statement("notification", &notification(), &hospital()),
             statement("tree_head", &head, &agency()),
             statement("refusal_report", &refusal_report(), &hospital()),
@@ -257,10 +266,15 @@ fn frames() -> Value {
         reason: None,
         idempotency_key: key(),
     };
+    let logged = LoggedGrant {
+        grant: Signed::sign(&grant(), &agency()),
+        position: Some(Signed::sign(&position(), &agency())),
+    };
     let fetch = ExchangeRequest::Fetch {
         medical_id: patient(),
         purpose: Purpose::Treatment,
-        grant: Signed::sign(&grant(), &agency()),
+        grant: logged.grant.clone(),
+        position: logged.position.clone(),
     };
     let records = ExchangeResponse::Records {
         bundle: br#"{"resourceType":"Bundle","type":"collection","entry":[]}"#.to_vec(),
@@ -279,7 +293,7 @@ fn frames() -> Value {
             frame("grant_request", 3, &emergency, d),
             frame("eligibility_keyed", 6, &DirectoryRequest::Eligibility { request: keyed_check }, d),
             frame("grant_request_keyed", 7, &keyed_grant, d),
-            frame("grant", 3, &DirectoryResponse::Grant(Signed::sign(&grant(), &agency())), r),
+            frame("grant", 3, &DirectoryResponse::Grant(logged.clone()), r),
             frame("notify", 4, &DirectoryRequest::Notify { notifications: vec![Signed::sign(&notification(), &hospital())] }, d),
             frame("acknowledged", 4, &DirectoryResponse::Acknowledged { ids: vec![notification().id] }, r),
             frame("refused", 5, &DirectoryResponse::Refused(Refusal::new(RefusalReason::NoConsent, "no consent for this purpose")), r),

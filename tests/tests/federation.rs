@@ -186,7 +186,7 @@ on_both_backends! {
             reason: None,
             idempotency_key: None,
         };
-        let DirectoryResponse::Grant(held) = c_raw.directory(ask.clone()) else {
+        let DirectoryResponse::Grant(LoggedGrant { grant: held, .. }) = c_raw.directory(ask.clone()) else {
             panic!("C is granted")
         };
         fed.operator(&["institution", "revoke", &c.code.to_string()]);
@@ -207,6 +207,7 @@ on_both_backends! {
                 medical_id: p,
                 purpose: Purpose::Treatment,
                 grant: held,
+                position: None,
             },
         ) {
             ExchangeResponse::Refused(r) => assert_eq!(r.reason, RefusalReason::NotMember, "{r}"),
@@ -258,7 +259,7 @@ on_both_backends! {
             DirectoryResponse::Refused(r) => assert_eq!(r.reason, RefusalReason::BadRequest),
             other => panic!("{other:?}"),
         }
-        let DirectoryResponse::Grant(g) = b_raw.directory(DirectoryRequest::Grant {
+        let DirectoryResponse::Grant(LoggedGrant { grant: g, .. }) = b_raw.directory(DirectoryRequest::Grant {
             medical_id: p,
             source: a.code,
             purpose: Purpose::Treatment,
@@ -273,6 +274,7 @@ on_both_backends! {
                 medical_id: p,
                 purpose: Purpose::Treatment,
                 grant: g,
+                position: None,
             },
         ) {
             ExchangeResponse::Refused(r) => {
@@ -299,7 +301,7 @@ on_both_backends! {
             idempotency_key: None,
         };
         let fresh = || match b_raw.directory(ask()) {
-            DirectoryResponse::Grant(g) => g,
+            DirectoryResponse::Grant(g) => g.grant,
             other => panic!("{other:?}"),
         };
         let refusal = |resp: ExchangeResponse| match resp {
@@ -313,6 +315,7 @@ on_both_backends! {
                     medical_id,
                     purpose,
                     grant,
+                    position: None,
                 },
             )
         };
@@ -413,7 +416,7 @@ on_both_backends! {
         assert_eq!(fed.nodes[1].fetch(p, a_code, "treatment", None).0, 200);
         assert!(fed.nodes[0].drain_outbox(20) && fed.nodes[1].drain_outbox(20));
         let b_raw = RawPeer::new(&node_key(&fed.nodes[1]), &fed.directory_addr);
-        let DirectoryResponse::Grant(g) = b_raw.directory(DirectoryRequest::Grant {
+        let DirectoryResponse::Grant(LoggedGrant { grant: g, .. }) = b_raw.directory(DirectoryRequest::Grant {
             medical_id: p,
             source: a_code,
             purpose: Purpose::Treatment,
@@ -432,7 +435,8 @@ on_both_backends! {
                 ExchangeRequest::Fetch {
                     medical_id: p,
                     purpose: Purpose::Treatment,
-                    grant: g
+                    grant: g,
+                    position: None,
                 }
             ),
             ExchangeResponse::Records { .. }

@@ -9,7 +9,9 @@ use iryo_directory::issuance::{Issuer, Method};
 use iryo_directory::postgres::{DatabaseUrl, PgStore};
 use iryo_directory::registry::Person;
 use iryo_directory::store::{GrantQuery, NotifyOutcome, Operations, Store, StoreError};
-use iryo_proto::federation::{Grant, Membership, Notification, Purpose, Registration, Role, Side};
+use iryo_proto::federation::{
+    LoggedGrant, Membership, Notification, Purpose, Registration, Role, Side,
+};
 use iryo_proto::merkle;
 use iryo_proto::signed::Signed;
 use iryo_proto::wire::Refusal;
@@ -25,7 +27,7 @@ trait Exchange: Operations {
         query: &GrantQuery,
         agency: &SigningKey,
         now: i64,
-    ) -> Result<Result<Signed<Grant>, Refusal>, StoreError>;
+    ) -> Result<Result<LoggedGrant, Refusal>, StoreError>;
     fn notify(
         &self,
         from: &Membership,
@@ -42,7 +44,7 @@ macro_rules! exchange {
                 query: &GrantQuery,
                 agency: &SigningKey,
                 now: i64,
-            ) -> Result<Result<Signed<Grant>, Refusal>, StoreError> {
+            ) -> Result<Result<LoggedGrant, Refusal>, StoreError> {
                 self.request_grant(requester, query, agency, now)
             }
             fn notify(
@@ -123,7 +125,7 @@ fn exchange_on(s: &dyn Exchange, agency: &SigningKey, people: &[Person]) -> Vec<
         refused.as_ref().map(|_| ()),
         revoked.as_ref().map(|_| ())
     ));
-    let grant = granted.unwrap().open_unverified().unwrap();
+    let grant = granted.unwrap().grant.open_unverified().unwrap();
     seen.push(format!(
         "{} {} {} {:?} {}",
         grant.requester,

@@ -64,7 +64,7 @@ on_both_backends! {
             reason: None,
             idempotency_key: Some(iryo_proto::IdempotencyKey::parse(key).unwrap()),
         }) {
-            DirectoryResponse::Grant(g) => g,
+            DirectoryResponse::Grant(g) => g.grant,
             other => panic!("{other:?}"),
         };
         keyed_grant("fetch-2");
@@ -87,6 +87,7 @@ on_both_backends! {
                 medical_id: p,
                 purpose: Purpose::Treatment,
                 grant: g,
+                position: None,
             },
         );
         assert!(matches!(served, ExchangeResponse::Records { .. }));

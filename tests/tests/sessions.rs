@@ -36,6 +36,7 @@ fn request(requester: usize, n: u64) -> ExchangeRequest {
         medical_id,
         purpose: Purpose::Treatment,
         grant: Signed::sign(&grant, &key(99)),
+        position: None,
     }
 }
 

@@ -13,12 +13,12 @@
 //!
 //! Where a job goes is decided once, when it is submitted (`intake::fits`).
 
+use super::federation::IssuedGrant;
 use super::{GrantQuery, Job, Outcome, Store, StoreError, Verified};
 use crate::registry::{now, Timestamp};
 use ed25519_dalek::SigningKey;
 use iryo_proto::eligibility::{CheckAnswer, CheckRequest};
-use iryo_proto::federation::{Grant, Membership};
-use iryo_proto::signed::Signed;
+use iryo_proto::federation::Membership;
 use iryo_proto::wire::Refusal;
 use iryo_proto::InstitutionCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -47,7 +47,7 @@ type Answer<T> = oneshot::Sender<Result<T, CommitError>>;
 enum Reply {
     Check(Answer<CheckAnswer>),
     Checks(Answer<Vec<CheckAnswer>>),
-    Grant(Answer<Result<Grant, Refusal>>),
+    Grant(Answer<Result<IssuedGrant, Refusal>>),
     Notify(Answer<Vec<[u8; 16]>>),
 }
 
@@ -294,9 +294,9 @@ impl Drop for Writers {
 }
 
 impl GroupCommitter {
-    /// A grant decided by `grant`, signed by the agency.
-    pub fn sign(&self, grant: &Grant) -> Signed<Grant> {
-        Signed::sign(grant, &self.agency)
+    /// A grant decided by `grant`, signed by the agency with its log position.
+    pub fn sign(&self, grant: &IssuedGrant) -> iryo_proto::federation::LoggedGrant {
+        grant.sign(&self.agency)
     }
 
     /// One check, durable before its answer.
@@ -321,7 +321,7 @@ impl GroupCommitter {
         &self,
         member: Membership,
         query: GrantQuery,
-    ) -> Result<Result<Grant, Refusal>, CommitError> {
+    ) -> Result<Result<IssuedGrant, Refusal>, CommitError> {
         let (reply, answer) = oneshot::channel();
         self.submit(
             Job::Grant(Box::new(member), query),

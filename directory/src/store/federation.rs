@@ -9,7 +9,8 @@ use crate::audit::LogEntry;
 use crate::registry::{IdStatus, Person};
 use ed25519_dalek::SigningKey;
 use iryo_proto::federation::{
-    Grant, Membership, Notification, Purpose, Registration, Role, Side, Time, MAX_GRANT_SECONDS,
+    Grant, GrantPosition, LoggedGrant, Membership, Notification, Purpose, Registration, Role, Side,
+    Time, MAX_GRANT_SECONDS,
 };
 use iryo_proto::signed::Signed;
 use iryo_proto::wire::{Refusal, RefusalReason};
@@ -403,14 +404,14 @@ impl Store {
         query: &GrantQuery,
         agency: &SigningKey,
         now: Time,
-    ) -> Result<std::result::Result<Signed<Grant>, Refusal>> {
+    ) -> Result<std::result::Result<LoggedGrant, Refusal>> {
         let rules = (
             self.retention_years,
             self.policy.default,
             self.policy.grant_seconds,
         );
         let decided = self.write(|t| grant_in(t, requester, query, now, rules))?;
-        Ok(decided.map(|g| Signed::sign(&g, agency)))
+        Ok(decided.map(|g| g.sign(agency)))
     }
 
     /// Verifies, de-duplicates and logs notifications sent by `from`.
@@ -614,6 +615,34 @@ pub(crate) fn close_unmatched(
     Ok(g)
 }
 
+/// A grant decided and logged, not yet signed.
+#[derive(Debug, Clone)]
+pub struct IssuedGrant {
+    /// The grant.
+    pub grant: Grant,
+    /// Its entry's index in the audit log; `None` for a grant kept for a retry from
+    /// before positions were kept.
+    pub index: Option<u64>,
+}
+
+impl IssuedGrant {
+    /// The grant and its position, signed by `agency`.
+    pub fn sign(&self, agency: &SigningKey) -> LoggedGrant {
+        LoggedGrant {
+            grant: Signed::sign(&self.grant, agency),
+            position: self.index.map(|index| {
+                Signed::sign(
+                    &GrantPosition {
+                        grant_id: self.grant.id,
+                        index,
+                    },
+                    agency,
+                )
+            }),
+        }
+    }
+}
+
 /// Decides a grant inside a write, logs the decision, and signs the grant when given.
 /// `rules` are the retention years, the default consent policy and the seconds a grant
 /// lasts (capped at `MAX_GRANT_SECONDS`).
@@ -623,7 +652,7 @@ pub(crate) fn grant_in(
     query: &GrantQuery,
     now: Time,
     (retention, policy, grant_seconds): (u32, crate::access::DefaultPolicy, i64),
-) -> Result<std::result::Result<Grant, Refusal>> {
+) -> Result<std::result::Result<IssuedGrant, Refusal>> {
     let GrantQuery {
         medical_id,
         source,
@@ -728,7 +757,7 @@ pub(crate) fn grant_in(
                 issued_at: now,
                 expires_at: now + grant_seconds.clamp(1, MAX_GRANT_SECONDS),
             };
-            t.audit_append(&LogEntry::GrantIssued {
+            let index = t.audit_append(&LogEntry::GrantIssued {
                 grant_id: id,
                 requester: requester.code,
                 source,
@@ -747,11 +776,14 @@ pub(crate) fn grant_in(
                 super::idempotency::keep(
                     t,
                     scope,
-                    super::idempotency::Kept::Grant(Box::new(grant.clone())),
+                    super::idempotency::Kept::LoggedGrant(Box::new(grant.clone()), index),
                     now,
                 )?;
             }
-            Ok(Ok(grant))
+            Ok(Ok(IssuedGrant {
+                grant,
+                index: Some(index),
+            }))
         }
         Err(refusal) => {
             t.audit_append(&LogEntry::GrantRefused {

@@ -6,7 +6,7 @@ use super::checks::record;
 use super::federation::{append_notifications, grant_in, GrantQuery, Verified};
 use super::{Result, Store};
 use iryo_proto::eligibility::{CheckAnswer, CheckRequest};
-use iryo_proto::federation::{Grant, Membership, Time};
+use iryo_proto::federation::{Membership, Time};
 use iryo_proto::wire::Refusal;
 use iryo_proto::InstitutionCode;
 
@@ -23,7 +23,7 @@ pub(crate) enum Outcome {
     Check(CheckAnswer),
     Checks(Vec<CheckAnswer>),
     /// Decided and logged; not signed yet, which the caller does outside the writer.
-    Grant(std::result::Result<Grant, Refusal>),
+    Grant(std::result::Result<super::federation::IssuedGrant, Refusal>),
     /// Ids logged now or before.
     Notified(Vec<[u8; 16]>),
 }

@@ -36,8 +36,11 @@ const GRANT_LEFT_SECONDS: i64 = 60;
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Kept {
     Check(CheckAnswer),
-    /// The grant issued; a retry gets it again while it has time left.
+    /// The grant issued; a retry gets it again while it has time left. Kept entries
+    /// written before grant positions were kept; read, never written.
     Grant(Box<Grant>),
+    /// The grant issued and the index of its audit entry.
+    LoggedGrant(Box<Grant>, u64),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -111,11 +114,14 @@ pub(super) fn kept_grant(
     t: &mut (impl RegistryTx + ?Sized),
     scope: &[u8; 32],
     now: Timestamp,
-) -> Result<Option<Grant>> {
-    Ok(match kept(t, scope, now)? {
-        Some(Kept::Grant(g)) if g.expires_at - now >= GRANT_LEFT_SECONDS => Some(*g),
-        _ => None,
-    })
+) -> Result<Option<super::federation::IssuedGrant>> {
+    let (grant, index) = match kept(t, scope, now)? {
+        Some(Kept::Grant(g)) => (*g, None),
+        Some(Kept::LoggedGrant(g, index)) => (*g, Some(index)),
+        _ => return Ok(None),
+    };
+    Ok((grant.expires_at - now >= GRANT_LEFT_SECONDS)
+        .then_some(super::federation::IssuedGrant { grant, index }))
 }
 
 /// Keeps what a request in `scope` was answered; the store forgets entries older

@@ -176,7 +176,18 @@ mod federation {
             .request_grant(&requester, &ask(Purpose::Treatment, None), &agency, 1_200)
             .unwrap()
             .unwrap();
-        let g = grant.verify(&agency.verifying_key()).unwrap();
+        let g = grant.grant.verify(&agency.verifying_key()).unwrap();
+        // The agency states where the grant is logged: the entry just appended.
+        let at = iryo_proto::federation::grant_position(
+            grant.position.as_ref(),
+            &g,
+            &agency.verifying_key(),
+        );
+        assert_eq!(at, Some(s.audit_size().unwrap() - 1));
+        assert!(matches!(
+            s.audit_entry(s.audit_size().unwrap() - 1).unwrap(),
+            crate::audit::LogEntry::GrantIssued { grant_id, .. } if grant_id == g.id
+        ));
         assert_eq!(g.requester_key, req_key.verifying_key().to_bytes());
         assert_eq!(g.expires_at - g.issued_at, MAX_GRANT_SECONDS);
         // A keyed request asked again gets the same grant, logged once, while enough
@@ -190,7 +201,13 @@ mod federation {
                 .request_grant(&requester, q, &agency, at)
                 .unwrap()
                 .unwrap();
-            signed.verify(&agency.verifying_key()).unwrap().id
+            let g = signed.grant.verify(&agency.verifying_key()).unwrap();
+            let at = iryo_proto::federation::grant_position(
+                signed.position.as_ref(),
+                &g,
+                &agency.verifying_key(),
+            );
+            (g.id, at)
         };
         let logged = s.audit_size().unwrap();
         let first = grant_id(&keyed("k1", Purpose::Treatment), 1_200);
@@ -332,7 +349,7 @@ mod federation {
             .request_grant(&requester, &ask(Purpose::Treatment, None), &agency, 1_200)
             .unwrap()
             .unwrap();
-        let g = short.verify(&agency.verifying_key()).unwrap();
+        let g = short.grant.verify(&agency.verifying_key()).unwrap();
         assert_eq!(g.expires_at - g.issued_at, 60);
 
         s.revoke_institution(source.code, 2_000, "op").unwrap();

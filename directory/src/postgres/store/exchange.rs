@@ -15,7 +15,7 @@ use crate::store::{
 };
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use iryo_proto::federation::{
-    Grant, Membership, Notification, RefusalReport, Registration, Role, Time, TreeHead,
+    Membership, Notification, RefusalReport, Registration, Role, Time, TreeHead,
 };
 use iryo_proto::merkle::Hash;
 use iryo_proto::signed::Signed;
@@ -136,14 +136,14 @@ impl PgStore {
         query: &GrantQuery,
         agency: &SigningKey,
         now: Time,
-    ) -> Result<std::result::Result<Signed<Grant>, Refusal>> {
+    ) -> Result<std::result::Result<iryo_proto::federation::LoggedGrant, Refusal>> {
         let rules = (
             self.retention_years,
             self.policy.default,
             self.policy.grant_seconds,
         );
         let decided = self.write(|t| federation::grant_in(t, requester, query, now, rules))?;
-        Ok(decided.map(|g| Signed::sign(&g, agency)))
+        Ok(decided.map(|g| g.sign(agency)))
     }
 
     /// Verifies, de-duplicates and logs notifications sent by `from`.
