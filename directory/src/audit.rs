@@ -58,6 +58,10 @@ pub enum LogEntry {
         from: InstitutionCode,
         report: Signed<iryo_proto::federation::RefusalReport>,
     },
+    /// What the registry told the exchange authority, as signed and received.
+    RegistryNotice {
+        notice: Signed<iryo_proto::roles::RegistryNotice>,
+    },
 }
 
 impl LogEntry {
@@ -73,6 +77,10 @@ impl LogEntry {
             LogEntry::GrantIssued { medical_id, .. }
             | LogEntry::GrantRefused { medical_id, .. }
             | LogEntry::OperatorRead { medical_id, .. } => Some(*medical_id),
+            LogEntry::RegistryNotice { notice } => notice
+                .open_unverified()
+                .ok()
+                .and_then(|n| n.kind.medical_ids().first().copied()),
             LogEntry::Eligibility { .. } | LogEntry::Operator { .. } => None,
         }
     }

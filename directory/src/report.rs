@@ -244,5 +244,36 @@ pub fn audit_entry(e: &crate::audit::LogEntry) -> String {
             format_time(*at),
             medical_id.grouped()
         ),
+        LogEntry::RegistryNotice { notice } => match notice.open_unverified() {
+            Ok(n) => format!(
+                "{}  registry notice {}: {}",
+                format_time(n.at),
+                n.seq,
+                registry_notice(&n.kind)
+            ),
+            Err(e) => format!("registry notice (unreadable: {e})"),
+        },
+    }
+}
+
+/// What a registry notice says, for operators.
+pub fn registry_notice(kind: &iryo_proto::roles::NoticeKind) -> String {
+    use iryo_proto::roles::NoticeKind;
+    match kind {
+        NoticeKind::IdChanged { old, new } => {
+            format!("medical ID {} replaced by {}", old.grouped(), new.grouped())
+        }
+        NoticeKind::Died { medical_id, date } => {
+            format!("the holder of {} died on {date}", medical_id.grouped())
+        }
+        NoticeKind::DeathWithdrawn { medical_id } => {
+            format!(
+                "the death of the holder of {} withdrawn",
+                medical_id.grouped()
+            )
+        }
+        NoticeKind::Retired { medical_id } => {
+            format!("medical ID {} retired", medical_id.grouped())
+        }
     }
 }

@@ -17,6 +17,7 @@ pub mod ids;
 pub mod merkle;
 pub mod note;
 pub mod person;
+pub mod roles;
 pub mod signed;
 pub mod wire;
 

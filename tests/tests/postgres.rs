@@ -30,7 +30,7 @@ fn migrate_makes_the_schema_once_and_refuses_a_newer_one() {
     let url = pg.url();
 
     let first = dir.ok(&["migrate", "--database", &url]);
-    assert!(first.contains("schema version 0 → 4"), "{first}");
+    assert!(first.contains("schema version 0 → 5"), "{first}");
     for t in [
         "persons",
         "medical_ids",
@@ -43,6 +43,7 @@ fn migrate_makes_the_schema_once_and_refuses_a_newer_one() {
         "upload_jobs",
         "idempotency",
         "witnessed_checkpoints",
+        "subjects",
         "iryo_schema",
     ] {
         assert!(tables(&url).iter().any(|n| n == t), "{t} missing");
@@ -82,7 +83,7 @@ fn migrate_makes_the_schema_once_and_refuses_a_newer_one() {
     });
     let refused = dir.fails(&["migrate", "--database", &url]);
     assert!(
-        refused.contains("version 99, newer than this iryo-directory knows (4)"),
+        refused.contains("version 99, newer than this iryo-directory knows (5)"),
         "{refused}"
     );
 

@@ -3,6 +3,7 @@
 //! and their closing, and the audit log's heads, proofs and verification come out the
 //! same on both, by the same rules (`RegistryTx`).
 
+use chrono::NaiveDate;
 use ed25519_dalek::SigningKey;
 use iryo_directory::access::{ConsentOrigin, ConsentRecord};
 use iryo_directory::issuance::{Issuer, Method};
@@ -13,9 +14,10 @@ use iryo_proto::federation::{
     LoggedGrant, Membership, Notification, Purpose, Registration, Role, Side,
 };
 use iryo_proto::merkle;
+use iryo_proto::roles::{NoticeKind, RegistryNotice};
 use iryo_proto::signed::Signed;
 use iryo_proto::wire::Refusal;
-use iryo_proto::{InstitutionCode, PointTableKind};
+use iryo_proto::{InstitutionCode, MedicalId, PointTableKind};
 use iryo_tests::pg::Cluster;
 use iryo_tests::stores::{enroll, sample};
 
@@ -220,4 +222,158 @@ fn the_federation_on_postgres_works_as_on_redb() {
         postgres.institution_by_key(&key).unwrap()
     );
     assert!(postgres.institution_by_key(&key).unwrap().is_some());
+}
+
+/// The registry's notice `seq`, signed by `key`.
+fn notice(seq: u64, kind: NoticeKind, key: &SigningKey) -> Signed<RegistryNotice> {
+    Signed::sign(
+        &RegistryNotice {
+            seq,
+            at: 1_800_000_000 + i64::try_from(seq).unwrap(),
+            kind,
+        },
+        key,
+    )
+}
+
+/// An exchange authority's store, which holds no person, told by the registry of an
+/// ID change, a death, its withdrawal and a retirement: what grants it then gives.
+fn notices_on(s: &dyn Exchange, authority: &SigningKey) -> Vec<String> {
+    let registry = SigningKey::from_bytes(&[7; 32]);
+    let rkey = registry.verifying_key();
+    let (_, a) = register(s, authority, 21);
+    let (_, b) = register(s, authority, 22);
+    let (old, new) = (
+        MedicalId::from_body(1_234_567),
+        MedicalId::from_body(7_654_321),
+    );
+    let mut seen = Vec::new();
+    let apply = |seen: &mut Vec<String>, n: Signed<RegistryNotice>| {
+        let before = s.audit_size().unwrap();
+        let out = s.accept_registry_notices(std::slice::from_ref(&n), &rkey);
+        seen.push(format!(
+            "{:?}, {} logged",
+            out.map_err(|e| e.to_string()),
+            s.audit_size().unwrap() - before
+        ));
+    };
+    // Out of order, or signed by another key (the authority's own), refused.
+    apply(
+        &mut seen,
+        notice(2, NoticeKind::Retired { medical_id: old }, &registry),
+    );
+    apply(
+        &mut seen,
+        notice(1, NoticeKind::Retired { medical_id: old }, authority),
+    );
+    // In order: the first applies, again it changes nothing.
+    let changed = notice(1, NoticeKind::IdChanged { old, new }, &registry);
+    apply(&mut seen, changed.clone());
+    apply(&mut seen, changed);
+    seen.push(format!("{:?}", s.subject_by_medical_id(old).unwrap()));
+    assert_eq!(
+        s.subject_by_medical_id(old).unwrap(),
+        s.subject_by_medical_id(new).unwrap()
+    );
+    // Consent given under the new ID is the patient's, whichever ID is asked about.
+    s.add_consent(
+        new,
+        &ConsentRecord {
+            institution: Some(a.code),
+            purpose: None,
+            allow: true,
+            expires_at: None,
+            at: 1_800_000_050,
+            origin: ConsentOrigin::Operator("op".into()),
+        },
+    )
+    .unwrap();
+    assert_eq!(s.consents(old).unwrap(), s.consents(new).unwrap());
+    let now = 1_800_000_100;
+    let grant = |seen: &mut Vec<String>, id, purpose| {
+        let q = GrantQuery {
+            medical_id: id,
+            source: b.code,
+            purpose,
+            reason: Some("搬送".into()),
+            idempotency_key: None,
+        };
+        seen.push(match s.grant(&a, &q, authority, now).unwrap() {
+            Ok(_) => "granted".into(),
+            Err(r) => format!("refused: {:?} {}", r.reason, r.detail),
+        });
+    };
+    grant(&mut seen, new, Purpose::Treatment);
+    grant(&mut seen, old, Purpose::Treatment);
+    let died = NaiveDate::from_ymd_opt(2024, 1, 2).unwrap();
+    apply(
+        &mut seen,
+        notice(
+            2,
+            NoticeKind::Died {
+                medical_id: new,
+                date: died,
+            },
+            &registry,
+        ),
+    );
+    grant(&mut seen, new, Purpose::Treatment);
+    grant(&mut seen, new, Purpose::Emergency);
+    apply(
+        &mut seen,
+        notice(3, NoticeKind::DeathWithdrawn { medical_id: new }, &registry),
+    );
+    grant(&mut seen, new, Purpose::Treatment);
+    apply(
+        &mut seen,
+        notice(4, NoticeKind::Retired { medical_id: new }, &registry),
+    );
+    grant(&mut seen, new, Purpose::Treatment);
+    seen.push(format!("{:?}", s.subject_by_medical_id(new).unwrap()));
+    assert_eq!(
+        s.counts().unwrap().persons,
+        0,
+        "the authority holds no person"
+    );
+    let notices = (0..s.audit_size().unwrap())
+        .filter(|i| {
+            matches!(
+                s.audit_entry(*i).unwrap(),
+                iryo_directory::audit::LogEntry::RegistryNotice { .. }
+            )
+        })
+        .count();
+    seen.push(format!("{notices} notices logged"));
+    let report = s.audit_verify(&authority.verifying_key()).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    seen
+}
+
+#[test]
+fn registry_notices_apply_in_order_and_decide_grants_on_both_backends() {
+    let pg = Cluster::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let authority = SigningKey::from_bytes(&[6; 32]);
+    let redb = Store::create(&tmp.path().join("authority.redb"), 16, Method::Fpe)
+        .unwrap()
+        .with_signer(authority.clone());
+    let postgres = PgStore::create(&DatabaseUrl::parse(&pg.url()).unwrap(), Method::Fpe)
+        .unwrap()
+        .with_signer(authority.clone());
+    let on_redb = notices_on(&redb, &authority);
+    let on_postgres = notices_on(&postgres, &authority);
+    let text = on_redb.join("\n");
+    for want in [
+        "Err(\"registry notice refused: notice 2 arrived before notice 1",
+        "Err(\"registry notice refused: signed by a key other than the registry's",
+        "Ok(2), 1 logged\nOk(2), 0 logged",
+        "granted\nrefused: UnknownPatient medical ID 0000000012345671 was replaced by 0000000076543216",
+        "refused: Deceased",
+        "Ok(4), 1 logged\ngranted",
+        "refused: Retired",
+        "4 notices logged",
+    ] {
+        assert!(text.contains(want), "{want:?} not in:\n{text}");
+    }
+    assert_eq!(on_redb, on_postgres);
 }

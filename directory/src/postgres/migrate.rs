@@ -34,6 +34,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "witnessed checkpoints",
         sql: include_str!("migrations/0004_witnessed_checkpoints.sql"),
     },
+    Migration {
+        version: 5,
+        name: "subjects",
+        sql: include_str!("migrations/0005_subjects.sql"),
+    },
 ];
 
 /// The schema version this binary works with.

@@ -8,6 +8,7 @@ use crate::issuance::{Issuer, Method};
 use crate::registry::dates::DateRules;
 use crate::registry::eligibility::{CheckAnswer, CheckRequest};
 use crate::registry::{Conflict, Mismatch, Notice, Person, ServiceUse, Timestamp};
+use crate::store::subjects::Subject;
 use crate::store::{
     forward, AssignmentRow, AuditReport, ConflictAction, Counts, GrantRecord, InstitutionRecord,
     LetterRow, MismatchAction, Operations, Plan, Result, StoreError, VerifyReport,
@@ -19,6 +20,7 @@ use iryo_p2p::backup::Manifest;
 use iryo_proto::federation::RefusalReport;
 use iryo_proto::federation::{Membership, Registration, Role, Time, TreeHead};
 use iryo_proto::merkle::Hash;
+use iryo_proto::roles::RegistryNotice;
 use iryo_proto::signed::Signed;
 use iryo_proto::{
     Branch, CardNumber, CardSymbol, InstitutionCode, InsurerNumber, MedicalId, MyNumber,
@@ -72,6 +74,8 @@ impl Operations for PgStore {
         institutions() -> Result<Vec<InstitutionRecord>>;
         add_consent(id: MedicalId, record: &ConsentRecord) -> Result<()>;
         consents(id: MedicalId) -> Result<Vec<ConsentRecord>>;
+        accept_registry_notices(notices: &[Signed<RegistryNotice>], registry: &VerifyingKey) -> Result<u64>;
+        subject_by_medical_id(id: MedicalId) -> Result<Option<Subject>>;
         unmatched(now: Time, window: i64) -> Result<Vec<GrantRecord>>;
         close_unmatched(grant_id: [u8; 16], reason: &str, by: &str, at: Time) -> Result<GrantRecord>;
     }

@@ -6,7 +6,7 @@ use super::tables::*;
 use super::{decode, encode, Result, Store, StoreError};
 use crate::access::{consent_allows, decide_grant, ConsentRecord, GrantAsk};
 use crate::audit::LogEntry;
-use crate::registry::{IdStatus, Person};
+use crate::registry::IdStatus;
 use ed25519_dalek::SigningKey;
 use iryo_proto::federation::{
     Grant, GrantPosition, LoggedGrant, Membership, Notification, Purpose, Registration, Role, Side,
@@ -273,13 +273,6 @@ pub struct NotifyOutcome {
     pub refused: Vec<([u8; 16], String)>,
 }
 
-fn person_of(t: &mut (impl RegistryTx + ?Sized), id: MedicalId) -> Result<Option<Person>> {
-    match t.id_entry(id)? {
-        Some(e) => Ok(Some(t.person(e.pid)?)),
-        None => Ok(None),
-    }
-}
-
 /// Records one of a person's consent decisions, after every earlier one.
 pub(crate) fn add_consent_for(
     t: &mut (impl RegistryTx + ?Sized),
@@ -387,11 +380,15 @@ impl Store {
     }
 
     pub fn consents(&self, id: MedicalId) -> Result<Vec<ConsentRecord>> {
-        let p = self.person_by_medical_id(id)?;
+        let pid = self
+            .reader()?
+            .id_entry(id)?
+            .ok_or(StoreError::UnknownMedicalId(id))?
+            .pid;
         let tx = self.db.begin_read()?;
         let t = tx.open_table(CONSENTS)?;
         let mut out = Vec::new();
-        for item in t.range((p.pid, 0)..=(p.pid, u64::MAX))? {
+        for item in t.range((pid, 0)..=(pid, u64::MAX))? {
             out.push(decode(item?.1.value())?);
         }
         Ok(out)
@@ -542,8 +539,9 @@ pub(crate) fn add_consent(
     id: MedicalId,
     record: &ConsentRecord,
 ) -> Result<()> {
-    let p = person_of(t, id)?.ok_or(StoreError::UnknownMedicalId(id))?;
-    add_consent_for(t, p.pid, record)?;
+    // The person's or the subject's number: consents follow it through ID changes.
+    let pid = t.id_entry(id)?.ok_or(StoreError::UnknownMedicalId(id))?.pid;
+    add_consent_for(t, pid, record)?;
     if let crate::access::ConsentOrigin::Operator(op) = &record.origin {
         t.audit_append(&LogEntry::Operator {
             operator: op.clone(),
@@ -725,10 +723,9 @@ pub(crate) fn grant_in(
                 format!("medical ID {medical_id} was replaced by {successor}"),
             )));
         }
-        let person = t.person(entry.pid)?;
-        let state = person.id_state(crate::registry::today(), retention);
+        let state = super::subjects::state_of(t, entry.pid, crate::registry::today(), retention)?;
         let consented = consent_allows(
-            &t.consents_of(person.pid)?,
+            &t.consents_of(entry.pid)?,
             requester.code,
             purpose,
             now,

@@ -23,6 +23,7 @@ mod paced;
 pub(crate) mod portal;
 pub(crate) mod registry_tx;
 mod serving;
+pub mod subjects;
 mod tables;
 mod verify;
 
@@ -91,6 +92,8 @@ pub enum StoreError {
         id: MedicalId,
         date: chrono::NaiveDate,
     },
+    #[error("registry notice refused: {0}")]
+    Notice(String),
     #[error("no death is recorded for medical ID {0}")]
     NoDeath(MedicalId),
     #[error("medical ID {0} is not registered")]

@@ -3,6 +3,7 @@
 //! on redb and on PostgreSQL; each backend implements it with the same rules
 //! (`registry_tx`), and an operation a backend cannot do yet says so by name.
 
+use super::subjects::Subject;
 use super::{
     AssignmentRow, AuditReport, ConflictAction, Counts, EnrollBatch, GrantRecord,
     InstitutionRecord, LetterRow, MismatchAction, Plan, Result, Store, VerifyReport,
@@ -17,6 +18,7 @@ use ed25519_dalek::{SigningKey, VerifyingKey};
 use iryo_p2p::backup::Manifest;
 use iryo_proto::federation::{Membership, Registration, Role, Time, TreeHead};
 use iryo_proto::merkle::Hash;
+use iryo_proto::roles::RegistryNotice;
 use iryo_proto::signed::Signed;
 use iryo_proto::{
     Branch, CardNumber, CardSymbol, InstitutionCode, InsurerNumber, MedicalId, MyNumber,
@@ -120,6 +122,15 @@ pub trait Operations: EnrollBatch {
     fn institutions(&self) -> Result<Vec<InstitutionRecord>>;
     fn add_consent(&self, id: MedicalId, record: &ConsentRecord) -> Result<()>;
     fn consents(&self, id: MedicalId) -> Result<Vec<ConsentRecord>>;
+    /// Applies the registry's notices in order, each verified against `registry`
+    /// (docs/roles.md); the number of the notice expected next.
+    fn accept_registry_notices(
+        &self,
+        notices: &[Signed<RegistryNotice>],
+        registry: &VerifyingKey,
+    ) -> Result<u64>;
+    /// The exchange authority's record of the patient holding `id`, if it has one.
+    fn subject_by_medical_id(&self, id: MedicalId) -> Result<Option<Subject>>;
     fn unmatched(&self, now: Time, window: i64) -> Result<Vec<GrantRecord>>;
     fn close_unmatched(
         &self,
@@ -189,6 +200,8 @@ impl Operations for Store {
         institutions() -> Result<Vec<InstitutionRecord>>;
         add_consent(id: MedicalId, record: &ConsentRecord) -> Result<()>;
         consents(id: MedicalId) -> Result<Vec<ConsentRecord>>;
+        accept_registry_notices(notices: &[Signed<RegistryNotice>], registry: &VerifyingKey) -> Result<u64>;
+        subject_by_medical_id(id: MedicalId) -> Result<Option<Subject>>;
         unmatched(now: Time, window: i64) -> Result<Vec<GrantRecord>>;
         close_unmatched(grant_id: [u8; 16], reason: &str, by: &str, at: Time) -> Result<GrantRecord>;
         audit_for_person(person: &Person) -> Result<Vec<(u64, LogEntry)>>;

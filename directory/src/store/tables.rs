@@ -80,6 +80,8 @@ pub(super) const PORTAL_SESSIONS: TableDefinition<&[u8; 32], &[u8]> =
 pub(super) const SIGN_IN_TRIES: TableDefinition<&str, &[u8]> =
     TableDefinition::new("sign_in_tries");
 /// Upload id → JobState as JSON.
+/// The exchange authority's patients: pid → `subjects::Subject` (docs/roles.md).
+pub(super) const SUBJECTS: TableDefinition<u64, &[u8]> = TableDefinition::new("subjects");
 pub(super) const UPLOAD_JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("upload_jobs");
 
 pub(super) const PID: &str = "next_pid";
@@ -166,6 +168,7 @@ pub(super) struct Tables<'t> {
     pub closed_grants: Lazy<'t, [u8; 16], &'static [u8]>,
     pub idempotency: Lazy<'t, [u8; 32], &'static [u8]>,
     pub idempotency_by_time: Lazy<'t, (i64, [u8; 32]), ()>,
+    pub subjects: Lazy<'t, u64, &'static [u8]>,
     /// Set when an entry was appended, so the transaction ends with a signed tree head.
     pub audit_dirty: bool,
     counters_table: Lazy<'t, &'static str, u64>,
@@ -199,6 +202,7 @@ impl<'t> Tables<'t> {
         t.closed_grants.open()?;
         t.idempotency.open()?;
         t.idempotency_by_time.open()?;
+        t.subjects.open()?;
         t.counters_table.open()?;
         Ok(())
     }
@@ -228,6 +232,7 @@ impl<'t> Tables<'t> {
             closed_grants: Lazy::new(tx, CLOSED_GRANTS),
             idempotency: Lazy::new(tx, super::idempotency::KEPT),
             idempotency_by_time: Lazy::new(tx, super::idempotency::KEPT_BY_TIME),
+            subjects: Lazy::new(tx, SUBJECTS),
             audit_dirty: false,
             counters_table: Lazy::new(tx, COUNTERS),
             counters: BTreeMap::new(),
@@ -372,6 +377,24 @@ impl super::registry_tx::RegistryTx for Tables<'_> {
 
     fn next(&mut self, counter: &'static str) -> Result<u64> {
         Tables::next(self, counter)
+    }
+
+    fn peek(&mut self, counter: &'static str) -> Result<u64> {
+        Tables::peek(self, counter)
+    }
+
+    fn subject(&mut self, pid: u64) -> Result<Option<super::subjects::Subject>> {
+        match self.subjects.open()?.get(pid)? {
+            Some(v) => Ok(Some(decode(v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    fn put_subject(&mut self, s: &super::subjects::Subject) -> Result<()> {
+        self.subjects
+            .open_mut()?
+            .insert(s.pid, encode(s)?.as_slice())?;
+        Ok(())
     }
 
     fn claim_id(&mut self, id: MedicalId, entry: &IdEntry) -> Result<bool> {

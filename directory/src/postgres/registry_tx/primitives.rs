@@ -379,6 +379,23 @@ impl crate::store::registry_tx::RegistryTx for PgTx<'_> {
         Ok(())
     }
 
+    fn peek(&mut self, counter: &'static str) -> Result<u64> {
+        self.load_counter(counter)
+    }
+
+    fn subject(&mut self, pid: u64) -> Result<Option<crate::store::subjects::Subject>> {
+        self.one("SELECT body FROM subjects WHERE pid = $1", pid)
+    }
+
+    fn put_subject(&mut self, s: &crate::store::subjects::Subject) -> Result<()> {
+        self.now(
+            "INSERT INTO subjects (pid, body) VALUES ($1, $2)
+             ON CONFLICT (pid) DO UPDATE SET body = excluded.body",
+            s.pid,
+            &encode(s)?,
+        )
+    }
+
     fn account(&mut self, pid: u64) -> Result<Option<crate::store::Account>> {
         self.one("SELECT account FROM portal_accounts WHERE pid = $1", pid)
     }

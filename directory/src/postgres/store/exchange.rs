@@ -120,12 +120,46 @@ impl PgStore {
         self.write(|t| federation::add_consent(t, id, record))
     }
 
+    /// Applies the registry's notices in order (docs/roles.md); the number expected next.
+    pub fn accept_registry_notices(
+        &self,
+        notices: &[Signed<iryo_proto::roles::RegistryNotice>],
+        registry: &ed25519_dalek::VerifyingKey,
+    ) -> Result<u64> {
+        self.write(|t| crate::store::subjects::apply_notices(t, notices, registry))
+    }
+
+    /// The subject `id` names, if this store has one.
+    pub fn subject_by_medical_id(
+        &self,
+        id: MedicalId,
+    ) -> Result<Option<crate::store::subjects::Subject>> {
+        let id = crate::postgres::sql(id.as_u64())?;
+        Ok(self
+            .values(
+                "SELECT s.body FROM medical_ids m JOIN subjects s ON s.pid = m.pid
+                 WHERE m.medical_id = $1",
+                &[&id],
+            )?
+            .pop())
+    }
+
     /// A patient's consent decisions, in the order they were made.
     pub fn consents(&self, id: MedicalId) -> Result<Vec<ConsentRecord>> {
-        let pid = crate::postgres::sql(self.person_by_medical_id(id)?.pid)?;
+        let known: Vec<i64> = self.read(async |c| {
+            Ok(c.query(
+                "SELECT pid FROM medical_ids WHERE medical_id = $1",
+                &[&crate::postgres::sql(id.as_u64())?],
+            )
+            .await?
+            .into_iter()
+            .map(|r| r.get(0))
+            .collect())
+        })?;
+        let pid = known.first().ok_or(StoreError::UnknownMedicalId(id))?;
         self.values(
             "SELECT record FROM consents WHERE pid = $1 ORDER BY seq",
-            &[&pid],
+            &[pid],
         )
     }
 

@@ -436,7 +436,11 @@ fn lines(lang: Lang, names: &mut Names<'_>, entries: &[(u64, LogEntry)]) -> Vec<
                     proofs: vec![(*index, None)],
                 });
             }
-            LogEntry::Eligibility { .. } | LogEntry::Operator { .. } => {}
+            // Not reads of the person's records: what the registry told the authority
+            // shows on the ID's own page.
+            LogEntry::Eligibility { .. }
+            | LogEntry::Operator { .. }
+            | LogEntry::RegistryNotice { .. } => {}
         }
     }
     out.extend(

@@ -1,0 +1,7 @@
+-- The exchange authority's patients (docs/roles.md): the medical IDs the registry's
+-- notices named, the reported death, whether the ID was retired. Never a My Number,
+-- name or address.
+CREATE TABLE subjects (
+    pid  bigint PRIMARY KEY,
+    body bytea  NOT NULL
+);
