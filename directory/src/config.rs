@@ -42,6 +42,83 @@ pub struct Config {
     pub letters: LettersConfig,
     pub storage: StorageConfig,
     pub audit: AuditConfig,
+    pub roles: RolesConfig,
+}
+
+/// Which of the directory's services a process is (docs/roles.md).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceRole {
+    /// Both, on one store under one key: the single-process directory.
+    #[default]
+    All,
+    /// Enrollment, issuance, letters and eligibility: knows who holds each medical ID.
+    Registry,
+    /// Memberships, consent, grants, notifications and the audit log: knows medical IDs
+    /// and institutions, never a My Number, name or address.
+    Authority,
+}
+
+impl ServiceRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceRole::All => "all",
+            ServiceRole::Registry => "registry",
+            ServiceRole::Authority => "authority",
+        }
+    }
+
+    /// Whether this process keeps persons: enrollment, issuance, letters, checks.
+    pub fn registers(self) -> bool {
+        self != ServiceRole::Authority
+    }
+
+    /// Whether this process runs the exchange: memberships, consent, grants, the log.
+    pub fn exchanges(self) -> bool {
+        self != ServiceRole::Registry
+    }
+}
+
+/// The split of the directory into a registry and an exchange authority (`[roles]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RolesConfig {
+    /// What this process is: "all", "registry" or "authority"; `serve --role`
+    /// overrides it.
+    pub role: ServiceRole,
+    /// The registry's: the exchange authority's service address, with its peer id
+    /// (`/ip4/…/tcp/…/p2p/…`, as the authority's `serve` prints it).
+    pub authority: Option<String>,
+    /// The authority's: the registry's public key, 64 hex digits, that signs its
+    /// notices (`iryo-directory keys show` on the registry prints it).
+    pub registry_key: Option<String>,
+    /// The registry's: how often notices not yet applied are sent, in seconds.
+    pub tell_every_seconds: u64,
+}
+
+impl Default for RolesConfig {
+    fn default() -> Self {
+        Self {
+            role: ServiceRole::All,
+            authority: None,
+            registry_key: None,
+            tell_every_seconds: 5,
+        }
+    }
+}
+
+impl RolesConfig {
+    /// The registry's key that notices must be signed with, for an authority.
+    pub fn registry_key(&self) -> Result<ed25519_dalek::VerifyingKey, String> {
+        let hex = self.registry_key.as_deref().map_or("", str::trim);
+        if hex.is_empty() {
+            return Err("roles.registry_key is not set: give the registry's public key (`iryo-directory keys show` on the registry)".into());
+        }
+        let bytes = iryo_proto::merkle::from_hex(hex)
+            .ok_or_else(|| format!("roles.registry_key {hex:?} is not 64 hex digits"))?;
+        ed25519_dalek::VerifyingKey::from_bytes(&bytes)
+            .map_err(|e| format!("roles.registry_key {hex:?} is not an Ed25519 public key: {e}"))
+    }
 }
 
 /// The audit log's checkpoints and their witnesses (`[audit]`).
@@ -263,6 +340,7 @@ impl Default for Config {
             letters: LettersConfig::default(),
             storage: StorageConfig::default(),
             audit: AuditConfig::default(),
+            roles: RolesConfig::default(),
         }
     }
 }

@@ -61,7 +61,10 @@ impl Context {
                 ));
             }
         }
-        let store = self.configure(store).with_signer(keys.root);
+        let store = self
+            .configure(store)
+            .with_signer(keys.root)
+            .with_role(c.roles.role);
         // Checks a process answered and then died before moving into the logs.
         let moved = store.drain_intake()?;
         if moved > 0 {
@@ -115,6 +118,7 @@ impl Context {
         let c = &self.config;
         Ok(store
             .with_signer(keys.root)
+            .with_role(c.roles.role)
             .with_retention(c.registry.retention_years)
             .with_date_allowance(c.registry.date_allowance_days)
             .with_policy(self.policy()))

@@ -25,5 +25,6 @@ pub mod service;
 pub mod signatures;
 pub mod store;
 mod sys;
+pub mod tell;
 pub mod web;
 pub mod witnesses;

@@ -138,7 +138,8 @@ impl Metrics {
             | DirectoryResponse::Consent(_)
             | DirectoryResponse::TreeHead(_)
             | DirectoryResponse::AuditProof { .. }
-            | DirectoryResponse::WitnessedCheckpoint { .. } => {}
+            | DirectoryResponse::WitnessedCheckpoint { .. }
+            | DirectoryResponse::NoticesApplied { .. } => {}
         }
     }
 }
@@ -155,6 +156,7 @@ pub fn request_kind(r: &DirectoryRequest) -> &'static str {
         DirectoryRequest::TreeHead => "tree_head",
         DirectoryRequest::AuditProof { .. } => "audit_proof",
         DirectoryRequest::WitnessedCheckpoint { .. } => "witnessed_checkpoint",
+        DirectoryRequest::RegistryNotices { .. } => "registry_notices",
     }
 }
 

@@ -34,25 +34,11 @@ pub fn peer_key(peer: &PeerId) -> Option<[u8; 32]> {
 /// listening on `listen`, and its listen addresses, each ending in /p2p/<peer id>.
 /// Refuses to start while `SSLKEYLOGFILE` is set.
 pub async fn listening(
-    mut secret: [u8; 32],
+    secret: [u8; 32],
     listen: Multiaddr,
     idle: Duration,
 ) -> Result<(Swarm<libp2p_stream::Behaviour>, Vec<Multiaddr>), P2pError> {
-    refuse_key_log()?;
-    let keypair = identity::Keypair::ed25519_from_bytes(&mut secret)
-        .map_err(|e| P2pError::Transport(e.to_string()))?;
-    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
-        .with_tokio()
-        .with_tcp(
-            libp2p::tcp::Config::default().nodelay(true),
-            libp2p::tls::Config::new,
-            || BufferedYamux(libp2p::yamux::Config::default()),
-        )
-        .map_err(|e| P2pError::Transport(e.to_string()))?
-        .with_behaviour(|_| libp2p_stream::Behaviour::new())
-        .map_err(|e| P2pError::Transport(e.to_string()))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
-        .build();
+    let mut swarm = dialling(secret, idle)?;
     swarm
         .listen_on(listen.clone())
         .map_err(|e| P2pError::Listen(listen.to_string(), e.to_string()))?;
@@ -71,6 +57,30 @@ pub async fn listening(
         }
     }
     Ok((swarm, addresses))
+}
+
+/// A swarm with `secret` as its identity (TCP, TLS 1.3, yamux, `libp2p-stream`) that
+/// listens nowhere: for a process that only asks. Refuses to start while
+/// `SSLKEYLOGFILE` is set.
+pub fn dialling(
+    mut secret: [u8; 32],
+    idle: Duration,
+) -> Result<Swarm<libp2p_stream::Behaviour>, P2pError> {
+    refuse_key_log()?;
+    let keypair = identity::Keypair::ed25519_from_bytes(&mut secret)
+        .map_err(|e| P2pError::Transport(e.to_string()))?;
+    Ok(libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(
+            libp2p::tcp::Config::default().nodelay(true),
+            libp2p::tls::Config::new,
+            || BufferedYamux(libp2p::yamux::Config::default()),
+        )
+        .map_err(|e| P2pError::Transport(e.to_string()))?
+        .with_behaviour(|_| libp2p_stream::Behaviour::new())
+        .map_err(|e| P2pError::Transport(e.to_string()))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
+        .build())
 }
 
 /// yamux writes each frame's 12-byte header and its body as two writes, and TLS turns

@@ -210,6 +210,13 @@ pub enum DirectoryRequest {
         /// The size of the checkpoint the asker kept (0 for none).
         from: u64,
     },
+    /// The registry's notices to the exchange authority, in order, when the two run
+    /// apart (`crate::roles`); sent over a session under the registry's own key. Empty,
+    /// it asks which number the authority expects next.
+    RegistryNotices {
+        /// At most `MAX_NOTIFICATIONS_PER_REQUEST`, each signed by the registry.
+        notices: Vec<Signed<crate::roles::RegistryNotice>>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -255,6 +262,12 @@ pub enum DirectoryResponse {
         proof: Vec<[u8; 32]>,
         /// The signed head the proof leads to.
         head: Signed<TreeHead>,
+    },
+    /// The number of the registry notice the authority expects next: every one
+    /// before it is applied.
+    NoticesApplied {
+        /// The next number.
+        expected: u64,
     },
 }
 

@@ -103,6 +103,18 @@ fn grant() -> Grant {
     }
 }
 
+/// A registry's notice; signed in the vectors by a test key like any other.
+fn registry_notice() -> iryo_proto::roles::RegistryNotice {
+    iryo_proto::roles::RegistryNotice {
+        seq: 1,
+        at: 1_767_225_600,
+        kind: iryo_proto::roles::NoticeKind::IdChanged {
+            old: patient(),
+            new: MedicalId::from_body(1_234_567),
+        },
+    }
+}
+
 fn position() -> GrantPosition {
     GrantPosition {
         grant_id: grant().id,
@@ -189,6 +201,7 @@ fn statements() -> Value {
             statement("membership", &membership, &agency()),
             statement("grant", &grant(), &agency()),
             statement("grant_position", &position(), &agency()),
+            statement("registry_notice", &registry_notice(), &hospital()),
             statement("notification", &notification(), &hospital()),
             statement("tree_head", &head, &agency()),
             statement("refusal_report", &refusal_report(), &hospital()),

@@ -79,6 +79,7 @@ impl LocalFederation {
             service_key,
             "/ip4/127.0.0.1/tcp/0".parse()?,
             config.service.max_group,
+            iryo_directory::service::Admission::all(),
         )
         .await?;
         let directory_addr = service

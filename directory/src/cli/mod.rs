@@ -73,7 +73,7 @@ enum Command {
     /// The agency CA of the HTTPS front: server and client certificates, revocation.
     #[command(subcommand)]
     Ca(ca::CaCmd),
-    /// The directory service's own keys, when one must be made anew.
+    /// The directory's public keys; its service identity, when one must be made anew.
     #[command(subcommand)]
     Keys(keys::KeysCmd),
     /// Eligibility check from an insurance card or a medical ID; records service use.

@@ -15,10 +15,22 @@ pub(super) struct ServeArgs {
     /// overrides `https.listen`.
     #[arg(long, value_name = "ADDR")]
     https: Option<String>,
+    /// Which service to run: the whole directory (all), or one of its two halves run
+    /// apart, each on its own data directory and keys (docs/roles.md); overrides
+    /// `roles.role`.
+    #[arg(long, value_enum)]
+    role: Option<iryo_directory::config::ServiceRole>,
 }
 
-pub(super) fn run(config: Config, a: ServeArgs) -> Result<ExitCode> {
-    let ServeArgs { listen, https } = a;
+pub(super) fn run(mut config: Config, a: ServeArgs) -> Result<ExitCode> {
+    let ServeArgs {
+        listen,
+        https,
+        role,
+    } = a;
+    if let Some(role) = role {
+        config.roles.role = role;
+    }
     let listen: libp2p::Multiaddr = listen
         .unwrap_or_else(|| config.service.listen.clone())
         .parse()
@@ -42,6 +54,7 @@ pub(super) fn run(config: Config, a: ServeArgs) -> Result<ExitCode> {
             config.clone(),
         ));
         let witnessing = start_witnessing(&config, store.clone(), &keys.root)?;
+        let telling = start_telling(&config, store.clone(), &keys.root)?;
         let started =
             start_serving(&config, store, &keys.root, identity, listen, https, None).await;
         let (running, front) = match started {
@@ -66,8 +79,8 @@ pub(super) fn run(config: Config, a: ServeArgs) -> Result<ExitCode> {
             );
         }
         admin_task.abort();
-        if let Some(w) = witnessing {
-            w.abort();
+        for task in [witnessing, telling].into_iter().flatten() {
+            task.abort();
         }
         if let Some(f) = front {
             f.stop();
@@ -98,6 +111,7 @@ fn serve_postgres(
     rt.block_on(async {
         let follower = follow_revocations(config, &store);
         let witnessing = start_witnessing(config, store.clone(), &keys.root)?;
+        let telling = start_telling(config, store.clone(), &keys.root)?;
         let (running, front) = start_serving(
             config,
             store,
@@ -112,8 +126,8 @@ fn serve_postgres(
         if let Some(f) = follower {
             f.abort();
         }
-        if let Some(w) = witnessing {
-            w.abort();
+        for task in [witnessing, telling].into_iter().flatten() {
+            task.abort();
         }
         if let Some(f) = front {
             f.stop();
@@ -138,12 +152,25 @@ async fn start_serving(
     iryo_directory::service::Running,
     Option<iryo_directory::web::Running>,
 )> {
+    let admission = iryo_directory::service::Admission {
+        role: config.roles.role,
+        registry: match config.roles.role {
+            iryo_directory::config::ServiceRole::Authority => Some(
+                config
+                    .roles
+                    .registry_key()
+                    .map_err(|e| anyhow::anyhow!("{e}"))?,
+            ),
+            _ => None,
+        },
+    };
     let running = iryo_directory::service::start(
         store.clone(),
         agency.clone(),
         identity,
         listen,
         config.service.max_group,
+        admission,
     )
     .await?;
     let addrs = note_addresses(&config.data_dir, &running)?;
@@ -156,9 +183,10 @@ async fn start_serving(
         .map(|u| format!(" database={u}"))
         .unwrap_or_default();
     println!(
-        "iryo-directory ready p2p={} https={https_addr} agency_key={}{database}",
+        "iryo-directory ready p2p={} https={https_addr} agency_key={}{database} role={}",
         addrs.join(","),
-        iryo_proto::merkle::to_hex(agency.verifying_key().as_bytes())
+        iryo_proto::merkle::to_hex(agency.verifying_key().as_bytes()),
+        config.roles.role.as_str()
     );
     use std::io::Write as _;
     std::io::stdout().flush()?;
@@ -230,6 +258,33 @@ fn start_witnessing(
             tokio::time::sleep(std::time::Duration::from_secs(every)).await;
         }
     })))
+}
+
+/// On a registry run apart from the exchange authority, sends the notices its ID
+/// changes, deaths and retirements queue, now and every `roles.tell_every_seconds`.
+fn start_telling(
+    config: &Config,
+    store: std::sync::Arc<dyn iryo_directory::store::Operations + Send + Sync>,
+    root: &ed25519_dalek::SigningKey,
+) -> Result<Option<tokio::task::JoinHandle<()>>> {
+    use iryo_directory::tell;
+    if config.roles.role != iryo_directory::config::ServiceRole::Registry {
+        return Ok(None);
+    }
+    let address = config.roles.authority.as_deref().unwrap_or("").trim();
+    if address.is_empty() {
+        anyhow::bail!(
+            "roles.authority is not set: a registry run apart tells the exchange authority of ID changes, deaths and retirements; give the address the authority's `serve` prints"
+        );
+    }
+    let authority = tell::Authority::new(address, root)?;
+    let every = std::time::Duration::from_secs(config.roles.tell_every_seconds.max(1));
+    Ok(Some(tokio::spawn(tell::tell_loop(
+        store,
+        authority,
+        root.clone(),
+        every,
+    ))))
 }
 
 /// The service's listen addresses, also written to `DATA_DIR/directory.addr` for

@@ -76,6 +76,8 @@ impl Operations for PgStore {
         consents(id: MedicalId) -> Result<Vec<ConsentRecord>>;
         accept_registry_notices(notices: &[Signed<RegistryNotice>], registry: &VerifyingKey) -> Result<u64>;
         subject_by_medical_id(id: MedicalId) -> Result<Option<Subject>>;
+        notices_to_tell(from: u64, n: usize) -> Result<Vec<RegistryNotice>>;
+        forget_told(expected: u64) -> Result<()>;
         unmatched(now: Time, window: i64) -> Result<Vec<GrantRecord>>;
         close_unmatched(grant_id: [u8; 16], reason: &str, by: &str, at: Time) -> Result<GrantRecord>;
     }

@@ -4,6 +4,9 @@
 //! (`iryo_proto::wire`, answered by `iryo_p2p::answer::answer`).
 
 pub mod handler;
+pub mod roles;
+
+pub use roles::Admission;
 
 pub use crate::store::{CommitError, GroupCommitter};
 
@@ -65,6 +68,7 @@ pub async fn start(
     identity_secret: [u8; 32],
     listen: Multiaddr,
     max_group: usize,
+    admission: Admission,
 ) -> Result<Running, ServiceError> {
     let (swarm, addresses) =
         iryo_p2p::transport::listening(identity_secret, listen, IDLE_CONNECTION).await?;
@@ -79,7 +83,7 @@ pub async fn start(
         .map_err(|e| iryo_p2p::P2pError::Transport(e.to_string()))?;
     let (stop, stopped) = oneshot::channel();
     let writers = store.clone().start_writers(agency, max_group)?;
-    let done = tokio::spawn(serve(swarm, sessions, store, writers, stopped));
+    let done = tokio::spawn(serve(swarm, sessions, store, writers, stopped, admission));
     Ok(Running {
         peer_id,
         addresses,
@@ -94,6 +98,7 @@ async fn serve(
     store: Arc<dyn Serving>,
     writers: crate::store::Writers,
     mut stopped: oneshot::Receiver<()>,
+    admission: Admission,
 ) {
     let committer = writers.committer();
     let mut answering = tokio::task::JoinSet::new();
@@ -111,7 +116,7 @@ async fn serve(
                     // Membership first, before any frame is read: a stranger's frames
                     // are bounded to what a refusal needs, and strangers' sessions in
                     // all are bounded too.
-                    let member = is_member(&store, key).await;
+                    let member = admission.is_registry(key) || is_member(&store, key).await;
                     let _stranger = if member {
                         None
                     } else {
@@ -131,7 +136,11 @@ async fn serve(
                         async move {
                             let started = std::time::Instant::now();
                             let kind = crate::metrics::request_kind(&request);
-                            let response = answer(store, committer, (peer, key), request).await;
+                            let response = if admission.is_registry(key) {
+                                roles::registry_notices(store, admission, request).await
+                            } else {
+                                answer(store, committer, (peer, key), request, admission).await
+                            };
                             crate::metrics::metrics().observe_directory(kind, &response, started.elapsed());
                             response
                         }
@@ -258,6 +267,7 @@ async fn answer(
     committer: GroupCommitter,
     (peer, key): (PeerId, Option<[u8; 32]>),
     request: DirectoryRequest,
+    admission: Admission,
 ) -> DirectoryResponse {
     let t = now();
     let auth_store = store.clone();
@@ -276,6 +286,9 @@ async fn answer(
         }
         Err(e) => return internal(e),
     };
+    if let Some(refused) = admission.refuses(&request) {
+        return refused;
+    }
     match request {
         DirectoryRequest::Eligibility { mut request } => {
             if let Err(e) = store

@@ -25,7 +25,7 @@ impl From<BackupError> for StoreError {
 
 /// The main file's tables; a table the file holds that is not here fails the backup
 /// rather than being missed.
-const MAIN_TABLES: [&str; 25] = [
+const MAIN_TABLES: [&str; 28] = [
     "settings",
     "counters",
     "persons",
@@ -51,6 +51,9 @@ const MAIN_TABLES: [&str; 25] = [
     "closed_grants",
     "idempotency",
     "idempotency_by_time",
+    "witnessed_checkpoints",
+    "subjects",
+    "registry_outbox",
 ];
 
 fn copy_main(from: &redb::ReadTransaction, to: &redb::Database) -> Result<()> {
@@ -80,6 +83,9 @@ fn copy_main(from: &redb::ReadTransaction, to: &redb::Database) -> Result<()> {
     b::copy_table(from, to, CLOSED_GRANTS)?;
     b::copy_table(from, to, super::idempotency::KEPT)?;
     b::copy_table(from, to, super::idempotency::KEPT_BY_TIME)?;
+    b::copy_table(from, to, WITNESSED)?;
+    b::copy_table(from, to, SUBJECTS)?;
+    b::copy_table(from, to, REGISTRY_OUTBOX)?;
     Ok(())
 }
 

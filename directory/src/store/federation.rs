@@ -6,7 +6,7 @@ use super::tables::*;
 use super::{decode, encode, Result, Store, StoreError};
 use crate::access::{consent_allows, decide_grant, ConsentRecord, GrantAsk};
 use crate::audit::LogEntry;
-use crate::registry::IdStatus;
+use crate::registry::{IdEntry, IdStatus};
 use ed25519_dalek::SigningKey;
 use iryo_proto::federation::{
     Grant, GrantPosition, LoggedGrant, Membership, Notification, Purpose, Registration, Role, Side,
@@ -380,11 +380,12 @@ impl Store {
     }
 
     pub fn consents(&self, id: MedicalId) -> Result<Vec<ConsentRecord>> {
-        let pid = self
-            .reader()?
-            .id_entry(id)?
-            .ok_or(StoreError::UnknownMedicalId(id))?
-            .pid;
+        let pid = match self.reader()?.id_entry(id)? {
+            Some(e) => e.pid,
+            // An ID the authority has not dealt with has no consent recorded.
+            None if self.role == crate::config::ServiceRole::Authority => return Ok(Vec::new()),
+            None => return Err(StoreError::UnknownMedicalId(id)),
+        };
         let tx = self.db.begin_read()?;
         let t = tx.open_table(CONSENTS)?;
         let mut out = Vec::new();
@@ -540,7 +541,14 @@ pub(crate) fn add_consent(
     record: &ConsentRecord,
 ) -> Result<()> {
     // The person's or the subject's number: consents follow it through ID changes.
-    let pid = t.id_entry(id)?.ok_or(StoreError::UnknownMedicalId(id))?.pid;
+    let pid = match t.id_entry(id)? {
+        Some(e) => e.pid,
+        // The authority does not learn which IDs were issued (docs/roles.md).
+        None if t.role() == crate::config::ServiceRole::Authority => {
+            super::subjects::subject_for(t, id)?.pid
+        }
+        None => return Err(StoreError::UnknownMedicalId(id)),
+    };
     add_consent_for(t, pid, record)?;
     if let crate::access::ConsentOrigin::Operator(op) = &record.origin {
         t.audit_append(&LogEntry::Operator {
@@ -710,7 +718,15 @@ pub(crate) fn grant_in(
                 )))
             }
         }
-        let entry = t.id_entry(medical_id)?;
+        let mut entry = t.id_entry(medical_id)?;
+        if entry.is_none() && t.role() == crate::config::ServiceRole::Authority {
+            // The authority does not learn which IDs were issued (docs/roles.md).
+            let s = super::subjects::subject_for(t, medical_id)?;
+            entry = Some(IdEntry {
+                pid: s.pid,
+                status: IdStatus::Current,
+            });
+        }
         let Some(entry) = entry else {
             return Ok(Err(Refusal::new(
                 RefusalReason::UnknownPatient,

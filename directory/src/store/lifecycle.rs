@@ -9,6 +9,7 @@ use crate::registry::dates::DateError;
 use crate::registry::dates::DateRules;
 use crate::registry::{research_until, Event, IdStatus, Person, Timestamp};
 use chrono::NaiveDate;
+use iryo_proto::roles::NoticeKind;
 use iryo_proto::{MedicalId, MyNumber};
 
 fn needs_reason(reason: &str) -> Result<String> {
@@ -121,6 +122,7 @@ pub(crate) fn change_id(
         at,
     });
     t.save_person(&p)?;
+    t.tell_authority(NoticeKind::IdChanged { old: id, new }, at)?;
     Ok(new)
 }
 
@@ -164,6 +166,13 @@ pub(crate) fn record_death(
     p.history.push(Event::Death { date, at });
     t.save_person(&p)?;
     t.mark_death(days(date), p.pid, true)?;
+    t.tell_authority(
+        NoticeKind::Died {
+            medical_id: id,
+            date,
+        },
+        at,
+    )?;
     t.audit_append(&LogEntry::Operator {
         operator: by.into(),
         action: format!("death of {} recorded: {date}", id.grouped()),
@@ -199,6 +208,13 @@ pub(crate) fn correct_death(
         at,
     });
     t.save_person(&p)?;
+    t.tell_authority(
+        NoticeKind::Died {
+            medical_id: id,
+            date,
+        },
+        at,
+    )?;
     t.audit_append(&LogEntry::Operator {
         operator: by.into(),
         action: format!(
@@ -230,6 +246,7 @@ pub(crate) fn revoke_death(
         at,
     });
     t.save_person(&p)?;
+    t.tell_authority(NoticeKind::DeathWithdrawn { medical_id: id }, at)?;
     t.audit_append(&LogEntry::Operator {
         operator: by.into(),
         action: format!("death of {} ({old}) revoked: {reason}", id.grouped()),
@@ -281,6 +298,12 @@ pub(crate) fn retire_due(
         t.save_person(&p)?;
         t.set_id_status(p.medical_id, pid, IdStatus::Retired)?;
         t.mark_death(d, pid, false)?;
+        t.tell_authority(
+            NoticeKind::Retired {
+                medical_id: p.medical_id,
+            },
+            at,
+        )?;
         retired.push(p.medical_id);
     }
     Ok(retired)

@@ -356,6 +356,10 @@ pub struct Store {
     members: std::sync::Mutex<std::collections::HashMap<[u8; 32], InstitutionRecord>>,
     /// The second this store last signed a tree head in a write (`write`).
     head_signed_at: std::sync::atomic::AtomicI64,
+    /// The service this store is kept for: on a registry run apart, lifecycle changes
+    /// are queued for the exchange authority; on the authority, patients are subjects
+    /// (docs/roles.md).
+    role: crate::config::ServiceRole,
 }
 
 /// The consent rules the directory applies (configuration `[access]`).
@@ -413,6 +417,7 @@ impl Store {
             policy: AccessPolicy::default(),
             members: Default::default(),
             head_signed_at: std::sync::atomic::AtomicI64::new(i64::MIN),
+            role: crate::config::ServiceRole::All,
         })
     }
 
@@ -449,6 +454,14 @@ impl Store {
 
     pub fn with_policy(mut self, policy: AccessPolicy) -> Self {
         self.policy = policy;
+        self
+    }
+
+    /// The service this store is kept for: a registry run apart queues ID changes,
+    /// deaths and retirements for the exchange authority as they commit; the authority
+    /// keeps subjects, made when an ID is first dealt with (docs/roles.md).
+    pub fn with_role(mut self, role: crate::config::ServiceRole) -> Self {
+        self.role = role;
         self
     }
 
@@ -496,6 +509,7 @@ impl Store {
         let mut signed = false;
         let out = {
             let mut t = Tables::open(&tx)?;
+            t.role = self.role;
             let out = f(&mut t)?;
             if t.audit_dirty && self.head_signed_at.load(Ordering::Relaxed) < at {
                 t.sign_head(self.signer()?, at)?;

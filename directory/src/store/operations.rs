@@ -129,6 +129,10 @@ pub trait Operations: EnrollBatch {
         notices: &[Signed<RegistryNotice>],
         registry: &VerifyingKey,
     ) -> Result<u64>;
+    /// Up to `n` of a registry's notices to the authority from number `from` on.
+    fn notices_to_tell(&self, from: u64, n: usize) -> Result<Vec<RegistryNotice>>;
+    /// Forgets a registry's notices numbered below `expected`, applied by the authority.
+    fn forget_told(&self, expected: u64) -> Result<()>;
     /// The exchange authority's record of the patient holding `id`, if it has one.
     fn subject_by_medical_id(&self, id: MedicalId) -> Result<Option<Subject>>;
     fn unmatched(&self, now: Time, window: i64) -> Result<Vec<GrantRecord>>;
@@ -202,6 +206,8 @@ impl Operations for Store {
         consents(id: MedicalId) -> Result<Vec<ConsentRecord>>;
         accept_registry_notices(notices: &[Signed<RegistryNotice>], registry: &VerifyingKey) -> Result<u64>;
         subject_by_medical_id(id: MedicalId) -> Result<Option<Subject>>;
+        notices_to_tell(from: u64, n: usize) -> Result<Vec<RegistryNotice>>;
+        forget_told(expected: u64) -> Result<()>;
         unmatched(now: Time, window: i64) -> Result<Vec<GrantRecord>>;
         close_unmatched(grant_id: [u8; 16], reason: &str, by: &str, at: Time) -> Result<GrantRecord>;
         audit_for_person(person: &Person) -> Result<Vec<(u64, LogEntry)>>;

@@ -30,12 +30,18 @@ pub(crate) trait RegistryTx {
     fn put_my_number(&mut self, n: MyNumber, pid: u64) -> Result<()>;
     /// The next value of a counter, starting at 1.
     fn next(&mut self, counter: &'static str) -> Result<u64>;
+    /// The service the store is kept for: a registry run apart tells the authority of
+    /// lifecycle changes; the authority makes a subject for an ID it has not seen.
+    fn role(&self) -> crate::config::ServiceRole;
     /// The value `next` would return, without moving the counter.
     fn peek(&mut self, counter: &'static str) -> Result<u64>;
     /// The exchange authority's record of a patient (`subjects`), if `pid` is one.
     fn subject(&mut self, pid: u64) -> Result<Option<super::subjects::Subject>>;
     /// Writes a subject's record.
     fn put_subject(&mut self, s: &super::subjects::Subject) -> Result<()>;
+    /// Queues a notice for the exchange authority, on a registry that runs apart from
+    /// it (docs/roles.md); nothing on a directory that is both.
+    fn tell_authority(&mut self, kind: iryo_proto::roles::NoticeKind, at: i64) -> Result<()>;
     /// Records `id` as issued with `entry` if it was never issued before; false if it
     /// was, and then nothing changes.
     fn claim_id(&mut self, id: MedicalId, entry: &IdEntry) -> Result<bool>;

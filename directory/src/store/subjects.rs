@@ -37,6 +37,9 @@ impl Subject {
 /// at 1 on both backends, and so do notices).
 pub(crate) const NEXT_NOTICE: &str = "next_registry_notice";
 
+/// The counter of a registry's own notices: the number the next one gets.
+pub(crate) const NEXT_TOLD: &str = "next_notice_told";
+
 /// The number the next registry notice must carry.
 pub(crate) fn expected_notice(t: &mut (impl RegistryTx + ?Sized)) -> Result<u64> {
     t.peek(NEXT_NOTICE)
@@ -201,5 +204,32 @@ impl super::Store {
             Some(v) => Ok(Some(super::decode(v.value())?)),
             None => Ok(None),
         }
+    }
+}
+
+impl super::Store {
+    /// Up to `n` of this registry's notices from number `from` on, oldest first.
+    pub fn notices_to_tell(&self, from: u64, n: usize) -> Result<Vec<RegistryNotice>> {
+        use redb::ReadableDatabase;
+        let tx = self.db.begin_read()?;
+        let t = match tx.open_table(super::tables::REGISTRY_OUTBOX) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut out = Vec::new();
+        for item in t.range(from..)?.take(n) {
+            out.push(super::decode(item?.1.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Forgets the notices numbered below `expected`, which the authority applied.
+    pub fn forget_told(&self, expected: u64) -> Result<()> {
+        self.write(|t| {
+            let outbox = t.registry_outbox.open_mut()?;
+            outbox.retain_in(..expected, |_, _| false)?;
+            Ok(())
+        })
     }
 }

@@ -80,6 +80,10 @@ pub(super) const PORTAL_SESSIONS: TableDefinition<&[u8; 32], &[u8]> =
 pub(super) const SIGN_IN_TRIES: TableDefinition<&str, &[u8]> =
     TableDefinition::new("sign_in_tries");
 /// Upload id → JobState as JSON.
+/// A registry's notices to the exchange authority not yet applied there: number →
+/// `RegistryNotice` (docs/roles.md).
+pub(super) const REGISTRY_OUTBOX: TableDefinition<u64, &[u8]> =
+    TableDefinition::new("registry_outbox");
 /// The exchange authority's patients: pid → `subjects::Subject` (docs/roles.md).
 pub(super) const SUBJECTS: TableDefinition<u64, &[u8]> = TableDefinition::new("subjects");
 pub(super) const UPLOAD_JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("upload_jobs");
@@ -169,6 +173,9 @@ pub(super) struct Tables<'t> {
     pub idempotency: Lazy<'t, [u8; 32], &'static [u8]>,
     pub idempotency_by_time: Lazy<'t, (i64, [u8; 32]), ()>,
     pub subjects: Lazy<'t, u64, &'static [u8]>,
+    pub registry_outbox: Lazy<'t, u64, &'static [u8]>,
+    /// The service the store is kept for (`RegistryTx::role`).
+    pub role: crate::config::ServiceRole,
     /// Set when an entry was appended, so the transaction ends with a signed tree head.
     pub audit_dirty: bool,
     counters_table: Lazy<'t, &'static str, u64>,
@@ -203,6 +210,7 @@ impl<'t> Tables<'t> {
         t.idempotency.open()?;
         t.idempotency_by_time.open()?;
         t.subjects.open()?;
+        t.registry_outbox.open()?;
         t.counters_table.open()?;
         Ok(())
     }
@@ -233,6 +241,8 @@ impl<'t> Tables<'t> {
             idempotency: Lazy::new(tx, super::idempotency::KEPT),
             idempotency_by_time: Lazy::new(tx, super::idempotency::KEPT_BY_TIME),
             subjects: Lazy::new(tx, SUBJECTS),
+            registry_outbox: Lazy::new(tx, REGISTRY_OUTBOX),
+            role: crate::config::ServiceRole::All,
             audit_dirty: false,
             counters_table: Lazy::new(tx, COUNTERS),
             counters: BTreeMap::new(),
@@ -383,6 +393,10 @@ impl super::registry_tx::RegistryTx for Tables<'_> {
         Tables::peek(self, counter)
     }
 
+    fn role(&self) -> crate::config::ServiceRole {
+        self.role
+    }
+
     fn subject(&mut self, pid: u64) -> Result<Option<super::subjects::Subject>> {
         match self.subjects.open()?.get(pid)? {
             Some(v) => Ok(Some(decode(v.value())?)),
@@ -394,6 +408,18 @@ impl super::registry_tx::RegistryTx for Tables<'_> {
         self.subjects
             .open_mut()?
             .insert(s.pid, encode(s)?.as_slice())?;
+        Ok(())
+    }
+
+    fn tell_authority(&mut self, kind: iryo_proto::roles::NoticeKind, at: i64) -> Result<()> {
+        if self.role != crate::config::ServiceRole::Registry {
+            return Ok(());
+        }
+        let seq = Tables::next(self, super::subjects::NEXT_TOLD)?;
+        let n = iryo_proto::roles::RegistryNotice { seq, at, kind };
+        self.registry_outbox
+            .open_mut()?
+            .insert(seq, encode(&n)?.as_slice())?;
         Ok(())
     }
 

@@ -5,3 +5,9 @@ CREATE TABLE subjects (
     pid  bigint PRIMARY KEY,
     body bytea  NOT NULL
 );
+
+-- A registry's notices to the exchange authority not yet applied there, by number.
+CREATE TABLE registry_outbox (
+    seq    bigint PRIMARY KEY,
+    notice bytea  NOT NULL
+);

@@ -92,6 +92,8 @@ pub(crate) struct PgTx<'a> {
     standings: HashMap<Vec<u8>, Option<CardStanding>>,
     issued: HashMap<u64, Option<IdEntry>>,
     records: HashMap<u64, Person>,
+    /// The service the store is kept for (`RegistryTx::role`).
+    pub(crate) role: crate::config::ServiceRole,
 }
 
 /// What this transaction will write at commit.
@@ -144,6 +146,7 @@ impl<'a> PgTx<'a> {
             standings: HashMap::new(),
             issued: HashMap::new(),
             records: HashMap::new(),
+            role: crate::config::ServiceRole::All,
         }
     }
 

@@ -379,6 +379,10 @@ impl crate::store::registry_tx::RegistryTx for PgTx<'_> {
         Ok(())
     }
 
+    fn role(&self) -> crate::config::ServiceRole {
+        self.role
+    }
+
     fn peek(&mut self, counter: &'static str) -> Result<u64> {
         self.load_counter(counter)
     }
@@ -393,6 +397,19 @@ impl crate::store::registry_tx::RegistryTx for PgTx<'_> {
              ON CONFLICT (pid) DO UPDATE SET body = excluded.body",
             s.pid,
             &encode(s)?,
+        )
+    }
+
+    fn tell_authority(&mut self, kind: iryo_proto::roles::NoticeKind, at: i64) -> Result<()> {
+        if self.role != crate::config::ServiceRole::Registry {
+            return Ok(());
+        }
+        let seq = self.next(crate::store::subjects::NEXT_TOLD)?;
+        let n = iryo_proto::roles::RegistryNotice { seq, at, kind };
+        self.now(
+            "INSERT INTO registry_outbox (seq, notice) VALUES ($1, $2)",
+            seq,
+            &encode(&n)?,
         )
     }
 

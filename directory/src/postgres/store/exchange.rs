@@ -129,6 +129,31 @@ impl PgStore {
         self.write(|t| crate::store::subjects::apply_notices(t, notices, registry))
     }
 
+    /// Up to `n` of this registry's notices from number `from` on, oldest first.
+    pub fn notices_to_tell(
+        &self,
+        from: u64,
+        n: usize,
+    ) -> Result<Vec<iryo_proto::roles::RegistryNotice>> {
+        let from = crate::postgres::sql(from)?;
+        let n = i64::try_from(n).unwrap_or(i64::MAX);
+        self.values(
+            "SELECT notice FROM registry_outbox WHERE seq >= $1 ORDER BY seq LIMIT $2",
+            &[&from, &n],
+        )
+    }
+
+    /// Forgets the notices numbered below `expected`, which the authority applied.
+    pub fn forget_told(&self, expected: u64) -> Result<()> {
+        let expected = crate::postgres::sql(expected)?;
+        // One statement, committed on its own.
+        self.read(async |c| {
+            c.execute("DELETE FROM registry_outbox WHERE seq < $1", &[&expected])
+                .await?;
+            Ok(())
+        })
+    }
+
     /// The subject `id` names, if this store has one.
     pub fn subject_by_medical_id(
         &self,
@@ -156,7 +181,13 @@ impl PgStore {
             .map(|r| r.get(0))
             .collect())
         })?;
-        let pid = known.first().ok_or(StoreError::UnknownMedicalId(id))?;
+        let Some(pid) = known.first() else {
+            // An ID the authority has not dealt with has no consent recorded.
+            if self.role == crate::config::ServiceRole::Authority {
+                return Ok(Vec::new());
+            }
+            return Err(StoreError::UnknownMedicalId(id));
+        };
         self.values(
             "SELECT record FROM consents WHERE pid = $1 ORDER BY seq",
             &[pid],

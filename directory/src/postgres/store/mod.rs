@@ -54,6 +54,8 @@ pub struct PgStore {
     edge: Mutex<Option<iryo_proto::merkle::Frontier>>,
     /// Memberships by node key, with when they were read (`cached_member`).
     members: Mutex<std::collections::HashMap<[u8; 32], (std::time::Instant, InstitutionRecord)>>,
+    /// The service this store is kept for (`Store::with_role`).
+    role: crate::config::ServiceRole,
 }
 
 /// How long a membership read from the database is trusted without reading it again:
@@ -129,6 +131,7 @@ impl PgStore {
             policy: AccessPolicy::default(),
             members: Mutex::default(),
             edge: Mutex::default(),
+            role: crate::config::ServiceRole::All,
         }
     }
 
@@ -169,6 +172,12 @@ impl PgStore {
     /// Lets this store append to the audit log, signing each new head with `key`.
     pub fn with_signer(mut self, key: SigningKey) -> Self {
         self.signer = Some(key);
+        self
+    }
+
+    /// The service this store is kept for (`Store::with_role`).
+    pub fn with_role(mut self, role: crate::config::ServiceRole) -> Self {
+        self.role = role;
         self
     }
 
@@ -325,6 +334,7 @@ impl PgStore {
             .map_err(PgError::Db)?;
         let edge = self.edge.lock().ok().and_then(|e| e.clone());
         let mut t = PgTx::new(rt, client, edge, prepared);
+        t.role = self.role;
         match begin {
             Begin::Logged => t.begin_audit()?,
             Begin::Now => t.begin_now()?,

@@ -1,0 +1,90 @@
+//! What a directory service answers in its role (docs/roles.md), and the registry's
+//! session with the exchange authority.
+
+use crate::config::ServiceRole;
+use crate::store::{Serving, StoreError};
+use ed25519_dalek::VerifyingKey;
+use iryo_proto::wire::{
+    DirectoryRequest, DirectoryResponse, Refusal, RefusalReason, MAX_NOTIFICATIONS_PER_REQUEST,
+};
+use std::sync::Arc;
+
+/// The role a service plays and, on an exchange authority, the registry it hears.
+#[derive(Debug, Clone, Copy)]
+pub struct Admission {
+    pub role: ServiceRole,
+    /// The registry's key: its notices are signed with it and its session
+    /// authenticated by it.
+    pub registry: Option<VerifyingKey>,
+}
+
+impl Admission {
+    /// The single-process directory: both roles, no registry apart.
+    pub fn all() -> Self {
+        Self {
+            role: ServiceRole::All,
+            registry: None,
+        }
+    }
+
+    /// Whether `key` is the registry's, on an authority that hears one.
+    pub fn is_registry(&self, key: Option<[u8; 32]>) -> bool {
+        self.role == ServiceRole::Authority
+            && matches!((key, self.registry), (Some(k), Some(r)) if k == r.to_bytes())
+    }
+
+    /// The refusal of a member's request that this role does not answer.
+    pub fn refuses(&self, request: &DirectoryRequest) -> Option<DirectoryResponse> {
+        let registry_only = matches!(
+            request,
+            DirectoryRequest::Eligibility { .. } | DirectoryRequest::EligibilityBatch { .. }
+        );
+        let why = match self.role {
+            ServiceRole::Authority if registry_only => {
+                "this is the exchange authority: eligibility checks go to the registry (the node's registry address)"
+            }
+            ServiceRole::Registry if !registry_only => {
+                "this is the registry: memberships, consent, grants, notifications and the audit log are the exchange authority's (the node's directory address)"
+            }
+            _ => return None,
+        };
+        Some(DirectoryResponse::Refused(Refusal::new(
+            RefusalReason::BadRequest,
+            why,
+        )))
+    }
+}
+
+/// Answers the registry's session: its notices applied in order, or the number
+/// expected next.
+pub async fn registry_notices(
+    store: Arc<dyn Serving>,
+    admission: Admission,
+    request: DirectoryRequest,
+) -> DirectoryResponse {
+    let refuse =
+        |why: String| DirectoryResponse::Refused(Refusal::new(RefusalReason::BadRequest, why));
+    let DirectoryRequest::RegistryNotices { notices } = request else {
+        return refuse("the registry's session carries its notices only".into());
+    };
+    let Some(registry) = admission.registry else {
+        return refuse("this authority hears no registry (roles.registry_key)".into());
+    };
+    if notices.len() > MAX_NOTIFICATIONS_PER_REQUEST {
+        return refuse(format!(
+            "at most {MAX_NOTIFICATIONS_PER_REQUEST} notices per request"
+        ));
+    }
+    let applied =
+        tokio::task::spawn_blocking(move || store.accept_registry_notices(&notices, &registry))
+            .await;
+    match applied {
+        Ok(Ok(expected)) => DirectoryResponse::NoticesApplied { expected },
+        Ok(Err(StoreError::Notice(why))) => {
+            tracing::warn!(why, "registry notices refused");
+            refuse(why)
+        }
+        Ok(Err(e)) => super::internal(e),
+        Err(e) => super::internal(e),
+    }
+}

@@ -1,0 +1,229 @@
+//! The directory split into a registry and an exchange authority (docs/roles.md), as
+//! separate processes with separate data directories and keys: the registry tells the
+//! authority of deaths and ID changes, signed; the authority decides grants by them
+//! and keeps no My Number, name or address.
+
+use iryo_node::config::NodeConfig;
+use iryo_proto::federation::{LoggedGrant, Purpose};
+use iryo_proto::roles::{NoticeKind, RegistryNotice};
+use iryo_proto::signed::Signed;
+use iryo_proto::wire::{DirectoryRequest, DirectoryResponse, RefusalReason};
+use iryo_proto::MedicalId;
+use iryo_tests::federation::{
+    code, field, free_port, patient_my_number, patient_row, start_ready, Proc, RawPeer,
+};
+use iryo_tests::{node_bin, on_both_backends, write_enrollment, Directory};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// The person data the sample is made of, to look for in the authority's store.
+fn name(i: u64) -> String {
+    format!("山田 花子{i}")
+}
+
+fn address(i: u64) -> String {
+    format!("東京都千代田区霞が関{i}丁目")
+}
+
+/// `serve` on `dir` with `config`; the process and its p2p address.
+fn serve(dir: &Directory, config: &Path, role: &str) -> (Proc, String) {
+    let config = config.display().to_string();
+    let cmd = dir.command(&[
+        "--config",
+        &config,
+        "serve",
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+    ]);
+    let (p, line) = start_ready(cmd, role);
+    assert!(line.contains(&format!("role={role}")), "{line}");
+    let addr = field(&line, "p2p").split(',').next().unwrap_or_default();
+    (p, addr.to_string())
+}
+
+/// A node's registration for institution `n`, made by `iryo-node init`; its directory.
+fn node(dir: &Directory, n: u32) -> PathBuf {
+    let out_dir = dir.path(&format!("node{n}"));
+    let out = Command::new(node_bin())
+        .args([
+            "init",
+            "--code",
+            &code(n).to_string(),
+            "--name",
+            &format!("医院{n}"),
+            "--out",
+        ])
+        .arg(&out_dir)
+        .args([
+            "--listen",
+            &format!("/ip4/127.0.0.1/tcp/{}", free_port()),
+            "--api",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .expect("iryo-node init");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out_dir
+}
+
+fn node_key(dir: &Path) -> ed25519_dalek::SigningKey {
+    let cfg = NodeConfig::load(&dir.join("node.toml")).expect("node.toml");
+    iryo_node::identity::load_key(&cfg.key_path()).expect("node key")
+}
+
+/// The grant `peer` gets for `id` from institution 1's records, or the refusal.
+fn grant(peer: &RawPeer, id: MedicalId) -> Result<LoggedGrant, (RefusalReason, String)> {
+    match peer.directory(DirectoryRequest::Grant {
+        medical_id: id,
+        source: code(1),
+        purpose: Purpose::Emergency,
+        reason: Some("意識不明で搬送".into()),
+        idempotency_key: None,
+    }) {
+        DirectoryResponse::Grant(g) => Ok(g),
+        DirectoryResponse::Refused(r) => Err((r.reason, r.detail)),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Waits until `peer`'s grant for `id` is refused for `reason`.
+fn until_refused(peer: &RawPeer, id: MedicalId, reason: RefusalReason) -> String {
+    let started = Instant::now();
+    loop {
+        match grant(peer, id) {
+            Err((r, detail)) if r == reason => return detail,
+            other => {
+                assert!(
+                    started.elapsed() < Duration::from_secs(30),
+                    "still {other:?} for {id}"
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+}
+
+fn medical_id(registry: &Directory, i: u64) -> MedicalId {
+    let v = registry.json(&[
+        "show",
+        "--my-number",
+        &patient_my_number(i).to_string(),
+        "--json",
+    ]);
+    v["person"]["medical_id"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("enrolled")
+}
+
+on_both_backends! {
+    fn a_registry_apart_tells_the_authority_of_deaths_and_id_changes(backend) {
+        let registry = Directory::on(backend);
+        let authority = Directory::on(backend);
+        registry.ok(&["init"]);
+        authority.ok(&["init"]);
+        // Each half has its own keys.
+        let root = |d: &Directory| {
+            let shown = d.ok(&["keys", "show"]);
+            shown
+                .lines()
+                .find_map(|l| l.strip_prefix("root key"))
+                .map(|k| k.trim().to_string())
+                .expect("root key line")
+        };
+        let (registry_key, authority_key) = (root(&registry), root(&authority));
+        assert_ne!(registry_key, authority_key);
+
+        let acfg = authority.path("authority.toml");
+        std::fs::write(
+            &acfg,
+            format!("[roles]\nrole = \"authority\"\nregistry_key = \"{registry_key}\"\n"),
+        )
+        .unwrap();
+        let (serving_authority, aaddr) = serve(&authority, &acfg, "authority");
+
+        let rcfg = registry.path("registry.toml");
+        std::fs::write(
+            &rcfg,
+            format!("[roles]\nrole = \"registry\"\nauthority = \"{aaddr}\"\ntell_every_seconds = 1\n"),
+        )
+        .unwrap();
+        let rows: Vec<String> = (0..3).map(|i| patient_row(i, &name(i), &address(i))).collect();
+        let refs: Vec<&str> = rows.iter().map(String::as_str).collect();
+        let file = registry.path("patients.csv");
+        write_enrollment(&file, &refs);
+        let r = rcfg.display().to_string();
+        registry.ok(&["--config", &r, "enroll", &file.display().to_string()]);
+        let (_r, _raddr) = serve(&registry, &rcfg, "registry");
+        let ids: Vec<MedicalId> = (0..3).map(|i| medical_id(&registry, i)).collect();
+
+        // Two institutions are members of the authority.
+        let a = acfg.display().to_string();
+        let nodes: Vec<PathBuf> = (0..2).map(|n| node(&authority, n)).collect();
+        for n in &nodes {
+            authority.ok(&["--config", &a, "institution", "add", &n.join("registration.json").display().to_string()]);
+        }
+        let peer = RawPeer::new(&node_key(&nodes[0]), &aaddr);
+
+        // An ID the authority has never dealt with is a patient like any other.
+        assert!(grant(&peer, ids[0]).is_ok());
+        // The registry's eligibility checks are not the authority's.
+        match peer.directory(DirectoryRequest::Consent { medical_id: ids[0] }) {
+            DirectoryResponse::Consent(c) => assert!(c.is_empty()),
+            other => panic!("{other:?}"),
+        }
+
+        // A death recorded at the registry reaches the authority.
+        registry.ok(&["--config", &r, "death", "--medical-id", &ids[0].to_string(), "--date", "2024-01-02"]);
+        let detail = until_refused(&peer, ids[0], RefusalReason::Deceased);
+        assert!(detail.contains("research"), "{detail}");
+        // A new ID: the old one is refused with its successor named, the new one served.
+        registry.ok(&["--config", &r, "change", "--medical-id", &ids[1].to_string(), "--reason", "card lost"]);
+        let new = medical_id(&registry, 1);
+        assert_ne!(new, ids[1]);
+        let detail = until_refused(&peer, ids[1], RefusalReason::UnknownPatient);
+        assert!(detail.contains(&new.to_string()), "{detail}");
+        assert!(grant(&peer, new).is_ok());
+
+        // A member cannot pass for the registry, not even with a notice the authority's
+        // own key signed.
+        let forged = Signed::sign(
+            &RegistryNotice { seq: 3, at: 0, kind: NoticeKind::Retired { medical_id: new } },
+            &ed25519_dalek::SigningKey::from_bytes(&[9; 32]),
+        );
+        match peer.directory(DirectoryRequest::RegistryNotices { notices: vec![forged] }) {
+            DirectoryResponse::Refused(r) => assert_eq!(r.reason, RefusalReason::NotMember, "{r}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(grant(&peer, new).is_ok());
+
+        // What the authority keeps names no one.
+        drop(peer);
+        drop(serving_authority);
+        for i in 0..3 {
+            // The given name alone: names are kept as family and given names.
+            for needle in [patient_my_number(i).to_string(), format!("花子{i}"), address(i)] {
+                assert!(!authority.stores(&needle), "the authority stores {needle:?}");
+                assert!(registry_holds(&registry, &needle, i), "sample {needle:?} not in the registry");
+            }
+        }
+    }
+}
+
+/// Whether the registry holds `needle` (checked so that the scan of the authority
+/// would find the sample's values if they were there); the registry still runs, so
+/// its persons are asked for rather than its file read.
+fn registry_holds(registry: &Directory, needle: &str, i: u64) -> bool {
+    let shown = registry.ok(&[
+        "show",
+        "--my-number",
+        &patient_my_number(i).to_string(),
+        "--json",
+    ]);
+    shown.contains(needle)
+}
