@@ -94,6 +94,9 @@ pub struct RolesConfig {
     pub registry_key: Option<String>,
     /// The registry's: how often notices not yet applied are sent, in seconds.
     pub tell_every_seconds: u64,
+    /// The registry's: how long a membership the authority confirmed is trusted
+    /// before it is asked again; a revocation reaches the registry within it.
+    pub members_refresh_seconds: u64,
 }
 
 impl Default for RolesConfig {
@@ -103,6 +106,7 @@ impl Default for RolesConfig {
             authority: None,
             registry_key: None,
             tell_every_seconds: 5,
+            members_refresh_seconds: 60,
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod keys;
 pub mod letters;
 pub mod log_check;
 pub mod measure;
+pub mod members;
 pub mod metrics;
 pub mod postgres;
 pub mod registry;

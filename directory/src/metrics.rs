@@ -157,6 +157,7 @@ pub fn request_kind(r: &DirectoryRequest) -> &'static str {
         DirectoryRequest::AuditProof { .. } => "audit_proof",
         DirectoryRequest::WitnessedCheckpoint { .. } => "witnessed_checkpoint",
         DirectoryRequest::RegistryNotices { .. } => "registry_notices",
+        DirectoryRequest::MemberByKey { .. } => "member_by_key",
     }
 }
 

@@ -78,6 +78,26 @@ impl Authority {
         })
     }
 
+    /// The active membership the authority keeps for a node's `key`, if any.
+    pub async fn member(
+        &self,
+        key: [u8; 32],
+    ) -> Result<Option<Signed<iryo_proto::federation::Membership>>, TellError> {
+        let answer = self
+            .sessions
+            .request(
+                self.peer,
+                &self.addresses,
+                &DirectoryRequest::MemberByKey { key },
+            )
+            .await?;
+        match answer {
+            DirectoryResponse::Membership(m) => Ok(m),
+            DirectoryResponse::Refused(r) => Err(TellError::Refused(r.to_string())),
+            _ => Err(TellError::Unexpected),
+        }
+    }
+
     /// Sends `notices` (may be empty) and returns the number the authority expects next.
     pub async fn send(
         &self,
@@ -141,7 +161,7 @@ pub async fn tell_once(
 
 /// Tells the authority now and every `every`; logs a failure when it starts and when
 /// it ends, not at every round.
-pub async fn tell_loop(store: Store, authority: Authority, key: SigningKey, every: Duration) {
+pub async fn tell_loop(store: Store, authority: Arc<Authority>, key: SigningKey, every: Duration) {
     let mut failing: Option<String> = None;
     loop {
         match tell_once(&store, &authority, &key).await {

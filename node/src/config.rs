@@ -75,6 +75,11 @@ pub struct DirectoryConfig {
     /// The directory's libp2p address ending in /p2p/<peer id>, or several (the
     /// agency's directory processes), tried in order when one does not answer.
     pub address: Addresses,
+    /// Where the agency runs the registry apart from the exchange authority
+    /// (docs/roles.md): the registry's address(es), for eligibility checks; the rest
+    /// goes to `address`. Empty: everything goes to `address`.
+    #[serde(default, skip_serializing_if = "Addresses::is_empty")]
+    pub registry_address: Addresses,
     /// The agency's root public key (Ed25519, hex), which signs memberships and grants.
     pub agency_key: String,
     /// How often cached memberships are fetched again; a revocation reaches this node
@@ -89,7 +94,7 @@ pub struct DirectoryConfig {
 
 /// One address, or several in the order they are tried; written as a string when
 /// there is one.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(from = "OneOrMany", into = "OneOrMany")]
 pub struct Addresses(pub Vec<String>);
 
@@ -115,6 +120,12 @@ impl From<Addresses> for OneOrMany {
             Ok([one]) => OneOrMany::One(one),
             Err(many) => OneOrMany::Many(many),
         }
+    }
+}
+
+impl Addresses {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 }
 
@@ -209,22 +220,15 @@ impl NodeConfig {
         if self.directory.address.0.is_empty() {
             return Err("directory.address: give at least one address".into());
         }
-        self.directory
-            .address
-            .0
-            .iter()
-            .map(|text| {
-                let a: libp2p::Multiaddr = text
-                    .parse()
-                    .map_err(|e| format!("directory.address {text:?}: {e}"))?;
-                if !matches!(a.iter().last(), Some(libp2p::multiaddr::Protocol::P2p(_))) {
-                    return Err(format!(
-                        "directory.address {text:?} must end in /p2p/<peer id> so the directory's key is checked"
-                    ));
-                }
-                Ok(a)
-            })
-            .collect()
+        peer_addresses("directory.address", &self.directory.address)
+    }
+
+    /// The registry's addresses when the agency runs it apart; empty otherwise.
+    pub fn registry_addresses(&self) -> Result<Vec<libp2p::Multiaddr>, String> {
+        peer_addresses(
+            "directory.registry_address",
+            &self.directory.registry_address,
+        )
     }
 
     pub fn listen_address(&self) -> Result<libp2p::Multiaddr, String> {
@@ -270,6 +274,9 @@ token = "{token}"
 # address = ["/dns4/dir1.example/tcp/4700/p2p/...", "/dns4/dir2.example/tcp/4700/p2p/..."]
 # a request goes to the first that answers, and stays there while it does.
 address = {dir_addr}
+# Where the agency runs its registry apart from the exchange authority: the
+# registry's address, for eligibility checks (the rest goes to `address`).
+{registry_addr}
 # The agency's root public key, hex (printed by `iryo-directory init`).
 agency_key = "{agency}"
 # Seconds between refreshes of other institutions' memberships; a revoked
@@ -300,6 +307,11 @@ check_every_seconds = {every}
             api_listen = self.api.listen,
             token = self.api.token,
             dir_addr = self.directory.address,
+            registry_addr = if self.directory.registry_address.is_empty() {
+                "# registry_address = \"/dns4/registry.example/tcp/4700/p2p/...\"".to_string()
+            } else {
+                format!("registry_address = {}", self.directory.registry_address)
+            },
             agency = self.directory.agency_key,
             refresh = self.directory.refresh_seconds,
             tolerance = self.directory.clock_tolerance_seconds,
@@ -314,6 +326,24 @@ check_every_seconds = {every}
             },
         )
     }
+}
+
+/// Addresses of a peer whose key is checked: each must end in /p2p/<peer id>.
+fn peer_addresses(setting: &str, list: &Addresses) -> Result<Vec<libp2p::Multiaddr>, String> {
+    list.0
+        .iter()
+        .map(|text| {
+            let a: libp2p::Multiaddr = text
+                .parse()
+                .map_err(|e| format!("{setting} {text:?}: {e}"))?;
+            if !matches!(a.iter().last(), Some(libp2p::multiaddr::Protocol::P2p(_))) {
+                return Err(format!(
+                    "{setting} {text:?} must end in /p2p/<peer id> so the peer's key is checked"
+                ));
+            }
+            Ok(a)
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -190,7 +190,7 @@ async fn batch_checks(p2p: P2p, mut rx: mpsc::Receiver<(CheckRequest, CheckReply
             let (requests, replies): (Vec<_>, Vec<_>) = group.into_iter().unzip();
             let n = requests.len();
             let answers = match p2p
-                .directory(DirectoryRequest::EligibilityBatch { requests })
+                .registry(DirectoryRequest::EligibilityBatch { requests })
                 .await
             {
                 Ok(DirectoryResponse::EligibilityBatch(a)) if a.len() == n => Ok(a),

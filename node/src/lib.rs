@@ -100,8 +100,10 @@ pub async fn start(config: NodeConfig) -> Result<Running, NodeError> {
         None => None,
     };
     let directory_addr = config.directory_addresses().map_err(NodeError::Config)?;
+    let registry_addr = config.registry_addresses().map_err(NodeError::Config)?;
     let listen = config.listen_address().map_err(NodeError::Config)?;
-    let (p2p, inbound, p2p_addrs, p2p_task) = p2p::start(&key, listen, &directory_addr).await?;
+    let (p2p, inbound, p2p_addrs, p2p_task) =
+        p2p::start(&key, listen, &directory_addr, &registry_addr).await?;
     let node = Arc::new(Node {
         code,
         directory: directory::Directory::new(p2p.clone(), agency, config.refresh(), tolerance),

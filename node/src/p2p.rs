@@ -21,9 +21,40 @@ pub struct P2p {
     exchange: Arc<Sessions<ExchangeRequest, ExchangeResponse>>,
     /// The agency's directory processes, each a peer with its addresses, in the order
     /// node.toml lists them.
-    directories: Arc<[(PeerId, Vec<Multiaddr>)]>,
-    /// The one requests go to while it answers.
+    directories: Peers,
+    /// The registry's, where the agency runs it apart (eligibility checks); empty when
+    /// the directory answers them.
+    registries: Peers,
+}
+
+/// Processes of one service, in the order node.toml lists them, and the one requests
+/// go to while it answers.
+#[derive(Clone)]
+struct Peers {
+    list: Arc<[(PeerId, Vec<Multiaddr>)]>,
     current: Arc<AtomicUsize>,
+}
+
+impl Peers {
+    /// Addresses of one peer (one key on several hosts) dialled together.
+    fn new(addresses: &[Multiaddr], what: &str) -> Result<Self, P2pError> {
+        let mut list: Vec<(PeerId, Vec<Multiaddr>)> = Vec::new();
+        for address in addresses {
+            let Some(libp2p::multiaddr::Protocol::P2p(peer)) = address.iter().last() else {
+                return Err(P2pError::Transport(format!(
+                    "{what} address {address} lacks /p2p/<peer id>"
+                )));
+            };
+            match list.iter_mut().find(|(p, _)| *p == peer) {
+                Some((_, addresses)) => addresses.push(address.clone()),
+                None => list.push((peer, vec![address.clone()])),
+            }
+        }
+        Ok(Self {
+            list: list.into(),
+            current: Arc::new(AtomicUsize::new(0)),
+        })
+    }
 }
 
 impl P2p {
@@ -32,12 +63,28 @@ impl P2p {
     /// and got no answer is not sent again elsewhere: it may have been done, and the
     /// caller knows whether it can be repeated.
     pub async fn directory(&self, req: DirectoryRequest) -> Result<DirectoryResponse, P2pError> {
-        let n = self.directories.len();
-        let first = self.current.load(Ordering::Relaxed);
+        self.ask(&self.directories, req).await
+    }
+
+    /// Asks the registry where the agency runs it apart, else the directory.
+    pub async fn registry(&self, req: DirectoryRequest) -> Result<DirectoryResponse, P2pError> {
+        if self.registries.list.is_empty() {
+            return self.directory(req).await;
+        }
+        self.ask(&self.registries, req).await
+    }
+
+    async fn ask(
+        &self,
+        peers: &Peers,
+        req: DirectoryRequest,
+    ) -> Result<DirectoryResponse, P2pError> {
+        let n = peers.list.len();
+        let first = peers.current.load(Ordering::Relaxed);
         let mut last = P2pError::Unreachable("no directory address is configured".into());
         for step in 0..n {
             let i = (first + step) % n;
-            let (peer, addresses) = &self.directories[i];
+            let (peer, addresses) = &peers.list[i];
             match self.directory.request(*peer, addresses, &req).await {
                 Err(P2pError::Unreachable(why)) => {
                     tracing::warn!(directory = %peer, why, "directory process unreachable; trying the next");
@@ -46,7 +93,7 @@ impl P2p {
                 answered => {
                     if step > 0 {
                         tracing::info!(directory = %peer, "now using this directory process");
-                        self.current.store(i, Ordering::Relaxed);
+                        peers.current.store(i, Ordering::Relaxed);
                     }
                     return answered;
                 }
@@ -74,6 +121,7 @@ pub async fn start(
     key: &SigningKey,
     listen: Multiaddr,
     directory: &[Multiaddr],
+    registry: &[Multiaddr],
 ) -> Result<
     (
         P2p,
@@ -85,19 +133,8 @@ pub async fn start(
 > {
     let (swarm, addresses) =
         iryo_p2p::transport::listening(key.to_bytes(), listen, IDLE_CONNECTION).await?;
-    // Addresses of one peer (one key on several hosts) are dialled together.
-    let mut directories: Vec<(PeerId, Vec<Multiaddr>)> = Vec::new();
-    for address in directory {
-        let Some(libp2p::multiaddr::Protocol::P2p(peer)) = address.iter().last() else {
-            return Err(P2pError::Transport(format!(
-                "directory address {address} lacks /p2p/<peer id>"
-            )));
-        };
-        match directories.iter_mut().find(|(p, _)| *p == peer) {
-            Some((_, addresses)) => addresses.push(address.clone()),
-            None => directories.push((peer, vec![address.clone()])),
-        }
-    }
+    let directories = Peers::new(directory, "directory")?;
+    let registries = Peers::new(registry, "registry")?;
     let mut control = swarm.behaviour().new_control();
     let inbound = control
         .accept(StreamProtocol::new(EXCHANGE_PROTOCOL))
@@ -116,8 +153,8 @@ pub async fn start(
             control,
             dial,
         )),
-        directories: directories.into(),
-        current: Arc::new(AtomicUsize::new(0)),
+        directories,
+        registries,
     };
     let task = tokio::spawn(iryo_p2p::transport::drive(swarm, dials));
     Ok((p2p, inbound, addresses, task))

@@ -217,6 +217,12 @@ pub enum DirectoryRequest {
         /// At most `MAX_NOTIFICATIONS_PER_REQUEST`, each signed by the registry.
         notices: Vec<Signed<crate::roles::RegistryNotice>>,
     },
+    /// The active membership of the node whose key this is, for a registry run apart
+    /// that admits nodes' eligibility checks; asked over the registry's session.
+    MemberByKey {
+        /// The node's Ed25519 key, as its TLS handshake authenticated it.
+        key: [u8; 32],
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

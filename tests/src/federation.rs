@@ -277,7 +277,24 @@ pub struct Federation {
     listen: String,
     /// A configuration file `serve` is started with, if any (`--config`).
     pub directory_config: Option<PathBuf>,
+    /// The exchange authority, when the directory runs split (`start_split`): then
+    /// `directory`, `directory_addr` and `agency_key` are the authority's, and
+    /// `registry` is the registry's data.
+    pub split: Option<Split>,
 }
+
+/// The two halves of a directory run apart (docs/roles.md).
+pub struct Split {
+    pub authority: Directory,
+    pub authority_config: PathBuf,
+    pub registry_config: PathBuf,
+    pub registry_proc: Option<Proc>,
+    pub registry_addr: String,
+}
+
+/// Commands run on the exchange authority when the directory is split; the rest are
+/// the registry's.
+const AUTHORITY_COMMANDS: [&str; 4] = ["consent", "institution", "audit", "ca"];
 
 /// The free text a federation carries: its institutions' names (numbered from 0) and its
 /// patients' names (numbered too) and address.
@@ -425,6 +442,7 @@ impl Federation {
             patients,
             listen: "/ip4/127.0.0.1/tcp/0".into(),
             directory_config: None,
+            split: None,
         };
         fed.start_directory();
         // From now on the directory keeps one port, so nodes find it after a restart.
@@ -512,9 +530,162 @@ impl Federation {
         self.directory = None;
     }
 
-    /// Runs an operator command against the running directory (through its admin socket).
+    /// Runs an operator command against the running directory (through its admin
+    /// socket), on the half it belongs to when the directory is split.
     pub fn operator(&self, args: &[&str]) -> String {
-        self.registry.ok(args)
+        match &self.split {
+            Some(s) => {
+                let exchange = args.first().is_some_and(|a| AUTHORITY_COMMANDS.contains(a));
+                let (dir, config) = if exchange {
+                    (&s.authority, &s.authority_config)
+                } else {
+                    (&self.registry, &s.registry_config)
+                };
+                let config = config.display().to_string();
+                let mut with = vec!["--config", config.as_str()];
+                with.extend_from_slice(args);
+                dir.ok(&with)
+            }
+            None => self.registry.ok(args),
+        }
+    }
+
+    /// A federation whose directory runs as a registry and an exchange authority
+    /// apart, each with its own data directory, store (`backend`) and keys: nodes are
+    /// members of the authority and send their eligibility checks to the registry.
+    pub fn start_split(backend: Backend, nodes: usize, patients: u64) -> Self {
+        let registry = Directory::on(backend);
+        let authority = Directory::on(backend);
+        registry.ok(&["init"]);
+        authority.ok(&["init"]);
+        let registry_key = registry
+            .ok(&["keys", "show"])
+            .lines()
+            .find_map(|l| l.strip_prefix("root key").map(|k| k.trim().to_string()))
+            .expect("the registry's root key");
+        let authority_config = authority.path("authority.toml");
+        std::fs::write(
+            &authority_config,
+            format!("[roles]\nrole = \"authority\"\nregistry_key = \"{registry_key}\"\n"),
+        )
+        .expect("write authority.toml");
+        let serve = |dir: &Directory, config: &PathBuf| {
+            let cmd = dir.command(&[
+                "--config",
+                &config.display().to_string(),
+                "serve",
+                "--listen",
+                "/ip4/127.0.0.1/tcp/0",
+            ]);
+            let (p, line) = start_ready(cmd, "iryo-directory serve (split)");
+            let addr = field(&line, "p2p")
+                .split(',')
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            (p, addr, field(&line, "agency_key").to_string())
+        };
+        let (authority_proc, authority_addr, authority_key) = serve(&authority, &authority_config);
+        let registry_config = registry.path("registry.toml");
+        std::fs::write(
+            &registry_config,
+            format!(
+                "[roles]\nrole = \"registry\"\nauthority = \"{authority_addr}\"\ntell_every_seconds = 1\nmembers_refresh_seconds = 2\n"
+            ),
+        )
+        .expect("write registry.toml");
+        let rows: Vec<String> = (0..patients)
+            .map(|i| patient_row(i, &format!("患者 {i}号"), "東京都千代田区1-1"))
+            .collect();
+        let refs: Vec<&str> = rows.iter().map(String::as_str).collect();
+        let file = registry.path("patients.csv");
+        write_enrollment(&file, &refs);
+        let rc = registry_config.display().to_string();
+        registry.ok(&["--config", &rc, "enroll", &file.display().to_string()]);
+        let (registry_proc, registry_addr, _) = serve(&registry, &registry_config);
+        let patients = (0..patients)
+            .map(|i| {
+                let v = registry.json(&[
+                    "show",
+                    "--my-number",
+                    &patient_my_number(i).to_string(),
+                    "--json",
+                ]);
+                v["person"]["medical_id"]
+                    .as_str()
+                    .and_then(|s| s.parse().ok())
+                    .expect("patient enrolled")
+            })
+            .collect();
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let ac = authority_config.display().to_string();
+        let mut node_procs = Vec::new();
+        for n in 0..nodes {
+            let dir = registry.path(&format!("node{n}"));
+            let c = code(n as u32);
+            let listen = format!("/ip4/127.0.0.1/tcp/{}", free_port());
+            let out = Command::new(node_bin())
+                .args([
+                    "init",
+                    "--code",
+                    &c.to_string(),
+                    "--name",
+                    &format!("テスト病院{n}"),
+                    "--out",
+                ])
+                .arg(&dir)
+                .args(["--listen", &listen, "--api", "127.0.0.1:0"])
+                .args(["--directory", &authority_addr, "--registry", &registry_addr])
+                .args(["--agency-key", &authority_key])
+                .output()
+                .expect("iryo-node init");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            authority.ok(&[
+                "--config",
+                &ac,
+                "institution",
+                "add",
+                &dir.join("registration.json").display().to_string(),
+            ]);
+            let mut cfg = NodeConfig::load(&dir.join("node.toml")).expect("node.toml");
+            cfg.outbox.interval_ms = 100;
+            std::fs::write(dir.join("node.toml"), cfg.commented()).expect("write node.toml");
+            let mut node = NodeProc {
+                code: c,
+                dir,
+                api: String::new(),
+                token: cfg.api.token.clone(),
+                proc_: None,
+                agent: agent.clone(),
+            };
+            node.start();
+            node_procs.push(node);
+        }
+        Federation {
+            registry,
+            directory: Some(authority_proc),
+            directory_addr: authority_addr,
+            agency_key: authority_key,
+            https: String::new(),
+            nodes: node_procs,
+            patients,
+            listen: "/ip4/127.0.0.1/tcp/0".into(),
+            directory_config: None,
+            split: Some(Split {
+                authority,
+                authority_config,
+                registry_config,
+                registry_proc: Some(registry_proc),
+                registry_addr,
+            }),
+        }
     }
 
     pub fn consent(&self, patient: MedicalId, institution: InstitutionCode) {
@@ -570,6 +741,7 @@ impl RawPeer {
                 key,
                 "/ip4/127.0.0.1/tcp/0".parse().expect("addr"),
                 &[directory.parse().expect("directory address")],
+                &[],
             ))
             .expect("raw peer starts");
         // It serves nothing: refuse whatever arrives.

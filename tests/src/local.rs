@@ -215,6 +215,7 @@ impl LocalFederation {
             },
             directory: DirectoryConfig {
                 address: self.directory_addr.clone().into(),
+                registry_address: iryo_node::config::Addresses::default(),
                 agency_key: self.agency_hex.clone(),
                 refresh_seconds: 60,
                 clock_tolerance_seconds: iryo_proto::federation::CLOCK_SKEW_SECONDS,

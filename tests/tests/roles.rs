@@ -10,7 +10,8 @@ use iryo_proto::signed::Signed;
 use iryo_proto::wire::{DirectoryRequest, DirectoryResponse, RefusalReason};
 use iryo_proto::MedicalId;
 use iryo_tests::federation::{
-    code, field, free_port, patient_my_number, patient_row, start_ready, Proc, RawPeer,
+    code, field, free_port, patient_my_number, patient_row, sample_bundle, start_ready, Federation,
+    Proc, RawPeer,
 };
 use iryo_tests::{node_bin, on_both_backends, write_enrollment, Directory};
 use std::path::{Path, PathBuf};
@@ -226,4 +227,52 @@ fn registry_holds(registry: &Directory, needle: &str, i: u64) -> bool {
         "--json",
     ]);
     shown.contains(needle)
+}
+
+on_both_backends! {
+    fn a_split_federation_checks_at_the_registry_and_exchanges_through_the_authority(backend) {
+        let fed = Federation::start_split(backend, 3, 2);
+        let (a, b, c) = (&fed.nodes[0], &fed.nodes[1], &fed.nodes[2]);
+        let p = fed.patients[0];
+        // The check goes to the registry, which admits B by the membership the
+        // authority keeps.
+        let (status, answer) = b.eligibility(&serde_json::json!({ "medical_id": p.to_string() }));
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer["eligible"], true, "{answer}");
+        // Records go from A to B under the authority's grant, with the consent given
+        // there.
+        assert_eq!(a.put_records(p, &sample_bundle(2, 10)).0, 201);
+        let (status, body) = b.fetch(p, a.code, "treatment", None);
+        assert_eq!(status, 403, "no consent yet: {body}");
+        fed.consent(p, b.code);
+        let (status, body) = b.fetch(p, a.code, "treatment", None);
+        assert_eq!(status, 200, "{body}");
+        assert!(a.drain_outbox(20) && b.drain_outbox(20));
+        // An institution the authority revokes is refused at the registry too, once the
+        // registry asks again (members_refresh_seconds = 2).
+        assert!(c.finds_eligible(p));
+        fed.operator(&["institution", "revoke", &c.code.to_string()]);
+        let started = Instant::now();
+        loop {
+            let (status, body) = c.eligibility(&serde_json::json!({ "medical_id": p.to_string() }));
+            if status != 200 {
+                assert!(body.to_string().contains("membership"), "{status} {body}");
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(30), "C still served");
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        // A death recorded at the registry: the authority refuses the next grant.
+        fed.operator(&["death", "--medical-id", &p.to_string(), "--date", "2024-01-02"]);
+        let started = Instant::now();
+        loop {
+            let (status, body) = b.fetch(p, a.code, "treatment", None);
+            if status != 200 {
+                assert!(body.to_string().contains("deceased"), "{status} {body}");
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(30), "still served: {body}");
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
 }

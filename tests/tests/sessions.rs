@@ -54,7 +54,7 @@ fn every_request_gets_its_own_answer_when_many_arrive_at_once() {
         .parse()
         .expect("addr");
         let (_answerer, mut inbound, answerer_addrs, _task) =
-            iryo_node::p2p::start(&key(1), listen.clone(), std::slice::from_ref(&nowhere))
+            iryo_node::p2p::start(&key(1), listen.clone(), std::slice::from_ref(&nowhere), &[])
                 .await
                 .expect("answerer starts");
         tokio::spawn(async move {
@@ -88,6 +88,7 @@ fn every_request_gets_its_own_answer_when_many_arrive_at_once() {
                 &key(10 + r as u8),
                 listen.clone(),
                 std::slice::from_ref(&nowhere),
+                &[],
             )
             .await
             .expect("requester starts");

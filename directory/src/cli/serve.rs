@@ -54,9 +54,18 @@ pub(super) fn run(mut config: Config, a: ServeArgs) -> Result<ExitCode> {
             config.clone(),
         ));
         let witnessing = start_witnessing(&config, store.clone(), &keys.root)?;
-        let telling = start_telling(&config, store.clone(), &keys.root)?;
-        let started =
-            start_serving(&config, store, &keys.root, identity, listen, https, None).await;
+        let link = authority_link(&config, &keys.root)?;
+        let telling = start_telling(&config, store.clone(), &keys.root, link.clone());
+        let started = start_serving(
+            &config,
+            store,
+            (&keys.root, identity),
+            listen,
+            https,
+            None,
+            link,
+        )
+        .await;
         let (running, front) = match started {
             Ok(s) => s,
             Err(e) => {
@@ -111,15 +120,16 @@ fn serve_postgres(
     rt.block_on(async {
         let follower = follow_revocations(config, &store);
         let witnessing = start_witnessing(config, store.clone(), &keys.root)?;
-        let telling = start_telling(config, store.clone(), &keys.root)?;
+        let link = authority_link(config, &keys.root)?;
+        let telling = start_telling(config, store.clone(), &keys.root, link.clone());
         let (running, front) = start_serving(
             config,
             store,
-            &keys.root,
-            identity,
+            (&keys.root, identity),
             listen,
             https,
             Some(url),
+            link,
         )
         .await?;
         iryo_p2p::shutdown::signal().await;
@@ -143,11 +153,11 @@ fn serve_postgres(
 async fn start_serving(
     config: &Config,
     store: std::sync::Arc<dyn iryo_directory::store::Front>,
-    agency: &ed25519_dalek::SigningKey,
-    identity: [u8; 32],
+    (agency, identity): (&ed25519_dalek::SigningKey, [u8; 32]),
     listen: libp2p::Multiaddr,
     https: Option<String>,
     database: Option<&iryo_directory::postgres::DatabaseUrl>,
+    authority: Option<std::sync::Arc<iryo_directory::tell::Authority>>,
 ) -> Result<(
     iryo_directory::service::Running,
     Option<iryo_directory::web::Running>,
@@ -163,6 +173,12 @@ async fn start_serving(
             ),
             _ => None,
         },
+        members: authority.map(|a| {
+            std::sync::Arc::new(iryo_directory::members::RemoteMembers::new(
+                a,
+                std::time::Duration::from_secs(config.roles.members_refresh_seconds.max(1)),
+            ))
+        }),
     };
     let running = iryo_directory::service::start(
         store.clone(),
@@ -260,31 +276,43 @@ fn start_witnessing(
     })))
 }
 
-/// On a registry run apart from the exchange authority, sends the notices its ID
-/// changes, deaths and retirements queue, now and every `roles.tell_every_seconds`.
-fn start_telling(
+/// On a registry run apart, the session with the exchange authority: under the
+/// registry's root key, the one the authority knows it by. Must run inside the runtime.
+fn authority_link(
     config: &Config,
-    store: std::sync::Arc<dyn iryo_directory::store::Operations + Send + Sync>,
     root: &ed25519_dalek::SigningKey,
-) -> Result<Option<tokio::task::JoinHandle<()>>> {
-    use iryo_directory::tell;
+) -> Result<Option<std::sync::Arc<iryo_directory::tell::Authority>>> {
     if config.roles.role != iryo_directory::config::ServiceRole::Registry {
         return Ok(None);
     }
     let address = config.roles.authority.as_deref().unwrap_or("").trim();
     if address.is_empty() {
         anyhow::bail!(
-            "roles.authority is not set: a registry run apart tells the exchange authority of ID changes, deaths and retirements; give the address the authority's `serve` prints"
+            "roles.authority is not set: a registry run apart tells the exchange authority of ID changes, deaths and retirements, and admits nodes by the memberships it keeps; give the address the authority's `serve` prints"
         );
     }
-    let authority = tell::Authority::new(address, root)?;
+    Ok(Some(std::sync::Arc::new(
+        iryo_directory::tell::Authority::new(address, root)?,
+    )))
+}
+
+/// On a registry run apart from the exchange authority, sends the notices its ID
+/// changes, deaths and retirements queue, now and every `roles.tell_every_seconds`.
+fn start_telling(
+    config: &Config,
+    store: std::sync::Arc<dyn iryo_directory::store::Operations + Send + Sync>,
+    root: &ed25519_dalek::SigningKey,
+    authority: Option<std::sync::Arc<iryo_directory::tell::Authority>>,
+) -> Option<tokio::task::JoinHandle<()>> {
     let every = std::time::Duration::from_secs(config.roles.tell_every_seconds.max(1));
-    Ok(Some(tokio::spawn(tell::tell_loop(
-        store,
-        authority,
-        root.clone(),
-        every,
-    ))))
+    authority.map(|a| {
+        tokio::spawn(iryo_directory::tell::tell_loop(
+            store,
+            a,
+            root.clone(),
+            every,
+        ))
+    })
 }
 
 /// The service's listen addresses, also written to `DATA_DIR/directory.addr` for

@@ -134,10 +134,12 @@ pub fn handle(store: &dyn Serving, request: DirectoryRequest, now: Time) -> Dire
             RefusalReason::Internal,
             "refusal reports are taken with the sender's membership",
         )),
-        DirectoryRequest::RegistryNotices { .. } => DirectoryResponse::Refused(Refusal::new(
-            RefusalReason::NotMember,
-            "registry notices are taken from the registry's key alone",
-        )),
+        DirectoryRequest::RegistryNotices { .. } | DirectoryRequest::MemberByKey { .. } => {
+            DirectoryResponse::Refused(Refusal::new(
+                RefusalReason::NotMember,
+                "asked by the registry's key alone",
+            ))
+        }
         DirectoryRequest::Eligibility { .. }
         | DirectoryRequest::EligibilityBatch { .. }
         | DirectoryRequest::Grant { .. }

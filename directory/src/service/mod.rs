@@ -83,7 +83,14 @@ pub async fn start(
         .map_err(|e| iryo_p2p::P2pError::Transport(e.to_string()))?;
     let (stop, stopped) = oneshot::channel();
     let writers = store.clone().start_writers(agency, max_group)?;
-    let done = tokio::spawn(serve(swarm, sessions, store, writers, stopped, admission));
+    let done = tokio::spawn(serve(
+        swarm,
+        sessions,
+        store,
+        writers,
+        stopped,
+        Arc::new(admission),
+    ));
     Ok(Running {
         peer_id,
         addresses,
@@ -98,7 +105,7 @@ async fn serve(
     store: Arc<dyn Serving>,
     writers: crate::store::Writers,
     mut stopped: oneshot::Receiver<()>,
-    admission: Admission,
+    admission: Arc<Admission>,
 ) {
     let committer = writers.committer();
     let mut answering = tokio::task::JoinSet::new();
@@ -112,11 +119,15 @@ async fn serve(
                 // a request (3 % of the async workers' time at 20,000 checks/s).
                 let key = iryo_p2p::transport::peer_key(&peer);
                 let strangers = strangers.clone();
+                let admission = admission.clone();
                 answering.spawn(async move {
                     // Membership first, before any frame is read: a stranger's frames
                     // are bounded to what a refusal needs, and strangers' sessions in
                     // all are bounded too.
-                    let member = admission.is_registry(key) || is_member(&store, key).await;
+                    let member = admission.is_registry(key) || match &admission.members {
+                        Some(m) => m.authorise(key, now()).await.is_ok(),
+                        None => is_member(&store, key).await,
+                    };
                     let _stranger = if member {
                         None
                     } else {
@@ -133,13 +144,14 @@ async fn serve(
                     };
                     iryo_p2p::answer::answer(peer, stream, limits, move |request| {
                         let (store, committer) = (store.clone(), committer.clone());
+                        let admission = admission.clone();
                         async move {
                             let started = std::time::Instant::now();
                             let kind = crate::metrics::request_kind(&request);
                             let response = if admission.is_registry(key) {
-                                roles::registry_notices(store, admission, request).await
+                                roles::registry_session(store, &admission, request).await
                             } else {
-                                answer(store, committer, (peer, key), request, admission).await
+                                answer(store, committer, (peer, key), request, &admission).await
                             };
                             crate::metrics::metrics().observe_directory(kind, &response, started.elapsed());
                             response
@@ -267,16 +279,19 @@ async fn answer(
     committer: GroupCommitter,
     (peer, key): (PeerId, Option<[u8; 32]>),
     request: DirectoryRequest,
-    admission: Admission,
+    admission: &Admission,
 ) -> DirectoryResponse {
     let t = now();
     let auth_store = store.clone();
     // A member seen before is admitted without a thread hop; the cache is cleared by
-    // every registration and revocation.
+    // every registration and revocation. A registry run apart asks the authority.
     let cached = key.and_then(|k| store.cached_member(&k));
-    let admitted = match cached {
-        Some(record) => Ok(handler::admit(&record, t)),
-        None => tokio::task::spawn_blocking(move || handler::authorise(&*auth_store, key, t)).await,
+    let admitted = match (&admission.members, cached) {
+        (Some(members), _) => Ok(members.authorise(key, t).await),
+        (None, Some(record)) => Ok(handler::admit(&record, t)),
+        (None, None) => {
+            tokio::task::spawn_blocking(move || handler::authorise(&*auth_store, key, t)).await
+        }
     };
     let member = match admitted {
         Ok(Ok(m)) => m,

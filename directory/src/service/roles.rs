@@ -9,13 +9,16 @@ use iryo_proto::wire::{
 };
 use std::sync::Arc;
 
-/// The role a service plays and, on an exchange authority, the registry it hears.
-#[derive(Debug, Clone, Copy)]
+/// The role a service plays; on an exchange authority, the registry it hears; on a
+/// registry, where it learns who is a member.
+#[derive(Clone)]
 pub struct Admission {
     pub role: ServiceRole,
     /// The registry's key: its notices are signed with it and its session
     /// authenticated by it.
     pub registry: Option<VerifyingKey>,
+    /// A registry's: the memberships the authority keeps.
+    pub members: Option<Arc<crate::members::RemoteMembers>>,
 }
 
 impl Admission {
@@ -24,6 +27,7 @@ impl Admission {
         Self {
             role: ServiceRole::All,
             registry: None,
+            members: None,
         }
     }
 
@@ -55,17 +59,23 @@ impl Admission {
     }
 }
 
-/// Answers the registry's session: its notices applied in order, or the number
-/// expected next.
-pub async fn registry_notices(
+/// Answers the registry's session: its notices applied in order (or the number
+/// expected next), and the memberships of the nodes whose checks it admits.
+pub async fn registry_session(
     store: Arc<dyn Serving>,
-    admission: Admission,
+    admission: &Admission,
     request: DirectoryRequest,
 ) -> DirectoryResponse {
     let refuse =
         |why: String| DirectoryResponse::Refused(Refusal::new(RefusalReason::BadRequest, why));
-    let DirectoryRequest::RegistryNotices { notices } = request else {
-        return refuse("the registry's session carries its notices only".into());
+    let notices = match request {
+        DirectoryRequest::RegistryNotices { notices } => notices,
+        DirectoryRequest::MemberByKey { key } => return member_by_key(store, key).await,
+        _ => {
+            return refuse(
+                "the registry's session carries its notices and membership questions only".into(),
+            )
+        }
     };
     let Some(registry) = admission.registry else {
         return refuse("this authority hears no registry (roles.registry_key)".into());
@@ -84,6 +94,22 @@ pub async fn registry_notices(
             tracing::warn!(why, "registry notices refused");
             refuse(why)
         }
+        Ok(Err(e)) => super::internal(e),
+        Err(e) => super::internal(e),
+    }
+}
+
+/// The active membership of `key`, for the registry; `None` when there is none (never
+/// registered, revoked, expired).
+async fn member_by_key(store: Arc<dyn Serving>, key: [u8; 32]) -> DirectoryResponse {
+    let now = crate::registry::now();
+    let found = tokio::task::spawn_blocking(move || store.institution_by_key(&key)).await;
+    match found {
+        Ok(Ok(Some(record))) => match super::handler::admit(&record, now) {
+            Ok(_) => DirectoryResponse::Membership(Some(record.membership)),
+            Err(_) => DirectoryResponse::Membership(None),
+        },
+        Ok(Ok(None)) => DirectoryResponse::Membership(None),
         Ok(Err(e)) => super::internal(e),
         Err(e) => super::internal(e),
     }

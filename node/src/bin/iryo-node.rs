@@ -49,6 +49,10 @@ enum Command {
         /// The directory's address (ending in /p2p/<peer id>), if known.
         #[arg(long, default_value = "")]
         directory: String,
+        /// The registry's address (ending in /p2p/<peer id>), where the agency runs it
+        /// apart from the exchange authority: eligibility checks go there.
+        #[arg(long, value_name = "ADDR")]
+        registry: Option<String>,
         /// The agency's root public key (hex), if known.
         #[arg(long, default_value = "")]
         agency_key: String,
@@ -118,6 +122,7 @@ fn run(cli: Cli) -> Result<()> {
             advertise,
             api,
             directory,
+            registry,
             agency_key,
         } => {
             let advertised = advertised(&listen, advertise)?;
@@ -148,6 +153,9 @@ fn run(cli: Cli) -> Result<()> {
                 },
                 directory: DirectoryConfig {
                     address: directory.into(),
+                    registry_address: registry
+                        .map(iryo_node::config::Addresses::from)
+                        .unwrap_or_default(),
                     agency_key,
                     refresh_seconds: 60,
                     clock_tolerance_seconds: iryo_proto::federation::CLOCK_SKEW_SECONDS,
