@@ -275,5 +275,14 @@ pub fn registry_notice(kind: &iryo_proto::roles::NoticeKind) -> String {
         NoticeKind::Retired { medical_id } => {
             format!("medical ID {} retired", medical_id.grouped())
         }
+        NoticeKind::VisitConsent {
+            institution,
+            medical_id,
+            until,
+        } => format!(
+            "the holder of {} agreed at {institution} that it may obtain their records for treatment until {}",
+            medical_id.grouped(),
+            format_time(*until)
+        ),
     }
 }

@@ -4,7 +4,7 @@
 
 use crate::federation::Time;
 use crate::signed::Statement;
-use crate::MedicalId;
+use crate::{InstitutionCode, MedicalId};
 use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 
@@ -50,6 +50,16 @@ pub enum NoticeKind {
         /// The ID.
         medical_id: MedicalId,
     },
+    /// At an eligibility check the patient agreed that `institution` may obtain their
+    /// records for treatment until `until` (consent given at the desk).
+    VisitConsent {
+        /// Where the patient was seen.
+        institution: InstitutionCode,
+        /// The patient's current ID.
+        medical_id: MedicalId,
+        /// When the consent lapses.
+        until: Time,
+    },
 }
 
 impl NoticeKind {
@@ -59,7 +69,8 @@ impl NoticeKind {
             NoticeKind::IdChanged { old, new } => vec![*old, *new],
             NoticeKind::Died { medical_id, .. }
             | NoticeKind::DeathWithdrawn { medical_id }
-            | NoticeKind::Retired { medical_id } => vec![*medical_id],
+            | NoticeKind::Retired { medical_id }
+            | NoticeKind::VisitConsent { medical_id, .. } => vec![*medical_id],
         }
     }
 }

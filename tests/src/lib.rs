@@ -42,11 +42,14 @@ pub fn witness_bin() -> PathBuf {
 
 fn workspace_bin(name: &str) -> PathBuf {
     {
+        // Test binaries live in target/PROFILE/deps, the demo in target/PROFILE.
         let exe = std::env::current_exe().expect("test binary path");
-        let dir = exe
-            .parent()
-            .and_then(|d| d.parent())
-            .expect("target profile directory");
+        let parent = exe.parent().expect("the binary's directory");
+        let dir = if parent.ends_with("deps") {
+            parent.parent().expect("target profile directory")
+        } else {
+            parent
+        };
         let bin = dir.join(name);
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let profile_release = dir.ends_with("release");

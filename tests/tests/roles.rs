@@ -248,6 +248,24 @@ on_both_backends! {
         let (status, body) = b.fetch(p, a.code, "treatment", None);
         assert_eq!(status, 200, "{body}");
         assert!(a.drain_outbox(20) && b.drain_outbox(20));
+        // Consent given at C's desk during a check at the registry reaches the
+        // authority, which then grants C a fetch.
+        let q = fed.patients[1];
+        assert_eq!(a.put_records(q, &sample_bundle(1, 10)).0, 201);
+        let (status, body) = c.fetch(q, a.code, "treatment", None);
+        assert_eq!(status, 403, "no consent yet: {body}");
+        let (status, answer) =
+            c.eligibility(&serde_json::json!({ "medical_id": q.to_string(), "visit_consent": true }));
+        assert_eq!((status, &answer["eligible"]), (200, &serde_json::json!(true)), "{answer}");
+        let started = Instant::now();
+        loop {
+            let (status, body) = c.fetch(q, a.code, "treatment", None);
+            if status == 200 {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(30), "{status} {body}");
+            std::thread::sleep(Duration::from_millis(250));
+        }
         // An institution the authority revokes is refused at the registry too, once the
         // registry asks again (members_refresh_seconds = 2).
         assert!(c.finds_eligible(p));
@@ -274,5 +292,33 @@ on_both_backends! {
             assert!(started.elapsed() < Duration::from_secs(30), "still served: {body}");
             std::thread::sleep(Duration::from_millis(250));
         }
+    }
+}
+
+/// `iryo-demo --split`, as a user runs it: the split deployment with one flag.
+#[test]
+fn the_demo_runs_the_split_deployment_with_one_flag() {
+    let out = Command::new(env!("CARGO_BIN_EXE_iryo-demo"))
+        .args(["--split", "--persons", "3"])
+        .env("RUST_LOG", "warn")
+        .env_remove("SSLKEYLOGFILE")
+        .output()
+        .expect("run iryo-demo --split");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for want in [
+        "registry:",
+        "exchange authority:",
+        "POST /exchange/fetch -> 403",
+        "POST /exchange/fetch -> 200: a Bundle of 3 resources",
+        "403 the patient has died",
+        "in the registry's store yes, in the authority's no",
+        "the sample's My Numbers and names in the authority's store: none",
+    ] {
+        assert!(text.contains(want), "{want:?} not in:\n{text}");
     }
 }

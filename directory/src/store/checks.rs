@@ -266,6 +266,17 @@ fn record_new(
     let mut answer = r.answer;
     if let Some(pid) = r.pid {
         if req.visit_consent && answer.eligible {
+            let until = at + i64::from(visit_days) * 86_400;
+            if let Some(medical_id) = answer.medical_id {
+                t.tell_authority(
+                    iryo_proto::roles::NoticeKind::VisitConsent {
+                        institution: req.institution,
+                        medical_id,
+                        until,
+                    },
+                    at,
+                )?;
+            }
             super::federation::add_consent_for(
                 t,
                 pid,
@@ -273,7 +284,7 @@ fn record_new(
                     institution: Some(req.institution),
                     purpose: Some(Purpose::Treatment),
                     allow: true,
-                    expires_at: Some(at + i64::from(visit_days) * 86_400),
+                    expires_at: Some(until),
                     at,
                     origin: ConsentOrigin::Visit(req.institution),
                 },

@@ -139,6 +139,25 @@ pub(crate) fn apply_notice(
             t.set_id_status(medical_id, s.pid, IdStatus::Retired)?;
             t.put_subject(&s)?;
         }
+        NoticeKind::VisitConsent {
+            institution,
+            medical_id,
+            until,
+        } => {
+            let s = subject_for(t, medical_id)?;
+            super::federation::add_consent_for(
+                t,
+                s.pid,
+                &crate::access::ConsentRecord {
+                    institution: Some(institution),
+                    purpose: Some(iryo_proto::federation::Purpose::Treatment),
+                    allow: true,
+                    expires_at: Some(until),
+                    at: n.at,
+                    origin: crate::access::ConsentOrigin::Visit(institution),
+                },
+            )?;
+        }
     }
     t.audit_append(&LogEntry::RegistryNotice {
         notice: signed.clone(),

@@ -13,6 +13,8 @@ use iryo_tests::local::LocalFederation;
 use serde_json::json;
 use std::path::PathBuf;
 
+mod split;
+
 #[derive(Parser)]
 #[command(
     name = "iryo-demo",
@@ -28,6 +30,11 @@ struct Args {
     /// Keep everything running at the end (until Ctrl-C) to try My Portal in a browser.
     #[arg(long)]
     serve: bool,
+    /// Run the directory as a registry and an exchange authority apart, each with its
+    /// own data, store and key (docs/roles.md): nodes check eligibility at the
+    /// registry and exchange records through the authority.
+    #[arg(long, conflicts_with = "serve")]
+    split: bool,
 }
 
 fn step(s: &str) {
@@ -37,6 +44,9 @@ fn step(s: &str) {
 fn main() -> Result<()> {
     iryo_tests::init_tracing();
     let args = Args::parse();
+    if args.split {
+        return split::run(args.persons);
+    }
     for sub in ["directory", "clinic", "hospital", "sample", "letters"] {
         let p = args.dir.join(sub);
         if p.exists() {
