@@ -261,9 +261,19 @@ pub fn execute(
             AdminRequest::AuditVerify => {
                 AdminResponse::Audit(store.audit_verify(&agency.verifying_key())?)
             }
-            AdminRequest::AuditShow { medical_id } => AdminResponse::Entries(
-                store.audit_for_person(&store.person_by_medical_id(medical_id)?)?,
-            ),
+            AdminRequest::AuditShow { medical_id } => {
+                // On the exchange authority the patient is a subject, not a person,
+                // and an ID it never made a subject of is known only by what it
+                // logged under it.
+                let entries = match store.subject_by_medical_id(medical_id)? {
+                    Some(s) => store.audit_for_patient(&s.ids)?,
+                    None if config.roles.role == crate::config::ServiceRole::Authority => {
+                        store.audit_for_patient(&[medical_id])?
+                    }
+                    None => store.audit_for_person(&store.person_by_medical_id(medical_id)?)?,
+                };
+                AdminResponse::Entries(entries)
+            }
             AdminRequest::AuditClose { grant, reason } => {
                 store.close_unmatched(grant, &reason, operator, now())?;
                 AdminResponse::Done

@@ -1,7 +1,7 @@
 //! A local federation for end-to-end tests and the demo: a real `iryo-directory serve`
 //! and real `iryo-node run` processes on 127.0.0.1, each in its own temp dir.
 
-use crate::{directory_bin, node_bin, write_enrollment, Backend, Directory};
+use crate::{directory_bin, node_bin, write_enrollment, Backend, Deployment, Directory};
 use iryo_node::config::NodeConfig;
 use iryo_proto::{InstitutionCode, MedicalId, MyNumber, PointTableKind};
 use serde_json::{json, Value};
@@ -465,6 +465,24 @@ impl Federation {
     }
 
     pub fn start_directory(&mut self) {
+        if let Some(s) = &self.split {
+            // Split, the directory nodes talk to is the exchange authority.
+            let cmd = s.authority.command(&[
+                "--config",
+                &s.authority_config.display().to_string(),
+                "serve",
+                "--listen",
+                &self.listen,
+            ]);
+            let (p, line) = start_ready(cmd, "iryo-directory serve (authority)");
+            self.directory_addr = field(&line, "p2p")
+                .split(',')
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            self.directory = Some(p);
+            return;
+        }
         let mut cmd = Command::new(directory_bin());
         if let Some(config) = &self.directory_config {
             cmd.arg("--config").arg(config);
@@ -547,6 +565,27 @@ impl Federation {
                 dir.ok(&with)
             }
             None => self.registry.ok(args),
+        }
+    }
+
+    /// A federation deployed as `deployment`; nodes refresh memberships every
+    /// `refresh` seconds.
+    pub fn deploy(deployment: Deployment, nodes: usize, patients: u64, refresh: u64) -> Self {
+        match deployment {
+            Deployment::Whole(backend) => Self::start_on(backend, nodes, patients, refresh),
+            Deployment::Split(backend) => {
+                let mut fed = Self::start_split(backend, nodes, patients);
+                for node in &mut fed.nodes {
+                    let mut cfg = NodeConfig::load(&node.config_path()).expect("node.toml");
+                    if cfg.directory.refresh_seconds != refresh {
+                        cfg.directory.refresh_seconds = refresh;
+                        std::fs::write(node.config_path(), cfg.commented()).expect("node.toml");
+                        node.stop();
+                        node.start();
+                    }
+                }
+                fed
+            }
         }
     }
 
@@ -668,6 +707,12 @@ impl Federation {
             node.start();
             node_procs.push(node);
         }
+        // From now on the authority keeps its port, so nodes and the registry find it
+        // after a restart.
+        let listen = authority_addr
+            .rsplit_once("/p2p/")
+            .map(|(a, _)| a.to_string())
+            .expect("the authority's address");
         Federation {
             registry,
             directory: Some(authority_proc),
@@ -676,7 +721,7 @@ impl Federation {
             https: String::new(),
             nodes: node_procs,
             patients,
-            listen: "/ip4/127.0.0.1/tcp/0".into(),
+            listen,
             directory_config: None,
             split: Some(Split {
                 authority,
@@ -823,20 +868,25 @@ pub fn node_key(node: &NodeProc) -> ed25519_dalek::SigningKey {
 
 impl Federation {
     /// The agency's root key, read from the directory's key files as only the agency can.
+    /// Split, the exchange authority's: the key nodes trust.
     pub fn agency_key(&self) -> ed25519_dalek::SigningKey {
-        let bytes =
-            std::fs::read(self.registry.data.join("keys/agency-root.ed25519")).expect("agency key");
+        let data = match &self.split {
+            Some(s) => &s.authority.data,
+            None => &self.registry.data,
+        };
+        let bytes = std::fs::read(data.join("keys/agency-root.ed25519")).expect("agency key");
         ed25519_dalek::SigningKey::from_bytes(&bytes.try_into().expect("32 bytes"))
     }
 
     pub fn audit_show(&self, patient: MedicalId) -> Vec<Value> {
-        let v = self.registry.json(&[
+        let shown = self.operator(&[
             "audit",
             "show",
             "--medical-id",
             &patient.to_string(),
             "--json",
         ]);
+        let v: Value = serde_json::from_str(&shown).expect("audit show --json");
         v.as_array().cloned().unwrap_or_default()
     }
 }

@@ -143,6 +143,45 @@ macro_rules! on_both_backends {
     };
 }
 
+/// How the directory under test is deployed: whole, or as a registry and an exchange
+/// authority apart (docs/roles.md), on a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deployment {
+    Whole(Backend),
+    Split(Backend),
+}
+
+/// Runs an end-to-end test on each backend, and once more with the directory split
+/// into a registry and an exchange authority (on the embedded store): `fn
+/// name(deployment) { … }` becomes `name::redb`, `name::postgres` and `name::split`.
+#[macro_export]
+macro_rules! on_every_deployment {
+    ($(#[$meta:meta])* fn $name:ident($deployment:ident) $body:block) => {
+        $(#[$meta])*
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            fn run($deployment: $crate::Deployment) $body
+
+            #[test]
+            fn redb() {
+                run($crate::Deployment::Whole($crate::Backend::Redb));
+            }
+
+            #[test]
+            fn postgres() {
+                run($crate::Deployment::Whole($crate::Backend::Postgres));
+            }
+
+            #[test]
+            fn split() {
+                run($crate::Deployment::Split($crate::Backend::Redb));
+            }
+        }
+    };
+}
+
 impl Default for Directory {
     fn default() -> Self {
         Self::new()

@@ -4,7 +4,7 @@ use iryo_proto::federation::*;
 use iryo_proto::signed::Signed;
 use iryo_proto::wire::*;
 use iryo_tests::federation::*;
-use iryo_tests::on_both_backends;
+use iryo_tests::{on_both_backends, on_every_deployment};
 use serde_json::{json, Value};
 
 fn notifications(entries: &[Value]) -> Vec<Value> {
@@ -21,9 +21,9 @@ fn grant_issued(entries: &[Value]) -> Vec<Value> {
         .collect()
 }
 
-on_both_backends! {
-    fn consent_gates_exchange_and_both_ends_report_to_a_verifiable_log(backend) {
-        let fed = Federation::start_on(backend, 3, 3, 60);
+on_every_deployment! {
+    fn consent_gates_exchange_and_both_ends_report_to_a_verifiable_log(deployment) {
+        let fed = Federation::deploy(deployment, 3, 3, 60);
         let (a, b, c) = (&fed.nodes[0], &fed.nodes[1], &fed.nodes[2]);
         let p = fed.patients[0];
 
@@ -101,7 +101,16 @@ on_both_backends! {
             (200, Some(true)),
             "{answer}"
         );
-        assert_eq!(c.fetch(q, a.code, "treatment", None).0, 200);
+        // Split, the registry tells the authority within a second or so.
+        let started = std::time::Instant::now();
+        while c.fetch(q, a.code, "treatment", None).0 != 200 {
+            assert!(
+                matches!(deployment, iryo_tests::Deployment::Split(_))
+                    && started.elapsed() < std::time::Duration::from_secs(30),
+                "consent at the desk did not let C fetch"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
 
         // The log verifies, and an entry's inclusion proof checks out independently.
         let verified = fed.operator(&["audit", "verify"]);
@@ -168,9 +177,9 @@ on_both_backends! {
     }
 }
 
-on_both_backends! {
-    fn revoked_and_unregistered_peers_are_refused(backend) {
-        let fed = Federation::start_on(backend, 3, 2, 1);
+on_every_deployment! {
+    fn revoked_and_unregistered_peers_are_refused(deployment) {
+        let fed = Federation::deploy(deployment, 3, 2, 1);
         let (a, b, c) = (&fed.nodes[0], &fed.nodes[1], &fed.nodes[2]);
         let p = fed.patients[0];
         assert_eq!(a.put_records(p, &sample_bundle(2, 10)).0, 201);
@@ -285,9 +294,9 @@ on_both_backends! {
     }
 }
 
-on_both_backends! {
-    fn forged_expired_replayed_and_misbound_grants_are_refused(backend) {
-        let fed = Federation::start_on(backend, 3, 2, 60);
+on_every_deployment! {
+    fn forged_expired_replayed_and_misbound_grants_are_refused(deployment) {
+        let fed = Federation::deploy(deployment, 3, 2, 60);
         let (a, b, c) = (&fed.nodes[0], &fed.nodes[1], &fed.nodes[2]);
         let (p, q) = (fed.patients[0], fed.patients[1]);
         assert_eq!(a.put_records(p, &sample_bundle(2, 10)).0, 201);
@@ -405,9 +414,9 @@ on_both_backends! {
     }
 }
 
-on_both_backends! {
-    fn notifications_wait_in_the_outbox_and_arrive_exactly_once(backend) {
-        let mut fed = Federation::start_on(backend, 2, 1, 600);
+on_every_deployment! {
+    fn notifications_wait_in_the_outbox_and_arrive_exactly_once(deployment) {
+        let mut fed = Federation::deploy(deployment, 2, 1, 600);
         let p = fed.patients[0];
         let (a_code, b_code) = (fed.nodes[0].code, fed.nodes[1].code);
         assert_eq!(fed.nodes[0].put_records(p, &sample_bundle(2, 10)).0, 201);
@@ -589,9 +598,9 @@ mod independent {
     }
 }
 
-on_both_backends! {
-    fn records_too_large_to_fetch_are_refused_when_stored_and_nothing_false_is_logged(backend) {
-        let fed = Federation::start_on(backend, 2, 1, 1);
+on_every_deployment! {
+    fn records_too_large_to_fetch_are_refused_when_stored_and_nothing_false_is_logged(deployment) {
+        let fed = Federation::deploy(deployment, 2, 1, 1);
         let (a, b) = (&fed.nodes[0], &fed.nodes[1]);
         let p = fed.patients[0];
         fed.consent(p, b.code);

@@ -4,7 +4,7 @@
 use iryo_proto::federation::Purpose;
 use iryo_proto::wire::*;
 use iryo_tests::federation::*;
-use iryo_tests::on_both_backends;
+use iryo_tests::on_every_deployment;
 use serde_json::{json, Value};
 
 fn count(entries: &[Value], kind: &str) -> usize {
@@ -14,9 +14,9 @@ fn count(entries: &[Value], kind: &str) -> usize {
         .count()
 }
 
-on_both_backends! {
-    fn a_retry_with_the_same_key_is_answered_again_and_recorded_once(backend) {
-        let mut fed = Federation::start_on(backend, 2, 2, 60);
+on_every_deployment! {
+    fn a_retry_with_the_same_key_is_answered_again_and_recorded_once(deployment) {
+        let mut fed = Federation::deploy(deployment, 2, 2, 60);
         let (a, b) = (&fed.nodes[0], &fed.nodes[1]);
         let p = fed.patients[0];
         assert_eq!(a.put_records(p, &sample_bundle(2, 10)).0, 201);

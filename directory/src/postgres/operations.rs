@@ -61,6 +61,7 @@ impl Operations for PgStore {
         letter_row_of(plan: Plan, id: MedicalId, today: NaiveDate) -> Result<LetterRow>;
         letters_sent(plan: Plan, letters: &[(u64, String)], expires: Timestamp, at: Timestamp) -> Result<()>;
         audit_for_person(person: &Person) -> Result<Vec<(u64, LogEntry)>>;
+        audit_for_patient(ids: &[MedicalId]) -> Result<Vec<(u64, LogEntry)>>;
         audit_verify(agency: &VerifyingKey) -> Result<AuditReport>;
         current_head() -> Result<(Signed<TreeHead>, u64)>;
         audit_root(size: u64) -> Result<Hash>;

@@ -145,6 +145,8 @@ pub trait Operations: EnrollBatch {
     ) -> Result<GrantRecord>;
 
     fn audit_for_person(&self, person: &Person) -> Result<Vec<(u64, LogEntry)>>;
+    /// The entries about a patient who held these medical IDs.
+    fn audit_for_patient(&self, ids: &[MedicalId]) -> Result<Vec<(u64, LogEntry)>>;
     fn audit_verify(&self, agency: &VerifyingKey) -> Result<AuditReport>;
     /// The latest signed head and the log's size it covers, signing one first if
     /// entries were appended since the last.
@@ -211,6 +213,7 @@ impl Operations for Store {
         unmatched(now: Time, window: i64) -> Result<Vec<GrantRecord>>;
         close_unmatched(grant_id: [u8; 16], reason: &str, by: &str, at: Time) -> Result<GrantRecord>;
         audit_for_person(person: &Person) -> Result<Vec<(u64, LogEntry)>>;
+        audit_for_patient(ids: &[MedicalId]) -> Result<Vec<(u64, LogEntry)>>;
         audit_verify(agency: &VerifyingKey) -> Result<AuditReport>;
         current_head() -> Result<(Signed<TreeHead>, u64)>;
         audit_root(size: u64) -> Result<Hash>;

@@ -358,8 +358,12 @@ impl PgStore {
 
     /// The entries about a person, under every medical ID the person has held.
     pub fn audit_for_person(&self, person: &Person) -> Result<Vec<(u64, LogEntry)>> {
-        let ids = crate::store::ids_held(person);
-        self.read(async |c| audit::for_patient(c, &ids).await)
+        self.audit_for_patient(&crate::store::ids_held(person))
+    }
+
+    /// The entries about a patient who held these medical IDs.
+    pub fn audit_for_patient(&self, ids: &[MedicalId]) -> Result<Vec<(u64, LogEntry)>> {
+        self.read(async |c| audit::for_patient(c, ids).await)
     }
 
     /// `audit verify`: the same checks as on redb, on one snapshot of the log.
