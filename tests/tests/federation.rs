@@ -4,7 +4,7 @@ use iryo_proto::federation::*;
 use iryo_proto::signed::Signed;
 use iryo_proto::wire::*;
 use iryo_tests::federation::*;
-use iryo_tests::{on_both_backends, on_every_deployment};
+use iryo_tests::on_every_deployment;
 use serde_json::{json, Value};
 
 fn notifications(entries: &[Value]) -> Vec<Value> {
