@@ -195,7 +195,11 @@ on_both_backends! {
         // own key signed.
         let forged = Signed::sign(
             &RegistryNotice { seq: 3, at: 0, kind: NoticeKind::Retired { medical_id: new } },
-            &ed25519_dalek::SigningKey::from_bytes(&[9; 32]),
+            &{
+                let bytes = std::fs::read(authority.data.join("keys/agency-root.ed25519"))
+                    .expect("the authority's root key");
+                ed25519_dalek::SigningKey::from_bytes(&bytes.try_into().expect("32 bytes"))
+            },
         );
         match peer.directory(DirectoryRequest::RegistryNotices { notices: vec![forged] }) {
             DirectoryResponse::Refused(r) => assert_eq!(r.reason, RefusalReason::NotMember, "{r}"),
@@ -265,6 +269,41 @@ on_both_backends! {
             }
             assert!(started.elapsed() < Duration::from_secs(30), "{status} {body}");
             std::thread::sleep(Duration::from_millis(250));
+        }
+        // The registry's key signs no grant a source accepts: the agency key nodes
+        // trust is the authority's.
+        let registry_root = {
+            let bytes = std::fs::read(fed.registry.data.join("keys/agency-root.ed25519"))
+                .expect("the registry's root key");
+            ed25519_dalek::SigningKey::from_bytes(&bytes.try_into().expect("32 bytes"))
+        };
+        let forged = iryo_proto::federation::Grant {
+            id: [7; 16],
+            requester: b.code,
+            requester_key: node_key(&b.dir).verifying_key().to_bytes(),
+            source: a.code,
+            medical_id: p,
+            purpose: Purpose::Treatment,
+            reason: None,
+            issued_at: chrono::Utc::now().timestamp(),
+            expires_at: chrono::Utc::now().timestamp() + 60,
+        };
+        let b_raw = RawPeer::new(&node_key(&b.dir), &fed.directory_addr);
+        match b_raw.fetch(
+            a,
+            iryo_proto::wire::ExchangeRequest::Fetch {
+                medical_id: p,
+                purpose: Purpose::Treatment,
+                grant: Signed::sign(&forged, &registry_root),
+                position: None,
+            },
+        ) {
+            iryo_proto::wire::ExchangeResponse::Refused(r) => assert_eq!(
+                r.reason,
+                RefusalReason::Grant(iryo_proto::federation::GrantRefusal::NotAgency),
+                "{r}"
+            ),
+            other => panic!("a grant signed by the registry's key was served: {other:?}"),
         }
         // An institution the authority revokes is refused at the registry too, once the
         // registry asks again (members_refresh_seconds = 2).
