@@ -568,6 +568,30 @@ impl Federation {
         }
     }
 
+    /// Kills the registry of a split directory (SIGKILL) and starts it again on the
+    /// same address.
+    pub fn restart_registry(&mut self) {
+        let s = self.split.as_mut().expect("a split directory");
+        if let Some(mut p) = s.registry_proc.take() {
+            let _ = p.0.kill();
+            let _ = p.0.wait();
+        }
+        let listen = s
+            .registry_addr
+            .rsplit_once("/p2p/")
+            .map(|(a, _)| a.to_string())
+            .expect("the registry's address");
+        let cmd = self.registry.command(&[
+            "--config",
+            &s.registry_config.display().to_string(),
+            "serve",
+            "--listen",
+            &listen,
+        ]);
+        let (p, _) = start_ready(cmd, "iryo-directory serve (registry)");
+        s.registry_proc = Some(p);
+    }
+
     /// A federation deployed as `deployment`; nodes refresh memberships every
     /// `refresh` seconds.
     pub fn deploy(deployment: Deployment, nodes: usize, patients: u64, refresh: u64) -> Self {

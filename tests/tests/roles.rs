@@ -361,3 +361,50 @@ fn the_demo_runs_the_split_deployment_with_one_flag() {
         assert!(text.contains(want), "{want:?} not in:\n{text}");
     }
 }
+
+/// The `RegistryNotice` entries the authority logged about `id`.
+fn notices_logged(fed: &Federation, id: MedicalId) -> usize {
+    fed.audit_show(id)
+        .iter()
+        .filter(|e| e[1].get("RegistryNotice").is_some())
+        .count()
+}
+
+#[test]
+fn notices_wait_out_an_authority_that_is_down_and_a_registry_killed_and_apply_once() {
+    let mut fed = Federation::start_split(iryo_tests::Backend::Redb, 2, 2);
+    let (p, q) = (fed.patients[0], fed.patients[1]);
+    let peer = RawPeer::new(&node_key(&fed.nodes[0].dir), &fed.directory_addr);
+    assert!(grant(&peer, p).is_ok());
+    drop(peer);
+    // The authority is down: the registry records the death and the ID change, and
+    // keeps their notices.
+    fed.stop_directory();
+    fed.operator(&[
+        "death",
+        "--medical-id",
+        &p.to_string(),
+        "--date",
+        "2024-01-02",
+    ]);
+    fed.operator(&[
+        "change",
+        "--medical-id",
+        &q.to_string(),
+        "--reason",
+        "card lost",
+    ]);
+    std::thread::sleep(Duration::from_millis(1500));
+    // Killed with them unsent, the registry sends them when it is back.
+    fed.restart_registry();
+    fed.start_directory();
+    let peer = RawPeer::new(&node_key(&fed.nodes[0].dir), &fed.directory_addr);
+    until_refused(&peer, p, RefusalReason::Deceased);
+    until_refused(&peer, q, RefusalReason::UnknownPatient);
+    // Each applied once, however often they were offered.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(notices_logged(&fed, p), 1);
+    assert_eq!(notices_logged(&fed, q), 1);
+    let verified = fed.operator(&["audit", "verify"]);
+    assert!(verified.contains("audit log verified"), "{verified}");
+}
