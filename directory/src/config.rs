@@ -89,9 +89,12 @@ pub struct RolesConfig {
     /// The registry's: the exchange authority's service address, with its peer id
     /// (`/ip4/…/tcp/…/p2p/…`, as the authority's `serve` prints it).
     pub authority: Option<String>,
-    /// The authority's: the registry's public key, 64 hex digits, that signs its
-    /// notices (`iryo-directory keys show` on the registry prints it).
+    /// The authority's: the registry's root public key, 64 hex digits, that signs its
+    /// notices (`iryo-directory keys show` on the registry prints it as "root key").
     pub registry_key: Option<String>,
+    /// The authority's: the registry's service peer id, which its session with the
+    /// authority is authenticated by (`keys show` prints it as "service peer").
+    pub registry_peer: Option<String>,
     /// The registry's: how often notices not yet applied are sent, in seconds.
     pub tell_every_seconds: u64,
     /// The registry's: how long a membership the authority confirmed is trusted
@@ -105,6 +108,7 @@ impl Default for RolesConfig {
             role: ServiceRole::All,
             authority: None,
             registry_key: None,
+            registry_peer: None,
             tell_every_seconds: 5,
             members_refresh_seconds: 60,
         }
@@ -112,6 +116,19 @@ impl Default for RolesConfig {
 }
 
 impl RolesConfig {
+    /// The Ed25519 key of the registry's service peer, for an authority.
+    pub fn registry_peer(&self) -> Result<[u8; 32], String> {
+        let text = self.registry_peer.as_deref().map_or("", str::trim);
+        if text.is_empty() {
+            return Err("roles.registry_peer is not set: give the registry's service peer id (`iryo-directory keys show` on the registry)".into());
+        }
+        let peer: libp2p::PeerId = text
+            .parse()
+            .map_err(|e| format!("roles.registry_peer {text:?} is not a peer id: {e}"))?;
+        iryo_p2p::transport::peer_key(&peer)
+            .ok_or_else(|| format!("roles.registry_peer {text:?} is not an Ed25519 peer id"))
+    }
+
     /// The registry's key that notices must be signed with, for an authority.
     pub fn registry_key(&self) -> Result<ed25519_dalek::VerifyingKey, String> {
         let hex = self.registry_key.as_deref().map_or("", str::trim);
@@ -427,6 +444,29 @@ mod tests {
         let c = Config::load(&path).unwrap();
         let url = c.storage.url.unwrap();
         assert!(crate::postgres::DatabaseUrl::parse(&url).is_ok(), "{url}");
+    }
+
+    #[test]
+    fn an_authority_names_what_is_wrong_with_the_registry_it_hears() {
+        let roles = |key: &str, peer: &str| RolesConfig {
+            registry_key: Some(key.into()),
+            registry_peer: Some(peer.into()),
+            ..RolesConfig::default()
+        };
+        let none = RolesConfig::default();
+        assert!(none.registry_key().unwrap_err().contains("keys show"));
+        assert!(none.registry_peer().unwrap_err().contains("keys show"));
+        let bad = roles("<script>", "not a peer");
+        assert!(bad.registry_key().unwrap_err().contains("64 hex digits"));
+        assert!(bad.registry_peer().unwrap_err().contains("not a peer id"));
+        let key = ed25519_dalek::SigningKey::from_bytes(&[3; 32]).verifying_key();
+        let peer = libp2p::identity::PublicKey::from(
+            libp2p::identity::ed25519::PublicKey::try_from_bytes(key.as_bytes()).unwrap(),
+        )
+        .to_peer_id();
+        let good = roles(&iryo_proto::merkle::to_hex(key.as_bytes()), &peer.to_string());
+        assert_eq!(good.registry_key().unwrap(), key);
+        assert_eq!(good.registry_peer().unwrap(), key.to_bytes());
     }
 
     #[test]

@@ -51,16 +51,16 @@ impl Drop for Authority {
 }
 
 impl Authority {
-    /// Reaches the authority at `address` under `key`, the registry's root key: the one
-    /// the authority knows the registry by (`roles.registry_key`). Must be called
-    /// inside the Tokio runtime.
-    pub fn new(address: &str, key: &SigningKey) -> Result<Self, TellError> {
+    /// Reaches the authority at `address` under `identity`, the registry's service key:
+    /// the one the authority admits the registry's session by (`roles.registry_peer`).
+    /// Must be called inside the Tokio runtime.
+    pub fn new(address: &str, identity: [u8; 32]) -> Result<Self, TellError> {
         let bad = |why: String| TellError::Address(address.to_string(), why);
         let addr: Multiaddr = address.trim().parse().map_err(|e| bad(format!("{e}")))?;
         let Some(libp2p::multiaddr::Protocol::P2p(peer)) = addr.iter().last() else {
             return Err(bad("it lacks /p2p/<peer id>".into()));
         };
-        let swarm = iryo_p2p::transport::dialling(key.to_bytes(), IDLE)?;
+        let swarm = iryo_p2p::transport::dialling(identity, IDLE)?;
         let control = swarm.behaviour().new_control();
         let (dial, dials) = tokio::sync::mpsc::channel(8);
         let sessions = Sessions::new(

@@ -292,6 +292,24 @@ pub struct Split {
     pub registry_addr: String,
 }
 
+/// The `[roles]` of an exchange authority that hears `registry`: its root key, which
+/// signs its notices, and its service peer, which its session is authenticated by, as
+/// `keys show` prints them.
+pub fn authority_roles(registry: &Directory) -> String {
+    let shown = registry.ok(&["keys", "show"]);
+    let value = |label: &str| {
+        shown
+            .lines()
+            .find_map(|l| l.strip_prefix(label).map(|k| k.trim().to_string()))
+            .unwrap_or_else(|| panic!("no {label:?} in {shown}"))
+    };
+    format!(
+        "[roles]\nrole = \"authority\"\nregistry_key = \"{}\"\nregistry_peer = \"{}\"\n",
+        value("root key"),
+        value("service peer")
+    )
+}
+
 /// Commands run on the exchange authority when the directory is split; the rest are
 /// the registry's.
 const AUTHORITY_COMMANDS: [&str; 4] = ["consent", "institution", "audit", "ca"];
@@ -621,17 +639,9 @@ impl Federation {
         let authority = Directory::on(backend);
         registry.ok(&["init"]);
         authority.ok(&["init"]);
-        let registry_key = registry
-            .ok(&["keys", "show"])
-            .lines()
-            .find_map(|l| l.strip_prefix("root key").map(|k| k.trim().to_string()))
-            .expect("the registry's root key");
         let authority_config = authority.path("authority.toml");
-        std::fs::write(
-            &authority_config,
-            format!("[roles]\nrole = \"authority\"\nregistry_key = \"{registry_key}\"\n"),
-        )
-        .expect("write authority.toml");
+        std::fs::write(&authority_config, authority_roles(&registry))
+            .expect("write authority.toml");
         let serve = |dir: &Directory, config: &PathBuf| {
             let cmd = dir.command(&[
                 "--config",

@@ -10,8 +10,8 @@ use iryo_proto::signed::Signed;
 use iryo_proto::wire::{DirectoryRequest, DirectoryResponse, RefusalReason};
 use iryo_proto::MedicalId;
 use iryo_tests::federation::{
-    code, field, free_port, patient_my_number, patient_row, sample_bundle, start_ready, Federation,
-    Proc, RawPeer,
+    authority_roles, code, field, free_port, patient_my_number, patient_row, sample_bundle,
+    start_ready, Federation, Proc, RawPeer,
 };
 use iryo_tests::{node_bin, on_both_backends, write_enrollment, Directory};
 use std::path::{Path, PathBuf};
@@ -141,11 +141,7 @@ on_both_backends! {
         assert_ne!(registry_key, authority_key);
 
         let acfg = authority.path("authority.toml");
-        std::fs::write(
-            &acfg,
-            format!("[roles]\nrole = \"authority\"\nregistry_key = \"{registry_key}\"\n"),
-        )
-        .unwrap();
+        std::fs::write(&acfg, authority_roles(&registry)).unwrap();
         let (serving_authority, aaddr) = serve(&authority, &acfg, "authority");
 
         let rcfg = registry.path("registry.toml");

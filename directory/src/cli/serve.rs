@@ -54,7 +54,7 @@ pub(super) fn run(mut config: Config, a: ServeArgs) -> Result<ExitCode> {
             config.clone(),
         ));
         let witnessing = start_witnessing(&config, store.clone(), &keys.root)?;
-        let link = authority_link(&config, &keys.root)?;
+        let link = authority_link(&config, identity)?;
         let telling = start_telling(&config, store.clone(), &keys.root, link.clone());
         let started = start_serving(
             &config,
@@ -120,7 +120,7 @@ fn serve_postgres(
     rt.block_on(async {
         let follower = follow_revocations(config, &store);
         let witnessing = start_witnessing(config, store.clone(), &keys.root)?;
-        let link = authority_link(config, &keys.root)?;
+        let link = authority_link(config, identity)?;
         let telling = start_telling(config, store.clone(), &keys.root, link.clone());
         let (running, front) = start_serving(
             config,
@@ -169,6 +169,15 @@ async fn start_serving(
                 config
                     .roles
                     .registry_key()
+                    .map_err(|e| anyhow::anyhow!("{e}"))?,
+            ),
+            _ => None,
+        },
+        registry_peer: match config.roles.role {
+            iryo_directory::config::ServiceRole::Authority => Some(
+                config
+                    .roles
+                    .registry_peer()
                     .map_err(|e| anyhow::anyhow!("{e}"))?,
             ),
             _ => None,
@@ -276,11 +285,12 @@ fn start_witnessing(
     })))
 }
 
-/// On a registry run apart, the session with the exchange authority: under the
-/// registry's root key, the one the authority knows it by. Must run inside the runtime.
+/// On a registry run apart, the session with the exchange authority, under the
+/// registry's service identity (the authority's `roles.registry_peer`); the root key
+/// only signs. Must run inside the runtime.
 fn authority_link(
     config: &Config,
-    root: &ed25519_dalek::SigningKey,
+    identity: [u8; 32],
 ) -> Result<Option<std::sync::Arc<iryo_directory::tell::Authority>>> {
     if config.roles.role != iryo_directory::config::ServiceRole::Registry {
         return Ok(None);
@@ -292,7 +302,7 @@ fn authority_link(
         );
     }
     Ok(Some(std::sync::Arc::new(
-        iryo_directory::tell::Authority::new(address, root)?,
+        iryo_directory::tell::Authority::new(address, identity)?,
     )))
 }
 

@@ -14,9 +14,10 @@ use std::sync::Arc;
 #[derive(Clone)]
 pub struct Admission {
     pub role: ServiceRole,
-    /// The registry's key: its notices are signed with it and its session
-    /// authenticated by it.
+    /// The registry's root key, which signs its notices.
     pub registry: Option<VerifyingKey>,
+    /// The registry's service key, which its session is authenticated by.
+    pub registry_peer: Option<[u8; 32]>,
     /// A registry's: the memberships the authority keeps.
     pub members: Option<Arc<crate::members::RemoteMembers>>,
 }
@@ -27,14 +28,15 @@ impl Admission {
         Self {
             role: ServiceRole::All,
             registry: None,
+            registry_peer: None,
             members: None,
         }
     }
 
-    /// Whether `key` is the registry's, on an authority that hears one.
+    /// Whether `key` is the registry's service key, on an authority that hears one.
     pub fn is_registry(&self, key: Option<[u8; 32]>) -> bool {
         self.role == ServiceRole::Authority
-            && matches!((key, self.registry), (Some(k), Some(r)) if k == r.to_bytes())
+            && matches!((key, self.registry_peer), (Some(k), Some(r)) if k == r)
     }
 
     /// The refusal of a member's request that this role does not answer.
