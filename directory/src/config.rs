@@ -464,7 +464,10 @@ mod tests {
             libp2p::identity::ed25519::PublicKey::try_from_bytes(key.as_bytes()).unwrap(),
         )
         .to_peer_id();
-        let good = roles(&iryo_proto::merkle::to_hex(key.as_bytes()), &peer.to_string());
+        let good = roles(
+            &iryo_proto::merkle::to_hex(key.as_bytes()),
+            &peer.to_string(),
+        );
         assert_eq!(good.registry_key().unwrap(), key);
         assert_eq!(good.registry_peer().unwrap(), key.to_bytes());
     }

@@ -18,6 +18,8 @@ pub enum ContextError {
     DataDir(std::path::PathBuf, std::io::Error),
     #[error("keys exist already in {0}; refusing to overwrite the agency's keys")]
     KeysExist(std::path::PathBuf),
+    #[error("{0} holds no issuance key (issuance-ff1.aes256): an exchange authority issues no medical ID; issue on the registry, or restore the registry's key from its backup")]
+    NoIssuanceKey(std::path::PathBuf),
     #[error("{0} is not the key that signed this audit log's first tree head; restore the agency's own root key")]
     WrongRootKey(std::path::PathBuf),
 }
@@ -39,7 +41,11 @@ impl Context {
         if AgencyKeys::exists(&c.keys_dir()) {
             return Err(ContextError::KeysExist(c.keys_dir()));
         }
-        let keys = AgencyKeys::generate()?;
+        let keys = if c.roles.role == crate::config::ServiceRole::Authority {
+            AgencyKeys::generate_root_only()?
+        } else {
+            AgencyKeys::generate()?
+        };
         keys.write(&c.keys_dir())?;
         crate::keys::new_service_identity(&c.keys_dir())?;
         let store = Store::create(&c.db_path(), c.registry.cache_mib, c.issuance.method)?;
@@ -97,7 +103,11 @@ impl Context {
             return Err(ContextError::KeysExist(c.keys_dir()));
         }
         PgStore::ensure_empty(url)?;
-        let keys = AgencyKeys::generate()?;
+        let keys = if c.roles.role == crate::config::ServiceRole::Authority {
+            AgencyKeys::generate_root_only()?
+        } else {
+            AgencyKeys::generate()?
+        };
         keys.write(&c.keys_dir())?;
         crate::keys::new_service_identity(&c.keys_dir())?;
         let store = PgStore::create(url, c.issuance.method)?.with_signer(keys.root.clone());
@@ -166,7 +176,11 @@ impl Context {
             );
         }
         Ok(match method {
-            Method::Fpe => Issuer::fpe(&AgencyKeys::load(&self.config.keys_dir())?.issuance),
+            Method::Fpe => Issuer::fpe(
+                &AgencyKeys::load(&self.config.keys_dir())?
+                    .issuance
+                    .ok_or(ContextError::NoIssuanceKey(self.config.keys_dir()))?,
+            ),
             Method::Random => Issuer::Random,
         })
     }

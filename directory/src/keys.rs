@@ -31,7 +31,8 @@ pub enum KeyError {
 
 pub struct AgencyKeys {
     pub root: SigningKey,
-    pub issuance: [u8; 32],
+    /// The FF1 key; `None` on an exchange authority, which issues no medical ID.
+    pub issuance: Option<[u8; 32]>,
 }
 
 const ROOT_FILE: &str = "agency-root.ed25519";
@@ -48,7 +49,15 @@ impl AgencyKeys {
     pub fn generate() -> Result<Self, KeyError> {
         Ok(Self {
             root: SigningKey::from_bytes(&random32()?),
-            issuance: random32()?,
+            issuance: Some(random32()?),
+        })
+    }
+
+    /// An exchange authority's keys: the root key alone.
+    pub fn generate_root_only() -> Result<Self, KeyError> {
+        Ok(Self {
+            root: SigningKey::from_bytes(&random32()?),
+            issuance: None,
         })
     }
 
@@ -59,18 +68,23 @@ impl AgencyKeys {
             move |source| KeyError::Io { path, source }
         };
         crate::files::create_private_dir(dir).map_err(io(dir))?;
-        for (name, bytes) in [
-            (ROOT_FILE, self.root.to_bytes()),
-            (ISSUANCE_FILE, self.issuance),
-        ] {
-            write_secret(&dir.join(name), &bytes)?;
+        write_secret(&dir.join(ROOT_FILE), &self.root.to_bytes())?;
+        if let Some(issuance) = self.issuance {
+            write_secret(&dir.join(ISSUANCE_FILE), &issuance)?;
         }
         Ok(())
     }
 
     pub fn load(dir: &Path) -> Result<Self, KeyError> {
         let root = read32(&dir.join(ROOT_FILE))?;
-        let issuance = read32(&dir.join(ISSUANCE_FILE))?;
+        // An exchange authority has none; issuing without one fails by name
+        // (`Context::issuer_for`).
+        let path = dir.join(ISSUANCE_FILE);
+        let issuance = if path.exists() {
+            Some(read32(&path)?)
+        } else {
+            None
+        };
         Ok(Self {
             root: SigningKey::from_bytes(&root),
             issuance,

@@ -638,7 +638,7 @@ impl Federation {
         let registry = Directory::on(backend);
         let authority = Directory::on(backend);
         registry.ok(&["init"]);
-        authority.ok(&["init"]);
+        authority.ok(&["init", "--role", "authority"]);
         let authority_config = authority.path("authority.toml");
         std::fs::write(&authority_config, authority_roles(&registry))
             .expect("write authority.toml");

@@ -127,7 +127,12 @@ on_both_backends! {
         let registry = Directory::on(backend);
         let authority = Directory::on(backend);
         registry.ok(&["init"]);
-        authority.ok(&["init"]);
+        let made = authority.ok(&["init", "--role", "authority"]);
+        assert!(made.contains("no issuance key"), "{made}");
+        // The authority holds no key that issues medical IDs.
+        assert!(authority.data.join("keys/agency-root.ed25519").exists());
+        assert!(!authority.data.join("keys/issuance-ff1.aes256").exists());
+        assert!(registry.data.join("keys/issuance-ff1.aes256").exists());
         // Each half has its own keys.
         let root = |d: &Directory| {
             let shown = d.ok(&["keys", "show"]);
@@ -143,6 +148,12 @@ on_both_backends! {
         let acfg = authority.path("authority.toml");
         std::fs::write(&acfg, authority_roles(&registry)).unwrap();
         let (serving_authority, aaddr) = serve(&authority, &acfg, "authority");
+        // Nor does it take the registry's commands.
+        let a = acfg.display().to_string();
+        let sample = authority.path("one.csv");
+        write_enrollment(&sample, &[&patient_row(9, "山田 一郎", "大阪市")]);
+        let refused = authority.fails(&["--config", &a, "enroll", &sample.display().to_string()]);
+        assert!(refused.contains("enroll is the registry's"), "{refused}");
 
         let rcfg = registry.path("registry.toml");
         std::fs::write(
@@ -160,7 +171,6 @@ on_both_backends! {
         let ids: Vec<MedicalId> = (0..3).map(|i| medical_id(&registry, i)).collect();
 
         // Two institutions are members of the authority.
-        let a = acfg.display().to_string();
         let nodes: Vec<PathBuf> = (0..2).map(|n| node(&authority, n)).collect();
         for n in &nodes {
             authority.ok(&["--config", &a, "institution", "add", &n.join("registration.json").display().to_string()]);

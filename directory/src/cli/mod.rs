@@ -166,6 +166,15 @@ pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
             );
         }
     }
+    if config.roles.role == iryo_directory::config::ServiceRole::Authority {
+        if let Some(name) = registry_only(&cli.command) {
+            bail!(
+                "{name} is the registry's: this directory is an exchange authority \
+                 (roles.role = \"authority\"), which keeps no person and issues no \
+                 medical ID; run it on the registry (docs/roles.md)"
+            );
+        }
+    }
     match cli.command {
         Command::Init(a) => registry::init(config, a),
         Command::Enroll(a) => registry::enroll(config, a),
@@ -216,6 +225,25 @@ pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
 /// The name of a command that works on the embedded store's files and so does not run
 /// on PostgreSQL, if this is one. The others reach the store through `admin`, where an
 /// operation PostgreSQL cannot do yet is refused by name (`StoreError::NotOnPostgres`).
+/// The commands that keep persons or issue IDs, which an exchange authority refuses.
+fn registry_only(c: &Command) -> Option<&'static str> {
+    Some(match c {
+        Command::Enroll(_) => "enroll",
+        Command::Assign(_) => "assign",
+        Command::Letters(_) => "letters",
+        Command::Check(_) => "check",
+        Command::Conflicts(_) => "conflicts",
+        Command::Mismatches(_) => "mismatches",
+        Command::Notices(_) => "notices",
+        Command::Change(_) => "change",
+        Command::MyNumberChange(_) => "my-number-change",
+        Command::Death(_) => "death",
+        Command::RetireDue(_) => "retire-due",
+        Command::Show(_) => "show",
+        _ => return None,
+    })
+}
+
 fn not_on_postgres(c: &Command) -> Option<&'static str> {
     Some(match c {
         Command::RebuildLinkage => "rebuild-linkage (there is no linkage.redb on PostgreSQL)",

@@ -27,6 +27,10 @@ pub(super) struct InitArgs {
     /// Fixed for the life of the database.
     #[arg(long, value_enum)]
     method: Option<MethodArg>,
+    /// Which service this directory will be (overrides `roles.role`): an exchange
+    /// authority gets no issuance key, since it issues no medical ID (docs/roles.md).
+    #[arg(long, value_enum)]
+    role: Option<iryo_directory::config::ServiceRole>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -210,6 +214,9 @@ pub(super) struct ShowArgs {
 }
 
 pub(super) fn init(mut config: Config, a: InitArgs) -> Result<ExitCode> {
+    if let Some(role) = a.role {
+        config.roles.role = role;
+    }
     if let Some(m) = a.method {
         config.issuance.method = match m {
             MethodArg::Fpe => Method::Fpe,
@@ -227,7 +234,11 @@ pub(super) fn init(mut config: Config, a: InitArgs) -> Result<ExitCode> {
         keys
     };
     println!("keys in {} (mode 0600)", ctx.config.keys_dir().display());
-    println!("issuance method: {}", ctx.config.issuance.method.as_str());
+    if keys.issuance.is_some() {
+        println!("issuance method: {}", ctx.config.issuance.method.as_str());
+    } else {
+        println!("no issuance key: an exchange authority issues no medical ID");
+    }
     println!(
         "agency root public key (Ed25519): {}",
         iryo_proto::merkle::to_hex(keys.root.verifying_key().as_bytes())
