@@ -330,6 +330,56 @@ impl Texts<'_> {
     };
 }
 
+/// `iryo-node init` for institution `n` named `name`, in `at`'s temp dir, listening
+/// on a free port, with `extra` arguments; the node's directory, holding node.toml and
+/// registration.json.
+pub fn init_node(at: &Directory, n: u32, name: &str, extra: &[&str]) -> PathBuf {
+    let dir = at.path(&format!("node{n}"));
+    let listen = format!("/ip4/127.0.0.1/tcp/{}", free_port());
+    let out = Command::new(node_bin())
+        .args([
+            "init",
+            "--code",
+            &code(n).to_string(),
+            "--name",
+            name,
+            "--out",
+        ])
+        .arg(&dir)
+        .args(["--listen", &listen, "--api", "127.0.0.1:0"])
+        .args(extra)
+        .output()
+        .expect("iryo-node init");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir
+}
+
+/// The medical ID the registry in `dir` issued to sample patient `i`.
+pub fn medical_id_of(dir: &Directory, i: u64) -> MedicalId {
+    let v = dir.json(&[
+        "show",
+        "--my-number",
+        &patient_my_number(i).to_string(),
+        "--json",
+    ]);
+    v["person"]["medical_id"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("patient enrolled")
+}
+
+/// The HTTP client the EMR's calls to node APIs go through: statuses are answers.
+fn api_agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
 /// Patient `i`'s enrollment row, named `name`, living at `address`.
 pub fn patient_row(i: u64, name: &str, address: &str) -> String {
     format!(
@@ -394,47 +444,17 @@ impl Federation {
         let file = registry.path("patients.csv");
         write_enrollment(&file, &refs);
         registry.ok(&["enroll", &file.display().to_string()]);
-        let patients = (0..patients)
-            .map(|i| {
-                let v = registry.json(&[
-                    "show",
-                    "--my-number",
-                    &patient_my_number(i).to_string(),
-                    "--json",
-                ]);
-                v["person"]["medical_id"]
-                    .as_str()
-                    .and_then(|s| s.parse().ok())
-                    .expect("patient enrolled")
-            })
-            .collect();
+        let patients = (0..patients).map(|i| medical_id_of(&registry, i)).collect();
 
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .build()
-            .into();
+        let agent = api_agent();
         let mut node_procs = Vec::new();
         for n in 0..nodes {
-            let dir = registry.path(&format!("node{n}"));
             let c = code(n as u32);
-            let listen = format!("/ip4/127.0.0.1/tcp/{}", free_port());
-            let out = Command::new(node_bin())
-                .args([
-                    "init",
-                    "--code",
-                    &c.to_string(),
-                    "--name",
-                    &format!("{}{n}", texts.institution),
-                    "--out",
-                ])
-                .arg(&dir)
-                .args(["--listen", &listen, "--api", "127.0.0.1:0"])
-                .output()
-                .expect("iryo-node init");
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
+            let dir = init_node(
+                &registry,
+                n as u32,
+                &format!("{}{n}", texts.institution),
+                &[],
             );
             registry.ok(&[
                 "institution",
@@ -676,49 +696,24 @@ impl Federation {
         let rc = registry_config.display().to_string();
         registry.ok(&["--config", &rc, "enroll", &file.display().to_string()]);
         let (registry_proc, registry_addr, _) = serve(&registry, &registry_config);
-        let patients = (0..patients)
-            .map(|i| {
-                let v = registry.json(&[
-                    "show",
-                    "--my-number",
-                    &patient_my_number(i).to_string(),
-                    "--json",
-                ]);
-                v["person"]["medical_id"]
-                    .as_str()
-                    .and_then(|s| s.parse().ok())
-                    .expect("patient enrolled")
-            })
-            .collect();
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .build()
-            .into();
+        let patients = (0..patients).map(|i| medical_id_of(&registry, i)).collect();
+        let agent = api_agent();
         let ac = authority_config.display().to_string();
         let mut node_procs = Vec::new();
         for n in 0..nodes {
-            let dir = registry.path(&format!("node{n}"));
             let c = code(n as u32);
-            let listen = format!("/ip4/127.0.0.1/tcp/{}", free_port());
-            let out = Command::new(node_bin())
-                .args([
-                    "init",
-                    "--code",
-                    &c.to_string(),
-                    "--name",
-                    &format!("テスト病院{n}"),
-                    "--out",
-                ])
-                .arg(&dir)
-                .args(["--listen", &listen, "--api", "127.0.0.1:0"])
-                .args(["--directory", &authority_addr, "--registry", &registry_addr])
-                .args(["--agency-key", &authority_key])
-                .output()
-                .expect("iryo-node init");
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
+            let dir = init_node(
+                &registry,
+                n as u32,
+                &format!("テスト病院{n}"),
+                &[
+                    "--directory",
+                    &authority_addr,
+                    "--registry",
+                    &registry_addr,
+                    "--agency-key",
+                    &authority_key,
+                ],
             );
             authority.ok(&[
                 "--config",

@@ -10,10 +10,10 @@ use iryo_proto::signed::Signed;
 use iryo_proto::wire::{DirectoryRequest, DirectoryResponse, RefusalReason};
 use iryo_proto::MedicalId;
 use iryo_tests::federation::{
-    authority_roles, code, field, free_port, patient_my_number, patient_row, sample_bundle,
-    start_ready, Federation, Proc, RawPeer,
+    authority_roles, code, field, init_node, medical_id_of, patient_my_number, patient_row,
+    sample_bundle, start_ready, Federation, Proc, RawPeer,
 };
-use iryo_tests::{node_bin, on_both_backends, write_enrollment, Directory};
+use iryo_tests::{on_both_backends, write_enrollment, Directory};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -41,35 +41,6 @@ fn serve(dir: &Directory, config: &Path, role: &str) -> (Proc, String) {
     assert!(line.contains(&format!("role={role}")), "{line}");
     let addr = field(&line, "p2p").split(',').next().unwrap_or_default();
     (p, addr.to_string())
-}
-
-/// A node's registration for institution `n`, made by `iryo-node init`; its directory.
-fn node(dir: &Directory, n: u32) -> PathBuf {
-    let out_dir = dir.path(&format!("node{n}"));
-    let out = Command::new(node_bin())
-        .args([
-            "init",
-            "--code",
-            &code(n).to_string(),
-            "--name",
-            &format!("医院{n}"),
-            "--out",
-        ])
-        .arg(&out_dir)
-        .args([
-            "--listen",
-            &format!("/ip4/127.0.0.1/tcp/{}", free_port()),
-            "--api",
-            "127.0.0.1:0",
-        ])
-        .output()
-        .expect("iryo-node init");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out_dir
 }
 
 fn node_key(dir: &Path) -> ed25519_dalek::SigningKey {
@@ -107,19 +78,6 @@ fn until_refused(peer: &RawPeer, id: MedicalId, reason: RefusalReason) -> String
             }
         }
     }
-}
-
-fn medical_id(registry: &Directory, i: u64) -> MedicalId {
-    let v = registry.json(&[
-        "show",
-        "--my-number",
-        &patient_my_number(i).to_string(),
-        "--json",
-    ]);
-    v["person"]["medical_id"]
-        .as_str()
-        .and_then(|s| s.parse().ok())
-        .expect("enrolled")
 }
 
 on_both_backends! {
@@ -168,10 +126,10 @@ on_both_backends! {
         let r = rcfg.display().to_string();
         registry.ok(&["--config", &r, "enroll", &file.display().to_string()]);
         let (_r, _raddr) = serve(&registry, &rcfg, "registry");
-        let ids: Vec<MedicalId> = (0..3).map(|i| medical_id(&registry, i)).collect();
+        let ids: Vec<MedicalId> = (0..3).map(|i| medical_id_of(&registry, i)).collect();
 
         // Two institutions are members of the authority.
-        let nodes: Vec<PathBuf> = (0..2).map(|n| node(&authority, n)).collect();
+        let nodes: Vec<PathBuf> = (0..2).map(|n| init_node(&authority, n, &format!("医院{n}"), &[])).collect();
         for n in &nodes {
             authority.ok(&["--config", &a, "institution", "add", &n.join("registration.json").display().to_string()]);
         }
@@ -191,7 +149,7 @@ on_both_backends! {
         assert!(detail.contains("research"), "{detail}");
         // A new ID: the old one is refused with its successor named, the new one served.
         registry.ok(&["--config", &r, "change", "--medical-id", &ids[1].to_string(), "--reason", "card lost"]);
-        let new = medical_id(&registry, 1);
+        let new = medical_id_of(&registry, 1);
         assert_ne!(new, ids[1]);
         let detail = until_refused(&peer, ids[1], RefusalReason::UnknownPatient);
         assert!(detail.contains(&new.to_string()), "{detail}");

@@ -166,19 +166,29 @@ pub(crate) fn record_death(
     p.history.push(Event::Death { date, at });
     t.save_person(&p)?;
     t.mark_death(days(date), p.pid, true)?;
-    t.tell_authority(
-        NoticeKind::Died {
-            medical_id: id,
-            date,
-        },
-        at,
-    )?;
+    tell_death(t, id, date, at)?;
     t.audit_append(&LogEntry::Operator {
         operator: by.into(),
         action: format!("death of {} recorded: {date}", id.grouped()),
         at,
     })?;
     Ok(research_until(date, retention))
+}
+
+/// Tells the authority, on a registry run apart, of a death or its corrected date.
+fn tell_death(
+    t: &mut (impl RegistryTx + ?Sized),
+    id: MedicalId,
+    date: NaiveDate,
+    at: Timestamp,
+) -> Result<()> {
+    t.tell_authority(
+        NoticeKind::Died {
+            medical_id: id,
+            date,
+        },
+        at,
+    )
 }
 
 /// The rules of `Store::correct_death`, for either backend; `reason` is required.
@@ -208,13 +218,7 @@ pub(crate) fn correct_death(
         at,
     });
     t.save_person(&p)?;
-    t.tell_authority(
-        NoticeKind::Died {
-            medical_id: id,
-            date,
-        },
-        at,
-    )?;
+    tell_death(t, id, date, at)?;
     t.audit_append(&LogEntry::Operator {
         operator: by.into(),
         action: format!(
