@@ -606,6 +606,31 @@ impl Federation {
         }
     }
 
+    /// The directory that keeps memberships, consent and the audit log: the exchange
+    /// authority when split, else the one directory.
+    pub fn exchange_dir(&self) -> &Directory {
+        self.split.as_ref().map_or(&self.registry, |s| &s.authority)
+    }
+
+    /// Has `serve` of that directory started with the settings `toml` from now on:
+    /// split, added to the authority's configuration; else a file of its own.
+    pub fn configure_directory(&mut self, toml: &str) {
+        match &self.split {
+            Some(s) => {
+                let mut text =
+                    std::fs::read_to_string(&s.authority_config).expect("authority.toml");
+                text.push('\n');
+                text.push_str(toml);
+                std::fs::write(&s.authority_config, text).expect("write authority.toml");
+            }
+            None => {
+                let path = self.registry.path("directory.toml");
+                std::fs::write(&path, toml).expect("write directory.toml");
+                self.directory_config = Some(path);
+            }
+        }
+    }
+
     /// Kills the registry of a split directory (SIGKILL) and starts it again on the
     /// same address.
     pub fn restart_registry(&mut self) {

@@ -5,7 +5,7 @@
 
 use iryo_proto::note::{Note, VerifierKey};
 use iryo_tests::witnesses::Witness;
-use iryo_tests::{on_both_backends, Directory};
+use iryo_tests::{on_both_backends, on_every_deployment, Directory};
 use std::path::Path;
 
 /// A directory with a few persons enrolled; their medical IDs.
@@ -248,18 +248,18 @@ fn fetch_until(
     }
 }
 
-on_both_backends! {
-fn a_source_serves_records_only_while_witnesses_vouch_for_the_log(backend) {
+on_every_deployment! {
+fn a_source_serves_records_only_while_witnesses_vouch_for_the_log(deployment) {
     use iryo_tests::federation::{sample_bundle, Federation};
-    let mut fed = Federation::start_on(backend, 2, 1, 60);
+    let mut fed = Federation::deploy(deployment, 2, 1, 60);
     let p = fed.patients[0];
     assert_eq!(fed.nodes[0].put_records(p, &sample_bundle(2, 10)).0, 201);
     fed.consent(p, fed.nodes[1].code);
 
-    // The directory asks a witness every second.
-    let (mut w, _, config) = witnessed_every_second(&fed.registry);
+    // The directory (split, the exchange authority) asks a witness every second.
+    let (mut w, _, config) = witnessed_every_second(fed.exchange_dir());
     fed.stop_directory();
-    fed.directory_config = Some(config.into());
+    fed.configure_directory(&std::fs::read_to_string(&config).unwrap());
     fed.start_directory();
 
     // The source requires that witness, confirming the log within 3 s.
