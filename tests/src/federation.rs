@@ -615,19 +615,15 @@ impl Federation {
     /// Has `serve` of that directory started with the settings `toml` from now on:
     /// split, added to the authority's configuration; else a file of its own.
     pub fn configure_directory(&mut self, toml: &str) {
-        match &self.split {
-            Some(s) => {
-                let mut text =
-                    std::fs::read_to_string(&s.authority_config).expect("authority.toml");
-                text.push('\n');
-                text.push_str(toml);
-                std::fs::write(&s.authority_config, text).expect("write authority.toml");
-            }
-            None => {
-                let path = self.registry.path("directory.toml");
-                std::fs::write(&path, toml).expect("write directory.toml");
-                self.directory_config = Some(path);
-            }
+        if let Some(s) = &self.split {
+            let mut text = std::fs::read_to_string(&s.authority_config).expect("authority.toml");
+            text.push('\n');
+            text.push_str(toml);
+            std::fs::write(&s.authority_config, text).expect("write authority.toml");
+        } else {
+            let path = self.registry.path("directory.toml");
+            std::fs::write(&path, toml).expect("write directory.toml");
+            self.directory_config = Some(path);
         }
     }
 
