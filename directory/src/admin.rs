@@ -443,8 +443,8 @@ pub fn execute(
     r.unwrap_or_else(|e| AdminResponse::Error(e.to_string()))
 }
 
-/// The files of the keys and the agency CA, relative to the data directory: a backup
-/// carries them, or a restored store could not sign, issue or serve.
+/// The files of the keys, the agency CA and the recorded role, relative to the data
+/// directory: a backup carries them, or a restored store could not sign, issue or serve.
 fn key_files(config: &Config) -> Result<Vec<std::path::PathBuf>, AdminError> {
     let mut out = Vec::new();
     for dir in ["keys", "ca"] {
@@ -456,6 +456,10 @@ fn key_files(config: &Config) -> Result<Vec<std::path::PathBuf>, AdminError> {
                 out.push(std::path::Path::new(dir).join(e.file_name()));
             }
         }
+    }
+    // The role `init` recorded goes with the keys: a restored registry stays one.
+    if config.data_dir.join("role").is_file() {
+        out.push(std::path::PathBuf::from("role"));
     }
     out.sort();
     Ok(out)

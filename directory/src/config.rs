@@ -115,6 +115,60 @@ impl Default for RolesConfig {
     }
 }
 
+/// The file in the data directory that records the role `init` made it for: a
+/// registry's or an authority's data must never be served as another.
+const ROLE_FILE: &str = "role";
+
+impl Config {
+    /// The role the data directory was made for, if `init` recorded one.
+    pub fn recorded_role(&self) -> Result<Option<ServiceRole>, String> {
+        let path = self.data_dir.join(ROLE_FILE);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => match text.trim() {
+                "all" => Ok(Some(ServiceRole::All)),
+                "registry" => Ok(Some(ServiceRole::Registry)),
+                "authority" => Ok(Some(ServiceRole::Authority)),
+                other => Err(format!(
+                    "{}: {other:?} is not a role (all, registry or authority)",
+                    path.display()
+                )),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(format!("{}: {e}", path.display())),
+        }
+    }
+
+    /// Records the role the data directory is made for (`init`).
+    pub fn record_role(&self) -> std::io::Result<()> {
+        let mut f = crate::files::create_private(&self.data_dir.join(ROLE_FILE))?;
+        std::io::Write::write_all(&mut f, format!("{}\n", self.roles.role.as_str()).as_bytes())
+    }
+
+    /// Settles the role from what `init` recorded and what the configuration or a flag
+    /// says (`asked`): the recorded one stands when nothing else is said; another one
+    /// asked for is refused, naming both.
+    pub fn settle_role(&mut self, asked: Option<ServiceRole>) -> Result<(), String> {
+        let asked = asked.or((self.roles.role != ServiceRole::All).then_some(self.roles.role));
+        match (self.recorded_role()?, asked) {
+            (Some(recorded), Some(a)) if a != recorded => Err(format!(
+                "{} was made for the {} role; this configuration or --role asks for {}: run that role on its own data directory (docs/roles.md)",
+                self.data_dir.display(),
+                recorded.as_str(),
+                a.as_str()
+            )),
+            (Some(recorded), _) => {
+                self.roles.role = recorded;
+                Ok(())
+            }
+            (None, Some(a)) => {
+                self.roles.role = a;
+                Ok(())
+            }
+            (None, None) => Ok(()),
+        }
+    }
+}
+
 impl RolesConfig {
     /// The Ed25519 key of the registry's service peer, for an authority.
     pub fn registry_peer(&self) -> Result<[u8; 32], String> {
@@ -470,6 +524,37 @@ mod tests {
         );
         assert_eq!(good.registry_key().unwrap(), key);
         assert_eq!(good.registry_peer().unwrap(), key.to_bytes());
+    }
+
+    #[test]
+    fn the_role_init_recorded_stands() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Config {
+            data_dir: dir.path().to_path_buf(),
+            ..Config::default()
+        };
+        // Nothing recorded: what is asked, else the configuration's.
+        c.settle_role(None).unwrap();
+        assert_eq!(c.roles.role, ServiceRole::All);
+        c.roles.role = ServiceRole::Registry;
+        c.record_role().unwrap();
+        // Recorded: it stands when nothing is asked, and another is refused.
+        let mut later = Config {
+            data_dir: dir.path().to_path_buf(),
+            ..Config::default()
+        };
+        later.settle_role(None).unwrap();
+        assert_eq!(later.roles.role, ServiceRole::Registry);
+        let e = later.settle_role(Some(ServiceRole::Authority)).unwrap_err();
+        assert!(
+            e.contains("registry role") && e.contains("authority"),
+            "{e}"
+        );
+        std::fs::write(dir.path().join("role"), "<script>").unwrap();
+        assert!(later
+            .settle_role(None)
+            .unwrap_err()
+            .contains("is not a role"));
     }
 
     #[test]

@@ -678,7 +678,7 @@ impl Federation {
     pub fn start_split(backend: Backend, nodes: usize, patients: u64) -> Self {
         let registry = Directory::on(backend);
         let authority = Directory::on(backend);
-        registry.ok(&["init"]);
+        registry.ok(&["init", "--role", "registry"]);
         authority.ok(&["init", "--role", "authority"]);
         let authority_config = authority.path("authority.toml");
         std::fs::write(&authority_config, authority_roles(&registry))

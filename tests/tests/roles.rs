@@ -84,7 +84,7 @@ on_both_backends! {
     fn a_registry_apart_tells_the_authority_of_deaths_and_id_changes(backend) {
         let registry = Directory::on(backend);
         let authority = Directory::on(backend);
-        registry.ok(&["init"]);
+        registry.ok(&["init", "--role", "registry"]);
         let made = authority.ok(&["init", "--role", "authority"]);
         assert!(made.contains("no issuance key"), "{made}");
         // The authority holds no key that issues medical IDs.
@@ -102,6 +102,12 @@ on_both_backends! {
         };
         let (registry_key, authority_key) = (root(&registry), root(&authority));
         assert_ne!(registry_key, authority_key);
+        // Each data directory keeps the role it was made for.
+        let refused = registry.fails(&["serve", "--role", "authority", "--listen", "/ip4/127.0.0.1/tcp/0"]);
+        assert!(
+            refused.contains("was made for the registry role") && refused.contains("asks for authority"),
+            "{refused}"
+        );
 
         let acfg = authority.path("authority.toml");
         std::fs::write(&acfg, authority_roles(&registry)).unwrap();

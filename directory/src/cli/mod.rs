@@ -157,6 +157,17 @@ pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
     if let Some(url) = &cli.database {
         config.storage.url = Some(url.clone());
     }
+    // What `init` recorded decides the role; init and serve may ask for one themselves.
+    let asked = match &cli.command {
+        Command::Init(a) => a.role(),
+        Command::Serve(a) => a.role(),
+        _ => None,
+    };
+    if !matches!(cli.command, Command::Init(_)) {
+        config.settle_role(asked).map_err(|e| anyhow::anyhow!(e))?;
+    } else if let Some(role) = asked {
+        config.roles.role = role;
+    }
     if config.storage.url.is_some() {
         if let Some(name) = not_on_postgres(&cli.command) {
             bail!(

@@ -213,6 +213,12 @@ pub(super) struct ShowArgs {
     json: bool,
 }
 
+impl InitArgs {
+    pub(super) fn role(&self) -> Option<iryo_directory::config::ServiceRole> {
+        self.role
+    }
+}
+
 pub(super) fn init(mut config: Config, a: InitArgs) -> Result<ExitCode> {
     if let Some(role) = a.role {
         config.roles.role = role;
@@ -233,7 +239,9 @@ pub(super) fn init(mut config: Config, a: InitArgs) -> Result<ExitCode> {
         println!("created {}", ctx.config.db_path().display());
         keys
     };
+    ctx.config.record_role()?;
     println!("keys in {} (mode 0600)", ctx.config.keys_dir().display());
+    println!("role: {}", ctx.config.roles.role.as_str());
     if keys.issuance.is_some() {
         println!("issuance method: {}", ctx.config.issuance.method.as_str());
     } else {

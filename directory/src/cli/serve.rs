@@ -22,15 +22,19 @@ pub(super) struct ServeArgs {
     role: Option<iryo_directory::config::ServiceRole>,
 }
 
-pub(super) fn run(mut config: Config, a: ServeArgs) -> Result<ExitCode> {
+impl ServeArgs {
+    pub(super) fn role(&self) -> Option<iryo_directory::config::ServiceRole> {
+        self.role
+    }
+}
+
+/// `config.roles.role` is settled before: what `init` recorded, or `--role`.
+pub(super) fn run(config: Config, a: ServeArgs) -> Result<ExitCode> {
     let ServeArgs {
         listen,
         https,
-        role,
+        role: _,
     } = a;
-    if let Some(role) = role {
-        config.roles.role = role;
-    }
     let listen: libp2p::Multiaddr = listen
         .unwrap_or_else(|| config.service.listen.clone())
         .parse()
