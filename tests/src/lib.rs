@@ -8,6 +8,7 @@ pub mod https;
 pub mod local;
 pub mod pg;
 pub mod rows;
+pub mod split;
 pub mod stores;
 pub mod witnesses;
 

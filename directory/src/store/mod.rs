@@ -12,6 +12,7 @@ mod enroll;
 pub(crate) mod federation;
 mod folding;
 mod front;
+mod grants;
 mod group;
 pub(crate) mod idempotency;
 pub mod initial_load;
