@@ -47,6 +47,15 @@ pub fn field<'a>(line: &'a str, key: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
 }
 
+/// The first p2p address a `serve` ready line names, ending in /p2p/<peer id>.
+pub fn first_p2p(line: &str) -> String {
+    field(line, "p2p")
+        .split(',')
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
 /// A free port on 127.0.0.1, for the libp2p address a node registers before it starts.
 /// Taken below the kernel's range for ephemeral ports (32768 and up here), at random:
 /// between this choice and the node's start, every process of the suite binds port 0,
@@ -487,11 +496,7 @@ impl Federation {
                 &self.listen,
             ]);
             let (p, line) = start_ready(cmd, "iryo-directory serve (authority)");
-            self.directory_addr = field(&line, "p2p")
-                .split(',')
-                .next()
-                .unwrap_or_default()
-                .to_string();
+            self.directory_addr = first_p2p(&line);
             self.directory = Some(p);
             return;
         }
@@ -512,11 +517,7 @@ impl Federation {
             .env_remove("SSLKEYLOGFILE");
         self.registry.database_env(&mut cmd);
         let (p, line) = start_ready(cmd, "iryo-directory serve");
-        self.directory_addr = field(&line, "p2p")
-            .split(',')
-            .next()
-            .unwrap_or_default()
-            .to_string();
+        self.directory_addr = first_p2p(&line);
         self.agency_key = field(&line, "agency_key").to_string();
         self.https = field(&line, "https").to_string();
         self.directory = Some(p);
@@ -548,11 +549,7 @@ impl Federation {
             .env_remove("SSLKEYLOGFILE");
         self.registry.database_env(&mut cmd);
         let (p, line) = start_ready(cmd, "iryo-directory serve");
-        let addr = field(&line, "p2p")
-            .split(',')
-            .next()
-            .unwrap_or_default()
-            .to_string();
+        let addr = first_p2p(&line);
         (p, addr)
     }
 

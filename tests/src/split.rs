@@ -3,8 +3,8 @@
 //! and keys, nodes members of the authority and checking at the registry.
 
 use crate::federation::{
-    api_agent, code, field, init_node, medical_id_of, patient_row, start_ready, Federation,
-    NodeProc, Proc,
+    api_agent, code, field, first_p2p, init_node, medical_id_of, patient_row, start_ready,
+    Federation, NodeProc, Proc,
 };
 use crate::{write_enrollment, Backend, Deployment, Directory};
 use iryo_node::config::NodeConfig;
@@ -124,11 +124,7 @@ impl Federation {
                 "/ip4/127.0.0.1/tcp/0",
             ]);
             let (p, line) = start_ready(cmd, "iryo-directory serve (split)");
-            let addr = field(&line, "p2p")
-                .split(',')
-                .next()
-                .unwrap_or_default()
-                .to_string();
+            let addr = first_p2p(&line);
             (p, addr, field(&line, "agency_key").to_string())
         };
         let (authority_proc, authority_addr, authority_key) = serve(&authority, &authority_config);

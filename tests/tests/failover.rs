@@ -36,7 +36,7 @@ fn a_node_moves_to_the_next_directory_when_one_does_not_answer() {
         .env("RUST_LOG", "warn")
         .env_remove("SSLKEYLOGFILE");
     let (_second_proc, line) = start_ready(cmd, "iryo-directory serve");
-    let second_addr = field(&line, "p2p").split(',').next().unwrap().to_string();
+    let second_addr = iryo_tests::federation::first_p2p(&line);
     fed.nodes[0].set_directory_addresses(vec![nowhere, live, second_addr]);
     assert!(fed.nodes[0].finds_eligible(p));
     fed.stop_directory();

@@ -10,8 +10,8 @@ use iryo_proto::signed::Signed;
 use iryo_proto::wire::{DirectoryRequest, DirectoryResponse, RefusalReason};
 use iryo_proto::MedicalId;
 use iryo_tests::federation::{
-    authority_roles, code, field, init_node, medical_id_of, patient_my_number, patient_row,
-    sample_bundle, start_ready, Federation, Proc, RawPeer,
+    authority_roles, code, init_node, medical_id_of, patient_my_number, patient_row, sample_bundle,
+    start_ready, Federation, Proc, RawPeer,
 };
 use iryo_tests::{on_both_backends, write_enrollment, Directory};
 use std::path::{Path, PathBuf};
@@ -39,8 +39,7 @@ fn serve(dir: &Directory, config: &Path, role: &str) -> (Proc, String) {
     ]);
     let (p, line) = start_ready(cmd, role);
     assert!(line.contains(&format!("role={role}")), "{line}");
-    let addr = field(&line, "p2p").split(',').next().unwrap_or_default();
-    (p, addr.to_string())
+    (p, iryo_tests::federation::first_p2p(&line))
 }
 
 fn node_key(dir: &Path) -> ed25519_dalek::SigningKey {

@@ -311,7 +311,7 @@ fn witnessed_size(d: &Directory) -> u64 {
 /// the embedded store, whose files copy into a fork while the directory is stopped.
 #[test]
 fn a_node_shown_a_forked_log_raises_the_alarm_and_serves_nothing() {
-    use iryo_tests::federation::{field, sample_bundle, start_ready, Federation};
+    use iryo_tests::federation::{sample_bundle, start_ready, Federation};
     let mut fed = Federation::start(2, 1, 60);
     let p = fed.patients[0];
     assert_eq!(fed.nodes[0].put_records(p, &sample_bundle(2, 10)).0, 201);
@@ -357,7 +357,7 @@ fn a_node_shown_a_forked_log_raises_the_alarm_and_serves_nothing() {
         ]),
         "the forked iryo-directory serve",
     );
-    let fork_addr = field(&line, "p2p").split(',').next().unwrap().to_string();
+    let fork_addr = iryo_tests::federation::first_p2p(&line);
     for _ in 0..honest + 3 {
         forked.ok(&[
             "check",
