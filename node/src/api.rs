@@ -14,6 +14,7 @@ use iryo_proto::eligibility::{CheckKey, CheckRequest};
 use iryo_proto::federation::Purpose;
 use iryo_proto::wire::RefusalReason;
 use iryo_proto::*;
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::json;
 use std::sync::Arc;
@@ -105,12 +106,22 @@ async fn authorise(State(node): State<Arc<Node>>, req: Request, next: Next) -> R
     if ok {
         next.run(req).await
     } else {
+        drain(req.into_body()).await;
         error(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "missing or wrong bearer token",
         )
     }
+}
+
+/// Reads what is left of a refused request's body (at most 64 KiB, for at most a second)
+/// before the refusal goes out. A socket closed with unread bytes in it is reset by the
+/// kernel, and the reset can reach the client before the refusal does, so the EMR would
+/// see a dropped connection instead of the reason.
+async fn drain(body: axum::body::Body) {
+    let read = axum::body::to_bytes(body, 64 << 10);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), read).await;
 }
 
 /// A Bundle already written as JSON, sent as it is.
@@ -178,25 +189,24 @@ struct FetchBody {
 }
 
 /// The request's `Idempotency-Key` header, if it has one; a malformed one is refused
-/// with 400 `bad_idempotency_key` before the body is read.
-struct Idempotency(Option<IdempotencyKey>);
+/// with 400 `bad_idempotency_key`, after the body is read (see `drain`).
+struct Idempotency<T>(Option<IdempotencyKey>, T);
 
-impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Idempotency {
+impl<S: Send + Sync, T: DeserializeOwned> axum::extract::FromRequest<S> for Idempotency<T> {
     type Rejection = Response;
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        _: &S,
-    ) -> Result<Self, Response> {
-        crate::idempotency::from_headers(&parts.headers)
-            .map(Idempotency)
+    async fn from_request(req: Request, state: &S) -> Result<Self, Response> {
+        let key = crate::idempotency::from_headers(req.headers());
+        let Json(body) = Json::<T>::from_request(req, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        key.map(|k| Idempotency(k, body))
             .map_err(|e| error(StatusCode::BAD_REQUEST, "bad_idempotency_key", e))
     }
 }
 
 async fn fetch(
     State(node): State<Arc<Node>>,
-    Idempotency(key): Idempotency,
-    Json(b): Json<FetchBody>,
+    Idempotency(key, b): Idempotency<FetchBody>,
 ) -> Response {
     let ask = exchange::FetchAsk {
         medical_id: b.medical_id,
@@ -256,8 +266,7 @@ struct EligibilityBody {
 
 async fn eligibility(
     State(node): State<Arc<Node>>,
-    Idempotency(idempotency_key): Idempotency,
-    Json(b): Json<EligibilityBody>,
+    Idempotency(idempotency_key, b): Idempotency<EligibilityBody>,
 ) -> Response {
     let key = match (b.insurer, b.symbol, b.number) {
         (Some(insurer), Some(symbol), Some(number)) => {

@@ -109,3 +109,102 @@ on_every_deployment! {
         assert_eq!(shown["service_use"].as_array().map_or(0, Vec::len), 2);
     }
 }
+
+/// One HTTP/1.1 connection to a node's API, as an EMR's client keeps it between calls.
+struct Connection(std::io::BufReader<std::net::TcpStream>, String);
+
+impl Connection {
+    fn open(node: &NodeProc) -> Self {
+        let addr = node.api.trim_start_matches("http://").to_string();
+        let s = std::net::TcpStream::connect(&addr).expect("connect to the node's API");
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .expect("timeout");
+        Connection(std::io::BufReader::new(s), addr)
+    }
+
+    /// Sends a POST whose body follows its headers after `pause`, as a slow client on a
+    /// busy network does, and reads the answer: its status line and body, or what went
+    /// wrong.
+    fn post(
+        &mut self,
+        path: &str,
+        headers: &str,
+        body: &str,
+        pause: std::time::Duration,
+    ) -> Result<(String, String), std::io::Error> {
+        use std::io::{BufRead, Read, Write};
+        let s = self.0.get_mut();
+        write!(
+            s,
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n{headers}\r\n",
+            self.1,
+            body.len()
+        )?;
+        std::thread::sleep(pause);
+        s.write_all(body.as_bytes())?;
+        let mut status = String::new();
+        self.0.read_line(&mut status)?;
+        let mut length = 0;
+        loop {
+            let mut line = String::new();
+            self.0.read_line(&mut line)?;
+            if line.trim().is_empty() {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse().unwrap_or(0);
+                }
+            }
+        }
+        let mut answer = vec![0; length];
+        self.0.read_exact(&mut answer)?;
+        Ok((
+            status.trim().to_string(),
+            String::from_utf8_lossy(&answer).into_owned(),
+        ))
+    }
+}
+
+/// A refusal decided from the headers alone (a bad key, a wrong token) leaves the EMR's
+/// connection usable: the node reads the body before it answers, so the connection is
+/// neither closed under a client that keeps it for its next call nor reset under one
+/// still sending.
+#[test]
+fn a_refusal_from_the_headers_leaves_the_connection_usable() {
+    let fed = Federation::start(1, 1, 60);
+    let node = &fed.nodes[0];
+    let body = json!({ "medical_id": fed.patients[0].to_string() }).to_string();
+    let auth = format!("Authorization: Bearer {}\r\n", node.token);
+    let late = std::time::Duration::from_millis(300);
+    let mut c = Connection::open(node);
+    let (status, answer) = c
+        .post(
+            "/eligibility",
+            &format!("{auth}Idempotency-Key: a b\r\n"),
+            &body,
+            late,
+        )
+        .expect("the refusal");
+    assert!(
+        status.contains(" 400 ") && answer.contains("bad_idempotency_key"),
+        "{status} {answer}"
+    );
+    let (status, answer) = c
+        .post(
+            "/eligibility",
+            "Authorization: Bearer wrong\r\n",
+            &body,
+            late,
+        )
+        .expect("the same connection answers again");
+    assert!(
+        status.contains(" 401 ") && answer.contains("unauthorized"),
+        "{status} {answer}"
+    );
+    let (status, answer) = c
+        .post("/eligibility", &auth, &body, std::time::Duration::ZERO)
+        .expect("the same connection serves the next call");
+    assert!(status.contains(" 200 "), "{status} {answer}");
+}
