@@ -284,5 +284,24 @@ pub fn registry_notice(kind: &iryo_proto::roles::NoticeKind) -> String {
             medical_id.grouped(),
             format_time(*until)
         ),
+        NoticeKind::Visited {
+            institution,
+            medical_id,
+            date,
+            eligible,
+        } => format!(
+            "the holder of {} was seen at {institution} on {date} ({})",
+            medical_id.grouped(),
+            if *eligible { "covered" } else { "not covered" }
+        ),
+        NoticeKind::PortalCode {
+            medical_id,
+            expires,
+            ..
+        } => format!(
+            "a letter gave the holder of {} a My Portal code, valid until {}",
+            medical_id.grouped(),
+            format_time(*expires)
+        ),
     }
 }

@@ -60,6 +60,45 @@ pub enum NoticeKind {
         /// When the consent lapses.
         until: Time,
     },
+    /// The patient was seen at `institution` on `date`: an eligibility check named
+    /// them, for My Portal's list of where they were served.
+    Visited {
+        /// Where the check was made.
+        institution: InstitutionCode,
+        /// The patient's current ID.
+        medical_id: MedicalId,
+        /// The day of the visit the institution stated.
+        date: NaiveDate,
+        /// Whether the patient was found covered.
+        eligible: bool,
+    },
+    /// A letter gave the patient a one-time code to open My Portal. The notice carries
+    /// the code's hash bound to the medical ID (`portal_code_hash`), never the code.
+    PortalCode {
+        /// The ID the letter was printed for.
+        medical_id: MedicalId,
+        /// `portal_code_hash(medical_id, code)`.
+        hash: [u8; 32],
+        /// When the code stops working.
+        expires: Time,
+    },
+}
+
+/// The hash by which the exchange authority knows a portal code: bound to the medical
+/// ID, so that one hash never fits another patient, and to its purpose. Letters print
+/// the code in groups (`ABCD-EFGH-JKMN`); spaces, hyphens and case do not count.
+pub fn portal_code_hash(medical_id: MedicalId, code: &str) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let norm: String = code
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .map(|c| c.to_ascii_uppercase())
+        .collect();
+    let mut h = Sha256::new();
+    h.update(b"iryo/portal-code/1\0");
+    h.update(medical_id.as_u64().to_be_bytes());
+    h.update(norm.as_bytes());
+    h.finalize().into()
 }
 
 impl NoticeKind {
@@ -70,7 +109,9 @@ impl NoticeKind {
             NoticeKind::Died { medical_id, .. }
             | NoticeKind::DeathWithdrawn { medical_id }
             | NoticeKind::Retired { medical_id }
-            | NoticeKind::VisitConsent { medical_id, .. } => vec![*medical_id],
+            | NoticeKind::VisitConsent { medical_id, .. }
+            | NoticeKind::Visited { medical_id, .. }
+            | NoticeKind::PortalCode { medical_id, .. } => vec![*medical_id],
         }
     }
 }

@@ -20,6 +20,13 @@ const sourceCode = env("SOURCE_CODE");
 const shots = env("SCREENSHOTS");
 const operatorCert = env("OPERATOR_CERT");
 const operatorKey = env("OPERATOR_KEY");
+// Where the registry runs apart from the exchange authority (docs/roles.md), its own
+// front and CA serve the persons' part of the console; My Portal and the institutions
+// are the authority's, at PORTAL_URL.
+const registry = process.env.REGISTRY_URL || portal;
+const split = registry !== portal;
+const registryCert = process.env.REGISTRY_OPERATOR_CERT || operatorCert;
+const registryKey = process.env.REGISTRY_OPERATOR_KEY || operatorKey;
 mkdirSync(shots, { recursive: true });
 
 function check(ok, what) {
@@ -42,11 +49,12 @@ async function fetchRecords(purpose, reason) {
 // Each of `paths`, in Japanese and in English, at a phone's width and a desktop's:
 // nothing scrolls sideways, axe-core finds no violations, and a screenshot is left.
 // (page.evaluate runs outside the page's CSP, which forbids the page scripts.)
-async function accessible(page, context, paths, widths = [375, 1280]) {
+async function accessible(page, context, paths, base = portal) {
+  const widths = [375, 1280];
   for (const lang of ["ja", "en"]) {
-    await context.addCookies([{ name: "lang", value: lang, url: portal }]);
+    await context.addCookies([{ name: "lang", value: lang, url: base }]);
     for (const path of paths) {
-      await page.goto(`${portal}${path}`);
+      await page.goto(`${base}${path}`);
       for (const width of widths) {
         await page.setViewportSize({ width, height: 900 });
         const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
@@ -60,7 +68,7 @@ async function accessible(page, context, paths, widths = [375, 1280]) {
       }
     }
   }
-  await context.addCookies([{ name: "lang", value: "ja", url: portal }]);
+  await context.addCookies([{ name: "lang", value: "ja", url: base }]);
   await page.setViewportSize({ width: 390, height: 844 });
 }
 
@@ -105,7 +113,12 @@ try {
   await page.waitForURL("**/portal/home");
   const shown = (await page.textContent("#medical-id")).trim();
   check(shown.replaceAll("-", "") === medicalId.replaceAll("-", ""), `home shows the medical ID ${shown}`);
-  check((await page.textContent("#coverage")).includes("加入中"), "insurance in force, in Japanese");
+  if (split) {
+    check((await page.textContent("#kept-apart")).includes("登録機関"), "the authority says the registry keeps name and insurance apart");
+    check((await page.locator("#coverage").count()) === 0, "and shows none of them");
+  } else {
+    check((await page.textContent("#coverage")).includes("加入中"), "insurance in force, in Japanese");
+  }
   await shot("home");
 
   // Sign out, then sign in with the passphrase; the activation code works once.
@@ -196,15 +209,21 @@ try {
   await shot("access-en");
   console.log("portal: all checks passed");
 
-  // The operator console, with the operator's client certificate.
-  const opContext = await browser.newContext({
-    ignoreHTTPSErrors: true,
-    viewport: { width: 1100, height: 900 },
-    clientCertificates: [{ origin: new URL(portal).origin, certPath: operatorCert, keyPath: operatorKey }],
-  });
-  const op = await opContext.newPage();
+  // The operator console, with the operator's client certificate: one console, or the
+  // registry's (persons, cases) and the authority's (institutions) when split.
+  const consoleAt = async (base, certPath, keyPath) => {
+    const ctx = await browser.newContext({
+      ignoreHTTPSErrors: true,
+      viewport: { width: 1100, height: 900 },
+      clientCertificates: [{ origin: new URL(base).origin, certPath, keyPath }],
+    });
+    return { ctx, page: await ctx.newPage() };
+  };
+  const reg = await consoleAt(registry, registryCert, registryKey);
+  const auth = split ? await consoleAt(portal, operatorCert, operatorKey) : reg;
+  const op = reg.page;
   const opShot = (name) => op.screenshot({ path: `${shots}/${name}.png`, fullPage: true });
-  await op.goto(`${portal}/operator/`);
+  await op.goto(`${registry}/operator/`);
   check((await op.textContent("#operator")).includes("operator sato"), "the console knows the operator from the certificate");
   await op.fill("#q", medicalId);
   await submit(op, "#search button");
@@ -214,9 +233,9 @@ try {
   await opShot("console-person");
 
   // A case shows both sides with the differing fields marked and what each action does.
-  await op.goto(`${portal}/operator/cases?kind=conflict`);
+  await op.goto(`${registry}/operator/cases?kind=conflict`);
   check((await op.locator("div.case[id^=mismatch-]").count()) === 0, "the queue filters by kind");
-  await op.goto(`${portal}/operator/cases`);
+  await op.goto(`${registry}/operator/cases`);
   const mismatch = op.locator("div.case[id^=mismatch-]").first();
   check((await mismatch.locator("table.compare tr.differs").count()) > 0, "a mismatch compares the two people, differences marked");
   check((await mismatch.locator("ul.effects li").count()) === 2, "and says what each action will change");
@@ -228,24 +247,39 @@ try {
   await op.waitForURL("**/operator/cases");
   check((await op.locator(`#${caseId}`).count()) === 0, `${caseId} resolved with a reason`);
 
-  await op.goto(`${portal}/operator/audit?medical_id=${medicalId}`);
+  await op.goto(`${registry}/operator/audit?medical_id=${medicalId}`);
   const opProofs = await op.locator(".proof").allTextContents();
   check(opProofs.length > 0 && opProofs.every((p) => p.includes("✔")), "the console checks inclusion proofs");
   await opShot("console-audit");
 
-  await op.goto(`${portal}/operator/institutions`);
-  const row = op.locator("tr.institution", { hasText: requesterCode });
-  await Promise.all([op.waitForNavigation({ waitUntil: "load" }), row.locator("button").click()]);
-  await op.waitForURL("**/operator/institutions");
-  check((await op.locator("tr.institution", { hasText: requesterCode }).textContent()).includes("失効"), "institution revoked in the console");
+  const ap = auth.page;
+  if (split) {
+    await ap.goto(`${portal}/operator/`);
+    check(ap.url().endsWith("/operator/institutions"), "the authority's console starts at its institutions");
+    const persons = await auth.ctx.request.get(`${portal}/operator/person?q=${medicalId}`);
+    check(persons.status() === 404, `and has no page of persons (${persons.status()})`);
+  }
+  await ap.goto(`${portal}/operator/institutions`);
+  const row = ap.locator("tr.institution", { hasText: requesterCode });
+  await Promise.all([ap.waitForNavigation({ waitUntil: "load" }), row.locator("button").click()]);
+  await ap.waitForURL("**/operator/institutions");
+  check((await ap.locator("tr.institution", { hasText: requesterCode }).textContent()).includes("失効"), "institution revoked in the console");
   r = await fetchRecords("treatment");
   check(r.status === 403, `a revoked institution is refused at once (${r.body.reason})`);
 
-  await op.goto(`${portal}/operator/audit`);
+  await op.goto(`${registry}/operator/audit`);
   const log = await op.textContent("#audit");
-  check(log.includes("operator sato") && log.includes("mismatch") && log.includes("revoked"), "operator actions are in the audit log under the certificate's name");
+  check(log.includes("operator sato") && log.includes("mismatch"), "the registry's operator actions are in its audit log under the certificate's name");
+  await ap.goto(`${portal}/operator/audit`);
+  const authLog = await ap.textContent("#audit");
+  check(authLog.includes("operator sato") && authLog.includes("revoked"), "the revocation is in the authority's audit log under the certificate's name");
   await opShot("console-log");
-  await accessible(op, opContext, ["/operator/", "/operator/cases", "/operator/institutions", "/operator/audit"]);
+  if (split) {
+    await accessible(op, reg.ctx, ["/operator/", "/operator/cases", "/operator/audit"], registry);
+    await accessible(ap, auth.ctx, ["/operator/institutions", "/operator/audit"]);
+  } else {
+    await accessible(op, reg.ctx, ["/operator/", "/operator/cases", "/operator/institutions", "/operator/audit"]);
+  }
   console.log("console: all checks passed");
 } finally {
   await browser.close();

@@ -494,9 +494,12 @@ impl Federation {
                 "serve",
                 "--listen",
                 &self.listen,
+                "--https",
+                &self.https_listen(),
             ]);
             let (p, line) = start_ready(cmd, "iryo-directory serve (authority)");
             self.directory_addr = first_p2p(&line);
+            self.https = field(&line, "https").to_string();
             self.directory = Some(p);
             return;
         }

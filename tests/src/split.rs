@@ -17,6 +17,9 @@ pub struct Split {
     pub registry_config: PathBuf,
     pub registry_proc: Option<Proc>,
     pub registry_addr: String,
+    /// The registry's HTTPS front (insurers, its operator console); the federation's
+    /// `https` is the authority's (My Portal, its console).
+    pub registry_https: String,
 }
 
 /// The `[roles]` of an exchange authority that hears `registry`: its root key, which
@@ -59,6 +62,49 @@ impl Federation {
         }
     }
 
+    /// Runs an operator command at the registry: the registry half when split, the one
+    /// directory otherwise.
+    pub fn at_registry(&self, args: &[&str]) -> String {
+        match &self.split {
+            Some(s) => {
+                let config = s.registry_config.display().to_string();
+                let mut with = vec!["--config", config.as_str()];
+                with.extend_from_slice(args);
+                self.registry.ok(&with)
+            }
+            None => self.registry.ok(args),
+        }
+    }
+
+    /// Waits until the exchange authority has applied every notice the registry queued:
+    /// at once when the directory is not split.
+    pub fn until_told(&self) {
+        if self.split.is_none() {
+            return;
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let status: serde_json::Value =
+                serde_json::from_str(&self.at_registry(&["status"])).expect("status is JSON");
+            if status["notices_waiting"] == 0 {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the registry's notices did not reach the authority: {status}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+
+    /// The registry's HTTPS front: the registry half's when split, the one directory's
+    /// otherwise.
+    pub fn registry_https(&self) -> &str {
+        self.split
+            .as_ref()
+            .map_or(&self.https, |s| &s.registry_https)
+    }
+
     /// Kills the registry of a split directory (SIGKILL) and starts it again on the
     /// same address.
     pub fn restart_registry(&mut self) {
@@ -78,6 +124,8 @@ impl Federation {
             "serve",
             "--listen",
             &listen,
+            "--https",
+            &s.registry_https,
         ]);
         let (p, _) = start_ready(cmd, "iryo-directory serve (registry)");
         s.registry_proc = Some(p);
@@ -112,6 +160,9 @@ impl Federation {
         let authority = Directory::on(backend);
         registry.ok(&["init", "--role", "registry"]);
         authority.ok(&["init", "--role", "authority"]);
+        // Each half has its own CA for its own HTTPS front.
+        registry.ok(&["ca", "init"]);
+        authority.ok(&["ca", "init"]);
         let authority_config = authority.path("authority.toml");
         std::fs::write(&authority_config, authority_roles(&registry))
             .expect("write authority.toml");
@@ -122,12 +173,16 @@ impl Federation {
                 "serve",
                 "--listen",
                 "/ip4/127.0.0.1/tcp/0",
+                "--https",
+                "127.0.0.1:0",
             ]);
             let (p, line) = start_ready(cmd, "iryo-directory serve (split)");
             let addr = first_p2p(&line);
-            (p, addr, field(&line, "agency_key").to_string())
+            let https = field(&line, "https").to_string();
+            (p, addr, field(&line, "agency_key").to_string(), https)
         };
-        let (authority_proc, authority_addr, authority_key) = serve(&authority, &authority_config);
+        let (authority_proc, authority_addr, authority_key, authority_https) =
+            serve(&authority, &authority_config);
         let registry_config = registry.path("registry.toml");
         std::fs::write(
             &registry_config,
@@ -144,7 +199,7 @@ impl Federation {
         write_enrollment(&file, &refs);
         let rc = registry_config.display().to_string();
         registry.ok(&["--config", &rc, "enroll", &file.display().to_string()]);
-        let (registry_proc, registry_addr, _) = serve(&registry, &registry_config);
+        let (registry_proc, registry_addr, _, registry_https) = serve(&registry, &registry_config);
         let patients = (0..patients).map(|i| medical_id_of(&registry, i)).collect();
         let agent = api_agent();
         let ac = authority_config.display().to_string();
@@ -196,7 +251,7 @@ impl Federation {
             directory: Some(authority_proc),
             directory_addr: authority_addr,
             agency_key: authority_key,
-            https: String::new(),
+            https: authority_https,
             nodes: node_procs,
             patients,
             listen,
@@ -207,6 +262,7 @@ impl Federation {
                 registry_config,
                 registry_proc: Some(registry_proc),
                 registry_addr,
+                registry_https,
             }),
         }
     }

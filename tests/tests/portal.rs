@@ -3,13 +3,13 @@
 //! installs Chromium and the npm package. Screenshots go to target/portal-screenshots.
 
 use iryo_tests::federation::{sample_bundle, Federation};
-use iryo_tests::on_both_backends;
+use iryo_tests::on_every_deployment;
 use serde_json::json;
 use std::path::Path;
 use std::process::Command;
 
-on_both_backends! {
-    fn a_person_and_an_operator_use_the_portal_and_console_in_chromium(backend) {
+on_every_deployment! {
+    fn a_person_and_an_operator_use_the_portal_and_console_in_chromium(deployment) {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let script = root.join("browser/portal.mjs");
         assert!(
@@ -22,7 +22,7 @@ on_both_backends! {
             "{chromium} missing: apt-get install chromium (.ci/run does)"
         );
 
-        let fed = Federation::start_on(backend, 2, 2, 60);
+        let fed = Federation::deploy(deployment, 2, 2, 60);
         let (source, requester) = (&fed.nodes[0], &fed.nodes[1]);
         let patient = fed.patients[0];
         assert_eq!(source.put_records(patient, &sample_bundle(2, 200)).0, 201);
@@ -43,15 +43,17 @@ on_both_backends! {
             "medical_id": fed.patients[1].to_string(),
         }));
         assert!(status == 200 && answer["mismatch"].is_u64(), "{answer}");
+        // The operator's certificate from the CA of each front (one, unless split).
         let operator = fed.registry.path("operator-sato");
-        fed.operator(&[
-            "ca",
-            "issue",
-            "--operator",
-            "sato",
-            "--out",
-            &operator.display().to_string(),
-        ]);
+        let at_registry = fed.registry.path("operator-sato-registry");
+        for (dir, registry) in [(&operator, false), (&at_registry, true)] {
+            let args = ["ca", "issue", "--operator", "sato", "--out", &dir.display().to_string()];
+            if registry {
+                fed.at_registry(&args);
+            } else {
+                fed.operator(&args);
+            }
+        }
 
         // The letter carries the activation code; the vendor CSV has it too.
         let letters = fed.registry.path("letters");
@@ -69,6 +71,8 @@ on_both_backends! {
             .find(|r| r["medical_id"] == patient.grouped())
             .map(|r| r["activation_code"].clone())
             .expect("a letter for the patient");
+        // Split, the visits and the letter's code reach My Portal by the registry's notices.
+        fed.until_told();
 
         let shots = root.join("../target/portal-screenshots");
         let out = Command::new("node")
@@ -84,6 +88,9 @@ on_both_backends! {
             .env("CHROMIUM", &chromium)
             .env("OPERATOR_CERT", operator.join("cert.pem"))
             .env("OPERATOR_KEY", operator.join("key.pem"))
+            .env("REGISTRY_URL", format!("https://{}", fed.registry_https()))
+            .env("REGISTRY_OPERATOR_CERT", at_registry.join("cert.pem"))
+            .env("REGISTRY_OPERATOR_KEY", at_registry.join("key.pem"))
             .output()
             .expect("node (Node.js) runs the browser script");
         let stdout = String::from_utf8_lossy(&out.stdout);

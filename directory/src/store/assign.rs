@@ -210,6 +210,15 @@ pub(crate) fn letters_sent(
     for (pid, code) in letters {
         super::portal::set_activation(t, *pid, code, expires)?;
         let mut p = t.person(*pid)?;
+        // Where My Portal is the exchange authority's, it learns the code's hash.
+        t.tell_authority(
+            iryo_proto::roles::NoticeKind::PortalCode {
+                medical_id: p.medical_id,
+                hash: iryo_proto::roles::portal_code_hash(p.medical_id, code),
+                expires,
+            },
+            at,
+        )?;
         p.notified_at = Some(at);
         p.history.push(Event::Notified {
             plan: plan.into(),

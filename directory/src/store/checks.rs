@@ -337,6 +337,22 @@ pub(crate) fn append_entries(
     t.audit_append(entry)?;
     if let Some((pid, u)) = used {
         t.append_service_use(*pid, u)?;
+        // Where My Portal is the exchange authority's, it shows the visit there.
+        if let LogEntry::Eligibility {
+            medical_id: Some(medical_id),
+            ..
+        } = entry
+        {
+            t.tell_authority(
+                iryo_proto::roles::NoticeKind::Visited {
+                    institution: u.institution,
+                    medical_id: *medical_id,
+                    date: u.date,
+                    eligible: u.eligible,
+                },
+                u.at,
+            )?;
+        }
     }
     Ok(())
 }
@@ -495,6 +511,11 @@ impl Reader {
             service_uses: linkage::count(&self.tx)?,
             open_conflicts: self.count_open(CONFLICTS, |c: Conflict| c.status)?,
             open_mismatches: self.count_open(MISMATCHES, |m: Mismatch| m.status)?,
+            notices_waiting: match self.tx.open_table(REGISTRY_OUTBOX) {
+                Ok(t) => t.len()?,
+                Err(redb::TableError::TableDoesNotExist(_)) => 0,
+                Err(e) => return Err(e.into()),
+            },
         })
     }
 

@@ -4,7 +4,7 @@
 //! the same database signs no one out, forgets no failed guess and loses no upload.
 
 use super::tables::{PORTAL_SESSIONS, SIGN_IN_TRIES, UPLOAD_JOBS};
-use super::{decode, encode, Result, Serving, Store, StoreError};
+use super::{decode, encode, Holder, Patient, Result, Serving, Store, StoreError};
 use crate::enrollment::Summary;
 use crate::registry::Timestamp;
 use ed25519_dalek::VerifyingKey;
@@ -67,7 +67,24 @@ pub trait TryCounts {
 pub trait Front: Serving + TryCounts {
     fn account(&self, pid: u64) -> Result<Option<super::Account>>;
     /// Uses the activation code once and sets the passphrase hash (`store::portal`).
-    fn activate(&self, pid: u64, code: &str, passphrase_phc: &str, at: Timestamp) -> Result<()>;
+    fn activate(
+        &self,
+        holder: &Holder,
+        code: &str,
+        passphrase_phc: &str,
+        at: Timestamp,
+    ) -> Result<()>;
+    /// The patient `id` names: the exchange authority's subject where it keeps one,
+    /// the person otherwise.
+    fn patient(&self, id: MedicalId) -> Result<Patient> {
+        match self.subject_by_medical_id(id)? {
+            Some(s) => {
+                let current = s.ids.last().copied().unwrap_or(id);
+                Ok(Patient::Subject(s, current))
+            }
+            None => Ok(Patient::Person(Box::new(self.person_by_medical_id(id)?))),
+        }
+    }
     /// Writes what an operator did to the audit log; returns the entry's index.
     fn log_operator(&self, operator: &str, action: String) -> Result<u64>;
 
@@ -177,8 +194,8 @@ impl Front for Store {
         Store::account(self, pid)
     }
 
-    fn activate(&self, pid: u64, code: &str, passphrase_phc: &str, at: Timestamp) -> Result<()> {
-        Store::activate(self, pid, code, passphrase_phc, at)
+    fn activate(&self, holder: &Holder, code: &str, phc: &str, at: Timestamp) -> Result<()> {
+        Store::activate(self, holder, code, phc, at)
     }
 
     fn log_operator(&self, operator: &str, action: String) -> Result<u64> {

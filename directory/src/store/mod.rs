@@ -50,7 +50,7 @@ pub use initial_load::{InitialLoad, LoadProgress};
 pub use intake::plain as plain_check;
 pub(crate) use operations::forward;
 pub use operations::Operations;
-pub use portal::{activation_hash, new_activation_code, Account, Activation};
+pub use portal::{activation_hash, new_activation_code, Account, Activation, Holder, Patient};
 pub use serving::Serving;
 pub(crate) use tables::subtree_key;
 pub(crate) use verify::verify_records;
@@ -561,6 +561,8 @@ pub struct Counts {
     pub service_uses: u64,
     pub open_conflicts: u64,
     pub open_mismatches: u64,
+    /// A registry's notices to the exchange authority not yet applied there.
+    pub notices_waiting: u64,
 }
 
 pub(crate) fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>> {

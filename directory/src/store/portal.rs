@@ -5,6 +5,7 @@ use super::registry_tx::RegistryTx;
 use super::tables::PORTAL_ACCOUNTS;
 use super::{decode, Result, Store, StoreError};
 use crate::registry::Timestamp;
+use iryo_proto::MedicalId;
 use redb::ReadableDatabase;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -89,30 +90,92 @@ impl Store {
 
     /// Uses the activation code once: sets the passphrase hash. Refuses a wrong, used or
     /// expired code without saying which, so the answer teaches a guesser nothing.
-    pub fn activate(
-        &self,
-        pid: u64,
-        code: &str,
-        passphrase_phc: &str,
-        at: Timestamp,
-    ) -> Result<()> {
-        self.write(|t| activate(t, pid, code, passphrase_phc, at))
+    pub fn activate(&self, holder: &Holder, code: &str, phc: &str, at: Timestamp) -> Result<()> {
+        self.write(|t| activate(t, holder, code, phc, at))
     }
+}
+
+/// Who holds the account a code opens: the person or subject `pid`, and the medical
+/// IDs they held, the current one last.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    pub pid: u64,
+    pub ids: Vec<MedicalId>,
+}
+
+/// The patient a medical ID names, as My Portal shows them: a person where the store
+/// keeps persons, a subject on an exchange authority, which knows no name.
+#[derive(Debug, Clone)]
+pub enum Patient {
+    Person(Box<crate::registry::Person>),
+    /// A subject and the ID it holds now (the last of its IDs).
+    Subject(super::subjects::Subject, MedicalId),
+}
+
+impl Patient {
+    pub fn holder(&self) -> Holder {
+        match self {
+            Patient::Person(p) => Holder {
+                pid: p.pid,
+                ids: super::audit::ids_held(p),
+            },
+            Patient::Subject(s, _) => Holder {
+                pid: s.pid,
+                ids: s.ids.clone(),
+            },
+        }
+    }
+
+    /// The ID the patient holds now.
+    pub fn medical_id(&self) -> MedicalId {
+        match self {
+            Patient::Person(p) => p.medical_id,
+            Patient::Subject(_, current) => *current,
+        }
+    }
+
+    pub fn id_state(&self, date: chrono::NaiveDate, retention: u32) -> crate::registry::IdState {
+        match self {
+            Patient::Person(p) => p.id_state(date, retention),
+            Patient::Subject(s, _) => s.id_state(date, retention),
+        }
+    }
+
+    /// The person's record, where this store keeps it.
+    pub fn person(&self) -> Option<&crate::registry::Person> {
+        match self {
+            Patient::Person(p) => Some(p),
+            Patient::Subject(..) => None,
+        }
+    }
+}
+
+/// Whether `code` is the one `hash` was made from for `holder`: bound to the person
+/// where the registry printed the letter, or, where the exchange authority keeps the
+/// account, to one of the medical IDs the registry's notice named.
+fn fits(hash: &[u8; 32], holder: &Holder, code: &str) -> bool {
+    *hash == activation_hash(holder.pid, code)
+        || holder
+            .ids
+            .iter()
+            .any(|id| *hash == iryo_proto::roles::portal_code_hash(*id, code))
 }
 
 /// Uses a person's activation code once and sets the passphrase hash, on either
 /// backend.
 pub(crate) fn activate(
     t: &mut (impl RegistryTx + ?Sized),
-    pid: u64,
+    holder: &Holder,
     code: &str,
     passphrase_phc: &str,
     at: Timestamp,
 ) -> Result<()> {
-    let hash = activation_hash(pid, code);
+    let pid = holder.pid;
     let mut a = t.account(pid)?.ok_or_else(bad_code)?;
     match &mut a.activation {
-        Some(act) if !act.used && act.expires > at && act.hash == hash => act.used = true,
+        Some(act) if !act.used && act.expires > at && fits(&act.hash, holder, code) => {
+            act.used = true;
+        }
         _ => return Err(bad_code()),
     }
     a.passphrase = Some(passphrase_phc.to_string());
@@ -131,9 +194,21 @@ pub(super) fn set_activation(
     code: &str,
     expires: Timestamp,
 ) -> Result<()> {
+    set_activation_hash(t, pid, activation_hash(pid, code), expires)
+}
+
+/// Stores a code's hash as the account's activation, replacing any unused one: the
+/// registry's own, or the one its notice carried to the exchange authority. A new code
+/// leaves the passphrase as it is: it works once, to set another.
+pub(super) fn set_activation_hash(
+    t: &mut (impl RegistryTx + ?Sized),
+    pid: u64,
+    hash: [u8; 32],
+    expires: Timestamp,
+) -> Result<()> {
     let mut a = t.account(pid)?.unwrap_or_default();
     a.activation = Some(Activation {
-        hash: activation_hash(pid, code),
+        hash,
         expires,
         used: false,
     });

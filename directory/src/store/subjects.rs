@@ -158,6 +158,34 @@ pub(crate) fn apply_notice(
                 },
             )?;
         }
+        NoticeKind::Visited {
+            institution,
+            medical_id,
+            date,
+            eligible,
+        } => {
+            let s = subject_for(t, medical_id)?;
+            t.append_service_use(
+                s.pid,
+                &crate::registry::ServiceUse {
+                    institution,
+                    date,
+                    eligible,
+                    at: n.at,
+                },
+            )?;
+        }
+        NoticeKind::PortalCode {
+            medical_id,
+            hash,
+            expires,
+        } => {
+            let s = subject_for(t, medical_id)?;
+            super::portal::set_activation_hash(t, s.pid, hash, expires)?;
+            // Not logged: the hash would let anyone who reads the log try codes
+            // offline. The registry's own log records the letter.
+            return Ok(Applied::New);
+        }
     }
     t.audit_append(&LogEntry::RegistryNotice {
         notice: signed.clone(),

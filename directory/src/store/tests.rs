@@ -416,21 +416,60 @@ fn activation_codes_work_once_and_expire() {
     let dir = tempfile::tempdir().unwrap();
     let s = store(&dir);
     let codes = s.issue_activations(&[1, 2], 1_000).unwrap();
+    let (one, two) = (
+        Holder {
+            pid: 1,
+            ids: vec![],
+        },
+        Holder {
+            pid: 2,
+            ids: vec![],
+        },
+    );
     // Wrong code, or another person's code: refused, nothing set.
-    assert!(s.activate(1, "AAAA-BBBB-CCCC", "phc", 10).is_err());
-    assert!(s.activate(1, &codes[1], "phc", 10).is_err());
+    assert!(s.activate(&one, "AAAA-BBBB-CCCC", "phc", 10).is_err());
+    assert!(s.activate(&one, &codes[1], "phc", 10).is_err());
     assert_eq!(s.account(1).unwrap().unwrap().passphrase, None);
     // Typed in lower case without dashes it still fits; then it is used up.
     let typed = codes[0].to_lowercase().replace('-', "");
-    s.activate(1, &typed, "phc-1", 10).unwrap();
+    s.activate(&one, &typed, "phc-1", 10).unwrap();
     assert_eq!(
         s.account(1).unwrap().unwrap().passphrase.as_deref(),
         Some("phc-1")
     );
-    assert!(s.activate(1, &codes[0], "phc-2", 11).is_err());
+    assert!(s.activate(&one, &codes[0], "phc-2", 11).is_err());
     // Expired.
-    assert!(s.activate(2, &codes[1], "phc", 1_000).is_err());
+    assert!(s.activate(&two, &codes[1], "phc", 1_000).is_err());
     assert!(s.account(3).unwrap().is_none());
+}
+
+#[test]
+fn a_code_the_registry_told_of_opens_the_account_of_the_id_it_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(&dir);
+    let code = super::new_activation_code().unwrap();
+    let (id, other) = (
+        MedicalId::from_body(100_000_000),
+        MedicalId::from_body(200_000_000),
+    );
+    let hash = iryo_proto::roles::portal_code_hash(id, &code);
+    s.write(|t| super::portal::set_activation_hash(t, 7, hash, 1_000))
+        .unwrap();
+    // Bound to the ID: the same code for a holder of other IDs does not fit, nor does
+    // the hash bound to the subject's number.
+    let stranger = Holder {
+        pid: 7,
+        ids: vec![other],
+    };
+    assert!(s.activate(&stranger, &code, "phc", 10).is_err());
+    // A holder whose IDs include it (an ID changed since the letter): it fits, once.
+    let holder = Holder {
+        pid: 7,
+        ids: vec![id, other],
+    };
+    s.activate(&holder, &code.to_lowercase(), "phc", 10)
+        .unwrap();
+    assert!(s.activate(&holder, &code, "phc-2", 11).is_err());
 }
 
 #[test]

@@ -188,9 +188,8 @@ pub(super) async fn cases(
         }
     };
     Ok(console(
-        lang,
-        lang.t("未処理案件", "Open cases"),
-        "/operator/cases",
+        &web,
+        (lang, lang.t("未処理案件", "Open cases"), "/operator/cases"),
         &op,
         body,
     ))

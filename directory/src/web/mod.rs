@@ -152,24 +152,33 @@ pub async fn blocking<T: Send + 'static>(
         .map_err(|e| WebError::Internal(e.to_string()))?
 }
 
+/// The front's pages for this process's role (docs/roles.md): insurers' uploads where
+/// persons are kept (the registry), My Portal where the access log and consent are (the
+/// exchange authority), and each half's own part of the operator console.
 pub fn router(web: Arc<Web>) -> Router {
-    Router::new()
-        .route(
-            "/",
-            get(|| async { axum::response::Redirect::to("/portal/") }),
-        )
+    let role = web.config.roles.role;
+    let mut app = Router::new()
         .route("/metrics", get(metrics))
         .route("/health", get(health))
         .route("/lang", get(page::switch))
         .route(page::STYLE_PATH, get(page::stylesheet))
-        // A nested "/" answers only without the slash; people type it with one.
-        .route("/portal/", get(portal::start))
-        .route("/operator/", get(operator::dashboard))
         .nest("/audit", audit::routes())
-        .nest("/insurer", insurer::routes())
-        .nest("/operator", operator::routes())
-        .nest("/portal", portal::routes())
-        .layer(axum::middleware::from_fn(track))
+        // A nested "/" answers only without the slash; people type it with one.
+        .route("/operator/", get(operator::start))
+        .nest("/operator", operator::routes(role));
+    if role.registers() {
+        app = app.nest("/insurer", insurer::routes());
+    }
+    if role.exchanges() {
+        app = app
+            .route(
+                "/",
+                get(|| async { axum::response::Redirect::to("/portal/") }),
+            )
+            .route("/portal/", get(portal::start))
+            .nest("/portal", portal::routes());
+    }
+    app.layer(axum::middleware::from_fn(track))
         .layer(axum::middleware::from_fn(security_headers))
         .with_state(web)
 }

@@ -8,6 +8,7 @@ use super::session::same;
 use super::{blocking, Caller, Web, WebError};
 use crate::admin::{execute, AdminRequest, AdminResponse};
 use crate::ca::ClientIdentity;
+use crate::config::ServiceRole;
 use crate::context::Context;
 use crate::registry::{now, Person};
 use crate::report;
@@ -23,16 +24,41 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
-pub fn routes() -> Router<Arc<Web>> {
-    Router::new()
-        .route("/", get(dashboard))
-        .route("/person", get(person))
-        .route("/cases", get(super::cases::cases))
-        .route("/conflicts/{id}", post(resolve_conflict))
-        .route("/mismatches/{id}", post(resolve_mismatch))
-        .route("/institutions", get(institutions).post(add_institution))
-        .route("/institutions/{code}/revoke", post(revoke_institution))
-        .route("/audit", get(audit))
+/// The console of a process in `role`: persons and their cases where persons are kept
+/// (the registry), institutions where memberships are (the exchange authority), and
+/// each one's own audit log.
+pub fn routes(role: ServiceRole) -> Router<Arc<Web>> {
+    let mut console = Router::new()
+        .route("/", get(start))
+        .route("/audit", get(audit));
+    if role.registers() {
+        console = console
+            .route("/person", get(person))
+            .route("/cases", get(super::cases::cases))
+            .route("/conflicts/{id}", post(resolve_conflict))
+            .route("/mismatches/{id}", post(resolve_mismatch));
+    }
+    if role.exchanges() {
+        console = console
+            .route("/institutions", get(institutions).post(add_institution))
+            .route("/institutions/{code}/revoke", post(revoke_institution));
+    }
+    console
+}
+
+/// The console's first page: the search and counts where persons are kept, the
+/// institutions on an exchange authority.
+pub(super) async fn start(
+    state: State<Arc<Web>>,
+    caller: Extension<Caller>,
+    lang: Lang,
+) -> Result<Response, WebError> {
+    if state.config.roles.role.registers() {
+        dashboard(state, caller, lang).await
+    } else {
+        operator(&caller)?;
+        Ok(Redirect::to("/operator/institutions").into_response())
+    }
 }
 
 /// The operator the client certificate names (its common name), or 403.
@@ -68,21 +94,40 @@ fn acting(web: &Web, caller: &Caller, token: &str) -> Result<String, WebError> {
     }
 }
 
-fn nav(lang: Lang) -> Vec<(&'static str, &'static str)> {
-    vec![
-        ("/operator/", lang.t("検索", "Search")),
-        ("/operator/cases", lang.t("未処理案件", "Open cases")),
-        ("/operator/institutions", lang.t("医療機関", "Institutions")),
-        ("/operator/audit", lang.t("監査ログ", "Audit log")),
-    ]
+fn nav(lang: Lang, role: ServiceRole) -> Vec<(&'static str, &'static str)> {
+    let mut nav = Vec::new();
+    if role.registers() {
+        nav.push(("/operator/", lang.t("検索", "Search")));
+        nav.push(("/operator/cases", lang.t("未処理案件", "Open cases")));
+    }
+    if role.exchanges() {
+        nav.push(("/operator/institutions", lang.t("医療機関", "Institutions")));
+    }
+    nav.push(("/operator/audit", lang.t("監査ログ", "Audit log")));
+    nav
 }
 
-pub(super) fn console(lang: Lang, title: &str, here: &str, op: &str, body: Markup) -> Response {
+pub(super) fn console(
+    web: &Web,
+    (lang, title, here): (Lang, &str, &str),
+    op: &str,
+    body: Markup,
+) -> Response {
+    let role = web.config.roles.role;
     let body = html! {
         p { (lang.t("操作者", "Operator")) ": " b id="operator" { (op) } }
+        @if role != ServiceRole::All {
+            p id="role" {
+                @if role.registers() {
+                    (lang.t("登録機関（医療IDと本人の情報）", "Registry (medical IDs and the persons who hold them)"))
+                } @else {
+                    (lang.t("交換管理機関（医療機関・同意・監査ログ）", "Exchange authority (institutions, consent, the audit log)"))
+                }
+            }
+        }
         (body)
     };
-    layout(lang, title, here, &nav(lang), body).into_response()
+    layout(lang, title, here, &nav(lang, role), body).into_response()
 }
 
 fn search_form(lang: Lang, q: &str) -> Markup {
@@ -120,12 +165,21 @@ pub(super) async fn dashboard(
             tr { th { (lang.t("受診記録", "Service uses")) } td { (counts.service_uses) } }
             tr { th { (lang.t("未処理の不整合", "Open conflicts")) } td { (counts.open_conflicts) } }
             tr { th { (lang.t("未処理の不一致", "Open mismatches")) } td { (counts.open_mismatches) } }
+            @if web.config.roles.role == ServiceRole::Registry {
+                tr {
+                    th { (lang.t("交換管理機関へ未反映の通知", "Notices not yet applied")) }
+                    td id="notices-waiting" { (counts.notices_waiting) }
+                }
+            }
         }
     };
     Ok(console(
-        lang,
-        lang.t("運用コンソール", "Operator console"),
-        "/operator/",
+        &web,
+        (
+            lang,
+            lang.t("運用コンソール", "Operator console"),
+            "/operator/",
+        ),
         &op,
         body,
     ))
@@ -245,9 +299,8 @@ async fn person(
         }
     };
     Ok(console(
-        lang,
-        lang.t("登録者", "Person"),
-        "/operator/",
+        &web,
+        (lang, lang.t("登録者", "Person"), "/operator/"),
         &op,
         body,
     ))
@@ -394,9 +447,12 @@ async fn institutions(
         }
     };
     Ok(console(
-        lang,
-        lang.t("医療機関", "Institutions"),
-        "/operator/institutions",
+        &web,
+        (
+            lang,
+            lang.t("医療機関", "Institutions"),
+            "/operator/institutions",
+        ),
         &op,
         body,
     ))
@@ -515,9 +571,8 @@ async fn audit(
         }
     };
     Ok(console(
-        lang,
-        lang.t("監査ログ", "Audit log"),
-        "/operator/audit",
+        &web,
+        (lang, lang.t("監査ログ", "Audit log"), "/operator/audit"),
         &op,
         body,
     ))

@@ -5,8 +5,8 @@ use super::PgStore;
 use crate::postgres::PgError;
 use crate::registry::Timestamp;
 use crate::store::{
-    decode, encode, job_from, portal, Account, Front, JobState, Result, SessionRecord, StoreError,
-    TryCount, TryCounts,
+    decode, encode, job_from, portal, Account, Front, Holder, JobState, Result, SessionRecord,
+    StoreError, TryCount, TryCounts,
 };
 
 /// The advisory lock every sign-in count is decided under ("iryo" and 2 in its bytes).
@@ -91,8 +91,8 @@ impl Front for PgStore {
         PgStore::account(self, pid)
     }
 
-    fn activate(&self, pid: u64, code: &str, passphrase_phc: &str, at: Timestamp) -> Result<()> {
-        self.write_unlogged(|t| portal::activate(t, pid, code, passphrase_phc, at))
+    fn activate(&self, holder: &Holder, code: &str, phc: &str, at: Timestamp) -> Result<()> {
+        self.write_unlogged(|t| portal::activate(t, holder, code, phc, at))
     }
 
     fn log_operator(&self, operator: &str, action: String) -> Result<u64> {

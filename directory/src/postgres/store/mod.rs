@@ -640,11 +640,12 @@ impl PgStore {
                     "SELECT (SELECT count(*) FROM persons), (SELECT count(*) FROM medical_ids),
                             (SELECT count(*) FROM cards),
                             (SELECT count(*) FROM service_uses)
-                              + (SELECT count(pid) FROM check_intake)",
+                              + (SELECT count(pid) FROM check_intake),
+                            (SELECT count(*) FROM registry_outbox)",
                     &[],
                 )
                 .await?;
-            Ok((0..4).map(|i| r.get(i)).collect())
+            Ok((0..5).map(|i| r.get(i)).collect())
         })?;
         let count = |i: usize| unsql(n[i]);
         Ok(Counts {
@@ -654,6 +655,7 @@ impl PgStore {
             service_uses: count(3)?,
             open_conflicts: self.conflicts(true)?.len() as u64,
             open_mismatches: self.mismatches(true)?.len() as u64,
+            notices_waiting: count(4)?,
         })
     }
 }

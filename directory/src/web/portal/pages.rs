@@ -79,8 +79,35 @@ pub(super) async fn home(
 ) -> Result<Response, WebError> {
     let w = web.clone();
     let pid_id = s.medical_id;
-    let person = blocking(move || Ok(w.store.person_by_medical_id(pid_id)?)).await?;
+    let patient = blocking(move || Ok(w.store.patient(pid_id)?)).await?;
     let day = today();
+    let state = match patient.id_state(day, web.store.retention_years()) {
+        IdState::Active => lang.t("有効", "active"),
+        IdState::Deceased { .. } => lang.t("死亡により資格終了", "ended by death"),
+        IdState::Retired => lang.t("廃止", "retired"),
+    };
+    let Some(person) = patient.person() else {
+        // The exchange authority keeps no name, birth date or insurance (docs/roles.md).
+        let body = html! {
+            table class="facts" {
+                tr { th { (lang.t("医療ID", "Medical ID")) } td class="mid" id="medical-id" { (patient.medical_id().grouped()) } }
+                tr { th { (lang.t("医療IDの状態", "ID status")) } td { (state) } }
+            }
+            p id="kept-apart" {
+                (lang.t(
+                    "このサイトは、あなたの記録をだれが見たかと、見てよい相手を管理します。お名前・住所・保険の情報はここにはありません。それらは医療IDを発行した登録機関が別に管理しています。変更は保険者にお申し出ください。",
+                    "This site keeps who read your records and who may. It does not hold your name, address or insurance: the registry that issued your medical ID keeps those apart. To change them, ask your insurer.",
+                ))
+            }
+        };
+        return Ok(private(
+            lang,
+            lang.t("マイポータル", "My Portal"),
+            "/portal/home",
+            &s,
+            body,
+        ));
+    };
     let coverage = html! {
         @match person.coverage_on(day) {
             Some(c) => {
@@ -102,11 +129,6 @@ pub(super) async fn home(
                 }
             }
         }
-    };
-    let state = match person.id_state(day, web.store.retention_years()) {
-        IdState::Active => lang.t("有効", "active"),
-        IdState::Deceased { .. } => lang.t("死亡により資格終了", "ended by death"),
-        IdState::Retired => lang.t("廃止", "retired"),
     };
     let body = html! {
         table class="facts" {
@@ -461,8 +483,9 @@ pub(super) async fn access(
     let w = web.clone();
     let id = s.medical_id;
     let (page, shown, more, witnessed) = blocking(move || {
-        let person = w.store.person_by_medical_id(id)?;
-        let entries = w.store.audit_for_person(&person)?;
+        let entries = w
+            .store
+            .audit_for_patient(&w.store.patient(id)?.holder().ids)?;
         let mut names = Names {
             web: &w,
             seen: HashMap::new(),

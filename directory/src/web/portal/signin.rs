@@ -244,9 +244,9 @@ fn dummy_phc() -> &'static str {
 pub(super) async fn signed_in(
     web: &Arc<Web>,
     ticket: Ticket,
-    person: &Person,
+    patient: &Patient,
 ) -> Result<Response, WebError> {
-    let (w, pid, id) = (web.clone(), person.pid, person.medical_id);
+    let (w, pid, id) = (web.clone(), patient.holder().pid, patient.medical_id());
     let t = blocking(move || {
         w.limits.succeeded(&*w.store, ticket)?;
         Ok(session::create(&*w.store, pid, id)?)
@@ -306,19 +306,19 @@ pub(super) async fn activate(
         let Ok(id) = MedicalId::parse(f.medical_id.trim()) else {
             return Ok(None);
         };
-        let Ok(person) = w.store.person_by_medical_id(id) else {
+        let Ok(patient) = w.store.patient(id) else {
             return Ok(None);
         };
-        match w.store.activate(person.pid, &f.code, &phc, now()) {
-            Ok(()) => Ok(Some(person)),
+        match w.store.activate(&patient.holder(), &f.code, &phc, now()) {
+            Ok(()) => Ok(Some(patient)),
             Err(crate::store::StoreError::BadActivation) => Ok(None),
             Err(e) => Err(e.into()),
         }
     })
     .await?;
-    if let Some(person) = outcome {
-        tracing::info!(medical_id = %person.medical_id, "portal account activated");
-        signed_in(&web, ticket, &person).await
+    if let Some(patient) = outcome {
+        tracing::info!(medical_id = %patient.medical_id(), "portal account activated");
+        signed_in(&web, ticket, &patient).await
     } else {
         Ok(activate_form(
             lang,
@@ -354,9 +354,9 @@ pub(super) async fn login(
         let _slot = slot;
         let person = MedicalId::parse(f.medical_id.trim())
             .ok()
-            .and_then(|id| w.store.person_by_medical_id(id).ok());
+            .and_then(|id| w.store.patient(id).ok());
         let phc = match &person {
-            Some(p) => w.store.account(p.pid)?.and_then(|a| a.passphrase),
+            Some(p) => w.store.account(p.holder().pid)?.and_then(|a| a.passphrase),
             None => None,
         };
         // One verification whoever the ID belongs to, activated or not: the time of
