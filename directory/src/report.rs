@@ -294,6 +294,14 @@ pub fn registry_notice(kind: &iryo_proto::roles::NoticeKind) -> String {
             medical_id.grouped(),
             if *eligible { "covered" } else { "not covered" }
         ),
+        NoticeKind::StaffRead {
+            medical_id,
+            operator,
+            what,
+        } => format!(
+            "the registry's operator {operator} read {what} of {}",
+            medical_id.grouped()
+        ),
         NoticeKind::PortalCode {
             medical_id,
             expires,

@@ -72,6 +72,16 @@ pub enum NoticeKind {
         /// Whether the patient was found covered.
         eligible: bool,
     },
+    /// The registry's staff read the patient's registry record: what the patient's
+    /// access log shows, at the authority where My Portal is.
+    StaffRead {
+        /// The patient's current ID.
+        medical_id: MedicalId,
+        /// The operator, as their client certificate or the command named them.
+        operator: String,
+        /// What they read, in the registry's words ("the registry record", …).
+        what: String,
+    },
     /// A letter gave the patient a one-time code to open My Portal. The notice carries
     /// the code's hash bound to the medical ID (`portal_code_hash`), never the code.
     PortalCode {
@@ -111,6 +121,7 @@ impl NoticeKind {
             | NoticeKind::Retired { medical_id }
             | NoticeKind::VisitConsent { medical_id, .. }
             | NoticeKind::Visited { medical_id, .. }
+            | NoticeKind::StaffRead { medical_id, .. }
             | NoticeKind::PortalCode { medical_id, .. } => vec![*medical_id],
         }
     }

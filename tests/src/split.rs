@@ -4,7 +4,7 @@
 
 use crate::federation::{
     api_agent, code, field, first_p2p, init_node, medical_id_of, patient_row, start_ready,
-    Federation, NodeProc, Proc,
+    Federation, NodeProc, Proc, Texts,
 };
 use crate::{write_enrollment, Backend, Deployment, Directory};
 use iryo_node::config::NodeConfig;
@@ -79,19 +79,26 @@ impl Federation {
     /// Waits until the exchange authority has applied every notice the registry queued:
     /// at once when the directory is not split.
     pub fn until_told(&self) {
-        if self.split.is_none() {
+        let Some(s) = &self.split else {
             return;
-        }
+        };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let json = |text: String| -> serde_json::Value {
+            serde_json::from_str(&text).expect("status is JSON")
+        };
         loop {
-            let status: serde_json::Value =
-                serde_json::from_str(&self.at_registry(&["status"])).expect("status is JSON");
-            if status["notices_waiting"] == 0 {
+            // Nothing waits to be applied, and every visit the registry recorded
+            // (checks still in its intake included) is the authority's too.
+            let status = json(self.at_registry(&["status"]));
+            let config = s.authority_config.display().to_string();
+            let authority = json(s.authority.ok(&["--config", &config, "status"]));
+            if status["notices_waiting"] == 0 && status["service_uses"] == authority["service_uses"]
+            {
                 return;
             }
             assert!(
                 std::time::Instant::now() < deadline,
-                "the registry's notices did not reach the authority: {status}"
+                "the registry's notices did not reach the authority: {status} {authority}"
             );
             std::thread::sleep(std::time::Duration::from_millis(200));
         }
@@ -134,10 +141,23 @@ impl Federation {
     /// A federation deployed as `deployment`; nodes refresh memberships every
     /// `refresh` seconds.
     pub fn deploy(deployment: Deployment, nodes: usize, patients: u64, refresh: u64) -> Self {
+        Self::deploy_with(deployment, nodes, patients, refresh, &Texts::PLAIN)
+    }
+
+    /// As `deploy`, with names and addresses from `texts`.
+    pub fn deploy_with(
+        deployment: Deployment,
+        nodes: usize,
+        patients: u64,
+        refresh: u64,
+        texts: &Texts,
+    ) -> Self {
         match deployment {
-            Deployment::Whole(backend) => Self::start_on(backend, nodes, patients, refresh),
+            Deployment::Whole(backend) => {
+                Self::start_with_on(backend, nodes, patients, refresh, texts)
+            }
             Deployment::Split(backend) => {
-                let mut fed = Self::start_split(backend, nodes, patients);
+                let mut fed = Self::start_split_with(backend, nodes, patients, texts);
                 for node in &mut fed.nodes {
                     let mut cfg = NodeConfig::load(&node.config_path()).expect("node.toml");
                     if cfg.directory.refresh_seconds != refresh {
@@ -156,6 +176,11 @@ impl Federation {
     /// apart, each with its own data directory, store (`backend`) and keys: nodes are
     /// members of the authority and send their eligibility checks to the registry.
     pub fn start_split(backend: Backend, nodes: usize, patients: u64) -> Self {
+        Self::start_split_with(backend, nodes, patients, &Texts::PLAIN)
+    }
+
+    /// As `start_split`, with names and addresses from `texts`.
+    pub fn start_split_with(backend: Backend, nodes: usize, patients: u64, texts: &Texts) -> Self {
         let registry = Directory::on(backend);
         let authority = Directory::on(backend);
         registry.ok(&["init", "--role", "registry"]);
@@ -192,7 +217,7 @@ impl Federation {
         )
         .expect("write registry.toml");
         let rows: Vec<String> = (0..patients)
-            .map(|i| patient_row(i, &format!("患者 {i}号"), "東京都千代田区1-1"))
+            .map(|i| patient_row(i, &format!("{} {i}号", texts.person), texts.address))
             .collect();
         let refs: Vec<&str> = rows.iter().map(String::as_str).collect();
         let file = registry.path("patients.csv");
@@ -209,7 +234,7 @@ impl Federation {
             let dir = init_node(
                 &registry,
                 n as u32,
-                &format!("テスト病院{n}"),
+                &format!("{}{n}", texts.institution),
                 &[
                     "--directory",
                     &authority_addr,

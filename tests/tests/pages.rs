@@ -6,7 +6,7 @@
 
 use iryo_tests::federation::{patient_row, sample_bundle, Federation, Texts};
 use iryo_tests::https::{activate, agent, agent_no_redirects, issue, letters};
-use iryo_tests::on_both_backends;
+use iryo_tests::on_every_deployment;
 use iryo_tests::write_enrollment;
 use serde_json::json;
 
@@ -57,14 +57,24 @@ fn page(
     (status, body)
 }
 
-on_both_backends! {
-    fn hostile_text_is_text_on_every_page(backend) {
+/// `https://localhost:PORT` for a front listening on `addr`: the name its certificate
+/// carries.
+fn base(addr: &str) -> String {
+    format!(
+        "https://localhost:{}",
+        addr.rsplit(':').next().unwrap_or_default()
+    )
+}
+
+on_every_deployment! {
+    fn hostile_text_is_text_on_every_page(deployment) {
+        let split = matches!(deployment, iryo_tests::Deployment::Split(_));
         let texts = Texts {
             institution: HOSTILE,
             person: HOSTILE_CSV,
             address: HOSTILE_CSV,
         };
-        let fed = Federation::start_with_on(backend, 2, 2, 60, &texts);
+        let fed = Federation::deploy_with(deployment, 2, 2, 60, &texts);
         let (source, requester) = (&fed.nodes[0], &fed.nodes[1]);
         let patient = fed.patients[0];
 
@@ -87,7 +97,8 @@ on_both_backends! {
         ];
         write_enrollment(&file, &[&rows[0], &rows[1]]);
         fed.operator(&["enroll", &file.display().to_string()]);
-        let open = fed.registry.json(&["conflicts", "list", "--json"]);
+        let open: serde_json::Value =
+            serde_json::from_str(&fed.at_registry(&["conflicts", "list", "--json"])).unwrap();
         let first = open[0]["id"]
             .as_u64()
             .unwrap_or_else(|| panic!("no conflict: {open}"));
@@ -114,13 +125,16 @@ on_both_backends! {
             .into_iter()
             .find(|l| l["medical_id"] == patient.grouped())
             .expect("the patient's letter");
-        let ca = fed.registry.data.join("ca/ca.pem");
-        let base = format!(
-            "https://localhost:{}",
-            fed.https.rsplit(':').next().unwrap()
+        fed.until_told();
+        // My Portal and the institutions are the exchange authority's, persons and
+        // cases the registry's: each on its own front under its own CA when split.
+        let (ca, registry_ca) = (
+            fed.exchange_dir().data.join("ca/ca.pem"),
+            fed.registry.data.join("ca/ca.pem"),
         );
+        let (base, registry_base) = (base(&fed.https), base(fed.registry_https()));
 
-        // My Portal, signed in as the patient.
+        // My Portal, signed in as the patient. Split, its home holds no name.
         let a = agent_no_redirects(&ca);
         let session = activate(&a, &base, &letter["medical_id"], &letter["activation_code"]);
         let get = |path: &str| {
@@ -129,7 +143,7 @@ on_both_backends! {
                 .call()
         };
         for (path, shows) in [
-            ("/portal/home", true),
+            ("/portal/home", !split),
             ("/portal/history", true),
             ("/portal/access", true),
             ("/portal/consent", true),
@@ -170,27 +184,40 @@ on_both_backends! {
         let (status, body) = page(res, "a hostile expiry date", false);
         assert_eq!(status, 400, "{body}");
 
-        // The console, as an operator.
+        // The console, as an operator: the registry's, and the authority's when split.
         let operator = issue(&fed.registry, "--operator", "sato", "operator-sato");
-        let op = agent(&ca, Some(&operator));
-        let get = |path: &str| op.get(format!("{base}{path}")).call();
+        let op = agent(&registry_ca, Some(&operator));
+        let at_authority = issue(fed.exchange_dir(), "--operator", "sato", "operator-sato-a");
+        let auth_op = agent(&ca, Some(&at_authority));
         let by_id = format!("/operator/person?q={}", patient.plain());
-        for (path, shows) in [
-            ("/operator/", false),
-            (by_id.as_str(), true),
-            ("/operator/cases", true),
-            ("/operator/institutions", true),
-            ("/operator/audit", true),
+        for (front, path, shows) in [
+            (&registry_base, "/operator/", false),
+            (&registry_base, by_id.as_str(), true),
+            (&registry_base, "/operator/cases", true),
+            (&registry_base, "/operator/audit", true),
+            (&base, "/operator/institutions", true),
+            (&base, "/operator/audit", true),
         ] {
-            let (status, body) = page(get(path), path, shows);
-            assert_eq!(status, 200, "{path}: {body}");
+            let agent = if front == &base { &auth_op } else { &op };
+            let (status, body) = page(agent.get(format!("{front}{path}")).call(), path, shows);
+            assert_eq!(status, 200, "{front}{path}: {body}");
         }
-        let res = op
+        // A patient's audit log: where the exchanges are logged, it shows the hostile
+        // emergency reason.
+        let res = auth_op
             .get(format!("{base}/operator/audit"))
             .query("medical_id", patient.plain())
             .call();
-        let (status, body) = page(res, "a person's audit log", true);
+        let (status, body) = page(res, "a patient's audit log", true);
         assert_eq!(status, 200, "{body}");
+        if split {
+            let res = op
+                .get(format!("{registry_base}/operator/audit"))
+                .query("medical_id", patient.plain())
+                .call();
+            let (status, body) = page(res, "a person's audit log at the registry", false);
+            assert_eq!(status, 200, "{body}");
+        }
         // A hostile search term is refused as plain text, never echoed as markup.
         for path in ["/operator/person", "/operator/audit"] {
             let key = if path.ends_with("person") {
@@ -198,7 +225,10 @@ on_both_backends! {
             } else {
                 "medical_id"
             };
-            let res = op.get(format!("{base}{path}")).query(key, HOSTILE).call();
+            let res = op
+                .get(format!("{registry_base}{path}"))
+                .query(key, HOSTILE)
+                .call();
             let (status, _) = page(res, path, false);
             assert_eq!(status, 400, "{path}");
         }

@@ -1,20 +1,19 @@
 //! My Portal consent over real HTTPS: nothing is shared by default and wide sharing
-//! or the opt-out is confirmed before it is recorded.
+//! or the opt-out is confirmed before it is recorded. Split, on the exchange
+//! authority's front, with the letter the registry printed.
 
-use iryo_tests::https::{activate, agent_no_redirects, kyokai, row, serve, with_ca_on};
-use iryo_tests::on_both_backends;
-use iryo_tests::write_enrollment;
+use iryo_tests::federation::Federation;
+use iryo_tests::https::{activate, agent_no_redirects};
+use iryo_tests::on_every_deployment;
 
-on_both_backends! {
-    fn consent_never_defaults_to_sharing_and_wide_sharing_is_confirmed(backend) {
-        let d = with_ca_on(backend);
-        let file = d.path("a.csv");
-        write_enrollment(&file, &[&row(&kyokai(), "kyokai", 0)]);
-        d.ok(&["enroll", &file.display().to_string()]);
+on_every_deployment! {
+    fn consent_never_defaults_to_sharing_and_wide_sharing_is_confirmed(deployment) {
+        let fed = Federation::deploy(deployment, 0, 1, 60);
+        let d = &fed.registry;
         let letter = d.print_letters("letters", &[]).1.remove(0);
-        let (_serve, https) = serve(&d);
-        let base = format!("https://localhost:{}", https.rsplit(':').next().unwrap());
-        let a = agent_no_redirects(&d.data.join("ca/ca.pem"));
+        fed.until_told();
+        let base = format!("https://localhost:{}", fed.https.rsplit(':').next().unwrap());
+        let a = agent_no_redirects(&fed.exchange_dir().data.join("ca/ca.pem"));
         let session = activate(&a, &base, &letter["medical_id"], &letter["activation_code"]);
         let mut page = a
             .get(format!("{base}/portal/consent"))
@@ -40,10 +39,11 @@ on_both_backends! {
             .to_string();
         let consents = || {
             let id = letter["medical_id"].replace('-', "");
-            d.json(&["consent", "list", "--medical-id", &id, "--json"])
+            let listed = fed.operator(&["consent", "list", "--medical-id", &id, "--json"]);
+            serde_json::from_str::<serde_json::Value>(&listed)
+                .expect("consent list is JSON")
                 .as_array()
-                .unwrap()
-                .len()
+                .map_or(0, Vec::len)
         };
         let post = |fields: &[(&str, &str)]| {
             let mut all = vec![("csrf", csrf.as_str())];
@@ -115,7 +115,7 @@ on_both_backends! {
             "--out".as_ref(),
             node.as_os_str(),
         ]);
-        d.ok(&[
+        fed.operator(&[
             "institution",
             "add",
             &node.join("registration.json").display().to_string(),

@@ -1,25 +1,23 @@
 //! A lost letter or a forgotten password: the portal says what to do, and the operator
 //! reissues the letter; the old code stops working, the new one works, and the person
-//! sees the reissue in their access log.
+//! sees the reissue in their access log. Split, the registry prints the letters and My
+//! Portal is the exchange authority's: the new code and the staff's read reach it by
+//! the registry's notices.
 
-use iryo_tests::https::{
-    activate, agent_no_redirects, kyokai, row, serve, try_activate, with_ca_on,
-};
-use iryo_tests::on_both_backends;
-use iryo_tests::write_enrollment;
+use iryo_tests::federation::Federation;
+use iryo_tests::https::{activate, agent_no_redirects, try_activate};
+use iryo_tests::on_every_deployment;
 
-on_both_backends! {
-    fn a_reissued_letter_replaces_the_old_code(backend) {
-        let d = with_ca_on(backend);
-        let file = d.path("a.csv");
-        write_enrollment(&file, &[&row(&kyokai(), "kyokai", 0)]);
-        d.ok(&["enroll", &file.display().to_string()]);
+on_every_deployment! {
+    fn a_reissued_letter_replaces_the_old_code(deployment) {
+        let fed = Federation::deploy(deployment, 0, 1, 60);
+        let d = &fed.registry;
         let old = d.print_letters("letters-1", &[]).1.remove(0);
         let id = old["medical_id"].clone();
+        fed.until_told();
 
-        let (_serve, https) = serve(&d);
-        let base = format!("https://localhost:{}", https.rsplit(':').next().unwrap());
-        let a = agent_no_redirects(&d.data.join("ca/ca.pem"));
+        let base = format!("https://localhost:{}", fed.https.rsplit(':').next().unwrap());
+        let a = agent_no_redirects(&fed.exchange_dir().data.join("ca/ca.pem"));
 
         // The sign-in page leads to what to do, with the agency's contact line.
         let mut page = a.get(format!("{base}/portal/")).call().unwrap();
@@ -46,13 +44,15 @@ on_both_backends! {
         assert!(d
             .fails(&["letters", "--plan", "agency", "--reissue", "--out", "x"])
             .contains("--medical-id"));
+        fed.until_told();
 
         // The old code no longer works; the new one does.
         let res = try_activate(&a, &base, &id, &old["activation_code"]);
         assert_eq!(res.status(), 401);
         let session = activate(&a, &base, &id, &new["activation_code"]);
 
-        // The person sees the reissue in their access log; it is in the audit log.
+        // The person sees the reissue in their access log; it is in the registry's
+        // audit log.
         let mut page = a
             .get(format!("{base}/portal/access"))
             .header("cookie", &session)
@@ -60,10 +60,7 @@ on_both_backends! {
             .unwrap();
         let log = page.body_mut().read_to_string().unwrap();
         assert!(log.contains("お知らせの再発行"), "{log}");
-        let entries = d.json(&["audit", "show", "--medical-id", &plain, "--json"]);
-        assert!(
-            entries.to_string().contains("reissued their letter"),
-            "{entries}"
-        );
+        let entries = fed.at_registry(&["audit", "show", "--medical-id", &plain, "--json"]);
+        assert!(entries.contains("reissued their letter"), "{entries}");
     }
 }

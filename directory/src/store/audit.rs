@@ -127,6 +127,35 @@ impl<'t> Tables<'t> {
 pub use crate::log_check::AuditReport;
 
 /// Every medical ID a person has held, under which the log names them.
+/// Writes that `operator` read `what` of each of these people, one entry each, so that
+/// every person sees it in their access log; a registry run apart tells the exchange
+/// authority, where My Portal shows it. Either backend.
+pub(crate) fn log_reads(
+    t: &mut (impl super::registry_tx::RegistryTx + ?Sized),
+    operator: &str,
+    people: &[MedicalId],
+    what: &str,
+    at: crate::registry::Timestamp,
+) -> Result<()> {
+    for id in people {
+        t.audit_append(&LogEntry::OperatorRead {
+            operator: operator.into(),
+            medical_id: *id,
+            what: what.into(),
+            at,
+        })?;
+        t.tell_authority(
+            iryo_proto::roles::NoticeKind::StaffRead {
+                medical_id: *id,
+                operator: operator.into(),
+                what: what.into(),
+            },
+            at,
+        )?;
+    }
+    Ok(())
+}
+
 pub(crate) fn ids_held(person: &crate::registry::Person) -> Vec<MedicalId> {
     let mut ids: Vec<MedicalId> = person
         .history
@@ -313,17 +342,7 @@ impl Store {
             return Ok(());
         }
         let at = crate::registry::now();
-        self.write(|t| {
-            for id in people {
-                t.audit_append(&LogEntry::OperatorRead {
-                    operator: operator.into(),
-                    medical_id: *id,
-                    what: what.into(),
-                    at,
-                })?;
-            }
-            Ok(())
-        })
+        self.write(|t| log_reads(t, operator, people, what, at))
     }
 
     /// Writes an operator's action to the log.

@@ -3,7 +3,7 @@
 //! new module rather than a rewrite. Every change happens inside one write transaction.
 
 pub(crate) mod assign;
-mod audit;
+pub(crate) mod audit;
 pub mod backup;
 pub(crate) mod cases;
 pub(crate) mod checks;

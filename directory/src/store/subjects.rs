@@ -175,6 +175,10 @@ pub(crate) fn apply_notice(
                 },
             )?;
         }
+        // Only logged: My Portal's access log shows it.
+        NoticeKind::StaffRead { medical_id, .. } => {
+            subject_for(t, medical_id)?;
+        }
         NoticeKind::PortalCode {
             medical_id,
             hash,

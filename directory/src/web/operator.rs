@@ -525,10 +525,13 @@ async fn audit(
         let entries: Vec<(u64, crate::audit::LogEntry)> = if let Some(id) = &wanted {
             let id = MedicalId::parse(id.trim())
                 .map_err(|e| WebError::BadRequest(format!("medical ID: {e}")))?;
-            let person = w.store.person_by_medical_id(id)?;
-            w.store
-                .log_reads(&o, &[person.medical_id], "the audit log of their records")?;
-            w.store.audit_for_person(&person)?
+            let patient = w.store.patient(id)?;
+            w.store.log_reads(
+                &o,
+                &[patient.medical_id()],
+                "the audit log of their records",
+            )?;
+            w.store.audit_for_patient(&patient.holder().ids)?
         } else {
             w.store
                 .log_operator(&o, "viewed the latest 50 audit log entries".into())?;

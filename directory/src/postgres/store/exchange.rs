@@ -268,18 +268,7 @@ impl PgStore {
             return Err(StoreError::NoSigner);
         }
         let at = crate::registry::now();
-        self.write(|t| {
-            use crate::store::registry_tx::RegistryTx;
-            for id in people {
-                t.audit_append(&crate::audit::LogEntry::OperatorRead {
-                    operator: operator.into(),
-                    medical_id: *id,
-                    what: what.into(),
-                    at,
-                })?;
-            }
-            Ok(())
-        })
+        self.write(|t| crate::store::audit::log_reads(t, operator, people, what, at))
     }
 
     /// The key that signed the log's first head, if it has one.

@@ -3,6 +3,7 @@
 use super::*;
 use crate::registry::ServiceUse;
 use axum::extract::Query;
+use iryo_proto::roles::NoticeKind;
 use iryo_proto::InsurerKind;
 
 /// Lines on one page of the history or the access log.
@@ -303,6 +304,19 @@ struct Line {
     proofs: Vec<(u64, Option<u64>)>,
 }
 
+impl Line {
+    /// The line of one log entry, not an emergency.
+    fn one(index: u64, at: Time, text: String) -> Self {
+        Line {
+            at,
+            last: index,
+            text,
+            emergency: false,
+            proofs: vec![(index, None)],
+        }
+    }
+}
+
 /// One exchange: the grant and the notifications its two ends sent.
 #[derive(Default)]
 struct Exchange {
@@ -409,13 +423,7 @@ fn lines(lang: Lang, names: &mut Names<'_>, entries: &[(u64, LogEntry)]) -> Vec<
                     Lang::Ja => format!("{who}が、{why}のために{whose}にあるあなたの記録を見ようとしましたが、{because}、管理機関が断りました。"),
                     Lang::En => format!("{who} asked to read your records at {whose} for {why}; the agency refused ({because})."),
                 };
-                out.push(Line {
-                    at: *at,
-                    last: *index,
-                    text,
-                    emergency: false,
-                    proofs: vec![(*index, None)],
-                });
+                out.push(Line::one(*index, *at, text));
             }
             LogEntry::AccessRefused { report, .. } => {
                 let Ok(r) = report.open_unverified() else {
@@ -450,19 +458,25 @@ fn lines(lang: Lang, names: &mut Names<'_>, entries: &[(u64, LogEntry)]) -> Vec<
                     Lang::Ja => format!("管理機関の職員（{operator}）が、あなたの登録情報を閲覧しました（{what}）。"),
                     Lang::En => format!("The agency's staff ({operator}) read your registry record ({what})."),
                 };
-                out.push(Line {
-                    at: *at,
-                    last: *index,
-                    text,
-                    emergency: false,
-                    proofs: vec![(*index, None)],
-                });
+                out.push(Line::one(*index, *at, text));
             }
-            // Not reads of the person's records: what the registry told the authority
-            // shows on the ID's own page.
-            LogEntry::Eligibility { .. }
-            | LogEntry::Operator { .. }
-            | LogEntry::RegistryNotice { .. } => {}
+            LogEntry::RegistryNotice { notice } => {
+                // Of what the registry told, only its staff's reads are reads of the
+                // person's records; the rest shows on the ID's own page.
+                let Ok(n) = notice.open_unverified() else {
+                    continue;
+                };
+                if let NoticeKind::StaffRead { operator, what, .. } = &n.kind {
+                    let what = staff_read(lang, what);
+                    let text = match lang {
+                        Lang::Ja => format!("登録機関の職員（{operator}）が、あなたの登録情報を閲覧しました（{what}）。"),
+                        Lang::En => format!("The registry's staff ({operator}) read your registry record ({what})."),
+                    };
+                    out.push(Line::one(*index, n.at, text));
+                }
+            }
+            // Not reads of the person's records.
+            LogEntry::Eligibility { .. } | LogEntry::Operator { .. } => {}
         }
     }
     out.extend(
