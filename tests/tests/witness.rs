@@ -187,22 +187,25 @@ fn serve_has_its_checkpoints_cosigned_and_keeps_them(backend) {
 }
 }
 
-on_both_backends! {
-fn my_portal_names_the_witnessed_checkpoint_its_access_log_is_proved_against(backend) {
-    use iryo_tests::https::{activate, agent_no_redirects, kyokai, row, serve_with, with_ca_on};
-    let d = with_ca_on(backend);
-    let file = d.path("a.csv");
-    iryo_tests::write_enrollment(&file, &[&row(&kyokai(), "kyokai", 0)]);
-    d.ok(&["enroll", &file.display().to_string()]);
-    let letter = d.print_letters("letters", &[]).1.remove(0);
+on_every_deployment! {
+fn my_portal_names_the_witnessed_checkpoint_its_access_log_is_proved_against(deployment) {
+    use iryo_tests::federation::Federation;
+    use iryo_tests::https::{activate, agent_no_redirects};
+    let mut fed = Federation::deploy(deployment, 0, 1, 60);
+    let letter = fed.registry.print_letters("letters", &[]).1.remove(0);
     let id = letter["medical_id"].replace('-', "");
-    let (_w, _, config) = witnessed_every_second(&d);
-    let (_serve, https) = serve_with(&d, &["--config", &config]);
+    // The directory (split, the exchange authority, where My Portal is) has its
+    // checkpoints cosigned every second.
+    let (_w, _, config) = witnessed_every_second(fed.exchange_dir());
+    fed.stop_directory();
+    fed.configure_directory(&std::fs::read_to_string(&config).unwrap());
+    fed.start_directory();
     // An operator reads the person's record: a line of their access log.
-    d.ok(&["show", "--medical-id", &id]);
+    fed.at_registry(&["show", "--medical-id", &id]);
+    fed.until_told();
 
-    let base = format!("https://localhost:{}", https.rsplit(':').next().unwrap());
-    let a = agent_no_redirects(&d.data.join("ca/ca.pem"));
+    let base = format!("https://localhost:{}", fed.https.rsplit(':').next().unwrap());
+    let a = agent_no_redirects(&fed.exchange_dir().data.join("ca/ca.pem"));
     let session = activate(&a, &base, &letter["medical_id"], &letter["activation_code"]);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
@@ -212,14 +215,16 @@ fn my_portal_names_the_witnessed_checkpoint_its_access_log_is_proved_against(bac
             .call()
             .unwrap();
         let body = page.body_mut().read_to_string().unwrap();
-        if body.contains("立会人が確かめた木です") {
+        // Once every line is in a witnessed checkpoint, each says so, and the page
+        // names how many witnesses confirmed it.
+        if body.contains("立会人が確かめた木です") && !body.contains("確認待ちです。</p></details>")
+        {
             assert!(body.contains("独立した立会人 1 者が確かめています"), "{body}");
-            assert!(!body.contains("確認待ちです。</p></details>"), "{body}");
             break;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "the access log never named a witnessed checkpoint: {body}"
+            "the access log never came to be proved against a witnessed checkpoint: {body}"
         );
         std::thread::sleep(std::time::Duration::from_millis(300));
     }
@@ -308,22 +313,32 @@ fn witnessed_size(d: &Directory) -> u64 {
 /// The agency forks its log and shows the fork to a node that kept a checkpoint of the
 /// other history, the fork cosigned by a second witness the node also trusts (one that
 /// never saw the first history): the node raises the alarm and serves no records. On
-/// the embedded store, whose files copy into a fork while the directory is stopped.
-#[test]
-fn a_node_shown_a_forked_log_raises_the_alarm_and_serves_nothing() {
-    use iryo_tests::federation::{sample_bundle, start_ready, Federation};
-    let mut fed = Federation::start(2, 1, 60);
+/// the embedded store, whose files copy into a fork while the directory is stopped;
+/// split, the log forked is the exchange authority's.
+fn a_node_shown_a_forked_log_raises_the_alarm_and_serves_nothing(
+    deployment: iryo_tests::Deployment,
+) {
+    use iryo_proto::federation::Purpose;
+    use iryo_proto::wire::{DirectoryRequest, DirectoryResponse};
+    use iryo_tests::federation::{node_key, sample_bundle, start_ready, Federation, RawPeer};
+    let mut fed = Federation::deploy(deployment, 2, 1, 60);
     let p = fed.patients[0];
     assert_eq!(fed.nodes[0].put_records(p, &sample_bundle(2, 10)).0, 201);
     fed.consent(p, fed.nodes[1].code);
 
     // The fork point: a copy of the stopped directory, keys and all.
     fed.stop_directory();
-    let forked = fork(&fed.registry);
-    let (w1, _, config) = witnessed_every_second(&fed.registry);
-    fed.directory_config = Some(config.into());
+    let forked = fork(fed.exchange_dir());
+    let (w1, _, config) = witnessed_every_second(fed.exchange_dir());
+    fed.configure_directory(&std::fs::read_to_string(&config).unwrap());
     fed.start_directory();
     let (w2, _, fork_config) = witnessed_every_second(&forked);
+    if fed.split.is_some() {
+        // The forked authority hears the same registry.
+        let mut text = std::fs::read_to_string(&fork_config).unwrap();
+        text.push_str(&iryo_tests::split::authority_roles(&fed.registry));
+        std::fs::write(&fork_config, text).unwrap();
+    }
 
     // The source trusts either witness, one being enough.
     let source = &mut fed.nodes[0];
@@ -334,8 +349,9 @@ fn a_node_shown_a_forked_log_raises_the_alarm_and_serves_nothing() {
     std::fs::write(source.config_path(), cfg.commented()).unwrap();
     source.start();
     fetch_until(&fed, p, "served under the honest log", |s, _| s == 200);
+    let honest_dir = fed.exchange_dir();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while witnessed_size(&fed.registry) == 0 {
+    while witnessed_size(honest_dir) == 0 {
         assert!(
             std::time::Instant::now() < deadline,
             "the honest log was never witnessed"
@@ -344,9 +360,10 @@ fn a_node_shown_a_forked_log_raises_the_alarm_and_serves_nothing() {
     }
     // Let the source keep the honest checkpoint of that size or a later one.
     std::thread::sleep(std::time::Duration::from_secs(2));
-    let honest = witnessed_size(&fed.registry);
+    let honest = witnessed_size(honest_dir);
 
-    // The fork grows past it with other entries, cosigned by the second witness.
+    // The fork grows past it with other entries (grants the requester's key asks of
+    // it), cosigned by the second witness.
     let (_fork_serve, line) = start_ready(
         forked.command(&[
             "--config",
@@ -354,18 +371,22 @@ fn a_node_shown_a_forked_log_raises_the_alarm_and_serves_nothing() {
             "serve",
             "--listen",
             "/ip4/127.0.0.1/tcp/0",
+            "--https",
+            "127.0.0.1:0",
         ]),
         "the forked iryo-directory serve",
     );
     let fork_addr = iryo_tests::federation::first_p2p(&line);
+    let requester = RawPeer::new(&node_key(&fed.nodes[1]), &fork_addr);
     for _ in 0..honest + 3 {
-        forked.ok(&[
-            "check",
-            "--institution",
-            "1310000029",
-            "--medical-id",
-            &p.to_string(),
-        ]);
+        let answer = requester.directory(DirectoryRequest::Grant {
+            medical_id: p,
+            source: fed.nodes[0].code,
+            purpose: Purpose::Treatment,
+            reason: None,
+            idempotency_key: None,
+        });
+        assert!(matches!(answer, DirectoryResponse::Grant(_)), "{answer:?}");
     }
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while witnessed_size(&forked) <= honest {
@@ -389,4 +410,22 @@ fn a_node_shown_a_forked_log_raises_the_alarm_and_serves_nothing() {
         "{refused}"
     );
     assert!(fed.nodes[0].metric("iryo_node_witness_alarms_total") >= 1);
+}
+
+mod a_node_shown_a_forked_log {
+    use iryo_tests::{Backend, Deployment};
+
+    #[test]
+    fn raises_the_alarm_and_serves_nothing() {
+        super::a_node_shown_a_forked_log_raises_the_alarm_and_serves_nothing(Deployment::Whole(
+            Backend::Redb,
+        ));
+    }
+
+    #[test]
+    fn raises_the_alarm_and_serves_nothing_split() {
+        super::a_node_shown_a_forked_log_raises_the_alarm_and_serves_nothing(Deployment::Split(
+            Backend::Redb,
+        ));
+    }
 }
