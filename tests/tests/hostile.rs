@@ -6,7 +6,7 @@ use iryo_proto::federation::{Notification, Purpose, Side};
 use iryo_proto::signed::Signed;
 use iryo_proto::wire::*;
 use iryo_tests::federation::*;
-use iryo_tests::on_both_backends;
+use iryo_tests::on_every_deployment;
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::{Multiaddr, PeerId, StreamProtocol};
 use std::time::Duration;
@@ -132,24 +132,43 @@ fn refused_as_bad_request<T: serde::de::DeserializeOwned + Answer + std::fmt::De
     assert!(bad(&answer), "refused as a bad request: {answer:?}");
 }
 
-on_both_backends! {
-    fn hostile_messages_are_refused_and_everyone_keeps_serving(backend) {
-        let fed = Federation::start_on(backend, 2, 1, 60);
+/// Hostile frames to a directory process at `addr`: CBOR that is not a request is
+/// refused under its id; a length beyond any request, a large frame from a peer without
+/// a membership, and a frame too short for a request id close the stream unanswered.
+fn hostile_frames_to_a_directory(addr: &str) {
+    refused_as_bad_request::<DirectoryResponse>(
+        send_raw(
+            addr,
+            DIRECTORY_PROTOCOL,
+            &not_a_request("not a request"),
+            None,
+        ),
+        |a| matches!(a, DirectoryResponse::Refused(r) if r.reason == RefusalReason::BadRequest),
+    );
+    let over = MAX_DIRECTORY_REQUEST as u32 + 1024;
+    let short = not_a_request("short");
+    assert_eq!(send_raw(addr, DIRECTORY_PROTOCOL, &short, Some(over)), None);
+    // A peer without a membership may not make the directory read a large frame,
+    // though a member's may be 512 KiB: 64 KiB, whole and in time, closes the stream.
+    let mut big = 7u64.to_be_bytes().to_vec();
+    big.resize(64 * 1024, 0x41);
+    assert_eq!(send_raw(addr, DIRECTORY_PROTOCOL, &big, None), None);
+    // Too short to carry a request id.
+    assert_eq!(send_raw(addr, DIRECTORY_PROTOCOL, &[1, 2, 3], None), None);
+}
+
+on_every_deployment! {
+    fn hostile_messages_are_refused_and_everyone_keeps_serving(deployment) {
+        let fed = Federation::deploy(deployment, 2, 1, 60);
         let (a, b) = (&fed.nodes[0], &fed.nodes[1]);
         let p = fed.patients[0];
         assert_eq!(a.put_records(p, &sample_bundle(1, 10)).0, 201);
 
-        // Bytes that are CBOR but not a request, to the directory and to a node: each is
-        // refused under its id.
-        refused_as_bad_request::<DirectoryResponse>(
-            send_raw(
-                &fed.directory_addr,
-                DIRECTORY_PROTOCOL,
-                &not_a_request("not a request"),
-                None,
-            ),
-            |a| matches!(a, DirectoryResponse::Refused(r) if r.reason == RefusalReason::BadRequest),
-        );
+        // To the directory (split, to each half), and to a node.
+        hostile_frames_to_a_directory(&fed.directory_addr);
+        if let Some(split) = &fed.split {
+            hostile_frames_to_a_directory(&split.registry_addr);
+        }
         let node_addr = {
             let cfg = iryo_node::config::NodeConfig::load(&a.config_path()).expect("config");
             let key = node_key(a);
@@ -170,27 +189,8 @@ on_both_backends! {
         );
         // A length larger than any request may be: the stream is closed without an answer,
         // before the rest arrives.
-        let over = MAX_DIRECTORY_REQUEST as u32 + 1024;
-        let short = not_a_request("short");
         assert_eq!(
-            send_raw(&fed.directory_addr, DIRECTORY_PROTOCOL, &short, Some(over)),
-            None
-        );
-        assert_eq!(
-            send_raw(&node_addr, EXCHANGE_PROTOCOL, &short, Some(u32::MAX)),
-            None
-        );
-        // A peer without a membership may not make the directory read a large frame,
-        // though a member's may be 512 KiB: 64 KiB, whole and in time, closes the stream.
-        let mut big = 7u64.to_be_bytes().to_vec();
-        big.resize(64 * 1024, 0x41);
-        assert_eq!(
-            send_raw(&fed.directory_addr, DIRECTORY_PROTOCOL, &big, None),
-            None
-        );
-        // Too short to carry a request id.
-        assert_eq!(
-            send_raw(&fed.directory_addr, DIRECTORY_PROTOCOL, &[1, 2, 3], None),
+            send_raw(&node_addr, EXCHANGE_PROTOCOL, &not_a_request("short"), Some(u32::MAX)),
             None
         );
 
@@ -239,6 +239,7 @@ on_both_backends! {
         }
         fed.consent(p, b.code);
         assert_eq!(b.fetch(p, a.code, "treatment", None).0, 200);
+        assert!(b.finds_eligible(p), "checks are answered (split, by the registry)");
 
         // A peer that sends requests and never reads the answers: the source stops reading
         // from it once 64 answers wait, and goes on serving everyone else meanwhile.
