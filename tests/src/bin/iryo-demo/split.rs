@@ -3,7 +3,8 @@
 //! institutions' nodes that check eligibility at the registry and exchange records
 //! through the authority. Real processes, in temporary directories removed at the end.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
+use iryo_proto::{InstitutionCode, MedicalId};
 use iryo_tests::federation::{sample_bundle, Federation};
 use iryo_tests::Backend;
 use serde_json::json;
@@ -22,6 +23,64 @@ fn until(what: &str, mut f: impl FnMut() -> bool) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(250));
     }
+    Ok(())
+}
+
+/// Prints the patient's letter at the registry, waits for its code to reach the
+/// authority, signs in to My Portal there and reads what the patient would.
+fn portal(fed: &Federation, patient: MedicalId, clinic: InstitutionCode) -> Result<()> {
+    use iryo_tests::https::{activate, agent_no_redirects};
+    let (_, letters) = fed.registry.print_letters("letters", &[]);
+    let letter = letters
+        .into_iter()
+        .find(|l| l["medical_id"] == patient.grouped())
+        .context("no letter for the patient")?;
+    println!(
+        "  letter: medical ID {} and first sign-in code {}",
+        letter["medical_id"], letter["activation_code"]
+    );
+    fed.until_told();
+    let base = format!(
+        "https://localhost:{}",
+        fed.https.rsplit(':').next().unwrap_or_default()
+    );
+    println!("  My Portal, on the authority's HTTPS front: {base}/portal/");
+    let agent = agent_no_redirects(&fed.exchange_dir().data.join("ca/ca.pem"));
+    let session = activate(
+        &agent,
+        &base,
+        &letter["medical_id"],
+        &letter["activation_code"],
+    );
+    let page = |path: &str| -> Result<String> {
+        Ok(agent
+            .get(format!("{base}{path}"))
+            .header("cookie", &session)
+            .call()?
+            .body_mut()
+            .read_to_string()?)
+    };
+    let seen = |body: &str| {
+        if body.contains(&clinic.to_string()) {
+            "yes"
+        } else {
+            "no"
+        }
+    };
+    let (history, access) = (page("/portal/history")?, page("/portal/access")?);
+    println!(
+        "  signed in: the visit to the clinic listed {}; the clinic's read in the access log {}",
+        seen(&history),
+        seen(&access)
+    );
+    println!(
+        "  the home page holds no name: {}",
+        if page("/portal/home")?.contains("登録機関が別に管理") {
+            "the registry keeps it apart"
+        } else {
+            "NAME SHOWN"
+        }
+    );
     Ok(())
 }
 
@@ -78,7 +137,10 @@ pub(crate) fn run(persons: u64) -> Result<()> {
         fetched.0
     );
 
-    step("5. a death recorded at the registry: the authority refuses the next fetch");
+    step("5. the registry prints the patient's letter; My Portal is the authority's");
+    portal(&fed, patient, clinic.code)?;
+
+    step("6. a death recorded at the registry: the authority refuses the next fetch");
     fed.operator(&[
         "death",
         "--medical-id",
@@ -97,7 +159,7 @@ pub(crate) fn run(persons: u64) -> Result<()> {
         refused.1["detail"].as_str().unwrap_or("")
     );
 
-    step("6. what the authority keeps names no one");
+    step("7. what the authority keeps names no one");
     let yes = |b: bool| if b { "yes" } else { "no" };
     let address = "東京都千代田区";
     println!(
