@@ -187,7 +187,7 @@ pub(crate) fn apply_notice(
             let s = subject_for(t, medical_id)?;
             super::portal::set_activation_hash(t, s.pid, hash, expires)?;
             // Not logged: the hash would let anyone who reads the log try codes
-            // offline. The registry's own log records the letter.
+            // offline. The registry records the letter in the person's history.
             return Ok(Applied::New);
         }
     }
