@@ -99,16 +99,19 @@ pub enum NoticeKind {
 /// the code in groups (`ABCD-EFGH-JKMN`); spaces, hyphens and case do not count.
 pub fn portal_code_hash(medical_id: MedicalId, code: &str) -> [u8; 32] {
     use sha2::{Digest, Sha256};
-    let norm: String = code
-        .chars()
-        .filter(char::is_ascii_alphanumeric)
-        .map(|c| c.to_ascii_uppercase())
-        .collect();
     let mut h = Sha256::new();
     h.update(b"iryo/portal-code/1\0");
     h.update(medical_id.as_u64().to_be_bytes());
-    h.update(norm.as_bytes());
+    h.update(code_as_typed(code).as_bytes());
     h.finalize().into()
+}
+
+/// A code as it counts, however it was typed: its letters and digits, in upper case.
+pub fn code_as_typed(code: &str) -> String {
+    code.chars()
+        .filter(char::is_ascii_alphanumeric)
+        .map(|c| c.to_ascii_uppercase())
+        .collect()
 }
 
 impl NoticeKind {

@@ -46,15 +46,10 @@ pub fn new_activation_code() -> Result<String> {
 
 /// The stored form of a code: bound to the person, so one hash never fits another.
 pub fn activation_hash(pid: u64, code: &str) -> [u8; 32] {
-    let norm: String = code
-        .chars()
-        .filter(char::is_ascii_alphanumeric)
-        .map(|c| c.to_ascii_uppercase())
-        .collect();
     let mut h = Sha256::new();
     h.update(b"iryo activation code\0");
     h.update(pid.to_be_bytes());
-    h.update(norm.as_bytes());
+    h.update(iryo_proto::roles::code_as_typed(code).as_bytes());
     h.finalize().into()
 }
 
