@@ -202,6 +202,14 @@ on_every_deployment! {
             let (status, body) = page(agent.get(format!("{front}{path}")).call(), path, shows);
             assert_eq!(status, 200, "{front}{path}: {body}");
         }
+        // The registry's own front page says My Portal is elsewhere.
+        if split {
+            let res = agent_no_redirects(&registry_ca)
+                .get(format!("{registry_base}/"))
+                .call();
+            let (status, body) = page(res, "the registry's front page", false);
+            assert!(status == 200 && body.contains("registry-front"), "{body}");
+        }
         // A patient's audit log: where the exchanges are logged, it shows the hostile
         // emergency reason.
         let res = auth_op

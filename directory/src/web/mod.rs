@@ -169,6 +169,9 @@ pub fn router(web: Arc<Web>) -> Router {
     if role.registers() {
         app = app.nest("/insurer", insurer::routes());
     }
+    if role == crate::config::ServiceRole::Registry {
+        app = app.route("/", get(registry_front));
+    }
     if role.exchanges() {
         app = app
             .route(
@@ -181,6 +184,32 @@ pub fn router(web: Arc<Web>) -> Router {
     app.layer(axum::middleware::from_fn(track))
         .layer(axum::middleware::from_fn(security_headers))
         .with_state(web)
+}
+
+/// The registry's front page: what is served here, and that My Portal is not.
+async fn registry_front(lang: page::Lang) -> Response {
+    let body = maud::html! {
+        p id="registry-front" {
+            (lang.t(
+                "ここは医療IDの登録機関です。保険者のファイルの受け渡しと、職員の運用コンソールだけを扱います。",
+                "This is the medical ID registry: insurers' files and the staff's console only.",
+            ))
+        }
+        p {
+            (lang.t(
+                "マイポータル（だれがあなたの記録を見たか、同意の設定）は、お知らせの手紙に書かれたアドレスにあります。",
+                "My Portal (who read your records, and your consent) is at the address on your letter.",
+            ))
+        }
+    };
+    page::layout(
+        lang,
+        lang.t("医療ID 登録機関", "Medical ID registry"),
+        "/",
+        &[],
+        body,
+    )
+    .into_response()
 }
 
 /// For load balancers and supervisors: 200 while the database can be used, 503 once
