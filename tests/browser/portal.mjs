@@ -275,7 +275,7 @@ try {
   check(authLog.includes("operator sato") && authLog.includes("revoked"), "the revocation is in the authority's audit log under the certificate's name");
   await opShot("console-log");
   if (split) {
-    await accessible(op, reg.ctx, ["/operator/", "/operator/cases", "/operator/audit"], registry);
+    await accessible(op, reg.ctx, ["/", "/operator/", "/operator/cases", "/operator/audit"], registry);
     await accessible(ap, auth.ctx, ["/operator/institutions", "/operator/audit"]);
   } else {
     await accessible(op, reg.ctx, ["/operator/", "/operator/cases", "/operator/institutions", "/operator/audit"]);
