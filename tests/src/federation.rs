@@ -363,6 +363,18 @@ pub(crate) fn api_agent() -> ureq::Agent {
         .into()
 }
 
+/// An enrollment file of `patients` patients, named and living as `texts` says, in
+/// `registry`'s temp dir; its path.
+pub(crate) fn patients_file(registry: &Directory, patients: u64, texts: &Texts) -> PathBuf {
+    let rows: Vec<String> = (0..patients)
+        .map(|i| patient_row(i, &format!("{} {i}号", texts.person), texts.address))
+        .collect();
+    let refs: Vec<&str> = rows.iter().map(String::as_str).collect();
+    let file = registry.path("patients.csv");
+    write_enrollment(&file, &refs);
+    file
+}
+
 /// Patient `i`'s enrollment row, named `name`, living at `address`.
 pub fn patient_row(i: u64, name: &str, address: &str) -> String {
     format!(
@@ -420,12 +432,7 @@ impl Federation {
     ) -> Self {
         registry.ok(&["init"]);
         registry.ok(&["ca", "init"]);
-        let rows: Vec<String> = (0..patients)
-            .map(|i| patient_row(i, &format!("{} {i}号", texts.person), texts.address))
-            .collect();
-        let refs: Vec<&str> = rows.iter().map(String::as_str).collect();
-        let file = registry.path("patients.csv");
-        write_enrollment(&file, &refs);
+        let file = patients_file(&registry, patients, texts);
         registry.ok(&["enroll", &file.display().to_string()]);
         let patients = (0..patients).map(|i| medical_id_of(&registry, i)).collect();
 

@@ -3,10 +3,10 @@
 //! and keys, nodes members of the authority and checking at the registry.
 
 use crate::federation::{
-    api_agent, code, field, first_p2p, init_node, medical_id_of, patient_row, start_ready,
+    api_agent, code, field, first_p2p, init_node, medical_id_of, patients_file, start_ready,
     Federation, NodeProc, Proc, Texts,
 };
-use crate::{write_enrollment, Backend, Deployment, Directory};
+use crate::{Backend, Deployment, Directory};
 use iryo_node::config::NodeConfig;
 use std::path::PathBuf;
 
@@ -216,12 +216,7 @@ impl Federation {
             ),
         )
         .expect("write registry.toml");
-        let rows: Vec<String> = (0..patients)
-            .map(|i| patient_row(i, &format!("{} {i}号", texts.person), texts.address))
-            .collect();
-        let refs: Vec<&str> = rows.iter().map(String::as_str).collect();
-        let file = registry.path("patients.csv");
-        write_enrollment(&file, &refs);
+        let file = patients_file(&registry, patients, texts);
         let rc = registry_config.display().to_string();
         registry.ok(&["--config", &rc, "enroll", &file.display().to_string()]);
         let (registry_proc, registry_addr, _, registry_https) = serve(&registry, &registry_config);
