@@ -1,6 +1,6 @@
 //! A process killed in the middle of enrollment, then run again, ends in exactly the
 //! state of one uninterrupted run — on redb, and on PostgreSQL, whose batches write
-//! their new persons by COPY.
+//! their new persons by COPY — batch by batch and by the initial load.
 
 use iryo_tests::{on_both_backends, Directory};
 use std::io::{BufRead, BufReader};
@@ -150,12 +150,12 @@ fn killed_enrollment_rerun_equals_one_uninterrupted_run(backend) {
 }
 }
 
+on_both_backends! {
 /// The initial load is one transaction: killed while it builds the indexes, it has
 /// enrolled nothing; run again, it leaves what enrolling batch by batch leaves.
-#[test]
-fn killed_initial_load_enrolls_nothing_and_its_rerun_equals_batch_by_batch() {
+fn killed_initial_load_enrolls_nothing_and_its_rerun_equals_batch_by_batch(backend) {
     use std::os::unix::fs::PermissionsExt;
-    let whole = Directory::new();
+    let whole = Directory::on(backend);
     whole.ok(&["init"]);
     let killed = beside(&whole);
     let files = sample_files(&whole);
@@ -178,4 +178,16 @@ fn killed_initial_load_enrolls_nothing_and_its_rerun_equals_batch_by_batch() {
         "the rerun removed the killed run's files"
     );
     same_registry(&killed, &whole);
+
+    // A registry that holds persons takes no initial load on PostgreSQL: asked for
+    // one, it refuses and names the way that works.
+    if killed.cluster.is_some() {
+        let out = killed.run(&load);
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("needs an empty registry"), "{err}");
+        assert!(err.contains("--initial-load never"), "{err}");
+        same_registry(&killed, &whole);
+    }
+}
 }

@@ -9,8 +9,8 @@ use iryo_directory::admin::{AdminRequest, AdminResponse, DeathChange};
 use iryo_directory::config::Config;
 use iryo_directory::context::{Context, ContextError};
 use iryo_directory::enrollment::{
-    ingest_file, initial_load, wants_initial_load, Encoding, IngestOptions, InitialLoadChoice,
-    Progress, Summary,
+    ingest_file, initial_load, load_files, wants_initial_load, Encoding, IngestOptions,
+    InitialLoadChoice, Progress, Summary,
 };
 use iryo_directory::issuance::Method;
 use iryo_directory::registry::today;
@@ -58,11 +58,13 @@ pub(super) struct EnrollArgs {
     /// Print the summaries as JSON instead of one line per file.
     #[arg(long)]
     json: bool,
-    /// On the embedded store, enroll all the files as one initial load: one
-    /// transaction (all or nothing; a rerun starts again) that builds the indexes in
-    /// key order, for a registry's first files. `auto` takes it when the registry
-    /// holds fewer persons than a tenth of the rows the files may hold; the outcomes
-    /// are the same either way. Temporary files go to DATA_DIR/initial-load (0700).
+    /// Enroll all the files as one initial load: one transaction (all or nothing; a
+    /// rerun starts again) that writes the indexes in key order, for a registry's
+    /// first files. `auto` takes it on the embedded store when the registry holds
+    /// fewer persons than a tenth of the rows the files may hold, and on PostgreSQL
+    /// when the registry is empty (`always` refuses a registry that is not); the
+    /// outcomes are the same either way. Temporary files go to DATA_DIR/initial-load
+    /// (0700).
     #[arg(long, value_enum, default_value = "auto", value_name = "WHEN")]
     pub(super) initial_load: InitialLoadArg,
 }
@@ -289,20 +291,33 @@ pub(super) fn enroll(config: Config, a: EnrollArgs) -> Result<ExitCode> {
     // On PostgreSQL every command works on the database directly, serving or not.
     let opened = match ctx.database()? {
         Some(url) => {
-            if matches!(a.initial_load, InitialLoadArg::Always) {
-                eprintln!(
-                    "note: --initial-load is for the embedded store; on PostgreSQL every batch writes its new persons by COPY"
-                );
-            }
             let store = ctx.postgres(&url)?;
             let issuer = ctx.postgres_issuer(&store)?;
             let progress = Progress::for_stderr();
-            for f in &a.files {
-                let s = ingest_file(&store, &issuer, f, &opts, &progress)?;
-                if !a.json {
-                    println!("{s}");
+            let initial = match a.initial_load {
+                InitialLoadArg::Always => true,
+                InitialLoadArg::Never => false,
+                InitialLoadArg::Auto => store.registry_empty()?,
+            };
+            if initial {
+                eprintln!(
+                    "initial load: the files are enrolled in one transaction, all or nothing"
+                );
+                let load = store.initial_load(&config.data_dir.join("initial-load"))?;
+                for s in load_files(load, &issuer, &a.files, &opts, &progress)? {
+                    if !a.json {
+                        println!("{s}");
+                    }
+                    summaries.push(s);
                 }
-                summaries.push(s);
+            } else {
+                for f in &a.files {
+                    let s = ingest_file(&store, &issuer, f, &opts, &progress)?;
+                    if !a.json {
+                        println!("{s}");
+                    }
+                    summaries.push(s);
+                }
             }
             None
         }

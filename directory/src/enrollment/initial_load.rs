@@ -7,7 +7,7 @@ use super::ingest::Unit;
 use super::reader::{Chunk, FileBatches, RejectedRows};
 use super::{IngestError, IngestOptions, Progress, Summary};
 use crate::issuance::Issuer;
-use crate::store::{LoadProgress, Store, StoreError};
+use crate::store::{Gathered, Load, LoadProgress, Store};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Instant;
@@ -78,24 +78,38 @@ pub(crate) fn initial_load_sorting_in(
     sort_memory: Option<usize>,
     progress: &Progress,
 ) -> Result<Vec<Summary>, IngestError> {
-    let started = Instant::now();
-    let store_error = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source: StoreError| IngestError::Store { path, source }
-    };
     let first = files.first().map_or(Path::new(""), PathBuf::as_path);
-    let mut load = store.initial_load(scratch).map_err(store_error(first))?;
+    let mut load = store
+        .initial_load(scratch)
+        .map_err(|source| IngestError::Store {
+            path: first.to_path_buf(),
+            source,
+        })?;
     if let Some(bytes) = sort_memory {
         load = load.with_sort_memory(bytes);
     }
+    load_files(load, issuer, files, opts, progress)
+}
+
+/// Reads `files` into `load`, then has the backend apply them all in one
+/// transaction; their summaries in order.
+pub fn load_files(
+    mut load: impl Load,
+    issuer: &Issuer,
+    files: &[PathBuf],
+    opts: &IngestOptions,
+    progress: &Progress,
+) -> Result<Vec<Summary>, IngestError> {
+    let started = Instant::now();
+    let first = files.first().map_or(Path::new(""), PathBuf::as_path);
     let mut summaries = Vec::with_capacity(files.len());
     for path in files {
         let name = opts
             .source_name
             .clone()
             .unwrap_or_else(|| path.display().to_string());
-        load.file(&name);
-        let summary = read_file(&mut load, issuer, path, &name, opts, progress)?;
+        load.gathered().file(&name);
+        let summary = read_file(load.gathered(), issuer, path, &name, opts, progress)?;
         summaries.push(summary);
     }
     let reporter = Reporter {
@@ -109,7 +123,10 @@ pub(crate) fn initial_load_sorting_in(
         }
     };
     load.finish(issuer, &reporter, &mut outcome)
-        .map_err(store_error(first))?;
+        .map_err(|source| IngestError::Store {
+            path: first.to_path_buf(),
+            source,
+        })?;
     if let Progress::Bar(b) = progress {
         b.finish_and_clear();
     }
@@ -130,7 +147,7 @@ pub(crate) fn initial_load_sorting_in(
 /// one batch after the other: FF1 costs about twice the reading, and on two cores the
 /// three stages overlap where one reader thread doing both kept the load waiting.
 fn read_file(
-    load: &mut crate::store::InitialLoad<'_>,
+    load: &mut Gathered,
     issuer: &Issuer,
     path: &Path,
     name: &str,

@@ -12,7 +12,7 @@ pub use columns::{Columns, HEADER};
 pub use ingest::{ingest_all, ingest_file, IngestError, IngestOptions, Progress, Summary};
 #[cfg(test)]
 pub(crate) use initial_load::initial_load_sorting_in;
-pub use initial_load::{initial_load, wants_initial_load, InitialLoadChoice};
+pub use initial_load::{initial_load, load_files, wants_initial_load, InitialLoadChoice};
 pub use row::{parse_row, RowError};
 
 use serde::{Deserialize, Serialize};

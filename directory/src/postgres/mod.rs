@@ -10,7 +10,7 @@ mod registry_tx;
 pub mod revocations;
 mod store;
 
-pub use store::PgStore;
+pub use store::{initial_load::PgInitialLoad, PgStore};
 
 use std::time::Duration;
 use thiserror::Error;

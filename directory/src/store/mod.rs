@@ -46,7 +46,7 @@ pub use folding::Folding;
 pub(crate) use front::job_from;
 pub use front::{Front, JobState, SessionRecord, TryCount, TryCounts};
 pub(crate) use group::{Job, Outcome};
-pub use initial_load::{InitialLoad, LoadProgress};
+pub use initial_load::{Gathered, InitialLoad, Load, LoadProgress};
 pub use intake::plain as plain_check;
 pub(crate) use operations::forward;
 pub use operations::Operations;
@@ -137,6 +137,10 @@ pub enum StoreError {
     Damaged { path: PathBuf, what: String },
     #[error("the audit log is empty")]
     EmptyLog,
+    #[error(
+        "an initial load on PostgreSQL needs an empty registry, and this one holds persons; enroll the files with --initial-load never"
+    )]
+    RegistryNotEmpty,
     #[error("not a backup to restore: {0}")]
     BadBackup(String),
     #[error("no grant {0} (give the id `audit unmatched` prints)")]

@@ -8,6 +8,7 @@
 
 mod exchange;
 mod front;
+pub(crate) mod initial_load;
 mod intake;
 mod pool;
 

@@ -14,7 +14,7 @@
 //! failed, leaves the registry as it was, and the rerun starts again from the start.
 //! redb writes the transaction's pages out as its cache fills, so memory stays bounded.
 
-mod sort;
+pub(crate) mod sort;
 
 use super::enroll::{application_order, apply_row};
 use super::tables::{Tables, PID};
@@ -25,9 +25,9 @@ use crate::registry::merge::{new_person, RowOutcome};
 use crate::registry::{EnrollmentRow, IdEntry, IdStatus, Timestamp};
 use iryo_proto::MedicalId;
 use redb::{ReadableTable, ReadableTableMetadata};
-use sort::{Bytes, Sorter};
+pub(crate) use sort::{Bytes, Sorter};
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, BufWriter, Write};
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 /// What each external sort may hold in memory before it writes a run.
@@ -60,20 +60,25 @@ pub trait LoadProgress {
     fn at(&self, done: u64);
 }
 
-/// An initial load under way: rows gathered in application order in a spill file,
-/// their keys in an external sort. Everything lies in a private scratch directory
-/// that is removed when the load is dropped.
-pub struct InitialLoad<'s> {
-    store: &'s Store,
+/// Rows gathered for an initial load, on either backend: in application order in a
+/// spill file, their keys in an external sort. Everything lies in a private scratch
+/// directory that is removed when the rows are dropped.
+pub struct Gathered {
     scratch: PathBuf,
     spill: BufWriter<File>,
-    /// Taken when the load finishes.
+    /// Taken when the rows are read back.
     keys: Option<Sorter<u128>>,
     rows: u64,
     names: Vec<String>,
     scratch_bytes: Vec<u8>,
     /// What each external sort may hold in memory.
     sort_memory: usize,
+}
+
+/// An initial load into the embedded store under way.
+pub struct InitialLoad<'s> {
+    store: &'s Store,
+    gathered: Gathered,
 }
 
 impl Store {
@@ -86,6 +91,17 @@ impl Store {
     /// Begins an initial load whose temporary files go to `scratch`, a directory
     /// made for it (mode 0700: it holds rows with personal data) and removed after.
     pub fn initial_load(&self, scratch: &Path) -> Result<InitialLoad<'_>> {
+        Ok(InitialLoad {
+            store: self,
+            gathered: Gathered::new(scratch)?,
+        })
+    }
+}
+
+impl Gathered {
+    /// Rows to be gathered in `scratch`, a directory made for them (mode 0700: they
+    /// hold personal data) and removed after.
+    pub fn new(scratch: &Path) -> Result<Self> {
         let file_error = |e| StoreError::File(scratch.to_path_buf(), e);
         if scratch.exists() {
             // Left by a load that was killed: nothing in it is needed.
@@ -95,8 +111,7 @@ impl Store {
         let spill_path = scratch.join("rows");
         let spill = crate::files::create_private(&spill_path)
             .map_err(|e| StoreError::File(spill_path.clone(), e))?;
-        Ok(InitialLoad {
-            store: self,
+        Ok(Gathered {
             scratch: scratch.to_path_buf(),
             spill: BufWriter::with_capacity(1 << 20, spill),
             keys: Some(Sorter::new(scratch, "keys", SORT_MEMORY)),
@@ -106,9 +121,7 @@ impl Store {
             sort_memory: SORT_MEMORY,
         })
     }
-}
 
-impl InitialLoad<'_> {
     /// Bounds what each sort holds in memory before it writes a run to disk.
     #[must_use]
     pub fn with_sort_memory(mut self, bytes: usize) -> Self {
@@ -176,6 +189,155 @@ impl InitialLoad<'_> {
         self.spill.write_all(&self.scratch_bytes)
     }
 
+    /// The scratch directory, for the backend's own sorts and files.
+    pub(crate) fn scratch(&self) -> &Path {
+        &self.scratch
+    }
+
+    /// What each external sort may hold in memory.
+    pub(crate) fn sort_memory(&self) -> usize {
+        self.sort_memory
+    }
+
+    /// The name a row of the `file`th file goes by in conflicts and history.
+    pub(crate) fn source(&self, file: usize, line: u64) -> String {
+        let name = self.names.get(file).map_or("", String::as_str);
+        format!("{name}:{line}")
+    }
+
+    /// Rows added so far.
+    pub(crate) fn len(&self) -> u64 {
+        self.rows
+    }
+
+    /// Sorts the keys of every row added, with those `registry` adds (the keys the
+    /// registry holds already), and marks the ranks of rows that share one: what makes
+    /// the other rows fresh.
+    pub(crate) fn mark_repeated(
+        &mut self,
+        registry: impl FnOnce(&mut Sorter<u128>) -> Result<io::Result<()>>,
+        progress: &dyn LoadProgress,
+    ) -> Result<Repeated> {
+        self.spill.flush().map_err(|e| self.io(e))?;
+        let mut keys = self
+            .keys
+            .take()
+            .ok_or_else(|| StoreError::Inconsistent("a load finished twice".into()))?;
+        registry(&mut keys)?.map_err(|e| self.io(e))?;
+        progress.stage("finding repeated keys", keys.len());
+        let bits = repeated_ranks(keys, self.rows, progress).map_err(|e| self.io(e))?;
+        Ok(Repeated(bits))
+    }
+
+    /// The rows added, read back from the spill file in application order.
+    pub(crate) fn spilled(&self) -> Result<Spilled> {
+        let path = self.scratch.join("rows");
+        let file = File::open(&path).map_err(|e| self.io(e))?;
+        Ok(Spilled {
+            reader: BufReader::with_capacity(1 << 20, file),
+            scratch: self.scratch.clone(),
+            next: 0,
+            rows: self.rows,
+        })
+    }
+}
+
+/// Which ranks share a key with another row or with the registry: one bit each.
+pub(crate) struct Repeated(Vec<u64>);
+
+impl Repeated {
+    /// Whether the row of rank `rank` is fresh: none of its keys occurs elsewhere.
+    pub(crate) fn fresh(&self, rank: u64) -> bool {
+        self.0
+            .get((rank / 64) as usize)
+            .is_none_or(|w| w & (1 << (rank % 64)) == 0)
+    }
+}
+
+/// The spill file read back: each row with its rank, file and candidate.
+pub(crate) struct Spilled {
+    reader: BufReader<File>,
+    scratch: PathBuf,
+    next: u64,
+    rows: u64,
+}
+
+/// A gathered row as read back.
+pub(crate) struct LoadRow {
+    pub rank: u64,
+    pub file: usize,
+    pub candidate: MedicalId,
+    pub row: EnrollmentRow,
+}
+
+impl Spilled {
+    /// The next row, or `None` after the last.
+    pub(crate) fn next_row(&mut self) -> Result<Option<LoadRow>> {
+        if self.next == self.rows {
+            return Ok(None);
+        }
+        let (file, candidate, row) =
+            read_row(&mut self.reader).map_err(|e| StoreError::File(self.scratch.clone(), e))?;
+        let rank = self.next;
+        self.next += 1;
+        Ok(Some(LoadRow {
+            rank,
+            file: file as usize,
+            candidate,
+            row,
+        }))
+    }
+
+    /// Passes over the next row without decoding it.
+    pub(crate) fn skip_row(&mut self) -> Result<()> {
+        let io = |e| StoreError::File(self.scratch.clone(), e);
+        let mut head = [0u8; 16];
+        self.reader.read_exact(&mut head).map_err(io)?;
+        let len = u32::from_le_bytes([head[12], head[13], head[14], head[15]]);
+        self.reader.seek_relative(i64::from(len)).map_err(io)?;
+        self.next += 1;
+        Ok(())
+    }
+}
+
+/// An initial load on one backend: the rows gathered, then applied in one transaction.
+pub trait Load {
+    /// Where the reading side adds the files' rows.
+    fn gathered(&mut self) -> &mut Gathered;
+
+    /// Applies every row gathered and commits once. `outcome` hears each row's outcome
+    /// with the index of its file, in application order.
+    fn finish(
+        self,
+        issuer: &Issuer,
+        progress: &dyn LoadProgress,
+        outcome: &mut dyn FnMut(usize, &RowOutcome),
+    ) -> Result<()>;
+}
+
+impl Load for InitialLoad<'_> {
+    fn gathered(&mut self) -> &mut Gathered {
+        &mut self.gathered
+    }
+
+    fn finish(
+        self,
+        issuer: &Issuer,
+        progress: &dyn LoadProgress,
+        outcome: &mut dyn FnMut(usize, &RowOutcome),
+    ) -> Result<()> {
+        InitialLoad::finish(self, issuer, progress, outcome)
+    }
+}
+
+impl InitialLoad<'_> {
+    /// Bounds what each sort holds in memory before it writes a run to disk.
+    #[must_use]
+    pub fn with_sort_memory(mut self, bytes: usize) -> Self {
+        self.gathered = self.gathered.with_sort_memory(bytes);
+        self
+    }
+
     /// Applies every row added and commits once. `outcome` hears each row's outcome
     /// with the index of its file, in application order.
     pub fn finish(
@@ -184,17 +346,12 @@ impl InitialLoad<'_> {
         progress: &dyn LoadProgress,
         outcome: &mut dyn FnMut(usize, &RowOutcome),
     ) -> Result<()> {
-        self.spill.flush().map_err(|e| self.io(e))?;
         let tx = self.store.db.begin_write()?;
         {
             let mut t = Tables::open(&tx)?;
-            let mut keys = self
-                .keys
-                .take()
-                .ok_or_else(|| StoreError::Inconsistent("a load finished twice".into()))?;
-            registry_keys(&mut t, &mut keys)?.map_err(|e| self.io(e))?;
-            progress.stage("finding repeated keys", keys.len());
-            let repeated = repeated_ranks(keys, self.rows, progress).map_err(|e| self.io(e))?;
+            let repeated = self
+                .gathered
+                .mark_repeated(|keys| registry_keys(&mut t, keys), progress)?;
             let built = self.apply(&mut t, &repeated, issuer, progress, outcome)?;
             built.insert(&mut t, progress)?;
             t.flush_counters()?;
@@ -209,43 +366,39 @@ impl InitialLoad<'_> {
     fn apply(
         &self,
         t: &mut Tables<'_>,
-        repeated: &[u64],
+        repeated: &Repeated,
         issuer: &Issuer,
         progress: &dyn LoadProgress,
         outcome: &mut dyn FnMut(usize, &RowOutcome),
     ) -> Result<Indexes> {
+        let g = &self.gathered;
         let mut built = Indexes {
-            scratch: self.scratch.clone(),
-            my_numbers: Sorter::new(&self.scratch, "my_numbers", self.sort_memory),
-            medical_ids: Sorter::new(&self.scratch, "medical_ids", self.sort_memory),
-            cards: Sorter::new(&self.scratch, "cards", self.sort_memory),
+            scratch: g.scratch.clone(),
+            my_numbers: Sorter::new(&g.scratch, "my_numbers", g.sort_memory),
+            medical_ids: Sorter::new(&g.scratch, "medical_ids", g.sort_memory),
+            cards: Sorter::new(&g.scratch, "cards", g.sort_memory),
         };
-        let path = self.scratch.join("rows");
-        let file = File::open(&path).map_err(|e| self.io(e))?;
-        let mut spill = BufReader::with_capacity(1 << 20, file);
-        progress.stage("applying rows", self.rows);
+        let mut spill = g.spilled()?;
+        progress.stage("applying rows", g.rows);
         let mut at: Timestamp = crate::registry::now();
-        for rank in 0..self.rows {
-            let (file, candidate, row) = read_row(&mut spill).map_err(|e| self.io(e))?;
-            if rank.is_multiple_of(4096) {
+        while let Some(r) = spill.next_row()? {
+            if r.rank.is_multiple_of(4096) {
                 at = crate::registry::now();
-                progress.at(rank);
+                progress.at(r.rank);
             }
-            let fresh = repeated[(rank / 64) as usize] & (1 << (rank % 64)) == 0;
-            let result = if fresh {
-                built.fresh(t, &row, candidate, at)?
+            let result = if repeated.fresh(r.rank) {
+                built.fresh(t, &r.row, r.candidate, at)?
             } else {
-                let name = self.names.get(file as usize).map_or("", String::as_str);
-                let source = format!("{name}:{}", row.line);
-                apply_row(t, &source, &row, Some(candidate), issuer, at)?
+                let source = g.source(r.file, r.row.line);
+                apply_row(t, &source, &r.row, Some(r.candidate), issuer, at)?
             };
-            outcome(file as usize, &result);
+            outcome(r.file, &result);
         }
         Ok(built)
     }
 }
 
-impl Drop for InitialLoad<'_> {
+impl Drop for Gathered {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.scratch);
     }
