@@ -309,6 +309,12 @@ impl<'t> Tables<'t> {
         Ok(())
     }
 
+    /// Writes a person's record encoded already (the initial load's fresh rows).
+    pub(super) fn put_record(&mut self, pid: u64, record: &[u8]) -> Result<()> {
+        self.persons.open_mut()?.insert(pid, record)?;
+        Ok(())
+    }
+
     /// Writes the record and re-derives the card index entry of each of its coverages,
     /// for every change an eligibility check can see.
     pub(super) fn save_person(&mut self, p: &Person) -> Result<()> {

@@ -16,10 +16,9 @@
 use super::{db, PgTx, PID};
 use crate::issuance::Issuer;
 use crate::postgres::sql;
-use crate::registry::eligibility::CardStanding;
-use crate::registry::merge::{new_person, RowOutcome};
-use crate::registry::{EnrollmentRow, IdEntry, IdStatus, Person, Timestamp};
-use crate::store::initial_load::{Bytes, Sorter};
+use crate::registry::merge::RowOutcome;
+use crate::registry::{EnrollmentRow, IdEntry, IdStatus, Timestamp};
+use crate::store::initial_load::{Bytes, FreshRow, Next, Repeated, Sorter};
 use crate::store::registry_tx::RegistryTx;
 use crate::store::{apply_row, encode, Gathered, LoadProgress, Result, StoreError};
 use futures::pin_mut;
@@ -67,25 +66,30 @@ impl PgTx<'_> {
             return Err(StoreError::RegistryNotEmpty);
         }
         let repeated = g.mark_repeated(|_| Ok(Ok(())), progress)?;
-        self.read_ahead_ruled(g, &|rank| repeated.fresh(rank))?;
+        self.read_ahead_ruled(g, &repeated)?;
         let mut fresh = FreshRows::new(g)?;
         let mut spill = g.spilled()?;
         progress.stage("applying rows", g.len());
         let mut at: Timestamp = crate::registry::now();
-        while let Some(r) = spill.next_row()? {
-            if r.rank.is_multiple_of(4096) {
-                at = crate::registry::now();
-                progress.at(r.rank);
-            }
-            let result = if repeated.fresh(r.rank) {
-                let pid = self.next(PID)?;
-                fresh.push(&new_person(pid, &r.row, r.candidate, 0, at))?;
-                RowOutcome::New
-            } else {
-                let source = g.source(r.file, r.row.line);
-                apply_row(self, &source, &r.row, Some(r.candidate), issuer, at)?
+        let io = |e| StoreError::File(g.scratch().to_path_buf(), e);
+        while let Some(next) = spill.next(&repeated, true).map_err(io)? {
+            let (rank, file, result) = match next {
+                Next::Fresh(r) => {
+                    fresh.push(self.next(PID)?, &r)?;
+                    (r.rank, r.file, RowOutcome::New)
+                }
+                Next::Ruled(r) => {
+                    let source = g.source(r.file, r.row.line);
+                    let result = apply_row(self, &source, &r.row, Some(r.candidate), issuer, at)?;
+                    (r.rank, r.file, result)
+                }
+                Next::Skipped => continue,
             };
-            outcome(r.file, &result);
+            if rank.is_multiple_of(4096) {
+                at = crate::registry::now();
+                progress.at(rank);
+            }
+            outcome(file, &result);
         }
         self.copy_fresh(fresh, progress)?;
         progress.stage("committing", 0);
@@ -93,15 +97,12 @@ impl PgTx<'_> {
     }
 
     /// Reads ahead the keys of every row that takes the ordinary rules, in chunks.
-    fn read_ahead_ruled(&mut self, g: &Gathered, fresh: &dyn Fn(u64) -> bool) -> Result<()> {
+    fn read_ahead_ruled(&mut self, g: &Gathered, repeated: &Repeated) -> Result<()> {
         let mut spill = g.spilled()?;
         let (mut rows, mut candidates): (Vec<EnrollmentRow>, Vec<MedicalId>) = (vec![], vec![]);
-        for rank in 0..g.len() {
-            if fresh(rank) {
-                spill.skip_row()?;
-                continue;
-            }
-            if let Some(r) = spill.next_row()? {
+        let io = |e| StoreError::File(g.scratch().to_path_buf(), e);
+        while let Some(next) = spill.next(repeated, false).map_err(io)? {
+            if let Next::Ruled(r) = next {
                 rows.push(r.row);
                 candidates.push(r.candidate);
             }
@@ -249,30 +250,26 @@ impl FreshRows {
         })
     }
 
-    /// A new person's rows: its record, its My Number, its issued ID and each card's
-    /// standing, as `apply_row` would write them.
-    fn push(&mut self, p: &Person) -> Result<()> {
-        let record = encode(p)?;
-        let (pid, number, id) = (p.pid, p.my_number.as_u64(), p.medical_id.as_u64());
+    /// A fresh row's writes under `pid`: its record, its My Number, its issued ID and
+    /// its card's standing, as `apply_row` would write them for a new person.
+    fn push(&mut self, pid: u64, row: &FreshRow) -> Result<()> {
+        let record = row.record(pid);
+        let id = row.candidate.as_u64();
         let mut out = || -> io::Result<()> {
             let len = u32::try_from(record.len()).map_err(io::Error::other)?;
-            for v in [pid, number, id] {
+            for v in [pid, row.my_number, id] {
                 self.persons.write_all(&v.to_le_bytes())?;
             }
             self.persons.write_all(&len.to_le_bytes())?;
             self.persons.write_all(&record)?;
-            self.my_numbers.push((number, pid))?;
+            self.my_numbers.push((row.my_number, pid))?;
             self.medical_ids.push((id, pid))?;
-            for c in &p.coverages {
-                let standing = encode(&CardStanding::of(p, c)).map_err(io::Error::other)?;
-                let mut value = pid.to_le_bytes().to_vec();
-                value.extend_from_slice(&standing);
-                self.cards.push(Bytes {
-                    key: c.card.key(),
-                    value,
-                })?;
-            }
-            Ok(())
+            let mut value = pid.to_le_bytes().to_vec();
+            value.extend_from_slice(&row.standing(pid));
+            self.cards.push(Bytes {
+                key: row.card_key.clone(),
+                value,
+            })
         };
         out().map_err(|e| StoreError::File(self.scratch.clone(), e))?;
         self.count += 1;

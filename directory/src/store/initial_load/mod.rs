@@ -15,19 +15,20 @@
 //! redb writes the transaction's pages out as its cache fills, so memory stays bounded.
 
 pub(crate) mod sort;
+mod spill;
 
 use super::enroll::{application_order, apply_row};
 use super::tables::{Tables, PID};
 use super::{encode, Result, Store, StoreError};
 use crate::issuance::Issuer;
-use crate::registry::eligibility::CardStanding;
-use crate::registry::merge::{new_person, RowOutcome};
+use crate::registry::merge::RowOutcome;
 use crate::registry::{EnrollmentRow, IdEntry, IdStatus, Timestamp};
 use iryo_proto::MedicalId;
 use redb::{ReadableTable, ReadableTableMetadata};
 pub(crate) use sort::{Bytes, Sorter};
+pub(crate) use spill::{FreshRow, Next, Spilled};
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 /// What each external sort may hold in memory before it writes a run.
@@ -150,6 +151,7 @@ impl Gathered {
             ));
         }
         let file = u32::try_from(self.names.len().saturating_sub(1)).unwrap_or(u32::MAX);
+        let at = crate::registry::now();
         for i in application_order(rows) {
             let (row, candidate) = (&rows[i], candidates[i]);
             let rank = self.rows;
@@ -165,28 +167,13 @@ impl Gathered {
                 None => Err(io::Error::other("rows added to a finished load")),
             };
             if pushed.is_ok() {
-                pushed = self.spill_row(file, candidate, row);
+                self.scratch_bytes.clear();
+                pushed = spill::put(&mut self.scratch_bytes, file, candidate, row, at)
+                    .and_then(|()| self.spill.write_all(&self.scratch_bytes));
             }
             pushed.map_err(|e| self.io(e))?;
         }
         Ok(())
-    }
-
-    fn spill_row(
-        &mut self,
-        file: u32,
-        candidate: MedicalId,
-        row: &EnrollmentRow,
-    ) -> io::Result<()> {
-        let body = postcard::to_allocvec(row).map_err(io::Error::other)?;
-        self.scratch_bytes.clear();
-        self.scratch_bytes.extend_from_slice(&file.to_le_bytes());
-        self.scratch_bytes
-            .extend_from_slice(&candidate.as_u64().to_le_bytes());
-        let len = u32::try_from(body.len()).map_err(io::Error::other)?;
-        self.scratch_bytes.extend_from_slice(&len.to_le_bytes());
-        self.scratch_bytes.extend_from_slice(&body);
-        self.spill.write_all(&self.scratch_bytes)
     }
 
     /// The scratch directory, for the backend's own sorts and files.
@@ -233,12 +220,7 @@ impl Gathered {
     pub(crate) fn spilled(&self) -> Result<Spilled> {
         let path = self.scratch.join("rows");
         let file = File::open(&path).map_err(|e| self.io(e))?;
-        Ok(Spilled {
-            reader: BufReader::with_capacity(1 << 20, file),
-            scratch: self.scratch.clone(),
-            next: 0,
-            rows: self.rows,
-        })
+        Ok(Spilled::new(file, self.rows))
     }
 }
 
@@ -251,52 +233,6 @@ impl Repeated {
         self.0
             .get((rank / 64) as usize)
             .is_none_or(|w| w & (1 << (rank % 64)) == 0)
-    }
-}
-
-/// The spill file read back: each row with its rank, file and candidate.
-pub(crate) struct Spilled {
-    reader: BufReader<File>,
-    scratch: PathBuf,
-    next: u64,
-    rows: u64,
-}
-
-/// A gathered row as read back.
-pub(crate) struct LoadRow {
-    pub rank: u64,
-    pub file: usize,
-    pub candidate: MedicalId,
-    pub row: EnrollmentRow,
-}
-
-impl Spilled {
-    /// The next row, or `None` after the last.
-    pub(crate) fn next_row(&mut self) -> Result<Option<LoadRow>> {
-        if self.next == self.rows {
-            return Ok(None);
-        }
-        let (file, candidate, row) =
-            read_row(&mut self.reader).map_err(|e| StoreError::File(self.scratch.clone(), e))?;
-        let rank = self.next;
-        self.next += 1;
-        Ok(Some(LoadRow {
-            rank,
-            file: file as usize,
-            candidate,
-            row,
-        }))
-    }
-
-    /// Passes over the next row without decoding it.
-    pub(crate) fn skip_row(&mut self) -> Result<()> {
-        let io = |e| StoreError::File(self.scratch.clone(), e);
-        let mut head = [0u8; 16];
-        self.reader.read_exact(&mut head).map_err(io)?;
-        let len = u32::from_le_bytes([head[12], head[13], head[14], head[15]]);
-        self.reader.seek_relative(i64::from(len)).map_err(io)?;
-        self.next += 1;
-        Ok(())
     }
 }
 
@@ -381,18 +317,21 @@ impl InitialLoad<'_> {
         let mut spill = g.spilled()?;
         progress.stage("applying rows", g.rows);
         let mut at: Timestamp = crate::registry::now();
-        while let Some(r) = spill.next_row()? {
-            if r.rank.is_multiple_of(4096) {
-                at = crate::registry::now();
-                progress.at(r.rank);
-            }
-            let result = if repeated.fresh(r.rank) {
-                built.fresh(t, &r.row, r.candidate, at)?
-            } else {
-                let source = g.source(r.file, r.row.line);
-                apply_row(t, &source, &r.row, Some(r.candidate), issuer, at)?
+        while let Some(next) = spill.next(repeated, true).map_err(|e| g.io(e))? {
+            let (rank, file, result) = match next {
+                Next::Fresh(r) => (r.rank, r.file, built.fresh(t, &r)?),
+                Next::Ruled(r) => {
+                    let source = g.source(r.file, r.row.line);
+                    let result = apply_row(t, &source, &r.row, Some(r.candidate), issuer, at)?;
+                    (r.rank, r.file, result)
+                }
+                Next::Skipped => continue,
             };
-            outcome(r.file, &result);
+            if rank.is_multiple_of(4096) {
+                at = crate::registry::now();
+                progress.at(rank);
+            }
+            outcome(file, &result);
         }
         Ok(built)
     }
@@ -423,20 +362,6 @@ fn registry_keys(t: &mut Tables<'_>, keys: &mut Sorter<u128>) -> Result<io::Resu
         }
     }
     Ok(Ok(()))
-}
-
-fn read_row(r: &mut impl BufRead) -> io::Result<(u32, MedicalId, EnrollmentRow)> {
-    let mut head = [0u8; 16];
-    r.read_exact(&mut head)?;
-    let [f0, f1, f2, f3, c0, c1, c2, c3, c4, c5, c6, c7, l0, l1, l2, l3] = head;
-    let file = u32::from_le_bytes([f0, f1, f2, f3]);
-    let candidate = MedicalId::from_u64(u64::from_le_bytes([c0, c1, c2, c3, c4, c5, c6, c7]))
-        .map_err(io::Error::other)?;
-    let len = u32::from_le_bytes([l0, l1, l2, l3]) as usize;
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body)?;
-    let row = postcard::from_bytes(&body).map_err(io::Error::other)?;
-    Ok((file, candidate, row))
 }
 
 /// The ranks of rows one of whose keys occurs more than once (in the load or in the
@@ -487,24 +412,16 @@ struct Indexes {
 
 impl Indexes {
     /// Writes a fresh row's person and sorts its index entries for later.
-    fn fresh(
-        &mut self,
-        t: &mut Tables<'_>,
-        row: &EnrollmentRow,
-        candidate: MedicalId,
-        at: Timestamp,
-    ) -> Result<RowOutcome> {
+    fn fresh(&mut self, t: &mut Tables<'_>, row: &FreshRow) -> Result<RowOutcome> {
         let pid = t.next(PID)?;
-        let p = new_person(pid, row, candidate, 0, at);
-        t.put_person(&p)?;
-        let standing = encode(&CardStanding::of(&p, &p.coverages[0]))?;
+        t.put_record(pid, &row.record(pid))?;
         self.my_numbers
-            .push((row.my_number.as_u64(), pid))
-            .and_then(|()| self.medical_ids.push((candidate.as_u64(), pid)))
+            .push((row.my_number, pid))
+            .and_then(|()| self.medical_ids.push((row.candidate.as_u64(), pid)))
             .and_then(|()| {
                 self.cards.push(Bytes {
-                    key: row.card.key(),
-                    value: standing,
+                    key: row.card_key.clone(),
+                    value: row.standing(pid),
                 })
             })
             .map_err(|e| StoreError::File(self.scratch.clone(), e))?;
