@@ -3,12 +3,15 @@
 //!
 //! The rows are gathered and judged as on redb (`store::initial_load`): a row whose My
 //! Number, card and first candidate ID occur in no other row is fresh and can only
-//! become a new person. Fresh rows take their pids in application order and their rows
-//! go to a file (the records, in pid order) and to three external sorts (the My
-//! Number, medical ID and card entries); every other row takes the ordinary rules
-//! (`apply_row`), its keys read ahead in chunks, its writes kept until the commit. At
-//! the end each table gets its fresh rows by one COPY in key order, so each index
-//! grows at its right edge instead of at random pages, and the kept writes follow.
+//! become a new person. Then three passes over the spilled rows:
+//! 1. the keys of every other row are read ahead, in chunks;
+//! 2. in application order, each fresh row takes the next pid and every other row the
+//!    ordinary rules (`apply_row`), whose writes are kept until the commit;
+//! 3. the fresh rows' records, encoded while the files were read, stream into
+//!    `persons` by one COPY in pid order, while their My Number, medical ID and card
+//!    entries go to external sorts; each of those tables then gets its entries by one
+//!    COPY in key order, so every index grows at its right edge instead of at random
+//!    pages. The kept writes follow at the commit.
 //!
 //! The registry must be empty: then nothing a row's rules read can be a fresh row's,
 //! and the tables stay empty until the COPYs, so the rules' reads cost nothing.
@@ -23,8 +26,7 @@ use crate::store::registry_tx::RegistryTx;
 use crate::store::{apply_row, encode, Gathered, LoadProgress, Result, StoreError};
 use futures::pin_mut;
 use iryo_proto::MedicalId;
-use std::fs::File;
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::io;
 use std::path::PathBuf;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::error::SqlState;
@@ -67,23 +69,42 @@ impl PgTx<'_> {
         }
         let repeated = g.mark_repeated(|_| Ok(Ok(())), progress)?;
         self.read_ahead_ruled(g, &repeated)?;
-        let mut fresh = FreshRows::new(g)?;
+        let pids = self.apply_in_order(g, &repeated, issuer, progress, outcome)?;
+        let fresh = self.copy_persons(g, &repeated, pids, progress)?;
+        self.copy_indexes(fresh, progress)?;
+        progress.stage("committing", 0);
+        Ok(())
+    }
+
+    /// Every row in application order: a fresh row takes the next pid, any other row
+    /// the ordinary rules. Nothing is written to the database yet, so the COPY of the
+    /// records that follows can stream while fresh rows are read back. Returns where
+    /// fresh rows' pids do not follow on from the one before.
+    fn apply_in_order(
+        &mut self,
+        g: &Gathered,
+        repeated: &Repeated,
+        issuer: &Issuer,
+        progress: &dyn LoadProgress,
+        outcome: &mut dyn FnMut(usize, &RowOutcome),
+    ) -> Result<FreshPids> {
+        let mut pids = FreshPids::default();
         let mut spill = g.spilled()?;
         progress.stage("applying rows", g.len());
         let mut at: Timestamp = crate::registry::now();
         let io = |e| StoreError::File(g.scratch().to_path_buf(), e);
-        while let Some(next) = spill.next(&repeated, true).map_err(io)? {
+        while let Some(next) = spill.next(repeated, false).map_err(io)? {
             let (rank, file, result) = match next {
-                Next::Fresh(r) => {
-                    fresh.push(self.next(PID)?, &r)?;
-                    (r.rank, r.file, RowOutcome::New)
+                Next::Skipped { rank, file } => {
+                    pids.take(rank, self.next(PID)?);
+                    (rank, file, RowOutcome::New)
                 }
                 Next::Ruled(r) => {
                     let source = g.source(r.file, r.row.line);
                     let result = apply_row(self, &source, &r.row, Some(r.candidate), issuer, at)?;
                     (r.rank, r.file, result)
                 }
-                Next::Skipped => continue,
+                Next::Fresh(r) => (r.rank, r.file, RowOutcome::New),
             };
             if rank.is_multiple_of(4096) {
                 at = crate::registry::now();
@@ -91,9 +112,7 @@ impl PgTx<'_> {
             }
             outcome(file, &result);
         }
-        self.copy_fresh(fresh, progress)?;
-        progress.stage("committing", 0);
-        Ok(())
+        Ok(pids)
     }
 
     /// Reads ahead the keys of every row that takes the ordinary rules, in chunks.
@@ -118,37 +137,64 @@ impl PgTx<'_> {
         Ok(())
     }
 
-    /// Writes the fresh rows: the records in pid order, then each index's entries in
-    /// key order, one COPY per table.
-    fn copy_fresh(&mut self, fresh: FreshRows, progress: &dyn LoadProgress) -> Result<()> {
-        let FreshRows {
-            scratch,
-            persons,
-            count,
-            my_numbers,
-            medical_ids,
-            cards,
-        } = fresh;
-        let io = |e: io::Error| StoreError::File(scratch.clone(), e);
-        let path = scratch.join("persons");
-        persons.into_inner().map_err(|e| io(e.into_error()))?;
-        let mut records = BufReader::with_capacity(1 << 20, File::open(&path).map_err(io)?);
+    /// Streams the fresh rows' records into `persons` by one COPY, in pid order, as
+    /// they are read back, and sorts their index entries for the next COPYs.
+    fn copy_persons(
+        &mut self,
+        g: &Gathered,
+        repeated: &Repeated,
+        mut pids: FreshPids,
+        progress: &dyn LoadProgress,
+    ) -> Result<FreshEntries> {
+        let mut entries = FreshEntries::new(g);
+        let mut spill = g.spilled()?;
+        let io = |e| StoreError::File(g.scratch().to_path_buf(), e);
+        progress.stage("writing the persons", pids.count);
         let tx = self.tx;
         self.rt.block_on(async {
-            progress.stage("writing the persons", count);
             let err = refused("person");
             let sink = tx.copy_in(PERSONS_COPY).await.map_err(db)?;
             let w =
                 BinaryCopyInWriter::new(sink, &[Type::INT8, Type::INT8, Type::INT8, Type::BYTEA]);
             pin_mut!(w);
-            for n in 0..count {
-                let ([pid, my_number, id], record) = read_person(&mut records).map_err(io)?;
-                let row: [&(dyn ToSql + Sync); 4] = [&pid, &my_number, &id, &record];
-                w.as_mut().write(&row).await.map_err(&err)?;
+            let mut n = 0u64;
+            while let Some(next) = spill.next(repeated, true).map_err(io)? {
+                let Next::Fresh(row) = next else {
+                    continue;
+                };
+                let pid = pids.of(row.rank)?;
+                let record = row.record(pid);
+                entries.push(pid, &row).map_err(io)?;
+                let (pid, number, id) =
+                    (sql(pid)?, sql(row.my_number)?, sql(row.candidate.as_u64())?);
+                let cells: [&(dyn ToSql + Sync); 4] = [&pid, &number, &id, &record];
+                w.as_mut().write(&cells).await.map_err(&err)?;
                 tick(progress, n);
+                n += 1;
             }
             w.finish().await.map_err(&err)?;
+            if n != pids.count {
+                return Err(StoreError::Inconsistent(format!(
+                    "{} fresh rows read back for {} pids",
+                    n, pids.count
+                )));
+            }
+            Ok::<_, StoreError>(())
+        })?;
+        Ok(entries)
+    }
 
+    /// Writes the fresh rows' index entries, each table by one COPY in key order.
+    fn copy_indexes(&mut self, entries: FreshEntries, progress: &dyn LoadProgress) -> Result<()> {
+        let FreshEntries {
+            scratch,
+            my_numbers,
+            medical_ids,
+            cards,
+        } = entries;
+        let io = |e: io::Error| StoreError::File(scratch.clone(), e);
+        let tx = self.tx;
+        self.rt.block_on(async {
             progress.stage("building the My Number index", my_numbers.len());
             let sorted = my_numbers.sorted().map_err(io)?;
             let err = refused("My Number");
@@ -222,76 +268,82 @@ fn refused(what: &'static str) -> impl Fn(tokio_postgres::Error) -> StoreError {
     }
 }
 
-/// Fresh rows' writes, kept on disk until the COPYs: the records in pid order, the
-/// index entries in external sorts.
-struct FreshRows {
-    scratch: PathBuf,
-    persons: BufWriter<File>,
+/// Fresh rows' pids, which rise with their rank: kept only where one does not follow
+/// on from the one before (a row taking the rules took a pid between them).
+#[derive(Default)]
+struct FreshPids {
+    /// (rank, pid) of each fresh row whose pid is not the previous fresh row's plus one.
+    breaks: std::collections::VecDeque<(u64, u64)>,
+    /// The last pid taken.
+    last: Option<u64>,
+    /// The last pid handed out by `of`.
+    cursor: Option<u64>,
     count: u64,
+}
+
+impl FreshPids {
+    /// The fresh row of rank `rank` took `pid`; ranks come in order.
+    fn take(&mut self, rank: u64, pid: u64) {
+        if self.last.map(|l| l + 1) != Some(pid) {
+            self.breaks.push_back((rank, pid));
+        }
+        self.last = Some(pid);
+        self.count += 1;
+    }
+
+    /// The pid of the fresh row of rank `rank`, asked in the same order once every
+    /// `take` is done.
+    fn of(&mut self, rank: u64) -> Result<u64> {
+        let pid = match (self.breaks.front(), self.cursor) {
+            (Some(&(r, pid)), _) if r == rank => {
+                self.breaks.pop_front();
+                pid
+            }
+            (_, Some(previous)) => previous + 1,
+            _ => {
+                return Err(StoreError::Inconsistent(format!(
+                    "no pid for the fresh row of rank {rank}"
+                )))
+            }
+        };
+        self.cursor = Some(pid);
+        Ok(pid)
+    }
+}
+
+/// Fresh rows' index entries, in external sorts until their COPYs.
+struct FreshEntries {
+    scratch: PathBuf,
     my_numbers: Sorter<(u64, u64)>,
     medical_ids: Sorter<(u64, u64)>,
     /// Card key → the holder's pid (8 bytes) and the card's standing.
     cards: Sorter<Bytes>,
 }
 
-impl FreshRows {
-    fn new(g: &Gathered) -> Result<Self> {
+impl FreshEntries {
+    fn new(g: &Gathered) -> Self {
         let scratch = g.scratch().to_path_buf();
-        let path = scratch.join("persons");
-        let file = crate::files::create_private(&path).map_err(|e| StoreError::File(path, e))?;
         let memory = g.sort_memory();
-        Ok(Self {
-            persons: BufWriter::with_capacity(1 << 20, file),
-            count: 0,
+        Self {
             my_numbers: Sorter::new(&scratch, "my_numbers", memory),
             medical_ids: Sorter::new(&scratch, "medical_ids", memory),
             cards: Sorter::new(&scratch, "cards", memory),
             scratch,
+        }
+    }
+
+    /// A fresh row's index entries under `pid`: its My Number, its issued ID and its
+    /// card's standing, as `apply_row` would write them for a new person.
+    fn push(&mut self, pid: u64, row: &FreshRow) -> io::Result<()> {
+        self.my_numbers.push((row.my_number, pid))?;
+        self.medical_ids.push((row.candidate.as_u64(), pid))?;
+        let mut value = pid.to_le_bytes().to_vec();
+        value.extend_from_slice(&row.standing(pid));
+        self.cards.push(Bytes {
+            key: row.card_key.clone(),
+            value,
         })
     }
-
-    /// A fresh row's writes under `pid`: its record, its My Number, its issued ID and
-    /// its card's standing, as `apply_row` would write them for a new person.
-    fn push(&mut self, pid: u64, row: &FreshRow) -> Result<()> {
-        let record = row.record(pid);
-        let id = row.candidate.as_u64();
-        let mut out = || -> io::Result<()> {
-            let len = u32::try_from(record.len()).map_err(io::Error::other)?;
-            for v in [pid, row.my_number, id] {
-                self.persons.write_all(&v.to_le_bytes())?;
-            }
-            self.persons.write_all(&len.to_le_bytes())?;
-            self.persons.write_all(&record)?;
-            self.my_numbers.push((row.my_number, pid))?;
-            self.medical_ids.push((id, pid))?;
-            let mut value = pid.to_le_bytes().to_vec();
-            value.extend_from_slice(&row.standing(pid));
-            self.cards.push(Bytes {
-                key: row.card_key.clone(),
-                value,
-            })
-        };
-        out().map_err(|e| StoreError::File(self.scratch.clone(), e))?;
-        self.count += 1;
-        Ok(())
-    }
-}
-
-/// The next record of the persons file: pid, My Number, medical ID, and the record.
-fn read_person(r: &mut impl Read) -> io::Result<([i64; 3], Vec<u8>)> {
-    let mut head = [0u8; 28];
-    r.read_exact(&mut head)?;
-    let word = |i: usize| -> io::Result<i64> {
-        let bytes: [u8; 8] = head[i * 8..i * 8 + 8]
-            .try_into()
-            .map_err(io::Error::other)?;
-        i64::try_from(u64::from_le_bytes(bytes)).map_err(io::Error::other)
-    };
-    let numbers = [word(0)?, word(1)?, word(2)?];
-    let len = u32::from_le_bytes([head[24], head[25], head[26], head[27]]) as usize;
-    let mut record = vec![0u8; len];
-    r.read_exact(&mut record)?;
-    Ok((numbers, record))
 }
 
 /// A card entry's value: the holder's pid, then the standing.

@@ -325,7 +325,7 @@ impl InitialLoad<'_> {
                     let result = apply_row(t, &source, &r.row, Some(r.candidate), issuer, at)?;
                     (r.rank, r.file, result)
                 }
-                Next::Skipped => continue,
+                Next::Skipped { .. } => continue,
             };
             if rank.is_multiple_of(4096) {
                 at = crate::registry::now();

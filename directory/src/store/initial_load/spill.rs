@@ -113,7 +113,10 @@ pub(crate) enum Next {
     Fresh(FreshRow),
     Ruled(LoadRow),
     /// A fresh row passed over.
-    Skipped,
+    Skipped {
+        rank: u64,
+        file: usize,
+    },
 }
 
 /// The spill file read back in application order.
@@ -164,7 +167,7 @@ impl Spilled {
         }
         if !fresh_too {
             self.skip(lens[0] + rest)?;
-            return Ok(Some(Next::Skipped));
+            return Ok(Some(Next::Skipped { rank, file }));
         }
         self.skip(lens[0])?;
         Ok(Some(Next::Fresh(FreshRow {
