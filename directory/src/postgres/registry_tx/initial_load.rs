@@ -3,25 +3,26 @@
 //!
 //! The rows are gathered and judged as on redb (`store::initial_load`): a row whose My
 //! Number, card and first candidate ID occur in no other row is fresh and can only
-//! become a new person. Then three passes over the spilled rows:
-//! 1. the keys of every other row are read ahead, in chunks;
-//! 2. in application order, each fresh row takes the next pid and every other row the
-//!    ordinary rules (`apply_row`), whose writes are kept until the commit;
-//! 3. the fresh rows' records, encoded while the files were read, stream into
+//! become a new person. Then two passes over the spilled rows:
+//! 1. in application order, each fresh row takes the next pid and every other row the
+//!    ordinary rules (`apply_row`), a chunk at a time: the chunk's keys read ahead, its
+//!    rows applied, what they changed written (so memory holds one chunk);
+//! 2. the fresh rows' records, encoded while the files were read, stream into
 //!    `persons` by one COPY in pid order, while their My Number, medical ID and card
 //!    entries go to external sorts; each of those tables then gets its entries by one
 //!    COPY in key order, so every index grows at its right edge instead of at random
-//!    pages. The kept writes follow at the commit.
+//!    pages.
 //!
 //! The registry must be empty: then nothing a row's rules read can be a fresh row's,
-//! and the tables stay empty until the COPYs, so the rules' reads cost nothing.
+//! so the fresh rows' entries may wait for their COPYs. The rules' writes reach the
+//! tables first; at about one row in a hundred they cost the COPYs little.
 
 use super::{db, PgTx, PID};
 use crate::issuance::Issuer;
 use crate::postgres::sql;
 use crate::registry::merge::RowOutcome;
 use crate::registry::{EnrollmentRow, IdEntry, IdStatus, Timestamp};
-use crate::store::initial_load::{Bytes, FreshRow, Next, Repeated, Sorter};
+use crate::store::initial_load::{Bytes, FreshRow, Next, Repeated, Sorter, Spilled};
 use crate::store::registry_tx::RegistryTx;
 use crate::store::{apply_row, encode, Gathered, LoadProgress, Result, StoreError};
 use futures::pin_mut;
@@ -68,7 +69,6 @@ impl PgTx<'_> {
             return Err(StoreError::RegistryNotEmpty);
         }
         let repeated = g.mark_repeated(|_| Ok(Ok(())), progress)?;
-        self.read_ahead_ruled(g, &repeated)?;
         let pids = self.apply_in_order(g, &repeated, issuer, progress, outcome)?;
         let fresh = self.copy_persons(g, &repeated, pids, progress)?;
         self.copy_indexes(fresh, progress)?;
@@ -77,9 +77,10 @@ impl PgTx<'_> {
     }
 
     /// Every row in application order: a fresh row takes the next pid, any other row
-    /// the ordinary rules. Nothing is written to the database yet, so the COPY of the
-    /// records that follows can stream while fresh rows are read back. Returns where
-    /// fresh rows' pids do not follow on from the one before.
+    /// the ordinary rules, a chunk at a time — the chunk's keys read ahead, its rows
+    /// applied, what they changed written and forgotten — so that memory holds one
+    /// chunk whatever the size of the load. Returns where fresh rows' pids do not
+    /// follow on from the one before.
     fn apply_in_order(
         &mut self,
         g: &Gathered,
@@ -89,7 +90,9 @@ impl PgTx<'_> {
         outcome: &mut dyn FnMut(usize, &RowOutcome),
     ) -> Result<FreshPids> {
         let mut pids = FreshPids::default();
-        let mut spill = g.spilled()?;
+        let (mut spill, mut ahead) = (g.spilled()?, g.spilled()?);
+        // Rows of lower rank than this that take the rules are read ahead.
+        let mut read_until = 0;
         progress.stage("applying rows", g.len());
         let mut at: Timestamp = crate::registry::now();
         let io = |e| StoreError::File(g.scratch().to_path_buf(), e);
@@ -100,6 +103,10 @@ impl PgTx<'_> {
                     (rank, file, RowOutcome::New)
                 }
                 Next::Ruled(r) => {
+                    if r.rank >= read_until {
+                        self.write_kept()?;
+                        read_until = self.read_ahead(g, &mut ahead, repeated)?;
+                    }
                     let source = g.source(r.file, r.row.line);
                     let result = apply_row(self, &source, &r.row, Some(r.candidate), issuer, at)?;
                     (r.rank, r.file, result)
@@ -112,29 +119,39 @@ impl PgTx<'_> {
             }
             outcome(file, &result);
         }
+        self.write_kept()?;
         Ok(pids)
     }
 
-    /// Reads ahead the keys of every row that takes the ordinary rules, in chunks.
-    fn read_ahead_ruled(&mut self, g: &Gathered, repeated: &Repeated) -> Result<()> {
-        let mut spill = g.spilled()?;
+    /// Reads ahead the keys of the next `AHEAD` rows that take the rules, from
+    /// `ahead`; returns the rank after the last of them.
+    fn read_ahead(
+        &mut self,
+        g: &Gathered,
+        ahead: &mut Spilled,
+        repeated: &Repeated,
+    ) -> Result<u64> {
         let (mut rows, mut candidates): (Vec<EnrollmentRow>, Vec<MedicalId>) = (vec![], vec![]);
         let io = |e| StoreError::File(g.scratch().to_path_buf(), e);
-        while let Some(next) = spill.next(repeated, false).map_err(io)? {
-            if let Next::Ruled(r) = next {
-                rows.push(r.row);
-                candidates.push(r.candidate);
-            }
-            if rows.len() == AHEAD {
-                self.prefetch_rows(&rows, Some(&candidates))?;
-                rows.clear();
-                candidates.clear();
+        let mut until = u64::MAX;
+        while rows.len() < AHEAD {
+            match ahead.next(repeated, false).map_err(io)? {
+                Some(Next::Ruled(r)) => {
+                    until = r.rank + 1;
+                    rows.push(r.row);
+                    candidates.push(r.candidate);
+                }
+                Some(_) => {}
+                None => {
+                    until = u64::MAX;
+                    break;
+                }
             }
         }
         if !rows.is_empty() {
             self.prefetch_rows(&rows, Some(&candidates))?;
         }
-        Ok(())
+        Ok(until)
     }
 
     /// Streams the fresh rows' records into `persons` by one COPY, in pid order, as

@@ -100,7 +100,8 @@ pub(crate) struct PgTx<'a> {
 /// What this transaction will write at commit.
 #[derive(Default)]
 struct Writes {
-    persons: BTreeMap<u64, Vec<u8>>,
+    /// pid → (My Number, medical ID, record).
+    persons: BTreeMap<u64, (u64, u64, Vec<u8>)>,
     cards: BTreeMap<Vec<u8>, (u64, Vec<u8>)>,
     my_numbers: Vec<(u64, u64)>,
     ids: Vec<(u64, u64, Vec<u8>)>,
@@ -225,14 +226,14 @@ impl<'a> PgTx<'a> {
             std::mem::take(&mut self.counters),
         );
         self.begin_now()?;
-        let (tx, persons, prepared) = (self.tx, &self.persons, self.prepared);
+        let (tx, prepared) = (self.tx, self.prepared);
         // The registry's writes, the log's and COMMIT go out together: one round trip.
         // Every statement is prepared (`prepared::HOT`), so each is sent when it is
         // first polled, in this order, and COMMIT reaches the server last; if any
         // failed, the server rolls the transaction back and its error is returned.
         rt.block_on(async {
             futures::try_join!(
-                write_out(tx, persons, w, counters, prepared),
+                write_out(tx, w, counters, prepared),
                 async {
                     match appended {
                         Some((a, sign)) => a
@@ -248,6 +249,24 @@ impl<'a> PgTx<'a> {
         })?;
         self.done = true;
         Ok(edge)
+    }
+}
+
+impl PgTx<'_> {
+    /// Writes what the transaction kept so far, before its commit, and forgets what it
+    /// read: later reads go to the database, which now holds those writes. For a long
+    /// transaction (the initial load), so that its memory holds a chunk of its rows,
+    /// not all of them. Counters are written at the commit.
+    pub(super) fn write_kept(&mut self) -> Result<()> {
+        let w = std::mem::take(&mut self.out);
+        self.rt
+            .block_on(write_out(self.tx, w, BTreeMap::new(), self.prepared))?;
+        self.persons = HashMap::new();
+        self.my_numbers = HashMap::new();
+        self.cards = HashMap::new();
+        self.ids_taken = HashSet::new();
+        self.ids_free = HashSet::new();
+        Ok(())
     }
 }
 
@@ -316,20 +335,16 @@ async fn read_checks(
 /// Writes everything a transaction kept, one statement per table, all at once.
 async fn write_out(
     tx: &Client,
-    kept: &HashMap<u64, Person>,
     w: Writes,
     counters: BTreeMap<&'static str, u64>,
     prepared: &Prepared,
 ) -> Result<()> {
     {
         let mut persons = (vec![], vec![], vec![], vec![]);
-        for (pid, record) in w.persons {
-            let p = kept
-                .get(&pid)
-                .ok_or_else(|| PgError::Inconsistent(format!("pid {pid} written but not kept")))?;
+        for (pid, (my_number, medical_id, record)) in w.persons {
             persons.0.push(sql(pid)?);
-            persons.1.push(sql(p.my_number.as_u64())?);
-            persons.2.push(sql(p.medical_id.as_u64())?);
+            persons.1.push(sql(my_number)?);
+            persons.2.push(sql(medical_id)?);
             persons.3.push(record);
         }
         let mut cards = (vec![], vec![], vec![]);

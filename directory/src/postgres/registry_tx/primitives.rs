@@ -127,7 +127,10 @@ impl crate::store::registry_tx::RegistryTx for PgTx<'_> {
     }
 
     fn put_person(&mut self, p: &Person) -> Result<()> {
-        self.out.persons.insert(p.pid, encode(p)?);
+        let record = encode(p)?;
+        self.out
+            .persons
+            .insert(p.pid, (p.my_number.as_u64(), p.medical_id.as_u64(), record));
         self.persons.insert(p.pid, p.clone());
         Ok(())
     }
