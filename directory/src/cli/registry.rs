@@ -9,13 +9,13 @@ use iryo_directory::admin::{AdminRequest, AdminResponse, DeathChange};
 use iryo_directory::config::Config;
 use iryo_directory::context::{Context, ContextError};
 use iryo_directory::enrollment::{
-    ingest_file, initial_load, load_files, wants_initial_load, Encoding, IngestOptions,
-    InitialLoadChoice, Progress, Summary,
+    ingest_file, load_files, wants_initial_load, Encoding, IngestOptions, InitialLoadChoice,
+    Progress, Summary,
 };
-use iryo_directory::issuance::Method;
+use iryo_directory::issuance::{Issuer, Method};
 use iryo_directory::registry::today;
 use iryo_directory::report;
-use iryo_directory::store::{Plan, StoreError};
+use iryo_directory::store::{EnrollBatch, Load, Plan, StoreError};
 use iryo_proto::{InsurerNumber, MedicalId, MyNumber};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -67,6 +67,37 @@ pub(super) struct EnrollArgs {
     /// (0700).
     #[arg(long, value_enum, default_value = "auto", value_name = "WHEN")]
     pub(super) initial_load: InitialLoadArg,
+}
+
+/// Enrolls `files` by `load`, one initial load, if given, else file by file in
+/// batches; prints each file's summary unless `json`.
+fn enroll_files(
+    store: &(impl EnrollBatch + ?Sized),
+    load: Option<impl Load>,
+    issuer: &Issuer,
+    files: &[PathBuf],
+    opts: &IngestOptions,
+    json: bool,
+) -> Result<Vec<Summary>> {
+    let progress = Progress::for_stderr();
+    let print = |s: &Summary| {
+        if !json {
+            println!("{s}");
+        }
+    };
+    let Some(load) = load else {
+        let mut summaries = Vec::with_capacity(files.len());
+        for f in files {
+            let s = ingest_file(store, issuer, f, opts, &progress)?;
+            print(&s);
+            summaries.push(s);
+        }
+        return Ok(summaries);
+    };
+    eprintln!("initial load: the files are enrolled in one transaction, all or nothing");
+    let summaries = load_files(load, issuer, files, opts, &progress)?;
+    summaries.iter().for_each(print);
+    Ok(summaries)
 }
 
 /// When `enroll` takes the initial load.
@@ -293,32 +324,15 @@ pub(super) fn enroll(config: Config, a: EnrollArgs) -> Result<ExitCode> {
         Some(url) => {
             let store = ctx.postgres(&url)?;
             let issuer = ctx.postgres_issuer(&store)?;
-            let progress = Progress::for_stderr();
             let initial = match a.initial_load {
                 InitialLoadArg::Always => true,
                 InitialLoadArg::Never => false,
                 InitialLoadArg::Auto => store.registry_empty()?,
             };
-            if initial {
-                eprintln!(
-                    "initial load: the files are enrolled in one transaction, all or nothing"
-                );
-                let load = store.initial_load(&config.data_dir.join("initial-load"))?;
-                for s in load_files(load, &issuer, &a.files, &opts, &progress)? {
-                    if !a.json {
-                        println!("{s}");
-                    }
-                    summaries.push(s);
-                }
-            } else {
-                for f in &a.files {
-                    let s = ingest_file(&store, &issuer, f, &opts, &progress)?;
-                    if !a.json {
-                        println!("{s}");
-                    }
-                    summaries.push(s);
-                }
-            }
+            let load = initial
+                .then(|| store.initial_load(&config.data_dir.join("initial-load")))
+                .transpose()?;
+            summaries = enroll_files(&store, load, &issuer, &a.files, &opts, a.json)?;
             None
         }
         None => Some(ctx.store()),
@@ -327,27 +341,10 @@ pub(super) fn enroll(config: Config, a: EnrollArgs) -> Result<ExitCode> {
         None => {}
         Some(Ok(store)) => {
             let issuer = ctx.issuer(&store)?;
-            let progress = Progress::for_stderr();
-            if wants_initial_load(&store, &a.files, a.initial_load.into())? {
-                eprintln!(
-                    "initial load: the files are enrolled in one transaction, all or nothing"
-                );
-                let scratch = config.data_dir.join("initial-load");
-                for s in initial_load(&store, &issuer, &a.files, &opts, &scratch, &progress)? {
-                    if !a.json {
-                        println!("{s}");
-                    }
-                    summaries.push(s);
-                }
-            } else {
-                for f in &a.files {
-                    let s = ingest_file(&store, &issuer, f, &opts, &progress)?;
-                    if !a.json {
-                        println!("{s}");
-                    }
-                    summaries.push(s);
-                }
-            }
+            let load = wants_initial_load(&store, &a.files, a.initial_load.into())?
+                .then(|| store.initial_load(&config.data_dir.join("initial-load")))
+                .transpose()?;
+            summaries = enroll_files(&store, load, &issuer, &a.files, &opts, a.json)?;
         }
         // `serve` holds the database: it enrolls the files itself.
         Some(Err(ContextError::Store(StoreError::InUse { .. }))) => {

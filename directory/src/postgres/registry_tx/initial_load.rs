@@ -22,13 +22,12 @@ use crate::issuance::Issuer;
 use crate::postgres::sql;
 use crate::registry::merge::RowOutcome;
 use crate::registry::{EnrollmentRow, IdEntry, IdStatus, Timestamp};
-use crate::store::initial_load::{Bytes, FreshRow, Next, Repeated, Sorter, Spilled};
+use crate::store::initial_load::{taken_for_new, Bytes, IndexSorts, Next, Repeated, Spilled};
 use crate::store::registry_tx::RegistryTx;
 use crate::store::{apply_row, encode, Gathered, LoadProgress, Result, StoreError};
 use futures::pin_mut;
 use iryo_proto::MedicalId;
 use std::io;
-use std::path::PathBuf;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
@@ -162,8 +161,8 @@ impl PgTx<'_> {
         repeated: &Repeated,
         mut pids: FreshPids,
         progress: &dyn LoadProgress,
-    ) -> Result<FreshEntries> {
-        let mut entries = FreshEntries::new(g);
+    ) -> Result<IndexSorts> {
+        let mut entries = IndexSorts::new(g);
         let mut spill = g.spilled()?;
         let io = |e| StoreError::File(g.scratch().to_path_buf(), e);
         progress.stage("writing the persons", pids.count);
@@ -181,7 +180,10 @@ impl PgTx<'_> {
                 };
                 let pid = pids.of(row.rank)?;
                 let record = row.record(pid);
-                entries.push(pid, &row).map_err(io)?;
+                // PostgreSQL's card rows name the holder beside the standing.
+                let mut card = pid.to_le_bytes().to_vec();
+                card.extend_from_slice(&row.standing(pid));
+                entries.push(pid, &row, card).map_err(io)?;
                 let (pid, number, id) =
                     (sql(pid)?, sql(row.my_number)?, sql(row.candidate.as_u64())?);
                 let cells: [&(dyn ToSql + Sync); 4] = [&pid, &number, &id, &record];
@@ -202,8 +204,8 @@ impl PgTx<'_> {
     }
 
     /// Writes the fresh rows' index entries, each table by one COPY in key order.
-    fn copy_indexes(&mut self, entries: FreshEntries, progress: &dyn LoadProgress) -> Result<()> {
-        let FreshEntries {
+    fn copy_indexes(&mut self, entries: IndexSorts, progress: &dyn LoadProgress) -> Result<()> {
+        let IndexSorts {
             scratch,
             my_numbers,
             medical_ids,
@@ -275,10 +277,7 @@ const CARDS_COPY: &str = "COPY cards (card_key, pid, standing) FROM STDIN BINARY
 fn refused(what: &'static str) -> impl Fn(tokio_postgres::Error) -> StoreError {
     move |e| {
         if e.code() == Some(&SqlState::UNIQUE_VIOLATION) {
-            StoreError::Inconsistent(format!(
-                "the initial load found a {what} in the registry that it took for new; \
-                 nothing was enrolled: enroll the files with --initial-load never"
-            ))
+            taken_for_new(what)
         } else {
             db(e)
         }
@@ -325,41 +324,6 @@ impl FreshPids {
         };
         self.cursor = Some(pid);
         Ok(pid)
-    }
-}
-
-/// Fresh rows' index entries, in external sorts until their COPYs.
-struct FreshEntries {
-    scratch: PathBuf,
-    my_numbers: Sorter<(u64, u64)>,
-    medical_ids: Sorter<(u64, u64)>,
-    /// Card key → the holder's pid (8 bytes) and the card's standing.
-    cards: Sorter<Bytes>,
-}
-
-impl FreshEntries {
-    fn new(g: &Gathered) -> Self {
-        let scratch = g.scratch().to_path_buf();
-        let memory = g.sort_memory();
-        Self {
-            my_numbers: Sorter::new(&scratch, "my_numbers", memory),
-            medical_ids: Sorter::new(&scratch, "medical_ids", memory),
-            cards: Sorter::new(&scratch, "cards", memory),
-            scratch,
-        }
-    }
-
-    /// A fresh row's index entries under `pid`: its My Number, its issued ID and its
-    /// card's standing, as `apply_row` would write them for a new person.
-    fn push(&mut self, pid: u64, row: &FreshRow) -> io::Result<()> {
-        self.my_numbers.push((row.my_number, pid))?;
-        self.medical_ids.push((row.candidate.as_u64(), pid))?;
-        let mut value = pid.to_le_bytes().to_vec();
-        value.extend_from_slice(&row.standing(pid));
-        self.cards.push(Bytes {
-            key: row.card_key.clone(),
-            value,
-        })
     }
 }
 

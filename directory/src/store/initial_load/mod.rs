@@ -181,11 +181,6 @@ impl Gathered {
         &self.scratch
     }
 
-    /// What each external sort may hold in memory.
-    pub(crate) fn sort_memory(&self) -> usize {
-        self.sort_memory
-    }
-
     /// The name a row of the `file`th file goes by in conflicts and history.
     pub(crate) fn source(&self, file: usize, line: u64) -> String {
         let name = self.names.get(file).map_or("", String::as_str);
@@ -306,14 +301,9 @@ impl InitialLoad<'_> {
         issuer: &Issuer,
         progress: &dyn LoadProgress,
         outcome: &mut dyn FnMut(usize, &RowOutcome),
-    ) -> Result<Indexes> {
+    ) -> Result<IndexSorts> {
         let g = &self.gathered;
-        let mut built = Indexes {
-            scratch: g.scratch.clone(),
-            my_numbers: Sorter::new(&g.scratch, "my_numbers", g.sort_memory),
-            medical_ids: Sorter::new(&g.scratch, "medical_ids", g.sort_memory),
-            cards: Sorter::new(&g.scratch, "cards", g.sort_memory),
-        };
+        let mut built = IndexSorts::new(g);
         let mut spill = g.spilled()?;
         progress.stage("applying rows", g.rows);
         let mut at: Timestamp = crate::registry::now();
@@ -403,27 +393,49 @@ fn repeated_ranks(
 }
 
 /// The index entries of fresh persons, sorted for insertion in key order.
-struct Indexes {
-    scratch: PathBuf,
-    my_numbers: Sorter<(u64, u64)>,
-    medical_ids: Sorter<(u64, u64)>,
-    cards: Sorter<Bytes>,
+pub(crate) struct IndexSorts {
+    pub(crate) scratch: PathBuf,
+    pub(crate) my_numbers: Sorter<(u64, u64)>,
+    pub(crate) medical_ids: Sorter<(u64, u64)>,
+    /// Card key → what the backend keeps for the card.
+    pub(crate) cards: Sorter<Bytes>,
 }
 
-impl Indexes {
+/// A fresh row found taken after all (an FF1 candidate of a later generation, say):
+/// the load stops, and its transaction with it.
+pub(crate) fn taken_for_new(what: &str) -> StoreError {
+    StoreError::Inconsistent(format!(
+        "the initial load found a {what} in the registry that it took for new; \
+         nothing was enrolled: enroll the files with --initial-load never"
+    ))
+}
+
+impl IndexSorts {
+    pub(crate) fn new(g: &Gathered) -> Self {
+        Self {
+            my_numbers: Sorter::new(&g.scratch, "my_numbers", g.sort_memory),
+            medical_ids: Sorter::new(&g.scratch, "medical_ids", g.sort_memory),
+            cards: Sorter::new(&g.scratch, "cards", g.sort_memory),
+            scratch: g.scratch.clone(),
+        }
+    }
+
+    /// A fresh row's entries under `pid`: its My Number, its issued ID, and its card
+    /// with `card` as the value.
+    pub(crate) fn push(&mut self, pid: u64, row: &FreshRow, card: Vec<u8>) -> io::Result<()> {
+        self.my_numbers.push((row.my_number, pid))?;
+        self.medical_ids.push((row.candidate.as_u64(), pid))?;
+        self.cards.push(Bytes {
+            key: row.card_key.clone(),
+            value: card,
+        })
+    }
+
     /// Writes a fresh row's person and sorts its index entries for later.
     fn fresh(&mut self, t: &mut Tables<'_>, row: &FreshRow) -> Result<RowOutcome> {
         let pid = t.next(PID)?;
         t.put_record(pid, &row.record(pid))?;
-        self.my_numbers
-            .push((row.my_number, pid))
-            .and_then(|()| self.medical_ids.push((row.candidate.as_u64(), pid)))
-            .and_then(|()| {
-                self.cards.push(Bytes {
-                    key: row.card_key.clone(),
-                    value: row.standing(pid),
-                })
-            })
+        self.push(pid, row, row.standing(pid))
             .map_err(|e| StoreError::File(self.scratch.clone(), e))?;
         Ok(RowOutcome::New)
     }
@@ -433,12 +445,7 @@ impl Indexes {
     fn insert(self, t: &mut Tables<'_>, progress: &dyn LoadProgress) -> Result<()> {
         let scratch = self.scratch.clone();
         let io = |e: io::Error| StoreError::File(scratch.clone(), e);
-        let taken = |what: &str| {
-            StoreError::Inconsistent(format!(
-                "the initial load found a {what} in the registry that it took for new; \
-                 nothing was enrolled: enroll the files with --initial-load never"
-            ))
-        };
+        let taken = taken_for_new;
         progress.stage("building the My Number index", self.my_numbers.len());
         let table = t.my_numbers.open_mut()?;
         for (n, item) in self.my_numbers.sorted().map_err(io)?.enumerate() {
