@@ -35,7 +35,8 @@ use tokio_postgres::types::{ToSql, Type};
 /// Rows that take the ordinary rules, read ahead at a time.
 const AHEAD: usize = 10_000;
 
-const REGISTRY_EMPTY: &str = "SELECT NOT (EXISTS (SELECT 1 FROM persons)
+/// Whether the registry's four tables hold no row.
+pub(crate) const REGISTRY_EMPTY: &str = "SELECT NOT (EXISTS (SELECT 1 FROM persons)
      OR EXISTS (SELECT 1 FROM my_numbers) OR EXISTS (SELECT 1 FROM medical_ids)
      OR EXISTS (SELECT 1 FROM cards))";
 

@@ -25,7 +25,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
 
 pub(crate) mod bulk;
-mod initial_load;
+pub(crate) mod initial_load;
 pub(crate) mod intake;
 mod primitives;
 

@@ -27,7 +27,8 @@ impl PgStore {
     /// Whether the registry holds no person, My Number, medical ID or card: what an
     /// initial load here needs.
     pub fn registry_empty(&self) -> Result<bool> {
-        self.write_unlogged(|t| t.registry_empty())
+        use crate::postgres::registry_tx::initial_load::REGISTRY_EMPTY;
+        self.read(async |c| Ok(c.query_one(REGISTRY_EMPTY, &[]).await?.get(0)))
     }
 }
 
