@@ -13,8 +13,12 @@
 //! It all happens in one write transaction: a load stopped at any point, killed or
 //! failed, leaves the registry as it was, and the rerun starts again from the start.
 //! redb writes the transaction's pages out as its cache fills, so memory stays bounded.
+//!
+//! The gathering and judging (`Gathered`, the spill file in `spill`, the sorts in
+//! `sort`) serve PostgreSQL's initial load too (`postgres/registry_tx/initial_load.rs`),
+//! which writes the same rows by COPY; the `Load` trait is what `enroll` sees of either.
 
-pub(crate) mod sort;
+mod sort;
 mod spill;
 
 use super::enroll::{application_order, apply_row};
