@@ -377,3 +377,106 @@ fn registry_notices_apply_in_order_and_decide_grants_on_both_backends() {
     }
     assert_eq!(on_redb, on_postgres);
 }
+
+/// Under a burst the group commit begins each group behind the COMMIT of the one
+/// before it, on one connection. A group the server refuses in between (a trigger
+/// refuses one person's service use) is answered with the failure, and the groups
+/// behind it find the log as it really is: every other check is answered, recorded
+/// once and logged once, and the log verifies.
+#[test]
+fn pipelined_groups_stay_whole_when_one_between_them_fails() {
+    use iryo_directory::store::Serving;
+    use std::sync::Arc;
+
+    let pg = Cluster::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let files = sample(tmp.path(), 200);
+    let issuer = Issuer::fpe(&[3; 32]);
+    let agency = SigningKey::from_bytes(&[5; 32]);
+    let store = Arc::new(
+        PgStore::create(&DatabaseUrl::parse(&pg.url()).unwrap(), Method::Fpe)
+            .unwrap()
+            .with_signer(agency.clone()),
+    );
+    enroll(&*store, &issuer, &files);
+    let people = store.persons().unwrap();
+    let refused = people[0].clone();
+    iryo_tests::stores::query(&pg.url(), async |c| {
+        c.batch_execute(&format!(
+            "CREATE FUNCTION refuse_one() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 IF NEW.pid = {} THEN RAISE EXCEPTION 'refused by the test'; END IF;
+                 RETURN NEW;
+             END $$;
+             CREATE TRIGGER refuse_one BEFORE INSERT ON service_uses
+             FOR EACH ROW EXECUTE FUNCTION refuse_one();",
+            refused.pid
+        ))
+        .await
+        .unwrap();
+    });
+    let institution = InstitutionCode::from_parts(13, PointTableKind::Medical, 7).unwrap();
+    let today = chrono::Local::now().date_naive();
+    let checks = iryo_directory::measure::card_checks(&people, institution, today);
+    let before = store.audit_size().unwrap();
+
+    let writers = store.clone().start_writers(agency.clone(), 64).unwrap();
+    let committer = writers.committer();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let answers = rt.block_on(async {
+        let tasks: Vec<_> = (0..5)
+            .flat_map(|_| checks.iter().cloned())
+            .map(|req| {
+                let committer = committer.clone();
+                tokio::spawn(async move {
+                    let about = req.clone();
+                    (about, committer.check(req).await)
+                })
+            })
+            .collect();
+        futures::future::join_all(tasks).await
+    });
+    drop(writers);
+
+    let refused_card =
+        iryo_directory::measure::card_checks(std::slice::from_ref(&refused), institution, today)
+            .remove(0)
+            .key;
+    let (mut ok, mut failed) = (0u64, 0u64);
+    for answer in answers {
+        let (req, answer) = answer.unwrap();
+        match answer {
+            Ok(a) => {
+                assert_ne!(
+                    req.key, refused_card,
+                    "the refused person's check was answered"
+                );
+                assert!(a.medical_id.is_some());
+                ok += 1;
+            }
+            Err(_) => failed += 1,
+        }
+    }
+    assert!(failed >= 5, "the refused person's five checks fail");
+    assert!(ok > 0, "the groups without the refused person commit");
+    assert!(
+        store.groups_pipelined() > 0,
+        "a burst of 1,000 checks in groups of 64 pipelines"
+    );
+    let after = store.audit_size().unwrap();
+    assert_eq!(
+        after - before,
+        ok,
+        "one audit entry per answered check, no more"
+    );
+    let uses: i64 = iryo_tests::stores::query(&pg.url(), async |c| {
+        c.query_one("SELECT count(*) FROM service_uses", &[])
+            .await
+            .unwrap()
+            .get(0)
+    });
+    assert_eq!(uses as u64, ok, "one service use per answered check");
+    let report = store.audit_verify(&agency.verifying_key()).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert_eq!(report.entries, after);
+}

@@ -49,14 +49,23 @@ pub struct Appender {
 }
 
 pub(crate) const APPEND: &str = "SELECT pg_advisory_xact_lock($1)";
-pub(crate) const LOG_SIZE: &str = "SELECT coalesce(max(leaf) + 1, 0) FROM audit_leaves";
-pub(crate) const LATEST_HEAD: &str = "SELECT head FROM audit_heads ORDER BY size DESC LIMIT 1";
-pub(crate) const LEAF_INSERT: &str = "INSERT INTO audit_leaves (leaf, entry, medical_id)
-     SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::bigint[])";
-pub(crate) const SUBTREE_INSERT: &str = "INSERT INTO audit_subtrees (last_leaf, level, hash)
-     SELECT * FROM unnest($1::bigint[], $2::integer[], $3::bytea[])";
-pub(crate) const HEAD_INSERT: &str =
-    "INSERT INTO audit_heads (size, head) VALUES ($1, $2) ON CONFLICT (size) DO NOTHING";
+/// The log's size and its latest signed head, in one statement.
+pub(crate) const LOG_STATE: &str = "SELECT
+     (SELECT coalesce(max(leaf) + 1, 0) FROM audit_leaves),
+     (SELECT head FROM audit_heads ORDER BY size DESC LIMIT 1)";
+/// An append's leaves, the subtrees they complete and the head signed over them, in
+/// one statement: a statement is a message and an answer of its own, and the group
+/// commit waits for all of them. A data-modifying WITH runs once, whatever reads it.
+pub(crate) const LOG_WRITE: &str = "WITH leaves AS (
+         INSERT INTO audit_leaves (leaf, entry, medical_id)
+         SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::bigint[])
+     ), subtrees AS (
+         INSERT INTO audit_subtrees (last_leaf, level, hash)
+         SELECT * FROM unnest($4::bigint[], $5::integer[], $6::bytea[])
+     )
+     INSERT INTO audit_heads (size, head)
+     SELECT $7::bigint, $8::bytea WHERE $8::bytea IS NOT NULL
+     ON CONFLICT (size) DO NOTHING";
 
 /// Takes the append lock for the rest of `tx` and reads the log's right edge, unless
 /// `known` is the edge of a log of the size found: this process appended last, and
@@ -68,17 +77,17 @@ pub async fn begin(
 ) -> Result<Appender, PgError> {
     // Sent together: the server runs them in order, so the size and the latest head
     // are read once the lock is held, without a round trip between them.
-    let (_, size, latest) = futures::try_join!(
+    let (_, state) = futures::try_join!(
         prepared.execute(tx, APPEND, &[&APPEND_LOCK]),
-        prepared.query_one(tx, LOG_SIZE, &[]),
-        prepared.query_opt(tx, LATEST_HEAD, &[]),
+        prepared.query_one(tx, LOG_STATE, &[]),
     )?;
-    let size = unsql(size.get(0))?;
+    let size = unsql(state.get(0))?;
+    let latest: Option<&[u8]> = state.get(1);
     // The kept edge is this log's only if the head signed over the log as it stands
     // has the kept edge's root: a database restored or failed over to another history
     // of the same length has another root.
     let latest: Option<TreeHead> = latest.and_then(|r| {
-        postcard::from_bytes::<Signed<TreeHead>>(r.get(0))
+        postcard::from_bytes::<Signed<TreeHead>>(r)
             .ok()
             .and_then(|h| h.open_unverified().ok())
     });
@@ -138,38 +147,11 @@ impl Appender {
         Ok(index)
     }
 
-    /// Writes what was appended and, with a key, a head for the whole log signed at
-    /// `at`; the caller commits `tx`.
-    pub async fn finish(
-        self,
-        tx: &(impl GenericClient + Sync),
-        sign: Option<(&SigningKey, Time)>,
-        prepared: &crate::postgres::prepared::Prepared,
-    ) -> Result<Option<Signed<TreeHead>>, PgError> {
-        let leaves = async {
-            if self.leaves.is_empty() {
-                return Ok(0);
-            }
-            prepared
-                .execute(
-                    tx,
-                    LEAF_INSERT,
-                    &[&self.leaves, &self.entries, &self.patients],
-                )
-                .await
-        };
-        let subtrees = async {
-            if self.subtrees.0.is_empty() {
-                return Ok(0);
-            }
-            prepared
-                .execute(
-                    tx,
-                    SUBTREE_INSERT,
-                    &[&self.subtrees.0, &self.subtrees.1, &self.subtrees.2],
-                )
-                .await
-        };
+    /// What was appended and, with a key, a head for the whole log signed at `at`,
+    /// encoded for `Sealed::send`: everything that can fail here fails before a
+    /// statement is sent.
+    pub fn seal(self, sign: Option<(&SigningKey, Time)>) -> Result<SealedLog, PgError> {
+        let size = sql(self.frontier.size())?;
         let head = sign
             .map(|(key, at)| {
                 let head = Signed::sign(
@@ -185,16 +167,68 @@ impl Appender {
                 Ok::<_, PgError>((head, encoded))
             })
             .transpose()?;
-        let size = sql(self.frontier.size())?;
-        let stored = async {
-            let Some((_, encoded)) = &head else {
-                return Ok(0);
-            };
-            prepared.execute(tx, HEAD_INSERT, &[&size, encoded]).await
-        };
-        // The three go out together (tokio-postgres pipelines futures polled at once).
-        futures::try_join!(leaves, subtrees, stored)?;
-        Ok(head.map(|(h, _)| h))
+        Ok(SealedLog {
+            appended: self,
+            size,
+            head,
+        })
+    }
+}
+
+impl Appender {
+    /// Writes what was appended and, with a key, a head for the whole log signed at
+    /// `at`; the caller commits `tx`.
+    pub async fn finish(
+        self,
+        tx: &(impl GenericClient + Sync),
+        sign: Option<(&SigningKey, Time)>,
+        prepared: &crate::postgres::prepared::Prepared,
+    ) -> Result<Option<Signed<TreeHead>>, PgError> {
+        self.seal(sign)?.send(tx, prepared).await
+    }
+}
+
+/// An `Appender`'s writes, ready to be sent.
+pub struct SealedLog {
+    appended: Appender,
+    size: i64,
+    head: Option<(Signed<TreeHead>, Vec<u8>)>,
+}
+
+impl SealedLog {
+    /// The log's right edge with what was appended.
+    pub fn frontier(&self) -> &Frontier {
+        &self.appended.frontier
+    }
+
+    /// Sends the leaves, the subtrees they complete and the signed head (the caller
+    /// commits `tx`); the head.
+    pub async fn send(
+        self,
+        tx: &(impl GenericClient + Sync),
+        prepared: &crate::postgres::prepared::Prepared,
+    ) -> Result<Option<Signed<TreeHead>>, PgError> {
+        let a = &self.appended;
+        let head = self.head.as_ref().map(|(_, encoded)| encoded);
+        if !a.leaves.is_empty() || head.is_some() {
+            prepared
+                .execute(
+                    tx,
+                    LOG_WRITE,
+                    &[
+                        &a.leaves,
+                        &a.entries,
+                        &a.patients,
+                        &a.subtrees.0,
+                        &a.subtrees.1,
+                        &a.subtrees.2,
+                        &self.size,
+                        &head,
+                    ],
+                )
+                .await?;
+        }
+        Ok(self.head.map(|(h, _)| h))
     }
 }
 

@@ -50,6 +50,10 @@ pub enum PgError {
     Codec(String),
     #[error("the database is inconsistent: {0}")]
     Inconsistent(String),
+    /// A pipelined transaction's first statements were about to go out before the
+    /// COMMIT of the one before them on the same connection; nothing was sent.
+    #[error("a transaction was to begin before the one before it sent its COMMIT")]
+    OutOfOrder,
     #[error("no audit entry {index} in a log of {size} entries")]
     NotInLog { index: u64, size: u64 },
     #[error("no consistency proof from {old} to {new} entries")]

@@ -3,7 +3,7 @@
 //! prepared before goes out with its parameters at once, so the statements a group
 //! commit sends together really cost one round trip.
 
-use super::audit::{APPEND, HEAD_INSERT, LATEST_HEAD, LEAF_INSERT, LOG_SIZE, SUBTREE_INSERT};
+use super::audit::{APPEND, LOG_STATE, LOG_WRITE};
 use super::registry_tx::intake::INTAKE_WRITE;
 use super::registry_tx::{
     CARDS_AHEAD, CARD_WRITE, CONFLICT_KEY_WRITE, CONFLICT_WRITE, CONSENT_WRITE, COUNTER_WRITE,
@@ -23,8 +23,7 @@ pub const HOT: &[&str] = &[
     BEGIN,
     COMMIT,
     APPEND,
-    LOG_SIZE,
-    LATEST_HEAD,
+    LOG_STATE,
     CARDS_AHEAD,
     IDS_AHEAD,
     PERSON_WRITE,
@@ -36,9 +35,7 @@ pub const HOT: &[&str] = &[
     SERVICE_USE_WRITE,
     CONSENT_WRITE,
     COUNTER_WRITE,
-    LEAF_INSERT,
-    SUBTREE_INSERT,
-    HEAD_INSERT,
+    LOG_WRITE,
     INTAKE_WRITE,
 ];
 

@@ -113,8 +113,16 @@ const SIGN_EVERY: Duration = Duration::from_secs(1);
 /// intake lanes where checks that only append to the logs are made durable without
 /// waiting for the main writer (`intake::fits` decides which).
 pub(crate) trait Committing: Send + Sync + 'static {
-    /// Decides `jobs` and commits all their effects in one transaction.
-    fn commit_group(&self, jobs: &[Job], at: Timestamp) -> Result<Vec<Outcome>, StoreError>;
+    /// Decides `first` and commits all its effects in one transaction, then each
+    /// group `next` gives, until it gives none; each group's outcomes, or why it
+    /// failed, go to `answer` in order once committed. A backend may start a group
+    /// while the one before commits.
+    fn commit_groups(
+        &self,
+        first: Vec<Job>,
+        next: &mut dyn FnMut() -> Vec<Job>,
+        answer: &mut dyn FnMut(Result<Vec<Outcome>, StoreError>),
+    );
     /// How many intake lanes write at once.
     fn intake_lanes(&self) -> usize;
     /// Decides plain checks and makes them durable in intake lane `lane`.
@@ -129,8 +137,17 @@ pub(crate) trait Committing: Send + Sync + 'static {
 }
 
 impl Committing for Store {
-    fn commit_group(&self, jobs: &[Job], at: Timestamp) -> Result<Vec<Outcome>, StoreError> {
-        Store::commit_group(self, jobs, at)
+    fn commit_groups(
+        &self,
+        first: Vec<Job>,
+        next: &mut dyn FnMut() -> Vec<Job>,
+        answer: &mut dyn FnMut(Result<Vec<Outcome>, StoreError>),
+    ) {
+        let mut jobs = first;
+        while !jobs.is_empty() {
+            answer(Store::commit_group(self, &jobs, now()));
+            jobs = next();
+        }
     }
 
     fn intake_lanes(&self) -> usize {
@@ -391,7 +408,32 @@ fn commit_main(backend: &impl Committing, queue: &Queue, max: usize, stop: &Atom
         match queue.recv_timeout(MOVE_EVERY) {
             Ok(first) => {
                 let (jobs, replies) = gather(first, queue, max);
-                answer(replies, backend.commit_group(&jobs, now()), jobs.len());
+                // Groups are answered in the order they were taken.
+                let waiting = std::cell::RefCell::new(std::collections::VecDeque::from([replies]));
+                let wait = if failing {
+                    MOVE_AFTER_FAILURE
+                } else {
+                    MOVE_EVERY
+                };
+                // Whatever waits when a group is sealed, until the intake's move is due.
+                let mut next = || {
+                    if last.elapsed() >= wait {
+                        return Vec::new();
+                    }
+                    match queue.try_recv() {
+                        Ok(first) => {
+                            let (jobs, replies) = gather(first, queue, max);
+                            waiting.borrow_mut().push_back(replies);
+                            jobs
+                        }
+                        Err(_) => Vec::new(),
+                    }
+                };
+                backend.commit_groups(jobs, &mut next, &mut |outcomes| {
+                    let replies = waiting.borrow_mut().pop_front().unwrap_or_default();
+                    let n = replies.len();
+                    answer(replies, outcomes, n);
+                });
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => break,

@@ -20,6 +20,7 @@ use crate::registry::{Card, IdEntry, Person};
 use crate::store::{decode, Result};
 use ed25519_dalek::SigningKey;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::runtime::Runtime;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
@@ -159,25 +160,42 @@ impl<'a> PgTx<'a> {
     /// the order sent, so the lock is still the transaction's first. A group of checks
     /// then costs a few statements instead of a few round trips per check.
     pub(super) fn begin_and_prefetch(&mut self, reqs: &[CheckRequest], lock: bool) -> Result<()> {
+        let rt = self.rt;
+        rt.block_on(self.prefetch(reqs, lock, None))
+    }
+
+    /// `begin_and_prefetch`, to be sent behind the COMMIT of the transaction before it
+    /// on the same connection (`pipeline`): `after` is that COMMIT's `Sealed::send`
+    /// flag. If it was not sent yet, nothing is sent and `PgError::OutOfOrder` returned,
+    /// since BEGIN would then land inside the transaction before.
+    pub(super) async fn prefetch(
+        &mut self,
+        reqs: &[CheckRequest],
+        lock: bool,
+        after: Option<&AtomicBool>,
+    ) -> Result<()> {
+        if after.is_some_and(|sent| !sent.load(Ordering::Acquire)) {
+            return Err(PgError::OutOfOrder.into());
+        }
         let (keys, ids) = check_keys(reqs)?;
         let known = self.edge.take();
-        let (tx, rt, prepared, begun) = (self.tx, self.rt, self.prepared, self.begun);
-        let (_, appender, (cards, entries)) = rt.block_on(async {
-            futures::try_join!(
-                async { begin(tx, prepared, begun).await.map_err(db) },
-                async {
-                    if !lock {
-                        return Ok(None);
-                    }
-                    audit::begin(tx, known.as_ref(), prepared)
-                        .await
-                        .map(Some)
-                        .map_err(crate::store::StoreError::from)
-                },
-                async { read_checks(tx, &keys, &ids, prepared).await.map_err(db) },
-            )
-        })?;
+        let (tx, prepared, begun) = (self.tx, self.prepared, self.begun);
+        // Set before BEGIN goes out: if anything after it fails, the transaction is
+        // open on the server and must be rolled back.
         self.begun = true;
+        let (_, appender, (cards, entries)) = futures::try_join!(
+            async { begin(tx, prepared, begun).await.map_err(db) },
+            async {
+                if !lock {
+                    return Ok(None);
+                }
+                audit::begin(tx, known.as_ref(), prepared)
+                    .await
+                    .map(Some)
+                    .map_err(crate::store::StoreError::from)
+            },
+            async { read_checks(tx, &keys, &ids, prepared).await.map_err(db) },
+        )?;
         if appender.is_some() {
             self.appender = appender;
         }
@@ -206,49 +224,112 @@ impl<'a> PgTx<'a> {
     }
 
     /// Writes everything kept, signs a head over what was appended to the audit log
-    /// (with `sign`), and commits.
-    /// Commits; the log's right edge as this transaction left it, if it held the
-    /// append lock.
+    /// (with `sign`), and commits; the log's right edge as this transaction left it,
+    /// if it held the append lock.
     pub(super) fn commit(
-        mut self,
+        self,
         sign: Option<(&SigningKey, i64)>,
     ) -> Result<Option<iryo_proto::merkle::Frontier>> {
         let rt = self.rt;
-        let appender = self.appender.take();
-        let edge = appender.as_ref().map(|a| a.frontier().clone());
+        let sealed = self.seal(sign)?;
+        let sent = AtomicBool::new(false);
+        let (client, edge) = (sealed.tx, sealed.edge().cloned());
+        let out = rt.block_on(sealed.send(&sent));
+        rollback_unless(rt, client, &sent);
+        out.map(|()| edge)
+    }
+
+    /// The transaction's writes, the log's and a head signed with `sign`, encoded and
+    /// ready to be sent with COMMIT (`Sealed::send`). Nothing is sent yet; whatever can
+    /// fail before the server sees them fails here, and rolls the transaction back.
+    pub(super) fn seal(mut self, sign: Option<(&SigningKey, i64)>) -> Result<Sealed<'a>> {
         // Entries are never written without a head that signs them.
-        let appended = match appender {
-            Some(a) if a.appended() => Some((a, sign.ok_or(crate::store::StoreError::NoSigner)?)),
-            _ => None,
+        let log = match self.appender.take() {
+            Some(a) if a.appended() => {
+                let sign = sign.ok_or(crate::store::StoreError::NoSigner)?;
+                Log::Appended(Box::new(a.seal(Some(sign))?))
+            }
+            Some(a) => Log::Unchanged(a.frontier().clone()),
+            None => Log::Unlocked,
         };
         let (w, counters) = (
             std::mem::take(&mut self.out),
             std::mem::take(&mut self.counters),
         );
+        let writes = encode_writes(w, counters)?;
         self.begin_now()?;
-        let (tx, prepared) = (self.tx, self.prepared);
-        // The registry's writes, the log's and COMMIT go out together: one round trip.
-        // Every statement is prepared (`prepared::HOT`), so each is sent when it is
-        // first polled, in this order, and COMMIT reaches the server last; if any
-        // failed, the server rolls the transaction back and its error is returned.
-        rt.block_on(async {
-            futures::try_join!(
-                write_out(tx, w, counters, prepared),
-                async {
-                    match appended {
-                        Some((a, sign)) => a
-                            .finish(tx, Some(sign), prepared)
-                            .await
-                            .map(|_| ())
-                            .map_err(crate::store::StoreError::from),
-                        None => Ok(()),
-                    }
-                },
-                async { prepared.execute(tx, COMMIT, &[]).await.map_err(db) },
-            )
-        })?;
+        // From here the transaction ends with the COMMIT `Sealed::send` sends, or with
+        // the ROLLBACK of `rollback_unless` if it was never sent.
         self.done = true;
-        Ok(edge)
+        Ok(Sealed {
+            tx: self.tx,
+            prepared: self.prepared,
+            writes,
+            log,
+        })
+    }
+}
+
+/// What a sealed transaction appends to the audit log.
+enum Log {
+    /// It did not take the log's lock.
+    Unlocked,
+    /// It held the lock and appended nothing; the edge it found.
+    Unchanged(iryo_proto::merkle::Frontier),
+    Appended(Box<audit::SealedLog>),
+}
+
+/// A transaction's last statements, encoded: its writes, the log's, and COMMIT.
+pub(crate) struct Sealed<'a> {
+    tx: &'a Client,
+    prepared: &'a Prepared,
+    writes: Encoded,
+    log: Log,
+}
+
+impl Sealed<'_> {
+    /// The log's right edge once this transaction commits, if it held the log's lock.
+    pub(crate) fn edge(&self) -> Option<&iryo_proto::merkle::Frontier> {
+        match &self.log {
+            Log::Unlocked => None,
+            Log::Unchanged(f) => Some(f),
+            Log::Appended(a) => Some(a.frontier()),
+        }
+    }
+
+    /// Sends the writes, the log's and COMMIT together: one round trip. Every
+    /// statement is prepared (`prepared::HOT`), so each is sent when it is first
+    /// polled, in this order, and COMMIT reaches the server last; if any failed, the
+    /// server rolls the transaction back and its error is returned. `sent` is set as
+    /// COMMIT goes out: whatever is pipelined behind it may go out after it.
+    pub(crate) async fn send(self, sent: &AtomicBool) -> Result<()> {
+        let (tx, prepared) = (self.tx, self.prepared);
+        futures::try_join!(
+            send_writes(tx, &self.writes, prepared),
+            async {
+                match self.log {
+                    Log::Appended(a) => a
+                        .send(tx, prepared)
+                        .await
+                        .map(|_| ())
+                        .map_err(crate::store::StoreError::from),
+                    Log::Unlocked | Log::Unchanged(_) => Ok(()),
+                }
+            },
+            async {
+                sent.store(true, Ordering::Release);
+                prepared.execute(tx, COMMIT, &[]).await.map_err(db)
+            },
+        )?;
+        Ok(())
+    }
+}
+
+/// Rolls back a sealed transaction whose COMMIT was never sent (a statement before it
+/// failed as it was encoded), before the connection serves anything else.
+pub(crate) fn rollback_unless(rt: &Runtime, tx: &Client, sent: &AtomicBool) {
+    if !sent.load(Ordering::Acquire) {
+        let _ = rt.block_on(tx.batch_execute("ROLLBACK"));
     }
 }
 
@@ -258,9 +339,8 @@ impl PgTx<'_> {
     /// transaction (the initial load), so that its memory holds a chunk of its rows,
     /// not all of them. Counters are written at the commit.
     pub(super) fn write_kept(&mut self) -> Result<()> {
-        let w = std::mem::take(&mut self.out);
-        self.rt
-            .block_on(write_out(self.tx, w, BTreeMap::new(), self.prepared))?;
+        let w = encode_writes(std::mem::take(&mut self.out), BTreeMap::new())?;
+        self.rt.block_on(send_writes(self.tx, &w, self.prepared))?;
         self.persons = HashMap::new();
         self.my_numbers = HashMap::new();
         self.cards = HashMap::new();
@@ -332,149 +412,119 @@ async fn read_checks(
     )
 }
 
-/// Writes everything a transaction kept, one statement per table, all at once.
-async fn write_out(
-    tx: &Client,
-    w: Writes,
-    counters: BTreeMap<&'static str, u64>,
-    prepared: &Prepared,
-) -> Result<()> {
-    {
-        let mut persons = (vec![], vec![], vec![], vec![]);
-        for (pid, (my_number, medical_id, record)) in w.persons {
-            persons.0.push(sql(pid)?);
-            persons.1.push(sql(my_number)?);
-            persons.2.push(sql(medical_id)?);
-            persons.3.push(record);
-        }
-        let mut cards = (vec![], vec![], vec![]);
-        for (key, (pid, standing)) in w.cards {
-            cards.0.push(key);
-            cards.1.push(sql(pid)?);
-            cards.2.push(standing);
-        }
-        let my_numbers = (
-            ints(&w.my_numbers.iter().map(|m| m.0).collect::<Vec<_>>())?,
-            ints(&w.my_numbers.iter().map(|m| m.1).collect::<Vec<_>>())?,
-        );
-        let ids = (
-            ints(&w.ids.iter().map(|i| i.0).collect::<Vec<_>>())?,
-            ints(&w.ids.iter().map(|i| i.1).collect::<Vec<_>>())?,
-            w.ids.iter().map(|i| i.2.as_slice()).collect::<Vec<_>>(),
-        );
-        let conflicts = (
-            ints(&w.conflicts.iter().map(|c| c.0).collect::<Vec<_>>())?,
-            w.conflicts
-                .iter()
-                .map(|c| c.1.as_slice())
-                .collect::<Vec<_>>(),
-            w.conflicts
-                .iter()
-                .map(|c| c.2.as_slice())
-                .collect::<Vec<_>>(),
-        );
-        let (use_pids, uses): (Vec<i64>, Vec<Vec<u8>>) = w.service_uses.into_iter().unzip();
-        let (intake_pids, intake): (Vec<Option<i64>>, Vec<Vec<u8>>) = w.intake.into_iter().unzip();
-        let consents = (
-            w.consents.iter().map(|c| c.0).collect::<Vec<_>>(),
-            w.consents.iter().map(|c| c.1).collect::<Vec<_>>(),
-            w.consents
-                .iter()
-                .map(|c| c.2.as_slice())
-                .collect::<Vec<_>>(),
-        );
-        let counters: Vec<(&str, i64)> = counters
+/// A transaction's writes as the statements' parameters (`encode_writes`).
+struct Encoded {
+    persons: (Vec<i64>, Vec<i64>, Vec<i64>, Vec<Vec<u8>>),
+    cards: (Vec<Vec<u8>>, Vec<i64>, Vec<Vec<u8>>),
+    my_numbers: (Vec<i64>, Vec<i64>),
+    ids: (Vec<i64>, Vec<i64>, Vec<Vec<u8>>),
+    conflicts: (Vec<i64>, Vec<Vec<u8>>, Vec<Vec<u8>>),
+    uses: (Vec<i64>, Vec<Vec<u8>>),
+    intake: (Vec<Option<i64>>, Vec<Vec<u8>>),
+    consents: (Vec<i64>, Vec<i64>, Vec<Vec<u8>>),
+    counters: Vec<(&'static str, i64)>,
+}
+
+/// Everything a transaction kept, as one array per column.
+fn encode_writes(w: Writes, counters: BTreeMap<&'static str, u64>) -> Result<Encoded> {
+    let mut persons = (vec![], vec![], vec![], vec![]);
+    for (pid, (my_number, medical_id, record)) in w.persons {
+        persons.0.push(sql(pid)?);
+        persons.1.push(sql(my_number)?);
+        persons.2.push(sql(medical_id)?);
+        persons.3.push(record);
+    }
+    let mut cards = (vec![], vec![], vec![]);
+    for (key, (pid, standing)) in w.cards {
+        cards.0.push(key);
+        cards.1.push(sql(pid)?);
+        cards.2.push(standing);
+    }
+    let my_numbers = (
+        ints(&w.my_numbers.iter().map(|m| m.0).collect::<Vec<_>>())?,
+        ints(&w.my_numbers.iter().map(|m| m.1).collect::<Vec<_>>())?,
+    );
+    let mut ids = (vec![], vec![], vec![]);
+    for (id, pid, entry) in w.ids {
+        ids.0.push(sql(id)?);
+        ids.1.push(sql(pid)?);
+        ids.2.push(entry);
+    }
+    let mut conflicts = (vec![], vec![], vec![]);
+    for (id, conflict, key) in w.conflicts {
+        conflicts.0.push(sql(id)?);
+        conflicts.1.push(conflict);
+        conflicts.2.push(key);
+    }
+    let mut consents = (vec![], vec![], vec![]);
+    for (pid, seq, record) in w.consents {
+        consents.0.push(pid);
+        consents.1.push(seq);
+        consents.2.push(record);
+    }
+    Ok(Encoded {
+        persons,
+        cards,
+        my_numbers,
+        ids,
+        conflicts,
+        uses: w.service_uses.into_iter().unzip(),
+        intake: w.intake.into_iter().unzip(),
+        consents,
+        counters: counters
             .into_iter()
             .map(|(name, value)| Ok((name, sql(value)?)))
-            .collect::<Result<_>>()?;
+            .collect::<Result<_>>()?,
+    })
+}
 
-        // Every table's writes go out together: tokio-postgres pipelines futures polled
-        // at once, so a commit costs one round trip for all of them, not one each.
-        type Write<'w> = std::pin::Pin<
-            Box<
-                dyn std::future::Future<Output = std::result::Result<u64, tokio_postgres::Error>>
-                    + Send
-                    + 'w,
-            >,
-        >;
-        let mut writes: Vec<Write<'_>> = Vec::new();
-        if !persons.0.is_empty() {
-            writes.push(Box::pin(async {
-                prepared
-                    .execute(
-                        tx,
-                        PERSON_WRITE,
-                        &[&persons.0, &persons.1, &persons.2, &persons.3],
-                    )
-                    .await
-            }));
-        }
-        if !cards.0.is_empty() {
-            writes.push(Box::pin(async {
-                prepared
-                    .execute(tx, CARD_WRITE, &[&cards.0, &cards.1, &cards.2])
-                    .await
-            }));
-        }
-        if !my_numbers.0.is_empty() {
-            writes.push(Box::pin(async {
-                prepared
-                    .execute(tx, MY_NUMBER_WRITE, &[&my_numbers.0, &my_numbers.1])
-                    .await
-            }));
-        }
-        if !ids.0.is_empty() {
-            // A plain insert: an ID claimed by another transaction meanwhile fails this
-            // one rather than being issued twice.
-            writes.push(Box::pin(async {
-                prepared
-                    .execute(tx, ID_WRITE, &[&ids.0, &ids.1, &ids.2])
-                    .await
-            }));
-        }
-        if !conflicts.0.is_empty() {
-            writes.push(Box::pin(async {
-                prepared
-                    .execute(tx, CONFLICT_WRITE, &[&conflicts.0, &conflicts.1])
-                    .await
-            }));
-            writes.push(Box::pin(async {
-                prepared
-                    .execute(tx, CONFLICT_KEY_WRITE, &[&conflicts.2, &conflicts.0])
-                    .await
-            }));
-        }
-        if !use_pids.is_empty() {
-            // The sequence numbers the history in the order the rows are scanned,
-            // which is the order they were appended.
-            writes.push(Box::pin(async {
-                prepared
-                    .execute(tx, SERVICE_USE_WRITE, &[&use_pids, &uses])
-                    .await
-            }));
-        }
-        if !consents.0.is_empty() {
-            writes.push(Box::pin(async {
-                prepared
-                    .execute(tx, CONSENT_WRITE, &[&consents.0, &consents.1, &consents.2])
-                    .await
-            }));
-        }
-        if !intake.is_empty() {
-            writes.push(Box::pin(async {
-                prepared
-                    .execute(tx, intake::INTAKE_WRITE, &[&intake_pids, &intake])
-                    .await
-            }));
-        }
-        for (name, value) in &counters {
-            writes.push(Box::pin(async move {
-                prepared.execute(tx, COUNTER_WRITE, &[name, value]).await
-            }));
-        }
-        futures::future::try_join_all(writes).await.map_err(db)?;
-        Ok(())
+/// Sends a transaction's writes, one statement per table, all at once: tokio-postgres
+/// pipelines futures polled together, so they cost one round trip, not one each.
+async fn send_writes(tx: &Client, w: &Encoded, prepared: &Prepared) -> Result<()> {
+    let mut writes: Vec<(&'static str, Vec<&(dyn ToSql + Sync)>)> = Vec::new();
+    let mut add = |sql, params| writes.push((sql, params));
+    let (p, c, m, i, k) = (&w.persons, &w.cards, &w.my_numbers, &w.ids, &w.conflicts);
+    if !p.0.is_empty() {
+        add(PERSON_WRITE, vec![&p.0, &p.1, &p.2, &p.3]);
     }
+    if !c.0.is_empty() {
+        add(CARD_WRITE, vec![&c.0, &c.1, &c.2]);
+    }
+    if !m.0.is_empty() {
+        add(MY_NUMBER_WRITE, vec![&m.0, &m.1]);
+    }
+    if !i.0.is_empty() {
+        // A plain insert: an ID claimed by another transaction meanwhile fails this
+        // one rather than being issued twice.
+        add(ID_WRITE, vec![&i.0, &i.1, &i.2]);
+    }
+    if !k.0.is_empty() {
+        add(CONFLICT_WRITE, vec![&k.0, &k.1]);
+        add(CONFLICT_KEY_WRITE, vec![&k.2, &k.0]);
+    }
+    if !w.uses.0.is_empty() {
+        // The sequence numbers the history in the order the rows are scanned, which
+        // is the order they were appended.
+        add(SERVICE_USE_WRITE, vec![&w.uses.0, &w.uses.1]);
+    }
+    if !w.consents.0.is_empty() {
+        let c = &w.consents;
+        add(CONSENT_WRITE, vec![&c.0, &c.1, &c.2]);
+    }
+    if !w.intake.1.is_empty() {
+        add(intake::INTAKE_WRITE, vec![&w.intake.0, &w.intake.1]);
+    }
+    for (name, value) in &w.counters {
+        add(COUNTER_WRITE, vec![name, value]);
+    }
+    futures::future::try_join_all(
+        writes
+            .iter()
+            .map(|(sql, params)| prepared.execute(tx, sql, params)),
+    )
+    .await
+    .map_err(db)?;
+    Ok(())
 }
 
 impl PgTx<'_> {
@@ -498,10 +548,12 @@ impl PgTx<'_> {
     /// Opens the transaction now, unless it is open.
     pub(super) fn begin_now(&mut self) -> Result<()> {
         if !self.begun {
+            // Set first: a BEGIN that reached the server and then failed to answer
+            // still leaves a transaction to roll back.
+            self.begun = true;
             self.rt
                 .block_on(begin(self.tx, self.prepared, false))
                 .map_err(db)?;
-            self.begun = true;
         }
         Ok(())
     }
@@ -511,13 +563,15 @@ impl PgTx<'_> {
         if self.appender.is_none() {
             let known = self.edge.take();
             let (tx, prepared, begun) = (self.tx, self.prepared, self.begun);
+            // Set before BEGIN goes out: a lock or read that fails after it leaves
+            // the transaction open on the server, to be rolled back.
+            self.begun = true;
             let (_, appender) = self.rt.block_on(async {
                 futures::try_join!(
                     async { begin(tx, prepared, begun).await.map_err(PgError::Db) },
                     audit::begin(tx, known.as_ref(), prepared),
                 )
             })?;
-            self.begun = true;
             self.appender = Some(appender);
         }
         Ok(())

@@ -1,18 +1,14 @@
 //! The PostgreSQL store's side of the exchange: memberships, consent, grants,
-//! notifications and refusal reports, the network's group commit, and the audit log's
+//! notifications and refusal reports, and the audit log's
 //! reads and proofs.
 
 use super::PgStore;
 use crate::access::ConsentRecord;
 use crate::audit::LogEntry;
 use crate::postgres::audit;
-use crate::postgres::registry_tx::PgTx;
-use crate::registry::eligibility::CheckRequest;
 use crate::registry::Person;
 use crate::store::federation::{self, GrantQuery, NotifyOutcome, ReportsTaken};
-use crate::store::{
-    checks, AuditReport, GrantRecord, InstitutionRecord, Job, Outcome, Result, StoreError,
-};
+use crate::store::{AuditReport, GrantRecord, InstitutionRecord, Result, StoreError};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use iryo_proto::federation::{
     Membership, Notification, RefusalReport, Registration, Role, Time, TreeHead,
@@ -23,38 +19,6 @@ use iryo_proto::wire::Refusal;
 use iryo_proto::{InstitutionCode, MedicalId};
 
 impl PgStore {
-    /// Decides `jobs` — the network's checks, grants and notifications — and commits
-    /// all their effects in one transaction, as `Store::commit_group` does.
-    pub(crate) fn commit_group(&self, jobs: &[Job], at: Time) -> Result<Vec<Outcome>> {
-        let (retention, visit_days) = (self.retention_years, self.policy.visit_consent_days);
-        let rules = (retention, self.policy.default, self.policy.grant_seconds);
-        // The log's lock is taken together with BEGIN and the reads ahead, as the
-        // transaction's first statement all the same.
-        self.write_grouped(|t| {
-            let check = |t: &mut PgTx<'_>, req: &CheckRequest| {
-                checks::decide_and_record(t, req, retention, visit_days, at)
-            };
-            let asked = super::intake::checks_in(jobs);
-            t.begin_and_prefetch(&asked, true)?;
-            let mut out = Vec::with_capacity(jobs.len());
-            for job in jobs {
-                out.push(match job {
-                    Job::Check(req) => Outcome::Check(check(t, req)?),
-                    Job::Checks(reqs) => {
-                        Outcome::Checks(reqs.iter().map(|r| check(t, r)).collect::<Result<_>>()?)
-                    }
-                    Job::Grant(member, query) => {
-                        Outcome::Grant(federation::grant_in(t, member, query, at, rules)?)
-                    }
-                    Job::Notify(from, valid) => {
-                        Outcome::Notified(federation::append_notifications(t, *from, valid)?)
-                    }
-                });
-            }
-            Ok(out)
-        })
-    }
-
     /// Issues a membership for a node's registration request (`Store::add_institution`).
     pub fn add_institution(
         &self,

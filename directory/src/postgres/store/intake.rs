@@ -95,8 +95,13 @@ impl PgStore {
 }
 
 impl Committing for PgStore {
-    fn commit_group(&self, jobs: &[Job], at: Timestamp) -> Result<Vec<Outcome>> {
-        PgStore::commit_group(self, jobs, at)
+    fn commit_groups(
+        &self,
+        first: Vec<Job>,
+        next: &mut dyn FnMut() -> Vec<Job>,
+        answer: &mut dyn FnMut(Result<Vec<Outcome>>),
+    ) {
+        PgStore::commit_groups(self, first, next, answer);
     }
 
     fn intake_lanes(&self) -> usize {

@@ -10,6 +10,7 @@ mod exchange;
 mod front;
 pub(crate) mod initial_load;
 mod intake;
+mod pipeline;
 mod pool;
 
 use super::registry_tx::PgTx;
@@ -53,6 +54,9 @@ pub struct PgStore {
     /// The audit log's right edge as this process last committed it: the next
     /// appending transaction reads it again only if another process appended since.
     edge: Mutex<Option<iryo_proto::merkle::Frontier>>,
+    /// Groups whose first statements went out behind the COMMIT of the one before
+    /// (`pipeline`).
+    pipelined: std::sync::atomic::AtomicU64,
     /// Memberships by node key, with when they were read (`cached_member`).
     members: Mutex<std::collections::HashMap<[u8; 32], (std::time::Instant, InstitutionRecord)>>,
     /// The service this store is kept for (`Store::with_role`).
@@ -132,6 +136,7 @@ impl PgStore {
             policy: AccessPolicy::default(),
             members: Mutex::default(),
             edge: Mutex::default(),
+            pipelined: Default::default(),
             role: crate::config::ServiceRole::All,
         }
     }
@@ -220,6 +225,12 @@ impl PgStore {
                 .map(|req| checks::decide_and_record(t, req, retention, visit_days, at))
                 .collect()
         })
+    }
+
+    /// How many of the network's groups began behind the COMMIT of the group before
+    /// them on the same connection, since the store was opened.
+    pub fn groups_pipelined(&self) -> u64 {
+        self.pipelined.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn retention_years(&self) -> u32 {
