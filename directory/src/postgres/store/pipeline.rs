@@ -100,12 +100,14 @@ impl<'a> On<'a> {
                     return answer(Err(e));
                 }
             };
-            let following = next();
             let at = crate::registry::now();
             let sealed = match t.seal(self.store.signer.as_ref().map(|k| (k, at))) {
                 Ok(sealed) => sealed,
                 Err(e) => return answer(Err(e)),
             };
+            // Taken once this group can no longer fail before it is sent, so that every
+            // group taken is answered.
+            let following = next();
             let edge = sealed.edge().cloned();
             let sent = AtomicBool::new(false);
             if following.is_empty() {
