@@ -405,16 +405,16 @@ fn commit_main(backend: &impl Committing, queue: &Queue, max: usize, stop: &Atom
     // steady stream of other jobs; after a failure, every `MOVE_AFTER_FAILURE`.
     let (mut last, mut failing) = (std::time::Instant::now(), false);
     while !stop.load(Ordering::Acquire) {
+        let wait = if failing {
+            MOVE_AFTER_FAILURE
+        } else {
+            MOVE_EVERY
+        };
         match queue.recv_timeout(MOVE_EVERY) {
             Ok(first) => {
                 let (jobs, replies) = gather(first, queue, max);
                 // Groups are answered in the order they were taken.
                 let waiting = std::cell::RefCell::new(std::collections::VecDeque::from([replies]));
-                let wait = if failing {
-                    MOVE_AFTER_FAILURE
-                } else {
-                    MOVE_EVERY
-                };
                 // Whatever waits when a group is sealed, until the intake's move is due.
                 let mut next = || {
                     if last.elapsed() >= wait {
@@ -438,11 +438,6 @@ fn commit_main(backend: &impl Committing, queue: &Queue, max: usize, stop: &Atom
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
-        let wait = if failing {
-            MOVE_AFTER_FAILURE
-        } else {
-            MOVE_EVERY
-        };
         if last.elapsed() < wait {
             continue;
         }
